@@ -1,0 +1,84 @@
+"""The pc32 virtual machine: what a guest can rely on at boot.
+
+This module is the single description of the machine (docs/machine.md is its
+prose form).  The runtime builds the machine from it; image loaders read the
+addresses of the boot structures from it.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+MIB = 1 << 20
+PAGE = 4096
+
+# Boot-time structures the VMM places in guest RAM (all below 1 MiB, in the
+# area a PC BIOS would use, so guests that load at 1 MiB never collide with them).
+BOOT_GDT_ADDR = 0x0500        # flat GDT loaded at boot
+MULTIBOOT_INFO_ADDR = 0x9000  # multiboot information structure (+ mmap, cmdline)
+BOOT_PARAMS_ADDR = 0x7000     # Linux boot_params ("zero page")
+BOOT_CMDLINE_ADDR = 0x20000   # Linux command line
+
+# Boot selectors of raw/ELF/multiboot images.
+BOOT_CS = 0x08
+BOOT_DS = 0x10
+
+BOOT_EFLAGS = 0x2
+BOOT_CR0 = 0x11
+MULTIBOOT_EAX = 0x2BADB002
+
+DEFAULT_MEM_MIB = 64
+DEFAULT_CPU_MHZ = 100
+PIT_HZ = 1_193_182
+
+ACCESS_CODE0 = 0x9A
+ACCESS_DATA0 = 0x92
+ACCESS_CODE3 = 0xFA
+ACCESS_DATA3 = 0xF2
+
+
+def descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:
+    """An 8-byte segment descriptor (flags 0xC = 4 KiB granularity, 32-bit)."""
+    return struct.pack(
+        "<HHBBBB",
+        limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        access,
+        ((limit >> 16) & 0xF) | (flags << 4),
+        (base >> 24) & 0xFF,
+    )
+
+
+def flat_gdt_bytes(cs: int = BOOT_CS, ds: int = BOOT_DS) -> bytes:
+    """A flat GDT with ring-0 code at `cs`, ring-0 data at `ds`, and ring-3 code
+    and data in the two slots after the higher of them."""
+    top = max(cs, ds)
+    slots = {cs: ACCESS_CODE0, ds: ACCESS_DATA0, top + 8: ACCESS_CODE3, top + 16: ACCESS_DATA3}
+    out = bytearray(top + 24)
+    for sel, acc in slots.items():
+        out[sel:sel + 8] = descriptor(0, 0xFFFFF, acc)
+    return bytes(out)
+
+
+@dataclass
+class MachineConfig:
+    """Options that shape the machine (the `bt-run` flags that are not about the image)."""
+
+    mem_mib: int = DEFAULT_MEM_MIB
+    cpu_mhz: int = DEFAULT_CPU_MHZ
+    mode: str = "emulate"
+    max_instructions: int | None = None
+    cmdline: str = ""
+    rtc_epoch: int = 1_700_000_000  # fixed wall-clock time shown by the CMOS RTC
+    hyper_base: int = 0xFF000000    # hypervisor area (trap/bt modes), outside RAM
+    serial_input: bytes | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mem_bytes(self) -> int:
+        return self.mem_mib * MIB
+
+    @property
+    def cpu_hz(self) -> int:
+        return self.cpu_mhz * 1_000_000

@@ -1,0 +1,51 @@
+"""The device interface: one class per device, attached to the machine in one place
+(runtime/devices/__init__.py: `attach_standard_devices`)."""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class MachineLink(Protocol):
+    """What a device may ask of the machine it is attached to."""
+
+    def now(self) -> int:
+        """Current virtual time in retired guest instructions."""
+
+    @property
+    def cpu_hz(self) -> int:
+        """Virtual instructions per second (the virtual clock rate)."""
+
+    def raise_irq(self, line: int) -> None:
+        """Assert an ISA IRQ line (0-15) at the PIC (edge triggered)."""
+
+    def lower_irq(self, line: int) -> None:
+        """De-assert an IRQ line (level-style devices such as the UART)."""
+
+    def request_stop(self, reason: str, status: int) -> None:
+        """End the run after the current instruction (debug exit, reset)."""
+
+    def serial_out(self, data: bytes) -> None:
+        """Guest serial output (stdout and the report)."""
+
+
+class Device:
+    """Base class: a device owns a set of I/O ports."""
+
+    name = "device"
+    ports: tuple[range, ...] = ()
+
+    def attach(self, link: MachineLink) -> None:
+        self.link = link
+
+    def read(self, port: int, size: int) -> int:
+        raise NotImplementedError
+
+    def write(self, port: int, size: int, value: int) -> None:
+        raise NotImplementedError
+
+    def next_event(self) -> int | None:
+        """Virtual time (instructions) of this device's next self-timed event, if any."""
+        return None
+
+    def tick(self, now: int) -> None:
+        """Advance the device to virtual time `now` (raise due interrupts)."""

@@ -1,0 +1,193 @@
+"""Workarounds for Unicorn behaviour that a VMM cannot live with, in one place.
+
+Each workaround reaches into Unicorn's private state (the CPU context bytes, the
+engine's instruction counter).  None of the offsets is hard-coded: every one is
+found at start-up by *calibration* -- run a tiny experiment in a scratch engine,
+diff the raw bytes before and after, and keep the offset that changed the way the
+experiment predicts.  If a calibration fails (a Unicorn release changed the
+layout), :func:`calibrate` raises :class:`QuirkError` naming the field, so the
+failure is loud instead of a silent double fault later.
+
+The facts behind each workaround are pinned by tests in tests/runtime/test_quirks.py:
+
+* exception in flight (unicorn issue #1883): after a handled fault Unicorn leaves
+  ``old_exception`` set and the next contributory fault becomes a #DF.  We reset it
+  to -1 after each delivered fault.
+* error code: the architectural error code of the last fault lives next to it.
+* hflags: the low two bits are the CPL.  ``reg_write`` refuses to load a more
+  privileged SS/CS, so lowering the CPL (ring 3 -> ring 0/1 on an interrupt) edits
+  these bits through the context first.
+* emu_counter: with ``emu_start(count=N)`` Unicorn counts instructions in its
+  ``uc_struct``; reading it in a hook tells exactly how far a slice got, which is
+  what makes virtual time and the retired-instruction count exact.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
+from unicorn import x86_const as X
+
+from bt.machine import flat_gdt_bytes
+
+
+class QuirkError(RuntimeError):
+    """A calibration could not find the field it looks for."""
+
+
+def _ctx_bytes(ctx) -> bytes:
+    return ctypes.string_at(ctx.context.value, ctx.size + 16)
+
+
+def _i32_offsets(before: bytes, after: bytes, old: int, new: int) -> list[int]:
+    hits = []
+    for off in range(0, min(len(before), len(after)) - 3, 4):
+        a = struct.unpack_from("<i", before, off)[0]
+        b = struct.unpack_from("<i", after, off)[0]
+        if a == old and b == new:
+            hits.append(off)
+    return hits
+
+
+def _scratch(cpl: int = 0) -> Uc:
+    """A small engine at CPL 0 with a flat GDT (ring-0 and ring-3 segments)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    gdt = flat_gdt_bytes()
+    uc.mem_write(0x500, gdt)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+        uc.reg_write(r, 0x10)
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    return uc
+
+
+def _provoke_gp(selector: int, eax: int = 0) -> tuple[bytes, bytes]:
+    """Context bytes before and after one #GP caused by loading `selector` into FS
+    from memory (so the selector value is not also sitting in a general register)."""
+    uc = _scratch()
+    uc.mem_write(0x3000, struct.pack("<H", selector))
+    # mov fs, word [0x3000] ; hlt
+    uc.mem_write(0x1000, bytes.fromhex("8e2500300000") + b"\xf4")
+    uc.reg_write(X.UC_X86_REG_EAX, eax)
+    before = _ctx_bytes(uc.context_save())
+    seen = []
+
+    def on_intr(uc, intno, _):
+        seen.append(intno)
+        uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(0x1000, 0x1007, count=2)
+    if seen != [13]:
+        raise QuirkError(f"calibration expected #GP, Unicorn reported {seen}")
+    after = _ctx_bytes(uc.context_save())
+    return before, after
+
+
+def _find_cpl_offset() -> int:
+    """Diff a context at CPL 0 with one at CPL 3 reached through an iretd."""
+    uc = _scratch()
+    before = _ctx_bytes(uc.context_save())
+    # push 0x23 (ss) ; push 0x7000 ; push 2 ; push 0x1b (cs) ; push 0x1100 ; iretd
+    code = bytes.fromhex("6a23" "6800700000" "6a02" "6a1b" "6800110000" "cf")
+    uc.mem_write(0x1000, code)
+    uc.mem_write(0x1100, b"\x90\x90\x90")
+    uc.emu_start(0x1000, 0, count=7)
+    if uc.reg_read(X.UC_X86_REG_CS) != 0x1B:
+        raise QuirkError("calibration could not reach CPL 3")
+    after = _ctx_bytes(uc.context_save())
+    for off in range(0, len(before) - 3, 4):
+        a = struct.unpack_from("<I", before, off)[0]
+        b = struct.unpack_from("<I", after, off)[0]
+        # hflags: low two bits 0 -> 3 and few other bits changed.
+        if a & 3 == 0 and b & 3 == 3 and (a ^ b) & ~0x3 & 0xFFFF0000 == 0 and a > 0xFF:
+            return off
+    raise QuirkError("could not find hflags (CPL) in the CPU context")
+
+
+def _find_counter_offset() -> int:
+    def run(n: int) -> bytes:
+        uc = _scratch()
+        uc.mem_write(0x1000, b"\x40\xeb\xfd")  # l: inc eax ; jmp l
+        uc.emu_start(0x1000, 0, count=n)
+        return ctypes.string_at(ctypes.cast(uc._uch, ctypes.c_void_p).value, 4096)
+    a, b = run(37), run(53)
+    for off in range(0, 4096 - 7, 8):
+        x = struct.unpack_from("<Q", a, off)[0]
+        y = struct.unpack_from("<Q", b, off)[0]
+        if (x, y) == (38, 54):
+            return off
+    raise QuirkError("could not find the engine's instruction counter")
+
+
+@dataclass(frozen=True)
+class Offsets:
+    old_exception: int
+    error_code: int
+    hflags: int
+    emu_counter: int
+
+
+_OFFSETS: Offsets | None = None
+
+
+def calibrate() -> Offsets:
+    """Find (once per process) every private offset the workarounds need."""
+    global _OFFSETS
+    if _OFFSETS is not None:
+        return _OFFSETS
+    b1, a1 = _provoke_gp(0x5550)
+    b2, a2 = _provoke_gp(0x6660)
+    old_exc = sorted(set(_i32_offsets(b1, a1, -1, 13)) & set(_i32_offsets(b2, a2, -1, 13)))
+    err = sorted(set(_i32_offsets(b1, a1, 0, 0x5550)) & set(_i32_offsets(b2, a2, 0, 0x6660)))
+    if len(old_exc) < 1:
+        raise QuirkError("could not find the exception-in-flight field (old_exception)")
+    if len(err) < 1:
+        raise QuirkError("could not find the fault error-code field")
+    # error_code follows exception_index/old_exception in CPUX86State; take the first
+    # match after old_exception.
+    ec = [o for o in err if o > old_exc[0]] or err
+    _OFFSETS = Offsets(old_exc[0], ec[0], _find_cpl_offset(), _find_counter_offset())
+    return _OFFSETS
+
+
+class Quirks:
+    """Per-engine helpers built on the calibrated offsets."""
+
+    def __init__(self, uc: Uc):
+        self.uc = uc
+        self.off = calibrate()
+        self._ctx = uc.context_save()
+        self._uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
+
+    # -- instruction counter -------------------------------------------------
+    def counter(self) -> int:
+        """Unicorn's count of instructions started in the current emu_start."""
+        return ctypes.c_uint64.from_address(self._uc_addr + self.off.emu_counter).value
+
+    # -- fault state -----------------------------------------------------------
+    def _edit(self, off: int, mask: int, value: int) -> None:
+        uc, ctx = self.uc, self._ctx
+        uc.context_update(ctx)
+        p = ctypes.c_uint32.from_address(ctx.context.value + off)
+        p.value = (p.value & ~mask & 0xFFFFFFFF) | value
+        uc.context_restore(ctx)
+
+    def error_code(self) -> int:
+        self.uc.context_update(self._ctx)
+        return ctypes.c_uint32.from_address(self._ctx.context.value + self.off.error_code).value
+
+    def clear_exception(self) -> None:
+        """Forget the exception in flight so the next fault is not a #DF."""
+        self._edit(self.off.old_exception, 0xFFFFFFFF, 0xFFFFFFFF)
+
+    def set_cpl(self, cpl: int) -> None:
+        """Force the CPL; afterwards reg_write may load segments of that ring."""
+        self._edit(self.off.hflags, 3, cpl & 3)
+
+
+__all__ = ["Quirks", "QuirkError", "calibrate", "Offsets", "UcError"]
