@@ -1,0 +1,56 @@
+"""The pc32 devices, attached to the machine in one place (`attach_standard_devices`).
+
+The machine that owns the bus must route `MachineLink.raise_irq/lower_irq` to
+the returned "pic" device, and inject interrupts with `pic.has_interrupt()` /
+`pic.acknowledge()`.  See docs/devices.md.
+"""
+from __future__ import annotations
+
+from .base import Device, MachineLink
+from .bus import IOBus
+from .cmos import CMOS
+from .debugexit import DebugExit
+from .i8042 import I8042
+from .pic import PICPair
+from .pit import PIT
+from .port61 import SystemControlB
+from .port80 import PostCode
+from .uart import ScriptedInput, UART16550
+
+# Scripted serial input arrives at 1000 bytes per second of virtual time
+# (override with config.extra["serial_input_interval"], in instructions per byte).
+SERIAL_INPUT_BYTES_PER_SECOND = 1000
+
+__all__ = ["Device", "MachineLink", "IOBus", "CMOS", "DebugExit", "I8042", "PICPair", "PIT",
+           "SystemControlB", "PostCode", "ScriptedInput", "UART16550",
+           "attach_standard_devices", "serial_input_interval"]
+
+
+def serial_input_interval(config) -> int:
+    interval = config.extra.get("serial_input_interval")
+    if interval is None:
+        interval = max(1, config.cpu_hz // SERIAL_INPUT_BYTES_PER_SECOND)
+    return int(interval)
+
+
+def attach_standard_devices(bus: IOBus, link: MachineLink, config) -> dict[str, Device]:
+    """Create the pc32 devices, give them their ports on `bus`, and return them by name:
+    pic, pit, port61, uart, cmos, i8042, debug-exit, port80.  `config` is a
+    bt.machine.MachineConfig (rtc_epoch, mem_bytes, serial_input, cpu_hz, extra)."""
+    pit = PIT()
+    uart = UART16550()
+    if config.serial_input is not None:
+        uart.set_scripted_input(config.serial_input, serial_input_interval(config))
+    devices: list[Device] = [
+        PICPair(),
+        pit,
+        SystemControlB(pit),
+        uart,
+        CMOS(epoch=config.rtc_epoch, mem_bytes=config.mem_bytes),
+        I8042(),
+        DebugExit(),
+        PostCode(),
+    ]
+    for dev in devices:
+        bus.attach(dev, link)
+    return {dev.name: dev for dev in devices}

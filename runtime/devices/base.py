@@ -33,6 +33,10 @@ class Device:
 
     name = "device"
     ports: tuple[range, ...] = ()
+    # Widest access (bytes) the device decodes itself.  The bus splits wider
+    # accesses into consecutive byte accesses, as the 8-bit ISA bus does, so
+    # 8-bit devices never see a size other than 1.
+    io_width = 1
 
     def attach(self, link: MachineLink) -> None:
         self.link = link
@@ -49,3 +53,7 @@ class Device:
 
     def tick(self, now: int) -> None:
         """Advance the device to virtual time `now` (raise due interrupts)."""
+
+    def stats(self) -> dict:
+        """Device-specific figures for the run report (JSON-ready, deterministic)."""
+        return {}

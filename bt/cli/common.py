@@ -1,0 +1,58 @@
+"""What every bt command shares: image options, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bt.errors import BadInput
+from bt.machine import DEFAULT_MEM_MIB
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(prog: str, message: str, status: int = 2) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE",
+                   help="image file, demo:NAME for a built-in demo guest, or 'linux' for the "
+                        "cached Debian kernel (bt-images fetch linux)")
+    p.add_argument("--format", default="auto",
+                   choices=("auto", "raw", "elf", "multiboot", "linux"))
+    p.add_argument("--load", metavar="ADDR", help="load address of a raw image")
+    p.add_argument("--entry", metavar="ADDR", help="entry point (raw images; overrides others)")
+    p.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB",
+                   help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
+    p.add_argument("--cmdline", default=None, metavar="STR", help="kernel command line")
+    p.add_argument("--initrd", metavar="FILE", help="initial ramdisk (Linux images)")
+
+
+def load_from_args(args):
+    """Load the image named on the command line (raises BadInput)."""
+    from bt.images import load_image, parse_address
+    if not 1 <= args.mem <= 3072:
+        raise BadInput(f"--mem {args.mem} must be between 1 and 3072 MiB")
+    load = parse_address(args.load) if args.load is not None else None
+    entry = parse_address(args.entry) if args.entry is not None else None
+    image = args.image
+    initrd = args.initrd
+    cmdline = args.cmdline
+    fmt = args.format
+    if image == "linux":
+        from bt.images.fetch import cached_linux_images, default_linux_cmdline
+        paths = cached_linux_images()
+        image = str(paths["kernel"])
+        initrd = initrd or str(paths["initrd"])
+        if cmdline is None:
+            cmdline = default_linux_cmdline(args.mem)
+        fmt = "linux"
+    args.cmdline = cmdline or ""
+    return load_image(image, fmt, load=load, entry=entry, mem_bytes=args.mem << 20,
+                      cmdline=args.cmdline, initrd=initrd)

@@ -1,0 +1,95 @@
+"""`bt-run`: run a guest image under emulate, trap or bt mode.
+
+The options and exit statuses are a contract (docs/cli.md):
+    guest debug-exit value v, 124 budget exhausted, 125 hang/triple fault,
+    2 bad input, 70 internal VMM error (report still written).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bt.cli.common import CliParser, add_image_options, load_from_args, fail
+from bt.errors import BadInput
+from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+from bt.report import build_report, top_sites, write_report
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = CliParser(prog="bt-run", description="Run an x86-32 guest under the bt VMM.")
+    add_image_options(p)
+    p.add_argument("--mode", choices=("emulate", "trap", "bt"), default="emulate",
+                   help="emulate: pure emulation at CPL 0 (reference); trap: deprivileged "
+                        "trap-and-emulate; bt: binary translation (patching)")
+    p.add_argument("--max-instructions", type=_positive, default=None, metavar="N",
+                   help="stop with status 124 after N retired instructions")
+    p.add_argument("--cpu-mhz", type=_positive, default=DEFAULT_CPU_MHZ, metavar="N",
+                   help="virtual clock: million guest instructions per virtual second")
+    p.add_argument("--report", metavar="FILE.json", help="write the JSON run report here")
+    p.add_argument("--serial-input", metavar="FILE",
+                   help="bytes fed to COM1's receiver (scripted keystrokes)")
+    p.add_argument("--rtc", type=int, default=None, metavar="EPOCH",
+                   help="wall-clock time the CMOS RTC starts at (seconds since 1970; fixed "
+                        "by default so runs stay deterministic)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        image = load_from_args(args)
+        config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=args.mode,
+                               max_instructions=args.max_instructions, cmdline=args.cmdline or "")
+        if args.rtc is not None:
+            config.rtc_epoch = args.rtc
+        if args.serial_input:
+            try:
+                with open(args.serial_input, "rb") as f:
+                    config.serial_input = f.read()
+            except OSError as e:
+                raise BadInput(f"cannot read --serial-input {args.serial_input}: {e.strerror}")
+        from runtime.vm import VM  # imported late: argument errors stay fast
+        vm = VM(image, config)
+    except BadInput as e:
+        return fail("bt-run", str(e))
+    result = vm.run()
+    if args.report:
+        try:
+            write_report(args.report, build_report(image, config, result))
+        except OSError as e:
+            print(f"bt-run: cannot write report {args.report}: {e.strerror}", file=sys.stderr)
+    if result.message and result.reason not in ("debug-exit",):
+        print(f"bt-run: {result.reason}: {result.message}", file=sys.stderr)
+    if not args.quiet:
+        _summary(result)
+    return result.exit_status
+
+
+def _summary(result) -> None:
+    exits = result.counters.get("exits", 0)
+    per_m = exits * 1e6 / result.retired if result.retired else 0.0
+    line = (f"bt-run: {result.reason} (status {result.exit_status}); "
+            f"{result.retired:,} instructions, {exits:,} exits ({per_m:.1f}/M), "
+            f"{result.wall:.2f} s wall")
+    extra = result.extra.get("patches") if result.extra else None
+    if extra:
+        line += f", {sum(extra.get('installed', {}).values())} patches"
+    print(line, file=sys.stderr)
+    if result.exit_status not in (0,) and top_sites(result.counters):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Delivering interrupts and exceptions through the guest's IDT.
+
+Unicorn never vectors through an IDT: every exception, software interrupt and
+hardware interrupt reaches the VMM, which builds the architectural frame itself
+(unicorn-x86-facts.md).  This module is that one delivery path, shared by all
+modes.  Ring compression enters only through `ring_of`: the guest's privilege
+level 0 runs at real ring 0 in `emulate` and at real ring 1 in `trap`/`bt`, and
+the frame the guest handler sees always carries the guest's own view (CS with
+RPL 0 for a kernel frame, EFLAGS with the virtual IF/IOPL).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from unicorn import x86_const as X
+
+from runtime.memory import PageFault
+
+# Vectors that push an error code.
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17})
+DF, TS, NP, SS_FAULT, GP, PF = 8, 10, 11, 12, 13, 14
+
+IF = 1 << 9
+TF = 1 << 8
+NT = 1 << 14
+RF = 1 << 16
+VM = 1 << 17
+
+
+class GuestFault(Exception):
+    """A fault the guest must see (raised while the VMM acts on its behalf)."""
+
+    def __init__(self, vector: int, error_code: int | None = None, cr2: int | None = None):
+        super().__init__(f"guest fault {vector} ({error_code})")
+        self.vector = vector
+        self.error_code = error_code
+        self.cr2 = cr2
+
+
+class TripleFault(Exception):
+    """Delivery of a double fault failed: a real CPU would shut down."""
+
+
+@dataclass
+class Descriptor:
+    base: int
+    limit: int
+    access: int
+    flags: int
+
+    @property
+    def dpl(self) -> int:
+        return (self.access >> 5) & 3
+
+    @property
+    def present(self) -> bool:
+        return bool(self.access & 0x80)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Descriptor":
+        lo, hi = struct.unpack("<II", raw)
+        base = ((lo >> 16) & 0xFFFF) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+        limit = (lo & 0xFFFF) | (hi & 0xF0000)
+        flags = (hi >> 20) & 0xF
+        if flags & 0x8:
+            limit = (limit << 12) | 0xFFF
+        return cls(base, limit, (hi >> 8) & 0xFF, flags)
+
+
+class Delivery:
+    """Builds exception/interrupt frames for one VM.
+
+    `vm` provides: uc, mem (GuestMemory), quirks, guest_cpl(), ring_of(guest_ring),
+    guest_eflags(), set_guest_eflags(value), guest_gdtr(), guest_idtr(), guest_tr_base(),
+    counters.
+    """
+
+    def __init__(self, vm):
+        self.vm = vm
+
+    # -- descriptor tables ----------------------------------------------------
+    def descriptor(self, selector: int) -> Descriptor:
+        base, limit = self.vm.guest_gdtr()
+        index = selector & 0xFFF8
+        if selector & 4 or index + 7 > limit or index == 0:
+            raise GuestFault(GP, selector & 0xFFFC)
+        try:
+            return Descriptor.parse(self.vm.mem.read(base + index, 8))
+        except PageFault as pf:
+            raise GuestFault(PF, pf.error_code, pf.linear) from None
+
+    # -- delivery ------------------------------------------------------------
+    def deliver(self, vector: int, *, return_eip: int, error_code: int | None = None,
+                soft: bool = False, external: bool = False) -> None:
+        """Deliver `vector`; escalate to #DF and to a triple fault like a CPU."""
+        try:
+            self._deliver(vector, return_eip, error_code, soft, external)
+        except GuestFault as f:
+            if vector == DF:
+                raise TripleFault(f"fault {f.vector} while delivering a double fault") from None
+            if _contributory(vector) and _contributory(f.vector) or vector == PF and f.vector in (PF, 0, 10, 11, 12, 13):
+                self.vm.counters.add("exceptions_delivered", DF)
+                self.deliver(DF, return_eip=return_eip, error_code=0)
+                return
+            if f.cr2 is not None:
+                self.vm.uc.reg_write(X.UC_X86_REG_CR2, f.cr2)
+            self.deliver(f.vector, return_eip=return_eip, error_code=f.error_code)
+
+    def _deliver(self, vector, return_eip, error_code, soft, external):
+        vm = self.vm
+        uc = vm.uc
+        ext = 1 if external else 0
+        idt_base, idt_limit = vm.guest_idtr()
+        if vector * 8 + 7 > idt_limit:
+            raise GuestFault(GP, vector * 8 + 2 + ext)
+        try:
+            lo, hi = struct.unpack("<II", vm.mem.read(idt_base + vector * 8, 8))
+        except PageFault as pf:
+            raise GuestFault(PF, pf.error_code, pf.linear) from None
+        gate_type = (hi >> 8) & 0x1F
+        gate_dpl = (hi >> 13) & 3
+        cpl = vm.guest_cpl()
+        if soft and gate_dpl < cpl:
+            raise GuestFault(GP, vector * 8 + 2)
+        if gate_type not in (0x0E, 0x0F):
+            # Task gates and 16-bit gates are not modelled (no known guest needs them).
+            raise GuestFault(GP, vector * 8 + 2 + ext)
+        if not hi & 0x8000:
+            raise GuestFault(NP, vector * 8 + 2 + ext)
+        selector = (lo >> 16) & 0xFFFF
+        offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+        target = self.descriptor(selector)
+        if not target.present:
+            raise GuestFault(NP, selector & 0xFFFC)
+        new_cpl = target.dpl if target.dpl < cpl else cpl
+
+        eflags = vm.guest_eflags()
+        old_cs = uc.reg_read(X.UC_X86_REG_CS)
+        old_ss = uc.reg_read(X.UC_X86_REG_SS)
+        old_esp = uc.reg_read(X.UC_X86_REG_ESP)
+        guest_old_cs = vm.guest_selector(old_cs)
+        frame = [return_eip & 0xFFFFFFFF, guest_old_cs, eflags]
+        if new_cpl < cpl:
+            tss = vm.guest_tr_base()
+            if tss is None:
+                raise GuestFault(TS, 0)
+            try:
+                esp0, ss0 = struct.unpack("<II", vm.mem.read(tss + 4 + 8 * new_cpl, 8))
+            except PageFault as pf:
+                raise GuestFault(PF, pf.error_code, pf.linear) from None
+            ss0 &= 0xFFFF
+            frame += [old_esp, vm.guest_selector(old_ss)]
+            stack_sel, esp = ss0, esp0
+        else:
+            stack_sel, esp = vm.guest_selector(old_ss), old_esp
+        if error_code is not None or (vector in ERROR_CODE_VECTORS and not soft and not external):
+            frame.insert(0, (error_code or 0) & 0xFFFFFFFF)
+        data = struct.pack(f"<{len(frame)}I", *frame)
+        stack_base = self.descriptor(stack_sel).base if new_cpl < cpl else vm.stack_base()
+        esp = (esp - len(data)) & 0xFFFFFFFF
+        try:
+            vm.mem.write(stack_base + esp, data, user=False)
+        except PageFault as pf:
+            raise GuestFault(PF, pf.error_code | 2, pf.linear) from None
+
+        if new_cpl < cpl:
+            vm.quirks.set_cpl(vm.ring_of(new_cpl))
+            uc.reg_write(X.UC_X86_REG_SS, vm.real_selector(stack_sel, new_cpl))
+        uc.reg_write(X.UC_X86_REG_ESP, esp)
+        uc.reg_write(X.UC_X86_REG_CS, vm.real_selector(selector, new_cpl))
+        uc.reg_write(X.UC_X86_REG_EIP, offset)
+        new_flags = eflags & ~(TF | NT | RF | VM)
+        if gate_type == 0x0E:
+            new_flags &= ~IF
+        vm.set_guest_eflags(new_flags)
+
+
+def _contributory(v: int) -> bool:
+    return v in (0, 10, 11, 12, 13)

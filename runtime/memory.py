@@ -1,0 +1,120 @@
+"""Guest memory as the VMM sees it.
+
+`uc.mem_read`/`mem_write` take *physical* addresses.  Everything the VMM does on
+the guest's behalf (reading the IDT, pushing an exception frame, decoding at
+EIP) uses *linear* addresses, so it goes through this module's walk of the
+guest's page tables: 2-level with 4 KiB and 4 MiB (PSE) pages.  PAE is not
+modelled yet (documented in docs/machine.md).
+"""
+from __future__ import annotations
+
+import struct
+
+from unicorn import Uc, UcError
+from unicorn import x86_const as X
+
+CR0_PG = 1 << 31
+CR0_WP = 1 << 16
+CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
+
+PTE_P = 1
+PTE_W = 2
+PTE_U = 4
+PTE_PS = 0x80
+
+
+class PageFault(Exception):
+    """A VMM access on the guest's behalf hit a not-present or forbidden page."""
+
+    def __init__(self, linear: int, error_code: int):
+        super().__init__(f"page fault at {linear:#x} (error {error_code:#x})")
+        self.linear = linear
+        self.error_code = error_code
+
+
+class GuestMemory:
+    def __init__(self, uc: Uc, ram_bytes: int):
+        self.uc = uc
+        self.ram_bytes = ram_bytes
+
+    # -- physical --------------------------------------------------------
+    def read_phys(self, addr: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, bytes(data))
+
+    def phys_u32(self, addr: int) -> int:
+        return struct.unpack("<I", self.uc.mem_read(addr, 4))[0]
+
+    # -- translation -------------------------------------------------------
+    def paging(self) -> bool:
+        return bool(self.uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG)
+
+    def translate(self, linear: int, write: bool = False, user: bool = False) -> int:
+        """Linear -> physical through the guest's page tables (identity when paging is off)."""
+        linear &= 0xFFFFFFFF
+        uc = self.uc
+        if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            return linear
+        cr3 = uc.reg_read(X.UC_X86_REG_CR3)
+        cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+        err = (2 if write else 0) | (4 if user else 0)
+        pde_addr = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
+        pde = self._pt_read(pde_addr, linear, err)
+        if not pde & PTE_P:
+            raise PageFault(linear, err)
+        if pde & PTE_PS and cr4 & CR4_PSE:
+            self._check(pde, linear, err, write, user)
+            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
+        pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
+        pte = self._pt_read(pte_addr, linear, err)
+        if not pte & PTE_P:
+            raise PageFault(linear, err)
+        self._check(pde & pte, linear, err, write, user)
+        return (pte & 0xFFFFF000) | (linear & 0xFFF)
+
+    def _pt_read(self, addr: int, linear: int, err: int) -> int:
+        if addr + 4 > self.ram_bytes:
+            raise PageFault(linear, err)
+        return self.phys_u32(addr)
+
+    def _check(self, flags: int, linear: int, err: int, write: bool, user: bool) -> None:
+        if user and not flags & PTE_U:
+            raise PageFault(linear, err | PTE_P)
+        if write and not flags & PTE_W:
+            if user or self.uc.reg_read(X.UC_X86_REG_CR0) & CR0_WP:
+                raise PageFault(linear, err | PTE_P)
+
+    # -- linear ------------------------------------------------------------
+    def read(self, linear: int, size: int, user: bool = False) -> bytes:
+        out = bytearray()
+        while size:
+            n = min(size, 0x1000 - (linear & 0xFFF))
+            phys = self.translate(linear, False, user)
+            out += self.uc.mem_read(phys, n)
+            linear += n
+            size -= n
+        return bytes(out)
+
+    def write(self, linear: int, data: bytes, user: bool = False) -> None:
+        # Translate every page first so a fault leaves memory untouched.
+        chunks = []
+        off = 0
+        while off < len(data):
+            n = min(len(data) - off, 0x1000 - ((linear + off) & 0xFFF))
+            chunks.append((self.translate(linear + off, True, user), data[off:off + n]))
+            off += n
+        for phys, chunk in chunks:
+            self.uc.mem_write(phys, bytes(chunk))
+
+    def u32(self, linear: int) -> int:
+        return struct.unpack("<I", self.read(linear, 4))[0]
+
+    def try_read(self, linear: int, size: int) -> bytes | None:
+        """Read for diagnostics and decoding: None instead of an exception."""
+        try:
+            return self.read(linear, size)
+        except (PageFault, UcError):
+            return None

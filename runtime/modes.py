@@ -1,0 +1,84 @@
+"""Execution modes as configurations of the one VM (runtime/vm.py).
+
+A mode answers the questions where deprivileging changes the answer: which ring
+the guest believes it is in, what it believes EFLAGS and its descriptor tables
+are, and what to do with a fault before it is reflected to the guest.  `Mode`
+is pure emulation: the guest's beliefs are the CPU's truth.
+"""
+from __future__ import annotations
+
+from unicorn import x86_const as X
+
+from bt.errors import VMMError
+
+
+class Mode:
+    name = "emulate"
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.uc = vm.uc
+
+    # -- setup and hooks ------------------------------------------------------
+    def boot(self) -> None:
+        """Called once the image is loaded and the boot state written."""
+
+    def pc_for(self, eip: int) -> int:
+        return eip
+
+    def may_inject(self) -> bool:
+        return True
+
+    def on_fault(self, vector: int, eip: int, error: int | None, soft: bool) -> bool:
+        """Handle a fault the mode itself caused; False = reflect it to the guest."""
+        return False
+
+    def on_invalid_opcode(self, eip: int) -> bool:
+        return False
+
+    def on_unexpected_stop(self, eip: int) -> None:
+        """Unicorn ended a slice early on its own: at CPL 0 that is `hlt`."""
+        if self.vm.mem.try_read(eip - 1, 1) == b"\xf4":
+            self.vm.on_hlt()
+            return
+        raise VMMError(f"emulation stopped unexpectedly at {eip:#x}")
+
+    # -- the guest's view ------------------------------------------------------
+    def guest_cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def ring_of(self, guest_ring: int) -> int:
+        return guest_ring
+
+    def guest_selector(self, real_sel: int) -> int:
+        return real_sel
+
+    def real_selector(self, guest_sel: int, guest_ring: int) -> int:
+        return guest_sel
+
+    def guest_eflags(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+
+    def set_guest_eflags(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, value)
+
+    def guest_gdtr(self) -> tuple[int, int]:
+        _, base, limit, _ = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        return base, limit
+
+    def guest_idtr(self) -> tuple[int, int]:
+        _, base, limit, _ = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        return base, limit
+
+    def guest_tr_base(self) -> int | None:
+        sel, base, _, _ = self.uc.reg_read(X.UC_X86_REG_TR)
+        return base if sel else None
+
+    def guest_regs(self, regs: dict) -> dict:
+        return regs
+
+    def extra_report(self) -> dict:
+        return {}
+
+
+EmulateMode = Mode

@@ -1,0 +1,440 @@
+"""The virtual machine: one Unicorn engine, the pc32 devices, and the run loop.
+
+Modes are configurations of this one engine (architecture-sketch.md):
+    emulate  guest kernel at real CPL 0, privileged instructions run by Unicorn
+    trap     guest kernel at real CPL 1, faults emulated or reflected (runtime.trap)
+    bt       trap + scanner + patcher (runtime.bt)
+Devices, clock, loader and delivery are literally the same code in every mode, which
+is what keeps fidelity comparisons honest.
+
+Time: virtual time is counted in guest instructions (`vtime`); the virtual clock
+runs at `cpu_mhz` million instructions per second.  The run proceeds in *slices*:
+`emu_start(count=n)` where n ends at the next device event, so timer interrupts
+land at exact, reproducible instruction counts.  Hardware interrupts are injected
+between slices (Unicorn has no IRQ line).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
+                     UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_PROT_ALL)
+from unicorn import x86_const as X
+
+from bt.errors import BadInput, VMMError
+from bt.images.image import GuestImage
+from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
+from runtime import cpuid as cpuid_model
+from runtime.counters import Counters
+from runtime.delivery import Delivery, GuestFault, TripleFault, IF
+from runtime.devices import attach_standard_devices
+from runtime.devices.bus import IOBus
+from runtime.memory import GuestMemory, PageFault
+from runtime.quirks import Quirks
+
+MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due sooner
+POLL_SLICE = 2_000          # slice length while an interrupt waits for IF=1
+MAX_IDLE_SKIPS = 100_000    # consecutive hlt wake-ups with nothing delivered = hang
+
+# Exit statuses of bt-run (docs/cli.md).
+STATUS_BUDGET = 124
+STATUS_HANG = 125
+STATUS_VMM_ERROR = 70
+
+SOFT_ONLY_VECTORS = (3, 4)  # int3 and into are traps: EIP is already past them
+
+
+@dataclass
+class RunResult:
+    exit_status: int
+    reason: str
+    retired: int
+    vtime: int
+    wall: float
+    serial: bytes
+    counters: dict
+    message: str = ""
+    regs: dict = field(default_factory=dict)
+    vmm_time: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    pass
+
+
+class VM:
+    """One guest run.  `VM(image, config).run()` -> RunResult."""
+
+    def __init__(self, image: GuestImage, config: MachineConfig | None = None, *,
+                 stdout=None):
+        self._in_slice = False
+        self.image = image
+        self.config = config or MachineConfig()
+        if self.config.mode not in ("emulate", "trap", "bt"):
+            raise BadInput(f"unknown mode '{self.config.mode}' (emulate, trap, bt)")
+        self.out = stdout if stdout is not None else sys.stdout.buffer
+        self.counters = Counters()
+        self.serial = bytearray()
+        self.vtime = 0
+        self.retired = 0
+        self.halted = False
+        self.stop: tuple[str, int, str] | None = None
+        self._slice_base = 0
+        self._stopped_at: int | None = None
+        self._hook_error: BaseException | None = None
+        self._idle_skips = 0
+        self._vmm_time = 0.0
+
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        ram = self.config.mem_bytes
+        if ram <= 0 or ram > 0xC0000000:
+            raise BadInput(f"--mem {self.config.mem_mib} MiB is outside 1..3072")
+        uc.mem_map(0, ram, UC_PROT_ALL)
+        self.mem = GuestMemory(uc, ram)
+        self.quirks = Quirks(uc)
+        self.delivery = Delivery(self)
+        self.bus = IOBus()
+        self.devices = attach_standard_devices(self.bus, self, self.config)
+        self.pic = self.devices["pic"]
+        # Unicorn's `until` probe corrupts fault state once paging is on
+        # (unicorn-x86-facts.md): enable exits with an empty list and bound slices by count.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        self._install_hooks()
+        self.mode = self._make_mode()
+        self._load(image)
+
+    # -- MachineLink (what devices may ask) ------------------------------------
+    @property
+    def cpu_hz(self) -> int:
+        return self.config.cpu_hz
+
+    def now(self) -> int:
+        if self._in_slice:
+            return self._slice_base + max(self.quirks.counter() - 1, 0)
+        return self.vtime
+
+    def raise_irq(self, line: int) -> None:
+        self.pic.raise_irq(line)
+
+    def lower_irq(self, line: int) -> None:
+        self.pic.lower_irq(line)
+
+    def request_stop(self, reason: str, status: int) -> None:
+        if self.stop is None:
+            self.stop = (reason, status, "")
+
+    def serial_out(self, data: bytes) -> None:
+        self.serial += data
+        if self.out is not None:
+            self.out.write(data)
+            if b"\n" in data:
+                self.out.flush()
+
+    # -- guest view (overridden by the deprivileged modes) -----------------------
+    def guest_cpl(self) -> int:
+        return self.mode.guest_cpl()
+
+    def ring_of(self, guest_ring: int) -> int:
+        return self.mode.ring_of(guest_ring)
+
+    def guest_selector(self, real_sel: int) -> int:
+        return self.mode.guest_selector(real_sel)
+
+    def real_selector(self, guest_sel: int, guest_ring: int) -> int:
+        return self.mode.real_selector(guest_sel, guest_ring)
+
+    def guest_eflags(self) -> int:
+        return self.mode.guest_eflags()
+
+    def set_guest_eflags(self, value: int) -> None:
+        self.mode.set_guest_eflags(value)
+
+    def guest_gdtr(self) -> tuple[int, int]:
+        return self.mode.guest_gdtr()
+
+    def guest_idtr(self) -> tuple[int, int]:
+        return self.mode.guest_idtr()
+
+    def guest_tr_base(self) -> int | None:
+        return self.mode.guest_tr_base()
+
+    def stack_base(self) -> int:
+        sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_SS))
+        try:
+            return self.delivery.descriptor(sel).base
+        except GuestFault:
+            return 0
+
+    # -- setup -----------------------------------------------------------------
+    def _make_mode(self):
+        if self.config.mode == "emulate":
+            from runtime.modes import EmulateMode
+            return EmulateMode(self)
+        if self.config.mode == "trap":
+            from runtime.trap import TrapMode
+            return TrapMode(self)
+        from runtime.bt import BTMode
+        return BTMode(self)
+
+    def _load(self, image: GuestImage) -> None:
+        uc = self.uc
+        ram = self.config.mem_bytes
+        for seg in image.segments:
+            if seg.addr < 0 or seg.end > ram:
+                raise BadInput(f"{image.path}: segment {seg.addr:#x}-{seg.end:#x} lies outside "
+                               f"guest RAM (0-{ram:#x}); raise --mem")
+            uc.mem_write(seg.addr, seg.data)
+            if seg.memsize > len(seg.data):
+                uc.mem_write(seg.addr + len(seg.data), bytes(seg.memsize - len(seg.data)))
+        if not 0 <= image.entry < ram:
+            raise BadInput(f"{image.path}: entry point {image.entry:#x} lies outside guest RAM")
+        gdt = flat_gdt_bytes(image.boot_cs, image.boot_ds)
+        uc.mem_write(BOOT_GDT_ADDR, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, BOOT_GDT_ADDR, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, BOOT_CR0)
+        uc.reg_write(X.UC_X86_REG_CS, image.boot_cs)
+        for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES,
+                  X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, image.boot_ds)
+        regs = {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0, "esi": 0, "edi": 0, "ebp": 0, "esp": 0}
+        regs.update(image.regs)
+        for name, val in regs.items():
+            uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), val & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, BOOT_EFLAGS)
+        uc.reg_write(X.UC_X86_REG_EIP, image.entry)
+        self.mode.boot()
+
+    # -- hooks: one per event type; exceptions never escape a callback ------------
+    def _install_hooks(self):
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._guarded(self._on_interrupt))
+        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._guarded(self._on_invalid, True))
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._guarded(self._on_unmapped, False))
+
+    def _guarded(self, fn, default=None):
+        def hook(uc, *args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args[:-1])
+            except _Stop:
+                self._halt_slice()
+                return default
+            except BaseException as e:  # recorded, re-raised after emu_start
+                self._hook_error = e
+                self._halt_slice()
+                return default
+            finally:
+                self._vmm_time += time.perf_counter() - t0
+        return hook
+
+    def _halt_slice(self) -> None:
+        if self._stopped_at is None:
+            self._stopped_at = self.quirks.counter()
+        self.uc.emu_stop()
+
+    def exit_site(self, eip: int) -> None:
+        self.counters.add("exits")
+        self.counters.add("exit_sites", eip)
+
+    def _on_in(self, port, size):
+        self.counters.add("io_exits")
+        self.exit_site(self.uc.reg_read(X.UC_X86_REG_EIP))
+        value = self.bus.read(port, size)
+        self._after_device_access()
+        return value
+
+    def _on_out(self, port, size, value):
+        self.counters.add("io_exits")
+        self.exit_site(self.uc.reg_read(X.UC_X86_REG_EIP))
+        self.bus.write(port, size, value)
+        self._after_device_access()
+
+    def _after_device_access(self):
+        if self.stop is not None:
+            raise _Stop
+        if self.pic.has_interrupt() and self.guest_eflags() & IF:
+            raise _Stop  # deliver it now rather than at the end of the slice
+
+    def _on_cpuid(self):
+        uc = self.uc
+        self.counters.add("cpuid_exits")
+        self.exit_site(uc.reg_read(X.UC_X86_REG_EIP))
+        a, b, c, d = cpuid_model.cpuid(uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX))
+        uc.reg_write(X.UC_X86_REG_EAX, a)
+        uc.reg_write(X.UC_X86_REG_EBX, b)
+        uc.reg_write(X.UC_X86_REG_ECX, c)
+        uc.reg_write(X.UC_X86_REG_EDX, d)
+        return True
+
+    def _on_invalid(self):
+        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        self.exit_site(eip)
+        if self.mode.on_invalid_opcode(eip):
+            return True
+        self.deliver_exception(6, eip)
+        return True
+
+    def _on_unmapped(self, access, address, size, value):
+        self.stop = ("unmapped-access", STATUS_HANG,
+                     f"guest touched unmapped physical memory at {address:#x}")
+        return False
+
+    def _on_interrupt(self, intno):
+        uc = self.uc
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        self.exit_site(eip)
+        soft = intno >= 32 or intno in SOFT_ONLY_VECTORS or self._is_int_n(eip, intno)
+        error = None
+        if not soft and intno in (8, 10, 11, 12, 13, 14, 17):
+            error = self.quirks.error_code()
+        self.quirks.clear_exception()
+        if self.mode.on_fault(intno, eip, error, soft):
+            return
+        self.deliver_exception(intno, eip, error, soft)
+
+    def _is_int_n(self, eip: int, intno: int) -> bool:
+        prev = self.mem.try_read(eip - 2, 2)
+        return prev is not None and prev[0] == 0xCD and prev[1] == intno
+
+    def deliver_exception(self, vector, return_eip, error=None, soft=False):
+        """Reflect an exception or software interrupt into the guest's IDT."""
+        self.counters.add("exceptions_delivered", vector)
+        try:
+            self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft)
+        except TripleFault as tf:
+            self.stop = ("triple-fault", STATUS_HANG, str(tf))
+            raise _Stop from None
+
+    # -- run loop --------------------------------------------------------------
+    def run(self) -> RunResult:
+        wall0 = time.perf_counter()
+        message = ""
+        try:
+            while self.stop is None:
+                self._inject()
+                if self.stop is not None:
+                    break
+                if self.halted:
+                    self._idle()
+                    continue
+                n = self._slice_length()
+                if n <= 0:
+                    self.stop = ("budget", STATUS_BUDGET, "instruction budget exhausted")
+                    break
+                self._run_slice(n)
+        except VMMError as e:
+            self.stop = ("vmm-error", STATUS_VMM_ERROR, str(e))
+        except Exception as e:  # an internal bug still ends with a report, never a traceback
+            self.stop = ("vmm-error", STATUS_VMM_ERROR, f"{type(e).__name__}: {e}")
+        if self.out is not None:
+            self.out.flush()
+        reason, status, message = self.stop
+        wall = time.perf_counter() - wall0
+        return RunResult(status, reason, self.retired, self.vtime, wall, bytes(self.serial),
+                         self._counter_dict(), message, self._final_regs(),
+                         self._vmm_time, self.mode.extra_report())
+
+    def _counter_dict(self) -> dict:
+        d = self.counters.as_dict()
+        d["io_by_port"] = {hex(k): v for k, v in sorted(self.bus.io_counts.items())}
+        d["unhandled_port_reads"] = {hex(k): v for k, v in sorted(self.bus.unhandled_reads.items())}
+        d["unhandled_port_writes"] = {hex(k): v for k, v in sorted(self.bus.unhandled_writes.items())}
+        return d
+
+    def _final_regs(self) -> dict:
+        uc = self.uc
+        regs = {n: uc.reg_read(getattr(X, f"UC_X86_REG_{n.upper()}"))
+                for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip")}
+        regs["eflags"] = self.guest_eflags()
+        regs["cs"] = self.guest_selector(uc.reg_read(X.UC_X86_REG_CS))
+        regs["ss"] = self.guest_selector(uc.reg_read(X.UC_X86_REG_SS))
+        return self.mode.guest_regs(regs)
+
+    def _slice_length(self) -> int:
+        n = MAX_SLICE
+        if self.config.max_instructions is not None:
+            n = min(n, self.config.max_instructions - self.retired)
+            if n <= 0:
+                return 0
+        ev = self.bus.next_event()
+        if ev is not None:
+            n = min(n, max(ev - self.vtime, 1))
+        if self.pic.has_interrupt():
+            n = min(n, POLL_SLICE)
+        return n
+
+    def _run_slice(self, n: int) -> None:
+        uc = self.uc
+        self.counters.add("slices")
+        self._slice_base = self.vtime
+        self._stopped_at = None
+        self._in_slice = True
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        err = None
+        try:
+            uc.emu_start(self.mode.pc_for(eip), 0, count=n)
+        except UcError as e:
+            err = e
+        finally:
+            self._in_slice = False
+        counted = self.quirks.counter()
+        if self._stopped_at is not None:
+            done = self._stopped_at
+        else:
+            done = min(counted, n)
+        self.retired += done
+        self.vtime += done
+        if self._hook_error is not None:
+            e, self._hook_error = self._hook_error, None
+            if isinstance(e, (VMMError, BadInput)):
+                raise e
+            raise VMMError(f"{type(e).__name__} in VMM hook: {e}") from e
+        if err is not None and self.stop is None:
+            eip = uc.reg_read(X.UC_X86_REG_EIP)
+            self.stop = ("emulation-error", STATUS_HANG,
+                         f"Unicorn stopped at {eip:#x}: {err}")
+        self.bus.tick(self.vtime)
+        if self.stop is None and self._stopped_at is None and counted <= n:
+            self.mode.on_unexpected_stop(uc.reg_read(X.UC_X86_REG_EIP))
+
+    def on_hlt(self) -> None:
+        """The guest executed hlt (in whatever way the mode observed it)."""
+        self.counters.add("halts")
+        self.halted = True
+
+    def _idle(self) -> None:
+        ev = self.bus.next_event()
+        if not self.guest_eflags() & IF or ev is None:
+            self.stop = ("hang", STATUS_HANG,
+                         "guest halted with interrupts disabled or no timer armed")
+            return
+        self._idle_skips += 1
+        if self._idle_skips > MAX_IDLE_SKIPS:
+            self.stop = ("hang", STATUS_HANG, "guest halted and no interrupt can reach it")
+            return
+        self.vtime = max(self.vtime, ev)
+        self.bus.tick(self.vtime)
+
+    def _inject(self) -> None:
+        if not self.pic.has_interrupt() or not self.guest_eflags() & IF:
+            return
+        if not self.mode.may_inject():
+            return
+        vector = self.pic.acknowledge()
+        self.counters.add("exits")
+        self.counters.add("interrupts_injected", vector)
+        self.halted = False
+        self._idle_skips = 0
+        try:
+            self.delivery.deliver(vector, return_eip=self.uc.reg_read(X.UC_X86_REG_EIP),
+                                  external=True)
+        except TripleFault as tf:
+            self.stop = ("triple-fault", STATUS_HANG, str(tf))

@@ -1,0 +1,143 @@
+"""Per-page records of scanned code, as CSAM kept them.
+
+For every 4 KiB page that holds scanned code we keep one byte per offset
+(0 = not scanned, 1 = first byte of a scanned instruction, 2 = a later byte of
+one) and a CRC-32 of the page's bytes taken after the scan.  The runtime
+write-protects these pages; when a write hits one (or the hash no longer
+matches) the page is marked dirty and the scanner drops and rescans its code.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Callable, Iterable
+
+PAGE = 4096
+PAGE_MASK = ~(PAGE - 1) & 0xFFFFFFFF
+UNSCANNED, START, CONT = 0, 1, 2
+
+ReadMem = Callable[[int, int], "bytes | None"]
+
+
+class PageRecord:
+    __slots__ = ("base", "flags", "hash", "dirty")
+
+    def __init__(self, base: int):
+        self.base = base
+        self.flags = bytearray(PAGE)
+        self.hash: int | None = None
+        self.dirty = False
+
+    def scanned_offsets(self) -> list[int]:
+        """Offsets of the first bytes of scanned instructions."""
+        f = self.flags
+        out = []
+        i = f.find(START)
+        while i >= 0:
+            out.append(i)
+            i = f.find(START, i + 1)
+        return out
+
+    def scanned_bytes(self) -> int:
+        return PAGE - self.flags.count(UNSCANNED)
+
+
+def page_hash(read_mem: ReadMem, base: int) -> int:
+    data = read_mem(base, PAGE) or b""
+    return zlib.crc32(bytes(data))
+
+
+class PageMap:
+    """Page base address -> PageRecord for every page holding scanned code."""
+
+    def __init__(self):
+        self.pages: dict[int, PageRecord] = {}
+
+    def record(self, base: int) -> PageRecord:
+        rec = self.pages.get(base)
+        if rec is None:
+            rec = self.pages[base] = PageRecord(base)
+        return rec
+
+    def state(self, addr: int) -> int:
+        rec = self.pages.get(addr & PAGE_MASK)
+        return rec.flags[addr & (PAGE - 1)] if rec else UNSCANNED
+
+    def is_free(self, addr: int, size: int) -> bool:
+        """True when none of the bytes [addr, addr+size) belong to a scanned instruction."""
+        return all(self.state((addr + i) & 0xFFFFFFFF) == UNSCANNED for i in range(size))
+
+    def mark(self, addr: int, size: int) -> None:
+        for i in range(size):
+            a = (addr + i) & 0xFFFFFFFF
+            self.record(a & PAGE_MASK).flags[a & (PAGE - 1)] = START if i == 0 else CONT
+
+    def unmark(self, addr: int, size: int) -> None:
+        for i in range(size):
+            a = (addr + i) & 0xFFFFFFFF
+            rec = self.pages.get(a & PAGE_MASK)
+            if rec:
+                rec.flags[a & (PAGE - 1)] = UNSCANNED
+
+    def code_pages(self) -> list[int]:
+        return sorted(b for b, r in self.pages.items() if r.flags.count(UNSCANNED) < PAGE)
+
+    def update_hashes(self, read_mem: ReadMem, bases: Iterable[int] | None = None) -> None:
+        for b in (self.pages if bases is None else bases):
+            rec = self.pages.get(b)
+            if rec is not None:
+                rec.hash = page_hash(read_mem, b)
+                rec.dirty = False
+
+    def changed_pages(self, read_mem: ReadMem) -> list[int]:
+        """Pages whose bytes no longer match the hash taken at scan time; marks them dirty."""
+        out = []
+        for b in sorted(self.pages):
+            rec = self.pages[b]
+            if rec.hash is not None and page_hash(read_mem, b) != rec.hash:
+                rec.dirty = True
+                out.append(b)
+        return out
+
+    def mark_dirty(self, addr: int) -> int | None:
+        """A write hit `addr`: mark its page dirty when it holds scanned code."""
+        rec = self.pages.get(addr & PAGE_MASK)
+        if rec is None:
+            return None
+        rec.dirty = True
+        return rec.base
+
+    def dirty_pages(self) -> list[int]:
+        return sorted(b for b, r in self.pages.items() if r.dirty)
+
+    def drop(self, base: int) -> None:
+        self.pages.pop(base, None)
+
+    def merge(self, other: "PageMap") -> None:
+        for b, r in other.pages.items():
+            mine = self.pages.get(b)
+            if mine is None:
+                mine = self.record(b)
+                mine.flags[:] = r.flags
+                mine.hash, mine.dirty = r.hash, r.dirty
+                continue
+            # A byte scanned in either map is scanned in the union.
+            for i, v in enumerate(r.flags):
+                if v and not mine.flags[i]:
+                    mine.flags[i] = v
+            mine.dirty = mine.dirty or r.dirty
+
+    def to_dict(self) -> dict:
+        return {f"{b:#x}": {"hash": r.hash, "dirty": r.dirty, "flags": zlib.compress(bytes(r.flags)).hex()}
+                for b, r in sorted(self.pages.items())}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PageMap":
+        pm = cls()
+        for k, v in d.items():
+            rec = pm.record(int(k, 16))
+            flags = zlib.decompress(bytes.fromhex(v["flags"]))
+            if len(flags) != PAGE:
+                raise ValueError(f"page {k}: flags are {len(flags)} bytes, not {PAGE}")
+            rec.flags[:] = flags
+            rec.hash, rec.dirty = v.get("hash"), bool(v.get("dirty"))
+        return pm
