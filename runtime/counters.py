@@ -28,6 +28,7 @@ DECLARATIONS: tuple[CounterDecl, ...] = (
     CounterDecl("exit_sites", "exits by guest address (hex), for the top-sites table", keyed=True),
     CounterDecl("cpuid_exits", "cpuid instructions answered from the machine model"),
     CounterDecl("halts", "hlt instructions that idled the virtual CPU"),
+    CounterDecl("gdt_write_exits", "guest writes to write-monitored pages holding its GDT"),
     CounterDecl("slices", "emulation slices (emu_start calls)"),
 )
 

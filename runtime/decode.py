@@ -63,20 +63,40 @@ class Insn:
     rep: bool
 
 
-_cache: dict[bytes, Insn | None] = {}
+_by_bytes: dict[bytes, Insn] = {}
 
 
 def decode(code: bytes) -> Insn | None:
     """Decode the first instruction of `code` (None when undecodable)."""
-    hit = _cache.get(code)
-    if hit is not None or code in _cache:
-        return hit
-    insn = None
     for ci in _CS.disasm(code, 0, 1):
-        insn = _convert(ci)
-    insn_bytes = code[:insn.size] if insn else code
-    _cache[insn_bytes] = insn
-    return insn
+        raw = bytes(ci.bytes)
+        hit = _by_bytes.get(raw)
+        if hit is None:
+            hit = _by_bytes[raw] = _convert(ci)
+        return hit
+    return None
+
+
+class SiteDecoder:
+    """Decode at a guest address, cached per address and checked against the
+    current bytes, so a fault site that exits repeatedly is decoded once and a
+    rewritten site is decoded anew."""
+
+    def __init__(self, read):
+        self._read = read                    # read(linear, size) -> bytes | None
+        self._sites: dict[int, tuple[bytes, Insn]] = {}
+
+    def at(self, eip: int) -> Insn | None:
+        hit = self._sites.get(eip)
+        if hit is not None:
+            raw, insn = hit
+            if self._read(eip, len(raw)) == raw:
+                return insn
+        code = self._read(eip, 15) or self._read(eip, 0x1000 - (eip & 0xFFF)) or b""
+        insn = decode(code)
+        if insn is not None:
+            self._sites[eip] = (code[:insn.size], insn)
+        return insn
 
 
 def _convert(ci) -> Insn:

@@ -35,7 +35,9 @@ class PageFault(Exception):
 
 class GuestMemory:
     def __init__(self, uc: Uc, ram_bytes: int):
+        from runtime.fastuc import FastUc
         self.uc = uc
+        self.fast = FastUc(uc)
         self.ram_bytes = ram_bytes
 
     # -- physical --------------------------------------------------------
@@ -56,7 +58,7 @@ class GuestMemory:
         """Linear -> physical through the guest's page tables (identity when paging is off)."""
         linear &= 0xFFFFFFFF
         uc = self.uc
-        if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+        if not self.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
             return linear
         cr3 = uc.reg_read(X.UC_X86_REG_CR3)
         cr4 = uc.reg_read(X.UC_X86_REG_CR4)
@@ -89,6 +91,8 @@ class GuestMemory:
 
     # -- linear ------------------------------------------------------------
     def read(self, linear: int, size: int, user: bool = False) -> bytes:
+        if size <= 0x1000 - (linear & 0xFFF):       # one page: the common case
+            return self.fast.mem_read(self.translate(linear, False, user), size)
         out = bytearray()
         while size:
             n = min(size, 0x1000 - (linear & 0xFFF))

@@ -12,6 +12,10 @@ from unicorn import x86_const as X
 from bt.errors import VMMError
 
 
+class StopSlice(Exception):
+    """Raised inside a hook: end the current emulation slice after this exit."""
+
+
 class Mode:
     name = "emulate"
 
@@ -28,6 +32,10 @@ class Mode:
 
     def may_inject(self) -> bool:
         return True
+
+    def slice_limit(self) -> int | None:
+        """An upper bound for the next slice (e.g. 1 inside an sti shadow)."""
+        return None
 
     def on_fault(self, vector: int, eip: int, error: int | None, soft: bool) -> bool:
         """Handle a fault the mode itself caused; False = reflect it to the guest."""

@@ -88,6 +88,21 @@ def _provoke_gp(selector: int, eax: int = 0) -> tuple[bytes, bytes]:
     return before, after
 
 
+def _find_is_int_offset(error_code_off: int, after_gp: bytes) -> int:
+    """`exception_is_int` follows error_code in CPUX86State: 1 after `int n`, 0 after a fault."""
+    def after(code: bytes) -> bytes:
+        uc = _scratch()
+        uc.mem_write(0x1000, code)
+        uc.hook_add(UC_HOOK_INTR, lambda uc, n, _: uc.emu_stop())
+        uc.emu_start(0x1000, 0, count=1)
+        return _ctx_bytes(uc.context_save())
+    soft = after(b"\xcd\x0d")                    # int 0x0d
+    off = error_code_off + 4
+    if struct.unpack_from("<i", soft, off)[0] == 1 and struct.unpack_from("<i", after_gp, off)[0] == 0:
+        return off
+    raise QuirkError("could not find exception_is_int next to the error code")
+
+
 def _find_cpl_offset() -> int:
     """Diff a context at CPL 0 with one at CPL 3 reached through an iretd."""
     uc = _scratch()
@@ -128,6 +143,7 @@ def _find_counter_offset() -> int:
 class Offsets:
     old_exception: int
     error_code: int
+    is_int: int
     hflags: int
     emu_counter: int
 
@@ -151,7 +167,8 @@ def calibrate() -> Offsets:
     # error_code follows exception_index/old_exception in CPUX86State; take the first
     # match after old_exception.
     ec = [o for o in err if o > old_exc[0]] or err
-    _OFFSETS = Offsets(old_exc[0], ec[0], _find_cpl_offset(), _find_counter_offset())
+    _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
+                       _find_counter_offset())
     return _OFFSETS
 
 
@@ -180,6 +197,18 @@ class Quirks:
     def error_code(self) -> int:
         self.uc.context_update(self._ctx)
         return ctypes.c_uint32.from_address(self._ctx.context.value + self.off.error_code).value
+
+    def take_fault(self) -> tuple[int, bool]:
+        """At a fault: read (error code, raised-by-int-n) and clear the exception in
+        flight, with one context round trip (this is on every exit's path)."""
+        uc, ctx = self.uc, self._ctx
+        uc.context_update(ctx)
+        base = ctx.context.value
+        error = ctypes.c_uint32.from_address(base + self.off.error_code).value
+        is_int = ctypes.c_int32.from_address(base + self.off.is_int).value == 1
+        ctypes.c_int32.from_address(base + self.off.old_exception).value = -1
+        uc.context_restore(ctx)
+        return error, is_int
 
     def clear_exception(self) -> None:
         """Forget the exception in flight so the next fault is not a #DF."""

@@ -28,7 +28,7 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from runtime import cpuid as cpuid_model
 from runtime.counters import Counters
-from runtime.delivery import Delivery, GuestFault, TripleFault, IF
+from runtime.delivery import Delivery, ERROR_CODE_VECTORS, GuestFault, TripleFault, IF
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
 from runtime.memory import GuestMemory, PageFault
@@ -61,8 +61,7 @@ class RunResult:
     extra: dict = field(default_factory=dict)
 
 
-class _Stop(Exception):
-    pass
+from runtime.modes import StopSlice as _Stop
 
 
 class VM:
@@ -94,6 +93,7 @@ class VM:
             raise BadInput(f"--mem {self.config.mem_mib} MiB is outside 1..3072")
         uc.mem_map(0, ram, UC_PROT_ALL)
         self.mem = GuestMemory(uc, ram)
+        self.fast = self.mem.fast
         self.quirks = Quirks(uc)
         self.delivery = Delivery(self)
         self.bus = IOBus()
@@ -287,22 +287,27 @@ class VM:
                      f"guest touched unmapped physical memory at {address:#x}")
         return False
 
+    def on_protected_write(self, access, address, size, value) -> bool:
+        """A guest write hit a page the VMM protects and no mode claimed it."""
+        hyper = getattr(self.mode, "hyper", None)
+        if hyper is not None and hyper.contains(address):
+            self.stop = ("isolation-violation", STATUS_HANG,
+                         f"guest wrote to the hypervisor area at {address:#x}")
+        else:
+            self.stop = ("vmm-error", STATUS_VMM_ERROR,
+                         f"unexpected write protection fault at {address:#x}")
+        raise _Stop
+
     def _on_interrupt(self, intno):
-        uc = self.uc
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        eip = self.fast.reg_read(X.UC_X86_REG_EIP)
         self.exit_site(eip)
-        soft = intno >= 32 or intno in SOFT_ONLY_VECTORS or self._is_int_n(eip, intno)
-        error = None
-        if not soft and intno in (8, 10, 11, 12, 13, 14, 17):
-            error = self.quirks.error_code()
-        self.quirks.clear_exception()
+        error, is_int = self.quirks.take_fault()
+        soft = is_int or intno >= 32 or intno in SOFT_ONLY_VECTORS
+        if soft or intno not in ERROR_CODE_VECTORS:
+            error = None
         if self.mode.on_fault(intno, eip, error, soft):
             return
         self.deliver_exception(intno, eip, error, soft)
-
-    def _is_int_n(self, eip: int, intno: int) -> bool:
-        prev = self.mem.try_read(eip - 2, 2)
-        return prev is not None and prev[0] == 0xCD and prev[1] == intno
 
     def deliver_exception(self, vector, return_eip, error=None, soft=False):
         """Reflect an exception or software interrupt into the guest's IDT."""
@@ -369,6 +374,9 @@ class VM:
             n = min(n, max(ev - self.vtime, 1))
         if self.pic.has_interrupt():
             n = min(n, POLL_SLICE)
+        limit = self.mode.slice_limit()
+        if limit is not None:
+            n = min(n, limit)
         return n
 
     def _run_slice(self, n: int) -> None:

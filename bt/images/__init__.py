@@ -29,8 +29,12 @@ def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int
     if fmt not in FORMATS and fmt != "demo":
         raise BadInput(f"unknown image format '{fmt}' (choose from {', '.join(FORMATS)})")
     if path.startswith(DEMO_PREFIX) and fmt in ("auto", "demo"):
+        given = [opt for opt, value in (("--load", load), ("--entry", entry), ("--cmdline", cmdline),
+                                         ("--initrd", initrd)) if value is not None and value != ""]
+        if given:
+            raise BadInput(f"{', '.join(given)}: not applicable to demo guests")
         from bt.demos import load_demo  # lazily: demos assemble with Keystone
-        return load_demo(path[len(DEMO_PREFIX):], mem_bytes=mem_bytes, cmdline=cmdline)
+        return load_demo(path[len(DEMO_PREFIX):], mem_bytes=mem_bytes)
     data = read_file(path)
     kind, facts = _detect(path, data, load) if fmt == "auto" else (fmt, None)
     if load is not None and kind != "raw":

@@ -66,19 +66,31 @@ def read_manifest() -> dict | None:
         return None
 
 
+def cached_linux_images() -> dict[str, Path]:
+    """The fetched images, without touching apt (for `bt-run linux`)."""
+    paths = linux_paths()
+    if read_manifest() is None or not paths["initrd"].is_file():
+        raise BadInput(f"the Linux guest is not fetched yet (looked in {paths['dir']}); "
+                       "run `bt-images fetch linux`")
+    return paths
+
+
 def default_linux_cmdline(mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ) -> str:
     """A command line that boots Debian's 686 kernel on the pc32 machine.
 
     The memory size reaches the kernel through the e820 map, so `mem_mib` only
     has to be large enough; `lpj` is the delay-loop calibration for the
     virtual CPU clock (cpu_hz / HZ), which skips the calibration loop.
+    `dis_ucode_ldr`: the 32-bit early microcode loader runs before paging and
+    reads kernel virtual addresses as physical ones (seen: 0xc1e5e6e0 at
+    physical EIP 0x1d96627), which is outside RAM; a VM has no microcode to load.
     """
     if mem_mib < 48:
         raise BadInput(f"Debian's 686 kernel with its initramfs needs at least 48 MiB (got {mem_mib})")
     lpj = cpu_mhz * 1_000_000 // LINUX_HZ
     return ("console=ttyS0 earlyprintk=serial,ttyS0,115200 nolapic noapic acpi=off pci=off "
             f"nokaslr nosmp lpj={lpj} tsc=reliable i8042.noaux i8042.nokbd clocksource=pit "
-            "panic=-1 rdinit=/init")
+            "panic=-1 dis_ucode_ldr rdinit=/init")
 
 
 def ensure_linux_images(init_script: bytes | None = None, refresh: bool = False,

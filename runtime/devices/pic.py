@@ -9,6 +9,8 @@ The slave's INT output is computed on demand and feeds master IR2.
 """
 from __future__ import annotations
 
+from bt.errors import VMMError
+
 from . import regs
 from .base import Device
 
@@ -193,7 +195,7 @@ class PICPair(Device):
 
     def _chip(self, line: int) -> tuple[I8259, int]:
         if not 0 <= line < 16:
-            raise ValueError(f"IRQ line {line} outside 0-15")
+            raise VMMError(f"IRQ line {line} outside 0-15")
         return (self.master, 1 << line) if line < 8 else (self.slave, 1 << (line - 8))
 
     # --- CPU side -----------------------------------------------------------

@@ -1,0 +1,131 @@
+"""Scan rate (instructions/s) of the scanner on Debian's i386 kernel.
+
+Usage:
+    python benchmarks/scan_rate.py [--vmlinuz PATH | --deb PATH] [--repeat N]
+
+Without a path it downloads `linux-image-6.1.0-*-686-unsigned` (i386) with
+apt-get into a temporary directory (needs the i386 architecture added and
+root: `dpkg --add-architecture i386 && apt-get update`).
+
+The bzImage holds an xz-compressed vmlinux ELF after the setup sectors; we
+decompress it and map its PT_LOAD segments at their virtual addresses.
+Debian ships the vmlinux stripped (no .symtab, System.map is a stub), so the
+entries are: the ELF entry point (startup_32, at its physical address; we
+translate it to the virtual one) plus every function exported through
+__ksymtab/__ksymtab_gpl (6.1 uses PC-relative entries: value, name, namespace
+offsets, 12 bytes each) whose address falls in .text/.init.text.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import lzma
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from elftools.elf.elffile import ELFFile  # noqa: E402
+
+from scanner.memory import SegmentMemory  # noqa: E402
+from scanner.scan import Scanner  # noqa: E402
+
+
+def fetch_deb(tmp: str) -> str:
+    out = subprocess.run(["apt-cache", "search", "--names-only", "linux-image-6.1.0-.*-686-unsigned"],
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    names = sorted((ln.split()[0] for ln in out if ln.strip()),
+                   key=lambda n: int(n.split("-")[3]))
+    if not names:
+        raise SystemExit("no linux-image-6.1.0-*-686-unsigned package: "
+                         "run dpkg --add-architecture i386 && apt-get update")
+    subprocess.run(["apt-get", "download", names[-1] + ":i386"], cwd=tmp, check=True,
+                   capture_output=True)
+    return glob.glob(os.path.join(tmp, "*.deb"))[0]
+
+
+def vmlinuz_from_deb(deb: str, tmp: str) -> str:
+    subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "x")], check=True)
+    return glob.glob(os.path.join(tmp, "x", "boot", "vmlinuz-*"))[0]
+
+
+def vmlinux_from_bzimage(data: bytes) -> bytes:
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512
+    i = data.find(b"\xfd7zXZ\x00", start)
+    if i < 0:
+        raise SystemExit("no xz stream after the setup sectors")
+    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[i:])
+
+
+def load_vmlinux(elf_bytes: bytes):
+    import io
+    elf = ELFFile(io.BytesIO(elf_bytes))
+    segs, delta = [], None
+    for s in elf.iter_segments():
+        if s["p_type"] == "PT_LOAD":
+            segs.append((s["p_vaddr"], s.data(), s["p_memsz"]))
+            if delta is None:
+                delta = s["p_vaddr"] - s["p_paddr"]
+    mem = SegmentMemory(segs)
+    entry = elf.header.e_entry
+    if mem.read(entry, 1) is None and delta:
+        entry += delta          # startup_32 is linked at its physical address
+    text = []
+    for name in (".text", ".init.text"):
+        sec = elf.get_section_by_name(name)
+        if sec is not None:
+            text.append((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]))
+    funcs = []
+    for name in ("__ksymtab", "__ksymtab_gpl"):
+        sec = elf.get_section_by_name(name)
+        if sec is None:
+            continue
+        raw, base = sec.data(), sec["sh_addr"]
+        for k in range(0, len(raw) - 11, 12):
+            (off,) = struct.unpack_from("<i", raw, k)
+            addr = (base + k + off) & 0xFFFFFFFF
+            if any(lo <= addr < hi for lo, hi in text):
+                funcs.append(addr)
+    return mem, entry, sorted(set(funcs))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--vmlinuz")
+    p.add_argument("--deb")
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = a.vmlinuz
+        if path is None:
+            path = vmlinuz_from_deb(a.deb or fetch_deb(tmp), tmp)
+        data = open(path, "rb").read()
+    t = time.perf_counter()
+    mem, entry, funcs = load_vmlinux(vmlinux_from_bzimage(data))
+    print(f"kernel: {os.path.basename(path)}  loaded in {time.perf_counter() - t:.1f}s")
+    print(f"entries: ELF entry {entry:#x} + {len(funcs)} exported functions (__ksymtab*)")
+    best = None
+    for r in range(a.repeat):
+        sc = Scanner(mem.read)
+        t = time.perf_counter()
+        sc.scan([entry], "entry")
+        cfg = sc.scan(funcs, "ksymtab")
+        dt = time.perf_counter() - t
+        n = cfg.instruction_count()
+        rate = n / dt
+        print(f"run {r + 1}: {n} instructions in {dt:.2f}s = {rate:,.0f} instructions/s "
+              f"(capstone decoded {sc.dec.decoded})")
+        best = rate if best is None else max(best, rate)
+    st = cfg.stats()
+    print("summary:", {k: v for k, v in st.items()})
+    print(f"best: {best:,.0f} instructions/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

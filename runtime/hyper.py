@@ -1,0 +1,54 @@
+"""The hypervisor area: VMM memory inside the guest's address space, outside RAM.
+
+One 4 MiB region (one page-directory entry, so a paging guest can be given it
+with a single PDE later) whose base is a parameter (`MachineConfig.hyper_base`).
+Nothing outside this module knows an absolute hypervisor address: everything asks
+`HyperArea.addr(REGION)`, so the area can be relocated by changing the base and
+re-applying the recorded fixups (patcher/fixups.py).
+
+Layout (offsets from the base):
+    STATE        one page: the virtual CPU state the stubs read and write
+    SHADOW_IDT   the real IDTR points here; Unicorn never vectors through it, it
+                 only has to exist (delivery reads the guest's own IDT)
+    VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
+    SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
+    VMM_STACK    scratch stack for VMM trampolines
+    STUBS        the stub cache (patcher), to the end of the area
+"""
+from __future__ import annotations
+
+from unicorn import UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC
+
+HYPER_SIZE = 0x400000
+
+STATE = 0x0000
+SHADOW_IDT = 0x1000
+SHADOW_GDT = 0x2000
+SHADOW_GDT_SIZE = 0x10000
+VMM_TSS = 0x1800
+VMM_STACK = 0x12000
+VMM_STACK_SIZE = 0x1000
+STUBS = 0x20000
+STUBS_SIZE = HYPER_SIZE - STUBS
+
+
+class HyperArea:
+    def __init__(self, uc, base: int, ram_bytes: int):
+        if base & 0x3FFFFF:
+            raise ValueError(f"hypervisor base {base:#x} is not 4 MiB aligned")
+        if base < ram_bytes:
+            raise ValueError(f"hypervisor base {base:#x} overlaps guest RAM")
+        self.uc = uc
+        self.base = base
+        uc.mem_map(base, HYPER_SIZE, UC_PROT_ALL)
+
+    def addr(self, offset: int) -> int:
+        return self.base + offset
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + HYPER_SIZE
+
+    def protect_stubs(self, writable: bool) -> None:
+        """Stub cache pages are read+execute for the guest; the VMM opens them to write."""
+        prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC
+        self.uc.mem_protect(self.addr(STUBS), STUBS_SIZE, prot)

@@ -1,0 +1,318 @@
+"""`--mode trap`: the guest kernel deprivileged to ring 1, trap-and-emulate.
+
+* World switch: the guest kernel runs at real CPL 1 with real IOPL 0 and real
+  IF 1; guest user code runs at CPL 3.  The switch edits the CPL bits through the
+  calibrated context (runtime/quirks.py) and loads the ring-1 selectors; the same
+  mechanism lowers the CPL when an interrupt arrives from ring 3, so there is one
+  tested path instead of two (an iretd trampoline would also need VMM-only
+  descriptors in the shadow GDT beyond the guest's limit, where a guest selector
+  could reach them).
+* Ring compression: a shadow GDT (hypervisor area) is the real GDT; guest DPL 0
+  descriptors become DPL 1 there.  The guest's own table is never modified by
+  the compression.  It is rebuilt on lgdt and on guest writes to the pages that
+  hold the guest GDT (write-monitored).  The real IDT is an empty shadow:
+  Unicorn never vectors, delivery reads the guest's own IDT at each delivery,
+  so the guest's IDT needs no copy to keep in sync.
+* The virtual CPU (runtime/vcpu.py) holds IF/IOPL, CR0-4, GDTR/IDTR/LDTR/TR,
+  DR0-7 and MSRs in the hypervisor state page.
+* Every fault at CPL 1 is decoded and either emulated (runtime/emulation.py:
+  what ring compression made fault) or reflected into the guest IDT as the
+  genuine fault it is.  The sensitive-but-unprivileged instructions do not trap
+  and show the host's truth: that is trap-and-emulate's documented hole.
+"""
+from __future__ import annotations
+
+import struct
+
+from unicorn import (UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC)
+from unicorn import x86_const as X
+
+from bt.machine import BOOT_CR0
+from runtime.decode import SiteDecoder
+from runtime.delivery import GP, GuestFault
+from runtime.emulation import CR4_TSD, NOT_MINE, ROUTINES
+from runtime.hyper import SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VMM_TSS, HyperArea
+from runtime.memory import PageFault
+from runtime.modes import Mode, StopSlice
+from runtime.vcpu import IF_BIT, IOPL_MASK, VFLAGS_MASK, VirtualCPU
+
+PAGE = 0x1000
+
+
+class TrapMode(Mode):
+    name = "trap"
+
+    def __init__(self, vm):
+        super().__init__(vm)
+        cfg = vm.config
+        self.hyper = HyperArea(self.uc, cfg.hyper_base, cfg.mem_bytes)
+        self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE))
+        self.stop_slice = False
+        self.decoder = SiteDecoder(vm.mem.try_read)
+        self._sti_shadow = False
+        self._gdt_pages: set[int] = set()
+        self.gdt_syncs = 0
+        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm._guarded(self._on_write_prot, False))
+
+    # -- boot: into ring 1 ----------------------------------------------------------
+    def boot(self) -> None:
+        uc, v = self.uc, self.vcpu
+        _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
+        v.set("gdtr", glimit, gbase)
+        v.set("idtr", 0x3FF, 0)
+        v.set("cr0", BOOT_CR0)
+        v.set("cr4", 0)
+        v.vflags = uc.reg_read(X.UC_X86_REG_EFLAGS) & VFLAGS_MASK
+        self.sync_shadow_gdt()
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, self.hyper.addr(SHADOW_IDT), 0x7FF, 0))
+        # The real TR names a VMM TSS (I/O bitmap denying every port) instead of
+        # the reset TR, which points at guest RAM.  Unicorn 2.1 does not check I/O
+        # permission at all (the in/out hooks see every access, at any CPL), so
+        # this only keeps the real state well-defined for a CPU that would.
+        tss = self.hyper.addr(VMM_TSS)
+        uc.mem_write(tss, bytes(102) + struct.pack("<H", 104))   # I/O map base past the limit
+        uc.reg_write(X.UC_X86_REG_TR, (0, tss, 103, 0x8900))     # present, 32-bit TSS
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
+        cs = uc.reg_read(X.UC_X86_REG_CS)
+        ss = uc.reg_read(X.UC_X86_REG_SS)
+        self.vm.quirks.set_cpl(1)
+        uc.reg_write(X.UC_X86_REG_SS, ss | 1)
+        uc.reg_write(X.UC_X86_REG_CS, cs | 1)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(r, uc.reg_read(r))
+        self._write_real_flags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    # -- ring compression ---------------------------------------------------------
+    def sync_shadow_gdt(self) -> None:
+        """Rebuild the shadow GDT from the guest's and (re)arm write monitoring."""
+        base, limit = self.vcpu.gdtr()
+        size = min(limit + 1, SHADOW_GDT_SIZE)
+        try:
+            table = bytearray(self.vm.mem.read(base, size))
+        except PageFault:
+            table = bytearray(size)
+        for off in range(8, len(table) - 7, 8):
+            access = table[off + 5]
+            dpl = (access >> 5) & 3
+            if access & 0x80 and dpl == 0 and (access & 0x10 or access & 0x0F in (0x4, 0xC)):
+                table[off + 5] = access | (1 << 5)   # DPL 0 -> DPL 1
+        self.uc.mem_write(self.hyper.addr(SHADOW_GDT), bytes(table))
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
+        self.gdt_syncs += 1
+        self._monitor_gdt(base, size)
+
+    def _monitor_gdt(self, base: int, size: int) -> None:
+        pages = set()
+        for lin in range(base & ~0xFFF, base + size, PAGE):
+            try:
+                phys = self.vm.mem.translate(lin)
+            except PageFault:
+                continue
+            if phys < self.vm.config.mem_bytes:
+                pages.add(phys & ~0xFFF)
+        for p in self._gdt_pages - pages:
+            self.uc.mem_protect(p, PAGE, UC_PROT_ALL)
+        for p in pages - self._gdt_pages:
+            self.uc.mem_protect(p, PAGE, UC_PROT_READ | UC_PROT_EXEC)
+        self._gdt_pages = pages
+
+    def _on_write_prot(self, access, address, size, value):
+        page = address & ~0xFFF
+        if page not in self._gdt_pages:
+            return self.vm.on_protected_write(access, address, size, value)
+        # Perform the guest's write ourselves (Unicorn does not), then resync.
+        self.uc.mem_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.vm.counters.add("exits")
+        self.vm.counters.add("gdt_write_exits")
+        self.sync_shadow_gdt()
+        return True
+
+    def load_gdt(self, base: int, limit: int) -> None:
+        self.vcpu.set("gdtr", limit, base)
+        self.sync_shadow_gdt()
+
+    def load_tr(self, selector: int) -> None:
+        desc = self.vm.delivery.descriptor(selector)
+        if (desc.access & 0x1D) != 0x09:          # 32-bit available TSS (type 9)
+            raise GuestFault(GP, selector & 0xFFFC)
+        base, _ = self.vcpu.gdtr()
+        off = base + (selector & 0xFFF8) + 5
+        busy = self.vm.mem.read(off, 1)[0] | 0x02  # the CPU marks the TSS busy
+        self.vm.mem.write(off, bytes([busy]))
+        self.vcpu.set("tr", selector)
+        self.sync_shadow_gdt()
+
+    def check_code_selector(self, sel: int) -> None:
+        desc = self.vm.delivery.descriptor(sel)
+        if not desc.access & 0x08 or not desc.present:
+            raise GuestFault(GP, sel & 0xFFFC)
+
+    def load_ss(self, sel: int):
+        if sel & 3:
+            return NOT_MINE            # RPL 1..3: the CPU's own check was the guest's truth
+        desc = self.vm.delivery.descriptor(sel)
+        if desc.dpl != 0 or desc.access & 0x08 or not desc.access & 0x02:
+            return NOT_MINE
+        self.uc.reg_write(X.UC_X86_REG_SS, sel | 1)
+        return None
+
+    # -- control registers ----------------------------------------------------------
+    def read_cr(self, n: int) -> int:
+        return self.vcpu.get(f"cr{n}")
+
+    def write_cr(self, n: int, value: int) -> None:
+        value &= 0xFFFFFFFF
+        uc = self.uc
+        if n == 0:
+            self.vcpu.set("cr0", value)
+            uc.reg_write(X.UC_X86_REG_CR0, value | 1)
+        elif n == 2:
+            self.vcpu.set("cr2", value)
+            uc.reg_write(X.UC_X86_REG_CR2, value)
+        elif n == 3:
+            self.vcpu.set("cr3", value)
+            uc.reg_write(X.UC_X86_REG_CR3, value)
+        elif n == 4:
+            self.vcpu.set("cr4", value)
+            uc.reg_write(X.UC_X86_REG_CR4, value | CR4_TSD)
+
+    def virtual_tsc(self) -> int:
+        """One TSC tick per virtual instruction: deterministic, and cpu_mhz is the TSC rate."""
+        return self.vm.now() + self.vcpu.tsc_offset
+
+    # -- helpers for emulation routines -------------------------------------------------
+    def seg_base(self, seg_reg: int) -> int:
+        sel = self.guest_selector(self.uc.reg_read(seg_reg))
+        if sel < 4:
+            return 0
+        try:
+            return self.vm.delivery.descriptor(sel).base
+        except GuestFault:
+            return 0
+
+    def stack_base(self) -> int:
+        return self.seg_base(X.UC_X86_REG_SS)
+
+    def guest_read(self, addr: int, size: int) -> bytes:
+        try:
+            return self.vm.mem.read(addr, size)
+        except PageFault as pf:
+            raise GuestFault(14, pf.error_code, pf.linear) from None
+
+    def guest_write(self, addr: int, data: bytes) -> None:
+        try:
+            self.vm.mem.write(addr, data)
+        except PageFault as pf:
+            raise GuestFault(14, pf.error_code | 2, pf.linear) from None
+
+    def begin_sti_shadow(self) -> None:
+        """sti enables interrupts after the *next* instruction: run one more, then inject."""
+        if self.vm.pic.has_interrupt():
+            self._sti_shadow = True
+            self.stop_slice = True
+
+    def after_if_change(self) -> None:
+        if self.vcpu.interrupts_enabled and self.vm.pic.has_interrupt():
+            self.stop_slice = True
+
+    # -- the exit dispatcher ----------------------------------------------------------
+    def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
+        vm = self.vm
+        cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
+        if vector == 14:
+            self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
+        if soft or cpl != 1 or vector != 13:
+            vm.counters.add("faults_reflected", vector)
+            return False
+        insn = self.decoder.at(eip)
+        routine = ROUTINES.get(insn.mnemonic) if insn else None
+        if routine is None:
+            vm.counters.add("faults_reflected", vector)
+            return False
+        self.stop_slice = False
+        try:
+            resume = routine(self, insn, eip)
+        except GuestFault as f:
+            vm.counters.add("faults_reflected", f.vector)
+            if f.cr2 is not None:
+                self.write_cr(2, f.cr2)
+            vm.deliver_exception(f.vector, eip, f.error_code)
+            return True
+        if resume is NOT_MINE:
+            vm.counters.add("faults_reflected", vector)
+            return False
+        vm.counters.add("faults_emulated", insn.mnemonic)
+        vm.fast.reg_write(X.UC_X86_REG_EIP, (eip + insn.size) if resume is None else resume)
+        if self.stop_slice or vm.stop is not None:
+            self.stop_slice = False
+            raise StopSlice
+        return True
+
+    def on_unexpected_stop(self, eip: int) -> None:
+        # At CPL 1 hlt faults; at CPL 3 too.  Only the base class's CPL 0 case remains.
+        super().on_unexpected_stop(eip)
+
+    def may_inject(self) -> bool:
+        if self._sti_shadow:
+            return False
+        return True
+
+    def slice_limit(self) -> int | None:
+        if self._sti_shadow:
+            self._sti_shadow = False
+            return 1
+        return None
+
+    # -- the guest's view -------------------------------------------------------------
+    def _real_cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def guest_cpl(self) -> int:
+        cpl = self._real_cpl()
+        return 0 if cpl == 1 else cpl
+
+    def ring_of(self, guest_ring: int) -> int:
+        return 1 if guest_ring == 0 else guest_ring
+
+    def guest_selector(self, real_sel: int) -> int:
+        return real_sel & ~3 if real_sel & 3 == 1 else real_sel
+
+    def real_selector(self, guest_sel: int, guest_ring: int) -> int:
+        return (guest_sel & ~3) | 1 if guest_ring == 0 else guest_sel
+
+    def guest_eflags(self) -> int:
+        real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if self._real_cpl() == 3:
+            return real
+        return (real & ~VFLAGS_MASK) | self.vcpu.vflags
+
+    def set_guest_eflags(self, value: int) -> None:
+        # Which ring the flags are for is decided by the CPL at the time of the
+        # write: delivery writes them after switching CS to the handler's ring.
+        if self._real_cpl() == 3:
+            self.uc.reg_write(X.UC_X86_REG_EFLAGS, value)
+            return
+        self.vcpu.vflags = value & VFLAGS_MASK
+        self._write_real_flags(value)
+
+    def _write_real_flags(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, (value & ~IOPL_MASK) | IF_BIT)
+
+    def guest_gdtr(self) -> tuple[int, int]:
+        return self.vcpu.gdtr()
+
+    def guest_idtr(self) -> tuple[int, int]:
+        return self.vcpu.idtr()
+
+    def guest_tr_base(self) -> int | None:
+        tr = self.vcpu.get("tr")
+        if not tr:
+            return None
+        return self.vm.delivery.descriptor(tr).base
+
+    def extra_report(self) -> dict:
+        snap = self.vcpu.snapshot()
+        return {"virtual_cpu": {k: (hex(v) if isinstance(v, int) else [hex(x) for x in v])
+                                for k, v in snap.items()},
+                "hypervisor_base": hex(self.hyper.base),
+                "shadow_gdt_syncs": self.gdt_syncs}

@@ -1,0 +1,91 @@
+"""The virtual CPU: what the deprivileged guest believes about the CPU.
+
+Its fields live in the hypervisor area's state page and nowhere else: the
+runtime reads and writes them there, and the patcher's stubs (guest code in
+ring 1) read and write the same bytes.  One source of truth, no copy to drift.
+`FIELDS` is the layout, used by both sides (stub templates name fields, never
+offsets).
+"""
+from __future__ import annotations
+
+import struct
+
+from runtime.hyper import STATE
+
+# name -> (offset in the state page, struct format)
+FIELDS: dict[str, tuple[int, str]] = {
+    "vflags": (0x00, "<I"),      # virtual EFLAGS bits the guest owns: IF (bit 9) and IOPL (12-13)
+    "in_patch": (0x04, "<I"),    # 1 while the guest runs inside patch code: no injection
+    "irq_pending": (0x08, "<I"), # set by the VMM: a stub enabling IF must exit to let it in
+    "scratch": (0x0C, "<I"),     # stub scratch word
+    "cr0": (0x10, "<I"),
+    "cr2": (0x14, "<I"),
+    "cr3": (0x18, "<I"),
+    "cr4": (0x1C, "<I"),
+    "gdtr": (0x20, "<HI"),       # sgdt layout: limit then base
+    "idtr": (0x28, "<HI"),
+    "ldtr": (0x30, "<H"),
+    "tr": (0x34, "<H"),
+    "dr": (0x40, "<8I"),
+    "stub_runs": (0x80, "<I"),   # incremented by every stub that counts itself
+    "scratch2": (0x84, "<I"),
+    "scratch3": (0x88, "<I"),
+    "exit_reason": (0x8C, "<I"),
+}
+
+IF_BIT = 1 << 9
+IOPL_MASK = 3 << 12
+VFLAGS_MASK = IF_BIT | IOPL_MASK
+
+
+class VirtualCPU:
+    def __init__(self, uc, state_addr: int):
+        from runtime.fastuc import FastUc
+        self.uc = uc
+        self.fast = FastUc(uc)
+        self.state_addr = state_addr
+        self.msrs: dict[int, int] = {}
+        self.tsc_offset = 0
+
+    def field_addr(self, name: str) -> int:
+        return self.state_addr + FIELDS[name][0]
+
+    def get(self, name: str):
+        off, fmt = FIELDS[name]
+        vals = struct.unpack(fmt, self.fast.mem_read(self.state_addr + off, struct.calcsize(fmt)))
+        return vals[0] if len(vals) == 1 else vals
+
+    def set(self, name: str, *values) -> None:
+        off, fmt = FIELDS[name]
+        self.fast.mem_write(self.state_addr + off, struct.pack(fmt, *values))
+
+    # Convenience accessors for the hot fields.
+    @property
+    def vflags(self) -> int:
+        return int.from_bytes(self.fast.mem_read(self.state_addr, 4), "little")
+
+    @vflags.setter
+    def vflags(self, value: int) -> None:
+        self.fast.mem_write(self.state_addr, (value & VFLAGS_MASK).to_bytes(4, "little"))
+
+    @property
+    def interrupts_enabled(self) -> bool:
+        return bool(self.vflags & IF_BIT)
+
+    def gdtr(self) -> tuple[int, int]:
+        limit, base = self.get("gdtr")
+        return base, limit
+
+    def idtr(self) -> tuple[int, int]:
+        limit, base = self.get("idtr")
+        return base, limit
+
+    def snapshot(self) -> dict:
+        out = {}
+        for name in ("vflags", "cr0", "cr2", "cr3", "cr4", "ldtr", "tr"):
+            out[name] = self.get(name)
+        base, limit = self.gdtr()
+        out["gdtr"] = (base, limit)
+        base, limit = self.idtr()
+        out["idtr"] = (base, limit)
+        return out

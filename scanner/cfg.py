@@ -1,0 +1,218 @@
+"""The control-flow graph the scanner produces, kept apart from the scanner.
+
+`CFG.graph` is a plain networkx.DiGraph.  Nodes:
+  * basic blocks, keyed by start address (int):
+      kind="block", start, end (exclusive),
+      insns=[(addr, size, mnemonic, op_str, bytes), ...],
+      sensitive=[(addr, catalog row name, class value), ...]
+  * bad blocks, keyed by address (int): kind="bad", start=end=addr, reason
+    (undecodable / overlap / unmapped / truncated / cap).
+  * the single node "unresolved": kind="unresolved"; every branch whose target
+    the scanner could not work out has an edge to it.
+Edges carry kind = fallthrough | jump | cond-jump | call | return | indirect |
+unresolved and site = the address of the branch instruction.  "return" is the
+edge from a block ending in a call to the block at the call's return address
+(angr's "fakeret"); `ret` itself has no edge because its target is unknown.
+"indirect" is a branch through memory the scanner could read (`via` = the
+pointer's address).  When two kinds join the same pair of blocks (a `jcc` to
+the next instruction, `call $+5`), the first is `kind` and the other is `also`.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import networkx as nx
+
+from scanner.pages import PageMap
+
+UNRESOLVED = "unresolved"
+EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")
+TARGET_KINDS = frozenset({"jump", "cond-jump", "call", "return", "indirect"})
+
+
+@dataclass(frozen=True)
+class Site:
+    addr: int
+    size: int
+    name: str          # catalog row name
+    klass: str         # catalog class value
+    block: int
+    mnemonic: str
+    op_str: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Block:
+    start: int
+    end: int
+    insns: tuple
+    sensitive: tuple
+
+
+class CFG:
+    def __init__(self):
+        self.graph = nx.DiGraph()
+        self.graph.add_node(UNRESOLVED, kind="unresolved")
+        self.pages = PageMap()
+        self.entries: dict[int, list[str]] = {}   # address -> labels ("entry", "idt:0x0e", ...)
+        self.pending: list[int] = []              # targets left unscanned when a cap was hit
+        self.info: dict = {}
+
+    # --- construction helpers (used by the scanner and by load/merge) --------
+    def add_block(self, start: int, end: int, insns: list, sensitive: list) -> None:
+        self.graph.add_node(start, kind="block", start=start, end=end, insns=insns,
+                            sensitive=sensitive)
+
+    def add_bad(self, addr: int, reason: str) -> None:
+        self.graph.add_node(addr, kind="bad", start=addr, end=addr, insns=[], sensitive=[],
+                            reason=reason)
+
+    def add_edge(self, src, dst, kind: str, **attrs) -> None:
+        g = self.graph
+        data = g.get_edge_data(src, dst)
+        if data is None:
+            g.add_edge(src, dst, kind=kind, **attrs)
+        elif data["kind"] != kind and data.get("also") is None:
+            data["also"] = kind
+
+    def add_entry(self, addr: int, label: str) -> None:
+        labels = self.entries.setdefault(addr, [])
+        if label not in labels:
+            labels.append(label)
+
+    # --- queries ---------------------------------------------------------------
+    def blocks(self) -> list[int]:
+        return sorted(n for n, d in self.graph.nodes(data=True) if d["kind"] == "block")
+
+    def block(self, addr: int) -> Block:
+        d = self.graph.nodes[addr]
+        if d["kind"] != "block":
+            raise KeyError(f"{addr:#x} is a {d['kind']} node, not a block")
+        return Block(d["start"], d["end"], tuple(d["insns"]), tuple(d["sensitive"]))
+
+    def bad_blocks(self) -> list[tuple[int, str]]:
+        return sorted((n, d["reason"]) for n, d in self.graph.nodes(data=True) if d["kind"] == "bad")
+
+    def instructions(self):
+        """Every scanned instruction (addr, size, mnemonic, op_str, bytes), by address."""
+        for b in self.blocks():
+            yield from self.graph.nodes[b]["insns"]
+
+    def instruction_count(self) -> int:
+        return sum(len(d["insns"]) for _, d in self.graph.nodes(data=True) if d["kind"] == "block")
+
+    def sensitive_sites(self) -> list[Site]:
+        out = []
+        for b in self.blocks():
+            d = self.graph.nodes[b]
+            if not d["sensitive"]:
+                continue
+            by_addr = {i[0]: i for i in d["insns"]}
+            for addr, name, klass in d["sensitive"]:
+                a, size, mnem, op, data = by_addr[addr]
+                out.append(Site(addr, size, name, klass, b, mnem, op, data))
+        return out
+
+    def unresolved_sites(self) -> list[int]:
+        """Addresses of branches whose target the scanner could not work out."""
+        return sorted(d["site"] for _, _, d in self.graph.in_edges(UNRESOLVED, data=True))
+
+    def branch_targets_in(self, lo: int, hi: int) -> list[int]:
+        """Addresses in [lo, hi) that control may arrive at other than by falling
+        through: targets of jumps/calls, call return addresses, entry points."""
+        out = set(a for a in self.entries if lo <= a < hi)
+        for n in self.graph.nodes:
+            if n == UNRESOLVED or not (lo <= n < hi):
+                continue
+            for _, _, d in self.graph.in_edges(n, data=True):
+                if d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS:
+                    out.add(n)
+                    break
+        return sorted(out)
+
+    def code_pages(self) -> list[int]:
+        return self.pages.code_pages()
+
+    def block_containing(self, addr: int) -> int | None:
+        """Start of the block with an instruction byte at `addr`, or None."""
+        starts = self.blocks()
+        i = bisect.bisect_right(starts, addr) - 1
+        while i >= 0:
+            d = self.graph.nodes[starts[i]]
+            if d["start"] <= addr < d["end"]:
+                return starts[i]
+            if d["end"] <= addr and i < len(starts) - 1:
+                break
+            i -= 1
+        return None
+
+    def is_scanned(self, addr: int) -> bool:
+        """True when `addr` is the first byte of a scanned instruction."""
+        return self.pages.state(addr) == 1
+
+    def stats(self) -> dict:
+        by_class: dict[str, int] = {}
+        for s in self.sensitive_sites():
+            by_class[s.klass] = by_class.get(s.klass, 0) + 1
+        return {
+            "blocks": len(self.blocks()),
+            "instructions": self.instruction_count(),
+            "sensitive": dict(sorted(by_class.items())),
+            "unresolved": len(self.unresolved_sites()),
+            "bad_blocks": len(self.bad_blocks()),
+            "pages": len(self.code_pages()),
+            "entries": len(self.entries),
+        }
+
+    # --- combining -------------------------------------------------------------
+    def split_block(self, start: int, at: int) -> None:
+        """Cut block `start` in two at instruction address `at` (a new block start)."""
+        g = self.graph
+        d = g.nodes[start]
+        insns = d["insns"]
+        k = next(i for i, ins in enumerate(insns) if ins[0] == at)
+        tail_sens = [s for s in d["sensitive"] if s[0] >= at]
+        self.add_block(at, d["end"], insns[k:], tail_sens)
+        out = list(g.out_edges(start, data=True))
+        for _, dst, data in out:
+            g.remove_edge(start, dst)
+            g.add_edge(at, dst, **data)
+        d["insns"] = insns[:k]
+        d["end"] = at
+        d["sensitive"] = [s for s in d["sensitive"] if s[0] < at]
+        self.add_edge(start, at, "fallthrough", site=insns[k - 1][0])
+
+    def merge(self, other: "CFG") -> "CFG":
+        """Add another scan's result (of the same memory) to this one."""
+        g = self.graph
+        for n, d in other.graph.nodes(data=True):
+            if n == UNRESOLVED:
+                continue
+            mine = g.nodes.get(n) if n in g else None
+            if mine is None or (mine["kind"] == "bad" and d["kind"] == "block"):
+                g.add_node(n, **{k: (list(v) if isinstance(v, list) else v) for k, v in d.items()})
+        for u, v, d in other.graph.edges(data=True):
+            if not g.has_edge(u, v):
+                g.add_edge(u, v, **d)
+        for a, labels in other.entries.items():
+            for lab in labels:
+                self.add_entry(a, lab)
+        self.pages.merge(other.pages)
+        self.pending = sorted(set(self.pending) | set(other.pending))
+        self._normalize()
+        return self
+
+    def _normalize(self) -> None:
+        """Split blocks that contain another block's start (after a merge)."""
+        changed = True
+        while changed:
+            changed = False
+            starts = set(self.blocks())
+            for b in sorted(starts):
+                for ins in self.graph.nodes[b]["insns"][1:]:
+                    if ins[0] in starts:
+                        self.split_block(b, ins[0])
+                        changed = True
+                        break
