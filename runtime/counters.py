@@ -29,6 +29,9 @@ DECLARATIONS: tuple[CounterDecl, ...] = (
     CounterDecl("cpuid_exits", "cpuid instructions answered from the machine model"),
     CounterDecl("halts", "hlt instructions that idled the virtual CPU"),
     CounterDecl("gdt_write_exits", "guest writes to write-monitored pages holding its GDT"),
+    CounterDecl("scan_exits", "first executions of unscanned code (bt: lazy CSAM)"),
+    CounterDecl("stub_exits", "exits from patch stubs into the VMM, by kind (bt)", keyed=True),
+    CounterDecl("guards_installed", "int3 guards placed on unresolved indirect branches (bt)"),
     CounterDecl("slices", "emulation slices (emu_start calls)"),
 )
 

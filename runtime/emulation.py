@@ -13,6 +13,7 @@ interrupt that became deliverable, a device asking to stop) sets mode.stop_slice
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Callable
 
@@ -111,6 +112,13 @@ def _mov(mode, insn, eip):
         write_operand(mode, dst, v.get("dr")[src.reg])
     elif dst.kind == "seg" and dst.reg == X.UC_X86_REG_SS:
         return mode.load_ss(read_operand(mode, src))
+    elif src.kind == "seg" and src.reg in (X.UC_X86_REG_CS, X.UC_X86_REG_SS):
+        # mov r/m, cs|ss: the guest sees its own RPL, not ring compression's
+        value = mode.guest_selector(mode.uc.reg_read(src.reg))
+        if dst.kind == "mem":
+            write_operand(mode, dataclasses.replace(dst, size=2), value)
+        else:
+            write_operand(mode, dst, value)
     else:
         return NOT_MINE
 
@@ -246,3 +254,186 @@ def _rdpmc(mode, insn, eip):
 
 __all__ = ["ROUTINES", "NOT_MINE", "emulates", "read_operand", "write_operand",
            "GuestFault", "GP", "VFLAGS_MASK", "CR4_TSD"]
+
+
+# -- sensitive-but-unprivileged instructions ---------------------------------------
+# These never fault at CPL 1.  In `bt` mode the patcher routes the sites it cannot
+# translate inline to these routines (int3 fallback / stub exits), so the guest
+# sees what it would see at CPL 0.
+def _guest_flags_for_push(mode, size):
+    return mode.guest_eflags() & (0xFFFF if size == 2 else 0x00FCFFFF)
+
+
+def _push(mode, value: int, size: int) -> None:
+    uc = mode.uc
+    esp = (uc.reg_read(X.UC_X86_REG_ESP) - size) & 0xFFFFFFFF
+    mode.guest_write(mode.stack_base() + esp, (value & _mask(size)).to_bytes(size, "little"))
+    uc.reg_write(X.UC_X86_REG_ESP, esp)
+
+
+def _pop(mode, size: int) -> int:
+    uc = mode.uc
+    esp = uc.reg_read(X.UC_X86_REG_ESP)
+    value = int.from_bytes(mode.guest_read(mode.stack_base() + esp, size), "little")
+    uc.reg_write(X.UC_X86_REG_ESP, (esp + size) & 0xFFFFFFFF)
+    return value
+
+
+@emulates("pushfd", "pushf")
+def _pushf(mode, insn, eip):
+    size = 2 if insn.mnemonic == "pushf" else 4
+    _push(mode, _guest_flags_for_push(mode, size), size)
+
+
+@emulates("popfd", "popf")
+def _popf(mode, insn, eip):
+    size = 2 if insn.mnemonic == "popf" else 4
+    value = _pop(mode, size)
+    old = mode.guest_eflags()
+    keep = 0xFFFF0000 if size == 2 else 0x001A0000   # VM/RF/VIP/VIF are not popf's to set
+    new = (old & keep) | (value & ~keep & 0xFFFFFFFF)
+    mode.set_guest_eflags((new & ~0x28) | 0x2)
+    mode.after_if_change()
+
+
+def _store_table(mode, insn, field):
+    limit, base = mode.vcpu.get(field)
+    op = insn.operands[0]
+    addr = effective_address(mode.uc, op, mode.seg_base)
+    mode.guest_write(addr, struct.pack("<HI", limit, base))
+
+
+@emulates("sgdt")
+def _sgdt(mode, insn, eip):
+    _store_table(mode, insn, "gdtr")
+
+
+@emulates("sidt")
+def _sidt(mode, insn, eip):
+    _store_table(mode, insn, "idtr")
+
+
+def _store_word(mode, insn, value):
+    op = insn.operands[0]
+    if op.kind == "mem":
+        write_operand(mode, dataclasses.replace(op, size=2), value)
+    else:
+        write_operand(mode, op, value)   # register forms zero-extend
+
+
+@emulates("sldt")
+def _sldt(mode, insn, eip):
+    _store_word(mode, insn, mode.vcpu.get("ldtr"))
+
+
+@emulates("str")
+def _str(mode, insn, eip):
+    _store_word(mode, insn, mode.vcpu.get("tr"))
+
+
+@emulates("smsw")
+def _smsw(mode, insn, eip):
+    cr0 = mode.read_cr(0)
+    op = insn.operands[0]
+    _store_word(mode, insn, cr0 if op.kind == "reg" and op.size == 4 else cr0 & 0xFFFF)
+
+
+def _access_check(mode, sel: int):
+    """The descriptor `sel` names as the guest sees it (None = the check fails)."""
+    if sel & 0xFFF8 == 0 or sel & 4:
+        return None
+    base, limit = mode.vcpu.gdtr()
+    if (sel & 0xFFF8) + 7 > limit:
+        return None
+    from runtime.delivery import Descriptor
+    return Descriptor.parse(mode.guest_read(base + (sel & 0xFFF8), 8))
+
+
+def _set_zf(mode, on: bool):
+    uc = mode.uc
+    fl = uc.reg_read(X.UC_X86_REG_EFLAGS)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, (fl | 0x40) if on else (fl & ~0x40))
+
+
+def _visible(mode, desc, sel: int, kind: str) -> bool:
+    """Privilege and type rules of lar/lsl/verr/verw at the guest's own CPL."""
+    cpl = mode.guest_cpl()
+    sys_type = desc.access & 0x0F
+    is_seg = bool(desc.access & 0x10)
+    conforming_code = is_seg and desc.access & 0x0C == 0x0C
+    if not is_seg:
+        ok_types = {"lar": {1, 2, 3, 4, 5, 9, 0xB, 0xC}, "lsl": {1, 2, 3, 9, 0xB}}.get(kind, set())
+        if sys_type not in ok_types:
+            return False
+    if kind in ("verr", "verw"):
+        if not is_seg:
+            return False
+        code = bool(desc.access & 0x08)
+        if kind == "verw" and (code or not desc.access & 0x02):
+            return False
+        if kind == "verr" and code and not desc.access & 0x02:
+            return False
+    if not conforming_code and (desc.dpl < cpl or desc.dpl < (sel & 3)):
+        return False
+    return True
+
+
+@emulates("lar", "lsl")
+def _lar_lsl(mode, insn, eip):
+    dst, src = insn.operands
+    sel = read_operand(mode, src) & 0xFFFF
+    desc = _access_check(mode, sel)
+    if desc is None or not _visible(mode, desc, sel, insn.mnemonic):
+        _set_zf(mode, False)
+        return None
+    if insn.mnemonic == "lar":
+        base, _ = mode.vcpu.gdtr()
+        raw = struct.unpack("<I", mode.guest_read(base + (sel & 0xFFF8) + 4, 4))[0]
+        value = raw & 0x00F0FF00 if dst.size == 4 else raw & 0xFF00
+    else:
+        value = desc.limit
+    write_operand(mode, dst, value)
+    _set_zf(mode, True)
+
+
+@emulates("verr", "verw")
+def _verr_verw(mode, insn, eip):
+    sel = read_operand(mode, insn.operands[0]) & 0xFFFF
+    desc = _access_check(mode, sel)
+    _set_zf(mode, desc is not None and _visible(mode, desc, sel, insn.mnemonic))
+
+
+@emulates("push")
+def _push_sreg(mode, insn, eip):
+    op = insn.operands[0]
+    if op.kind != "seg" or op.reg not in (X.UC_X86_REG_CS, X.UC_X86_REG_SS):
+        return NOT_MINE
+    size = 2 if insn.opsize16 else 4
+    _push(mode, mode.guest_selector(mode.uc.reg_read(op.reg)), size)
+
+
+@emulates("call")
+def _call_far_mem(mode, insn, eip):
+    """`call far [m16:32]` (capstone: `call ptr [...]`); near calls are not ours."""
+    if not insn.op_str.startswith("ptr") or insn.operands[0].kind != "mem":
+        return NOT_MINE
+    return _lcall(mode, insn, eip)
+
+
+@emulates("lcall")
+def _lcall(mode, insn, eip):
+    """Far call: the pushed CS is the guest's view (RPL 0), not ring 1's."""
+    ops = insn.operands
+    if len(ops) == 2 and ops[0].kind == "imm":
+        sel, off = ops[0].imm & 0xFFFF, ops[1].imm & 0xFFFFFFFF
+    else:
+        addr = effective_address(mode.uc, ops[0], mode.seg_base)
+        off, sel = struct.unpack("<IH", mode.guest_read(addr, 6))
+    desc = mode.vm.delivery.descriptor(sel)
+    if not desc.access & 0x08 or not desc.present:
+        raise GuestFault(GP, sel & 0xFFFC)
+    uc = mode.uc
+    _push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), 4)
+    _push(mode, eip + insn.size, 4)
+    uc.reg_write(X.UC_X86_REG_CS, mode.real_selector(sel, desc.dpl))
+    return off

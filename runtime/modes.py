@@ -33,6 +33,13 @@ class Mode:
     def may_inject(self) -> bool:
         return True
 
+    def before_slice(self) -> None:
+        """Called before every emulation slice, outside any hook."""
+
+    def claims_error(self, err) -> bool:
+        """True when a Unicorn error that ended the slice was the mode's own doing."""
+        return False
+
     def slice_limit(self) -> int | None:
         """An upper bound for the next slice (e.g. 1 inside an sti shadow)."""
         return None
@@ -81,6 +88,13 @@ class Mode:
     def guest_tr_base(self) -> int | None:
         sel, base, _, _ = self.uc.reg_read(X.UC_X86_REG_TR)
         return base if sel else None
+
+    def guest_address(self, eip: int) -> int:
+        """The guest address an exit at `eip` belongs to (bt maps stub addresses back)."""
+        return eip
+
+    def on_irq_state(self) -> None:
+        """A device access may have changed whether an interrupt is pending."""
 
     def guest_regs(self, regs: dict) -> dict:
         return regs

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import (UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC)
+from unicorn import UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
+from bt.errors import VMMError
 from bt.machine import BOOT_CR0
 from runtime.decode import SiteDecoder
 from runtime.delivery import GP, GuestFault
@@ -34,6 +35,7 @@ from runtime.emulation import CR4_TSD, NOT_MINE, ROUTINES
 from runtime.hyper import SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VMM_TSS, HyperArea
 from runtime.memory import PageFault
 from runtime.modes import Mode, StopSlice
+from runtime.protect import Protections
 from runtime.vcpu import IF_BIT, IOPL_MASK, VFLAGS_MASK, VirtualCPU
 
 PAGE = 0x1000
@@ -51,6 +53,7 @@ class TrapMode(Mode):
         self.decoder = SiteDecoder(vm.mem.try_read)
         self._sti_shadow = False
         self._gdt_pages: set[int] = set()
+        self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
         self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm._guarded(self._on_write_prot, False))
 
@@ -111,21 +114,39 @@ class TrapMode(Mode):
             if phys < self.vm.config.mem_bytes:
                 pages.add(phys & ~0xFFF)
         for p in self._gdt_pages - pages:
-            self.uc.mem_protect(p, PAGE, UC_PROT_ALL)
+            self.protect.watch_writes(p, "gdt", False)
         for p in pages - self._gdt_pages:
-            self.uc.mem_protect(p, PAGE, UC_PROT_READ | UC_PROT_EXEC)
+            self.protect.watch_writes(p, "gdt", True)
         self._gdt_pages = pages
 
     def _on_write_prot(self, access, address, size, value):
         page = address & ~0xFFF
-        if page not in self._gdt_pages:
+        if not self.protect.writes_watched(page):
             return self.vm.on_protected_write(access, address, size, value)
-        # Perform the guest's write ourselves (Unicorn does not), then resync.
-        self.uc.mem_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         self.vm.counters.add("exits")
-        self.vm.counters.add("gdt_write_exits")
-        self.sync_shadow_gdt()
+        stop = self.before_watched_write(page, address, size)
+        # Perform the guest's write ourselves (Unicorn does not), then react.
+        self.uc.mem_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.on_watched_write(page, address, size)
+        if stop:
+            self.vm._halt_slice()     # code changed under the running block: re-enter
         return True
+
+    def _protection_changed(self) -> None:
+        if self.vm._in_slice:
+            self.vm._halt_slice()
+
+    def before_slice(self) -> None:
+        self.protect.commit()
+
+    def before_watched_write(self, page: int, address: int, size: int) -> bool:
+        """Hook for bt mode's self-modifying-code handling (True = end the slice)."""
+        return False
+
+    def on_watched_write(self, page: int, address: int, size: int) -> None:
+        if page in self._gdt_pages:
+            self.vm.counters.add("gdt_write_exits")
+            self.sync_shadow_gdt()
 
     def load_gdt(self, base: int, limit: int) -> None:
         self.vcpu.set("gdtr", limit, base)
@@ -164,6 +185,9 @@ class TrapMode(Mode):
         value &= 0xFFFFFFFF
         uc = self.uc
         if n == 0:
+            if value & (1 << 31):
+                raise VMMError("the guest enabled paging: trap and bt modes do not support "
+                               "paging guests yet (run it with --mode emulate; docs/machine.md)")
             self.vcpu.set("cr0", value)
             uc.reg_write(X.UC_X86_REG_CR0, value | 1)
         elif n == 2:
@@ -242,11 +266,15 @@ class TrapMode(Mode):
             vm.counters.add("faults_reflected", vector)
             return False
         vm.counters.add("faults_emulated", insn.mnemonic)
+        self.after_emulated_fault(insn, eip)
         vm.fast.reg_write(X.UC_X86_REG_EIP, (eip + insn.size) if resume is None else resume)
         if self.stop_slice or vm.stop is not None:
             self.stop_slice = False
             raise StopSlice
         return True
+
+    def after_emulated_fault(self, insn, eip: int) -> None:
+        """Hook for bt mode's fault-driven patching."""
 
     def on_unexpected_stop(self, eip: int) -> None:
         # At CPL 1 hlt faults; at CPL 3 too.  Only the base class's CPL 0 case remains.

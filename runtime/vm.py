@@ -70,6 +70,7 @@ class VM:
     def __init__(self, image: GuestImage, config: MachineConfig | None = None, *,
                  stdout=None):
         self._in_slice = False
+        self._slice_end = 0
         self.image = image
         self.config = config or MachineConfig()
         if self.config.mode not in ("emulate", "trap", "bt"):
@@ -104,6 +105,9 @@ class VM:
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._install_hooks()
+        # rdtsc/rdtscp answer from virtual time (runtime/tsc.py), never the host clock.
+        from runtime.tsc import VirtualTSC
+        self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
         self._load(image)
 
@@ -235,6 +239,12 @@ class VM:
                 self._vmm_time += time.perf_counter() - t0
         return hook
 
+    def _record_hook_error(self, e: BaseException) -> None:
+        """A callback outside `_guarded` (runtime/tsc.py) failed: re-raised after the slice."""
+        if self._hook_error is None:
+            self._hook_error = e
+        self._halt_slice()
+
     def _halt_slice(self) -> None:
         if self._stopped_at is None:
             self._stopped_at = self.quirks.counter()
@@ -242,26 +252,33 @@ class VM:
 
     def exit_site(self, eip: int) -> None:
         self.counters.add("exits")
-        self.counters.add("exit_sites", eip)
+        self.counters.add("exit_sites", self.mode.guest_address(eip))
 
     def _on_in(self, port, size):
         self.counters.add("io_exits")
-        self.exit_site(self.uc.reg_read(X.UC_X86_REG_EIP))
+        self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
         value = self.bus.read(port, size)
         self._after_device_access()
         return value
 
     def _on_out(self, port, size, value):
         self.counters.add("io_exits")
-        self.exit_site(self.uc.reg_read(X.UC_X86_REG_EIP))
+        self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
         self.bus.write(port, size, value)
         self._after_device_access()
 
     def _after_device_access(self):
-        if self.stop is not None:
-            raise _Stop
-        if self.pic.has_interrupt() and self.guest_eflags() & IF:
-            raise _Stop  # deliver it now rather than at the end of the slice
+        """End the slice after this I/O instruction when the device changed what the
+        run loop must act on: a stop request, an interrupt deliverable now, or a
+        device event due before the slice would end (e.g. the PIT was just
+        programmed).  The instruction itself completes (an `in` keeps its value)."""
+        self.mode.on_irq_state()
+        if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF):
+            self._halt_slice()
+            return
+        ev = self.bus.next_event()
+        if ev is not None and ev < self._slice_end:
+            self._halt_slice()
 
     def _on_cpuid(self):
         uc = self.uc
@@ -382,7 +399,9 @@ class VM:
     def _run_slice(self, n: int) -> None:
         uc = self.uc
         self.counters.add("slices")
+        self.mode.before_slice()
         self._slice_base = self.vtime
+        self._slice_end = self.vtime + n
         self._stopped_at = None
         self._in_slice = True
         eip = uc.reg_read(X.UC_X86_REG_EIP)
@@ -405,7 +424,7 @@ class VM:
             if isinstance(e, (VMMError, BadInput)):
                 raise e
             raise VMMError(f"{type(e).__name__} in VMM hook: {e}") from e
-        if err is not None and self.stop is None:
+        if err is not None and self.stop is None and not self.mode.claims_error(err):
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             self.stop = ("emulation-error", STATUS_HANG,
                          f"Unicorn stopped at {eip:#x}: {err}")

@@ -89,7 +89,7 @@ class CFG:
     def block(self, addr: int) -> Block:
         d = self.graph.nodes[addr]
         if d["kind"] != "block":
-            raise KeyError(f"{addr:#x} is a {d['kind']} node, not a block")
+            raise KeyError(f"{addr!r} is a {d['kind']} node, not a block")
         return Block(d["start"], d["end"], tuple(d["insns"]), tuple(d["sensitive"]))
 
     def bad_blocks(self) -> list[tuple[int, str]]:
@@ -216,3 +216,21 @@ class CFG:
                         self.split_block(b, ins[0])
                         changed = True
                         break
+
+    # --- persistence (scanner.serialize does the work) -------------------------
+    def save_json(self, path: str) -> None:
+        from scanner.serialize import save_json
+        save_json(self, path)
+
+    @classmethod
+    def load_json(cls, path: str) -> "CFG":
+        from scanner.serialize import load_json
+        return load_json(path)
+
+    def write_graphml(self, path: str) -> None:
+        from scanner.serialize import write_graphml
+        write_graphml(self, path)
+
+    def write_dot(self, path: str) -> None:
+        from scanner.serialize import write_dot
+        write_dot(self, path)

@@ -32,8 +32,8 @@ def new_capstone() -> capstone.Cs:
 class Decoder:
     """`at(addr)` -> (size, mnemonic, op_str, buf, buf_base) or None."""
 
-    def __init__(self, read_mem: Callable[[int, int], "bytes | None"], chunk: int = 96,
-                 max_chunk: int = 1024, max_streams: int = 2048):
+    def __init__(self, read_mem: Callable[[int, int], "bytes | None"], chunk: int = 64,
+                 max_chunk: int = 256, max_streams: int = 4096):
         self.read_mem = read_mem
         self.chunk = chunk
         self.max_chunk = max_chunk
@@ -91,7 +91,9 @@ class Decoder:
         self.decoded += 1
         streams = self.streams
         if len(streams) >= self.max_streams:
-            del streams[next(iter(streams))]     # drop the oldest paused stream
+            # Bound memory.  (Evicting the oldest key instead is a trap: a dict
+            # whose front keys were deleted makes next(iter(d)) walk the holes.)
+            streams.clear()
         streams[(a + size) & ADDR_MASK] = (gen, buf, base, limit,
                                            chunk if chunk >= self.max_chunk else chunk * 2)
         return size, mnem, op, buf, base

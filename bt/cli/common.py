@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from bt.errors import BadInput
-from bt.machine import DEFAULT_MEM_MIB
+from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB
 
 
 class CliParser(argparse.ArgumentParser):
@@ -51,7 +51,7 @@ def load_from_args(args):
         image = str(paths["kernel"])
         initrd = initrd or str(paths["initrd"])
         if cmdline is None:
-            cmdline = default_linux_cmdline(args.mem)
+            cmdline = default_linux_cmdline(args.mem, getattr(args, "cpu_mhz", DEFAULT_CPU_MHZ))
         fmt = "linux"
     args.cmdline = cmdline or ""
     return load_image(image, fmt, load=load, entry=entry, mem_bytes=args.mem << 20,

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         vm = VM(image, config)
     except BadInput as e:
         return fail("bt-run", str(e))
-    result = vm.run()
+    result = _run(vm, interactive=args.serial_input is None and _is_tty(sys.stdin))
     if args.report:
         try:
             write_report(args.report, build_report(image, config, result))
@@ -75,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         _summary(result)
     return result.exit_status
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _run(vm, interactive: bool):
+    """Run the VM; on a terminal, COM1 is the terminal (raw mode, Ctrl-A x quits)."""
+    if not interactive:
+        return vm.run()
+    from runtime.devices.console import HostConsole, raw_terminal
+    fd = sys.stdin.fileno()
+    vm.bus.attach(HostConsole(fd, vm.devices["uart"]), vm)
+    print("bt-run: COM1 is this terminal; type Ctrl-A x to quit", file=sys.stderr, flush=True)
+    with raw_terminal(fd):
+        return vm.run()
 
 
 def _summary(result) -> None:

@@ -1,6 +1,7 @@
 # exceptions: the guest's own IDT handles its own faults. Every handler logs
 # (vector, error code, EIP in the frame, CS in the frame) and resumes at the
-# address in ex_resume. Cases:
+# address in ex_resume, and moves ex_resume_then into ex_resume (so a second
+# fault resumes elsewhere; ex_lost catches a fault nobody expected). Cases:
 #   1. #DE: div by zero             (fault: frame EIP = the div)
 #   2. #UD: ud2                      (fault: frame EIP = the ud2)
 #   3. #BP: int3                     (trap: frame EIP = after the 1-byte int3)
@@ -34,6 +35,7 @@ main:
 
     # 1. #DE
     mov dword ptr [ex_resume], ex_after_de
+    mov dword ptr [ex_resume_then], ex_lost
     mov eax, 1
     xor edx, edx
     xor ecx, ecx
@@ -46,6 +48,7 @@ ex_after_de:
 
     # 2. #UD
     mov dword ptr [ex_resume], ex_after_ud
+    mov dword ptr [ex_resume_then], ex_lost
 ex_site_ud:
     ud2
 ex_after_ud:
@@ -55,6 +58,7 @@ ex_after_ud:
 
     # 3. #BP
     mov dword ptr [ex_resume], ex_after_bp
+    mov dword ptr [ex_resume_then], ex_lost
 ex_site_bp:
     int3
 ex_after_bp:
@@ -64,6 +68,7 @@ ex_after_bp:
 
     # 4. #GP from a selector past the GDT limit
     mov dword ptr [ex_resume], ex_after_gp
+    mov dword ptr [ex_resume_then], ex_lost
     mov eax, EX_SELECTOR
 ex_site_gp:
     mov fs, eax
@@ -74,6 +79,7 @@ ex_after_gp:
 
     # 5. #DE, resumed straight into a #GP
     mov dword ptr [ex_resume], ex_site_gp2
+    mov dword ptr [ex_resume_then], ex_after_gp2
     mov eax, 1
     xor edx, edx
     xor ecx, ecx
@@ -92,7 +98,8 @@ ex_after_gp2:
     call ex_print_entry
 
     # 6. a fault inside a handler
-    mov dword ptr [ex_resume], 0
+    mov dword ptr [ex_resume], ex_lost
+    mov dword ptr [ex_resume_then], ex_lost
 ex_site_int31:
     int 0x31
 ex_after_int31:
@@ -107,8 +114,9 @@ ex_after_int31:
 
     # 7. a burst of #GPs
     mov ecx, 1000
-    mov dword ptr [ex_resume], ex_burst_next
 ex_burst:
+    mov dword ptr [ex_resume], ex_burst_next
+    mov dword ptr [ex_resume_then], ex_lost
     mov eax, EX_SELECTOR
     mov fs, eax
 ex_burst_next:
@@ -202,6 +210,8 @@ ex_common:
     inc dword ptr [ex_count]
     mov eax, dword ptr [ex_resume]
     mov dword ptr [esp+16], eax
+    mov eax, dword ptr [ex_resume_then]
+    mov dword ptr [ex_resume], eax
     pop edx
     pop eax
     add esp, 8
@@ -223,6 +233,7 @@ ex_int31:
     mov dword ptr [ex_log + edx + 12], eax
     inc dword ptr [ex_count]
     mov dword ptr [ex_resume], ex_int31_after
+    mov dword ptr [ex_resume_then], ex_lost
     mov eax, 1
     xor edx, edx
     xor ecx, ecx
@@ -234,7 +245,15 @@ ex_int31_after:
     pop eax
     iretd
 
+# a fault with no resume address armed: report it and stop with status 4
+ex_lost:
+    mov esi, ex_n_lost
+    call print_str
+    mov al, 4
+    jmp lib_exit
+
 ex_resume: .long 0
+ex_resume_then: .long 0
 ex_count: .long 0
 ex_bad_selector: .word 0x2000
     .align 16
@@ -254,3 +273,4 @@ ex_n_eip: .asciz ".eip"
 ex_n_cs: .asciz ".cs"
 ex_n_total: .asciz "exceptions.total"
 ex_n_fs: .asciz "fs"
+ex_n_lost: .asciz "fault with no resume address\n"

@@ -23,6 +23,9 @@ pp_probe:
     xor eax, eax
     lar eax, ebx
     setz cl
+    # bits 16-19 of the lar result are architecturally undefined (SDM: mask
+    # 00FxFF00H); keep only the defined bits
+    and eax, 0x00f0ff00
     mov esi, pp_n_lar
     call pp_line
     movzx eax, cl

@@ -67,12 +67,22 @@ def read_manifest() -> dict | None:
 
 
 def cached_linux_images() -> dict[str, Path]:
-    """The fetched images, without touching apt (for `bt-run linux`)."""
+    """The fetched images, without touching apt (for `bt-run linux`).  A default
+    initramfs built from an older DEFAULT_INIT is rebuilt from the cached busybox."""
     paths = linux_paths()
-    if read_manifest() is None or not paths["initrd"].is_file():
+    manifest = read_manifest()
+    if manifest is None or not paths["initrd"].is_file():
         raise BadInput(f"the Linux guest is not fetched yet (looked in {paths['dir']}); "
                        "run `bt-images fetch linux`")
+    if _stale_default(manifest):
+        ensure_linux_images()      # the manifest is complete: this only rebuilds the initramfs
     return paths
+
+
+def _stale_default(manifest: dict) -> bool:
+    """The cached initramfs holds the default /init of an older bt."""
+    initramfs = manifest.get("initramfs", {})
+    return initramfs.get("init") == "default" and initramfs.get("init_sha256") != _sha256(DEFAULT_INIT)
 
 
 def default_linux_cmdline(mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ) -> str:
@@ -84,13 +94,16 @@ def default_linux_cmdline(mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT
     `dis_ucode_ldr`: the 32-bit early microcode loader runs before paging and
     reads kernel virtual addresses as physical ones (seen: 0xc1e5e6e0 at
     physical EIP 0x1d96627), which is outside RAM; a VM has no microcode to load.
+    `cryptomgr.notests`: the crypto self-tests run RSA private-key test vectors
+    in the kernel's generic multi-precision code; profiled under emulation they
+    were 37 of the 40 virtual seconds of boot (docs/linux.md).
     """
     if mem_mib < 48:
         raise BadInput(f"Debian's 686 kernel with its initramfs needs at least 48 MiB (got {mem_mib})")
     lpj = cpu_mhz * 1_000_000 // LINUX_HZ
     return ("console=ttyS0 earlyprintk=serial,ttyS0,115200 nolapic noapic acpi=off pci=off "
             f"nokaslr nosmp lpj={lpj} tsc=reliable i8042.noaux i8042.nokbd clocksource=pit "
-            "panic=-1 dis_ucode_ldr rdinit=/init")
+            "panic=-1 dis_ucode_ldr cryptomgr.notests rdinit=/init")
 
 
 def ensure_linux_images(init_script: bytes | None = None, refresh: bool = False,
@@ -109,7 +122,7 @@ def ensure_linux_images(init_script: bytes | None = None, refresh: bool = False,
             manifest = _fetch(paths, log)
         current = manifest.get("initramfs", {}).get("init_sha256")
         wanted = init_script
-        if wanted is None and (current is None or not paths["initrd"].is_file()):
+        if wanted is None and (current is None or not paths["initrd"].is_file() or _stale_default(manifest)):
             wanted = DEFAULT_INIT
         if wanted is not None and (_sha256(wanted) != current or not paths["initrd"].is_file()):
             cpio = build_initramfs(paths["busybox"], wanted)

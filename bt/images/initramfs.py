@@ -16,12 +16,14 @@ TRAILER = "TRAILER!!!"
 
 # The /init `bt-images fetch linux` puts in the initramfs.  busybox --install
 # makes every applet a command (mount, uname, setsid, ...); cttyhack gives the
-# shell a controlling terminal so job control and Ctrl-C work on ttyS0.
+# shell a controlling terminal so job control and Ctrl-C work on ttyS0; it needs
+# /dev/ttyS0, which the kernel's devtmpfs provides once mounted.
 DEFAULT_INIT = b"""#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 echo "bt: init started"
 uname -a
 exec setsid cttyhack sh

@@ -1,0 +1,105 @@
+"""`bt-scan`: discover a guest image's code (CSAM-style) and summarise the CFG.
+
+    bt-scan IMAGE [image options as bt-run] [--idt ADDR[:LIMIT]] [--from ADDR ...]
+            [--no-entry] [--json FILE] [--graphml FILE] [--dot FILE]
+
+Memory is what the image loads (segments; nothing else is readable), so a scan
+that runs off the image ends in a bad block rather than decoding empty RAM.
+Exit status: 0, or 2 for bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from bt.cli.common import CliParser, add_image_options, fail, load_from_args
+from bt.errors import BadInput
+
+
+def make_parser() -> CliParser:
+    p = CliParser(prog="bt-scan", description="Scan a guest image's code into a CFG.")
+    add_image_options(p)
+    p.add_argument("--idt", metavar="ADDR[:LIMIT]",
+                   help="also scan every present gate of the IDT at ADDR (limit default 0x7ff)")
+    p.add_argument("--from", dest="starts", action="append", default=[], metavar="ADDR",
+                   help="also scan from ADDR (repeatable)")
+    p.add_argument("--no-entry", action="store_true", help="do not scan from the image entry")
+    p.add_argument("--json", metavar="FILE", help="write the CFG as JSON (loads back)")
+    p.add_argument("--graphml", metavar="FILE", help="write the CFG as GraphML (Gephi, yEd)")
+    p.add_argument("--dot", metavar="FILE", help="write the CFG as Graphviz DOT")
+    p.add_argument("--sites", action="store_true", help="list every sensitive site")
+    return p
+
+
+def _idt_arg(text: str, parse_address) -> tuple[int, int]:
+    base, _, limit = text.partition(":")
+    return parse_address(base), (parse_address(limit) if limit else 0x7FF)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        from bt.images import parse_address
+        image = load_from_args(args)
+        starts = [parse_address(s) for s in args.starts]
+        idt = _idt_arg(args.idt, parse_address) if args.idt else None
+    except BadInput as e:
+        return fail("bt-scan", str(e))
+
+    from scanner.memory import SegmentMemory
+    from scanner.scan import Scanner, idt_gates
+    mem = SegmentMemory.from_image(image, limit=args.mem << 20)
+    if idt is not None and mem.read(idt[0], 8) is None:
+        return fail("bt-scan", f"--idt {idt[0]:#x} is not inside the loaded image")
+    sc = Scanner(mem.read)
+    t = time.perf_counter()
+    if not args.no_entry:
+        sc.scan([image.entry], "entry")
+    if starts:
+        sc.scan(starts, "from")
+    gates = []
+    if idt is not None:
+        gates = idt_gates(mem.read, *idt)
+        sc.scan_gates(gates)
+    cfg = sc.cfg
+    dt = time.perf_counter() - t
+
+    st = cfg.stats()
+    name = image.name or image.path
+    print(f"image:        {name} ({image.format}), entry {image.entry:#x}")
+    print(f"entries:      {st['entries']}" + (f" (IDT gates: {len(gates)})" if idt else ""))
+    print(f"blocks:       {st['blocks']}")
+    print(f"instructions: {st['instructions']}")
+    sens = st["sensitive"]
+    total = sum(sens.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sens.items())
+    print(f"sensitive:    {total}" + (f" ({detail})" if detail else ""))
+    print(f"unresolved:   {st['unresolved']} indirect branches"
+          + (": " + " ".join(f"{a:#x}" for a in cfg.unresolved_sites()[:8])
+             + (" ..." if st["unresolved"] > 8 else "") if st["unresolved"] else ""))
+    bad = cfg.bad_blocks()
+    print(f"bad blocks:   {len(bad)}"
+          + ("".join(f"\n  {a:#x}: {r}" for a, r in bad[:8]) + ("\n  ..." if len(bad) > 8 else "")
+             if bad else ""))
+    print(f"pages:        {st['pages']}")
+    if cfg.pending:
+        print(f"pending:      {len(cfg.pending)} targets left unscanned (instruction cap)")
+    rate = st["instructions"] / dt if dt > 0 else 0.0
+    print(f"scan time:    {dt * 1000:.1f} ms ({rate:,.0f} instructions/s)")
+    if args.sites:
+        for s in cfg.sensitive_sites():
+            print(f"  {s.addr:#010x}  {s.klass:<23} {s.name:<14} {s.mnemonic} {s.op_str}".rstrip())
+    try:
+        if args.json:
+            cfg.save_json(args.json)
+        if args.graphml:
+            cfg.write_graphml(args.graphml)
+        if args.dot:
+            cfg.write_dot(args.dot)
+    except OSError as e:
+        return fail("bt-scan", f"cannot write {e.filename}: {e.strerror}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The stub cache: patch code in the hypervisor area, and the fixups that let
+the area move.
+
+Stubs are assembled by Keystone at their final address.  Afterwards every
+4-byte field that depends on where the hypervisor area lies is found with
+capstone's operand offsets and recorded as a fixup:
+  * `abs`: an absolute address inside the area (state-page fields),
+  * `rel`: a rel32 displacement from stub code to guest code (jumps back,
+    relocated branches), which changes when the stub moves and the guest
+    does not,
+plus, per patch, the guest->stub `jmp rel32` written into guest code (a `rel`
+fixup living in guest memory).  `relocate(new_base)` rewrites all of them.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import capstone
+from keystone import Ks, KsError, KS_ARCH_X86, KS_MODE_32
+
+from runtime.hyper import HYPER_SIZE, STUBS, STUBS_SIZE
+
+_KS = Ks(KS_ARCH_X86, KS_MODE_32)
+_CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+_CS.detail = True
+
+
+class StubCacheFull(Exception):
+    pass
+
+
+class AssemblyError(Exception):
+    pass
+
+
+@dataclass
+class Fixup:
+    where: int        # address of the 4-byte field
+    kind: str         # abs | rel
+    in_guest: bool = False
+
+
+def assemble(text: str, address: int) -> bytes:
+    try:
+        encoding, _ = _KS.asm(text, address)
+    except KsError as e:
+        raise AssemblyError(f"{e}: {text}") from None
+    return bytes(encoding or b"")
+
+
+def find_fixups(code: bytes, address: int, hyper_base: int) -> list[Fixup]:
+    """Fields in `code` (assembled at `address`) that depend on the area's base."""
+    lo, hi = hyper_base, hyper_base + HYPER_SIZE
+    out = []
+    for ins in _CS.disasm(code, address):
+        enc = ins.disp_offset, ins.imm_offset
+        if ins.disp_offset and ins.disp_size == 4 and lo <= (ins.disp & 0xFFFFFFFF) < hi:
+            out.append(Fixup(ins.address + ins.disp_offset, "abs"))
+        if ins.imm_offset and ins.imm_size == 4:
+            imm = ins.operands[-1].imm & 0xFFFFFFFF if ins.operands else None
+            is_branch = ins.group(capstone.CS_GRP_JUMP) or ins.group(capstone.CS_GRP_CALL)
+            if is_branch:
+                if not lo <= imm < hi:            # a branch from the stub to guest code
+                    out.append(Fixup(ins.address + ins.imm_offset, "rel"))
+            elif imm is not None and lo <= imm < hi:
+                out.append(Fixup(ins.address + ins.imm_offset, "abs"))
+        del enc
+    return out
+
+
+@dataclass
+class StubCache:
+    uc: object
+    base: int                  # hypervisor area base
+    used: int = 0
+    fixups: list[Fixup] = field(default_factory=list)
+
+    @property
+    def start(self) -> int:
+        return self.base + STUBS
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.start + STUBS_SIZE
+
+    def reserve(self, size: int) -> int:
+        if self.used + size > STUBS_SIZE:
+            raise StubCacheFull(f"stub cache full ({STUBS_SIZE} bytes)")
+        addr = self.start + self.used
+        self.used += (size + 15) & ~15
+        return addr
+
+    def write(self, addr: int, code: bytes) -> None:
+        self.uc.mem_write(addr, code)
+        self.fixups.extend(find_fixups(code, addr, self.base))
+
+    def add_guest_jump(self, site: int) -> None:
+        self.fixups.append(Fixup(site + 1, "rel", in_guest=True))
+
+    def drop_guest_jump(self, site: int) -> None:
+        self.fixups = [f for f in self.fixups if not (f.in_guest and f.where == site + 1)]
+
+    def relocate(self, new_base: int, read_guest, write_guest) -> None:
+        """Move every stub-area dependency by (new_base - base).  The caller has
+        already mapped the new area and copied the old one's bytes there."""
+        delta = (new_base - self.base) & 0xFFFFFFFF
+        moved = []
+        for f in self.fixups:
+            if f.in_guest:
+                v = struct.unpack("<I", read_guest(f.where, 4))[0]
+                write_guest(f.where, struct.pack("<I", (v + delta) & 0xFFFFFFFF))
+                moved.append(f)
+                continue
+            where = (f.where + delta) & 0xFFFFFFFF
+            v = struct.unpack("<I", bytes(self.uc.mem_read(where, 4)))[0]
+            if f.kind == "abs":
+                v = (v + delta) & 0xFFFFFFFF
+            else:   # stub -> guest displacement: the source moved, the target did not
+                v = (v - delta) & 0xFFFFFFFF
+            self.uc.mem_write(where, struct.pack("<I", v))
+            moved.append(Fixup(where, f.kind))
+        self.fixups = moved
+        self.base = new_base

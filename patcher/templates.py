@@ -1,0 +1,255 @@
+"""Stub templates: the assembly each patched instruction becomes.
+
+One function per catalog row (`@stub("pushfd")`), returning Keystone assembly
+text that implements the instruction against the virtual CPU state page.  The
+templates name state fields (`S.vflags`), never addresses: `StubContext` turns a
+field into an absolute address inside the current hypervisor area, and every
+such absolute is found again after assembly and recorded as a fixup
+(patcher/stubcache.py), so the area can move.
+
+Rules every template follows (checked by tests/patcher/test_templates.py):
+* flag-neutral: the guest's arithmetic flags after the stub equal those after
+  the real instruction (templates that must compute save and restore them
+  with pushfd/popfd, which at CPL 1 cannot touch the real IF/IOPL);
+* exit-free: a template never leaves to the VMM except through `window_check`,
+  which only fires when the guest just enabled interrupts while one waits;
+* only the guest stack below ESP is used as scratch (as on real hardware an
+  interrupt could clobber it at any time, so a kernel never keeps data there).
+Keystone quirks (unicorn-x86-facts.md): `pushfd`/`popfd` spelled out, `push cs`
+never used (it assembles with a 0x66 prefix), `;` separates statements.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
+
+TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
+
+# Exit instruction inside stubs: `hlt` faults (#GP) at CPL 1; the VMM recognises a
+# #GP whose EIP lies in the stub cache and looks the address up in the patch's
+# exit table.
+EXIT = "hlt"
+
+
+def stub(*names: str):
+    def register(fn):
+        for n in names:
+            TEMPLATES[n] = fn
+        return fn
+    return register
+
+
+@dataclass(frozen=True)
+class Insn:
+    """The guest instruction a template translates (from the scanner's CFG)."""
+
+    addr: int
+    size: int
+    mnemonic: str
+    op_str: str
+    data: bytes
+
+
+class StubContext:
+    def __init__(self, state_addr: int, label: str):
+        self.state_addr = state_addr
+        self.label = label
+        self._n = 0
+
+    def field(self, name: str, plus: int = 0) -> str:
+        return f"dword ptr [{self.state_addr + FIELDS[name][0] + plus:#x}]"
+
+    def addr(self, name: str, plus: int = 0) -> int:
+        return self.state_addr + FIELDS[name][0] + plus
+
+    def local(self, what: str) -> str:
+        self._n += 1
+        return f"{self.label}_{what}{self._n}"
+
+
+_REGS32 = ("eax", "ecx", "edx", "ebx", "esi", "edi")
+
+
+def free_register(*operand_texts: str) -> str:
+    """A general register the operands do not mention (to use as scratch)."""
+    used = " ".join(operand_texts)
+    for r in _REGS32:
+        r16 = r[1:]
+        r8 = (r[1] + "l") if r in ("eax", "ecx", "edx", "ebx") else None
+        if not re.search(rf"\b({r}|{r16}{'|' + r8 if r8 else ''})\b", used):
+            return r
+    raise ValueError("no free register")
+
+
+def _mem_operand(op_str: str) -> str:
+    """The memory operand of a one-operand instruction, without the size keyword."""
+    return re.sub(r"^(?:[a-z]+ ptr )", "", op_str.strip())
+
+
+# -- the interrupt flag --------------------------------------------------------
+@stub("cli")
+def _cli(s: StubContext, i: Insn) -> str:
+    return f"pushfd; and {s.field('vflags')}, {~IF_BIT & 0xFFFFFFFF:#x}; popfd"
+
+
+@stub("sti")
+def _sti(s: StubContext, i: Insn) -> str:
+    return f"pushfd; or {s.field('vflags')}, {IF_BIT:#x}; popfd"
+
+
+@stub("pushfd")
+def _pushfd(s: StubContext, i: Insn) -> str:
+    # Push the real flags, merge the virtual IF/IOPL into the pushed copy, and
+    # restore the real arithmetic flags the merge clobbered.
+    return ("pushfd; push eax; mov eax, dword ptr [esp + 4]; "
+            f"and eax, {~VFLAGS_MASK & 0xFFFFFFFF:#x}; or eax, {s.field('vflags')}; "
+            "xchg eax, dword ptr [esp + 4]; push eax; popfd; pop eax")
+
+
+@stub("popfd")
+def _popfd(s: StubContext, i: Insn) -> str:
+    # The real popfd at CPL 1 silently keeps IF/IOPL; record the guest's wish.
+    return ("push eax; mov eax, dword ptr [esp + 4]; "
+            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popfd")
+
+
+@stub("pushf")
+def _pushfw(s: StubContext, i: Insn) -> str:
+    return ("pushfw; push eax; movzx eax, word ptr [esp + 4]; "
+            f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
+            "xchg ax, word ptr [esp + 4]; push eax; popfd; pop eax")
+
+
+@stub("popf")
+def _popfw(s: StubContext, i: Insn) -> str:
+    return ("push eax; movzx eax, word ptr [esp + 4]; "
+            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popfw")
+
+
+# -- descriptor-table and machine-status reads -----------------------------------
+def _table_store(s: StubContext, i: Insn, field: str) -> str:
+    mem = _mem_operand(i.op_str)
+    r = free_register(mem)
+    seg = ""
+    m = re.match(r"^(\w\w):(.*)$", mem)
+    if m:
+        seg, mem = m.group(1) + ":", m.group(2)
+    r16 = r[1:]
+    # lea ignores the segment; the stores apply it (flat data segments assumed).
+    return (f"mov {s.field('scratch')}, {r}; mov {r}, {s.field(field, 2)}; "
+            f"mov dword ptr {seg}{mem_plus(mem, 2)}, {r}; "
+            f"mov {r16}, word ptr [{s.addr(field):#x}]; mov word ptr {seg}{mem}, {r16}; "
+            f"mov {r}, {s.field('scratch')}")
+
+
+def mem_plus(mem: str, n: int) -> str:
+    """`[ebx + 4]` -> `[ebx + 4 + n]`."""
+    return mem[:-1] + f" + {n}]"
+
+
+@stub("sgdt")
+def _sgdt(s, i):
+    return _table_store(s, i, "gdtr")
+
+
+@stub("sidt")
+def _sidt(s, i):
+    return _table_store(s, i, "idtr")
+
+
+def _word_source(s: StubContext, i: Insn, load: str) -> str:
+    """sldt/str/smsw: store a 16-bit value (register forms: 32-bit, zero-extended)."""
+    op = i.op_str.strip()
+    if "[" not in op:
+        reg = op
+        if len(reg) == 3:   # 32-bit register: zero-extended
+            return f"movzx {reg}, word ptr [{load}]"
+        return f"mov {reg}, word ptr [{load}]"
+    mem = _mem_operand(op)
+    r = free_register(mem)
+    return (f"mov {s.field('scratch')}, {r}; mov {r[1:]}, word ptr [{load}]; "
+            f"mov word ptr {mem}, {r[1:]}; mov {r}, {s.field('scratch')}")
+
+
+@stub("sldt")
+def _sldt(s, i):
+    return _word_source(s, i, f"{s.addr('ldtr'):#x}")
+
+
+@stub("str")
+def _str(s, i):
+    return _word_source(s, i, f"{s.addr('tr'):#x}")
+
+
+@stub("smsw")
+def _smsw(s, i):
+    op = i.op_str.strip()
+    if "[" not in op and len(op) == 3:     # smsw r32: the whole CR0
+        return f"mov {op}, {s.field('cr0')}"
+    return _word_source(s, i, f"{s.addr('cr0'):#x}")
+
+
+# -- selectors as the guest sees them (RPL 0 in ring 1) ---------------------------
+def _guest_view(reg: str, seg: str, s: StubContext) -> str:
+    done = s.local("rpl")
+    return (f"pushfd; mov {reg}, {seg}; test {reg}, 2; jnz {done}; "
+            f"and {reg}, 0xfffffffc; {done}: popfd")
+
+
+@stub("mov_from_cs", "mov_from_ss")
+def _mov_from_seg(s: StubContext, i: Insn) -> str:
+    dst, seg = [x.strip() for x in i.op_str.split(",")]
+    if "[" in dst:
+        mem = _mem_operand(dst)
+        r = free_register(mem)
+        return (f"mov {s.field('scratch')}, {r}; {_guest_view(r, seg, s)}; "
+                f"mov word ptr {mem}, {r[1:]}; mov {r}, {s.field('scratch')}")
+    reg = dst if len(dst) == 3 else "e" + dst
+    return _guest_view(reg, seg, s)
+
+
+@stub("push_cs", "push_ss")
+def _push_seg(s: StubContext, i: Insn) -> str:
+    if i.data[0] == 0x66:
+        raise NotImplementedError("16-bit push of a segment register")
+    seg = "cs" if i.data[-1] == 0x0E else "ss"
+    return f"push 0; push eax; {_guest_view('eax', seg, s)}; mov dword ptr [esp + 4], eax; pop eax"
+
+
+# -- returns ----------------------------------------------------------------------
+@stub("iretd")
+def _iretd(s: StubContext, i: Insn) -> str:
+    """Kernel-to-kernel iretd: move the frame to ring 1 and take over IF/IOPL;
+    iretd to ring 3 runs natively.  When the frame enables interrupts while one
+    is pending, exit so the VMM emulates the iret and injects (kind 'emulate')."""
+    user = s.local("user")
+    go = s.local("go")
+    return (f"test byte ptr [esp + 4], 3; jnz {user}; "
+            "push eax; mov eax, dword ptr [esp + 12]; "
+            f"and eax, {VFLAGS_MASK:#x}; "
+            f"test eax, {IF_BIT:#x}; jz {go}; "
+            f"test {s.field('irq_pending')}, 1; jz {go}; "
+            f"pop eax; {EXIT}; "
+            f"{go}: mov {s.field('vflags')}, eax; pop eax; "
+            f"or dword ptr [esp + 4], 1; {user}: iretd")
+
+
+# Which templates end in control transfer (no jump back to the guest).
+TERMINATORS = frozenset({"iretd"})
+# Templates containing an EXIT that means "emulate the original instruction".
+EMULATE_EXITS = frozenset({"iretd"})
+# Templates after which the VMM must be given a chance to inject (IF may rise).
+ENABLES_INTERRUPTS = frozenset({"sti", "popfd", "popf"})
+
+
+def window_check(s: StubContext) -> str:
+    """At the end of a patch that may have enabled interrupts: if the virtual IF
+    is set and an interrupt waits, exit (the VMM resumes at the guest address
+    after the patch and injects)."""
+    out = s.local("win")
+    return (f"pushfd; test {s.field('vflags')}, {IF_BIT:#x}; jz {out}; "
+            f"test {s.field('irq_pending')}, 1; jz {out}; popfd; {EXIT}; "
+            f"{out}: popfd")

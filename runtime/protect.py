@@ -1,0 +1,84 @@
+"""Unicorn page protections as the union of what each VMM mechanism needs.
+
+Several mechanisms restrict the same guest pages for different reasons: the
+shadow GDT monitors writes to the guest's descriptor-table pages, lazy CSAM
+keeps unscanned pages non-executable, self-modifying-code detection monitors
+writes to pages holding scanned code.  Each sets or clears its own reason here;
+the page's protection is recomputed from all of them, so no mechanism can undo
+another's protection by accident.
+"""
+from __future__ import annotations
+
+from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
+
+PAGE = 0x1000
+
+NO_WRITE = "no-write"      # reasons that forbid writes
+NO_EXEC = "no-exec"        # reasons that forbid execution
+
+
+class Protections:
+    """Changes are *queued* and applied by `commit()` between emulation slices.
+
+    Unicorn's mem_protect on part of a mapped region splits the region and
+    re-creates its memory; doing that inside a hook, while a translated block of
+    that region runs, crashes the process (seen here: a FETCH_PROT hook that
+    re-protected one page of a larger region segfaulted;
+    tests/runtime/test_unicorn_facts.py).  So a hook only records the change and
+    asks for the slice to end (`on_change`); the run loop commits before the next
+    slice.
+    """
+
+    def __init__(self, uc, on_change=None):
+        self.uc = uc
+        self._write_watch: dict[int, set[str]] = {}
+        self._exec_block: dict[int, set[str]] = {}
+        self._pending: set[int] = set()
+        self.on_change = on_change
+
+    def _apply(self, page: int) -> None:
+        self._pending.add(page)
+        if self.on_change is not None:
+            self.on_change()
+
+    def commit(self) -> bool:
+        """Apply queued protection changes (never call from inside a hook)."""
+        if not self._pending:
+            return False
+        for page in sorted(self._pending):
+            prot = UC_PROT_READ
+            if not self._write_watch.get(page):
+                prot |= UC_PROT_WRITE
+            if not self._exec_block.get(page):
+                prot |= UC_PROT_EXEC
+            self.uc.mem_protect(page, PAGE, prot)
+        self._pending.clear()
+        return True
+
+    def watch_writes(self, page: int, reason: str, on: bool = True) -> None:
+        s = self._write_watch.setdefault(page, set())
+        before = bool(s)
+        (s.add if on else s.discard)(reason)
+        if bool(s) != before:
+            self._apply(page)
+
+    def block_exec(self, page: int, reason: str, on: bool = True) -> None:
+        s = self._exec_block.setdefault(page, set())
+        before = bool(s)
+        (s.add if on else s.discard)(reason)
+        if bool(s) != before:
+            self._apply(page)
+
+    def block_exec_range(self, start: int, size: int, reason: str) -> None:
+        """Forbid execution of a whole range with one mem_protect (boot time)."""
+        for page in range(start, start + size, PAGE):
+            self._exec_block.setdefault(page, set()).add(reason)
+        self._pending -= set(range(start, start + size, PAGE))
+        self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_WRITE)
+
+    def writes_watched(self, page: int, reason: str | None = None) -> bool:
+        s = self._write_watch.get(page, ())
+        return bool(s) if reason is None else reason in s
+
+    def exec_blocked(self, page: int) -> bool:
+        return bool(self._exec_block.get(page))
