@@ -106,6 +106,7 @@ class Patcher:
         self.installed: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self.removed = 0
+        self.superseded = 0
         self.int3_fallbacks = 0
 
     # -- queries -------------------------------------------------------------------
@@ -171,8 +172,10 @@ class Patcher:
             return [], Refusal.UNSCANNED
         if targets_inside(site.addr + 1, end):
             return [], Refusal.BRANCH_TARGET_INSIDE
-        if any(self.covering(a) for a in range(site.addr, end)):
-            return [], Refusal.OVERLAPS_PATCH
+        if self.covering(site.addr) is not None:
+            return [], Refusal.OVERLAPS_PATCH      # the site already runs translated
+        # Patches that start inside the new coverage are superseded by it (their
+        # instructions are translated inline by the new stub); see install().
         for ins in covered[1:]:
             key = template_key(ins.mnemonic, ins.op_str, ins.data)
             if key is not None:
@@ -186,9 +189,16 @@ class Patcher:
         return covered, None
 
     # -- installing ------------------------------------------------------------------
-    def install(self, site: Insn, following: list[Insn], targets_inside) -> Patch:
+    def install(self, site: Insn, following: list[Insn], targets_inside) -> Patch | None:
         covered, why = self.plan(site, following, targets_inside)
+        if why is Refusal.OVERLAPS_PATCH:
+            self.refused[why.value] = self.refused.get(why.value, 0) + 1
+            return None
         if why is None:
+            end = covered[-1].addr + covered[-1].size
+            for other in [p for p in self.patches.values() if site.addr < p.site < end]:
+                self._remove(other)
+                self.superseded += 1
             try:
                 patch = self._build_jump(site, covered)
             except AssemblyError:
@@ -287,24 +297,29 @@ class Patcher:
         """Remove every patch with bytes on `page`, restoring the guest's bytes."""
         gone = []
         for site in sorted(self._by_page.get(page, set())):
-            p = self.patches.pop(site, None)
+            p = self.patches.get(site)
             if p is None:
                 continue
-            self._write(p.site, p.orig)
-            self._flush(p.site, p.site + len(p.orig))
-            if p.kind == "jump":
-                self.cache.drop_guest_jump(p.site)
-            p.enabled = False
+            self._remove(p)
             gone.append(p)
             self.removed += 1
-            for pg, sites in self._by_page.items():
-                sites.discard(site)
         return gone
+
+    def _remove(self, p: Patch) -> None:
+        self.patches.pop(p.site, None)
+        self._write(p.site, p.orig)
+        self._flush(p.site, p.site + len(p.orig))
+        if p.kind == "jump":
+            self.cache.drop_guest_jump(p.site)
+        p.enabled = False
+        for sites in self._by_page.values():
+            sites.discard(p.site)
 
     def stats(self) -> dict:
         return {"installed": dict(sorted(self.installed.items())),
                 "refused": dict(sorted(self.refused.items())),
                 "removed": self.removed,
+                "superseded": self.superseded,
                 "int3_fallbacks": self.int3_fallbacks,
                 "enabled": len(self.patches),
                 "stub_cache_bytes": self.cache.used}

@@ -70,6 +70,9 @@ class BTMode(TrapMode):
                       "stub_exits": 0, "int3_exits": 0, "guard_exits": 0,
                       "code_page_writes": 0, "smc_invalidations": 0}
         self._patched_fault_sites: set[int] = set()
+        # Patch cli/sti/iretd found by the scanner right away (PATM did), instead
+        # of waiting for their first trap; fault-driven patching covers the rest.
+        self._scan_patches_privileged = vm.config.extra.get("eager_privileged_patches", True)
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, vm._guarded(self._on_fetch_prot, False))
 
     # -- memory helpers -----------------------------------------------------------
@@ -130,11 +133,15 @@ class BTMode(TrapMode):
             if page in self.scanned_pages_ever:
                 self.stats["pages_rescanned"] += 1
             self.scanned_pages_ever.add(page)
-        for site in self.cfg.sensitive_sites():
+        # In address order, so a patch starting at `cli` absorbs the `pushfd`
+        # after it instead of colliding with it.
+        for site in sorted(self.cfg.sensitive_sites(), key=lambda s: s.addr):
             if site.addr in known_sites or self.patcher.covering(site.addr):
                 continue
             if site.name in PATCH_AT_SCAN:
                 self._patch_site(site.addr)
+            elif site.name in FAULT_PATCHED and self._scan_patches_privileged:
+                self._patch_site(site.addr, int3_fallback=False)
         for u in self.cfg.unresolved_sites():
             if u not in known_unresolved and u not in self.guards and self.patcher.covering(u) is None:
                 self._guard(u)
@@ -170,11 +177,17 @@ class BTMode(TrapMode):
                 break
         return out[:count]
 
-    def _patch_site(self, addr: int):
+    def _patch_site(self, addr: int, int3_fallback: bool = True):
         site = self._insn_at(addr)
         if site is None:
             return None
         targets = lambda lo, hi: bool(self.cfg.branch_targets_in(lo, hi))
+        if not int3_fallback:
+            # A privileged site traps by itself: patch only if a jump fits,
+            # otherwise leave it to trap (an int3 would cost the same exit).
+            _, why = self.patcher.plan(site, self._following(addr), targets)
+            if why is not None:
+                return None
         return self.patcher.install(site, self._following(addr), targets)
 
     def _guard(self, addr: int) -> None:
@@ -271,7 +284,8 @@ class BTMode(TrapMode):
         if why is not None:
             self.patcher.refused[why.value] = self.patcher.refused.get(why.value, 0) + 1
             return False
-        self.patcher.install(site, self._following(eip), targets)
+        if self.patcher.install(site, self._following(eip), targets) is None:
+            return False
         self.vm.counters.add("faults_emulated", "patched:" + insn.mnemonic)
         return True
 

@@ -252,6 +252,10 @@ ex_lost:
     mov al, 4
     jmp lib_exit
 
+# Data lives on its own page, as in a real kernel's .data: bt mode
+# write-monitors pages holding code, so data sharing a page with code would
+# turn every store into an exit (docs/patches.md, 'mixed pages').
+.align 4096
 ex_resume: .long 0
 ex_resume_then: .long 0
 ex_count: .long 0
@@ -274,3 +278,4 @@ ex_n_cs: .asciz ".cs"
 ex_n_total: .asciz "exceptions.total"
 ex_n_fs: .asciz "fs"
 ex_n_lost: .asciz "fault with no resume address\n"
+.align 4096

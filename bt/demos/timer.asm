@@ -96,6 +96,10 @@ tm_tick_ok:
     pop eax
     iretd
 
+# Data lives on its own page, as in a real kernel's .data: bt mode
+# write-monitors pages holding code, so data sharing a page with code would
+# turn every store into an exit (docs/patches.md, 'mixed pages').
+.align 4096
 tm_ticks: .long 0
 tm_waits: .long 0
 tm_in_cs: .long 0
@@ -109,3 +113,4 @@ tm_n_sections: .asciz "timer.critical_sections"
 tm_n_counter: .asciz "timer.counter"
 tm_n_outside: .asciz "timer.outside_counter"
 tm_n_violations: .asciz "timer.violations"
+.align 4096
