@@ -42,6 +42,7 @@ class Refusal(str, enum.Enum):
     ASSEMBLY = "assembly-error"
     CACHE_FULL = "stub-cache-full"
     OVERLAPS_PATCH = "overlaps-patch"
+    EXIT_INSIDE = "exit-point-inside"
 
 
 # Instructions that must not run from the stub cache when relocated: they need
@@ -167,8 +168,12 @@ class Patcher:
                 return [], Refusal.UNSCANNED
             covered.append(ins)
             end += ins.size
-        if end < site.addr + JMP_SIZE and not (covered[-1].mnemonic in TERMINATORS
-                                               or _ends_flow(covered[-1])):
+        if end < site.addr + JMP_SIZE:
+            # The flow ends (ret/jmp/iretd) before 5 bytes: the jump would overwrite
+            # bytes after it that an unknown computed branch (an iret frame, a
+            # function pointer) may reach.  PATM refused these too.
+            if covered[-1].mnemonic in TERMINATORS or _ends_flow(covered[-1]):
+                return [], Refusal.EXIT_INSIDE
             return [], Refusal.UNSCANNED
         if targets_inside(site.addr + 1, end):
             return [], Refusal.BRANCH_TARGET_INSIDE

@@ -201,6 +201,9 @@ class BTMode(TrapMode):
         self.vm.counters.add("guards_installed")
 
     # -- self-modifying code ----------------------------------------------------------
+    def guest_visible(self, address: int, size: int) -> bytes:
+        return self.patcher.original_bytes(address, self._raw_read(address, size))
+
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
         """Called before the guest's write lands. True = the slice must stop."""
         if page not in self.code_pages:

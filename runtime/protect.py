@@ -76,6 +76,10 @@ class Protections:
         self._pending -= set(range(start, start + size, PAGE))
         self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_WRITE)
 
+    def is_pending(self, page: int) -> bool:
+        """A change for `page` is queued: Unicorn may still enforce the old protection."""
+        return page in self._pending
+
     def writes_watched(self, page: int, reason: str | None = None) -> bool:
         s = self._write_watch.get(page, ())
         return bool(s) if reason is None else reason in s

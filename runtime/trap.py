@@ -121,12 +121,21 @@ class TrapMode(Mode):
 
     def _on_write_prot(self, access, address, size, value):
         page = address & ~0xFFF
-        if not self.protect.writes_watched(page):
+        if not self.protect.writes_watched(page) and not self.protect.is_pending(page):
             return self.vm.on_protected_write(access, address, size, value)
         self.vm.counters.add("exits")
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if self.guest_visible(address, size) == data:
+            # Nothing changes from the guest's point of view.  This is also how a
+            # store that an earlier exit aborted (see below) completes when it is
+            # executed again, and how Unicorn's byte-wise replay of an unaligned
+            # store after the first callback is absorbed.
+            return True
         stop = self.before_watched_write(page, address, size)
         # Perform the guest's write ourselves (Unicorn does not), then react.
-        self.uc.mem_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        # Ending the slice here aborts the store instruction (Unicorn restarts
+        # it); its bytes are already in place, so the retry is a no-op above.
+        self.uc.mem_write(address, data)
         self.on_watched_write(page, address, size)
         if stop:
             self.vm._halt_slice()     # code changed under the running block: re-enter
@@ -142,6 +151,10 @@ class TrapMode(Mode):
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
         """Hook for bt mode's self-modifying-code handling (True = end the slice)."""
         return False
+
+    def guest_visible(self, address: int, size: int) -> bytes:
+        """Guest memory as the guest believes it is (bt hides its patches)."""
+        return self.vm.fast.mem_read(address, size)
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
         if page in self._gdt_pages:
