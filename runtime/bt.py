@@ -97,6 +97,9 @@ class BTMode(TrapMode):
     def boot(self) -> None:
         super().boot()
         self.protect.block_exec_range(0, self.vm.config.mem_bytes, NOT_SCANNED)
+        # The guest may run stubs but never write them: a store there is an
+        # isolation violation (VM.on_protected_write ends the run cleanly).
+        self.hyper.protect_stubs(writable=False)
 
     # -- lazy CSAM ------------------------------------------------------------------
     def _on_fetch_prot(self, access, address, size, value):

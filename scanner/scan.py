@@ -54,6 +54,9 @@ _ABS_MEM = re.compile(r"^dword ptr (?:ds:)?\[(0x[0-9a-f]+|\d+)\]$")
 _FAR_IMM = re.compile(r"^(0x[0-9a-f]+|\d+)\s*[:,]\s*(0x[0-9a-f]+|\d+)$")
 
 
+ZERO_RUN_LIMIT = 8
+
+
 def _int(s: str) -> int:
     return int(s, 0)
 
@@ -195,6 +198,7 @@ class Scanner:
         flags = None
         follow = None           # (site, target, kind) successors of the block
         bad = None              # reason, when the block ends at undecodable/overlapping bytes
+        zeros = 0               # consecutive `00 00` (add [eax], al): zero-filled memory
         while True:
             if a != start:
                 # Ran into code already scanned (or into the middle of it)?
@@ -239,6 +243,15 @@ class Scanner:
                 touched.add((a + size - 1) & PAGE_MASK)
             o = a - base
             data = buf[o:o + size]
+            if data == b"\x00\x00":
+                zeros += 1
+                if zeros > ZERO_RUN_LIMIT:
+                    # Code never repeats `add [eax], al`; this is empty RAM
+                    # after the code (e.g. behind an `out` that ends the run).
+                    bad = f"zero fill: more than {ZERO_RUN_LIMIT} consecutive 00 00"
+                    break
+            else:
+                zeros = 0
             insns.append((a, size, mnem, op, data))
             insn_block[a] = start
             if maybe[buf[o]]:
