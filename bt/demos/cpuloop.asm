@@ -30,7 +30,10 @@ cl_fold:
     xor eax, eax
     ret
 
-    .align 16
+    # The ring lives on its own page, as data does in a real kernel: bt mode
+    # write-monitors pages holding code (docs/patches.md, "mixed pages").
+    .align 4096
 cl_ring:
     .space 256
 cl_n_checksum: .asciz "cpuloop.checksum"
+    .align 4096

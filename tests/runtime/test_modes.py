@@ -1,0 +1,90 @@
+"""One contract for every execution mode: the same guest gives the guest-visible
+result of pure emulation, except where trap-and-emulate is *predicted* to leak
+(Robin & Irvine) -- and binary translation closes every one of those holes."""
+import pytest
+
+from bt.demos import expected_output, list_demos, load_demo
+from bt.machine import MachineConfig
+from runtime.vm import VM
+
+MEM = 64 << 20
+
+# Lines each probe prints differently under trap, and why (the guest runs at
+# CPL 1; Robin & Irvine's sensitive-but-unprivileged instructions do not trap).
+TRAP_LEAKS = {
+    "probe-flags": {  # PUSHF/POPF: real IF=1/IOPL=0 shown, popfd ignores IF/IOPL
+        "cli.pushfd.if": 1, "popfd_clear_if.pushfd.if": 1,
+        "popfd_iopl3.pushfd.iopl": 0, "popfd_set_if.irq_taken": 0},
+    "probe-tables": {  # SGDT/SIDT show the VMM's tables; SLDT/STR the real LDTR/TR
+        "sgdt.base": 0xFF002000, "sidt.base": 0xFF001000, "sldt": 0, "str": 0},
+    "probe-segments": {  # MOV/PUSH of CS/SS and far CALL show RPL 1
+        "mov_cs": 0x9, "mov_ss": 0x11, "push_cs": 0x9, "push_ss": 0x11,
+        "call_far.pushed_cs": 0x9},
+    "probe-protection": {  # LAR/LSL see the shadow GDT's DPL 1 (ring compression)
+        "lar[0x08]": 0x00C0BB00, "lar[0x10]": 0x00C0B300, "lar[0x28]": 0,
+        "lar.zf[0x28]": 0, "lsl[0x28]": 0, "lsl.zf[0x28]": 0},
+    "fnptr": {"fnptr.cli.pushfd.if": 1},
+    "smc": {"cli.if": 1, "cli_restored.if": 1},
+}
+# Known bt divergence: a guest *reading* code that was executed again (and so
+# re-patched) after its own write sees the patch jump (docs/patches.md).
+BT_KNOWN = {"smc": {"bytes.cli"}}
+
+
+def lines(serial: bytes) -> dict:
+    out = {}
+    for line in serial.decode().splitlines():
+        if ": " in line:
+            k, v = line.split(": ", 1)
+            out[k] = v
+    return out
+
+
+def run(name, mode):
+    return VM(load_demo(name, MEM), MachineConfig(mode=mode), stdout=None).run()
+
+
+@pytest.mark.parametrize("name", [d for d in list_demos() if d != "cpuloop"])
+def test_trap_differs_from_emulate_exactly_where_predicted(name):
+    res = run(name, "trap")
+    assert res.exit_status == 0, res.message
+    want, got = lines(expected_output(name)), lines(res.serial)
+    differ = {k: int(got[k], 16) for k in want if got.get(k) != want[k]}
+    assert differ == TRAP_LEAKS.get(name, {})
+
+
+@pytest.mark.parametrize("name", [d for d in list_demos() if d != "cpuloop"])
+def test_bt_gives_the_emulate_output(name):
+    res = run(name, "bt")
+    assert res.exit_status == 0, res.message
+    want, got = lines(expected_output(name)), lines(res.serial)
+    differ = {k for k in want if got.get(k) != want[k]}
+    assert differ == BT_KNOWN.get(name, set())
+    assert set(got) == set(want)
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_cpu_bound_guest_same_result_in_every_mode(mode):
+    assert run("cpuloop", mode).serial == expected_output("cpuloop")
+
+
+@pytest.mark.parametrize("mode", ["emulate", "trap", "bt"])
+def test_runs_are_deterministic(mode):
+    a, b = run("timer", mode), run("timer", mode)
+    assert a.serial == b.serial and a.retired == b.retired and a.counters == b.counters
+
+
+def test_bt_cuts_exits_on_the_hot_flags_loop_to_under_one_percent_of_trap():
+    trap, bt = run("hotflags", "trap"), run("hotflags", "bt")
+    assert trap.serial == bt.serial == expected_output("hotflags")
+    virt = lambda r: r.counters["exits"] - r.counters["io_exits"]
+    per_m = lambda r: r.counters["exits"] * 1e6 / r.retired
+    assert virt(trap) > 100_000
+    assert per_m(bt) <= 0.01 * per_m(trap)
+
+
+def test_timer_critical_sections_under_bt_need_few_exits():
+    trap, bt = run("timer", "trap"), run("timer", "bt")
+    assert trap.serial == bt.serial
+    per_m = lambda r: r.counters["exits"] * 1e6 / r.retired
+    assert per_m(bt) <= 0.01 * per_m(trap)

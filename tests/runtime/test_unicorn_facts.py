@@ -1,0 +1,145 @@
+"""Facts about Unicorn 2.1 that the runtime is built on, each pinned by a test
+(DEVELOPERS.md: verify every claim before building on it)."""
+import pytest
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
+                     UC_HOOK_MEM_FETCH_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ,
+                     UC_PROT_WRITE)
+from unicorn import x86_const as X
+
+from bt.machine import flat_gdt_bytes
+from conftest import assemble
+from runtime.quirks import Quirks, calibrate
+
+
+def engine(code: bytes, at=0x1000):
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x200000)
+    gdt = flat_gdt_bytes()
+    uc.mem_write(0x500, gdt)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    uc.reg_write(X.UC_X86_REG_DS, 0x10)
+    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+    uc.mem_write(at, code)
+    return uc
+
+
+def test_calibration_finds_every_field():
+    off = calibrate()
+    assert len({off.old_exception, off.error_code, off.is_int, off.hflags, off.emu_counter}) == 5
+
+
+def test_second_handled_fault_becomes_double_fault_without_the_remedy():
+    code = assemble("xor ebx, ebx\ndiv ebx\ndiv ebx\nhlt", 0x1000)
+    seen = []
+    for remedy in (False, True):
+        uc = engine(code)
+        q = Quirks(uc)
+
+        def on_intr(uc, intno, _):
+            seen.append((remedy, intno))
+            if remedy:
+                q.take_fault()
+            uc.reg_write(X.UC_X86_REG_EIP, uc.reg_read(X.UC_X86_REG_EIP) + 2)
+
+        uc.hook_add(UC_HOOK_INTR, on_intr)
+        uc.emu_start(0x1000, 0, count=10)
+    assert seen == [(False, 0), (False, 8), (True, 0), (True, 0)]
+
+
+def test_take_fault_reports_error_code_and_int_n():
+    # mov fs, [0x3000] with an out-of-GDT selector: #GP(selector)
+    uc = engine(bytes.fromhex("8e2500300000") + b"\xcd\x0d\xf4")
+    uc.mem_write(0x3000, b"\x40\x12")
+    q = Quirks(uc)
+    got = []
+
+    def on_intr(uc, intno, _):
+        got.append((intno, *q.take_fault()))
+        if len(got) == 1:
+            uc.reg_write(X.UC_X86_REG_EIP, 0x1006)
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(0x1000, 0, count=3)
+    assert got[0] == (13, 0x1240, False)
+    assert got[1][0] == 13 and got[1][2] is True      # int 0x0d is software
+
+
+def test_instruction_counter_is_exact_when_a_hook_stops_the_slice():
+    code = assemble("mov ecx, 10\nl: dec ecx\njnz l\nout 0x80, al\nnop\nnop", 0x1000)
+    uc = engine(code)
+    q = Quirks(uc)
+    at_hook = []
+
+    def on_out(uc, port, size, value, _):
+        at_hook.append(q.counter())
+        uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+    uc.emu_start(0x1000, 0, count=1000)
+    assert at_hook == [1 + 10 * 2 + 1]                   # the out is the 22nd instruction
+
+
+def test_io_at_cpl1_does_not_fault_but_reaches_the_insn_hooks():
+    """Unicorn 2.1 skips the IOPL/TSS permission check: in/out (string forms too) at
+    CPL 1 with IOPL 0 run and call the hooks.  The VMM therefore sees all port I/O
+    through the hooks in every mode, never through #GP."""
+    from bt.images.image import GuestImage, Segment
+    from runtime.vm import VM
+    from bt.machine import MachineConfig
+    code = assemble("mov dx, 0x3f8\nmov al, 0x41\nout dx, al\nmov esi, 0x2000\nmov ecx, 2\n"
+                    "rep outsb\nmov al, 0\nout 0xf4, al", 0x100000)
+    img = GuestImage("t", "raw", 0x100000, [Segment(0x100000, code), Segment(0x2000, b"BC")])
+    vm = VM(img, MachineConfig(mode="trap"), stdout=None)
+    res = vm.run()
+    assert res.serial == b"ABC" and res.exit_status == 0
+    assert res.counters["faults_emulated"] == {}
+
+
+def test_exec_only_page_is_still_readable():
+    """Read protection is not enforced on an executable page: a VMM cannot hide
+    patch bytes from guest reads by protecting the page (docs/patches.md)."""
+    uc = engine(bytes.fromhex("a010100000") + b"\xf4" + bytes(10) + b"\xfa")
+    uc.mem_protect(0x1000, 0x1000, UC_PROT_EXEC)
+    uc.emu_start(0x1000, 0, count=2)
+    assert uc.reg_read(X.UC_X86_REG_EAX) & 0xFF == 0xFA
+
+
+def test_fetch_prot_hook_can_grant_exec_on_an_already_split_page():
+    uc = engine(b"\x40\x40\xf4")
+    uc.mem_protect(0x1000, 0x1000, UC_PROT_READ | UC_PROT_WRITE)
+    hits = []
+
+    def on_fetch(uc, access, addr, size, value, _):
+        hits.append(addr)
+        uc.mem_protect(0x1000, 0x1000, UC_PROT_ALL)   # same single-page region: no split
+        return True
+
+    uc.hook_add(UC_HOOK_MEM_FETCH_PROT, on_fetch)
+    uc.emu_start(0x1000, 0, count=3)
+    assert hits == [0x1000] and uc.reg_read(X.UC_X86_REG_EAX) == 2
+
+
+def test_host_mem_write_ignores_guest_protection():
+    uc = engine(b"\xf4")
+    uc.mem_protect(0x4000, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+    uc.mem_write(0x4000, b"\x90\x90")
+    assert bytes(uc.mem_read(0x4000, 2)) == b"\x90\x90"
+
+
+def test_translated_blocks_need_remove_cache_after_host_writes():
+    """Executing a site, patching it from the host and executing it again: the
+    patched path runs only after ctl_remove_cache over the changed bytes."""
+    code = assemble("mov eax, 1\nret", 0x1000)
+    uc = engine(code)
+    uc.mem_write(0x8FFC, (0x2000).to_bytes(4, "little"))
+    uc.mem_write(0x2000, b"\xf4")
+    def call():
+        uc.reg_write(X.UC_X86_REG_ESP, 0x8FFC)
+        uc.emu_start(0x1000, 0, count=3)
+        return uc.reg_read(X.UC_X86_REG_EAX)
+    assert call() == 1
+    uc.mem_write(0x1001, (7).to_bytes(4, "little"))
+    uc.ctl_remove_cache(0x1000, 0x1006)
+    assert call() == 7
