@@ -487,125 +487,18 @@ def code_image(code: bytes | str, load: int = 0x100000, *, name: str = "code") -
                       segments=[Segment(load, bytes(code))], name=name)
 
 
-# -- fidelity: where a mode's guest-visible behaviour first differs ---------------------
-@dataclass
-class Divergence:
-    """The outcome of `divergence`: identical, or the first point of difference.
-
-    `at` is the number of retired instructions after which the two runs' guest
-    state first differs, `insn` the guest instruction executed at that step
-    (address, text, catalog row), `differences` what differed there."""
-
-    image: str
-    mode: str
-    reference: str
-    identical: bool
-    final: dict
-    at: int | None = None
-    insn: dict | None = None
-    differences: dict = field(default_factory=dict)
-
-    def describe(self) -> str:
-        if self.identical:
-            return f"{self.image}: {self.mode} is identical to {self.reference}"
-        if self.insn is None:
-            return f"{self.image}: {self.mode} differs from {self.reference} in {sorted(self.final)}"
-        i = self.insn
-        what = ", ".join(f"{k}: {v[0]} vs {v[1]}" for k, v in self.differences.items())
-        return (f"{self.image}: {self.mode} diverges from {self.reference} after {self.at:,} "
-                f"instructions, at {i['insn']} ({i['name'] or 'not in the catalog'}) at {i['addr']}: {what}")
-
-
-def guest_state(result: RunResult) -> dict:
-    """What the guest can observe of a finished run: serial output, exit status,
-    registers as the guest sees them, and a hash of guest RAM (the hypervisor
-    area lies outside RAM, so it is never part of it)."""
-    import hashlib
-    vm = result.vm
-    ram = bytes(vm.uc.mem_read(0, vm.config.mem_bytes))
-    if result.mode == "bt":
-        # Guest reads of patched code would see the patch bytes; the guest's own
-        # bytes are what it wrote, so compare those (docs/patches.md).
-        ram = vm.mode.patcher.original_bytes(0, ram)
-    regs = dict(result.regs)
-    return {"serial": result.serial, "status": result.exit_status, "regs": regs,
-            "ram": hashlib.sha256(ram).hexdigest()}
-
-
-def divergence(image: str | GuestImage, mode: str = "trap", reference: str = "emulate",
-               **options) -> Divergence:
-    """Compare a run under `mode` with one under `reference` and, when they
-    differ, find the first instruction after which the guest state differs.
-
-    The search bisects on the retired-instruction budget (runs are deterministic,
-    so a run to N instructions is a prefix of the full run).  It needs the two
-    modes to count the same guest instructions, which holds for emulate and trap
-    (every emulated instruction counts once); bt also counts the instructions of
-    its stubs, so for bt only the final states are compared."""
-    if mode not in MODES or reference not in MODES:
-        raise BadInput(f"modes must be among {', '.join(MODES)}")
-    options.pop("max_instructions", None)
-    a = run(image, reference, **options)
-    b = run(image, mode, **options)
-    sa, sb = guest_state(a), guest_state(b)
-    final = {k: (sa[k], sb[k]) for k in sa if sa[k] != sb[k]}
-    name = a.image
-    if not final:
-        return Divergence(name, mode, reference, True, {})
-    if "bt" in (mode, reference):
-        return Divergence(name, mode, reference, False, final)
-
-    def differs(n: int) -> dict:
-        ra = run(image, reference, max_instructions=n, **options)
-        rb = run(image, mode, max_instructions=n, **options)
-        x, y = guest_state(ra), guest_state(rb)
-        return {k: (x[k], y[k]) for k in x if x[k] != y[k]}
-
-    lo, hi = 0, min(a.retired, b.retired)      # state equal after lo, differs after hi
-    if not differs(hi):
-        return Divergence(name, mode, reference, False, final)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if differs(mid):
-            hi = mid
-        else:
-            lo = mid
-    before = run(image, reference, max_instructions=lo, **options) if lo else None
-    eip = before.regs["eip"] if before is not None else load(image, mem_mib=options.get("mem_mib", DEFAULT_MEM_MIB)).entry
-    ra = run(image, reference, max_instructions=hi, **options)
-    rb = run(image, mode, max_instructions=hi, **options)
-    return Divergence(name, mode, reference, False, final, at=hi,
-                      insn=_describe_insn(a.vm, eip), differences=_differences(ra, rb))
-
-
-def _differences(a: RunResult, b: RunResult) -> dict:
-    """Readable differences of two runs' guest state: register values, the first
-    differing RAM dword, serial output, status."""
-    out = {}
-    for k, v in a.regs.items():
-        if b.regs.get(k) != v:
-            out[k] = (hex(v), hex(b.regs.get(k, 0)))
-    ma = bytes(a.vm.uc.mem_read(0, a.vm.config.mem_bytes))
-    mb = bytes(b.vm.uc.mem_read(0, b.vm.config.mem_bytes))
-    if ma != mb:
-        i = next(i for i in range(0, len(ma), 4) if ma[i:i + 4] != mb[i:i + 4])
-        out[f"ram[{i:#x}]"] = ("0x" + ma[i:i + 4][::-1].hex(), "0x" + mb[i:i + 4][::-1].hex())
-    if a.serial != b.serial:
-        out["serial"] = (a.serial[-60:], b.serial[-60:])
-    if a.exit_status != b.exit_status:
-        out["status"] = (a.exit_status, b.exit_status)
-    return out
-
-
-def _describe_insn(vm, addr: int) -> dict:
-    import capstone
-    from bt.catalog import classify_bytes
-    code = bytes(vm.uc.mem_read(addr, 16))
-    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    ins = next(cs.disasm(code, addr), None)
-    if ins is None:
-        return {"addr": hex(addr), "insn": "(undecodable)", "name": "", "class": "", "why": ""}
-    row = classify_bytes(bytes(ins.bytes))
-    return {"addr": hex(addr), "insn": f"{ins.mnemonic} {ins.op_str}".strip(),
-            "name": row.name if row else "", "class": row.klass.value if row else "",
-            "why": row.why if row else ""}
+# -- fidelity ------------------------------------------------------------------------
+def fidelity(image: str | GuestImage, mode: str = "trap", *, locate: bool = True,
+             mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
+             max_instructions: int | None = None, extra: dict | None = None):
+    """Compare a run under `mode` with one under `emulate` (the reference), as
+    `bt-run --compare` does (bt/measure/fidelity.py): returns its FidelityReport
+    (`verdict` identical | timing-only | divergent, `differences`, `divergence`
+    naming the first guest instruction whose observable result differed, `text()`)."""
+    from bt.measure.fidelity import compare
+    if mode not in MODES:
+        raise BadInput(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    img = load(image, mem_mib=mem_mib)
+    config = MachineConfig(mem_mib=mem_mib, cpu_mhz=cpu_mhz, mode=mode,
+                           max_instructions=max_instructions, extra=dict(extra or {}))
+    return compare(img, config, mode, locate=locate)

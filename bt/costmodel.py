@@ -39,7 +39,6 @@ class CostParams:
     software_exit: float = 3223.0      # Adams & Agesen divzero under the software VMM
     software_device: float = 214.0     # Adams & Agesen in(0x80) under BT: device model cost
     emulate_device: float = 214.0      # the same device model inside a pure emulator
-    interrupt_native: float = 889.0    # Adams & Agesen divzero native: an IDT delivery
     vmexit: float = 2000.0             # ~2,000 cycles per VM exit (SplitX, X5570/KVM/EPT)
 
     def with_overrides(self, text: str | None) -> "CostParams":

@@ -86,7 +86,7 @@ def free_register(*operand_texts: str) -> str:
 
 def _mem_operand(op_str: str) -> str:
     """The memory operand of a one-operand instruction, without the size keyword."""
-    return re.sub(r"^(?:[a-z]+ ptr )", "", op_str.strip())
+    return re.sub(r"^(?:[a-z]+ )?ptr ", "", op_str.strip())
 
 
 # -- the interrupt flag --------------------------------------------------------
@@ -118,7 +118,8 @@ def _popfd(s: StubContext, i: Insn) -> str:
 
 @stub("pushf")
 def _pushfw(s: StubContext, i: Insn) -> str:
-    return ("pushfw; push eax; movzx eax, word ptr [esp + 4]; "
+    # Keystone's `pushf`/`popf` are the 16-bit forms (66 9c / 66 9d): wanted here.
+    return ("pushf; push eax; movzx eax, word ptr [esp + 4]; "
             f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
             "xchg ax, word ptr [esp + 4]; push eax; popfd; pop eax")
 
@@ -126,7 +127,7 @@ def _pushfw(s: StubContext, i: Insn) -> str:
 @stub("popf")
 def _popfw(s: StubContext, i: Insn) -> str:
     return ("push eax; movzx eax, word ptr [esp + 4]; "
-            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popfw")
+            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popf")
 
 
 # -- descriptor-table and machine-status reads -----------------------------------

@@ -3,6 +3,9 @@
 The options and exit statuses are a contract (docs/cli.md):
     guest debug-exit value v, 124 budget exhausted, 125 hang/triple fault,
     2 bad input, 70 internal VMM error (report still written).
+With `--compare MODE` it instead runs the image under emulate and MODE and prints the
+fidelity report (bt/measure/fidelity.py, docs/fidelity.md): status 0 identical
+(or timing-only), 1 divergent, 2 bad input.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc", type=int, default=None, metavar="EPOCH",
                    help="wall-clock time the CMOS RTC starts at (seconds since 1970; fixed "
                         "by default so runs stay deterministic)")
+    p.add_argument("--compare", choices=("trap", "bt"), metavar="MODE", default=None,
+                   help="fidelity check: run under emulate and MODE (trap or bt), print where "
+                        "guest-visible behaviour diverges; status 0 identical, 1 divergent")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
     return p
 
@@ -60,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                     config.serial_input = f.read()
             except OSError as e:
                 raise BadInput(f"cannot read --serial-input {args.serial_input}: {e.strerror}")
+        if args.compare:
+            from bt.measure.fidelity import compare  # the fidelity checker (issue 6)
+            report = compare(image, config, args.compare)
+            print(report.text())
+            return report.status
         from runtime.vm import VM  # imported late: argument errors stay fast
         vm = VM(image, config)
     except BadInput as e:

@@ -1,0 +1,110 @@
+"""`bt-bench`: run guests under every mode; one table of exits, costs and fidelity.
+
+    bt-bench [IMAGE ...] [--modes emulate,trap,bt] [--out DIR] [--plot DIR]
+             [--max-instructions N] [--mem MIB] [--cost NAME=CYCLES,...]
+
+IMAGE is anything bt-run accepts (demo:NAME, a file); none = every demo guest.
+Writes DIR/bench.csv and DIR/bench.json (default DIR: bench-out) and prints the
+table on stdout; progress goes to stderr.  Exit status: 0 done, 2 bad input.
+Columns and the cost model: docs/benchmarks.md, bt/costmodel.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bt import costmodel
+from bt.cli.common import CliParser, fail
+from bt.errors import BadInput
+from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = CliParser(prog="bt-bench", description="Run guests under every mode and compare "
+                  "exits, modelled cost and fidelity against pure emulation.")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="images (demo:NAME or a file); default: every demo guest")
+    p.add_argument("--modes", default="emulate,trap,bt",
+                   help="comma-separated modes (default emulate,trap,bt; emulate is the "
+                        "fidelity reference)")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="directory for bench.csv and bench.json (default bench-out)")
+    p.add_argument("--plot", metavar="DIR", help="also write PNG charts here (needs matplotlib)")
+    p.add_argument("--max-instructions", type=_positive, default=None, metavar="N",
+                   help="instruction budget of every run (status 124 when reached)")
+    p.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB",
+                   help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
+    p.add_argument("--cpu-mhz", type=_positive, default=DEFAULT_CPU_MHZ, metavar="N")
+    p.add_argument("--cost", metavar="NAME=CYCLES,...",
+                   help="override cost-model parameters: " + ", ".join(
+                       f"{n}={v:g}" for n, v in costmodel.describe_params()))
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return v
+
+
+def _parse_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in modes if m not in ("emulate", "trap", "bt")]
+    if bad or not modes:
+        raise BadInput(f"--modes: unknown mode '{bad[0] if bad else text}' (emulate, trap, bt)")
+    if len(set(modes)) != len(modes):
+        raise BadInput(f"--modes: '{text}' names a mode twice")
+    return tuple(m for m in ("emulate", "trap", "bt") if m in modes)   # reference first
+
+
+def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:
+    from bt.demos import list_demos
+    from bt.images import load_image
+    if not 1 <= mem_mib <= 3072:
+        raise BadInput(f"--mem {mem_mib} must be between 1 and 3072 MiB")
+    names = names or [f"demo:{d}" for d in list_demos()]
+    return [(n[5:] if n.startswith("demo:") else Path(n).name,
+             load_image(n, mem_bytes=mem_mib << 20)) for n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from bt.measure import bench
+    try:
+        modes = _parse_modes(args.modes)
+        params = costmodel.CostParams().with_overrides(args.cost)
+        guests = _load_guests(args.images, args.mem)
+        config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz,
+                               max_instructions=args.max_instructions)
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create --out {args.out}: {e.strerror}") from None
+        progress = None if args.quiet else bench.ProgressBar()
+        rows = bench.run_matrix(guests, config, modes, params, progress)
+        meta = {"command": "bt-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "modes": list(modes), "mem_mib": args.mem, "cpu_mhz": args.cpu_mhz,
+                "max_instructions": args.max_instructions,
+                "cost_params": dict(costmodel.describe_params(params)),
+                "nondeterministic_columns": list(bench.NONDETERMINISTIC)}
+        bench.write_csv(rows, out / "bench.csv")
+        bench.write_json(rows, out / "bench.json", meta)
+        charts = bench.plot(rows, args.plot) if args.plot else []
+    except BadInput as e:
+        return fail("bt-bench", str(e))
+    print(bench.format_table(rows, markdown=args.markdown))
+    print(f"bt-bench: wrote {out / 'bench.csv'}, {out / 'bench.json'}"
+          + "".join(f", {c}" for c in charts), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

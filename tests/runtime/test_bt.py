@@ -1,0 +1,84 @@
+"""Binary translation (--mode bt): adversarial patch sites, self-modifying code,
+isolation of the stub cache.  Each guest must give exactly what pure emulation
+gives; the counters show which mechanism handled it."""
+from conftest import EXIT, LOAD, assemble, raw_guest, run
+from bt.images.image import GuestImage, Segment
+
+REGS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "esp", "eflags")
+
+
+def same_as_emulate(img, **cfg):
+    _, emu = run(img, "emulate", **cfg)
+    vm, bt = run(img, "bt", **cfg)
+    assert bt.exit_status == emu.exit_status == 0, bt.message
+    assert bt.serial == emu.serial
+    assert {r: bt.regs[r] for r in REGS} == {r: emu.regs[r] for r in REGS}
+    return vm, bt
+
+
+def test_branch_target_inside_the_bytes_after_a_one_byte_cli():
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 3\nxor esi, esi\nsti\ncli\n"
+                    "inner: pushfd\npop eax\nadd esi, eax\ndec ecx\njnz inner\n" + EXIT)
+    vm, res = same_as_emulate(img)
+    assert res.extra["patches"]["refused"].get("branch-target-inside", 0) >= 1
+
+
+def test_pushfd_whose_successor_is_a_jump_target():
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 3\nxor esi, esi\npushfd\n"
+                    "back: pop eax\nor esi, eax\ndec ecx\njz done\npush 0x246\njmp back\n"
+                    "done:\n" + EXIT)
+    vm, res = same_as_emulate(img)
+    p = res.extra["patches"]
+    assert p["refused"].get("branch-target-inside") == 1 and p["int3_fallbacks"] >= 1
+    assert res.extra["csam"]["int3_exits"] == 1
+
+
+def test_patch_site_that_straddles_a_page():
+    site = LOAD + 0xFFE                       # pushfd, then the page boundary
+    head = assemble(f"mov esp, 0x90000\njmp {site:#x}", LOAD)
+    tail = assemble("pushfd\npop esi\nmov al, 0\nout 0xf4, al", site)
+    img = GuestImage("straddle", "raw", LOAD, [Segment(LOAD, head), Segment(site, tail)])
+    vm, res = same_as_emulate(img)
+    assert res.extra["patches"]["refused"].get("page-boundary") == 1
+
+
+def test_guest_overwrites_a_patched_instruction_and_restores_it():
+    src = ("mov esp, 0x90000\nmov ebx, 0x1234\n"
+           "call f\nmov esi, eax\n"
+           "mov byte ptr [f], 0x53\ncall f\nmov edi, eax\n"     # pushfd -> push ebx
+           "mov byte ptr [f], 0x9c\ncall f\nmov edx, eax\n" + EXIT +
+           "f: pushfd\npop eax\nnop\nnop\nnop\nret\n")
+    vm, res = same_as_emulate(raw_guest(src))
+    assert res.regs["edi"] == 0x1234
+    assert res.extra["patches"]["removed"] >= 1
+    assert res.extra["csam"]["smc_invalidations"] >= 1
+    assert res.extra["csam"]["pages_rescanned"] >= 1
+
+
+def test_code_reached_only_through_a_computed_pointer_is_scanned_before_it_runs():
+    src = ("mov esp, 0x90000\nmov eax, target\nxor eax, 0x5a5a\nxor eax, 0x5a5a\ncall eax\n"
+           "mov esi, eax\n" + EXIT + ".align 64\ntarget: pushfd\npop eax\nret\n")
+    vm, res = same_as_emulate(raw_guest(src))
+    assert res.extra["csam"]["guard_exits"] == 1
+    assert res.extra["patches"]["installed"].get("pushfd") == 1
+
+
+def test_guest_write_into_the_stub_cache_is_an_isolation_violation():
+    img = raw_guest("mov esp, 0x90000\npushfd\npop eax\n"
+                    "mov dword ptr [0xff020000], 0x90909090\n" + EXIT)
+    vm, res = run(img, "bt")
+    assert (res.exit_status, res.reason) == (125, "isolation-violation")
+    assert "0xff020000" in res.message
+    assert vm.mode.patcher.patches          # the stub it attacked is intact
+    stub = next(iter(vm.mode.patcher.patches.values())).stub
+    assert bytes(vm.uc.mem_read(stub, 1)) != b"\x90"
+
+
+def test_reports_show_guest_addresses_not_stub_addresses():
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 1000\nl: pushfd\npop eax\ncli\nsti\n"
+                    "dec ecx\njnz l\n" + EXIT)
+    vm, res = same_as_emulate(img)
+    hyper = vm.mode.hyper
+    for site in res.counters["exit_sites"]:
+        assert not hyper.contains(int(site, 16))
+    assert not hyper.contains(res.regs["eip"])

@@ -1,0 +1,89 @@
+"""The deprivileged runtime (--mode trap): world switch, trap-and-emulate,
+reflection, and the ways a run ends."""
+import json
+import subprocess
+import sys
+
+from conftest import EXIT, raw_guest, run
+
+
+def test_guest_kernel_runs_in_ring_1_but_sees_ring_0_in_frames():
+    img = raw_guest("mov esp, 0x90000\nmov esi, cs\nmov ebx, ss\n" + EXIT)
+    vm, res = run(img, "trap")
+    assert res.exit_status == 0
+    assert vm.uc.reg_read(__import__("unicorn").x86_const.UC_X86_REG_CS) & 3 == 1
+    assert res.regs["cs"] == 0x08            # guest view in the report
+    assert res.regs["esi"] & 0xFFFF == 0x09  # the native read leaks RPL 1 (predicted)
+
+
+def test_hundred_thousand_consecutive_traps_without_a_double_fault():
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 50000\nl: cli\nsti\ndec ecx\njnz l\n" + EXIT)
+    _, res = run(img, "trap")
+    assert res.exit_status == 0, res.message
+    assert res.counters["faults_emulated"] == {"cli": 50000, "sti": 50000}
+    assert res.counters["exceptions_delivered"] == {}
+
+
+def test_privileged_state_is_virtual():
+    img = raw_guest("mov esp, 0x90000\nmov eax, cr0\nor eax, 8\nmov cr0, eax\nmov ebx, cr0\n"
+                    "clts\nmov ecx, cr0\nmov eax, 0x1234\nmov dr3, eax\nmov edx, dr3\n"
+                    "mov ecx, 0x10\nmov eax, 5\nxor edx, edx\nwrmsr\nxor eax, eax\nrdmsr\n"
+                    "mov esi, eax\n" + EXIT)
+    _, res = run(img, "trap")
+    assert res.exit_status == 0
+    assert res.regs["ebx"] == 0x19 and res.regs["esi"] == 5
+    assert set(res.counters["faults_emulated"]) >= {"mov", "clts", "wrmsr", "rdmsr"}
+
+
+def test_rdtsc_counts_virtual_instructions_in_ring_1():
+    img = raw_guest("rdtsc\nmov ebx, eax\nnop\nnop\nrdtsc\nsub eax, ebx\nmov esi, eax\n" + EXIT)
+    _, a = run(img, "trap")
+    _, b = run(img, "emulate")
+    assert a.regs["esi"] == b.regs["esi"] == 4
+
+
+def test_genuine_fault_is_reflected_with_its_error_code():
+    # IDT at 0x10000 with one #GP gate; the handler stores the error code in esi.
+    import struct
+    handler = 0x100100
+    gate = struct.pack("<HHBBH", handler & 0xFFFF, 0x08, 0, 0x8E, handler >> 16)
+    idt = bytes(13 * 8) + gate
+    src = ("mov esp, 0x90000\nlidt [idtr]\nmov ax, 0x7f0\nmov fs, ax\n" + EXIT +
+           "idtr: .word 0x7f\n.long 0x10000\n.align 256\n"
+           "pop esi\nmov al, 0\nout 0xf4, al\n")
+    img = raw_guest(src, [(0x10000, idt)])
+    for mode in ("emulate", "trap", "bt"):
+        _, res = run(img, mode)
+        assert res.exit_status == 0, (mode, res.message)
+        assert res.regs["esi"] == 0x7F0, mode
+
+
+def test_hlt_with_interrupts_disabled_is_a_hang():
+    _, res = run(raw_guest("cli\nhlt"), "trap")
+    assert (res.exit_status, res.reason) == (125, "hang")
+
+
+def test_guest_that_runs_forever_hits_the_budget():
+    _, res = run(raw_guest("l: jmp l"), "trap", max_instructions=100_000)
+    assert (res.exit_status, res.reason, res.retired) == (124, "budget", 100_000)
+
+
+def test_triple_fault_ends_the_run_with_a_report(tmp_path):
+    # No IDT: the #UD cannot be delivered (#GP), nor that (#DF): shutdown.
+    src = tmp_path / "t.bin"
+    from conftest import assemble
+    src.write_bytes(assemble("lidt [0x2000]\nud2", 0x100000))
+    report = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "bt.cli.run", str(src), "--load", "0x100000",
+                        "--mode", "trap", "--report", str(report)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 125
+    assert "Traceback" not in p.stderr
+    r = json.loads(report.read_text())
+    assert r["reason"] == "triple-fault" and r["exit_status"] == 125
+
+
+def test_paging_guest_is_refused_clearly_in_trap_mode():
+    img = raw_guest("mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n" + EXIT)
+    _, res = run(img, "trap")
+    assert res.exit_status == 70 and "paging" in res.message
