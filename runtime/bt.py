@@ -362,6 +362,41 @@ class BTMode(TrapMode):
         vm.fast.reg_write(X.UC_X86_REG_EIP, target)
         return True
 
+    # -- moving the hypervisor area -------------------------------------------------------
+    def relocate_hyper(self, new_base: int) -> None:
+        """Move the hypervisor area (between slices), e.g. when a paging guest
+        claims its addresses: copy it, rewrite every recorded fixup (absolute
+        state-page references in stubs, stub->guest branches, guest->stub jumps),
+        and repoint the real descriptor-table registers and the virtual CPU."""
+        from runtime.hyper import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
+        uc, old = self.uc, self.hyper.base
+        if new_base & 0x3FFFFF or new_base < self.vm.config.mem_bytes:
+            raise ValueError(f"bad hypervisor base {new_base:#x}")
+        uc.mem_map(new_base, HYPER_SIZE)
+        uc.mem_write(new_base, bytes(uc.mem_read(old, HYPER_SIZE)))
+        self.cache.relocate(new_base, self._raw_read, self._raw_write)
+        for p in self.patcher.patches.values():
+            delta = new_base - old
+            if p.stub:
+                p.stub += delta
+                p.exits = {a + delta: e for a, e in p.exits.items()}
+                p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
+            if p.kind == "jump":
+                self._flush(p.site, p.site + 5)
+        _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
+        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, 103, 0x8900))
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
+            uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
+        uc.mem_unmap(old, HYPER_SIZE)
+        self.hyper.base = new_base
+        self.vcpu.state_addr = new_base
+        self.patcher.state_addr = new_base
+        self.hyper.protect_stubs(writable=False)
+        self.stats["relocations"] = self.stats.get("relocations", 0) + 1
+
     # -- injection and the guest's view -------------------------------------------------
     def _in_stub(self) -> bool:
         return self.cache.contains(self.vm.fast.reg_read(X.UC_X86_REG_EIP))

@@ -22,7 +22,7 @@ FIGURES = {
                            "01-page-fnptr.png", "01-bad-blocks.png"],
     "02-fault-rates.ipynb": ["02-exits-per-million.png", "02-exit-kinds.png",
                              "02-timeline-timer.png", "02-timeline-hotflags.png",
-                             "02-exit-rate.png"],
+                             "02-exit-rate.png", "02-modelled-cost.png"],
     "03-fidelity.ipynb": ["03-fidelity.png"],
 }
 

@@ -75,7 +75,7 @@ def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_intermixed_args(argv)
     from bt.measure import bench
     try:
         modes = _parse_modes(args.modes)

@@ -82,3 +82,23 @@ def test_reports_show_guest_addresses_not_stub_addresses():
     for site in res.counters["exit_sites"]:
         assert not hyper.contains(int(site, 16))
     assert not hyper.contains(res.regs["eip"])
+
+
+def test_hypervisor_area_moves_mid_run_and_the_guest_does_not_notice():
+    from bt.demos import expected_output, load_demo
+    from bt.machine import MachineConfig
+    from runtime.vm import VM
+    vm = VM(load_demo("hotflags", 64 << 20), MachineConfig(mode="bt", max_instructions=1_000_000),
+            stdout=None)
+    first = vm.run()
+    assert first.reason == "budget"
+    old_stubs = {s: p.stub for s, p in vm.mode.patcher.patches.items()}
+    vm.mode.relocate_hyper(0xFE000000)
+    vm.stop, vm.config.max_instructions = None, None
+    rest = vm.run()
+    assert rest.exit_status == 0
+    assert vm.serial == expected_output("hotflags")
+    for s, p in vm.mode.patcher.patches.items():
+        if s in old_stubs:
+            assert p.stub == old_stubs[s] - 0x1000000
+    assert rest.counters["exits"] - rest.counters["io_exits"] < 50

@@ -1,0 +1,82 @@
+"""bt.api: the public API the notebooks use (docs/api.md)."""
+from __future__ import annotations
+
+import pytest
+
+from bt import api
+from bt.errors import BadInput
+
+
+def test_sampled_run_equals_plain_run():
+    plain = api.run("demo:probe-flags", "bt", mem_mib=4)
+    sampled = api.run("demo:probe-flags", "bt", mem_mib=4, sample_every=100_000)
+    assert (sampled.retired, sampled.exits, sampled.serial) == (plain.retired, plain.exits, plain.serial)
+    assert sampled.counters == plain.counters
+    points = [p["retired"] for p in sampled.timeline]
+    assert points[0] == 0 and points[-1] == plain.retired
+    assert all(b - a <= 100_000 for a, b in zip(points, points[1:]))
+    exits = [p["exits"] for p in sampled.timeline]
+    assert exits == sorted(exits) and exits[-1] == plain.exits
+
+
+def test_sampling_respects_the_budget():
+    r = api.run("demo:timer", "trap", mem_mib=4, max_instructions=250_000, sample_every=100_000)
+    assert r.reason == "budget" and r.retired == 250_000
+    assert [p["retired"] for p in r.timeline] == [0, 100_000, 200_000, 250_000]
+
+
+def test_plan_matches_the_patches_a_bt_run_installs():
+    r = api.run("demo:probe-flags", "bt", mem_mib=4)
+    plan = api.plan_patches(api.scan("demo:probe-flags", mem_mib=4))
+    planned = {p.site for p in plan if p.action == "jump"}
+    installed = {a for a, p in r.patches.items() if p.kind == "jump"}
+    assert planned == installed and installed
+    by_site = {p.site: p for p in plan}
+    for a, p in r.patches.items():
+        assert by_site[a].covers == tuple(i.addr for i in p.covered)
+
+
+def test_plan_marks_covered_and_trapping_sites():
+    cfg = api.scan(api.code_image("cli\npushfd\npop eax\nlgdt [0x100400]\nhlt\n"))
+    actions = {p.name: p.action for p in api.plan_patches(cfg)}
+    assert actions["cli"] == "jump" and actions["pushfd"] == "covered"
+    assert actions["lgdt"] == "trap" and actions["hlt"] == "trap"
+
+
+def test_bt_views_and_stub_listing():
+    r = api.run("demo:fnptr", "bt", mem_mib=4)
+    assert r.guards and set(r.guards) <= set(r.cfg.unresolved_sites())
+    site = next(a for a, p in r.patches.items() if p.kind == "jump")
+    rows = r.stub_listing(site)
+    assert rows[0]["translates"] == hex(site)
+    assert rows[-1]["insn"].startswith("jmp") or any(row["exit"] for row in rows)
+    table = api.site_table(r.cfg, r.patches, r.guards)
+    assert {row["patch"] for row in table} >= {"jump", "guard"}
+
+
+def test_cfg_helpers_partition_and_zoom():
+    cfg = api.scan("demo:probe-flags", mem_mib=4)
+    funcs = api.functions(cfg)
+    blocks = [b for bs in funcs.values() for b in bs]
+    assert sorted(blocks) == cfg.blocks()                      # every block exactly once
+    entry = min(cfg.entries)
+    assert api.function_of(cfg, entry) == entry
+    page = api.cfg_subgraph(cfg, page=entry)
+    assert all(entry <= n < entry + 0x1000 for n in page if n != api.UNRESOLVED)
+    one = api.cfg_subgraph(cfg, function=entry)
+    assert set(one) == set(funcs[entry])
+    pos = api.cfg_layout(cfg.graph, cfg)
+    assert set(pos) >= set(cfg.blocks()) and len(set(pos.values())) == len(pos)
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(BadInput, match="unknown mode"):
+        api.run("demo:hello", "fast")
+    with pytest.raises(BadInput, match="sample_every"):
+        api.run("demo:hello", "emulate", sample_every=0)
+    with pytest.raises(BadInput, match="mode='bt'"):
+        api.run("demo:hello", "emulate", mem_mib=4).cfg
+    with pytest.raises(BadInput, match="does not assemble"):
+        api.code_image("not an instruction")
+    with pytest.raises(BadInput, match="not inside a scanned block"):
+        api.function_of(api.scan("demo:hello", mem_mib=4), 0x5000)

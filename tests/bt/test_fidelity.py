@@ -1,0 +1,121 @@
+"""The fidelity checker: the probes' documented divergences under trap are found and
+named (instruction, catalog row, Robin & Irvine group); bt gives none, except the
+documented smc `bytes.cli` line."""
+from __future__ import annotations
+
+import pytest
+from capstone import Cs, CS_ARCH_X86, CS_MODE_32
+
+from bt.images import load_image
+from bt.machine import MachineConfig
+from bt.measure import describe
+from bt.measure.fidelity import DIVERGENT, IDENTICAL, TIMING, compare, first_differing_line
+from bt.measure.observe import ram_differences, run
+
+CFG = MachineConfig(mem_mib=8)     # the demos live below 2 MiB: small RAM keeps hashing fast
+
+
+def _img(name):
+    return load_image(f"demo:{name}", mem_bytes=CFG.mem_bytes)
+
+
+# probe -> (instruction text, catalog row, Robin & Irvine group, words in the headline)
+TRAP_EXPECTED = {
+    "probe-flags": ("pushfd", "pushfd", "sensitive-register", "leaked the host IF"),
+    "probe-tables": ("sgdt", "sgdt", "sensitive-register", "sgdt"),
+    "probe-segments": ("mov eax, cs", "mov_from_cs", "protection-system", "RPL 1"),
+    "probe-protection": ("lar", "lar", "protection-system", "lar"),
+    "fnptr": ("pushfd", "pushfd", "sensitive-register", "leaked the host IF"),
+}
+
+
+@pytest.mark.parametrize("probe", sorted(TRAP_EXPECTED))
+def test_trap_divergence_is_found_and_named(probe):
+    text, row, group, words = TRAP_EXPECTED[probe]
+    rep = compare(_img(probe), CFG, "trap")
+    assert rep.verdict == DIVERGENT and rep.status == 1
+    assert any(d["aspect"] == "serial" for d in rep.differences)
+    dv = rep.divergence
+    assert dv["kind"] == "instruction"
+    insn = dv["instruction"]
+    assert insn["text"].startswith(text)
+    assert insn["catalog"] == row and insn["robin_irvine"] == group
+    assert insn["class"] == "sensitive-unprivileged"
+    assert words in dv["headline"] and f"{insn['address']:#x}" in dv["headline"]
+    # The named instruction really is at that address in the guest image.
+    img = _img(probe)
+    seg = img.segments[0]
+    code = seg.data[insn["address"] - seg.addr:][:15]
+    first = next(Cs(CS_ARCH_X86, CS_MODE_32).disasm(code, insn["address"], 1))
+    assert first.mnemonic == insn["mnemonic"]
+    # Lock-step claim: after count-1 instructions both runs agree, after count they differ.
+    n = dv["count"]
+    assert run(img, CFG, "emulate", n - 1).key() == run(img, CFG, "trap", n - 1).key()
+    assert run(img, CFG, "emulate", n).key() != run(img, CFG, "trap", n).key()
+
+
+def test_probe_flags_headline_names_the_pushfd_leak():
+    rep = compare(_img("probe-flags"), CFG, "trap")
+    assert rep.divergence["headline"].startswith("pushfd at 0x1000")
+    assert "leaked the host IF" in rep.divergence["headline"]
+    assert "Robin & Irvine sensitive-register" in rep.text()
+
+
+@pytest.mark.parametrize("probe", ["probe-tables", "probe-segments", "probe-protection", "fnptr"])
+def test_bt_gives_identical(probe):
+    rep = compare(_img(probe), CFG, "bt")
+    assert rep.verdict == IDENTICAL, rep.text()
+    assert rep.status == 0 and rep.differences == []
+
+
+def test_bt_probe_flags_differs_only_in_interrupt_timing():
+    # The reference injects a pending interrupt only at a slice boundary, bt right
+    # after popfd sets IF: output equal, a loop counter differs -> timing-only.
+    rep = compare(_img("probe-flags"), CFG, "bt")
+    assert rep.verdict == TIMING, rep.text()
+    assert [d["aspect"] for d in rep.differences] == ["registers"]
+    assert rep.status == 0
+
+
+def test_bt_smc_reports_the_documented_bytes_cli_line():
+    rep = compare(_img("smc"), CFG, "bt")
+    assert rep.verdict == DIVERGENT
+    dv = rep.divergence
+    assert dv["kind"] == "serial"
+    assert "bytes.cli" in dv["headline"]
+    assert dv["patched_reads"], rep.text()        # the guest read the patch jump
+    assert "read e9" in dv["patched_reads"][0]     # jmp rel32 opcode
+
+
+def test_identical_runs_under_emulate_twice():
+    img = _img("hello")
+    a, b = run(img, CFG, "emulate"), run(img, CFG, "emulate")
+    assert a.key() == b.key()
+
+
+def test_ram_differences_and_lines():
+    a = bytes(0x3000)
+    b = bytearray(a)
+    b[0x1004] = 1
+    b[0x1006] = 2
+    b[0x2fff] = 3
+    assert ram_differences(a, bytes(b)) == [(0x1004, 0x1007), (0x2fff, 0x3000)]
+    assert first_differing_line(b"a\nb\nc", b"a\nx\nc") == (1, 2)
+
+
+def test_flag_names_and_selector_effect():
+    assert describe.flag_names(0x200) == "IF"
+    assert describe.flag_names(0x3200) == "IF/IOPL"
+    insn = describe.instruction(bytes.fromhex("8cc8"), 0x1000)     # mov eax, cs
+    assert insn["catalog"] == "mov_from_cs" and insn["robin_irvine"] == "protection-system"
+    eff = describe.effects(insn, {"eax": (0x8, 0x9)}, [], "trap")
+    assert "RPL 1" in eff[0]
+
+
+def test_bt_run_compare_exit_status(capsys):
+    from bt.cli.run import main
+    assert main(["demo:probe-segments", "--mem", "8", "--compare", "trap"]) == 1
+    out = capsys.readouterr().out
+    assert "divergent" in out and "mov eax, cs at 0x" in out and "protection-system" in out
+    assert main(["demo:probe-segments", "--mem", "8", "--compare", "bt"]) == 0
+    assert "identical" in capsys.readouterr().out
