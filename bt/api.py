@@ -3,8 +3,9 @@
 Everything here is built on the objects the commands use (bt.images, runtime.vm,
 scanner, patcher); nothing is re-implemented.  Three groups:
 
-* running: `load`, `run` (optionally sampling counters every N instructions
-  for a timeline), `compare_modes` (one row per image and mode);
+* running: `load`, `code_image`, `make_vm`, `run` (optionally sampling
+  counters every N instructions for a timeline), `compare_modes` (one row per
+  image and mode), `fidelity` (the `bt-run --compare` check);
 * code discovery and patching: `scan`, `plan_patches`, and after a bt run
   `result.cfg`, `result.patches`, `result.guards`;
 * CFG helpers for drawing (networkx only, no plotting library): `functions`,

@@ -154,6 +154,12 @@ class BTMode(TrapMode):
                 self.protect.watch_writes(page, CODE, True)
             self.protect.block_exec(page, NOT_SCANNED, False)
 
+    def on_vmm_branch(self, target: int) -> None:
+        # Interrupt handlers and other VMM-chosen targets can sit in pages that
+        # are already executable (scanned for other code): scan them explicitly.
+        if target not in self.scanner.insn_block and 0 <= target < self.vm.config.mem_bytes:
+            self.scan_and_patch(target)
+
     def _insn_at(self, addr: int) -> PInsn | None:
         b = self.scanner.insn_block.get(addr)
         if b is None:
@@ -317,6 +323,8 @@ class BTMode(TrapMode):
             return True
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
+        elif not self.cache.contains(new_eip):
+            self.on_vmm_branch(new_eip)
         self.vm.fast.reg_write(X.UC_X86_REG_EIP, new_eip)
         if self.stop_slice or self.vm.stop is not None:
             self.stop_slice = False

@@ -134,6 +134,7 @@ class Delivery:
         if not target.present:
             raise GuestFault(NP, selector & 0xFFFC)
         new_cpl = target.dpl if target.dpl < cpl else cpl
+        vm.mode.on_vmm_branch(offset)
 
         eflags = vm.guest_eflags()
         old_cs = uc.reg_read(X.UC_X86_REG_CS)

@@ -93,6 +93,10 @@ class Mode:
         """The guest address an exit at `eip` belongs to (bt maps stub addresses back)."""
         return eip
 
+    def on_vmm_branch(self, target: int) -> None:
+        """The VMM is about to send the guest to `target` (an IDT handler, an
+        emulated iret/far call): bt scans it first if it was never scanned."""
+
     def on_irq_state(self) -> None:
         """A device access may have changed whether an interrupt is pending."""
 

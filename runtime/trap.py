@@ -280,6 +280,8 @@ class TrapMode(Mode):
             return False
         vm.counters.add("faults_emulated", insn.mnemonic)
         self.after_emulated_fault(insn, eip)
+        if resume is not None:
+            self.on_vmm_branch(resume)
         vm.fast.reg_write(X.UC_X86_REG_EIP, (eip + insn.size) if resume is None else resume)
         if self.stop_slice or vm.stop is not None:
             self.stop_slice = False

@@ -178,7 +178,7 @@ def plot(rows: list[dict], outdir) -> list[Path]:
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend()
+        ax.legend(fontsize="small")
         fig.tight_layout()
         p = out / name
         fig.savefig(p, dpi=100, metadata={"Software": None})

@@ -102,3 +102,16 @@ def test_hypervisor_area_moves_mid_run_and_the_guest_does_not_notice():
         if s in old_stubs:
             assert p.stub == old_stubs[s] - 0x1000000
     assert rest.counters["exits"] - rest.counters["io_exits"] < 50
+
+
+def test_interrupt_handler_on_an_already_scanned_page_is_scanned_before_it_runs():
+    import struct
+    handler = LOAD + 0x80
+    gate = struct.pack("<HHBBH", handler & 0xFFFF, 0x08, 0, 0x8E, handler >> 16)
+    src = ("mov esp, 0x90000\nlidt [idtr]\nint 0x30\nmov esi, eax\n" + EXIT +
+           "idtr: .word 0x1ff\n.long 0x10000\n"
+           ".align 128\npushfd\npop eax\niretd\n")
+    img = raw_guest(src, [(0x10000, bytes(0x30 * 8) + gate)])
+    vm, res = same_as_emulate(img)
+    assert res.regs["esi"] & 0x200 == 0          # the handler saw the virtual IF
+    assert handler in vm.mode.scanner.insn_block
