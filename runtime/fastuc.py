@@ -43,7 +43,7 @@ class FastUc:
         status = self._mem_read(self._h, addr, self._buf, size)
         if status:
             raise UcError(status)
-        return self._buf.raw[:size]
+        return ctypes.string_at(self._buf, size)
 
     def mem_write(self, addr: int, data: bytes) -> None:
         status = self._mem_write(self._h, addr, data, len(data))

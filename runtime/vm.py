@@ -15,6 +15,8 @@ between slices (Unicorn has no IRQ line).
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import sys
 import time
 from dataclasses import dataclass, field
@@ -92,7 +94,13 @@ class VM:
         ram = self.config.mem_bytes
         if ram <= 0 or ram > 0xC0000000:
             raise BadInput(f"--mem {self.config.mem_mib} MiB is outside 1..3072")
-        uc.mem_map(0, ram, UC_PROT_ALL)
+        # RAM is host memory we own (an anonymous mmap, zero pages on demand)
+        # mapped with mem_map_ptr: protecting one page then splits the region
+        # without copying all of RAM (mem_map: ~0.2 s per split at 64 MiB;
+        # benchmarks/runtime_bench.py), which lazy scanning does per code page.
+        self._ram = mmap.mmap(-1, ram)
+        self._ram_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._ram))
+        uc.mem_map_ptr(0, ram, UC_PROT_ALL, self._ram_ptr)
         self.mem = GuestMemory(uc, ram)
         self.fast = self.mem.fast
         self.quirks = Quirks(uc)
