@@ -89,7 +89,6 @@ def vtx_exits(trap_counters: dict) -> dict:
 def cycles(mode: str, retired: int, counters: dict, p: CostParams = CostParams()) -> float:
     """Modelled cycles of one run under `mode` (emulate/trap/bt), or "vtx" from a trap run."""
     io = _total(counters, "io_exits")
-    irq = _total(counters, "interrupts_injected")
     if mode == "emulate":
         return retired * p.emulate_cycles_per_insn + io * p.emulate_device
     if mode in ("trap", "bt"):
