@@ -235,7 +235,11 @@ def _iretd(s: StubContext, i: Insn) -> str:
             f"test {s.field('irq_pending')}, 1; jz {go}; "
             f"pop eax; {EXIT}; "
             f"{go}: mov {s.field('vflags')}, eax; pop eax; "
-            f"or dword ptr [esp + 4], 1; {user}: iretd")
+            f"or dword ptr [esp + 4], 1; iretd; "
+            # to ring 3: the user's IF/IOPL come from the frame (the native iretd
+            # at CPL 1 cannot clear the real IF)
+            f"{user}: push eax; mov eax, dword ptr [esp + 12]; and eax, {VFLAGS_MASK:#x}; "
+            f"mov {s.field('vflags')}, eax; pop eax; iretd")
 
 
 # Which templates end in control transfer (no jump back to the guest).

@@ -34,6 +34,7 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, ROUTINES
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
+from runtime.vcpu import VFLAGS_MASK
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
@@ -142,6 +143,9 @@ class BTMode(TrapMode):
             if site.addr in known_sites or self.patcher.covering(site.addr):
                 continue
             if site.name in PATCH_AT_SCAN:
+                self._patch_site(site.addr)
+            elif site.name == "iretd":
+                # iretd to ring 3 does not trap: it must never run natively.
                 self._patch_site(site.addr)
             elif site.name in FAULT_PATCHED and self._scan_patches_privileged:
                 self._patch_site(site.addr, int3_fallback=False)
@@ -424,6 +428,18 @@ class BTMode(TrapMode):
 
     def on_irq_state(self) -> None:
         self.vcpu.set("irq_pending", 1 if self.vm.pic.has_interrupt() else 0)
+
+    # The virtual IF/IOPL hold at every CPL in bt: every way into ring 3 (iretd,
+    # patched or emulated) sets them from the frame.
+    tracks_user_flags = True
+
+    def guest_eflags(self) -> int:
+        real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        return (real & ~VFLAGS_MASK) | self.vcpu.vflags
+
+    def set_guest_eflags(self, value: int) -> None:
+        self.vcpu.vflags = value & VFLAGS_MASK
+        self._write_real_flags(value)
 
     def guest_address(self, eip: int) -> int:
         return self.patcher.guest_address(eip) if self.cache.contains(eip) else eip

@@ -188,6 +188,18 @@ def _iret(mode, insn, eip):
     esp = uc.reg_read(X.UC_X86_REG_ESP)
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
+    if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
+        # bt routes irets to ring 3 here too, so the user's IF/IOPL come from the
+        # frame (a native iretd at CPL 1 cannot clear the real IF).
+        user_esp, ss = struct.unpack("<II", mode.guest_read(mode.stack_base() + esp + 12, 8))
+        mode.check_code_selector(cs)
+        mode.vm.quirks.set_cpl(3)
+        uc.reg_write(X.UC_X86_REG_SS, ss & 0xFFFF)
+        uc.reg_write(X.UC_X86_REG_CS, cs)
+        uc.reg_write(X.UC_X86_REG_ESP, user_esp)
+        mode.set_guest_eflags(flags)
+        mode.after_if_change()
+        return new_eip
     if cs & 3:
         return NOT_MINE  # a return to an outer ring runs natively; this fault is genuine
     mode.check_code_selector(cs)
