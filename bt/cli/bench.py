@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bt import costmodel
-from bt.cli.common import CliParser, fail
+from bt.cli.common import CliParser, fail, positive_int
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
 
@@ -31,27 +31,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="directory for bench.csv and bench.json (default bench-out)")
     p.add_argument("--plot", metavar="DIR", help="also write PNG charts here (needs matplotlib)")
-    p.add_argument("--max-instructions", type=_positive, default=None, metavar="N",
+    p.add_argument("--max-instructions", type=positive_int, default=None, metavar="N",
                    help="instruction budget of every run (status 124 when reached)")
     p.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB",
                    help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
-    p.add_argument("--cpu-mhz", type=_positive, default=DEFAULT_CPU_MHZ, metavar="N")
+    p.add_argument("--cpu-mhz", type=positive_int, default=DEFAULT_CPU_MHZ, metavar="N")
     p.add_argument("--cost", metavar="NAME=CYCLES,...",
                    help="override cost-model parameters: " + ", ".join(
                        f"{n}={v:g}" for n, v in costmodel.describe_params()))
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
-    return v
 
 
 def _parse_modes(text: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bt.cli.common import CliParser, add_image_options, load_from_args, fail
+from bt.cli.common import CliParser, add_image_options, load_from_args, fail, positive_int
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
 from bt.report import build_report, top_sites, write_report
@@ -24,9 +24,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("emulate", "trap", "bt"), default="emulate",
                    help="emulate: pure emulation at CPL 0 (reference); trap: deprivileged "
                         "trap-and-emulate; bt: binary translation (patching)")
-    p.add_argument("--max-instructions", type=_positive, default=None, metavar="N",
+    p.add_argument("--max-instructions", type=positive_int, default=None, metavar="N",
                    help="stop with status 124 after N retired instructions")
-    p.add_argument("--cpu-mhz", type=_positive, default=DEFAULT_CPU_MHZ, metavar="N",
+    p.add_argument("--cpu-mhz", type=positive_int, default=DEFAULT_CPU_MHZ, metavar="N",
                    help="virtual clock: million guest instructions per virtual second")
     p.add_argument("--report", metavar="FILE.json", help="write the JSON run report here")
     p.add_argument("--serial-input", metavar="FILE",
@@ -39,16 +39,6 @@ def make_parser() -> argparse.ArgumentParser:
                         "guest-visible behaviour diverges; status 0 identical, 1 divergent")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
     return p
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
