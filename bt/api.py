@@ -317,7 +317,7 @@ def plan_patches(cfg: CFG) -> list[PatchPlan]:
                 end = covered[-1].addr + covered[-1].size
                 out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "jump",
                                      tuple(i.addr for i in covered), end))
-            elif s.name in PATCH_AT_SCAN:
+            elif s.name in PATCH_AT_SCAN or s.name == "iretd":   # iretd never runs natively in bt
                 out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "int3", (s.addr,),
                                      s.addr + s.size, why.value))
             else:
