@@ -55,7 +55,9 @@ class Insn:
 
 class StubContext:
     def __init__(self, state_addr: int, label: str):
+        from runtime.hyper import SELECTOR_VIEW, STATE
         self.state_addr = state_addr
+        self.selector_table = state_addr - STATE + SELECTOR_VIEW
         self.label = label
         self._n = 0
 
@@ -195,9 +197,9 @@ def _smsw(s, i):
 
 # -- selectors as the guest sees them (RPL 0 in ring 1) ---------------------------
 def _guest_view(reg: str, seg: str, s: StubContext) -> str:
-    done = s.local("rpl")
-    return (f"pushfd; mov {reg}, {seg}; test {reg}, 2; jnz {done}; "
-            f"and {reg}, 0xfffffffc; {done}: popfd")
+    """reg = the guest's view of a segment register, through the hypervisor's
+    selector table: flag-neutral and without stack scratch."""
+    return f"mov {reg}, {seg}; movzx {reg}, word ptr [{s.selector_table:#x} + {reg}*2]"
 
 
 @stub("mov_from_cs", "mov_from_ss")
@@ -217,7 +219,8 @@ def _push_seg(s: StubContext, i: Insn) -> str:
     if i.data[0] == 0x66:
         raise NotImplementedError("16-bit push of a segment register")
     seg = "cs" if i.data[-1] == 0x0E else "ss"
-    return f"push 0; push eax; {_guest_view('eax', seg, s)}; mov dword ptr [esp + 4], eax; pop eax"
+    # the slot the native push writes, and nothing below it
+    return f"push eax; {_guest_view('eax', seg, s)}; xchg eax, dword ptr [esp]"
 
 
 # -- returns ----------------------------------------------------------------------

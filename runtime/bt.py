@@ -101,6 +101,8 @@ class BTMode(TrapMode):
         # The guest may run stubs but never write them: a store there is an
         # isolation violation (VM.on_protected_write ends the run cleanly).
         self.hyper.protect_stubs(writable=False)
+        from runtime.hyper import SELECTOR_VIEW, selector_view_table
+        self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- lazy CSAM ------------------------------------------------------------------
     def _on_fetch_prot(self, access, address, size, value):

@@ -13,6 +13,9 @@ Layout (offsets from the base):
     VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
     SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
     VMM_STACK    scratch stack for VMM trampolines
+    SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
+                 (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
+                 with one load: no flags touched, no stack scratch
     STUBS        the stub cache (patcher), to the end of the area
 """
 from __future__ import annotations
@@ -28,7 +31,9 @@ SHADOW_GDT_SIZE = 0x10000
 VMM_TSS = 0x1800
 VMM_STACK = 0x12000
 VMM_STACK_SIZE = 0x1000
-STUBS = 0x20000
+SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
+SELECTOR_VIEW_SIZE = 0x20000
+STUBS = 0x40000
 STUBS_SIZE = HYPER_SIZE - STUBS
 
 
@@ -49,6 +54,15 @@ class HyperArea:
         return self.base <= address < self.base + HYPER_SIZE
 
     def protect_stubs(self, writable: bool) -> None:
-        """Stub cache pages are read+execute for the guest; the VMM opens them to write."""
+        """The selector table and the stub cache are read+execute for the guest (a
+        guest store there is an isolation violation); the VMM writes them with
+        uc.mem_write, which ignores guest protections."""
         prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC
-        self.uc.mem_protect(self.addr(STUBS), STUBS_SIZE, prot)
+        self.uc.mem_protect(self.addr(SELECTOR_VIEW), HYPER_SIZE - SELECTOR_VIEW, prot)
+
+
+def selector_view_table() -> bytes:
+    """Ring compression undone: RPL 1 selectors read as RPL 0, others unchanged."""
+    import array
+    t = array.array("H", (sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000)))
+    return t.tobytes()
