@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_FETCH_PROT
+from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
 from bt.catalog import Klass, classify_bytes
@@ -71,6 +71,10 @@ class BTMode(TrapMode):
                       "stub_exits": 0, "int3_exits": 0, "guard_exits": 0,
                       "code_page_writes": 0, "smc_invalidations": 0}
         self._patched_fault_sites: set[int] = set()
+        self.smc_pages: set[int] = set()           # pages the guest wrote code on
+        self._read_hooks: dict[int, tuple] = {}
+        self._unhidden: list[tuple[int, bytes]] = []
+        self._reread: str | None = None
         # Patch cli/sti/iretd found by the scanner right away (PATM did), instead
         # of waiting for their first trap; fault-driven patching covers the rest.
         self._scan_patches_privileged = vm.config.extra.get("eager_privileged_patches", True)
@@ -159,6 +163,46 @@ class BTMode(TrapMode):
                 self.code_pages.add(page)
                 self.protect.watch_writes(page, CODE, True)
             self.protect.block_exec(page, NOT_SCANNED, False)
+
+    # -- hiding patches from a guest that reads its own code ------------------------------
+    # Unicorn does not enforce read protection on executable pages, so reads cannot
+    # be trapped by protection.  On pages where the guest has already treated its
+    # code as data (a self-modifying-code write), a read hook limited to that page
+    # catches loads that touch a patch.  Stopping inside a read hook aborts the
+    # load (Unicorn restarts the instruction), which is used on purpose:
+    #   1. the hook puts the original bytes back and ends the slice;
+    #   2. the instruction runs again, alone (a one-instruction slice), and reads
+    #      the guest's own bytes;
+    #   3. before the next slice the patch bytes return.
+    # Other pages get no hook: a read hook costs every load 20-40% in Unicorn
+    # (measured), so it is only paid where a guest is known to read its code.
+    def _install_read_hooks(self) -> None:
+        for page in self.smc_pages:
+            if page not in self._read_hooks and self.patcher._by_page.get(page):
+                self._read_hooks[page] = self.uc.hook_add(
+                    UC_HOOK_MEM_READ, self.vm._guarded(self._before_read), None,
+                    page, page + PAGE - 1)
+                self.stats["read_hidden_pages"] = len(self._read_hooks)
+
+    def _before_read(self, access, address, size, value):
+        if self._reread == "retrying":
+            return                                   # step 2: let the load see them
+        hits = [p for p in self._patches_near(address)
+                if p.span[0] < address + size and address < p.span[1]]
+        if not hits:
+            return
+        for p in hits:                               # step 1
+            lo, hi = p.span
+            self._unhidden.append((lo, self._raw_read(lo, hi - lo)))
+            self._raw_write(lo, p.orig)
+        self.stats["hidden_reads"] = self.stats.get("hidden_reads", 0) + 1
+        self._reread = "retry"
+        self.vm._halt_slice()
+
+    def _rehide(self) -> None:
+        while self._unhidden:                        # step 3
+            lo, patched = self._unhidden.pop()
+            self._raw_write(lo, patched)
 
     def on_vmm_branch(self, target: int) -> None:
         # Interrupt handlers and other VMM-chosen targets can sit in pages that
@@ -251,6 +295,7 @@ class BTMode(TrapMode):
         if page not in self.code_pages:
             return
         self.stats["smc_invalidations"] += 1
+        self.smc_pages.add(page)
         self.patcher.remove_page(page)
         for g in [g for g in self.guards if g & ~(PAGE - 1) == page]:
             self.uc.mem_write(g, self.guards.pop(g).data[:1])
@@ -418,7 +463,18 @@ class BTMode(TrapMode):
     def may_inject(self) -> bool:
         return super().may_inject() and not self._in_stub()
 
+    def before_slice(self) -> None:
+        super().before_slice()
+        if self._reread == "retry":
+            self._reread = "retrying"
+        elif self._reread == "retrying":
+            self._rehide()
+            self._reread = None
+        self._install_read_hooks()
+
     def slice_limit(self) -> int | None:
+        if self._reread == "retry":
+            return 1
         limit = super().slice_limit()
         pending = 1 if self.vm.pic.has_interrupt() else 0
         self.vcpu.set("irq_pending", pending)
