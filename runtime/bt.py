@@ -431,8 +431,10 @@ class BTMode(TrapMode):
         uc, old = self.uc, self.hyper.base
         if new_base & 0x3FFFFF or new_base < self.vm.config.mem_bytes:
             raise ValueError(f"bad hypervisor base {new_base:#x}")
-        uc.mem_map(new_base, HYPER_SIZE)
-        uc.mem_write(new_base, bytes(uc.mem_read(old, HYPER_SIZE)))
+        contents = bytes(uc.mem_read(old, HYPER_SIZE))
+        old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
+        self.hyper.map_at(new_base)
+        uc.mem_write(new_base, contents)
         self.cache.relocate(new_base, self._raw_read, self._raw_write)
         for p in self.patcher.patches.values():
             delta = new_base - old
@@ -452,6 +454,8 @@ class BTMode(TrapMode):
         uc.mem_unmap(old, HYPER_SIZE)
         self.hyper.base = new_base
         self.vcpu.state_addr = new_base
+        self.vcpu.rebind(self.hyper.host)
+        del old_mem
         self.patcher.state_addr = new_base
         self.hyper.protect_stubs(writable=False)
         self.stats["relocations"] = self.stats.get("relocations", 0) + 1

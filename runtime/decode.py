@@ -82,15 +82,16 @@ class SiteDecoder:
     current bytes, so a fault site that exits repeatedly is decoded once and a
     rewritten site is decoded anew."""
 
-    def __init__(self, read):
+    def __init__(self, read, check=None):
         self._read = read                    # read(linear, size) -> bytes | None
+        self._check = check or read          # cheaper read to re-validate a cached site
         self._sites: dict[int, tuple[bytes, Insn]] = {}
 
     def at(self, eip: int) -> Insn | None:
         hit = self._sites.get(eip)
         if hit is not None:
             raw, insn = hit
-            if self._read(eip, len(raw)) == raw:
+            if self._check(eip, len(raw)) == raw:
                 return insn
         code = self._read(eip, 15) or self._read(eip, 0x1000 - (eip & 0xFFF)) or b""
         insn = decode(code)

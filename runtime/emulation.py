@@ -49,7 +49,7 @@ def _mask(size: int) -> int:
 def read_operand(mode, op) -> int:
     uc = mode.uc
     if op.kind in ("reg", "seg"):
-        return uc.reg_read(op.reg) & _mask(op.size)
+        return mode.vm.fast.reg_read(op.reg) & _mask(op.size)
     if op.kind == "imm":
         return op.imm & _mask(op.size)
     if op.kind == "mem":
@@ -61,7 +61,7 @@ def read_operand(mode, op) -> int:
 def write_operand(mode, op, value: int) -> None:
     uc = mode.uc
     if op.kind == "reg":
-        uc.reg_write(op.reg, value & _mask(op.size))
+        mode.vm.fast.reg_write(op.reg, value & _mask(op.size))
     elif op.kind == "mem":
         addr = effective_address(uc, op, mode.seg_base)
         mode.guest_write(addr, (value & _mask(op.size)).to_bytes(op.size, "little"))

@@ -20,6 +20,9 @@ Layout (offsets from the base):
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
+
 from unicorn import UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC
 
 HYPER_SIZE = 0x400000
@@ -45,7 +48,14 @@ class HyperArea:
             raise ValueError(f"hypervisor base {base:#x} overlaps guest RAM")
         self.uc = uc
         self.base = base
-        uc.mem_map(base, HYPER_SIZE, UC_PROT_ALL)
+        self.map_at(base)
+
+    def map_at(self, base: int) -> None:
+        """Map the area at `base` over host memory the VMM owns, so the VMM reads
+        and writes the state page directly (no Unicorn call on the exit path)."""
+        self._mem = mmap.mmap(-1, HYPER_SIZE)
+        self.host = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))
+        self.uc.mem_map_ptr(base, HYPER_SIZE, UC_PROT_ALL, self.host)
 
     def addr(self, offset: int) -> int:
         return self.base + offset

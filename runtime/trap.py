@@ -48,9 +48,11 @@ class TrapMode(Mode):
         super().__init__(vm)
         cfg = vm.config
         self.hyper = HyperArea(self.uc, cfg.hyper_base, cfg.mem_bytes)
-        self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE))
+        self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
-        self.decoder = SiteDecoder(vm.mem.try_read)
+        # trap/bt refuse paging guests (write_cr), so linear == physical here and a
+        # cached site is re-validated with one direct read.
+        self.decoder = SiteDecoder(vm.mem.try_read, vm.fast.mem_read)
         self._sti_shadow = False
         self._gdt_pages: set[int] = set()
         self.protect = Protections(self.uc, self._protection_changed)

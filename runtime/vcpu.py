@@ -8,6 +8,7 @@ offsets).
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from runtime.hyper import STATE
@@ -39,11 +40,17 @@ VFLAGS_MASK = IF_BIT | IOPL_MASK
 
 
 class VirtualCPU:
-    def __init__(self, uc, state_addr: int):
+    def __init__(self, uc, state_addr: int, host_addr: int):
         from runtime.fastuc import FastUc
         self.uc = uc
         self.fast = FastUc(uc)
         self.state_addr = state_addr
+        self.rebind(host_addr)
+
+    def rebind(self, host_addr: int) -> None:
+        """The state page's host address (the hypervisor area is host memory)."""
+        self.host_addr = host_addr
+        self._vflags = ctypes.c_uint32.from_address(host_addr + FIELDS["vflags"][0])
         self.msrs: dict[int, int] = {}
         self.tsc_offset = 0
 
@@ -52,21 +59,23 @@ class VirtualCPU:
 
     def get(self, name: str):
         off, fmt = FIELDS[name]
-        vals = struct.unpack(fmt, self.fast.mem_read(self.state_addr + off, struct.calcsize(fmt)))
+        vals = struct.unpack_from(fmt, (ctypes.c_char * struct.calcsize(fmt)).from_address(
+            self.host_addr + off))
         return vals[0] if len(vals) == 1 else vals
 
     def set(self, name: str, *values) -> None:
         off, fmt = FIELDS[name]
-        self.fast.mem_write(self.state_addr + off, struct.pack(fmt, *values))
+        struct.pack_into(fmt, (ctypes.c_char * struct.calcsize(fmt)).from_address(
+            self.host_addr + off), 0, *values)
 
     # Convenience accessors for the hot fields.
     @property
     def vflags(self) -> int:
-        return int.from_bytes(self.fast.mem_read(self.state_addr, 4), "little")
+        return self._vflags.value
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self.fast.mem_write(self.state_addr, (value & VFLAGS_MASK).to_bytes(4, "little"))
+        self._vflags.value = value & VFLAGS_MASK
 
     @property
     def interrupts_enabled(self) -> bool:
