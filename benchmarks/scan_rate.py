@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             n += 1
     ref = n / (time.perf_counter() - t)
     print(f"reference: capstone disasm_lite linear sweep {ref:,.0f} instructions/s")
-    best = None
+    rates = []
     for r in range(a.repeat):
         sc = Scanner(mem.read)
         t = time.perf_counter()
@@ -131,11 +131,13 @@ def main(argv=None) -> int:
         n = cfg.instruction_count()
         rate = n / dt
         print(f"run {r + 1}: {n} instructions in {dt:.2f}s = {rate:,.0f} instructions/s "
-              f"(capstone decoded {sc.dec.decoded})")
-        best = rate if best is None else max(best, rate)
+              f"(capstone decoded {sc.dec.decoded} in {sc.dec.calls} calls)")
+        rates.append(rate)
     st = cfg.stats()
     print("summary:", {k: v for k, v in st.items()})
-    print(f"best: {best:,.0f} instructions/s")
+    rates.sort()
+    print(f"median: {rates[len(rates) // 2]:,.0f} instructions/s  best: {rates[-1]:,.0f}  "
+          f"(this machine's speed varies; alternate runs when comparing)")
     return 0
 
 

@@ -16,6 +16,11 @@ edge from a block ending in a call to the block at the call's return address
 "indirect" is a branch through memory the scanner could read (`via` = the
 pointer's address).  When two kinds join the same pair of blocks (a `jcc` to
 the next instruction, `call $+5`), the first is `kind` and the other is `also`.
+
+Branch targets (entries, and nodes with an incoming jump/cond-jump/call/return/
+indirect edge) are kept in an index so `branch_targets_in` is a bisection, not
+a walk over the graph.  The CFG's own methods keep it current; code that edits
+`graph` directly must call `reindex()` afterwards.
 """
 from __future__ import annotations
 
@@ -59,6 +64,10 @@ class CFG:
         self.entries: dict[int, list[str]] = {}   # address -> labels ("entry", "idt:0x0e", ...)
         self.pending: list[int] = []              # targets left unscanned when a cap was hit
         self.info: dict = {}
+        self._tset: set[int] = set()     # branch targets and entries
+        self._tsorted: list[int] = []    # sorted(_tset) as of the last query...
+        self._tnew: list[int] = []       # ...plus these, added since
+        self._tstale = False             # a target was removed: rebuild _tsorted
 
     # --- construction helpers (used by the scanner and by load/merge) --------
     def add_block(self, start: int, end: int, insns: list, sensitive: list) -> None:
@@ -76,11 +85,92 @@ class CFG:
             g.add_edge(src, dst, kind=kind, **attrs)
         elif data["kind"] != kind and data.get("also") is None:
             data["also"] = kind
+        else:
+            return
+        if kind in TARGET_KINDS and dst != UNRESOLVED:
+            self._add_target(dst)
+
+    # The scanner's hot path: the same effects as add_block/add_edge, written
+    # straight into the DiGraph's dicts (networkx's documented `_node`/`_succ`/
+    # `_pred` storage; the edge dict is shared by both sides as networkx does).
+    # The caller must call `touched()` once when done.
+    def put_block(self, start: int, end: int, insns: list, sensitive: list) -> None:
+        g = self.graph
+        if start in g._node:
+            g._node[start].update(kind="block", start=start, end=end, insns=insns,
+                                  sensitive=sensitive)
+            return
+        g._succ[start] = {}
+        g._pred[start] = {}
+        g._node[start] = {"kind": "block", "start": start, "end": end, "insns": insns,
+                          "sensitive": sensitive}
+
+    def link(self, src, dst, kind: str, site: int, attrs: dict | None = None) -> None:
+        """add_edge(src, dst, kind, site=site, **attrs) for existing nodes."""
+        g = self.graph
+        succ = g._succ[src]
+        data = succ.get(dst)
+        if data is None:
+            data = {"kind": kind, "site": site}
+            if attrs:
+                data.update(attrs)
+            succ[dst] = data
+            g._pred[dst][src] = data
+        elif data["kind"] != kind and data.get("also") is None:
+            data["also"] = kind
+        else:
+            return
+        if kind in TARGET_KINDS and dst != UNRESOLVED:
+            tset = self._tset
+            if dst not in tset:
+                tset.add(dst)
+                self._tnew.append(dst)
+
+    def touched(self) -> None:
+        """Tell networkx its graph changed (drops its cached backend conversions)."""
+        clear = getattr(nx, "_clear_cache", None)
+        if clear is not None:
+            clear(self.graph)
 
     def add_entry(self, addr: int, label: str) -> None:
         labels = self.entries.setdefault(addr, [])
         if label not in labels:
             labels.append(label)
+        self._add_target(addr)
+
+    def _add_target(self, addr: int) -> None:
+        if addr not in self._tset:
+            self._tset.add(addr)
+            self._tnew.append(addr)
+
+    def reindex(self) -> None:
+        """Rebuild the branch-target index from the graph and the entries."""
+        t = set(self.entries)
+        for u, v, d in self.graph.edges(data=True):
+            if v != UNRESOLVED and (d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS):
+                t.add(v)
+        self._tset = t
+        self._tsorted = sorted(t)
+        self._tnew = []
+        self._tstale = False
+
+    def remove_nodes(self, nodes) -> None:
+        """Remove nodes and their edges; successors that lose their last
+        incoming branch stop being branch targets."""
+        g = self.graph
+        succs = set()
+        for n in nodes:
+            succs.update(g.successors(n))
+            g.remove_node(n)
+            if n not in self.entries and n in self._tset:
+                self._tset.discard(n)
+                self._tstale = True
+        for v in succs:
+            if v in g and v in self._tset and v not in self.entries and not any(
+                    d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
+                    for _, _, d in g.in_edges(v, data=True)):
+                self._tset.discard(v)
+                self._tstale = True
 
     # --- queries ---------------------------------------------------------------
     def blocks(self) -> list[int]:
@@ -122,15 +212,17 @@ class CFG:
     def branch_targets_in(self, lo: int, hi: int) -> list[int]:
         """Addresses in [lo, hi) that control may arrive at other than by falling
         through: targets of jumps/calls, call return addresses, entry points."""
-        out = set(a for a in self.entries if lo <= a < hi)
-        for n in self.graph.nodes:
-            if n == UNRESOLVED or not (lo <= n < hi):
-                continue
-            for _, _, d in self.graph.in_edges(n, data=True):
-                if d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS:
-                    out.add(n)
-                    break
-        return sorted(out)
+        if self._tstale:
+            self._tsorted = sorted(self._tset)
+            self._tnew = []
+            self._tstale = False
+        elif self._tnew:
+            # Timsort merges a sorted list and a short unsorted tail in ~linear time.
+            self._tsorted.extend(self._tnew)
+            self._tsorted.sort()
+            self._tnew = []
+        t = self._tsorted
+        return t[bisect.bisect_left(t, lo):bisect.bisect_left(t, hi)]
 
     def code_pages(self) -> list[int]:
         return self.pages.code_pages()
@@ -202,6 +294,7 @@ class CFG:
         self.pages.merge(other.pages)
         self.pending = sorted(set(self.pending) | set(other.pending))
         self._normalize()
+        self.reindex()
         return self
 
     def _normalize(self) -> None:

@@ -1,26 +1,33 @@
-"""Instruction decoding for the scanner: capstone's lite interface, as streams.
+"""Instruction decoding for the scanner: capstone's lite interface, chunk by chunk.
 
-Costs measured on this machine (capstone 5.0.7): one `cs_disasm` call costs
-about 7 us before it decodes anything; the C decoder then does about 2 M
-instructions/s; turning one decoded instruction into Python values (what
-`disasm_lite` yields) costs about 1 us.  So we (1) decode a chunk per call,
-(2) pull instructions out of `disasm_lite`'s generator only as the traversal
-needs them, and (3) keep a paused generator keyed by the address it would
-yield next: the fall-through of a conditional jump and the return site of a
-call continue the same stream instead of paying for a new call.
+Costs measured on this machine (capstone 5.0.7, Python 3.11): one
+`cs_disasm` call costs 7-30 us before it decodes anything, and capstone
+decodes every instruction of the buffer it is given up front.  Decoding a few
+dozen bytes per basic block therefore spent most of the scan in call overhead
+and in instructions decoded and thrown away.  So the decoder sweeps a whole
+chunk (a few KiB) linearly with one call and keeps every instruction it got,
+by address, in `cache`: the recursive walk then finds nearly every instruction
+it reaches already decoded (compiled code is laid out linearly; only jumps
+into the middle of an instruction, data and undecodable bytes miss and start
+a new sweep there).  Decoding at an address is deterministic, so a cached
+entry is exactly what decoding alone at that address gives, provided the
+sweep had the instruction's 15 bytes: instructions that start within 15
+bytes of a full chunk's end are not kept (or memory ended there).
 
-An instruction is used only when its chunk held at least 15 bytes from its
-start (or memory ended there), so it decodes exactly as it would alone at its
-address.
+Cache entries are the scanner's instruction tuples themselves,
+(addr, size, mnemonic, op_str, bytes), so a block's instruction list shares
+them instead of building new ones.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Callable
 
 import capstone
 
 MAX_INSN = 15
 ADDR_MASK = 0xFFFFFFFF
+PAGE = 4096
 
 
 def new_capstone() -> capstone.Cs:
@@ -30,18 +37,19 @@ def new_capstone() -> capstone.Cs:
 
 
 class Decoder:
-    """`at(addr)` -> (size, mnemonic, op_str, buf, buf_base) or None."""
+    """`at(addr)` -> (addr, size, mnemonic, op_str, bytes) or None."""
 
-    def __init__(self, read_mem: Callable[[int, int], "bytes | None"], chunk: int = 64,
-                 max_chunk: int = 256, max_streams: int = 4096):
+    def __init__(self, read_mem: Callable[[int, int], "bytes | None"], chunk: int = 2048,
+                 max_cached: int = 4_000_000):
+        if chunk < 2 * MAX_INSN:
+            raise ValueError(f"decode chunk of {chunk} bytes: at least {2 * MAX_INSN} needed")
         self.read_mem = read_mem
         self.chunk = chunk
-        self.max_chunk = max_chunk
-        self.max_streams = max_streams
+        self.max_cached = max_cached
         self.md = new_capstone()
-        # next address -> (generator, buf, base, limit, chunk size)
-        self.streams: dict[int, tuple] = {}
-        self.decoded = 0        # instructions pulled out of capstone
+        self.cache: dict[int, tuple] = {}
+        self.starts: list[int] = []     # sorted addresses where sweeps began
+        self.decoded = 0        # instructions decoded by capstone (and kept)
         self.calls = 0          # cs_disasm calls
 
     def read(self, addr: int, n: int) -> bytes:
@@ -51,52 +59,44 @@ class Decoder:
         data = self.read_mem(addr, n)
         return bytes(data) if data else b""
 
-    def _open(self, addr: int, chunk: int):
-        buf = self.read(addr, chunk)
+    def fill(self, addr: int) -> tuple | None:
+        """Sweep a chunk from `addr` into the cache; the instruction at `addr` or None."""
+        cache = self.cache
+        starts = self.starts
+        if len(cache) >= self.max_cached:
+            cache.clear()       # bound memory; entries are only a shortcut
+            starts.clear()
+        # Stop where an earlier sweep began: its instructions are cached already
+        # (when this sweep falls into step with it, as x86 code quickly does).
+        i = bisect.bisect_right(starts, addr)
+        want = self.chunk
+        if i < len(starts) and starts[i] - addr + MAX_INSN < want:
+            want = starts[i] - addr + MAX_INSN
+        buf = self.read(addr, want)
         if not buf:
             return None
+        starts.insert(i, addr)
         self.calls += 1
-        full = len(buf) == chunk                 # a short read means memory ends there
-        limit = addr + len(buf) - (MAX_INSN if full else 0)
-        return (self.md.disasm_lite(buf, addr), buf, addr, limit, chunk)
-
-    def at(self, addr: int):
-        s = self.streams.pop(addr, None)
-        if s is None:
-            s = self._open(addr, self.chunk)
-            if s is None:
-                return None
-        gen, buf, base, limit, chunk = s
-        if addr > limit and addr != base:
-            # Too close to the chunk's end to trust: continue with a bigger chunk.
-            s = self._open(addr, min(chunk * 2, self.max_chunk))
-            if s is None:
-                return None
-            gen, buf, base, limit, chunk = s
+        # A short read means memory ends there: every instruction is complete.
+        limit = addr + len(buf) - (MAX_INSN if len(buf) == want else 0)
         try:
-            a, size, mnem, op = next(gen)
-        except (StopIteration, capstone.CsError):
-            if addr != base:
-                # The chunk ran out (or hit bad bytes): retry from here alone.
-                s = self._open(addr, min(chunk * 2, self.max_chunk))
-                if s is None:
-                    return None
-                gen, buf, base, limit, chunk = s
-                try:
-                    a, size, mnem, op = next(gen)
-                except (StopIteration, capstone.CsError):
-                    return None
-            else:
-                return None
-        self.decoded += 1
-        streams = self.streams
-        if len(streams) >= self.max_streams:
-            # Bound memory.  (Evicting the oldest key instead is a trap: a dict
-            # whose front keys were deleted makes next(iter(d)) walk the holes.)
-            streams.clear()
-        streams[(a + size) & ADDR_MASK] = (gen, buf, base, limit,
-                                           chunk if chunk >= self.max_chunk else chunk * 2)
-        return size, mnem, op, buf, base
+            got = list(self.md.disasm_lite(buf, addr))
+        except capstone.CsError:
+            got = []
+        if got and got[-1][0] > limit:
+            k = len(got)
+            while k > 1 and got[k - 1][0] > limit:
+                k -= 1
+            del got[k:]
+        cache.update({a: (a, size, mnem, op, buf[a - addr:a - addr + size])
+                      for a, size, mnem, op in got})
+        n = len(got)
+        self.decoded += n
+        return cache.get(addr)
+
+    def at(self, addr: int) -> tuple | None:
+        rec = self.cache.get(addr)
+        return rec if rec is not None else self.fill(addr)
 
     def alone(self, addr: int) -> tuple[int, str, str] | None:
         """Decode one instruction with only its own (at most 15) bytes."""
@@ -115,6 +115,13 @@ class Decoder:
         return "undecodable"
 
     def invalidate(self, lo: int, hi: int) -> None:
-        """Forget paused streams whose bytes may overlap [lo, hi)."""
-        self.streams = {a: s for a, s in self.streams.items()
-                        if not (s[2] < hi and s[2] + len(s[1]) > lo)}
+        """Forget decoded instructions whose bytes may overlap [lo, hi)."""
+        self.starts = [a for a in self.starts if not lo - MAX_INSN < a < hi]
+        cache = self.cache
+        if hi - lo > 4 * PAGE and len(cache) < (hi - lo):
+            for a in [a for a in cache if lo - MAX_INSN < a < hi]:
+                del cache[a]
+            return
+        pop = cache.pop
+        for a in range(max(0, lo - MAX_INSN + 1), hi):
+            pop(a, None)

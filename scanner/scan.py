@@ -64,7 +64,7 @@ def _int(s: str) -> int:
 class Scanner:
     def __init__(self, read_mem: ReadMem, cfg: CFG | None = None, *,
                  max_insns: int = 20_000_000, max_block_insns: int = 8192,
-                 chunk: int = 64):
+                 chunk: int = 2048):
         self.read_mem = read_mem
         self.cfg = cfg if cfg is not None else CFG()
         self.dec = Decoder(read_mem, chunk=chunk)
@@ -117,7 +117,8 @@ class Scanner:
             for ins in g.nodes[n]["insns"]:
                 self.cfg.pages.unmark(ins[0], ins[1])
                 self.insn_block.pop(ins[0], None)
-            g.remove_node(n)
+        self.cfg.remove_nodes(hit)
+        self.cfg.touched()
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
 
@@ -142,22 +143,37 @@ class Scanner:
     def _run_worklist(self) -> CFG:
         t0 = time.perf_counter()
         cfg = self.cfg
+        gnode = cfg.graph._node
+        pages = cfg.pages.pages
+        link = cfg.link
+        insn_block = self.insn_block
         touched: set[int] = set()
         work = self._work
+        popleft = work.popleft
         while work:
-            site, target, kind, attrs = work.popleft()
+            site, target, kind, attrs = popleft()
             if target is None:
-                cfg.add_edge(self.insn_block[site], UNRESOLVED, "unresolved", site=site)
+                link(insn_block[site], UNRESOLVED, "unresolved", site)
                 continue
-            if self.insns_scanned >= self.max_insns and target not in cfg.graph:
-                cfg.pending.append(target)
-                if site is not None:
-                    cfg.add_edge(self.insn_block[site], UNRESOLVED, "unresolved", site=site)
-                continue
-            node = self._ensure(target, touched)
+            if target not in gnode:
+                if self.insns_scanned >= self.max_insns:
+                    cfg.pending.append(target)
+                    if site is not None:
+                        link(insn_block[site], UNRESOLVED, "unresolved", site)
+                    continue
+                rec = pages.get(target & PAGE_MASK)
+                st = rec.flags[target & 0xFFF] if rec is not None else UNSCANNED
+                if st == START:
+                    cfg.split_block(insn_block[target], target)
+                    for ins in gnode[target]["insns"]:
+                        insn_block[ins[0]] = target
+                elif st == CONT:
+                    cfg.add_bad(target, "overlap: inside an instruction already scanned")
+                else:
+                    self._decode_block(target, touched)
             if site is not None:
-                attrs = attrs or {}
-                cfg.add_edge(self.insn_block[site], node, kind, site=site, **attrs)
+                link(insn_block[site], target, kind, site, attrs)
+        cfg.touched()
         cfg.pending = sorted(set(cfg.pending))
         cfg.pages.update_hashes(self.read_mem, touched)
         self.scan_seconds += time.perf_counter() - t0
@@ -165,84 +181,53 @@ class Scanner:
         cfg.info["decoded"] = self.dec.decoded
         return cfg
 
-    def _ensure(self, addr: int, touched: set[int]) -> int:
-        """The node at `addr`: existing, split out of a block, bad, or newly decoded."""
-        g = self.cfg.graph
-        if addr in g:
-            return addr
-        st = self.cfg.pages.state(addr)
-        if st == START:
-            self.cfg.split_block(self.insn_block[addr], addr)
-            for ins in g.nodes[addr]["insns"]:
-                self.insn_block[ins[0]] = addr
-            return addr
-        if st == CONT:
-            self.cfg.add_bad(addr, "overlap: inside an instruction already scanned")
-            return addr
-        self._decode_block(addr, touched)
-        return addr
-
     def _decode_block(self, start: int, touched: set[int]) -> None:
+        """Decode the block at `start` (not yet a node, its first byte unscanned).
+
+        Most instructions need only the fast path: `horizon` is the first
+        address where the page map says something was already scanned (or the
+        page ends), so an instruction that ends before it cannot overlap
+        scanned code.  Anything else (the block's first instruction, a page
+        boundary, scanned bytes ahead, the size cap) goes through `_check`,
+        which applies the rules one by one.
+        """
         cfg = self.cfg
-        g = cfg.graph
-        pages = cfg.pages.pages
-        dec_at = self.dec.at
+        gnode = cfg.graph._node
+        dec = self.dec
+        cget = dec.cache.get
         maybe = MAYBE_SENSITIVE_FIRST_BYTE
         insn_block = self.insn_block
         flow_of = FLOW.get
+        cap = self.max_block_insns
         insns: list = []
         sens: list = []
-        work = self._work
+        append = insns.append
+        n = 0
         a = start
-        cur_base = -1
-        flags = None
-        follow = None           # (site, target, kind) successors of the block
+        horizon = start         # forces `_check` on the first instruction
+        flags = None            # page flags of the instructions below `horizon`
+        follow = None           # "fall" or the successor work items
         bad = None              # reason, when the block ends at undecodable/overlapping bytes
         zeros = 0               # consecutive `00 00` (add [eax], al): zero-filled memory
         while True:
-            if a != start:
-                # Ran into code already scanned (or into the middle of it)?
-                if a in g:
-                    follow = "fall"
-                    break
-                st = flags[a & 0xFFF] if a & PAGE_MASK == cur_base else cfg.pages.state(a)
-                if st:
-                    follow = "fall"
-                    break
-            if len(insns) >= self.max_block_insns:
-                follow = "fall"
-                break
-            rec = dec_at(a)
+            rec = cget(a)
             if rec is None:
-                bad = self.dec.why_not(a)
-                break
-            size, mnem, op, buf, base = rec
-            if a + size > ADDR_MASK + 1:
-                bad = "truncated: runs past 4 GiB"
-                break
-            off = a & 0xFFF
-            if a & PAGE_MASK != cur_base:
-                cur_base = a & PAGE_MASK
-                rec_p = pages.get(cur_base)
-                if rec_p is None:
-                    rec_p = cfg.pages.record(cur_base)
-                    touched.add(cur_base)
-                flags = rec_p.flags
-            if off + size <= PAGE:
-                if flags.count(UNSCANNED, off, off + size) != size:
-                    bad = "overlap: bytes of an instruction already scanned"
+                rec = dec.fill(a)
+                if rec is None:
+                    bad = dec.why_not(a)
                     break
-                flags[off] = START
-                if size > 1:
-                    flags[off + 1:off + size] = _CONT[size]
+            size = rec[1]
+            if a + size > horizon or n >= cap or a in gnode:
+                bad, horizon, flags = self._check(a, size, start, n, touched)
+                if bad is not None:
+                    if bad == "fall":
+                        bad = None
+                        follow = "fall"
+                    break
             else:
-                if not cfg.pages.is_free(a, size):
-                    bad = "overlap: bytes of an instruction already scanned"
-                    break
-                cfg.pages.mark(a, size)
-                touched.add((a + size - 1) & PAGE_MASK)
-            o = a - base
-            data = buf[o:o + size]
+                off = a & 0xFFF
+                flags[off:off + size] = _PAT[size]
+            data = rec[4]
             if data == b"\x00\x00":
                 zeros += 1
                 if zeros > ZERO_RUN_LIMIT:
@@ -252,34 +237,76 @@ class Scanner:
                     break
             else:
                 zeros = 0
-            insns.append((a, size, mnem, op, data))
+            append(rec)
+            n += 1
             insn_block[a] = start
-            if maybe[buf[o]]:
+            if maybe[data[0]]:
                 e = classify_bytes(data)
                 if e is not None:
                     sens.append((a, e.name, e.klass.value))
-            f = flow_of(mnem)
+            f = flow_of(rec[2])
             if f is not None:
-                follow = self._branch(f, a, size, op)
+                follow = self._branch(f, a, size, rec[3])
+                a += size
                 break
             a += size
-        self.insns_scanned += len(insns)
+        self.insns_scanned += n
         if not insns:
             # Nothing decodable at the start: the node itself is bad.
             cfg.add_bad(start, bad or "undecodable")
             return
-        end = insns[-1][0] + insns[-1][1]
-        cfg.add_block(start, end, insns, sens)
         last = insns[-1][0]
+        cfg.put_block(start, last + insns[-1][1], insns, sens)
         if bad is not None:
-            if a not in g:
+            if a not in gnode:
                 cfg.add_bad(a, bad)
-            cfg.add_edge(start, a, "fallthrough", site=last)
+            cfg.link(start, a, "fallthrough", last)
         elif follow == "fall":
-            work.append((last, a & ADDR_MASK, "fallthrough", None))
+            self._work.append((last, a & ADDR_MASK, "fallthrough", None))
         elif follow:
-            for item in follow:
-                work.append(item)
+            self._work.extend(follow)
+
+    def _check(self, a: int, size: int, start: int, n: int, touched: set[int]):
+        """The rules for an instruction off the fast path, in order.  Marks it in
+        the page map when it may join the block.  Returns (verdict, horizon,
+        flags): verdict None (it joins), "fall" (the block ends before it, at
+        code already scanned or at the size cap) or a bad-block reason."""
+        pm = self.cfg.pages
+        if a != start and (a in self.cfg.graph._node or pm.state(a)):
+            return "fall", a, None
+        if n >= self.max_block_insns:
+            return "fall", a, None
+        if a + size > ADDR_MASK + 1:
+            return "truncated: runs past 4 GiB", a, None
+        base = a & PAGE_MASK
+        rec = pm.pages.get(base)
+        if rec is None:
+            rec = pm.record(base)
+            touched.add(base)
+        off = a & 0xFFF
+        if off + size <= PAGE:
+            flags = rec.flags
+            if flags.count(UNSCANNED, off, off + size) != size:
+                return "overlap: bytes of an instruction already scanned", a, None
+            flags[off:off + size] = _PAT[size]
+        else:
+            if not pm.is_free(a, size):
+                return "overlap: bytes of an instruction already scanned", a, None
+            pm.mark(a, size)
+            touched.add((a + size - 1) & PAGE_MASK)
+        # Where the fast path must stop next: the first scanned byte at or
+        # after the next instruction, or the end of its page.
+        nxt = a + size
+        rec = pm.pages.get(nxt & PAGE_MASK)
+        if rec is None:
+            return None, nxt, None
+        flags = rec.flags
+        off = nxt & 0xFFF
+        i = flags.find(START, off)
+        j = flags.find(CONT, off, i if i >= 0 else PAGE)
+        if j >= 0:
+            i = j
+        return None, (nxt & PAGE_MASK) + (i if i >= 0 else PAGE), flags
 
     def _branch(self, f: str, a: int, size: int, op: str) -> list:
         """Successor work items of a control-flow instruction at `a`."""
@@ -335,7 +362,8 @@ def _no_gc():
             gc.enable()
 
 
-_CONT = [bytes([CONT]) * (n - 1) for n in range(17)]
+# Page-map bytes of an instruction of n bytes: START, then CONT for the rest.
+_PAT = [bytes([START]) + bytes([CONT]) * (n - 1) if n else b"" for n in range(17)]
 
 
 def idt_gates(read_mem: ReadMem, idt_base: int, idt_limit: int) -> list[tuple[int, int]]:

@@ -70,6 +70,7 @@ def from_dict(d: dict) -> CFG:
     cfg.pending = list(d.get("pending", []))
     cfg.pages = PageMap.from_dict(d.get("pages", {}))
     cfg.info = dict(d.get("info", {}))
+    cfg.reindex()
     return cfg
 
 

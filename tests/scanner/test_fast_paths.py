@@ -1,0 +1,118 @@
+"""The scanner's speed machinery gives the same answers as the slow definitions:
+the branch-target index, the decode cache, and page invalidation."""
+import random
+
+from hypothesis import given, settings, strategies as st
+from scanhelp import BASE, Mem, asm
+
+from scanner.cfg import CFG, TARGET_KINDS, UNRESOLVED
+from scanner.decode import Decoder
+from scanner.pages import PAGE
+from scanner.scan import Scanner
+
+
+def _targets_by_walk(cfg: CFG, lo: int, hi: int) -> list[int]:
+    """branch_targets_in as first written: a walk over every node's in-edges."""
+    out = {a for a in cfg.entries if lo <= a < hi}
+    for n in cfg.graph.nodes:
+        if n == UNRESOLVED or not lo <= n < hi:
+            continue
+        if any(d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
+               for _, _, d in cfg.graph.in_edges(n, data=True)):
+            out.add(n)
+    return sorted(out)
+
+
+PROGRAM = """
+start: test eax, eax
+ jz l2
+ call f
+ cmp ebx, 3
+ jne start
+ jmp l3
+l2: inc ecx
+ jmp l3
+f: push ebp
+ mov ebp, esp
+ pop ebp
+ ret
+l3: hlt
+ jmp l3
+"""
+
+
+def _mem():
+    return Mem(asm(PROGRAM), size=2 * PAGE)
+
+
+def test_branch_targets_index_matches_walk():
+    mem = _mem()
+    sc = Scanner(mem.read)
+    cfg = sc.scan([BASE])
+    for lo, hi in [(BASE, BASE + 0x40), (BASE + 1, BASE + 9), (0, 1 << 32), (BASE + 5, BASE + 6)]:
+        assert cfg.branch_targets_in(lo, hi) == _targets_by_walk(cfg, lo, hi)
+    assert cfg.branch_targets_in(BASE, BASE + 0x40)        # jump targets exist
+    # A later scan adds targets; the index follows.
+    sc.scan_from(BASE + 3)
+    assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+
+
+def test_branch_targets_after_invalidate_merge_and_load(tmp_path):
+    mem = _mem()
+    sc = Scanner(mem.read)
+    cfg = sc.scan([BASE])
+    sc.invalidate_page(BASE)
+    assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+    assert cfg.branch_targets_in(0, 1 << 32) == [BASE]      # only the entry is left
+    other = Scanner(mem.read).scan([BASE])
+    cfg.merge(other)
+    assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+    p = tmp_path / "cfg.json"
+    other.save_json(str(p))
+    loaded = CFG.load_json(str(p))
+    assert loaded.branch_targets_in(0, 1 << 32) == _targets_by_walk(other, 0, 1 << 32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.lists(st.integers(0, 299), min_size=1, max_size=6))
+def test_index_and_cache_on_random_bytes(data, starts):
+    mem = Mem(data, size=len(data))
+    sc = Scanner(mem.read, chunk=64)
+    cfg = sc.scan([BASE + s % len(data) for s in starts])
+    assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+    # Every cached instruction is what decoding alone at its address gives.
+    for a, size, mnem, op, raw in sc.dec.cache.values():
+        assert sc.dec.alone(a) == (size, mnem, op)
+        assert raw == mem.read(a, size)
+
+
+def test_decoder_cache_matches_alone_and_invalidates():
+    rng = random.Random(7)
+    code = b"\x90" * 64 + asm(PROGRAM) + bytes(rng.randrange(256) for _ in range(3000))
+    mem = Mem(code, base=BASE - 64)
+    dec = Decoder(mem.read, chunk=256)
+    rec = dec.at(BASE)
+    assert rec[0] == BASE and dec.alone(BASE) == rec[1:4]
+    assert len(dec.cache) > 10 and dec.calls == 1
+    # A sweep below an earlier one stops (15 bytes past) where that one began.
+    before = len(dec.cache)
+    assert dec.at(BASE - 64)[2] == "nop"
+    assert dec.calls == 2 and dec.starts == [BASE - 64, BASE]
+    assert len(dec.cache) - before == 64          # the nops, nothing decoded twice
+    for a, size, mnem, op, raw in dec.cache.values():
+        assert dec.alone(a) == (size, mnem, op) and raw == mem.read(a, size)
+    dec.invalidate(BASE, BASE + 16)
+    assert not [a for a in dec.cache if BASE - 15 < a < BASE + 16]
+    assert BASE not in dec.starts
+
+
+def test_rewritten_page_rescans_with_new_bytes():
+    code = asm("start: nop\n nop\n ret")
+    mem = Mem(code, size=PAGE)
+    sc = Scanner(mem.read)
+    cfg = sc.scan([BASE])
+    assert [i[2] for i in cfg.block(BASE).insns] == ["nop", "nop", "ret"]
+    mem.write(BASE, b"\xfa\xfb\xc3")                      # cli; sti; ret
+    cfg.pages.mark_dirty(BASE)
+    sc.rescan_dirty()
+    assert [i[2] for i in cfg.block(BASE).insns] == ["cli", "sti", "ret"]
