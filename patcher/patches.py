@@ -16,6 +16,7 @@ code page removes its patches first, so the guest then reads its own bytes.
 """
 from __future__ import annotations
 
+import bisect
 import enum
 import struct
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Patcher:
         self._write = write        # write(addr, bytes)
         self._flush = flush        # flush(lo, hi): drop translated blocks
         self.patches: dict[int, Patch] = {}
+        self._stub_index: list[tuple[int, int]] | None = None   # (stub, site), sorted
         self._by_page: dict[int, set[int]] = {}
         self.installed: dict[str, int] = {}
         self.refused: dict[str, int] = {}
@@ -136,10 +138,19 @@ class Patcher:
         return None
 
     def stub_owner(self, eip: int) -> Patch | None:
-        for p in self.patches.values():
-            if p.stub and p.stub <= eip < p.stub + p.stub_size:
-                return p
-        return None
+        """The enabled patch whose stub contains `eip` (bisect over stub starts;
+        stubs are allocated in address order and never overlap)."""
+        if self._stub_index is None:
+            self._stub_index = sorted((p.stub, p.site) for p in self.patches.values() if p.stub)
+        i = bisect.bisect_right(self._stub_index, (eip, 0xFFFFFFFF)) - 1
+        if i < 0:
+            return None
+        p = self.patches.get(self._stub_index[i][1])
+        return p if p is not None and p.stub <= eip < p.stub + p.stub_size else None
+
+    def stubs_moved(self) -> None:
+        """Call after patch stub addresses change (relocation)."""
+        self._stub_index = None
 
     def guest_address(self, eip: int) -> int:
         """Map an address inside a stub back to the guest instruction it translates."""
@@ -293,6 +304,7 @@ class Patcher:
 
     def _register(self, patch: Patch) -> None:
         self.patches[patch.site] = patch
+        self._stub_index = None
         for page in {patch.site & ~(PAGE - 1), (patch.site + len(patch.orig) - 1) & ~(PAGE - 1)}:
             self._by_page.setdefault(page, set()).add(patch.site)
         self.installed[patch.name] = self.installed.get(patch.name, 0) + 1
@@ -312,6 +324,7 @@ class Patcher:
 
     def _remove(self, p: Patch) -> None:
         self.patches.pop(p.site, None)
+        self._stub_index = None
         self._write(p.site, p.orig)
         self._flush(p.site, p.site + len(p.orig))
         if p.kind == "jump":

@@ -102,34 +102,28 @@ def _sti(s: StubContext, i: Insn) -> str:
     return f"pushfd; or {s.field('vflags')}, {IF_BIT:#x}; popfd"
 
 
-@stub("pushfd")
-def _pushfd(s: StubContext, i: Insn) -> str:
+# Keystone's `pushf`/`popf` are the 16-bit forms (66 9c / 66 9d): exactly what the
+# 16-bit variants need; the 32-bit ones are spelled pushfd/popfd.
+_FLAG_WIDTH = {4: ("pushfd", "popfd", "mov eax, dword ptr", "eax, dword ptr", 0xFFFFFFFF),
+               2: ("pushf", "popf", "movzx eax, word ptr", "ax, word ptr", 0xFFFF)}
+
+
+@stub("pushfd", "pushf")
+def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags, merge the virtual IF/IOPL into the pushed copy, and
     # restore the real arithmetic flags the merge clobbered.
-    return ("pushfd; push eax; mov eax, dword ptr [esp + 4]; "
-            f"and eax, {~VFLAGS_MASK & 0xFFFFFFFF:#x}; or eax, {s.field('vflags')}; "
-            "xchg eax, dword ptr [esp + 4]; push eax; popfd; pop eax")
+    push, _, load, xchg, mask = _FLAG_WIDTH[2 if i.mnemonic == "pushf" else 4]
+    return (f"{push}; push eax; {load} [esp + 4]; "
+            f"and eax, {~VFLAGS_MASK & mask:#x}; or eax, {s.field('vflags')}; "
+            f"xchg {xchg} [esp + 4]; push eax; popfd; pop eax")
 
 
-@stub("popfd")
-def _popfd(s: StubContext, i: Insn) -> str:
-    # The real popfd at CPL 1 silently keeps IF/IOPL; record the guest's wish.
-    return ("push eax; mov eax, dword ptr [esp + 4]; "
-            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popfd")
-
-
-@stub("pushf")
-def _pushfw(s: StubContext, i: Insn) -> str:
-    # Keystone's `pushf`/`popf` are the 16-bit forms (66 9c / 66 9d): wanted here.
-    return ("pushf; push eax; movzx eax, word ptr [esp + 4]; "
-            f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
-            "xchg ax, word ptr [esp + 4]; push eax; popfd; pop eax")
-
-
-@stub("popf")
-def _popfw(s: StubContext, i: Insn) -> str:
-    return ("push eax; movzx eax, word ptr [esp + 4]; "
-            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; popf")
+@stub("popfd", "popf")
+def _popf(s: StubContext, i: Insn) -> str:
+    # The real popf(d) at CPL 1 silently keeps IF/IOPL; record the guest's wish.
+    _, pop, load, _, _ = _FLAG_WIDTH[2 if i.mnemonic == "popf" else 4]
+    return (f"push eax; {load} [esp + 4]; "
+            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; {pop}")
 
 
 # -- descriptor-table and machine-status reads -----------------------------------

@@ -20,13 +20,10 @@ On top of `trap` mode:
 """
 from __future__ import annotations
 
-import struct
-
 from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
-from bt.catalog import Klass, classify_bytes
-from patcher.patches import Patcher, template_key
+from patcher.patches import Patcher
 from patcher.stubcache import StubCache
 from patcher.templates import Insn as PInsn
 from runtime.decode import decode, effective_address
@@ -256,7 +253,6 @@ class BTMode(TrapMode):
         self.guards[addr] = site
         self.uc.mem_write(addr, b"\xcc")
         self._flush(addr, addr + 1)
-        self.patcher._by_page.setdefault(addr & ~(PAGE - 1), set())
         self.vm.counters.add("guards_installed")
 
     # -- self-modifying code ----------------------------------------------------------
@@ -444,6 +440,7 @@ class BTMode(TrapMode):
                 p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
             if p.kind == "jump":
                 self._flush(p.site, p.site + 5)
+        self.patcher.stubs_moved()
         _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))

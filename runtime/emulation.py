@@ -19,7 +19,7 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from runtime.decode import Insn, effective_address
+from runtime.decode import effective_address
 from runtime.delivery import GP, GuestFault
 from runtime.vcpu import IF_BIT, VFLAGS_MASK
 
@@ -124,7 +124,7 @@ def _mov(mode, insn, eip):
 
 
 @emulates("pop")
-def _pop(mode, insn, eip):
+def _pop_ss(mode, insn, eip):
     op = insn.operands[0]
     if op.kind != "seg" or op.reg != X.UC_X86_REG_SS:
         return NOT_MINE

@@ -194,10 +194,6 @@ class Quirks:
         p.value = (p.value & ~mask & 0xFFFFFFFF) | value
         uc.context_restore(ctx)
 
-    def error_code(self) -> int:
-        self.uc.context_update(self._ctx)
-        return ctypes.c_uint32.from_address(self._ctx.context.value + self.off.error_code).value
-
     def take_fault(self) -> tuple[int, bool]:
         """At a fault: read (error code, raised-by-int-n) and clear the exception in
         flight, with one context round trip (this is on every exit's path)."""
@@ -209,10 +205,6 @@ class Quirks:
         ctypes.c_int32.from_address(base + self.off.old_exception).value = -1
         uc.context_restore(ctx)
         return error, is_int
-
-    def clear_exception(self) -> None:
-        """Forget the exception in flight so the next fault is not a #DF."""
-        self._edit(self.off.old_exception, 0xFFFFFFFF, 0xFFFFFFFF)
 
     def set_cpl(self, cpl: int) -> None:
         """Force the CPL; afterwards reg_write may load segments of that ring."""

@@ -293,10 +293,6 @@ class TrapMode(Mode):
     def after_emulated_fault(self, insn, eip: int) -> None:
         """Hook for bt mode's fault-driven patching."""
 
-    def on_unexpected_stop(self, eip: int) -> None:
-        # At CPL 1 hlt faults; at CPL 3 too.  Only the base class's CPL 0 case remains.
-        super().on_unexpected_stop(eip)
-
     def may_inject(self) -> bool:
         if self._sti_shadow:
             return False

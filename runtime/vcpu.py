@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from runtime.hyper import STATE
 
 # name -> (offset in the state page, struct format)
 FIELDS: dict[str, tuple[int, str]] = {
@@ -41,9 +40,7 @@ VFLAGS_MASK = IF_BIT | IOPL_MASK
 
 class VirtualCPU:
     def __init__(self, uc, state_addr: int, host_addr: int):
-        from runtime.fastuc import FastUc
         self.uc = uc
-        self.fast = FastUc(uc)
         self.state_addr = state_addr
         self.rebind(host_addr)
 

@@ -33,7 +33,7 @@ from runtime.counters import Counters
 from runtime.delivery import Delivery, ERROR_CODE_VECTORS, GuestFault, TripleFault, IF
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
-from runtime.memory import GuestMemory, PageFault
+from runtime.memory import GuestMemory
 from runtime.quirks import Quirks
 
 MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due sooner

@@ -14,7 +14,7 @@ import sys
 
 from bt.cli.common import CliParser, add_image_options, load_from_args, fail, positive_int
 from bt.errors import BadInput
-from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+from bt.machine import DEFAULT_CPU_MHZ, MachineConfig
 from bt.report import build_report, top_sites, write_report
 
 
