@@ -363,6 +363,14 @@ MAYBE_SENSITIVE_FIRST_BYTE = bytes(
     1 if (_ONE[b] is not None or b == 0x0F or b in PREFIXES) else 0 for b in range(256))
 
 
+# The same question one step further, for code that skips the prefixes itself
+# (the scanner's C walk): entry b is 1 when a one-byte opcode b, entry 256 + b
+# when the two-byte opcode 0F b, can be catalogued; PREFIX_BYTE marks PREFIXES.
+MAYBE_SENSITIVE_OPCODE = bytes(1 if _ONE[b] is not None else 0 for b in range(256)) + bytes(
+    1 if _TWO[b] is not None else 0 for b in range(256))
+PREFIX_BYTE = bytes(1 if b in PREFIXES else 0 for b in range(256))
+
+
 def classify_bytes(code: bytes) -> CatalogEntry | None:
     """The catalog row of the instruction whose bytes start `code`, or None.
 

@@ -64,7 +64,7 @@ def _int(s: str) -> int:
 class Scanner:
     def __init__(self, read_mem: ReadMem, cfg: CFG | None = None, *,
                  max_insns: int = 20_000_000, max_block_insns: int = 8192,
-                 chunk: int = 2048):
+                 chunk: int = 2048, engine: str = "auto"):
         self.read_mem = read_mem
         self.cfg = cfg if cfg is not None else CFG()
         self.dec = Decoder(read_mem, chunk=chunk)
@@ -77,6 +77,12 @@ class Scanner:
             for ins in self.cfg.graph.nodes[b]["insns"]:
                 self.insn_block[ins[0]] = b
         self._work: deque = deque()
+        self.engine, self.native = _engine(engine)
+
+    @property
+    def decoded(self) -> int:
+        """Instructions capstone decoded for this scanner (either engine)."""
+        return self.dec.decoded + (self.native.decoded if self.native is not None else 0)
 
     # --- public entry points ----------------------------------------------------
     def scan(self, entries: Iterable[int], label: str = "entry") -> CFG:
@@ -149,6 +155,8 @@ class Scanner:
         insn_block = self.insn_block
         touched: set[int] = set()
         work = self._work
+        if self.native is not None:
+            self.native.run(self, touched)   # the loop below, in C (scanner/_walk.c)
         popleft = work.popleft
         while work:
             site, target, kind, attrs = popleft()
@@ -178,7 +186,8 @@ class Scanner:
         cfg.pages.update_hashes(self.read_mem, touched)
         self.scan_seconds += time.perf_counter() - t0
         cfg.info["scan_seconds"] = self.scan_seconds
-        cfg.info["decoded"] = self.dec.decoded
+        cfg.info["decoded"] = self.decoded
+        cfg.info["engine"] = self.engine
         return cfg
 
     def _decode_block(self, start: int, touched: set[int]) -> None:
@@ -347,6 +356,22 @@ class Scanner:
                 if target:
                     return (a, target, "indirect", {"via": ptr})
         return (a, None, "unresolved", None)
+
+
+ENGINES = ("auto", "c", "python")
+
+
+def _engine(name: str):
+    """("c", NativeWalk) or ("python", None).  "auto" takes the C walk when it
+    is built and fits the installed capstone; "c" insists on it."""
+    if name not in ENGINES:
+        raise ValueError(f"scanner engine {name!r}: one of {', '.join(ENGINES)}")
+    if name == "python":
+        return "python", None
+    from scanner import native
+    if name == "auto" and not native.available():
+        return "python", None
+    return "c", native.NativeWalk()
 
 
 @contextlib.contextmanager

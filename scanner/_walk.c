@@ -1,0 +1,723 @@
+/* The scanner's worklist walk in C: the same rules as scanner/scan.py's
+ * Python walk (`Scanner._run_worklist`, `_decode_block`, `_check`, the fast
+ * cases of `_branch`), line for line, so both build the identical CFG
+ * (tests/scanner/test_engines.py compares them on demos, random bytes and
+ * Debian's kernel).
+ *
+ * Why C: the Python walk spends ~1.2 us per instruction in the interpreter on
+ * top of capstone's own Python binding (~1-2 us per instruction for
+ * disasm_lite's tuples).  Here capstone's cs_disasm_iter is called directly
+ * and the per-instruction bookkeeping (page map, block index, instruction
+ * tuples) is a handful of C-API calls.
+ *
+ * No capstone header is needed at build time: the functions come in as
+ * addresses from the capstone Python package already loaded (ctypes), and
+ * the cs_insn layout below is checked against capstone's own ctypes
+ * structure before the walker is used (scanner/native.py).  Rare cases
+ * (splitting a block, far branches, branches through memory, bytes that
+ * cross a page boundary, the reason an address cannot be decoded) call back
+ * into the Python methods that define them, so there is one definition of
+ * each rule.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    unsigned int id;
+    uint64_t address;
+    uint16_t size;
+    uint8_t bytes[24];
+    char mnemonic[32];
+    char op_str[160];
+    void *detail;
+} cs_insn_t;
+
+typedef bool (*cs_disasm_iter_t)(size_t, const uint8_t **, size_t *, uint64_t *, cs_insn_t *);
+typedef cs_insn_t *(*cs_malloc_t)(size_t);
+typedef void (*cs_free_t)(cs_insn_t *, size_t);
+
+#define PAGE 4096u
+#define PAGE_MASK 0xFFFFF000ull
+#define ADDR_LIMIT 0x100000000ull
+#define MAX_INSN 15
+#define START 1
+#define CONT 2
+#define ZERO_RUN_LIMIT 8
+
+/* Interned strings, made once at import. */
+static PyObject *s_kind, *s_site, *s_also, *s_start, *s_end, *s_insns, *s_sensitive,
+    *s_block, *s_fallthrough, *s_cond_jump, *s_jump, *s_call, *s_return, *s_unresolved,
+    *s_flags, *s_overlap_inside, *s_overlap_bytes, *s_truncated_4g, *s_undecodable,
+    *s_zero_fill, *s_jcc, *s_stop, *s_jmp;
+
+typedef struct {
+    /* Python objects (borrowed from the argument tuple). */
+    PyObject *work, *popleft, *append, *extend;
+    PyObject *gnode, *gsucc, *gpred;
+    PyObject *pages, *record, *is_free, *mark;
+    PyObject *insn_block, *tset, *tnew, *pending, *touched;
+    PyObject *read_mem, *classify, *flow, *target_kinds;
+    PyObject *add_bad, *split_block, *branch, *why_not;
+    const uint8_t *maybe_op;    /* catalog.MAYBE_SENSITIVE_OPCODE (512) */
+    const uint8_t *prefix;      /* catalog.PREFIX_BYTE (256) */
+    /* Mnemonic strings by capstone instruction id, reused while the text
+     * matches (a prefix changes the text, not the id). */
+    PyObject *mnem_by_id[2048];
+    long long max_insns, insns_scanned, cap;
+    /* capstone */
+    size_t handle;
+    cs_disasm_iter_t disasm_iter;
+    cs_insn_t *insn;
+    long long decoded, reads;
+    /* Page windows read this run: base -> bytes (read_mem(base, PAGE + 15)). */
+    PyObject *windows;
+    uint64_t win_base;
+    const uint8_t *win_ptr;
+    Py_ssize_t win_len;
+    bool win_valid;
+} Walk;
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static PyObject *addr_obj(uint64_t a) { return PyLong_FromUnsignedLongLong(a); }
+
+/* rec.flags (a bytearray of PAGE bytes) of the page record for `base`, or
+ * NULL without an exception when there is none.  `*err` is set on error. */
+static uint8_t *page_flags(Walk *w, uint64_t base, bool create, int *err) {
+    PyObject *k = addr_obj(base);
+    if (!k) { *err = 1; return NULL; }
+    PyObject *rec = PyDict_GetItemWithError(w->pages, k);   /* borrowed */
+    if (!rec) {
+        if (PyErr_Occurred() || !create) { Py_DECREF(k); if (PyErr_Occurred()) *err = 1; return NULL; }
+        rec = PyObject_CallOneArg(w->record, k);
+        if (!rec) { Py_DECREF(k); *err = 1; return NULL; }
+        if (PySet_Add(w->touched, k) < 0) { Py_DECREF(rec); Py_DECREF(k); *err = 1; return NULL; }
+        Py_DECREF(rec);   /* the page map holds it */
+        rec = PyDict_GetItemWithError(w->pages, k);
+        if (!rec) { Py_DECREF(k); if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "page record vanished"); *err = 1; return NULL; }
+    }
+    Py_DECREF(k);
+    PyObject *flags = PyObject_GetAttr(rec, s_flags);
+    if (!flags) { *err = 1; return NULL; }
+    if (!PyByteArray_Check(flags) || PyByteArray_GET_SIZE(flags) != PAGE) {
+        Py_DECREF(flags);
+        PyErr_SetString(PyExc_TypeError, "page record flags must be a bytearray of 4096 bytes");
+        *err = 1;
+        return NULL;
+    }
+    uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(flags);
+    Py_DECREF(flags);   /* the record keeps the bytearray alive for the whole run */
+    return p;
+}
+
+static int page_state(Walk *w, uint64_t a, int *err) {
+    uint8_t *f = page_flags(w, a & PAGE_MASK, false, err);
+    return f ? f[a & 0xFFF] : 0;
+}
+
+static int contains(PyObject *dict, uint64_t a) {
+    PyObject *k = addr_obj(a);
+    if (!k) return -1;
+    int r = PyDict_Contains(dict, k);
+    Py_DECREF(k);
+    return r;
+}
+
+/* `bytes(read_mem(addr, n)) or b""`, with n clamped below 4 GiB as Decoder.read does. */
+static PyObject *read_bytes(Walk *w, uint64_t addr, uint64_t n) {
+    if (n > ADDR_LIMIT - addr) n = ADDR_LIMIT - addr;
+    if (n == 0) return PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *r = PyObject_CallFunction(w->read_mem, "KK", (unsigned long long)addr,
+                                        (unsigned long long)n);
+    w->reads++;
+    if (!r) return NULL;
+    if (r == Py_None || !PyObject_IsTrue(r)) {
+        Py_DECREF(r);
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    if (PyBytes_Check(r)) return r;
+    PyObject *b = PyBytes_FromObject(r);
+    Py_DECREF(r);
+    return b;
+}
+
+/* Decode the instruction at `a` into w->insn.  1: decoded, 0: nothing there, -1: error. */
+static int decode_at(Walk *w, uint64_t a) {
+    if (a >= ADDR_LIMIT) return 0;
+    uint64_t base = a & PAGE_MASK;
+    if (!w->win_valid || w->win_base != base) {
+        PyObject *k = addr_obj(base);
+        if (!k) return -1;
+        PyObject *win = PyDict_GetItemWithError(w->windows, k);
+        if (!win) {
+            if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
+            win = read_bytes(w, base, PAGE + MAX_INSN);
+            if (!win) { Py_DECREF(k); return -1; }
+            if (PyDict_SetItem(w->windows, k, win) < 0) { Py_DECREF(win); Py_DECREF(k); return -1; }
+            Py_DECREF(win);
+        }
+        Py_DECREF(k);
+        w->win_base = base;
+        w->win_ptr = (const uint8_t *)PyBytes_AS_STRING(win);
+        w->win_len = PyBytes_GET_SIZE(win);
+        w->win_valid = true;
+    }
+    uint64_t off = a - base;
+    const uint8_t *p;
+    size_t avail;
+    uint8_t tmp[MAX_INSN];
+    if ((Py_ssize_t)off < w->win_len) {
+        /* The window is contiguous memory from the page base: its tail is
+         * exactly what reading at `a` gives (or memory ends there). */
+        p = w->win_ptr + off;
+        avail = (size_t)(w->win_len - (Py_ssize_t)off);
+    } else {
+        /* The page's first bytes are unmapped (a mapping that starts inside
+         * the page): read at the address itself. */
+        PyObject *b = read_bytes(w, a, MAX_INSN);
+        if (!b) return -1;
+        avail = (size_t)PyBytes_GET_SIZE(b);
+        if (avail > MAX_INSN) avail = MAX_INSN;
+        memcpy(tmp, PyBytes_AS_STRING(b), avail);
+        Py_DECREF(b);
+        p = tmp;
+    }
+    if (avail == 0) return 0;
+    uint64_t addr = a;
+    if (!w->disasm_iter(w->handle, &p, &avail, &addr, w->insn)) return 0;
+    w->decoded++;
+    return 1;
+}
+
+/* CFG.link(src, dst, kind, site, attrs): src/dst/kind/site/attrs borrowed. */
+static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyObject *site,
+                     PyObject *attrs) {
+    PyObject *succ = PyDict_GetItemWithError(w->gsucc, src);
+    if (!succ) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, src);
+        return -1;
+    }
+    PyObject *data = PyDict_GetItemWithError(succ, dst);
+    if (!data) {
+        if (PyErr_Occurred()) return -1;
+        data = PyDict_New();
+        if (!data) return -1;
+        if (PyDict_SetItem(data, s_kind, kind) < 0 || PyDict_SetItem(data, s_site, site) < 0 ||
+            (attrs && attrs != Py_None && PyDict_Update(data, attrs) < 0) ||
+            PyDict_SetItem(succ, dst, data) < 0) {
+            Py_DECREF(data);
+            return -1;
+        }
+        PyObject *pred = PyDict_GetItemWithError(w->gpred, dst);
+        if (!pred) {
+            Py_DECREF(data);
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, dst);
+            return -1;
+        }
+        int r = PyDict_SetItem(pred, src, data);
+        Py_DECREF(data);
+        if (r < 0) return -1;
+    } else {
+        PyObject *old = PyDict_GetItemWithError(data, s_kind);
+        if (!old) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "kind"); return -1; }
+        int same = PyObject_RichCompareBool(old, kind, Py_EQ);
+        if (same < 0) return -1;
+        if (same) return 0;
+        PyObject *also = PyDict_GetItemWithError(data, s_also);
+        if (also && also != Py_None) return 0;
+        if (PyErr_Occurred()) return -1;
+        if (PyDict_SetItem(data, s_also, kind) < 0) return -1;
+    }
+    int tk = PySet_Contains(w->target_kinds, kind);
+    if (tk < 0) return -1;
+    if (tk) {
+        int unres = PyObject_RichCompareBool(dst, s_unresolved, Py_EQ);
+        if (unres < 0) return -1;
+        if (!unres) {
+            int has = PySet_Contains(w->tset, dst);
+            if (has < 0) return -1;
+            if (!has && (PySet_Add(w->tset, dst) < 0 || PyList_Append(w->tnew, dst) < 0)) return -1;
+        }
+    }
+    return 0;
+}
+
+/* link(insn_block[site], target, kind, site, attrs) */
+static int link_from_site(Walk *w, PyObject *site, PyObject *target, PyObject *kind, PyObject *attrs) {
+    PyObject *src = PyDict_GetItemWithError(w->insn_block, site);
+    if (!src) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, site);
+        return -1;
+    }
+    Py_INCREF(src);
+    int r = link_edge(w, src, target, kind, site, attrs);
+    Py_DECREF(src);
+    return r;
+}
+
+/* CFG.put_block */
+static int put_block(Walk *w, PyObject *start, uint64_t end, PyObject *insns, PyObject *sens) {
+    PyObject *endo = addr_obj(end);
+    if (!endo) return -1;
+    PyObject *d = PyDict_GetItemWithError(w->gnode, start);
+    if (!d && PyErr_Occurred()) { Py_DECREF(endo); return -1; }
+    int fresh = d == NULL;
+    if (fresh) {
+        d = PyDict_New();
+        if (!d) { Py_DECREF(endo); return -1; }
+    } else {
+        Py_INCREF(d);
+    }
+    int r = (PyDict_SetItem(d, s_kind, s_block) < 0 || PyDict_SetItem(d, s_start, start) < 0 ||
+             PyDict_SetItem(d, s_end, endo) < 0 || PyDict_SetItem(d, s_insns, insns) < 0 ||
+             PyDict_SetItem(d, s_sensitive, sens) < 0) ? -1 : 0;
+    Py_DECREF(endo);
+    if (r == 0 && fresh) {
+        PyObject *a = PyDict_New(), *b = PyDict_New();
+        if (!a || !b || PyDict_SetItem(w->gsucc, start, a) < 0 ||
+            PyDict_SetItem(w->gpred, start, b) < 0 || PyDict_SetItem(w->gnode, start, d) < 0)
+            r = -1;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+    }
+    Py_DECREF(d);
+    return r;
+}
+
+static int call_add_bad(Walk *w, uint64_t a, PyObject *reason) {
+    PyObject *r = PyObject_CallFunction(w->add_bad, "KO", (unsigned long long)a, reason);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Parse capstone's immediate operand as Python's int(op, 0) would for the
+ * spellings capstone prints ("0x1f", "9").  0 when it is anything else. */
+static int parse_imm(const char *s, uint64_t *out) {
+    uint64_t v = 0;
+    if (s[0] == '0' && s[1] == 'x') {
+        s += 2;
+        if (!*s) return 0;
+        for (; *s; s++) {
+            int c = *s, d;
+            if (c >= '0' && c <= '9') d = c - '0';
+            else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+            else return 0;
+            if (v >> 60) return 0;
+            v = v * 16 + (uint64_t)d;
+        }
+    } else {
+        if (!*s || (s[0] == '0' && s[1])) return 0;
+        for (; *s; s++) {
+            if (*s < '0' || *s > '9') return 0;
+            if (v > 100000000000000000ull) return 0;
+            v = v * 10 + (uint64_t)(*s - '0');
+        }
+    }
+    *out = v;
+    return 1;
+}
+
+static PyObject *work_item(PyObject *site, uint64_t target, PyObject *kind) {
+    return Py_BuildValue("(OKOO)", site, (unsigned long long)(target & 0xFFFFFFFFull), kind, Py_None);
+}
+
+static int streq(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
+}
+
+/* Scanner._branch for the common cases; the rest goes to the Python method.
+ * Returns a new list of work items. */
+static PyObject *branch(Walk *w, PyObject *f, uint64_t a, PyObject *site, unsigned size,
+                        PyObject *op, const char *ops) {
+    uint64_t nxt = (a + size) & 0xFFFFFFFFull, t;
+    if (streq(f, s_stop)) return PyList_New(0);
+    int jcc = streq(f, s_jcc), jmp = streq(f, s_jmp), call = streq(f, s_call);
+    if ((jcc || jmp || call) && parse_imm(ops, &t)) {
+        PyObject *x = work_item(site, t, jcc ? s_cond_jump : jmp ? s_jump : s_call);
+        if (!x) return NULL;
+        if (jmp) {
+            PyObject *l = PyList_New(1);
+            if (!l) { Py_DECREF(x); return NULL; }
+            PyList_SET_ITEM(l, 0, x);
+            return l;
+        }
+        PyObject *y = work_item(site, nxt, jcc ? s_fallthrough : s_return);
+        PyObject *l = y ? PyList_New(2) : NULL;
+        if (!l) { Py_DECREF(x); Py_XDECREF(y); return NULL; }
+        PyList_SET_ITEM(l, 0, x);
+        PyList_SET_ITEM(l, 1, y);
+        return l;
+    }
+    return PyObject_CallFunction(w->branch, "OKIO", f, (unsigned long long)a, size, op);
+}
+
+/* Scanner._check: 0 = joins (horizon/flags updated), 1 = "fall", 2 = bad (*bad set), -1 error */
+static int check(Walk *w, uint64_t a, unsigned size, uint64_t start, long long n,
+                 uint64_t *horizon, uint8_t **hflags, PyObject **bad) {
+    int err = 0;
+    if (a != start) {
+        int in = contains(w->gnode, a);
+        if (in < 0) return -1;
+        if (in) { *horizon = a; return 1; }
+        int st = page_state(w, a, &err);
+        if (err) return -1;
+        if (st) { *horizon = a; return 1; }
+    }
+    if (n >= w->cap) { *horizon = a; return 1; }
+    if (a + size > ADDR_LIMIT) { *bad = s_truncated_4g; *horizon = a; return 2; }
+    uint64_t base = a & PAGE_MASK, off = a & 0xFFF;
+    uint8_t *flags = page_flags(w, base, true, &err);
+    if (err) return -1;
+    if (off + size <= PAGE) {
+        for (unsigned i = 0; i < size; i++)
+            if (flags[off + i]) { *bad = s_overlap_bytes; *horizon = a; return 2; }
+        flags[off] = START;
+        if (size > 1) memset(flags + off + 1, CONT, size - 1);
+    } else {
+        PyObject *r = PyObject_CallFunction(w->is_free, "KI", (unsigned long long)a, size);
+        if (!r) return -1;
+        int free_ = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (free_ < 0) return -1;
+        if (!free_) { *bad = s_overlap_bytes; *horizon = a; return 2; }
+        r = PyObject_CallFunction(w->mark, "KI", (unsigned long long)a, size);
+        if (!r) return -1;
+        Py_DECREF(r);
+        PyObject *k = addr_obj((a + size - 1) & PAGE_MASK);
+        if (!k || PySet_Add(w->touched, k) < 0) { Py_XDECREF(k); return -1; }
+        Py_DECREF(k);
+    }
+    uint64_t nxt = a + size, nbase = nxt & PAGE_MASK, noff = nxt & 0xFFF;
+    uint8_t *nf = page_flags(w, nbase, false, &err);
+    if (err) return -1;
+    if (!nf) { *horizon = nxt; *hflags = NULL; return 0; }
+    const uint8_t *s = memchr(nf + noff, START, PAGE - noff);
+    long i = s ? (long)(s - nf) : -1;
+    const uint8_t *c = memchr(nf + noff, CONT, (size_t)((i >= 0 ? i : (long)PAGE) - (long)noff));
+    if (c) i = (long)(c - nf);
+    *horizon = nbase + (uint64_t)(i >= 0 ? i : (long)PAGE);
+    *hflags = nf;
+    return 0;
+}
+
+/* Could catalog.classify_bytes find a row for these bytes?  Its own early
+ * exits (prefixes skipped, then an empty opcode slot), so only candidates
+ * pay for the Python call. */
+static int maybe_sensitive(Walk *w, const uint8_t *b, unsigned n) {
+    unsigned i = 0;
+    while (i < n && i < 14 && w->prefix[b[i]]) i++;
+    if (i >= n) return 0;
+    if (b[i] != 0x0F) return w->maybe_op[b[i]];
+    return i + 1 < n && w->maybe_op[256 + b[i + 1]];
+}
+
+static PyObject *mnemonic(Walk *w, const cs_insn_t *ins) {
+    size_t len = strlen(ins->mnemonic);
+    PyObject **slot = ins->id < sizeof w->mnem_by_id / sizeof w->mnem_by_id[0]
+                      ? &w->mnem_by_id[ins->id] : NULL;
+    if (slot && *slot && (size_t)PyUnicode_GET_LENGTH(*slot) == len &&
+        memcmp(PyUnicode_DATA(*slot), ins->mnemonic, len) == 0) {
+        Py_INCREF(*slot);
+        return *slot;
+    }
+    PyObject *m = PyUnicode_DecodeASCII(ins->mnemonic, (Py_ssize_t)len, NULL);
+    if (m && slot) {
+        Py_XSETREF(*slot, m);
+        Py_INCREF(m);
+    }
+    return m;
+}
+
+/* Scanner._decode_block */
+static int decode_block(Walk *w, uint64_t start) {
+    PyObject *starto = addr_obj(start);
+    PyObject *insns = PyList_New(0), *sens = PyList_New(0), *follow = NULL, *bad = NULL;
+    PyObject *lastsite = NULL;
+    int rc = -1, fall = 0, err = 0;
+    long long n = 0;
+    uint64_t a = start, horizon = start, last = 0;
+    unsigned lastsize = 0;
+    uint8_t *flags = NULL;
+    int zeros = 0;
+    if (!starto || !insns || !sens) goto done;
+    for (;;) {
+        int d = decode_at(w, a);
+        if (d < 0) goto done;
+        if (d == 0) {
+            bad = PyObject_CallFunction(w->why_not, "K", (unsigned long long)a);
+            if (!bad) goto done;
+            break;
+        }
+        cs_insn_t *ins = w->insn;
+        unsigned size = ins->size;
+        int in = 0;
+        PyObject *ao = addr_obj(a);
+        if (!ao) goto done;
+        if (!(a + size > horizon || n >= w->cap)) {
+            in = PyDict_Contains(w->gnode, ao);
+            if (in < 0) { Py_DECREF(ao); goto done; }
+        }
+        if (a + size > horizon || n >= w->cap || in) {
+            PyObject *why = NULL;
+            int v = check(w, a, size, start, n, &horizon, &flags, &why);
+            if (v < 0) { Py_DECREF(ao); goto done; }
+            if (v == 1) { fall = 1; Py_DECREF(ao); break; }
+            if (v == 2) { bad = why; Py_INCREF(bad); Py_DECREF(ao); break; }
+        } else {
+            uint64_t off = a & 0xFFF;
+            flags[off] = START;
+            if (size > 1) memset(flags + off + 1, CONT, size - 1);
+        }
+        if (size == 2 && ins->bytes[0] == 0 && ins->bytes[1] == 0) {
+            if (++zeros > ZERO_RUN_LIMIT) { bad = s_zero_fill; Py_INCREF(bad); Py_DECREF(ao); break; }
+        } else {
+            zeros = 0;
+        }
+        PyObject *so = PyLong_FromLong((long)size);
+        PyObject *mn = mnemonic(w, ins);
+        PyObject *op = PyUnicode_DecodeASCII(ins->op_str, (Py_ssize_t)strlen(ins->op_str), NULL);
+        PyObject *data = PyBytes_FromStringAndSize((const char *)ins->bytes, size);
+        PyObject *rec = (ao && so && mn && op && data) ? PyTuple_Pack(5, ao, so, mn, op, data) : NULL;
+        Py_XDECREF(so);
+        /* Only ints, strings and bytes inside: nothing for the cyclic GC to
+         * find, and 1.5 million fewer objects for it to walk after a scan. */
+        if (rec) PyObject_GC_UnTrack(rec);
+        if (!rec || PyList_Append(insns, rec) < 0 || PyDict_SetItem(w->insn_block, ao, starto) < 0) {
+            Py_XDECREF(rec); Py_XDECREF(ao); Py_XDECREF(mn); Py_XDECREF(op); Py_XDECREF(data);
+            goto done;
+        }
+        n++;
+        last = a;
+        lastsize = size;
+        if (maybe_sensitive(w, ins->bytes, size)) {
+            PyObject *e = PyObject_CallOneArg(w->classify, data);
+            if (!e) { Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data); goto done; }
+            if (e != Py_None) {
+                PyObject *s = Py_BuildValue("(OOO)", ao, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1));
+                if (s) PyObject_GC_UnTrack(s);
+                if (!s || PyList_Append(sens, s) < 0) {
+                    Py_XDECREF(s); Py_DECREF(e); Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+                    goto done;
+                }
+                Py_DECREF(s);
+            }
+            Py_DECREF(e);
+        }
+        PyObject *f = PyDict_GetItemWithError(w->flow, mn);   /* borrowed */
+        if (!f && PyErr_Occurred()) {
+            Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+            goto done;
+        }
+        if (f) {
+            follow = branch(w, f, a, ao, size, op, ins->op_str);
+            Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+            if (!follow) goto done;
+            a += size;
+            break;
+        }
+        Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+        a += size;
+    }
+    w->insns_scanned += n;
+    if (n == 0) {
+        rc = call_add_bad(w, start, bad ? bad : s_undecodable);
+        goto done;
+    }
+    if (put_block(w, starto, last + lastsize, insns, sens) < 0) goto done;
+    lastsite = addr_obj(last);
+    if (!lastsite) goto done;
+    if (bad) {
+        int in = contains(w->gnode, a);
+        if (in < 0) goto done;
+        if (!in && call_add_bad(w, a, bad) < 0) goto done;
+        PyObject *ao = addr_obj(a);
+        if (!ao) goto done;
+        int r = link_edge(w, starto, ao, s_fallthrough, lastsite, NULL);
+        Py_DECREF(ao);
+        if (r < 0) goto done;
+    } else if (fall) {
+        PyObject *item = work_item(lastsite, a, s_fallthrough);
+        if (!item) goto done;
+        PyObject *r = PyObject_CallOneArg(w->append, item);
+        Py_DECREF(item);
+        if (!r) goto done;
+        Py_DECREF(r);
+    } else if (follow && PyObject_IsTrue(follow)) {
+        PyObject *r = PyObject_CallOneArg(w->extend, follow);
+        if (!r) goto done;
+        Py_DECREF(r);
+    }
+    rc = 0;
+    (void)err;
+done:
+    Py_XDECREF(starto); Py_XDECREF(insns); Py_XDECREF(sens); Py_XDECREF(follow);
+    Py_XDECREF(bad); Py_XDECREF(lastsite);
+    return rc;
+}
+
+/* The worklist loop of Scanner._run_worklist. */
+static int run_worklist(Walk *w) {
+    for (;;) {
+        Py_ssize_t len = PyObject_Length(w->work);
+        if (len < 0) return -1;
+        if (len == 0) return 0;
+        PyObject *item = PyObject_CallNoArgs(w->popleft);
+        if (!item) return -1;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
+            Py_DECREF(item);
+            PyErr_SetString(PyExc_TypeError, "work items are (site, target, kind, attrs)");
+            return -1;
+        }
+        PyObject *site = PyTuple_GET_ITEM(item, 0), *target = PyTuple_GET_ITEM(item, 1),
+                 *kind = PyTuple_GET_ITEM(item, 2), *attrs = PyTuple_GET_ITEM(item, 3);
+        int rc = 0;
+        if (target == Py_None) {
+            rc = link_from_site(w, site, s_unresolved, s_unresolved, NULL);
+            Py_DECREF(item);
+            if (rc < 0) return -1;
+            continue;
+        }
+        int in = PyDict_Contains(w->gnode, target);
+        if (in < 0) { Py_DECREF(item); return -1; }
+        if (!in) {
+            if (w->insns_scanned >= w->max_insns) {
+                rc = PyList_Append(w->pending, target);
+                if (rc == 0 && site != Py_None)
+                    rc = link_from_site(w, site, s_unresolved, s_unresolved, NULL);
+                Py_DECREF(item);
+                if (rc < 0) return -1;
+                continue;
+            }
+            uint64_t t = PyLong_AsUnsignedLongLong(target);
+            if (t == (uint64_t)-1 && PyErr_Occurred()) { Py_DECREF(item); return -1; }
+            int err = 0;
+            int st = page_state(w, t, &err);
+            if (err) { Py_DECREF(item); return -1; }
+            if (st == START) {
+                PyObject *owner = PyDict_GetItemWithError(w->insn_block, target);
+                if (!owner) {
+                    if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, target);
+                    Py_DECREF(item);
+                    return -1;
+                }
+                PyObject *r = PyObject_CallFunctionObjArgs(w->split_block, owner, target, NULL);
+                if (!r) { Py_DECREF(item); return -1; }
+                Py_DECREF(r);
+                PyObject *nd = PyDict_GetItemWithError(w->gnode, target);
+                PyObject *ins = nd ? PyDict_GetItemWithError(nd, s_insns) : NULL;
+                if (!ins) {
+                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "split block lost");
+                    Py_DECREF(item);
+                    return -1;
+                }
+                Py_INCREF(ins);
+                Py_ssize_t m = PyList_Size(ins);
+                for (Py_ssize_t i = 0; i < m && rc == 0; i++)
+                    rc = PyDict_SetItem(w->insn_block, PyTuple_GET_ITEM(PyList_GET_ITEM(ins, i), 0), target);
+                Py_DECREF(ins);
+            } else if (st == CONT) {
+                rc = call_add_bad(w, t, s_overlap_inside);
+            } else {
+                rc = decode_block(w, t);
+            }
+            if (rc < 0) { Py_DECREF(item); return -1; }
+        }
+        if (site != Py_None && link_from_site(w, site, target, kind, attrs) < 0) {
+            Py_DECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+    }
+}
+
+static PyObject *walk_run(PyObject *self, PyObject *args) {
+    Walk w;
+    memset(&w, 0, sizeof w);
+    unsigned long long handle, fn_iter, fn_malloc, fn_free;
+    PyObject *maybe, *prefix;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
+                          &w.work, &w.gnode, &w.gsucc, &w.gpred, &w.pages, &w.record,
+                          &w.is_free, &w.mark, &w.insn_block, &w.tset, &w.tnew, &w.pending,
+                          &w.touched, &w.read_mem, &w.classify, &maybe, &prefix, &w.flow,
+                          &w.target_kinds, &w.add_bad, &w.split_block, &w.branch, &w.why_not,
+                          &w.max_insns, &w.insns_scanned, &w.cap,
+                          &handle, &fn_iter, &fn_malloc, &fn_free))
+        return NULL;
+    if (!PyBytes_Check(maybe) || PyBytes_GET_SIZE(maybe) != 512 ||
+        !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != 256) {
+        PyErr_SetString(PyExc_TypeError, "opcode table must be 512 bytes, prefix table 256");
+        return NULL;
+    }
+    if (!PyDict_Check(w.gnode) || !PyDict_Check(w.gsucc) || !PyDict_Check(w.gpred) ||
+        !PyDict_Check(w.pages) || !PyDict_Check(w.insn_block) || !PyDict_Check(w.flow) ||
+        !PyList_Check(w.tnew) || !PyList_Check(w.pending) || !PyAnySet_Check(w.tset) ||
+        !PyAnySet_Check(w.touched) || !PyAnySet_Check(w.target_kinds)) {
+        PyErr_SetString(PyExc_TypeError, "run: wrong container types");
+        return NULL;
+    }
+    w.maybe_op = (const uint8_t *)PyBytes_AS_STRING(maybe);
+    w.prefix = (const uint8_t *)PyBytes_AS_STRING(prefix);
+    w.handle = (size_t)handle;
+    w.disasm_iter = (cs_disasm_iter_t)(uintptr_t)fn_iter;
+    cs_malloc_t cmalloc = (cs_malloc_t)(uintptr_t)fn_malloc;
+    cs_free_t cfree = (cs_free_t)(uintptr_t)fn_free;
+    w.popleft = PyObject_GetAttrString(w.work, "popleft");
+    w.append = PyObject_GetAttrString(w.work, "append");
+    w.extend = PyObject_GetAttrString(w.work, "extend");
+    w.windows = PyDict_New();
+    PyObject *result = NULL;
+    if (!w.popleft || !w.append || !w.extend || !w.windows) goto out;
+    w.insn = cmalloc(w.handle);
+    if (!w.insn) { PyErr_NoMemory(); goto out; }
+    int rc = run_worklist(&w);
+    cfree(w.insn, 1);
+    if (rc == 0) result = Py_BuildValue("(LLL)", w.insns_scanned, w.decoded, w.reads);
+out:
+    for (size_t i = 0; i < sizeof w.mnem_by_id / sizeof w.mnem_by_id[0]; i++)
+        Py_XDECREF(w.mnem_by_id[i]);
+    Py_XDECREF(w.popleft); Py_XDECREF(w.append); Py_XDECREF(w.extend); Py_XDECREF(w.windows);
+    return result;
+}
+
+static PyObject *walk_layout(PyObject *self, PyObject *noargs) {
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}",
+                         "sizeof", (Py_ssize_t)sizeof(cs_insn_t),
+                         "id", (Py_ssize_t)offsetof(cs_insn_t, id),
+                         "address", (Py_ssize_t)offsetof(cs_insn_t, address),
+                         "size", (Py_ssize_t)offsetof(cs_insn_t, size),
+                         "bytes", (Py_ssize_t)offsetof(cs_insn_t, bytes),
+                         "mnemonic", (Py_ssize_t)offsetof(cs_insn_t, mnemonic),
+                         "op_str", (Py_ssize_t)offsetof(cs_insn_t, op_str),
+                         "detail", (Py_ssize_t)offsetof(cs_insn_t, detail));
+}
+
+static PyMethodDef methods[] = {
+    {"run", walk_run, METH_VARARGS, "Run the scanner's worklist to completion (see scanner/native.py)."},
+    {"layout", walk_layout, METH_NOARGS, "Offsets of cs_insn fields as compiled here."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_walk", NULL, -1, methods};
+
+#define INTERN(var, text) do { var = PyUnicode_InternFromString(text); if (!var) return NULL; } while (0)
+
+PyMODINIT_FUNC PyInit__walk(void) {
+    INTERN(s_kind, "kind"); INTERN(s_site, "site"); INTERN(s_also, "also");
+    INTERN(s_start, "start"); INTERN(s_end, "end"); INTERN(s_insns, "insns");
+    INTERN(s_sensitive, "sensitive"); INTERN(s_block, "block");
+    INTERN(s_fallthrough, "fallthrough"); INTERN(s_cond_jump, "cond-jump");
+    INTERN(s_jump, "jump"); INTERN(s_call, "call"); INTERN(s_return, "return");
+    INTERN(s_unresolved, "unresolved"); INTERN(s_flags, "flags");
+    INTERN(s_overlap_inside, "overlap: inside an instruction already scanned");
+    INTERN(s_overlap_bytes, "overlap: bytes of an instruction already scanned");
+    INTERN(s_truncated_4g, "truncated: runs past 4 GiB");
+    INTERN(s_undecodable, "undecodable");
+    INTERN(s_zero_fill, "zero fill: more than 8 consecutive 00 00");
+    INTERN(s_jcc, "jcc"); INTERN(s_stop, "stop"); INTERN(s_jmp, "jmp");
+    return PyModule_Create(&moddef);
+}

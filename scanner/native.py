@@ -1,0 +1,82 @@
+"""The scanner's C walk (scanner/_walk.c): loading it and checking it fits.
+
+`_walk.run` is the worklist loop of `Scanner._run_worklist` in C.  It calls
+capstone's `cs_disasm_iter` directly, through the function addresses of the
+capstone package Python has already loaded, and reads `cs_insn` with a
+layout compiled into the extension; `NativeWalk` refuses to start when that
+layout differs from the one capstone's own ctypes binding declares (a
+capstone release that changed the structure), so a mismatch is a clear
+error, never a misread.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import capstone
+
+from bt.catalog import MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, classify_bytes
+
+try:
+    from scanner import _walk
+    IMPORT_ERROR = None
+except ImportError as exc:       # not built: `pip install -e .` compiles it
+    _walk = None
+    IMPORT_ERROR = str(exc)
+
+
+def layout_mismatch() -> str | None:
+    """None when the compiled cs_insn layout equals capstone's; else what differs."""
+    if _walk is None:
+        return f"scanner._walk is not built ({IMPORT_ERROR})"
+    mine = _walk.layout()
+    ref = {name: getattr(capstone._cs_insn, name).offset for name, _t in capstone._cs_insn._fields_}
+    ref["sizeof"] = ctypes.sizeof(capstone._cs_insn)
+    bad = [f"{k}: {mine.get(k)} here, {v} in capstone {capstone.__version__}"
+           for k, v in ref.items() if mine.get(k) != v]
+    return "; ".join(bad) or None
+
+
+def available() -> bool:
+    return layout_mismatch() is None
+
+
+def _classify(data: bytes):
+    e = classify_bytes(data)
+    return None if e is None else (e.name, e.klass.value)
+
+
+def _fn(f) -> int:
+    return ctypes.cast(f, ctypes.c_void_p).value
+
+
+class NativeWalk:
+    """One capstone handle and the function addresses `_walk.run` needs."""
+
+    def __init__(self):
+        why = layout_mismatch()
+        if why is not None:
+            raise RuntimeError(f"the scanner's C walk cannot be used: {why}")
+        from scanner.decode import new_capstone
+        self.md = new_capstone()          # kept alive: the walk uses its handle
+        cs = capstone._cs
+        self._capstone = (self.md.csh.value, _fn(cs.cs_disasm_iter), _fn(cs.cs_malloc),
+                          _fn(cs.cs_free))
+        self.decoded = 0        # instructions capstone decoded for the walk
+        self.reads = 0          # read_mem calls (one per page window and run)
+
+    def run(self, sc, touched: set[int]) -> None:
+        """Empty `sc._work` exactly as the Python loop in `Scanner._run_worklist` would."""
+        from scanner.cfg import TARGET_KINDS
+        from scanner.scan import FLOW
+        cfg = sc.cfg
+        g = cfg.graph
+        pm = cfg.pages
+        insns, decoded, reads = _walk.run(
+            sc._work, g._node, g._succ, g._pred, pm.pages, pm.record, pm.is_free, pm.mark,
+            sc.insn_block, cfg._tset, cfg._tnew, cfg.pending, touched, sc.read_mem,
+            _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, set(TARGET_KINDS),
+            cfg.add_bad, cfg.split_block, sc._branch, sc.dec.why_not,
+            sc.max_insns, sc.insns_scanned, sc.max_block_insns, *self._capstone)
+        sc.insns_scanned = insns
+        self.decoded += decoded
+        self.reads += reads
