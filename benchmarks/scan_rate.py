@@ -1,7 +1,7 @@
 """Scan rate (instructions/s) of the scanner on Debian's i386 kernel.
 
 Usage:
-    python benchmarks/scan_rate.py [--vmlinuz PATH | --deb PATH] [--repeat N]
+    python benchmarks/scan_rate.py [--vmlinuz PATH | --deb PATH] [--repeat N] [--engines c,python]
 
 Without a path it downloads `linux-image-6.1.0-*-686-unsigned` (i386) with
 apt-get into a temporary directory (needs the i386 architecture added and
@@ -18,6 +18,7 @@ offsets, 12 bytes each) whose address falls in .text/.init.text.
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import lzma
 import os
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--vmlinuz")
     p.add_argument("--deb")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--engines", default="c,python",
+                   help="comma-separated scanner engines to time (c: scanner/_walk.c, python: the reference walk)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = a.vmlinuz
@@ -121,23 +124,32 @@ def main(argv=None) -> int:
             n += 1
     ref = n / (time.perf_counter() - t)
     print(f"reference: capstone disasm_lite linear sweep {ref:,.0f} instructions/s")
-    rates = []
+    engines = a.engines.split(",")
+    rates: dict[str, list[float]] = {e: [] for e in engines}
     for r in range(a.repeat):
-        sc = Scanner(mem.read)
-        t = time.perf_counter()
-        sc.scan([entry], "entry")
-        cfg = sc.scan(funcs, "ksymtab")
-        dt = time.perf_counter() - t
-        n = cfg.instruction_count()
-        rate = n / dt
-        print(f"run {r + 1}: {n} instructions in {dt:.2f}s = {rate:,.0f} instructions/s "
-              f"(capstone decoded {sc.dec.decoded} in {sc.dec.calls} calls)")
-        rates.append(rate)
-    st = cfg.stats()
+        for eng in engines:         # alternate, so machine noise hits both alike
+            sc = Scanner(mem.read, engine=eng)
+            t = time.perf_counter()
+            sc.scan([entry], "entry")
+            cfg = sc.scan(funcs, "ksymtab")
+            dt = time.perf_counter() - t
+            n = cfg.instruction_count()
+            rate = n / dt
+            print(f"run {r + 1} {sc.engine:6s}: {n} instructions in {dt:.2f}s = {rate:,.0f} instructions/s "
+                  f"(capstone decoded {sc.decoded})")
+            rates[eng].append(rate)
+            st = cfg.stats()
+            del sc, cfg
+            gc.collect()
     print("summary:", {k: v for k, v in st.items()})
-    rates.sort()
-    print(f"median: {rates[len(rates) // 2]:,.0f} instructions/s  best: {rates[-1]:,.0f}  "
-          f"(this machine's speed varies; alternate runs when comparing)")
+    med = {}
+    for eng, rs in rates.items():
+        rs.sort()
+        med[eng] = rs[len(rs) // 2]
+        print(f"{eng}: median {med[eng]:,.0f} instructions/s  best {rs[-1]:,.0f}")
+    if "c" in med and "python" in med:
+        print(f"ratio c/python (medians, same run): {med['c'] / med['python']:.2f}")
+    print("(this machine's speed varies; compare ratios within one run)")
     return 0
 
 

@@ -528,7 +528,17 @@ static int decode_block(Walk *w, uint64_t start) {
         rc = call_add_bad(w, start, bad ? bad : s_undecodable);
         goto done;
     }
-    if (put_block(w, starto, last + lastsize, insns, sens) < 0) goto done;
+    {
+        /* Stored as tuples (see scanner/cfg.py): untracked, as everything in
+         * them is, so the block's dict stays untracked too. */
+        PyObject *ti = PyList_AsTuple(insns), *ts = PyList_AsTuple(sens);
+        if (ti) PyObject_GC_UnTrack(ti);
+        if (ts) PyObject_GC_UnTrack(ts);
+        int r = (ti && ts) ? put_block(w, starto, last + lastsize, ti, ts) : -1;
+        Py_XDECREF(ti);
+        Py_XDECREF(ts);
+        if (r < 0) goto done;
+    }
     lastsite = addr_obj(last);
     if (!lastsite) goto done;
     if (bad) {
@@ -615,11 +625,21 @@ static int run_worklist(Walk *w) {
                     Py_DECREF(item);
                     return -1;
                 }
-                Py_INCREF(ins);
-                Py_ssize_t m = PyList_Size(ins);
-                for (Py_ssize_t i = 0; i < m && rc == 0; i++)
-                    rc = PyDict_SetItem(w->insn_block, PyTuple_GET_ITEM(PyList_GET_ITEM(ins, i), 0), target);
-                Py_DECREF(ins);
+                PyObject *seq = PySequence_Fast(ins, "block insns must be a sequence");
+                if (!seq) { Py_DECREF(item); return -1; }
+                Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+                for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
+                    PyObject *one = PySequence_Fast_GET_ITEM(seq, i);
+                    PyObject *addr = PyTuple_Check(one) && PyTuple_GET_SIZE(one) > 0
+                                     ? PyTuple_GET_ITEM(one, 0) : NULL;
+                    if (!addr) {
+                        PyErr_SetString(PyExc_TypeError, "block insns must be tuples");
+                        rc = -1;
+                    } else {
+                        rc = PyDict_SetItem(w->insn_block, addr, target);
+                    }
+                }
+                Py_DECREF(seq);
             } else if (st == CONT) {
                 rc = call_add_bad(w, t, s_overlap_inside);
             } else {

@@ -112,13 +112,8 @@ class Scanner:
         """Forget every block with bytes on page `base` (its code changed).
         Returns their start addresses, which the caller may rescan."""
         base &= PAGE_MASK
+        hit = self.nodes_on_page(base)
         g = self.cfg.graph
-        hit = []
-        for n, d in list(g.nodes(data=True)):
-            if d["kind"] == "block" and d["start"] < base + PAGE and d["end"] > base:
-                hit.append(n)
-            elif d["kind"] == "bad" and base <= n < base + PAGE:
-                hit.append(n)
         for n in hit:
             for ins in g.nodes[n]["insns"]:
                 self.cfg.pages.unmark(ins[0], ins[1])
@@ -127,6 +122,37 @@ class Scanner:
         self.cfg.touched()
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
+
+    def nodes_on_page(self, base: int) -> set[int]:
+        """Blocks with a byte on page `base` (start < base + PAGE and end > base)
+        and bad nodes on it, found through the page map rather than by walking
+        every node: the blocks of the instructions that start on the page, the
+        block of an instruction that runs into it from the page before, and the
+        page's addresses that are bad nodes.  (tests/scanner/test_fast_paths.py
+        checks this against the walk over all nodes.)"""
+        hit: set[int] = set()
+        owner = self.insn_block.get
+        gnode = self.cfg.graph._node
+        rec = self.cfg.pages.pages.get(base)
+        if rec is not None:
+            flags = rec.flags
+            i = flags.find(START)
+            while i >= 0:
+                b = owner(base + i)
+                if b is not None:
+                    hit.add(b)
+                i = flags.find(START, i + 1)
+            if flags[0] == CONT:
+                prev = self.cfg.pages.pages.get((base - PAGE) & PAGE_MASK)
+                j = prev.flags.rfind(START, PAGE - 15) if prev is not None else -1
+                b = owner(((base - PAGE) & PAGE_MASK) + j) if j >= 0 else None
+                if b is not None:
+                    hit.add(b)
+        for a in range(base, base + PAGE):
+            d = gnode.get(a)
+            if d is not None and d["kind"] == "bad":
+                hit.add(a)
+        return hit
 
     def rescan_dirty(self) -> list[int]:
         """Rescan every dirty page: drop its blocks, scan again from the blocks'

@@ -116,3 +116,39 @@ def test_rewritten_page_rescans_with_new_bytes():
     cfg.pages.mark_dirty(BASE)
     sc.rescan_dirty()
     assert [i[2] for i in cfg.block(BASE).insns] == ["cli", "sti", "ret"]
+
+
+def _nodes_on_page_by_walk(sc: Scanner, base: int) -> set[int]:
+    """invalidate_page's node set as first written: a walk over every node."""
+    hit = set()
+    for n, d in sc.cfg.graph.nodes(data=True):
+        if d["kind"] == "block" and d["start"] < base + PAGE and d["end"] > base:
+            hit.add(n)
+        elif d["kind"] == "bad" and base <= n < base + PAGE:
+            hit.add(n)
+    return hit
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=3 * PAGE), st.lists(st.integers(0, 3 * PAGE), min_size=1, max_size=8))
+def test_nodes_on_page_matches_the_walk_over_all_nodes(data, starts):
+    # Random bytes across three pages (instructions straddle page boundaries).
+    mem = Mem(data, base=BASE, size=len(data))
+    sc = Scanner(mem.read)
+    sc.scan([BASE + s % len(data) for s in starts])
+    for page in range(BASE - PAGE, BASE + 4 * PAGE, PAGE):
+        assert sc.nodes_on_page(page) == _nodes_on_page_by_walk(sc, page)
+
+
+def test_invalidating_a_page_drops_a_block_that_straddles_into_it():
+    # nop; nop; jmp back to the nops - the jmp's last three bytes are the
+    # only scanned bytes on the second page (no instruction starts there).
+    code = bytearray(b"\x90" * (2 * PAGE))
+    code[PAGE - 2:PAGE + 3] = b"\xe9" + (-7 & 0xFFFFFFFF).to_bytes(4, "little")   # jmp rel32
+    mem = Mem(bytes(code))
+    sc = Scanner(mem.read)
+    sc.scan([BASE + PAGE - 4])
+    assert sc.cfg.blocks() == [BASE + PAGE - 4]
+    assert sc.invalidate_page(BASE + PAGE) == [BASE + PAGE - 4]
+    assert sc.cfg.blocks() == [] and not sc.insn_block
+    assert sc.cfg.pages.state(BASE + PAGE - 4) == 0
