@@ -33,9 +33,11 @@ def test_calibration_finds_every_field():
 def test_second_handled_fault_becomes_double_fault_without_the_remedy():
     code = assemble("xor ebx, ebx\ndiv ebx\ndiv ebx\nhlt", 0x1000)
     seen = []
-    for remedy in (False, True):
+    for remedy in (False, True, "round trip"):
         uc = engine(code)
         q = Quirks(uc)
+        if remedy == "round trip":
+            q.env = None
 
         def on_intr(uc, intno, _):
             seen.append((remedy, intno))
@@ -45,14 +47,35 @@ def test_second_handled_fault_becomes_double_fault_without_the_remedy():
 
         uc.hook_add(UC_HOOK_INTR, on_intr)
         uc.emu_start(0x1000, 0, count=10)
-    assert seen == [(False, 0), (False, 8), (True, 0), (True, 0)]
+    assert seen == [(False, 0), (False, 8), (True, 0), (True, 0), ("round trip", 0), ("round trip", 0)]
 
 
-def test_take_fault_reports_error_code_and_int_n():
+def test_context_restore_is_a_copy_into_the_live_cpu_state():
+    """Quirks edits fault fields in place (no context round trip, ~3.5 us per exit)
+    because the engine's live CPU state is found and a context save is a copy of
+    it: changing a register shows up there, and an edit there is what the CPU sees."""
+    uc = engine(assemble("nop\nhlt", 0x1000))
+    q = Quirks(uc)
+    assert calibrate().env_link is not None and q.env is not None
+    import ctypes
+    ctx = uc.context_save().context.value
+    lo = q.off.error_code - 64
+    assert ctypes.string_at(q.env + lo, 128) == ctypes.string_at(ctx + lo, 128)
+    # CPL bits edited in place: the next reg_read sees ring 3.
+    q.set_cpl(3)
+    assert ctypes.c_uint32.from_address(q.env + q.off.hflags).value & 3 == 3
+    saved = uc.context_save()
+    assert ctypes.c_uint32.from_address(saved.context.value + q.off.hflags).value & 3 == 3
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_take_fault_reports_error_code_and_int_n(in_place):
     # mov fs, [0x3000] with an out-of-GDT selector: #GP(selector)
     uc = engine(bytes.fromhex("8e2500300000") + b"\xcd\x0d\xf4")
     uc.mem_write(0x3000, b"\x40\x12")
     q = Quirks(uc)
+    if not in_place:
+        q.env = None            # the fallback: one context round trip
     got = []
 
     def on_intr(uc, intno, _):
