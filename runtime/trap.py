@@ -51,8 +51,11 @@ class TrapMode(Mode):
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
         # trap/bt refuse paging guests (write_cr), so linear == physical here and a
-        # cached site is re-validated with one direct read.
-        self.decoder = SiteDecoder(vm.mem.try_read, vm.fast.mem_read)
+        # cached site is re-validated with one direct read: from the host memory
+        # that is guest RAM (an mmap slice, ~0.2 us) or, outside RAM (stubs in
+        # the hypervisor area), through the engine (~2.5 us).  A paging-capable
+        # trap mode must translate first.
+        self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
         self._sti_shadow = False
         self._gdt_pages: set[int] = set()
         self.protect = Protections(self.uc, self._protection_changed)
@@ -253,6 +256,12 @@ class TrapMode(Mode):
     def after_if_change(self) -> None:
         if self.vcpu.interrupts_enabled and self.vm.pic.has_interrupt():
             self.stop_slice = True
+
+    def _site_bytes(self, eip: int, n: int) -> bytes:
+        ram = self.vm._ram
+        if eip + n <= len(ram):
+            return ram[eip:eip + n]
+        return self.vm.fast.mem_read(eip, n)
 
     # -- the exit dispatcher ----------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
