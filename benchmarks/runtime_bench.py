@@ -238,7 +238,7 @@ def exit_breakdown(insn_key: str, n: int) -> dict:
     mnemonic = decode(assemble(asm_text)).mnemonic
     saved = emulation.ROUTINES.get(mnemonic)
     vm.exit_site = tm.wrap("exit_site: exit counters", vm.exit_site)
-    vm.quirks.take_fault = tm.wrap("quirks.take_fault: context round trip", vm.quirks.take_fault)
+    vm.quirks.take_fault = tm.wrap("quirks.take_fault: fault fields in place", vm.quirks.take_fault)
     vm.mode.on_fault = tm.wrap("_on_fault", vm.mode.on_fault)
     vm.mode.decoder.at = tm.wrap("decoder.at: decode (cached per site)", vm.mode.decoder.at)
     vm.bus.write = tm.wrap("bus.write: device model", vm.bus.write)
