@@ -25,3 +25,19 @@ class Mem:
     def write(self, addr: int, data: bytes) -> None:
         off = addr - self.base
         self.buf[off:off + len(data)] = data
+
+
+# A program with every edge kind the scanner makes (cli, a CR read, a conditional
+# jump, a call and its return, pushfd, a jump back, in, a jump through memory).
+PROGRAM = """
+start: cli
+ mov eax, cr0
+ test eax, eax
+ jz l2
+ call f
+ pushfd
+ jmp start
+l2: in al, dx
+ jmp dword ptr [{ptr}]
+f: ret
+"""

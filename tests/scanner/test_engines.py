@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from scanhelp import BASE, KS, Mem, asm
+from scanhelp import BASE, KS, PROGRAM, Mem, asm
 
 from scanner import native
 from scanner.pages import PAGE
@@ -56,20 +56,6 @@ def both(read, scans, **kw) -> tuple[dict, dict]:
 def assert_same(read, scans, **kw):
     py, c = both(read, scans, **kw)
     assert c == py
-
-
-PROGRAM = """
-start: cli
- mov eax, cr0
- test eax, eax
- jz l2
- call f
- pushfd
- jmp start
-l2: in al, dx
- jmp dword ptr [{ptr}]
-f: ret
-"""
 
 
 def test_same_cfg_on_a_program_with_every_edge_kind():

@@ -1,24 +1,11 @@
 """The scanner: traversal rules, sensitive sites, bad blocks, IDT, incremental scans, pages."""
 import struct
 
-from scanhelp import BASE, Mem, asm
+from scanhelp import BASE, PROGRAM, Mem, asm
 
 from scanner.cfg import UNRESOLVED
 from scanner.pages import PAGE
 from scanner.scan import Scanner, idt_gates
-
-PROGRAM = """
-start: cli
- mov eax, cr0
- test eax, eax
- jz l2
- call f
- pushfd
- jmp start
-l2: in al, dx
- jmp dword ptr [{ptr}]
-f: ret
-"""
 
 
 def _program():
