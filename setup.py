@@ -7,4 +7,4 @@ library is linked).  `pip install -e .` compiles it in place.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("scanner._walk", ["scanner/_walk.c"],
-                             extra_compile_args=["-O2", "-g", "-std=c11", "-Wall", "-Wno-unused-variable"])])
+                             extra_compile_args=["-O2", "-std=c11", "-Wall"])])

@@ -438,7 +438,7 @@ static int decode_block(Walk *w, uint64_t start) {
     PyObject *starto = addr_obj(start);
     PyObject *insns = PyList_New(0), *sens = PyList_New(0), *follow = NULL, *bad = NULL;
     PyObject *lastsite = NULL;
-    int rc = -1, fall = 0, err = 0;
+    int rc = -1, fall = 0;
     long long n = 0;
     uint64_t a = start, horizon = start, last = 0;
     unsigned lastsize = 0;
@@ -563,7 +563,6 @@ static int decode_block(Walk *w, uint64_t start) {
         Py_DECREF(r);
     }
     rc = 0;
-    (void)err;
 done:
     Py_XDECREF(starto); Py_XDECREF(insns); Py_XDECREF(sens); Py_XDECREF(follow);
     Py_XDECREF(bad); Py_XDECREF(lastsite);

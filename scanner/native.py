@@ -74,7 +74,7 @@ class NativeWalk:
         insns, decoded, reads = _walk.run(
             sc._work, g._node, g._succ, g._pred, pm.pages, pm.record, pm.is_free, pm.mark,
             sc.insn_block, cfg._tset, cfg._tnew, cfg.pending, touched, sc.read_mem,
-            _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, set(TARGET_KINDS),
+            _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, TARGET_KINDS,
             cfg.add_bad, cfg.split_block, sc._branch, sc.dec.why_not,
             sc.max_insns, sc.insns_scanned, sc.max_block_insns, *self._capstone)
         sc.insns_scanned = insns
