@@ -1,10 +1,14 @@
-"""Builds the scanner's C walk (scanner/_walk.c); everything else is in pyproject.toml.
+"""Builds the two C extensions; everything else is in pyproject.toml.
 
-The extension needs only a C compiler and Python's headers (capstone's
-functions reach it as addresses at run time, so no capstone header or
-library is linked).  `pip install -e .` compiles it in place.
+scanner/_walk.c is the scanner's worklist walk; runtime/_clock.c is the VM's
+instruction clock (a native Unicorn block hook).  They need only a C compiler
+and Python's headers (capstone's and Unicorn's functions reach them as
+addresses at run time, so no other header or library is linked).
+`pip install -e .` compiles them in place.
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("scanner._walk", ["scanner/_walk.c"],
-                             extra_compile_args=["-O2", "-std=c11", "-Wall"])])
+FLAGS = ["-O2", "-std=c11", "-Wall"]
+
+setup(ext_modules=[Extension("scanner._walk", ["scanner/_walk.c"], extra_compile_args=FLAGS),
+                   Extension("runtime._clock", ["runtime/_clock.c"], extra_compile_args=FLAGS)])

@@ -18,8 +18,8 @@ cpu-ratio   Guest instructions per second on a CPU-bound raw guest that exits
             once (to stop) under emulate, trap and bt, as a ratio to a bare
             `unicorn.Uc` running the same bytes with no hooks and no count in
             the same process.  Runs alternate; medians of per-round ratios.  A
-            bare engine run with `count=` shows what exact instruction counting
-            alone costs.
+            bare engine run with `count=` shows what Unicorn's own exact
+            counting costs (the VM counts per block instead, runtime/clock.py).
 bt-vs-trap  Exits per million guest instructions on demo:timer and
             demo:hotflags under trap and bt (emulate gives the reference output
             and the guest instruction count), device I/O exits apart from
@@ -442,7 +442,8 @@ def print_cpu_ratio(d: dict) -> None:
                  "ratio w/o mem_protect", ">= 0.45",
                  "deterministic"], rows))
     print(f"\nAll runs end with ebx = {d['final_ebx']:#x} (the bare engine's).  'raw+count' is the bare "
-          "engine with emu_start(count=N): the exact instruction count every VM slice uses.")
+          "engine with emu_start(count=N), Unicorn's per-instruction counting, which the VM's block clock "
+          "(runtime/clock.py) replaced.")
 
 
 # -- 3. exits under bt versus trap ------------------------------------------------------------

@@ -194,7 +194,7 @@ class BTMode(TrapMode):
             self._raw_write(lo, p.orig)
         self.stats["hidden_reads"] = self.stats.get("hidden_reads", 0) + 1
         self._reread = "retry"
-        self.vm._halt_slice()
+        self.vm._halt_slice(abort=True)
 
     def _rehide(self) -> None:
         while self._unhidden:                        # step 3
@@ -450,6 +450,7 @@ class BTMode(TrapMode):
             uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
         uc.mem_unmap(old, HYPER_SIZE)
         self.hyper.base = new_base
+        self.vm.refresh_clock_memory()             # before the old host memory goes
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
         del old_mem

@@ -36,6 +36,10 @@ class Mode:
     def before_slice(self) -> None:
         """Called before every emulation slice, outside any hook."""
 
+    def host_regions(self) -> list[tuple[int, int, int]]:
+        """(base, size, host address) of mode-owned memory that may hold code."""
+        return []
+
     def claims_error(self, err) -> bool:
         """True when a Unicorn error that ended the slice was the mode's own doing."""
         return False

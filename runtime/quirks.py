@@ -1,7 +1,7 @@
 """Workarounds for Unicorn behaviour that a VMM cannot live with, in one place.
 
 Each workaround reaches into Unicorn's private state (the CPU context bytes, the
-engine's instruction counter).  None of the offsets is hard-coded: every one is
+engine's control registers).  None of the offsets is hard-coded: every one is
 found at start-up by *calibration* -- run a tiny experiment in a scratch engine,
 diff the raw bytes before and after, and keep the offset that changed the way the
 experiment predicts.  If a calibration fails (a Unicorn release changed the
@@ -17,9 +17,12 @@ The facts behind each workaround are pinned by tests in tests/runtime/test_quirk
 * hflags: the low two bits are the CPL.  ``reg_write`` refuses to load a more
   privileged SS/CS, so lowering the CPL (ring 3 -> ring 0/1 on an interrupt) edits
   these bits through the context first.
-* emu_counter: with ``emu_start(count=N)`` Unicorn counts instructions in its
-  ``uc_struct``; reading it in a hook tells exactly how far a slice got, which is
-  what makes virtual time and the retired-instruction count exact.
+* stale EIP in hooks: ``reg_write(EIP)`` inside a hook leaves the uc_struct's
+  ``skip_sync_pc_on_exit`` set until a per-instruction exit check runs; with no
+  per-instruction hook that is never, and later hooks read a stale EIP.  The
+  VMM clears it after each of its hooks.
+* control registers: CR0/CR3/CR4 in the CPU state, read by the instruction
+  clock (runtime/clock.py) to walk the guest's page tables itself.
 * live CPU state: ``context_save``/``context_restore`` are plain copies of the
   engine's CPUX86State (unicorn/uc.c).  Calibration also finds where the engine
   keeps that state (a pointer in the uc_struct plus a delta), so the fault fields
@@ -131,19 +134,72 @@ def _find_cpl_offset() -> int:
     raise QuirkError("could not find hflags (CPL) in the CPU context")
 
 
-def _find_counter_offset() -> int:
-    def run(n: int) -> bytes:
+def _find_cr_offsets() -> tuple[int, int, int]:
+    """CR0, CR3 and CR4 (8-byte fields in the CPU state): each written twice with
+    values that differ in harmless bits, and found where the context changed
+    exactly so.  The instruction clock reads them to walk the guest's page tables."""
+    found = []
+    for reg, a, b in ((X.UC_X86_REG_CR0, 0x60000011, 0x60010011),   # toggle WP
+                      (X.UC_X86_REG_CR3, 0x00123000, 0x00456000),
+                      (X.UC_X86_REG_CR4, 0x00000200, 0x00000600)):   # OSFXSR, +OSXMMEXCPT
         uc = _scratch()
-        uc.mem_write(0x1000, b"\x40\xeb\xfd")  # l: inc eax ; jmp l
-        uc.emu_start(0x1000, 0, count=n)
-        return ctypes.string_at(ctypes.cast(uc._uch, ctypes.c_void_p).value, 4096)
-    a, b = run(37), run(53)
-    for off in range(0, 4096 - 7, 8):
-        x = struct.unpack_from("<Q", a, off)[0]
-        y = struct.unpack_from("<Q", b, off)[0]
-        if (x, y) == (38, 54):
+        uc.reg_write(reg, a)
+        before = _ctx_bytes(uc.context_save())
+        uc.reg_write(reg, b)
+        after = _ctx_bytes(uc.context_save())
+        hits = [off for off in range(0, min(len(before), len(after)) - 7, 8)
+                if struct.unpack_from("<Q", before, off)[0] == a
+                and struct.unpack_from("<Q", after, off)[0] == b]
+        if len(hits) != 1:
+            raise QuirkError(f"could not find control register {reg} in the CPU context ({hits})")
+        found.append(hits[0])
+    if not found[0] < found[1] < found[2]:
+        raise QuirkError(f"control registers out of order in the CPU context: {found}")
+    return tuple(found)
+
+
+def _find_pc_sync_flag() -> int:
+    """`skip_sync_pc_on_exit` in the uc_struct: `reg_write(EIP)` inside a hook sets
+    it (so the exit that follows keeps the new EIP), and only Unicorn's
+    per-instruction exit check clears it again.  Without a per-instruction hook
+    (runtime/clock.py) it stays set for the rest of the emu_start, and every
+    later I/O or memory hook sees the EIP of its block's start instead of its
+    own.  Found as the byte a hook's EIP write sets, confirmed by clearing it and
+    seeing an `out` hook report its own EIP again."""
+    from unicorn import UC_HOOK_INSN
+    # int3 ; nop ; jmp l ; l: nop ; out 0x80, al ; nop ; out 0x81, al ; hlt
+    code = bytes.fromhex("cc90eb0090e680" "90e681" "f4")
+
+    def run(write_eip: bool, clear: int | None = None):
+        uc = _scratch()
+        uc.mem_write(0x1000, code)
+        base = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        seen = []
+
+        def intr(uc, n, _):
+            if write_eip:
+                uc.reg_write(X.UC_X86_REG_EIP, 0x1001)
+                if clear is not None:
+                    ctypes.c_uint8.from_address(base + clear).value = 0
+            else:
+                uc.reg_write(X.UC_X86_REG_EAX, 5)
+
+        def out(uc, port, size, value, _):
+            seen.append(uc.reg_read(X.UC_X86_REG_EIP))
+
+        uc.hook_add(UC_HOOK_INTR, intr)
+        uc.hook_add(UC_HOOK_INSN, out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.emu_start(0x1000, 0x1010)
+        return ctypes.string_at(base, 0x8000), seen
+
+    plain, _ = run(False)
+    wrote, stale = run(True)
+    if stale == [0x1005, 0x1008]:
+        raise QuirkError("hooks already see their own EIP after an EIP write (Unicorn changed)")
+    for off in range(len(plain)):
+        if plain[off] == 0 and wrote[off] == 1 and run(True, off)[1] == [0x1005, 0x1008]:
             return off
-    raise QuirkError("could not find the engine's instruction counter")
+    raise QuirkError("could not find skip_sync_pc_on_exit in the uc_struct")
 
 
 def _readable_ranges() -> list[tuple[int, int]]:
@@ -220,7 +276,8 @@ class Offsets:
     error_code: int
     is_int: int
     hflags: int
-    emu_counter: int
+    cr: tuple[int, int, int]             # CR0, CR3, CR4
+    pc_sync_flag: int                    # uc_struct.skip_sync_pc_on_exit
     env_link: tuple[int, int] | None     # (pointer offset in uc_struct, delta), see _find_env_link
 
 
@@ -244,7 +301,7 @@ def calibrate() -> Offsets:
     # match after old_exception.
     ec = [o for o in err if o > old_exc[0]] or err
     _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
-                       _find_counter_offset(), _find_env_link())
+                       _find_cr_offsets(), _find_pc_sync_flag(), _find_env_link())
     return _OFFSETS
 
 
@@ -256,6 +313,7 @@ class Quirks:
         self.off = calibrate()
         self._ctx = uc.context_save()
         self._uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        self._pc_sync = ctypes.c_uint8.from_address(self._uc_addr + self.off.pc_sync_flag)
         # The live CPU state, when found: fault fields are then read and
         # written in place, with no context round trip (two 5.6 KB copies,
         # ~3.5 us of every exit).  `context_restore` is itself a memcpy into
@@ -281,10 +339,10 @@ class Quirks:
                 return None
         return env
 
-    # -- instruction counter -------------------------------------------------
-    def counter(self) -> int:
-        """Unicorn's count of instructions started in the current emu_start."""
-        return ctypes.c_uint64.from_address(self._uc_addr + self.off.emu_counter).value
+    def resync_pc(self) -> None:
+        """After a hook that may have written EIP: let later hooks in this slice
+        see their own EIP again (see _find_pc_sync_flag)."""
+        self._pc_sync.value = 0
 
     # -- fault state -----------------------------------------------------------
     def _edit(self, off: int, mask: int, value: int) -> None:

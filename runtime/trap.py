@@ -143,7 +143,7 @@ class TrapMode(Mode):
         self.uc.mem_write(address, data)
         self.on_watched_write(page, address, size)
         if stop:
-            self.vm._halt_slice()     # code changed under the running block: re-enter
+            self.vm._halt_slice(abort=True)   # code changed under the running block: re-enter
         return True
 
     def _protection_changed(self) -> None:
@@ -152,6 +152,10 @@ class TrapMode(Mode):
 
     def before_slice(self) -> None:
         self.protect.commit()
+
+    def host_regions(self) -> list[tuple[int, int, int]]:
+        from runtime.hyper import HYPER_SIZE
+        return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]
 
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
         """Hook for bt mode's self-modifying-code handling (True = end the slice)."""

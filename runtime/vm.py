@@ -8,10 +8,11 @@ Devices, clock, loader and delivery are literally the same code in every mode, w
 is what keeps fidelity comparisons honest.
 
 Time: virtual time is counted in guest instructions (`vtime`); the virtual clock
-runs at `cpu_mhz` million instructions per second.  The run proceeds in *slices*:
-`emu_start(count=n)` where n ends at the next device event, so timer interrupts
-land at exact, reproducible instruction counts.  Hardware interrupts are injected
-between slices (Unicorn has no IRQ line).
+runs at `cpu_mhz` million instructions per second.  The run proceeds in *slices*
+of n instructions, where n ends at the next device event; the instruction clock
+(runtime/clock.py, a native block hook) ends each slice on exactly its n-th
+instruction, so timer interrupts land at exact, reproducible instruction counts.
+Hardware interrupts are injected between slices (Unicorn has no IRQ line).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
+from unicorn import (Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_PROT_ALL)
 from unicorn import x86_const as X
 
@@ -29,6 +30,7 @@ from bt.errors import BadInput, VMMError
 from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from runtime import cpuid as cpuid_model
+from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
 from runtime.delivery import Delivery, ERROR_CODE_VECTORS, GuestFault, TripleFault, IF
 from runtime.devices import attach_standard_devices
@@ -85,7 +87,9 @@ class VM:
         self.halted = False
         self.stop: tuple[str, int, str] | None = None
         self._slice_base = 0
-        self._stopped_at: int | None = None
+        self._vmm_stopped = False       # a hook asked the slice to end
+        self._abort_pending = False     # ... and the instruction at EIP did not complete
+        self._ended_at: tuple[int, int | None] | None = None
         self._hook_error: BaseException | None = None
         self._idle_skips = 0
         self._vmm_time = 0.0
@@ -104,6 +108,8 @@ class VM:
         self.mem = GuestMemory(uc, ram)
         self.fast = self.mem.fast
         self.quirks = Quirks(uc)
+        self.clock = InstructionClock(uc)
+        self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr)
         self.delivery = Delivery(self)
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
@@ -117,6 +123,7 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
+        self.refresh_clock_memory()
         self._load(image)
 
     # -- MachineLink (what devices may ask) ------------------------------------
@@ -126,8 +133,15 @@ class VM:
 
     def now(self) -> int:
         if self._in_slice:
-            return self._slice_base + max(self.quirks.counter() - 1, 0)
+            started = self.clock.started(self.fast.reg_read(X.UC_X86_REG_EIP))
+            return self._slice_base + max(started - 1, 0)
         return self.vtime
+
+    def refresh_clock_memory(self) -> None:
+        """Tell the clock which host buffers hold guest-executable bytes (RAM and
+        the mode's hypervisor area), after every (re)mapping."""
+        self.clock.set_memory([(0, self.config.mem_bytes, self._ram_ptr)]
+                              + self.mode.host_regions())
 
     def raise_irq(self, line: int) -> None:
         self.pic.raise_irq(line)
@@ -136,8 +150,14 @@ class VM:
         self.pic.lower_irq(line)
 
     def request_stop(self, reason: str, status: int) -> None:
+        """A device ends the run (debug exit, reset, console quit).  Inside a slice
+        the run ends *after the current instruction*: Unicorn still finishes the
+        block (runtime/clock.py), so the count and EIP are taken here."""
         if self.stop is None:
             self.stop = (reason, status, "")
+            if self._in_slice:
+                eip = self.fast.reg_read(X.UC_X86_REG_EIP)
+                self._ended_at = (self.clock.started(eip), self.clock.next(eip))
 
     def serial_out(self, data: bytes) -> None:
         self.serial += data
@@ -244,6 +264,7 @@ class VM:
                 self._halt_slice()
                 return default
             finally:
+                self.quirks.resync_pc()
                 self._vmm_time += time.perf_counter() - t0
         return hook
 
@@ -253,16 +274,23 @@ class VM:
             self._hook_error = e
         self._halt_slice()
 
-    def _halt_slice(self) -> None:
-        if self._stopped_at is None:
-            self._stopped_at = self.quirks.counter()
+    def _halt_slice(self, abort: bool = False) -> None:
+        """End the slice from inside a hook.  `abort`: Unicorn abandons the
+        instruction at EIP (a memory hook stopped it) and runs it again later."""
+        self._vmm_stopped = True
+        if abort:
+            self._abort_pending = True
         self.uc.emu_stop()
 
     def exit_site(self, eip: int) -> None:
         self.counters.add("exits")
         self.counters.add("exit_sites", self.mode.guest_address(eip))
 
+    # Once `stop` is set the run is over, but Unicorn finishes the running block
+    # (runtime/clock.py): what is left of it reaches neither devices nor the VMM.
     def _on_in(self, port, size):
+        if self.stop is not None:
+            return 0
         self.counters.add("io_exits")
         self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
         value = self.bus.read(port, size)
@@ -270,6 +298,8 @@ class VM:
         return value
 
     def _on_out(self, port, size, value):
+        if self.stop is not None:
+            return
         self.counters.add("io_exits")
         self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
         self.bus.write(port, size, value)
@@ -301,6 +331,10 @@ class VM:
 
     def _on_invalid(self):
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        if self.stop is not None:
+            self.clock.cut(eip, False)
+            return False
+        self.clock.cut(eip, True)
         self.exit_site(eip)
         if self.mode.on_invalid_opcode(eip):
             return True
@@ -325,9 +359,16 @@ class VM:
 
     def _on_interrupt(self, intno):
         eip = self.fast.reg_read(X.UC_X86_REG_EIP)
-        self.exit_site(eip)
         error, is_int = self.quirks.take_fault()
         soft = is_int or intno >= 32 or intno in SOFT_ONLY_VECTORS
+        if self.stop is not None:
+            self.clock.cut(eip, False)
+            self.uc.emu_stop()
+            return
+        # The block ends here: a fault at EIP (started, as on hardware it counts
+        # as an attempt), or EIP already past an int n that ended its block.
+        self.clock.cut(eip, not soft)
+        self.exit_site(eip)
         if soft or intno not in ERROR_CODE_VECTORS:
             error = None
         if self.mode.on_fault(intno, eip, error, soft):
@@ -410,21 +451,21 @@ class VM:
         self.mode.before_slice()
         self._slice_base = self.vtime
         self._slice_end = self.vtime + n
-        self._stopped_at = None
+        self._vmm_stopped = self._abort_pending = False
+        self._ended_at = None
         self._in_slice = True
         eip = uc.reg_read(X.UC_X86_REG_EIP)
-        err = None
         try:
-            uc.emu_start(self.mode.pc_for(eip), 0, count=n)
-        except UcError as e:
-            err = e
+            err = self.clock.run(self.mode.pc_for(eip), n, lambda: self._vmm_stopped)
         finally:
             self._in_slice = False
-        counted = self.quirks.counter()
-        if self._stopped_at is not None:
-            done = self._stopped_at
-        else:
-            done = min(counted, n)
+        if self._abort_pending:
+            self.clock.cut(self.fast.reg_read(X.UC_X86_REG_EIP), False)
+        done = self.clock.count
+        if self._ended_at is not None:          # see request_stop
+            done, after = self._ended_at
+            if after is not None:
+                self.fast.reg_write(X.UC_X86_REG_EIP, after)
         self.retired += done
         self.vtime += done
         if self._hook_error is not None:
@@ -437,7 +478,7 @@ class VM:
             self.stop = ("emulation-error", STATUS_HANG,
                          f"Unicorn stopped at {eip:#x}: {err}")
         self.bus.tick(self.vtime)
-        if self.stop is None and self._stopped_at is None and counted <= n:
+        if self.stop is None and not self._vmm_stopped and self.clock.reason == STOP_NONE:
             self.mode.on_unexpected_stop(uc.reg_read(X.UC_X86_REG_EIP))
 
     def on_hlt(self) -> None:

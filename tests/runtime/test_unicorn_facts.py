@@ -27,7 +27,8 @@ def engine(code: bytes, at=0x1000):
 
 def test_calibration_finds_every_field():
     off = calibrate()
-    assert len({off.old_exception, off.error_code, off.is_int, off.hflags, off.emu_counter}) == 5
+    assert len({off.old_exception, off.error_code, off.is_int, off.hflags, *off.cr}) == 7
+    assert off.pc_sync_flag > 0
 
 
 def test_second_handled_fault_becomes_double_fault_without_the_remedy():
@@ -89,19 +90,22 @@ def test_take_fault_reports_error_code_and_int_n(in_place):
     assert got[1][0] == 13 and got[1][2] is True      # int 0x0d is software
 
 
-def test_instruction_counter_is_exact_when_a_hook_stops_the_slice():
+def test_instruction_clock_is_exact_when_a_hook_reads_it():
+    """The VM's clock (runtime/clock.py) counts per block; inside an I/O hook it
+    still tells the exact position: the out is the 22nd instruction."""
+    from runtime.clock import InstructionClock
     code = assemble("mov ecx, 10\nl: dec ecx\njnz l\nout 0x80, al\nnop\nnop", 0x1000)
     uc = engine(code)
-    q = Quirks(uc)
+    clock = InstructionClock(uc)
     at_hook = []
 
     def on_out(uc, port, size, value, _):
-        at_hook.append(q.counter())
+        at_hook.append(clock.started(uc.reg_read(X.UC_X86_REG_EIP)))
         uc.emu_stop()
 
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
-    uc.emu_start(0x1000, 0, count=1000)
-    assert at_hook == [1 + 10 * 2 + 1]                   # the out is the 22nd instruction
+    clock.run(0x1000, 1000, lambda: False)
+    assert at_hook == [1 + 10 * 2 + 1]
 
 
 def test_io_at_cpl1_does_not_fault_but_reaches_the_insn_hooks():

@@ -1,0 +1,690 @@
+/* The VM's instruction clock (runtime/clock.py): guest instructions started,
+ * counted one translated block at a time by a native UC_HOOK_BLOCK callback.
+ *
+ * Why: exact virtual time used to come from emu_start(count=N), which makes
+ * Unicorn call a counting hook before every instruction (measured: a CPU-bound
+ * guest ran at ~0.3 of the bare engine's speed on that alone).  A block hook
+ * written in C costs a few nanoseconds per translated block instead.
+ *
+ * How a block is counted: Unicorn hands the hook the block's address and its
+ * size in bytes.  The number of instructions in those bytes comes from
+ * capstone (called through the function addresses of the capstone package
+ * Python has loaded) and is cached per (address, size) together with the
+ * bytes it was decoded from.  Every execution compares the cached bytes with
+ * the guest's current ones (a memcmp through host memory: guest RAM and the
+ * hypervisor area are host buffers; with paging on, the guest's two-level
+ * page tables are walked here), so code that changed under the same address
+ * (self-modifying code, another process's code after a CR3 switch) is
+ * decoded again, never counted from stale bytes.
+ *
+ * Exact slice ends: a block that would take the count past the slice's budget
+ * is not entered: the hook stops the engine before it (Unicorn emits the
+ * block hook before the block's exit check, so the block does not run).  The
+ * runner then runs that block once more with a Unicorn exit at the budget's
+ * instruction (runtime/clock.py); the shortened block is counted like any.
+ *
+ * Blocks cut short (a fault, an aborted store) are corrected by the VMM with
+ * `cut`, which knows the block's instruction boundaries.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int (*uc_emu_stop_t)(void *);
+typedef int (*uc_vmem_read_t)(void *, uint64_t, int, void *, size_t);
+typedef bool (*cs_disasm_iter_t)(size_t, const uint8_t **, size_t *, uint64_t *, void *);
+typedef void *(*cs_malloc_t)(size_t);
+typedef void (*cs_free_t)(void *, size_t);
+
+#define NO_ADDR UINT64_MAX
+#define MAX_REGIONS 8
+#define UC_PROT_EXEC 4
+#define STOP_NONE 0
+#define STOP_BEFORE 1   /* stopped before a block that would pass the budget */
+#define STOP_AT 2       /* stopped at the budget's instruction inside a block (an exit) */
+#define STOP_FIX 3      /* stopped before a block that needs a Unicorn workaround first */
+
+typedef struct Entry {
+    struct Entry *next;
+    uint64_t addr;
+    uint32_t size, ninsn;
+    uint16_t *offs;     /* start offset of each instruction */
+    uint8_t *bytes;     /* the bytes the count was decoded from */
+    uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
+    uint64_t *fix;
+} Entry;
+
+typedef struct {
+    uint64_t base, size;
+    uint8_t *host;
+} Region;
+
+typedef struct {
+    PyObject_HEAD
+    /* slice state (hooks write it) */
+    uint64_t count, budget, cur_base, stop_block;
+    Entry *cur, *stop_entry;
+    int reason;
+    /* statistics */
+    uint64_t blocks, misses, changed, gaps, slow_reads;
+    /* where a block's bytes are read from */
+    Region regions[MAX_REGIONS];
+    int nregions;
+    uint8_t *env;                       /* live CPU state; NULL = unknown */
+    Py_ssize_t cr0_off, cr3_off, cr4_off;
+    uc_emu_stop_t emu_stop;
+    uc_vmem_read_t vmem_read;
+    /* capstone */
+    size_t cs;
+    cs_disasm_iter_t iter;
+    cs_free_t cs_free;
+    void *insn;
+    unsigned int fix_id;                /* capstone id of cmpxchg8b */
+    uint64_t *hooked;                   /* cmpxchg8b sites with a sync hook */
+    size_t nhooked, hooked_cap;
+    /* cache of decoded blocks */
+    Entry **buckets;
+    size_t nbuckets, nentries;
+    uint8_t *tmp;
+    size_t tmp_len;
+    uint16_t *otmp;
+    size_t otmp_len;
+} Clock;
+
+/* -- block bytes --------------------------------------------------------------- */
+static const uint8_t *host_range(Clock *c, uint64_t pa, uint64_t n)
+{
+    for (int i = 0; i < c->nregions; i++) {
+        Region *r = &c->regions[i];
+        if (pa >= r->base && pa - r->base <= r->size && n <= r->size - (pa - r->base))
+            return r->host + (pa - r->base);
+    }
+    return NULL;
+}
+
+static inline uint64_t env_u64(Clock *c, Py_ssize_t off)
+{
+    uint64_t v;
+    memcpy(&v, c->env + off, 8);
+    return v;
+}
+
+/* Linear -> physical through non-PAE two-level page tables (4 KiB and PSE
+ * 4 MiB pages).  false: not translatable here (PAE, not present, tables
+ * outside host memory); the caller asks Unicorn. */
+static bool walk(Clock *c, uint64_t va, uint64_t *pa)
+{
+    uint64_t cr3 = env_u64(c, c->cr3_off), cr4 = env_u64(c, c->cr4_off);
+    if (cr4 & 0x20)
+        return false;
+    const uint8_t *p = host_range(c, (cr3 & 0xFFFFF000u) + ((va >> 22) & 0x3FF) * 4, 4);
+    if (!p)
+        return false;
+    uint32_t pde;
+    memcpy(&pde, p, 4);
+    if (!(pde & 1))
+        return false;
+    if ((pde & 0x80) && (cr4 & 0x10)) {
+        *pa = (pde & 0xFFC00000u) | (va & 0x3FFFFF);
+        return true;
+    }
+    p = host_range(c, (pde & 0xFFFFF000u) + ((va >> 12) & 0x3FF) * 4, 4);
+    if (!p)
+        return false;
+    uint32_t pte;
+    memcpy(&pte, p, 4);
+    if (!(pte & 1))
+        return false;
+    *pa = (pte & 0xFFFFF000u) | (va & 0xFFF);
+    return true;
+}
+
+static uint8_t *scratch(Clock *c, size_t n)
+{
+    if (n > c->tmp_len) {
+        uint8_t *t = realloc(c->tmp, n);
+        if (!t)
+            return NULL;
+        c->tmp = t;
+        c->tmp_len = n;
+    }
+    return c->tmp;
+}
+
+/* The block's current bytes, or NULL when they cannot be read. */
+static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t size)
+{
+    if (c->env) {
+        if (!(env_u64(c, c->cr0_off) & 0x80000000u))
+            return host_range(c, addr, size);
+        uint64_t pa;
+        if ((addr & 0xFFF) + size <= 0x1000) {
+            if (walk(c, addr, &pa)) {
+                const uint8_t *p = host_range(c, pa, size);
+                if (p)
+                    return p;
+            }
+        } else {
+            uint8_t *t = scratch(c, size);
+            uint32_t first = 0x1000 - (uint32_t)(addr & 0xFFF);
+            uint64_t pb;
+            const uint8_t *p1, *p2;
+            if (t && walk(c, addr, &pa) && walk(c, addr + first, &pb)
+                && (p1 = host_range(c, pa, first)) && (p2 = host_range(c, pb, size - first))) {
+                memcpy(t, p1, first);
+                memcpy(t + first, p2, size - first);
+                return t;
+            }
+        }
+    }
+    uint8_t *t = scratch(c, size);
+    if (!t)
+        return NULL;
+    c->slow_reads++;
+    if (c->vmem_read(uc, addr, UC_PROT_EXEC, t, size) != 0)
+        return NULL;
+    return t;
+}
+
+/* -- decoding ------------------------------------------------------------------- */
+static bool decode(Clock *c, Entry *e, const uint8_t *code)
+{
+    if ((size_t)e->size + 1 > c->otmp_len) {
+        uint16_t *o = realloc(c->otmp, sizeof(uint16_t) * ((size_t)e->size + 1));
+        if (!o)
+            return false;
+        c->otmp = o;
+        c->otmp_len = (size_t)e->size + 1;
+    }
+    const uint8_t *p = code;
+    size_t avail = e->size;
+    uint64_t a = e->addr;
+    uint32_t n = 0, nfix = 0;
+    uint64_t fix[8];
+    while (avail > 0) {
+        uint16_t off = (uint16_t)(e->size - avail);
+        c->otmp[n++] = off;
+        if (!c->iter(c->cs, &p, &avail, &a, c->insn)) {
+            /* capstone cannot decode the rest (Unicorn could): one instruction */
+            c->gaps++;
+            break;
+        }
+        if (*(unsigned int *)c->insn == c->fix_id && nfix < 8)
+            fix[nfix++] = e->addr + off;
+    }
+    free(e->fix);
+    e->fix = NULL;
+    e->nfix = 0;
+    if (nfix) {
+        e->fix = malloc(sizeof(uint64_t) * nfix);
+        if (e->fix) {
+            memcpy(e->fix, fix, sizeof(uint64_t) * nfix);
+            e->nfix = nfix;
+        }
+    }
+    if (n == 0) {               /* an empty block (Unicorn's exit marker) */
+        c->otmp[n++] = 0;
+    }
+    uint16_t *offs = realloc(e->offs, sizeof(uint16_t) * n);
+    uint8_t *bytes = e->bytes ? e->bytes : malloc(e->size ? e->size : 1);
+    if (!offs || !bytes) {
+        if (offs)
+            e->offs = offs;
+        return false;
+    }
+    memcpy(offs, c->otmp, sizeof(uint16_t) * n);
+    memcpy(bytes, code, e->size);
+    e->offs = offs;
+    e->bytes = bytes;
+    e->ninsn = n;
+    return true;
+}
+
+static inline size_t slot(Clock *c, uint64_t addr, uint32_t size)
+{
+    uint64_t h = (addr ^ ((uint64_t)size << 44)) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 32) & (c->nbuckets - 1);
+}
+
+static void grow(Clock *c)
+{
+    size_t nb = c->nbuckets * 2;
+    Entry **b = calloc(nb, sizeof(Entry *));
+    if (!b)
+        return;
+    Entry **old = c->buckets;
+    size_t on = c->nbuckets;
+    c->buckets = b;
+    c->nbuckets = nb;
+    for (size_t i = 0; i < on; i++) {
+        Entry *e = old[i];
+        while (e) {
+            Entry *next = e->next;
+            size_t s = slot(c, e->addr, e->size);
+            e->next = b[s];
+            b[s] = e;
+            e = next;
+        }
+    }
+    free(old);
+}
+
+static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
+{
+    const uint8_t *code = block_bytes(c, uc, addr, size);
+    size_t s = slot(c, addr, size);
+    for (Entry *e = c->buckets[s]; e; e = e->next) {
+        if (e->addr == addr && e->size == size) {
+            if (code && memcmp(e->bytes, code, size) != 0) {
+                c->changed++;
+                decode(c, e, code);
+            }
+            return e;
+        }
+    }
+    if (!code)
+        return NULL;
+    Entry *e = calloc(1, sizeof(Entry));
+    if (!e)
+        return NULL;
+    e->addr = addr;
+    e->size = size;
+    if (!decode(c, e, code)) {
+        free(e->offs);
+        free(e->bytes);
+        free(e);
+        return NULL;
+    }
+    c->misses++;
+    e->next = c->buckets[s];
+    c->buckets[s] = e;
+    if (++c->nentries > 2 * c->nbuckets)
+        grow(c);
+    return e;
+}
+
+static bool is_hooked(Clock *c, uint64_t a)
+{
+    for (size_t i = 0; i < c->nhooked; i++)
+        if (c->hooked[i] == a)
+            return true;
+    return false;
+}
+
+/* True when every cmpxchg8b of e has its sync hook (then remembered). */
+static bool fixed(Clock *c, Entry *e)
+{
+    for (uint32_t i = 0; i < e->nfix; i++)
+        if (!is_hooked(c, e->fix[i]))
+            return false;
+    e->nfix = 0;
+    return true;
+}
+
+/* Index of the instruction starting at addr in e, or -1. */
+static long index_of(Entry *e, uint64_t addr)
+{
+    if (!e || addr < e->addr || addr - e->addr >= e->size)
+        return -1;
+    uint32_t off = (uint32_t)(addr - e->addr);
+    long lo = 0, hi = (long)e->ninsn - 1;
+    while (lo <= hi) {
+        long mid = (lo + hi) / 2;
+        if (e->offs[mid] == off)
+            return mid;
+        if (e->offs[mid] < off)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+/* -- the hooks (Unicorn calls them with the Clock as user data) --------------------- */
+static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    Clock *c = ud;
+    Entry *e = entry_for(c, uc, addr, size);
+    uint32_t n = e ? e->ninsn : 1;
+    if (e && e->nfix && !fixed(c, e)) {
+        c->reason = STOP_FIX;
+        c->stop_block = addr;
+        c->stop_entry = e;
+        c->emu_stop(uc);
+        return;
+    }
+    if (c->count + n > c->budget) {
+        c->reason = STOP_BEFORE;
+        c->stop_block = addr;
+        c->stop_entry = e;
+        c->emu_stop(uc);
+        return;
+    }
+    c->blocks++;
+    c->cur = e;
+    c->cur_base = c->count;
+    c->count += n;
+}
+
+static void noop_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    /* Its presence is the point: Unicorn writes the lazy flags state back before
+     * calling a code hook, which cmpxchg8b's helper needs (runtime/clock.py). */
+}
+
+/* -- Python interface ------------------------------------------------------------- */
+static void Clock_dealloc(Clock *c)
+{
+    for (size_t i = 0; c->buckets && i < c->nbuckets; i++) {
+        Entry *e = c->buckets[i];
+        while (e) {
+            Entry *next = e->next;
+            free(e->offs);
+            free(e->bytes);
+            free(e->fix);
+            free(e);
+            e = next;
+        }
+    }
+    free(c->buckets);
+    free(c->hooked);
+    free(c->tmp);
+    free(c->otmp);
+    if (c->insn && c->cs_free)
+        c->cs_free(c->insn, 1);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
+{
+    unsigned long long stop, vread, cs, iter, cmalloc, cfree;
+    unsigned int fix_id;
+    if (!PyArg_ParseTuple(args, "KKKKKKI", &stop, &vread, &cs, &iter, &cmalloc, &cfree, &fix_id))
+        return -1;
+    c->fix_id = fix_id;
+    c->emu_stop = (uc_emu_stop_t)(uintptr_t)stop;
+    c->vmem_read = (uc_vmem_read_t)(uintptr_t)vread;
+    c->cs = (size_t)cs;
+    c->iter = (cs_disasm_iter_t)(uintptr_t)iter;
+    c->cs_free = (cs_free_t)(uintptr_t)cfree;
+    c->insn = ((cs_malloc_t)(uintptr_t)cmalloc)(c->cs);
+    c->nbuckets = 4096;
+    c->buckets = calloc(c->nbuckets, sizeof(Entry *));
+    if (!c->insn || !c->buckets) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->budget = UINT64_MAX;
+    return 0;
+}
+
+static PyObject *Clock_begin(Clock *c, PyObject *arg)
+{
+    unsigned long long budget = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    c->count = 0;
+    c->budget = budget;
+    c->cur = NULL;
+    c->cur_base = 0;
+    c->reason = STOP_NONE;
+    c->stop_entry = NULL;
+    c->stop_block = NO_ADDR;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_resume(Clock *c, PyObject *unused)
+{
+    c->reason = STOP_NONE;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_unhooked(Clock *c, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    Entry *e = c->stop_entry;
+    for (uint32_t i = 0; out && e && i < e->nfix; i++) {
+        if (is_hooked(c, e->fix[i]))
+            continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(e->fix[i]);
+        if (!v || PyList_Append(out, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+}
+
+static PyObject *Clock_mark_hooked(Clock *c, PyObject *arg)
+{
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if (is_hooked(c, a))
+        Py_RETURN_NONE;
+    if (c->nhooked == c->hooked_cap) {
+        size_t cap = c->hooked_cap ? 2 * c->hooked_cap : 16;
+        uint64_t *h = realloc(c->hooked, sizeof(uint64_t) * cap);
+        if (!h)
+            return PyErr_NoMemory();
+        c->hooked = h;
+        c->hooked_cap = cap;
+    }
+    c->hooked[c->nhooked++] = a;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_reached(Clock *c, PyObject *unused)
+{
+    c->reason = STOP_AT;
+    c->cur = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_boundary(Clock *c, PyObject *arg)
+{
+    long k = PyLong_AsLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    Entry *e = c->stop_entry;
+    if (!e || k <= 0 || (uint64_t)k >= e->ninsn)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)(e->addr + e->offs[k]),
+                         (unsigned long long)e->size);
+}
+
+static PyObject *Clock_cut(Clock *c, PyObject *args)
+{
+    unsigned long long eip;
+    int started;
+    if (!PyArg_ParseTuple(args, "Kp", &eip, &started))
+        return NULL;
+    long j = index_of(c->cur, eip);
+    if (j < 0) {
+        /* EIP at the end of the block (an int n that ended it): nothing to cut */
+        Py_RETURN_FALSE;
+    }
+    c->count = c->cur_base + (uint64_t)j + (started ? 1 : 0);
+    c->cur = NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Clock_started(Clock *c, PyObject *arg)
+{
+    unsigned long long eip = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    long j = index_of(c->cur, eip);
+    if (j < 0)
+        return PyLong_FromUnsignedLongLong(c->count);
+    return PyLong_FromUnsignedLongLong(c->cur_base + (uint64_t)j + 1);
+}
+
+static PyObject *Clock_next(Clock *c, PyObject *arg)
+{
+    unsigned long long eip = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    Entry *e = c->cur;
+    long j = index_of(e, eip);
+    if (j < 0)
+        Py_RETURN_NONE;
+    uint64_t next = (uint64_t)j + 1 < e->ninsn ? e->addr + e->offs[j + 1] : e->addr + e->size;
+    return PyLong_FromUnsignedLongLong(next);
+}
+
+static PyObject *Clock_set_regions(Clock *c, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "regions must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_REGIONS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many memory regions");
+        return NULL;
+    }
+    Region r[MAX_REGIONS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long base, size, host;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KKK", &base, &size, &host)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        r[i].base = base;
+        r[i].size = size;
+        r[i].host = (uint8_t *)(uintptr_t)host;
+    }
+    Py_DECREF(seq);
+    memcpy(c->regions, r, sizeof(Region) * (size_t)n);
+    c->nregions = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_set_env(Clock *c, PyObject *args)
+{
+    unsigned long long env;
+    Py_ssize_t cr0, cr3, cr4;
+    if (!PyArg_ParseTuple(args, "Knnn", &env, &cr0, &cr3, &cr4))
+        return NULL;
+    c->env = (uint8_t *)(uintptr_t)env;
+    c->cr0_off = cr0;
+    c->cr3_off = cr3;
+    c->cr4_off = cr4;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_insns(Clock *c, PyObject *args)
+{
+    unsigned long long addr;
+    unsigned int size;
+    if (!PyArg_ParseTuple(args, "KI", &addr, &size))
+        return NULL;
+    size_t s = slot(c, addr, size);
+    for (Entry *e = c->buckets[s]; e; e = e->next)
+        if (e->addr == addr && e->size == size)
+            return PyLong_FromUnsignedLong(e->ninsn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_stats(Clock *c, PyObject *unused)
+{
+    return Py_BuildValue("{sKsKsKsKsKsnsn}", "blocks", (unsigned long long)c->blocks,
+                         "decoded_blocks", (unsigned long long)c->misses,
+                         "changed_blocks", (unsigned long long)c->changed,
+                         "undecodable_tails", (unsigned long long)c->gaps,
+                         "slow_reads", (unsigned long long)c->slow_reads,
+                         "cached_blocks", (Py_ssize_t)c->nentries,
+                         "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked);
+}
+
+static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
+static PyObject *Clock_get_budget(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->budget); }
+static PyObject *Clock_get_reason(Clock *c, void *u) { return PyLong_FromLong(c->reason); }
+static PyObject *Clock_get_stop_block(Clock *c, void *u)
+{
+    if (c->stop_block == NO_ADDR)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c->stop_block);
+}
+
+static PyMethodDef Clock_methods[] = {
+    {"begin", (PyCFunction)Clock_begin, METH_O, "begin(budget): a new slice"},
+    {"reached", (PyCFunction)Clock_reached, METH_NOARGS, "the slice ended at the budget's exit"},
+    {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
+    {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,
+     "cmpxchg8b sites of the block stopped before that need a sync hook"},
+    {"mark_hooked", (PyCFunction)Clock_mark_hooked, METH_O, "mark_hooked(addr): its hook exists"},
+    {"boundary", (PyCFunction)Clock_boundary, METH_O,
+     "boundary(k) -> (address of instruction k, block size) in the block stopped before"},
+    {"cut", (PyCFunction)Clock_cut, METH_VARARGS,
+     "cut(eip, started): the current block ended at eip (True when corrected)"},
+    {"started", (PyCFunction)Clock_started, METH_O,
+     "started(eip) -> instructions started in this slice, the one at eip included"},
+    {"next", (PyCFunction)Clock_next, METH_O,
+     "next(eip) -> address of the instruction after eip in the running block, or None"},
+    {"set_regions", (PyCFunction)Clock_set_regions, METH_O,
+     "set_regions([(phys base, size, host address)]): where block bytes live"},
+    {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
+     "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
+    {"insns", (PyCFunction)Clock_insns, METH_VARARGS, "insns(addr, size) -> cached count"},
+    {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Clock_getset[] = {
+    {"count", (getter)Clock_get_count, NULL, "instructions started in this slice", NULL},
+    {"budget", (getter)Clock_get_budget, NULL, "the slice's budget", NULL},
+    {"reason", (getter)Clock_get_reason, NULL, "0 running/none, 1 before a block, 2 at the budget", NULL},
+    {"stop_block", (getter)Clock_get_stop_block, NULL, "block stopped before", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject ClockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._clock.Clock",
+    .tp_basicsize = sizeof(Clock),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Clock_init,
+    .tp_dealloc = (destructor)Clock_dealloc,
+    .tp_methods = Clock_methods,
+    .tp_getset = Clock_getset,
+    .tp_doc = "Counts guest instructions per translated block (see runtime/clock.py).",
+};
+
+static PyObject *callbacks(PyObject *m, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)&block_hook,
+                         (unsigned long long)(uintptr_t)&noop_hook);
+}
+
+static PyMethodDef module_methods[] = {
+    {"callbacks", callbacks, METH_NOARGS, "(block hook, no-op code hook) C function addresses"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef clockmodule = {PyModuleDef_HEAD_INIT, "_clock", NULL, -1, module_methods};
+
+PyMODINIT_FUNC PyInit__clock(void)
+{
+    if (PyType_Ready(&ClockType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&clockmodule);
+    if (!m)
+        return NULL;
+    Py_INCREF(&ClockType);
+    if (PyModule_AddObject(m, "Clock", (PyObject *)&ClockType) < 0) {
+        Py_DECREF(&ClockType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "STOP_NONE", STOP_NONE);
+    PyModule_AddIntConstant(m, "STOP_BEFORE", STOP_BEFORE);
+    PyModule_AddIntConstant(m, "STOP_AT", STOP_AT);
+    PyModule_AddIntConstant(m, "STOP_FIX", STOP_FIX);
+    return m;
+}

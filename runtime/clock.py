@@ -1,0 +1,175 @@
+"""Virtual time: guest instructions, counted per translated block in C.
+
+`InstructionClock` owns the engine's native block hook (runtime/_clock.c) and
+runs one slice of at most `budget` instructions:
+
+* every block Unicorn is about to run is counted whole as it starts (its
+  instruction count is decoded once per address, size and bytes);
+* a block that would pass the budget is not entered; the clock then runs that
+  block once more with a Unicorn exit at the budget's instruction inside it,
+  so a slice ends at exactly `budget` instructions;
+* a block that a fault or an aborted store cuts short is corrected by
+  `cut(eip, started)` from the VMM's hook (vm.py).
+
+This replaced `emu_start(count=N)`, whose per-instruction counting hook held a
+CPU-bound guest to ~0.3 of the bare engine (docs/benchmarks.md, cpu-ratio).
+What stays exact: slice ends (timer interrupts land on the same instruction
+every run), faults, and the time a device or rdtsc reads (the position of EIP
+inside the current block).  What is coarser: a stop the VMM requests from an
+I/O hook takes effect when the current block ends (Unicorn checks for a stop
+request only between blocks without a per-instruction hook), so an interrupt
+that an `out` makes deliverable is injected after the rest of that block --
+the same on every run.  Blocks are addressed by linear address; the guest's
+segments must be flat (CS base 0), as every supported guest's are.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import capstone
+from capstone.x86_const import X86_INS_CMPXCHG8B
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UcError
+from unicorn.x86_const import UC_X86_REG_EIP
+from unicorn.unicorn_py3.unicorn import uclib, uc_hook_h
+
+from bt.errors import VMMError
+
+try:
+    from runtime import _clock
+except ImportError as e:        # pragma: no cover - the package build compiles it
+    _clock = None
+    _IMPORT_ERROR = e
+
+STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX = 0, 1, 2, 3
+
+
+def _fn(f) -> int:
+    return ctypes.cast(f, ctypes.c_void_p).value
+
+
+def _hook_add(uc, kind: int, fn: int, user: int, begin: int, end: int) -> int:
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
+                               ctypes.c_void_p(user), ctypes.c_uint64(begin),
+                               ctypes.c_uint64(end))
+    if status:
+        raise UcError(status)
+    return handle.value
+
+
+class InstructionClock:
+    def __init__(self, uc):
+        if _clock is None:
+            raise VMMError(f"runtime._clock is not built ({_IMPORT_ERROR}); "
+                           "reinstall with `pip install -e .` (needs a C compiler)")
+        from scanner.decode import new_capstone
+        self.uc = uc
+        self._md = new_capstone()        # kept alive: the clock decodes with its handle
+        cs = capstone._cs
+        self.c = _clock.Clock(_fn(uclib.uc_emu_stop), _fn(uclib.uc_vmem_read),
+                              self._md.csh.value, _fn(cs.cs_disasm_iter),
+                              _fn(cs.cs_malloc), _fn(cs.cs_free), X86_INS_CMPXCHG8B)
+        self._block_cb, self._noop_cb = _clock.callbacks()
+        self._user = id(self.c)          # the C object itself is the hooks' user data
+        self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
+        self._fix_hooks: list[int] = []  # cmpxchg8b sync hooks (see _sync_cmpxchg8b)
+        _hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
+
+    # -- configuration ----------------------------------------------------------
+    def set_memory(self, regions: list[tuple[int, int, int]]) -> None:
+        """(physical base, size, host address) of every host buffer that holds code."""
+        self.c.set_regions(regions)
+
+    def set_cpu_state(self, env: int | None, cr0: int, cr3: int, cr4: int) -> None:
+        """The live CPU state and its CR0/CR3/CR4 offsets: lets the clock read code
+        through the guest's page tables without calling into Unicorn."""
+        if env is not None:
+            self.c.set_env(env, cr0, cr3, cr4)
+
+    # -- reading ------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.c.count
+
+    def started(self, eip: int) -> int:
+        """Instructions started in this slice, the one at `eip` included (hooks)."""
+        return self.c.started(eip)
+
+    def next(self, eip: int) -> int | None:
+        """The address after the instruction at `eip` in the running block."""
+        return self.c.next(eip)
+
+    def cut(self, eip: int, started: bool) -> bool:
+        """The current block ended at `eip`: the instruction there was started
+        (a fault, counted as Unicorn's count hook did) or not (an aborted store)."""
+        return self.c.cut(eip, started)
+
+    def stats(self) -> dict:
+        d = self.c.stats()
+        d["exact_stops"] = self.exact_stops
+        return d
+
+    # -- running ------------------------------------------------------------------
+    def run(self, pc: int, budget: int, interrupted) -> UcError | None:
+        """Run from `pc` until `budget` instructions have started, Unicorn stops
+        on its own, or `interrupted()` (a VMM stop) is true."""
+        uc, c = self.uc, self.c
+        c.begin(budget)
+        err = self._emu(pc)
+        while err is None and not interrupted():
+            if c.reason == STOP_FIX:
+                err = self._sync_cmpxchg8b()
+                continue
+            if c.reason != STOP_BEFORE:
+                break
+            left = budget - c.count
+            where = c.boundary(left) if left > 0 else None
+            if where is None:
+                break                   # exactly at the budget, before a block
+            addr, size = where
+            block = c.stop_block
+            # Re-run the block with a Unicorn exit at the budget's instruction.
+            # Exits are checked when a block is translated, so the cached block
+            # goes first; at the end of the run Unicorn drops the block that
+            # ends at the exit.  (A one-address code hook would work too, but
+            # Unicorn frees a deleted hook only when the next run ends.)
+            uc.ctl_set_exits([addr])
+            try:
+                uc.ctl_remove_cache(block, block + size)
+                c.resume()
+                err = self._emu(block)
+            finally:
+                uc.ctl_set_exits([])
+            self.exact_stops += 1
+            if err is None and c.reason == STOP_NONE and c.count == budget \
+                    and uc.reg_read(UC_X86_REG_EIP) == addr:
+                c.reached()
+        return err
+
+    def _sync_cmpxchg8b(self) -> UcError | None:
+        """Unicorn 2.1.4 translates cmpxchg8b without writing the lazy flags state
+        back first, so its helper computes the other flags from a stale state:
+        after `add edi, edi; cmpxchg8b [esi]`, pushfd shows a garbage EFLAGS
+        (high bits, even TF; tests/runtime/test_clock.py).  Unicorn does write the
+        state back before a code hook, so every cmpxchg8b gets a no-op native
+        code hook before its block first runs (the clock sees each block's
+        instructions before it runs and stops in front of such a block)."""
+        uc, c = self.uc, self.c
+        for site in c.unhooked():
+            self._fix_hooks.append(_hook_add(uc, UC_HOOK_CODE, self._noop_cb, 0, site, site))
+            c.mark_hooked(site)
+            uc.ctl_remove_cache(site, site + 1)        # every cached block holding it
+        block = c.stop_block
+        c.resume()
+        return self._emu(block)
+
+    def _emu(self, pc: int) -> UcError | None:
+        try:
+            self.uc.emu_start(pc, 0)
+        except UcError as e:
+            return e
+        return None
+
+    @property
+    def reason(self) -> int:
+        return self.c.reason
