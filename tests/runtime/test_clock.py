@@ -253,45 +253,34 @@ CMPXCHG8B = asm("""
 """)
 
 
-def _cmpxchg8b_flags(uc) -> int:
+def _cmpxchg8b_flags(count: int | None) -> int:
+    """pushfd's value after `add; cmpxchg8b` on a bare engine: run with count=
+    (Unicorn's per-instruction hook) or plainly (no hook at all)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, RAM)
+    uc.mem_write(CODE, CMPXCHG8B)
+    uc.mem_write(0x8000, struct.pack("<II", 5, 1))
+    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+    if count:
+        uc.emu_start(CODE, 0, count=count)
+    else:
+        uc.emu_start(CODE, CODE + len(CMPXCHG8B) - 1)
     return uc.reg_read(X.UC_X86_REG_EBP)
 
 
 def test_unicorn_cmpxchg8b_computes_flags_from_a_stale_state_without_a_code_hook():
     """The fact behind InstructionClock._sync_cmpxchg8b (Unicorn 2.1.4): with no
     code hook, pushfd after `add; cmpxchg8b` shows garbage; count= (a code hook on
-    every instruction) shows the right flags (ZF set, the add's flags kept)."""
-    ref = Uc(UC_ARCH_X86, UC_MODE_32)
-    ref.mem_map(0, RAM)
-    ref.mem_write(CODE, CMPXCHG8B)
-    ref.mem_write(0x8000, struct.pack("<II", 5, 1))
-    ref.reg_write(X.UC_X86_REG_ESP, 0x9000)
-    ref.emu_start(CODE, 0, count=8)
-    good = _cmpxchg8b_flags(ref)
-    assert good & 0x40 and good >> 22 == 0          # ZF, nothing above ID
-    plain = Uc(UC_ARCH_X86, UC_MODE_32)
-    plain.mem_map(0, RAM)
-    plain.mem_write(CODE, CMPXCHG8B)
-    plain.mem_write(0x8000, struct.pack("<II", 5, 1))
-    plain.reg_write(X.UC_X86_REG_ESP, 0x9000)
-    plain.emu_start(CODE, CODE + len(CMPXCHG8B) - 1)
-    assert _cmpxchg8b_flags(plain) != good
+    every instruction) shows the right flags (ZF set, nothing above bit 21)."""
+    good = _cmpxchg8b_flags(count=8)
+    assert good & 0x40 and good >> 22 == 0
+    assert _cmpxchg8b_flags(count=None) != good
 
 
 def test_the_clock_hooks_every_cmpxchg8b_before_its_block_runs():
     uc, clock, _ = engine(CMPXCHG8B)
     uc.mem_write(0x8000, struct.pack("<II", 5, 1))
     clock.run(CODE, 1000, lambda: False)
-    assert _cmpxchg8b_flags(uc) == reference_flags()
+    assert uc.reg_read(X.UC_X86_REG_EBP) == _cmpxchg8b_flags(count=8)
     assert clock.stats()["cmpxchg8b_sync_hooks"] == 1
     assert clock.count == 9
-
-
-def reference_flags() -> int:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, RAM)
-    uc.mem_write(CODE, CMPXCHG8B)
-    uc.mem_write(0x8000, struct.pack("<II", 5, 1))
-    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
-    uc.emu_start(CODE, 0, count=8)
-    return _cmpxchg8b_flags(uc)
