@@ -158,6 +158,21 @@ def _find_cr_offsets() -> tuple[int, int, int]:
     return tuple(found)
 
 
+def _find_eip_offset() -> int:
+    """EIP in the CPU state: written twice, found where the context changed so."""
+    uc = _scratch()
+    uc.reg_write(X.UC_X86_REG_EIP, 0x00123450)
+    before = _ctx_bytes(uc.context_save())
+    uc.reg_write(X.UC_X86_REG_EIP, 0x00ABC560)
+    after = _ctx_bytes(uc.context_save())
+    hits = [off for off in range(0, min(len(before), len(after)) - 7, 8)
+            if struct.unpack_from("<Q", before, off)[0] == 0x00123450
+            and struct.unpack_from("<Q", after, off)[0] == 0x00ABC560]
+    if len(hits) != 1:
+        raise QuirkError(f"could not find EIP in the CPU context ({hits})")
+    return hits[0]
+
+
 def _find_pc_sync_flag() -> int:
     """`skip_sync_pc_on_exit` in the uc_struct: `reg_write(EIP)` inside a hook sets
     it (so the exit that follows keeps the new EIP), and only Unicorn's
@@ -278,6 +293,7 @@ class Offsets:
     hflags: int
     cr: tuple[int, int, int]             # CR0, CR3, CR4
     pc_sync_flag: int                    # uc_struct.skip_sync_pc_on_exit
+    eip: int
     env_link: tuple[int, int] | None     # (pointer offset in uc_struct, delta), see _find_env_link
 
 
@@ -301,7 +317,8 @@ def calibrate() -> Offsets:
     # match after old_exception.
     ec = [o for o in err if o > old_exc[0]] or err
     _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
-                       _find_cr_offsets(), _find_pc_sync_flag(), _find_env_link())
+                       _find_cr_offsets(), _find_pc_sync_flag(), _find_eip_offset(),
+                       _find_env_link())
     return _OFFSETS
 
 
@@ -320,6 +337,8 @@ class Quirks:
         # this memory (unicorn/uc.c), so an edit in place is the same edit.
         self.env = self._live_env()
         if self.env is not None:
+            self._eip = ctypes.c_uint32.from_address(self.env + self.off.eip)
+            self._hflags = ctypes.c_uint32.from_address(self.env + self.off.hflags)
             self._fault = (ctypes.c_uint32.from_address(self.env + self.off.error_code),
                            ctypes.c_int32.from_address(self.env + self.off.is_int),
                            ctypes.c_int32.from_address(self.env + self.off.old_exception))
@@ -338,6 +357,19 @@ class Quirks:
             if ctypes.string_at(env + off, 128) != ctypes.string_at(ctx + off, 128):
                 return None
         return env
+
+    # -- exit-path reads (the live CPU state, else the engine) -------------------
+    def eip(self) -> int:
+        """EIP as reg_read gives it (the same field), without a call into Unicorn."""
+        if self.env is not None:
+            return self._eip.value
+        return self.uc.reg_read(X.UC_X86_REG_EIP)
+
+    def cpl(self) -> int:
+        """The CPU's current privilege level (hflags' low two bits, = CS.RPL)."""
+        if self.env is not None:
+            return self._hflags.value & 3
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice

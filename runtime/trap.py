@@ -270,7 +270,7 @@ class TrapMode(Mode):
     # -- the exit dispatcher ----------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         vm = self.vm
-        cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
+        cpl = vm.quirks.cpl()
         if vector == 14:
             self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
         if soft or cpl != 1 or vector != 13:

@@ -358,7 +358,7 @@ class VM:
         raise _Stop
 
     def _on_interrupt(self, intno):
-        eip = self.fast.reg_read(X.UC_X86_REG_EIP)
+        eip = self.quirks.eip()
         error, is_int = self.quirks.take_fault()
         soft = is_int or intno >= 32 or intno in SOFT_ONLY_VECTORS
         if self.stop is not None:

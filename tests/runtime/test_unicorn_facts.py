@@ -1,7 +1,7 @@
 """Facts about Unicorn 2.1 that the runtime is built on, each pinned by a test
 (DEVELOPERS.md: verify every claim before building on it)."""
 import pytest
-from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
+from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_MEM_FETCH_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ,
                      UC_PROT_WRITE)
 from unicorn import x86_const as X
@@ -170,3 +170,20 @@ def test_translated_blocks_need_remove_cache_after_host_writes():
     uc.mem_write(0x1001, (7).to_bytes(4, "little"))
     uc.ctl_remove_cache(0x1000, 0x1006)
     assert call() == 7
+
+
+def test_exit_path_reads_match_the_engine_at_every_cpl():
+    """Quirks.eip/cpl read the live CPU state instead of calling reg_read (exit path):
+    they must agree with reg_read at CPL 0 and after an iretd to CPL 3."""
+    # push 0x23 ; push 0x7000 ; push 2 ; push 0x1b ; push 0x1100 ; iretd
+    code = bytes.fromhex("6a23" "6800700000" "6a02" "6a1b" "6800110000" "cf")
+    uc = engine(code)
+    uc.mem_write(0x1100, b"\x90\x90\xf4")
+    q = Quirks(uc)
+    assert q.env is not None
+    seen = []
+    uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: seen.append(
+        (q.eip(), uc.reg_read(X.UC_X86_REG_EIP), q.cpl(), uc.reg_read(X.UC_X86_REG_CS) & 3)))
+    uc.emu_start(0x1000, 0, count=8)
+    assert {c for *_, c, _r in seen} == {0, 3}
+    assert all(e == r and c == rc for e, r, c, rc in seen), seen
