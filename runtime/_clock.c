@@ -580,19 +580,6 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *Clock_insns(Clock *c, PyObject *args)
-{
-    unsigned long long addr;
-    unsigned int size;
-    if (!PyArg_ParseTuple(args, "KI", &addr, &size))
-        return NULL;
-    size_t s = slot(c, addr, size);
-    for (Entry *e = c->buckets[s]; e; e = e->next)
-        if (e->addr == addr && e->size == size)
-            return PyLong_FromUnsignedLong(e->ninsn);
-    Py_RETURN_NONE;
-}
-
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
     return Py_BuildValue("{sKsKsKsKsKsnsn}", "blocks", (unsigned long long)c->blocks,
@@ -605,7 +592,6 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
 }
 
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
-static PyObject *Clock_get_budget(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->budget); }
 static PyObject *Clock_get_reason(Clock *c, void *u) { return PyLong_FromLong(c->reason); }
 static PyObject *Clock_get_stop_block(Clock *c, void *u)
 {
@@ -633,13 +619,11 @@ static PyMethodDef Clock_methods[] = {
      "set_regions([(phys base, size, host address)]): where block bytes live"},
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
-    {"insns", (PyCFunction)Clock_insns, METH_VARARGS, "insns(addr, size) -> cached count"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Clock_getset[] = {
     {"count", (getter)Clock_get_count, NULL, "instructions started in this slice", NULL},
-    {"budget", (getter)Clock_get_budget, NULL, "the slice's budget", NULL},
     {"reason", (getter)Clock_get_reason, NULL, "0 running/none, 1 before a block, 2 at the budget", NULL},
     {"stop_block", (getter)Clock_get_stop_block, NULL, "block stopped before", NULL},
     {NULL, NULL, NULL, NULL, NULL}};

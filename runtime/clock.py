@@ -30,9 +30,10 @@ import capstone
 from capstone.x86_const import X86_INS_CMPXCHG8B
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UcError
 from unicorn.x86_const import UC_X86_REG_EIP
-from unicorn.unicorn_py3.unicorn import uclib, uc_hook_h
+from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import VMMError
+from runtime.fastuc import hook_add
 
 try:
     from runtime import _clock
@@ -45,16 +46,6 @@ STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX = 0, 1, 2, 3
 
 def _fn(f) -> int:
     return ctypes.cast(f, ctypes.c_void_p).value
-
-
-def _hook_add(uc, kind: int, fn: int, user: int, begin: int, end: int) -> int:
-    handle = uc_hook_h()
-    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
-                               ctypes.c_void_p(user), ctypes.c_uint64(begin),
-                               ctypes.c_uint64(end))
-    if status:
-        raise UcError(status)
-    return handle.value
 
 
 class InstructionClock:
@@ -72,8 +63,7 @@ class InstructionClock:
         self._block_cb, self._noop_cb = _clock.callbacks()
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
-        self._fix_hooks: list[int] = []  # cmpxchg8b sync hooks (see _sync_cmpxchg8b)
-        _hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
+        hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
 
     # -- configuration ----------------------------------------------------------
     def set_memory(self, regions: list[tuple[int, int, int]]) -> None:
@@ -156,7 +146,7 @@ class InstructionClock:
         instructions before it runs and stops in front of such a block)."""
         uc, c = self.uc, self.c
         for site in c.unhooked():
-            self._fix_hooks.append(_hook_add(uc, UC_HOOK_CODE, self._noop_cb, 0, site, site))
+            hook_add(uc, UC_HOOK_CODE, self._noop_cb, 0, site, site)   # for the engine's life
             c.mark_hooked(site)
             uc.ctl_remove_cache(site, site + 1)        # every cached block holding it
         block = c.stop_block

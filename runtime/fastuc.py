@@ -11,7 +11,20 @@ from __future__ import annotations
 import ctypes
 
 from unicorn import UcError
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+
+def hook_add(uc, kind: int, fn: int, user: int | None, begin: int, end: int, *extra) -> int:
+    """uc_hook_add with a C function address (ours or a ctypes callback's), bypassing
+    the binding's Python dispatcher; `extra` is the instruction id of UC_HOOK_INSN.
+    Delete with uclib.uc_hook_del, not Uc.hook_del (the binding does not know it)."""
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
+                               ctypes.c_void_p(user), ctypes.c_uint64(begin),
+                               ctypes.c_uint64(end), *extra)
+    if status:
+        raise UcError(status)
+    return handle.value
 
 
 class FastUc:

@@ -134,43 +134,31 @@ def _find_cpl_offset() -> int:
     raise QuirkError("could not find hflags (CPL) in the CPU context")
 
 
-def _find_cr_offsets() -> tuple[int, int, int]:
-    """CR0, CR3 and CR4 (8-byte fields in the CPU state): each written twice with
-    values that differ in harmless bits, and found where the context changed
-    exactly so.  The instruction clock reads them to walk the guest's page tables."""
-    found = []
-    for reg, a, b in ((X.UC_X86_REG_CR0, 0x60000011, 0x60010011),   # toggle WP
-                      (X.UC_X86_REG_CR3, 0x00123000, 0x00456000),
-                      (X.UC_X86_REG_CR4, 0x00000200, 0x00000600)):   # OSFXSR, +OSXMMEXCPT
-        uc = _scratch()
-        uc.reg_write(reg, a)
-        before = _ctx_bytes(uc.context_save())
-        uc.reg_write(reg, b)
-        after = _ctx_bytes(uc.context_save())
-        hits = [off for off in range(0, min(len(before), len(after)) - 7, 8)
-                if struct.unpack_from("<Q", before, off)[0] == a
-                and struct.unpack_from("<Q", after, off)[0] == b]
-        if len(hits) != 1:
-            raise QuirkError(f"could not find control register {reg} in the CPU context ({hits})")
-        found.append(hits[0])
-    if not found[0] < found[1] < found[2]:
-        raise QuirkError(f"control registers out of order in the CPU context: {found}")
-    return tuple(found)
-
-
-def _find_eip_offset() -> int:
-    """EIP in the CPU state: written twice, found where the context changed so."""
+def _find_reg_offset(reg: int, a: int, b: int) -> int:
+    """A register's 8-byte field in the CPU state: written as `a`, then `b`, and
+    found where the context changed exactly so."""
     uc = _scratch()
-    uc.reg_write(X.UC_X86_REG_EIP, 0x00123450)
+    uc.reg_write(reg, a)
     before = _ctx_bytes(uc.context_save())
-    uc.reg_write(X.UC_X86_REG_EIP, 0x00ABC560)
+    uc.reg_write(reg, b)
     after = _ctx_bytes(uc.context_save())
     hits = [off for off in range(0, min(len(before), len(after)) - 7, 8)
-            if struct.unpack_from("<Q", before, off)[0] == 0x00123450
-            and struct.unpack_from("<Q", after, off)[0] == 0x00ABC560]
+            if struct.unpack_from("<Q", before, off)[0] == a
+            and struct.unpack_from("<Q", after, off)[0] == b]
     if len(hits) != 1:
-        raise QuirkError(f"could not find EIP in the CPU context ({hits})")
+        raise QuirkError(f"could not find register {reg} in the CPU context ({hits})")
     return hits[0]
+
+
+def _find_cr_offsets() -> tuple[int, int, int]:
+    """CR0, CR3 and CR4, each changed in harmless bits.  The instruction clock
+    reads them to walk the guest's page tables."""
+    found = (_find_reg_offset(X.UC_X86_REG_CR0, 0x60000011, 0x60010011),   # toggle WP
+             _find_reg_offset(X.UC_X86_REG_CR3, 0x00123000, 0x00456000),
+             _find_reg_offset(X.UC_X86_REG_CR4, 0x00000200, 0x00000600))   # +OSXMMEXCPT
+    if not found[0] < found[1] < found[2]:
+        raise QuirkError(f"control registers out of order in the CPU context: {found}")
+    return found
 
 
 def _find_pc_sync_flag() -> int:
@@ -317,7 +305,8 @@ def calibrate() -> Offsets:
     # match after old_exception.
     ec = [o for o in err if o > old_exc[0]] or err
     _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
-                       _find_cr_offsets(), _find_pc_sync_flag(), _find_eip_offset(),
+                       _find_cr_offsets(), _find_pc_sync_flag(),
+                       _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_env_link())
     return _OFFSETS
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn import UcError, UC_HOOK_INSN
+from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+from runtime.fastuc import hook_add
 
 # int callback(uc_engine *uc, void *user_data): nonzero = "handled, skip the native read"
 _INSN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p)
@@ -56,13 +57,8 @@ class VirtualTSC:
                         self._add(self._cb_rdtscp, X.UC_X86_INS_RDTSCP)]
 
     def _add(self, cb, insn: int) -> int:
-        handle = uc_hook_h()
-        status = uclib.uc_hook_add(self.vm.uc._uch, ctypes.byref(handle), UC_HOOK_INSN,
-                                   ctypes.cast(cb, ctypes.c_void_p), None,
-                                   ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
-        if status:
-            raise UcError(status)
-        return handle.value
+        return hook_add(self.vm.uc, UC_HOOK_INSN, ctypes.cast(cb, ctypes.c_void_p).value,
+                        None, 1, 0, ctypes.c_int(insn))
 
     def value(self) -> int:
         return (self.vm.now() + self.offset) & 0xFFFFFFFFFFFFFFFF

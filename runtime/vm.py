@@ -133,7 +133,7 @@ class VM:
 
     def now(self) -> int:
         if self._in_slice:
-            started = self.clock.started(self.fast.reg_read(X.UC_X86_REG_EIP))
+            started = self.clock.started(self.quirks.eip())
             return self._slice_base + max(started - 1, 0)
         return self.vtime
 
@@ -156,7 +156,7 @@ class VM:
         if self.stop is None:
             self.stop = (reason, status, "")
             if self._in_slice:
-                eip = self.fast.reg_read(X.UC_X86_REG_EIP)
+                eip = self.quirks.eip()
                 self._ended_at = (self.clock.started(eip), self.clock.next(eip))
 
     def serial_out(self, data: bytes) -> None:
@@ -292,7 +292,7 @@ class VM:
         if self.stop is not None:
             return 0
         self.counters.add("io_exits")
-        self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
+        self.exit_site(self.quirks.eip())
         value = self.bus.read(port, size)
         self._after_device_access()
         return value
@@ -301,7 +301,7 @@ class VM:
         if self.stop is not None:
             return
         self.counters.add("io_exits")
-        self.exit_site(self.fast.reg_read(X.UC_X86_REG_EIP))
+        self.exit_site(self.quirks.eip())
         self.bus.write(port, size, value)
         self._after_device_access()
 
@@ -330,7 +330,7 @@ class VM:
         return True
 
     def _on_invalid(self):
-        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        eip = self.quirks.eip()
         if self.stop is not None:
             self.clock.cut(eip, False)
             return False
@@ -460,7 +460,7 @@ class VM:
         finally:
             self._in_slice = False
         if self._abort_pending:
-            self.clock.cut(self.fast.reg_read(X.UC_X86_REG_EIP), False)
+            self.clock.cut(self.quirks.eip(), False)
         done = self.clock.count
         if self._ended_at is not None:          # see request_stop
             done, after = self._ended_at
