@@ -204,21 +204,20 @@ class BTMode(TrapMode):
     def on_vmm_branch(self, target: int) -> None:
         # Interrupt handlers and other VMM-chosen targets can sit in pages that
         # are already executable (scanned for other code): scan them explicitly.
-        if target not in self.scanner.insn_block and 0 <= target < self.vm.config.mem_bytes:
+        if self.cfg.block_of(target) is None and 0 <= target < self.vm.config.mem_bytes:
             self.scan_and_patch(target)
 
     def _insn_at(self, addr: int) -> PInsn | None:
-        b = self.scanner.insn_block.get(addr)
+        b = self.cfg.block_of(addr)
         if b is None:
             return None
-        for a, size, mnem, op, data in self.cfg.graph.nodes[b]["insns"]:
-            if a == addr:
-                return PInsn(a, size, mnem, op, bytes(data))
-        return None
+        insns = self.cfg.graph.nodes[b]["insns"]
+        a, size, mnem, op, data = insns[insns.index_of(addr)]
+        return PInsn(a, size, mnem, op, bytes(data))
 
     def _following(self, addr: int, count: int = 6) -> list[PInsn]:
         out = []
-        b = self.scanner.insn_block.get(addr)
+        b = self.cfg.block_of(addr)
         cur = addr
         while b is not None and len(out) < count:
             insns = self.cfg.graph.nodes[b]["insns"]
@@ -228,7 +227,7 @@ class BTMode(TrapMode):
                     cur = a + size
             last = insns[-1]
             nxt = last[0] + last[1]
-            b = self.scanner.insn_block.get(nxt) if nxt in self.scanner.insn_block else None
+            b = self.cfg.block_of(nxt)
             if b is not None and b != nxt:
                 break
         return out[:count]
@@ -409,7 +408,7 @@ class BTMode(TrapMode):
         else:
             addr = effective_address(self.uc, op, self.seg_base)
             target = int.from_bytes(self.guest_read(addr, 4), "little")
-        if not self.scanner.insn_block.get(target) and target < vm.config.mem_bytes:
+        if self.cfg.block_of(target) is None and target < vm.config.mem_bytes:
             self.scan_and_patch(target)
         if insn.mnemonic == "call":
             from runtime.emulation import _push

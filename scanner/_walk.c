@@ -19,6 +19,7 @@
  * into the Python methods that define them, so there is one definition of
  * each rule.
  */
+#define _GNU_SOURCE          /* memrchr */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdbool.h>
@@ -47,19 +48,22 @@ typedef void (*cs_free_t)(cs_insn_t *, size_t);
 #define START 1
 #define CONT 2
 #define ZERO_RUN_LIMIT 8
+#define PAGE_CACHE 64
+#define BLOCK_MARK 1        /* scanner/cfg.py NodeMarks */
+#define BAD_MARK 2
 
 /* Interned strings, made once at import. */
 static PyObject *s_kind, *s_site, *s_also, *s_start, *s_end, *s_insns, *s_sensitive,
     *s_block, *s_fallthrough, *s_cond_jump, *s_jump, *s_call, *s_return, *s_unresolved,
-    *s_flags, *s_overlap_inside, *s_overlap_bytes, *s_truncated_4g, *s_undecodable,
+    *s_flags, *s_data, *s_sizes, *s_rows, *s_overlap_inside, *s_overlap_bytes, *s_truncated_4g, *s_undecodable,
     *s_zero_fill, *s_jcc, *s_stop, *s_jmp;
 
 typedef struct {
     /* Python objects (borrowed from the argument tuple). */
-    PyObject *work, *popleft, *append, *extend;
+    PyObject *work, *pop, *append, *extend;
     PyObject *gnode, *gsucc, *gpred;
     PyObject *pages, *record, *is_free, *mark;
-    PyObject *insn_block, *tset, *tnew, *pending, *touched;
+    PyObject *marks, *insns_type, *tset, *tnew, *pending, *touched;
     PyObject *read_mem, *classify, *flow, *target_kinds;
     PyObject *add_bad, *split_block, *branch, *why_not;
     const uint8_t *maybe_op;    /* catalog.MAYBE_SENSITIVE_OPCODE (512) */
@@ -79,6 +83,14 @@ typedef struct {
     const uint8_t *win_ptr;
     Py_ssize_t win_len;
     bool win_valid;
+    /* The block being decoded: its bytes and one size per instruction. */
+    uint8_t *bbuf, *sbuf;
+    size_t bcap, scap;
+    /* Page map and node mark bytearrays found so far this run, by page
+     * (direct-mapped): nothing removes a page's record or replaces its
+     * bytearray during a walk, so a pointer found stays good until it ends. */
+    uint64_t fc_base[PAGE_CACHE], mc_base[PAGE_CACHE];
+    uint8_t *fc_ptr[PAGE_CACHE], *mc_ptr[PAGE_CACHE];
 } Walk;
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -88,6 +100,8 @@ static PyObject *addr_obj(uint64_t a) { return PyLong_FromUnsignedLongLong(a); }
 /* rec.flags (a bytearray of PAGE bytes) of the page record for `base`, or
  * NULL without an exception when there is none.  `*err` is set on error. */
 static uint8_t *page_flags(Walk *w, uint64_t base, bool create, int *err) {
+    unsigned slot = (unsigned)(base >> 12) % PAGE_CACHE;
+    if (w->fc_ptr[slot] && w->fc_base[slot] == base) return w->fc_ptr[slot];
     PyObject *k = addr_obj(base);
     if (!k) { *err = 1; return NULL; }
     PyObject *rec = PyDict_GetItemWithError(w->pages, k);   /* borrowed */
@@ -111,6 +125,8 @@ static uint8_t *page_flags(Walk *w, uint64_t base, bool create, int *err) {
     }
     uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(flags);
     Py_DECREF(flags);   /* the record keeps the bytearray alive for the whole run */
+    w->fc_base[slot] = base;
+    w->fc_ptr[slot] = p;
     return p;
 }
 
@@ -119,12 +135,63 @@ static int page_state(Walk *w, uint64_t a, int *err) {
     return f ? f[a & 0xFFF] : 0;
 }
 
-static int contains(PyObject *dict, uint64_t a) {
-    PyObject *k = addr_obj(a);
-    if (!k) return -1;
-    int r = PyDict_Contains(dict, k);
+/* The NodeMarks bytearray of page `base` (cfg.marks.pages), or NULL without
+ * an exception when there is none and `create` is false. */
+static uint8_t *marks_page(Walk *w, uint64_t base, bool create, int *err) {
+    unsigned slot = (unsigned)(base >> 12) % PAGE_CACHE;
+    if (w->mc_ptr[slot] && w->mc_base[slot] == base) return w->mc_ptr[slot];
+    PyObject *k = addr_obj(base);
+    if (!k) { *err = 1; return NULL; }
+    PyObject *m = PyDict_GetItemWithError(w->marks, k);   /* borrowed */
+    if (!m) {
+        if (PyErr_Occurred() || !create) { Py_DECREF(k); if (PyErr_Occurred()) *err = 1; return NULL; }
+        m = PyByteArray_FromStringAndSize(NULL, PAGE);
+        if (!m) { Py_DECREF(k); *err = 1; return NULL; }
+        memset(PyByteArray_AS_STRING(m), 0, PAGE);
+        int r = PyDict_SetItem(w->marks, k, m);
+        Py_DECREF(m);     /* the marks dict holds it */
+        if (r < 0) { Py_DECREF(k); *err = 1; return NULL; }
+    }
     Py_DECREF(k);
-    return r;
+    if (!PyByteArray_Check(m) || PyByteArray_GET_SIZE(m) != PAGE) {
+        PyErr_SetString(PyExc_TypeError, "node marks must be bytearrays of 4096 bytes");
+        *err = 1;
+        return NULL;
+    }
+    w->mc_base[slot] = base;
+    w->mc_ptr[slot] = (uint8_t *)PyByteArray_AS_STRING(m);
+    return w->mc_ptr[slot];
+}
+
+/* CFG.block_of for an instruction of a block: the nearest BLOCK_MARK at or
+ * below `a`, searched back through scanned bytes.  0: found (*out),
+ * 1: none, -1: error. */
+static int owner_of(Walk *w, uint64_t a, uint64_t *out) {
+    uint64_t base = a & PAGE_MASK;
+    size_t len = (size_t)(a - base) + 1;
+    for (;;) {
+        int err = 0;
+        uint8_t *m = marks_page(w, base, false, &err);
+        if (err) return -1;
+        const uint8_t *hit = m ? memrchr(m, BLOCK_MARK, len) : NULL;
+        if (hit) { *out = base + (uint64_t)(hit - m); return 0; }
+        uint8_t *f = page_flags(w, base, false, &err);
+        if (err) return -1;
+        if (!f || !f[0] || base == 0) return 1;
+        base -= PAGE;
+        len = PAGE;
+    }
+}
+
+/* `a in graph` for an address: the node marks say where block and bad
+ * nodes are (kept by every CFG method, rebuilt by CFG.reindex), a byte
+ * read instead of a probe into a table of 380,000 nodes. */
+static int is_node(Walk *w, uint64_t a) {
+    int err = 0;
+    if (a >= ADDR_LIMIT) return 0;
+    uint8_t *m = marks_page(w, a & PAGE_MASK, false, &err);
+    if (err) return -1;
+    return m && m[a & 0xFFF] != 0;
 }
 
 /* `bytes(read_mem(addr, n)) or b""`, with n clamped below 4 GiB as Decoder.read does. */
@@ -193,6 +260,24 @@ static int decode_at(Walk *w, uint64_t a) {
     return 1;
 }
 
+static int streq(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
+}
+
+/* d[k] = v, keeping d out of the cyclic GC while everything in it is: an
+ * adjacency dict holding edge dicts of ints and strings (CPython untracks a
+ * dict only while its values are atomic, and a dict value counts as a
+ * container).  380,000 blocks' adjacency dicts otherwise cost a ~0.2 s GC
+ * pass after each scan.  Should a container be stored in an edge dict later,
+ * the edge dict is tracked again by CPython; the adjacency dict is not, which
+ * can only keep a cycle through it alive, never free anything early. */
+static int insert_untracked(PyObject *d, PyObject *k, PyObject *v) {
+    int was = PyObject_GC_IsTracked(d);
+    if (PyDict_SetItem(d, k, v) < 0) return -1;
+    if (!was && PyObject_GC_IsTracked(d) && !PyObject_GC_IsTracked(v)) PyObject_GC_UnTrack(d);
+    return 0;
+}
+
 /* CFG.link(src, dst, kind, site, attrs): src/dst/kind/site/attrs borrowed. */
 static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyObject *site,
                      PyObject *attrs) {
@@ -208,7 +293,7 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
         if (!data) return -1;
         if (PyDict_SetItem(data, s_kind, kind) < 0 || PyDict_SetItem(data, s_site, site) < 0 ||
             (attrs && attrs != Py_None && PyDict_Update(data, attrs) < 0) ||
-            PyDict_SetItem(succ, dst, data) < 0) {
+            insert_untracked(succ, dst, data) < 0) {
             Py_DECREF(data);
             return -1;
         }
@@ -218,7 +303,7 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
             if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, dst);
             return -1;
         }
-        int r = PyDict_SetItem(pred, src, data);
+        int r = insert_untracked(pred, src, data);
         Py_DECREF(data);
         if (r < 0) return -1;
     } else {
@@ -235,9 +320,7 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
     int tk = PySet_Contains(w->target_kinds, kind);
     if (tk < 0) return -1;
     if (tk) {
-        int unres = PyObject_RichCompareBool(dst, s_unresolved, Py_EQ);
-        if (unres < 0) return -1;
-        if (!unres) {
+        if (!streq(dst, s_unresolved)) {
             int has = PySet_Contains(w->tset, dst);
             if (has < 0) return -1;
             if (!has && (PySet_Add(w->tset, dst) < 0 || PyList_Append(w->tnew, dst) < 0)) return -1;
@@ -246,14 +329,15 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
     return 0;
 }
 
-/* link(insn_block[site], target, kind, site, attrs) */
+/* link(block_of(site), target, kind, site, attrs) */
 static int link_from_site(Walk *w, PyObject *site, PyObject *target, PyObject *kind, PyObject *attrs) {
-    PyObject *src = PyDict_GetItemWithError(w->insn_block, site);
-    if (!src) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, site);
-        return -1;
-    }
-    Py_INCREF(src);
+    uint64_t sa = PyLong_AsUnsignedLongLong(site), owner;
+    if (sa == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    int o = owner_of(w, sa, &owner);
+    if (o < 0) return -1;
+    if (o) { PyErr_SetObject(PyExc_KeyError, site); return -1; }
+    PyObject *src = addr_obj(owner);
+    if (!src) return -1;
     int r = link_edge(w, src, target, kind, site, attrs);
     Py_DECREF(src);
     return r;
@@ -263,11 +347,17 @@ static int link_from_site(Walk *w, PyObject *site, PyObject *target, PyObject *k
 static int put_block(Walk *w, PyObject *start, uint64_t end, PyObject *insns, PyObject *sens) {
     PyObject *endo = addr_obj(end);
     if (!endo) return -1;
-    PyObject *d = PyDict_GetItemWithError(w->gnode, start);
+    /* Both callers put a block where no node is (the marks say so); the
+     * lookup is only paid when one is. */
+    uint64_t sa0 = PyLong_AsUnsignedLongLong(start);
+    if (sa0 == (uint64_t)-1 && PyErr_Occurred()) { Py_DECREF(endo); return -1; }
+    int known = is_node(w, sa0);
+    if (known < 0) { Py_DECREF(endo); return -1; }
+    PyObject *d = known ? PyDict_GetItemWithError(w->gnode, start) : NULL;
     if (!d && PyErr_Occurred()) { Py_DECREF(endo); return -1; }
     int fresh = d == NULL;
     if (fresh) {
-        d = PyDict_New();
+        d = _PyDict_NewPresized(5);
         if (!d) { Py_DECREF(endo); return -1; }
     } else {
         Py_INCREF(d);
@@ -276,6 +366,17 @@ static int put_block(Walk *w, PyObject *start, uint64_t end, PyObject *insns, Py
              PyDict_SetItem(d, s_end, endo) < 0 || PyDict_SetItem(d, s_insns, insns) < 0 ||
              PyDict_SetItem(d, s_sensitive, sens) < 0) ? -1 : 0;
     Py_DECREF(endo);
+    if (r == 0) {
+        /* str, int, tuple and the untracked Insns only: nothing for the cyclic
+         * GC (a later insertion of a container tracks the dict again). */
+        if (PyObject_GC_IsTracked(d)) PyObject_GC_UnTrack(d);
+        int err = 0;
+        uint64_t sa = PyLong_AsUnsignedLongLong(start);
+        uint8_t *m = (sa == (uint64_t)-1 && PyErr_Occurred()) ? NULL
+                     : marks_page(w, sa & PAGE_MASK, true, &err);
+        if (!m) r = -1;
+        else m[sa & 0xFFF] = BLOCK_MARK;
+    }
     if (r == 0 && fresh) {
         PyObject *a = PyDict_New(), *b = PyDict_New();
         if (!a || !b || PyDict_SetItem(w->gsucc, start, a) < 0 ||
@@ -326,14 +427,10 @@ static PyObject *work_item(PyObject *site, uint64_t target, PyObject *kind) {
     return Py_BuildValue("(OKOO)", site, (unsigned long long)(target & 0xFFFFFFFFull), kind, Py_None);
 }
 
-static int streq(PyObject *a, PyObject *b) {
-    return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
-}
-
 /* Scanner._branch for the common cases; the rest goes to the Python method.
  * Returns a new list of work items. */
 static PyObject *branch(Walk *w, PyObject *f, uint64_t a, PyObject *site, unsigned size,
-                        PyObject *op, const char *ops) {
+                        const char *ops) {
     uint64_t nxt = (a + size) & 0xFFFFFFFFull, t;
     if (streq(f, s_stop)) return PyList_New(0);
     int jcc = streq(f, s_jcc), jmp = streq(f, s_jmp), call = streq(f, s_call);
@@ -353,7 +450,11 @@ static PyObject *branch(Walk *w, PyObject *f, uint64_t a, PyObject *site, unsign
         PyList_SET_ITEM(l, 1, y);
         return l;
     }
-    return PyObject_CallFunction(w->branch, "OKIO", f, (unsigned long long)a, size, op);
+    PyObject *op = PyUnicode_DecodeASCII(ops, (Py_ssize_t)strlen(ops), NULL);
+    if (!op) return NULL;
+    PyObject *r = PyObject_CallFunction(w->branch, "OKIO", f, (unsigned long long)a, size, op);
+    Py_DECREF(op);
+    return r;
 }
 
 /* Scanner._check: 0 = joins (horizon/flags updated), 1 = "fall", 2 = bad (*bad set), -1 error */
@@ -361,7 +462,7 @@ static int check(Walk *w, uint64_t a, unsigned size, uint64_t start, long long n
                  uint64_t *horizon, uint8_t **hflags, PyObject **bad) {
     int err = 0;
     if (a != start) {
-        int in = contains(w->gnode, a);
+        int in = is_node(w, a);
         if (in < 0) return -1;
         if (in) { *horizon = a; return 1; }
         int st = page_state(w, a, &err);
@@ -400,6 +501,15 @@ static int check(Walk *w, uint64_t a, unsigned size, uint64_t start, long long n
     long i = s ? (long)(s - nf) : -1;
     const uint8_t *c = memchr(nf + noff, CONT, (size_t)((i >= 0 ? i : (long)PAGE) - (long)noff));
     if (c) i = (long)(c - nf);
+    /* A bad node has no bytes in the page map but ends a block like scanned
+     * code does (the `a in gnode` test of the Python walk's fast path): the
+     * horizon stops at the next one too. */
+    uint8_t *nm = marks_page(w, nbase, false, &err);
+    if (err) return -1;
+    if (nm) {
+        const uint8_t *b = memchr(nm + noff, BAD_MARK, (size_t)((i >= 0 ? i : (long)PAGE) - (long)noff));
+        if (b) i = (long)(b - nm);
+    }
     *horizon = nbase + (uint64_t)(i >= 0 ? i : (long)PAGE);
     *hflags = nf;
     return 0;
@@ -433,18 +543,55 @@ static PyObject *mnemonic(Walk *w, const cs_insn_t *ins) {
     return m;
 }
 
-/* Scanner._decode_block */
+/* Insns(start, data, sizes) with its slots set directly: the class's
+ * __init__ would cost a Python frame per block. */
+static PyObject *new_insns(Walk *w, PyObject *start, PyObject *data, PyObject *sizes) {
+    PyTypeObject *tp = (PyTypeObject *)w->insns_type;
+    PyObject *o = tp->tp_alloc(tp, 0);
+    if (!o) return NULL;
+    if (PyObject_SetAttr(o, s_start, start) < 0 || PyObject_SetAttr(o, s_data, data) < 0 ||
+        PyObject_SetAttr(o, s_sizes, sizes) < 0 || PyObject_SetAttr(o, s_rows, Py_None) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Room for one more instruction in the block buffers. */
+static int reserve(Walk *w, long long n, size_t used) {
+    if (used + MAX_INSN + 1 > w->bcap) {
+        size_t cap = w->bcap ? w->bcap * 2 : 4096;
+        uint8_t *p = PyMem_Realloc(w->bbuf, cap);
+        if (!p) { PyErr_NoMemory(); return -1; }
+        w->bbuf = p;
+        w->bcap = cap;
+    }
+    if ((size_t)n + 1 > w->scap) {
+        size_t cap = w->scap ? w->scap * 2 : 1024;
+        uint8_t *p = PyMem_Realloc(w->sbuf, cap);
+        if (!p) { PyErr_NoMemory(); return -1; }
+        w->sbuf = p;
+        w->scap = cap;
+    }
+    return 0;
+}
+
+/* Scanner._decode_block.  No Python object per instruction: the block keeps
+ * its bytes and sizes (an Insns, scanner/insns.py); only branches (their
+ * address, for work items) and sensitive candidates (their bytes, for the
+ * catalog) become objects. */
 static int decode_block(Walk *w, uint64_t start) {
     PyObject *starto = addr_obj(start);
-    PyObject *insns = PyList_New(0), *sens = PyList_New(0), *follow = NULL, *bad = NULL;
+    PyObject *sens = PyList_New(0), *follow = NULL, *bad = NULL;
     PyObject *lastsite = NULL;
     int rc = -1, fall = 0;
     long long n = 0;
+    size_t used = 0;
     uint64_t a = start, horizon = start, last = 0;
     unsigned lastsize = 0;
     uint8_t *flags = NULL;
     int zeros = 0;
-    if (!starto || !insns || !sens) goto done;
+    if (!starto || !sens) goto done;
     for (;;) {
         int d = decode_at(w, a);
         if (d < 0) goto done;
@@ -455,72 +602,62 @@ static int decode_block(Walk *w, uint64_t start) {
         }
         cs_insn_t *ins = w->insn;
         unsigned size = ins->size;
-        int in = 0;
-        PyObject *ao = addr_obj(a);
-        if (!ao) goto done;
-        if (!(a + size > horizon || n >= w->cap)) {
-            in = PyDict_Contains(w->gnode, ao);
-            if (in < 0) { Py_DECREF(ao); goto done; }
-        }
-        if (a + size > horizon || n >= w->cap || in) {
+        if (a + size > horizon || n >= w->cap) {
             PyObject *why = NULL;
             int v = check(w, a, size, start, n, &horizon, &flags, &why);
-            if (v < 0) { Py_DECREF(ao); goto done; }
-            if (v == 1) { fall = 1; Py_DECREF(ao); break; }
-            if (v == 2) { bad = why; Py_INCREF(bad); Py_DECREF(ao); break; }
+            if (v < 0) goto done;
+            if (v == 1) { fall = 1; break; }
+            if (v == 2) { bad = why; Py_INCREF(bad); break; }
         } else {
             uint64_t off = a & 0xFFF;
             flags[off] = START;
             if (size > 1) memset(flags + off + 1, CONT, size - 1);
         }
         if (size == 2 && ins->bytes[0] == 0 && ins->bytes[1] == 0) {
-            if (++zeros > ZERO_RUN_LIMIT) { bad = s_zero_fill; Py_INCREF(bad); Py_DECREF(ao); break; }
+            if (++zeros > ZERO_RUN_LIMIT) { bad = s_zero_fill; Py_INCREF(bad); break; }
         } else {
             zeros = 0;
         }
-        PyObject *so = PyLong_FromLong((long)size);
-        PyObject *mn = mnemonic(w, ins);
-        PyObject *op = PyUnicode_DecodeASCII(ins->op_str, (Py_ssize_t)strlen(ins->op_str), NULL);
-        PyObject *data = PyBytes_FromStringAndSize((const char *)ins->bytes, size);
-        PyObject *rec = (ao && so && mn && op && data) ? PyTuple_Pack(5, ao, so, mn, op, data) : NULL;
-        Py_XDECREF(so);
-        /* Only ints, strings and bytes inside: nothing for the cyclic GC to
-         * find, and 1.5 million fewer objects for it to walk after a scan. */
-        if (rec) PyObject_GC_UnTrack(rec);
-        if (!rec || PyList_Append(insns, rec) < 0 || PyDict_SetItem(w->insn_block, ao, starto) < 0) {
-            Py_XDECREF(rec); Py_XDECREF(ao); Py_XDECREF(mn); Py_XDECREF(op); Py_XDECREF(data);
-            goto done;
-        }
+        if (reserve(w, n, used) < 0) goto done;
+        memcpy(w->bbuf + used, ins->bytes, size);
+        used += size;
+        w->sbuf[n] = (uint8_t)size;
         n++;
         last = a;
         lastsize = size;
+        PyObject *ao = NULL;
         if (maybe_sensitive(w, ins->bytes, size)) {
+            PyObject *data = PyBytes_FromStringAndSize((const char *)ins->bytes, size);
+            if (!data) goto done;
             PyObject *e = PyObject_CallOneArg(w->classify, data);
-            if (!e) { Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data); goto done; }
+            Py_DECREF(data);
+            if (!e) goto done;
             if (e != Py_None) {
-                PyObject *s = Py_BuildValue("(OOO)", ao, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1));
+                ao = addr_obj(a);
+                PyObject *s = ao ? Py_BuildValue("(OOO)", ao, PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1)) : NULL;
                 if (s) PyObject_GC_UnTrack(s);
                 if (!s || PyList_Append(sens, s) < 0) {
-                    Py_XDECREF(s); Py_DECREF(e); Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+                    Py_XDECREF(s); Py_DECREF(e); Py_XDECREF(ao);
                     goto done;
                 }
                 Py_DECREF(s);
             }
             Py_DECREF(e);
         }
+        PyObject *mn = mnemonic(w, ins);
+        if (!mn) { Py_XDECREF(ao); goto done; }
         PyObject *f = PyDict_GetItemWithError(w->flow, mn);   /* borrowed */
-        if (!f && PyErr_Occurred()) {
-            Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
-            goto done;
-        }
+        Py_DECREF(mn);
+        if (!f && PyErr_Occurred()) { Py_XDECREF(ao); goto done; }
         if (f) {
-            follow = branch(w, f, a, ao, size, op, ins->op_str);
-            Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+            if (!ao) ao = addr_obj(a);
+            follow = ao ? branch(w, f, a, ao, size, ins->op_str) : NULL;
+            Py_XDECREF(ao);
             if (!follow) goto done;
             a += size;
             break;
         }
-        Py_DECREF(rec); Py_DECREF(ao); Py_DECREF(mn); Py_DECREF(op); Py_DECREF(data);
+        Py_XDECREF(ao);
         a += size;
     }
     w->insns_scanned += n;
@@ -529,10 +666,15 @@ static int decode_block(Walk *w, uint64_t start) {
         goto done;
     }
     {
-        /* Stored as tuples (see scanner/cfg.py): untracked, as everything in
-         * them is, so the block's dict stays untracked too. */
-        PyObject *ti = PyList_AsTuple(insns), *ts = PyList_AsTuple(sens);
-        if (ti) PyObject_GC_UnTrack(ti);
+        PyObject *data = PyBytes_FromStringAndSize((const char *)w->bbuf, (Py_ssize_t)used);
+        PyObject *sizes = PyBytes_FromStringAndSize((const char *)w->sbuf, (Py_ssize_t)n);
+        PyObject *ti = (data && sizes) ? new_insns(w, starto, data, sizes) : NULL;
+        Py_XDECREF(data);
+        Py_XDECREF(sizes);
+        PyObject *ts = ti ? PyList_AsTuple(sens) : NULL;
+        /* Holds only ints and bytes (its rows, once decoded, only tuples of
+         * those): the cyclic GC need not walk 380,000 of them after a scan. */
+        if (ti && PyObject_GC_IsTracked(ti)) PyObject_GC_UnTrack(ti);
         if (ts) PyObject_GC_UnTrack(ts);
         int r = (ti && ts) ? put_block(w, starto, last + lastsize, ti, ts) : -1;
         Py_XDECREF(ti);
@@ -542,7 +684,7 @@ static int decode_block(Walk *w, uint64_t start) {
     lastsite = addr_obj(last);
     if (!lastsite) goto done;
     if (bad) {
-        int in = contains(w->gnode, a);
+        int in = is_node(w, a);
         if (in < 0) goto done;
         if (!in && call_add_bad(w, a, bad) < 0) goto done;
         PyObject *ao = addr_obj(a);
@@ -564,8 +706,130 @@ static int decode_block(Walk *w, uint64_t start) {
     }
     rc = 0;
 done:
-    Py_XDECREF(starto); Py_XDECREF(insns); Py_XDECREF(sens); Py_XDECREF(follow);
+    Py_XDECREF(starto); Py_XDECREF(sens); Py_XDECREF(follow);
     Py_XDECREF(bad); Py_XDECREF(lastsite);
+    return rc;
+}
+
+/* Slice [lo, hi) of a bytes object or a tuple (new reference). */
+static PyObject *slice_of(PyObject *o, Py_ssize_t lo, Py_ssize_t hi) {
+    if (PyTuple_Check(o)) return PyTuple_GetSlice(o, lo, hi);
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(o) + lo, hi - lo);
+}
+
+/* Insns(start, data[lo_b:hi_b], sizes[lo_i:hi_i]) with the decoded rows
+ * sliced alike when there are any (Insns.split). */
+static PyObject *insns_part(Walk *w, PyObject *start, PyObject *data, PyObject *sizes,
+                            PyObject *rows, Py_ssize_t lo_b, Py_ssize_t hi_b,
+                            Py_ssize_t lo_i, Py_ssize_t hi_i) {
+    PyObject *d = slice_of(data, lo_b, hi_b), *z = slice_of(sizes, lo_i, hi_i);
+    PyObject *o = (d && z) ? new_insns(w, start, d, z) : NULL;
+    Py_XDECREF(d);
+    Py_XDECREF(z);
+    if (o && rows && PyTuple_Check(rows) && PyTuple_GET_SIZE(rows)) {
+        PyObject *r = PyTuple_GetSlice(rows, lo_i, hi_i);
+        if (!r || PyObject_SetAttr(o, s_rows, r) < 0) { Py_XDECREF(r); Py_DECREF(o); return NULL; }
+        Py_DECREF(r);
+    }
+    if (o && PyObject_GC_IsTracked(o)) PyObject_GC_UnTrack(o);
+    return o;
+}
+
+/* CFG.split_block(start, at), step for step, on the DiGraph's dicts (32,000
+ * splits on Debian's kernel cost ~15 us each in Python).  Returns 1 when the
+ * block is not one this knows how to cut (its insns not an Insns of bytes):
+ * the caller then calls the Python method. */
+static int split_block(Walk *w, uint64_t start_a, uint64_t at_a, PyObject *at) {
+    PyObject *start = addr_obj(start_a), *ins = NULL, *data = NULL, *sizes = NULL, *rows = NULL;
+    PyObject *head = NULL, *tail = NULL, *hs = NULL, *ts = NULL, *items = NULL, *site = NULL;
+    int rc = -1;
+    if (!start) return -1;
+    PyObject *d = PyDict_GetItemWithError(w->gnode, start);
+    if (!d) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, start); goto done; }
+    ins = PyDict_GetItemWithError(d, s_insns);
+    if (!ins) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "insns"); goto done; }
+    Py_INCREF(ins);
+    if (Py_TYPE(ins) != (PyTypeObject *)w->insns_type) { rc = 1; goto done; }
+    data = PyObject_GetAttr(ins, s_data);
+    sizes = data ? PyObject_GetAttr(ins, s_sizes) : NULL;
+    rows = sizes ? PyObject_GetAttr(ins, s_rows) : NULL;
+    if (!rows) goto done;
+    if (!PyBytes_Check(data) || !PyBytes_Check(sizes)) { rc = 1; goto done; }
+    /* k: the instruction at `at` */
+    const uint8_t *sz = (const uint8_t *)PyBytes_AS_STRING(sizes);
+    Py_ssize_t n = PyBytes_GET_SIZE(sizes), k = 0;
+    uint64_t off = 0, want = at_a - start_a;
+    while (k < n && off < want) off += sz[k++];
+    if (k == 0 || k >= n || off != want) { rc = 1; goto done; }   /* Python raises the error */
+    head = insns_part(w, start, data, sizes, rows, 0, (Py_ssize_t)off, 0, k);
+    tail = head ? insns_part(w, at, data, sizes, rows, (Py_ssize_t)off, PyBytes_GET_SIZE(data), k, n) : NULL;
+    if (!tail) goto done;
+    /* sensitive sites before / from `at` */
+    PyObject *sens = PyDict_GetItemWithError(d, s_sensitive);
+    if (!sens) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "sensitive"); goto done; }
+    PyObject *seq = PySequence_Fast(sens, "sensitive must be a sequence");
+    if (!seq) goto done;
+    PyObject *hl = PyList_New(0), *tl = PyList_New(0);
+    int bad = !hl || !tl;
+    for (Py_ssize_t i = 0; !bad && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *one = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *a0 = PyTuple_Check(one) && PyTuple_GET_SIZE(one) ? PyTuple_GET_ITEM(one, 0) : NULL;
+        uint64_t sa = a0 ? PyLong_AsUnsignedLongLong(a0) : (uint64_t)-1;
+        if (sa == (uint64_t)-1 && (PyErr_Occurred() || !a0)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "sensitive sites are tuples");
+            bad = 1;
+        } else if (PyList_Append(sa >= at_a ? tl : hl, one) < 0) {
+            bad = 1;
+        }
+    }
+    Py_DECREF(seq);
+    hs = bad ? NULL : PyList_AsTuple(hl);
+    ts = hs ? PyList_AsTuple(tl) : NULL;
+    Py_XDECREF(hl);
+    Py_XDECREF(tl);
+    if (!ts) goto done;
+    PyObject *endo = PyDict_GetItemWithError(d, s_end);
+    uint64_t end = endo ? PyLong_AsUnsignedLongLong(endo) : (uint64_t)-1;
+    if (end == (uint64_t)-1 && (PyErr_Occurred() || !endo)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "end");
+        goto done;
+    }
+    if (put_block(w, at, end, tail, ts) < 0) goto done;
+    /* move the outgoing edges to the tail */
+    PyObject *mine = PyDict_GetItemWithError(w->gsucc, start);
+    PyObject *new = mine ? PyDict_GetItemWithError(w->gsucc, at) : NULL;
+    if (!new) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "succ"); goto done; }
+    items = PyDict_Items(mine);
+    if (!items) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        PyObject *dst = PyTuple_GET_ITEM(kv, 0), *edge = PyTuple_GET_ITEM(kv, 1);
+        PyObject *pd = PyDict_GetItemWithError(w->gpred, dst);
+        if (!pd) { if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, dst); goto done; }
+        if (PyDict_DelItem(mine, dst) < 0 || PyDict_DelItem(pd, start) < 0) goto done;
+        PyObject *old = PyDict_GetItemWithError(new, dst);
+        if (!old) {
+            if (PyErr_Occurred()) goto done;
+            old = PyDict_New();
+            if (!old) goto done;
+            int r = insert_untracked(new, dst, old) < 0 || insert_untracked(pd, at, old) < 0;
+            Py_DECREF(old);    /* both adjacency dicts hold it */
+            if (r) goto done;
+        }
+        if (PyDict_Update(old, edge) < 0) goto done;
+    }
+    if (PyDict_SetItem(d, s_insns, head) < 0 || PyDict_SetItem(d, s_end, at) < 0 ||
+        PyDict_SetItem(d, s_sensitive, hs) < 0)
+        goto done;
+    if (PyObject_GC_IsTracked(d)) PyObject_GC_UnTrack(d);
+    uint64_t last = start_a + off - sz[k - 1];
+    site = addr_obj(last);
+    if (!site || link_edge(w, start, at, s_fallthrough, site, NULL) < 0) goto done;
+    rc = 0;
+done:
+    Py_XDECREF(start); Py_XDECREF(ins); Py_XDECREF(data); Py_XDECREF(sizes); Py_XDECREF(rows);
+    Py_XDECREF(head); Py_XDECREF(tail); Py_XDECREF(hs); Py_XDECREF(ts); Py_XDECREF(items);
+    Py_XDECREF(site);
     return rc;
 }
 
@@ -575,7 +839,7 @@ static int run_worklist(Walk *w) {
         Py_ssize_t len = PyObject_Length(w->work);
         if (len < 0) return -1;
         if (len == 0) return 0;
-        PyObject *item = PyObject_CallNoArgs(w->popleft);
+        PyObject *item = PyObject_CallNoArgs(w->pop);
         if (!item) return -1;
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
             Py_DECREF(item);
@@ -591,7 +855,9 @@ static int run_worklist(Walk *w) {
             if (rc < 0) return -1;
             continue;
         }
-        int in = PyDict_Contains(w->gnode, target);
+        uint64_t t = PyLong_AsUnsignedLongLong(target);
+        if (t == (uint64_t)-1 && PyErr_Occurred()) { Py_DECREF(item); return -1; }
+        int in = is_node(w, t);
         if (in < 0) { Py_DECREF(item); return -1; }
         if (!in) {
             if (w->insns_scanned >= w->max_insns) {
@@ -602,43 +868,23 @@ static int run_worklist(Walk *w) {
                 if (rc < 0) return -1;
                 continue;
             }
-            uint64_t t = PyLong_AsUnsignedLongLong(target);
-            if (t == (uint64_t)-1 && PyErr_Occurred()) { Py_DECREF(item); return -1; }
             int err = 0;
             int st = page_state(w, t, &err);
             if (err) { Py_DECREF(item); return -1; }
             if (st == START) {
-                PyObject *owner = PyDict_GetItemWithError(w->insn_block, target);
-                if (!owner) {
-                    if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, target);
-                    Py_DECREF(item);
-                    return -1;
+                uint64_t ow;
+                int o = owner_of(w, t, &ow);
+                if (o < 0) { Py_DECREF(item); return -1; }
+                if (o) { PyErr_SetObject(PyExc_KeyError, target); Py_DECREF(item); return -1; }
+                int sp = split_block(w, ow, t, target);
+                if (sp < 0) { Py_DECREF(item); return -1; }
+                if (sp) {
+                    PyObject *owner = addr_obj(ow);
+                    PyObject *r = owner ? PyObject_CallFunctionObjArgs(w->split_block, owner, target, NULL) : NULL;
+                    Py_XDECREF(owner);
+                    if (!r) { Py_DECREF(item); return -1; }
+                    Py_DECREF(r);
                 }
-                PyObject *r = PyObject_CallFunctionObjArgs(w->split_block, owner, target, NULL);
-                if (!r) { Py_DECREF(item); return -1; }
-                Py_DECREF(r);
-                PyObject *nd = PyDict_GetItemWithError(w->gnode, target);
-                PyObject *ins = nd ? PyDict_GetItemWithError(nd, s_insns) : NULL;
-                if (!ins) {
-                    if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "split block lost");
-                    Py_DECREF(item);
-                    return -1;
-                }
-                PyObject *seq = PySequence_Fast(ins, "block insns must be a sequence");
-                if (!seq) { Py_DECREF(item); return -1; }
-                Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
-                for (Py_ssize_t i = 0; i < m && rc == 0; i++) {
-                    PyObject *one = PySequence_Fast_GET_ITEM(seq, i);
-                    PyObject *addr = PyTuple_Check(one) && PyTuple_GET_SIZE(one) > 0
-                                     ? PyTuple_GET_ITEM(one, 0) : NULL;
-                    if (!addr) {
-                        PyErr_SetString(PyExc_TypeError, "block insns must be tuples");
-                        rc = -1;
-                    } else {
-                        rc = PyDict_SetItem(w->insn_block, addr, target);
-                    }
-                }
-                Py_DECREF(seq);
             } else if (st == CONT) {
                 rc = call_add_bad(w, t, s_overlap_inside);
             } else {
@@ -659,21 +905,25 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     memset(&w, 0, sizeof w);
     unsigned long long handle, fn_iter, fn_malloc, fn_free;
     PyObject *maybe, *prefix;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
                           &w.work, &w.gnode, &w.gsucc, &w.gpred, &w.pages, &w.record,
-                          &w.is_free, &w.mark, &w.insn_block, &w.tset, &w.tnew, &w.pending,
+                          &w.is_free, &w.mark, &w.marks, &w.insns_type, &w.tset, &w.tnew, &w.pending,
                           &w.touched, &w.read_mem, &w.classify, &maybe, &prefix, &w.flow,
                           &w.target_kinds, &w.add_bad, &w.split_block, &w.branch, &w.why_not,
                           &w.max_insns, &w.insns_scanned, &w.cap,
                           &handle, &fn_iter, &fn_malloc, &fn_free))
         return NULL;
+    if (!PyType_Check(w.insns_type)) {
+        PyErr_SetString(PyExc_TypeError, "run: insns_type must be a class");
+        return NULL;
+    }
     if (!PyBytes_Check(maybe) || PyBytes_GET_SIZE(maybe) != 512 ||
         !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != 256) {
         PyErr_SetString(PyExc_TypeError, "opcode table must be 512 bytes, prefix table 256");
         return NULL;
     }
     if (!PyDict_Check(w.gnode) || !PyDict_Check(w.gsucc) || !PyDict_Check(w.gpred) ||
-        !PyDict_Check(w.pages) || !PyDict_Check(w.insn_block) || !PyDict_Check(w.flow) ||
+        !PyDict_Check(w.pages) || !PyDict_Check(w.marks) || !PyDict_Check(w.flow) ||
         !PyList_Check(w.tnew) || !PyList_Check(w.pending) || !PyAnySet_Check(w.tset) ||
         !PyAnySet_Check(w.touched) || !PyAnySet_Check(w.target_kinds)) {
         PyErr_SetString(PyExc_TypeError, "run: wrong container types");
@@ -685,21 +935,23 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     w.disasm_iter = (cs_disasm_iter_t)(uintptr_t)fn_iter;
     cs_malloc_t cmalloc = (cs_malloc_t)(uintptr_t)fn_malloc;
     cs_free_t cfree = (cs_free_t)(uintptr_t)fn_free;
-    w.popleft = PyObject_GetAttrString(w.work, "popleft");
+    w.pop = PyObject_GetAttrString(w.work, "pop");
     w.append = PyObject_GetAttrString(w.work, "append");
     w.extend = PyObject_GetAttrString(w.work, "extend");
     w.windows = PyDict_New();
     PyObject *result = NULL;
-    if (!w.popleft || !w.append || !w.extend || !w.windows) goto out;
+    if (!w.pop || !w.append || !w.extend || !w.windows) goto out;
     w.insn = cmalloc(w.handle);
     if (!w.insn) { PyErr_NoMemory(); goto out; }
     int rc = run_worklist(&w);
     cfree(w.insn, 1);
+    PyMem_Free(w.bbuf);
+    PyMem_Free(w.sbuf);
     if (rc == 0) result = Py_BuildValue("(LLL)", w.insns_scanned, w.decoded, w.reads);
 out:
     for (size_t i = 0; i < sizeof w.mnem_by_id / sizeof w.mnem_by_id[0]; i++)
         Py_XDECREF(w.mnem_by_id[i]);
-    Py_XDECREF(w.popleft); Py_XDECREF(w.append); Py_XDECREF(w.extend); Py_XDECREF(w.windows);
+    Py_XDECREF(w.pop); Py_XDECREF(w.append); Py_XDECREF(w.extend); Py_XDECREF(w.windows);
     return result;
 }
 
@@ -732,6 +984,7 @@ PyMODINIT_FUNC PyInit__walk(void) {
     INTERN(s_fallthrough, "fallthrough"); INTERN(s_cond_jump, "cond-jump");
     INTERN(s_jump, "jump"); INTERN(s_call, "call"); INTERN(s_return, "return");
     INTERN(s_unresolved, "unresolved"); INTERN(s_flags, "flags");
+    INTERN(s_data, "data"); INTERN(s_sizes, "sizes"); INTERN(s_rows, "_rows");
     INTERN(s_overlap_inside, "overlap: inside an instruction already scanned");
     INTERN(s_overlap_bytes, "overlap: bytes of an instruction already scanned");
     INTERN(s_truncated_4g, "truncated: runs past 4 GiB");

@@ -3,11 +3,13 @@
 `CFG.graph` is a plain networkx.DiGraph.  Nodes:
   * basic blocks, keyed by start address (int):
       kind="block", start, end (exclusive),
-      insns=((addr, size, mnemonic, op_str, bytes), ...),
+      insns: an `Insns` (scanner/insns.py), a sequence of rows
+             (addr, size, mnemonic, op_str, bytes) stored as the block's bytes
+             and instruction sizes, decoded on first use,
       sensitive=((addr, catalog row name, class value), ...)
-    (tuples, not lists: immutable, and a block's dict then holds nothing the
-    cyclic GC must walk - 1.5 million instructions of Debian's kernel made a
-    collection after a scan cost ~1 s.)
+    (immutable, and a block's dict then holds nothing the cyclic GC must
+    walk - 1.5 million instructions of Debian's kernel made a collection
+    after a scan cost ~1 s.)
   * bad blocks, keyed by address (int): kind="bad", start=end=addr, reason
     (undecodable / overlap / unmapped / truncated / cap).
   * the single node "unresolved": kind="unresolved"; every branch whose target
@@ -22,8 +24,11 @@ the next instruction, `call $+5`), the first is `kind` and the other is `also`.
 
 Branch targets (entries, and nodes with an incoming jump/cond-jump/call/return/
 indirect edge) are kept in an index so `branch_targets_in` is a bisection, not
-a walk over the graph.  The CFG's own methods keep it current; code that edits
-`graph` directly must call `reindex()` afterwards.
+a walk over the graph.  `marks` records, per page, which addresses hold a
+block node or a bad node, so the block holding an address is a backward
+search on its page (`block_of`), not a per-instruction dictionary.  The CFG's
+own methods keep both current; code that edits `graph` directly must call
+`reindex()` afterwards.
 """
 from __future__ import annotations
 
@@ -32,11 +37,41 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from scanner.pages import PageMap
+from scanner.insns import Insns
+from scanner.pages import PAGE, PAGE_MASK, START, UNSCANNED, PageMap
 
 UNRESOLVED = "unresolved"
 EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")
 TARGET_KINDS = frozenset({"jump", "cond-jump", "call", "return", "indirect"})
+
+
+BLOCK_MARK, BAD_MARK = 1, 2
+
+
+class NodeMarks:
+    """Page base -> bytearray(PAGE): BLOCK_MARK where a block node starts,
+    BAD_MARK where a bad node sits, 0 elsewhere.  The C walk reads and writes
+    these bytearrays directly (scanner/_walk.c)."""
+    __slots__ = ("pages",)
+
+    def __init__(self):
+        self.pages: dict[int, bytearray] = {}
+
+    def set(self, addr: int, mark: int) -> None:
+        base = addr & PAGE_MASK
+        m = self.pages.get(base)
+        if m is None:
+            m = self.pages[base] = bytearray(PAGE)
+        m[addr - base] = mark
+
+    def clear(self, addr: int) -> None:
+        m = self.pages.get(addr & PAGE_MASK)
+        if m is not None:
+            m[addr & (PAGE - 1)] = 0
+
+    def get(self, addr: int) -> int:
+        m = self.pages.get(addr & PAGE_MASK)
+        return m[addr & (PAGE - 1)] if m is not None else 0
 
 
 @dataclass(frozen=True)
@@ -71,15 +106,20 @@ class CFG:
         self._tsorted: list[int] = []    # sorted(_tset) as of the last query...
         self._tnew: list[int] = []       # ...plus these, added since
         self._tstale = False             # a target was removed: rebuild _tsorted
+        self.marks = NodeMarks()         # where block and bad nodes are
 
     # --- construction helpers (used by the scanner and by load/merge) --------
     def add_block(self, start: int, end: int, insns, sensitive) -> None:
-        self.graph.add_node(start, kind="block", start=start, end=end, insns=tuple(insns),
+        if not isinstance(insns, Insns):
+            insns = Insns.from_rows(insns)
+        self.graph.add_node(start, kind="block", start=start, end=end, insns=insns,
                             sensitive=tuple(sensitive))
+        self.marks.set(start, BLOCK_MARK)
 
     def add_bad(self, addr: int, reason: str) -> None:
-        self.graph.add_node(addr, kind="bad", start=addr, end=addr, insns=(), sensitive=(),
-                            reason=reason)
+        self.graph.add_node(addr, kind="bad", start=addr, end=addr, insns=(),
+                            sensitive=(), reason=reason)
+        self.marks.set(addr, BAD_MARK)
 
     def add_edge(self, src, dst, kind: str, **attrs) -> None:
         g = self.graph
@@ -98,7 +138,10 @@ class CFG:
     # `_pred` storage; the edge dict is shared by both sides as networkx does).
     # The caller must call `touched()` once when done.
     def put_block(self, start: int, end: int, insns, sensitive) -> None:
-        insns, sensitive = tuple(insns), tuple(sensitive)
+        if not isinstance(insns, Insns):
+            insns = Insns.from_rows(insns)
+        sensitive = tuple(sensitive)
+        self.marks.set(start, BLOCK_MARK)
         g = self.graph
         if start in g._node:
             g._node[start].update(kind="block", start=start, end=end, insns=insns,
@@ -148,7 +191,11 @@ class CFG:
             self._tnew.append(addr)
 
     def reindex(self) -> None:
-        """Rebuild the branch-target index from the graph and the entries."""
+        """Rebuild the branch-target index and the node marks from the graph and the entries."""
+        self.marks = NodeMarks()
+        for n, d in self.graph.nodes(data=True):
+            if n != UNRESOLVED:
+                self.marks.set(n, BLOCK_MARK if d["kind"] == "block" else BAD_MARK)
         t = set(self.entries)
         for u, v, d in self.graph.edges(data=True):
             if v != UNRESOLVED and (d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS):
@@ -166,6 +213,8 @@ class CFG:
         for n in nodes:
             succs.update(g.successors(n))
             g.remove_node(n)
+            if n != UNRESOLVED:
+                self.marks.clear(n)
             if n not in self.entries and n in self._tset:
                 self._tset.discard(n)
                 self._tstale = True
@@ -232,17 +281,31 @@ class CFG:
         return self.pages.code_pages()
 
     def block_containing(self, addr: int) -> int | None:
-        """Start of the block with an instruction byte at `addr`, or None."""
-        starts = self.blocks()
-        i = bisect.bisect_right(starts, addr) - 1
-        while i >= 0:
-            d = self.graph.nodes[starts[i]]
-            if d["start"] <= addr < d["end"]:
-                return starts[i]
-            if d["end"] <= addr and i < len(starts) - 1:
-                break
-            i -= 1
-        return None
+        """Start of the block with an instruction byte at `addr`, or None.
+
+        Blocks never share a byte, so it is the nearest block start at or
+        below `addr`, searched back through scanned bytes only (a block's
+        bytes are contiguous): a few bytearray searches, whatever the graph's
+        size."""
+        pages, marks = self.pages.pages, self.marks.pages
+        base, off = addr & PAGE_MASK, addr & (PAGE - 1)
+        while True:
+            m = marks.get(base)
+            j = m.rfind(BLOCK_MARK, 0, off + 1) if m is not None else -1
+            if j >= 0:
+                d = self.graph._node[base + j]
+                return base + j if addr < d["end"] else None
+            rec = pages.get(base)
+            if rec is None or rec.flags[0] == UNSCANNED or base == 0:
+                return None
+            base, off = base - PAGE, PAGE - 1
+
+    def block_of(self, addr: int) -> int | None:
+        """Start of the block holding the instruction that starts at `addr`, or None
+        (`addr` is not the first byte of an instruction of a block)."""
+        if self.pages.state(addr) != START:
+            return None
+        return self.block_containing(addr)
 
     def is_scanned(self, addr: int) -> bool:
         """True when `addr` is the first byte of a scanned instruction."""
@@ -273,10 +336,10 @@ class CFG:
         g = self.graph
         node, succ, pred = g._node, g._succ, g._pred
         d = node[start]
-        insns = d["insns"]
-        k = next(i for i, ins in enumerate(insns) if ins[0] == at)
+        k = d["insns"].index_of(at)
+        head, tail = d["insns"].split(k)
         tail_sens = tuple(s for s in d["sensitive"] if s[0] >= at)
-        self.put_block(at, d["end"], insns[k:], tail_sens)
+        self.put_block(at, d["end"], tail, tail_sens)
         mine = succ[start]
         new = succ[at]
         for dst, data in list(mine.items()):
@@ -287,10 +350,10 @@ class CFG:
                 old = new[dst] = {}
                 pred[dst][at] = old
             old.update(data)
-        d["insns"] = insns[:k]
+        d["insns"] = head
         d["end"] = at
         d["sensitive"] = tuple(s for s in d["sensitive"] if s[0] < at)
-        self.add_edge(start, at, "fallthrough", site=insns[k - 1][0])
+        self.link(start, at, "fallthrough", head.addr_at(-1))
         self.touched()
 
     def merge(self, other: "CFG") -> "CFG":
@@ -302,6 +365,7 @@ class CFG:
             mine = g.nodes.get(n) if n in g else None
             if mine is None or (mine["kind"] == "bad" and d["kind"] == "block"):
                 g.add_node(n, **d)
+                self.marks.set(n, BLOCK_MARK if d["kind"] == "block" else BAD_MARK)
         for u, v, d in other.graph.edges(data=True):
             if not g.has_edge(u, v):
                 g.add_edge(u, v, **d)
@@ -321,9 +385,9 @@ class CFG:
             changed = False
             starts = set(self.blocks())
             for b in sorted(starts):
-                for ins in self.graph.nodes[b]["insns"][1:]:
-                    if ins[0] in starts:
-                        self.split_block(b, ins[0])
+                for a in self.graph.nodes[b]["insns"].addrs()[1:]:
+                    if a in starts:
+                        self.split_block(b, a)
                         changed = True
                         break
 

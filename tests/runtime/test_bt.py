@@ -116,4 +116,4 @@ def test_interrupt_handler_on_an_already_scanned_page_is_scanned_before_it_runs(
     img = raw_guest(src, [(0x10000, bytes(0x30 * 8) + gate)])
     vm, res = same_as_emulate(img)
     assert res.regs["esi"] & 0x200 == 0          # the handler saw the virtual IF
-    assert handler in vm.mode.scanner.insn_block
+    assert vm.mode.cfg.block_of(handler) is not None      # scanned before it ran

@@ -3,7 +3,7 @@
 The Python walk is the readable definition of the rules; the C walk is the
 one that runs by default.  Every comparison below is of everything a user
 can see: nodes with all attributes, edges with all attributes, page maps,
-branch-target index, pending targets and the instruction -> block index.
+branch-target index, pending targets, node marks and the instruction -> block answers.
 """
 import random
 import struct
@@ -37,9 +37,21 @@ def snapshot(sc: Scanner) -> dict:
         "targets": cfg.branch_targets_in(0, 1 << 33),
         "pending": list(cfg.pending),
         "entries": dict(cfg.entries),
-        "insn_block": dict(sc.insn_block),
+        "marks": {b: bytes(m) for b, m in cfg.marks.pages.items() if any(m)},
+        "block_of": block_of_every_instruction(cfg),
         "scanned": sc.insns_scanned,
     }
+
+
+def block_of_every_instruction(cfg) -> dict:
+    """Instruction address -> block start, for every scanned instruction start."""
+    out = {}
+    for base, rec in cfg.pages.pages.items():
+        i = rec.flags.find(1)
+        while i >= 0:
+            out[base + i] = cfg.block_of(base + i)
+            i = rec.flags.find(1, i + 1)
+    return out
 
 
 def both(read, scans, **kw) -> tuple[dict, dict]:

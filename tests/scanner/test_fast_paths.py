@@ -150,5 +150,6 @@ def test_invalidating_a_page_drops_a_block_that_straddles_into_it():
     sc.scan([BASE + PAGE - 4])
     assert sc.cfg.blocks() == [BASE + PAGE - 4]
     assert sc.invalidate_page(BASE + PAGE) == [BASE + PAGE - 4]
-    assert sc.cfg.blocks() == [] and not sc.insn_block
+    assert sc.cfg.blocks() == [] and sc.cfg.block_of(BASE + PAGE - 4) is None
+    assert not any(any(m) for m in sc.cfg.marks.pages.values())
     assert sc.cfg.pages.state(BASE + PAGE - 4) == 0
