@@ -60,7 +60,11 @@ static PyObject *s_kind, *s_site, *s_also, *s_start, *s_end, *s_insns, *s_sensit
 
 typedef struct {
     /* Python objects (borrowed from the argument tuple). */
-    PyObject *work, *pop, *append, *extend;
+    PyObject *work, *extend;
+    /* The worklist, moved out of the deque for the walk (same order, last
+     * in first out) and back into it if the walk stops early. */
+    PyObject **stk;
+    size_t nstk, capstk;
     PyObject *gnode, *gsucc, *gpred;
     PyObject *pages, *record, *is_free, *mark;
     PyObject *marks, *insns_type, *tset, *tnew, *pending, *touched;
@@ -79,6 +83,9 @@ typedef struct {
     long long decoded, reads;
     /* Page windows read this run: base -> bytes (read_mem(base, PAGE + 15)). */
     PyObject *windows;
+    /* Node and edge attribute dicts are copies of these (a copy of a small
+     * dict clones its key table in one go; filling a new dict builds it). */
+    PyObject *node_tmpl, *edge_tmpl;
     uint64_t win_base;
     const uint8_t *win_ptr;
     Py_ssize_t win_len;
@@ -91,6 +98,13 @@ typedef struct {
      * bytearray during a walk, so a pointer found stays good until it ends. */
     uint64_t fc_base[PAGE_CACHE], mc_base[PAGE_CACHE];
     uint8_t *fc_ptr[PAGE_CACHE], *mc_ptr[PAGE_CACHE];
+    uint64_t wc_base[PAGE_CACHE];       /* page windows, likewise */
+    const uint8_t *wc_ptr[PAGE_CACHE];
+    Py_ssize_t wc_len[PAGE_CACHE];
+    /* The start of the block decoded last, as the object that keys it in
+     * the graph: most links leave from it. */
+    uint64_t last_start;
+    PyObject *last_start_obj;
 } Walk;
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -216,6 +230,12 @@ static PyObject *read_bytes(Walk *w, uint64_t addr, uint64_t n) {
 static int decode_at(Walk *w, uint64_t a) {
     if (a >= ADDR_LIMIT) return 0;
     uint64_t base = a & PAGE_MASK;
+    unsigned slot = (unsigned)(base >> 12) % PAGE_CACHE;
+    if ((!w->win_valid || w->win_base != base) && w->wc_ptr[slot] && w->wc_base[slot] == base) {
+        w->win_base = base;
+        w->win_ptr = w->wc_ptr[slot];
+        w->win_len = w->wc_len[slot];
+    }
     if (!w->win_valid || w->win_base != base) {
         PyObject *k = addr_obj(base);
         if (!k) return -1;
@@ -232,6 +252,9 @@ static int decode_at(Walk *w, uint64_t a) {
         w->win_ptr = (const uint8_t *)PyBytes_AS_STRING(win);
         w->win_len = PyBytes_GET_SIZE(win);
         w->win_valid = true;
+        w->wc_base[slot] = base;
+        w->wc_ptr[slot] = w->win_ptr;
+        w->wc_len[slot] = w->win_len;
     }
     uint64_t off = a - base;
     const uint8_t *p;
@@ -289,7 +312,7 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
     PyObject *data = PyDict_GetItemWithError(succ, dst);
     if (!data) {
         if (PyErr_Occurred()) return -1;
-        data = PyDict_New();
+        data = PyDict_Copy(w->edge_tmpl);
         if (!data) return -1;
         if (PyDict_SetItem(data, s_kind, kind) < 0 || PyDict_SetItem(data, s_site, site) < 0 ||
             (attrs && attrs != Py_None && PyDict_Update(data, attrs) < 0) ||
@@ -336,8 +359,14 @@ static int link_from_site(Walk *w, PyObject *site, PyObject *target, PyObject *k
     int o = owner_of(w, sa, &owner);
     if (o < 0) return -1;
     if (o) { PyErr_SetObject(PyExc_KeyError, site); return -1; }
-    PyObject *src = addr_obj(owner);
-    if (!src) return -1;
+    PyObject *src;
+    if (w->last_start_obj && w->last_start == owner) {
+        src = w->last_start_obj;
+        Py_INCREF(src);
+    } else {
+        src = addr_obj(owner);
+        if (!src) return -1;
+    }
     int r = link_edge(w, src, target, kind, site, attrs);
     Py_DECREF(src);
     return r;
@@ -357,7 +386,7 @@ static int put_block(Walk *w, PyObject *start, uint64_t end, PyObject *insns, Py
     if (!d && PyErr_Occurred()) { Py_DECREF(endo); return -1; }
     int fresh = d == NULL;
     if (fresh) {
-        d = _PyDict_NewPresized(5);
+        d = PyDict_Copy(w->node_tmpl);
         if (!d) { Py_DECREF(endo); return -1; }
     } else {
         Py_INCREF(d);
@@ -557,6 +586,31 @@ static PyObject *new_insns(Walk *w, PyObject *start, PyObject *data, PyObject *s
     return o;
 }
 
+/* Push a work item (the reference is stolen). */
+static int push_item(Walk *w, PyObject *item) {
+    if (w->nstk == w->capstk) {
+        size_t cap = w->capstk ? w->capstk * 2 : 1024;
+        PyObject **p = PyMem_Realloc(w->stk, cap * sizeof *p);
+        if (!p) { Py_DECREF(item); PyErr_NoMemory(); return -1; }
+        w->stk = p;
+        w->capstk = cap;
+    }
+    w->stk[w->nstk++] = item;
+    return 0;
+}
+
+static int push_all(Walk *w, PyObject *items) {
+    PyObject *seq = PySequence_Fast(items, "work items must come in a sequence");
+    if (!seq) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(it);
+        if (push_item(w, it) < 0) { Py_DECREF(seq); return -1; }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 /* Room for one more instruction in the block buffers. */
 static int reserve(Walk *w, long long n, size_t used) {
     if (used + MAX_INSN + 1 > w->bcap) {
@@ -580,8 +634,8 @@ static int reserve(Walk *w, long long n, size_t used) {
  * its bytes and sizes (an Insns, scanner/insns.py); only branches (their
  * address, for work items) and sensitive candidates (their bytes, for the
  * catalog) become objects. */
-static int decode_block(Walk *w, uint64_t start) {
-    PyObject *starto = addr_obj(start);
+static int decode_block(Walk *w, uint64_t start, PyObject *starto) {
+    Py_INCREF(starto);
     PyObject *sens = PyList_New(0), *follow = NULL, *bad = NULL;
     PyObject *lastsite = NULL;
     int rc = -1, fall = 0;
@@ -652,7 +706,8 @@ static int decode_block(Walk *w, uint64_t start) {
         if (f) {
             if (!ao) ao = addr_obj(a);
             follow = ao ? branch(w, f, a, ao, size, ins->op_str) : NULL;
-            Py_XDECREF(ao);
+            lastsite = ao;      /* the block's last instruction: keep it */
+            ao = NULL;
             if (!follow) goto done;
             a += size;
             break;
@@ -680,8 +735,11 @@ static int decode_block(Walk *w, uint64_t start) {
         Py_XDECREF(ti);
         Py_XDECREF(ts);
         if (r < 0) goto done;
+        Py_INCREF(starto);
+        Py_XSETREF(w->last_start_obj, starto);
+        w->last_start = start;
     }
-    lastsite = addr_obj(last);
+    if (!lastsite) lastsite = addr_obj(last);
     if (!lastsite) goto done;
     if (bad) {
         int in = is_node(w, a);
@@ -694,15 +752,9 @@ static int decode_block(Walk *w, uint64_t start) {
         if (r < 0) goto done;
     } else if (fall) {
         PyObject *item = work_item(lastsite, a, s_fallthrough);
-        if (!item) goto done;
-        PyObject *r = PyObject_CallOneArg(w->append, item);
-        Py_DECREF(item);
-        if (!r) goto done;
-        Py_DECREF(r);
-    } else if (follow && PyObject_IsTrue(follow)) {
-        PyObject *r = PyObject_CallOneArg(w->extend, follow);
-        if (!r) goto done;
-        Py_DECREF(r);
+        if (!item || push_item(w, item) < 0) goto done;
+    } else if (follow && push_all(w, follow) < 0) {
+        goto done;
     }
     rc = 0;
 done:
@@ -836,11 +888,8 @@ done:
 /* The worklist loop of Scanner._run_worklist. */
 static int run_worklist(Walk *w) {
     for (;;) {
-        Py_ssize_t len = PyObject_Length(w->work);
-        if (len < 0) return -1;
-        if (len == 0) return 0;
-        PyObject *item = PyObject_CallNoArgs(w->pop);
-        if (!item) return -1;
+        if (w->nstk == 0) return 0;
+        PyObject *item = w->stk[--w->nstk];
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
             Py_DECREF(item);
             PyErr_SetString(PyExc_TypeError, "work items are (site, target, kind, attrs)");
@@ -888,7 +937,7 @@ static int run_worklist(Walk *w) {
             } else if (st == CONT) {
                 rc = call_add_bad(w, t, s_overlap_inside);
             } else {
-                rc = decode_block(w, t);
+                rc = decode_block(w, t, target);
             }
             if (rc < 0) { Py_DECREF(item); return -1; }
         }
@@ -935,12 +984,21 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     w.disasm_iter = (cs_disasm_iter_t)(uintptr_t)fn_iter;
     cs_malloc_t cmalloc = (cs_malloc_t)(uintptr_t)fn_malloc;
     cs_free_t cfree = (cs_free_t)(uintptr_t)fn_free;
-    w.pop = PyObject_GetAttrString(w.work, "pop");
-    w.append = PyObject_GetAttrString(w.work, "append");
     w.extend = PyObject_GetAttrString(w.work, "extend");
     w.windows = PyDict_New();
+    w.node_tmpl = Py_BuildValue("{OOOOOOOOOO}", s_kind, s_block, s_start, Py_None, s_end, Py_None,
+                                s_insns, Py_None, s_sensitive, Py_None);
+    w.edge_tmpl = Py_BuildValue("{OOOO}", s_kind, Py_None, s_site, Py_None);
     PyObject *result = NULL;
-    if (!w.pop || !w.append || !w.extend || !w.windows) goto out;
+    if (!w.extend || !w.windows || !w.node_tmpl || !w.edge_tmpl) goto out;
+    {
+        PyObject *items = PySequence_List(w.work);
+        PyObject *r = items ? PyObject_CallMethod(w.work, "clear", NULL) : NULL;
+        int bad = !r || push_all(&w, items) < 0;
+        Py_XDECREF(r);
+        Py_XDECREF(items);
+        if (bad) goto out;
+    }
     w.insn = cmalloc(w.handle);
     if (!w.insn) { PyErr_NoMemory(); goto out; }
     int rc = run_worklist(&w);
@@ -949,9 +1007,25 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     PyMem_Free(w.sbuf);
     if (rc == 0) result = Py_BuildValue("(LLL)", w.insns_scanned, w.decoded, w.reads);
 out:
+    if (w.nstk) {
+        /* Stopped early (an error): what is left goes back to the deque. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *left = PyList_New(0);
+        for (size_t i = 0; left && i < w.nstk; i++)
+            if (PyList_Append(left, w.stk[i]) < 0) Py_CLEAR(left);
+        PyObject *r = left && w.extend ? PyObject_CallOneArg(w.extend, left) : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(left);
+        PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    for (size_t i = 0; i < w.nstk; i++) Py_DECREF(w.stk[i]);
+    PyMem_Free(w.stk);
     for (size_t i = 0; i < sizeof w.mnem_by_id / sizeof w.mnem_by_id[0]; i++)
         Py_XDECREF(w.mnem_by_id[i]);
-    Py_XDECREF(w.pop); Py_XDECREF(w.append); Py_XDECREF(w.extend); Py_XDECREF(w.windows);
+    Py_XDECREF(w.extend); Py_XDECREF(w.windows);
+    Py_XDECREF(w.node_tmpl); Py_XDECREF(w.edge_tmpl); Py_XDECREF(w.last_start_obj);
     return result;
 }
 
