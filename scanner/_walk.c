@@ -6,9 +6,11 @@
  *
  * Why C: the Python walk spends ~1.2 us per instruction in the interpreter on
  * top of capstone's own Python binding (~1-2 us per instruction for
- * disasm_lite's tuples).  Here capstone's cs_disasm_iter is called directly
- * and the per-instruction bookkeeping (page map, block index, instruction
- * tuples) is a handful of C-API calls.
+ * disasm_lite's tuples).  Here capstone's cs_disasm_iter is called directly,
+ * an instruction costs no Python object at all (its bytes and size go into
+ * the block's Insns; only branches and sensitive candidates make objects),
+ * and a block costs the networkx dicts it must have.  What remains is mostly
+ * capstone and those dicts (docs/benchmarks.md has the profile).
  *
  * No capstone header is needed at build time: the functions come in as
  * addresses from the capstone Python package already loaded (ctypes), and

@@ -142,3 +142,25 @@ def test_same_cfg_on_random_programs(seed):
     mem = Mem(code, size=len(code) + 16)
     assert_same(mem.read, [("scan", ([BASE],)),
                            ("scan_from", (BASE + rnd.randrange(len(code)),))])
+
+
+@pytest.mark.slow
+def test_same_cfg_on_debians_kernel():
+    # The walk's real workload: Debian's i386 kernel from its entry point and
+    # its exported functions (benchmarks/scan_rate.py's setup), 1.5 million
+    # instructions, 16,000+ splits, blocks across pages.  Both engines, every
+    # node, edge, page and mark.
+    import importlib.util
+    from pathlib import Path
+
+    from bt.images.fetch import ensure_linux_images
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "scan_rate.py"
+    spec = importlib.util.spec_from_file_location("scan_rate", script)
+    sr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sr)
+    data = ensure_linux_images()["kernel"].read_bytes()
+    mem, entry, funcs = sr.load_vmlinux(sr.vmlinux_from_bzimage(data))
+    py, c = both(mem.read, [("scan", ([entry], "entry")), ("scan", (funcs, "ksymtab"))])
+    assert c["scanned"] > 1_000_000
+    for part in py:
+        assert c[part] == py[part], part
