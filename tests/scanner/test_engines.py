@@ -164,3 +164,21 @@ def test_same_cfg_on_debians_kernel():
     assert c["scanned"] > 1_000_000
     for part in py:
         assert c[part] == py[part], part
+
+
+def test_same_cfg_when_a_block_runs_into_an_old_bad_node():
+    # A bad node where memory could not be read when it was first scanned; the
+    # memory is there later, and a block decoded from below reaches that
+    # address: both engines end the block at the bad node (the Python walk
+    # asks the graph, the C walk's horizon stops at the node marks).
+    out = []
+    for engine in ("python", "c"):
+        mem = Mem(b"\x90" * 16)
+        sc = Scanner(mem.read, engine=engine)
+        sc.scan([BASE + 16])                      # unreadable: a bad node
+        mem.buf += b"\x90" * 8 + b"\xc3"          # the code appears
+        sc.scan_from(BASE + 8)
+        assert sc.cfg.graph.nodes[BASE + 8]["end"] == BASE + 16
+        assert sc.cfg.graph.nodes[BASE + 16]["kind"] == "bad"
+        out.append(snapshot(sc))
+    assert out[0] == out[1]
