@@ -130,7 +130,6 @@ class BTMode(TrapMode):
 
     def scan_and_patch(self, addr: int) -> None:
         before = set(self.cfg.pages.code_pages())
-        known_sites = {s.addr for s in self.cfg.sensitive_sites()}
         known_unresolved = set(self.cfg.unresolved_sites())
         self.scanner.scan_from(addr)
         self.stats["scans"] += 1
@@ -142,8 +141,11 @@ class BTMode(TrapMode):
             self.scanned_pages_ever.add(page)
         # In address order, so a patch starting at `cli` absorbs the `pushfd`
         # after it instead of colliding with it.
-        for site in sorted(self.cfg.sensitive_sites(), key=lambda s: s.addr):
-            if site.addr in known_sites or self.patcher.covering(site.addr):
+        # The sites this scan decoded are the new ones (each byte is decoded
+        # once): no walk over the whole CFG per lazy scan.
+        for addr, _name, _klass in sorted(self.scanner.new_sites):
+            site = self.cfg.site_at(addr)
+            if site is None or self.patcher.covering(site.addr):
                 continue
             if site.name in PATCH_AT_SCAN:
                 self._patch_site(site.addr)

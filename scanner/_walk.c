@@ -69,7 +69,7 @@ typedef struct {
     size_t nstk, capstk;
     PyObject *gnode, *gsucc, *gpred;
     PyObject *pages, *record, *is_free, *mark;
-    PyObject *marks, *insns_type, *tset, *tnew, *pending, *touched;
+    PyObject *marks, *insns_type, *new_sites, *tset, *tnew, *pending, *touched;
     PyObject *read_mem, *classify, *flow, *target_kinds;
     PyObject *add_bad, *split_block, *branch, *why_not;
     const uint8_t *maybe_op;    /* catalog.MAYBE_SENSITIVE_OPCODE (512) */
@@ -736,7 +736,8 @@ static int decode_block(Walk *w, uint64_t start, PyObject *starto) {
         int r = (ti && ts) ? put_block(w, starto, last + lastsize, ti, ts) : -1;
         Py_XDECREF(ti);
         Py_XDECREF(ts);
-        if (r < 0) goto done;
+        if (r < 0 || (PyList_GET_SIZE(sens) && PyList_SetSlice(w->new_sites, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, sens) < 0))
+            goto done;
         Py_INCREF(starto);
         Py_XSETREF(w->last_start_obj, starto);
         w->last_start = start;
@@ -956,9 +957,9 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     memset(&w, 0, sizeof w);
     unsigned long long handle, fn_iter, fn_malloc, fn_free;
     PyObject *maybe, *prefix;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
                           &w.work, &w.gnode, &w.gsucc, &w.gpred, &w.pages, &w.record,
-                          &w.is_free, &w.mark, &w.marks, &w.insns_type, &w.tset, &w.tnew, &w.pending,
+                          &w.is_free, &w.mark, &w.marks, &w.insns_type, &w.new_sites, &w.tset, &w.tnew, &w.pending,
                           &w.touched, &w.read_mem, &w.classify, &maybe, &prefix, &w.flow,
                           &w.target_kinds, &w.add_bad, &w.split_block, &w.branch, &w.why_not,
                           &w.max_insns, &w.insns_scanned, &w.cap,
@@ -974,7 +975,7 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (!PyDict_Check(w.gnode) || !PyDict_Check(w.gsucc) || !PyDict_Check(w.gpred) ||
-        !PyDict_Check(w.pages) || !PyDict_Check(w.marks) || !PyDict_Check(w.flow) ||
+        !PyDict_Check(w.pages) || !PyDict_Check(w.marks) || !PyList_Check(w.new_sites) || !PyDict_Check(w.flow) ||
         !PyList_Check(w.tnew) || !PyList_Check(w.pending) || !PyAnySet_Check(w.tset) ||
         !PyAnySet_Check(w.touched) || !PyAnySet_Check(w.target_kinds)) {
         PyErr_SetString(PyExc_TypeError, "run: wrong container types");

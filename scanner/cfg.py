@@ -246,6 +246,19 @@ class CFG:
     def instruction_count(self) -> int:
         return sum(len(d["insns"]) for _, d in self.graph.nodes(data=True) if d["kind"] == "block")
 
+    def site_at(self, addr: int) -> Site | None:
+        """The sensitive site at `addr`, or None (without a walk over the graph)."""
+        b = self.block_of(addr)
+        if b is None:
+            return None
+        d = self.graph._node[b]
+        for a, name, klass in d["sensitive"]:
+            if a == addr:
+                ins = d["insns"]
+                _a, size, mnem, op, data = ins[ins.index_of(addr)]
+                return Site(addr, size, name, klass, b, mnem, op, data)
+        return None
+
     def sensitive_sites(self) -> list[Site]:
         out = []
         for b in self.blocks():

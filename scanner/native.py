@@ -74,7 +74,7 @@ class NativeWalk:
         pm = cfg.pages
         insns, decoded, reads = _walk.run(
             sc._work, g._node, g._succ, g._pred, pm.pages, pm.record, pm.is_free, pm.mark,
-            cfg.marks.pages, Insns, cfg._tset, cfg._tnew, cfg.pending, touched, sc.read_mem,
+            cfg.marks.pages, Insns, sc.new_sites, cfg._tset, cfg._tnew, cfg.pending, touched, sc.read_mem,
             _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, TARGET_KINDS,
             cfg.add_bad, cfg.split_block, sc._branch, sc.dec.why_not,
             sc.max_insns, sc.insns_scanned, sc.max_block_insns, *self._capstone)

@@ -78,6 +78,9 @@ class Scanner:
         self.max_block_insns = max_block_insns
         self.insns_scanned = 0
         self.scan_seconds = 0.0
+        # (addr, catalog name, class) of the sensitive instructions the last
+        # scan call decoded: new code, since each byte is decoded once.
+        self.new_sites: list[tuple] = []
         self._work: deque = deque()
         self.engine, self.native = _engine(engine)
 
@@ -171,6 +174,7 @@ class Scanner:
         link = cfg.link
         owner = cfg.block_of
         touched: set[int] = set()
+        self.new_sites = []
         work = self._work
         if self.native is not None:
             self.native.run(self, touched)   # the loop below, in C (scanner/_walk.c)
@@ -278,6 +282,7 @@ class Scanner:
             cfg.add_bad(start, bad or "undecodable")
             return
         last = insns[-1][0]
+        self.new_sites.extend(sens)
         cfg.put_block(start, last + insns[-1][1],
                       Insns(start, b"".join(r[4] for r in insns), bytes(r[1] for r in insns),
                             tuple(insns)), sens)

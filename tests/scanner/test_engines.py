@@ -40,6 +40,7 @@ def snapshot(sc: Scanner) -> dict:
         "marks": {b: bytes(m) for b, m in cfg.marks.pages.items() if any(m)},
         "block_of": block_of_every_instruction(cfg),
         "scanned": sc.insns_scanned,
+        "new_sites": list(sc.new_sites),
     }
 
 

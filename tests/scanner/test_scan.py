@@ -177,3 +177,22 @@ def test_instruction_cap_leaves_pending_targets():
     cfg = sc.scan([BASE])
     assert cfg.instruction_count() == 1
     assert cfg.pending                      # what was not scanned is said so
+
+
+def test_new_sites_are_what_the_last_scan_decoded_and_site_at_finds_them():
+    # The runtime patches what a lazy scan found without walking the CFG:
+    # new_sites is exactly the sensitive instructions the last scan call decoded.
+    from scanhelp import asm as _asm
+    code = _asm("cli\n nop\n jmp l2\n l1: sti\n ret\n l2: pushfd\n jmp l1")
+    mem = Mem(code, size=0x100)
+    sc = Scanner(mem.read)
+    sc.scan([BASE])
+    assert [(a - BASE, name) for a, name, _k in sorted(sc.new_sites)] == [
+        (0, "cli"), (4, "sti"), (6, "pushfd")]
+    assert sorted(sc.new_sites) == sorted((s.addr, s.name, s.klass) for s in sc.cfg.sensitive_sites())
+    for a, name, klass in sc.new_sites:
+        s = sc.cfg.site_at(a)
+        assert (s.addr, s.name, s.klass) == (a, name, klass) and s.data == mem.read(a, s.size)
+    assert sc.cfg.site_at(BASE + 1) is None              # nop: scanned, not sensitive
+    sc.scan_from(BASE + 1)                               # a split: nothing new decoded
+    assert sc.new_sites == []
