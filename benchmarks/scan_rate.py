@@ -9,20 +9,18 @@ root: `dpkg --add-architecture i386 && apt-get update`).
 
 The bzImage holds an xz-compressed vmlinux ELF after the setup sectors; we
 decompress it and map its PT_LOAD segments at their virtual addresses.
-Debian ships the vmlinux stripped (no .symtab, System.map is a stub), so the
-entries are: the ELF entry point (startup_32, at its physical address; we
-translate it to the virtual one) plus every function exported through
-__ksymtab/__ksymtab_gpl (6.1 uses PC-relative entries: value, name, namespace
-offsets, 12 bytes each) whose address falls in .text/.init.text.
+The kernel is seen at its link addresses with its exported functions as
+entries (bt/images/kernel_view.py, the same view `bt-scan --kernel-exports`
+scans): the ELF entry point (startup_32, linked at its physical address,
+moved to the virtual one) plus every function exported through
+__ksymtab/__ksymtab_gpl whose address falls in .text/.init.text.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import glob
-import lzma
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -30,8 +28,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from elftools.elf.elffile import ELFFile  # noqa: E402
-
+from bt.images.kernel_view import kernel_view  # noqa: E402
 from scanner.memory import SegmentMemory  # noqa: E402
 from scanner.scan import Scanner  # noqa: E402
 
@@ -54,45 +51,10 @@ def vmlinuz_from_deb(deb: str, tmp: str) -> str:
     return glob.glob(os.path.join(tmp, "x", "boot", "vmlinuz-*"))[0]
 
 
-def vmlinux_from_bzimage(data: bytes) -> bytes:
-    setup_sects = data[0x1F1] or 4
-    start = (setup_sects + 1) * 512
-    i = data.find(b"\xfd7zXZ\x00", start)
-    if i < 0:
-        raise SystemExit("no xz stream after the setup sectors")
-    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[i:])
-
-
-def load_vmlinux(elf_bytes: bytes):
-    import io
-    elf = ELFFile(io.BytesIO(elf_bytes))
-    segs, delta = [], None
-    for s in elf.iter_segments():
-        if s["p_type"] == "PT_LOAD":
-            segs.append((s["p_vaddr"], s.data(), s["p_memsz"]))
-            if delta is None:
-                delta = s["p_vaddr"] - s["p_paddr"]
-    mem = SegmentMemory(segs)
-    entry = elf.header.e_entry
-    if mem.read(entry, 1) is None and delta:
-        entry += delta          # startup_32 is linked at its physical address
-    text = []
-    for name in (".text", ".init.text"):
-        sec = elf.get_section_by_name(name)
-        if sec is not None:
-            text.append((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]))
-    funcs = []
-    for name in ("__ksymtab", "__ksymtab_gpl"):
-        sec = elf.get_section_by_name(name)
-        if sec is None:
-            continue
-        raw, base = sec.data(), sec["sh_addr"]
-        for k in range(0, len(raw) - 11, 12):
-            (off,) = struct.unpack_from("<i", raw, k)
-            addr = (base + k + off) & 0xFFFFFFFF
-            if any(lo <= addr < hi for lo, hi in text):
-                funcs.append(addr)
-    return mem, entry, sorted(set(funcs))
+def load_kernel(path: str, data: bytes):
+    """(memory, entry, exported functions) of the kernel at its link addresses."""
+    view = kernel_view(path, data)
+    return SegmentMemory(view.segments), view.entry, view.exports
 
 
 def main(argv=None) -> int:
@@ -109,7 +71,7 @@ def main(argv=None) -> int:
             path = vmlinuz_from_deb(a.deb or fetch_deb(tmp), tmp)
         data = open(path, "rb").read()
     t = time.perf_counter()
-    mem, entry, funcs = load_vmlinux(vmlinux_from_bzimage(data))
+    mem, entry, funcs = load_kernel(path, data)
     print(f"kernel: {os.path.basename(path)}  loaded in {time.perf_counter() - t:.1f}s")
     print(f"entries: ELF entry {entry:#x} + {len(funcs)} exported functions (__ksymtab*)")
     # Reference: capstone's own disasm_lite linear sweep of .text on this machine

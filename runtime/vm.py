@@ -403,6 +403,8 @@ class VM:
                 self._run_slice(n)
         except VMMError as e:
             self.stop = ("vmm-error", STATUS_VMM_ERROR, str(e))
+        except BrokenPipeError:
+            raise               # the guest's output has no reader left: the caller's to handle
         except Exception as e:  # an internal bug still ends with a report, never a traceback
             self.stop = ("vmm-error", STATUS_VMM_ERROR, f"{type(e).__name__}: {e}")
         if self.out is not None:
@@ -470,7 +472,9 @@ class VM:
         self.vtime += done
         if self._hook_error is not None:
             e, self._hook_error = self._hook_error, None
-            if isinstance(e, (VMMError, BadInput)):
+            # The host's reader went away (bt-run ... | head): not a VMM fault;
+            # the CLI ends quietly (bt/cli/common.py quiet_on_closed_pipe).
+            if isinstance(e, (VMMError, BadInput, BrokenPipeError)):
                 raise e
             raise VMMError(f"{type(e).__name__} in VMM hook: {e}") from e
         if err is not None and self.stop is None and not self.mode.claims_error(err):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bt import costmodel
-from bt.cli.common import CliParser, fail, positive_int
+from bt.cli.common import CliParser, fail, positive_int, quiet_on_closed_pipe
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
 
@@ -64,6 +64,7 @@ def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:
              load_image(n, mem_bytes=mem_mib << 20)) for n in names]
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_intermixed_args(argv)
     from bt.measure import bench

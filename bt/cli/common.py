@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 
 from bt.errors import BadInput
@@ -24,6 +26,24 @@ def positive_int(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"'{text}' must be positive")
     return v
+
+
+def quiet_on_closed_pipe(main):
+    """`bt-scan ... | head`: when the reader goes away, stop without a
+    traceback and exit 141 (128 + SIGPIPE), as a program killed by SIGPIPE
+    would; what is still buffered for stdout is dropped, not printed later."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass          # not a real file (tests); nothing will flush into it
+            return 141
+    return run
 
 
 def fail(prog: str, message: str, status: int = 2) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bt.cli.common import quiet_on_closed_pipe
 from bt.errors import BadInput
 from bt.images import fetch
 from bt.images.files import read_file
@@ -20,6 +21,7 @@ TARGETS = ("linux",)
 EX_UNAVAILABLE = fetch.FetchError.exit_status
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bt.cli.common import CliParser, add_image_options, load_from_args, fail, positive_int
+from bt.cli.common import (CliParser, add_image_options, fail, load_from_args, positive_int,
+                           quiet_on_closed_pipe)
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, MachineConfig
 from bt.report import build_report, top_sites, write_report
@@ -41,6 +42,7 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)

@@ -13,8 +13,10 @@ SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB = 1, 2, 3
 
 def elf32(segments, entry, machine=EM_386, sections=(), symbols=None, etype=2, elf_class=1):
     """An ELF32 executable.  segments: (vaddr, paddr, data, memsz) tuples;
-    sections: names of empty PROGBITS sections; symbols: name -> value."""
+    sections: names of empty PROGBITS sections, or (name, addr, data) for ones
+    with an address and contents; symbols: name -> value."""
     symbols = symbols or {}
+    sections = [(n, 0, b"") if isinstance(n, str) else n for n in sections]
     phoff = 52
     offset = phoff + 32 * len(segments)
     body = bytearray()
@@ -24,12 +26,14 @@ def elf32(segments, entry, machine=EM_386, sections=(), symbols=None, etype=2, e
         phdrs += struct.pack("<8I", PT_LOAD, off, vaddr, paddr, len(data), memsz, 7, 4)
         body += data + b"\0" * (-len(data) % 4)
     # section contents: .shstrtab, then (if symbols) .strtab and .symtab
-    names = ["", *sections] + ([".strtab", ".symtab"] if symbols else []) + [".shstrtab"]
+    names = ["", *(n for n, _a, _d in sections)] + ([".strtab", ".symtab"] if symbols else []) + [".shstrtab"]
     shstr = b"\0" + b"".join(n.encode() + b"\0" for n in names[1:])
     name_off = {n: shstr.index(n.encode() + b"\0") if n else 0 for n in names}
     shdrs = [struct.pack("<10I", *([0] * 10))]
-    for n in sections:
-        shdrs.append(struct.pack("<10I", name_off[n], SHT_PROGBITS, 0, 0, offset + len(body), 0, 0, 0, 1, 0))
+    for n, addr, data in sections:
+        shdrs.append(struct.pack("<10I", name_off[n], SHT_PROGBITS, 0, addr, offset + len(body), len(data),
+                                 0, 0, 1, 0))
+        body += data + b"\0" * (-len(data) % 4)
     if symbols:
         strtab = b"\0" + b"".join(s.encode() + b"\0" for s in symbols)
         strtab_index = len(shdrs)
