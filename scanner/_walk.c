@@ -670,7 +670,19 @@ static int decode_block(Walk *w, uint64_t start, PyObject *starto) {
             if (size > 1) memset(flags + off + 1, CONT, size - 1);
         }
         if (size == 2 && ins->bytes[0] == 0 && ins->bytes[1] == 0) {
-            if (++zeros > ZERO_RUN_LIMIT) { bad = s_zero_fill; Py_INCREF(bad); break; }
+            if (++zeros > ZERO_RUN_LIMIT) {
+                /* The instruction joins no block: its bytes stay unscanned. */
+                for (unsigned i = 0; i < size; i++) {
+                    uint64_t b = a + i;
+                    int err = 0;
+                    uint8_t *f = page_flags(w, b & PAGE_MASK, false, &err);
+                    if (err) goto done;
+                    if (f) f[b & 0xFFF] = 0;
+                }
+                bad = s_zero_fill;
+                Py_INCREF(bad);
+                break;
+            }
         } else {
             zeros = 0;
         }

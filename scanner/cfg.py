@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from scanner.insns import Insns
-from scanner.pages import PAGE, PAGE_MASK, START, UNSCANNED, PageMap
+from scanner.pages import CONT, PAGE, PAGE_MASK, START, UNSCANNED, PageMap
 
 UNRESOLVED = "unresolved"
 EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")
@@ -370,26 +370,59 @@ class CFG:
         self.touched()
 
     def merge(self, other: "CFG") -> "CFG":
-        """Add another scan's result (of the same memory) to this one."""
+        """Add another scan's result (of the same memory) to this one, as one
+        scanner given both scans' entries would have: a block of `other` whose
+        instructions overlap differently decoded bytes of this CFG (a scan
+        that started inside an instruction) becomes a bad "overlap" node, so
+        blocks never share a byte (what `block_of` relies on)."""
         g = self.graph
-        for n, d in other.graph.nodes(data=True):
+        self.pages.merge_records(other.pages)
+        rejected = set()
+        for n, d in sorted(other.graph.nodes(data=True), key=lambda x: (isinstance(x[0], str), x[0])):
             if n == UNRESOLVED:
                 continue
-            mine = g.nodes.get(n) if n in g else None
-            if mine is None or (mine["kind"] == "bad" and d["kind"] == "block"):
+            mine = g._node.get(n)
+            if d["kind"] == "block":
+                if mine is not None and mine["kind"] == "block":
+                    continue
+                ins = d["insns"]
+                if not self._fits(ins):
+                    rejected.add(n)
+                    if mine is None:
+                        self.add_bad(n, "overlap: bytes of an instruction already scanned")
+                    continue
+                if mine is not None:                     # a bad node becomes the block
+                    mine.pop("reason", None)
                 g.add_node(n, **d)
-                self.marks.set(n, BLOCK_MARK if d["kind"] == "block" else BAD_MARK)
+                self.marks.set(n, BLOCK_MARK)
+                for a, size in zip(ins.addrs(), ins.sizes):
+                    self.pages.mark(a, size)
+            elif mine is None:
+                g.add_node(n, **d)
+                self.marks.set(n, BAD_MARK)
         for u, v, d in other.graph.edges(data=True):
-            if not g.has_edge(u, v):
+            if u not in rejected and u in g and v in g and not g.has_edge(u, v):
                 g.add_edge(u, v, **d)
         for a, labels in other.entries.items():
             for lab in labels:
                 self.add_entry(a, lab)
-        self.pages.merge(other.pages)
         self.pending = sorted(set(self.pending) | set(other.pending))
         self._normalize()
         self.reindex()
         return self
+
+    def _fits(self, insns) -> bool:
+        """True when every instruction of `insns` is unscanned here or scanned
+        here as the same instruction (same start, same length)."""
+        state = self.pages.state
+        for a, size in zip(insns.addrs(), insns.sizes):
+            for i in range(size):
+                st = state((a + i) & 0xFFFFFFFF)
+                if st != UNSCANNED and st != (START if i == 0 else CONT):
+                    return False
+            if state(a) == START and state((a + size) & 0xFFFFFFFF) == CONT:
+                return False                     # ours is longer
+        return True
 
     def _normalize(self) -> None:
         """Split blocks that contain another block's start (after a merge)."""

@@ -137,11 +137,15 @@ class Insns(Sequence):
             return (not self.sizes and not other.sizes) or (
                 self.start == other.start and self.sizes == other.sizes and self.data == other.data)
         if isinstance(other, (tuple, list)):
+            if not all(isinstance(r, (tuple, list)) for r in other):
+                return False
             return self.rows() == tuple(tuple(r) for r in other)
         return NotImplemented
 
     def __hash__(self):
-        return hash((self.start, self.data, self.sizes)) if self.sizes else hash(b"")
+        # Equal to its tuple of rows, so it hashes as that tuple (decoding the
+        # rows if need be: hashing a block's instructions is rare).
+        return hash(self.rows())
 
     def __repr__(self) -> str:
         return f"Insns(start={self.start:#x}, {len(self.sizes)} instructions, {len(self.data)} bytes)"

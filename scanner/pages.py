@@ -112,18 +112,14 @@ class PageMap:
     def drop(self, base: int) -> None:
         self.pages.pop(base, None)
 
-    def merge(self, other: "PageMap") -> None:
+    def merge_records(self, other: "PageMap") -> None:
+        """Take `other`'s pages' hashes and dirty bits (not their flags: the
+        CFG marks the instructions it takes, CFG.merge)."""
         for b, r in other.pages.items():
             mine = self.pages.get(b)
             if mine is None:
                 mine = self.record(b)
-                mine.flags[:] = r.flags
-                mine.hash, mine.dirty = r.hash, r.dirty
-                continue
-            # A byte scanned in either map is scanned in the union.
-            for i, v in enumerate(r.flags):
-                if v and not mine.flags[i]:
-                    mine.flags[i] = v
+                mine.hash = r.hash
             mine.dirty = mine.dirty or r.dirty
 
     def to_dict(self) -> dict:

@@ -260,6 +260,8 @@ class Scanner:
                 if zeros > ZERO_RUN_LIMIT:
                     # Code never repeats `add [eax], al`; this is empty RAM
                     # after the code (e.g. behind an `out` that ends the run).
+                    # The instruction joins no block: its bytes stay unscanned.
+                    self.cfg.pages.unmark(a, size)
                     bad = f"zero fill: more than {ZERO_RUN_LIMIT} consecutive 00 00"
                     break
             else:
