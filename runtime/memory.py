@@ -22,6 +22,8 @@ PTE_P = 1
 PTE_W = 2
 PTE_U = 4
 PTE_PS = 0x80
+PDE_PS_RESERVED = 1 << 21       # a 4 MiB entry's bit 21 (bits 20:13 are PSE-36 address bits)
+PF_RSVD = 8                     # error code: a reserved bit was set
 
 
 class PageFault(Exception):
@@ -68,8 +70,12 @@ class GuestMemory:
         if not pde & PTE_P:
             raise PageFault(linear, err)
         if pde & PTE_PS and cr4 & CR4_PSE:
+            # As Unicorn's MMU (tests/runtime/test_guest_memory.py): bit 21 is
+            # reserved, bits 20:13 are physical address bits 39:32 (PSE-36).
+            if pde & PDE_PS_RESERVED:
+                raise PageFault(linear, err | PTE_P | PF_RSVD)
             self._check(pde, linear, err, write, user)
-            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
+            return ((pde >> 13) & 0xFF) << 32 | (pde & 0xFFC00000) | (linear & 0x3FFFFF)
         pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
         pte = self._pt_read(pte_addr, linear, err)
         if not pte & PTE_P:

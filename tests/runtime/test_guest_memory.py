@@ -1,0 +1,110 @@
+"""runtime/memory.py: the VMM's own walk of the guest's page tables gives the
+answer Unicorn's MMU gives the guest - the same physical byte, or a page fault
+with the same CR2 and error code (read as the VMM reads them: CR2 from the
+register, the error code through runtime/quirks.py).  The paging plan (docs/paging-plan.md) has
+trap and bt read and write guest memory through this walk, so it must agree
+with the CPU on every combination of present/writable/user bits, 4 KiB and
+4 MiB pages (with PSE-36 address bits and the reserved bit 21), CR4.PSE and
+CR0.WP.  The accesses are the kernel's (CPL 0); user-mode accesses (the walk's
+`user=True`) are not compared here yet."""
+import struct
+
+import pytest
+
+from hypothesis import given, settings, strategies as st
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32
+from unicorn import x86_const as X
+
+from bt.machine import flat_gdt_bytes
+from conftest import assemble
+from runtime.memory import GuestMemory, PageFault
+from runtime.quirks import Quirks
+
+RAM = 4 << 20
+GDT, CODE, STACK = 0x500, 0x1000, 0x9000
+PD, PT_IDENTITY, PT_FIRST = 0x300000, 0x301000, 0x302000
+DATA_LO, DATA_HI = 0x100000, 0x200000          # every mapping under test lands here
+N_DIRS = 7                                     # PDEs 1..7: linear 4 MiB - 32 MiB
+
+LOAD = assemble("mov eax, dword ptr [esi]\nhlt", CODE)
+STORE = assemble("mov dword ptr [esi], ebx\nhlt", CODE)
+PATTERN = b"".join(struct.pack("<I", a) for a in range(DATA_LO, DATA_HI, 4))
+
+
+def machine(pdes, pte, linear, pse, wp, code, high=0):
+    """pdes: flags of PDEs 1..7, each pointing at its own page table, except that
+    with CR4.PSE a PS entry maps 4 MiB at physical 0 plus `high` (PSE-36 address
+    bits 20:13 and the reserved bit 21 under test)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, RAM)
+    gdt = flat_gdt_bytes()
+    uc.mem_write(GDT, gdt)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, len(gdt) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+        uc.reg_write(seg, 0x10)
+    uc.reg_write(X.UC_X86_REG_ESP, STACK)
+    uc.mem_write(CODE, code)
+    uc.mem_write(DATA_LO, PATTERN)
+    uc.mem_write(PT_IDENTITY, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024)))
+    uc.mem_write(PD, struct.pack("<I", PT_IDENTITY | 3))
+    for i, flags in enumerate(pdes, start=1):
+        base = high if flags & 0x80 and pse else PT_FIRST + (i - 1) * 0x1000
+        uc.mem_write(PD + 4 * i, struct.pack("<I", base | flags))
+    d = linear >> 22
+    uc.mem_write(PT_FIRST + (d - 1) * 0x1000 + ((linear >> 12) & 0x3FF) * 4, struct.pack("<I", pte))
+    uc.reg_write(X.UC_X86_REG_CR3, PD)
+    uc.reg_write(X.UC_X86_REG_CR4, 0x10 if pse else 0)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80000011 | (0x10000 if wp else 0))
+    uc.reg_write(X.UC_X86_REG_ESI, linear)
+    uc.reg_write(X.UC_X86_REG_EBX, 0xC0FFEE00)
+    uc.ctl_exits_enabled(True)            # no `until` probe once paging is on
+    uc.ctl_set_exits([])
+    return uc
+
+
+flags = st.sets(st.sampled_from([1, 2, 4, 0x80])).map(sum)       # P, W, U, PS
+
+
+@pytest.mark.parametrize("pse", [False, True])
+@pytest.mark.parametrize("wp", [False, True])
+@pytest.mark.parametrize("write", [False, True])
+@settings(max_examples=50, deadline=None)
+@given(pdes=st.lists(flags, min_size=N_DIRS, max_size=N_DIRS),
+       pte_flags=st.sets(st.sampled_from([1, 2, 4])).map(sum),
+       frame=st.integers(DATA_LO >> 12, (DATA_HI >> 12) - 1),
+       directory=st.integers(1, N_DIRS), offset=st.integers(DATA_LO // 4, DATA_HI // 4 - 1),
+       high=st.sampled_from([0, 0, 0, 1 << 21, 1 << 13, 0x80 << 13]))
+def test_the_vmm_walk_agrees_with_unicorns_mmu(pdes, pte_flags, frame, directory, offset, pse, wp, write,
+                                                high):
+    linear = (directory << 22) | (offset * 4)
+    pte = (frame << 12) | pte_flags
+    uc = machine(pdes, pte, linear, pse, wp, STORE if write else LOAD, high)
+    try:
+        expect = GuestMemory(uc, RAM).translate(linear, write=write, user=False)
+        fault = None
+    except PageFault as pf:
+        expect, fault = None, pf
+    quirks, faults = Quirks(uc), []
+
+    def on_intr(uc, intno, _):
+        faults.append((intno, uc.reg_read(X.UC_X86_REG_CR2), quirks.take_fault()[0]))
+        uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    if fault is None and expect >= 1 << 32:       # a PSE-36 page above 4 GiB: no memory there
+        with pytest.raises(UcError, match="UNMAPPED"):
+            uc.emu_start(CODE, 0, count=2)
+        return
+    uc.emu_start(CODE, 0, count=2)
+    faulted = bool(faults)
+    if fault is not None:
+        assert faulted, f"the walk says #PF {fault.error_code:#x}; the CPU accessed memory"
+        assert faults == [(14, linear, fault.error_code)]
+        return
+    assert not faulted, f"the walk says {expect:#x}; the CPU faulted"
+    assert DATA_LO <= expect < DATA_HI
+    if write:
+        assert struct.unpack("<I", uc.mem_read(expect, 4))[0] == 0xC0FFEE00
+    else:
+        assert uc.reg_read(X.UC_X86_REG_EAX) == expect      # the pattern: each dword holds its address
