@@ -5,8 +5,8 @@ register, the error code through runtime/quirks.py).  The paging plan (docs/pagi
 trap and bt read and write guest memory through this walk, so it must agree
 with the CPU on every combination of present/writable/user bits, 4 KiB and
 4 MiB pages (with PSE-36 address bits and the reserved bit 21), CR4.PSE and
-CR0.WP.  The accesses are the kernel's (CPL 0); user-mode accesses (the walk's
-`user=True`) are not compared here yet."""
+CR0.WP, for the kernel's accesses (CPL 0) and user mode's (CPL 3, entered
+with an iretd)."""
 import struct
 
 import pytest
@@ -26,12 +26,15 @@ PD, PT_IDENTITY, PT_FIRST = 0x300000, 0x301000, 0x302000
 DATA_LO, DATA_HI = 0x100000, 0x200000          # every mapping under test lands here
 N_DIRS = 7                                     # PDEs 1..7: linear 4 MiB - 32 MiB
 
-LOAD = assemble("mov eax, dword ptr [esi]\nhlt", CODE)
-STORE = assemble("mov dword ptr [esi], ebx\nhlt", CODE)
+USER_CODE = CODE + 0x100
+LOAD, STORE = "mov eax, dword ptr [esi]\nhlt", "mov dword ptr [esi], ebx\nhlt"
+# To CPL 3: iretd with SS 0x23, ESP, EFLAGS, CS 0x1b, EIP (bt.machine's flat GDT).
+TO_USER = assemble(f"push 0x23\npush {STACK - 0x1000:#x}\npush 2\npush 0x1b\npush {USER_CODE:#x}\niretd",
+                   CODE)
 PATTERN = b"".join(struct.pack("<I", a) for a in range(DATA_LO, DATA_HI, 4))
 
 
-def machine(pdes, pte, linear, pse, wp, code, high=0):
+def machine(pdes, pte, linear, pse, wp, access, high=0, user=False):
     """pdes: flags of PDEs 1..7, each pointing at its own page table, except that
     with CR4.PSE a PS entry maps 4 MiB at physical 0 plus `high` (PSE-36 address
     bits 20:13 and the reserved bit 21 under test)."""
@@ -44,10 +47,15 @@ def machine(pdes, pte, linear, pse, wp, code, high=0):
     for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
         uc.reg_write(seg, 0x10)
     uc.reg_write(X.UC_X86_REG_ESP, STACK)
-    uc.mem_write(CODE, code)
+    if user:       # the access runs at CPL 3 (hlt there then raises #GP: the end)
+        uc.mem_write(CODE, TO_USER)
+        uc.mem_write(USER_CODE, assemble(access, USER_CODE))
+    else:
+        uc.mem_write(CODE, assemble(access, CODE))
     uc.mem_write(DATA_LO, PATTERN)
-    uc.mem_write(PT_IDENTITY, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024)))
-    uc.mem_write(PD, struct.pack("<I", PT_IDENTITY | 3))
+    low = 7 if user else 3                        # user code and stack need U
+    uc.mem_write(PT_IDENTITY, b"".join(struct.pack("<I", (i << 12) | low) for i in range(1024)))
+    uc.mem_write(PD, struct.pack("<I", PT_IDENTITY | low))
     for i, flags in enumerate(pdes, start=1):
         base = high if flags & 0x80 and pse else PT_FIRST + (i - 1) * 0x1000
         uc.mem_write(PD + 4 * i, struct.pack("<I", base | flags))
@@ -63,25 +71,28 @@ def machine(pdes, pte, linear, pse, wp, code, high=0):
     return uc
 
 
-flags = st.sets(st.sampled_from([1, 2, 4, 0x80])).map(sum)       # P, W, U, PS
+# P (present three times in four, so most walks get past it), then W, U, PS.
+present = st.sampled_from([1, 1, 1, 0])
+flags = st.builds(lambda p, rest: p | rest, present, st.sets(st.sampled_from([2, 4, 0x80])).map(sum))
 
 
+@pytest.mark.parametrize("user", [False, True])
 @pytest.mark.parametrize("pse", [False, True])
 @pytest.mark.parametrize("wp", [False, True])
 @pytest.mark.parametrize("write", [False, True])
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(pdes=st.lists(flags, min_size=N_DIRS, max_size=N_DIRS),
-       pte_flags=st.sets(st.sampled_from([1, 2, 4])).map(sum),
+       pte_flags=st.builds(lambda p, rest: p | rest, present, st.sets(st.sampled_from([2, 4])).map(sum)),
        frame=st.integers(DATA_LO >> 12, (DATA_HI >> 12) - 1),
        directory=st.integers(1, N_DIRS), offset=st.integers(DATA_LO // 4, DATA_HI // 4 - 1),
        high=st.sampled_from([0, 0, 0, 1 << 21, 1 << 13, 0x80 << 13]))
 def test_the_vmm_walk_agrees_with_unicorns_mmu(pdes, pte_flags, frame, directory, offset, pse, wp, write,
-                                                high):
+                                                high, user):
     linear = (directory << 22) | (offset * 4)
     pte = (frame << 12) | pte_flags
-    uc = machine(pdes, pte, linear, pse, wp, STORE if write else LOAD, high)
+    uc = machine(pdes, pte, linear, pse, wp, STORE if write else LOAD, high, user)
     try:
-        expect = GuestMemory(uc, RAM).translate(linear, write=write, user=False)
+        expect = GuestMemory(uc, RAM).translate(linear, write=write, user=user)
         fault = None
     except PageFault as pf:
         expect, fault = None, pf
@@ -92,12 +103,14 @@ def test_the_vmm_walk_agrees_with_unicorns_mmu(pdes, pte_flags, frame, directory
         uc.emu_stop()
 
     uc.hook_add(UC_HOOK_INTR, on_intr)
+    steps = 10 if user else 2
     if fault is None and expect >= 1 << 32:       # a PSE-36 page above 4 GiB: no memory there
         with pytest.raises(UcError, match="UNMAPPED"):
-            uc.emu_start(CODE, 0, count=2)
+            uc.emu_start(CODE, 0, count=steps)
         return
-    uc.emu_start(CODE, 0, count=2)
-    faulted = bool(faults)
+    uc.emu_start(CODE, 0, count=steps)
+    faulted = any(n == 14 for n, _cr2, _e in faults)
+    assert not user or faults, "the access at CPL 3 neither faulted nor reached the hlt"
     if fault is not None:
         assert faulted, f"the walk says #PF {fault.error_code:#x}; the CPU accessed memory"
         assert faults == [(14, linear, fault.error_code)]
