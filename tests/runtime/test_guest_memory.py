@@ -12,16 +12,15 @@ import struct
 import pytest
 
 from hypothesis import given, settings, strategies as st
-from unicorn import Uc, UcError, UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32
+from unicorn import UcError, UC_HOOK_INTR
 from unicorn import x86_const as X
 
-from bt.machine import flat_gdt_bytes
-from conftest import assemble
+from conftest import assemble, flat_engine
 from runtime.memory import GuestMemory, PageFault
 from runtime.quirks import Quirks
 
 RAM = 4 << 20
-GDT, CODE, STACK = 0x500, 0x1000, 0x9000
+CODE, STACK = 0x1000, 0x9000
 PD, PT_IDENTITY, PT_FIRST = 0x300000, 0x301000, 0x302000
 DATA_LO, DATA_HI = 0x100000, 0x200000          # every mapping under test lands here
 N_DIRS = 7                                     # PDEs 1..7: linear 4 MiB - 32 MiB
@@ -38,15 +37,7 @@ def machine(pdes, pte, linear, pse, wp, access, high=0, user=False):
     """pdes: flags of PDEs 1..7, each pointing at its own page table, except that
     with CR4.PSE a PS entry maps 4 MiB at physical 0 plus `high` (PSE-36 address
     bits 20:13 and the reserved bit 21 under test)."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, RAM)
-    gdt = flat_gdt_bytes()
-    uc.mem_write(GDT, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-        uc.reg_write(seg, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, STACK)
+    uc = flat_engine(RAM, STACK)
     if user:       # the access runs at CPL 3 (hlt there then raises #GP: the end)
         uc.mem_write(CODE, TO_USER)
         uc.mem_write(USER_CODE, assemble(access, USER_CODE))

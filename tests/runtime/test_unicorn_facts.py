@@ -1,26 +1,16 @@
 """Facts about Unicorn 2.1 that the runtime is built on, each pinned by a test
 (DEVELOPERS.md: verify every claim before building on it)."""
 import pytest
-from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_INSN,
-                     UC_HOOK_MEM_FETCH_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ,
-                     UC_PROT_WRITE)
+from unicorn import (UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_FETCH_PROT, UC_PROT_ALL,
+                     UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE)
 from unicorn import x86_const as X
 
-from bt.machine import flat_gdt_bytes
-from conftest import assemble
+from conftest import assemble, flat_engine
 from runtime.quirks import Quirks, calibrate
 
 
 def engine(code: bytes, at=0x1000):
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, 0x200000)
-    gdt = flat_gdt_bytes()
-    uc.mem_write(0x500, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    uc.reg_write(X.UC_X86_REG_SS, 0x10)
-    uc.reg_write(X.UC_X86_REG_DS, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+    uc = flat_engine()
     uc.mem_write(at, code)
     return uc
 

@@ -8,13 +8,12 @@ maps to physical 0x180000.
 """
 import struct
 
-from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_MEM_FETCH_PROT,
+from unicorn import (Uc, UcError, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ,
                      UC_PROT_WRITE, UC_PROT_EXEC)
 from unicorn import x86_const as X
 
-from bt.machine import flat_gdt_bytes
-from conftest import assemble
+from conftest import assemble, flat_engine
 
 PD, PT_LOW, PT_ALIAS, PT_HYPER = 0x10000, 0x11000, 0x12000, 0x13000
 ALIAS, ALIAS_PHYS = 0x400000, 0x2000
@@ -22,15 +21,7 @@ HYPER, HYPER_PHYS = 0xFFC00000, 0x180000
 
 
 def paged_engine(code: bytes, stub: bytes) -> Uc:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, 0x200000)
-    gdt = flat_gdt_bytes()
-    uc.mem_write(0x500, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    uc.reg_write(X.UC_X86_REG_SS, 0x10)
-    uc.reg_write(X.UC_X86_REG_DS, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+    uc = flat_engine()
     uc.mem_write(0x1000, code)
     uc.mem_write(HYPER_PHYS, stub)
     uc.mem_write(PT_LOW, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024)))
