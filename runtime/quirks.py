@@ -61,24 +61,26 @@ def _i32_offsets(before: bytes, after: bytes, old: int, new: int) -> list[int]:
     return hits
 
 
-def _scratch(cpl: int = 0) -> Uc:
-    """A small engine at CPL 0 with a flat GDT (ring-0 and ring-3 segments)."""
+def scratch_engine(ram: int = 0x10000, esp: int = 0x8000) -> Uc:
+    """A bare engine at CPL 0: `ram` bytes from 0, the flat GDT of bt.machine at
+    0x500 (code 0x08, data 0x10, user 0x1b/0x23), ESP set.  For calibration
+    here and for the Unicorn fact tests."""
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, 0x10000)
+    uc.mem_map(0, ram)
     gdt = flat_gdt_bytes()
     uc.mem_write(0x500, gdt)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
     uc.reg_write(X.UC_X86_REG_CS, 0x08)
     for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
         uc.reg_write(r, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.reg_write(X.UC_X86_REG_ESP, esp)
     return uc
 
 
 def _provoke_gp(selector: int, eax: int = 0) -> tuple[bytes, bytes]:
     """Context bytes before and after one #GP caused by loading `selector` into FS
     from memory (so the selector value is not also sitting in a general register)."""
-    uc = _scratch()
+    uc = scratch_engine()
     uc.mem_write(0x3000, struct.pack("<H", selector))
     # mov fs, word [0x3000] ; hlt
     uc.mem_write(0x1000, bytes.fromhex("8e2500300000") + b"\xf4")
@@ -101,7 +103,7 @@ def _provoke_gp(selector: int, eax: int = 0) -> tuple[bytes, bytes]:
 def _find_is_int_offset(error_code_off: int, after_gp: bytes) -> int:
     """`exception_is_int` follows error_code in CPUX86State: 1 after `int n`, 0 after a fault."""
     def after(code: bytes) -> bytes:
-        uc = _scratch()
+        uc = scratch_engine()
         uc.mem_write(0x1000, code)
         uc.hook_add(UC_HOOK_INTR, lambda uc, n, _: uc.emu_stop())
         uc.emu_start(0x1000, 0, count=1)
@@ -115,7 +117,7 @@ def _find_is_int_offset(error_code_off: int, after_gp: bytes) -> int:
 
 def _find_cpl_offset() -> int:
     """Diff a context at CPL 0 with one at CPL 3 reached through an iretd."""
-    uc = _scratch()
+    uc = scratch_engine()
     before = _ctx_bytes(uc.context_save())
     # push 0x23 (ss) ; push 0x7000 ; push 2 ; push 0x1b (cs) ; push 0x1100 ; iretd
     code = bytes.fromhex("6a23" "6800700000" "6a02" "6a1b" "6800110000" "cf")
@@ -137,7 +139,7 @@ def _find_cpl_offset() -> int:
 def _find_reg_offset(reg: int, a: int, b: int) -> int:
     """A register's 8-byte field in the CPU state: written as `a`, then `b`, and
     found where the context changed exactly so."""
-    uc = _scratch()
+    uc = scratch_engine()
     uc.reg_write(reg, a)
     before = _ctx_bytes(uc.context_save())
     uc.reg_write(reg, b)
@@ -174,7 +176,7 @@ def _find_pc_sync_flag() -> int:
     code = bytes.fromhex("cc90eb0090e680" "90e681" "f4")
 
     def run(write_eip: bool, clear: int | None = None):
-        uc = _scratch()
+        uc = scratch_engine()
         uc.mem_write(0x1000, code)
         base = ctypes.cast(uc._uch, ctypes.c_void_p).value
         seen = []
@@ -231,7 +233,7 @@ def _find_env_link() -> tuple[int, int] | None:
     registers distinctive values and searching the memory the uc_struct's
     pointers lead to for them; then confirmed by changing a register.  None
     when the search fails (the context round trip is used instead)."""
-    uc = _scratch()
+    uc = scratch_engine()
     for i, r in enumerate(_SIG_REGS):
         uc.reg_write(r, 0x5AC30000 + i * 0x1111)
     ctx = _ctx_bytes(uc.context_save())

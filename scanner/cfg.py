@@ -168,10 +168,7 @@ class CFG:
         else:
             return
         if kind in TARGET_KINDS and dst != UNRESOLVED:
-            tset = self._tset
-            if dst not in tset:
-                tset.add(dst)
-                self._tnew.append(dst)
+            self._add_target(dst)
 
     def touched(self) -> None:
         """Tell networkx its graph changed (drops its cached backend conversions)."""
@@ -394,12 +391,10 @@ class CFG:
                 if mine is not None:                     # a bad node becomes the block
                     mine.pop("reason", None)
                 g.add_node(n, **d)
-                self.marks.set(n, BLOCK_MARK)
                 for a, size in zip(ins.addrs(), ins.sizes):
                     self.pages.mark(a, size)
             elif mine is None:
                 g.add_node(n, **d)
-                self.marks.set(n, BAD_MARK)
         for u, v, d in other.graph.edges(data=True):
             if u not in rejected and u in g and v in g and not g.has_edge(u, v):
                 g.add_edge(u, v, **d)
@@ -408,7 +403,7 @@ class CFG:
                 self.add_entry(a, lab)
         self.pending = sorted(set(self.pending) | set(other.pending))
         self._normalize()
-        self.reindex()
+        self.reindex()          # the branch-target index and the node marks, from the graph
         return self
 
     def _fits(self, insns) -> bool:

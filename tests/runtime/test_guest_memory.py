@@ -15,9 +15,9 @@ from hypothesis import given, settings, strategies as st
 from unicorn import UcError, UC_HOOK_INTR
 from unicorn import x86_const as X
 
-from conftest import assemble, flat_engine
+from conftest import assemble
 from runtime.memory import GuestMemory, PageFault
-from runtime.quirks import Quirks
+from runtime.quirks import Quirks, scratch_engine
 
 RAM = 4 << 20
 CODE, STACK = 0x1000, 0x9000
@@ -37,7 +37,7 @@ def machine(pdes, pte, linear, pse, wp, access, high=0, user=False):
     """pdes: flags of PDEs 1..7, each pointing at its own page table, except that
     with CR4.PSE a PS entry maps 4 MiB at physical 0 plus `high` (PSE-36 address
     bits 20:13 and the reserved bit 21 under test)."""
-    uc = flat_engine(RAM, STACK)
+    uc = scratch_engine(RAM, STACK)
     if user:       # the access runs at CPL 3 (hlt there then raises #GP: the end)
         uc.mem_write(CODE, TO_USER)
         uc.mem_write(USER_CODE, assemble(access, USER_CODE))

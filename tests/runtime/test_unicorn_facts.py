@@ -5,12 +5,12 @@ from unicorn import (UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_FETCH
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE)
 from unicorn import x86_const as X
 
-from conftest import assemble, flat_engine
-from runtime.quirks import Quirks, calibrate
+from conftest import assemble
+from runtime.quirks import Quirks, calibrate, scratch_engine
 
 
 def engine(code: bytes, at=0x1000):
-    uc = flat_engine()
+    uc = scratch_engine(0x200000, 0x9000)
     uc.mem_write(at, code)
     return uc
 

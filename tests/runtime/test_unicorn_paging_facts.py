@@ -13,7 +13,8 @@ from unicorn import (Uc, UcError, UC_HOOK_MEM_FETCH_PROT,
                      UC_PROT_WRITE, UC_PROT_EXEC)
 from unicorn import x86_const as X
 
-from conftest import assemble, flat_engine
+from conftest import assemble
+from runtime.quirks import scratch_engine
 
 PD, PT_LOW, PT_ALIAS, PT_HYPER = 0x10000, 0x11000, 0x12000, 0x13000
 ALIAS, ALIAS_PHYS = 0x400000, 0x2000
@@ -21,7 +22,7 @@ HYPER, HYPER_PHYS = 0xFFC00000, 0x180000
 
 
 def paged_engine(code: bytes, stub: bytes) -> Uc:
-    uc = flat_engine()
+    uc = scratch_engine(0x200000, 0x9000)
     uc.mem_write(0x1000, code)
     uc.mem_write(HYPER_PHYS, stub)
     uc.mem_write(PT_LOW, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024)))
