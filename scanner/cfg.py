@@ -121,19 +121,7 @@ class CFG:
                             sensitive=(), reason=reason)
         self.marks.set(addr, BAD_MARK)
 
-    def add_edge(self, src, dst, kind: str, **attrs) -> None:
-        g = self.graph
-        data = g.get_edge_data(src, dst)
-        if data is None:
-            g.add_edge(src, dst, kind=kind, **attrs)
-        elif data["kind"] != kind and data.get("also") is None:
-            data["also"] = kind
-        else:
-            return
-        if kind in TARGET_KINDS and dst != UNRESOLVED:
-            self._add_target(dst)
-
-    # The scanner's hot path: the same effects as add_block/add_edge, written
+    # The scanner's hot path: the effects of add_block and of an edge, written
     # straight into the DiGraph's dicts (networkx's documented `_node`/`_succ`/
     # `_pred` storage; the edge dict is shared by both sides as networkx does).
     # The caller must call `touched()` once when done.
@@ -153,7 +141,8 @@ class CFG:
                           "sensitive": sensitive}
 
     def link(self, src, dst, kind: str, site: int, attrs: dict | None = None) -> None:
-        """add_edge(src, dst, kind, site=site, **attrs) for existing nodes."""
+        """An edge src -> dst (kind, site, attrs) between existing nodes; a second kind
+        between the same pair becomes `also`; target kinds enter the target index."""
         g = self.graph
         succ = g._succ[src]
         data = succ.get(dst)

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from scanhelp import BASE, KS, PROGRAM, Mem, asm
+from scanhelp import BASE, PROGRAM, Mem, asm, random_program
 
 from scanner import native
 from scanner.pages import PAGE
@@ -125,21 +125,11 @@ def test_same_cfg_on_random_bytes(data, starts):
     assert_same(mem.read, [("scan", ([BASE + s % len(data)],)) for s in starts])
 
 
-SNIPPETS = ["cli", "sti", "pushfd", "popfd", "nop", "inc eax", "jmp L{}", "je L{}", "call L{}",
-            "ret", "jmp eax", "call dword ptr [0x10008]", "hlt", "int3", "mov eax, cr0",
-            "lgdt [eax]", "sgdt [eax]", "push cs", "iretd", "loop L{}", "jecxz L{}"]
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1))
 def test_same_cfg_on_random_programs(seed):
     rnd = random.Random(seed)
-    n = rnd.randint(1, 40)
-    lines = []
-    for i in range(n):
-        s = rnd.choice(SNIPPETS).format(rnd.randrange(n))
-        lines.append(f"L{i}: {s}")
-    code = bytes(KS.asm("\n".join(lines), BASE)[0])
+    code = random_program(rnd)
     mem = Mem(code, size=len(code) + 16)
     assert_same(mem.read, [("scan", ([BASE],)),
                            ("scan_from", (BASE + rnd.randrange(len(code)),))])

@@ -4,7 +4,7 @@ import random
 import capstone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scanhelp import BASE, KS, Mem
+from scanhelp import BASE, Mem, random_program
 
 from scanner.pages import START
 from scanner.scan import Scanner
@@ -37,25 +37,10 @@ def test_random_bytes(data, starts):
     _check(cfg, mem)
 
 
-TEMPLATES = [
-    "nop", "inc eax", "mov eax, {imm}", "add ebx, ecx", "push eax", "pop ebx", "cli", "sti",
-    "pushfd", "popfd", "in al, dx", "out 0x80, al", "mov eax, cr0", "hlt", "cpuid",
-    "jz L{l}", "jnz L{l}", "jmp L{l}", "call L{l}", "loop L{l}", "ret", "iretd", "int3",
-    "jmp eax", "call dword ptr [ebx]", "mov eax, dword ptr [0x{imm:x}]", "int 0x80",
-]
-
-
 @settings(max_examples=120, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_random_programs(seed):
-    rnd = random.Random(seed)
-    n = rnd.randint(1, 40)
-    lines = []
-    for i in range(n):
-        lines.append(f"L{i}:")
-        t = rnd.choice(TEMPLATES)
-        lines.append(t.format(l=rnd.randrange(n), imm=rnd.randrange(1 << 32)))
-    code = bytes(KS.asm("\n".join(lines), BASE)[0])
+    code = random_program(random.Random(seed))
     mem = Mem(code)
     cfg = Scanner(mem.read).scan([BASE])
     _check(cfg, mem)
