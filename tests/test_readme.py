@@ -15,7 +15,7 @@ def quick_start_commands():
 def test_quick_start_has_exactly_two_commands():
     cmds = quick_start_commands()
     assert len(cmds) == 2
-    assert "bt-run demo:" in cmds[0]
+    assert "bt-run demo:" in cmds[0] and "--mode bt" in cmds[0]   # the project's main job
     assert "pytest" in cmds[1]
 
 
