@@ -7,7 +7,7 @@ field into an absolute address inside the current hypervisor area, and every
 such absolute is found again after assembly and recorded as a fixup
 (patcher/stubcache.py), so the area can move.
 
-Rules every template follows (checked by tests/patcher/test_templates.py):
+Rules every template follows (checked by tests/patcher/test_template_semantics.py):
 * flag-neutral: the guest's arithmetic flags after the stub equal those after
   the real instruction (templates that must compute save and restore them
   with pushfd/popfd, which at CPL 1 cannot touch the real IF/IOPL);
