@@ -36,7 +36,7 @@ from patcher.stubcache import assemble
 from patcher.templates import (EMULATE_EXITS, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
                                StubContext, window_check)
 from runtime.hyper import HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, selector_view_table
-from runtime.vcpu import FIELDS, IF_BIT, IOPL_MASK, VFLAGS_MASK
+from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
@@ -91,7 +91,6 @@ GPRS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
 # VM, VIF, VIP: those would trap, switch tasks or are not popf's to set).
 ARITH = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800
 FREE_FLAGS = ARITH | (1 << 18) | (1 << 21)          # + AC, ID
-GDT_FIELD_OFF = FIELDS["gdtr"][0]
 
 
 GUEST_SEGS = {"cs": KCODE, "ss": KDATA, "ds": KDATA, "es": KDATA, "fs": FSEL, "gs": KDATA}
