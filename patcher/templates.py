@@ -7,7 +7,7 @@ field into an absolute address inside the current hypervisor area, and every
 such absolute is found again after assembly and recorded as a fixup
 (patcher/stubcache.py), so the area can move.
 
-Rules every template follows (checked by tests/patcher/test_templates.py):
+Rules every template follows (checked by tests/patcher/test_template_semantics.py):
 * flag-neutral: the guest's arithmetic flags after the stub equal those after
   the real instruction (templates that must compute save and restore them
   with pushfd/popfd, which at CPL 1 cannot touch the real IF/IOPL);
@@ -112,7 +112,13 @@ _FLAG_WIDTH = {4: ("pushfd", "popfd", "mov eax, dword ptr", "eax, dword ptr", 0x
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags, merge the virtual IF/IOPL into the pushed copy, and
     # restore the real arithmetic flags the merge clobbered.
-    push, _, load, xchg, mask = _FLAG_WIDTH[2 if i.mnemonic == "pushf" else 4]
+    if i.mnemonic == "pushf":
+        # 16-bit: the merge works on a copy of the pushed word; the real EFLAGS,
+        # bits 31:16 (AC, ID) included, come back whole from a pushfd below it.
+        return (f"pushf; push eax; pushfd; movzx eax, word ptr [esp + 8]; "
+                f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
+                f"mov word ptr [esp + 8], ax; popfd; pop eax")
+    push, _, load, xchg, mask = _FLAG_WIDTH[4]
     return (f"{push}; push eax; {load} [esp + 4]; "
             f"and eax, {~VFLAGS_MASK & mask:#x}; or eax, {s.field('vflags')}; "
             f"xchg {xchg} [esp + 4]; push eax; popfd; pop eax")
@@ -135,9 +141,13 @@ def _table_store(s: StubContext, i: Insn, field: str) -> str:
     if m:
         seg, mem = m.group(1) + ":", m.group(2)
     r16 = r[1:]
+    # With a 0x66 prefix the CPU (Unicorn at CPL 0) stores a 24-bit base: the
+    # base's top byte is written as 0.
+    o16 = 0x66 in i.data[:i.data.index(0x0F)]
+    top = f"mov byte ptr {seg}{mem_plus(mem, 5)}, 0; " if o16 else ""
     # lea ignores the segment; the stores apply it (flat data segments assumed).
     return (f"mov {s.field('scratch')}, {r}; mov {r}, {s.field(field, 2)}; "
-            f"mov dword ptr {seg}{mem_plus(mem, 2)}, {r}; "
+            f"mov dword ptr {seg}{mem_plus(mem, 2)}, {r}; {top}"
             f"mov {r16}, word ptr [{s.addr(field):#x}]; mov word ptr {seg}{mem}, {r16}; "
             f"mov {r}, {s.field('scratch')}")
 
@@ -184,8 +194,10 @@ def _str(s, i):
 @stub("smsw")
 def _smsw(s, i):
     op = i.op_str.strip()
-    if "[" not in op and len(op) == 3:     # smsw r32: the whole CR0
-        return f"mov {op}, {s.field('cr0')}"
+    if "[" not in op:
+        # Every register form writes only the low word, smsw r32 too: Unicorn at
+        # CPL 0 (32-bit mode) keeps bits 31:16 of the register.
+        return f"mov {op[-2:]}, word ptr [{s.addr('cr0'):#x}]"
     return _word_source(s, i, f"{s.addr('cr0'):#x}")
 
 
@@ -204,8 +216,13 @@ def _mov_from_seg(s: StubContext, i: Insn) -> str:
         r = free_register(mem)
         return (f"mov {s.field('scratch')}, {r}; {_guest_view(r, seg, s)}; "
                 f"mov word ptr {mem}, {r[1:]}; mov {r}, {s.field('scratch')}")
-    reg = dst if len(dst) == 3 else "e" + dst
-    return _guest_view(reg, seg, s)
+    if len(dst) == 3:                  # mov r32, seg: zero-extended
+        return _guest_view(dst, seg, s)
+    # mov r16, seg (0x66): bits 31:16 of the register are kept, as the CPU does;
+    # the view is computed in the full register and only its low word merged.
+    reg = "e" + dst
+    return (f"mov {s.field('scratch')}, {reg}; {_guest_view(reg, seg, s)}; "
+            f"mov word ptr [{s.addr('scratch'):#x}], {dst}; mov {reg}, {s.field('scratch')}")
 
 
 @stub("push_cs", "push_ss")

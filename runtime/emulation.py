@@ -310,6 +310,8 @@ def _popf(mode, insn, eip):
 
 def _store_table(mode, insn, field):
     limit, base = mode.vcpu.get(field)
+    if insn.opsize16:
+        base &= 0xFFFFFF    # with 0x66 the top byte of the base is stored as 0
     op = insn.operands[0]
     addr = effective_address(mode.uc, op, mode.seg_base)
     mode.guest_write(addr, struct.pack("<HI", limit, base))
@@ -345,9 +347,13 @@ def _str(mode, insn, eip):
 
 @emulates("smsw")
 def _smsw(mode, insn, eip):
-    cr0 = mode.read_cr(0)
+    # Every form stores the low word only; smsw r32 keeps bits 31:16 of the
+    # register, as Unicorn at CPL 0 does in 32-bit mode (the reference).
+    msw = mode.read_cr(0) & 0xFFFF
     op = insn.operands[0]
-    _store_word(mode, insn, cr0 if op.kind == "reg" and op.size == 4 else cr0 & 0xFFFF)
+    if op.kind == "reg" and op.size == 4:
+        msw |= read_operand(mode, op) & 0xFFFF0000
+    _store_word(mode, insn, msw)
 
 
 def _access_check(mode, sel: int):
