@@ -1,7 +1,7 @@
 """The x86-32 instructions a VMM must care about: one table, as data.
 
 Every other part of the project reads this table: the scanner marks sensitive
-sites with it, the patcher picks a stub by `virtualization`, the runtime's exit
+sites with it, the patcher picks the stub registered under a row's name, the runtime's exit
 dispatcher classifies a faulting instruction with `classify_bytes`, and
 docs/sensitive-instructions.md is generated from it (`python -m bt.catalog --doc`).
 
