@@ -227,15 +227,15 @@ def bare_hook_floor(n: int, repeat: int) -> dict:
 
 def exit_breakdown(insn_key: str, n: int) -> dict:
     """One instrumented trap run: microseconds per exit in each part of the exit path."""
+    from bt.catalog import classify_bytes
     from runtime import emulation
-    from runtime.decode import decode
     from runtime.vm import VM
 
     asm_text, _ = TRAP_INSNS[insn_key]
     vm = VM(raw_image("exit-" + insn_key, assemble(trap_loop_source(asm_text, n))),
             MachineConfig(mode="trap"), stdout=io.BytesIO())
     tm = _Timers()
-    mnemonic = decode(assemble(asm_text)).mnemonic
+    mnemonic = classify_bytes(assemble(asm_text)).name      # routines are keyed by catalog row
     saved = emulation.ROUTINES.get(mnemonic)
     vm.exit_site = tm.wrap("exit_site: exit counters", vm.exit_site)
     vm.quirks.take_fault = tm.wrap("quirks.take_fault: fault fields in place", vm.quirks.take_fault)
@@ -257,7 +257,7 @@ def exit_breakdown(insn_key: str, n: int) -> dict:
     inner = sum(v for k, v in parts.items() if k.startswith(("decoder", "emulation")))
     if on_fault:
         parts["trap.on_fault: dispatch, counters, EIP write"] = on_fault - inner
-    parts["rest of the VM hook (_guarded, _on_interrupt/_on_out)"] = r.vmm_time - sum(parts.values())
+    parts["rest of the VM hook (guarded, _on_interrupt/_on_out)"] = r.vmm_time - sum(parts.values())
     return {"exits": exits, "vmm_us": r.vmm_time / exits * 1e6,
             "parts_us": {k: v / exits * 1e6 for k, v in parts.items()}}
 

@@ -36,7 +36,7 @@ MODES = ("emulate", "trap", "bt")
 TIMELINE_COUNTERS = ("exits", "io_exits", "scan_exits", "stub_exits", "faults_emulated",
                      "faults_reflected", "interrupts_injected", "exceptions_delivered",
                      "cpuid_exits", "halts")
-# bt mode's own statistics (runtime/bt.py BTMode.stats) sampled as well.
+# bt mode's own statistics (runtime/counters.py CSAM_STATS) sampled as well.
 TIMELINE_BT_STATS = ("faults_before_patching", "faults_after_patching", "int3_exits",
                      "guard_exits", "smc_invalidations")
 
@@ -225,10 +225,9 @@ def sample(vm) -> dict:
     point = {"retired": vm.retired, "vtime": vm.vtime}
     for name in TIMELINE_COUNTERS:
         point[name] = c.get(name)
-    stats = getattr(vm.mode, "stats", None)
-    if isinstance(stats, dict):
+    if vm.mode.name == "bt":
         for name in TIMELINE_BT_STATS:
-            point[name] = stats.get(name, 0)
+            point[name] = vm.mode.stats.get(name)
         point["patches"] = len(vm.mode.patcher.patches)
     return point
 
@@ -288,44 +287,37 @@ class PatchPlan:
     by: int | None = None
 
 
-def plan_patches(cfg: CFG) -> list[PatchPlan]:
+def plan_patches(cfg: CFG, *, eager_privileged: bool = True) -> list[PatchPlan]:
     """Plan, without running, the patches bt mode installs when it scans this
-    code: the same rules (runtime.bt PATCH_AT_SCAN / FAULT_PATCHED) and the same
-    planner (patcher.patches.Patcher.plan), in address order."""
-    from bt.catalog import by_name
-    from patcher.patches import Patcher
-    from patcher.templates import Insn
-    from runtime.bt import FAULT_PATCHED, PATCH_AT_SCAN
+    code: the same policy (patcher.policy.decide) over the same neighbourhood,
+    site by site in address order, with the planned patches standing in for
+    the installed ones (a site inside a planned jump is `covered`)."""
+    from patcher.policy import Action, decide, insn_at, neighbourhood
 
-    planner = Patcher(None, None, 0, None, None, None)   # plan() reads only the CFG facts given
-    insns = [Insn(a, s, m, o, bytes(d)) for a, s, m, o, d in sorted(cfg.instructions())]
-    index = {ins.addr: i for i, ins in enumerate(insns)}
-    targets = lambda lo, hi: bool(cfg.branch_targets_in(lo, hi))
+    planned: dict[int, int] = {}          # site -> end of each planned patch
+
+    def covering(addr: int):
+        for site, end in planned.items():
+            if site <= addr < end:
+                return site
+        return None
+
     out: list[PatchPlan] = []
-    covered_by: dict[int, int] = {}
     for s in sorted(cfg.sensitive_sites(), key=lambda s: s.addr):
-        if s.addr in covered_by:
-            out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "covered", by=covered_by[s.addr]))
-            continue
-        site = insns[index[s.addr]]
-        following = insns[index[s.addr] + 1:index[s.addr] + 7]
-        if s.name in PATCH_AT_SCAN or s.name in FAULT_PATCHED:
-            covered, why = planner.plan(site, following, targets)
-            if why is None:
-                for ins in covered[1:]:
-                    covered_by[ins.addr] = s.addr
-                end = covered[-1].addr + covered[-1].size
-                out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "jump",
-                                     tuple(i.addr for i in covered), end))
-            elif s.name in PATCH_AT_SCAN or s.name == "iretd":   # iretd never runs natively in bt
-                out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "int3", (s.addr,),
-                                     s.addr + s.size, why.value))
-            else:
-                out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic, "trap", refused=why.value))
-            continue
-        kind = by_name(s.name).virtualization.split(":")[0]
-        out.append(PatchPlan(s.addr, s.name, s.klass, s.mnemonic,
-                             "none" if kind == "native" else "trap"))
+        site = insn_at(cfg, s.addr)
+        d = decide(site, neighbourhood(cfg, s.addr, covering), eager_privileged=eager_privileged)
+        row = (s.addr, s.name, s.klass, s.mnemonic)
+        if d.action is Action.NONE and d.refused is not None:
+            out.append(PatchPlan(*row, "covered", by=covering(s.addr)))
+        elif d.action is Action.JUMP:
+            planned[s.addr] = d.end
+            out.append(PatchPlan(*row, "jump", tuple(i.addr for i in d.covered), d.end))
+        elif d.action is Action.INT3:
+            planned[s.addr] = d.end
+            out.append(PatchPlan(*row, "int3", (s.addr,), d.end, d.refused.value))
+        else:
+            out.append(PatchPlan(*row, d.action.value,
+                                 refused=d.refused.value if d.refused else None))
     return out
 
 

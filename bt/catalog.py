@@ -1,7 +1,7 @@
 """The x86-32 instructions a VMM must care about: one table, as data.
 
 Every other part of the project reads this table: the scanner marks sensitive
-sites with it, the patcher picks a stub by `virtualization`, the runtime's exit
+sites with it, the patcher picks the stub registered under a row's name, the runtime's exit
 dispatcher classifies a faulting instruction with `classify_bytes`, and
 docs/sensitive-instructions.md is generated from it (`python -m bt.catalog --doc`).
 
@@ -14,13 +14,18 @@ IOPL 0 (no VME, UMIP off, CR4.TSD/PCE clear), does the instruction raise an
 exception instead of doing what the kernel meant?  `fault_note` gives the
 condition where the answer depends on operands.
 
-`virtualization` is "<kind>:<routine>" with kind one of
-  emulate  - it faults at CPL 1; the runtime's routine of that name emulates it,
-  patch    - it runs silently with the wrong result; the patcher's stub of that
-             name replaces it,
-  reflect  - deliver it to the guest's own IDT (software interrupts),
-  native   - ring compression (shadow descriptor tables) makes it behave;
-             it needs nothing, but stays listed because it is sensitive.
+What the VMM does with a row is explicit:
+  `emulation` - a runtime routine is registered under the row's name
+                (runtime/emulation.py, `@emulates(name)`): a fault of this
+                instruction at CPL 1, an int3 patch or a stub exit runs it;
+  `stub`      - a stub template is registered under the row's name
+                (patcher/templates.py, `@stub(name)`): a jump patch can
+                translate it inline;
+  `bt`        - how bt mode treats a site of the row (`BT`);
+  `trap`      - what happens to it in trap mode (`Trap`).
+Both registries check themselves against these flags at import time
+(`check_registry`), so a row cannot promise a routine or stub that does not
+exist, and nothing can be registered that no row declares.
 """
 from __future__ import annotations
 
@@ -43,6 +48,40 @@ class RIGroup(enum.Enum):
 
     SENSITIVE_REGISTER = "sensitive-register"
     PROTECTION_SYSTEM = "protection-system"
+
+
+class BT(enum.Enum):
+    """How bt mode treats a site of a row (patcher/policy.py reads this)."""
+
+    PATCH = "patch"                      # patched when scanned: jump patch, else int3 patch
+    PATCH_PRIVILEGED = "patch-privileged"  # jump patch when scanned (eager) or at its first
+                                         # trap; refused -> it keeps trapping (never int3)
+    TRAP = "trap"                        # left to fault; the routine emulates it
+    REFLECT = "reflect"                  # delivered to the guest's own IDT
+    NATIVE = "native"                    # ring compression makes it behave
+    DEVICE = "device"                    # port I/O: the I/O hooks handle it in every mode
+    HOOK = "hook"                        # the cpuid instruction hook answers it in every mode
+    UNSUPPORTED = "unsupported"          # faults, no routine: the fault reaches the guest
+
+
+class Trap(enum.Enum):
+    """What happens to an instruction of a row in trap mode."""
+
+    EMULATE = "emulate"                  # it faults at CPL 1 and the routine emulates it
+    SILENT = "silent"                    # it runs natively with the host's truth (the hole)
+    REFLECT = "reflect"
+    NATIVE = "native"
+    DEVICE = "device"
+    HOOK = "hook"
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class Treatment:
+    emulation: bool
+    stub: bool
+    bt: BT
+    trap: Trap
 
 
 @dataclass(frozen=True)
@@ -112,28 +151,45 @@ class CatalogEntry:
     why: str
     ri_group: RIGroup | None
     faults_at_cpl1: bool
-    virtualization: str
+    treatment: Treatment
     fault_note: str = ""
     opsize_variant: str = ""           # what a 0x66 prefix turns it into
     segment_override: bool = False     # memory operand takes 26/2E/36/3E/64/65
 
     @property
-    def virt_kind(self) -> str:
-        return self.virtualization.split(":", 1)[0]
+    def emulation(self) -> bool:
+        return self.treatment.emulation
 
     @property
-    def virt_routine(self) -> str:
-        parts = self.virtualization.split(":", 1)
-        return parts[1] if len(parts) > 1 else ""
+    def stub(self) -> bool:
+        return self.treatment.stub
+
+    @property
+    def bt(self) -> BT:
+        return self.treatment.bt
+
+    @property
+    def trap(self) -> Trap:
+        return self.treatment.trap
 
 
 PRIV, SU, CF, IO, INT = (Klass.PRIVILEGED, Klass.SENSITIVE_UNPRIVILEGED,
                          Klass.CONTROL_FLOW, Klass.IO, Klass.INTERRUPT)
 SR, PS = RIGroup.SENSITIVE_REGISTER, RIGroup.PROTECTION_SYSTEM
+T, F = True, False
+PATCH, PATCH_PRIVILEGED, TRAP = BT.PATCH, BT.PATCH_PRIVILEGED, BT.TRAP
+REFLECT, NATIVE, DEVICE, HOOK, UNSUPPORTED = (BT.REFLECT, BT.NATIVE, BT.DEVICE, BT.HOOK,
+                                              BT.UNSUPPORTED)
+EMULATE, SILENT = Trap.EMULATE, Trap.SILENT
+
+
+def V(emulation: bool, stub: bool, bt: BT, trap) -> Treatment:
+    """A row's treatment; `trap` may be given as the BT member of the same name."""
+    return Treatment(emulation, stub, bt, trap if isinstance(trap, Trap) else Trap(trap.value))
 OSZ_SAME = "same instruction with a 16-bit operand"
 
 
-def _e(name, mnems, encs, klass, why, ri, faults, virt, **kw) -> CatalogEntry:
+def _e(name, mnems, encs, klass, why, ri, faults, virt: Treatment, **kw) -> CatalogEntry:
     if isinstance(mnems, str):
         mnems = (mnems,)
     return CatalogEntry(name, tuple(mnems), tuple(encs), klass, why, ri, faults, virt, **kw)
@@ -147,170 +203,170 @@ def _b(hexstr: str) -> bytes:
 CATALOG: tuple[CatalogEntry, ...] = (
     # --- interrupt flag and interrupt delivery -------------------------------
     _e("cli", "cli", [Enc(_b("fa"))], INT,
-       "clears IF; IOPL-sensitive", None, True, "emulate:cli"),
+       "clears IF; IOPL-sensitive", None, True, V(T, T, PATCH_PRIVILEGED, EMULATE)),
     _e("sti", "sti", [Enc(_b("fb"))], INT,
-       "sets IF (interrupt shadow of one instruction); IOPL-sensitive", None, True, "emulate:sti"),
+       "sets IF (interrupt shadow of one instruction); IOPL-sensitive", None, True, V(T, T, PATCH_PRIVILEGED, EMULATE)),
     _e("pushfd", ("pushfd", "pushf"), [Enc(_b("9c"), note="66 9C = pushf")], SU,
-       "stores the real IF and IOPL", SR, False, "patch:pushfd",
+       "stores the real IF and IOPL", SR, False, V(T, T, PATCH, SILENT),
        opsize_variant="pushf (16-bit FLAGS)"),
     _e("popfd", ("popfd", "popf"), [Enc(_b("9d"), note="66 9D = popf")], SU,
-       "silently ignores IF/IOPL changes below CPL 0", SR, False, "patch:popfd",
+       "silently ignores IF/IOPL changes below CPL 0", SR, False, V(T, T, PATCH, SILENT),
        opsize_variant="popf (16-bit FLAGS)"),
     _e("iretd", ("iretd", "iret"), [Enc(_b("cf"), note="66 CF = iret")], INT,
-       "pops CS/EFLAGS: cannot set IF, reveals ring via CS RPL", None, False, "patch:iretd",
+       "pops CS/EFLAGS: cannot set IF, reveals ring via CS RPL", None, False, V(T, T, PATCH, EMULATE),
        fault_note="#GP when the frame's CS RPL is below the CPL (return to ring 0)",
        opsize_variant="iret (16-bit frame)"),
     _e("int", "int", [Enc(_b("cd"), operands="ib")], INT,
-       "software interrupt through the IDT", PS, True, "reflect",
+       "software interrupt through the IDT", PS, True, V(F, F, REFLECT, REFLECT),
        fault_note="#GP when the gate's DPL is below the CPL (ring-0 gates); "
                   "Unicorn reports every int n to UC_HOOK_INTR"),
     _e("int3", "int3", [Enc(_b("cc"))], INT,
-       "breakpoint trap through the IDT", None, True, "reflect",
+       "breakpoint trap through the IDT", None, True, V(F, F, REFLECT, REFLECT),
        fault_note="#GP when gate 3's DPL is below the CPL"),
     _e("into", "into", [Enc(_b("ce"))], INT,
-       "overflow trap through the IDT when OF=1", None, True, "reflect",
+       "overflow trap through the IDT when OF=1", None, True, V(F, F, REFLECT, REFLECT),
        fault_note="only when OF=1 and gate 4's DPL is below the CPL"),
     _e("int1", "int1", [Enc(_b("f1"))], INT,
-       "ICEBP: debug trap through the IDT (no DPL check)", None, False, "reflect"),
+       "ICEBP: debug trap through the IDT (no DPL check)", None, False, V(F, F, REFLECT, REFLECT)),
     _e("sysenter", "sysenter", [Enc(_b("0f34"))], INT,
-       "fast system call into ring 0 at the MSR-given entry", None, False, "emulate:sysenter",
+       "fast system call into ring 0 at the MSR-given entry", None, False, V(F, F, UNSUPPORTED, UNSUPPORTED),
        fault_note="#GP only when IA32_SYSENTER_CS is 0; the VMM keeps it 0 so it exits"),
     _e("sysexit", "sysexit", [Enc(_b("0f35"))], INT,
-       "fast return to ring 3; requires CPL 0", None, True, "emulate:sysexit"),
+       "fast return to ring 3; requires CPL 0", None, True, V(F, F, UNSUPPORTED, UNSUPPORTED)),
     # --- halting and caches --------------------------------------------------
-    _e("hlt", "hlt", [Enc(_b("f4"))], PRIV, "halts the CPU", None, True, "emulate:hlt"),
-    _e("clts", "clts", [Enc(_b("0f06"))], PRIV, "clears CR0.TS", None, True, "emulate:clts"),
-    _e("invd", "invd", [Enc(_b("0f08"))], PRIV, "invalidates caches", None, True, "emulate:invd"),
+    _e("hlt", "hlt", [Enc(_b("f4"))], PRIV, "halts the CPU", None, True, V(T, F, TRAP, EMULATE)),
+    _e("clts", "clts", [Enc(_b("0f06"))], PRIV, "clears CR0.TS", None, True, V(T, F, TRAP, EMULATE)),
+    _e("invd", "invd", [Enc(_b("0f08"))], PRIV, "invalidates caches", None, True, V(T, F, TRAP, EMULATE)),
     _e("wbinvd", "wbinvd", [Enc(_b("0f09"))], PRIV,
-       "writes back and invalidates caches", None, True, "emulate:wbinvd"),
+       "writes back and invalidates caches", None, True, V(T, F, TRAP, EMULATE)),
     _e("invlpg", "invlpg", [Enc(_b("0f01"), reg=7, mod="mem")], PRIV,
-       "invalidates one TLB entry", None, True, "emulate:invlpg", segment_override=True),
+       "invalidates one TLB entry", None, True, V(T, F, TRAP, EMULATE), segment_override=True),
     # --- I/O ------------------------------------------------------------------
     _e("in", "in", [Enc(_b("e4"), operands="ib"), Enc(_b("e5"), operands="ib"),
                     Enc(_b("ec")), Enc(_b("ed"))], IO,
-       "port input; IOPL-sensitive", None, True, "emulate:in",
+       "port input; IOPL-sensitive", None, True, V(F, F, DEVICE, DEVICE),
        opsize_variant="16-bit port access (66 E5 / 66 ED)"),
     _e("out", "out", [Enc(_b("e6"), operands="ib"), Enc(_b("e7"), operands="ib"),
                       Enc(_b("ee")), Enc(_b("ef"))], IO,
-       "port output; IOPL-sensitive", None, True, "emulate:out",
+       "port output; IOPL-sensitive", None, True, V(F, F, DEVICE, DEVICE),
        opsize_variant="16-bit port access (66 E7 / 66 EF)"),
     _e("ins", ("insb", "insw", "insd", "rep insb", "rep insw", "rep insd"),
        [Enc(_b("6c")), Enc(_b("6d"))], IO,
-       "string port input (REP F3 allowed); IOPL-sensitive", None, True, "emulate:ins",
+       "string port input (REP F3 allowed); IOPL-sensitive", None, True, V(F, F, DEVICE, DEVICE),
        opsize_variant="insw (66 6D)"),
     _e("outs", ("outsb", "outsw", "outsd", "rep outsb", "rep outsw", "rep outsd"),
        [Enc(_b("6e")), Enc(_b("6f"))], IO,
-       "string port output (REP F3 allowed); IOPL-sensitive", None, True, "emulate:outs",
+       "string port output (REP F3 allowed); IOPL-sensitive", None, True, V(F, F, DEVICE, DEVICE),
        opsize_variant="outsw (66 6F)", segment_override=True),
     # --- descriptor tables ----------------------------------------------------
     _e("lgdt", "lgdt", [Enc(_b("0f01"), reg=2, mod="mem")], PRIV,
-       "loads GDTR", None, True, "emulate:lgdt",
+       "loads GDTR", None, True, V(T, F, TRAP, EMULATE),
        opsize_variant="66 prefix loads a 24-bit base", segment_override=True),
     _e("lidt", "lidt", [Enc(_b("0f01"), reg=3, mod="mem")], PRIV,
-       "loads IDTR", None, True, "emulate:lidt",
+       "loads IDTR", None, True, V(T, F, TRAP, EMULATE),
        opsize_variant="66 prefix loads a 24-bit base", segment_override=True),
     _e("lldt", "lldt", [Enc(_b("0f00"), reg=2)], PRIV, "loads LDTR", None, True,
-       "emulate:lldt", segment_override=True),
+       V(T, F, TRAP, EMULATE), segment_override=True),
     _e("ltr", "ltr", [Enc(_b("0f00"), reg=3)], PRIV, "loads the task register", None, True,
-       "emulate:ltr", segment_override=True),
+       V(T, F, TRAP, EMULATE), segment_override=True),
     _e("sgdt", "sgdt", [Enc(_b("0f01"), reg=0, mod="mem")], SU,
-       "stores the VMM's GDTR", SR, False, "patch:sgdt", segment_override=True),
+       "stores the VMM's GDTR", SR, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("sidt", "sidt", [Enc(_b("0f01"), reg=1, mod="mem")], SU,
-       "stores the VMM's IDTR", SR, False, "patch:sidt", segment_override=True),
+       "stores the VMM's IDTR", SR, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("sldt", "sldt", [Enc(_b("0f00"), reg=0)], SU,
-       "stores the VMM's LDTR", SR, False, "patch:sldt", segment_override=True),
+       "stores the VMM's LDTR", SR, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("str", "str", [Enc(_b("0f00"), reg=1)], SU,
-       "stores the VMM's task register", PS, False, "patch:str", segment_override=True),
+       "stores the VMM's task register", PS, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("smsw", "smsw", [Enc(_b("0f01"), reg=4)], SU,
-       "stores the real CR0 low word (PE, TS, ...)", SR, False, "patch:smsw",
+       "stores the real CR0 low word (PE, TS, ...)", SR, False, V(T, T, PATCH, SILENT),
        segment_override=True),
     _e("lmsw", "lmsw", [Enc(_b("0f01"), reg=6)], PRIV,
-       "loads CR0 low bits", None, True, "emulate:lmsw", segment_override=True),
+       "loads CR0 low bits", None, True, V(T, F, TRAP, EMULATE), segment_override=True),
     # --- control and debug registers ------------------------------------------
     _e("mov_from_cr", "mov", [Enc(_b("0f20"), mod=None, reg=None, operands="/r",
                                   note="mov r32, CRn")], PRIV,
-       "reads CR0/2/3/4", None, True, "emulate:mov_from_cr"),
+       "reads CR0/2/3/4", None, True, V(T, F, TRAP, EMULATE)),
     _e("mov_to_cr", "mov", [Enc(_b("0f22"), operands="/r", note="mov CRn, r32")], PRIV,
-       "writes CR0/2/3/4", None, True, "emulate:mov_to_cr"),
+       "writes CR0/2/3/4", None, True, V(T, F, TRAP, EMULATE)),
     _e("mov_from_dr", "mov", [Enc(_b("0f21"), operands="/r", note="mov r32, DRn")], PRIV,
-       "reads DR0-7", None, True, "emulate:mov_from_dr"),
+       "reads DR0-7", None, True, V(T, F, TRAP, EMULATE)),
     _e("mov_to_dr", "mov", [Enc(_b("0f23"), operands="/r", note="mov DRn, r32")], PRIV,
-       "writes DR0-7", None, True, "emulate:mov_to_dr"),
+       "writes DR0-7", None, True, V(T, F, TRAP, EMULATE)),
     # --- model-specific registers, counters, identification ---------------------
-    _e("rdmsr", "rdmsr", [Enc(_b("0f32"))], PRIV, "reads an MSR", None, True, "emulate:rdmsr"),
-    _e("wrmsr", "wrmsr", [Enc(_b("0f30"))], PRIV, "writes an MSR", None, True, "emulate:wrmsr"),
+    _e("rdmsr", "rdmsr", [Enc(_b("0f32"))], PRIV, "reads an MSR", None, True, V(T, F, TRAP, EMULATE)),
+    _e("wrmsr", "wrmsr", [Enc(_b("0f30"))], PRIV, "writes an MSR", None, True, V(T, F, TRAP, EMULATE)),
     _e("xsetbv", "xsetbv", [Enc(_b("0f01"), reg=2, mod="reg", rm=1)], PRIV,
-       "writes XCR0", None, True, "emulate:xsetbv"),
+       "writes XCR0", None, True, V(F, F, UNSUPPORTED, UNSUPPORTED)),
     _e("rdtsc", "rdtsc", [Enc(_b("0f31"))], SU,
-       "reads the host time-stamp counter, not virtual time", None, False, "patch:rdtsc",
+       "reads the host time-stamp counter, not virtual time", None, False, V(T, F, TRAP, EMULATE),
        fault_note="#GP only with CR4.TSD set"),
     _e("rdtscp", "rdtscp", [Enc(_b("0f01"), reg=7, mod="reg", rm=1)], SU,
-       "reads the host time-stamp counter and TSC_AUX", None, False, "patch:rdtscp",
+       "reads the host time-stamp counter and TSC_AUX", None, False, V(F, F, UNSUPPORTED, UNSUPPORTED),
        fault_note="#GP only with CR4.TSD set"),
     _e("rdpmc", "rdpmc", [Enc(_b("0f33"))], PRIV,
-       "reads a performance counter", None, True, "emulate:rdpmc",
+       "reads a performance counter", None, True, V(T, F, TRAP, EMULATE),
        fault_note="allowed at any CPL when CR4.PCE is set"),
     _e("cpuid", "cpuid", [Enc(_b("0fa2"))], SU,
-       "reports the host CPU, not the virtual one", None, False, "patch:cpuid"),
+       "reports the host CPU, not the virtual one", None, False, V(F, F, HOOK, HOOK)),
     # --- segment protection queries -------------------------------------------
     _e("lar", "lar", [Enc(_b("0f02"), operands="/r")], SU,
-       "reveals descriptor DPLs (shadow GDT has DPL 1)", PS, False, "patch:lar",
+       "reveals descriptor DPLs (shadow GDT has DPL 1)", PS, False, V(T, F, PATCH, SILENT),
        segment_override=True),
     _e("lsl", "lsl", [Enc(_b("0f03"), operands="/r")], SU,
-       "reveals segment limits of the shadow tables", PS, False, "patch:lsl",
+       "reveals segment limits of the shadow tables", PS, False, V(T, F, PATCH, SILENT),
        segment_override=True),
     _e("verr", "verr", [Enc(_b("0f00"), reg=4)], SU,
-       "readability depends on CPL vs DPL", PS, False, "patch:verr", segment_override=True),
+       "readability depends on CPL vs DPL", PS, False, V(T, F, PATCH, SILENT), segment_override=True),
     _e("verw", "verw", [Enc(_b("0f00"), reg=5)], SU,
-       "writability depends on CPL vs DPL", PS, False, "patch:verw", segment_override=True),
+       "writability depends on CPL vs DPL", PS, False, V(T, F, PATCH, SILENT), segment_override=True),
     # --- segment registers ------------------------------------------------------
     _e("mov_from_cs", "mov", [Enc(_b("8c"), reg=1, note="mov r/m, cs")], SU,
-       "CS RPL reveals ring 1", PS, False, "patch:mov_from_cs", segment_override=True),
+       "CS RPL reveals ring 1", PS, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("mov_from_ss", "mov", [Enc(_b("8c"), reg=2, note="mov r/m, ss")], SU,
-       "SS RPL reveals ring 1", PS, False, "patch:mov_from_ss", segment_override=True),
+       "SS RPL reveals ring 1", PS, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("mov_from_sreg", "mov", [Enc(_b("8c"), reg=r, note=f"mov r/m, {s}")
                                 for r, s in ((0, "es"), (3, "ds"), (4, "fs"), (5, "gs"))], SU,
-       "stores a data segment selector", PS, False, "native", segment_override=True),
+       "stores a data segment selector", PS, False, V(F, F, NATIVE, NATIVE), segment_override=True),
     _e("mov_to_ss", "mov", [Enc(_b("8e"), reg=2, note="mov ss, r/m")], SU,
        "SS must have RPL = DPL = CPL; a ring-0 selector faults", PS, True,
-       "emulate:mov_to_ss", fault_note="when the selector's RPL is 0, as a ring-0 kernel's is",
+       V(T, F, TRAP, EMULATE), fault_note="when the selector's RPL is 0, as a ring-0 kernel's is",
        segment_override=True),
     _e("mov_to_cs", "mov", [Enc(_b("8e"), reg=1, note="mov cs, r/m")], SU,
-       "invalid opcode at every CPL", PS, True, "reflect", fault_note="#UD always",
+       "invalid opcode at every CPL", PS, True, V(F, F, REFLECT, REFLECT), fault_note="#UD always",
        segment_override=True),
     _e("mov_to_sreg", "mov", [Enc(_b("8e"), reg=r, note=f"mov {s}, r/m")
                               for r, s in ((0, "es"), (3, "ds"), (4, "fs"), (5, "gs"))], SU,
-       "loading a DPL-0 data segment at CPL 1 faults", PS, False, "native",
+       "loading a DPL-0 data segment at CPL 1 faults", PS, False, V(F, F, NATIVE, NATIVE),
        fault_note="#GP for DPL-0 descriptors; the shadow GDT raises them to DPL 1",
        segment_override=True),
     _e("push_cs", "push", [Enc(_b("0e"), note="66 0E = push cs 16-bit")], SU,
-       "pushes CS with RPL 1", PS, False, "patch:push_cs", opsize_variant=OSZ_SAME),
+       "pushes CS with RPL 1", PS, False, V(T, T, PATCH, SILENT), opsize_variant=OSZ_SAME),
     _e("push_ss", "push", [Enc(_b("16"))], SU,
-       "pushes SS with RPL 1", PS, False, "patch:push_ss", opsize_variant=OSZ_SAME),
+       "pushes SS with RPL 1", PS, False, V(T, T, PATCH, SILENT), opsize_variant=OSZ_SAME),
     _e("push_sreg", "push", [Enc(_b("06"), note="es"), Enc(_b("1e"), note="ds"),
                              Enc(_b("0fa0"), note="fs"), Enc(_b("0fa8"), note="gs")], SU,
-       "pushes a data segment selector", PS, False, "native", opsize_variant=OSZ_SAME),
+       "pushes a data segment selector", PS, False, V(F, F, NATIVE, NATIVE), opsize_variant=OSZ_SAME),
     _e("pop_ss", "pop", [Enc(_b("17"))], SU,
-       "SS must have RPL = DPL = CPL; a ring-0 selector faults", PS, True, "emulate:pop_ss",
+       "SS must have RPL = DPL = CPL; a ring-0 selector faults", PS, True, V(T, F, TRAP, EMULATE),
        fault_note="when the selector's RPL is 0", opsize_variant=OSZ_SAME),
     _e("pop_sreg", "pop", [Enc(_b("07"), note="es"), Enc(_b("1f"), note="ds"),
                            Enc(_b("0fa1"), note="fs"), Enc(_b("0fa9"), note="gs")], SU,
-       "loading a DPL-0 data segment at CPL 1 faults", PS, False, "native",
+       "loading a DPL-0 data segment at CPL 1 faults", PS, False, V(F, F, NATIVE, NATIVE),
        fault_note="#GP for DPL-0 descriptors; the shadow GDT raises them to DPL 1",
        opsize_variant=OSZ_SAME),
     # --- far control transfers --------------------------------------------------
     _e("call_far", ("lcall", "call"), [Enc(_b("9a"), operands="ptr16:32"),
                                        Enc(_b("ff"), reg=3, mod="mem", operands="m16:32")], CF,
-       "pushes CS (RPL 1); privilege checks on the target", PS, False, "patch:call_far",
+       "pushes CS (RPL 1); privilege checks on the target", PS, False, V(T, F, PATCH, SILENT),
        fault_note="#GP when the target code segment's DPL differs from the CPL",
        opsize_variant="ptr16:16 / m16:16 target", segment_override=True),
     _e("jmp_far", ("ljmp", "jmp"), [Enc(_b("ea"), operands="ptr16:32"),
                                     Enc(_b("ff"), reg=5, mod="mem", operands="m16:32")], CF,
-       "privilege checks on the target selector", PS, False, "native",
+       "privilege checks on the target selector", PS, False, V(F, F, NATIVE, NATIVE),
        fault_note="#GP when the target code segment's DPL differs from the CPL",
        opsize_variant="ptr16:16 / m16:16 target", segment_override=True),
     _e("retf", "retf", [Enc(_b("cb")), Enc(_b("ca"), operands="iw")], CF,
-       "pops CS; a ring-0 CS is a return to an inner ring", PS, False, "emulate:retf",
+       "pops CS; a ring-0 CS is a return to an inner ring", PS, False, V(T, F, TRAP, EMULATE),
        fault_note="#GP when the popped CS RPL is below the CPL",
        opsize_variant="16-bit return frame"),
 )
@@ -441,6 +497,18 @@ for _row in CATALOG:
         _BY_MNEMONIC[_m] = _BY_MNEMONIC.get(_m, ()) + (_row,)
 
 
+def check_registry(what: str, registered, declared) -> None:
+    """Raise when `registered` (the names a registry holds) differs from the rows
+    whose `declared(row)` is true: called by runtime/emulation.py and
+    patcher/templates.py when they finish registering."""
+    want = {r.name for r in CATALOG if declared(r)}
+    have = set(registered)
+    missing, extra = sorted(want - have), sorted(have - want)
+    if missing or extra:
+        raise AssertionError(f"{what} disagree with bt/catalog.py: declared but not registered "
+                             f"{missing}, registered but not declared {extra}")
+
+
 def classify(insn: bytes | str) -> CatalogEntry | None:
     """Classify raw instruction bytes, or a row name / unambiguous mnemonic."""
     if isinstance(insn, (bytes, bytearray, memoryview)):
@@ -463,16 +531,24 @@ def render_markdown() -> str:
         "",
         "Every instruction a VMM that runs a ring-0 kernel in ring 1 must care about.",
         "`faults at CPL 1` assumes IOPL 0, no VME, UMIP off, CR4.TSD and CR4.PCE clear.",
-        "Virtualization: `emulate:R` = the runtime emulates it on the fault with routine R;",
-        "`patch:S` = it runs silently with a wrong result, so the patcher replaces it with stub S;",
-        "`reflect` = delivered to the guest's own IDT; `native` = ring compression (shadow",
-        "descriptor tables) makes it behave.",
+        "`routine`: an emulation routine is registered under the row's name (runtime/emulation.py);",
+        "`stub`: a stub template is registered under it (patcher/templates.py).",
+        "`trap mode`: `emulate` = it faults at CPL 1 and the routine emulates it; `silent` = it",
+        "runs natively with the host's truth (trap-and-emulate's hole); `reflect` = delivered to",
+        "the guest's own IDT; `native` = ring compression (shadow descriptor tables) makes it",
+        "behave; `device` = the port I/O hooks handle it (every mode); `hook` = the cpuid hook",
+        "answers it (every mode); `unsupported` = it faults, no routine models it, and the fault",
+        "reaches the guest (docs/patches.md).",
+        "`bt mode`: `patch` = patched when scanned (jump patch, else int3 patch);",
+        "`patch-privileged` = jump patch when scanned (eager) or at its first trap, else it keeps",
+        "trapping; `trap` = left to fault and be emulated; the others as in trap mode.",
         "Encodings: `/n` = ModRM.reg, `(m)` = memory operand only, `(r)` = register operand only;",
         "all encodings accept legacy prefixes (operand size 66, segment overrides, REP),",
         "which the classifier skips.",
         "",
-        "| name | mnemonics | encodings | class | Robin & Irvine | faults at CPL 1 | virtualization | why |",
-        "|---|---|---|---|---|---|---|---|",
+        "| name | mnemonics | encodings | class | Robin & Irvine | faults at CPL 1 | routine | stub "
+        "| trap mode | bt mode | why |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in CATALOG:
         enc = "<br>".join(f"`{e.text()}`" for e in r.encodings)
@@ -489,7 +565,8 @@ def render_markdown() -> str:
             why += " (" + "; ".join(extra) + ")"
         lines.append(
             f"| {r.name} | {', '.join(r.mnemonics)} | {enc} | {r.klass.value} | "
-            f"{r.ri_group.value if r.ri_group else '-'} | {faults} | `{r.virtualization}` | {why} |")
+            f"{r.ri_group.value if r.ri_group else '-'} | {faults} | {'yes' if r.emulation else '-'} | "
+            f"{'yes' if r.stub else '-'} | `{r.trap.value}` | `{r.bt.value}` | {why} |")
     lines += ["", "## Counts", ""]
     for k in Klass:
         lines.append(f"- {k.value}: {sum(1 for r in CATALOG if r.klass is k)}")

@@ -1,4 +1,4 @@
-"""Patch planning and installation (PATM).
+"""Patch installation (PATM); what to patch is patcher/policy.py's decision.
 
 A sensitive instruction at a scanned site becomes either
   * a *jump patch*: a 5-byte `jmp rel32` over the site into a stub that
@@ -6,7 +6,7 @@ A sensitive instruction at a scanned site becomes either
     (relocated, with relative branches re-encoded), then jumps back; or
   * an *int3 patch* (the fallback, as PATM's int3 replacement): the first byte
     becomes 0xCC and the VMM emulates the original instruction on the #BP exit.
-A jump is refused (reason counted) when the CFG shows a branch target inside
+The policy refuses a jump (reason counted here) when the CFG shows a branch target inside
 the covered bytes, when the 5 bytes cross a page boundary (every code page is
 write-monitored), when a covered byte was not scanned, or when a covered
 instruction cannot run from the stub cache (it needs the VMM, or its meaning
@@ -17,60 +17,26 @@ code page removes its patches first, so the guest then reads its own bytes.
 from __future__ import annotations
 
 import bisect
-import enum
 import struct
 from dataclasses import dataclass, field
 
 import capstone
 
-from bt.catalog import Klass, classify_bytes
+from bt.catalog import classify_bytes
+from patcher.policy import JMP_SIZE, PAGE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EMULATE_EXITS, ENABLES_INTERRUPTS, EXIT, TEMPLATES, TERMINATORS,
-                               Insn, StubContext, window_check)
+from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, StubContext,
+                               template_for, window_check)
 
-JMP_SIZE = 5
-PAGE = 0x1000
+__all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
 
-class Refusal(str, enum.Enum):
-    BRANCH_TARGET_INSIDE = "branch-target-inside"
-    PAGE_BOUNDARY = "page-boundary"
-    UNSCANNED = "unscanned-bytes"
-    NEEDS_VMM = "needs-vmm"
-    UNRELOCATABLE = "unrelocatable-instruction"
-    ASSEMBLY = "assembly-error"
-    CACHE_FULL = "stub-cache-full"
-    OVERLAPS_PATCH = "overlaps-patch"
-    EXIT_INSIDE = "exit-point-inside"
-
-
-# Instructions that must not run from the stub cache when relocated: they need
-# the VMM, fault on purpose, or push/compare an address that would be a stub address.
-_NOT_RELOCATABLE = {"hlt", "int", "int3", "into", "int1", "ud2", "div", "idiv", "bound",
-                    "loop", "loope", "loopne", "jecxz", "jcxz", "in", "out", "insb", "insw",
-                    "insd", "outsb", "outsw", "outsd", "lcall", "ljmp", "retf", "iretd", "iret",
-                    "sysenter", "sysexit", "syscall", "cpuid", "rdtsc"}
-
-
-def template_key(mnemonic: str, op_str: str, data: bytes) -> str | None:
-    """Which stub template translates this instruction, if any."""
-    if mnemonic in TEMPLATES and mnemonic not in ("mov_from_cs", "mov_from_ss"):
-        return mnemonic
-    ops = [o.strip() for o in op_str.split(",")] if op_str else []
-    if mnemonic == "mov" and len(ops) == 2 and ops[1] in ("cs", "ss"):
-        return "mov_from_" + ops[1]
-    if mnemonic == "push" and ops and ops[0] in ("cs", "ss") and data[0] != 0x66:
-        return "push_" + ops[0]
-    return None
-
-
-def needs_translation(mnemonic: str, op_str: str, data: bytes) -> bool:
-    entry = classify_bytes(data)
-    return entry is not None and entry.klass in (Klass.PRIVILEGED, Klass.SENSITIVE_UNPRIVILEGED,
-                                                 Klass.INTERRUPT, Klass.IO) \
-        or template_key(mnemonic, op_str, data) is not None
+def row_name(ins: Insn) -> str:
+    """The catalog row of a patched instruction (its mnemonic if it has none)."""
+    row = classify_bytes(ins.data)
+    return row.name if row is not None else ins.mnemonic
 
 
 @dataclass
@@ -96,7 +62,7 @@ class Patch:
 class Patcher:
     """Plans, installs and removes patches; owns the stub cache."""
 
-    def __init__(self, uc, cache: StubCache, state_addr: int, read, write, flush):
+    def __init__(self, uc, cache: StubCache, state_addr: int, read, write, flush, counters):
         self.uc = uc
         self.cache = cache
         self.state_addr = state_addr
@@ -106,15 +72,21 @@ class Patcher:
         self.patches: dict[int, Patch] = {}
         self._stub_index: list[tuple[int, int]] | None = None   # (stub, site), sorted
         self._by_page: dict[int, set[int]] = {}
-        self.installed: dict[str, int] = {}
-        self.refused: dict[str, int] = {}
-        self.removed = 0
-        self.superseded = 0
-        self.int3_fallbacks = 0
+        # installed, refused, removed, ...: declared by the runtime (runtime/counters.py
+        # PATCH_STATS) and handed in, so the patcher imports nothing from runtime/.
+        # It needs `add(name, key=None)` and `report(**gauges)`.
+        self.counters = counters
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
         return self.patches.get(site)
+
+    def patches_on_page(self, page: int) -> list[Patch]:
+        """The installed patches with bytes on `page`, in address order."""
+        return [self.patches[s] for s in sorted(self._by_page.get(page, ())) if s in self.patches]
+
+    def count_refusal(self, why: Refusal) -> None:
+        self.counters.add("refused", why.value)
 
     def original_bytes(self, addr: int, data: bytes) -> bytes:
         """`data` read at `addr` with every installed patch's original bytes put back."""
@@ -148,10 +120,6 @@ class Patcher:
         p = self.patches.get(self._stub_index[i][1])
         return p if p is not None and p.stub <= eip < p.stub + p.stub_size else None
 
-    def stubs_moved(self) -> None:
-        """Call after patch stub addresses change (relocation)."""
-        self._stub_index = None
-
     def guest_address(self, eip: int) -> int:
         """Map an address inside a stub back to the guest instruction it translates."""
         p = self.stub_owner(eip)
@@ -162,78 +130,30 @@ class Patcher:
                 return guest
         return p.site
 
-    # -- planning ------------------------------------------------------------------
-    def plan(self, site: Insn, following: list[Insn], targets_inside) -> tuple[list[Insn], Refusal | None]:
-        """Choose the instructions a jump at `site` covers, or say why it cannot."""
-        if template_key(site.mnemonic, site.op_str, site.data) is None:
-            return [], Refusal.NEEDS_VMM
-        if (site.addr & ~(PAGE - 1)) != ((site.addr + JMP_SIZE - 1) & ~(PAGE - 1)):
-            return [], Refusal.PAGE_BOUNDARY
-        covered = [site]
-        end = site.addr + site.size
-        for ins in following:
-            if end >= site.addr + JMP_SIZE or covered[-1].mnemonic in TERMINATORS \
-                    or _ends_flow(covered[-1]):
-                break
-            if ins.addr != end:
-                return [], Refusal.UNSCANNED
-            covered.append(ins)
-            end += ins.size
-        if end < site.addr + JMP_SIZE:
-            # The flow ends (ret/jmp/iretd) before 5 bytes: the jump would overwrite
-            # bytes after it that an unknown computed branch (an iret frame, a
-            # function pointer) may reach.  PATM refused these too.
-            if covered[-1].mnemonic in TERMINATORS or _ends_flow(covered[-1]):
-                return [], Refusal.EXIT_INSIDE
-            return [], Refusal.UNSCANNED
-        if targets_inside(site.addr + 1, end):
-            return [], Refusal.BRANCH_TARGET_INSIDE
-        if self.covering(site.addr) is not None:
-            return [], Refusal.OVERLAPS_PATCH      # the site already runs translated
-        # Patches that start inside the new coverage are superseded by it (their
-        # instructions are translated inline by the new stub); see install().
-        for ins in covered[1:]:
-            key = template_key(ins.mnemonic, ins.op_str, ins.data)
-            if key is not None:
-                if key in EMULATE_EXITS:
-                    return [], Refusal.NEEDS_VMM
-                continue
-            if needs_translation(ins.mnemonic, ins.op_str, ins.data):
-                return [], Refusal.NEEDS_VMM
-            if ins.mnemonic in _NOT_RELOCATABLE or (ins.mnemonic == "call" and not _direct(ins)):
-                return [], Refusal.UNRELOCATABLE
-        return covered, None
-
     # -- installing ------------------------------------------------------------------
-    def install(self, site: Insn, following: list[Insn], targets_inside) -> Patch | None:
-        covered, why = self.plan(site, following, targets_inside)
-        if why is Refusal.OVERLAPS_PATCH:
-            self.refused[why.value] = self.refused.get(why.value, 0) + 1
-            return None
-        if why is None:
-            end = covered[-1].addr + covered[-1].size
-            for other in [p for p in self.patches.values() if site.addr < p.site < end]:
-                self._remove(other)
-                self.superseded += 1
-            try:
-                patch = self._build_jump(site, covered)
-            except AssemblyError:
-                why = Refusal.ASSEMBLY
-            except StubCacheFull:
-                why = Refusal.CACHE_FULL
-            else:
-                self._enable(patch)
-                return patch
-        return self.install_int3(site, why)
+    def install_jump(self, site: Insn, covered: list[Insn]) -> Patch:
+        """Install the jump patch the policy planned (patcher/policy.py `decide`);
+        an int3 patch when the stub cannot be built."""
+        end = covered[-1].addr + covered[-1].size
+        for other in [p for p in self.patches.values() if site.addr < p.site < end]:
+            self._remove(other)
+            self.counters.add("superseded")
+        try:
+            patch = self._build_jump(site, covered)
+        except AssemblyError:
+            return self.install_int3(site, Refusal.ASSEMBLY)
+        except StubCacheFull:
+            return self.install_int3(site, Refusal.CACHE_FULL)
+        self._enable(patch)
+        return patch
 
     def install_int3(self, site: Insn, why: Refusal | None) -> Patch:
-        name = template_key(site.mnemonic, site.op_str, site.data) or site.mnemonic
         orig = self._read(site.addr, 1)
-        patch = Patch(site.addr, name, "int3", orig, covered=(site,),
+        patch = Patch(site.addr, row_name(site), "int3", orig, covered=(site,),
                       end=site.addr + site.size, refused=why.value if why else None)
         if why is not None:
-            self.refused[why.value] = self.refused.get(why.value, 0) + 1
-        self.int3_fallbacks += 1
+            self.count_refusal(why)
+        self.counters.add("int3_fallbacks")
         self._write(site.addr, b"\xcc")
         self._flush(site.addr, site.addr + 1)
         self._register(patch)
@@ -250,9 +170,10 @@ class Patcher:
         end = covered[-1].addr + covered[-1].size
         enables = False
         for ins in covered:
-            key = template_key(ins.mnemonic, ins.op_str, ins.data)
-            if key is not None:
-                text = TEMPLATES[key](ctx, ins)
+            key = row_name(ins)
+            template = template_for(key, ins.data)
+            if template is not None:
+                text = template(ctx, ins)
                 enables |= key in ENABLES_INTERRUPTS
                 terminated |= key in TERMINATORS
                 part = assemble(text, cur) if text else b""
@@ -280,16 +201,16 @@ class Patcher:
         assert addr == start
         self.cache.write(addr, bytes(code))
         orig = self._read(site.addr, JMP_SIZE)
-        return Patch(site.addr, template_key(site.mnemonic, site.op_str, site.data), "jump", orig,
+        return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, addr, len(code), exits, stub_map)
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""
         m = ins.mnemonic
-        if m.startswith("j") and _direct(ins):
+        if m.startswith("j") and direct(ins):
             target = int(ins.op_str, 16)
             return assemble(f"{m} {target:#x}", at), m == "jmp"
-        if m == "call" and _direct(ins):
+        if m == "call" and direct(ins):
             target = int(ins.op_str, 16)
             ret = ins.addr + ins.size
             return assemble(f"push {ret:#x}; jmp {target:#x}", at), True
@@ -307,7 +228,7 @@ class Patcher:
         self._stub_index = None
         for page in {patch.site & ~(PAGE - 1), (patch.site + len(patch.orig) - 1) & ~(PAGE - 1)}:
             self._by_page.setdefault(page, set()).add(patch.site)
-        self.installed[patch.name] = self.installed.get(patch.name, 0) + 1
+        self.counters.add("installed", patch.name)
 
     # -- removing (self-modifying code) ------------------------------------------------
     def remove_page(self, page: int) -> list[Patch]:
@@ -319,7 +240,7 @@ class Patcher:
                 continue
             self._remove(p)
             gone.append(p)
-            self.removed += 1
+            self.counters.add("removed")
         return gone
 
     def _remove(self, p: Patch) -> None:
@@ -333,26 +254,22 @@ class Patcher:
         for sites in self._by_page.values():
             sites.discard(p.site)
 
+    # -- moving the stub cache --------------------------------------------------------
+    def relocate(self, delta: int) -> None:
+        """The stub cache moved by `delta` (its bytes and fixups already moved:
+        StubCache.relocate): move every patch's stub, exit and stub-map addresses."""
+        for p in self.patches.values():
+            if p.stub:
+                p.stub += delta
+                p.exits = {a + delta: e for a, e in p.exits.items()}
+                p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
+            if p.kind == "jump":
+                self._flush(p.site, p.site + JMP_SIZE)
+        self.state_addr += delta
+        self._stub_index = None
+
     def stats(self) -> dict:
-        return {"installed": dict(sorted(self.installed.items())),
-                "refused": dict(sorted(self.refused.items())),
-                "removed": self.removed,
-                "superseded": self.superseded,
-                "int3_fallbacks": self.int3_fallbacks,
-                "enabled": len(self.patches),
-                "stub_cache_bytes": self.cache.used}
-
-
-def _direct(ins: Insn) -> bool:
-    try:
-        int(ins.op_str, 16)
-        return True
-    except ValueError:
-        return False
-
-
-def _ends_flow(ins: Insn) -> bool:
-    return ins.mnemonic in ("ret", "jmp", "retf", "iretd", "hlt", "ud2")
+        return self.counters.report(enabled=len(self.patches), stub_cache_bytes=self.cache.used)
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

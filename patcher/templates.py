@@ -1,6 +1,8 @@
 """Stub templates: the assembly each patched instruction becomes.
 
-One function per catalog row (`@stub("pushfd")`), returning Keystone assembly
+One function per catalog row, registered under the row's name (`@stub("pushfd")`;
+the patcher picks the template of a site's row, and bt/catalog.py declares
+which rows have one: checked at import time), returning Keystone assembly
 text that implements the instruction against the virtual CPU state page.  The
 templates name state fields (`S.vflags`), never addresses: `StubContext` turns a
 field into an absolute address inside the current hypervisor area, and every
@@ -24,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from bt.catalog import check_registry
 from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
@@ -34,12 +37,34 @@ TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 EXIT = "hlt"
 
 
-def stub(*names: str):
+# Rows whose template translates only the 32-bit form: a 0x66-prefixed
+# instruction of these rows has no template (the patcher refuses the jump).
+NO_16BIT_FORM: set[str] = set()
+
+
+def stub(*names: str, opsize16: bool = True):
     def register(fn):
         for n in names:
+            if n in TEMPLATES:
+                raise ValueError(f"two stub templates for {n}")
             TEMPLATES[n] = fn
+            if not opsize16:
+                NO_16BIT_FORM.add(n)
         return fn
     return register
+
+
+def template_for(row_name: str, data: bytes):
+    """The template translating this instruction of catalog row `row_name`, or None."""
+    fn = TEMPLATES.get(row_name)
+    if fn is None or (row_name in NO_16BIT_FORM and _opsize16(data)):
+        return None
+    return fn
+
+
+def _opsize16(data: bytes) -> bool:
+    from bt.catalog import prefix_info
+    return prefix_info(data)[1]
 
 
 @dataclass(frozen=True)
@@ -108,7 +133,7 @@ _FLAG_WIDTH = {4: ("pushfd", "popfd", "mov eax, dword ptr", "eax, dword ptr", 0x
                2: ("pushf", "popf", "movzx eax, word ptr", "ax, word ptr", 0xFFFF)}
 
 
-@stub("pushfd", "pushf")
+@stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags, merge the virtual IF/IOPL into the pushed copy, and
     # restore the real arithmetic flags the merge clobbered.
@@ -124,7 +149,7 @@ def _pushf(s: StubContext, i: Insn) -> str:
             f"xchg {xchg} [esp + 4]; push eax; popfd; pop eax")
 
 
-@stub("popfd", "popf")
+@stub("popfd")
 def _popf(s: StubContext, i: Insn) -> str:
     # The real popf(d) at CPL 1 silently keeps IF/IOPL; record the guest's wish.
     _, pop, load, _, _ = _FLAG_WIDTH[2 if i.mnemonic == "popf" else 4]
@@ -225,7 +250,7 @@ def _mov_from_seg(s: StubContext, i: Insn) -> str:
             f"mov word ptr [{s.addr('scratch'):#x}], {dst}; mov {reg}, {s.field('scratch')}")
 
 
-@stub("push_cs", "push_ss")
+@stub("push_cs", "push_ss", opsize16=False)
 def _push_seg(s: StubContext, i: Insn) -> str:
     if i.data[0] == 0x66:
         raise NotImplementedError("16-bit push of a segment register")
@@ -235,7 +260,7 @@ def _push_seg(s: StubContext, i: Insn) -> str:
 
 
 # -- returns ----------------------------------------------------------------------
-@stub("iretd")
+@stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
     """Kernel-to-kernel iretd: move the frame to ring 1 and take over IF/IOPL;
     iretd to ring 3 runs natively.  When the frame enables interrupts while one
@@ -261,7 +286,7 @@ TERMINATORS = frozenset({"iretd"})
 # Templates containing an EXIT that means "emulate the original instruction".
 EMULATE_EXITS = frozenset({"iretd"})
 # Templates after which the VMM must be given a chance to inject (IF may rise).
-ENABLES_INTERRUPTS = frozenset({"sti", "popfd", "popf"})
+ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 
 
 def window_check(s: StubContext) -> str:
@@ -272,3 +297,6 @@ def window_check(s: StubContext) -> str:
     return (f"pushfd; test {s.field('vflags')}, {IF_BIT:#x}; jz {out}; "
             f"test {s.field('irq_pending')}, 1; jz {out}; popfd; {EXIT}; "
             f"{out}: popfd")
+
+
+check_registry("stub templates", TEMPLATES, lambda row: row.stub)

@@ -1,53 +1,37 @@
 """`--mode bt`: trap-and-emulate plus binary translation (CSAM + PATM).
 
-On top of `trap` mode:
-* Lazy CSAM: guest RAM starts non-executable.  The first fetch from a page
-  (UC_HOOK_MEM_FETCH_PROT) scans guest code recursively from that address
-  (scanner.Scanner), patches every sensitive-but-unprivileged instruction found,
-  and lets the scanned pages execute.  Indirect branches the scanner could not
-  resolve get an int3 guard: their first byte traps, the VMM computes the
-  target, scans it if it is new, and performs the branch, so code reached only
-  through computed pointers never runs unscanned.
-* Fault-driven patching: a privileged instruction (cli, sti, iretd) that traps at
-  a scanned site is emulated, then patched, so its next execution costs no exit.
-* Self-modifying code: pages holding scanned code are write-monitored.  A write
-  that touches scanned bytes removes the page's patches (restoring the guest's
-  bytes first, then applying its write), drops Unicorn's translated blocks and
-  the page's CFG blocks, and makes the page non-executable so its next execution
-  rescans it.  A write to a code page that touches no scanned byte just lands.
-* Stub exits (a `hlt` in a stub) and faults inside stubs are mapped back to
-  guest addresses: nothing the guest or the report sees names a stub address.
+BTMode wires four parts together on top of `trap` mode:
+* CSAM (runtime/csam.py): lazy scanning, int3 guards on unresolved indirect
+  branches, self-modifying-code handling; it reports every new site;
+* the patch policy (patcher/policy.py): what to do with a site, from its
+  catalog row, its CFG neighbourhood and what is installed;
+* the patcher (patcher/patches.py): installs and removes the patches;
+* the exits of patched code, here: int3 patches and stub exits run the site's
+  emulation routine; fault-driven patching turns the first trap of a patchable
+  site (cli, sti, iretd) into a jump patch and resumes at the site, so the stub
+  performs it; faults inside stubs are mapped back to guest addresses, so
+  nothing the guest or the report sees names a stub address.
 """
 from __future__ import annotations
 
-from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
+from bt.catalog import classify_bytes
+from patcher import policy
 from patcher.patches import Patcher
+from patcher.policy import Action, Neighbourhood
 from patcher.stubcache import StubCache
 from patcher.templates import Insn as PInsn
-from runtime.decode import decode, effective_address
+from runtime.counters import CSAM_STATS, PATCH_STATS, Counters
+from runtime.csam import CSAM
+from runtime.decode import decode
 from runtime.delivery import GuestFault
-from runtime.emulation import NOT_MINE, ROUTINES
+from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
 from runtime.vcpu import VFLAGS_MASK
-from scanner.cfg import CFG
-from scanner.scan import Scanner
 
-PAGE = 0x1000
-NOT_SCANNED = "unscanned"
-CODE = "code"
-IN_STUB_SLICE = 64
-
-# Catalog rows whose instructions silently give the host's truth at CPL 1: they are
-# patched as soon as the scanner finds them, before they can run.  Privileged
-# rows trap on their own and are patched on their first trap (fault-driven);
-# segment loads other than SS behave the same in ring 1 and need nothing.
-FAULT_PATCHED = frozenset({"cli", "sti", "iretd"})
-PATCH_AT_SCAN = frozenset({"pushfd", "popfd", "sgdt", "sidt", "sldt", "str", "smsw",
-                           "lar", "lsl", "verr", "verw", "mov_from_cs", "mov_from_ss",
-                           "push_cs", "push_ss", "call_far"})   # slice length while EIP is inside patch code (no injection there)
+IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection there)
 
 
 class BTMode(TrapMode):
@@ -55,29 +39,26 @@ class BTMode(TrapMode):
 
     def __init__(self, vm):
         super().__init__(vm)
-        self.cfg = CFG()
-        self.scanner = Scanner(self._scan_read, self.cfg)
         self.cache = StubCache(self.uc, self.hyper.base)
         self.patcher = Patcher(self.uc, self.cache, self.vcpu.state_addr,
-                               self._raw_read, self._raw_write, self._flush)
-        self.guards: dict[int, PInsn] = {}        # int3 guards on indirect branches
-        self.code_pages: set[int] = set()
-        self.scanned_pages_ever: set[int] = set()
-        self.stats = {"pages_scanned": 0, "pages_rescanned": 0, "scans": 0,
-                      "faults_before_patching": 0, "faults_after_patching": 0,
-                      "stub_exits": 0, "int3_exits": 0, "guard_exits": 0,
-                      "code_page_writes": 0, "smc_invalidations": 0}
+                               self._raw_read, self._raw_write, self._flush,
+                               Counters(PATCH_STATS))
+        self.stats = Counters(CSAM_STATS)
+        self.csam = CSAM(self, self.patcher, self.stats, self._place_patches)
         self._patched_fault_sites: set[int] = set()
-        self.smc_pages: set[int] = set()           # pages the guest wrote code on
-        self._read_hooks: dict[int, tuple] = {}
-        self._unhidden: list[tuple[int, bytes]] = []
-        self._reread: str | None = None
-        # Patch cli/sti/iretd found by the scanner right away (PATM did), instead
-        # of waiting for their first trap; fault-driven patching covers the rest.
+        # Patch cli/sti found by the scanner right away (PATM did), instead of
+        # waiting for their first trap; fault-driven patching covers the rest.
         self._scan_patches_privileged = vm.config.extra.get("eager_privileged_patches", True)
-        self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, vm._guarded(self._on_fetch_prot, False))
 
-    # -- memory helpers -----------------------------------------------------------
+    @property
+    def cfg(self):
+        return self.csam.cfg
+
+    @property
+    def guards(self) -> dict:
+        return self.csam.guards
+
+    # -- memory -------------------------------------------------------------------
     def _raw_read(self, addr: int, n: int) -> bytes:
         return self.vm.mem.fast.mem_read(addr, n)
 
@@ -87,221 +68,50 @@ class BTMode(TrapMode):
     def _flush(self, lo: int, hi: int) -> None:
         self.uc.ctl_remove_cache(lo, hi)
 
-    def _scan_read(self, addr: int, n: int) -> bytes | None:
-        """Guest memory as the guest wrote it (patches hidden), RAM only."""
-        ram = self.vm.config.mem_bytes
-        if addr < 0 or addr >= ram:
-            return None
-        n = min(n, ram - addr)
-        return self.patcher.original_bytes(addr, bytes(self.uc.mem_read(addr, n)))
+    def guest_visible(self, address: int, size: int) -> bytes:
+        """Guest memory as the guest wrote it: patches hidden.  The one view the
+        scanner, the write monitor and the fidelity checker read."""
+        return self.patcher.original_bytes(address, self._raw_read(address, size))
 
     # -- boot ---------------------------------------------------------------------
     def boot(self) -> None:
         super().boot()
-        self.protect.block_exec_range(0, self.vm.config.mem_bytes, NOT_SCANNED)
+        self.csam.boot()
         # The guest may run stubs but never write them: a store there is an
         # isolation violation (VM.on_protected_write ends the run cleanly).
         self.hyper.protect_stubs(writable=False)
         from runtime.hyper import SELECTOR_VIEW, selector_view_table
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
-    # -- lazy CSAM ------------------------------------------------------------------
-    def _on_fetch_prot(self, access, address, size, value):
-        """First execution in a non-executable page: scan from there.  The page's
-        new protection is committed between slices (runtime/protect.py), so the
-        fetch is refused now and retried by the next slice."""
-        if address >= self.vm.config.mem_bytes:
-            return False
-        self.vm.counters.add("scan_exits")
-        self.vm.exit_site(address)
-        self.scan_and_patch(address)
-        page = address & ~(PAGE - 1)
-        if self.protect.exec_blocked(page):        # nothing scanned there (bad bytes)
-            self.protect.block_exec(page, NOT_SCANNED, False)
-        self._fetch_retry = True
-        self.vm._halt_slice()
-        return False
+    # -- patching what CSAM found ----------------------------------------------------
+    def _hood(self, addr: int) -> Neighbourhood:
+        return policy.neighbourhood(self.cfg, addr, self.patcher.covering)
 
-    def claims_error(self, err) -> bool:
-        if getattr(self, "_fetch_retry", False):
-            self._fetch_retry = False
-            return True
-        return False
-
-    def scan_and_patch(self, addr: int) -> None:
-        before = set(self.cfg.pages.code_pages())
-        known_unresolved = set(self.cfg.unresolved_sites())
-        self.scanner.scan_from(addr)
-        self.stats["scans"] += 1
-        pages = set(self.cfg.pages.code_pages())
-        for page in pages - before:
-            self.stats["pages_scanned"] += 1
-            if page in self.scanned_pages_ever:
-                self.stats["pages_rescanned"] += 1
-            self.scanned_pages_ever.add(page)
-        # In address order, so a patch starting at `cli` absorbs the `pushfd`
-        # after it instead of colliding with it.
-        # The sites this scan decoded are the new ones (each byte is decoded
-        # once): no walk over the whole CFG per lazy scan.
-        for addr, _name, _klass in sorted(self.scanner.new_sites):
-            site = self.cfg.site_at(addr)
-            if site is None or self.patcher.covering(site.addr):
+    def _place_patches(self, sites: list[int], unresolved: list[int]) -> None:
+        """CSAM's report after a scan: ask the policy about every new site, then
+        guard the new unresolved indirect branches nothing covers."""
+        for addr in sites:
+            site = policy.insn_at(self.cfg, addr)
+            if site is None:
                 continue
-            if site.name in PATCH_AT_SCAN:
-                self._patch_site(site.addr)
-            elif site.name == "iretd":
-                # iretd to ring 3 does not trap: it must never run natively.
-                self._patch_site(site.addr)
-            elif site.name in FAULT_PATCHED and self._scan_patches_privileged:
-                self._patch_site(site.addr, int3_fallback=False)
-        for u in self.cfg.unresolved_sites():
-            if u not in known_unresolved and u not in self.guards and self.patcher.covering(u) is None:
-                self._guard(u)
-        for page in pages:
-            if page not in self.code_pages:
-                self.code_pages.add(page)
-                self.protect.watch_writes(page, CODE, True)
-            self.protect.block_exec(page, NOT_SCANNED, False)
-
-    # -- hiding patches from a guest that reads its own code ------------------------------
-    # Unicorn does not enforce read protection on executable pages, so reads cannot
-    # be trapped by protection.  On pages where the guest has already treated its
-    # code as data (a self-modifying-code write), a read hook limited to that page
-    # catches loads that touch a patch.  Stopping inside a read hook aborts the
-    # load (Unicorn restarts the instruction), which is used on purpose:
-    #   1. the hook puts the original bytes back and ends the slice;
-    #   2. the instruction runs again, alone (a one-instruction slice), and reads
-    #      the guest's own bytes;
-    #   3. before the next slice the patch bytes return.
-    # Other pages get no hook: a read hook costs every load 20-40% in Unicorn
-    # (measured), so it is only paid where a guest is known to read its code.
-    def _install_read_hooks(self) -> None:
-        for page in self.smc_pages:
-            if page not in self._read_hooks and self.patcher._by_page.get(page):
-                self._read_hooks[page] = self.uc.hook_add(
-                    UC_HOOK_MEM_READ, self.vm._guarded(self._before_read), None,
-                    page, page + PAGE - 1)
-                self.stats["read_hidden_pages"] = len(self._read_hooks)
-
-    def _before_read(self, access, address, size, value):
-        if self._reread == "retrying":
-            return                                   # step 2: let the load see them
-        hits = [p for p in self._patches_near(address)
-                if p.span[0] < address + size and address < p.span[1]]
-        if not hits:
-            return
-        for p in hits:                               # step 1
-            lo, hi = p.span
-            self._unhidden.append((lo, self._raw_read(lo, hi - lo)))
-            self._raw_write(lo, p.orig)
-        self.stats["hidden_reads"] = self.stats.get("hidden_reads", 0) + 1
-        self._reread = "retry"
-        self.vm._halt_slice(abort=True)
-
-    def _rehide(self) -> None:
-        while self._unhidden:                        # step 3
-            lo, patched = self._unhidden.pop()
-            self._raw_write(lo, patched)
+            d = policy.decide(site, self._hood(addr),
+                              eager_privileged=self._scan_patches_privileged)
+            if d.action is Action.JUMP:
+                self.patcher.install_jump(site, list(d.covered))
+            elif d.action is Action.INT3:
+                self.patcher.install_int3(site, d.refused)
+        for u in unresolved:
+            if policy.decide_branch(u, self.patcher.covering).action is Action.GUARD:
+                self.csam.guard(u)
 
     def on_vmm_branch(self, target: int) -> None:
-        # Interrupt handlers and other VMM-chosen targets can sit in pages that
-        # are already executable (scanned for other code): scan them explicitly.
-        if self.cfg.block_of(target) is None and 0 <= target < self.vm.config.mem_bytes:
-            self.scan_and_patch(target)
-
-    def _insn_at(self, addr: int) -> PInsn | None:
-        b = self.cfg.block_of(addr)
-        if b is None:
-            return None
-        insns = self.cfg.graph.nodes[b]["insns"]
-        a, size, mnem, op, data = insns[insns.index_of(addr)]
-        return PInsn(a, size, mnem, op, bytes(data))
-
-    def _following(self, addr: int, count: int = 6) -> list[PInsn]:
-        out = []
-        b = self.cfg.block_of(addr)
-        cur = addr
-        while b is not None and len(out) < count:
-            insns = self.cfg.graph.nodes[b]["insns"]
-            for a, size, mnem, op, data in insns:
-                if a > addr and a >= cur:
-                    out.append(PInsn(a, size, mnem, op, bytes(data)))
-                    cur = a + size
-            last = insns[-1]
-            nxt = last[0] + last[1]
-            b = self.cfg.block_of(nxt)
-            if b is not None and b != nxt:
-                break
-        return out[:count]
-
-    def _patch_site(self, addr: int, int3_fallback: bool = True):
-        site = self._insn_at(addr)
-        if site is None:
-            return None
-        targets = lambda lo, hi: bool(self.cfg.branch_targets_in(lo, hi))
-        if not int3_fallback:
-            # A privileged site traps by itself: patch only if a jump fits,
-            # otherwise leave it to trap (an int3 would cost the same exit).
-            _, why = self.patcher.plan(site, self._following(addr), targets)
-            if why is not None:
-                return None
-        return self.patcher.install(site, self._following(addr), targets)
-
-    def _guard(self, addr: int) -> None:
-        site = self._insn_at(addr)
-        if site is None:
-            return
-        self.guards[addr] = site
-        self.uc.mem_write(addr, b"\xcc")
-        self._flush(addr, addr + 1)
-        self.vm.counters.add("guards_installed")
-
-    # -- self-modifying code ----------------------------------------------------------
-    def guest_visible(self, address: int, size: int) -> bytes:
-        return self.patcher.original_bytes(address, self._raw_read(address, size))
+        self.csam.ensure_scanned(target)
 
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
-        """Called before the guest's write lands. True = the slice must stop."""
-        if page not in self.code_pages:
-            return False
-        self.stats["code_page_writes"] += 1
-        if not self._touches_code(address, size):
-            return False
-        self._invalidate(page)
-        if address + size > page + PAGE:
-            self._invalidate(page + PAGE)
-        return True
+        return self.csam.before_watched_write(page, address, size)
 
-    def _touches_code(self, address: int, size: int) -> bool:
-        for a in range(address, address + size):
-            if self.cfg.pages.state(a):
-                return True
-            if any(p.site <= a < p.site + len(p.orig) for p in self._patches_near(a)):
-                return True
-            if a in self.guards:
-                return True
-        return False
-
-    def _patches_near(self, a: int):
-        for site in self.patcher._by_page.get(a & ~(PAGE - 1), ()):
-            p = self.patcher.at(site)
-            if p is not None:
-                yield p
-
-    def _invalidate(self, page: int) -> None:
-        if page not in self.code_pages:
-            return
-        self.stats["smc_invalidations"] += 1
-        self.smc_pages.add(page)
-        self.patcher.remove_page(page)
-        for g in [g for g in self.guards if g & ~(PAGE - 1) == page]:
-            self.uc.mem_write(g, self.guards.pop(g).data[:1])
-        self.scanner.invalidate_page(page)
-        self.cfg.pages.drop(page)
-        self._flush(page, page + PAGE)
-        self.code_pages.discard(page)
-        self.protect.watch_writes(page, CODE, False)
-        self.protect.block_exec(page, NOT_SCANNED, True)
+    def claims_error(self, err) -> bool:
+        return self.csam.claims_fetch_retry()
 
     # -- exits ------------------------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
@@ -311,12 +121,12 @@ class BTMode(TrapMode):
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
         if vector == 3 and soft and cpl == 1:
             site = (eip - 1) & 0xFFFFFFFF
-            if site in self.guards:
-                return self._guard_exit(site)
+            if self.csam.is_guard(site):
+                return self.csam.guard_exit(site)
             p = self.patcher.at(site)
             if p is not None and p.kind == "int3":
-                self.stats["int3_exits"] += 1
-                self.stats["faults_after_patching"] += 1
+                self.stats.add("int3_exits")
+                self.stats.add("faults_after_patching")
                 vm.counters.add("faults_emulated", p.covered[0].mnemonic)
                 return self._emulate_original(p.covered[0], resume=None)
         if vector == 13 and not soft and cpl == 1 and self._patch_on_fault(eip):
@@ -324,43 +134,43 @@ class BTMode(TrapMode):
         return super().on_fault(vector, eip, error, soft)
 
     def _patch_on_fault(self, eip: int) -> bool:
-        """Fault-driven patching: the first trap at a scanned cli/sti/iretd site
-        installs a jump patch and resumes *at the site*, so the stub performs the
-        instruction (and every later execution) without another exit.  When the
-        jump is refused the fault is emulated as in trap mode (and the site keeps
-        trapping, counted as a fault after patching was tried)."""
+        """Fault-driven patching: the first trap at a scanned patchable site (cli,
+        sti, iretd) installs a jump patch when the policy allows it and resumes
+        *at the site*, so the stub performs the instruction (and every later
+        execution) without another exit.  When the jump is refused the fault is
+        emulated as in trap mode (and the site keeps trapping, counted as a fault
+        after patching was tried)."""
         if eip in self._patched_fault_sites:
             return False
         insn = self.decoder.at(eip)
-        if insn is None or insn.mnemonic not in FAULT_PATCHED:
+        if insn is None or not policy.patched_on_fault(classify_bytes(insn.data)):
             return False
         self._patched_fault_sites.add(eip)
-        self.stats["faults_before_patching"] += 1
-        if self._insn_at(eip) is None or self.patcher.covering(eip):
+        self.stats.add("faults_before_patching")
+        site = policy.insn_at(self.cfg, eip)
+        if site is None:
             return False
-        site = self._insn_at(eip)
-        targets = lambda lo, hi: bool(self.cfg.branch_targets_in(lo, hi))
-        covered, why = self.patcher.plan(site, self._following(eip), targets)
-        if why is not None:
-            self.patcher.refused[why.value] = self.patcher.refused.get(why.value, 0) + 1
+        d = policy.decide(site, self._hood(eip), at_fault=True)
+        if d.action is not Action.JUMP:
+            if d.action is Action.TRAP and d.refused is not None:
+                self.patcher.count_refusal(d.refused)
             return False
-        if self.patcher.install(site, self._following(eip), targets) is None:
-            return False
+        self.patcher.install_jump(site, list(d.covered))
         self.vm.counters.add("faults_emulated", "patched:" + insn.mnemonic)
         return True
 
     def after_emulated_fault(self, insn, eip: int) -> None:
         if eip in self._patched_fault_sites:
-            self.stats["faults_after_patching"] += 1
+            self.stats.add("faults_after_patching")
 
     def _emulate_original(self, ins: PInsn, resume: int | None) -> bool:
         insn = decode(ins.data)
-        routine = ROUTINES.get(insn.mnemonic) if insn else None
-        if routine is None:
+        row = classify_bytes(ins.data)
+        if insn is None or not has_routine(row):
             raise GuestFault(6)
         self.stop_slice = False
         try:
-            new_eip = routine(self, insn, ins.addr)
+            new_eip = emulate(self, row, insn, ins.addr)
         except GuestFault as f:
             if f.cr2 is not None:
                 self.write_cr(2, f.cr2)
@@ -385,7 +195,7 @@ class BTMode(TrapMode):
         exit_ = p.exits.get(eip) if p is not None else None
         if vector == 13 and exit_ is not None:
             kind, guest, resume = exit_
-            self.stats["stub_exits"] += 1
+            self.stats.add("stub_exits")
             vm.counters.add("stub_exits", kind)
             if kind == "window":
                 vm.fast.reg_write(X.UC_X86_REG_EIP, resume)
@@ -396,26 +206,6 @@ class BTMode(TrapMode):
         guest = self.patcher.guest_address(eip)
         vm.counters.add("faults_reflected", vector)
         vm.deliver_exception(vector, guest if not soft else eip, error, soft)
-        return True
-
-    def _guard_exit(self, site: int) -> bool:
-        """An indirect branch: find the target, scan it if new, perform the branch."""
-        vm = self.vm
-        self.stats["guard_exits"] += 1
-        ins = self.guards[site]
-        insn = decode(ins.data)
-        op = insn.operands[0]
-        if op.kind == "reg":
-            target = self.uc.reg_read(op.reg)
-        else:
-            addr = effective_address(self.uc, op, self.seg_base)
-            target = int.from_bytes(self.guest_read(addr, 4), "little")
-        if self.cfg.block_of(target) is None and target < vm.config.mem_bytes:
-            self.scan_and_patch(target)
-        if insn.mnemonic == "call":
-            from runtime.emulation import _push
-            _push(self, site + ins.size, 4)
-        vm.fast.reg_write(X.UC_X86_REG_EIP, target)
         return True
 
     # -- moving the hypervisor area -------------------------------------------------------
@@ -433,15 +223,7 @@ class BTMode(TrapMode):
         self.hyper.map_at(new_base)
         uc.mem_write(new_base, contents)
         self.cache.relocate(new_base, self._raw_read, self._raw_write)
-        for p in self.patcher.patches.values():
-            delta = new_base - old
-            if p.stub:
-                p.stub += delta
-                p.exits = {a + delta: e for a, e in p.exits.items()}
-                p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
-            if p.kind == "jump":
-                self._flush(p.site, p.site + 5)
-        self.patcher.stubs_moved()
+        self.patcher.relocate(new_base - old)
         _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
@@ -455,9 +237,8 @@ class BTMode(TrapMode):
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
         del old_mem
-        self.patcher.state_addr = new_base
         self.hyper.protect_stubs(writable=False)
-        self.stats["relocations"] = self.stats.get("relocations", 0) + 1
+        self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------
     def _in_stub(self) -> bool:
@@ -468,15 +249,10 @@ class BTMode(TrapMode):
 
     def before_slice(self) -> None:
         super().before_slice()
-        if self._reread == "retry":
-            self._reread = "retrying"
-        elif self._reread == "retrying":
-            self._rehide()
-            self._reread = None
-        self._install_read_hooks()
+        self.csam.before_slice()
 
     def slice_limit(self) -> int | None:
-        if self._reread == "retry":
+        if self.csam.rereading():
             return 1
         limit = super().slice_limit()
         pending = 1 if self.vm.pic.has_interrupt() else 0
@@ -512,7 +288,8 @@ class BTMode(TrapMode):
     def extra_report(self) -> dict:
         out = super().extra_report()
         out["patches"] = self.patcher.stats()
-        out["csam"] = {**self.stats, "guards": len(self.guards),
-                       "code_pages": len(self.code_pages),
-                       "instructions_scanned": self.cfg.instruction_count()}
+        out["csam"] = self.stats.report(read_hidden_pages=self.csam.read_hidden_pages,
+                                        guards=len(self.guards),
+                                        code_pages=len(self.csam.code_pages),
+                                        instructions_scanned=self.cfg.instruction_count())
         return out

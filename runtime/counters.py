@@ -16,6 +16,7 @@ class CounterDecl:
     name: str
     meaning: str
     keyed: bool = False
+    gauge: bool = False      # a figure read at report time, not counted
 
 
 DECLARATIONS: tuple[CounterDecl, ...] = (
@@ -42,15 +43,50 @@ BUS_COUNTERS: tuple[CounterDecl, ...] = (
     CounterDecl("unhandled_port_writes", "writes to ports no device owns (dropped)", keyed=True),
 )
 
+# Kept by the patcher (patcher/patches.py), reported as `extra.patches` in bt mode.
+PATCH_STATS: tuple[CounterDecl, ...] = (
+    CounterDecl("installed", "patches installed, by catalog row (jump and int3 patches)", keyed=True),
+    CounterDecl("refused", "jump patches refused, by reason (patcher.policy.Refusal)", keyed=True),
+    CounterDecl("removed", "patches removed because the guest wrote to their page"),
+    CounterDecl("superseded", "patches removed because a new jump patch's stub translates them"),
+    CounterDecl("int3_fallbacks", "int3 patches installed (their jump was refused)"),
+    CounterDecl("enabled", "patches installed at the end of the run", gauge=True),
+    CounterDecl("stub_cache_bytes", "bytes of the stub cache in use", gauge=True),
+)
+
+# Kept by bt mode (runtime/bt.py, runtime/csam.py), reported as `extra.csam`.
+CSAM_STATS: tuple[CounterDecl, ...] = (
+    CounterDecl("scans", "scanner runs (lazy scans, delivery targets, guard targets)"),
+    CounterDecl("pages_scanned", "pages that became code pages through a scan"),
+    CounterDecl("pages_rescanned", "of those, pages scanned again after an invalidation"),
+    CounterDecl("faults_before_patching", "first traps of patchable sites (fault-driven patching)"),
+    CounterDecl("faults_after_patching", "traps at sites patching already handled "
+                "(int3 patches, refused fault-driven jumps)"),
+    CounterDecl("stub_exits", "exits from patch stubs (emulate and window exits)"),
+    CounterDecl("int3_exits", "executions of int3 patches"),
+    CounterDecl("guard_exits", "executions of int3 guards on indirect branches"),
+    CounterDecl("code_page_writes", "guest writes to write-monitored code pages"),
+    CounterDecl("smc_invalidations", "code pages invalidated because the guest wrote scanned bytes"),
+    CounterDecl("hidden_reads", "guest loads that touched a patch and were re-run on the guest's bytes"),
+    CounterDecl("relocations", "moves of the hypervisor area"),
+    CounterDecl("read_hidden_pages", "pages with a read hook that hides patches", gauge=True),
+    CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
+    CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
+    CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),
+)
+
 _BY_NAME = {d.name: d for d in DECLARATIONS + BUS_COUNTERS}
 
 
 class Counters:
-    """The run's counters.  Attribute-free on purpose: `c.add(name, key)`."""
+    """A set of declared counters (the run's, by default).  Attribute-free on
+    purpose: `c.add(name, key)`; an undeclared name is a KeyError."""
 
-    def __init__(self):
-        self._plain: dict[str, int] = {d.name: 0 for d in DECLARATIONS if not d.keyed}
-        self._keyed: dict[str, Counter] = {d.name: Counter() for d in DECLARATIONS if d.keyed}
+    def __init__(self, declarations: tuple[CounterDecl, ...] = DECLARATIONS):
+        self.declarations = declarations
+        counted = [d for d in declarations if not d.gauge]
+        self._plain: dict[str, int] = {d.name: 0 for d in counted if not d.keyed}
+        self._keyed: dict[str, Counter] = {d.name: Counter() for d in counted if d.keyed}
 
     def add(self, name: str, key=None, n: int = 1) -> None:
         if key is None:
@@ -73,6 +109,16 @@ class Counters:
         for name, c in self._keyed.items():
             out[name] = {_key(k): v for k, v in sorted(c.items(), key=lambda kv: _sort_key(kv[0]))}
         return out
+
+    def report(self, **gauges) -> dict:
+        """The counters plus the declared gauges' values, in declaration order;
+        a missing or undeclared gauge is an error, so a report carries exactly
+        the declared figures."""
+        want = {d.name for d in self.declarations if d.gauge}
+        if set(gauges) != want:
+            raise KeyError(f"gauges {sorted(set(gauges) ^ want)} not as declared")
+        counted = self.as_dict()
+        return {d.name: gauges[d.name] if d.gauge else counted[d.name] for d in self.declarations}
 
 
 def _key(k) -> str:

@@ -61,6 +61,7 @@ class Insn:
     prefixes: tuple[int, ...]
     opsize16: bool
     rep: bool
+    data: bytes = b""    # the instruction's bytes (the exit dispatcher classifies them)
 
 
 _by_bytes: dict[bytes, Insn] = {}
@@ -121,7 +122,7 @@ def _convert(ci) -> Insn:
                                scale=m.scale, disp=m.disp))
     prefixes = tuple(p for p in ci.prefix if p)
     return Insn(ci.mnemonic, ci.op_str, ci.size, tuple(ops), prefixes,
-                0x66 in prefixes, bool({0xF3, 0xF2} & set(prefixes)))
+                0x66 in prefixes, bool({0xF3, 0xF2} & set(prefixes)), bytes(ci.bytes))
 
 
 def effective_address(uc, op: Operand, seg_base) -> int:

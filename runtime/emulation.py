@@ -1,7 +1,10 @@
 """Emulation routines for instructions that fault because the guest kernel runs
-in ring 1 (trap-and-emulate).  One function per instruction family, registered
-with `@emulates(mnemonic, ...)`; the exit dispatcher (runtime/trap.py) looks the
-decoded mnemonic up here.
+in ring 1 (trap-and-emulate), and for the sensitive-but-unprivileged ones bt
+routes to the VMM.  One routine per catalog row, registered with
+`@emulates(row_name)` (bt/catalog.py); the exit dispatcher (runtime/trap.py)
+classifies the faulting instruction's bytes and calls `emulate(mode, row, ...)`.
+Which rows have a routine is declared in the catalog (`emulation`) and checked
+against this registry at import time.
 
 A routine gets (mode, insn, eip) and either
   * returns the EIP to resume at (None = the next instruction),
@@ -19,6 +22,7 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
+from bt.catalog import check_registry
 from runtime.decode import effective_address
 from runtime.delivery import GP, GuestFault
 from runtime.vcpu import IF_BIT, VFLAGS_MASK
@@ -32,14 +36,28 @@ CR0_PE = 1
 CR4_TSD = 1 << 2
 
 
-def emulates(*mnemonics: str):
+def emulates(*rows: str):
     def register(fn):
-        for m in mnemonics:
+        for m in rows:
             if m in ROUTINES:
                 raise ValueError(f"two emulation routines for {m}")
             ROUTINES[m] = fn
         return fn
     return register
+
+
+def emulate(mode, row, insn, eip):
+    """Run the routine of catalog row `row` (a CatalogEntry or None) for the decoded
+    `insn` at `eip`: the resume EIP, None (next instruction) or NOT_MINE; raises
+    GuestFault.  A row without a routine is NOT_MINE."""
+    routine = ROUTINES.get(row.name) if row is not None else None
+    if routine is None:
+        return NOT_MINE
+    return routine(mode, insn, eip)
+
+
+def has_routine(row) -> bool:
+    return row is not None and row.name in ROUTINES
 
 
 def _mask(size: int) -> int:
@@ -96,38 +114,50 @@ def _hlt(mode, insn, eip):
 
 
 # -- control and debug registers, segment loads --------------------------------------
-@emulates("mov")
-def _mov(mode, insn, eip):
+@emulates("mov_to_cr")
+def _mov_to_cr(mode, insn, eip):
     dst, src = insn.operands
-    v = mode.vcpu
-    if dst.kind == "cr":
-        mode.write_cr(dst.reg, read_operand(mode, src))
-    elif src.kind == "cr":
-        write_operand(mode, dst, mode.read_cr(src.reg))
-    elif dst.kind == "dr":
-        drs = list(v.get("dr"))
-        drs[dst.reg] = read_operand(mode, src)
-        v.set("dr", *drs)
-    elif src.kind == "dr":
-        write_operand(mode, dst, v.get("dr")[src.reg])
-    elif dst.kind == "seg" and dst.reg == X.UC_X86_REG_SS:
-        return mode.load_ss(read_operand(mode, src))
-    elif src.kind == "seg" and src.reg in (X.UC_X86_REG_CS, X.UC_X86_REG_SS):
-        # mov r/m, cs|ss: the guest sees its own RPL, not ring compression's
-        value = mode.guest_selector(mode.uc.reg_read(src.reg))
-        if dst.kind == "mem":
-            write_operand(mode, dataclasses.replace(dst, size=2), value)
-        else:
-            write_operand(mode, dst, value)
+    mode.write_cr(dst.reg, read_operand(mode, src))
+
+
+@emulates("mov_from_cr")
+def _mov_from_cr(mode, insn, eip):
+    dst, src = insn.operands
+    write_operand(mode, dst, mode.read_cr(src.reg))
+
+
+@emulates("mov_to_dr")
+def _mov_to_dr(mode, insn, eip):
+    dst, src = insn.operands
+    drs = list(mode.vcpu.get("dr"))
+    drs[dst.reg] = read_operand(mode, src)
+    mode.vcpu.set("dr", *drs)
+
+
+@emulates("mov_from_dr")
+def _mov_from_dr(mode, insn, eip):
+    dst, src = insn.operands
+    write_operand(mode, dst, mode.vcpu.get("dr")[src.reg])
+
+
+@emulates("mov_to_ss")
+def _mov_to_ss(mode, insn, eip):
+    return mode.load_ss(read_operand(mode, insn.operands[1]))
+
+
+@emulates("mov_from_cs", "mov_from_ss")
+def _mov_from_seg(mode, insn, eip):
+    # mov r/m, cs|ss: the guest sees its own RPL, not ring compression's
+    dst, src = insn.operands
+    value = mode.guest_selector(mode.uc.reg_read(src.reg))
+    if dst.kind == "mem":
+        write_operand(mode, dataclasses.replace(dst, size=2), value)
     else:
-        return NOT_MINE
+        write_operand(mode, dst, value)
 
 
-@emulates("pop")
+@emulates("pop_ss")
 def _pop_ss(mode, insn, eip):
-    op = insn.operands[0]
-    if op.kind != "seg" or op.reg != X.UC_X86_REG_SS:
-        return NOT_MINE
     esp = mode.uc.reg_read(X.UC_X86_REG_ESP)
     sel = int.from_bytes(mode.guest_read(mode.stack_base() + esp, 2), "little")
     r = mode.load_ss(sel)
@@ -180,7 +210,7 @@ def _ltr(mode, insn, eip):
 
 
 # -- returns to the guest's ring 0 ---------------------------------------------------
-@emulates("iretd", "iret")
+@emulates("iretd")
 def _iret(mode, insn, eip):
     if insn.opsize16 or insn.mnemonic == "iret":
         return NOT_MINE  # 16-bit frames are not modelled: reflected as a #GP
@@ -264,19 +294,18 @@ def _rdpmc(mode, insn, eip):
     mode.uc.reg_write(X.UC_X86_REG_EDX, 0)
 
 
-__all__ = ["ROUTINES", "NOT_MINE", "emulates", "read_operand", "write_operand",
-           "GuestFault", "GP", "VFLAGS_MASK", "CR4_TSD"]
 
 
 # -- sensitive-but-unprivileged instructions ---------------------------------------
 # These never fault at CPL 1.  In `bt` mode the patcher routes the sites it cannot
 # translate inline to these routines (int3 fallback / stub exits), so the guest
 # sees what it would see at CPL 0.
-def _guest_flags_for_push(mode, size):
+def _guest_flags_forpush(mode, size):
     return mode.guest_eflags() & (0xFFFF if size == 2 else 0x00FCFFFF)
 
 
-def _push(mode, value: int, size: int) -> None:
+def push(mode, value: int, size: int) -> None:
+    """Push `value` (`size` bytes) on the guest's stack, as the guest's push would."""
     uc = mode.uc
     esp = (uc.reg_read(X.UC_X86_REG_ESP) - size) & 0xFFFFFFFF
     mode.guest_write(mode.stack_base() + esp, (value & _mask(size)).to_bytes(size, "little"))
@@ -291,13 +320,13 @@ def _pop(mode, size: int) -> int:
     return value
 
 
-@emulates("pushfd", "pushf")
+@emulates("pushfd")
 def _pushf(mode, insn, eip):
     size = 2 if insn.mnemonic == "pushf" else 4
-    _push(mode, _guest_flags_for_push(mode, size), size)
+    push(mode, _guest_flags_forpush(mode, size), size)
 
 
-@emulates("popfd", "popf")
+@emulates("popfd")
 def _popf(mode, insn, eip):
     size = 2 if insn.mnemonic == "popf" else 4
     value = _pop(mode, size)
@@ -421,25 +450,15 @@ def _verr_verw(mode, insn, eip):
     _set_zf(mode, desc is not None and _visible(mode, desc, sel, insn.mnemonic))
 
 
-@emulates("push")
+@emulates("push_cs", "push_ss")
 def _push_sreg(mode, insn, eip):
     op = insn.operands[0]
-    if op.kind != "seg" or op.reg not in (X.UC_X86_REG_CS, X.UC_X86_REG_SS):
-        return NOT_MINE
     size = 2 if insn.opsize16 else 4
-    _push(mode, mode.guest_selector(mode.uc.reg_read(op.reg)), size)
+    push(mode, mode.guest_selector(mode.uc.reg_read(op.reg)), size)
 
 
-@emulates("call")
-def _call_far_mem(mode, insn, eip):
-    """`call far [m16:32]` (capstone: `call ptr [...]`); near calls are not ours."""
-    if not insn.op_str.startswith("ptr") or insn.operands[0].kind != "mem":
-        return NOT_MINE
-    return _lcall(mode, insn, eip)
-
-
-@emulates("lcall")
-def _lcall(mode, insn, eip):
+@emulates("call_far")
+def _call_far(mode, insn, eip):
     """Far call: the pushed CS is the guest's view (RPL 0), not ring 1's."""
     ops = insn.operands
     if len(ops) == 2 and ops[0].kind == "imm":
@@ -451,7 +470,13 @@ def _lcall(mode, insn, eip):
     if not desc.access & 0x08 or not desc.present:
         raise GuestFault(GP, sel & 0xFFFC)
     uc = mode.uc
-    _push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), 4)
-    _push(mode, eip + insn.size, 4)
+    push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), 4)
+    push(mode, eip + insn.size, 4)
     uc.reg_write(X.UC_X86_REG_CS, mode.real_selector(sel, desc.dpl))
     return off
+
+
+__all__ = ["ROUTINES", "NOT_MINE", "emulates", "emulate", "has_routine", "push",
+           "read_operand", "write_operand", "GuestFault", "GP", "VFLAGS_MASK", "CR4_TSD"]
+
+check_registry("emulation routines", ROUTINES, lambda row: row.emulation)

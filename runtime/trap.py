@@ -31,7 +31,8 @@ from bt.errors import VMMError
 from bt.machine import BOOT_CR0
 from runtime.decode import SiteDecoder
 from runtime.delivery import GP, GuestFault
-from runtime.emulation import CR4_TSD, NOT_MINE, ROUTINES
+from bt.catalog import classify_bytes
+from runtime.emulation import CR4_TSD, NOT_MINE, emulate, has_routine
 from runtime.hyper import SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VMM_TSS, HyperArea
 from runtime.memory import PageFault
 from runtime.modes import Mode, StopSlice
@@ -60,7 +61,7 @@ class TrapMode(Mode):
         self._gdt_pages: set[int] = set()
         self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
-        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm._guarded(self._on_write_prot, False))
+        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False))
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -143,12 +144,12 @@ class TrapMode(Mode):
         self.uc.mem_write(address, data)
         self.on_watched_write(page, address, size)
         if stop:
-            self.vm._halt_slice(abort=True)   # code changed under the running block: re-enter
+            self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter
         return True
 
     def _protection_changed(self) -> None:
         if self.vm._in_slice:
-            self.vm._halt_slice()
+            self.vm.halt_slice()
 
     def before_slice(self) -> None:
         self.protect.commit()
@@ -277,13 +278,13 @@ class TrapMode(Mode):
             vm.counters.add("faults_reflected", vector)
             return False
         insn = self.decoder.at(eip)
-        routine = ROUTINES.get(insn.mnemonic) if insn else None
-        if routine is None:
+        row = classify_bytes(insn.data) if insn else None
+        if not has_routine(row):
             vm.counters.add("faults_reflected", vector)
             return False
         self.stop_slice = False
         try:
-            resume = routine(self, insn, eip)
+            resume = emulate(self, row, insn, eip)
         except GuestFault as f:
             vm.counters.add("faults_reflected", f.vector)
             if f.cr2 is not None:

@@ -244,24 +244,24 @@ class VM:
     # -- hooks: one per event type; exceptions never escape a callback ------------
     def _install_hooks(self):
         uc = self.uc
-        uc.hook_add(UC_HOOK_INTR, self._guarded(self._on_interrupt))
-        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INSN, self._guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._guarded(self._on_invalid, True))
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._guarded(self._on_unmapped, False))
+        uc.hook_add(UC_HOOK_INTR, self.guarded(self._on_interrupt))
+        uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_in), None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self.guarded(self._on_invalid, True))
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.guarded(self._on_unmapped, False))
 
-    def _guarded(self, fn, default=None):
+    def guarded(self, fn, default=None):
         def hook(uc, *args):
             t0 = time.perf_counter()
             try:
                 return fn(*args[:-1])
             except _Stop:
-                self._halt_slice()
+                self.halt_slice()
                 return default
             except BaseException as e:  # recorded, re-raised after emu_start
                 self._hook_error = e
-                self._halt_slice()
+                self.halt_slice()
                 return default
             finally:
                 self.quirks.resync_pc()
@@ -269,12 +269,12 @@ class VM:
         return hook
 
     def _record_hook_error(self, e: BaseException) -> None:
-        """A callback outside `_guarded` (runtime/tsc.py) failed: re-raised after the slice."""
+        """A callback outside `guarded` (runtime/tsc.py) failed: re-raised after the slice."""
         if self._hook_error is None:
             self._hook_error = e
-        self._halt_slice()
+        self.halt_slice()
 
-    def _halt_slice(self, abort: bool = False) -> None:
+    def halt_slice(self, abort: bool = False) -> None:
         """End the slice from inside a hook.  `abort`: Unicorn abandons the
         instruction at EIP (a memory hook stopped it) and runs it again later."""
         self._vmm_stopped = True
@@ -312,11 +312,11 @@ class VM:
         programmed).  The instruction itself completes (an `in` keeps its value)."""
         self.mode.on_irq_state()
         if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF):
-            self._halt_slice()
+            self.halt_slice()
             return
         ev = self.bus.next_event()
         if ev is not None and ev < self._slice_end:
-            self._halt_slice()
+            self.halt_slice()
 
     def _on_cpuid(self):
         uc = self.uc

@@ -88,9 +88,11 @@ def test_fault_facts_match_unicorn_notes():
     for n in ("pushfd", "popfd", "sgdt", "sidt", "mov_from_cs", "iretd"):
         assert not by_name(n).faults_at_cpl1
     for r in CATALOG:
-        assert r.virt_kind in ("emulate", "patch", "reflect", "native"), r.name
-        if r.virt_kind in ("emulate", "patch"):
-            assert r.virt_routine
+        # a row the VMM must patch has a routine for the int3 fallback and stub exits
+        if r.bt in (catalog.BT.PATCH, catalog.BT.PATCH_PRIVILEGED):
+            assert r.emulation, r.name
+        # a row emulated on its trap in trap mode has a routine to do it
+        assert r.emulation == (r.trap is catalog.Trap.EMULATE or r.bt is catalog.BT.PATCH), r.name
     assert by_name("cli").klass is Klass.INTERRUPT
     assert by_name("in").klass is Klass.IO
     assert by_name("jmp_far").klass is Klass.CONTROL_FLOW
@@ -141,3 +143,42 @@ def test_generated_doc_is_fresh():
     assert path.exists() and path.read_text() == catalog.render_markdown(), (
         f"{catalog.DOC_PATH} is stale: regenerate it with `cd {ROOT} && "
         f"{catalog.REGEN_COMMAND}`")
+
+
+def test_routines_and_templates_are_exactly_the_declared_rows():
+    from patcher.templates import TEMPLATES
+    from runtime.emulation import ROUTINES
+    assert set(ROUTINES) == {r.name for r in CATALOG if r.emulation}
+    assert set(TEMPLATES) == {r.name for r in CATALOG if r.stub}
+    # every template row can fall back to its routine (int3 patch, stub exit)
+    assert set(TEMPLATES) <= set(ROUTINES)
+
+
+def test_registry_check_names_what_disagrees():
+    from runtime.emulation import ROUTINES
+    catalog.check_registry("routines", ROUTINES, lambda r: r.emulation)   # agrees: no error
+    with pytest.raises(AssertionError, match=r"declared but not registered \['cli'\]"):
+        catalog.check_registry("routines", set(ROUTINES) - {"cli"}, lambda r: r.emulation)
+    with pytest.raises(AssertionError, match=r"registered but not declared \['mov'\]"):
+        catalog.check_registry("routines", set(ROUTINES) | {"mov"}, lambda r: r.emulation)
+
+
+def test_registering_an_undeclared_routine_fails_at_import(tmp_path):
+    """The import-time check: a module registering a routine no row declares
+    cannot be imported (run in a fresh interpreter, the registries are global)."""
+    import subprocess
+    import sys
+    code = ("src = open('runtime/emulation.py').read()\n"
+            "src = src.replace('@emulates(\"hlt\")', '@emulates(\"mov\")')\n"
+            "exec(compile(src, 'emulation_copy', 'exec'), {'__name__': 'emulation_copy'})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0
+    assert "declared but not registered ['hlt']" in r.stderr
+    assert "registered but not declared ['mov']" in r.stderr
+
+
+def test_unsupported_rows_are_documented():
+    text = (ROOT / "docs" / "patches.md").read_text()
+    for r in CATALOG:
+        if r.bt is catalog.BT.UNSUPPORTED:
+            assert f"`{r.name}`" in text, r.name

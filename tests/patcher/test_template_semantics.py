@@ -31,9 +31,9 @@ from unicorn import Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from bt.machine import ACCESS_CODE0, ACCESS_CODE3, ACCESS_DATA0, ACCESS_DATA3, descriptor
-from patcher.patches import template_key
+from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
-from patcher.templates import (EMULATE_EXITS, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
+from patcher.templates import (EMULATE_EXITS, template_for, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
                                StubContext, window_check)
 from runtime.hyper import HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, selector_view_table
 from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
@@ -115,10 +115,8 @@ class Sample:
 SAMPLES: dict[str, list[Sample]] = {
     "cli": [Sample("fa")],
     "sti": [Sample("fb")],
-    "pushfd": [Sample("9c")],
-    "pushf": [Sample("669c")],
-    "popfd": [Sample("9d", frame="flags")],
-    "popf": [Sample("669d", frame="flags")],
+    "pushfd": [Sample("9c"), Sample("669c")],                        # pushfd, pushf
+    "popfd": [Sample("9d", frame="flags"), Sample("669d", frame="flags")],
     "sgdt": [Sample("0f014304", {"ebx": 0x3000}),                    # [ebx + 4]
              Sample("640f014310", {"ebx": 0x3100}),                  # fs:[ebx + 0x10]
              Sample("0f01447304", {"ebx": 0x3200, "esi": 0x11}),     # [ebx + esi*2 + 4]
@@ -372,7 +370,7 @@ def assert_state_page(before: bytes, after: bytes, vflags: int, what: str) -> No
 @pytest.mark.parametrize("key,sample", list(_cases()))
 def test_stub_does_what_the_instruction_does(key, sample):
     insn = decode(sample)
-    assert template_key(insn.mnemonic, insn.op_str, insn.data) == key
+    assert classify_bytes(insn.data).name == key and template_for(key, insn.data) is not None
     for trial in range(TRIALS):
         b = make_belief(sample, insn, trial)
         what = f"{key} {insn.mnemonic} {insn.op_str} trial {trial}: {stub_text(key, insn, b.until)}"
