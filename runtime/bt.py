@@ -74,7 +74,7 @@ class BTMode(TrapMode):
         self._reread: str | None = None
         # Patch cli/sti/iretd found by the scanner right away (PATM did), instead
         # of waiting for their first trap; fault-driven patching covers the rest.
-        self._scan_patches_privileged = vm.config.extra.get("eager_privileged_patches", True)
+        self._scan_patches_privileged = vm.config.eager_privileged_patches
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, vm._guarded(self._on_fetch_prot, False))
 
     # -- memory helpers -----------------------------------------------------------
