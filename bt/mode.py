@@ -25,14 +25,14 @@ class Mode(StrEnum):
         return member
 
     @classmethod
-    def parse(cls, text: "str | Mode", what: str = "mode") -> "Mode":
+    def parse(cls, text: "str | Mode") -> "Mode":
         """`text` as a Mode; BadInput with the choices when it names none."""
         if isinstance(text, cls):
             return text
         try:
             return cls(text)
         except ValueError:
-            raise BadInput(f"unknown {what} {str(text)!r} (choose from {', '.join(cls)})") from None
+            raise BadInput(f"unknown mode {str(text)!r} (choose from {', '.join(cls)})") from None
 
     @property
     def is_reference(self) -> bool:

@@ -407,8 +407,8 @@ class VM:
             self.out.flush()
         stop = self.stop
         wall = time.perf_counter() - wall0
-        return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall, bytes(self.serial),
-                         self._counter_dict(), stop.message, self._final_regs(),
+        return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
+                         bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
                          self._vmm_time, self.mode.extra_report())
 
     def _counter_dict(self) -> dict:

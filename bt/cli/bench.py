@@ -49,7 +49,10 @@ def _parse_modes(text: str) -> tuple[Mode, ...]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise BadInput(f"--modes: no mode in '{text}' (choose from {', '.join(MODES)})")
-    modes = [Mode.parse(m, what="mode in --modes") for m in names]
+    try:
+        modes = [Mode.parse(m) for m in names]
+    except BadInput as e:
+        raise BadInput(f"--modes: {e}") from None
     if len(set(modes)) != len(modes):
         raise BadInput(f"--modes: '{text}' names a mode twice")
     return tuple(m for m in MODES if m in modes)   # reference first
