@@ -30,6 +30,7 @@ from bt.images import load_image  # noqa: E402
 from bt.images.fetch import default_linux_cmdline, ensure_linux_images  # noqa: E402
 from bt.images.initramfs import build_initramfs  # noqa: E402
 from bt.machine import MachineConfig  # noqa: E402
+from bt.mode import MODES  # noqa: E402
 from runtime.vm import VM  # noqa: E402
 
 MARKER = b"BENCH: init started"
@@ -96,7 +97,7 @@ def one_run(kernel: str, initrd: str, mode: str, mem: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", default="emulate", choices=("emulate", "trap", "bt"))
+    ap.add_argument("--mode", default="emulate", choices=[str(m) for m in MODES])
     ap.add_argument("--mem", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", metavar="FILE")

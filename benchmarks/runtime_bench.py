@@ -48,12 +48,11 @@ from bt.errors import BadInput  # noqa: E402
 from bt.images import load_image  # noqa: E402
 from bt.images.image import GuestImage, Segment  # noqa: E402
 from bt.machine import MachineConfig  # noqa: E402
+from bt.mode import MODES  # noqa: E402
 
 LOAD = 0x100000          # raw guests' code (1 MiB, above pc32's boot structures)
 DATA = 0x200000          # raw guests' data: its own page, never a code page (bt monitors those)
 STACK = 0x90000
-MODES = ("emulate", "trap", "bt")
-
 # Instructions the exit-cost guest can loop on: name -> (assembly, exit path).
 TRAP_INSNS = {
     "cli": ("cli", "#GP -> emulation routine"),

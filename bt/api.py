@@ -15,6 +15,8 @@ Bad input raises bt.errors.BadInput with a one-line message, as everywhere.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import math
 import sys
@@ -26,10 +28,10 @@ import networkx as nx
 from bt.errors import BadInput
 from bt.images.image import GuestImage
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+from bt.mode import MODES, Mode  # noqa: F401  (MODES: part of the API, reference first)
+from bt.outcome import Outcome
 from runtime.vm import RunResult as _VMRunResult
 from scanner.cfg import CFG, UNRESOLVED  # noqa: F401  (UNRESOLVED: the node drawn for unknown targets)
-
-MODES = ("emulate", "trap", "bt")
 
 # Counters sampled into a timeline (runtime/counters.py says what each means);
 # keyed counters are summed over their keys.
@@ -47,7 +49,7 @@ class RunResult(_VMRunResult):
     """runtime.vm.RunResult plus what a researcher asks next: the mode, the image,
     the timeline (when sampled), and the VM itself (for bt: CFG and patches)."""
 
-    mode: str = ""
+    mode: Mode | None = None
     image: str = ""
     timeline: list = field(default_factory=list)
     vm: Any = field(default=None, repr=False, compare=False)
@@ -65,8 +67,8 @@ class RunResult(_VMRunResult):
         return self.exit_status == 0
 
     def _bt(self):
-        if self.mode != "bt" or self.vm is None:
-            raise BadInput(f"the {self.mode!r} run has no CFG or patches; run with mode='bt'")
+        if self.mode is not Mode.BT or self.vm is None:
+            raise BadInput(f"the {str(self.mode)!r} run has no CFG or patches; run with mode='bt'")
         return self.vm.mode
 
     @property
@@ -156,13 +158,42 @@ def load(image: str | GuestImage, *, mem_mib: int = DEFAULT_MEM_MIB, format: str
                       cmdline=cmdline, initrd=initrd)
 
 
-def make_vm(image: str | GuestImage, mode: str = "emulate", *, mem_mib: int = DEFAULT_MEM_MIB,
-            cpu_mhz: int = DEFAULT_CPU_MHZ, max_instructions: int | None = None,
-            serial_input: bytes | None = None, rtc_epoch: int | None = None,
-            echo: bool = False, extra: dict | None = None):
-    """A runtime.vm.VM ready to run (what `run` uses; for stepping a guest yourself)."""
-    if mode not in MODES:
-        raise BadInput(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+# The keyword options of `make_vm` that `run` and `compare_modes` pass on.
+RUN_OPTIONS = ("mem_mib", "cpu_mhz", "max_instructions", "serial_input", "rtc_epoch", "echo",
+               "serial_input_interval", "eager_privileged_patches")
+
+
+def checked_options(also: tuple[str, ...] = ()):
+    """Make an unknown keyword option a one-line BadInput naming the choices
+    (Python's own TypeError names none): the options are the function's
+    keyword-only parameters plus `also` (what its **options pass on)."""
+    def wrap(fn):
+        params = inspect.signature(fn).parameters
+        named = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+        choices = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY] + list(also)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            for name in kwargs:
+                if name not in named and name not in also:
+                    raise BadInput(f"unknown option {name!r} (choose from {', '.join(choices)})")
+            return fn(*args, **kwargs)
+        return call
+    return wrap
+
+
+@checked_options()
+def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
+            mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
+            max_instructions: int | None = None, serial_input: bytes | None = None,
+            rtc_epoch: int | None = None, echo: bool = False,
+            serial_input_interval: int | None = None, eager_privileged_patches: bool = True):
+    """A runtime.vm.VM ready to run (what `run` uses; for stepping a guest yourself).
+
+    `serial_input_interval` (instructions between scripted serial input bytes)
+    and `eager_privileged_patches` (bt: patch cli/sti/iretd when scanned) are
+    the MachineConfig fields of the same names."""
+    mode = Mode.parse(mode)
     if not 1 <= mem_mib <= 3072:
         raise BadInput(f"mem_mib {mem_mib} must be between 1 and 3072")
     if cpu_mhz <= 0:
@@ -172,25 +203,27 @@ def make_vm(image: str | GuestImage, mode: str = "emulate", *, mem_mib: int = DE
     img = load(image, mem_mib=mem_mib)
     config = MachineConfig(mem_mib=mem_mib, cpu_mhz=cpu_mhz, mode=mode,
                            max_instructions=max_instructions, serial_input=serial_input,
-                           extra=dict(extra or {}))
+                           serial_input_interval=serial_input_interval,
+                           eager_privileged_patches=eager_privileged_patches)
     if rtc_epoch is not None:
         config.rtc_epoch = rtc_epoch
     from runtime.vm import VM
     return VM(img, config, stdout=_TextSink() if echo else io.BytesIO())
 
 
-def run(image: str | GuestImage, mode: str = "emulate", *, sample_every: int | None = None,
-        **options) -> RunResult:
+@checked_options(also=RUN_OPTIONS)
+def run(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
+        sample_every: int | None = None, **options) -> RunResult:
     """Run a guest to its end (or `max_instructions`) and return the result.
 
-    `options`: mem_mib, cpu_mhz, max_instructions, serial_input, rtc_epoch, echo,
-    extra (MachineConfig.extra).  With `sample_every=N` the run is cut into
+    `options`: those of `make_vm` (RUN_OPTIONS); any other is BadInput.  With `sample_every=N` the run is cut into
     budgets of N retired instructions and the counters are sampled after each
     (`result.timeline`, a list of dicts); the guest sees no difference (a budget
     only ends an emulation slice early, and slices are invisible to it).
     """
     if sample_every is not None and sample_every <= 0:
         raise BadInput(f"sample_every {sample_every} must be positive")
+    mode = Mode.parse(mode)
     vm = make_vm(image, mode, **options)
     if sample_every is None:
         res = vm.run()
@@ -211,7 +244,7 @@ def _run_sampled(vm, step: int):
         vm.config.max_instructions = target if limit is None else min(target, limit)
         res = vm.run()
         timeline.append(sample(vm))
-        if res.reason != "budget" or (limit is not None and vm.retired >= limit):
+        if res.reason is not Outcome.BUDGET or (limit is not None and vm.retired >= limit):
             break
         vm.stop = None          # only our own budget stopped it: carry on
     vm.config.max_instructions = limit
@@ -232,16 +265,18 @@ def sample(vm) -> dict:
     return point
 
 
-def compare_modes(images: Iterable[str | GuestImage], modes: Iterable[str] = MODES,
+@checked_options(also=RUN_OPTIONS)
+def compare_modes(images: Iterable[str | GuestImage], modes: Iterable[Mode | str] = MODES,
                   **options) -> list[dict]:
     """Run every image under every mode: one `RunResult.summary()` row each, plus
     `serial_matches_emulate` (guest output identical to the emulate run's)."""
+    modes = [Mode.parse(m) for m in modes]
     rows = []
     for image in images:
         ref = None
         for mode in modes:
             r = run(image, mode, **options)
-            if mode == "emulate":
+            if mode.is_reference:
                 ref = r.serial
             row = r.summary()
             row["serial_matches_emulate"] = None if ref is None else r.serial == ref
@@ -481,17 +516,20 @@ def code_image(code: bytes | str, load: int = 0x100000, *, name: str = "code") -
 
 
 # -- fidelity ------------------------------------------------------------------------
-def fidelity(image: str | GuestImage, mode: str = "trap", *, locate: bool = True,
+@checked_options()
+def fidelity(image: str | GuestImage, mode: Mode | str = Mode.TRAP, *, locate: bool = True,
              mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
-             max_instructions: int | None = None, extra: dict | None = None):
+             max_instructions: int | None = None, serial_input_interval: int | None = None,
+             eager_privileged_patches: bool = True):
     """Compare a run under `mode` with one under `emulate` (the reference), as
     `bt-run --compare` does (bt/measure/fidelity.py): returns its FidelityReport
     (`verdict` identical | timing-only | divergent, `differences`, `divergence`
     naming the first guest instruction whose observable result differed, `text()`)."""
     from bt.measure.fidelity import compare
-    if mode not in MODES:
-        raise BadInput(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    mode = Mode.parse(mode)
     img = load(image, mem_mib=mem_mib)
     config = MachineConfig(mem_mib=mem_mib, cpu_mhz=cpu_mhz, mode=mode,
-                           max_instructions=max_instructions, extra=dict(extra or {}))
+                           max_instructions=max_instructions,
+                           serial_input_interval=serial_input_interval,
+                           eager_privileged_patches=eager_privileged_patches)
     return compare(img, config, mode, locate=locate)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from bt.errors import BadInput
+from bt.mode import Mode
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,9 @@ def vtx_exits(trap_counters: dict) -> dict:
 def cycles(mode: str, retired: int, counters: dict, p: CostParams = CostParams()) -> float:
     """Modelled cycles of one run under `mode` (emulate/trap/bt), or "vtx" from a trap run."""
     io = _total(counters, "io_exits")
-    if mode == "emulate":
+    if mode == Mode.EMULATE:
         return retired * p.emulate_cycles_per_insn + io * p.emulate_device
-    if mode in ("trap", "bt"):
+    if mode in (Mode.TRAP, Mode.BT):
         exits = _total(counters, "exits")
         return (retired * p.native_cpi + exits * p.software_exit + io * p.software_device)
     if mode == "vtx":

@@ -7,7 +7,10 @@ addresses of the boot structures from it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from bt.errors import BadInput
+from bt.mode import Mode
 
 MIB = 1 << 20
 PAGE = 4096
@@ -63,17 +66,37 @@ def flat_gdt_bytes(cs: int = BOOT_CS, ds: int = BOOT_DS) -> bytes:
 
 @dataclass
 class MachineConfig:
-    """Options that shape the machine (the `bt-run` flags that are not about the image)."""
+    """Options that shape the machine (the `bt-run` flags that are not about the image).
+
+    `mode` may be given as a string ("bt"): it is parsed into a Mode here, so a
+    config always holds a Mode."""
 
     mem_mib: int = DEFAULT_MEM_MIB
     cpu_mhz: int = DEFAULT_CPU_MHZ
-    mode: str = "emulate"
+    mode: Mode = Mode.EMULATE
     max_instructions: int | None = None
     cmdline: str = ""
     rtc_epoch: int = 1_700_000_000  # fixed wall-clock time shown by the CMOS RTC
     hyper_base: int = 0xFF000000    # hypervisor area (trap/bt modes), outside RAM
     serial_input: bytes | None = None
-    extra: dict = field(default_factory=dict)
+    # Scripted serial input: virtual instructions between two bytes (None: 1000
+    # bytes per virtual second, runtime/devices/__init__.py).
+    serial_input_interval: int | None = None
+    # bt mode: patch cli/sti/iretd when the scanner finds them, as PATM did
+    # (False: only when they first trap).
+    eager_privileged_patches: bool = True
+
+    def __post_init__(self):
+        self.mode = Mode.parse(self.mode)
+        if self.serial_input_interval is not None and (
+                isinstance(self.serial_input_interval, bool)
+                or not isinstance(self.serial_input_interval, int)
+                or self.serial_input_interval <= 0):
+            raise BadInput(f"serial_input_interval {self.serial_input_interval!r} "
+                           "must be a positive number of instructions")
+        if not isinstance(self.eager_privileged_patches, bool):
+            raise BadInput(f"eager_privileged_patches {self.eager_privileged_patches!r} "
+                           "must be True or False")
 
     @property
     def mem_bytes(self) -> int:

@@ -48,7 +48,7 @@ class BTMode(TrapMode):
         self._patched_fault_sites: set[int] = set()
         # Patch cli/sti found by the scanner right away (PATM did), instead of
         # waiting for their first trap; fault-driven patching covers the rest.
-        self._scan_patches_privileged = vm.config.extra.get("eager_privileged_patches", True)
+        self._scan_patches_privileged = vm.config.eager_privileged_patches
 
     @property
     def cfg(self):

@@ -29,6 +29,8 @@ from unicorn import x86_const as X
 from bt.errors import BadInput, VMMError
 from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
+from bt.mode import Mode
+from bt.outcome import Outcome, RunStop
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
@@ -42,18 +44,13 @@ MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due so
 POLL_SLICE = 2_000          # slice length while an interrupt waits for IF=1
 MAX_IDLE_SKIPS = 100_000    # consecutive hlt wake-ups with nothing delivered = hang
 
-# Exit statuses of bt-run (docs/cli.md).
-STATUS_BUDGET = 124
-STATUS_HANG = 125
-STATUS_VMM_ERROR = 70
-
 SOFT_ONLY_VECTORS = (3, 4)  # int3 and into are traps: EIP is already past them
 
 
 @dataclass
 class RunResult:
     exit_status: int
-    reason: str
+    reason: Outcome         # a StrEnum: reports and printed lines show its value
     retired: int
     vtime: int
     wall: float
@@ -77,15 +74,14 @@ class VM:
         self._slice_end = 0
         self.image = image
         self.config = config or MachineConfig()
-        if self.config.mode not in ("emulate", "trap", "bt"):
-            raise BadInput(f"unknown mode '{self.config.mode}' (emulate, trap, bt)")
+        self.config.mode = Mode.parse(self.config.mode)     # in case it was set after __init__
         self.out = stdout if stdout is not None else sys.stdout.buffer
         self.counters = Counters()
         self.serial = bytearray()
         self.vtime = 0
         self.retired = 0
         self.halted = False
-        self.stop: tuple[str, int, str] | None = None
+        self.stop: RunStop | None = None
         self._slice_base = 0
         self._vmm_stopped = False       # a hook asked the slice to end
         self._abort_pending = False     # ... and the instruction at EIP did not complete
@@ -149,12 +145,13 @@ class VM:
     def lower_irq(self, line: int) -> None:
         self.pic.lower_irq(line)
 
-    def request_stop(self, reason: str, status: int) -> None:
-        """A device ends the run (debug exit, reset, console quit).  Inside a slice
+    def request_stop(self, outcome: Outcome, status: int | None = None) -> None:
+        """A device ends the run (debug exit, reset, console quit); `status` is
+        the guest's own (debug exit), else the outcome's.  Inside a slice
         the run ends *after the current instruction*: Unicorn still finishes the
         block (runtime/clock.py), so the count and EIP are taken here."""
         if self.stop is None:
-            self.stop = (reason, status, "")
+            self.stop = outcome.stop(status=status)
             if self._in_slice:
                 eip = self.quirks.eip()
                 self._ended_at = (self.clock.started(eip), self.clock.next(eip))
@@ -203,10 +200,10 @@ class VM:
 
     # -- setup -----------------------------------------------------------------
     def _make_mode(self):
-        if self.config.mode == "emulate":
+        if self.config.mode is Mode.EMULATE:
             from runtime.modes import EmulateMode
             return EmulateMode(self)
-        if self.config.mode == "trap":
+        if self.config.mode is Mode.TRAP:
             from runtime.trap import TrapMode
             return TrapMode(self)
         from runtime.bt import BTMode
@@ -342,19 +339,19 @@ class VM:
         return True
 
     def _on_unmapped(self, access, address, size, value):
-        self.stop = ("unmapped-access", STATUS_HANG,
-                     f"guest touched unmapped physical memory at {address:#x}")
+        self.stop = Outcome.UNMAPPED_ACCESS.stop(
+            f"guest touched unmapped physical memory at {address:#x}")
         return False
 
     def on_protected_write(self, access, address, size, value) -> bool:
         """A guest write hit a page the VMM protects and no mode claimed it."""
         hyper = getattr(self.mode, "hyper", None)
         if hyper is not None and hyper.contains(address):
-            self.stop = ("isolation-violation", STATUS_HANG,
-                         f"guest wrote to the hypervisor area at {address:#x}")
+            self.stop = Outcome.ISOLATION_VIOLATION.stop(
+                f"guest wrote to the hypervisor area at {address:#x}")
         else:
-            self.stop = ("vmm-error", STATUS_VMM_ERROR,
-                         f"unexpected write protection fault at {address:#x}")
+            self.stop = Outcome.VMM_ERROR.stop(
+                f"unexpected write protection fault at {address:#x}")
         raise _Stop
 
     def _on_interrupt(self, intno):
@@ -381,13 +378,12 @@ class VM:
         try:
             self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft)
         except TripleFault as tf:
-            self.stop = ("triple-fault", STATUS_HANG, str(tf))
+            self.stop = Outcome.TRIPLE_FAULT.stop(str(tf))
             raise _Stop from None
 
     # -- run loop --------------------------------------------------------------
     def run(self) -> RunResult:
         wall0 = time.perf_counter()
-        message = ""
         try:
             while self.stop is None:
                 self._inject()
@@ -398,21 +394,21 @@ class VM:
                     continue
                 n = self._slice_length()
                 if n <= 0:
-                    self.stop = ("budget", STATUS_BUDGET, "instruction budget exhausted")
+                    self.stop = Outcome.BUDGET.stop("instruction budget exhausted")
                     break
                 self._run_slice(n)
         except VMMError as e:
-            self.stop = ("vmm-error", STATUS_VMM_ERROR, str(e))
+            self.stop = Outcome.VMM_ERROR.stop(str(e))
         except BrokenPipeError:
             raise               # the guest's output has no reader left: the caller's to handle
         except Exception as e:  # an internal bug still ends with a report, never a traceback
-            self.stop = ("vmm-error", STATUS_VMM_ERROR, f"{type(e).__name__}: {e}")
+            self.stop = Outcome.VMM_ERROR.stop(f"{type(e).__name__}: {e}")
         if self.out is not None:
             self.out.flush()
-        reason, status, message = self.stop
+        stop = self.stop
         wall = time.perf_counter() - wall0
-        return RunResult(status, reason, self.retired, self.vtime, wall, bytes(self.serial),
-                         self._counter_dict(), message, self._final_regs(),
+        return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
+                         bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
                          self._vmm_time, self.mode.extra_report())
 
     def _counter_dict(self) -> dict:
@@ -479,8 +475,7 @@ class VM:
             raise VMMError(f"{type(e).__name__} in VMM hook: {e}") from e
         if err is not None and self.stop is None and not self.mode.claims_error(err):
             eip = uc.reg_read(X.UC_X86_REG_EIP)
-            self.stop = ("emulation-error", STATUS_HANG,
-                         f"Unicorn stopped at {eip:#x}: {err}")
+            self.stop = Outcome.EMULATION_ERROR.stop(f"Unicorn stopped at {eip:#x}: {err}")
         self.bus.tick(self.vtime)
         if self.stop is None and not self._vmm_stopped and self.clock.reason == STOP_NONE:
             self.mode.on_unexpected_stop(uc.reg_read(X.UC_X86_REG_EIP))
@@ -493,12 +488,11 @@ class VM:
     def _idle(self) -> None:
         ev = self.bus.next_event()
         if not self.guest_eflags() & IF or ev is None:
-            self.stop = ("hang", STATUS_HANG,
-                         "guest halted with interrupts disabled or no timer armed")
+            self.stop = Outcome.HANG.stop("guest halted with interrupts disabled or no timer armed")
             return
         self._idle_skips += 1
         if self._idle_skips > MAX_IDLE_SKIPS:
-            self.stop = ("hang", STATUS_HANG, "guest halted and no interrupt can reach it")
+            self.stop = Outcome.HANG.stop("guest halted and no interrupt can reach it")
             return
         self.vtime = max(self.vtime, ev)
         self.bus.tick(self.vtime)
@@ -517,4 +511,4 @@ class VM:
             self.delivery.deliver(vector, return_eip=self.uc.reg_read(X.UC_X86_REG_EIP),
                                   external=True)
         except TripleFault as tf:
-            self.stop = ("triple-fault", STATUS_HANG, str(tf))
+            self.stop = Outcome.TRIPLE_FAULT.stop(str(tf))

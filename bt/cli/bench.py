@@ -18,6 +18,7 @@ from bt import costmodel
 from bt.cli.common import CliParser, fail, positive_int, quiet_on_closed_pipe
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+from bt.mode import MODES, Mode
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -25,9 +26,9 @@ def make_parser() -> argparse.ArgumentParser:
                   "exits, modelled cost and fidelity against pure emulation.")
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="images (demo:NAME or a file); default: every demo guest")
-    p.add_argument("--modes", default="emulate,trap,bt",
-                   help="comma-separated modes (default emulate,trap,bt; emulate is the "
-                        "fidelity reference)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated modes (default {','.join(MODES)}; {Mode.EMULATE} is "
+                        "the fidelity reference)")
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="directory for bench.csv and bench.json (default bench-out)")
     p.add_argument("--plot", metavar="DIR", help="also write PNG charts here (needs matplotlib)")
@@ -44,14 +45,17 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_modes(text: str) -> tuple[str, ...]:
-    modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in ("emulate", "trap", "bt")]
-    if bad or not modes:
-        raise BadInput(f"--modes: unknown mode '{bad[0] if bad else text}' (emulate, trap, bt)")
+def _parse_modes(text: str) -> tuple[Mode, ...]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise BadInput(f"--modes: no mode in '{text}' (choose from {', '.join(MODES)})")
+    try:
+        modes = [Mode.parse(m) for m in names]
+    except BadInput as e:
+        raise BadInput(f"--modes: {e}") from None
     if len(set(modes)) != len(modes):
         raise BadInput(f"--modes: '{text}' names a mode twice")
-    return tuple(m for m in ("emulate", "trap", "bt") if m in modes)   # reference first
+    return tuple(m for m in MODES if m in modes)   # reference first
 
 
 def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:

@@ -16,15 +16,16 @@ from bt.cli.common import (CliParser, add_image_options, fail, load_from_args, p
                            quiet_on_closed_pipe)
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, MachineConfig
+from bt.mode import COMPARED_MODES, MODES, Mode, describe_modes
+from bt.outcome import Outcome
 from bt.report import build_report, top_sites, write_report
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="bt-run", description="Run an x86-32 guest under the bt VMM.")
     add_image_options(p)
-    p.add_argument("--mode", choices=("emulate", "trap", "bt"), default="emulate",
-                   help="emulate: pure emulation at CPL 0 (reference); trap: deprivileged "
-                        "trap-and-emulate; bt: binary translation (patching)")
+    p.add_argument("--mode", choices=[str(m) for m in MODES], default=str(Mode.EMULATE),
+                   help=describe_modes())
     p.add_argument("--max-instructions", type=positive_int, default=None, metavar="N",
                    help="stop with status 124 after N retired instructions")
     p.add_argument("--cpu-mhz", type=positive_int, default=DEFAULT_CPU_MHZ, metavar="N",
@@ -35,9 +36,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc", type=int, default=None, metavar="EPOCH",
                    help="wall-clock time the CMOS RTC starts at (seconds since 1970; fixed "
                         "by default so runs stay deterministic)")
-    p.add_argument("--compare", choices=("trap", "bt"), metavar="MODE", default=None,
-                   help="fidelity check: run under emulate and MODE (trap or bt), print where "
-                        "guest-visible behaviour diverges; status 0 identical, 1 divergent")
+    p.add_argument("--compare", choices=[str(m) for m in COMPARED_MODES], metavar="MODE",
+                   default=None,
+                   help=f"fidelity check: run under {Mode.EMULATE} and MODE "
+                        f"({' or '.join(COMPARED_MODES)}), print where guest-visible behaviour "
+                        "diverges; status 0 identical, 1 divergent")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
     return p
 
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         image = load_from_args(args)
-        config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=args.mode,
+        config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=Mode.parse(args.mode),
                                max_instructions=args.max_instructions, cmdline=args.cmdline or "")
         if args.rtc is not None:
             config.rtc_epoch = args.rtc
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             write_report(args.report, build_report(image, config, result))
         except OSError as e:
             print(f"bt-run: cannot write report {args.report}: {e.strerror}", file=sys.stderr)
-    if result.message and result.reason not in ("debug-exit",):
+    if result.message and result.reason is not Outcome.DEBUG_EXIT:
         print(f"bt-run: {result.reason}: {result.message}", file=sys.stderr)
     if not args.quiet:
         _summary(result)

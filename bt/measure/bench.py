@@ -16,8 +16,8 @@ from pathlib import Path
 from bt import costmodel
 from bt.measure.fidelity import compare
 from bt.measure.observe import run
+from bt.mode import MODES, Mode
 
-MODES = ("emulate", "trap", "bt")
 NONDETERMINISTIC = ("wall_s", "guest_mips")
 EXIT_KINDS = ("io_exits", "cpuid_exits", "faults_emulated", "faults_reflected",
               "interrupts_injected", "exceptions_delivered", "scan_exits", "stub_exits",
@@ -33,9 +33,10 @@ def _total(counters: dict, name: str) -> int:
 
 
 def row_for(guest: str, obs, params: costmodel.CostParams) -> dict:
+    mode = Mode.parse(obs.mode)
     exits = _total(obs.counters, "exits")
     patches = obs.extra.get("patches", {}) if obs.extra else {}
-    row = {"guest": guest, "mode": obs.mode, "status": obs.exit_status, "reason": obs.reason,
+    row = {"guest": guest, "mode": mode, "status": obs.exit_status, "reason": obs.reason,
            "retired": obs.retired, "exits": exits}
     for k in EXIT_KINDS:
         row[k] = _total(obs.counters, k)
@@ -43,11 +44,11 @@ def row_for(guest: str, obs, params: costmodel.CostParams) -> dict:
     row["patches"] = sum(patches.get("installed", {}).values()) if patches else 0
     row["wall_s"] = round(obs.wall, 3)
     row["guest_mips"] = round(obs.retired / obs.wall / 1e6, 2) if obs.wall > 0 else 0.0
-    row["fidelity"] = "reference" if obs.mode == "emulate" else ""
-    row["model_cycles"] = round(costmodel.cycles(obs.mode, obs.retired, obs.counters, params))
+    row["fidelity"] = "reference" if mode.is_reference else ""
+    row["model_cycles"] = round(costmodel.cycles(mode, obs.retired, obs.counters, params))
     row["vtx_model_cycles"] = ""
     row["vtx_exits"] = ""
-    if obs.mode == "trap":
+    if mode is Mode.TRAP:
         row["vtx_model_cycles"] = round(costmodel.cycles("vtx", obs.retired, obs.counters, params))
         row["vtx_exits"] = sum(costmodel.vtx_exits(obs.counters).values())
     return row
@@ -57,6 +58,7 @@ def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
                params: costmodel.CostParams = costmodel.CostParams(), progress=None) -> list[dict]:
     """guests: (name, GuestImage) pairs.  `progress(done, total, label)` is called
     before each run and once at the end."""
+    modes = [Mode.parse(m) for m in modes]
     rows = []
     total = len(guests) * len(modes)
     done = 0
@@ -67,7 +69,7 @@ def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
                 progress(done, total, f"{name} {mode}")
             obs = run(image, config, mode, config.max_instructions, keep_ram=True)
             row = row_for(name, obs, params)
-            if mode == "emulate":
+            if mode.is_reference:
                 ref = obs
             elif ref is not None:
                 row["fidelity"] = compare(image, config, mode, locate=False,

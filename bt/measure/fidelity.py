@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bt.machine import MachineConfig
+from bt.mode import Mode
 from bt.measure import describe
 from bt.measure.observe import Observation, ram_differences, run
 
@@ -38,7 +39,7 @@ READ_WATCH_LIMIT = 20_000_000     # longest bt replay we watch reads in (instruc
 @dataclass
 class FidelityReport:
     image: str
-    mode: str
+    mode: Mode
     verdict: str
     differences: list[dict] = field(default_factory=list)   # aspect + detail
     divergence: dict | None = None                          # the named first difference
@@ -73,10 +74,11 @@ class FidelityReport:
         return "\n".join(lines)
 
 
-def compare(image, config: MachineConfig, mode: str, *, locate: bool = True,
+def compare(image, config: MachineConfig, mode: Mode | str, *, locate: bool = True,
             reference: Observation | None = None, other: Observation | None = None) -> FidelityReport:
     """Run (or reuse) both sides and report; `locate` searches for the first divergence."""
-    ref = reference or run(image, config, "emulate", config.max_instructions, keep_ram=True)
+    mode = Mode.parse(mode)
+    ref = reference or run(image, config, Mode.EMULATE, config.max_instructions, keep_ram=True)
     oth = other or run(image, config, mode, config.max_instructions, keep_ram=True)
     rep = FidelityReport(_name(image), mode, IDENTICAL, reference=ref, other=oth)
     rep.differences = final_differences(ref, oth)
@@ -85,7 +87,7 @@ def compare(image, config: MachineConfig, mode: str, *, locate: bool = True,
     outputs_agree = not any(d["aspect"] in ("serial", "exit") for d in rep.differences)
     rep.verdict = DIVERGENT
     if locate:
-        if mode == "trap":
+        if mode is Mode.TRAP:
             rep.divergence = locate_by_count(image, config, mode, ref, oth)
         else:
             rep.divergence = locate_by_serial(image, config, mode, ref, oth)

@@ -10,10 +10,11 @@ replaced by the guest's own bytes first, because the guest never wrote them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from bt.errors import BadInput
 from bt.machine import MachineConfig
+from bt.mode import Mode
+from bt.outcome import Outcome
 
 PAGE = 0x1000
 
@@ -31,10 +32,10 @@ class _Sink:
 
 @dataclass
 class Observation:
-    mode: str
+    mode: Mode
     retired: int
     exit_status: int
-    reason: str
+    reason: Outcome
     message: str
     serial: bytes
     regs: dict
@@ -50,12 +51,10 @@ class Observation:
                 self.ram_digest)
 
 
-def with_mode(config: MachineConfig, mode: str, max_instructions: int | None = None) -> MachineConfig:
+def with_mode(config: MachineConfig, mode: Mode | str,
+              max_instructions: int | None = None) -> MachineConfig:
     """A copy of `config` for another mode (and budget); the caller's config is untouched."""
-    return MachineConfig(mem_mib=config.mem_mib, cpu_mhz=config.cpu_mhz, mode=mode,
-                         max_instructions=max_instructions, cmdline=config.cmdline,
-                         rtc_epoch=config.rtc_epoch, hyper_base=config.hyper_base,
-                         serial_input=config.serial_input, extra=dict(config.extra))
+    return replace(config, mode=Mode.parse(mode), max_instructions=max_instructions)
 
 
 def guest_ram(vm) -> bytes:
@@ -74,13 +73,12 @@ def guest_ram(vm) -> bytes:
     return data
 
 
-def run(image, config: MachineConfig, mode: str, max_instructions: int | None = None,
+def run(image, config: MachineConfig, mode: Mode | str, max_instructions: int | None = None,
         keep_ram: bool = False, keep_vm: bool = False):
     """Run `image` under `mode` from boot; returns an Observation (and the VM, stopped
     where the run ended, when keep_vm)."""
     from runtime.vm import VM  # late: the runtime pulls in Unicorn
-    if mode not in ("emulate", "trap", "bt"):
-        raise BadInput(f"unknown mode '{mode}' (emulate, trap, bt)")
+    mode = Mode.parse(mode)
     vm = VM(image, with_mode(config, mode, max_instructions), stdout=_Sink())
     res = vm.run()
     ram = guest_ram(vm)

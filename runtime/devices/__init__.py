@@ -18,7 +18,7 @@ from .port80 import PostCode
 from .uart import ScriptedInput, UART16550
 
 # Scripted serial input arrives at 1000 bytes per second of virtual time
-# (override with config.extra["serial_input_interval"], in instructions per byte).
+# (override with MachineConfig.serial_input_interval, in instructions per byte).
 SERIAL_INPUT_BYTES_PER_SECOND = 1000
 
 __all__ = ["Device", "MachineLink", "IOBus", "CMOS", "DebugExit", "I8042", "PICPair", "PIT",
@@ -27,7 +27,7 @@ __all__ = ["Device", "MachineLink", "IOBus", "CMOS", "DebugExit", "I8042", "PICP
 
 
 def serial_input_interval(config) -> int:
-    interval = config.extra.get("serial_input_interval")
+    interval = config.serial_input_interval
     if interval is None:
         interval = max(1, config.cpu_hz // SERIAL_INPUT_BYTES_PER_SECOND)
     return int(interval)
@@ -36,7 +36,8 @@ def serial_input_interval(config) -> int:
 def attach_standard_devices(bus: IOBus, link: MachineLink, config) -> dict[str, Device]:
     """Create the pc32 devices, give them their ports on `bus`, and return them by name:
     pic, pit, port61, uart, cmos, i8042, debug-exit, port80.  `config` is a
-    bt.machine.MachineConfig (rtc_epoch, mem_bytes, serial_input, cpu_hz, extra)."""
+    bt.machine.MachineConfig (rtc_epoch, mem_bytes, serial_input, serial_input_interval,
+    cpu_hz)."""
     pit = PIT()
     uart = UART16550()
     if config.serial_input is not None:

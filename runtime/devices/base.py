@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bt.outcome import Outcome
+
 
 class MachineLink(Protocol):
     """What a device may ask of the machine it is attached to."""
@@ -21,8 +23,9 @@ class MachineLink(Protocol):
     def lower_irq(self, line: int) -> None:
         """De-assert an IRQ line (level-style devices such as the UART)."""
 
-    def request_stop(self, reason: str, status: int) -> None:
-        """End the run after the current instruction (debug exit, reset)."""
+    def request_stop(self, outcome: Outcome, status: int | None = None) -> None:
+        """End the run after the current instruction (debug exit, reset) with
+        `outcome`; `status` is the guest's own, else the outcome's."""
 
     def serial_out(self, data: bytes) -> None:
         """Guest serial output (stdout and the report)."""

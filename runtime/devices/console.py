@@ -30,6 +30,8 @@ import time
 import tty
 from contextlib import contextmanager
 
+from bt.outcome import Outcome
+
 from .base import Device
 
 CTRL_A = 0x01
@@ -106,7 +108,7 @@ class HostConsole(Device):
                 if b == QUIT_KEY:
                     if out:
                         self.uart.feed(bytes(out))
-                    self.link.request_stop("quit", 0)
+                    self.link.request_stop(Outcome.QUIT)
                     return
                 if b == CTRL_A:
                     out.append(CTRL_A)

@@ -7,6 +7,8 @@ Reads find nothing there and float to all ones.
 """
 from __future__ import annotations
 
+from bt.outcome import Outcome
+
 from . import regs
 from .base import Device
 
@@ -23,4 +25,4 @@ class DebugExit(Device):
 
     def write(self, port: int, size: int, value: int) -> None:
         self.status = value & 0xFF
-        self.link.request_stop("debug-exit", self.status)
+        self.link.request_stop(Outcome.DEBUG_EXIT, self.status)

@@ -13,6 +13,8 @@ output buffer only ever holds command answers, which drivers poll for.
 """
 from __future__ import annotations
 
+from bt.outcome import Outcome
+
 from . import regs
 from .base import Device
 
@@ -92,7 +94,7 @@ class I8042(Device):
 
     def _reset(self) -> None:
         self.resets += 1
-        self.link.request_stop("reset", 0)
+        self.link.request_stop(Outcome.RESET)
 
     def stats(self) -> dict:
         return {"reset_requests": self.resets} if self.resets else {}

@@ -94,3 +94,38 @@ def test_bad_input_is_one_line():
         api.code_image("not an instruction")
     with pytest.raises(BadInput, match="not inside a scanned block"):
         api.function_of(api.scan("demo:hello", mem_mib=4), 0x5000)
+
+
+# -- typed machine options (MachineConfig fields, no free-form dict) -----------------
+def test_unknown_option_is_one_line_bad_input():
+    for call in (lambda: api.run("demo:hello", "bt", extra={"eager_privileged_patches": False}),
+                 lambda: api.make_vm("demo:hello", mem_mb=4),
+                 lambda: api.fidelity("demo:hello", "bt", budget=10),
+                 lambda: api.compare_modes(["demo:hello"], mem=4)):
+        with pytest.raises(BadInput, match=r"^unknown option '\w+' \(choose from .*mem_mib") as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+def test_eager_privileged_patches_reaches_bt_mode():
+    # probe-flags' cli/sti are patched when scanned; without eager patching
+    # they trap first (faults_before_patching) and are patched on the fault.
+    eager = api.run("demo:probe-flags", "bt", mem_mib=4)
+    lazy = api.run("demo:probe-flags", "bt", mem_mib=4, eager_privileged_patches=False)
+    assert eager.serial == lazy.serial and eager.exit_status == lazy.exit_status == 0
+    assert eager.csam_stats["faults_before_patching"] == 0
+    assert lazy.csam_stats["faults_before_patching"] > 0
+    assert lazy.vm.config.eager_privileged_patches is False
+
+
+def test_serial_input_interval_paces_scripted_input():
+    from runtime.devices import serial_input_interval
+    vm = api.make_vm("demo:hello", mem_mib=4, serial_input=b"ab", serial_input_interval=77)
+    assert vm.devices["uart"].script.interval == 77
+    default = api.make_vm("demo:hello", mem_mib=4, cpu_mhz=50, serial_input=b"ab")
+    assert default.devices["uart"].script.interval == serial_input_interval(default.config) == 50_000
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(BadInput, match="serial_input_interval"):
+            api.make_vm("demo:hello", mem_mib=4, serial_input=b"ab", serial_input_interval=bad)
+    with pytest.raises(BadInput, match="eager_privileged_patches"):
+        api.make_vm("demo:hello", "bt", mem_mib=4, eager_privileged_patches="no")

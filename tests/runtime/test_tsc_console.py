@@ -95,8 +95,9 @@ class _Link:
     def now(self):
         return self.t
 
-    def request_stop(self, reason, status):
-        self.stops.append((reason, status))
+    def request_stop(self, outcome, status=None):
+        stop = outcome.stop(status=status)      # what the VM records (an Outcome, checked)
+        self.stops.append((stop.outcome, stop.status))
 
     def raise_irq(self, line):
         pass

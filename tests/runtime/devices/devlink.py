@@ -31,8 +31,9 @@ class FakeLink:
         if self.pic is not None:
             self.pic.lower_irq(line)
 
-    def request_stop(self, reason: str, status: int) -> None:
-        self.stops.append((reason, status))
+    def request_stop(self, outcome, status: int | None = None) -> None:
+        stop = outcome.stop(status=status)      # what the VM records (an Outcome, checked)
+        self.stops.append((stop.outcome, stop.status))
 
     def serial_out(self, data: bytes) -> None:
         self.serial += data

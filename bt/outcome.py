@@ -1,0 +1,147 @@
+"""How a run ends: one `Outcome` per reason, each with its bt-run exit status.
+
+Every layer reads this one table: the runtime stops a run with a `RunStop`
+(outcome, status, message), devices ask for one through `request_stop`, the CLI
+exits with its status, the JSON report writes the outcome's value as `reason`,
+and the exit-status table of docs/cli.md is generated from it
+(`python -m bt.outcome --doc`; tests/bt/test_outcome.py checks it is fresh).
+
+`Outcome` is a `StrEnum`: a member is equal to, hashes like, formats as and
+serializes to JSON as its value ("hang"), so reports and printed lines are the
+strings they always were.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bt.errors import VMMError
+
+# bt-run exit statuses shared by several outcomes.
+STATUS_OK = 0
+STATUS_BUDGET = 124
+STATUS_HANG = 125
+STATUS_VMM_ERROR = VMMError.exit_status
+
+
+class Outcome(StrEnum):
+    """Why a run ended.  `status` is the exit status bt-run returns for it; when
+    `status_from_guest` the guest chose the status and `status` is only the
+    default (the `RunStop` carries the actual one)."""
+
+    DEBUG_EXIT = ("debug-exit", STATUS_OK, True,
+                  "the guest wrote v to port 0xF4 (the demos write 0 on success)")
+    QUIT = ("quit", STATUS_OK, False,
+            "the user typed Ctrl-A x on the interactive console")
+    RESET = ("reset", STATUS_OK, False,
+             "the guest reset the machine through the keyboard controller (0xFE to port 0x64)")
+    BUDGET = ("budget", STATUS_BUDGET, False, "`--max-instructions` reached")
+    HANG = ("hang", STATUS_HANG, False,
+            "the guest halted with nothing to wake it")
+    TRIPLE_FAULT = ("triple-fault", STATUS_HANG, False,
+                    "an exception could not be delivered (the guest would shut down)")
+    UNMAPPED_ACCESS = ("unmapped-access", STATUS_HANG, False,
+                       "the guest touched physical memory outside RAM")
+    ISOLATION_VIOLATION = ("isolation-violation", STATUS_HANG, False,
+                           "the guest wrote into the hypervisor area (trap/bt)")
+    EMULATION_ERROR = ("emulation-error", STATUS_HANG, False,
+                       "Unicorn stopped on an error no mode claimed")
+    VMM_ERROR = ("vmm-error", STATUS_VMM_ERROR, False,
+                 "an internal VMM error or an unsupported situation (e.g. paging under "
+                 "trap/bt); the report is still written")
+
+    def __new__(cls, value: str, status: int, status_from_guest: bool, meaning: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.status = status
+        member.status_from_guest = status_from_guest
+        member.meaning = meaning
+        return member
+
+    def stop(self, message: str = "", status: int | None = None) -> RunStop:
+        """The end of a run with this outcome (its own status unless the guest chose one)."""
+        return RunStop(self, self.status if status is None else status, message)
+
+
+@dataclass(frozen=True)
+class RunStop:
+    """How one run ended: what the VM's `stop` holds once the run is over."""
+
+    outcome: Outcome
+    status: int
+    message: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.outcome, Outcome):
+            raise TypeError(f"RunStop needs an Outcome, not {self.outcome!r}")
+        if self.status != self.outcome.status and not self.outcome.status_from_guest:
+            raise ValueError(f"{self.outcome} always exits with status {self.outcome.status}, "
+                             f"not {self.status}")
+
+
+# ---------------------------------------------------------------------------
+# The generated exit-status table of docs/cli.md.
+
+DOC_PATH = "docs/cli.md"
+REGEN_COMMAND = "python -m bt.outcome --doc"
+BEGIN_MARK = "<!-- exit-status table: generated from bt/outcome.py by `" + REGEN_COMMAND + "` -->"
+END_MARK = "<!-- end of generated exit-status table -->"
+
+# Statuses bt-run returns that end no run (so they are not outcomes).
+_OTHER_STATUSES = (
+    ("2", "", "bad input: unreadable or unrecognised image, bad option value"),
+    ("0 / 1", "(`--compare`)", "0 identical or timing-only, 1 divergent"),
+)
+
+
+def render_table() -> str:
+    """The markdown table: one row per outcome, then the statuses that are not outcomes."""
+    lines = ["| status | reason | meaning |", "|---|---|---|"]
+    for o in Outcome:
+        status = "v" if o.status_from_guest else str(o.status)
+        lines.append(f"| {status} | `{o.value}` | {o.meaning} |")
+    for status, reason, meaning in _OTHER_STATUSES:
+        lines.append(f"| {status} | {reason} | {meaning} |")
+    return "\n".join(lines)
+
+
+def render_doc(text: str) -> str:
+    """`text` (docs/cli.md) with the part between the markers replaced by the table."""
+    start = text.find(BEGIN_MARK)
+    end = text.find(END_MARK)
+    if start < 0 or end < start:
+        raise ValueError(f"{DOC_PATH} lacks the markers of the exit-status table")
+    return text[:start + len(BEGIN_MARK)] + "\n" + render_table() + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import pathlib
+    p = argparse.ArgumentParser(prog="python -m bt.outcome")
+    p.add_argument("--doc", nargs="?", const=DOC_PATH, metavar="PATH",
+                   help=f"rewrite the exit-status table in PATH (default {DOC_PATH})")
+    p.add_argument("--check", action="store_true", help="exit 1 when the table is stale")
+    a = p.parse_args(argv)
+    if not a.doc and not a.check:
+        print(render_table())
+        return 0
+    path = pathlib.Path(a.doc or DOC_PATH)
+    try:
+        old = path.read_text()
+        new = render_doc(old)
+    except (OSError, ValueError) as e:
+        print(f"python -m bt.outcome: error: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        if new != old:
+            print(f"{path} is stale: run `{REGEN_COMMAND}`", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
