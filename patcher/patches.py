@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import capstone
 
 from bt.catalog import Klass, classify_bytes
+from bt.x86 import PAGE
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
 from patcher.templates import (EMULATE_EXITS, ENABLES_INTERRUPTS, EXIT, TEMPLATES, TERMINATORS,
                                Insn, StubContext, window_check)
 
 JMP_SIZE = 5
-PAGE = 0x1000
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 

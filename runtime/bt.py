@@ -23,6 +23,7 @@ from __future__ import annotations
 from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
+from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher.patches import Patcher
 from patcher.stubcache import StubCache
 from patcher.templates import Insn as PInsn
@@ -35,7 +36,6 @@ from runtime.vcpu import VFLAGS_MASK
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
-PAGE = 0x1000
 NOT_SCANNED = "unscanned"
 CODE = "code"
 IN_STUB_SLICE = 64
@@ -309,7 +309,7 @@ class BTMode(TrapMode):
         if self.cache.contains(eip):
             return self._stub_fault(vector, eip, error, soft)
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
-        if vector == 3 and soft and cpl == 1:
+        if vector == BP and soft and cpl == 1:
             site = (eip - 1) & 0xFFFFFFFF
             if site in self.guards:
                 return self._guard_exit(site)
@@ -319,7 +319,7 @@ class BTMode(TrapMode):
                 self.stats["faults_after_patching"] += 1
                 vm.counters.add("faults_emulated", p.covered[0].mnemonic)
                 return self._emulate_original(p.covered[0], resume=None)
-        if vector == 13 and not soft and cpl == 1 and self._patch_on_fault(eip):
+        if vector == GP and not soft and cpl == 1 and self._patch_on_fault(eip):
             return True
         return super().on_fault(vector, eip, error, soft)
 
@@ -357,7 +357,7 @@ class BTMode(TrapMode):
         insn = decode(ins.data)
         routine = ROUTINES.get(insn.mnemonic) if insn else None
         if routine is None:
-            raise GuestFault(6)
+            raise GuestFault(UD)
         self.stop_slice = False
         try:
             new_eip = routine(self, insn, ins.addr)
@@ -367,7 +367,7 @@ class BTMode(TrapMode):
             self.vm.deliver_exception(f.vector, ins.addr, f.error_code)
             return True
         if new_eip is NOT_MINE:
-            self.vm.deliver_exception(13, ins.addr, 0)
+            self.vm.deliver_exception(GP, ins.addr, 0)
             return True
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
@@ -383,7 +383,7 @@ class BTMode(TrapMode):
         vm = self.vm
         p = self.patcher.stub_owner(eip)
         exit_ = p.exits.get(eip) if p is not None else None
-        if vector == 13 and exit_ is not None:
+        if vector == GP and exit_ is not None:
             kind, guest, resume = exit_
             self.stats["stub_exits"] += 1
             vm.counters.add("stub_exits", kind)
@@ -426,7 +426,7 @@ class BTMode(TrapMode):
         and repoint the real descriptor-table registers and the virtual CPU."""
         from runtime.hyper import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
         uc, old = self.uc, self.hyper.base
-        if new_base & 0x3FFFFF or new_base < self.vm.config.mem_bytes:
+        if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
             raise ValueError(f"bad hypervisor base {new_base:#x}")
         contents = bytes(uc.mem_read(old, HYPER_SIZE))
         old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
@@ -445,7 +445,8 @@ class BTMode(TrapMode):
         _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, 103, 0x8900))
+        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
+                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
             uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)

@@ -25,6 +25,8 @@ import mmap
 
 from unicorn import UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC
 
+from bt.x86 import LARGE_PAGE
+
 HYPER_SIZE = 0x400000
 
 STATE = 0x0000
@@ -42,7 +44,7 @@ STUBS_SIZE = HYPER_SIZE - STUBS
 
 class HyperArea:
     def __init__(self, uc, base: int, ram_bytes: int):
-        if base & 0x3FFFFF:
+        if base & (LARGE_PAGE - 1):
             raise ValueError(f"hypervisor base {base:#x} is not 4 MiB aligned")
         if base < ram_bytes:
             raise ValueError(f"hypervisor base {base:#x} overlaps guest RAM")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
+from bt.x86 import IF_BIT, IOPL_MASK
+
 
 # name -> (offset in the state page, struct format)
 FIELDS: dict[str, tuple[int, str]] = {
@@ -33,8 +35,6 @@ FIELDS: dict[str, tuple[int, str]] = {
     "exit_reason": (0x8C, "<I"),
 }
 
-IF_BIT = 1 << 9
-IOPL_MASK = 3 << 12
 VFLAGS_MASK = IF_BIT | IOPL_MASK
 
 

@@ -29,10 +29,11 @@ from unicorn import x86_const as X
 from bt.errors import BadInput, VMMError
 from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
+from bt.x86 import BP, ERROR_CODE_VECTORS, IF_BIT, OF, UD
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
-from runtime.delivery import Delivery, ERROR_CODE_VECTORS, GuestFault, TripleFault, IF
+from runtime.delivery import Delivery, GuestFault, TripleFault
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
 from runtime.memory import GuestMemory
@@ -47,7 +48,7 @@ STATUS_BUDGET = 124
 STATUS_HANG = 125
 STATUS_VMM_ERROR = 70
 
-SOFT_ONLY_VECTORS = (3, 4)  # int3 and into are traps: EIP is already past them
+SOFT_ONLY_VECTORS = (BP, OF)  # int3 and into are traps: EIP is already past them
 
 
 @dataclass
@@ -311,7 +312,7 @@ class VM:
         device event due before the slice would end (e.g. the PIT was just
         programmed).  The instruction itself completes (an `in` keeps its value)."""
         self.mode.on_irq_state()
-        if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF):
+        if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF_BIT):
             self._halt_slice()
             return
         ev = self.bus.next_event()
@@ -338,7 +339,7 @@ class VM:
         self.exit_site(eip)
         if self.mode.on_invalid_opcode(eip):
             return True
-        self.deliver_exception(6, eip)
+        self.deliver_exception(UD, eip)
         return True
 
     def _on_unmapped(self, access, address, size, value):
@@ -492,7 +493,7 @@ class VM:
 
     def _idle(self) -> None:
         ev = self.bus.next_event()
-        if not self.guest_eflags() & IF or ev is None:
+        if not self.guest_eflags() & IF_BIT or ev is None:
             self.stop = ("hang", STATUS_HANG,
                          "guest halted with interrupts disabled or no timer armed")
             return
@@ -504,7 +505,7 @@ class VM:
         self.bus.tick(self.vtime)
 
     def _inject(self) -> None:
-        if not self.pic.has_interrupt() or not self.guest_eflags() & IF:
+        if not self.pic.has_interrupt() or not self.guest_eflags() & IF_BIT:
             return
         if not self.mode.may_inject():
             return

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from bt.x86 import PAGE, PAGE_MASK
 from scanner.insns import Insns
-from scanner.pages import CONT, PAGE, PAGE_MASK, START, UNSCANNED, PageMap
+from scanner.pages import CONT, START, UNSCANNED, PageMap
 
 UNRESOLVED = "unresolved"
 EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")

@@ -34,10 +34,11 @@ from collections import deque
 from typing import Callable, Iterable
 
 from bt.catalog import MAYBE_SENSITIVE_FIRST_BYTE, classify_bytes
+from bt.x86 import PAGE, PAGE_MASK
 from scanner.cfg import BAD_MARK, BLOCK_MARK, CFG, UNRESOLVED
 from scanner.decode import ADDR_MASK, Decoder
 from scanner.insns import Insns
-from scanner.pages import CONT, PAGE, PAGE_MASK, START, UNSCANNED
+from scanner.pages import CONT, START, UNSCANNED
 
 ReadMem = Callable[[int, int], "bytes | None"]
 

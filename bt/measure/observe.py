@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from bt.errors import BadInput
 from bt.machine import MachineConfig
-
-PAGE = 0x1000
+from bt.x86 import PAGE
 
 
 class _Sink:

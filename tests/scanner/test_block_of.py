@@ -15,8 +15,8 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from scanhelp import BASE, Mem, asm
 
+from bt.x86 import PAGE
 from scanner.cfg import BAD_MARK, BLOCK_MARK, CFG, UNRESOLVED
-from scanner.pages import PAGE
 from scanner.scan import ZERO_RUN_LIMIT, Scanner
 
 MARGIN = 24

@@ -5,9 +5,9 @@ import random
 from hypothesis import given, settings, strategies as st
 from scanhelp import BASE, Mem, asm
 
+from bt.x86 import PAGE
 from scanner.cfg import CFG, TARGET_KINDS, UNRESOLVED
 from scanner.decode import Decoder
-from scanner.pages import PAGE
 from scanner.scan import Scanner
 
 
