@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
+from bt.hyper_layout import FIELDS, SELECTOR_VIEW, STATE, VFLAGS_MASK
+from bt.x86 import IF_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -55,7 +56,6 @@ class Insn:
 
 class StubContext:
     def __init__(self, state_addr: int, label: str):
-        from runtime.hyper import SELECTOR_VIEW, STATE
         self.state_addr = state_addr
         self.selector_table = state_addr - STATE + SELECTOR_VIEW
         self.label = label

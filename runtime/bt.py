@@ -23,6 +23,7 @@ from __future__ import annotations
 from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
+from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher.patches import Patcher
 from patcher.stubcache import StubCache
@@ -32,7 +33,6 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, ROUTINES
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
-from runtime.vcpu import VFLAGS_MASK
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
@@ -102,7 +102,7 @@ class BTMode(TrapMode):
         # The guest may run stubs but never write them: a store there is an
         # isolation violation (VM.on_protected_write ends the run cleanly).
         self.hyper.protect_stubs(writable=False)
-        from runtime.hyper import SELECTOR_VIEW, selector_view_table
+        from bt.hyper_layout import SELECTOR_VIEW, selector_view_table
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- lazy CSAM ------------------------------------------------------------------
@@ -424,7 +424,7 @@ class BTMode(TrapMode):
         claims its addresses: copy it, rewrite every recorded fixup (absolute
         state-page references in stubs, stub->guest branches, guest->stub jumps),
         and repoint the real descriptor-table registers and the virtual CPU."""
-        from runtime.hyper import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
+        from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
         uc, old = self.uc, self.hyper.base
         if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
             raise ValueError(f"bad hypervisor base {new_base:#x}")

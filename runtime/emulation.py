@@ -19,13 +19,13 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
+from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import (CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
-from runtime.vcpu import VFLAGS_MASK
 
 NOT_MINE = object()
 

@@ -28,6 +28,7 @@ from unicorn import UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
+from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.machine import BOOT_CR0
 from bt.x86 import (CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
@@ -36,11 +37,11 @@ from bt.x86 import (CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRE
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, ROUTINES
-from runtime.hyper import SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VMM_TSS, HyperArea
+from runtime.hyper import HyperArea
 from runtime.memory import PageFault
 from runtime.modes import Mode, StopSlice
 from runtime.protect import Protections
-from runtime.vcpu import VFLAGS_MASK, VirtualCPU
+from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(Mode):
@@ -157,7 +158,6 @@ class TrapMode(Mode):
         self.protect.commit()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
-        from runtime.hyper import HYPER_SIZE
         return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]
 
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
