@@ -421,21 +421,3 @@ class CFG:
                         self.split_block(b, a)
                         changed = True
                         break
-
-    # --- persistence (scanner.serialize does the work) -------------------------
-    def save_json(self, path: str) -> None:
-        from scanner.serialize import save_json
-        save_json(self, path)
-
-    @classmethod
-    def load_json(cls, path: str) -> "CFG":
-        from scanner.serialize import load_json
-        return load_json(path)
-
-    def write_graphml(self, path: str) -> None:
-        from scanner.serialize import write_graphml
-        write_graphml(self, path)
-
-    def write_dot(self, path: str) -> None:
-        from scanner.serialize import write_dot
-        write_dot(self, path)
