@@ -2,7 +2,8 @@
 
 The runtime counts events (instructions, exits by kind); this module prices them.
 Every per-event cost is a documented, overridable parameter whose default cites
-its source (/work/shared/notes/reference-designs.md, docs/benchmarks.md):
+its source (docs/benchmarks.md; a note outside the repository,
+/work/shared/notes/reference-designs.md):
 
 * Adams & Agesen, "A Comparison of Software and Hardware Techniques for x86
   Virtualization", ASPLOS 2006 (nanobenchmarks, cycles): divzero 889 native /

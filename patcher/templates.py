@@ -15,7 +15,7 @@ Rules every template follows (checked by tests/patcher/test_templates.py):
   which only fires when the guest just enabled interrupts while one waits;
 * only the guest stack below ESP is used as scratch (as on real hardware an
   interrupt could clobber it at any time, so a kernel never keeps data there).
-Keystone quirks (unicorn-x86-facts.md): `pushfd`/`popfd` spelled out, `push cs`
+Keystone quirks (tests/patcher/test_templates.py holds every template to them): `pushfd`/`popfd` spelled out, `push cs`
 never used (it assembles with a 0x66 prefix), `;` separates statements.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Unicorn never vectors through an IDT: every exception, software interrupt and
 hardware interrupt reaches the VMM, which builds the architectural frame itself
-(unicorn-x86-facts.md).  This module is that one delivery path, shared by all
+(docs/machine.md).  This module is that one delivery path, shared by all
 modes.  Ring compression enters only through `ring_of`: the guest's privilege
 level 0 runs at real ring 0 in `emulate` and at real ring 1 in `trap`/`bt`, and
 the frame the guest handler sees always carries the guest's own view (CS with

@@ -1,6 +1,6 @@
 """The virtual machine: one Unicorn engine, the pc32 devices, and the run loop.
 
-Modes are configurations of this one engine (architecture-sketch.md):
+Modes are configurations of this one engine (docs/architecture.md):
     emulate  guest kernel at real CPL 0, privileged instructions run by Unicorn
     trap     guest kernel at real CPL 1, faults emulated or reflected (runtime.trap)
     bt       trap + scanner + patcher (runtime.bt)
@@ -115,8 +115,9 @@ class VM:
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
         self.pic = self.devices["pic"]
-        # Unicorn's `until` probe corrupts fault state once paging is on
-        # (unicorn-x86-facts.md): enable exits with an empty list and bound slices by count.
+        # Unicorn's `until` probe corrupts fault state once paging is on (a note
+        # outside the repository, /work/shared/notes/unicorn-x86-facts.md): enable
+        # exits with an empty list and bound slices by count.
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._install_hooks()
