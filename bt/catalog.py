@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Klass(enum.Enum):

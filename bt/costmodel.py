@@ -2,7 +2,8 @@
 
 The runtime counts events (instructions, exits by kind); this module prices them.
 Every per-event cost is a documented, overridable parameter whose default cites
-its source (/work/shared/notes/reference-designs.md, docs/benchmarks.md):
+its source (docs/benchmarks.md; a note outside the repository,
+/work/shared/notes/reference-designs.md):
 
 * Adams & Agesen, "A Comparison of Software and Hardware Techniques for x86
   Virtualization", ASPLOS 2006 (nanobenchmarks, cycles): divzero 889 native /
@@ -27,6 +28,7 @@ Modes priced:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 from bt.errors import BadInput
@@ -35,6 +37,17 @@ from bt.mode import Mode
 
 @dataclass(frozen=True)
 class CostParams:
+    """Cycles per event.  One line per parameter, `name = default: what (source: ...)`,
+    checked against the fields by `undocumented` (tests/bt/test_costmodel.py):
+
+    native_cpi = 1.0: a guest instruction run natively (source: assumption, CPI ~1 on a modern core)
+    emulate_cycles_per_insn = 30.0: a guest instruction in a pure emulator (source: Bochs 50-150 MIPS at ~3 GHz, 20-60 cycles)
+    software_exit = 3223.0: one trap into a software VMM (source: Adams & Agesen, ASPLOS 2006, divzero under the software VMM)
+    software_device = 214.0: a device access emulated in the VMM (source: Adams & Agesen, ASPLOS 2006, in port 0x80 under BT)
+    emulate_device = 214.0: the same device model inside a pure emulator (source: assumed equal to software_device, Adams & Agesen)
+    vmexit = 2000.0: one hardware VM exit (source: SplitX paper, ~2,000 cycles on Xeon X5570, KVM, EPT)
+    """
+
     native_cpi: float = 1.0            # cycles per guest instruction run natively (assumption: CPI ~1)
     emulate_cycles_per_insn: float = 30.0   # Bochs 50-150 MIPS at ~3 GHz -> 20-60 (midpoint-ish)
     software_exit: float = 3223.0      # Adams & Agesen divzero under the software VMM
@@ -61,6 +74,33 @@ class CostParams:
             if values[name] < 0:
                 raise BadInput(f"--cost: {name} must not be negative")
         return CostParams(**values)
+
+
+_PARAM_LINE = re.compile(r"^\s*(\w+) = ([0-9.]+): \S.*\(source: ([^)]*\S[^)]*)\)\s*$")
+
+
+def documented_params(doc: str) -> dict[str, tuple[float, str]]:
+    """name -> (documented default, source) for each parameter line of `doc`."""
+    out = {}
+    for line in doc.splitlines():
+        m = _PARAM_LINE.match(line)
+        if m:
+            out[m.group(1)] = (float(m.group(2)), m.group(3).strip())
+    return out
+
+
+def undocumented(doc: str, params: "CostParams") -> list[str]:
+    """Why `doc` fails to document `params`: a parameter with no line of its own
+    citing a source, or whose line states another default; [] when it documents all."""
+    docs = documented_params(doc)
+    bad = []
+    for f in fields(params):
+        default = getattr(params, f.name)
+        if f.name not in docs:
+            bad.append(f"{f.name}: no 'name = default: what (source: ...)' line")
+        elif docs[f.name][0] != default:
+            bad.append(f"{f.name}: documented default {docs[f.name][0]} is not {default}")
+    return bad
 
 
 # What VT-x (with EPT, default controls) exits on, as the trap run counts it:

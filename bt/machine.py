@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from bt.errors import BadInput
 from bt.mode import Mode
 
+from bt.x86 import CR0_ET, CR0_PE, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT, DESC_RW, DESC_S, EFLAGS_FIXED_ONE
+
 MIB = 1 << 20
-PAGE = 4096
 
 # Boot-time structures the VMM places in guest RAM (all below 1 MiB, in the
 # area a PC BIOS would use, so guests that load at 1 MiB never collide with them).
@@ -26,18 +27,18 @@ BOOT_CMDLINE_ADDR = 0x20000   # Linux command line
 BOOT_CS = 0x08
 BOOT_DS = 0x10
 
-BOOT_EFLAGS = 0x2
-BOOT_CR0 = 0x11
+BOOT_EFLAGS = EFLAGS_FIXED_ONE
+BOOT_CR0 = CR0_PE | CR0_ET
 MULTIBOOT_EAX = 0x2BADB002
 
 DEFAULT_MEM_MIB = 64
 DEFAULT_CPU_MHZ = 100
 PIT_HZ = 1_193_182
 
-ACCESS_CODE0 = 0x9A
-ACCESS_DATA0 = 0x92
-ACCESS_CODE3 = 0xFA
-ACCESS_DATA3 = 0xF2
+ACCESS_CODE0 = DESC_PRESENT | DESC_S | DESC_CODE | DESC_RW    # 0x9A: ring-0 code, readable
+ACCESS_DATA0 = DESC_PRESENT | DESC_S | DESC_RW                # 0x92: ring-0 data, writable
+ACCESS_CODE3 = ACCESS_CODE0 | 3 << DESC_DPL_SHIFT            # 0xFA
+ACCESS_DATA3 = ACCESS_DATA0 | 3 << DESC_DPL_SHIFT            # 0xF2
 
 
 def descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> bytes:

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import capstone
 
 from bt.catalog import classify_bytes
-from patcher.policy import JMP_SIZE, PAGE, Refusal, direct
+from bt.x86 import PAGE
+from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
 from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, StubContext,
                                template_for, window_check)

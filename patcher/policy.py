@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from bt.catalog import BT, Klass, classify_bytes
+from bt.x86 import PAGE
 from patcher.templates import EMULATE_EXITS, Insn, template_for
 
 JMP_SIZE = 5
-PAGE = 0x1000
 
 
 class Refusal(str, enum.Enum):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import capstone
 from keystone import Ks, KsError, KS_ARCH_X86, KS_MODE_32
 
-from runtime.hyper import HYPER_SIZE, STUBS, STUBS_SIZE
+from bt.hyper_layout import HYPER_SIZE, STUBS, STUBS_SIZE
 
 _KS = Ks(KS_ARCH_X86, KS_MODE_32)
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)

@@ -17,7 +17,7 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
   which only fires when the guest just enabled interrupts while one waits;
 * only the guest stack below ESP is used as scratch (as on real hardware an
   interrupt could clobber it at any time, so a kernel never keeps data there).
-Keystone quirks (unicorn-x86-facts.md): `pushfd`/`popfd` spelled out, `push cs`
+Keystone quirks (tests/patcher/test_templates.py holds every template to them): `pushfd`/`popfd` spelled out, `push cs`
 never used (it assembles with a 0x66 prefix), `;` separates statements.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bt.catalog import check_registry
-from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
+from bt.hyper_layout import FIELDS, SELECTOR_VIEW, STATE, VFLAGS_MASK
+from bt.x86 import IF_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -80,7 +81,6 @@ class Insn:
 
 class StubContext:
     def __init__(self, state_addr: int, label: str):
-        from runtime.hyper import SELECTOR_VIEW, STATE
         self.state_addr = state_addr
         self.selector_table = state_addr - STATE + SELECTOR_VIEW
         self.label = label

@@ -17,6 +17,8 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.catalog import classify_bytes
+from bt.hyper_layout import VFLAGS_MASK
+from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -29,7 +31,6 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
-from runtime.vcpu import VFLAGS_MASK
 
 IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection there)
 
@@ -80,7 +81,7 @@ class BTMode(TrapMode):
         # The guest may run stubs but never write them: a store there is an
         # isolation violation (VM.on_protected_write ends the run cleanly).
         self.hyper.protect_stubs(writable=False)
-        from runtime.hyper import SELECTOR_VIEW, selector_view_table
+        from bt.hyper_layout import SELECTOR_VIEW, selector_view_table
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- patching what CSAM found ----------------------------------------------------
@@ -119,7 +120,7 @@ class BTMode(TrapMode):
         if self.cache.contains(eip):
             return self._stub_fault(vector, eip, error, soft)
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
-        if vector == 3 and soft and cpl == 1:
+        if vector == BP and soft and cpl == 1:
             site = (eip - 1) & 0xFFFFFFFF
             if self.csam.is_guard(site):
                 return self.csam.guard_exit(site)
@@ -129,7 +130,7 @@ class BTMode(TrapMode):
                 self.stats.add("faults_after_patching")
                 vm.counters.add("faults_emulated", p.covered[0].mnemonic)
                 return self._emulate_original(p.covered[0], resume=None)
-        if vector == 13 and not soft and cpl == 1 and self._patch_on_fault(eip):
+        if vector == GP and not soft and cpl == 1 and self._patch_on_fault(eip):
             return True
         return super().on_fault(vector, eip, error, soft)
 
@@ -167,7 +168,7 @@ class BTMode(TrapMode):
         insn = decode(ins.data)
         row = classify_bytes(ins.data)
         if insn is None or not has_routine(row):
-            raise GuestFault(6)
+            raise GuestFault(UD)
         self.stop_slice = False
         try:
             new_eip = emulate(self, row, insn, ins.addr)
@@ -177,7 +178,7 @@ class BTMode(TrapMode):
             self.vm.deliver_exception(f.vector, ins.addr, f.error_code)
             return True
         if new_eip is NOT_MINE:
-            self.vm.deliver_exception(13, ins.addr, 0)
+            self.vm.deliver_exception(GP, ins.addr, 0)
             return True
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
@@ -193,7 +194,7 @@ class BTMode(TrapMode):
         vm = self.vm
         p = self.patcher.stub_owner(eip)
         exit_ = p.exits.get(eip) if p is not None else None
-        if vector == 13 and exit_ is not None:
+        if vector == GP and exit_ is not None:
             kind, guest, resume = exit_
             self.stats.add("stub_exits")
             vm.counters.add("stub_exits", kind)
@@ -214,9 +215,9 @@ class BTMode(TrapMode):
         claims its addresses: copy it, rewrite every recorded fixup (absolute
         state-page references in stubs, stub->guest branches, guest->stub jumps),
         and repoint the real descriptor-table registers and the virtual CPU."""
-        from runtime.hyper import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
+        from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
         uc, old = self.uc, self.hyper.base
-        if new_base & 0x3FFFFF or new_base < self.vm.config.mem_bytes:
+        if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
             raise ValueError(f"bad hypervisor base {new_base:#x}")
         contents = bytes(uc.mem_read(old, HYPER_SIZE))
         old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
@@ -227,7 +228,8 @@ class BTMode(TrapMode):
         _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, 103, 0x8900))
+        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
+                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
             uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
+from bt.x86 import PAGE
 from patcher.policy import insn_at
 from patcher.templates import Insn
 from runtime.decode import decode, effective_address
@@ -31,7 +32,6 @@ from runtime.emulation import push
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
-PAGE = 0x1000
 NOT_SCANNED = "unscanned"
 CODE = "code"
 

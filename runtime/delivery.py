@@ -2,7 +2,7 @@
 
 Unicorn never vectors through an IDT: every exception, software interrupt and
 hardware interrupt reaches the VMM, which builds the architectural frame itself
-(unicorn-x86-facts.md).  This module is that one delivery path, shared by all
+(docs/machine.md).  This module is that one delivery path, shared by all
 modes.  Ring compression enters only through `ring_of`: the guest's privilege
 level 0 runs at real ring 0 in `emulate` and at real ring 1 in `trap`/`bt`, and
 the frame the guest handler sees always carries the guest's own view (CS with
@@ -15,17 +15,13 @@ from dataclasses import dataclass
 
 from unicorn import x86_const as X
 
+from bt.x86 import (CONTRIBUTORY_VECTORS, DESC_DPL_SHIFT, DESC_FLAG_G, DESC_PRESENT, DESC_SIZE, DF,
+                    ERROR_CODE_VECTORS, GP, IF_BIT, NP, NT_BIT, PF, PF_ERR_WRITE, RF_BIT, SEL_INDEX_MASK,
+                    SEL_TI, SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32, TF_BIT, TS, TSS_ESP0, TSS_STACK_STRIDE,
+                    VM_BIT)
 from runtime.memory import PageFault
 
-# Vectors that push an error code.
-ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17})
-DF, TS, NP, SS_FAULT, GP, PF = 8, 10, 11, 12, 13, 14
-
-IF = 1 << 9
-TF = 1 << 8
-NT = 1 << 14
-RF = 1 << 16
-VM = 1 << 17
+GATE_PRESENT = DESC_PRESENT << 8     # the access byte's present bit in a gate's high dword
 
 
 class GuestFault(Exception):
@@ -51,11 +47,11 @@ class Descriptor:
 
     @property
     def dpl(self) -> int:
-        return (self.access >> 5) & 3
+        return (self.access >> DESC_DPL_SHIFT) & 3
 
     @property
     def present(self) -> bool:
-        return bool(self.access & 0x80)
+        return bool(self.access & DESC_PRESENT)
 
     @classmethod
     def parse(cls, raw: bytes) -> "Descriptor":
@@ -63,7 +59,7 @@ class Descriptor:
         base = ((lo >> 16) & 0xFFFF) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
         limit = (lo & 0xFFFF) | (hi & 0xF0000)
         flags = (hi >> 20) & 0xF
-        if flags & 0x8:
+        if flags & DESC_FLAG_G:
             limit = (limit << 12) | 0xFFF
         return cls(base, limit, (hi >> 8) & 0xFF, flags)
 
@@ -82,11 +78,11 @@ class Delivery:
     # -- descriptor tables ----------------------------------------------------
     def descriptor(self, selector: int) -> Descriptor:
         base, limit = self.vm.guest_gdtr()
-        index = selector & 0xFFF8
-        if selector & 4 or index + 7 > limit or index == 0:
+        index = selector & SEL_INDEX_MASK
+        if selector & SEL_TI or index + DESC_SIZE - 1 > limit or index == 0:
             raise GuestFault(GP, selector & 0xFFFC)
         try:
-            return Descriptor.parse(self.vm.mem.read(base + index, 8))
+            return Descriptor.parse(self.vm.mem.read(base + index, DESC_SIZE))
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
 
@@ -99,7 +95,7 @@ class Delivery:
         except GuestFault as f:
             if vector == DF:
                 raise TripleFault(f"fault {f.vector} while delivering a double fault") from None
-            if _contributory(vector) and _contributory(f.vector) or vector == PF and f.vector in (PF, 0, 10, 11, 12, 13):
+            if _contributory(vector) and _contributory(f.vector) or vector == PF and f.vector in CONTRIBUTORY_VECTORS | {PF}:
                 self.vm.counters.add("exceptions_delivered", DF)
                 self.deliver(DF, return_eip=return_eip, error_code=0)
                 return
@@ -123,10 +119,10 @@ class Delivery:
         cpl = vm.guest_cpl()
         if soft and gate_dpl < cpl:
             raise GuestFault(GP, vector * 8 + 2)
-        if gate_type not in (0x0E, 0x0F):
+        if gate_type not in (SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32):
             # Task gates and 16-bit gates are not modelled (no known guest needs them).
             raise GuestFault(GP, vector * 8 + 2 + ext)
-        if not hi & 0x8000:
+        if not hi & GATE_PRESENT:
             raise GuestFault(NP, vector * 8 + 2 + ext)
         selector = (lo >> 16) & 0xFFFF
         offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
@@ -147,7 +143,7 @@ class Delivery:
             if tss is None:
                 raise GuestFault(TS, 0)
             try:
-                esp0, ss0 = struct.unpack("<II", vm.mem.read(tss + 4 + 8 * new_cpl, 8))
+                esp0, ss0 = struct.unpack("<II", vm.mem.read(tss + TSS_ESP0 + TSS_STACK_STRIDE * new_cpl, 8))
             except PageFault as pf:
                 raise GuestFault(PF, pf.error_code, pf.linear) from None
             ss0 &= 0xFFFF
@@ -163,7 +159,7 @@ class Delivery:
         try:
             vm.mem.write(stack_base + esp, data, user=False)
         except PageFault as pf:
-            raise GuestFault(PF, pf.error_code | 2, pf.linear) from None
+            raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
 
         if new_cpl < cpl:
             vm.quirks.set_cpl(vm.ring_of(new_cpl))
@@ -171,11 +167,11 @@ class Delivery:
         uc.reg_write(X.UC_X86_REG_ESP, esp)
         uc.reg_write(X.UC_X86_REG_CS, vm.real_selector(selector, new_cpl))
         uc.reg_write(X.UC_X86_REG_EIP, offset)
-        new_flags = eflags & ~(TF | NT | RF | VM)
-        if gate_type == 0x0E:
-            new_flags &= ~IF
+        new_flags = eflags & ~(TF_BIT | NT_BIT | RF_BIT | VM_BIT)
+        if gate_type == SYS_INTERRUPT_GATE32:
+            new_flags &= ~IF_BIT
         vm.set_guest_eflags(new_flags)
 
 
 def _contributory(v: int) -> bool:
-    return v in (0, 10, 11, 12, 13)
+    return v in CONTRIBUTORY_VECTORS

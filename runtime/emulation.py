@@ -23,17 +23,17 @@ from typing import Callable
 from unicorn import x86_const as X
 
 from bt.catalog import check_registry
+from bt.hyper_layout import VFLAGS_MASK
+from bt.x86 import (CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
+                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
+                    SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
+                    SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime.decode import effective_address
-from runtime.delivery import GP, GuestFault
-from runtime.vcpu import IF_BIT, VFLAGS_MASK
+from runtime.delivery import GuestFault
 
 NOT_MINE = object()
 
 ROUTINES: dict[str, Callable] = {}
-
-CR0_TS = 1 << 3
-CR0_PE = 1
-CR4_TSD = 1 << 2
 
 
 def emulates(*rows: str):
@@ -169,8 +169,8 @@ def _pop_ss(mode, insn, eip):
 @emulates("lmsw")
 def _lmsw(mode, insn, eip):
     cr0 = mode.read_cr(0)
-    new = read_operand(mode, insn.operands[0]) & 0xF
-    mode.write_cr(0, (cr0 & ~0xE) | new | (cr0 & CR0_PE))
+    new = read_operand(mode, insn.operands[0]) & CR0_MSW_BITS
+    mode.write_cr(0, (cr0 & ~(CR0_MP | CR0_EM | CR0_TS)) | new | (cr0 & CR0_PE))
 
 
 @emulates("clts")
@@ -300,8 +300,8 @@ def _rdpmc(mode, insn, eip):
 # These never fault at CPL 1.  In `bt` mode the patcher routes the sites it cannot
 # translate inline to these routines (int3 fallback / stub exits), so the guest
 # sees what it would see at CPL 0.
-def _guest_flags_forpush(mode, size):
-    return mode.guest_eflags() & (0xFFFF if size == 2 else 0x00FCFFFF)
+def _guest_flags_for_push(mode, size):
+    return mode.guest_eflags() & (0xFFFF if size == 2 else 0x00FFFFFF & ~(VM_BIT | RF_BIT))
 
 
 def push(mode, value: int, size: int) -> None:
@@ -323,7 +323,7 @@ def _pop(mode, size: int) -> int:
 @emulates("pushfd")
 def _pushf(mode, insn, eip):
     size = 2 if insn.mnemonic == "pushf" else 4
-    push(mode, _guest_flags_forpush(mode, size), size)
+    push(mode, _guest_flags_for_push(mode, size), size)
 
 
 @emulates("popfd")
@@ -331,9 +331,9 @@ def _popf(mode, insn, eip):
     size = 2 if insn.mnemonic == "popf" else 4
     value = _pop(mode, size)
     old = mode.guest_eflags()
-    keep = 0xFFFF0000 if size == 2 else 0x001A0000   # VM/RF/VIP/VIF are not popf's to set
+    keep = 0xFFFF0000 if size == 2 else VM_BIT | VIF_BIT | VIP_BIT   # not popf's to set
     new = (old & keep) | (value & ~keep & 0xFFFFFFFF)
-    mode.set_guest_eflags((new & ~0x28) | 0x2)
+    mode.set_guest_eflags((new & ~0x28) | EFLAGS_FIXED_ONE)
     mode.after_if_change()
 
 
@@ -387,38 +387,43 @@ def _smsw(mode, insn, eip):
 
 def _access_check(mode, sel: int):
     """The descriptor `sel` names as the guest sees it (None = the check fails)."""
-    if sel & 0xFFF8 == 0 or sel & 4:
+    if sel & SEL_INDEX_MASK == 0 or sel & SEL_TI:
         return None
     base, limit = mode.vcpu.gdtr()
-    if (sel & 0xFFF8) + 7 > limit:
+    if (sel & SEL_INDEX_MASK) + DESC_SIZE - 1 > limit:
         return None
     from runtime.delivery import Descriptor
-    return Descriptor.parse(mode.guest_read(base + (sel & 0xFFF8), 8))
+    return Descriptor.parse(mode.guest_read(base + (sel & SEL_INDEX_MASK), DESC_SIZE))
 
 
 def _set_zf(mode, on: bool):
     uc = mode.uc
     fl = uc.reg_read(X.UC_X86_REG_EFLAGS)
-    uc.reg_write(X.UC_X86_REG_EFLAGS, (fl | 0x40) if on else (fl & ~0x40))
+    uc.reg_write(X.UC_X86_REG_EFLAGS, (fl | ZF_BIT) if on else (fl & ~ZF_BIT))
+
+
+# The system descriptors lar and lsl accept (others clear ZF).
+_LSL_SYSTEM_TYPES = frozenset({SYS_TSS16_AVAILABLE, SYS_LDT, SYS_TSS16_BUSY, SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY})
+_LAR_SYSTEM_TYPES = _LSL_SYSTEM_TYPES | {SYS_CALL_GATE16, SYS_TASK_GATE, SYS_CALL_GATE32}
 
 
 def _visible(mode, desc, sel: int, kind: str) -> bool:
     """Privilege and type rules of lar/lsl/verr/verw at the guest's own CPL."""
     cpl = mode.guest_cpl()
-    sys_type = desc.access & 0x0F
-    is_seg = bool(desc.access & 0x10)
-    conforming_code = is_seg and desc.access & 0x0C == 0x0C
+    sys_type = desc.access & DESC_TYPE_MASK
+    is_seg = bool(desc.access & DESC_S)
+    conforming_code = is_seg and desc.access & (DESC_CODE | DESC_CONFORMING) == DESC_CODE | DESC_CONFORMING
     if not is_seg:
-        ok_types = {"lar": {1, 2, 3, 4, 5, 9, 0xB, 0xC}, "lsl": {1, 2, 3, 9, 0xB}}.get(kind, set())
+        ok_types = {"lar": _LAR_SYSTEM_TYPES, "lsl": _LSL_SYSTEM_TYPES}.get(kind, set())
         if sys_type not in ok_types:
             return False
     if kind in ("verr", "verw"):
         if not is_seg:
             return False
-        code = bool(desc.access & 0x08)
-        if kind == "verw" and (code or not desc.access & 0x02):
+        code = bool(desc.access & DESC_CODE)
+        if kind == "verw" and (code or not desc.access & DESC_RW):
             return False
-        if kind == "verr" and code and not desc.access & 0x02:
+        if kind == "verr" and code and not desc.access & DESC_RW:
             return False
     if not conforming_code and (desc.dpl < cpl or desc.dpl < (sel & 3)):
         return False
@@ -467,7 +472,7 @@ def _call_far(mode, insn, eip):
         addr = effective_address(mode.uc, ops[0], mode.seg_base)
         off, sel = struct.unpack("<IH", mode.guest_read(addr, 6))
     desc = mode.vm.delivery.descriptor(sel)
-    if not desc.access & 0x08 or not desc.present:
+    if not desc.access & DESC_CODE or not desc.present:
         raise GuestFault(GP, sel & 0xFFFC)
     uc = mode.uc
     push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), 4)

@@ -1,22 +1,11 @@
 """The hypervisor area: VMM memory inside the guest's address space, outside RAM.
 
-One 4 MiB region (one page-directory entry, so a paging guest can be given it
-with a single PDE later) whose base is a parameter (`MachineConfig.hyper_base`).
-Nothing outside this module knows an absolute hypervisor address: everything asks
-`HyperArea.addr(REGION)`, so the area can be relocated by changing the base and
-re-applying the recorded fixups (patcher/fixups.py).
-
-Layout (offsets from the base):
-    STATE        one page: the virtual CPU state the stubs read and write
-    SHADOW_IDT   the real IDTR points here; Unicorn never vectors through it, it
-                 only has to exist (delivery reads the guest's own IDT)
-    VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
-    SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
-    VMM_STACK    scratch stack for VMM trampolines
-    SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
-                 (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
-                 with one load: no flags touched, no stack scratch
-    STUBS        the stub cache (patcher), to the end of the area
+`HyperArea` maps the area over host memory and answers `addr(REGION)`; the
+layout itself (the regions, the state page's fields) is the contract the stubs
+share with the VMM and lives in bt/hyper_layout.py.  Nothing outside these two
+modules knows an absolute hypervisor address, so the area can be relocated by
+changing the base and re-applying the fixups the stub cache records
+(patcher/stubcache.py; runtime/bt.py `relocate_hyper`).
 """
 from __future__ import annotations
 
@@ -25,24 +14,13 @@ import mmap
 
 from unicorn import UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC
 
-HYPER_SIZE = 0x400000
-
-STATE = 0x0000
-SHADOW_IDT = 0x1000
-SHADOW_GDT = 0x2000
-SHADOW_GDT_SIZE = 0x10000
-VMM_TSS = 0x1800
-VMM_STACK = 0x12000
-VMM_STACK_SIZE = 0x1000
-SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
-SELECTOR_VIEW_SIZE = 0x20000
-STUBS = 0x40000
-STUBS_SIZE = HYPER_SIZE - STUBS
+from bt.hyper_layout import HYPER_SIZE, SELECTOR_VIEW
+from bt.x86 import LARGE_PAGE
 
 
 class HyperArea:
     def __init__(self, uc, base: int, ram_bytes: int):
-        if base & 0x3FFFFF:
+        if base & (LARGE_PAGE - 1):
             raise ValueError(f"hypervisor base {base:#x} is not 4 MiB aligned")
         if base < ram_bytes:
             raise ValueError(f"hypervisor base {base:#x} overlaps guest RAM")
@@ -69,10 +47,3 @@ class HyperArea:
         uc.mem_write, which ignores guest protections."""
         prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC
         self.uc.mem_protect(self.addr(SELECTOR_VIEW), HYPER_SIZE - SELECTOR_VIEW, prot)
-
-
-def selector_view_table() -> bytes:
-    """Ring compression undone: RPL 1 selectors read as RPL 0, others unchanged."""
-    import array
-    t = array.array("H", (sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000)))
-    return t.tobytes()

@@ -13,17 +13,7 @@ import struct
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
-CR0_PG = 1 << 31
-CR0_WP = 1 << 16
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-
-PTE_P = 1
-PTE_W = 2
-PTE_U = 4
-PTE_PS = 0x80
-PDE_PS_RESERVED = 1 << 21       # a 4 MiB entry's bit 21 (bits 20:13 are PSE-36 address bits)
-PF_RSVD = 8                     # error code: a reserved bit was set
+from bt.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE, PDE_PS_RESERVED, PF_ERR_RSVD, PTE_P, PTE_PS, PTE_U, PTE_W
 
 
 class PageFault(Exception):
@@ -73,7 +63,7 @@ class GuestMemory:
             # As Unicorn's MMU (tests/runtime/test_guest_memory.py): bit 21 is
             # reserved, bits 20:13 are physical address bits 39:32 (PSE-36).
             if pde & PDE_PS_RESERVED:
-                raise PageFault(linear, err | PTE_P | PF_RSVD)
+                raise PageFault(linear, err | PTE_P | PF_ERR_RSVD)
             self._check(pde, linear, err, write, user)
             return ((pde >> 13) & 0xFF) << 32 | (pde & 0xFFC00000) | (linear & 0x3FFFFF)
         pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
@@ -81,7 +71,7 @@ class GuestMemory:
         if not pte & PTE_P:
             raise PageFault(linear, err)
         self._check(pde & pte, linear, err, write, user)
-        return (pte & 0xFFFFF000) | (linear & 0xFFF)
+        return (pte & 0xFFFFF000) | (linear & (PAGE - 1))
 
     def _pt_read(self, addr: int, linear: int, err: int) -> int:
         if addr + 4 > self.ram_bytes:
@@ -97,11 +87,11 @@ class GuestMemory:
 
     # -- linear ------------------------------------------------------------
     def read(self, linear: int, size: int, user: bool = False) -> bytes:
-        if size <= 0x1000 - (linear & 0xFFF):       # one page: the common case
+        if size <= PAGE - (linear & (PAGE - 1)):       # one page: the common case
             return self.fast.mem_read(self.translate(linear, False, user), size)
         out = bytearray()
         while size:
-            n = min(size, 0x1000 - (linear & 0xFFF))
+            n = min(size, PAGE - (linear & (PAGE - 1)))
             phys = self.translate(linear, False, user)
             out += self.uc.mem_read(phys, n)
             linear += n
@@ -113,7 +103,7 @@ class GuestMemory:
         chunks = []
         off = 0
         while off < len(data):
-            n = min(len(data) - off, 0x1000 - ((linear + off) & 0xFFF))
+            n = min(len(data) - off, PAGE - ((linear + off) & (PAGE - 1)))
             chunks.append((self.translate(linear + off, True, user), data[off:off + n]))
             off += n
         for phys, chunk in chunks:

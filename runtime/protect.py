@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
-PAGE = 0x1000
+from bt.x86 import PAGE
 
 NO_WRITE = "no-write"      # reasons that forbid writes
 NO_EXEC = "no-exec"        # reasons that forbid execution

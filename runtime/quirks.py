@@ -8,7 +8,7 @@ experiment predicts.  If a calibration fails (a Unicorn release changed the
 layout), :func:`calibrate` raises :class:`QuirkError` naming the field, so the
 failure is loud instead of a silent double fault later.
 
-The facts behind each workaround are pinned by tests in tests/runtime/test_quirks.py:
+The facts behind each workaround are pinned by tests in tests/runtime/test_unicorn_facts.py:
 
 * exception in flight (unicorn issue #1883): after a handled fault Unicorn leaves
   ``old_exception`` set and the next contributory fault becomes a #DF.  We reset it
@@ -24,7 +24,7 @@ The facts behind each workaround are pinned by tests in tests/runtime/test_quirk
 * control registers: CR0/CR3/CR4 in the CPU state, read by the instruction
   clock (runtime/clock.py) to walk the guest's page tables itself.
 * live CPU state: ``context_save``/``context_restore`` are plain copies of the
-  engine's CPUX86State (unicorn/uc.c).  Calibration also finds where the engine
+  engine's CPUX86State (Unicorn's unicorn/uc.c).  Calibration also finds where the engine
   keeps that state (a pointer in the uc_struct plus a delta), so the fault fields
   are read and reset in place on every exit instead of through two 5.6 KB copies
   (measured: ~4 us of a ~16 us exit).  Each engine's address is checked against a
@@ -325,7 +325,7 @@ class Quirks:
         # The live CPU state, when found: fault fields are then read and
         # written in place, with no context round trip (two 5.6 KB copies,
         # ~3.5 us of every exit).  `context_restore` is itself a memcpy into
-        # this memory (unicorn/uc.c), so an edit in place is the same edit.
+        # this memory (Unicorn's unicorn/uc.c), so an edit in place is the same edit.
         self.env = self._live_env()
         if self.env is not None:
             self._eip = ctypes.c_uint32.from_address(self.env + self.off.eip)

@@ -28,18 +28,21 @@ from unicorn import UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
+from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.machine import BOOT_CR0
+from bt.x86 import (CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
+                    DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
+                    SEL_INDEX_MASK, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
+                    TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from runtime.decode import SiteDecoder
-from runtime.delivery import GP, GuestFault
 from bt.catalog import classify_bytes
-from runtime.emulation import CR4_TSD, NOT_MINE, emulate, has_routine
-from runtime.hyper import SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VMM_TSS, HyperArea
+from runtime.delivery import GuestFault
+from runtime.emulation import NOT_MINE, emulate, has_routine
+from runtime.hyper import HyperArea
 from runtime.memory import PageFault
 from runtime.modes import Mode, StopSlice
 from runtime.protect import Protections
-from runtime.vcpu import IF_BIT, IOPL_MASK, VFLAGS_MASK, VirtualCPU
-
-PAGE = 0x1000
+from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(Mode):
@@ -79,8 +82,8 @@ class TrapMode(Mode):
         # permission at all (the in/out hooks see every access, at any CPL), so
         # this only keeps the real state well-defined for a CPU that would.
         tss = self.hyper.addr(VMM_TSS)
-        uc.mem_write(tss, bytes(102) + struct.pack("<H", 104))   # I/O map base past the limit
-        uc.reg_write(X.UC_X86_REG_TR, (0, tss, 103, 0x8900))     # present, 32-bit TSS
+        uc.mem_write(tss, bytes(TSS_IOMAP_BASE) + struct.pack("<H", TSS32_SIZE))   # I/O map base past the limit
+        uc.reg_write(X.UC_X86_REG_TR, (0, tss, TSS32_SIZE - 1, (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
         uc.reg_write(X.UC_X86_REG_CR4, CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
         cs = uc.reg_read(X.UC_X86_REG_CS)
         ss = uc.reg_read(X.UC_X86_REG_SS)
@@ -102,9 +105,10 @@ class TrapMode(Mode):
             table = bytearray(size)
         for off in range(8, len(table) - 7, 8):
             access = table[off + 5]
-            dpl = (access >> 5) & 3
-            if access & 0x80 and dpl == 0 and (access & 0x10 or access & 0x0F in (0x4, 0xC)):
-                table[off + 5] = access | (1 << 5)   # DPL 0 -> DPL 1
+            dpl = (access >> DESC_DPL_SHIFT) & 3
+            if access & DESC_PRESENT and dpl == 0 and (
+                    access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
+                table[off + 5] = access | (1 << DESC_DPL_SHIFT)   # DPL 0 -> DPL 1
         self.uc.mem_write(self.hyper.addr(SHADOW_GDT), bytes(table))
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
         self.gdt_syncs += 1
@@ -112,13 +116,13 @@ class TrapMode(Mode):
 
     def _monitor_gdt(self, base: int, size: int) -> None:
         pages = set()
-        for lin in range(base & ~0xFFF, base + size, PAGE):
+        for lin in range(base & ~(PAGE - 1), base + size, PAGE):
             try:
                 phys = self.vm.mem.translate(lin)
             except PageFault:
                 continue
             if phys < self.vm.config.mem_bytes:
-                pages.add(phys & ~0xFFF)
+                pages.add(phys & ~(PAGE - 1))
         for p in self._gdt_pages - pages:
             self.protect.watch_writes(p, "gdt", False)
         for p in pages - self._gdt_pages:
@@ -126,7 +130,7 @@ class TrapMode(Mode):
         self._gdt_pages = pages
 
     def _on_write_prot(self, access, address, size, value):
-        page = address & ~0xFFF
+        page = address & ~(PAGE - 1)
         if not self.protect.writes_watched(page) and not self.protect.is_pending(page):
             return self.vm.on_protected_write(access, address, size, value)
         self.vm.counters.add("exits")
@@ -155,7 +159,6 @@ class TrapMode(Mode):
         self.protect.commit()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
-        from runtime.hyper import HYPER_SIZE
         return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]
 
     def before_watched_write(self, page: int, address: int, size: int) -> bool:
@@ -177,25 +180,25 @@ class TrapMode(Mode):
 
     def load_tr(self, selector: int) -> None:
         desc = self.vm.delivery.descriptor(selector)
-        if (desc.access & 0x1D) != 0x09:          # 32-bit available TSS (type 9)
+        if desc.access & (DESC_S | DESC_TYPE_MASK & ~TSS_BUSY_BIT) != SYS_TSS32_AVAILABLE:  # busy or not
             raise GuestFault(GP, selector & 0xFFFC)
         base, _ = self.vcpu.gdtr()
-        off = base + (selector & 0xFFF8) + 5
-        busy = self.vm.mem.read(off, 1)[0] | 0x02  # the CPU marks the TSS busy
+        off = base + (selector & SEL_INDEX_MASK) + 5
+        busy = self.vm.mem.read(off, 1)[0] | TSS_BUSY_BIT  # the CPU marks the TSS busy
         self.vm.mem.write(off, bytes([busy]))
         self.vcpu.set("tr", selector)
         self.sync_shadow_gdt()
 
     def check_code_selector(self, sel: int) -> None:
         desc = self.vm.delivery.descriptor(sel)
-        if not desc.access & 0x08 or not desc.present:
+        if not desc.access & DESC_CODE or not desc.present:
             raise GuestFault(GP, sel & 0xFFFC)
 
     def load_ss(self, sel: int):
         if sel & 3:
             return NOT_MINE            # RPL 1..3: the CPU's own check was the guest's truth
         desc = self.vm.delivery.descriptor(sel)
-        if desc.dpl != 0 or desc.access & 0x08 or not desc.access & 0x02:
+        if desc.dpl != 0 or desc.access & DESC_CODE or not desc.access & DESC_RW:
             return NOT_MINE
         self.uc.reg_write(X.UC_X86_REG_SS, sel | 1)
         return None
@@ -208,11 +211,11 @@ class TrapMode(Mode):
         value &= 0xFFFFFFFF
         uc = self.uc
         if n == 0:
-            if value & (1 << 31):
+            if value & CR0_PG:
                 raise VMMError("the guest enabled paging: trap and bt modes do not support "
                                "paging guests yet (run it with --mode emulate; docs/machine.md)")
             self.vcpu.set("cr0", value)
-            uc.reg_write(X.UC_X86_REG_CR0, value | 1)
+            uc.reg_write(X.UC_X86_REG_CR0, value | CR0_PE)
         elif n == 2:
             self.vcpu.set("cr2", value)
             uc.reg_write(X.UC_X86_REG_CR2, value)
@@ -244,13 +247,13 @@ class TrapMode(Mode):
         try:
             return self.vm.mem.read(addr, size)
         except PageFault as pf:
-            raise GuestFault(14, pf.error_code, pf.linear) from None
+            raise GuestFault(PF, pf.error_code, pf.linear) from None
 
     def guest_write(self, addr: int, data: bytes) -> None:
         try:
             self.vm.mem.write(addr, data)
         except PageFault as pf:
-            raise GuestFault(14, pf.error_code | 2, pf.linear) from None
+            raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
 
     def begin_sti_shadow(self) -> None:
         """sti enables interrupts after the *next* instruction: run one more, then inject."""
@@ -272,9 +275,9 @@ class TrapMode(Mode):
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         vm = self.vm
         cpl = vm.quirks.cpl()
-        if vector == 14:
+        if vector == PF:
             self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
-        if soft or cpl != 1 or vector != 13:
+        if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
         insn = self.decoder.at(eip)

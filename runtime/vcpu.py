@@ -3,39 +3,16 @@
 Its fields live in the hypervisor area's state page and nowhere else: the
 runtime reads and writes them there, and the patcher's stubs (guest code in
 ring 1) read and write the same bytes.  One source of truth, no copy to drift.
-`FIELDS` is the layout, used by both sides (stub templates name fields, never
-offsets).
+The layout (`FIELDS`, `VFLAGS_MASK`) is bt/hyper_layout.py, read by both sides
+(stub templates name fields, never offsets).
 """
 from __future__ import annotations
 
 import ctypes
 import struct
 
-
-# name -> (offset in the state page, struct format)
-FIELDS: dict[str, tuple[int, str]] = {
-    "vflags": (0x00, "<I"),      # virtual EFLAGS bits the guest owns: IF (bit 9) and IOPL (12-13)
-    "in_patch": (0x04, "<I"),    # 1 while the guest runs inside patch code: no injection
-    "irq_pending": (0x08, "<I"), # set by the VMM: a stub enabling IF must exit to let it in
-    "scratch": (0x0C, "<I"),     # stub scratch word
-    "cr0": (0x10, "<I"),
-    "cr2": (0x14, "<I"),
-    "cr3": (0x18, "<I"),
-    "cr4": (0x1C, "<I"),
-    "gdtr": (0x20, "<HI"),       # sgdt layout: limit then base
-    "idtr": (0x28, "<HI"),
-    "ldtr": (0x30, "<H"),
-    "tr": (0x34, "<H"),
-    "dr": (0x40, "<8I"),
-    "stub_runs": (0x80, "<I"),   # incremented by every stub that counts itself
-    "scratch2": (0x84, "<I"),
-    "scratch3": (0x88, "<I"),
-    "exit_reason": (0x8C, "<I"),
-}
-
-IF_BIT = 1 << 9
-IOPL_MASK = 3 << 12
-VFLAGS_MASK = IF_BIT | IOPL_MASK
+from bt.hyper_layout import FIELDS, VFLAGS_MASK
+from bt.x86 import IF_BIT
 
 
 class VirtualCPU:

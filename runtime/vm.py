@@ -1,6 +1,6 @@
 """The virtual machine: one Unicorn engine, the pc32 devices, and the run loop.
 
-Modes are configurations of this one engine (architecture-sketch.md):
+Modes are configurations of this one engine (docs/architecture.md):
     emulate  guest kernel at real CPL 0, privileged instructions run by Unicorn
     trap     guest kernel at real CPL 1, faults emulated or reflected (runtime.trap)
     bt       trap + scanner + patcher (runtime.bt)
@@ -31,10 +31,11 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from bt.mode import Mode
 from bt.outcome import Outcome, RunStop
+from bt.x86 import BP, ERROR_CODE_VECTORS, IF_BIT, OF, UD
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
-from runtime.delivery import Delivery, ERROR_CODE_VECTORS, GuestFault, TripleFault, IF
+from runtime.delivery import Delivery, GuestFault, TripleFault
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
 from runtime.memory import GuestMemory
@@ -44,7 +45,7 @@ MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due so
 POLL_SLICE = 2_000          # slice length while an interrupt waits for IF=1
 MAX_IDLE_SKIPS = 100_000    # consecutive hlt wake-ups with nothing delivered = hang
 
-SOFT_ONLY_VECTORS = (3, 4)  # int3 and into are traps: EIP is already past them
+SOFT_ONLY_VECTORS = (BP, OF)  # int3 and into are traps: EIP is already past them
 
 
 @dataclass
@@ -110,8 +111,9 @@ class VM:
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
         self.pic = self.devices["pic"]
-        # Unicorn's `until` probe corrupts fault state once paging is on
-        # (unicorn-x86-facts.md): enable exits with an empty list and bound slices by count.
+        # Unicorn's `until` probe corrupts fault state once paging is on (a note
+        # outside the repository, /work/shared/notes/unicorn-x86-facts.md): enable
+        # exits with an empty list and bound slices by count.
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         self._install_hooks()
@@ -308,7 +310,7 @@ class VM:
         device event due before the slice would end (e.g. the PIT was just
         programmed).  The instruction itself completes (an `in` keeps its value)."""
         self.mode.on_irq_state()
-        if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF):
+        if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF_BIT):
             self.halt_slice()
             return
         ev = self.bus.next_event()
@@ -335,7 +337,7 @@ class VM:
         self.exit_site(eip)
         if self.mode.on_invalid_opcode(eip):
             return True
-        self.deliver_exception(6, eip)
+        self.deliver_exception(UD, eip)
         return True
 
     def _on_unmapped(self, access, address, size, value):
@@ -487,7 +489,7 @@ class VM:
 
     def _idle(self) -> None:
         ev = self.bus.next_event()
-        if not self.guest_eflags() & IF or ev is None:
+        if not self.guest_eflags() & IF_BIT or ev is None:
             self.stop = Outcome.HANG.stop("guest halted with interrupts disabled or no timer armed")
             return
         self._idle_skips += 1
@@ -498,7 +500,7 @@ class VM:
         self.bus.tick(self.vtime)
 
     def _inject(self) -> None:
-        if not self.pic.has_interrupt() or not self.guest_eflags() & IF:
+        if not self.pic.has_interrupt() or not self.guest_eflags() & IF_BIT:
             return
         if not self.mode.may_inject():
             return

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from bt.x86 import PAGE, PAGE_MASK
 from scanner.insns import Insns
-from scanner.pages import CONT, PAGE, PAGE_MASK, START, UNSCANNED, PageMap
+from scanner.pages import CONT, START, UNSCANNED, PageMap
 
 UNRESOLVED = "unresolved"
 EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")
@@ -420,21 +421,3 @@ class CFG:
                         self.split_block(b, a)
                         changed = True
                         break
-
-    # --- persistence (scanner.serialize does the work) -------------------------
-    def save_json(self, path: str) -> None:
-        from scanner.serialize import save_json
-        save_json(self, path)
-
-    @classmethod
-    def load_json(cls, path: str) -> "CFG":
-        from scanner.serialize import load_json
-        return load_json(path)
-
-    def write_graphml(self, path: str) -> None:
-        from scanner.serialize import write_graphml
-        write_graphml(self, path)
-
-    def write_dot(self, path: str) -> None:
-        from scanner.serialize import write_dot
-        write_dot(self, path)

@@ -25,9 +25,10 @@ from typing import Callable
 
 import capstone
 
+from bt.x86 import PAGE
+
 MAX_INSN = 15
 ADDR_MASK = 0xFFFFFFFF
-PAGE = 4096
 
 
 def new_capstone() -> capstone.Cs:

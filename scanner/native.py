@@ -11,10 +11,15 @@ error, never a misread.
 from __future__ import annotations
 
 import ctypes
+from typing import Callable, NamedTuple
 
 import capstone
 
 from bt.catalog import MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, classify_bytes
+from scanner.cfg import CFG, TARGET_KINDS
+from scanner.decode import new_capstone
+from scanner.flow import FLOW
+from scanner.insns import Insns
 
 try:
     from scanner import _walk
@@ -49,6 +54,22 @@ def _fn(f) -> int:
     return ctypes.cast(f, ctypes.c_void_p).value
 
 
+class WalkJob(NamedTuple):
+    """What one C walk takes from the scanner: the state it works on and the
+    Python rules it calls back for the rare cases (one definition of each)."""
+
+    work: list                  # the worklist of (site, target, kind, attrs); emptied
+    cfg: CFG                    # grown in place: nodes, edges, page and node marks, targets
+    new_sites: list             # sensitive sites found by this walk are appended here
+    touched: set[int]           # pages whose records the walk changed are added here
+    read_mem: Callable          # (addr, size) -> bytes | None: the guest's code bytes
+    branch: Callable            # Scanner._branch: the edges of a far/indirect branch
+    why_not: Callable           # Decoder.why_not: why an address does not decode
+    max_insns: int              # instruction cap of the whole scan
+    insns_scanned: int          # instructions scanned before this walk
+    max_block_insns: int        # longest block before it is cut
+
+
 class NativeWalk:
     """One capstone handle and the function addresses `_walk.run` needs."""
 
@@ -56,7 +77,6 @@ class NativeWalk:
         why = layout_mismatch()
         if why is not None:
             raise RuntimeError(f"the scanner's C walk cannot be used: {why}")
-        from scanner.decode import new_capstone
         self.md = new_capstone()          # kept alive: the walk uses its handle
         cs = capstone._cs
         self._capstone = (self.md.csh.value, _fn(cs.cs_disasm_iter), _fn(cs.cs_malloc),
@@ -64,20 +84,20 @@ class NativeWalk:
         self.decoded = 0        # instructions capstone decoded for the walk
         self.reads = 0          # read_mem calls (one per page window and run)
 
-    def run(self, sc, touched: set[int]) -> None:
-        """Empty `sc._work` exactly as the Python loop in `Scanner._run_worklist` would."""
-        from scanner.cfg import TARGET_KINDS
-        from scanner.insns import Insns
-        from scanner.scan import FLOW
-        cfg = sc.cfg
+    def run(self, job: WalkJob) -> int:
+        """Empty `job.work` exactly as the Python loop in `Scanner._run_worklist`
+        would; returns the scan's instruction count after the walk."""
+        cfg = job.cfg
         g = cfg.graph
         pm = cfg.pages
+        # `_walk.run` takes positional arguments (the C side parses them with one
+        # PyArg_ParseTuple); this call is the one place that knows their order.
         insns, decoded, reads = _walk.run(
-            sc._work, g._node, g._succ, g._pred, pm.pages, pm.record, pm.is_free, pm.mark,
-            cfg.marks.pages, Insns, sc.new_sites, cfg._tset, cfg._tnew, cfg.pending, touched, sc.read_mem,
-            _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, TARGET_KINDS,
-            cfg.add_bad, cfg.split_block, sc._branch, sc.dec.why_not,
-            sc.max_insns, sc.insns_scanned, sc.max_block_insns, *self._capstone)
-        sc.insns_scanned = insns
+            job.work, g._node, g._succ, g._pred, pm.pages, pm.record, pm.is_free, pm.mark,
+            cfg.marks.pages, Insns, job.new_sites, cfg._tset, cfg._tnew, cfg.pending, job.touched,
+            job.read_mem, _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, TARGET_KINDS,
+            cfg.add_bad, cfg.split_block, job.branch, job.why_not,
+            job.max_insns, job.insns_scanned, job.max_block_insns, *self._capstone)
         self.decoded += decoded
         self.reads += reads
+        return insns

@@ -11,8 +11,8 @@ from __future__ import annotations
 import zlib
 from typing import Callable, Iterable
 
-PAGE = 4096
-PAGE_MASK = ~(PAGE - 1) & 0xFFFFFFFF
+from bt.x86 import PAGE, PAGE_MASK
+
 UNSCANNED, START, CONT = 0, 1, 2
 
 ReadMem = Callable[[int, int], "bytes | None"]

@@ -34,27 +34,15 @@ from collections import deque
 from typing import Callable, Iterable
 
 from bt.catalog import MAYBE_SENSITIVE_FIRST_BYTE, classify_bytes
+from bt.x86 import PAGE, PAGE_MASK
+from scanner import native
 from scanner.cfg import BAD_MARK, BLOCK_MARK, CFG, UNRESOLVED
 from scanner.decode import ADDR_MASK, Decoder
+from scanner.flow import FLOW
 from scanner.insns import Insns
-from scanner.pages import CONT, PAGE, PAGE_MASK, START, UNSCANNED
+from scanner.pages import CONT, START, UNSCANNED
 
 ReadMem = Callable[[int, int], "bytes | None"]
-
-JCC = frozenset("ja jae jb jbe je jne jg jge jl jle jo jno jp jnp js jns "
-                "jcxz jecxz loop loope loopne".split())
-STOP = frozenset("ret retf iret iretd int3 ud0 ud1 ud2 sysenter sysexit".split())
-
-# Control-flow action per capstone mnemonic (prefixed spellings included).
-FLOW: dict[str, str] = {}
-for _m in JCC:
-    FLOW[_m] = "jcc"
-for _m in STOP:
-    FLOW[_m] = "stop"
-FLOW.update({"jmp": "jmp", "call": "call", "ljmp": "ljmp", "lcall": "lcall"})
-for _p in ("bnd ", "notrack ", "bnd notrack ", "rep ", "repz ", "repne ", "repnz "):
-    for _m in list(JCC) + ["ret", "jmp", "call"]:
-        FLOW.setdefault(_p + _m, FLOW[_m])
 
 _ABS_MEM = re.compile(r"^dword ptr (?:ds:)?\[(0x[0-9a-f]+|\d+)\]$")
 _FAR_IMM = re.compile(r"^(0x[0-9a-f]+|\d+)\s*[:,]\s*(0x[0-9a-f]+|\d+)$")
@@ -177,7 +165,10 @@ class Scanner:
         self.new_sites = []
         work = self._work
         if self.native is not None:
-            self.native.run(self, touched)   # the loop below, in C (scanner/_walk.c)
+            # The loop below, in C (scanner/_walk.c).
+            self.insns_scanned = self.native.run(native.WalkJob(
+                work, cfg, self.new_sites, touched, self.read_mem, self._branch, self.dec.why_not,
+                self.max_insns, self.insns_scanned, self.max_block_insns))
         pop = work.pop
         while work:
             site, target, kind, attrs = pop()
@@ -390,7 +381,6 @@ def _engine(name: str):
         raise ValueError(f"scanner engine {name!r}: one of {', '.join(ENGINES)}")
     if name == "python":
         return "python", None
-    from scanner import native
     if name == "auto" and not native.available():
         return "python", None
     return "c", native.NativeWalk()

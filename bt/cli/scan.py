@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from scanner.memory import SegmentMemory
     from scanner.scan import Scanner, idt_gates
+    from scanner import serialize
     if view is not None:
         mem = SegmentMemory(view.segments)
         entry, exports = view.entry, view.exports
@@ -126,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {s.addr:#010x}  {s.klass:<23} {s.name:<14} {s.mnemonic} {s.op_str}".rstrip())
     try:
         if args.json:
-            cfg.save_json(args.json)
+            serialize.save_json(cfg, args.json)
         if args.graphml:
-            cfg.write_graphml(args.graphml)
+            serialize.write_graphml(cfg, args.graphml)
         if args.dot:
-            cfg.write_dot(args.dot)
+            serialize.write_dot(cfg, args.dot)
     except OSError as e:
         return fail("bt-scan", f"cannot write {e.filename}: {e.strerror}")
     return 0

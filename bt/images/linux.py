@@ -16,7 +16,8 @@ from bt.images.elf import ElfFacts, is_elf, parse_elf
 from bt.images.files import read_file
 from bt.images.image import GuestImage, Segment
 from bt.images.layout import check_layout, check_mem, e820_map
-from bt.machine import BOOT_CMDLINE_ADDR, BOOT_PARAMS_ADDR, PAGE
+from bt.machine import BOOT_CMDLINE_ADDR, BOOT_PARAMS_ADDR
+from bt.x86 import PAGE
 
 # The 32-bit boot protocol's selectors: __BOOT_CS / __BOOT_DS in the kernel's GDT.
 LINUX_BOOT_CS = 0x10

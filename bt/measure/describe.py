@@ -5,18 +5,16 @@ from __future__ import annotations
 from capstone import Cs, CS_ARCH_X86, CS_MODE_32
 
 from bt.catalog import classify_bytes
+from bt.x86 import EFLAGS_NAMES, IOPL_MASK
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)
 
-EFLAGS_BITS = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF",
-               11: "OF", 14: "NT", 16: "RF", 17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID"}
-IOPL = 0x3000
 FLAG_MNEMONICS = ("pushfd", "pushf", "popfd", "popf")
 
 
 def flag_names(bits: int) -> str:
-    names = [n for b, n in sorted(EFLAGS_BITS.items()) if bits >> b & 1]
-    if bits & IOPL:
+    names = [n for bit, n in sorted(EFLAGS_NAMES.items()) if bits & bit]
+    if bits & IOPL_MASK:
         names.append("IOPL")
     return "/".join(names) or "no flag"
 

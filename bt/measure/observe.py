@@ -15,8 +15,7 @@ from dataclasses import dataclass, field, replace
 from bt.machine import MachineConfig
 from bt.mode import Mode
 from bt.outcome import Outcome
-
-PAGE = 0x1000
+from bt.x86 import PAGE
 
 
 class _Sink:

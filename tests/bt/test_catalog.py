@@ -82,7 +82,8 @@ def test_robin_irvine_groups():
 
 
 def test_fault_facts_match_unicorn_notes():
-    # Seen faulting at CPL 1 / IOPL 0 in unicorn-x86-facts.md; and silent ones.
+    # Seen faulting at CPL 1 / IOPL 0 (a note outside the repository,
+    # /work/shared/notes/unicorn-x86-facts.md); and silent ones.
     for n in ("cli", "sti", "hlt", "mov_from_cr", "mov_to_cr", "in", "out"):
         assert by_name(n).faults_at_cpl1
     for n in ("pushfd", "popfd", "sgdt", "sidt", "mov_from_cs", "iretd"):

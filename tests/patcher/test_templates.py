@@ -7,7 +7,7 @@ from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
 
 from patcher.stubcache import StubCache, assemble, find_fixups
 from patcher.templates import TEMPLATES, Insn, StubContext
-from runtime.hyper import HYPER_SIZE, STUBS
+from bt.hyper_layout import HYPER_SIZE, STUBS
 
 BASE = 0xFF000000
 CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)

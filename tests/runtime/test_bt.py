@@ -64,7 +64,7 @@ def test_code_reached_only_through_a_computed_pointer_is_scanned_before_it_runs(
 
 
 def test_guest_write_into_the_stub_cache_is_an_isolation_violation():
-    from runtime.hyper import STUBS
+    from bt.hyper_layout import STUBS
     target = 0xFF000000 + STUBS
     img = raw_guest("mov esp, 0x90000\npushfd\npop eax\n"
                     f"mov dword ptr [{target:#x}], 0x90909090\n" + EXIT)

@@ -84,7 +84,7 @@ TOTAL = 2 + 1 + 200 * 9 + 100 * 2 + 1    # every instruction of LOOP up to and i
 # -- the Unicorn facts the clock stands on -----------------------------------------------
 def test_a_block_hook_that_stops_the_engine_keeps_its_block_from_running():
     """The clock stops *before* a block that would pass the budget: Unicorn
-    emits the block hook ahead of the block's exit check (translator.c)."""
+    emits the block hook ahead of the block's exit check (QEMU's translator.c, inside Unicorn)."""
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, RAM)
     uc.mem_write(CODE, asm("mov eax, 1\njmp n\nn: mov eax, 2\nmov ebx, 3\nhlt"))

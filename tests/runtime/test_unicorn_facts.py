@@ -1,5 +1,5 @@
 """Facts about Unicorn 2.1 that the runtime is built on, each pinned by a test
-(DEVELOPERS.md: verify every claim before building on it)."""
+(the project's rule: verify every claim about Unicorn before building on it)."""
 import pytest
 from unicorn import (UC_HOOK_CODE, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_MEM_FETCH_PROT, UC_PROT_ALL,
                      UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE)

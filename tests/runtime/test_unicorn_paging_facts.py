@@ -32,7 +32,7 @@ def paged_engine(code: bytes, stub: bytes) -> Uc:
     uc.mem_write(PD + 1023 * 4, struct.pack("<I", PT_HYPER | 3))     # the VMM's own entry
     uc.reg_write(X.UC_X86_REG_CR3, PD)
     uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | 0x80000001)
-    uc.ctl_exits_enabled(True)            # no `until` probe (unicorn-x86-facts.md)
+    uc.ctl_exits_enabled(True)            # no `until` probe (runtime/vm.py says why)
     uc.ctl_set_exits([])
     return uc
 

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from scanhelp import BASE, Mem, asm
 
+from bt.x86 import PAGE
 from scanner.cfg import BAD_MARK, BLOCK_MARK, CFG, UNRESOLVED
-from scanner.pages import PAGE
 from scanner.scan import ZERO_RUN_LIMIT, Scanner
+from scanner.serialize import load_json, save_json
 
 MARGIN = 24
 ENGINES = ["c", "python"]
@@ -134,8 +135,8 @@ def test_random_bytes_merge_and_load(data, shift, starts1, starts2, engine):
     check(one, lo, hi)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "cfg.json")
-        one.save_json(path)
-        loaded = CFG.load_json(path)
+        save_json(one, path)
+        loaded = load_json(path)
     check(loaded, lo, hi)
     assert answers(loaded, lo, hi) == answers(one, lo, hi)
 
@@ -325,8 +326,8 @@ def test_after_save_and_load(engine, tmp_path):
     cfg = sc.cfg
     assert cfg.marks.get(at + 3) == BAD_MARK
     p = tmp_path / "cfg.json"
-    cfg.save_json(str(p))
-    loaded = CFG.load_json(str(p))
+    save_json(cfg, str(p))
+    loaded = load_json(str(p))
     check(loaded, at, at + len(code))
     assert answers(loaded, at, at + len(code)) == answers(cfg, at, at + len(code))
     assert {b: bytes(m) for b, m in loaded.marks.pages.items() if any(m)} == \

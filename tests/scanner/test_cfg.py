@@ -3,8 +3,9 @@ import networkx as nx
 import pytest
 from scanhelp import BASE, Mem, asm
 
-from scanner.cfg import CFG, UNRESOLVED
+from scanner.cfg import UNRESOLVED
 from scanner.scan import Scanner
+from scanner.serialize import load_json, save_json, write_dot, write_graphml
 
 CODE = """
     cli
@@ -36,8 +37,8 @@ def _view(cfg):
 def test_json_round_trip(tmp_path):
     cfg, _ = _cfg([BASE])
     p = tmp_path / "cfg.json"
-    cfg.save_json(str(p))
-    back = CFG.load_json(str(p))
+    save_json(cfg, str(p))
+    back = load_json(str(p))
     assert _view(back) == _view(cfg)
     assert back.sensitive_sites() == cfg.sensitive_sites()
     assert back.pages.pages[BASE].flags == cfg.pages.pages[BASE].flags
@@ -47,16 +48,16 @@ def test_load_rejects_other_files(tmp_path):
     p = tmp_path / "x.json"
     p.write_text('{"format": "something"}')
     with pytest.raises(ValueError, match="not a bt-cfg file"):
-        CFG.load_json(str(p))
+        load_json(str(p))
 
 
 def test_graphml_and_dot(tmp_path):
     cfg, _ = _cfg([BASE])
-    cfg.write_graphml(str(tmp_path / "g.graphml"))
+    write_graphml(cfg, str(tmp_path / "g.graphml"))
     g = nx.read_graphml(str(tmp_path / "g.graphml"))
     assert set(g.nodes) == {f"{n:#x}" if n != UNRESOLVED else n for n in cfg.graph.nodes}
     assert g.nodes[f"{BASE:#x}"]["sensitive"].startswith(f"{BASE:#x}:cli:interrupt")
-    cfg.write_dot(str(tmp_path / "g.dot"))
+    write_dot(cfg, str(tmp_path / "g.dot"))
     text = (tmp_path / "g.dot").read_text()
     assert text.startswith("digraph cfg {") and '"unresolved"' in text and "cond-jump" in text
 

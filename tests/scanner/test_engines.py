@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scanhelp import BASE, PROGRAM, Mem, asm, random_program
 
+from bt.x86 import PAGE
 from scanner import native
-from scanner.pages import PAGE
 from scanner.scan import Scanner
 
 

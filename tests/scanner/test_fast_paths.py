@@ -5,10 +5,11 @@ import random
 from hypothesis import given, settings, strategies as st
 from scanhelp import BASE, Mem, asm
 
+from bt.x86 import PAGE
 from scanner.cfg import CFG, TARGET_KINDS, UNRESOLVED
 from scanner.decode import Decoder
-from scanner.pages import PAGE
 from scanner.scan import Scanner
+from scanner.serialize import load_json, save_json
 
 
 def _targets_by_walk(cfg: CFG, lo: int, hi: int) -> list[int]:
@@ -68,8 +69,8 @@ def test_branch_targets_after_invalidate_merge_and_load(tmp_path):
     cfg.merge(other)
     assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
     p = tmp_path / "cfg.json"
-    other.save_json(str(p))
-    loaded = CFG.load_json(str(p))
+    save_json(other, str(p))
+    loaded = load_json(str(p))
     assert loaded.branch_targets_in(0, 1 << 32) == _targets_by_walk(other, 0, 1 << 32)
 
 

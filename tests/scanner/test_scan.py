@@ -3,8 +3,8 @@ import struct
 
 from scanhelp import BASE, PROGRAM, Mem, asm
 
+from bt.x86 import PAGE
 from scanner.cfg import UNRESOLVED
-from scanner.pages import PAGE
 from scanner.scan import Scanner, idt_gates
 
 

@@ -1,0 +1,78 @@
+"""The contract between the patcher's stubs and the VMM: the hypervisor area's
+layout and the state page's fields.
+
+Stubs (patcher/) are guest code that reads and writes the virtual CPU state in
+place; the runtime (runtime/hyper.py maps the area, runtime/vcpu.py reads the
+state page) must agree with them byte for byte.  Both sides read this module,
+and neither imports the other.
+
+The hypervisor area is one 4 MiB region (one page-directory entry, so a paging
+guest can be given it with a single PDE later) whose base is a parameter
+(`MachineConfig.hyper_base`).  Nothing names an absolute hypervisor address:
+everything is `base + REGION`, so the area can be relocated by changing the
+base and rewriting the fixups the stub cache records (patcher/stubcache.py).
+
+Layout (offsets from the base):
+    STATE        one page: the virtual CPU state the stubs read and write (FIELDS)
+    SHADOW_IDT   the real IDTR points here; Unicorn never vectors through it, it
+                 only has to exist (delivery reads the guest's own IDT)
+    VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
+    SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
+    VMM_STACK    scratch stack for VMM trampolines
+    SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
+                 (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
+                 with one load: no flags touched, no stack scratch
+    STUBS        the stub cache (patcher), to the end of the area
+"""
+from __future__ import annotations
+
+import array
+
+from bt.x86 import IF_BIT, IOPL_MASK, LARGE_PAGE
+
+HYPER_SIZE = LARGE_PAGE
+
+STATE = 0x0000
+SHADOW_IDT = 0x1000
+SHADOW_GDT = 0x2000
+SHADOW_GDT_SIZE = 0x10000
+VMM_TSS = 0x1800
+VMM_STACK = 0x12000
+VMM_STACK_SIZE = 0x1000
+SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
+SELECTOR_VIEW_SIZE = 0x20000
+STUBS = 0x40000
+STUBS_SIZE = HYPER_SIZE - STUBS
+
+# The state page: name -> (offset in the page, struct format).  Stub templates
+# name fields, never offsets.
+FIELDS: dict[str, tuple[int, str]] = {
+    "vflags": (0x00, "<I"),      # virtual EFLAGS bits the guest owns: IF (bit 9) and IOPL (12-13)
+    "in_patch": (0x04, "<I"),    # 1 while the guest runs inside patch code: no injection
+    "irq_pending": (0x08, "<I"), # set by the VMM: a stub enabling IF must exit to let it in
+    "scratch": (0x0C, "<I"),     # stub scratch word
+    "cr0": (0x10, "<I"),
+    "cr2": (0x14, "<I"),
+    "cr3": (0x18, "<I"),
+    "cr4": (0x1C, "<I"),
+    "gdtr": (0x20, "<HI"),       # sgdt layout: limit then base
+    "idtr": (0x28, "<HI"),
+    "ldtr": (0x30, "<H"),
+    "tr": (0x34, "<H"),
+    "dr": (0x40, "<8I"),
+    "stub_runs": (0x80, "<I"),   # incremented by every stub that counts itself
+    "scratch2": (0x84, "<I"),
+    "scratch3": (0x88, "<I"),
+    "exit_reason": (0x8C, "<I"),
+}
+
+# The EFLAGS bits the "vflags" field holds: the ones ring compression takes
+# from the guest (the real IF stays 1 and the real IOPL 0 while it runs).
+VFLAGS_MASK = IF_BIT | IOPL_MASK
+
+
+def selector_view_table() -> bytes:
+    """The SELECTOR_VIEW contents: ring compression undone, RPL 1 selectors
+    read as RPL 0, others unchanged."""
+    t = array.array("H", (sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000)))
+    return t.tobytes()

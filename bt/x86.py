@@ -1,0 +1,124 @@
+"""Architectural facts of 32-bit x86, defined once.
+
+Page size, EFLAGS/CR0/CR4 bits, page-table entry bits, exception vectors,
+descriptor access bits and system-descriptor types, and the 32-bit TSS offsets
+the VMM reads.  Everything here is what the Intel SDM (vol. 3) says; nothing
+here is a choice of this project.  The scanner, the patcher and the runtime
+read these names instead of writing the numbers again.
+"""
+from __future__ import annotations
+
+# -- paging -----------------------------------------------------------------------
+PAGE = 0x1000
+PAGE_SHIFT = 12
+PAGE_MASK = ~(PAGE - 1) & 0xFFFFFFFF          # a 32-bit address with its page offset cleared
+LARGE_PAGE = 0x400000                         # what one page-directory entry maps (4 MiB, no PAE)
+
+PTE_P = 1 << 0                  # present
+PTE_W = 1 << 1                  # writable
+PTE_U = 1 << 2                  # user
+PTE_PS = 1 << 7                 # in a PDE: a 4 MiB page
+PDE_PS_RESERVED = 1 << 21       # a 4 MiB entry's bit 21 (bits 20:13 are PSE-36 address bits)
+
+# -- EFLAGS -----------------------------------------------------------------------
+CF_BIT = 1 << 0
+EFLAGS_FIXED_ONE = 1 << 1       # reserved, always reads as 1
+PF_BIT = 1 << 2
+AF_BIT = 1 << 4
+ZF_BIT = 1 << 6
+SF_BIT = 1 << 7
+TF_BIT = 1 << 8
+IF_BIT = 1 << 9
+DF_BIT = 1 << 10
+OF_BIT = 1 << 11
+IOPL_MASK = 3 << 12
+NT_BIT = 1 << 14
+RF_BIT = 1 << 16
+VM_BIT = 1 << 17
+AC_BIT = 1 << 18
+VIF_BIT = 1 << 19
+VIP_BIT = 1 << 20
+ID_BIT = 1 << 21
+EFLAGS_NAMES = {CF_BIT: "CF", PF_BIT: "PF", AF_BIT: "AF", ZF_BIT: "ZF", SF_BIT: "SF", TF_BIT: "TF",
+                IF_BIT: "IF", DF_BIT: "DF", OF_BIT: "OF", NT_BIT: "NT", RF_BIT: "RF", VM_BIT: "VM",
+                AC_BIT: "AC", VIF_BIT: "VIF", VIP_BIT: "VIP", ID_BIT: "ID"}     # one-bit flags, low to high
+
+# -- control registers ------------------------------------------------------------
+CR0_PE = 1 << 0
+CR0_MP = 1 << 1
+CR0_EM = 1 << 2
+CR0_TS = 1 << 3
+CR0_ET = 1 << 4
+CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR0_AM = 1 << 18
+CR0_NW = 1 << 29
+CR0_CD = 1 << 30
+CR0_PG = 1 << 31
+CR0_MSW_BITS = 0xF              # PE, MP, EM, TS: what lmsw may write (it may set PE, never clear it)
+
+CR4_VME = 1 << 0
+CR4_PVI = 1 << 1
+CR4_TSD = 1 << 2
+CR4_DE = 1 << 3
+CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
+
+# -- exception vectors -------------------------------------------------------------
+DE = 0      # divide error
+DB = 1      # debug
+NMI = 2
+BP = 3      # int3
+OF = 4      # into
+BR = 5      # bound
+UD = 6      # invalid opcode
+NM = 7      # device not available
+DF = 8      # double fault
+TS = 10     # invalid TSS
+NP = 11     # segment not present
+SS = 12     # stack-segment fault
+GP = 13     # general protection
+PF = 14     # page fault
+MF = 16     # x87 floating-point error
+AC = 17     # alignment check
+
+ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS, GP, PF, AC})
+CONTRIBUTORY_VECTORS = frozenset({DE, TS, NP, SS, GP})   # two in a row make a #DF
+PF_ERR_WRITE = 1 << 1           # page-fault error code: the access was a write
+PF_ERR_RSVD = 1 << 3            # page-fault error code: a reserved bit was set
+
+# -- segment selectors -------------------------------------------------------------
+SEL_RPL_MASK = 3
+SEL_TI = 1 << 2                 # the selector names the LDT
+SEL_INDEX_MASK = 0xFFF8         # the byte offset of the descriptor in its table
+DESC_SIZE = 8
+
+# -- descriptor access byte ---------------------------------------------------------
+DESC_PRESENT = 0x80
+DESC_DPL_SHIFT = 5
+DESC_S = 0x10                   # code or data segment (clear: a system descriptor)
+DESC_CODE = 0x08                # with DESC_S: code segment
+DESC_CONFORMING = 0x04          # code: conforming; data: expand-down
+DESC_RW = 0x02                  # code: readable; data: writable
+DESC_ACCESSED = 0x01
+DESC_TYPE_MASK = 0x0F
+DESC_FLAG_G = 0x8               # in the flags nibble: limit counts 4 KiB units
+
+# System descriptor types (DESC_S clear).
+SYS_TSS16_AVAILABLE = 0x1
+SYS_LDT = 0x2
+SYS_TSS16_BUSY = 0x3
+SYS_CALL_GATE16 = 0x4
+SYS_TASK_GATE = 0x5
+SYS_TSS32_AVAILABLE = 0x9
+SYS_TSS32_BUSY = 0xB
+SYS_CALL_GATE32 = 0xC
+SYS_INTERRUPT_GATE32 = 0xE
+SYS_TRAP_GATE32 = 0xF
+TSS_BUSY_BIT = 0x02             # available -> busy type: what ltr sets in the access byte
+
+# -- the 32-bit TSS -----------------------------------------------------------------
+TSS_ESP0 = 4                    # ESPn at TSS_ESP0 + TSS_STACK_STRIDE * n, SSn 4 bytes after
+TSS_STACK_STRIDE = 8
+TSS_IOMAP_BASE = 102            # u16: offset of the I/O permission bitmap
+TSS32_SIZE = 104
