@@ -17,7 +17,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.catalog import classify_bytes
-from bt.hyper_layout import VFLAGS_MASK
+from bt.hyper_layout import SELECTOR_VIEW, VFLAGS_MASK, selector_view_table
 from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher import policy
 from patcher.patches import Patcher
@@ -81,7 +81,6 @@ class BTMode(TrapMode):
         # The guest may run stubs but never write them: a store there is an
         # isolation violation (VM.on_protected_write ends the run cleanly).
         self.hyper.protect_stubs(writable=False)
-        from bt.hyper_layout import SELECTOR_VIEW, selector_view_table
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- patching what CSAM found ----------------------------------------------------

@@ -2,8 +2,10 @@
 
 A mode answers the questions where deprivileging changes the answer: which ring
 the guest believes it is in, what it believes EFLAGS and its descriptor tables
-are, and what to do with a fault before it is reflected to the guest.  `Mode`
-is pure emulation: the guest's beliefs are the CPU's truth.
+are, and what to do with a fault before it is reflected to the guest.
+`EmulateMode` is pure emulation (the guest's beliefs are the CPU's truth) and
+the base the deprivileged modes extend (runtime/trap.py, runtime/bt.py).  The
+mode *names* are `bt.mode.Mode`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ class StopSlice(Exception):
     """Raised inside a hook: end the current emulation slice after this exit."""
 
 
-class Mode:
+class EmulateMode:
     name = "emulate"
 
     def __init__(self, vm):
@@ -110,5 +112,3 @@ class Mode:
     def extra_report(self) -> dict:
         return {}
 
-
-EmulateMode = Mode

@@ -40,12 +40,12 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
 from runtime.memory import PageFault
-from runtime.modes import Mode, StopSlice
+from runtime.modes import EmulateMode, StopSlice
 from runtime.protect import Protections
 from runtime.vcpu import VirtualCPU
 
 
-class TrapMode(Mode):
+class TrapMode(EmulateMode):
     name = "trap"
 
     def __init__(self, vm):

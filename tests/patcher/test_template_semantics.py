@@ -35,8 +35,8 @@ from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
 from patcher.templates import (EMULATE_EXITS, template_for, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
                                StubContext, window_check)
-from runtime.hyper import HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, selector_view_table
-from runtime.vcpu import FIELDS, IF_BIT, VFLAGS_MASK
+from bt.hyper_layout import FIELDS, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, selector_view_table
+from bt.x86 import IF_BIT
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
