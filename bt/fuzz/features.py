@@ -206,7 +206,7 @@ def _seg_load(rng, p, sels, regs=("ds", "es", "fs", "gs")) -> list[str]:
 
 @feature("seg_load")
 def _seg_load_rpl0(rng, p):
-    return _seg_load(rng, p, (0x00, 0x08, 0x10, 0x23, 0x28, 0x40, 0x48, 0x7F8, 0x1B))
+    return _seg_load(rng, p, (0x00, 0x08, 0x10, 0x23, 0x28, 0x48, 0x7F8, 0x1B))   # 0x38/0x40 (accessed bit clear): feature "accessed"
 
 
 @feature("seg_load_rpl", causes=(6,))
@@ -237,20 +237,29 @@ def _accessed(rng, p):
             f"mov eax, dword ptr [{G.GDT_ADDR + sel + 4:#x}]", f"mov eax, {G.KDATA:#x}", f"mov {sreg}, ax"]
 
 
+def _far_jmp(p, sel: int) -> list[str]:
+    """jmp far sel:t, look at cs, and return to KCODE with retf."""
+    return [_resume(p), ".byte 0xea", f".long {p}t", f".word {sel:#x}", f"{p}t:", f"{p}r:",
+            "xor ecx, ecx", "mov cx, cs", f"mov eax, {G.KCODE:#x}", "push eax", f"mov eax, {p}back",
+            "push eax", "retf", f"{p}back:"]
+
+
+@feature("far_rpl", causes=(6,))
+def _far_rpl(rng, p):
+    return _far_jmp(p, rng.choice((0x09, 0x0A, 0x0B, G.KCODE_FRESH | 1)))
+
+
 @feature("far")
 def _far(rng, p):
     k = rng.randrange(4)
     if k == 0:      # far jmp
-        sel = rng.choice((G.KCODE, G.KCODE, G.KCODE_FRESH, 0x09, 0x00))
-        return [_resume(p), ".byte 0xea", f".long {p}t", f".word {sel:#x}", f"{p}t:", f"{p}r:",
-                "xor ecx, ecx", "mov cx, cs", f"mov eax, {G.KCODE:#x}", "push eax", f"mov eax, {p}back",
-                "push eax", "retf", f"{p}back:"]
+        return _far_jmp(p, rng.choice((G.KCODE, G.KCODE, 0x00, G.KDATA)))
     if k == 1:      # far call to an out-of-line function ending in retf
         return ([_resume(p), ".byte 0x9a", f".long {p}fn", f".word {G.KCODE:#x}", f"{p}r:"],
                 [f"{p}fn:", "mov eax, dword ptr [esp+4]", "xor esi, eax", "retf"])
-    if k == 2:      # far call through memory
+    if k == 2:      # far call through memory (ff /3: Keystone rejects `call fword ptr`)
         return ([f"mov dword ptr [{G.FAR_PTR:#x}], {p}fn", f"mov word ptr [{G.FAR_PTR + 4:#x}], {G.KCODE:#x}",
-                 _resume(p), f"call fword ptr [{G.FAR_PTR:#x}]", f"{p}r:"],
+                 _resume(p), ".byte 0xff, 0x1d", f".long {G.FAR_PTR:#x}", f"{p}r:"],
                 [f"{p}fn:", "mov edi, dword ptr [esp+4]", "retf"])
     return [".byte 0x0e", f"mov eax, {p}t", "push eax", "retf", f"{p}t:"]    # push cs; push t; retf
 

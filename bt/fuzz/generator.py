@@ -56,6 +56,29 @@ class Program:
         return code_image(self.text(), G.LOAD, name=name or f"fuzz-{self.seed}")
 
 
+# Initial registers of a hand-written or recorded program (from_body): distinct
+# values with both halves non-zero, so a 16-bit write that clears an upper half shows.
+FIXED_REGS = {"eax": 0xA1B2C3D4, "ebx": 0x5E6F7081, "ecx": 0x92A3B4C5, "edx": 0xD6E7F809,
+              "esi": 0x1A2B3C4D, "edi": 0x5F607182}
+
+
+def from_body(text: str, init_regs: dict[str, int] | None = None) -> Program:
+    """A Program whose body is `text` (assembly lines; a line "# out of line:" starts
+    the lines placed after the epilogue, as Program.body_text writes them)."""
+    body, aux = [], []
+    target = body
+    for line in text.strip().splitlines():
+        line = line.strip()
+        if line == "# out of line:":
+            target = aux
+        elif line and not line.startswith("#"):
+            target.append(line)
+    if not body:
+        raise BadInput("the program body is empty")
+    return Program(seed=-1, features=("given",), init_regs=dict(init_regs or FIXED_REGS),
+                   stmts=[Stmt(0, "given", body, aux)])
+
+
 def select_features(include=None, exclude=None) -> tuple[str, ...]:
     """The enabled feature names (all by default), in the canonical order."""
     inc = list(include) if include else list(FEATURES)
