@@ -51,7 +51,10 @@ def observe_run(image, config: MachineConfig, mode: str, max_instructions: int,
     more than `wall_limit` seconds (main thread only: it uses SIGALRM)."""
     try:
         with _wall_limit(wall_limit):
-            return observe.run(image, config, mode, max_instructions, keep_ram=keep_ram)
+            obs = observe.run(image, config, mode, max_instructions, keep_ram=keep_ram)
+        if "_WallTimeout" in obs.message:    # the VM's hook guard caught it and ended the run
+            raise _WallTimeout()
+        return obs
     except _WallTimeout:
         return _failed(mode, "wall-timeout", f"no end after {wall_limit:g} s")
     except Exception as e:      # the VMM's state cannot even be observed: that is a finding too
@@ -85,6 +88,12 @@ class Difference:
         unfinished = (STATUS_BUDGET, STATUS_WALL)
         return (self.other is not None and self.other.exit_status in unfinished
                 and self.reference.exit_status not in unfinished)
+
+    def signature(self) -> tuple:
+        """What a shrunk program must keep to count as the same divergence: the
+        guest-visible kinds and how each side ended."""
+        ends = tuple((o.exit_status, o.reason) for o in (self.reference, self.other) if o is not None)
+        return (self.guest_visible or self.kinds, ends)
 
     def text(self) -> str:
         if not self.kinds:

@@ -130,7 +130,8 @@ def _eflags16(rng, p):
         op = [".byte 0x66, 0x9c", "pop ax"]
     else:                      # popf (16-bit) of a random word
         op = [".byte 0x66, 0x68", f".word {rng.getrandbits(16) & POPF_MASK | 2:#x}", ".byte 0x66, 0x9d"]
-    return [f"push {_flags_value(rng):#x}", "popfd", *op, "pushfd", f"pop {r}", "push 0x2", "popfd"]
+    upper = rng.choice((0x40000, 0x200000, 0x240000))     # AC / ID: bits a 16-bit form must not touch
+    return [f"push {_flags_value(rng) | upper:#x}", "popfd", *op, "pushfd", f"pop {r}", "push 0x2", "popfd"]
 
 
 @feature("cli_sti")

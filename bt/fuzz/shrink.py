@@ -13,20 +13,21 @@ from dataclasses import replace
 from typing import Callable
 
 from bt.errors import BadInput
-from bt.fuzz.differential import GUEST_KINDS, run_program
+from bt.fuzz.differential import run_program
 from bt.fuzz.generator import Program
 
 
-def same_divergence(original_kinds: tuple[str, ...], **run_options) -> Callable[[Program], bool]:
-    wanted = set(k for k in original_kinds if k in GUEST_KINDS) or set(original_kinds)
+def same_divergence(original, **run_options) -> Callable[[Program], bool]:
+    """A `keep` predicate: the candidate assembles and its Difference has the same
+    signature as `original` (same guest-visible kinds, same ends of both runs)."""
+    wanted = original.signature()
 
     def check(program: Program) -> bool:
         try:
             program.image()
         except BadInput:
             return False                 # a deletion broke assembly (a label it needed)
-        kinds = set(run_program(program, **run_options).kinds)
-        return wanted <= kinds
+        return run_program(program, **run_options).signature() == wanted
     return check
 
 
@@ -77,9 +78,9 @@ def shrink(program: Program, keep: Callable[[Program], bool] | None = None, **ru
     """The smallest program found that still satisfies `keep` (by default: diverges
     as `program` does under run_program(**run_options))."""
     if keep is None:
-        kinds = run_program(program, **run_options).kinds
-        if not kinds:
+        diff = run_program(program, **run_options)
+        if not diff.kinds:
             raise BadInput("the program does not diverge; nothing to shrink")
-        keep = same_divergence(kinds, **run_options)
+        keep = same_divergence(diff, **run_options)
     smaller = shrink_statements(program, keep)
     return shrink_lines(smaller, keep)
