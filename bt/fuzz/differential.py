@@ -34,12 +34,15 @@ class _WallTimeout(BaseException):
 
 @contextmanager
 def _wall_limit(seconds: float):
+    fired = []
+
     def expire(signum, frame):
+        fired.append(True)
         raise _WallTimeout()
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield fired
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -49,15 +52,20 @@ def observe_run(image, config: MachineConfig, mode: str, max_instructions: int,
                 keep_ram: bool = False, wall_limit: float = WALL_LIMIT) -> observe.Observation:
     """observe.run, or an Observation with status STATUS_WALL when the run spends
     more than `wall_limit` seconds (main thread only: it uses SIGALRM)."""
+    fired: list = []
     try:
-        with _wall_limit(wall_limit):
+        with _wall_limit(wall_limit) as fired:
             obs = observe.run(image, config, mode, max_instructions, keep_ram=keep_ram)
-        if "_WallTimeout" in obs.message:    # the VM's hook guard caught it and ended the run
-            raise _WallTimeout()
-        return obs
-    except _WallTimeout:
-        return _failed(mode, "wall-timeout", f"no end after {wall_limit:g} s")
-    except Exception as e:      # the VMM's state cannot even be observed: that is a finding too
+        if not fired:
+            return obs
+        raise _WallTimeout()
+    except BaseException as e:
+        # Once the alarm fired, whatever ended the run (our exception, or the VM's
+        # hook guard turning it into a vmm-error and then a broken state) is the timeout.
+        if fired:
+            return _failed(mode, "wall-timeout", f"no end after {wall_limit:g} s")
+        if not isinstance(e, Exception):
+            raise
         return _failed(mode, "observe-error", f"{type(e).__name__}: {e}")
 
 

@@ -42,14 +42,17 @@ def test_same_mode_twice_is_identical_in_every_kind():
 
 def test_runner_reports_each_kind_that_differs():
     cfg = MachineConfig(mem_mib=8)
-    a = observe.run(from_body("add eax, 1\nmov dword ptr [ebp], eax").image(), cfg, "emulate", 100_000,
-                    keep_ram=True)
-    b = observe.run(from_body("add eax, 2\nmov dword ptr [ebp], eax").image(), cfg, "emulate", 100_000,
-                    keep_ram=True)
+    # Same code length (so the IDT and handler addresses match), one instruction more in b.
+    a = observe.run(from_body("add ebx, 1\nmov dword ptr [ebp], ebx\nnop\nnop").image(), cfg, "emulate",
+                    100_000, keep_ram=True)
+    b = observe.run(from_body("add ebx, 2\nmov dword ptr [ebp], ebx\n.byte 0x66, 0x90").image(), cfg,
+                    "emulate", 100_000, keep_ram=True)
     diff = compare(a, b)
     assert diff.kinds == ("serial", "regs", "ram", "retired")
-    assert diff.details["serial"].startswith("line 1: b'a1b2c3d5' vs b'a1b2c3d6'")
-    assert "0x180200" in diff.details["ram"]          # the scratch dword the second program wrote
+    assert diff.details["serial"].startswith("line 2: b'5e6f7082' vs b'5e6f7083'")
+    assert diff.details["regs"] == "ebx 0x5e6f7082 vs 0x5e6f7083"
+    assert "0x180200" in diff.details["ram"]          # the scratch dword both programs wrote
+    assert diff.details["retired"].endswith(f"{a.retired} vs {a.retired - 1}")
     c = observe.run(from_body("s_spin:\njmp s_spin").image(), cfg, "emulate", 3_000)
     ended = compare(a, c)
     assert ended.kinds[0] == "status" and "0 debug-exit vs 124 budget" in ended.details["status"]
@@ -57,7 +60,8 @@ def test_runner_reports_each_kind_that_differs():
 
 
 def test_shrinker_finds_the_one_line_that_matters():
-    prog = generate(11, 14, [f for f in FEATURES if f != "hyper"])
+    feats = [f for f in FEATURES if f != "hyper"]
+    prog = next(p for p in (generate(seed, 14, feats) for seed in range(100)) if "cpuid" in p.used_features())
     target = next(s for s in prog.stmts if s.feature == "cpuid")
     wanted = "cpuid"
 
