@@ -2,6 +2,7 @@
 
     python benchmarks/fuzz_campaign.py --programs 200 --seed 1 [--features a,b] [--exclude c]
                                        [--statements 12] [--mode bt] [--shrink] [--max-shrunk 5]
+                                       [--wall-limit 5]
 
 Program i uses seed S*1_000_003 + i, so a campaign is reproducible and any one
 program can be regenerated alone.  Prints the summary (programs, divergent in
@@ -36,14 +37,15 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def campaign(programs: int, seed: int, features=None, exclude=None, statements: int = 12,
-             mode: str = "bt", do_shrink: bool = False, max_shrunk: int = 5, out=sys.stdout) -> dict:
+             mode: str = "bt", do_shrink: bool = False, max_shrunk: int = 5, wall_limit: float = 5.0,
+             out=sys.stdout) -> dict:
     feats = select_features(features, exclude)
     by_kind, by_feature, shrunk = Counter(), Counter(), []
     divergent = retired_only = unfinished = 0
     t0 = time.perf_counter()
     for i in range(programs):
         prog = generate(program_seed(seed, i), statements, feats)
-        diff = run_program(prog, mode)
+        diff = run_program(prog, mode, wall_limit=wall_limit)
         by_kind.update(diff.kinds)
         if diff.guest_visible:
             divergent += 1
@@ -51,8 +53,8 @@ def campaign(programs: int, seed: int, features=None, exclude=None, statements: 
             unfinished += diff.unfinished
             print(f"program {i} (seed {prog.seed}): {diff.text()[:200]}", file=out)
             if do_shrink and len(shrunk) < max_shrunk:
-                small = shrink(prog, mode=mode)
-                shrunk.append((i, prog.seed, small, run_program(small, mode)))
+                small = shrink(prog, mode=mode, wall_limit=wall_limit)
+                shrunk.append((i, prog.seed, small, run_program(small, mode, wall_limit=wall_limit)))
         elif diff.kinds:
             retired_only += 1
     summary = {"programs": programs, "divergent": divergent, "retired_only": retired_only,
@@ -83,13 +85,15 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="bt", choices=("bt", "trap"))
     ap.add_argument("--shrink", action="store_true", help="shrink divergent programs to minimal ones")
     ap.add_argument("--max-shrunk", type=int, default=5)
+    ap.add_argument("--wall-limit", type=float, default=5.0,
+                    help="seconds before a run that retires nothing (an exit loop) counts as never finished")
     a = ap.parse_args(argv)
-    if a.programs <= 0 or a.statements <= 0:
-        print("error: --programs and --statements must be positive", file=sys.stderr)
+    if a.programs <= 0 or a.statements <= 0 or a.wall_limit <= 0:
+        print("error: --programs, --statements and --wall-limit must be positive", file=sys.stderr)
         return 2
     try:
         s = campaign(a.programs, a.seed, _names(a.features), _names(a.exclude), a.statements,
-                     a.mode, a.shrink, a.max_shrunk)
+                     a.mode, a.shrink, a.max_shrunk, a.wall_limit)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
