@@ -8,6 +8,7 @@ that differ, in the fixed order of KINDS, plus a one-line detail per kind.
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ DEFAULT_BUDGET = 200_000     # a generated program retires ~10k; a wild one ends
 # it; a wall-clock limit does (issue 15, cause 1 loops like that).
 WALL_LIMIT = 20.0
 STATUS_WALL = -1             # our own marker: the run was cut off by WALL_LIMIT
+RETRY_SECONDS = 0.25
 
 
 class _WallTimeout(BaseException):
@@ -34,18 +36,27 @@ class _WallTimeout(BaseException):
 
 @contextmanager
 def _wall_limit(seconds: float):
+    """Raise _WallTimeout in the main thread after `seconds`, and again every
+    RETRY_SECONDS: an alarm that lands as a ctypes callback is being entered is
+    swallowed by ctypes (reported through sys.unraisablehook, silenced here)."""
     fired = []
 
     def expire(signum, frame):
         fired.append(True)
         raise _WallTimeout()
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, _WallTimeout):
+            old_hook(info)
     old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    signal.setitimer(signal.ITIMER_REAL, seconds, RETRY_SECONDS)
     try:
         yield fired
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        sys.unraisablehook = old_hook
 
 
 def observe_run(image, config: MachineConfig, mode: str, max_instructions: int,
