@@ -194,7 +194,7 @@ def _sreg_read16(rng, p):
 def _seg_load(rng, p, sels, regs=("ds", "es", "fs", "gs")) -> list[str]:
     sreg = rng.choice(regs)
     sel = rng.choice(sels)
-    load = (["mov eax, %#x" % sel, f"mov {sreg}, ax"] if rng.random() < 0.6 else
+    load = ([f"mov eax, {sel:#x}", f"mov {sreg}, ax"] if rng.random() < 0.6 else
             [f"push {sel:#x}", {"ds": ".byte 0x1f", "es": ".byte 0x07", "ss": ".byte 0x17",
                                 "fs": ".byte 0x0f, 0xa1", "gs": ".byte 0x0f, 0xa9"}[sreg]])
     # A faulting pop leaves its operand on the stack: esp is restored either way.
