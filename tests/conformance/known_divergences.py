@@ -97,7 +97,7 @@ KNOWN = [
          detail="UC_ERR_EXCEPTION"),
     dict(name="undefined-flags-after-a-stub", cause="new-undefined-flags",
          # OF is undefined after bts; under emulate it is whatever Unicorn's lazy flags
-         # give, under bt the stub for `mov [esp], cs` in between has changed that state.
+         # give; under bt the stub for `mov [esp], cs` in between probably changes that state.
          body="xor eax, edx\nmov word ptr [esp], cs\nbts eax, 25",
          regs={"eax": 577090037, "ebx": 2444712010, "ecx": 3639700191, "edx": 3445702192,
                "esi": 3280387012, "edi": 271041745},
