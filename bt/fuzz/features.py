@@ -1,0 +1,406 @@
+"""The statement makers of the program generator, one per named feature.
+
+Each maker takes a `random.Random` and the statement's id and returns a
+`Stmt`: assembly lines for the program body and, optionally, out-of-line lines
+(functions, targets) placed after the epilogue.  Labels are prefixed with the
+statement id, so deleting statements while shrinking never breaks another one.
+Every statement that can fault first stores the address to resume at in
+`RESUME` (guest.py), and every loop is bounded by a counter.
+
+`CAUSES` maps a feature to the issue-15 causes it can expose, so a campaign
+report can say which features are expected to diverge today.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bt.fuzz import guest as G
+
+GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi")
+GPRS16 = {"eax": "ax", "ebx": "bx", "ecx": "cx", "edx": "dx", "esi": "si", "edi": "di"}
+GPRS8 = {"eax": "al", "ebx": "bl", "ecx": "cl", "edx": "dl"}
+
+
+@dataclass
+class Stmt:
+    sid: int
+    feature: str
+    body: list[str]
+    aux: list[str] = field(default_factory=list)
+
+
+MAKERS: dict[str, Callable[[random.Random, int], Stmt]] = {}
+CAUSES: dict[str, tuple[int, ...]] = {}
+
+
+def feature(name: str, causes: tuple[int, ...] = ()):
+    def register(fn):
+        MAKERS[name] = lambda rng, sid: Stmt(sid, name, *_as_parts(fn(rng, f"s{sid}_")))
+        CAUSES[name] = causes
+        return fn
+    return register
+
+
+def _as_parts(made) -> tuple[list[str], list[str]]:
+    """A maker returns body lines, or (body lines, out-of-line lines)."""
+    return made if isinstance(made, tuple) else (made, [])
+
+
+def _resume(p: str, label: str = "r") -> str:
+    return f"mov dword ptr [{G.RESUME:#x}], {p}{label}"
+
+
+def _reg(rng) -> str:
+    return rng.choice(GPRS)
+
+
+def _imm(rng) -> int:
+    return rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+                       rng.getrandbits(32), rng.getrandbits(8)))
+
+
+def _mem(rng, size: str = "dword") -> str:
+    return f"{size} ptr [ebp + {rng.randrange(0, G.SCRATCH_SIZE - 4) & ~3:#x}]"
+
+
+def _alu_line(rng) -> str:
+    r, s = _reg(rng), _reg(rng)
+    k = rng.randrange(14)
+    if k == 0:
+        return f"{rng.choice(('add', 'sub', 'and', 'or', 'xor', 'adc', 'sbb', 'cmp', 'test'))} {r}, {s}"
+    if k == 1:
+        return f"{rng.choice(('add', 'sub', 'and', 'or', 'xor', 'adc', 'sbb', 'cmp'))} {r}, {_imm(rng):#x}"
+    if k == 2:
+        return f"{rng.choice(('inc', 'dec', 'neg', 'not'))} {r}"
+    if k == 3:
+        return f"{rng.choice(('shl', 'shr', 'sar', 'rol', 'ror', 'rcl', 'rcr'))} {r}, {rng.randrange(1, 32)}"
+    if k == 4:
+        return f"imul {r}, {s}"
+    if k == 5:
+        return f"lea {r}, [{s} + {r}*{rng.choice((1, 2, 4, 8))} + {rng.getrandbits(16):#x}]"
+    if k == 6:
+        return f"set{rng.choice(('z', 'c', 'o', 's', 'p', 'a', 'l', 'g'))} {GPRS8[rng.choice(list(GPRS8))]}"
+    if k == 7:
+        return f"cmov{rng.choice(('z', 'nz', 'c', 'nc', 'o', 's', 'be', 'ge'))} {r}, {s}"
+    if k == 8:
+        return f"{rng.choice(('bt', 'bts', 'btr', 'btc'))} {r}, {rng.randrange(32)}"
+    if k == 9:
+        return f"mov {_mem(rng)}, {r}"
+    if k == 10:
+        return f"{rng.choice(('add', 'xor', 'sub', 'or'))} {r}, {_mem(rng)}"
+    if k == 11:
+        return f"{rng.choice(('add', 'xor', 'and', 'adc'))} {_mem(rng)}, {r}"
+    if k == 12:
+        return f"{rng.choice(('bswap', 'not'))} {r}"
+    return f"{rng.choice(('stc', 'clc', 'cmc', 'cld'))}"
+
+
+@feature("alu")
+def _alu(rng, p):
+    lines = [_alu_line(rng) for _ in range(rng.randrange(1, 6))]
+    if rng.random() < 0.25:       # a bounded loop around them (ecx is the counter)
+        lines = [f"push ecx", f"mov ecx, {rng.randrange(1, 20)}", f"{p}loop:",
+                 *[l for l in lines if "ecx" not in l and " cl" not in l],
+                 "dec ecx", f"jnz {p}loop", "pop ecx"]
+    return lines
+
+
+# EFLAGS bits a generated popf may set: arithmetic flags, DF, IF, IOPL, AC, ID.
+# TF and NT are left out (single-step and nested-task returns are not under test).
+POPF_MASK = 0x00247FD5 & ~0x4100
+
+
+def _flags_value(rng) -> int:
+    return (rng.getrandbits(32) & POPF_MASK) | 0x2
+
+
+@feature("eflags")
+def _eflags(rng, p):
+    r = _reg(rng)
+    return [f"push {_flags_value(rng):#x}", "popfd", "pushfd", f"pop {r}",
+            *(["cld"] if rng.random() < 0.5 else []), "pushfd", f"xor {r}, dword ptr [esp]", "popfd"]
+
+
+@feature("eflags16", causes=(2,))
+def _eflags16(rng, p):
+    r = _reg(rng)
+    if rng.random() < 0.5:     # pushf (16-bit), then look at all of EFLAGS
+        op = [".byte 0x66, 0x9c", "pop ax"]
+    else:                      # popf (16-bit) of a random word
+        op = [".byte 0x66, 0x68", f".word {rng.getrandbits(16) & POPF_MASK | 2:#x}", ".byte 0x66, 0x9d"]
+    upper = rng.choice((0x40000, 0x200000, 0x240000))     # AC / ID: bits a 16-bit form must not touch
+    return [f"push {_flags_value(rng) | upper:#x}", "popfd", *op, "pushfd", f"pop {r}", "push 0x2", "popfd"]
+
+
+@feature("cli_sti")
+def _cli_sti(rng, p):
+    r = _reg(rng)
+    return [rng.choice(("cli", "sti")), rng.choice(("cli", "sti", "nop")), "pushfd", f"pop {r}", "cli"]
+
+
+@feature("tables")
+def _tables(rng, p):
+    r = _reg(rng)
+    k = rng.randrange(4)
+    if k == 0:
+        return [f".byte 0x0f, 0x01, 0x05", f".long {G.TABLE_OUT:#x}", f"mov {r}, dword ptr [{G.TABLE_OUT + 2:#x}]"]
+    if k == 1:
+        return [f".byte 0x0f, 0x01, 0x0d", f".long {G.TABLE_OUT + 8:#x}", f"mov {r}, dword ptr [{G.TABLE_OUT + 8:#x}]"]
+    return [f"{('sldt', 'str')[k - 2]} {r}"]
+
+
+@feature("smsw", causes=(4,))
+def _smsw(rng, p):
+    r = _reg(rng)
+    return [rng.choice((f"smsw {r}", f"smsw {GPRS16[r]}", f"smsw word ptr [ebp + 0x10]"))]
+
+
+SELECTORS = (0x00, 0x08, 0x0B, 0x10, 0x13, 0x1B, 0x23, 0x28, 0x38, 0x40, 0x48, 0x49, 0x4B, 0x7F8, 0x11)
+
+
+@feature("selectors", causes=(7,))
+def _selectors(rng, p):
+    r = _reg(rng)
+    sel = rng.choice(SELECTORS)
+    op = rng.choice(("lar", "lsl", "verr", "verw"))
+    if op in ("lar", "lsl"):
+        return [f"mov ecx, {sel:#x}", f"mov {r if r != 'ecx' else 'eax'}, {rng.getrandbits(32):#x}",
+                f"{op} {r if r != 'ecx' else 'eax'}, ecx", "pushfd", "pop edx"]
+    return [f"mov ecx, {sel:#x}", f"{op} cx", "pushfd", "pop edx"]
+
+
+@feature("sreg_read")
+def _sreg_read(rng, p):
+    r = _reg(rng)
+    k = rng.randrange(3)
+    if k == 0:
+        return [f"mov {r}, {rng.choice(('cs', 'ss', 'ds', 'es'))}"]
+    if k == 1:
+        return [f".byte {rng.choice(('0x0e', '0x16', '0x1e'))}", f"pop {r}"]
+    return [f"push {rng.getrandbits(32):#x}", f"mov word ptr [esp], {rng.choice(('cs', 'ss'))}", f"pop {r}"]
+
+
+@feature("sreg_read16", causes=(3,))
+def _sreg_read16(rng, p):
+    r = _reg(rng)
+    pre = f"mov {r}, {rng.getrandbits(32):#x}"    # the upper half must survive a 16-bit write
+    if rng.random() < 0.5:
+        return [pre, f"mov {GPRS16[r]}, {rng.choice(('cs', 'ss', 'ds'))}"]
+    return [pre, f".byte 0x66, {rng.choice(('0x0e', '0x16'))}", f"pop {GPRS16[r]}"]
+
+
+def _seg_load(rng, p, sels, regs=("ds", "es", "fs", "gs")) -> list[str]:
+    sreg = rng.choice(regs)
+    sel = rng.choice(sels)
+    load = ([f"mov eax, {sel:#x}", f"mov {sreg}, ax"] if rng.random() < 0.6 else
+            [f"push {sel:#x}", {"ds": ".byte 0x1f", "es": ".byte 0x07", "ss": ".byte 0x17",
+                                "fs": ".byte 0x0f, 0xa1", "gs": ".byte 0x0f, 0xa9"}[sreg]])
+    # A faulting pop leaves its operand on the stack: esp is restored either way.
+    lines = [f"mov dword ptr [{G.SAVED_ESP:#x}], esp", _resume(p), *load, f"{p}r:",
+             f"mov esp, dword ptr ss:[{G.SAVED_ESP:#x}]", "xor ebx, ebx", f"mov bx, {sreg}"]
+    if sreg in ("ds", "es", "ss") or rng.random() < 0.5:
+        lines += [f"mov eax, {G.KDATA:#x}", f"mov {sreg}, ax"]
+    return lines
+
+
+@feature("seg_load")
+def _seg_load_rpl0(rng, p):
+    return _seg_load(rng, p, (0x00, 0x08, 0x10, 0x23, 0x28, 0x48, 0x7F8, 0x1B))   # 0x38/0x40 (accessed bit clear): feature "accessed"
+
+
+@feature("seg_load_rpl", causes=(6,))
+def _seg_load_rpl(rng, p):
+    return _seg_load(rng, p, (0x11, 0x12, 0x13, 0x49, 0x4A, 0x09, 0x21, 0x22), ("ds", "es", "fs", "gs", "ss"))
+
+
+@feature("ss_load")
+def _ss_load(rng, p):
+    return _seg_load(rng, p, (0x10, 0x10, 0x00, 0x08, 0x23, 0x48, 0x7F8), ("ss",))
+
+
+@feature("lss", causes=(5,))
+def _lss(rng, p):
+    sel = rng.choice((G.KDATA, G.KDATA, 0x00, 0x23))
+    return [f"mov dword ptr [{G.SAVED_ESP:#x}], esp", f"lea eax, [esp - {rng.randrange(0, 64, 4)}]",
+            f"mov dword ptr [{G.FAR_PTR:#x}], eax", f"mov word ptr [{G.FAR_PTR + 4:#x}], {sel:#x}",
+            _resume(p), f"lss esp, [{G.FAR_PTR:#x}]", f"{p}r:", "mov ebx, esp",
+            f"mov esp, dword ptr ss:[{G.SAVED_ESP:#x}]", "sub ebx, esp",
+            f"mov eax, {G.KDATA:#x}", "mov ss, ax", f"mov esp, dword ptr [{G.SAVED_ESP:#x}]"]
+
+
+@feature("accessed", causes=(7,))
+def _accessed(rng, p):
+    sel = rng.choice((G.KDATA_FRESH, G.KCODE_FRESH))
+    sreg = rng.choice(("es", "fs", "gs"))
+    return [f"mov eax, {sel:#x}", f"mov {sreg}, ax", f"mov ecx, {sel:#x}", "lar edx, ecx",
+            f"mov eax, dword ptr [{G.GDT_ADDR + sel + 4:#x}]", f"mov eax, {G.KDATA:#x}", f"mov {sreg}, ax"]
+
+
+def _far_jmp(p, sel: int) -> list[str]:
+    """jmp far sel:t, look at cs, and return to KCODE with retf."""
+    return [_resume(p), ".byte 0xea", f".long {p}t", f".word {sel:#x}", f"{p}t:", f"{p}r:",
+            "xor ecx, ecx", "mov cx, cs", f"mov eax, {G.KCODE:#x}", "push eax", f"mov eax, {p}back",
+            "push eax", "retf", f"{p}back:"]
+
+
+@feature("far_rpl", causes=(6,))
+def _far_rpl(rng, p):
+    return _far_jmp(p, rng.choice((0x09, 0x0A, 0x0B, G.KCODE_FRESH | 1)))
+
+
+@feature("far")
+def _far(rng, p):
+    k = rng.randrange(4)
+    if k == 0:      # far jmp
+        return _far_jmp(p, rng.choice((G.KCODE, G.KCODE, 0x00, G.KDATA)))
+    if k == 1:      # far call to an out-of-line function ending in retf
+        return ([_resume(p), ".byte 0x9a", f".long {p}fn", f".word {G.KCODE:#x}", f"{p}r:"],
+                [f"{p}fn:", "mov eax, dword ptr [esp+4]", "xor esi, eax", "retf"])
+    if k == 2:      # far call through memory (ff /3: Keystone rejects `call fword ptr`)
+        return ([f"mov dword ptr [{G.FAR_PTR:#x}], {p}fn", f"mov word ptr [{G.FAR_PTR + 4:#x}], {G.KCODE:#x}",
+                 _resume(p), ".byte 0xff, 0x1d", f".long {G.FAR_PTR:#x}", f"{p}r:"],
+                [f"{p}fn:", "mov edi, dword ptr [esp+4]", "retf"])
+    return [".byte 0x0e", f"mov eax, {p}t", "push eax", "retf", f"{p}t:"]    # push cs; push t; retf
+
+
+@feature("iret")
+def _iret(rng, p):
+    flags = _flags_value(rng) & ~0x200 if rng.random() < 0.7 else _flags_value(rng)
+    return [f"push {flags:#x}", f"push {G.KCODE:#x}", f"mov eax, {p}t", "push eax", "iretd", f"{p}t:",
+            "pushfd", "pop ebx", "push 0x2", "popfd"]
+
+
+@feature("ring3", causes=(13,))
+def _ring3(rng, p):
+    user = [_alu_line(rng) for _ in range(rng.randrange(0, 3))]
+    user += rng.sample(["mov eax, fs", "mov ebx, gs", "mov ecx, cs", "mov edx, ss", "mov esi, ds",
+                        "pushfd\n    pop edi", "smsw eax"], rng.randrange(1, 4))
+    return [f"mov dword ptr [{G.SAVED_ESP:#x}], esp", _resume(p, "back"),
+            f"push {G.UDATA:#x}", f"push {G.USER_STACK_TOP:#x}", f"push {rng.choice((0x2, 0x202, 0x3002)):#x}",
+            f"push {G.UCODE:#x}", f"mov eax, {p}user", "push eax",
+            f"mov eax, {G.UDATA:#x}", "mov ds, ax", "mov es, ax", "iretd",
+            f"{p}user:", *user, f"int {G.RING3_RETURN_VECTOR:#x}",
+            f"{p}back:", f"mov eax, {G.KDATA:#x}", "mov ds, ax", "mov es, ax", "mov fs, ax", "mov gs, ax"]
+
+
+@feature("int")
+def _int(rng, p):
+    v = rng.choice(G.INT_VECTORS + (G.TRAP_GATE_VECTOR,))
+    pre = [rng.choice(("cli", "sti", "nop"))]
+    return [*pre, f"int {v:#x}", "cli"]
+
+
+@feature("exceptions")
+def _exceptions(rng, p):
+    k = rng.randrange(4)
+    if k == 0:
+        return [_resume(p), "xor edx, edx", f"mov eax, {rng.getrandbits(32):#x}", "xor ecx, ecx",
+                "div ecx", f"{p}r:"]
+    if k == 1:
+        return [_resume(p), "ud2", f"{p}r:"]
+    if k == 2:
+        return [_resume(p), "int3", f"{p}r:"]
+    return [_resume(p), f"mov eax, {rng.choice((0x7F8, 0x28, 0x1B)):#x}", "mov es, ax", f"{p}r:",
+            f"mov eax, {G.KDATA:#x}", "mov es, ax"]
+
+
+@feature("ports")
+def _ports(rng, p):
+    k = rng.randrange(4)
+    if k == 0:
+        return [f"mov al, {rng.getrandbits(8):#x}", "out 0x80, al"]
+    if k == 1:
+        return [f"mov edx, {rng.choice((0x3FB, 0x3FC, 0x3FD, 0x3F9)):#x}", "in al, dx", "movzx ebx, al"]
+    if k == 2:
+        return [f"mov al, {rng.randrange(0x10, 0x30):#x}", "out 0x70, al", "in al, 0x71", "movzx esi, al"]
+    return ["in al, 0x21", "movzx edi, al"]
+
+
+@feature("cpuid")
+def _cpuid(rng, p):
+    return [f"mov eax, {rng.choice((0, 1, 0x80000000, 0x80000001)):#x}", "xor ecx, ecx", "cpuid"]
+
+
+@feature("rdtsc")
+def _rdtsc(rng, p):
+    return ["rdtsc", f"mov {rng.choice(('esi', 'edi'))}, eax"]
+
+
+@feature("ctrl_regs", causes=(8,))
+def _ctrl_regs(rng, p):
+    r = _reg(rng)
+    src = rng.choice(("cr0", "cr2", "cr3", "cr4", "dr6", "dr7"))
+    lines = [f"mov {r}, {src}"]
+    if rng.random() < 0.3:
+        lines = ["mov eax, cr0", "mov cr0, eax", f"mov {r}, cr0"]
+    return lines
+
+
+@feature("invlpg", causes=(15,))
+def _invlpg(rng, p):
+    return [f"invlpg byte ptr [{rng.choice((G.SCRATCH, G.LOAD, 0x0)):#x}]"]
+
+
+@feature("smc")
+def _smc(rng, p):
+    v = rng.getrandbits(32)
+    return [f"mov dword ptr [{p}k + 1], {v:#x}", f"{p}k:", "add eax, 0x11111111", "mov ebx, eax"]
+
+
+@feature("smc_rmw", causes=(1,))
+def _smc_rmw(rng, p):
+    k = rng.randrange(3)
+    if k == 0:
+        return [f"mov ecx, {rng.getrandbits(32):#x}", f"xchg dword ptr [{p}k + 1], ecx", f"{p}k:", "add eax, 0x11111111"]
+    if k == 1:
+        return [f"add byte ptr [{p}k + 1], {rng.randrange(1, 256)}", f"{p}k:", "add eax, 0x11111111"]
+    return [f"xor dword ptr [{p}k + 1], {rng.getrandbits(32):#x}", f"{p}k:", "add eax, 0x11111111"]
+
+
+@feature("smc_loop")
+def _smc_loop(rng, p):
+    return ["push ecx", f"mov ecx, {rng.randrange(2, 40)}", f"{p}loop:",
+            f"mov dword ptr [{p}k + 1], ecx", f"{p}k:", "add eax, 0x11111111",
+            "dec ecx", f"jnz {p}loop", "pop ecx"]
+
+
+@feature("computed", causes=(9,))
+def _computed(rng, p):
+    k = rng.randrange(3)
+    tail = rng.choice((["mov ebx, cs"], ["pushfd", "pop ebx"], ["xor ebx, 0x55"], ["mov bx, ss"]))
+    if k == 0:
+        return [f"mov eax, {p}t", "push eax", "ret", "nop", f"{p}t:", *tail]
+    if k == 1:
+        return [f"mov eax, {p}t", "jmp eax", "ud2", f"{p}t:", *tail]
+    return ([f"mov eax, {p}fn", "call eax"], [f"{p}fn:", *tail, "ret"])
+
+
+@feature("fptr", causes=(10,))
+def _fptr(rng, p):
+    return ([f"mov dword ptr [{G.FPTR:#x}], {p}a", f"call dword ptr [{G.FPTR:#x}]",
+             f"mov dword ptr [{G.FPTR:#x}], {p}b", f"call dword ptr [{G.FPTR:#x}]"],
+            [f"{p}a:", "add esi, 3", "ret", f"{p}b:", "mov edi, cs", "pushfd", "pop edx", "ret"])
+
+
+@feature("code_read", causes=(14,))
+def _code_read(rng, p):
+    return ["push ecx", "push esi", f"mov esi, {G.LOAD:#x}", "mov ecx, fz_end", f"sub ecx, {G.LOAD:#x}",
+            "shr ecx, 2", "xor edx, edx", f"{p}loop:", "add edx, dword ptr [esi]", "rol edx, 1",
+            "add esi, 4", "dec ecx", f"jnz {p}loop", "pop esi", "pop ecx"]
+
+
+HYPER_OFFSETS = (0x0, 0x4, 0x1000, 0x1800, 0x2000, 0x12000, 0x20000, 0x3FFFFC, -0x4, 0x400000)
+
+
+@feature("hyper")
+def _hyper(rng, p):
+    addr = (0xFF000000 + rng.choice(HYPER_OFFSETS) + rng.randrange(0, 0x100, 4)) & 0xFFFFFFFF
+    k = rng.randrange(3)
+    if k == 0:
+        return [f"mov eax, dword ptr [{addr:#x}]"]
+    if k == 1:
+        return [f"mov dword ptr [{addr:#x}], {rng.getrandbits(32):#x}"]
+    return ["push ecx", "push edi", "push esi", f"mov edi, {addr:#x}", f"mov esi, {G.SCRATCH:#x}",
+            "mov ecx, 4", ".byte 0xf3, 0xa5", "pop esi", "pop edi", "pop ecx"]
