@@ -20,13 +20,16 @@ def _module():
 
 def test_campaign_counts_divergences_and_shrinks_them():
     out = io.StringIO()
-    s = _module().campaign(3, 7, features=["smsw"], statements=3, do_shrink=True, max_shrunk=1, out=out)
-    n = s["divergent"]     # smsw r32 diverges (issue 15, cause 4); smsw r16 / m16 agree
-    assert s["programs"] == 3 and 1 <= n <= 3 and s["by_feature"] == {"smsw": n}
+    # Under trap every program diverges: the guest frame's own EFLAGS readout
+    # shows the host's IF (trap-and-emulate's permanent leak), so the shrinker
+    # takes each down to the frame alone, whatever its statements were.
+    s = _module().campaign(3, 7, features=["alu"], statements=3, mode="trap", do_shrink=True,
+                           max_shrunk=1, out=out)
+    assert s["programs"] == 3 and s["divergent"] == 3 and s["by_feature"] == {"alu": 3}
     (_, _, small, diff), = s["shrunk"]
-    assert len(small.stmts) == 1 and small.stmts[0].feature == "smsw" and len(small.stmts[0].body) == 1
+    assert small.stmts == [] and diff.guest_visible
     text = out.getvalue()
-    assert f"programs: 3  divergent (guest-visible): {n}" in text and "shrunk to 1 statement(s)" in text
+    assert "programs: 3  divergent (guest-visible): 3" in text and "shrunk to 0 statement(s)" in text
 
 
 def test_campaign_on_agreeing_features_is_clean_and_deterministic():

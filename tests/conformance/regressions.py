@@ -1,0 +1,20 @@
+"""Fuzzer reproducers of bt divergences that are fixed: each must now agree.
+
+Entries moved here from known_divergences.py when a fix made them agree (same
+data; `kinds`/`ends`/`detail` record how they diverged before the fix).
+test_regressions.py runs each under emulate and bt and requires no
+guest-visible difference.
+"""
+from known_divergences import OK
+
+FIXED = [
+    dict(name="pushf16-clears-upper-eflags", cause=2,
+         body="push 0x240002\npopfd\n.byte 0x66, 0x9c\npop ax\npushfd\npop ebx",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x240002 vs 0x2"),
+    dict(name="mov-r16-cs-zero-extends", cause=3,
+         body="mov ebx, 0x12345678\nmov bx, cs",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x12340008 vs 0x8"),
+    dict(name="smsw-r32-writes-32-bits", cause=4,
+         body="smsw esi",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="b'1a2b0011' vs b'00000011'"),
+]
