@@ -30,7 +30,6 @@ exist, and nothing can be registered that no row declares.
 from __future__ import annotations
 
 import enum
-import sys
 from dataclasses import dataclass
 
 
@@ -576,27 +575,9 @@ def render_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import pathlib
-    p = argparse.ArgumentParser(prog="python -m bt.catalog")
-    p.add_argument("--doc", nargs="?", const=DOC_PATH, metavar="PATH",
-                   help=f"write the markdown table (default {DOC_PATH})")
-    p.add_argument("--check", action="store_true", help="exit 1 when the doc is stale")
-    a = p.parse_args(argv)
-    path = pathlib.Path(a.doc or DOC_PATH)
-    text = render_markdown()
-    if a.check:
-        ok = path.exists() and path.read_text() == text
-        if not ok:
-            print(f"{path} is stale: run `{REGEN_COMMAND}`", file=sys.stderr)
-        return 0 if ok else 1
-    if a.doc:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-        return 0
-    sys.stdout.write(text)
-    return 0
+    from bt.docgen import doc_command
+    return doc_command(argv, module="bt.catalog", default_path=DOC_PATH,
+                       render=lambda old: render_markdown(), what="the markdown table")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ strings they always were.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -116,31 +115,14 @@ def render_doc(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import pathlib
-    p = argparse.ArgumentParser(prog="python -m bt.outcome")
-    p.add_argument("--doc", nargs="?", const=DOC_PATH, metavar="PATH",
-                   help=f"rewrite the exit-status table in PATH (default {DOC_PATH})")
-    p.add_argument("--check", action="store_true", help="exit 1 when the table is stale")
-    a = p.parse_args(argv)
-    if not a.doc and not a.check:
-        print(render_table())
-        return 0
-    path = pathlib.Path(a.doc or DOC_PATH)
-    try:
-        old = path.read_text()
-        new = render_doc(old)
-    except (OSError, ValueError) as e:
-        print(f"python -m bt.outcome: error: {e}", file=sys.stderr)
-        return 2
-    if a.check:
-        if new != old:
-            print(f"{path} is stale: run `{REGEN_COMMAND}`", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(new)
-    print(f"wrote {path}")
-    return 0
+    from bt.docgen import doc_command
+
+    def render(old: str | None) -> str:
+        if old is None:
+            raise ValueError(f"{DOC_PATH} does not exist")
+        return render_doc(old)
+    return doc_command(argv, module="bt.outcome", default_path=DOC_PATH, render=render,
+                       what="the exit-status table", show=render_table)
 
 
 if __name__ == "__main__":
