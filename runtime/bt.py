@@ -78,9 +78,6 @@ class BTMode(TrapMode):
     def boot(self) -> None:
         super().boot()
         self.csam.boot()
-        # The guest may run stubs but never write them: a store there is an
-        # isolation violation (VM.on_protected_write ends the run cleanly).
-        self.hyper.protect_stubs(writable=False)
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- patching what CSAM found ----------------------------------------------------
@@ -111,7 +108,7 @@ class BTMode(TrapMode):
         return self.csam.before_watched_write(page, address, size)
 
     def claims_error(self, err) -> bool:
-        return self.csam.claims_fetch_retry()
+        return super().claims_error(err) or self.csam.claims_fetch_retry()
 
     # -- exits ------------------------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
@@ -238,7 +235,7 @@ class BTMode(TrapMode):
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
         del old_mem
-        self.hyper.protect_stubs(writable=False)
+        self.isolation.arm()
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------
