@@ -36,6 +36,8 @@ typedef struct {
     uint64_t stubs_lo, stubs_hi;    /* the stub cache: [lo, hi) */
     uint64_t gdt_lo, gdt_hi;        /* the shadow GDT: [lo, hi) */
     uint8_t *host;                  /* the area's host memory */
+    uint64_t guest_code_len;
+    uint8_t *guest_code;            /* per stub-cache byte: 1 = a relocated guest instruction */
     uint8_t *ram;                   /* guest RAM's host memory (decoding EIP) */
     uint64_t ram_size;
     int open;                       /* 1 while the VMM (not guest code) runs: allow all */
@@ -126,7 +128,7 @@ static bool prot_hook(void *uc, int type, uint64_t addr, int size, int64_t value
         return type != UC_MEM_WRITE_PROT || vmm_write(g, addr, size, value);
     if (type != UC_MEM_FETCH_PROT && g->env) {
         uint32_t eip = env_u32(g, g->eip_off);
-        bool stub = eip >= g->stubs_lo && eip < g->stubs_hi;
+        bool stub = eip >= g->stubs_lo && eip < g->stubs_hi && !g->guest_code[eip - g->stubs_lo];
         if (stub || cpu_descriptor_access(g, eip, addr, size)) {
             if (stub)
                 g->stub_ok++;
@@ -165,6 +167,15 @@ static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
     g->host = (uint8_t *)(uintptr_t)host;
     g->ram = (uint8_t *)(uintptr_t)ram;
     g->ram_size = ram_size;
+    if (!g->guest_code || stubs_hi - stubs_lo != g->guest_code_len) {
+        PyMem_Free(g->guest_code);
+        g->guest_code_len = stubs_hi > stubs_lo ? stubs_hi - stubs_lo : 1;
+        g->guest_code = PyMem_Calloc(g->guest_code_len, 1);
+        if (!g->guest_code) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     g->open = 1;
     g->refused = 0;
     g->refused_addr = 0;
@@ -182,6 +193,27 @@ static PyObject *Guard_take(Guard *g, PyObject *unused)
     return r;
 }
 
+static PyObject *Guard_mark(Guard *g, PyObject *args)
+{
+    /* mark(lo, hi, flag): stub-cache addresses [lo, hi) hold guest instructions (1) or not */
+    unsigned long long lo, hi;
+    int flag;
+    if (!PyArg_ParseTuple(args, "KKp", &lo, &hi, &flag))
+        return NULL;
+    if (lo < g->stubs_lo || hi > g->stubs_hi || lo > hi) {
+        PyErr_SetString(PyExc_ValueError, "range outside the stub cache");
+        return NULL;
+    }
+    memset(g->guest_code + (lo - g->stubs_lo), flag, hi - lo);
+    Py_RETURN_NONE;
+}
+
+static void Guard_dealloc(Guard *g)
+{
+    PyMem_Free(g->guest_code);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
 static PyObject *Guard_stats(Guard *g, PyObject *unused)
 {
     return Py_BuildValue("{sKsKsK}", "stub_accesses", (unsigned long long)g->stub_ok,
@@ -191,6 +223,7 @@ static PyObject *Guard_stats(Guard *g, PyObject *unused)
 
 static PyMethodDef Guard_methods[] = {
     {"take", (PyCFunction)Guard_take, METH_NOARGS, "first refused (type, address) or None; clears it"},
+    {"mark", (PyCFunction)Guard_mark, METH_VARARGS, "mark(lo, hi, flag): relocated guest code in the stub cache"},
     {"stats", (PyCFunction)Guard_stats, METH_NOARGS, "counters of the guard"},
     {NULL, NULL, 0, NULL}};
 
@@ -205,6 +238,7 @@ static PyTypeObject GuardType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Guard_init,
+    .tp_dealloc = (destructor)Guard_dealloc,
     .tp_methods = Guard_methods,
     .tp_members = Guard_members,
     .tp_doc = "Guards the hypervisor area (see runtime/isolation.py).",

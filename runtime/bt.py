@@ -94,12 +94,19 @@ class BTMode(TrapMode):
             d = policy.decide(site, self._hood(addr),
                               eager_privileged=self._scan_patches_privileged)
             if d.action is Action.JUMP:
-                self.patcher.install_jump(site, list(d.covered))
+                self._install_jump(site, d.covered)
             elif d.action is Action.INT3:
                 self.patcher.install_int3(site, d.refused)
         for u in unresolved:
             if policy.decide_branch(u, self.patcher.covering).action is Action.GUARD:
                 self.csam.guard(u)
+
+    def _install_jump(self, site, covered) -> None:
+        patch = self.patcher.install_jump(site, list(covered))
+        # Guest instructions copied into the stub still make the guest's accesses:
+        # the area's guard must not take them for the stub's (runtime/isolation.py).
+        for lo, hi in getattr(patch, "relocated", ()):
+            self.isolation.guard.mark(lo, hi, True)
 
     def on_vmm_branch(self, target: int) -> None:
         self.csam.ensure_scanned(target)
@@ -152,7 +159,7 @@ class BTMode(TrapMode):
             if d.action is Action.TRAP and d.refused is not None:
                 self.patcher.count_refusal(d.refused)
             return False
-        self.patcher.install_jump(site, list(d.covered))
+        self._install_jump(site, d.covered)
         self.vm.counters.add("faults_emulated", "patched:" + insn.mnemonic)
         return True
 
