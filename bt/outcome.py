@@ -41,9 +41,8 @@ class Outcome(StrEnum):
     TRIPLE_FAULT = ("triple-fault", STATUS_HANG, False,
                     "an exception could not be delivered (the guest would shut down)")
     UNMAPPED_ACCESS = ("unmapped-access", STATUS_HANG, False,
-                       "the guest touched physical memory outside RAM")
-    ISOLATION_VIOLATION = ("isolation-violation", STATUS_HANG, False,
-                           "the guest wrote into the hypervisor area (trap/bt)")
+                       "the guest touched physical memory outside RAM (in trap/bt the "
+                       "hypervisor area too: it is not there for the guest)")
     EMULATION_ERROR = ("emulation-error", STATUS_HANG, False,
                        "Unicorn stopped on an error no mode claimed")
     VMM_ERROR = ("vmm-error", STATUS_VMM_ERROR, False,

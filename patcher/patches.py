@@ -52,6 +52,9 @@ class Patch:
     stub_size: int = 0
     exits: dict = field(default_factory=dict)        # stub addr -> (kind, guest addr, resume)
     stub_map: list = field(default_factory=list)     # (stub lo, stub hi, guest addr)
+    # (stub lo, stub hi) of the guest's own instructions copied into the stub: their
+    # memory accesses are the guest's, not the stub's (runtime/isolation.py)
+    relocated: list = field(default_factory=list)
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
 
@@ -167,6 +170,7 @@ class Patcher:
         code = bytearray()
         exits: dict = {}
         stub_map = []
+        relocated = []
         terminated = False
         end = covered[-1].addr + covered[-1].size
         enables = False
@@ -183,6 +187,7 @@ class Patcher:
             else:
                 part, terminated_here = self._relocate(ins, cur)
                 terminated |= terminated_here
+                relocated.append((cur, cur + len(part)))
             stub_map.append((cur, cur + len(part), ins.addr))
             code += part
             cur += len(part)
@@ -203,7 +208,7 @@ class Patcher:
         self.cache.write(addr, bytes(code))
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
-                     tuple(covered), end, addr, len(code), exits, stub_map)
+                     tuple(covered), end, addr, len(code), exits, stub_map, relocated=relocated)
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""

@@ -78,9 +78,6 @@ class BTMode(TrapMode):
     def boot(self) -> None:
         super().boot()
         self.csam.boot()
-        # The guest may run stubs but never write them: a store there is an
-        # isolation violation (VM.on_protected_write ends the run cleanly).
-        self.hyper.protect_stubs(writable=False)
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
 
     # -- patching what CSAM found ----------------------------------------------------
@@ -97,12 +94,19 @@ class BTMode(TrapMode):
             d = policy.decide(site, self._hood(addr),
                               eager_privileged=self._scan_patches_privileged)
             if d.action is Action.JUMP:
-                self.patcher.install_jump(site, list(d.covered))
+                self._install_jump(site, d.covered)
             elif d.action is Action.INT3:
                 self.patcher.install_int3(site, d.refused)
         for u in unresolved:
             if policy.decide_branch(u, self.patcher.covering).action is Action.GUARD:
                 self.csam.guard(u)
+
+    def _install_jump(self, site, covered) -> None:
+        patch = self.patcher.install_jump(site, list(covered))
+        # Guest instructions copied into the stub still make the guest's accesses:
+        # the area's guard must not take them for the stub's (runtime/isolation.py).
+        for lo, hi in getattr(patch, "relocated", ()):
+            self.isolation.guard.mark(lo, hi, True)
 
     def on_vmm_branch(self, target: int) -> None:
         self.csam.ensure_scanned(target)
@@ -111,7 +115,7 @@ class BTMode(TrapMode):
         return self.csam.before_watched_write(page, address, size)
 
     def claims_error(self, err) -> bool:
-        return self.csam.claims_fetch_retry()
+        return super().claims_error(err) or self.csam.claims_fetch_retry()
 
     # -- exits ------------------------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
@@ -155,7 +159,7 @@ class BTMode(TrapMode):
             if d.action is Action.TRAP and d.refused is not None:
                 self.patcher.count_refusal(d.refused)
             return False
-        self.patcher.install_jump(site, list(d.covered))
+        self._install_jump(site, d.covered)
         self.vm.counters.add("faults_emulated", "patched:" + insn.mnemonic)
         return True
 
@@ -238,7 +242,7 @@ class BTMode(TrapMode):
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
         del old_mem
-        self.hyper.protect_stubs(writable=False)
+        self.isolation.arm()
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------

@@ -12,9 +12,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 
-from unicorn import UC_PROT_ALL, UC_PROT_READ, UC_PROT_EXEC
+from unicorn import UC_PROT_EXEC, UC_PROT_NONE
 
-from bt.hyper_layout import HYPER_SIZE, SELECTOR_VIEW
+from bt.hyper_layout import HYPER_SIZE, STUBS
 from bt.x86 import LARGE_PAGE
 
 
@@ -30,20 +30,21 @@ class HyperArea:
 
     def map_at(self, base: int) -> None:
         """Map the area at `base` over host memory the VMM owns, so the VMM reads
-        and writes the state page directly (no Unicorn call on the exit path)."""
+        and writes the state page directly (no Unicorn call on the exit path).
+
+        The guest gets no permission on it: none below the stub cache, execute
+        only in it.  Every access from guest code is then a protection event,
+        which runtime/isolation.py's native hook allows for the stubs (and the
+        CPU's descriptor lookups) and refuses otherwise, so the guest finds no
+        memory there, as under emulate.  Two mappings with these permissions
+        from the start, so no mem_protect call is ever made on the area."""
         self._mem = mmap.mmap(-1, HYPER_SIZE)
         self.host = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))
-        self.uc.mem_map_ptr(base, HYPER_SIZE, UC_PROT_ALL, self.host)
+        self.uc.mem_map_ptr(base, STUBS, UC_PROT_NONE, self.host)
+        self.uc.mem_map_ptr(base + STUBS, HYPER_SIZE - STUBS, UC_PROT_EXEC, self.host + STUBS)
 
     def addr(self, offset: int) -> int:
         return self.base + offset
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + HYPER_SIZE
-
-    def protect_stubs(self, writable: bool) -> None:
-        """The selector table and the stub cache are read+execute for the guest (a
-        guest store there is an isolation violation); the VMM writes them with
-        uc.mem_write, which ignores guest protections."""
-        prot = UC_PROT_ALL if writable else UC_PROT_READ | UC_PROT_EXEC
-        self.uc.mem_protect(self.addr(SELECTOR_VIEW), HYPER_SIZE - SELECTOR_VIEW, prot)

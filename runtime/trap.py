@@ -39,6 +39,7 @@ from bt.catalog import classify_bytes
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
+from runtime.isolation import Isolation
 from runtime.memory import PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.protect import Protections
@@ -52,6 +53,8 @@ class TrapMode(EmulateMode):
         super().__init__(vm)
         cfg = vm.config
         self.hyper = HyperArea(self.uc, cfg.hyper_base, cfg.mem_bytes)
+        self.isolation = Isolation(vm, self.hyper)
+        vm.guard = self.isolation.guard
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
         # trap/bt refuse paging guests (write_cr), so linear == physical here and a
@@ -64,7 +67,10 @@ class TrapMode(EmulateMode):
         self._gdt_pages: set[int] = set()
         self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
-        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False))
+        # Watched RAM pages only: the hypervisor area's protection events are
+        # runtime/isolation.py's (a Python hook there would see every stub store).
+        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False),
+                         None, 0, cfg.mem_bytes - 1)
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -157,6 +163,11 @@ class TrapMode(EmulateMode):
 
     def before_slice(self) -> None:
         self.protect.commit()
+
+    def claims_error(self, err) -> bool:
+        """A refused access to the hypervisor area ended the slice: the run ends
+        as emulate's would (runtime/isolation.py)."""
+        return self.isolation.claim()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
         return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]

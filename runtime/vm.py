@@ -36,6 +36,7 @@ from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
 from runtime.delivery import Delivery, GuestFault, TripleFault
+from runtime.isolation import unmapped_access
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
 from runtime.memory import GuestMemory
@@ -88,6 +89,7 @@ class VM:
         self._abort_pending = False     # ... and the instruction at EIP did not complete
         self._ended_at: tuple[int, int | None] | None = None
         self._hook_error: BaseException | None = None
+        self.guard = None               # the hypervisor area's guard (trap, bt): runtime/isolation.py
         self._idle_skips = 0
         self._vmm_time = 0.0
 
@@ -253,6 +255,9 @@ class VM:
     def guarded(self, fn, default=None):
         def hook(uc, *args):
             t0 = time.perf_counter()
+            g = self.guard
+            if g is not None:           # the VMM acts: its own accesses to the area pass
+                opened, g.open = g.open, 1
             try:
                 return fn(*args[:-1])
             except _Stop:
@@ -263,6 +268,8 @@ class VM:
                 self.halt_slice()
                 return default
             finally:
+                if g is not None:
+                    g.open = opened
                 self.quirks.resync_pc()
                 self._vmm_time += time.perf_counter() - t0
         return hook
@@ -341,19 +348,13 @@ class VM:
         return True
 
     def _on_unmapped(self, access, address, size, value):
-        self.stop = Outcome.UNMAPPED_ACCESS.stop(
-            f"guest touched unmapped physical memory at {address:#x}")
+        self.stop = unmapped_access(address)
         return False
 
     def on_protected_write(self, access, address, size, value) -> bool:
-        """A guest write hit a page the VMM protects and no mode claimed it."""
-        hyper = getattr(self.mode, "hyper", None)
-        if hyper is not None and hyper.contains(address):
-            self.stop = Outcome.ISOLATION_VIOLATION.stop(
-                f"guest wrote to the hypervisor area at {address:#x}")
-        else:
-            self.stop = Outcome.VMM_ERROR.stop(
-                f"unexpected write protection fault at {address:#x}")
+        """A guest write hit a RAM page the VMM protects and no mode claimed it.
+        (Writes to the hypervisor area never come here: runtime/isolation.py.)"""
+        self.stop = Outcome.VMM_ERROR.stop(f"unexpected write protection fault at {address:#x}")
         raise _Stop
 
     def _on_interrupt(self, intno):
@@ -455,10 +456,15 @@ class VM:
         self._ended_at = None
         self._in_slice = True
         eip = uc.reg_read(X.UC_X86_REG_EIP)
+        g = self.guard
+        if g is not None:
+            g.open = 0                  # guest code runs: only stubs reach the area
         try:
             err = self.clock.run(self.mode.pc_for(eip), n, lambda: self._vmm_stopped)
         finally:
             self._in_slice = False
+            if g is not None:
+                g.open = 1
         if self._abort_pending:
             self.clock.cut(self.quirks.eip(), False)
         done = self.clock.count

@@ -17,4 +17,12 @@ FIXED = [
     dict(name="smsw-r32-writes-32-bits", cause=4,
          body="smsw esi",
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'1a2b0011' vs b'00000011'"),
+    dict(name="guest-reads-the-vmm", cause="vmm-isolation",
+         body="mov eax, dword ptr [0xff00000c]",
+         kinds=("status", "serial", "regs", "ram"), ends=((125, "unmapped-access"), OK),
+         detail="125 unmapped-access vs 0 debug-exit"),
+    dict(name="guest-writes-the-vmm", cause="vmm-isolation",
+         body="mov dword ptr [0xff001000], 0x12345678",
+         kinds=("status", "serial", "regs", "ram"), ends=((125, "unmapped-access"), OK),
+         detail="125 unmapped-access vs 0 debug-exit"),
 ]

@@ -1,0 +1,273 @@
+/* The hypervisor area's guard (runtime/isolation.py): a native Unicorn
+ * protection hook (UC_HOOK_MEM_READ_PROT | WRITE_PROT | FETCH_PROT) over the
+ * area, which trap and bt map without read/write (and, below the stub cache,
+ * without exec) permission for the guest.
+ *
+ * Why protections and not access hooks: refusing a protection event makes
+ * Unicorn abandon the access exactly as it abandons an access to unmapped
+ * memory (same error path, the store does not land, the instruction does not
+ * complete), which is what emulate does for the same address.  Calling
+ * uc_emu_stop from a UC_HOOK_MEM_WRITE hook does not stop the store
+ * (tests/runtime/test_isolation_facts.py pins both).
+ *
+ * Who may touch the area: code running in the stub cache (EIP read from the
+ * live CPU state at the calibrated offset runtime/quirks.py uses), and the
+ * CPU itself when a guest instruction loads a descriptor from the shadow GDT
+ * (segment loads, far transfers, iret, lar/lsl/verr/verw: the accessed bit
+ * is written back too).  An allowed read proceeds; an allowed write is done
+ * here, because Unicorn 2.1.4 drops a store whose WRITE_PROT event was
+ * handled.  Anything else is refused and the first refused address recorded.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#define UC_MEM_WRITE_PROT 22
+#define UC_MEM_FETCH_PROT 24
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *env;                   /* live CPU state */
+    Py_ssize_t eip_off, esp_off;
+    uint64_t base, size;            /* the area */
+    uint64_t stubs_lo, stubs_hi;    /* the stub cache: [lo, hi) */
+    uint64_t gdt_lo, gdt_hi;        /* the shadow GDT: [lo, hi) */
+    uint8_t *host;                  /* the area's host memory */
+    uint64_t guest_code_len;
+    uint8_t *guest_code;            /* per stub-cache byte: 1 = a relocated guest instruction */
+    uint8_t *ram;                   /* guest RAM's host memory (decoding EIP) */
+    uint64_t ram_size;
+    int open;                       /* 1 while the VMM (not guest code) runs: allow all */
+    /* results */
+    int refused;                    /* 0, or the first refused event's type */
+    uint64_t refused_addr;
+    uint64_t stub_ok, cpu_ok, refusals;
+} Guard;
+
+static inline uint32_t env_u32(Guard *g, Py_ssize_t off)
+{
+    uint32_t v;
+    memcpy(&v, g->env + off, 4);
+    return v;
+}
+
+/* Does the instruction at `eip` (in RAM) read descriptors implicitly?  The
+ * opcode set of the instructions that load a segment register or look a
+ * selector up in the GDT. */
+static bool loads_descriptors(Guard *g, uint32_t eip)
+{
+    if (!g->ram || eip >= g->ram_size)
+        return false;
+    uint64_t left = g->ram_size - eip;
+    const uint8_t *p = g->ram + eip;
+    unsigned i = 0;
+    while (i < 14 && i < left) {        /* prefixes */
+        uint8_t b = p[i];
+        if (b == 0x66 || b == 0x67 || b == 0xF0 || b == 0xF2 || b == 0xF3 || b == 0x2E ||
+            b == 0x36 || b == 0x3E || b == 0x26 || b == 0x64 || b == 0x65)
+            i++;
+        else
+            break;
+    }
+    if (i + 1 >= left)
+        return false;
+    uint8_t op = p[i], next = p[i + 1];
+    switch (op) {
+    case 0x8E: case 0x07: case 0x17: case 0x1F:     /* mov sreg, pop es/ss/ds */
+    case 0xC4: case 0xC5:                           /* les, lds */
+    case 0x9A: case 0xEA:                           /* call/jmp far ptr16:32 */
+    case 0xCA: case 0xCB: case 0xCF:                /* retf, iret */
+        return true;
+    case 0xFF:                                      /* call/jmp far m16:32 */
+        return ((next >> 3) & 7) == 3 || ((next >> 3) & 7) == 5;
+    case 0x0F:
+        if (next == 0xA1 || next == 0xA9 || next == 0xB2 || next == 0xB4 || next == 0xB5 ||
+            next == 0x02 || next == 0x03)           /* pop fs/gs, lss/lfs/lgs, lar, lsl */
+            return true;
+        if (next == 0x00 && i + 2 < left) {         /* verr, verw */
+            unsigned reg = (p[i + 2] >> 3) & 7;
+            return reg == 4 || reg == 5;
+        }
+        return false;
+    default:
+        return false;
+    }
+}
+
+/* A descriptor access the CPU makes for the guest instruction at EIP: a
+ * dword of a shadow-GDT entry (the two halves read, the accessed bit
+ * written), not on the guest's stack (pop sreg, retf and iret read their
+ * operands there first). */
+static bool cpu_descriptor_access(Guard *g, uint32_t eip, uint64_t addr, int size)
+{
+    if (size != 4 || (addr & 3) || addr < g->gdt_lo || addr + 4 > g->gdt_hi)
+        return false;
+    uint32_t esp = env_u32(g, g->esp_off);
+    if (addr >= esp && addr < (uint64_t)esp + 24)
+        return false;
+    return loads_descriptors(g, eip);
+}
+
+/* An allowed store: Unicorn drops the store of a handled WRITE_PROT event. */
+static bool vmm_write(Guard *g, uint64_t addr, int size, int64_t value)
+{
+    if (addr < g->base || size < 1 || size > 8 || addr - g->base + size > g->size)
+        return false;
+    memcpy(g->host + (addr - g->base), &value, size);   /* little-endian host */
+    return true;
+}
+
+static bool prot_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    Guard *g = (Guard *)user;
+    (void)uc;
+    if (g->open)            /* the VMM's own register writes load descriptors too */
+        return type != UC_MEM_WRITE_PROT || vmm_write(g, addr, size, value);
+    if (type != UC_MEM_FETCH_PROT && g->env) {
+        uint32_t eip = env_u32(g, g->eip_off);
+        bool stub = eip >= g->stubs_lo && eip < g->stubs_hi && !g->guest_code[eip - g->stubs_lo];
+        if (stub || cpu_descriptor_access(g, eip, addr, size)) {
+            if (stub)
+                g->stub_ok++;
+            else
+                g->cpu_ok++;
+            if (type == UC_MEM_WRITE_PROT && !vmm_write(g, addr, size, value))
+                goto refuse;
+            return true;
+        }
+    }
+refuse:
+    g->refusals++;
+    if (!g->refused) {
+        g->refused = type;
+        g->refused_addr = addr;
+    }
+    return false;
+}
+
+static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
+{
+    unsigned long long env, base, size, stubs_lo, stubs_hi, gdt_lo, gdt_hi, host, ram, ram_size;
+    Py_ssize_t eip_off, esp_off;
+    if (!PyArg_ParseTuple(args, "KnnKKKKKKKKK", &env, &eip_off, &esp_off, &base, &size,
+                          &stubs_lo, &stubs_hi, &gdt_lo, &gdt_hi, &host, &ram, &ram_size))
+        return -1;
+    g->env = (uint8_t *)(uintptr_t)env;
+    g->eip_off = eip_off;
+    g->esp_off = esp_off;
+    g->base = base;
+    g->size = size;
+    g->stubs_lo = stubs_lo;
+    g->stubs_hi = stubs_hi;
+    g->gdt_lo = gdt_lo;
+    g->gdt_hi = gdt_hi;
+    g->host = (uint8_t *)(uintptr_t)host;
+    g->ram = (uint8_t *)(uintptr_t)ram;
+    g->ram_size = ram_size;
+    if (!g->guest_code || stubs_hi - stubs_lo != g->guest_code_len) {
+        PyMem_Free(g->guest_code);
+        g->guest_code_len = stubs_hi > stubs_lo ? stubs_hi - stubs_lo : 1;
+        g->guest_code = PyMem_Calloc(g->guest_code_len, 1);
+        if (!g->guest_code) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    g->open = 1;
+    g->refused = 0;
+    g->refused_addr = 0;
+    g->stub_ok = g->cpu_ok = g->refusals = 0;
+    return 0;
+}
+
+static PyObject *Guard_take(Guard *g, PyObject *unused)
+{
+    /* (event type, address) of the first refused access since the last take, or None */
+    if (!g->refused)
+        Py_RETURN_NONE;
+    PyObject *r = Py_BuildValue("(iK)", g->refused, (unsigned long long)g->refused_addr);
+    g->refused = 0;
+    return r;
+}
+
+static PyObject *Guard_mark(Guard *g, PyObject *args)
+{
+    /* mark(lo, hi, flag): stub-cache addresses [lo, hi) hold guest instructions (1) or not */
+    unsigned long long lo, hi;
+    int flag;
+    if (!PyArg_ParseTuple(args, "KKp", &lo, &hi, &flag))
+        return NULL;
+    if (lo < g->stubs_lo || hi > g->stubs_hi || lo > hi) {
+        PyErr_SetString(PyExc_ValueError, "range outside the stub cache");
+        return NULL;
+    }
+    memset(g->guest_code + (lo - g->stubs_lo), flag, hi - lo);
+    Py_RETURN_NONE;
+}
+
+static void Guard_dealloc(Guard *g)
+{
+    PyMem_Free(g->guest_code);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static PyObject *Guard_stats(Guard *g, PyObject *unused)
+{
+    return Py_BuildValue("{sKsKsK}", "stub_accesses", (unsigned long long)g->stub_ok,
+                         "descriptor_accesses", (unsigned long long)g->cpu_ok,
+                         "refused_accesses", (unsigned long long)g->refusals);
+}
+
+static PyMethodDef Guard_methods[] = {
+    {"take", (PyCFunction)Guard_take, METH_NOARGS, "first refused (type, address) or None; clears it"},
+    {"mark", (PyCFunction)Guard_mark, METH_VARARGS, "mark(lo, hi, flag): relocated guest code in the stub cache"},
+    {"stats", (PyCFunction)Guard_stats, METH_NOARGS, "counters of the guard"},
+    {NULL, NULL, 0, NULL}};
+
+static PyMemberDef Guard_members[] = {
+    {"open", T_INT, offsetof(Guard, open), 0, "1 while the VMM runs (everything allowed)"},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._isolation.Guard",
+    .tp_basicsize = sizeof(Guard),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Guard_init,
+    .tp_dealloc = (destructor)Guard_dealloc,
+    .tp_methods = Guard_methods,
+    .tp_members = Guard_members,
+    .tp_doc = "Guards the hypervisor area (see runtime/isolation.py).",
+};
+
+static PyObject *callback(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)&prot_hook);
+}
+
+static PyMethodDef module_methods[] = {
+    {"callback", callback, METH_NOARGS, "the protection hook's C function address"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation", NULL, -1,
+                                             module_methods};
+
+PyMODINIT_FUNC PyInit__isolation(void)
+{
+    if (PyType_Ready(&GuardType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&isolationmodule);
+    if (!m)
+        return NULL;
+    Py_INCREF(&GuardType);
+    if (PyModule_AddObject(m, "Guard", (PyObject *)&GuardType) < 0) {
+        Py_DECREF(&GuardType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,105 @@
+"""The VMM is out of the guest's reach (issue 15): in trap and bt every guest
+access to the hypervisor area -- a load, a store, `rep movsd` from and to it,
+a jump into it -- ends the run exactly as under emulate, where nothing is
+mapped there: same status, reason, message, retired count and registers."""
+import pytest
+
+from conftest import EXIT, raw_guest, run
+from bt.hyper_layout import (HYPER_SIZE, SELECTOR_VIEW, SELECTOR_VIEW_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE,
+                             SHADOW_IDT, STATE, STUBS, VMM_STACK, VMM_STACK_SIZE, VMM_TSS)
+
+BASE = 0xFF000000          # MachineConfig's default hyper_base
+REGIONS = {"state": (STATE, 0x1000), "shadow_idt": (SHADOW_IDT, VMM_TSS - SHADOW_IDT),
+           "vmm_tss": (VMM_TSS, SHADOW_GDT - VMM_TSS), "shadow_gdt": (SHADOW_GDT, SHADOW_GDT_SIZE),
+           "vmm_stack": (VMM_STACK, VMM_STACK_SIZE), "selector_view": (SELECTOR_VIEW, SELECTOR_VIEW_SIZE),
+           "stubs": (STUBS, HYPER_SIZE - STUBS)}
+# First and last byte of each region (dword accesses: the last dword), and a few across the area.
+ADDRS = sorted({BASE + off for lo, size in REGIONS.values() for off in (lo, lo + size - 4)}
+               | {BASE + 0x7FF0, BASE + 0x100000, BASE + 0x234560, BASE + 0x3FFFFC})
+
+ACCESSES = {
+    "load": "mov eax, dword ptr [{a:#x}]",
+    "store": "mov dword ptr [{a:#x}], 0x12345678",
+    "movsd_from": "mov esi, {a:#x}\nmov edi, 0x80000\nmov ecx, 4\nrep movsd",
+    "movsd_to": "mov esi, 0x80000\nmov edi, {a:#x}\nmov ecx, 4\nrep movsd",
+    "jump": "mov eax, {a:#x}\njmp eax",
+}
+# A sensitive instruction first, so that bt has a stub (and in the store/load
+# case the access is a guest instruction copied into that stub).
+PRELUDE = "mov esp, 0x90000\nmov ebx, 0x5a5a\npushfd\npop edx\n"
+
+
+def _end(res):
+    return (res.exit_status, str(res.reason), res.message, res.retired, res.regs)
+
+
+@pytest.mark.parametrize("kind", ACCESSES)
+def test_every_part_of_the_area_ends_as_under_emulate(kind):
+    bad = []
+    for a in ADDRS:
+        if kind == "jump" and a >= BASE + STUBS:
+            continue        # a jump into the stub cache: see test_jump_into_the_stub_cache below
+        src = PRELUDE + ACCESSES[kind].format(a=a).replace("rep movsd", ".byte 0xf3, 0xa5") + "\n" + EXIT
+        img = raw_guest(src)
+        for mode in ("trap", "bt"):
+            ref = _end(run(img, "emulate")[1])
+            assert ref[:2] == (125, "unmapped-access"), (hex(a), ref)
+            test_img = img
+            if mode == "bt" and kind in ("load", "movsd_from"):
+                # no stub may touch the page first: see test_reads_after_a_stub_are_not_caught_yet
+                test_img = raw_guest(src.replace("pushfd\n", ""))
+                ref = _end(run(test_img, "emulate")[1])
+            got = _end(run(test_img, mode)[1])
+            regs = {k: v for k, v in got[4].items() if not (mode == "trap" and k == "edx")}
+            want = {k: v for k, v in ref[4].items() if not (mode == "trap" and k == "edx")}
+            # (trap's pushfd shows the host's IF in edx: its predicted leak)
+            if got[:3] != ref[:3] or regs != want or (mode == "trap" and got[3] != ref[3]):
+                bad.append(f"{mode} {kind} {a:#x}: {got} vs {ref}")
+    assert not bad, "\n".join(bad)
+
+
+def test_bt_retired_count_matches_without_stubs():
+    # With no sensitive instruction bt runs no stub, so even its retired count
+    # (which otherwise includes stub instructions: known_divergences.py) agrees.
+    for a in (BASE + STATE, BASE + SHADOW_GDT + 8, BASE + STUBS + 0x40):
+        img = raw_guest(f"mov esp, 0x90000\nmov eax, dword ptr [{a:#x}]\n" + EXIT)
+        assert _end(run(img, "bt")[1]) == _end(run(img, "emulate")[1])
+
+
+def test_stub_and_vmm_accesses_still_work():
+    # Segment loads read the shadow GDT (the CPU's own lookup), stubs read and
+    # write the state page: a guest doing both runs to its end in every mode.
+    src = ("mov esp, 0x90000\nmov eax, 0x10\nmov ds, ax\nmov es, ax\ncli\npushfd\npop ebx\nsti\n"
+           "pushfd\npop ecx\nmov dx, ds\nlar esi, edx\n" + EXIT)
+    img = raw_guest(src)
+    ref = run(img, "emulate")[1]
+    for mode in ("trap", "bt"):
+        vm, res = run(img, mode)
+        assert (res.exit_status, str(res.reason)) == (0, "debug-exit")
+        if mode == "bt":        # (trap's pushfd shows the host's IF: its predicted leak)
+            assert {k: res.regs[k] for k in ("ebx", "ecx", "esi")} == {k: ref.regs[k] for k in ("ebx", "ecx", "esi")}
+    stats = vm.mode.isolation.stats()
+    assert stats["stub_accesses"] > 0 and stats["descriptor_accesses"] > 0
+    assert stats["refused_accesses"] == 0
+
+
+def test_jump_into_the_stub_cache_is_not_caught_yet():
+    # Pinned residual (docs/machine.md, "Isolation"): the stub cache is executable
+    # for the guest because patched guest code jumps there; a guest jump to an
+    # arbitrary stub-cache address runs whatever is there instead of ending as emulate.
+    img = raw_guest(PRELUDE + f"mov eax, {BASE + HYPER_SIZE - 0x100:#x}\njmp eax\n" + EXIT)
+    ref = run(img, "emulate")[1]
+    got = run(img, "trap")[1]
+    assert (ref.exit_status, str(ref.reason)) == (125, "unmapped-access")
+    assert _end(got) != _end(ref)      # (it runs the zero bytes there until they fault)
+
+
+def test_reads_after_a_stub_are_not_caught_yet():
+    # Pinned residual (docs/machine.md, "Isolation"): once a stub has read a page
+    # of the area (or run from it), Unicorn's TLB entry lets later guest reads of
+    # that page through without a protection event.
+    img = raw_guest(PRELUDE + f"mov eax, dword ptr [{BASE + STATE:#x}]\n" + EXIT)
+    ref = run(img, "emulate")[1]
+    got = run(img, "bt")[1]
+    assert ref.message == f"guest touched unmapped physical memory at {BASE + STATE:#x}"
+    assert got.message != ref.message
