@@ -47,9 +47,6 @@ class Outcome(StrEnum):
                   "the guest wrote v to port 0xF4 (the demos write 0 on success)")
     QUIT = ("quit", STATUS_OK, StatusFrom.OUTCOME,
             "the user typed Ctrl-A x on the interactive console")
-    INTERRUPTED = ("interrupted", status_for(STOP_SIGNALS[0]), StatusFrom.SIGNAL,
-                   "stopped by " + " / ".join(SIGNAL_STATUSES.values()) + " (Ctrl-C, kill): "
-                   "the run stopped at its next slice boundary; report and summary as usual")
     RESET = ("reset", STATUS_OK, StatusFrom.OUTCOME,
              "the guest reset the machine through the keyboard controller (0xFE to port 0x64)")
     BUDGET = ("budget", STATUS_BUDGET, StatusFrom.OUTCOME, "`--max-instructions` reached")
@@ -66,6 +63,9 @@ class Outcome(StrEnum):
     VMM_ERROR = ("vmm-error", STATUS_VMM_ERROR, StatusFrom.OUTCOME,
                  "an internal VMM error or an unsupported situation (e.g. paging under "
                  "trap/bt); the report is still written")
+    INTERRUPTED = ("interrupted", status_for(STOP_SIGNALS[0]), StatusFrom.SIGNAL,
+                   "stopped by " + " / ".join(SIGNAL_STATUSES.values()) + " (Ctrl-C, kill): "
+                   "the run stopped at its next slice boundary; report and summary as usual")
 
     def __new__(cls, value: str, status: int, status_from, meaning: str):
         member = str.__new__(cls, value)
@@ -130,7 +130,9 @@ END_MARK = "<!-- end of generated exit-status table -->"
 
 # Statuses bt-run returns that end no run (so they are not outcomes).
 _OTHER_STATUSES = (
-    ("2", "", "bad input: unreadable or unrecognised image, bad option value"),
+    ("2", "", "bad input: unreadable or unrecognised image, bad option value, an output "
+              "file that cannot be written (checked before the run)"),
+    ("74", "", "the run ended but its `--report` could not be written (summary still printed)"),
     ("0 / 1", "(`--compare`)", "0 identical or timing-only, 1 divergent"),
 )
 
