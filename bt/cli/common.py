@@ -104,7 +104,7 @@ def check_writable(path: str, option: str) -> None:
             os.close(fd)
     except OSError as e:
         reason = e.strerror
-        if e.errno == errno.ENOENT:           # /proc/x.json: the directory takes no new files
+        if e.errno == errno.ENOENT:           # e.g. a new file in /proc: it takes no new files
             parent = os.path.dirname(os.path.abspath(path))
             reason = ("no such directory" if not os.path.isdir(parent)
                       else "the directory does not take new files")
