@@ -9,6 +9,22 @@ import json
 from pathlib import Path
 
 REPORT_VERSION = 1
+COMPARISON_VERSION = 1
+
+# Linux's panic() prints this before it halts or (panic=N) reboots; a reboot
+# after a panic otherwise looks like a clean `reboot -f` (status 0).
+PANIC_MARK = b"Kernel panic - not syncing"
+
+
+def guest_panic(serial: bytes) -> str | None:
+    """The kernel's first panic line in the serial output (without the printk
+    timestamp), or None."""
+    at = serial.find(PANIC_MARK)
+    if at < 0:
+        return None
+    end = serial.find(b"\n", at)
+    line = serial[at:end if end >= 0 else len(serial)]
+    return line.decode("latin-1").rstrip("\r ")
 
 
 def build_report(image, config, result) -> dict:
@@ -37,11 +53,26 @@ def build_report(image, config, result) -> dict:
         "reason": result.reason,
         "message": result.message,
         "serial_output": result.serial.decode("latin-1"),
+        "guest_panic": guest_panic(result.serial),
         "exits_per_million_instructions": round(per_m, 3),
         "counters": counters,
         "guest_registers": {k: hex(v) for k, v in result.regs.items()},
         **result.extra,
     }
+
+
+def comparison_report(rep) -> dict:
+    """`bt-run --compare MODE --report FILE`: the fidelity report as JSON
+    (docs/cli.md): verdict, differences, the first divergence, and each side's end."""
+    def side(obs) -> dict | None:
+        if obs is None:
+            return None
+        return {"mode": obs.mode, "exit_status": obs.exit_status, "reason": obs.reason,
+                "message": obs.message, "retired_instructions": obs.retired,
+                "serial_output": obs.serial.decode("latin-1"),
+                "guest_panic": guest_panic(obs.serial)}
+    return {"version": COMPARISON_VERSION, "kind": "comparison", **rep.as_dict(),
+            "status": rep.status, "reference": side(rep.reference), "other": side(rep.other)}
 
 
 def top_sites(counters: dict, n: int = 10) -> list[tuple[str, int]]:

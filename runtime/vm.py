@@ -26,6 +26,7 @@ from unicorn import (Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_HOOK_INSN,
                      UC_HOOK_INSN_INVALID, UC_HOOK_MEM_UNMAPPED, UC_PROT_ALL)
 from unicorn import x86_const as X
 
+from bt import interrupt
 from bt.errors import BadInput, VMMError
 from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
@@ -388,22 +389,18 @@ class VM:
     def run(self) -> RunResult:
         wall0 = time.perf_counter()
         try:
-            while self.stop is None:
-                self._inject()
-                if self.stop is not None:
-                    break
-                if self.halted:
-                    self._idle()
-                    continue
-                n = self._slice_length()
-                if n <= 0:
-                    self.stop = Outcome.BUDGET.stop("instruction budget exhausted")
-                    break
-                self._run_slice(n)
+            # Ctrl-C / SIGTERM only ask the slice to end (bt/interrupt.py); the
+            # loop stops at the slice boundary, so the report is written as usual.
+            with interrupt.stopping_with(self.halt_slice):
+                self._loop()
         except VMMError as e:
             self.stop = Outcome.VMM_ERROR.stop(str(e))
         except BrokenPipeError:
             raise               # the guest's output has no reader left: the caller's to handle
+        except KeyboardInterrupt:   # a SIGINT handler other than ours raised it
+            interrupt.consume()
+            self.stop = self.stop or Outcome.INTERRUPTED.stop("KeyboardInterrupt",
+                                                             interrupt.status_for(2))
         except Exception as e:  # an internal bug still ends with a report, never a traceback
             self.stop = Outcome.VMM_ERROR.stop(f"{type(e).__name__}: {e}")
         if self.out is not None:
@@ -413,6 +410,25 @@ class VM:
         return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
                          bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
                          self._vmm_time, self.mode.extra_report())
+
+    def _loop(self) -> None:
+        while self.stop is None:
+            signum = interrupt.consume()
+            if signum is not None:
+                self.stop = Outcome.INTERRUPTED.stop(
+                    f"stopped by {interrupt.signal_name(signum)}", interrupt.status_for(signum))
+                break
+            self._inject()
+            if self.stop is not None:
+                break
+            if self.halted:
+                self._idle()
+                continue
+            n = self._slice_length()
+            if n <= 0:
+                self.stop = Outcome.BUDGET.stop("instruction budget exhausted")
+                break
+            self._run_slice(n)
 
     def _counter_dict(self) -> dict:
         d = self.counters.as_dict()
@@ -478,7 +494,7 @@ class VM:
             e, self._hook_error = self._hook_error, None
             # The host's reader went away (bt-run ... | head): not a VMM fault;
             # the CLI ends quietly (bt/cli/common.py quiet_on_closed_pipe).
-            if isinstance(e, (VMMError, BadInput, BrokenPipeError)):
+            if isinstance(e, (VMMError, BadInput, BrokenPipeError, KeyboardInterrupt)):
                 raise e
             raise VMMError(f"{type(e).__name__} in VMM hook: {e}") from e
         if err is not None and self.stop is None and not self.mode.claims_error(err):

@@ -5,7 +5,8 @@
 
 IMAGE is anything bt-run accepts (demo:NAME, a file); none = every demo guest.
 Writes DIR/bench.csv and DIR/bench.json (default DIR: bench-out) and prints the
-table on stdout; progress goes to stderr.  Exit status: 0 done, 2 bad input.
+table on stdout; progress goes to stderr.  Exit status: 0 done, 2 bad input,
+130/143 stopped by SIGINT/SIGTERM (the rows done so far are still written and printed).
 Columns and the cost model: docs/benchmarks.md, bt/costmodel.py.
 """
 from __future__ import annotations
@@ -14,8 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bt import costmodel
-from bt.cli.common import CliParser, fail, positive_int, quiet_on_closed_pipe
+from bt import costmodel, interrupt
+from bt.cli.common import (EX_IOERR, CliParser, check_writable_dir, fail, positive_int,
+                           quiet_on_closed_pipe, stops_on_signals)
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
 from bt.mode import MODES, Mode
@@ -68,6 +70,7 @@ def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:
              load_image(n, mem_bytes=mem_mib << 20)) for n in names]
 
 
+@stops_on_signals("bt-bench")
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_intermixed_args(argv)
@@ -79,25 +82,39 @@ def main(argv: list[str] | None = None) -> int:
         config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz,
                                max_instructions=args.max_instructions)
         out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BadInput(f"cannot create --out {args.out}: {e.strerror}") from None
-        progress = None if args.quiet else bench.ProgressBar()
-        rows = bench.run_matrix(guests, config, modes, params, progress)
-        meta = {"command": "bt-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "modes": list(modes), "mem_mib": args.mem, "cpu_mhz": args.cpu_mhz,
-                "max_instructions": args.max_instructions,
-                "cost_params": dict(costmodel.describe_params(params)),
-                "nondeterministic_columns": list(bench.NONDETERMINISTIC)}
-        bench.write_csv(rows, out / "bench.csv")
-        bench.write_json(rows, out / "bench.json", meta)
-        charts = bench.plot(rows, args.plot) if args.plot else []
+        check_writable_dir(out, "--out")
+        if args.plot:                    # found out now, not after every run
+            bench.plot_available()
+            check_writable_dir(Path(args.plot), "--plot")
     except BadInput as e:
         return fail("bt-bench", str(e))
+    progress = None if args.quiet else bench.ProgressBar()
+    rows: list[dict] = []
+    stopped = None
+    try:
+        for row in bench.iter_matrix(guests, config, modes, params, progress):
+            rows.append(row)
+    except interrupt.Interrupted as e:   # keep what is done: written and printed below
+        stopped = e
+    meta = {"command": "bt-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "modes": list(modes), "mem_mib": args.mem, "cpu_mhz": args.cpu_mhz,
+            "max_instructions": args.max_instructions,
+            "cost_params": dict(costmodel.describe_params(params)),
+            "nondeterministic_columns": list(bench.NONDETERMINISTIC),
+            "interrupted": interrupt.signal_name(stopped.signum) if stopped else None}
+    try:
+        bench.write_csv(rows, out / "bench.csv")
+        bench.write_json(rows, out / "bench.json", meta)
+        charts = bench.plot(rows, args.plot) if args.plot and rows else []
+    except OSError as e:
+        return fail("bt-bench", f"cannot write {e.filename}: {e.strerror}", EX_IOERR)
     print(bench.format_table(rows, markdown=args.markdown))
     print(f"bt-bench: wrote {out / 'bench.csv'}, {out / 'bench.json'}"
           + "".join(f", {c}" for c in charts), file=sys.stderr)
+    if stopped:
+        print(f"bt-bench: {stopped}: {len(rows)} of {len(guests) * len(modes)} runs done",
+              file=sys.stderr)
+        return stopped.exit_status
     return 0
 
 

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
+import stat
 import sys
 
+from bt import interrupt
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB
 
 
+EX_IOERR = 74          # sysexits.h: an output could not be written after the run
+
+
 class CliParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit status 2."""
+    """argparse that reports a usage error as one line and exit status 2, and
+    takes no abbreviations: `--init` must not silently mean `--initrd`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -44,6 +55,70 @@ def quiet_on_closed_pipe(main):
                 pass          # not a real file (tests); nothing will flush into it
             return 141
     return run
+
+
+def stops_on_signals(prog: str):
+    """SIGINT/SIGTERM: during a run they end it cleanly (bt/interrupt.py, the
+    run's own outcome and status); anywhere else the command stops with one
+    line and 128 + the signal number, never a traceback."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            try:
+                with interrupt.handle_stop_signals():
+                    return main(*args, **kwargs)
+            except interrupt.Interrupted as e:
+                print(f"{prog}: {e}", file=sys.stderr)
+                return e.exit_status
+            except KeyboardInterrupt:     # arrived before the handler was installed
+                print(f"{prog}: interrupted by SIGINT", file=sys.stderr)
+                return interrupt.status_for(2)
+        return run
+    return wrap
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail before the work starts (BadInput) when `path` cannot take an output
+    file: a directory, a missing directory, a read-only place, /dev/full.
+    Nothing is left behind: a file created to try is removed again."""
+    what = f"cannot write {option} {path}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise BadInput(f"{what}: {e.strerror}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"{what}: it is a directory")
+    try:
+        if st is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.close(fd)
+            os.unlink(path)
+            return
+        fd = os.open(path, os.O_WRONLY)          # no O_TRUNC: the file is kept as it is
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                os.write(fd, b"")                # /dev/full refuses even an empty write
+        finally:
+            os.close(fd)
+    except OSError as e:
+        reason = e.strerror
+        if e.errno == errno.ENOENT:           # e.g. a new file in /proc: it takes no new files
+            parent = os.path.dirname(os.path.abspath(path))
+            reason = ("no such directory" if not os.path.isdir(parent)
+                      else "the directory does not take new files")
+        raise BadInput(f"{what}: {reason}") from None
+
+
+def check_writable_dir(path, option: str) -> None:
+    """Create the output directory `path` now (BadInput if that or writing in it fails)."""
+    import tempfile
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise BadInput(f"cannot write {option} {path}: {e.strerror}") from None
 
 
 def fail(prog: str, message: str, status: int = 2) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bt.cli.common import quiet_on_closed_pipe
+from bt.cli.common import CliParser, quiet_on_closed_pipe, stops_on_signals
 from bt.errors import BadInput
 from bt.images import fetch
 from bt.images.files import read_file
@@ -21,13 +21,14 @@ TARGETS = ("linux",)
 EX_UNAVAILABLE = fetch.FetchError.exit_status
 
 
+@stops_on_signals("bt-images")
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
     except (BadInput, fetch.FetchError) as e:
-        print(f"bt-images: {e}", file=sys.stderr)
+        print(f"bt-images: error: {e}", file=sys.stderr)
         return e.exit_status
 
 
@@ -69,7 +70,7 @@ def _print_paths(paths) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bt-images", description="Obtain and locate bt guest images.")
+    p = CliParser(prog="bt-images", description="Obtain and locate bt guest images.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download and unpack a guest through apt, build its initramfs")
     f.add_argument("target", choices=TARGETS)

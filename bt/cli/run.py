@@ -2,7 +2,8 @@
 
 The options and exit statuses are a contract (docs/cli.md):
     guest debug-exit value v, 124 budget exhausted, 125 hang/triple fault,
-    2 bad input, 70 internal VMM error (report still written).
+    2 bad input, 70 internal VMM error (report still written), 130/143 stopped
+    by SIGINT/SIGTERM (report still written), 74 the report could not be written.
 With `--compare MODE` it instead runs the image under emulate and MODE and prints the
 fidelity report (bt/measure/fidelity.py, docs/fidelity.md): status 0 identical
 (or timing-only), 1 divergent, 2 bad input.
@@ -12,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bt.cli.common import (CliParser, add_image_options, fail, load_from_args, positive_int,
-                           quiet_on_closed_pipe)
+from bt.cli.common import (EX_IOERR, CliParser, add_image_options, check_writable, fail,
+                           load_from_args, positive_int, quiet_on_closed_pipe, stops_on_signals)
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, MachineConfig
 from bt.mode import COMPARED_MODES, MODES, Mode, describe_modes
 from bt.outcome import Outcome
-from bt.report import build_report, top_sites, write_report
+from bt.report import build_report, comparison_report, guest_panic, top_sites, write_report
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -45,11 +46,14 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+@stops_on_signals("bt-run")
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
+        if args.report:
+            check_writable(args.report, "--report")   # before the run, not after it
         image = load_from_args(args)
         config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=Mode.parse(args.mode),
                                max_instructions=args.max_instructions, cmdline=args.cmdline or "")
@@ -65,22 +69,35 @@ def main(argv: list[str] | None = None) -> int:
             from bt.measure.fidelity import compare  # the fidelity checker (issue 6)
             report = compare(image, config, args.compare)
             print(report.text())
+            if args.report and not _write("--report", args.report, comparison_report(report)):
+                return EX_IOERR
             return report.status
         from runtime.vm import VM  # imported late: argument errors stay fast
         vm = VM(image, config)
     except BadInput as e:
         return fail("bt-run", str(e))
     result = _run(vm, interactive=args.serial_input is None and _is_tty(sys.stdin))
+    written = True
     if args.report:
-        try:
-            write_report(args.report, build_report(image, config, result))
-        except OSError as e:
-            print(f"bt-run: cannot write report {args.report}: {e.strerror}", file=sys.stderr)
+        written = _write("--report", args.report, build_report(image, config, result))
     if result.message and result.reason is not Outcome.DEBUG_EXIT:
         print(f"bt-run: {result.reason}: {result.message}", file=sys.stderr)
     if not args.quiet:
         _summary(result)
-    return result.exit_status
+    # The run's own status unless its report is lost: a script must not take
+    # a missing report for a finished run (74 = EX_IOERR).
+    return result.exit_status if written else EX_IOERR
+
+
+def _write(option: str, path: str, report: dict) -> bool:
+    """Write a JSON report; a failure (disk full, directory gone since the
+    check) is one `error:` line, and False."""
+    try:
+        write_report(path, report)
+    except OSError as e:
+        fail("bt-run", f"cannot write {option} {path}: {e.strerror}")
+        return False
+    return True
 
 
 def _is_tty(stream) -> bool:
@@ -111,6 +128,9 @@ def _summary(result) -> None:
     extra = result.extra.get("patches") if result.extra else None
     if extra:
         line += f", {sum(extra.get('installed', {}).values())} patches"
+    panic = guest_panic(result.serial)
+    if panic:
+        line += f"; guest panic: {panic}"
     print(line, file=sys.stderr)
     if result.exit_status not in (0,) and top_sites(result.counters):
         pass

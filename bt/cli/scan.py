@@ -10,14 +10,16 @@ With --kernel-exports a Linux kernel is scanned at its link (virtual)
 addresses instead, from its entry and every function it exports
 (bt/images/kernel_view.py): the whole kernel's code, where its own pointers
 point, rather than what startup_32 reaches at physical addresses.
-Exit status: 0, or 2 for bad input (one line on stderr).
+Exit status: 0, 2 for bad input (one line on stderr; an output file that cannot
+be written is found before the scan), 74 when writing an output still fails.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-from bt.cli.common import CliParser, add_image_options, fail, load_from_args, quiet_on_closed_pipe
+from bt.cli.common import (EX_IOERR, CliParser, add_image_options, check_writable, fail,
+                           load_from_args, quiet_on_closed_pipe, stops_on_signals)
 from bt.errors import BadInput
 
 
@@ -56,10 +58,17 @@ def _kernel_view(image):
     return kernel_view(image.path, read_file(image.path, "kernel"))
 
 
+OUTPUTS = ("json", "graphml", "dot")
+
+
+@stops_on_signals("bt-scan")
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        for opt in OUTPUTS:                 # before the scan, not after it
+            if getattr(args, opt):
+                check_writable(getattr(args, opt), f"--{opt}")
         from bt.images import parse_address
         image = load_from_args(args)
         starts = [parse_address(s) for s in args.starts]
@@ -70,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from scanner.memory import SegmentMemory
     from scanner.scan import Scanner, idt_gates
-    from scanner import serialize
     if view is not None:
         mem = SegmentMemory(view.segments)
         entry, exports = view.entry, view.exports
@@ -125,15 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.sites:
         for s in cfg.sensitive_sites():
             print(f"  {s.addr:#010x}  {s.klass:<23} {s.name:<14} {s.mnemonic} {s.op_str}".rstrip())
-    try:
-        if args.json:
-            serialize.save_json(cfg, args.json)
-        if args.graphml:
-            serialize.write_graphml(cfg, args.graphml)
-        if args.dot:
-            serialize.write_dot(cfg, args.dot)
-    except OSError as e:
-        return fail("bt-scan", f"cannot write {e.filename}: {e.strerror}")
+    from scanner import serialize as ser
+    writers = {"json": ser.save_json, "graphml": ser.write_graphml, "dot": ser.write_dot}
+    for opt in OUTPUTS:
+        path = getattr(args, opt)
+        if not path:
+            continue
+        try:
+            writers[opt](cfg, path)
+        except OSError as e:    # the file passed the check, the write did not (disk full)
+            return fail("bt-scan", f"cannot write --{opt} {path}: {e.strerror}", EX_IOERR)
     return 0
 
 

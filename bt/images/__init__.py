@@ -51,7 +51,7 @@ def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int
     if kind == "elf":
         return _load_elf(path, data, entry, mem_bytes, facts)
     if kind == "multiboot":
-        hdr, bad = find_header(data)
+        hdr, bad = find_header(data, path)
         if hdr is None:
             where = f" (a magic at 0x{bad:x} has a bad checksum)" if bad is not None else ""
             raise BadInput(f"{path} has no valid multiboot header in its first 8 KiB{where}")
@@ -71,7 +71,7 @@ def _detect(path: str, data: bytes, load: int | None):
     ELF (a vmlinux by its sections/symbols, else plain), else raw if --load."""
     if is_bzimage(data):
         return "linux", None
-    hdr, _ = find_header(data)
+    hdr, _ = find_header(data, path)
     if is_elf(data):
         if hdr is not None:
             return "multiboot", None

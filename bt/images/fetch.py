@@ -139,26 +139,23 @@ def _fetch(paths: dict[str, Path], log) -> dict:
     for tool in ("apt-get", "apt-cache", "dpkg", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise FetchError(f"{tool} not found: fetching the Linux guest needs apt and dpkg (a Debian-like host)")
-    updated = _ensure_arch(log)
+    update_error = _ensure_arch(log)
     kernel = _newest_kernel()
-    if (kernel is None or not _version(BUSYBOX_PACKAGE)) and not updated:
-        _apt_update(log)
+    if (kernel is None or not _version(BUSYBOX_PACKAGE)) and update_error is None:
+        update_error = _apt_update(log)
         kernel = _newest_kernel()
+    # A failed update matters only now, when what is needed does not resolve.
+    because = f" (and apt-get update {update_error})" if update_error else ""
     if kernel is None:
         raise FetchError(f"no {KERNEL_PREFIX}N-686-unsigned package found by apt-cache "
-                         "(is a Debian bookworm i386 source configured?)")
+                         f"(is a Debian bookworm i386 source configured?){because}")
     busybox_version = _version(BUSYBOX_PACKAGE)
     if not busybox_version:
-        raise FetchError(f"package {BUSYBOX_PACKAGE}:{ARCH} not found by apt-cache")
+        raise FetchError(f"package {BUSYBOX_PACKAGE}:{ARCH} not found by apt-cache{because}")
     kernel_version = _version(kernel)
     log(f"bt-images: downloading {kernel} {kernel_version} and {BUSYBOX_PACKAGE}:{ARCH} {busybox_version}")
     with tempfile.TemporaryDirectory(prefix="bt-images-") as tmp:
-        _run(["apt-get", "download", f"{kernel}:{ARCH}", f"{BUSYBOX_PACKAGE}:{ARCH}"], "apt-get download", cwd=tmp)
-        debs = sorted(Path(tmp).glob("*.deb"))
-        kernel_deb = next((d for d in debs if d.name.startswith(kernel + "_")), None)
-        busybox_deb = next((d for d in debs if d.name.startswith(BUSYBOX_PACKAGE + "_")), None)
-        if kernel_deb is None or busybox_deb is None:
-            raise FetchError(f"apt-get download did not produce the .deb files (got {[d.name for d in debs]})")
+        kernel_deb, busybox_deb = _download(kernel, tmp, log)
         kernel_member = _extract(kernel_deb, re.compile(r"\./boot/vmlinuz-.*"), paths["kernel"])
         busybox_member = _extract(busybox_deb, re.compile(r"\./bin/busybox"), paths["busybox"])
     os.chmod(paths["busybox"], 0o755)
@@ -173,24 +170,67 @@ def _fetch(paths: dict[str, Path], log) -> dict:
     return manifest
 
 
-def _ensure_arch(log) -> bool:
-    """Make apt know i386 packages; True when it ran apt-get update to do so."""
+def _ensure_arch(log) -> str | None:
+    """Make apt know i386 packages.  None when no apt-get update was needed;
+    else what `_apt_update` returned ("" when it succeeded)."""
     native = _run(["dpkg", "--print-architecture"], "dpkg").strip()
     foreign = _run(["dpkg", "--print-foreign-architectures"], "dpkg").split()
     if ARCH == native or ARCH in foreign:
-        return False
+        return None
     _need_root(f"the {ARCH} architecture is not enabled in dpkg",
                f"sudo dpkg --add-architecture {ARCH} && sudo apt-get update")
     log(f"bt-images: dpkg --add-architecture {ARCH}")
     _run(["dpkg", "--add-architecture", ARCH], "dpkg --add-architecture")
-    _apt_update(log)
-    return True
+    return _apt_update(log)
 
 
-def _apt_update(log) -> None:
+def _apt_update(log) -> str:
+    """apt-get update, retried once.  Its failure is only a warning: on a fresh
+    machine one index (a mirror mid-sync) can fail while the rest updated, and
+    the packages needed still resolve; the caller fails when they do not.
+    Returns "" or the failure (for the caller's error message)."""
     _need_root("apt's package lists lack the i386 packages", "sudo apt-get update")
-    log("bt-images: apt-get update")
-    _run(["apt-get", "update"], "apt-get update")
+    failure = ""
+    for attempt in (1, 2):
+        log("bt-images: apt-get update" + (" (again)" if attempt > 1 else ""))
+        try:
+            _run(["apt-get", "update"], "apt-get update")
+            return ""
+        except FetchError as e:
+            failure = str(e).removeprefix("apt-get update ")
+            log(f"bt-images: warning: apt-get update {failure}")
+    log("bt-images: warning: going on with the package lists apt has")
+    return failure
+
+
+def _download(kernel: str, tmp: str, log) -> tuple[Path, Path]:
+    """apt-get download of the two packages, retried once for what is missing;
+    a failure whose .deb files all arrived anyway is a warning."""
+    wanted = {kernel: f"{kernel}:{ARCH}", BUSYBOX_PACKAGE: f"{BUSYBOX_PACKAGE}:{ARCH}"}
+    found: dict[str, Path] = {}
+    failure = None
+    for attempt in (1, 2):
+        missing = [spec for name, spec in wanted.items() if name not in found]
+        try:
+            _run(["apt-get", "download", *missing], "apt-get download", cwd=tmp)
+            failure = None
+        except FetchError as e:
+            failure = e
+        debs = sorted(Path(tmp).glob("*.deb"))
+        for name in wanted:
+            deb = next((d for d in debs if d.name.startswith(name + "_")), None)
+            if deb is not None:
+                found[name] = deb
+        if len(found) == len(wanted):
+            if failure is not None:
+                log(f"bt-images: warning: {failure}; the packages arrived anyway")
+            return found[kernel], found[BUSYBOX_PACKAGE]
+        if failure is not None and attempt == 1:
+            log(f"bt-images: warning: {failure}; trying once more")
+    if failure is not None:
+        raise failure
+    raise FetchError(f"apt-get download did not produce the .deb files "
+                     f"(got {[d.name for d in sorted(Path(tmp).glob('*.deb'))]})")
 
 
 def _need_root(problem: str, fix: str) -> None:

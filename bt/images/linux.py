@@ -142,6 +142,9 @@ def _unpack_bzimage(path: str, data: bytes) -> tuple[bytes, bytes, dict]:
     pm_start = (setup_sects + 1) * 512
     if version >= 0x0208 and header_end >= PAYLOAD_LENGTH + 4:
         offset, length = struct.unpack_from("<II", data, PAYLOAD_OFFSET)
+        if length == 0:
+            raise BadInput(f"{path}: its setup header gives no compressed kernel "
+                           f"(payload_offset 0x{offset:x}, payload_length 0)")
         start, end = pm_start + offset, pm_start + offset + length
         if end > len(data):
             raise BadInput(f"{path} is truncated: its payload ends at 0x{end:x}, the file has 0x{len(data):x}")
@@ -168,7 +171,7 @@ def _decompress(path: str, payload: bytes) -> tuple[str, bytes]:
         errors = (zlib.error,)
     else:
         known = next((n for magic, n in _COMPRESSIONS if payload.startswith(magic)), None)
-        what = f"{known}-compressed" if known else f"an unknown payload (bytes {payload[:6].hex()})"
+        what = f"{known}-compressed" if known else f"an unknown payload (first bytes {payload[:6].hex()})"
         raise BadInput(f"{path} carries {what}; bt can unpack xz and gzip kernels")
     try:
         out = dec.decompress(payload)

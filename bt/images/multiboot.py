@@ -38,9 +38,9 @@ class Header:
     entry_addr: int = 0
 
 
-def find_header(data: bytes) -> tuple[Header | None, int | None]:
+def find_header(data: bytes, path: str = "the image") -> tuple[Header | None, int | None]:
     """The first valid header in the first 8 KiB (4-aligned), and the offset of
-    the first magic with a bad checksum (for error messages)."""
+    the first magic with a bad checksum (for error messages, which name `path`)."""
     bad = None
     limit = min(len(data), SEARCH_BYTES) - 12
     for off in range(0, limit + 1, 4):
@@ -53,7 +53,8 @@ def find_header(data: bytes) -> tuple[Header | None, int | None]:
         hdr = Header(off, flags)
         if flags & FLAG_ADDRESSES:
             if off + 32 > len(data):
-                raise BadInput(f"multiboot header at 0x{off:x} is truncated (address fields missing)")
+                raise BadInput(f"{path}: multiboot header at 0x{off:x} is truncated "
+                               "(address fields missing)")
             (hdr.header_addr, hdr.load_addr, hdr.load_end_addr,
              hdr.bss_end_addr, hdr.entry_addr) = struct.unpack_from("<5I", data, off + 12)
         return hdr, bad

@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from bt import costmodel
+from bt import costmodel, interrupt
 from bt.measure.fidelity import compare
 from bt.measure.observe import run
 from bt.mode import MODES, Mode
+from bt.outcome import Outcome
 
 NONDETERMINISTIC = ("wall_s", "guest_mips")
 EXIT_KINDS = ("io_exits", "cpuid_exits", "faults_emulated", "faults_reflected",
@@ -58,8 +59,15 @@ def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
                params: costmodel.CostParams = costmodel.CostParams(), progress=None) -> list[dict]:
     """guests: (name, GuestImage) pairs.  `progress(done, total, label)` is called
     before each run and once at the end."""
+    return list(iter_matrix(guests, config, modes, params, progress))
+
+
+def iter_matrix(guests: list[tuple[str, object]], config, modes=MODES,
+                params: costmodel.CostParams = costmodel.CostParams(), progress=None):
+    """The rows of `run_matrix`, one as each run ends.  A run that Ctrl-C or
+    SIGTERM stopped yields no row (its figures are partial): it raises
+    `bt.interrupt.Interrupted`, so the caller keeps the rows it already has."""
     modes = [Mode.parse(m) for m in modes]
-    rows = []
     total = len(guests) * len(modes)
     done = 0
     for name, image in guests:
@@ -68,6 +76,8 @@ def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
             if progress:
                 progress(done, total, f"{name} {mode}")
             obs = run(image, config, mode, config.max_instructions, keep_ram=True)
+            if obs.reason == Outcome.INTERRUPTED:
+                raise interrupt.Interrupted(obs.exit_status - 128)
             row = row_for(name, obs, params)
             if mode.is_reference:
                 ref = obs
@@ -77,13 +87,12 @@ def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
             else:
                 row["fidelity"] = "not compared"
             obs.ram = None
-            rows.append(row)
             done += 1
+            yield row
         if ref is not None:
             ref.ram = None
     if progress:
         progress(done, total, "done")
-    return rows
 
 
 class ProgressBar:
@@ -153,14 +162,20 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
-def plot(rows: list[dict], outdir) -> list[Path]:
-    """Two PNG charts: exits per million instructions by mode and guest (log scale),
-    and modelled cycles by mode (emulate, trap, bt, VT-x model) per guest."""
+def plot_available() -> None:
+    """Raise BadInput when --plot cannot work (no matplotlib)."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
         from bt.errors import BadInput
         raise BadInput("--plot needs matplotlib (pip install 'bt[plot]')") from None
+
+
+def plot(rows: list[dict], outdir) -> list[Path]:
+    """Two PNG charts: exits per million instructions by mode and guest (log scale),
+    and modelled cycles by mode (emulate, trap, bt, VT-x model) per guest."""
+    plot_available()
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = Path(outdir)

@@ -79,7 +79,7 @@ def test_docs_cli_statuses_match_the_enum():
     rows = {reason: status for status, reason in table}
     assert set(rows) == {o.value for o in Outcome}
     for o in Outcome:
-        assert rows[o.value] == ("v" if o.status_from_guest else str(o.status)), o
+        assert rows[o.value] == o.status_text(), o
 
 
 # -- bt-run: a guest gets the outcome and status its ending deserves -----------------
@@ -123,3 +123,11 @@ def test_debug_exit_carries_the_guests_own_status(run_guest, mode):
 def test_run_result_holds_the_outcome(guest):
     _, res = run(guest("cli; hlt"))
     assert res.reason is Outcome.HANG and res.exit_status == 125
+
+
+def test_an_interrupted_run_exits_with_the_signals_status():
+    assert Outcome.INTERRUPTED.stop(status=130).status == 130     # SIGINT
+    assert Outcome.INTERRUPTED.stop(status=143).status == 143     # SIGTERM
+    assert Outcome.INTERRUPTED.status_text() == "130/143"
+    with pytest.raises(ValueError, match="signal chooses"):
+        Outcome.INTERRUPTED.stop(status=0)

@@ -177,3 +177,26 @@ def test_exit_path_reads_match_the_engine_at_every_cpl():
     uc.emu_start(0x1000, 0, count=8)
     assert {c for *_, c, _r in seen} == {0, 3}
     assert all(e == r and c == rc for e, r, c, rc in seen), seen
+
+
+def test_emu_stop_between_runs_does_not_cut_the_next_run_short():
+    """bt/interrupt.py calls `uc.emu_stop()` from a signal handler that may run
+    between slices; Unicorn must then ignore it (emu_start clears the request),
+    so the run loop, not a lost or early stop, decides when the run ends."""
+    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    code = assemble("inc eax; inc eax; inc eax; inc eax", 0x1000)
+    uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0x1000, code)
+    uc.emu_stop()                                  # no run under way
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 4      # ran to its end
+    seen = []
+
+    def stop_in_hook(uc, addr, size, data):        # and a stop inside a run takes effect
+        seen.append(addr)
+        uc.emu_stop()
+    uc.hook_add(UC_HOOK_CODE, stop_in_hook)
+    uc.reg_write(X.UC_X86_REG_EAX, 0)
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert uc.reg_read(X.UC_X86_REG_EAX) < 4 and len(seen) < 4

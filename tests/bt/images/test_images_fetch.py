@@ -29,7 +29,8 @@ def tar_with(members):
 
 def fake_tools(tmp_path, kernels=("linux-image-6.1.0-9-686-unsigned", "linux-image-6.1.0-50-686-unsigned",
                                   "linux-image-6.1.0-47-686-unsigned"),
-               foreign="i386", download_error=None, busybox=True):
+               foreign="i386", download_error=None, busybox=True, update_error=None,
+               download_fails_once=None):
     """A bin directory with apt-get, apt-cache, dpkg and dpkg-deb stand-ins that log their calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -42,6 +43,13 @@ def fake_tools(tmp_path, kernels=("linux-image-6.1.0-9-686-unsigned", "linux-ima
     busybox_show = 'echo "Package: busybox-static"; echo "Version: 1:1.35.0-4"' if busybox else "exit 100"
     download = (f'echo "{download_error}" >&2; exit 100' if download_error else
                 '[ "$1" = download ] || exit 0; shift; for p in "$@"; do : > "${p%:i386}_1.0_i386.deb"; done')
+    if download_fails_once:     # the first download gets only the first package, then exit 100
+        once = tmp_path / "download-failed"
+        download = (f'if [ "$1" = download ] && [ ! -e {once} ]; then : > {once}; '
+                    f': > "${{2%:i386}}_1.0_i386.deb"; echo "{download_fails_once}" >&2; exit 100; fi\n'
+                    + download)
+    if update_error:            # apt-get update always exits 100 (one index failed)
+        download = f'if [ "$1" = update ]; then echo "{update_error}" >&2; exit 100; fi\n' + download
     scripts = {
         "apt-get": download,
         "apt-cache": f'''case "$1" in
@@ -119,7 +127,7 @@ def test_missing_apt(tmp_path, monkeypatch, cache, capsys):
         fetch.ensure_linux_images(log=lambda m: None)
     assert cli.main(["fetch", "linux"]) == 69
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("bt-images: apt-get not found")
+    assert err.count("\n") == 1 and err.startswith("bt-images: error: apt-get not found")
 
 
 def test_no_kernel_package(tmp_path, monkeypatch, cache):
@@ -145,7 +153,7 @@ def test_no_network(tmp_path, monkeypatch, cache, capsys):
     monkeypatch.setenv("PATH", str(bin_dir))
     assert cli.main(["fetch", "linux"]) == 69
     last = capsys.readouterr().err.splitlines()[-1]        # after the "downloading ..." progress line
-    assert last.startswith("bt-images: apt-get download failed") and "Temporary failure resolving" in last
+    assert last.startswith("bt-images: error: apt-get download failed") and "Temporary failure resolving" in last
     assert not (cache / "manifest.json").exists()
 
 
@@ -217,3 +225,61 @@ def test_real_fetch_through_apt():
     assert img.info["kernel_version"].startswith("6.1.0-")
     entries = parse_newc(paths["initrd"].read_bytes())
     assert entries["dev/console"]["rdev"] == (5, 1) and entries["bin/busybox"]["data"] == paths["busybox"].read_bytes()
+
+
+# -- apt hiccups: a partial failure is a warning when what is needed resolves ----------
+MIRROR_SYNC = ("E: Failed to fetch http://security.debian.org/dists/bookworm-security/main/"
+               "binary-i386/Packages.xz  File has unexpected size (mirror sync in progress?)")
+
+
+def test_a_failed_apt_update_is_a_warning_when_the_packages_resolve(tmp_path, monkeypatch, cache, capsys):
+    # The i386 architecture is new, so the update is needed; it fails (exit 100) both times.
+    bin_dir, log = fake_tools(tmp_path, foreign="", update_error=MIRROR_SYNC)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.main(["fetch", "linux"]) == 0
+    assert log.read_text().count("apt-get update") == 2           # retried once
+    err = capsys.readouterr().err
+    assert "bt-images: warning: apt-get update failed (exit 100): E: Failed to fetch" in err
+    assert "error" not in err
+    assert (cache / "manifest.json").exists()
+
+
+def test_a_failed_apt_update_is_fatal_when_the_packages_do_not_resolve(tmp_path, monkeypatch, cache,
+                                                                      capsys):
+    bin_dir, log = fake_tools(tmp_path, busybox=False, update_error=MIRROR_SYNC)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.main(["fetch", "linux"]) == 69
+    assert log.read_text().count("apt-get update") == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("bt-images: error: package busybox-static:i386 not found by apt-cache")
+    assert "apt-get update failed (exit 100)" in last and "mirror sync" in last
+
+
+def test_a_failed_apt_get_download_is_retried_once(tmp_path, monkeypatch, cache, capsys):
+    bin_dir, log = fake_tools(tmp_path, download_fails_once="E: Failed to fetch x.deb  Connection reset")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert cli.main(["fetch", "linux"]) == 0
+    calls = [ln for ln in log.read_text().splitlines() if ln.startswith("apt-get download")]
+    # the first call got only the kernel; the retry asks for what is missing
+    assert calls == ["apt-get download linux-image-6.1.0-50-686-unsigned:i386 busybox-static:i386",
+                     "apt-get download busybox-static:i386"]
+    assert "bt-images: warning: apt-get download failed (exit 100)" in capsys.readouterr().err
+    assert (cache / "vmlinuz").exists()
+
+
+def _status(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as e:          # argparse's usage errors
+        return e.code
+
+
+def test_usage_errors_are_one_line_and_take_no_abbreviations(capsys):
+    assert _status(["fetch", "nothing"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bt-images fetch: error: argument target")
+    assert _status(["fetch", "linux", "--init"]) == 2        # --init needs a file
+    assert _status(["fetch", "linux", "--ref"]) == 2         # not --refresh
+    assert capsys.readouterr().err.count("\n") == 2
