@@ -64,6 +64,11 @@ CR4_DE = 1 << 3
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
 
+# Debug registers: bits that read as 1 whatever is written (Unicorn at CPL 0 ORs
+# them in on every write, as a CPU does; tests/runtime/test_emulation_causes.py).
+DR6_FIXED_ONE = 0xFFFF0FF0
+DR7_FIXED_ONE = 0x400
+
 # -- exception vectors -------------------------------------------------------------
 DE = 0      # divide error
 DB = 1      # debug

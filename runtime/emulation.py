@@ -21,11 +21,12 @@ import struct
 from typing import Callable
 
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import (CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
-                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
+                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime.decode import effective_address
@@ -130,7 +131,7 @@ def _mov_from_cr(mode, insn, eip):
 def _mov_to_dr(mode, insn, eip):
     dst, src = insn.operands
     drs = list(mode.vcpu.get("dr"))
-    drs[dst.reg] = read_operand(mode, src)
+    drs[dst.reg] = read_operand(mode, src) | {6: DR6_FIXED_ONE, 7: DR7_FIXED_ONE}.get(dst.reg, 0)
     mode.vcpu.set("dr", *drs)
 
 
@@ -258,7 +259,10 @@ def _retf(mode, insn, eip):
 # -- caches, TLB, MSRs, time ---------------------------------------------------------
 @emulates("invlpg")
 def _invlpg(mode, insn, eip):
-    mode.uc.ctl_flush_tlb()
+    # invlpg never faults on its operand and has no per-page form in Unicorn:
+    # flush the whole TLB (allowed architecturally; the binding of 2.1.4 has no
+    # ctl_flush_tlb method, uc_ctl does it: tests/runtime/test_unicorn_paging_facts.py).
+    mode.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
 
 @emulates("wbinvd", "invd")

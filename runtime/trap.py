@@ -29,8 +29,7 @@ from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
-from bt.machine import BOOT_CR0
-from bt.x86 import (CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
+from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
@@ -72,8 +71,13 @@ class TrapMode(EmulateMode):
         _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         v.set("gdtr", glimit, gbase)
         v.set("idtr", 0x3FF, 0)
-        v.set("cr0", BOOT_CR0)
-        v.set("cr4", 0)
+        # The virtual CPU starts as Unicorn at CPL 0 starts (emulate is the
+        # reference): its CR0 (BOOT_CR0 with ET), CR4 (Unicorn sets OSFXSR,
+        # FSGSBASE, OSXSAVE) and debug registers (DR6/DR7's fixed-one bits).
+        v.set("cr0", uc.reg_read(X.UC_X86_REG_CR0))
+        boot_cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+        v.set("cr4", boot_cr4)
+        v.set("dr", *(uc.reg_read(getattr(X, f"UC_X86_REG_DR{n}")) for n in range(8)))
         v.vflags = uc.reg_read(X.UC_X86_REG_EFLAGS) & VFLAGS_MASK
         self.sync_shadow_gdt()
         uc.reg_write(X.UC_X86_REG_IDTR, (0, self.hyper.addr(SHADOW_IDT), 0x7FF, 0))
@@ -84,7 +88,7 @@ class TrapMode(EmulateMode):
         tss = self.hyper.addr(VMM_TSS)
         uc.mem_write(tss, bytes(TSS_IOMAP_BASE) + struct.pack("<H", TSS32_SIZE))   # I/O map base past the limit
         uc.reg_write(X.UC_X86_REG_TR, (0, tss, TSS32_SIZE - 1, (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        uc.reg_write(X.UC_X86_REG_CR4, CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
+        uc.reg_write(X.UC_X86_REG_CR4, boot_cr4 | CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
         cs = uc.reg_read(X.UC_X86_REG_CS)
         ss = uc.reg_read(X.UC_X86_REG_SS)
         self.vm.quirks.set_cpl(1)
@@ -211,6 +215,7 @@ class TrapMode(EmulateMode):
         value &= 0xFFFFFFFF
         uc = self.uc
         if n == 0:
+            value |= CR0_ET            # hard-wired to 1 (Unicorn at CPL 0 reads it back set)
             if value & CR0_PG:
                 raise VMMError("the guest enabled paging: trap and bt modes do not support "
                                "paging guests yet (run it with --mode emulate; docs/machine.md)")

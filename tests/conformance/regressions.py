@@ -17,4 +17,10 @@ FIXED = [
     dict(name="smsw-r32-writes-32-bits", cause=4,
          body="smsw esi",
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'1a2b0011' vs b'00000011'"),
+    dict(name="invlpg-ends-the-run", cause=15,
+         body="invlpg byte ptr [0x180200]",
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")), detail="ctl_flush_tlb"),
+    dict(name="dr6-reset-value", cause=8,
+         body="mov esi, dr6",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="b'ffff0ff0' vs b'00000000'"),
 ]

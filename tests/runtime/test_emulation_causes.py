@@ -1,0 +1,70 @@
+"""Issue 15's emulation and delivery causes (5-8, 13, 15 and the fuzzer's new
+ones), through the real VM: each minimal program runs under emulate (the
+reference), trap and bt, and the answers the guest sees are pinned.  trap
+keeps its documented leaks (the host's IF in pushfd, ring 1's RPL in the
+selectors it reads natively); only what trap gets right is pinned for it.
+
+Programs run inside the fuzzer's frame (bt/fuzz/guest.py: its own GDT with
+fresh and ring-1 descriptors, an IDT whose handlers count exceptions and resume
+after the statement, a ring-3 return gate) and are read back from its serial
+dump, one value per DIGEST_FIELDS entry.
+"""
+import pytest
+
+from bt.fuzz.generator import from_body
+from bt.fuzz.guest import DIGEST_FIELDS
+from bt.machine import MachineConfig
+from bt.measure import observe
+from conftest import EXIT, raw_guest, run
+
+MODES = ("emulate", "trap", "bt")
+OK = (0, "debug-exit")
+
+
+def dump(body: str, mode: str) -> dict:
+    """The fuzzer frame's dump of `body`'s end state, plus how the run ended."""
+    obs = observe.run(from_body(body).image(), MachineConfig(mem_mib=8), mode, 200_000)
+    lines = obs.serial.split(b"\n")
+    out = {f: int(v, 16) for f, v in zip(DIGEST_FIELDS, lines)}
+    out["end"] = (obs.exit_status, obs.reason)
+    return out
+
+
+def dumps(body: str) -> dict:
+    return {m: dump(body, m) for m in MODES}
+
+
+def raw_regs(src: str, regs=("ebx", "ecx", "edx", "esi", "edi", "ebp")) -> dict:
+    out = {}
+    for mode in MODES:
+        _, res = run(raw_guest(src + "\nxor eax, eax\n" + EXIT), mode)
+        assert (res.exit_status, res.reason) == OK, (mode, res.message)
+        out[mode] = {r: res.regs[r] for r in regs}
+    return out
+
+
+# -- cause 15: invlpg ------------------------------------------------------------------
+def test_invlpg_is_a_tlb_flush_not_a_vmm_error():
+    d = dumps("invlpg byte ptr [0x180200]\nmov ebx, 0x1234")
+    for m in MODES:
+        assert d[m]["end"] == OK, m
+        assert d[m]["exc_count"] == 0 and d[m]["ebx"] == 0x1234, m
+
+
+# -- cause 8: reset values the guest can read ----------------------------------------------
+def test_debug_and_control_registers_start_as_under_emulate():
+    out = raw_regs("mov ebx, dr6\nmov ecx, dr7\nmov edx, cr4\nmov esi, cr0\nmov edi, dr0")
+    assert out["emulate"] == {"ebx": 0xFFFF0FF0, "ecx": 0x400, "edx": 0x50200, "esi": 0x11,
+                              "edi": 0, "ebp": 0}
+    assert out["trap"] == out["emulate"] and out["bt"] == out["emulate"]
+
+
+def test_writes_keep_the_fixed_one_bits_of_cr0_dr6_dr7():
+    out = raw_regs("mov eax, 1\nmov cr0, eax\nmov ebx, cr0\nsmsw ebp\n"
+                   "xor eax, eax\nmov dr6, eax\nmov ecx, dr6\nmov dr7, eax\nmov edx, dr7\n"
+                   "mov eax, 0x12345678\nmov dr6, eax\nmov esi, dr6")
+    assert out["emulate"] == {"ebx": 0x11, "ecx": 0xFFFF0FF0, "edx": 0x400, "esi": 0xFFFF5FF8,
+                              "edi": 0, "ebp": 0x11}
+    assert out["bt"] == out["emulate"]
+    assert {k: v for k, v in out["trap"].items() if k != "ebp"} == \
+        {k: v for k, v in out["emulate"].items() if k != "ebp"}   # trap's smsw reads the real CR0
