@@ -167,6 +167,19 @@ def _pop_ss(mode, insn, eip):
     mode.uc.reg_write(X.UC_X86_REG_ESP, (esp + 4) & 0xFFFFFFFF)
 
 
+@emulates("lss")
+def _lss(mode, insn, eip):
+    # lss r, m16:32 (m16:16 with 0x66): the selector is checked and SS loaded
+    # before the register, so a fault leaves the register as it was.
+    dst, src = insn.operands
+    size = 2 if insn.opsize16 else 4
+    raw = mode.guest_read(effective_address(mode.uc, src, mode.seg_base), size + 2)
+    r = mode.load_ss(int.from_bytes(raw[size:], "little"))
+    if r is NOT_MINE:
+        return r
+    write_operand(mode, dataclasses.replace(dst, size=size), int.from_bytes(raw[:size], "little"))
+
+
 @emulates("lmsw")
 def _lmsw(mode, insn, eip):
     cr0 = mode.read_cr(0)

@@ -24,9 +24,6 @@ KNOWN = [
          body="add byte ptr [s_k + 1], 1\ns_k:\nadd eax, 0x11111111",
          kinds=("status", "serial", "regs", "ram"), ends=(OK, (-1, "wall-timeout")),
          detail="no end after"),                                   # an endless loop of exits, no instruction retires
-    dict(name="lss-valid-selector-faults", cause=5,
-         body="mov word ptr [0x180014], 0x10\nmov dword ptr [0x180010], esp\nlss esp, [0x180010]\nmov ebx, esp",
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x90000 vs 0x5e6f7081"),
     dict(name="mov-ss-rpl1-accepted", cause=6,
          body="mov eax, 0x11\nmov ss, ax",
          kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),

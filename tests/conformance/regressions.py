@@ -23,4 +23,7 @@ FIXED = [
     dict(name="dr6-reset-value", cause=8,
          body="mov esi, dr6",
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'ffff0ff0' vs b'00000000'"),
+    dict(name="lss-valid-selector-faults", cause=5,
+         body="mov word ptr [0x180014], 0x10\nmov dword ptr [0x180010], esp\nlss esp, [0x180010]\nmov ebx, esp",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x90000 vs 0x5e6f7081"),
 ]

@@ -68,3 +68,23 @@ def test_writes_keep_the_fixed_one_bits_of_cr0_dr6_dr7():
     assert out["bt"] == out["emulate"]
     assert {k: v for k, v in out["trap"].items() if k != "ebp"} == \
         {k: v for k, v in out["emulate"].items() if k != "ebp"}   # trap's smsw reads the real CR0
+
+
+# -- cause 5: lss ---------------------------------------------------------------------------
+LSS = ("mov word ptr [0x180014], {sel}\nmov dword ptr [0x180010], 0x8fff0\n"
+       "lss esp, [0x180010]\nmov ebx, esp\nmov ecx, ss\nmov esp, 0x90000\nmov edx, 0x10\nmov ss, dx")
+
+
+@pytest.mark.parametrize("sel,loads", [(0x10, True), (0x38, True), (0x08, False), (0x23, False)],
+                         ids=["kernel-data", "fresh-data", "code", "ring3-data"])
+def test_lss_loads_a_valid_stack_selector_and_faults_on_others(sel, loads):
+    d = dumps(LSS.format(sel=sel))
+    for m in MODES:
+        assert d[m]["end"] == OK, m
+        if loads:
+            assert (d[m]["exc_count"], d[m]["ebx"], d[m]["ecx"] & ~3) == (0, 0x8FFF0, sel), m
+        else:
+            assert d[m]["exc_count"] == 1 and d[m]["ebx"] == d["emulate"]["ebx"], m
+    assert d["bt"]["ecx"] == d["emulate"]["ecx"]
+    if not loads:
+        assert d["trap"]["exc_sum"] == d["bt"]["exc_sum"] == d["emulate"]["exc_sum"]   # same #GP(sel)
