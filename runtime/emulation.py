@@ -25,7 +25,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
-from bt.x86 import (CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
+from bt.x86 import (NP, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
@@ -234,14 +234,18 @@ def _iret(mode, insn, eip):
     cs &= 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
         # bt routes irets to ring 3 here too, so the user's IF/IOPL come from the
-        # frame (a native iretd at CPL 1 cannot clear the real IF).
+        # frame (a native iretd at CPL 1 cannot clear the real IF).  The CPU's
+        # checks come first: a bad frame is the guest's fault, never the engine's.
+        _check_return_cs(mode, cs)
         user_esp, ss = struct.unpack("<II", mode.guest_read(mode.stack_base() + esp + 12, 8))
-        mode.check_code_selector(cs)
+        ss &= 0xFFFF
+        _check_return_ss(mode, ss, 3)
         mode.vm.quirks.set_cpl(3)
-        uc.reg_write(X.UC_X86_REG_SS, ss & 0xFFFF)
+        uc.reg_write(X.UC_X86_REG_SS, ss)
         uc.reg_write(X.UC_X86_REG_CS, cs)
         uc.reg_write(X.UC_X86_REG_ESP, user_esp)
         mode.set_guest_eflags(flags)
+        _null_inner_data_segments(mode, 3)
         mode.after_if_change()
         return new_eip
     if cs & 3:
@@ -252,6 +256,56 @@ def _iret(mode, insn, eip):
     mode.set_guest_eflags(flags)
     mode.after_if_change()
     return new_eip
+
+
+def _check_return_cs(mode, cs: int) -> None:
+    """iret's checks of the popped CS for a return to ring RPL(cs) (Intel SDM
+    IRET; QEMU's helper_ret_protected, which emulate runs): code segment,
+    conforming DPL <= RPL or non-conforming DPL == RPL, present."""
+    desc = mode.vm.delivery.descriptor(cs)          # #GP(0) null, #GP(cs) past the limit
+    code = desc.access & (DESC_S | DESC_CODE) == DESC_S | DESC_CODE
+    conforming = desc.access & DESC_CONFORMING
+    if not code or (desc.dpl > cs & 3 if conforming else desc.dpl != cs & 3):
+        raise GuestFault(GP, cs & 0xFFFC)
+    if not desc.present:
+        raise GuestFault(NP, cs & 0xFFFC)
+
+
+def _check_return_ss(mode, ss: int, rpl: int) -> None:
+    """The popped SS of a return to an outer ring: RPL and DPL equal the new
+    CPL, a writable data segment, present."""
+    if ss & 0xFFFC == 0:
+        raise GuestFault(GP, 0)
+    if ss & 3 != rpl:
+        raise GuestFault(GP, ss & 0xFFFC)
+    desc = mode.vm.delivery.descriptor(ss)
+    if desc.access & (DESC_S | DESC_CODE | DESC_RW) != DESC_S | DESC_RW or desc.dpl != rpl:
+        raise GuestFault(GP, ss & 0xFFFC)
+    if not desc.present:
+        raise GuestFault(NP, ss & 0xFFFC)
+
+
+_DATA_SEGS = (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
+
+
+def _null_inner_data_segments(mode, cpl: int) -> None:
+    """After a return to an outer ring the CPU nulls every data segment register
+    that holds a data or non-conforming code segment more privileged than the
+    new CPL.  The rule reads the register's cached descriptor; its DPL is read
+    here from the guest's table, which differs only if the guest rewrote the
+    descriptor since loading it (ring compression's DPL 1 is < 3 as DPL 0 is)."""
+    uc = mode.uc
+    for reg in _DATA_SEGS:
+        sel = mode.guest_selector(uc.reg_read(reg))
+        if sel & 0xFFFC == 0:
+            continue
+        try:
+            desc = mode.vm.delivery.descriptor(sel)
+        except GuestFault:
+            continue
+        conforming_code = desc.access & (DESC_CODE | DESC_CONFORMING) == DESC_CODE | DESC_CONFORMING
+        if not conforming_code and desc.dpl < cpl:
+            uc.reg_write(reg, 0)
 
 
 @emulates("retf")

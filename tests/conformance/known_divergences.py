@@ -43,11 +43,6 @@ KNOWN = [
          regs={"eax": 3267388414, "ebx": 597617956, "ecx": 2508523437, "edx": 4150789711,
                "esi": 245009909, "edi": 1427193283},
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0x17 vs 0x217"),   # the host's IF
-    dict(name="iretd-to-ring3-keeps-gs", cause=13,
-         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
-               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
-               "s_user:\nmov eax, fs\nmov ebx, gs\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x0 vs 0x10"),
     dict(name="code-checksum-sees-patches", cause=14,
          body=("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
                "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop"),
@@ -73,10 +68,6 @@ KNOWN = [
                "s_user:\nsmsw eax\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
          kinds=("status", "serial", "regs", "ram"), ends=(OK, (4, "debug-exit")),
          detail="0 debug-exit vs 4 debug-exit"),                   # 4: the guest's handler saw > 64 faults
-    dict(name="iretd-to-bad-frame-ends-the-run", cause="new-iret-exception",
-         body="push 0x1b\npush eax\nmov eax, 0x23\niretd",
-         kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")),
-         detail="UC_ERR_EXCEPTION"),
     dict(name="undefined-flags-after-a-stub", cause="new-undefined-flags",
          # OF is undefined after bts; under emulate it is whatever Unicorn's lazy flags
          # give; under bt the stub for `mov [esp], cs` in between probably changes that state.

@@ -26,4 +26,13 @@ FIXED = [
     dict(name="lss-valid-selector-faults", cause=5,
          body="mov word ptr [0x180014], 0x10\nmov dword ptr [0x180010], esp\nlss esp, [0x180010]\nmov ebx, esp",
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x90000 vs 0x5e6f7081"),
+    dict(name="iretd-to-ring3-keeps-gs", cause=13,
+         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
+               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+               "s_user:\nmov eax, fs\nmov ebx, gs\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x0 vs 0x10"),
+    dict(name="iretd-to-bad-frame-ends-the-run", cause="new-iret-exception",
+         body="push 0x1b\npush eax\nmov eax, 0x23\niretd",
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")),
+         detail="UC_ERR_EXCEPTION"),
 ]

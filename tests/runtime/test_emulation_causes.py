@@ -88,3 +88,33 @@ def test_lss_loads_a_valid_stack_selector_and_faults_on_others(sel, loads):
     assert d["bt"]["ecx"] == d["emulate"]["ecx"]
     if not loads:
         assert d["trap"]["exc_sum"] == d["bt"]["exc_sum"] == d["emulate"]["exc_sum"]   # same #GP(sel)
+
+
+# -- cause 13 and the bad-frame cause: iretd to ring 3 ------------------------------------------
+TO_RING3 = ("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\n"
+            "mov eax, 0x10\nmov fs, ax\nmov eax, {gs:#x}\nmov gs, ax\n"
+            "push {ss:#x}\npush 0x70000\npush 0x2\npush {cs:#x}\nmov eax, s_user\npush eax\n"
+            "mov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+            "s_user:\nmov esi, fs\nmov edi, gs\nint 0x80\n"
+            "s_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx")
+
+
+@pytest.mark.parametrize("gs", [0x10, 0x48, 0x23], ids=["dpl0", "dpl1", "dpl3"])
+def test_iretd_to_ring3_nulls_data_segments_more_privileged_than_ring3(gs):
+    d = dumps(TO_RING3.format(gs=gs, ss=0x23, cs=0x1B))
+    for m in MODES:
+        assert d[m]["end"] == OK and d[m]["exc_count"] == 0, m
+        assert d[m]["esi"] == 0, m                                  # fs held DPL-0 data
+        assert d[m]["edi"] == (gs if gs == 0x23 else 0), m
+
+
+@pytest.mark.parametrize("ss,cs", [(0, 0x1B), (0x20, 0x1B), (0x10, 0x1B), (0x1B, 0x1B),
+                                   (0x23, 0x23), (0x23, 0x4B), (0x23, 0x1F)],
+                         ids=["null-ss", "ss-rpl0", "kernel-ss", "code-ss", "data-cs", "past-limit-cs",
+                              "ldt-cs"])
+def test_iretd_to_a_bad_ring3_frame_delivers_the_guests_fault(ss, cs):
+    d = dumps(TO_RING3.format(gs=0x10, ss=ss, cs=cs))
+    for m in MODES:
+        assert d[m]["end"] == OK, (m, d[m])
+        assert d[m]["exc_count"] == 1, m
+        assert d[m]["exc_sum"] == d["emulate"]["exc_sum"], m       # vector, error code, frame
