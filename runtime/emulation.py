@@ -26,7 +26,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import (NP, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
-                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
+                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime.decode import effective_address
@@ -403,6 +403,11 @@ def _popf(mode, insn, eip):
     value = _pop(mode, size)
     old = mode.guest_eflags()
     keep = 0xFFFF0000 if size == 2 else VM_BIT | VIF_BIT | VIP_BIT   # not popf's to set
+    cpl = mode.guest_cpl()
+    if cpl > 0:
+        keep |= IOPL_MASK                   # only ring 0 changes IOPL
+        if cpl > (old & IOPL_MASK) >> IOPL_SHIFT:
+            keep |= IF_BIT                  # IF only where CPL <= IOPL (silently kept)
     new = (old & keep) | (value & ~keep & 0xFFFFFFFF)
     mode.set_guest_eflags((new & ~0x28) | EFLAGS_FIXED_ONE)
     mode.after_if_change()

@@ -62,12 +62,6 @@ KNOWN = [
          body="cpuid",
          kinds=(), ends=(OK, OK), detail="retired:"),              # every program: bt retires more
     # Not in issue 15:
-    dict(name="smsw-at-ring3-faults-forever", cause="new-ring3-stub",
-         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
-               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
-               "s_user:\nsmsw eax\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
-         kinds=("status", "serial", "regs", "ram"), ends=(OK, (4, "debug-exit")),
-         detail="0 debug-exit vs 4 debug-exit"),                   # 4: the guest's handler saw > 64 faults
     dict(name="undefined-flags-after-a-stub", cause="new-undefined-flags",
          # OF is undefined after bts; under emulate it is whatever Unicorn's lazy flags
          # give; under bt the stub for `mov [esp], cs` in between probably changes that state.

@@ -35,4 +35,10 @@ FIXED = [
          body="push 0x1b\npush eax\nmov eax, 0x23\niretd",
          kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")),
          detail="UC_ERR_EXCEPTION"),
+    dict(name="smsw-at-ring3-faults-forever", cause="new-ring3-stub",
+         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
+               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+               "s_user:\nsmsw eax\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (4, "debug-exit")),
+         detail="0 debug-exit vs 4 debug-exit"),                   # 4: the guest's handler saw > 64 faults
 ]

@@ -118,3 +118,34 @@ def test_iretd_to_a_bad_ring3_frame_delivers_the_guests_fault(ss, cs):
         assert d[m]["end"] == OK, (m, d[m])
         assert d[m]["exc_count"] == 1, m
         assert d[m]["exc_sum"] == d["emulate"]["exc_sum"], m       # vector, error code, frame
+
+
+# -- new cause: patched sites reached from ring 3 -------------------------------------------------
+def ring3(setup: str, site: str, collect: str, int3: bool) -> str:
+    """Run `site` in ring 3 on the kernel's (scanned, patched) code page.  With
+    `int3`, a never-taken branch into the bytes after the site refuses the jump
+    patch, so the site becomes an int3 patch (tests/runtime/test_bt_fidelity_fixes.py)."""
+    guard = "cmp esp, 0\nje s_after\n" if int3 else ""
+    return ("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\n"
+            "push 0x23\npush 0x70000\npush 0x2\npush 0x1b\nmov eax, s_user\npush eax\n"
+            "mov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+            f"s_user:\n{setup}\n{guard}{site}\ns_after:\n{collect}\nint 0x80\n"
+            "s_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx")
+
+
+@pytest.mark.parametrize("int3", [False, True], ids=["jump", "int3"])
+@pytest.mark.parametrize("setup,site,collect,trap_leaks", [
+    ("", "smsw esi", "", False),
+    ("", "mov esi, ss", "", False),
+    ("", "pushfd", "pop esi", True),                         # trap pushes the host's IF
+    ("push 0x3202", "popfd", "pushfd\npop esi", True),       # IF and IOPL stay as they were
+], ids=["smsw", "mov-from-ss", "pushfd", "popfd"])
+def test_a_patched_site_reached_from_ring3_behaves_as_at_ring3(int3, setup, site, collect, trap_leaks):
+    d = dumps(ring3(setup, site, collect, int3))
+    for m in MODES:
+        assert d[m]["end"] == OK and d[m]["exc_count"] == 0, m
+    assert d["bt"]["esi"] == d["emulate"]["esi"]
+    if not trap_leaks:
+        assert d["trap"]["esi"] == d["emulate"]["esi"]
+    if site == "popfd":
+        assert d["emulate"]["esi"] & 0x3200 == 0
