@@ -242,6 +242,7 @@ class BTMode(TrapMode):
         self.vcpu.rebind(self.hyper.host)
         del old_mem
         self.hyper.protect_stubs(writable=False)
+        self.hook_shadow_gdt()
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------

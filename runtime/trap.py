@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
-from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
+from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
@@ -64,6 +64,8 @@ class TrapMode(EmulateMode):
         self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
         self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False))
+        self._gdt_hook = None
+        self.hook_shadow_gdt()
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -117,6 +119,39 @@ class TrapMode(EmulateMode):
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
         self.gdt_syncs += 1
         self._monitor_gdt(base, size)
+
+    def hook_shadow_gdt(self) -> None:
+        """(Re)install the accessed-bit hook on the shadow GDT's current range.
+
+        The shadow copies the guest's accessed bits, so the CPU sets a clear one
+        in the shadow when a selector is loaded (an instruction, or the VMM's own
+        reg_write at delivery: Unicorn sets it on both paths and a write hook on
+        the table sees that store; tests/runtime/test_unicorn_facts.py).  The
+        hook copies the bit into the guest's own table, where the CPU would have
+        set it.  It fires once per descriptor whose bit was clear, and nothing
+        else writes the shadow from inside the engine (syncs are host writes)."""
+        if self._gdt_hook is not None:
+            self.uc.hook_del(self._gdt_hook)
+        lo = self.hyper.addr(SHADOW_GDT)
+        self._gdt_hook = self.uc.hook_add(UC_HOOK_MEM_WRITE, self.vm.guarded(self._on_shadow_gdt_write),
+                                          begin=lo, end=lo + SHADOW_GDT_SIZE - 1)
+
+    def _on_shadow_gdt_write(self, access, address, size, value):
+        off = address - self.hyper.addr(SHADOW_GDT)
+        for i in range(size):
+            if (off + i) % DESC_SIZE == 5 and (value >> (8 * i)) & DESC_ACCESSED:
+                base, limit = self.vcpu.gdtr()
+                if off + i > limit:
+                    continue
+                # Into the host memory behind guest RAM: uc.mem_write from inside
+                # the engine's own descriptor store crashes Unicorn (seen: SIGSEGV).
+                try:
+                    phys = self.vm.mem.translate(base + off + i)
+                except PageFault:
+                    continue       # the guest's table is not mapped: nothing to mark
+                ram = self.vm._ram
+                if phys < len(ram):
+                    ram[phys] |= DESC_ACCESSED
 
     def _monitor_gdt(self, base: int, size: int) -> None:
         pages = set()

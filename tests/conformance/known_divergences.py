@@ -30,9 +30,6 @@ KNOWN = [
     dict(name="far-jmp-rpl1-accepted", cause=6,                    # the far-transfer form of cause 6
          body=".byte 0xea\n.long s_t\n.word 0x9\ns_t:",
          kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
-    dict(name="accessed-bit-not-set", cause=7,
-         body="mov eax, 0x38\nmov es, ax\nmov ecx, 0x38\nlar edx, ecx",
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0xc09300 vs 0xc09200"),
     dict(name="computed-ret-unscanned", cause=9,
          body="mov eax, s_t\npush eax\nret\ns_t:\nmov ebx, cs",
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x8 vs 0x9"),

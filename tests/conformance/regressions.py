@@ -41,4 +41,7 @@ FIXED = [
                "s_user:\nsmsw eax\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
          kinds=("status", "serial", "regs", "ram"), ends=(OK, (4, "debug-exit")),
          detail="0 debug-exit vs 4 debug-exit"),                   # 4: the guest's handler saw > 64 faults
+    dict(name="accessed-bit-not-set", cause=7,
+         body="mov eax, 0x38\nmov es, ax\nmov ecx, 0x38\nlar edx, ecx",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0xc09300 vs 0xc09200"),
 ]

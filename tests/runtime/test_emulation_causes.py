@@ -149,3 +149,20 @@ def test_a_patched_site_reached_from_ring3_behaves_as_at_ring3(int3, setup, site
         assert d["trap"]["esi"] == d["emulate"]["esi"]
     if site == "popfd":
         assert d["emulate"]["esi"] & 0x3200 == 0
+
+
+# -- cause 7: the accessed bit in the guest's own GDT ---------------------------------------------
+@pytest.mark.parametrize("load,sel", [("mov eax, 0x38\nmov es, ax", 0x38),
+                                      (".byte 0xea\n.long s_t\n.word 0x40\ns_t:\n"
+                                       ".byte 0xea\n.long s_u\n.word 0x8\ns_u:", 0x40)],
+                         ids=["data", "far-jmp-code"])
+def test_loading_a_selector_sets_the_accessed_bit_in_the_guests_gdt(load, sel):
+    body = f"{load}\nmov ebx, dword ptr [{0x10000 + sel + 4:#x}]\nmov ecx, {sel:#x}\nlar edx, ecx"
+    # Unicorn's far jmp leaves a code descriptor's bit clear (QEMU's ljmp never
+    # sets it); emulate is the reference either way.
+    d = dumps(body)
+    assert bool(d["emulate"]["ebx"] & 0x100) == (sel == 0x38)
+    for m in MODES:
+        assert d[m]["end"] == OK and d[m]["exc_count"] == 0, m
+        assert d[m]["ebx"] == d["emulate"]["ebx"], m          # the guest's table, read directly
+    assert d["bt"]["edx"] == d["emulate"]["edx"]
