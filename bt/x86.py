@@ -31,7 +31,8 @@ TF_BIT = 1 << 8
 IF_BIT = 1 << 9
 DF_BIT = 1 << 10
 OF_BIT = 1 << 11
-IOPL_MASK = 3 << 12
+IOPL_SHIFT = 12
+IOPL_MASK = 3 << IOPL_SHIFT
 NT_BIT = 1 << 14
 RF_BIT = 1 << 16
 VM_BIT = 1 << 17
@@ -63,6 +64,11 @@ CR4_TSD = 1 << 2
 CR4_DE = 1 << 3
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
+
+# Debug registers: bits that read as 1 whatever is written (Unicorn at CPL 0 ORs
+# them in on every write, as a CPU does; tests/runtime/test_emulation_causes.py).
+DR6_FIXED_ONE = 0xFFFF0FF0
+DR7_FIXED_ONE = 0x400
 
 # -- exception vectors -------------------------------------------------------------
 DE = 0      # divide error

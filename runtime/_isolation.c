@@ -244,6 +244,21 @@ static PyTypeObject GuardType = {
     .tp_doc = "Guards the hypervisor area (see runtime/isolation.py).",
 };
 
+/* A write hook that does nothing.  While any UC_HOOK_MEM_WRITE is registered,
+ * Unicorn 2.1.4 does not cache a read that prot_hook allowed: every later read of
+ * that page raises the protection event again (without one, the first allowed
+ * stub read would leave the page readable for the guest too).  Pinned in
+ * tests/runtime/test_isolation_facts.py. */
+static void keep_checking(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    (void)uc; (void)type; (void)addr; (void)size; (void)value; (void)user;
+}
+
+static PyObject *keeper(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)&keep_checking);
+}
+
 static PyObject *callback(PyObject *m, PyObject *unused)
 {
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)&prot_hook);
@@ -251,6 +266,7 @@ static PyObject *callback(PyObject *m, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"callback", callback, METH_NOARGS, "the protection hook's C function address"},
+    {"keeper", keeper, METH_NOARGS, "the empty write hook's C function address"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation", NULL, -1,

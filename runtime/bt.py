@@ -123,7 +123,10 @@ class BTMode(TrapMode):
         if self.cache.contains(eip):
             return self._stub_fault(vector, eip, error, soft)
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
-        if vector == BP and soft and cpl == 1:
+        # The int3 of a patch or guard is the VMM's, at whatever ring reaches it:
+        # guest user code on a scanned page runs the same patched bytes (an
+        # int3 reflected to the guest from ring 3 looped forever, issue 15).
+        if vector == BP and soft and cpl in (1, 3):
             site = (eip - 1) & 0xFFFFFFFF
             if self.csam.is_guard(site):
                 return self.csam.guard_exit(site)
@@ -243,6 +246,7 @@ class BTMode(TrapMode):
         self.vcpu.rebind(self.hyper.host)
         del old_mem
         self.isolation.arm()
+        self.hook_shadow_gdt()
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------

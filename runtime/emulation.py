@@ -21,11 +21,12 @@ import struct
 from typing import Callable
 
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
-from bt.x86 import (CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
-                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, EFLAGS_FIXED_ONE, GP, IF_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
+from bt.x86 import (NP, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
+                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime.decode import effective_address
@@ -130,7 +131,7 @@ def _mov_from_cr(mode, insn, eip):
 def _mov_to_dr(mode, insn, eip):
     dst, src = insn.operands
     drs = list(mode.vcpu.get("dr"))
-    drs[dst.reg] = read_operand(mode, src)
+    drs[dst.reg] = read_operand(mode, src) | {6: DR6_FIXED_ONE, 7: DR7_FIXED_ONE}.get(dst.reg, 0)
     mode.vcpu.set("dr", *drs)
 
 
@@ -164,6 +165,19 @@ def _pop_ss(mode, insn, eip):
     if r is NOT_MINE:
         return r
     mode.uc.reg_write(X.UC_X86_REG_ESP, (esp + 4) & 0xFFFFFFFF)
+
+
+@emulates("lss")
+def _lss(mode, insn, eip):
+    # lss r, m16:32 (m16:16 with 0x66): the selector is checked and SS loaded
+    # before the register, so a fault leaves the register as it was.
+    dst, src = insn.operands
+    size = 2 if insn.opsize16 else 4
+    raw = mode.guest_read(effective_address(mode.uc, src, mode.seg_base), size + 2)
+    r = mode.load_ss(int.from_bytes(raw[size:], "little"))
+    if r is NOT_MINE:
+        return r
+    write_operand(mode, dataclasses.replace(dst, size=size), int.from_bytes(raw[:size], "little"))
 
 
 @emulates("lmsw")
@@ -220,14 +234,18 @@ def _iret(mode, insn, eip):
     cs &= 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
         # bt routes irets to ring 3 here too, so the user's IF/IOPL come from the
-        # frame (a native iretd at CPL 1 cannot clear the real IF).
+        # frame (a native iretd at CPL 1 cannot clear the real IF).  The CPU's
+        # checks come first: a bad frame is the guest's fault, never the engine's.
+        _check_return_cs(mode, cs)
         user_esp, ss = struct.unpack("<II", mode.guest_read(mode.stack_base() + esp + 12, 8))
-        mode.check_code_selector(cs)
+        ss &= 0xFFFF
+        _check_return_ss(mode, ss, 3)
         mode.vm.quirks.set_cpl(3)
-        uc.reg_write(X.UC_X86_REG_SS, ss & 0xFFFF)
+        uc.reg_write(X.UC_X86_REG_SS, ss)
         uc.reg_write(X.UC_X86_REG_CS, cs)
         uc.reg_write(X.UC_X86_REG_ESP, user_esp)
         mode.set_guest_eflags(flags)
+        _null_inner_data_segments(mode, 3)
         mode.after_if_change()
         return new_eip
     if cs & 3:
@@ -238,6 +256,56 @@ def _iret(mode, insn, eip):
     mode.set_guest_eflags(flags)
     mode.after_if_change()
     return new_eip
+
+
+def _check_return_cs(mode, cs: int) -> None:
+    """iret's checks of the popped CS for a return to ring RPL(cs) (Intel SDM
+    IRET; QEMU's helper_ret_protected, which emulate runs): code segment,
+    conforming DPL <= RPL or non-conforming DPL == RPL, present."""
+    desc = mode.vm.delivery.descriptor(cs)          # #GP(0) null, #GP(cs) past the limit
+    code = desc.access & (DESC_S | DESC_CODE) == DESC_S | DESC_CODE
+    conforming = desc.access & DESC_CONFORMING
+    if not code or (desc.dpl > cs & 3 if conforming else desc.dpl != cs & 3):
+        raise GuestFault(GP, cs & 0xFFFC)
+    if not desc.present:
+        raise GuestFault(NP, cs & 0xFFFC)
+
+
+def _check_return_ss(mode, ss: int, rpl: int) -> None:
+    """The popped SS of a return to an outer ring: RPL and DPL equal the new
+    CPL, a writable data segment, present."""
+    if ss & 0xFFFC == 0:
+        raise GuestFault(GP, 0)
+    if ss & 3 != rpl:
+        raise GuestFault(GP, ss & 0xFFFC)
+    desc = mode.vm.delivery.descriptor(ss)
+    if desc.access & (DESC_S | DESC_CODE | DESC_RW) != DESC_S | DESC_RW or desc.dpl != rpl:
+        raise GuestFault(GP, ss & 0xFFFC)
+    if not desc.present:
+        raise GuestFault(NP, ss & 0xFFFC)
+
+
+_DATA_SEGS = (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
+
+
+def _null_inner_data_segments(mode, cpl: int) -> None:
+    """After a return to an outer ring the CPU nulls every data segment register
+    that holds a data or non-conforming code segment more privileged than the
+    new CPL.  The rule reads the register's cached descriptor; its DPL is read
+    here from the guest's table, which differs only if the guest rewrote the
+    descriptor since loading it (ring compression's DPL 1 is < 3 as DPL 0 is)."""
+    uc = mode.uc
+    for reg in _DATA_SEGS:
+        sel = mode.guest_selector(uc.reg_read(reg))
+        if sel & 0xFFFC == 0:
+            continue
+        try:
+            desc = mode.vm.delivery.descriptor(sel)
+        except GuestFault:
+            continue
+        conforming_code = desc.access & (DESC_CODE | DESC_CONFORMING) == DESC_CODE | DESC_CONFORMING
+        if not conforming_code and desc.dpl < cpl:
+            uc.reg_write(reg, 0)
 
 
 @emulates("retf")
@@ -258,7 +326,10 @@ def _retf(mode, insn, eip):
 # -- caches, TLB, MSRs, time ---------------------------------------------------------
 @emulates("invlpg")
 def _invlpg(mode, insn, eip):
-    mode.uc.ctl_flush_tlb()
+    # invlpg never faults on its operand and has no per-page form in Unicorn:
+    # flush the whole TLB (allowed architecturally; the binding of 2.1.4 has no
+    # ctl_flush_tlb method, uc_ctl does it: tests/runtime/test_unicorn_paging_facts.py).
+    mode.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
 
 @emulates("wbinvd", "invd")
@@ -332,6 +403,11 @@ def _popf(mode, insn, eip):
     value = _pop(mode, size)
     old = mode.guest_eflags()
     keep = 0xFFFF0000 if size == 2 else VM_BIT | VIF_BIT | VIP_BIT   # not popf's to set
+    cpl = mode.guest_cpl()
+    if cpl > 0:
+        keep |= IOPL_MASK                   # only ring 0 changes IOPL
+        if cpl > (old & IOPL_MASK) >> IOPL_SHIFT:
+            keep |= IF_BIT                  # IF only where CPL <= IOPL (silently kept)
     new = (old & keep) | (value & ~keep & 0xFFFFFFFF)
     mode.set_guest_eflags((new & ~0x28) | EFLAGS_FIXED_ONE)
     mode.after_if_change()

@@ -16,7 +16,7 @@ host pointer, which no protection or hook sees.
 """
 from __future__ import annotations
 
-from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -63,7 +63,9 @@ class Isolation:
         self.hyper = hyper
         self.guard = _isolation.Guard(*self._args())
         self._fn = _isolation.callback()
+        self._keeper = _isolation.keeper()
         self._hook: int | None = None
+        self._keep_hook: int | None = None
         self.arm()
 
     def _args(self) -> tuple:
@@ -77,9 +79,14 @@ class Isolation:
         uc = self.vm.uc
         if self._hook is not None:
             uclib.uc_hook_del(uc._uch, self._hook)
+            uclib.uc_hook_del(uc._uch, self._keep_hook)
             self.guard.__init__(*self._args())
-        self._hook = hook_add(uc, PROT_EVENTS, self._fn, id(self.guard),
-                              self.hyper.base, self.hyper.base + HYPER_SIZE - 1)
+        lo, hi = self.hyper.base, self.hyper.base + HYPER_SIZE - 1
+        self._hook = hook_add(uc, PROT_EVENTS, self._fn, id(self.guard), lo, hi)
+        # Without some write hook, a read the guard allowed (a stub's) would be
+        # cached by Unicorn and later guest reads of that page would pass unseen
+        # (runtime/_isolation.c, keep_checking).
+        self._keep_hook = hook_add(uc, UC_HOOK_MEM_WRITE, self._keeper, None, lo, hi)
 
     def claim(self) -> bool:
         """After a slice that Unicorn ended with an error: True (and the run's

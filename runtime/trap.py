@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
-from bt.machine import BOOT_CR0
-from bt.x86 import (CR0_PE, CR0_PG, CR4_TSD, DESC_CODE, DESC_DPL_SHIFT, DESC_PRESENT,
+from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
@@ -71,6 +70,8 @@ class TrapMode(EmulateMode):
         # runtime/isolation.py's (a Python hook there would see every stub store).
         self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False),
                          None, 0, cfg.mem_bytes - 1)
+        self._gdt_hook = None
+        self.hook_shadow_gdt()
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -78,8 +79,13 @@ class TrapMode(EmulateMode):
         _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         v.set("gdtr", glimit, gbase)
         v.set("idtr", 0x3FF, 0)
-        v.set("cr0", BOOT_CR0)
-        v.set("cr4", 0)
+        # The virtual CPU starts as Unicorn at CPL 0 starts (emulate is the
+        # reference): its CR0 (BOOT_CR0 with ET), CR4 (Unicorn sets OSFXSR,
+        # FSGSBASE, OSXSAVE) and debug registers (DR6/DR7's fixed-one bits).
+        v.set("cr0", uc.reg_read(X.UC_X86_REG_CR0))
+        boot_cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+        v.set("cr4", boot_cr4)
+        v.set("dr", *(uc.reg_read(getattr(X, f"UC_X86_REG_DR{n}")) for n in range(8)))
         v.vflags = uc.reg_read(X.UC_X86_REG_EFLAGS) & VFLAGS_MASK
         self.sync_shadow_gdt()
         uc.reg_write(X.UC_X86_REG_IDTR, (0, self.hyper.addr(SHADOW_IDT), 0x7FF, 0))
@@ -90,7 +96,7 @@ class TrapMode(EmulateMode):
         tss = self.hyper.addr(VMM_TSS)
         uc.mem_write(tss, bytes(TSS_IOMAP_BASE) + struct.pack("<H", TSS32_SIZE))   # I/O map base past the limit
         uc.reg_write(X.UC_X86_REG_TR, (0, tss, TSS32_SIZE - 1, (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        uc.reg_write(X.UC_X86_REG_CR4, CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
+        uc.reg_write(X.UC_X86_REG_CR4, boot_cr4 | CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
         cs = uc.reg_read(X.UC_X86_REG_CS)
         ss = uc.reg_read(X.UC_X86_REG_SS)
         self.vm.quirks.set_cpl(1)
@@ -119,6 +125,39 @@ class TrapMode(EmulateMode):
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
         self.gdt_syncs += 1
         self._monitor_gdt(base, size)
+
+    def hook_shadow_gdt(self) -> None:
+        """(Re)install the accessed-bit hook on the shadow GDT's current range.
+
+        The shadow copies the guest's accessed bits, so the CPU sets a clear one
+        in the shadow when a selector is loaded (an instruction, or the VMM's own
+        reg_write at delivery: Unicorn sets it on both paths and a write hook on
+        the table sees that store; tests/runtime/test_unicorn_facts.py).  The
+        hook copies the bit into the guest's own table, where the CPU would have
+        set it.  It fires once per descriptor whose bit was clear, and nothing
+        else writes the shadow from inside the engine (syncs are host writes)."""
+        if self._gdt_hook is not None:
+            self.uc.hook_del(self._gdt_hook)
+        lo = self.hyper.addr(SHADOW_GDT)
+        self._gdt_hook = self.uc.hook_add(UC_HOOK_MEM_WRITE, self.vm.guarded(self._on_shadow_gdt_write),
+                                          begin=lo, end=lo + SHADOW_GDT_SIZE - 1)
+
+    def _on_shadow_gdt_write(self, access, address, size, value):
+        off = address - self.hyper.addr(SHADOW_GDT)
+        for i in range(size):
+            if (off + i) % DESC_SIZE == 5 and (value >> (8 * i)) & DESC_ACCESSED:
+                base, limit = self.vcpu.gdtr()
+                if off + i > limit:
+                    continue
+                # Into the host memory behind guest RAM: uc.mem_write from inside
+                # the engine's own descriptor store crashes Unicorn (seen: SIGSEGV).
+                try:
+                    phys = self.vm.mem.translate(base + off + i)
+                except PageFault:
+                    continue       # the guest's table is not mapped: nothing to mark
+                ram = self.vm._ram
+                if phys < len(ram):
+                    ram[phys] |= DESC_ACCESSED
 
     def _monitor_gdt(self, base: int, size: int) -> None:
         pages = set()
@@ -222,6 +261,7 @@ class TrapMode(EmulateMode):
         value &= 0xFFFFFFFF
         uc = self.uc
         if n == 0:
+            value |= CR0_ET            # hard-wired to 1 (Unicorn at CPL 0 reads it back set)
             if value & CR0_PG:
                 raise VMMError("the guest enabled paging: trap and bt modes do not support "
                                "paging guests yet (run it with --mode emulate; docs/machine.md)")

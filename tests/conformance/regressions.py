@@ -25,4 +25,31 @@ FIXED = [
          body="mov dword ptr [0xff001000], 0x12345678",
          kinds=("status", "serial", "regs", "ram"), ends=((125, "unmapped-access"), OK),
          detail="125 unmapped-access vs 0 debug-exit"),
+    dict(name="invlpg-ends-the-run", cause=15,
+         body="invlpg byte ptr [0x180200]",
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")), detail="ctl_flush_tlb"),
+    dict(name="dr6-reset-value", cause=8,
+         body="mov esi, dr6",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="b'ffff0ff0' vs b'00000000'"),
+    dict(name="lss-valid-selector-faults", cause=5,
+         body="mov word ptr [0x180014], 0x10\nmov dword ptr [0x180010], esp\nlss esp, [0x180010]\nmov ebx, esp",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x90000 vs 0x5e6f7081"),
+    dict(name="iretd-to-ring3-keeps-gs", cause=13,
+         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
+               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+               "s_user:\nmov eax, fs\nmov ebx, gs\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x0 vs 0x10"),
+    dict(name="iretd-to-bad-frame-ends-the-run", cause="new-iret-exception",
+         body="push 0x1b\npush eax\nmov eax, 0x23\niretd",
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (70, "vmm-error")),
+         detail="UC_ERR_EXCEPTION"),
+    dict(name="smsw-at-ring3-faults-forever", cause="new-ring3-stub",
+         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
+               "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
+               "s_user:\nsmsw eax\nint 0x80\ns_back:\nmov ecx, 0x10\nmov ds, cx\nmov es, cx"),
+         kinds=("status", "serial", "regs", "ram"), ends=(OK, (4, "debug-exit")),
+         detail="0 debug-exit vs 4 debug-exit"),                   # 4: the guest's handler saw > 64 faults
+    dict(name="accessed-bit-not-set", cause=7,
+         body="mov eax, 0x38\nmov es, ax\nmov ecx, 0x38\nlar edx, ecx",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0xc09300 vs 0xc09200"),
 ]

@@ -86,3 +86,34 @@ def test_a_read_after_a_handled_read_prot_event_gets_no_event():
     _, seen, _, _ = _run("mov esi, dword ptr [0xff000010]\nmov edi, dword ptr [0xff000020]",
                          UC_PROT_NONE, handled=True)
     assert len(seen) == 1
+
+
+def test_an_allowed_protected_read_is_cached_unless_a_write_hook_exists():
+    """Unicorn 2.1.4: after a UC_HOOK_MEM_READ_PROT callback allows a read of an
+    unreadable page, later reads of that page raise no event -- unless some
+    UC_HOOK_MEM_WRITE is registered (anywhere), in which case every read raises it
+    again.  runtime/isolation.py registers an empty native write hook for this."""
+    from keystone import Ks, KS_ARCH_X86, KS_MODE_32
+    from unicorn import (Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_PROT_NONE,
+                         UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE)
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(
+        "mov eax, [0x10000]; mov ebx, [0x10004]; mov ecx, [0x10008]", 0x1000)[0])
+
+    def events(write_hook_range):
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0x1000, 0x1000, UC_PROT_ALL)
+        uc.mem_map(0x10000, 0x1000, UC_PROT_NONE)
+        uc.mem_write(0x1000, code)
+        seen = []
+        uc.hook_add(UC_HOOK_MEM_READ_PROT, lambda u, acc, addr, size, v, d: seen.append(addr) or True)
+        if write_hook_range:
+            uc.hook_add(UC_HOOK_MEM_WRITE, lambda *a: None, None, *write_hook_range)
+        try:
+            uc.emu_start(0x1000, 0x1000 + len(code))
+        except UcError:
+            seen.append("error")
+        return seen
+
+    assert events(None) == [0x10000]
+    assert events((0x10000, 0x10FFF)) == [0x10000, 0x10004, 0x10008]
+    assert events((0x20000, 0x20FFF)) == [0x10000, 0x10004, 0x10008]

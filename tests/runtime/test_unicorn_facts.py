@@ -200,3 +200,24 @@ def test_emu_stop_between_runs_does_not_cut_the_next_run_short():
     uc.reg_write(X.UC_X86_REG_EAX, 0)
     uc.emu_start(0x1000, 0x1000 + len(code))
     assert uc.reg_read(X.UC_X86_REG_EAX) < 4 and len(seen) < 4
+
+
+def test_loading_a_selector_sets_the_accessed_bit_through_a_hooked_store():
+    """The CPU's accessed-bit store into the GDT (an instruction's segment load,
+    and reg_write of a segment register from the host too) is seen by a
+    UC_HOOK_MEM_WRITE on the table's range: a 4-byte store of the high dword.
+    runtime/trap.py copies the bit from the shadow GDT to the guest's table so."""
+    from unicorn import UC_HOOK_MEM_WRITE
+    uc = engine(assemble("mov eax, 0x10\nmov es, ax\nhlt", 0x1000))
+    raw = bytearray(uc.mem_read(0x500, 0x18))
+    raw[0x15] &= ~1
+    uc.mem_write(0x500, bytes(raw))
+    seen = []
+    uc.hook_add(UC_HOOK_MEM_WRITE, lambda u, a, addr, size, v, _: seen.append((addr, size, v)),
+                begin=0x500, end=0x517)
+    uc.emu_start(0x1000, 0, count=2)
+    assert seen == [(0x514, 4, 0xCF9300)] and uc.mem_read(0x515, 1)[0] & 1
+    uc.mem_write(0x515, bytes([raw[0x15]]))
+    seen.clear()
+    uc.reg_write(X.UC_X86_REG_GS, 0x10)
+    assert seen == [(0x514, 4, 0xCF9300)]

@@ -92,3 +92,25 @@ def test_protection_faults_report_physical_addresses():
     assert writes == [ALIAS_PHYS + 0x10]
     # As without paging: the handler's True does not perform the faulting write.
     assert uc.mem_read(ALIAS_PHYS + 0x10, 1) == b"\x00"
+
+
+def test_tlb_keeps_a_stale_translation_until_the_tlb_flush_control():
+    """Unicorn's TLB survives between emu_start calls: after the host rewrites a
+    page-table entry, the guest still reaches the old frame.  The binding has no
+    `ctl_flush_tlb` method in 2.1.4, but `uc_ctl(UC_CTL_TLB_FLUSH)` exists and
+    flushes the whole TLB (there is no per-page form); after it the new frame is
+    seen.  invlpg is emulated with it (runtime/emulation.py): flushing more
+    than one entry is always allowed architecturally."""
+    from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+    read = assemble(f"mov eax, dword ptr [{ALIAS:#x}]\nhlt", 0x1000)
+    uc = paged_engine(read, STUB)
+    uc.mem_write(ALIAS_PHYS, struct.pack("<I", 0x11111111))
+    uc.mem_write(0x3000, struct.pack("<I", 0x22222222))
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x11111111
+    uc.mem_write(PT_ALIAS, struct.pack("<I", 0x3000 | 3))       # repoint the alias
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x11111111          # stale TLB entry
+    uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22222222
