@@ -12,11 +12,15 @@ such absolute is found again after assembly and recorded as a fixup
 Rules every template follows (checked by tests/patcher/test_template_semantics.py):
 * flag-neutral: the guest's arithmetic flags after the stub equal those after
   the real instruction (templates that must compute save and restore them
-  with pushfd/popfd, which at CPL 1 cannot touch the real IF/IOPL);
+  without the stack: `_save_flags`/`_restore_flags`, lahf/seto then add/sahf);
 * exit-free: a template never leaves to the VMM except through `window_check`,
-  which only fires when the guest just enabled interrupts while one waits;
-* only the guest stack below ESP is used as scratch (as on real hardware an
-  interrupt could clobber it at any time, so a kernel never keeps data there).
+  which only fires when the guest just enabled interrupts while one waits, and
+  iretd's documented exits;
+* the guest memory a stub writes is exactly what the instruction writes: no
+  scratch below ESP (a real cli writes nothing; a guest can read below its ESP,
+  and with ESP = 0 the write wraps to 0xFFFFFFFC: issue 15).  Scratch lives in
+  the state page.  The stack is never switched either: a fault inside a stub is
+  delivered on the guest's ESP (runtime/bt.py, _stub_fault).
 Keystone quirks (tests/patcher/test_templates.py holds every template to them): `pushfd`/`popfd` spelled out, `push cs`
 never used (it assembles with a 0x66 prefix), `;` separates statements.
 """
@@ -117,44 +121,54 @@ def _mem_operand(op_str: str) -> str:
 
 
 # -- the interrupt flag --------------------------------------------------------
+def _save_flags(s: StubContext) -> str:
+    """Save EAX and the arithmetic flags in the state page, without the stack:
+    lahf takes SF ZF AF PF CF into AH, seto OF into AL.  EAX is free after it."""
+    return f"mov {s.field('scratch2')}, eax; lahf; seto al; mov {s.field('scratch3')}, eax"
+
+
+def _restore_flags(s: StubContext) -> str:
+    """Undo `_save_flags`: `add al, 0x7f` sets OF exactly when AL (seto's 0/1) is 1,
+    then sahf loads the other five and leaves OF (pinned in
+    tests/patcher/test_template_semantics.py).  The other EFLAGS bits (DF, AC,
+    ID, ...) are never touched by the bodies between."""
+    return f"mov eax, {s.field('scratch3')}; add al, 0x7f; sahf; mov eax, {s.field('scratch2')}"
+
+
 @stub("cli")
 def _cli(s: StubContext, i: Insn) -> str:
-    return f"pushfd; and {s.field('vflags')}, {~IF_BIT & 0xFFFFFFFF:#x}; popfd"
+    return f"{_save_flags(s)}; and {s.field('vflags')}, {~IF_BIT & 0xFFFFFFFF:#x}; {_restore_flags(s)}"
 
 
 @stub("sti")
 def _sti(s: StubContext, i: Insn) -> str:
-    return f"pushfd; or {s.field('vflags')}, {IF_BIT:#x}; popfd"
-
-
-# Keystone's `pushf`/`popf` are the 16-bit forms (66 9c / 66 9d): exactly what the
-# 16-bit variants need; the 32-bit ones are spelled pushfd/popfd.
-_FLAG_WIDTH = {4: ("pushfd", "popfd", "mov eax, dword ptr", "eax, dword ptr", 0xFFFFFFFF),
-               2: ("pushf", "popf", "movzx eax, word ptr", "ax, word ptr", 0xFFFF)}
+    return f"{_save_flags(s)}; or {s.field('vflags')}, {IF_BIT:#x}; {_restore_flags(s)}"
 
 
 @stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
-    # Push the real flags, merge the virtual IF/IOPL into the pushed copy, and
-    # restore the real arithmetic flags the merge clobbered.
+    # Push the real flags into the slot the instruction writes (and nowhere
+    # else), merge the virtual IF/IOPL into it, and restore the real arithmetic
+    # flags the merge clobbered.  Keystone's `pushf` is the 16-bit form (66 9c):
+    # it writes the low word only, and bits 31:16 of the real EFLAGS (AC, ID)
+    # stay as they are, as the CPU leaves them.
     if i.mnemonic == "pushf":
-        # 16-bit: the merge works on a copy of the pushed word; the real EFLAGS,
-        # bits 31:16 (AC, ID) included, come back whole from a pushfd below it.
-        return (f"pushf; push eax; pushfd; movzx eax, word ptr [esp + 8]; "
+        return (f"{_save_flags(s)}; pushf; movzx eax, word ptr [esp]; "
                 f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
-                f"mov word ptr [esp + 8], ax; popfd; pop eax")
-    push, _, load, xchg, mask = _FLAG_WIDTH[4]
-    return (f"{push}; push eax; {load} [esp + 4]; "
-            f"and eax, {~VFLAGS_MASK & mask:#x}; or eax, {s.field('vflags')}; "
-            f"xchg {xchg} [esp + 4]; push eax; popfd; pop eax")
+                f"mov word ptr [esp], ax; {_restore_flags(s)}")
+    return (f"{_save_flags(s)}; pushfd; mov eax, dword ptr [esp]; "
+            f"and eax, {~VFLAGS_MASK & 0xFFFFFFFF:#x}; or eax, {s.field('vflags')}; "
+            f"mov dword ptr [esp], eax; {_restore_flags(s)}")
 
 
 @stub("popfd")
 def _popf(s: StubContext, i: Insn) -> str:
-    # The real popf(d) at CPL 1 silently keeps IF/IOPL; record the guest's wish.
-    _, pop, load, _, _ = _FLAG_WIDTH[2 if i.mnemonic == "popf" else 4]
-    return (f"push eax; {load} [esp + 4]; "
-            f"and eax, {VFLAGS_MASK:#x}; mov {s.field('vflags')}, eax; pop eax; {pop}")
+    # The real popf(d) at CPL 1 silently keeps IF/IOPL; record the guest's wish
+    # first (the popf then loads every flag the computation clobbered).
+    load = "movzx eax, word ptr" if i.mnemonic == "popf" else "mov eax, dword ptr"
+    pop = "popf" if i.mnemonic == "popf" else "popfd"
+    return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
+            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
 
 
 # -- descriptor-table and machine-status reads -----------------------------------
@@ -262,23 +276,33 @@ def _push_seg(s: StubContext, i: Insn) -> str:
 # -- returns ----------------------------------------------------------------------
 @stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
-    """Kernel-to-kernel iretd: move the frame to ring 1 and take over IF/IOPL;
-    iretd to ring 3 runs natively.  When the frame enables interrupts while one
-    is pending, exit so the VMM emulates the iret and injects (kind 'emulate')."""
+    """Kernel-to-kernel iretd: take over IF/IOPL, load EFLAGS with popfd and leave
+    through an indirect jump (the frame is only read: writing RPL 1 into its CS
+    slot would leave a byte below the new ESP that the CPU never writes).  That
+    needs the frame's CS to be the current one (ring compression: the current CS
+    is the frame's with RPL 1); any other kernel CS, or a frame that enables
+    interrupts while one is pending, exits so the VMM emulates the iretd (kind
+    'emulate'), with nothing changed yet.  iretd to ring 3 runs natively."""
     user = s.local("user")
     go = s.local("go")
+    out = s.local("emul")
     return (f"test byte ptr [esp + 4], 3; jnz {user}; "
-            "push eax; mov eax, dword ptr [esp + 12]; "
-            f"and eax, {VFLAGS_MASK:#x}; "
+            f"mov {s.field('scratch')}, eax; "
+            # eax = the real CS (zero-extended) xor the frame's CS: 1 when they
+            # name the same kernel code segment
+            f"mov eax, cs; xor ax, word ptr [esp + 4]; cmp eax, 1; jne {out}; "
+            f"mov eax, dword ptr [esp + 8]; and eax, {VFLAGS_MASK:#x}; "
             f"test eax, {IF_BIT:#x}; jz {go}; "
             f"test {s.field('irq_pending')}, 1; jz {go}; "
-            f"pop eax; {EXIT}; "
-            f"{go}: mov {s.field('vflags')}, eax; pop eax; "
-            f"or dword ptr [esp + 4], 1; iretd; "
+            f"{out}: mov eax, {s.field('scratch')}; {EXIT}; "
+            f"{go}: mov {s.field('vflags')}, eax; mov eax, dword ptr [esp]; "
+            f"mov {s.field('scratch2')}, eax; mov eax, {s.field('scratch')}; "
+            f"lea esp, [esp + 8]; popfd; jmp {s.field('scratch2')}; "
             # to ring 3: the user's IF/IOPL come from the frame (the native iretd
             # at CPL 1 cannot clear the real IF)
-            f"{user}: push eax; mov eax, dword ptr [esp + 12]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; pop eax; iretd")
+            f"{user}: mov {s.field('scratch')}, eax; mov eax, dword ptr [esp + 8]; "
+            f"and eax, {VFLAGS_MASK:#x}; "
+            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; iretd")
 
 
 # Which templates end in control transfer (no jump back to the guest).
@@ -292,11 +316,11 @@ ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 def window_check(s: StubContext) -> str:
     """At the end of a patch that may have enabled interrupts: if the virtual IF
     is set and an interrupt waits, exit (the VMM resumes at the guest address
-    after the patch and injects)."""
+    after the patch and injects).  The flags are saved without the stack."""
     out = s.local("win")
-    return (f"pushfd; test {s.field('vflags')}, {IF_BIT:#x}; jz {out}; "
-            f"test {s.field('irq_pending')}, 1; jz {out}; popfd; {EXIT}; "
-            f"{out}: popfd")
+    return (f"{_save_flags(s)}; test {s.field('vflags')}, {IF_BIT:#x}; jz {out}; "
+            f"test {s.field('irq_pending')}, 1; jz {out}; {_restore_flags(s)}; {EXIT}; "
+            f"{out}: {_restore_flags(s)}")
 
 
 check_registry("stub templates", TEMPLATES, lambda row: row.stub)

@@ -58,13 +58,4 @@ KNOWN = [
          regs={"eax": 577090037, "ebx": 2444712010, "ecx": 3639700191, "edx": 3445702192,
                "esi": 3280387012, "edi": 271041745},
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'00000887' vs b'00000087'"),
-    dict(name="iretd-to-ring3-iopl3-bad-frame-stack-bytes", cause="new-iret-iopl",
-         # found after the cause-13 fix (campaign seed 18): an iretd to ring 3 with
-         # IOPL 3 in the frame and a bad SS; the #GP reaches the guest in both,
-         # but 3 bytes below the handler's frame differ (not yet explained).
-         body="mov dword ptr [0x180008], esp\npush 0x3002\npush 0x1b\npush eax\niretd",
-         kinds=("ram",), ends=(OK, OK), detail="ram: digests differ"),
-    dict(name="cli-stub-uses-the-guest-stack", cause="new-stub-stack",
-         raw="cli\nmov esp, 0x90000\nmov al, 0\nout 0xf4, al",    # esp is 0 at a raw image's entry
-         kinds=("status", "regs"), ends=(OK, (125, "unmapped-access")), detail="0xfffffffc"),
 ]

@@ -10,7 +10,7 @@ For each template and a set of operand forms, two bare Unicorn engines run:
     page holding the same beliefs, then the jump back to the guest.
 The guest-visible outcome must match: general registers, ESP, EIP, selectors as
 the guest sees them, EFLAGS with the virtual IF/IOPL in place of the real ones,
-the guest memory (stack slots, memory operands) except scratch just below ESP,
+the guest memory (stack slots, memory operands; nothing below ESP may change),
 and the state page (only vflags and the scratch words may change; vflags as the
 instruction left the real IF/IOPL in the reference).  A stub exit (`hlt`) is
 allowed only where the templates document one, and the state at the exit must
@@ -57,7 +57,7 @@ DATA = ((0x2000, 0x8000), (FS_BASE + 0x2000, FS_BASE + 0x8000))
 COMPARED = ((GUEST_GDT, GUEST_GDT + 0x100),) + DATA
 GUEST_ESP = 0x6000
 USER_ESP = 0x7000
-SCRATCH_BELOW_ESP = 16          # bytes below ESP a stub may use as scratch
+SCRATCH_BELOW_ESP = 0           # bytes below ESP a stub may use as scratch: none (issue 15)
 
 ACCESS_CODE1, ACCESS_DATA1 = 0xBA, 0xB2
 # guest selectors (RPL 0); the translation runs them with RPL 1
@@ -529,3 +529,22 @@ def test_fact_reg_write_sets_what_sgdt_sidt_sldt_str_show_at_cpl0():
     assert bytes(uc.mem_read(0x3000, 20)) == (struct.pack("<HI", 0x3F, GUEST_GDT) + b"\0\0"
                                               + struct.pack("<HI", 0x1FF, 0x89ABCDEF) + b"\0\0"
                                               + struct.pack("<HH", 0xBEEF, 0xCAFE))
+
+
+@pytest.mark.parametrize("of", [0, 1])
+def test_fact_lahf_seto_add_sahf_save_and_restore_every_arithmetic_flag(of):
+    """The stack-free flag save the templates use (patcher/templates.py,
+    _save_flags): `add al, 0x7f` sets OF exactly when AL is 1 and sahf leaves OF
+    as it is, so every arithmetic flag comes back, for all 64 combinations."""
+    for bits in range(32):
+        flags = 2 | (bits & 1) | ((bits >> 1 & 1) << 2) | ((bits >> 2 & 1) << 4) \
+            | ((bits >> 3 & 1) << 6) | ((bits >> 4 & 1) << 7) | (of << 11) | (1 << 10) | (1 << 18)
+        uc, faults = _engine()
+        # lahf; seto al; mov ecx, eax; xor eax, eax (flags clobbered: ZF PF set, others clear);
+        # dec eax (clobber again: SF AF set); mov eax, ecx; add al, 0x7f; sahf
+        code = bytes.fromhex("9f" "0f90c0" "89c1" "31c0" "48" "89c8" "047f" "9e")
+        uc.mem_write(GUEST, code)
+        uc.reg_write(X.UC_X86_REG_ESP, GUEST_ESP)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, flags)
+        uc.emu_start(GUEST, GUEST + len(code), count=10)
+        assert faults == [] and hex(uc.reg_read(X.UC_X86_REG_EFLAGS)) == hex(flags), hex(flags)
