@@ -16,14 +16,6 @@ dedicated test) and delete its entry here.
 OK = (0, "debug-exit")
 
 KNOWN = [
-    dict(name="rmw-xchg-into-code", cause=1,
-         body="mov ecx, 0x12345678\nxchg dword ptr [s_k + 1], ecx\ns_k:\nadd eax, 0x11111111",
-         kinds=("serial", "ram"), ends=(OK, OK),
-         detail="serial: line 3: b'11111111' vs b'12345678'"),   # xchg hands ecx its own value back
-    dict(name="rmw-add-into-code", cause=1,
-         body="add byte ptr [s_k + 1], 1\ns_k:\nadd eax, 0x11111111",
-         kinds=("status", "serial", "regs", "ram"), ends=(OK, (-1, "wall-timeout")),
-         detail="no end after"),                                   # an endless loop of exits, no instruction retires
     dict(name="lss-valid-selector-faults", cause=5,
          body="mov word ptr [0x180014], 0x10\nmov dword ptr [0x180010], esp\nlss esp, [0x180010]\nmov ebx, esp",
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x90000 vs 0x5e6f7081"),
@@ -39,16 +31,6 @@ KNOWN = [
     dict(name="dr6-reset-value", cause=8,
          body="mov esi, dr6",
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'ffff0ff0' vs b'00000000'"),
-    dict(name="computed-ret-unscanned", cause=9,
-         body="mov eax, s_t\npush eax\nret\ns_t:\nmov ebx, cs",
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x8 vs 0x9"),
-    dict(name="call-through-changed-pointer-after-smc", cause=10,
-         body=("mov dword ptr [s5_k + 1], 0x46004dbf\ns5_k:\nadd eax, 0x11111111\n"
-               "mov dword ptr [0x18000c], s9_a\nmov dword ptr [0x18000c], s9_b\ncall dword ptr [0x18000c]\n"
-               "# out of line:\ns9_a:\ns9_b:\npushfd\npop edx\nret"),
-         regs={"eax": 3267388414, "ebx": 597617956, "ecx": 2508523437, "edx": 4150789711,
-               "esi": 245009909, "edi": 1427193283},
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0x17 vs 0x217"),   # the host's IF
     dict(name="iretd-to-ring3-keeps-gs", cause=13,
          body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_back\npush 0x23\npush 0x70000\n"
                "push 0x2\npush 0x1b\nmov eax, s_user\npush eax\nmov eax, 0x23\nmov ds, ax\nmov es, ax\niretd\n"
