@@ -80,6 +80,9 @@ class Patcher:
         # PATCH_STATS) and handed in, so the patcher imports nothing from runtime/.
         # It needs `add(name, key=None)` and `report(**gauges)`.
         self.counters = counters
+        # on_change(lo, hi): guest bytes [lo, hi) gained or lost a patch (CSAM keeps
+        # the block check's table of covered bytes from it: runtime/csam.py).
+        self.on_change = None
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -235,6 +238,8 @@ class Patcher:
         for page in {patch.site & ~(PAGE - 1), (patch.site + len(patch.orig) - 1) & ~(PAGE - 1)}:
             self._by_page.setdefault(page, set()).add(patch.site)
         self.counters.add("installed", patch.name)
+        if self.on_change is not None:
+            self.on_change(*patch.span)
 
     # -- removing (self-modifying code) ------------------------------------------------
     def remove_page(self, page: int) -> list[Patch]:
@@ -259,6 +264,8 @@ class Patcher:
         p.enabled = False
         for sites in self._by_page.values():
             sites.discard(p.site)
+        if self.on_change is not None:
+            self.on_change(*p.span)
 
     # -- moving the stub cache --------------------------------------------------------
     def relocate(self, delta: int) -> None:

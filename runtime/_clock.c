@@ -47,6 +47,10 @@ typedef void (*cs_free_t)(void *, size_t);
 #define STOP_BEFORE 1   /* stopped before a block that would pass the budget */
 #define STOP_AT 2       /* stopped at the budget's instruction inside a block (an exit) */
 #define STOP_FIX 3      /* stopped before a block that needs a Unicorn workaround first */
+#define STOP_SCAN 4     /* stopped before a guest-kernel block CSAM has not scanned */
+#define PAGE_SHIFT 12
+#define PAGE_OFF 0xFFFu
+#define MAX_WRITES 256  /* code writes remembered between two drains */
 
 typedef struct Entry {
     struct Entry *next;
@@ -85,6 +89,20 @@ typedef struct {
     void *insn;
     unsigned int fix_id;                /* capstone id of cmpxchg8b */
     uint64_t *hooked;                   /* cmpxchg8b sites with a sync hook */
+    /* CSAM's block check and write monitor (bt mode; see "Code check" below) */
+    bool check;
+    uint64_t ram_pages;
+    uint8_t **code;                     /* page -> scanned-instruction flags (scanner/pages.py) */
+    PyObject **code_obj;                /* ... the bytearray owning them (a reference we hold) */
+    uint8_t **interior;                 /* page -> 1 where a jump patch covers a non-first byte */
+    PyObject **interior_obj;
+    uint8_t *dirty;                     /* page -> 1 once the guest wrote scanned bytes there */
+    uint64_t allow_once;                /* a start the VMM let through once (unscannable bytes) */
+    Py_ssize_t hflags_off;              /* CPL = hflags & 3; -1 = unknown */
+    uint64_t wlog[MAX_WRITES][2];       /* (address, size) of guest stores into scanned bytes */
+    uint32_t nwlog;
+    bool wlog_lost;
+    uint64_t code_checks, code_stops, code_writes, smc_restarts;
     size_t nhooked, hooked_cap;
     /* cache of decoded blocks */
     Entry **buckets;
@@ -344,16 +362,117 @@ static long index_of(Entry *e, uint64_t addr)
     return -1;
 }
 
+/* -- Code check ---------------------------------------------------------------------
+ * Under bt every block the guest kernel (CPL 1, in RAM) starts must begin at an
+ * instruction CSAM scanned: the page's flags (scanner/pages.py: 1 = first byte
+ * of a scanned instruction), shared with Python as the bytearray itself, must
+ * say START there, the page must not be dirty (the guest wrote scanned bytes
+ * since), and the address must not lie inside the bytes a jump patch covers.
+ * Anything else stops the engine before the block runs (STOP_SCAN) and the
+ * VMM scans (runtime/csam.py).  Stubs (outside RAM) and ring 3 pass. */
+static inline bool known_start(Clock *c, uint64_t addr)
+{
+    uint64_t pg = addr >> PAGE_SHIFT;
+    const uint8_t *f = c->code[pg];
+    if (!f || c->dirty[pg] || f[addr & PAGE_OFF] != 1)
+        return false;
+    const uint8_t *in = c->interior[pg];
+    return !(in && in[addr & PAGE_OFF]);
+}
+
+static bool refuse_block(Clock *c, void *uc, uint64_t addr)
+{
+    if (!c->check || (addr >> PAGE_SHIFT) >= c->ram_pages)
+        return false;
+    if (c->hflags_off >= 0 && c->env) {
+        uint32_t hflags;
+        memcpy(&hflags, c->env + c->hflags_off, 4);
+        if ((hflags & 3) == 3)
+            return false;
+    }
+    c->code_checks++;
+    if (known_start(c, addr))
+        return false;
+    if (addr == c->allow_once) {
+        c->allow_once = NO_ADDR;
+        return false;
+    }
+    c->code_stops++;
+    c->reason = STOP_SCAN;
+    c->stop_block = addr;
+    c->stop_entry = NULL;
+    c->emu_stop(uc);
+    return true;
+}
+
+/* UC_HOOK_MEM_WRITE on the physical pages that hold scanned code.  The store is
+ * never stopped or replayed here (a stop from a write hook leaves EIP at the
+ * writer with its store already done: tests/runtime/test_unicorn_facts.py); it
+ * only marks the page dirty and logs the range, so the block check refuses
+ * every later block start on the page until the VMM has invalidated it. */
+static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
+{
+    Clock *c = ud;
+    bool hit = false;
+    for (int i = 0; i < size; i++) {
+        uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
+        if (pg >= c->ram_pages || !c->code[pg] || !c->code[pg][a & PAGE_OFF])
+            continue;
+        c->dirty[pg] = 1;
+        hit = true;
+    }
+    if (!hit)
+        return;
+    c->code_writes++;
+    if (c->nwlog < MAX_WRITES) {
+        c->wlog[c->nwlog][0] = addr;
+        c->wlog[c->nwlog][1] = (uint64_t)size;
+        c->nwlog++;
+    } else {
+        c->wlog_lost = true;
+    }
+}
+
 /* -- the hooks (Unicorn calls them with the Clock as user data) --------------------- */
+/* Unicorn's precise self-modifying code (QEMU's): a store into the running
+ * translated block abandons it before the store, and runs the writer again
+ * as a block of one instruction, then goes on.  The block hook then sees a
+ * one-instruction block starting at instruction j of the block it counted
+ * whole.  A jump cannot produce that shape (a one-instruction block mid-block
+ * would have ended the block there), so the count is set back to the j
+ * instructions that ran: without this a rewriting loop is counted twice. */
+static long smc_restart(Clock *c, uint64_t addr, Entry *e)
+{
+    Entry *cur = c->cur;
+    if (!cur || !e || e->ninsn != 1 || cur->ninsn < 2)
+        return -1;
+    long j = index_of(cur, addr);
+    if (j < 0 || (uint64_t)j > cur->ninsn - 2)
+        return -1;
+    return j;
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
     Entry *e = entry_for(c, uc, addr, size);
     uint32_t n = e ? e->ninsn : 1;
+    long j = smc_restart(c, addr, e);
+    /* the writer of a restart was checked as part of the block it left */
+    if (c->check && j < 0 && refuse_block(c, uc, addr)) {
+        c->cur = NULL;
+        return;
+    }
+    if (j >= 0) {
+        c->count = c->cur_base + (uint64_t)j;
+        c->cur = NULL;
+        c->smc_restarts++;
+    }
     if (e && e->nfix && !fixed(c, e)) {
         c->reason = STOP_FIX;
         c->stop_block = addr;
         c->stop_entry = e;
+        c->cur = NULL;
         c->emu_stop(uc);
         return;
     }
@@ -361,6 +480,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->reason = STOP_BEFORE;
         c->stop_block = addr;
         c->stop_entry = e;
+        c->cur = NULL;
         c->emu_stop(uc);
         return;
     }
@@ -391,6 +511,15 @@ static void Clock_dealloc(Clock *c)
         }
     }
     free(c->buckets);
+    for (uint64_t i = 0; i < c->ram_pages; i++) {
+        Py_XDECREF(c->code_obj[i]);
+        Py_XDECREF(c->interior_obj[i]);
+    }
+    free(c->code);
+    free(c->code_obj);
+    free(c->interior);
+    free(c->interior_obj);
+    free(c->dirty);
     free(c->hooked);
     free(c->tmp);
     free(c->otmp);
@@ -419,6 +548,8 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
         return -1;
     }
     c->budget = UINT64_MAX;
+    c->allow_once = NO_ADDR;
+    c->hflags_off = -1;
     return 0;
 }
 
@@ -580,15 +711,141 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Clock_enable_code_check(Clock *c, PyObject *args)
+{
+    unsigned long long ram;
+    Py_ssize_t hflags;
+    if (!PyArg_ParseTuple(args, "Kn", &ram, &hflags))
+        return NULL;
+    if (c->code) {
+        PyErr_SetString(PyExc_RuntimeError, "code check already enabled");
+        return NULL;
+    }
+    uint64_t n = (ram + PAGE_OFF) >> PAGE_SHIFT;
+    c->code = calloc(n, sizeof(uint8_t *));
+    c->code_obj = calloc(n, sizeof(PyObject *));
+    c->interior = calloc(n, sizeof(uint8_t *));
+    c->interior_obj = calloc(n, sizeof(PyObject *));
+    c->dirty = calloc(n, 1);
+    if (!c->code || !c->code_obj || !c->interior || !c->interior_obj || !c->dirty)
+        return PyErr_NoMemory();
+    c->ram_pages = n;
+    c->hflags_off = hflags;
+    c->check = true;
+    Py_RETURN_NONE;
+}
+
+/* set_page_table(which, page base, bytearray of PAGE bytes or None) */
+static PyObject *Clock_set_page(Clock *c, PyObject *args)
+{
+    int which;
+    unsigned long long base;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "iKO", &which, &base, &obj))
+        return NULL;
+    uint64_t pg = base >> PAGE_SHIFT;
+    if (pg >= c->ram_pages) {
+        PyErr_SetString(PyExc_ValueError, "page outside RAM (or code check not enabled)");
+        return NULL;
+    }
+    if (obj != Py_None && (!PyByteArray_Check(obj) || PyByteArray_GET_SIZE(obj) != PAGE_OFF + 1)) {
+        PyErr_SetString(PyExc_TypeError, "a page table is a bytearray of 4096 bytes");
+        return NULL;
+    }
+    uint8_t **tab = which ? c->interior : c->code;
+    PyObject **own = which ? c->interior_obj : c->code_obj;
+    Py_XDECREF(own[pg]);
+    if (obj == Py_None) {
+        own[pg] = NULL;
+        tab[pg] = NULL;
+    } else {
+        Py_INCREF(obj);          /* a bytearray never resized keeps its buffer */
+        own[pg] = obj;
+        tab[pg] = (uint8_t *)PyByteArray_AS_STRING(obj);
+    }
+    if (!which)
+        c->dirty[pg] = 0;
+    Py_RETURN_NONE;
+}
+
+/* take_writes() -> (dirty page bases, [(addr, size)], log complete) and reset */
+static PyObject *Clock_take_writes(Clock *c, PyObject *unused)
+{
+    PyObject *pages = PyList_New(0), *log = PyList_New(0);
+    if (!pages || !log)
+        goto fail;
+    for (uint64_t i = 0; i < c->ram_pages; i++) {
+        if (!c->dirty[i])
+            continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(i << PAGE_SHIFT);
+        if (!v || PyList_Append(pages, v) < 0) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    for (uint32_t i = 0; i < c->nwlog; i++) {
+        PyObject *v = Py_BuildValue("(KK)", (unsigned long long)c->wlog[i][0],
+                                    (unsigned long long)c->wlog[i][1]);
+        if (!v || PyList_Append(log, v) < 0) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    bool complete = !c->wlog_lost;
+    c->nwlog = 0;
+    c->wlog_lost = false;
+    return Py_BuildValue("(NNO)", pages, log, complete ? Py_True : Py_False);
+fail:
+    Py_XDECREF(pages);
+    Py_XDECREF(log);
+    return NULL;
+}
+
+static PyObject *Clock_has_writes(Clock *c, PyObject *unused)
+{
+    if (c->nwlog || c->wlog_lost)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *Clock_allow_once(Clock *c, PyObject *arg)
+{
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    c->allow_once = a;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_known_start(Clock *c, PyObject *arg)
+{
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    if ((a >> PAGE_SHIFT) >= c->ram_pages)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(known_start(c, a));
+}
+
+static PyObject *Clock_code_stats(Clock *c, PyObject *unused)
+{
+    return Py_BuildValue("{sKsKsK}", "block_checks", (unsigned long long)c->code_checks,
+                         "unscanned_starts", (unsigned long long)c->code_stops,
+                         "code_writes", (unsigned long long)c->code_writes);
+}
+
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsn}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
                          "slow_reads", (unsigned long long)c->slow_reads,
                          "cached_blocks", (Py_ssize_t)c->nentries,
-                         "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked);
+                         "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked,
+                         "smc_restarts", (unsigned long long)c->smc_restarts);
 }
 
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
@@ -620,6 +877,16 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"enable_code_check", (PyCFunction)Clock_enable_code_check, METH_VARARGS,
+     "enable_code_check(ram bytes, hflags offset): check guest-kernel block starts (bt)"},
+    {"set_page", (PyCFunction)Clock_set_page, METH_VARARGS,
+     "set_page(0 = scanned flags | 1 = patch interior, page base, bytearray or None)"},
+    {"take_writes", (PyCFunction)Clock_take_writes, METH_NOARGS,
+     "take_writes() -> (dirty pages, [(addr, size)], complete); clears the log"},
+    {"has_writes", (PyCFunction)Clock_has_writes, METH_NOARGS, "code writes logged since the last take"},
+    {"allow_once", (PyCFunction)Clock_allow_once, METH_O, "allow_once(addr): let one unscannable start run"},
+    {"known_start", (PyCFunction)Clock_known_start, METH_O, "known_start(addr): the block check's verdict"},
+    {"code_stats", (PyCFunction)Clock_code_stats, METH_NOARGS, "counters of the code check"},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Clock_getset[] = {
@@ -643,8 +910,9 @@ static PyTypeObject ClockType = {
 
 static PyObject *callbacks(PyObject *m, PyObject *unused)
 {
-    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)&block_hook,
-                         (unsigned long long)(uintptr_t)&noop_hook);
+    return Py_BuildValue("(KKK)", (unsigned long long)(uintptr_t)&block_hook,
+                         (unsigned long long)(uintptr_t)&noop_hook,
+                         (unsigned long long)(uintptr_t)&write_hook);
 }
 
 static PyMethodDef module_methods[] = {
@@ -670,5 +938,6 @@ PyMODINIT_FUNC PyInit__clock(void)
     PyModule_AddIntConstant(m, "STOP_BEFORE", STOP_BEFORE);
     PyModule_AddIntConstant(m, "STOP_AT", STOP_AT);
     PyModule_AddIntConstant(m, "STOP_FIX", STOP_FIX);
+    PyModule_AddIntConstant(m, "STOP_SCAN", STOP_SCAN);
     return m;
 }

@@ -111,12 +111,6 @@ class BTMode(TrapMode):
     def on_vmm_branch(self, target: int) -> None:
         self.csam.ensure_scanned(target)
 
-    def before_watched_write(self, page: int, address: int, size: int) -> bool:
-        return self.csam.before_watched_write(page, address, size)
-
-    def claims_error(self, err) -> bool:
-        return super().claims_error(err) or self.csam.claims_fetch_retry()
-
     # -- exits ------------------------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         vm = self.vm
@@ -300,5 +294,7 @@ class BTMode(TrapMode):
         out["csam"] = self.stats.report(read_hidden_pages=self.csam.read_hidden_pages,
                                         guards=len(self.guards),
                                         code_pages=len(self.csam.code_pages),
+                                        mem_protect_calls=self.protect.calls,
+                                        **self.vm.clock.c.code_stats(),
                                         instructions_scanned=self.cfg.instruction_count())
         return out

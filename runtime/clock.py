@@ -41,7 +41,7 @@ except ImportError as e:        # pragma: no cover - the package build compiles 
     _clock = None
     _IMPORT_ERROR = e
 
-STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX = 0, 1, 2, 3
+STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX, STOP_SCAN = 0, 1, 2, 3, 4
 
 
 def _fn(f) -> int:
@@ -60,7 +60,8 @@ class InstructionClock:
         self.c = _clock.Clock(_fn(uclib.uc_emu_stop), _fn(uclib.uc_vmem_read),
                               self._md.csh.value, _fn(cs.cs_disasm_iter),
                               _fn(cs.cs_malloc), _fn(cs.cs_free), X86_INS_CMPXCHG8B)
-        self._block_cb, self._noop_cb = _clock.callbacks()
+        self._block_cb, self._noop_cb, self._write_cb = _clock.callbacks()
+        self.on_unscanned = None         # bt: CSAM's handler of a refused block start
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
         hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
@@ -75,6 +76,21 @@ class InstructionClock:
         through the guest's page tables without calling into Unicorn."""
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4)
+
+    # -- CSAM's code check (bt) ----------------------------------------------------
+    def enable_code_check(self, ram_bytes: int, hflags_off: int, on_unscanned) -> None:
+        """From now on every block the guest kernel starts in RAM must begin at a
+        scanned instruction; `on_unscanned(addr)` is called (between two engine
+        runs, never from a hook) for each one that does not, and the block is
+        run after it returns."""
+        self.c.enable_code_check(ram_bytes, hflags_off)
+        self.on_unscanned = on_unscanned
+
+    def watch_code_writes(self, begin: int, end: int) -> int:
+        """A native write hook on [begin, end] (physical) that marks pages whose
+        scanned bytes the guest stores into (runtime/_clock.c write_hook)."""
+        from unicorn import UC_HOOK_MEM_WRITE
+        return hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user, begin, end)
 
     # -- reading ------------------------------------------------------------------
     @property
@@ -109,6 +125,13 @@ class InstructionClock:
         while err is None and not interrupted():
             if c.reason == STOP_FIX:
                 err = self._sync_cmpxchg8b()
+                continue
+            if c.reason == STOP_SCAN:
+                block = self.on_unscanned(c.stop_block)
+                c.resume()
+                if interrupted():
+                    break
+                err = self._emu(block)
                 continue
             if c.reason != STOP_BEFORE:
                 break

@@ -65,14 +65,24 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("stub_exits", "exits from patch stubs (emulate and window exits)"),
     CounterDecl("int3_exits", "executions of int3 patches"),
     CounterDecl("guard_exits", "executions of int3 guards on indirect branches"),
-    CounterDecl("code_page_writes", "guest writes to write-monitored code pages"),
+    CounterDecl("code_page_writes", "guest stores into scanned bytes (native write hook)"),
     CounterDecl("smc_invalidations", "code pages invalidated because the guest wrote scanned bytes"),
+    CounterDecl("unscannable_starts", "refused block starts no scan could make known (run once as they are)"),
+    CounterDecl("patch_interior_redirects", "block starts inside a jump patch sent to the stub's copy"),
+    CounterDecl("patch_interior_replans", "block starts inside a jump patch that removed it and re-planned"),
     CounterDecl("hidden_reads", "guest loads that touched a patch and were re-run on the guest's bytes"),
     CounterDecl("relocations", "moves of the hypervisor area"),
     CounterDecl("read_hidden_pages", "pages with a read hook that hides patches", gauge=True),
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),
+    CounterDecl("mem_protect_calls", "Unicorn mem_protect calls in the run (the GDT monitor's; "
+                "the hypervisor area is mapped with its permissions): constant as code grows", gauge=True),
+    CounterDecl("block_checks", "guest-kernel block starts checked in C against the scanned starts",
+                gauge=True),
+    CounterDecl("unscanned_starts", "of those, refused: stopped and scanned before running", gauge=True),
+    CounterDecl("code_writes", "guest stores into scanned bytes seen by the native write hook",
+                gauge=True),
 )
 
 _BY_NAME = {d.name: d for d in DECLARATIONS + BUS_COUNTERS}

@@ -1,27 +1,38 @@
 """CSAM for bt mode: code is scanned before it runs, and rescanned when it changes.
 
-* Lazy scanning: guest RAM starts non-executable.  The first fetch from a page
-  (UC_HOOK_MEM_FETCH_PROT) scans guest code recursively from that address
-  (scanner.Scanner) and lets the scanned pages execute; VMM-chosen targets
+No page protections (mem_protect splits Unicorn's memory map: milliseconds a
+call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
+
+* Block check: the instruction clock's native block hook (runtime/_clock.c)
+  checks every block the guest kernel starts in RAM against the scanner's
+  per-page instruction-start flags (scanner/pages.py, shared as the bytearrays
+  themselves).  A start that is not a scanned instruction -- first execution,
+  a computed ret/jmp into a page scanned for other code, a changed `call
+  [disp32]` pointer, an exception return -- stops the engine before the block
+  runs; `_on_unscanned` scans it and the block runs.  VMM-chosen targets
   (interrupt handlers, emulated far transfers) are scanned when the VMM sends
   the guest there (`ensure_scanned`).  After each scan the owner is told which
   sites and unresolved indirect branches are new (`on_new_code`): what to patch
   is the patch policy's decision, not CSAM's.
+* Starts inside a jump patch's bytes (a branch found after the patch, or a
+  guest handler resuming after a fault inside a stub) are refused too: they
+  are sent to the matching point of the stub, or the patch is removed and its
+  site re-planned.
 * int3 guards on indirect branches the scanner could not resolve: their first
   byte traps, `guard_exit` computes the target, scans it if it is new, and
-  performs the branch, so code reached only through computed pointers never
-  runs unscanned.
-* Self-modifying code: pages holding scanned code are write-monitored.  A write
-  that touches scanned bytes, a patch or a guard removes the page's patches and
-  guards (restoring the guest's bytes first), drops Unicorn's translated blocks
-  and the page's CFG blocks, and makes the page non-executable so its next
-  execution rescans it.  A write that touches no scanned byte just lands.
+  performs the branch.
+* Self-modifying code: a native write hook on every page holding scanned code
+  marks the page dirty when a guest store touches scanned bytes.  The store
+  completes as the CPU did it (never aborted and replayed); the block check
+  refuses every later block start on a dirty page, and before anything is
+  scanned the dirty pages are invalidated: patches and guards removed (the
+  guest's new bytes kept), translated blocks and the page's CFG dropped.
 * Guest reads of patched code on pages the guest wrote code on are answered
   with the guest's own bytes (read hooks, see `_install_read_hooks`).
 """
 from __future__ import annotations
 
-from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ
+from unicorn import UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
 from bt.x86 import PAGE
@@ -32,8 +43,8 @@ from runtime.emulation import push
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
-NOT_SCANNED = "unscanned"
-CODE = "code"
+INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its first
+FLAGS = 0           # ... the scanner's instruction-start flags
 
 
 class CSAM:
@@ -62,15 +73,18 @@ class CSAM:
         self._read_hooks: dict[int, int] = {}
         self._unhidden: list[tuple[int, bytes]] = []
         self._reread: str | None = None
-        self._fetch_retry = False
-        self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self.vm.guarded(self._on_fetch_prot, False))
+        self._write_hooked: set[int] = set()        # pages with a native write hook (kept)
+        self._interior: dict[int, bytearray] = {}
+        self.clock = self.vm.clock
+        patcher.on_change = self._patches_changed
 
     @property
     def read_hidden_pages(self) -> int:
         return len(self._read_hooks)
 
     def boot(self) -> None:
-        self.mode.protect.block_exec_range(0, self.vm.config.mem_bytes, NOT_SCANNED)
+        self.clock.enable_code_check(self.vm.config.mem_bytes, self.vm.quirks.off.hflags,
+                                     self._on_unscanned)
 
     def _scan_read(self, addr: int, n: int) -> bytes | None:
         ram = self.vm.config.mem_bytes
@@ -78,33 +92,66 @@ class CSAM:
             return None
         return self.mode.guest_visible(addr, min(n, ram - addr))
 
-    # -- lazy scanning ------------------------------------------------------------------
-    def _on_fetch_prot(self, access, address, size, value):
-        """First execution in a non-executable page: scan from there.  The page's
-        new protection is committed between slices (runtime/protect.py), so the
-        fetch is refused now and retried by the next slice."""
-        if address >= self.vm.config.mem_bytes:
-            return False
+    # -- the block check's refusals ------------------------------------------------------
+    def _on_unscanned(self, address: int) -> int:
+        """The block check refused a guest-kernel block at `address` (called
+        between engine runs by runtime/clock.py).  Returns where to run."""
+        self.drain_writes()
+        if self.clock.c.known_start(address):
+            return address                       # it was only on a dirty page: rescanned
         self.vm.counters.add("scan_exits")
         self.vm.exit_site(address)
-        self.scan(address)
-        page = address & ~(PAGE - 1)
-        if self.mode.protect.exec_blocked(page):       # nothing scanned there (bad bytes)
-            self.mode.protect.block_exec(page, NOT_SCANNED, False)
-        self._fetch_retry = True
-        self.vm.halt_slice()
-        return False
+        p = self.patcher.covering(address)
+        if p is not None and p.kind == "jump" and p.site < address < p.site + len(p.orig):
+            return self._into_patch(p, address)
+        if self.cfg.pages.state(address) != 1 or self.cfg.block_of(address) is None:
+            self.scan(address)
+        self._install_read_hooks()               # new patches on pages read as data
+        if not self.clock.c.known_start(address):
+            # Nothing scannable starts there (undecodable bytes, the middle of a
+            # scanned instruction): let the engine raise what the CPU would.
+            self.stats.add("unscannable_starts")
+            self.clock.c.allow_once(address)
+        return address
 
-    def claims_fetch_retry(self) -> bool:
-        """Whether the error that ended the slice was a refused fetch of a page
-        just scanned (the mode's own doing)."""
-        if self._fetch_retry:
-            self._fetch_retry = False
-            return True
-        return False
+    def _into_patch(self, p, address: int) -> int:
+        """A start inside the bytes a jump patch replaced: run the stub's copy of
+        that instruction when the stub has one, else remove the patch, scan the
+        new start and re-plan the site (the policy now sees the branch target)."""
+        for lo, _hi, guest in p.stub_map:
+            if guest == address:
+                self.stats.add("patch_interior_redirects")
+                return lo
+        self.stats.add("patch_interior_replans")
+        self.patcher._remove(p)
+        self.patcher.counters.add("removed")
+        self.scan(address)
+        self._on_new_code([p.site], [])
+        if not self.clock.c.known_start(address):
+            self.clock.c.allow_once(address)
+        return address
+
+    def _patches_changed(self, lo: int, hi: int) -> None:
+        """Keep the block check's table of patch-interior bytes in step."""
+        for page in {lo & ~(PAGE - 1), (hi - 1) & ~(PAGE - 1)}:
+            if page >= self.vm.config.mem_bytes:
+                continue
+            table = bytearray(PAGE)
+            for p in self.patcher.patches_on_page(page):
+                if p.kind != "jump":
+                    continue
+                for a in range(p.site + 1, p.site + len(p.orig)):
+                    if a & ~(PAGE - 1) == page:
+                        table[a - page] = 1
+            if any(table):
+                self._interior[page] = table
+                self.clock.c.set_page(INTERIOR, page, table)
+            elif self._interior.pop(page, None) is not None:
+                self.clock.c.set_page(INTERIOR, page, None)
 
     def scan(self, addr: int) -> None:
-        cfg, protect = self.cfg, self.mode.protect
+        self.drain_writes()
+        cfg = self.cfg
         before = set(cfg.pages.code_pages())
         known_unresolved = set(cfg.unresolved_sites())
         self.scanner.scan_from(addr)
@@ -121,11 +168,18 @@ class CSAM:
         sites = [a for a, _name, _klass in sorted(self.scanner.new_sites)]
         unresolved = [u for u in cfg.unresolved_sites() if u not in known_unresolved]
         self._on_new_code(sites, unresolved)
-        for page in pages:
-            if page not in self.code_pages:
-                self.code_pages.add(page)
-                protect.watch_writes(page, CODE, True)
-            protect.block_exec(page, NOT_SCANNED, False)
+        ram = self.vm.config.mem_bytes
+        for page in pages - before:
+            if page >= ram:
+                continue
+            self.code_pages.add(page)
+            self.clock.c.set_page(FLAGS, page, cfg.pages.pages[page].flags)
+            if page not in self._write_hooked:
+                # One ranged hook per code page, kept for the engine's life (its
+                # callback checks the page's current flags): stores elsewhere
+                # cost nothing (notes: "Native hooks are nearly free").
+                self._write_hooked.add(page)
+                self.clock.watch_code_writes(page, page + PAGE - 1)
 
     def ensure_scanned(self, target: int) -> None:
         """The VMM sends the guest to `target`: interrupt handlers and other
@@ -166,43 +220,60 @@ class CSAM:
         return True
 
     # -- self-modifying code ----------------------------------------------------------------
-    def before_watched_write(self, page: int, address: int, size: int) -> bool:
-        """Called before the guest's write lands. True = the slice must stop."""
-        if page not in self.code_pages:
-            return False
-        self.stats.add("code_page_writes")
-        if not self._touches_code(address, size):
-            return False
-        self._invalidate(page)
-        if address + size > page + PAGE:
-            self._invalidate(page + PAGE)
-        return True
-
-    def _touches_code(self, address: int, size: int) -> bool:
-        for a in range(address, address + size):
-            if self.cfg.pages.state(a):
-                return True
-            if any(p.site <= a < p.site + len(p.orig)
-                   for p in self.patcher.patches_on_page(a & ~(PAGE - 1))):
-                return True
-            if a in self.guards:
-                return True
-        return False
-
-    def _invalidate(self, page: int) -> None:
-        if page not in self.code_pages:
+    def drain_writes(self) -> None:
+        """Invalidate the pages the guest stored scanned bytes into since the last
+        drain (the native write hook marked them; the stores have landed)."""
+        if not self.clock.c.has_writes():
             return
+        pages, log, complete = self.clock.c.take_writes()
+        self.stats.add("code_page_writes", n=len(log))
+        written = [(a, n) for a, n in log] if complete else None
+        for page in pages:
+            self._invalidate(page, written)
+
+    def _invalidate(self, page: int, written) -> None:
+        """Drop the page's code: its patches and guards come out with the guest's
+        bytes put back -- except the bytes the guest itself wrote since (`written`:
+        (address, size) stores; None = the log overflowed: a byte that no longer
+        holds the patch's value was written by the guest)."""
         self.stats.add("smc_invalidations")
         self._smc_pages.add(page)
+        patches = [p for p in self.patcher.patches_on_page(page)]
+        keep: list[tuple[int, bytes]] = []
+        for p in patches:
+            patched = self._raw(p.site, len(p.orig))
+            for i in range(len(p.orig)):
+                a = p.site + i
+                if self._guest_wrote(a, written, patched[i], p, i):
+                    keep.append((a, patched[i:i + 1]))
+        guards = [g for g in self.guards if g & ~(PAGE - 1) == page]
+        for g in guards:
+            now = self._raw(g, 1)
+            if written is not None and any(w <= g < w + n for w, n in written) or \
+                    (written is None and now != b"\xcc"):
+                keep.append((g, now))
         self.patcher.remove_page(page)
-        for g in [g for g in self.guards if g & ~(PAGE - 1) == page]:
+        for g in guards:
             self.uc.mem_write(g, self.guards.pop(g).data[:1])
+        for a, b in keep:
+            self.uc.mem_write(a, b)
         self.scanner.invalidate_page(page)
         self.cfg.pages.drop(page)
         self.uc.ctl_remove_cache(page, page + PAGE)
         self.code_pages.discard(page)
-        self.mode.protect.watch_writes(page, CODE, False)
-        self.mode.protect.block_exec(page, NOT_SCANNED, True)
+        self.clock.c.set_page(FLAGS, page, None)
+
+    def _raw(self, addr: int, n: int) -> bytes:
+        return bytes(self.vm.fast.mem_read(addr, n))
+
+    @staticmethod
+    def _guest_wrote(a: int, written, now: int, p, i: int) -> bool:
+        if written is not None:
+            return any(w <= a < w + n for w, n in written)
+        patch_byte = b"\xcc" if p.kind == "int3" else None
+        if patch_byte is not None:
+            return now != patch_byte[0]
+        return False    # jump bytes: assume unchanged (only when the log overflowed)
 
     # -- hiding patches from a guest that reads its own code ------------------------------
     # Unicorn does not enforce read protection on executable pages, so reads cannot

@@ -35,6 +35,7 @@ class Protections:
         self._exec_block: dict[int, set[str]] = {}
         self._pending: set[int] = set()
         self.on_change = on_change
+        self.calls = 0          # mem_protect calls made (the report's figure)
 
     def _apply(self, page: int) -> None:
         self._pending.add(page)
@@ -52,6 +53,7 @@ class Protections:
             if not self._exec_block.get(page):
                 prot |= UC_PROT_EXEC
             self.uc.mem_protect(page, PAGE, prot)
+            self.calls += 1
         self._pending.clear()
         return True
 
@@ -75,6 +77,7 @@ class Protections:
             self._exec_block.setdefault(page, set()).add(reason)
         self._pending -= set(range(start, start + size, PAGE))
         self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_WRITE)
+        self.calls += 1
 
     def is_pending(self, page: int) -> bool:
         """A change for `page` is queued: Unicorn may still enforce the old protection."""
