@@ -19,6 +19,9 @@ Layout (offsets from the base):
     VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
     SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
     VMM_STACK    scratch stack for VMM trampolines
+    FLAG_TABLES  byte lookups on EFLAGS byte 1 (IF, IOPL) that let cli, sti,
+                 pushf(d) and the window check run without touching the
+                 arithmetic flags (flag_tables(); patcher/templates.py)
     SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
                  (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
                  with one load: no flags touched, no stack scratch
@@ -39,6 +42,14 @@ SHADOW_GDT_SIZE = 0x10000
 VMM_TSS = 0x1800
 VMM_STACK = 0x12000
 VMM_STACK_SIZE = 0x1000
+# FLAG_TABLES: each table indexed by a byte-1 value of EFLAGS (bits 8-15).
+FLAG_TABLES = 0x13000
+CLI_BYTE = FLAG_TABLES + 0x000     # 256 x u8: b -> b without IF
+STI_BYTE = FLAG_TABLES + 0x100     # 256 x u8: b -> b with IF
+IF_BYTE = FLAG_TABLES + 0x200      # 256 x u8: b -> b's IF bit alone (0 or IF)
+PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IF/IOPL replaced by v's
+PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
+FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
 SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
 SELECTOR_VIEW_SIZE = 0x20000
 STUBS = 0x40000
@@ -49,7 +60,8 @@ STUBS_SIZE = HYPER_SIZE - STUBS
 FIELDS: dict[str, tuple[int, str]] = {
     "vflags": (0x00, "<I"),      # virtual EFLAGS bits the guest owns: IF (bit 9) and IOPL (12-13)
     "in_patch": (0x04, "<I"),    # 1 while the guest runs inside patch code: no injection
-    "irq_pending": (0x08, "<I"), # set by the VMM: a stub enabling IF must exit to let it in
+    "irq_pending": (0x08, "<I"), # set by the VMM, 0 or 1 (the window check indexes with it):
+                                 # a stub enabling IF must exit to let it in
     "scratch": (0x0C, "<I"),     # stub scratch word
     "cr0": (0x10, "<I"),
     "cr2": (0x14, "<I"),
@@ -69,6 +81,10 @@ FIELDS: dict[str, tuple[int, str]] = {
 # The EFLAGS bits the "vflags" field holds: the ones ring compression takes
 # from the guest (the real IF stays 1 and the real IOPL 0 while it runs).
 VFLAGS_MASK = IF_BIT | IOPL_MASK
+# The same in EFLAGS byte 1 (vflags' only non-zero byte: bytes 0, 2, 3 stay 0,
+# which the flag-free stubs rely on).
+IF_BYTE1 = IF_BIT >> 8
+VFLAGS_BYTE1 = VFLAGS_MASK >> 8
 
 
 def selector_view_table() -> bytes:
@@ -76,3 +92,22 @@ def selector_view_table() -> bytes:
     read as RPL 0, others unchanged."""
     t = array.array("H", (sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000)))
     return t.tobytes()
+
+
+def flag_tables() -> bytes:
+    """The FLAG_TABLES contents (offsets relative to FLAG_TABLES).
+
+    cli/sti rewrite vflags' byte 1 with one load from CLI_BYTE/STI_BYTE; the
+    window check reads IF_BYTE; pushf(d) merges the virtual IF/IOPL into byte 1
+    of the flags it pushed with PUSHF_BYTE, indexed by (vflags byte 1) * 256 +
+    (pushed byte 1): every bit of the pushed byte outside IF/IOPL (TF, DF, OF,
+    NT, bit 15) is kept."""
+    out = bytearray(FLAG_TABLES_SIZE)
+    for b in range(256):
+        out[CLI_BYTE - FLAG_TABLES + b] = b & ~IF_BYTE1
+        out[STI_BYTE - FLAG_TABLES + b] = b | IF_BYTE1
+        out[IF_BYTE - FLAG_TABLES + b] = b & IF_BYTE1
+    for v in range(PUSHF_ROWS):
+        for r in range(256):
+            out[PUSHF_BYTE - FLAG_TABLES + v * 256 + r] = (r & ~VFLAGS_BYTE1) | (v & VFLAGS_BYTE1)
+    return bytes(out)

@@ -11,8 +11,15 @@ such absolute is found again after assembly and recorded as a fixup
 
 Rules every template follows (checked by tests/patcher/test_template_semantics.py):
 * flag-neutral: the guest's arithmetic flags after the stub equal those after
-  the real instruction (templates that must compute save and restore them
-  without the stack: `_save_flags`/`_restore_flags`, lahf/seto then add/sahf);
+  the real instruction, OF and AF included;
+* flag-free where it can be: the bodies use only instructions that neither read
+  nor write the arithmetic flags (mov, movzx, lea, jecxz, table lookups), since
+  lahf/seto/sahf force Unicorn (QEMU) to materialise its lazy flags and made the
+  stubs 1.6x slower.  The virtual IF/IOPL sit in byte 1 of `vflags` (its other
+  bytes are 0), and byte lookups in the hypervisor area's FLAG_TABLES
+  (bt/hyper_layout.py, filled at boot by runtime/bt.py) rewrite that byte;
+  popf(d) and iretd may compute with flags because their final real
+  popfd/iretd loads every flag anyway.  No template saves the flags today;
 * exit-free: a template never leaves to the VMM except through `window_check`,
   which only fires when the guest just enabled interrupts while one waits, and
   iretd's documented exits;
@@ -20,7 +27,8 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
   scratch below ESP (a real cli writes nothing; a guest can read below its ESP,
   and with ESP = 0 the write wraps to 0xFFFFFFFC: issue 15).  Scratch lives in
   the state page.  The stack is never switched either: a fault inside a stub is
-  delivered on the guest's ESP (runtime/bt.py, _stub_fault).
+  delivered on the guest's ESP (runtime/bt.py, _stub_fault).  The state page
+  and the tables are reached through DS (a flat kernel data segment assumed).
 Keystone quirks (tests/patcher/test_templates.py holds every template to them): `pushfd`/`popfd` spelled out, `push cs`
 never used (it assembles with a 0x66 prefix), `;` separates statements.
 """
@@ -31,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bt.catalog import check_registry
-from bt.hyper_layout import FIELDS, SELECTOR_VIEW, STATE, VFLAGS_MASK
+from bt.hyper_layout import CLI_BYTE, FIELDS, IF_BYTE, PUSHF_BYTE, SELECTOR_VIEW, STATE, STI_BYTE, VFLAGS_MASK
 from bt.x86 import IF_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
@@ -86,7 +94,8 @@ class Insn:
 class StubContext:
     def __init__(self, state_addr: int, label: str):
         self.state_addr = state_addr
-        self.selector_table = state_addr - STATE + SELECTOR_VIEW
+        self.hyper_base = state_addr - STATE
+        self.selector_table = self.hyper_base + SELECTOR_VIEW
         self.label = label
         self._n = 0
 
@@ -95,6 +104,10 @@ class StubContext:
 
     def addr(self, name: str, plus: int = 0) -> int:
         return self.state_addr + FIELDS[name][0] + plus
+
+    def table(self, region: int) -> int:
+        """The absolute address of a hypervisor-area region (a lookup table)."""
+        return self.hyper_base + region
 
     def local(self, what: str) -> str:
         self._n += 1
@@ -121,44 +134,36 @@ def _mem_operand(op_str: str) -> str:
 
 
 # -- the interrupt flag --------------------------------------------------------
-def _save_flags(s: StubContext) -> str:
-    """Save EAX and the arithmetic flags in the state page, without the stack:
-    lahf takes SF ZF AF PF CF into AH, seto OF into AL.  EAX is free after it."""
-    return f"mov {s.field('scratch2')}, eax; lahf; seto al; mov {s.field('scratch3')}, eax"
-
-
-def _restore_flags(s: StubContext) -> str:
-    """Undo `_save_flags`: `add al, 0x7f` sets OF exactly when AL (seto's 0/1) is 1,
-    then sahf loads the other five and leaves OF (pinned in
-    tests/patcher/test_template_semantics.py).  The other EFLAGS bits (DF, AC,
-    ID, ...) are never touched by the bodies between."""
-    return f"mov eax, {s.field('scratch3')}; add al, 0x7f; sahf; mov eax, {s.field('scratch2')}"
+def _rewrite_vflags_byte1(s: StubContext, table: int) -> str:
+    """vflags byte 1 = table[vflags byte 1], flag-free (EAX parked in scratch)."""
+    return (f"mov {s.field('scratch')}, eax; movzx eax, byte ptr [{s.addr('vflags', 1):#x}]; "
+            f"movzx eax, byte ptr [{s.table(table):#x} + eax]; "
+            f"mov byte ptr [{s.addr('vflags', 1):#x}], al; mov eax, {s.field('scratch')}")
 
 
 @stub("cli")
 def _cli(s: StubContext, i: Insn) -> str:
-    return f"{_save_flags(s)}; and {s.field('vflags')}, {~IF_BIT & 0xFFFFFFFF:#x}; {_restore_flags(s)}"
+    return _rewrite_vflags_byte1(s, CLI_BYTE)
 
 
 @stub("sti")
 def _sti(s: StubContext, i: Insn) -> str:
-    return f"{_save_flags(s)}; or {s.field('vflags')}, {IF_BIT:#x}; {_restore_flags(s)}"
+    return _rewrite_vflags_byte1(s, STI_BYTE)
 
 
 @stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags into the slot the instruction writes (and nowhere
-    # else), merge the virtual IF/IOPL into it, and restore the real arithmetic
-    # flags the merge clobbered.  Keystone's `pushf` is the 16-bit form (66 9c):
-    # it writes the low word only, and bits 31:16 of the real EFLAGS (AC, ID)
-    # stay as they are, as the CPU leaves them.
-    if i.mnemonic == "pushf":
-        return (f"{_save_flags(s)}; pushf; movzx eax, word ptr [esp]; "
-                f"and eax, {~VFLAGS_MASK & 0xFFFF:#x}; or eax, {s.field('vflags')}; "
-                f"mov word ptr [esp], ax; {_restore_flags(s)}")
-    return (f"{_save_flags(s)}; pushfd; mov eax, dword ptr [esp]; "
-            f"and eax, {~VFLAGS_MASK & 0xFFFFFFFF:#x}; or eax, {s.field('vflags')}; "
-            f"mov dword ptr [esp], eax; {_restore_flags(s)}")
+    # else), then replace IF/IOPL in byte 1 of the pushed copy by the virtual
+    # ones: EAX = vflags (v << 8, its other bytes 0) with the pushed byte 1 as
+    # its low byte indexes PUSHF_BYTE.  No arithmetic flag is read or written.
+    # Keystone's `pushf` is the 16-bit form (66 9c): it writes the low word only,
+    # and bits 31:16 of the real EFLAGS (AC, ID) stay as they are, as the CPU
+    # leaves them; byte 1 sits at [esp + 1] in both forms.
+    push = "pushf" if i.mnemonic == "pushf" else "pushfd"
+    return (f"{push}; mov {s.field('scratch')}, eax; mov eax, {s.field('vflags')}; "
+            f"mov al, byte ptr [esp + 1]; mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]; "
+            f"mov byte ptr [esp + 1], al; mov eax, {s.field('scratch')}")
 
 
 @stub("popfd")
@@ -316,11 +321,15 @@ ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 def window_check(s: StubContext) -> str:
     """At the end of a patch that may have enabled interrupts: if the virtual IF
     is set and an interrupt waits, exit (the VMM resumes at the guest address
-    after the patch and injects).  The flags are saved without the stack."""
+    after the patch and injects).  Flag-free: ECX = byte `irq_pending` (0 or 1)
+    of vflags -- byte 0, always 0, or byte 1, holding IF --, reduced to IF by
+    IF_BYTE; `jecxz` branches without reading the flags."""
     out = s.local("win")
-    return (f"{_save_flags(s)}; test {s.field('vflags')}, {IF_BIT:#x}; jz {out}; "
-            f"test {s.field('irq_pending')}, 1; jz {out}; {_restore_flags(s)}; {EXIT}; "
-            f"{out}: {_restore_flags(s)}")
+    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; "
+            f"movzx ecx, byte ptr [{s.addr('vflags'):#x} + ecx]; "
+            f"movzx ecx, byte ptr [{s.table(IF_BYTE):#x} + ecx]; jecxz {out}; "
+            f"mov ecx, {s.field('scratch')}; {EXIT}; "
+            f"{out}: mov ecx, {s.field('scratch')}")
 
 
 check_registry("stub templates", TEMPLATES, lambda row: row.stub)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.catalog import classify_bytes
-from bt.hyper_layout import SELECTOR_VIEW, VFLAGS_MASK, selector_view_table
+from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, VFLAGS_MASK, flag_tables, selector_view_table
 from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher import policy
 from patcher.patches import Patcher
@@ -79,6 +79,7 @@ class BTMode(TrapMode):
         super().boot()
         self.csam.boot()
         self.uc.mem_write(self.hyper.addr(SELECTOR_VIEW), selector_view_table())
+        self.uc.mem_write(self.hyper.addr(FLAG_TABLES), flag_tables())
 
     # -- patching what CSAM found ----------------------------------------------------
     def _hood(self, addr: int) -> Neighbourhood:

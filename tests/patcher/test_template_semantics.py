@@ -35,7 +35,8 @@ from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
 from patcher.templates import (EMULATE_EXITS, template_for, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
                                StubContext, window_check)
-from bt.hyper_layout import FIELDS, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, selector_view_table
+from bt.hyper_layout import (FIELDS, FLAG_TABLES, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, flag_tables,
+                             selector_view_table)
 from bt.x86 import IF_BIT
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
@@ -82,6 +83,7 @@ def _gdt(kernel_code: int, kernel_data: int, ring0: bool) -> bytes:
 REF_GDT_BYTES = _gdt(ACCESS_CODE0, ACCESS_DATA0, ring0=False)
 REAL_GDT_BYTES = _gdt(ACCESS_CODE1, ACCESS_DATA1, ring0=True)
 VIEW = selector_view_table()
+FLAG_TABLE_BYTES = flag_tables()
 SEGS = {"cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS,
         "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 GPRS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
@@ -305,6 +307,7 @@ def run_translation(key: str, insn: Insn, b: Belief) -> tuple[Outcome, range]:
     uc.mem_write(REAL_GDT, REAL_GDT_BYTES)
     uc.mem_write(STATE_ADDR, bytes(state_page(b)))
     uc.mem_write(HYPER + SELECTOR_VIEW, VIEW)
+    uc.mem_write(HYPER + FLAG_TABLES, FLAG_TABLE_BYTES)
     code = assemble(stub_text(key, insn, b.until), STUB_ADDR)
     uc.mem_write(STUB_ADDR, code)
     # the VMM's own tables and CR0, unlike the guest's
@@ -531,20 +534,24 @@ def test_fact_reg_write_sets_what_sgdt_sidt_sldt_str_show_at_cpl0():
                                               + struct.pack("<HH", 0xBEEF, 0xCAFE))
 
 
-@pytest.mark.parametrize("of", [0, 1])
-def test_fact_lahf_seto_add_sahf_save_and_restore_every_arithmetic_flag(of):
-    """The stack-free flag save the templates use (patcher/templates.py,
-    _save_flags): `add al, 0x7f` sets OF exactly when AL is 1 and sahf leaves OF
-    as it is, so every arithmetic flag comes back, for all 64 combinations."""
-    for bits in range(32):
-        flags = 2 | (bits & 1) | ((bits >> 1 & 1) << 2) | ((bits >> 2 & 1) << 4) \
-            | ((bits >> 3 & 1) << 6) | ((bits >> 4 & 1) << 7) | (of << 11) | (1 << 10) | (1 << 18)
+@pytest.mark.parametrize("ecx", [0, 1, 0x80000000])
+def test_fact_jecxz_branches_on_ecx_alone_and_leaves_every_flag(ecx):
+    """The window check's branch (patcher/templates.py, window_check): `jecxz`
+    jumps exactly when ECX is 0, whatever the flags say, and changes none of
+    them (nor do the movzx lookups before it), for all 64 arithmetic-flag
+    combinations."""
+    for bits in range(64):
+        flags = 2 | (bits & 1) | ((bits >> 1 & 1) << 2) | ((bits >> 2 & 1) << 4) | ((bits >> 3 & 1) << 6) \
+            | ((bits >> 4 & 1) << 7) | ((bits >> 5 & 1) << 11) | (1 << 10) | (1 << 18)
         uc, faults = _engine()
-        # lahf; seto al; mov ecx, eax; xor eax, eax (flags clobbered: ZF PF set, others clear);
-        # dec eax (clobber again: SF AF set); mov eax, ecx; add al, 0x7f; sahf
-        code = bytes.fromhex("9f" "0f90c0" "89c1" "31c0" "48" "89c8" "047f" "9e")
+        # movzx eax, byte ptr [0x3000 + esi]; jecxz +5; mov ebx, 1; nop
+        code = bytes.fromhex("0fb68600300000" "e305" "bb01000000" "90")
         uc.mem_write(GUEST, code)
         uc.reg_write(X.UC_X86_REG_ESP, GUEST_ESP)
+        uc.reg_write(X.UC_X86_REG_ESI, 1)
+        uc.reg_write(X.UC_X86_REG_ECX, ecx)
+        uc.reg_write(X.UC_X86_REG_EBX, 0)
         uc.reg_write(X.UC_X86_REG_EFLAGS, flags)
         uc.emu_start(GUEST, GUEST + len(code), count=10)
         assert faults == [] and hex(uc.reg_read(X.UC_X86_REG_EFLAGS)) == hex(flags), hex(flags)
+        assert uc.reg_read(X.UC_X86_REG_EBX) == (0 if ecx == 0 else 1), hex(flags)
