@@ -209,6 +209,7 @@ class Patcher:
         addr = self.cache.reserve(len(code))
         assert addr == start
         self.cache.write(addr, bytes(code))
+        self.cache.mark_starts(stub_map)
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, addr, len(code), exits, stub_map, relocated=relocated)

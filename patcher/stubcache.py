@@ -75,6 +75,12 @@ class StubCache:
     base: int                  # hypervisor area base
     used: int = 0
     fixups: list[Fixup] = field(default_factory=list)
+    # Per stub byte: how many guest instructions' stub ranges start there (each
+    # patch's stub_map `lo`).  The instruction clock (runtime/_clock.c) weighs
+    # stub instructions by it, so a stub counts the guest instructions it
+    # translates.  Indexed from `start`, so it survives relocation; never resized
+    # (the clock holds its buffer).
+    starts: bytearray = field(default_factory=lambda: bytearray(STUBS_SIZE))
 
     @property
     def start(self) -> int:
@@ -93,6 +99,14 @@ class StubCache:
     def write(self, addr: int, code: bytes) -> None:
         self.uc.mem_write(addr, code)
         self.fixups.extend(find_fixups(code, addr, self.base))
+
+    def mark_starts(self, stub_map) -> None:
+        """Publish where each guest instruction's stub range begins (several
+        guest instructions may begin at one byte when a template is empty)."""
+        for lo, _hi, _guest in stub_map:
+            off = lo - self.start
+            if 0 <= off < STUBS_SIZE:
+                self.starts[off] = min(self.starts[off] + 1, 255)
 
     def add_guest_jump(self, site: int) -> None:
         self.fixups.append(Fixup(site + 1, "rel", in_guest=True))

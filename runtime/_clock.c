@@ -25,6 +25,16 @@
  *
  * Blocks cut short (a fault, an aborted store) are corrected by the VMM with
  * `cut`, which knows the block's instruction boundaries.
+ *
+ * Stub-cache blocks (bt) count guest instructions, not stub instructions: the
+ * patcher publishes, per stub byte, how many guest instructions' stub ranges
+ * start there (patcher/stubcache.py `starts`, from each patch's stub_map), and
+ * an instruction of a stub block weighs that many.  A guest instruction is
+ * retired when its stub range is entered, so a relocated copy weighs 1, a
+ * template weighs 1 on its first instruction and 0 on the rest, the jump back
+ * to the guest 0.  Every position (`started`, `cut`, `boundary`) is the sum of
+ * the weights before it, so rdtsc, faults, exits and slice ends inside a stub
+ * see exactly the count emulate has at the same guest instruction.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -50,7 +60,9 @@ typedef void (*cs_free_t)(void *, size_t);
 #define STOP_SCAN 4     /* stopped before a guest-kernel block CSAM has not scanned */
 #define PAGE_SHIFT 12
 #define PAGE_OFF 0xFFFu
-#define MAX_WRITES 256  /* code writes remembered between two drains */
+#define MAX_WRITES 256
+#define INTERIOR_BYTE 1 /* interior table: a non-first byte a jump patch covers */
+#define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */  /* code writes remembered between two drains */
 
 typedef struct Entry {
     struct Entry *next;
@@ -97,7 +109,11 @@ typedef struct {
     uint8_t **interior;                 /* page -> 1 where a jump patch covers a non-first byte */
     PyObject **interior_obj;
     uint8_t *dirty;                     /* page -> 1 once the guest wrote scanned bytes there */
-    uint64_t allow_once;                /* a start the VMM let through once (unscannable bytes) */
+    uint64_t allow_once;
+    /* guest-instruction starts per stub-cache byte (see the top comment) */
+    uint64_t stub_lo, stub_size;
+    uint8_t *stub_starts;
+    PyObject *stub_starts_obj;                /* a start the VMM let through once (unscannable bytes) */
     Py_ssize_t hflags_off;              /* CPL = hflags & 3; -1 = unknown */
     uint64_t wlog[MAX_WRITES][2];       /* (address, size) of guest stores into scanned bytes */
     uint32_t nwlog;
@@ -343,6 +359,50 @@ static bool fixed(Clock *c, Entry *e)
     return true;
 }
 
+/* Guest instructions in the first k instructions of e: k outside the stub
+ * cache, else the sum of the published stub-byte weights. */
+static inline bool ends_in_patch_jump(Clock *c, Entry *e)
+{
+    uint64_t a = e->addr + e->offs[e->ninsn - 1], pg = a >> PAGE_SHIFT;
+    if (pg >= c->ram_pages || !c->interior[pg] || c->interior[pg][a & PAGE_OFF] != PATCH_SITE)
+        return false;
+    return e->offs[e->ninsn - 1] + 5u == e->size && e->bytes[e->offs[e->ninsn - 1]] == 0xE9;
+}
+
+static inline uint64_t weight(Clock *c, Entry *e, uint32_t k)
+{
+    if (!c->stub_starts || e->addr - c->stub_lo >= c->stub_size) {
+        /* guest code: the jump into a patch's stub is no guest instruction
+         * (the stub counts the ones it translates); a jmp ends its block */
+        if (k >= e->ninsn && c->check && ends_in_patch_jump(c, e))
+            return e->ninsn - 1;
+        return k;
+    }
+    uint64_t w = 0;
+    for (uint32_t i = 0; i < k && i < e->ninsn; i++) {
+        uint64_t off = e->addr - c->stub_lo + e->offs[i];
+        if (off < c->stub_size)
+            w += c->stub_starts[off];
+    }
+    return w;
+}
+
+/* The instruction of e (index >= 1) before which exactly k guest instructions
+ * have started and which starts one more (in guest code: instruction k), or -1. */
+static long find_boundary(Clock *c, Entry *e, uint64_t k)
+{
+    if (!e || k == 0)
+        return -1;
+    for (uint32_t i = 1; i < e->ninsn; i++) {
+        uint64_t w = weight(c, e, i);
+        if (w > k)
+            break;
+        if (w == k && weight(c, e, i + 1) > w)
+            return (long)i;
+    }
+    return -1;
+}
+
 /* Index of the instruction starting at addr in e, or -1. */
 static long index_of(Entry *e, uint64_t addr)
 {
@@ -377,7 +437,7 @@ static inline bool known_start(Clock *c, uint64_t addr)
     if (!f || c->dirty[pg] || f[addr & PAGE_OFF] != 1)
         return false;
     const uint8_t *in = c->interior[pg];
-    return !(in && in[addr & PAGE_OFF]);
+    return !(in && in[addr & PAGE_OFF] == INTERIOR_BYTE);
 }
 
 static bool refuse_block(Clock *c, void *uc, uint64_t addr)
@@ -456,7 +516,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
     Entry *e = entry_for(c, uc, addr, size);
-    uint32_t n = e ? e->ninsn : 1;
+    uint64_t n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
     if (c->check && j < 0 && refuse_block(c, uc, addr)) {
@@ -464,7 +524,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         return;
     }
     if (j >= 0) {
-        c->count = c->cur_base + (uint64_t)j;
+        c->count = c->cur_base + weight(c, c->cur, (uint32_t)j);
         c->cur = NULL;
         c->smc_restarts++;
     }
@@ -476,7 +536,11 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
-    if (c->count + n > c->budget) {
+    /* A stub instruction standing for several guest instructions (empty
+     * templates before it) cannot be split: when no boundary lands exactly on
+     * the budget the block runs whole and the slice ends a little late. */
+    if (c->count + n > c->budget
+        && (!e || c->count >= c->budget || find_boundary(c, e, c->budget - c->count) >= 0)) {
         c->reason = STOP_BEFORE;
         c->stop_block = addr;
         c->stop_entry = e;
@@ -520,6 +584,7 @@ static void Clock_dealloc(Clock *c)
     free(c->interior);
     free(c->interior_obj);
     free(c->dirty);
+    Py_XDECREF(c->stub_starts_obj);
     free(c->hooked);
     free(c->tmp);
     free(c->otmp);
@@ -624,9 +689,10 @@ static PyObject *Clock_boundary(Clock *c, PyObject *arg)
     if (PyErr_Occurred())
         return NULL;
     Entry *e = c->stop_entry;
-    if (!e || k <= 0 || (uint64_t)k >= e->ninsn)
+    long i = k > 0 ? find_boundary(c, e, (uint64_t)k) : -1;
+    if (i < 0)
         Py_RETURN_NONE;
-    return Py_BuildValue("(KK)", (unsigned long long)(e->addr + e->offs[k]),
+    return Py_BuildValue("(KK)", (unsigned long long)(e->addr + e->offs[i]),
                          (unsigned long long)e->size);
 }
 
@@ -641,7 +707,7 @@ static PyObject *Clock_cut(Clock *c, PyObject *args)
         /* EIP at the end of the block (an int n that ended it): nothing to cut */
         Py_RETURN_FALSE;
     }
-    c->count = c->cur_base + (uint64_t)j + (started ? 1 : 0);
+    c->count = c->cur_base + weight(c, c->cur, (uint32_t)j + (started ? 1 : 0));
     c->cur = NULL;
     Py_RETURN_TRUE;
 }
@@ -654,7 +720,7 @@ static PyObject *Clock_started(Clock *c, PyObject *arg)
     long j = index_of(c->cur, eip);
     if (j < 0)
         return PyLong_FromUnsignedLongLong(c->count);
-    return PyLong_FromUnsignedLongLong(c->cur_base + (uint64_t)j + 1);
+    return PyLong_FromUnsignedLongLong(c->cur_base + weight(c, c->cur, (uint32_t)j + 1));
 }
 
 static PyObject *Clock_next(Clock *c, PyObject *arg)
@@ -708,6 +774,31 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     c->cr0_off = cr0;
     c->cr3_off = cr3;
     c->cr4_off = cr4;
+    Py_RETURN_NONE;
+}
+
+/* set_stub_starts(stub cache address, bytearray of weights or None) */
+static PyObject *Clock_set_stub_starts(Clock *c, PyObject *args)
+{
+    unsigned long long lo;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "KO", &lo, &obj))
+        return NULL;
+    if (obj != Py_None && !PyByteArray_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "stub starts are a bytearray");
+        return NULL;
+    }
+    Py_XDECREF(c->stub_starts_obj);
+    c->stub_starts_obj = NULL;
+    c->stub_starts = NULL;
+    c->stub_lo = lo;
+    c->stub_size = 0;
+    if (obj != Py_None) {
+        Py_INCREF(obj);          /* never resized by its owner: the buffer stays */
+        c->stub_starts_obj = obj;
+        c->stub_starts = (uint8_t *)PyByteArray_AS_STRING(obj);
+        c->stub_size = (uint64_t)PyByteArray_GET_SIZE(obj);
+    }
     Py_RETURN_NONE;
 }
 
@@ -877,6 +968,8 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"set_stub_starts", (PyCFunction)Clock_set_stub_starts, METH_VARARGS,
+     "set_stub_starts(stub cache address, bytearray): guest instructions starting per stub byte"},
     {"enable_code_check", (PyCFunction)Clock_enable_code_check, METH_VARARGS,
      "enable_code_check(ram bytes, hflags offset): check guest-kernel block starts (bt)"},
     {"set_page", (PyCFunction)Clock_set_page, METH_VARARGS,

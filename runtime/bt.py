@@ -41,6 +41,8 @@ class BTMode(TrapMode):
     def __init__(self, vm):
         super().__init__(vm)
         self.cache = StubCache(self.uc, self.hyper.base)
+        # Stub instructions count as the guest instructions they translate.
+        vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
         self.patcher = Patcher(self.uc, self.cache, self.vcpu.state_addr,
                                self._raw_read, self._raw_write, self._flush,
                                Counters(PATCH_STATS))
@@ -237,6 +239,7 @@ class BTMode(TrapMode):
         uc.mem_unmap(old, HYPER_SIZE)
         self.hyper.base = new_base
         self.vm.refresh_clock_memory()             # before the old host memory goes
+        self.vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
         del old_mem

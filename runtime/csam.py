@@ -44,6 +44,7 @@ from scanner.cfg import CFG
 from scanner.scan import Scanner
 
 INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its first
+PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 FLAGS = 0           # ... the scanner's instruction-start flags
 
 
@@ -132,7 +133,9 @@ class CSAM:
         return address
 
     def _patches_changed(self, lo: int, hi: int) -> None:
-        """Keep the block check's table of patch-interior bytes in step."""
+        """Keep the block check's table of patch-interior bytes in step (1 inside
+        a jump patch's covered bytes; 2 at its site, where the clock weighs the
+        `jmp` to the stub 0: the stub counts the guest instructions)."""
         for page in {lo & ~(PAGE - 1), (hi - 1) & ~(PAGE - 1)}:
             if page >= self.vm.config.mem_bytes:
                 continue
@@ -140,6 +143,8 @@ class CSAM:
             for p in self.patcher.patches_on_page(page):
                 if p.kind != "jump":
                     continue
+                if p.site & ~(PAGE - 1) == page:
+                    table[p.site - page] = PATCH_SITE
                 for a in range(p.site + 1, p.site + len(p.orig)):
                     if a & ~(PAGE - 1) == page:
                         table[a - page] = 1

@@ -26,12 +26,6 @@ KNOWN = [
          body=("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
                "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop"),
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="serial: line 4:"),
-    dict(name="rdtsc-sees-stub-instructions", cause="virtual-time",
-         body="rdtsc\nmov esi, eax",
-         kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 1:"),
-    dict(name="retired-count-includes-stubs", cause="virtual-time",
-         body="cpuid",
-         kinds=(), ends=(OK, OK), detail="retired:"),              # every program: bt retires more
     # Not in issue 15:
     dict(name="undefined-flags-after-a-stub", cause="new-undefined-flags",
          # OF is undefined after bts; under emulate it is whatever Unicorn's lazy flags

@@ -1,0 +1,37 @@
+"""Exact virtual time under bt: every demo retires the same number of guest
+instructions (and reaches the same virtual time) under emulate and bt.
+
+Reads tests/bt/demo_snapshot.json, which tests/bt/test_snapshot.py checks
+against real runs of every demo in every mode, so these figures are measured.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+SNAP = json.loads((Path(__file__).parent / "demo_snapshot.json").read_text())
+DEMOS = sorted({run.split("/")[0] for run in SNAP})
+
+# probe-flags retires 364 fewer under bt (serial identical).  Not yet
+# explained; the suspect (unverified) is its one timer interrupt: bt defers
+# injection while EIP is inside a stub (runtime/bt.py may_inject).  Open.
+LATE_IN_STUB_INJECTION = {"probe-flags"}
+
+
+@pytest.mark.parametrize("demo", [d for d in DEMOS if d not in LATE_IN_STUB_INJECTION])
+def test_bt_retires_what_emulate_retires(demo):
+    emu, bt = SNAP[f"{demo}/emulate"], SNAP[f"{demo}/bt"]
+    assert (bt["retired"], bt["vtime"]) == (emu["retired"], emu["vtime"])
+    key = "counters.interrupts_injected.0x20"
+    assert bt.get(key) == emu.get(key)
+
+
+@pytest.mark.parametrize("demo", sorted(LATE_IN_STUB_INJECTION))
+def test_late_in_stub_injection_still_differs(demo):
+    """When this fails, the cause is fixed: drop the demo from the set."""
+    assert SNAP[f"{demo}/emulate"]["retired"] != SNAP[f"{demo}/bt"]["retired"]
+
+
+def test_timer_demo_takes_as_many_interrupts_under_bt():
+    key = "counters.interrupts_injected.0x20"
+    assert SNAP["timer/bt"][key] == SNAP["timer/emulate"][key] > 0
