@@ -1,11 +1,12 @@
 """Unicorn page protections as the union of what each VMM mechanism needs.
 
-Several mechanisms restrict the same guest pages for different reasons: the
-shadow GDT monitors writes to the guest's descriptor-table pages, lazy CSAM
-keeps unscanned pages non-executable, self-modifying-code detection monitors
-writes to pages holding scanned code.  Each sets or clears its own reason here;
-the page's protection is recomputed from all of them, so no mechanism can undo
-another's protection by accident.
+Today one mechanism uses it: the shadow GDT monitors writes to the pages that
+hold the guest's descriptor table (a few pages, a few calls per run).  CSAM no
+longer does: lazy scanning is the block check in the clock's C hook and code
+pages are watched by native write hooks (runtime/csam.py), because mem_protect
+costs milliseconds a call.  Reasons are kept per page and the protection is
+recomputed from all of them, so a second mechanism could not undo the first's
+protection by accident.
 """
 from __future__ import annotations
 
