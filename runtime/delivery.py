@@ -82,7 +82,7 @@ class Delivery:
         if selector & SEL_TI or index + DESC_SIZE - 1 > limit or index == 0:
             raise GuestFault(GP, selector & 0xFFFC)
         try:
-            return Descriptor.parse(self.vm.mem.read(base + index, DESC_SIZE))
+            return Descriptor.parse(self.vm.mem.read_cpu(base + index, DESC_SIZE))
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
 
@@ -111,7 +111,7 @@ class Delivery:
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
         try:
-            lo, hi = struct.unpack("<II", vm.mem.read(idt_base + vector * 8, 8))
+            lo, hi = struct.unpack("<II", vm.mem.read_cpu(idt_base + vector * 8, 8))
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
         gate_type = (hi >> 8) & 0x1F
@@ -143,7 +143,7 @@ class Delivery:
             if tss is None:
                 raise GuestFault(TS, 0)
             try:
-                esp0, ss0 = struct.unpack("<II", vm.mem.read(tss + TSS_ESP0 + TSS_STACK_STRIDE * new_cpl, 8))
+                esp0, ss0 = struct.unpack("<II", vm.mem.read_cpu(tss + TSS_ESP0 + TSS_STACK_STRIDE * new_cpl, 8))
             except PageFault as pf:
                 raise GuestFault(PF, pf.error_code, pf.linear) from None
             ss0 &= 0xFFFF

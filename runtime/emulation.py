@@ -215,7 +215,17 @@ def _lidt(mode, insn, eip):
 
 @emulates("lldt")
 def _lldt(mode, insn, eip):
-    mode.vcpu.set("ldtr", read_operand(mode, insn.operands[0]) & 0xFFFF)
+    # The CPU's checks: a null selector loads a null LDT; otherwise a GDT
+    # selector within the limit naming a present LDT descriptor (descriptor()
+    # raises #GP past the limit or for TI=1, OutsideRam past RAM's end).
+    sel = read_operand(mode, insn.operands[0]) & 0xFFFF
+    if sel & SEL_INDEX_MASK:
+        desc = mode.vm.delivery.descriptor(sel)
+        if desc.access & (DESC_S | DESC_TYPE_MASK) != SYS_LDT:
+            raise GuestFault(GP, sel & 0xFFFC)
+        if not desc.present:
+            raise GuestFault(NP, sel & 0xFFFC)
+    mode.vcpu.set("ldtr", sel)
 
 
 @emulates("ltr")

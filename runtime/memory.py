@@ -25,6 +25,17 @@ class PageFault(Exception):
         self.error_code = error_code
 
 
+class OutsideRam(Exception):
+    """A descriptor-table or stack access the VMM makes in the CPU's place
+    reached physical memory outside guest RAM.  Under emulate the CPU's own
+    access there ends the run as an unmapped access, so the VMM's must too;
+    in trap/bt the hypervisor area lies there and must stay invisible."""
+
+    def __init__(self, address: int):
+        super().__init__(f"guest touched unmapped physical memory at {address:#x}")
+        self.address = address
+
+
 class GuestMemory:
     def __init__(self, uc: Uc, ram_bytes: int):
         from runtime.fastuc import FastUc
@@ -95,6 +106,22 @@ class GuestMemory:
             phys = self.translate(linear, False, user)
             out += self.uc.mem_read(phys, n)
             linear += n
+            size -= n
+        return bytes(out)
+
+    def read_cpu(self, linear: int, size: int) -> bytes:
+        """`read` for what the CPU itself would load (descriptor tables, the
+        TSS): every byte must lie in RAM, else `OutsideRam` (the first byte past
+        RAM's end, as Unicorn reports the first unmapped load)."""
+        linear &= 0xFFFFFFFF
+        out = bytearray()
+        while size:
+            n = min(size, PAGE - (linear & (PAGE - 1)))
+            phys = self.translate(linear)
+            if phys + n > self.ram_bytes:
+                raise OutsideRam(max(phys, self.ram_bytes))
+            out += self.fast.mem_read(phys, n)
+            linear = (linear + n) & 0xFFFFFFFF
             size -= n
         return bytes(out)
 

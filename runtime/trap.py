@@ -30,8 +30,8 @@ from unicorn import x86_const as X
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
-                    DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
-                    SEL_INDEX_MASK, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
+                    DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
+                    SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from runtime.decode import SiteDecoder
 from bt.catalog import classify_bytes
@@ -39,7 +39,7 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
 from runtime.isolation import Isolation
-from runtime.memory import PageFault
+from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.protect import Protections
 from runtime.vcpu import VirtualCPU
@@ -111,10 +111,15 @@ class TrapMode(EmulateMode):
         """Rebuild the shadow GDT from the guest's and (re)arm write monitoring."""
         base, limit = self.vcpu.gdtr()
         size = min(limit + 1, SHADOW_GDT_SIZE)
-        try:
-            table = bytearray(self.vm.mem.read(base, size))
-        except PageFault:
-            table = bytearray(size)
+        table = bytearray(size)
+        # lgdt itself reads nothing: a table (partly) outside RAM or unmapped is
+        # copied as far as it can be; a later load through the missing part ends
+        # the run as emulate's (Delivery.descriptor, check_table_fault).
+        for off in range(0, size, DESC_SIZE):
+            try:
+                table[off:off + DESC_SIZE] = self.vm.mem.read_cpu(base + off, DESC_SIZE)[:size - off]
+            except (PageFault, OutsideRam):
+                pass
         for off in range(8, len(table) - 7, 8):
             access = table[off + 5]
             dpl = (access >> DESC_DPL_SHIFT) & 3
@@ -328,6 +333,7 @@ class TrapMode(EmulateMode):
         cpl = vm.quirks.cpl()
         if vector == PF:
             self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
+        self.check_table_fault(vector, error, soft)
         if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
@@ -357,6 +363,20 @@ class TrapMode(EmulateMode):
             self.stop_slice = False
             raise StopSlice
         return True
+
+    def check_table_fault(self, vector: int, error, soft: bool) -> None:
+        """The CPU faulted on a selector whose descriptor the shadow GDT lacks
+        because the guest's lies outside RAM: under emulate the CPU's load of
+        that descriptor is an unmapped access, so this is too (OutsideRam)."""
+        if soft or vector not in (GP, NP, SS_FAULT, TS) or not error or error & SEL_TI:
+            return
+        base, limit = self.vcpu.gdtr()
+        index = error & SEL_INDEX_MASK
+        if index and index + DESC_SIZE - 1 <= limit:
+            try:
+                self.vm.mem.read_cpu(base + index, DESC_SIZE)
+            except PageFault:
+                pass
 
     def after_emulated_fault(self, insn, eip: int) -> None:
         """Hook for bt mode's fault-driven patching."""

@@ -40,7 +40,7 @@ from runtime.delivery import Delivery, GuestFault, TripleFault
 from runtime.isolation import unmapped_access
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
-from runtime.memory import GuestMemory
+from runtime.memory import GuestMemory, OutsideRam
 from runtime.quirks import Quirks
 
 MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due sooner
@@ -264,6 +264,10 @@ class VM:
             except _Stop:
                 self.halt_slice()
                 return default
+            except OutsideRam as e:     # the CPU's own load would have been unmapped
+                self.stop = self.stop or unmapped_access(e.address)
+                self.halt_slice()
+                return default
             except BaseException as e:  # recorded, re-raised after emu_start
                 self._hook_error = e
                 self.halt_slice()
@@ -395,6 +399,8 @@ class VM:
                 self._loop()
         except VMMError as e:
             self.stop = Outcome.VMM_ERROR.stop(str(e))
+        except OutsideRam as e:     # an interrupt's delivery (_inject) read past RAM
+            self.stop = self.stop or unmapped_access(e.address)
         except BrokenPipeError:
             raise               # the guest's output has no reader left: the caller's to handle
         except KeyboardInterrupt:   # a SIGINT handler other than ours raised it
