@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from bt.catalog import classify_bytes
 from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, VFLAGS_MASK, flag_tables, selector_view_table
 from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher import policy
@@ -147,7 +146,7 @@ class BTMode(TrapMode):
         if eip in self._patched_fault_sites:
             return False
         insn = self.decoder.at(eip)
-        if insn is None or not policy.patched_on_fault(classify_bytes(insn.data)):
+        if insn is None or not policy.patched_on_fault(insn.row):
             return False
         self._patched_fault_sites.add(eip)
         self.stats.add("faults_before_patching")
@@ -169,7 +168,7 @@ class BTMode(TrapMode):
 
     def _emulate_original(self, ins: PInsn, resume: int | None) -> bool:
         insn = decode(ins.data)
-        row = classify_bytes(ins.data)
+        row = insn.row if insn else None
         if insn is None or not has_routine(row):
             raise GuestFault(UD)
         self.stop_slice = False

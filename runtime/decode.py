@@ -13,6 +13,8 @@ import capstone
 from capstone import x86_const as C
 from unicorn import x86_const as X
 
+from bt.catalog import classify_bytes
+
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 _CS.detail = True
 
@@ -61,7 +63,8 @@ class Insn:
     prefixes: tuple[int, ...]
     opsize16: bool
     rep: bool
-    data: bytes = b""    # the instruction's bytes (the exit dispatcher classifies them)
+    data: bytes = b""    # the instruction's bytes
+    row: object = None   # its bt.catalog row (None = not catalogued), classified once per decode
 
 
 _by_bytes: dict[bytes, Insn] = {}
@@ -122,7 +125,8 @@ def _convert(ci) -> Insn:
                                scale=m.scale, disp=m.disp))
     prefixes = tuple(p for p in ci.prefix if p)
     return Insn(ci.mnemonic, ci.op_str, ci.size, tuple(ops), prefixes,
-                0x66 in prefixes, bool({0xF3, 0xF2} & set(prefixes)), bytes(ci.bytes))
+                0x66 in prefixes, bool({0xF3, 0xF2} & set(prefixes)), bytes(ci.bytes),
+                classify_bytes(bytes(ci.bytes)))
 
 
 def effective_address(uc, op: Operand, seg_base) -> int:

@@ -34,7 +34,6 @@ from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, D
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from runtime.decode import SiteDecoder
-from bt.catalog import classify_bytes
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
@@ -338,7 +337,7 @@ class TrapMode(EmulateMode):
             vm.counters.add("faults_reflected", vector)
             return False
         insn = self.decoder.at(eip)
-        row = classify_bytes(insn.data) if insn else None
+        row = insn.row if insn else None
         if not has_routine(row):
             vm.counters.add("faults_reflected", vector)
             return False
