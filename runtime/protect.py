@@ -14,9 +14,6 @@ from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from bt.x86 import PAGE
 
-NO_WRITE = "no-write"      # reasons that forbid writes
-NO_EXEC = "no-exec"        # reasons that forbid execution
-
 
 class Protections:
     """Changes are *queued* and applied by `commit()` between emulation slices.
@@ -33,7 +30,6 @@ class Protections:
     def __init__(self, uc, on_change=None):
         self.uc = uc
         self._write_watch: dict[int, set[str]] = {}
-        self._exec_block: dict[int, set[str]] = {}
         self._pending: set[int] = set()
         self.on_change = on_change
         self.calls = 0          # mem_protect calls made (the report's figure)
@@ -48,11 +44,9 @@ class Protections:
         if not self._pending:
             return False
         for page in sorted(self._pending):
-            prot = UC_PROT_READ
+            prot = UC_PROT_READ | UC_PROT_EXEC
             if not self._write_watch.get(page):
                 prot |= UC_PROT_WRITE
-            if not self._exec_block.get(page):
-                prot |= UC_PROT_EXEC
             self.uc.mem_protect(page, PAGE, prot)
             self.calls += 1
         self._pending.clear()
@@ -65,21 +59,6 @@ class Protections:
         if bool(s) != before:
             self._apply(page)
 
-    def block_exec(self, page: int, reason: str, on: bool = True) -> None:
-        s = self._exec_block.setdefault(page, set())
-        before = bool(s)
-        (s.add if on else s.discard)(reason)
-        if bool(s) != before:
-            self._apply(page)
-
-    def block_exec_range(self, start: int, size: int, reason: str) -> None:
-        """Forbid execution of a whole range with one mem_protect (boot time)."""
-        for page in range(start, start + size, PAGE):
-            self._exec_block.setdefault(page, set()).add(reason)
-        self._pending -= set(range(start, start + size, PAGE))
-        self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_WRITE)
-        self.calls += 1
-
     def is_pending(self, page: int) -> bool:
         """A change for `page` is queued: Unicorn may still enforce the old protection."""
         return page in self._pending
@@ -87,6 +66,3 @@ class Protections:
     def writes_watched(self, page: int, reason: str | None = None) -> bool:
         s = self._write_watch.get(page, ())
         return bool(s) if reason is None else reason in s
-
-    def exec_blocked(self, page: int) -> bool:
-        return bool(self._exec_block.get(page))
