@@ -1,21 +1,17 @@
 """benchmarks/fuzz_campaign.py: its summary, its shrunk reproducers, its CLI errors."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "fuzz_campaign.py"
+from scripts import load_script, script_path
+
+SCRIPT = script_path("fuzz_campaign")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fuzz_campaign", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("fuzz_campaign")
 
 
 def test_campaign_counts_divergences_and_shrinks_them():

@@ -5,24 +5,20 @@ to a few seconds; the demo comparison is behind the `slow` marker.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import capstone
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "runtime_bench.py"
+from scripts import load_script, script_path
+
+SCRIPT = script_path("runtime_bench")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("runtime_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("runtime_bench")
 
 
 rb = _load()
