@@ -48,7 +48,9 @@ class QuirkError(RuntimeError):
 
 
 def _ctx_bytes(ctx) -> bytes:
-    return ctypes.string_at(ctx.context.value, ctx.size + 16)
+    # Exactly the context's allocation (header + CPU state): reading past it is
+    # a heap over-read (it used to read 16 bytes more).
+    return bytes(ctx)
 
 
 def _i32_offsets(before: bytes, after: bytes, old: int, new: int) -> list[int]:
@@ -170,13 +172,23 @@ def _find_pc_sync_flag() -> int:
     (runtime/clock.py) it stays set for the rest of the emu_start, and every
     later I/O or memory hook sees the EIP of its block's start instead of its
     own.  Found as the byte a hook's EIP write sets, confirmed by clearing it and
-    seeing an `out` hook report its own EIP again."""
+    seeing an `out` hook report its own EIP again.
+
+    Confirming a candidate writes a zero into that byte of a scratch engine, so a
+    wrong candidate corrupts that engine (a zeroed byte of a heap pointer makes
+    its later `uc_close` crash or double-free: the rare native crash of issue
+    18, ../shared/notes/native-crash.md).  Hence only bytes that are 0 -> 1 in two
+    independent pairs of engines, kept alive together so that no two share
+    heap addresses, and whose aligned 8-byte word is identical across the pairs,
+    are ever tried: a pointer differs between two live engines, a flag does not."""
     from unicorn import UC_HOOK_INSN
     # int3 ; nop ; jmp l ; l: nop ; out 0x80, al ; nop ; out 0x81, al ; hlt
     code = bytes.fromhex("cc90eb0090e680" "90e681" "f4")
+    alive = []                   # every scratch engine, until the search is over
 
     def run(write_eip: bool, clear: int | None = None):
         uc = scratch_engine()
+        alive.append(uc)
         uc.mem_write(0x1000, code)
         base = ctypes.cast(uc._uch, ctypes.c_void_p).value
         seen = []
@@ -195,16 +207,54 @@ def _find_pc_sync_flag() -> int:
         uc.hook_add(UC_HOOK_INTR, intr)
         uc.hook_add(UC_HOOK_INSN, out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.emu_start(0x1000, 0x1010)
-        return ctypes.string_at(base, 0x8000), seen
+        return _readable_bytes(base, 0x8000), seen
 
-    plain, _ = run(False)
-    wrote, stale = run(True)
-    if stale == [0x1005, 0x1008]:
-        raise QuirkError("hooks already see their own EIP after an EIP write (Unicorn changed)")
-    for off in range(len(plain)):
-        if plain[off] == 0 and wrote[off] == 1 and run(True, off)[1] == [0x1005, 0x1008]:
-            return off
-    raise QuirkError("could not find skip_sync_pc_on_exit in the uc_struct")
+    try:
+        plain1, _ = run(False)
+        wrote1, stale = run(True)
+        if stale == [0x1005, 0x1008]:
+            raise QuirkError("hooks already see their own EIP after an EIP write (Unicorn changed)")
+        plain2, _ = run(False)
+        wrote2, _ = run(True)
+        for off in _flag_candidates(plain1, wrote1, plain2, wrote2):
+            if run(True, off)[1] == [0x1005, 0x1008]:
+                return off
+        raise QuirkError("could not find skip_sync_pc_on_exit in the uc_struct")
+    finally:
+        _close_engines(alive)
+
+
+def _flag_candidates(plain1: bytes, wrote1: bytes, plain2: bytes, wrote2: bytes) -> list[int]:
+    """Byte offsets that are 0 in both plain dumps and 1 in both written ones, and
+    whose aligned 8-byte word is the same in the two plain dumps and the same in
+    the two written ones (so never a byte of a pointer: see _find_pc_sync_flag)."""
+    n = min(len(plain1), len(wrote1), len(plain2), len(wrote2)) & ~7
+    out = []
+    for off in range(n):
+        if not (plain1[off] == plain2[off] == 0 and wrote1[off] == wrote2[off] == 1):
+            continue
+        w = off & ~7
+        if plain1[w:w + 8] == plain2[w:w + 8] and wrote1[w:w + 8] == wrote2[w:w + 8]:
+            out.append(off)
+    return out
+
+
+def _close_engines(engines: list) -> None:
+    """Close calibration's scratch engines now, in order, instead of whenever the
+    garbage collector reaches their reference cycles (the binding's callbacks
+    refer back to the engine): a native crash must not hide in a random later
+    moment of the run."""
+    import gc
+    engines.clear()
+    gc.collect()
+
+
+def _readable_bytes(addr: int, n: int) -> bytes:
+    """Up to n bytes from addr, never past the end of its mapping."""
+    for lo, hi in _readable_ranges():
+        if lo <= addr < hi:
+            return ctypes.string_at(addr, min(n, hi - addr))
+    return ctypes.string_at(addr, n)
 
 
 def _readable_ranges() -> list[tuple[int, int]]:
@@ -310,6 +360,7 @@ def calibrate() -> Offsets:
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_env_link())
+    _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 
 
@@ -342,12 +393,14 @@ class Quirks:
         if not p:
             return None
         env = p + link[1]           # + a calibrated offset = that field, live
-        # Trust it only when it holds exactly what a context save copies.  A
-        # mismatch was seen a few times under heavy load and never reproduced
-        # (300 engines, 40 processes: 0 failures), so one check gets three tries:
-        # the hypervisor area's guard (runtime/isolation.py) cannot run without it.
+        # Trust it only when it holds exactly what a context save copies.  (The
+        # mismatch once seen under load came from comparing with a context that
+        # had already been freed; the saved context is now held while read.)  The
+        # check keeps three tries: the hypervisor area's guard (runtime/isolation.py)
+        # cannot run without it.
         for _ in range(3):
-            ctx = self.uc.context_save().context.value
+            saved = self.uc.context_save()     # kept alive while its bytes are read
+            ctx = saved.context.value
             if all(ctypes.string_at(env + off, 128) == ctypes.string_at(ctx + off, 128)
                    for off in (self.off.hflags, self.off.error_code - 64)):
                 return env

@@ -21,6 +21,29 @@ def test_calibration_finds_every_field():
     assert off.pc_sync_flag > 0
 
 
+def test_calibration_never_tries_a_byte_of_a_pointer():
+    """Confirming a skip_sync_pc_on_exit candidate zeroes that byte in a scratch
+    engine; a zeroed pointer byte made the engine's later uc_close crash (the rare
+    native crash of issue 18).  Candidates must be 0 -> 1 in two pairs of engines
+    and sit in an 8-byte word identical across the pairs, which a pointer is not."""
+    from runtime.quirks import _flag_candidates
+    flag_off, ptr_off = 10, 17
+    plain1, wrote1 = bytearray(32), bytearray(32)
+    plain2, wrote2 = bytearray(32), bytearray(32)
+    wrote1[flag_off] = wrote2[flag_off] = 1
+    # A heap pointer at 16: its byte 1 happens to be 0 -> 1 in both pairs, but the
+    # pointers themselves differ between the engines.
+    plain1[16:24] = (0x55d0_00a0_0010).to_bytes(8, "little")
+    wrote1[16:24] = (0x55d0_00a0_0110).to_bytes(8, "little")
+    plain2[16:24] = (0x55e3_0020_0010).to_bytes(8, "little")
+    wrote2[16:24] = (0x55e3_0020_0110).to_bytes(8, "little")
+    assert plain1[ptr_off] == plain2[ptr_off] == 0 and wrote1[ptr_off] == wrote2[ptr_off] == 1
+    assert _flag_candidates(bytes(plain1), bytes(wrote1), bytes(plain2), bytes(wrote2)) == [flag_off]
+    # Seen in one pair only: not a candidate either.
+    wrote2[flag_off] = 0
+    assert _flag_candidates(bytes(plain1), bytes(wrote1), bytes(plain2), bytes(wrote2)) == []
+
+
 def test_second_handled_fault_becomes_double_fault_without_the_remedy():
     code = assemble("xor ebx, ebx\ndiv ebx\ndiv ebx\nhlt", 0x1000)
     seen = []
@@ -49,7 +72,8 @@ def test_context_restore_is_a_copy_into_the_live_cpu_state():
     q = Quirks(uc)
     assert calibrate().env_link is not None and q.env is not None
     import ctypes
-    ctx = uc.context_save().context.value
+    saved = uc.context_save()                  # held: its memory is read below
+    ctx = saved.context.value
     lo = q.off.error_code - 64
     assert ctypes.string_at(q.env + lo, 128) == ctypes.string_at(ctx + lo, 128)
     # CPL bits edited in place: the next reg_read sees ring 3.
