@@ -6,11 +6,25 @@ the hypervisor area (a native Unicorn protection hook).  They need only a C comp
 and Python's headers (capstone's and Unicorn's functions reach them as
 addresses at run time, so no other header or library is linked).
 `pip install -e .` compiles them in place.
+`BT_SANITIZE=1` builds them with AddressSanitizer and UBSan instead (for
+benchmarks/sanitized_runs.py, which builds a copy of the tree that way).
 """
+import os
+
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-std=c11", "-Wall"]
+LINK: list[str] = []
+if os.environ.get("BT_SANITIZE") == "1":
+    SAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    FLAGS = ["-O1", "-g", "-std=c11", "-Wall", *SAN]
+    LINK = SAN
 
-setup(ext_modules=[Extension("scanner._walk", ["scanner/_walk.c"], extra_compile_args=FLAGS),
-                   Extension("runtime._clock", ["runtime/_clock.c"], extra_compile_args=FLAGS),
-                   Extension("runtime._isolation", ["runtime/_isolation.c"], extra_compile_args=FLAGS)])
+
+def ext(name: str, src: str) -> Extension:
+    return Extension(name, [src], extra_compile_args=FLAGS, extra_link_args=LINK)
+
+
+setup(ext_modules=[ext("scanner._walk", "scanner/_walk.c"),
+                   ext("runtime._clock", "runtime/_clock.c"),
+                   ext("runtime._isolation", "runtime/_isolation.c")])
