@@ -43,6 +43,10 @@ from runtime.devices.bus import IOBus
 from runtime.memory import GuestMemory, OutsideRam
 from runtime.quirks import Quirks
 
+# Translated-code cache.  Debian's kernel boot (benchmarks/linux_boot.py) peaks
+# at the same RSS, 313 MB, with 128 MiB, 256 MiB and Unicorn's default 1 GiB, so
+# 128 MiB holds its translations; every other guest is bounded by it.
+TCG_BUFFER_BYTES = 128 << 20
 MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due sooner
 POLL_SLICE = 2_000          # slice length while an interrupt waits for IF=1
 MAX_IDLE_SKIPS = 100_000    # consecutive hlt wake-ups with nothing delivered = hang
@@ -95,6 +99,11 @@ class VM:
         self._vmm_time = 0.0
 
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        # Unicorn reserves 1 GiB for translated code by default and fills it
+        # before it flushes: a guest that keeps reaching new code (a slide
+        # through zeroed RAM) grew to 890 MB.  The size must be set before the
+        # engine's first use (tests/runtime/test_unicorn_facts.py).
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)
         ram = self.config.mem_bytes
         if ram <= 0 or ram > 0xC0000000:
             raise BadInput(f"--mem {self.config.mem_mib} MiB is outside 1..3072")

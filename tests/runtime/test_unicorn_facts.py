@@ -245,3 +245,43 @@ def test_loading_a_selector_sets_the_accessed_bit_through_a_hooked_store():
     seen.clear()
     uc.reg_write(X.UC_X86_REG_GS, 0x10)
     assert seen == [(0x514, 4, 0xCF9300)]
+
+
+_SLIDE = r"""
+import resource, sys
+from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+from unicorn import x86_const as X
+from bt.machine import flat_gdt_bytes
+uc = Uc(UC_ARCH_X86, UC_MODE_32)
+if int(sys.argv[1]):
+    uc.ctl_set_tcg_buffer_size(int(sys.argv[1]))      # before the engine's first use
+uc.mem_map(0, 8 << 20)
+gdt = flat_gdt_bytes()
+uc.mem_write(0x500, gdt)
+uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
+uc.reg_write(X.UC_X86_REG_CS, 0x08)
+for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+    uc.reg_write(r, 0x10)
+n = 400_000                      # `add [eax], al` (00 00) at every address: all new code
+uc.emu_start(0x100000, 0x100000 + 2 * n)
+print(uc.reg_read(X.UC_X86_REG_EIP), uc.ctl_get_tcg_buffer_size(),
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_tcg_buffer_size_bounds_the_translated_code():
+    """runtime/vm.py sets Unicorn's translation buffer (default 1 GiB, filled
+    before any flush) right after creating the engine: a guest that keeps reaching
+    new code then stays within the bound, and still runs correctly (the flush
+    when the buffer is full is invisible to it)."""
+    import subprocess
+    import sys
+    runs = {}
+    for size in (0, 16 << 20):
+        out = subprocess.run([sys.executable, "-c", _SLIDE, str(size)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        runs[size] = [int(v) for v in out]
+    default, bounded = runs[0], runs[16 << 20]
+    assert default[0] == bounded[0] == 0x100000 + 2 * 400_000       # ran to the end both times
+    assert default[1] == 1 << 30 and bounded[1] == 16 << 20
+    assert default[2] - bounded[2] >= 40, (default, bounded)        # MB of peak RSS saved
