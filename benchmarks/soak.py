@@ -18,6 +18,8 @@ Guests (assembled here, raw at 0x100000, nothing else on their pages):
 * `slide`: zeroed RAM from the entry on, `add [eax], al` at every address
   (new translated code at every instruction until RAM's end).
 
+Every guest and mode runs in a process of its own (a finished VM's memory is
+not all given back to the system, so runs in one process would see each other's).
 Exit status 1 when some run's growth exceeds `--max-growth` MB.
 
     python benchmarks/soak.py --seconds 60 --modes emulate,trap,bt
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="emulate,trap,bt")
     ap.add_argument("--max-growth", type=float, default=16.0, metavar="MB")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--one", metavar="GUEST:MODE", help=argparse.SUPPRESS)   # the child process
     a = ap.parse_args(argv)
+    if a.one:
+        guest, mode = a.one.split(":")
+        print(json.dumps(soak(guest, mode, a.seconds, a.step)))
+        return 0
     guests = a.guests.split(",")
     modes = a.modes.split(",")
     bad = [g for g in guests if g not in GUESTS] + [m for m in modes if m not in ("emulate", "trap", "bt")]
@@ -98,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for g in guests:
         for m in modes:
-            r = soak(g, m, a.seconds, a.step)
+            p = subprocess.run([sys.executable, __file__, "--one", f"{g}:{m}", "--seconds", str(a.seconds),
+                                "--step", str(a.step)], capture_output=True, text=True)
+            if p.returncode:
+                print(f"error: the {g} run under {m} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}",
+                      file=sys.stderr)
+                return 1
+            r = json.loads(p.stdout.strip().splitlines()[-1])
             rows.append(r)
             extra = (f"  patches +{r['patches_installed']} -{r['patches_removed']}" if m == "bt" else "")
             print(f"{g:12} {m:8} {r['instructions']:>12,} instr  {r['mips']:6.2f} MIPS  "

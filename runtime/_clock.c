@@ -61,6 +61,7 @@ typedef void (*cs_free_t)(void *, size_t);
 #define PAGE_SHIFT 12
 #define PAGE_OFF 0xFFFu
 #define MAX_WRITES 256
+#define DEFAULT_CACHE_LIMIT ((size_t)64 << 20) /* bytes of decoded blocks (flush_cache) */
 #define INTERIOR_BYTE 1 /* interior table: a non-first byte a jump patch covers */
 #define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */  /* code writes remembered between two drains */
 
@@ -123,6 +124,8 @@ typedef struct {
     /* cache of decoded blocks */
     Entry **buckets;
     size_t nbuckets, nentries;
+    size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
+    uint64_t cache_flushes;
     uint8_t *tmp;
     size_t tmp_len;
     uint16_t *otmp;
@@ -307,6 +310,50 @@ static void grow(Clock *c)
     free(old);
 }
 
+static size_t entry_bytes(const Entry *e)
+{
+    return sizeof(Entry) + e->size + sizeof(uint16_t) * ((size_t)e->ninsn + 1)
+           + sizeof(uint64_t) * e->nfix;
+}
+
+/* The cache is bounded (issue 18: a guest that keeps reaching new code, such as
+ * a slide through zeroed RAM, added an entry per block without end).  Past
+ * the bound every entry is dropped except the two the clock may still use:
+ * the block being counted (cut, smc_restart) and the one a stop refers to.
+ * Dropped blocks are decoded again when they run again: the count is the same,
+ * only slower. */
+static void flush_cache(Clock *c)
+{
+    Entry *keep[2] = {c->cur, c->stop_entry};
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        Entry *e = c->buckets[i];
+        while (e) {
+            Entry *next = e->next;
+            if (e != keep[0] && e != keep[1]) {
+                free(e->offs);
+                free(e->bytes);
+                free(e->fix);
+                free(e);
+            }
+            e = next;
+        }
+        c->buckets[i] = NULL;
+    }
+    c->nentries = 0;
+    c->cache_bytes = 0;
+    for (int k = 0; k < 2; k++) {
+        Entry *e = keep[k];
+        if (!e || (k == 1 && e == keep[0]))
+            continue;
+        size_t s = slot(c, e->addr, e->size);
+        e->next = c->buckets[s];
+        c->buckets[s] = e;
+        c->nentries++;
+        c->cache_bytes += entry_bytes(e);
+    }
+    c->cache_flushes++;
+}
+
 static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
     const uint8_t *code = block_bytes(c, uc, addr, size);
@@ -315,7 +362,9 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
         if (e->addr == addr && e->size == size) {
             if (code && memcmp(e->bytes, code, size) != 0) {
                 c->changed++;
+                c->cache_bytes -= entry_bytes(e);
                 decode(c, e, code);
+                c->cache_bytes += entry_bytes(e);
             }
             return e;
         }
@@ -334,8 +383,13 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
         return NULL;
     }
     c->misses++;
+    if (c->cache_bytes + entry_bytes(e) > c->cache_limit) {
+        flush_cache(c);
+        s = slot(c, addr, size);
+    }
     e->next = c->buckets[s];
     c->buckets[s] = e;
+    c->cache_bytes += entry_bytes(e);
     if (++c->nentries > 2 * c->nbuckets)
         grow(c);
     return e;
@@ -607,6 +661,7 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     c->cs_free = (cs_free_t)(uintptr_t)cfree;
     c->insn = ((cs_malloc_t)(uintptr_t)cmalloc)(c->cs);
     c->nbuckets = 4096;
+    c->cache_limit = DEFAULT_CACHE_LIMIT;
     c->buckets = calloc(c->nbuckets, sizeof(Entry *));
     if (!c->insn || !c->buckets) {
         PyErr_NoMemory();
@@ -927,6 +982,28 @@ static PyObject *Clock_code_stats(Clock *c, PyObject *unused)
                          "code_writes", (unsigned long long)c->code_writes);
 }
 
+/* cache_info() -> the decoded-block cache's entries, bytes, bound and flushes */
+static PyObject *Clock_cache_info(Clock *c, PyObject *unused)
+{
+    return Py_BuildValue("{snsnsnsK}", "entries", (Py_ssize_t)c->nentries,
+                         "bytes", (Py_ssize_t)c->cache_bytes, "limit", (Py_ssize_t)c->cache_limit,
+                         "flushes", (unsigned long long)c->cache_flushes);
+}
+
+/* set_cache_limit(bytes): the bound past which the cache is emptied */
+static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0 && PyErr_Occurred())
+        return NULL;
+    if (n < 256) {
+        PyErr_SetString(PyExc_ValueError, "cache limit below 256 bytes");
+        return NULL;
+    }
+    c->cache_limit = (size_t)n;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
     return Py_BuildValue("{sKsKsKsKsKsnsnsK}", "blocks", (unsigned long long)c->blocks,
@@ -968,6 +1045,8 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"cache_info", (PyCFunction)Clock_cache_info, METH_NOARGS, "the decoded-block cache: entries, bytes, limit, flushes"},
+    {"set_cache_limit", (PyCFunction)Clock_set_cache_limit, METH_O, "set_cache_limit(bytes): empty the cache past this size"},
     {"set_stub_starts", (PyCFunction)Clock_set_stub_starts, METH_VARARGS,
      "set_stub_starts(stub cache address, bytearray): guest instructions starting per stub byte"},
     {"enable_code_check", (PyCFunction)Clock_enable_code_check, METH_VARARGS,

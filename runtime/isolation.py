@@ -57,8 +57,8 @@ class Isolation:
             raise VMMError(f"runtime._isolation is not built ({_IMPORT_ERROR}); "
                            "reinstall with `pip install -e .` (needs a C compiler)")
         if vm.quirks.env is None:
-            raise VMMError("the hypervisor area's guard needs the live CPU state, "
-                           "which calibration did not find (runtime/quirks.py)")
+            raise VMMError("the hypervisor area's guard needs the live CPU state, which was "
+                           f"not found: {vm.quirks.env_problem} (runtime/quirks.py)")
         self.vm = vm
         self.hyper = hyper
         self.guard = _isolation.Guard(*self._args())

@@ -376,11 +376,14 @@ class Quirks:
                            ctypes.c_int32.from_address(self.env + self.off.old_exception))
 
     def _live_env(self) -> int | None:
+        self.env_problem = ""            # why the live state is not used, for error messages
         link = self.off.env_link
         if link is None:
+            self.env_problem = "calibration found no pointer to it"
             return None
         p = ctypes.c_uint64.from_address(self._uc_addr + link[0]).value
         if not p:
+            self.env_problem = "the engine's pointer to it is NULL"
             return None
         env = p + link[1]           # + a calibrated offset = that field, live
         # Trust it only when it holds exactly what a context save copies.  (The
@@ -388,12 +391,17 @@ class Quirks:
         # had already been freed; the saved context is now held while read.)  The
         # check keeps three tries: the hypervisor area's guard (runtime/isolation.py)
         # cannot run without it.
+        windows = (self.off.hflags, self.off.error_code - 64)
         for _ in range(3):
             saved = self.uc.context_save()     # kept alive while its bytes are read
             ctx = saved.context.value
-            if all(ctypes.string_at(env + off, 128) == ctypes.string_at(ctx + off, 128)
-                   for off in (self.off.hflags, self.off.error_code - 64)):
+            live = [ctypes.string_at(env + off, 128) for off in windows]
+            copy = [ctypes.string_at(ctx + off, 128) for off in windows]
+            if live == copy:
                 return env
+        differ = [off + i for off, a, b in zip(windows, live, copy) for i in range(128) if a[i] != b[i]]
+        self.env_problem = (f"it does not match a context save at offsets {differ[:8]} "
+                            f"(link {link}, env {env:#x})")
         return None
 
     # -- exit-path reads (the live CPU state, else the engine) -------------------

@@ -284,3 +284,33 @@ def test_the_clock_hooks_every_cmpxchg8b_before_its_block_runs():
     assert uc.reg_read(X.UC_X86_REG_EBP) == _cmpxchg8b_flags(count=8)
     assert clock.stats()["cmpxchg8b_sync_hooks"] == 1
     assert clock.count == 9
+
+
+@pytest.mark.parametrize("demo, mode", [(d, m) for d in ("smc", "exceptions", "probe-flags", "fnptr")
+                                         for m in ("emulate", "trap", "bt")] + [("timer", "emulate")])
+def test_a_bounded_block_cache_is_invisible(demo, mode):
+    """The clock's decoded-block cache is emptied past its bound (issue 18: a guest
+    reaching new code without end grew it without end).  With a bound of one
+    few entries it is emptied over and over, and the run is the same to the instruction."""
+    from bt import api
+    runs = []
+    for limit in (None, 256):
+        vm = api.make_vm(f"demo:{demo}", mode)
+        if limit:
+            vm.clock.c.set_cache_limit(limit)
+        r = vm.run()
+        info = vm.clock.c.cache_info()
+        runs.append(((r.exit_status, r.retired, r.vtime, r.serial, r.regs, r.counters), info))
+    (plain, info0), (bounded, info1) = runs
+    assert bounded == plain
+    assert info0["flushes"] == 0 and info1["flushes"] > 0 and info1["bytes"] <= 256 + 4096   # + the two kept entries
+
+
+def test_block_cache_stays_within_its_bound_on_a_slide():
+    """`add [eax], al` at every address of zeroed RAM: new blocks without end."""
+    from bt import api
+    vm = api.make_vm(api.code_image(b"\x00\x00", name="slide"), "emulate", max_instructions=300_000)
+    vm.clock.c.set_cache_limit(64 << 10)
+    r = vm.run()
+    info = vm.clock.c.cache_info()
+    assert r.retired == 300_000 and info["flushes"] >= 5 and info["bytes"] <= (64 << 10)
