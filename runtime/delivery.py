@@ -157,7 +157,7 @@ class Delivery:
         stack_base = self.descriptor(stack_sel).base if new_cpl < cpl else vm.stack_base()
         esp = (esp - len(data)) & 0xFFFFFFFF
         try:
-            vm.mem.write(stack_base + esp, data, user=False)
+            vm.mem.push_cpu(stack_base + esp, data)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
 

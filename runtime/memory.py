@@ -136,6 +136,25 @@ class GuestMemory:
         for phys, chunk in chunks:
             self.uc.mem_write(phys, bytes(chunk))
 
+    def push_cpu(self, linear: int, data: bytes) -> None:
+        """`write` for a stack frame the CPU itself pushes (exception and
+        interrupt delivery): every byte must lie in RAM, else `OutsideRam` and
+        nothing is written.  The CPU stores a frame from the top down, so the
+        address reported is the first of those stores that leaves RAM (as
+        Unicorn reports a push under emulate)."""
+        chunks = []
+        off = 0
+        while off < len(data):
+            n = min(len(data) - off, PAGE - ((linear + off) & (PAGE - 1)))
+            chunks.append((self.translate((linear + off) & 0xFFFFFFFF, True, False), off, n))
+            off += n
+        for phys, off, n in reversed(chunks):
+            if phys + n > self.ram_bytes:
+                top = phys + n - 4 if n >= 4 else phys          # the highest dword of this part
+                raise OutsideRam(max(top, self.ram_bytes) if phys < self.ram_bytes else top)
+        for phys, off, n in chunks:
+            self.uc.mem_write(phys, bytes(data[off:off + n]))
+
     def u32(self, linear: int) -> int:
         return struct.unpack("<I", self.read(linear, 4))[0]
 

@@ -1,5 +1,5 @@
-"""Guest faults stay the guest's (issue 18): descriptor tables outside RAM and a
-bad lldt end every mode as emulate ends (the unmapped access or the guest's
+"""Guest faults stay the guest's (issue 18): descriptor tables outside RAM, a
+bad lldt and exception frames pushed outside RAM end every mode as emulate ends (the unmapped access or the guest's
 own fault), and never as a VMM error (exit 70)."""
 import struct
 
@@ -46,6 +46,11 @@ CASES = {
     "lldt-not-an-ldt-descriptor": ("mov ax,0x10\nlldt ax\n", b""),
     "lldt-ldt-selector": ("mov ax,0x0c\nlldt ax\n", b""),
     "lldt-null": ("xor eax,eax\nlldt ax\n", b""),
+    # The CPU pushes an exception's frame itself: a stack outside RAM is an unmapped access.
+    "ud2-with-stack-outside-ram": (f"mov esp, {MEM + 0x10000:#x}\nud2\n", b""),
+    "int-with-stack-outside-ram": (f"mov esp, {MEM + 0x10000:#x}\nint 0x20\n", b""),
+    "ud2-with-frame-across-ram-end": (f"mov esp, {MEM + 4:#x}\nud2\n", b""),
+    "int-with-stack-in-the-top-16mib": ("mov esp, 0xFF800000\nint 0x20\n", b""),
 }
 
 
@@ -74,6 +79,8 @@ def test_trap_and_bt_end_as_emulate(case):
     ("lgdt-outside-ram-then-segment-load", 125, "unmapped-access"),
     ("lldt-selector-past-gdt-limit", 13, "debug-exit"),     # #GP reaches the guest's handler
     ("lldt-null", 0, "debug-exit"),
+    ("ud2-with-stack-outside-ram", 125, "unmapped-access"),
+    ("ud2-with-frame-across-ram-end", 125, "unmapped-access"),
 ])
 def test_emulate_ends_as_the_cpu(case, status, reason):
     _, r = run(_image(case), "emulate", max_instructions=10_000)
