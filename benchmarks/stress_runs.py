@@ -2,7 +2,7 @@
 """Many short runs, looking for native crashes (issue 18).
 
 A native crash (SIGSEGV, glibc's "double free or corruption") showed up about
-once in 400-600 short `bt-run` processes; ../shared/notes/native-crash.md has
+once in 400-600 short `bt-run` processes; docs/reliability.md has
 the one stack caught.  This script is the stress loop that hunts for it:
 
 * `--processes N`: N `bt-run DEMO --mode M -q` processes (demos and modes in

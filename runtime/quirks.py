@@ -178,7 +178,7 @@ def _find_pc_sync_flag() -> int:
     Confirming a candidate writes a zero into that byte of a scratch engine, so a
     wrong candidate corrupts that engine (a zeroed byte of a heap pointer makes
     its later `uc_close` crash or double-free: the rare native crash of issue
-    18, ../shared/notes/native-crash.md).  Hence only bytes that are 0 -> 1 in two
+    18, docs/reliability.md).  Hence only bytes that are 0 -> 1 in two
     independent pairs of engines, kept alive together so that no two share
     heap addresses, and whose aligned 8-byte word is identical across the pairs,
     are ever tried: a pointer differs between two live engines, a flag does not."""
@@ -284,21 +284,39 @@ def _find_env_link() -> tuple[int, int] | None:
     `uc + link` plus `delta`, so that a calibrated context offset `off` is at
     address `*(uc + link) + delta + off`.  Found in a scratch engine by giving four
     registers distinctive values and searching the memory the uc_struct's
-    pointers lead to for them; then confirmed by changing a register.  None
-    when the search fails (the context round trip is used instead)."""
-    uc = scratch_engine()
+    pointers lead to for them; then confirmed by changing a register.
+
+    A pointer that leads somewhere else can still land on the live state by the
+    accident of the heap's layout (an unrelated object just below it): seen as
+    link (48, 52448) instead of (440, 35368), after which every engine of the
+    run failed the live-state check.  So a candidate must hold in two more
+    engines as well.  None when the search fails (the context round trip is
+    used instead)."""
+    engines = [scratch_engine() for _ in range(3)]
+    first, others = engines[0], engines[1:]
+    candidates = _env_links(first)
+    for link in candidates:
+        if all(_env_link_holds(uc, link) for uc in others):
+            return link
+    return None
+
+
+def _env_links(uc) -> list[tuple[int, int]]:
+    """Every (link, delta) that leads to this engine's live CPU state."""
     for i, r in enumerate(_SIG_REGS):
         uc.reg_write(r, 0x5AC30000 + i * 0x1111)
-    ctx = _ctx_bytes(uc.context_save())
+    saved = uc.context_save()
+    ctx = _ctx_bytes(saved)
     # The saved context is a small header (size, mode, arch, ...) and then the
     # state itself, which begins with EAX (all calibrated offsets count from
     # the header's start).
     head = ctx.find(struct.pack("<Q", 0x5AC30000))
     if head < 0 or head % 8:
-        return None
+        return []
     sig = ctx[head:head + 32]
     uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
     raw = _peek(uc_addr, 8192)
+    found = []
     for link in range(0, len(raw) - 7, 8):
         p = struct.unpack_from("<Q", raw, link)[0]
         if p < 0x10000 or p >= 1 << 47:     # not a user-space pointer
@@ -306,13 +324,30 @@ def _find_env_link() -> tuple[int, int] | None:
         at = _peek(p, 0x10000).find(sig)
         if at < 0 or at % 8:
             continue
-        env = p + at
-        uc.reg_write(X.UC_X86_REG_EAX, 0x12345678)
-        ok = ctypes.c_uint32.from_address(env).value == 0x12345678
-        uc.reg_write(X.UC_X86_REG_EAX, 0x5AC30000)
-        if ok:
-            return link, at - head
-    return None
+        if _env_link_holds(uc, (link, at - head), head):
+            found.append((link, at - head))
+    return found
+
+
+def _env_link_holds(uc, link: tuple[int, int], eax_off: int | None = None) -> bool:
+    """Writing EAX through the engine shows up at *(uc + link) + delta + EAX's offset."""
+    if eax_off is None:                 # EAX's offset in a saved context
+        uc.reg_write(X.UC_X86_REG_EAX, 0x5AC3_9A11)
+        eax_off = _ctx_bytes(uc.context_save()).find(struct.pack("<Q", 0x5AC3_9A11))
+        if eax_off < 0:
+            return False
+    uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    p = struct.unpack("<Q", _peek(uc_addr + link[0], 8).ljust(8, b"\0"))[0]
+    if p < 0x10000 or p >= 1 << 47:
+        return False
+    env = p + link[1] + eax_off
+    old = uc.reg_read(X.UC_X86_REG_EAX)
+    ok = True
+    for probe in (0x12345678, 0x0BADF00D):
+        uc.reg_write(X.UC_X86_REG_EAX, probe)
+        ok = ok and _peek(env, 4) == struct.pack("<I", probe)
+    uc.reg_write(X.UC_X86_REG_EAX, old)
+    return ok
 
 
 @dataclass(frozen=True)
