@@ -185,8 +185,12 @@ class Patcher:
                 enables |= key in ENABLES_INTERRUPTS
                 terminated |= key in TERMINATORS
                 part = assemble(text, cur) if text else b""
+                # The VMM emulates the instruction at an exit and goes on with the
+                # stub code of the next covered instruction (a terminator's routine
+                # names its own target).
+                after = None if key in TERMINATORS else cur + len(part)
                 for a in _exit_addresses(part, cur):
-                    exits[a] = ("emulate", ins.addr, None)
+                    exits[a] = ("emulate", ins.addr, after)
             else:
                 part, terminated_here = self._relocate(ins, cur)
                 terminated |= terminated_here

@@ -41,6 +41,7 @@ from runtime.isolation import Isolation
 from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.protect import Protections
+from runtime.segments import check_stack_segment
 from runtime.vcpu import VirtualCPU
 
 
@@ -249,12 +250,12 @@ class TrapMode(EmulateMode):
             raise GuestFault(GP, sel & 0xFFFC)
 
     def load_ss(self, sel: int):
-        if sel & 3:
-            return NOT_MINE            # RPL 1..3: the CPU's own check was the guest's truth
-        desc = self.vm.delivery.descriptor(sel)
-        if desc.dpl != 0 or desc.access & DESC_CODE or not desc.access & DESC_RW:
-            return NOT_MINE
-        self.uc.reg_write(X.UC_X86_REG_SS, sel | 1)
+        """Load SS as the CPU at the guest's CPL does (runtime/segments.py): trap
+        gets here when an RPL-0 load faulted at CPL 1; bt for every SS load (an
+        RPL-1 selector loads at CPL 1 but faults at CPL 0: issue 15 cause 6)."""
+        check_stack_segment(self, sel)
+        cpl = self.guest_cpl()
+        self.uc.reg_write(X.UC_X86_REG_SS, self.real_selector(sel, cpl))
         return None
 
     # -- control registers ----------------------------------------------------------
