@@ -221,6 +221,15 @@ class Patcher:
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""
         m = ins.mnemonic
+        if m in _INVERSE and direct(ins):
+            # A jcc from the stub cache back into RAM crosses 2^32, and Unicorn
+            # 2.1 does not wrap a jcc's target to 32 bits as it does a jmp's: the
+            # guest block would run at 0x1_xxxxxxxx, outside the instruction
+            # clock's and the block check's view (tests/runtime/test_unicorn_facts.py).
+            # So the inverse jcc skips a jmp, which wraps.
+            over = f"r{at:x}_over"
+            target = int(ins.op_str, 16)
+            return assemble(f"{_INVERSE[m]} {over}; jmp {target:#x}; {over}:", at), False
         if m.startswith("j") and direct(ins):
             target = int(ins.op_str, 16)
             return assemble(f"{m} {target:#x}", at), m == "jmp"
@@ -288,6 +297,11 @@ class Patcher:
 
     def stats(self) -> dict:
         return self.counters.report(enabled=len(self.patches), stub_cache_bytes=self.cache.used)
+
+
+_PAIRS = (("jo", "jno"), ("jb", "jae"), ("je", "jne"), ("jbe", "ja"), ("js", "jns"), ("jp", "jnp"),
+          ("jl", "jge"), ("jle", "jg"))
+_INVERSE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS}
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

@@ -22,8 +22,9 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
   popfd/iretd loads every flag anyway.  No template saves the flags today;
 * exit-free: a template never leaves to the VMM except through `window_check`,
   which only fires when the guest just enabled interrupts while one waits,
-  iretd's documented exits, and the segment loads' and far jump's exit for an
-  RPL-1 selector (rare: ring compression's one blind spot, issue 15 cause 6);
+  iretd's documented exits, the segment loads' and far jump's exit for an
+  RPL-1 selector (rare: ring compression's one blind spot, issue 15 cause 6),
+  and the SS loads, which always exit (their trap would too);
 * the guest memory a stub writes is exactly what the instruction writes: no
   scratch below ESP (a real cli writes nothing; a guest can read below its ESP,
   and with ESP = 0 the write wraps to 0xFFFFFFFC: issue 15).  Scratch lives in
@@ -334,6 +335,14 @@ def _jmp_far(s: StubContext, i: Insn) -> str:
     return f"{_rpl1_exit(s, _byte_of(i.op_str, off_size))}; {_native(i)}"
 
 
+@stub("mov_to_ss", "pop_ss", "lss")
+def _load_ss(s: StubContext, i: Insn) -> str:
+    # Every SS load needs the VMM: RPL 0 faults at CPL 1 and RPL 1 loads where
+    # CPL 0 faults.  Inside a jump patch it costs the one exit its trap would,
+    # and the instructions around it stay translated instead of int3-patched.
+    return EXIT
+
+
 # -- returns ----------------------------------------------------------------------
 @stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
@@ -374,8 +383,10 @@ TERMINATORS = frozenset({"iretd", "jmp_far"})
 # "emulate it", and the VMM resumes at the next covered instruction's stub code
 # (patcher/patches.py), so they may sit anywhere in a patch: the segment loads'.
 EMULATE_EXITS = frozenset({"iretd"})
-# Templates whose EXIT fires for an RPL-1 selector (ring compression's blind spot).
+# Templates whose EXIT fires for an RPL-1 selector (ring compression's blind spot),
+# and the SS loads', which always exit.
 SELECTOR_EXITS = frozenset({"mov_to_sreg", "pop_sreg", "jmp_far"})
+SS_LOADS = frozenset({"mov_to_ss", "pop_ss", "lss"})
 # Templates after which the VMM must be given a chance to inject (IF may rise).
 ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 

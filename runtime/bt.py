@@ -186,6 +186,7 @@ class BTMode(TrapMode):
             new_eip = resume if resume is not None else ins.addr + ins.size
         elif not self.cache.contains(new_eip):
             self.on_vmm_branch(new_eip)
+            new_eip = self.csam.stub_point(new_eip)
         self.vm.fast.reg_write(X.UC_X86_REG_EIP, new_eip)
         if self.stop_slice or self.vm.stop is not None:
             self.stop_slice = False

@@ -33,7 +33,7 @@ from unicorn import x86_const as X
 from bt.machine import ACCESS_CODE0, ACCESS_CODE3, ACCESS_DATA0, ACCESS_DATA3, descriptor
 from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
-from patcher.templates import (EMULATE_EXITS, SELECTOR_EXITS, template_for, ENABLES_INTERRUPTS, TEMPLATES,
+from patcher.templates import (EMULATE_EXITS, SELECTOR_EXITS, SS_LOADS, template_for, ENABLES_INTERRUPTS, TEMPLATES,
                                TERMINATORS, Insn, StubContext, window_check)
 from bt.hyper_layout import (FIELDS, FLAG_TABLES, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, flag_tables,
                              selector_view_table)
@@ -162,6 +162,10 @@ SAMPLES: dict[str, list[Sample]] = {
                            mem={0x3200: struct.pack("<H", UDATA | 1)})],
     "pop_sreg": [Sample("1f", frame="selector", sel=KDATA), Sample("0fa9", frame="selector", sel=UDATA),
                  Sample("661f", frame="selector", sel=KDATA), Sample("07", frame="selector", sel=UDATA | 1)],
+    "mov_to_ss": [Sample("8ed0", {"eax": KDATA}, sel=KDATA), Sample("8e16", {"esi": 0x3000}, sel=KDATA,
+                                                                   mem={0x3000: struct.pack("<H", KDATA)})],
+    "pop_ss": [Sample("17", frame="selector", sel=KDATA)],
+    "lss": [Sample("0fb23500300000", sel=KDATA, mem={0x3000: struct.pack("<IH", 0x5000, KDATA)})],
     "jmp_far": [Sample("ea" + struct.pack("<IH", GUEST + 7, KCODE).hex(), sel=KCODE),
                 Sample("ff2b", {"ebx": 0x3000}, sel=KCODE,                        # ljmp [ebx]
                        mem={0x3000: struct.pack("<IH", GUEST + 2, KCODE)})],
@@ -418,7 +422,9 @@ def test_stub_does_what_the_instruction_does(key, sample):
 def expects_exit(key: str, sample: Sample, b: Belief, ref: Outcome) -> bool:
     """Where the templates document an exit: interrupts just enabled (the window
     check after sti/popf) or a kernel iretd whose frame enables them, while one is
-    pending; a segment load or far jump naming an RPL-1 selector."""
+    pending; a segment load or far jump naming an RPL-1 selector; every SS load."""
+    if key in SS_LOADS:
+        return True
     if key in SELECTOR_EXITS:
         return sample.sel & 3 == 1
     if not b.irq_pending:
@@ -443,7 +449,7 @@ def check_exit(key, sample, b, ref, tr, stub, what):
         # the VMM emulates the instruction: nothing of it may have happened yet
         # (the flags may differ: the only such exit is iretd's, and the emulated
         # iretd loads all of EFLAGS from the frame)
-        assert key in EMULATE_EXITS | SELECTOR_EXITS, what
+        assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS, what
         assert tr.regs == b.regs and tr.segs == GUEST_SEGS, what
         assert_state_page(bytes(state_page(b)), tr.state, b.eflags & VFLAGS_MASK, what)
         before = Outcome(b.regs, GUEST, GUEST_SEGS, b.eflags, initial_memory(b), [])

@@ -221,3 +221,23 @@ def test_loading_a_selector_sets_the_accessed_bit_through_a_hooked_store():
     seen.clear()
     uc.reg_write(X.UC_X86_REG_GS, 0x10)
     assert seen == [(0x514, 4, 0xCF9300)]
+
+
+@pytest.mark.parametrize("branch,wraps", [("jmp", True), ("jnz", False)])
+def test_fact_a_jcc_across_2_32_is_not_wrapped_to_32_bits(branch, wraps):
+    """A branch from the stub cache (top of the 4 GiB space) back to guest RAM
+    crosses 2^32.  Unicorn 2.1 wraps a jmp's target to 32 bits but not a jcc's:
+    the block after a taken jcc starts at 0x1_00001000, which address-range hooks
+    and the instruction clock's block lookup do not recognise (it counted such a
+    block as one instruction).  patcher/patches.py relocates a jcc as the
+    inverse jcc over a jmp."""
+    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_BLOCK
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_map(0xFF000000, 0x10000)
+    uc.mem_write(0xFF000000, assemble(f"xor eax, eax; inc eax; {branch} 0x1000", 0xFF000000))
+    uc.mem_write(0x1000, b"\x90\xf4")
+    blocks = []
+    uc.hook_add(UC_HOOK_BLOCK, lambda u, a, s, _: blocks.append(a))
+    uc.emu_start(0xFF000000, 0, count=4)
+    assert blocks[1] == (0x1000 if wraps else 0x1_0000_1000)
