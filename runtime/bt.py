@@ -206,7 +206,10 @@ class BTMode(TrapMode):
                 raise StopSlice
             ins = next(i for i in p.covered if i.addr == guest)
             return self._emulate_original(ins, resume)
-        # A genuine fault raised by relocated guest code: the guest sees its own address.
+        # A genuine fault raised by relocated guest code (or a segment load's
+        # native part): the guest sees its own address.  A selector whose
+        # descriptor lies outside RAM ends the run as under emulate, as in trap.
+        self.check_table_fault(vector, error, soft)
         guest = self.patcher.guest_address(eip)
         vm.counters.add("faults_reflected", vector)
         vm.deliver_exception(vector, guest if not soft else eip, error, soft)

@@ -70,18 +70,22 @@ def test_bt_retired_count_matches_without_stubs():
 def test_stub_and_vmm_accesses_still_work():
     # Segment loads read the shadow GDT (the CPU's own lookup), stubs read and
     # write the state page: a guest doing both runs to its end in every mode.
+    # (Under bt the segment loads run inside their stubs, issue 15 cause 6, so
+    # their lookups are the stub's; trap's are the guest code's own.)
     src = ("mov esp, 0x90000\nmov eax, 0x10\nmov ds, ax\nmov es, ax\ncli\npushfd\npop ebx\nsti\n"
            "pushfd\npop ecx\nmov dx, ds\nlar esi, edx\n" + EXIT)
     img = raw_guest(src)
     ref = run(img, "emulate")[1]
+    stats = {}
     for mode in ("trap", "bt"):
         vm, res = run(img, mode)
         assert (res.exit_status, str(res.reason)) == (0, "debug-exit")
         if mode == "bt":        # (trap's pushfd shows the host's IF: its predicted leak)
             assert {k: res.regs[k] for k in ("ebx", "ecx", "esi")} == {k: ref.regs[k] for k in ("ebx", "ecx", "esi")}
-    stats = vm.mode.isolation.stats()
-    assert stats["stub_accesses"] > 0 and stats["descriptor_accesses"] > 0
-    assert stats["refused_accesses"] == 0
+        stats[mode] = vm.mode.isolation.stats()
+        assert stats[mode]["refused_accesses"] == 0, mode
+    assert stats["trap"]["descriptor_accesses"] > 0
+    assert stats["bt"]["stub_accesses"] > 0
 
 
 def test_jump_into_the_stub_cache_is_not_caught_yet():
