@@ -241,3 +241,31 @@ def test_fact_a_jcc_across_2_32_is_not_wrapped_to_32_bits(branch, wraps):
     uc.hook_add(UC_HOOK_BLOCK, lambda u, a, s, _: blocks.append(a))
     uc.emu_start(0xFF000000, 0, count=4)
     assert blocks[1] == (0x1000 if wraps else 0x1_0000_1000)
+
+
+def test_fact_the_undefined_flags_after_bts_depend_on_the_translation_block():
+    """OF, SF, AF and PF are architecturally undefined after bt/bts/btr/btc.
+    Unicorn (QEMU) derives them from the lazy-flags state it knows when it
+    translates the bt: inside one block from the previous flag-setting
+    instruction (here xor: OF = bit 31 of the result), at the start of a block
+    from the materialised EFLAGS (xor's OF = 0).  Any block boundary between
+    the two (a bt stub, an exit, a slice end) changes them, so neither bt nor a
+    re-run of emulate can promise emulate's value.  A flag-defining instruction
+    afterwards (the fuzzer's `adc r, 0`, bt/fuzz/features.py) makes the outcome
+    defined again."""
+    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+
+    def flags(text: str) -> int:
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 0x10000)
+        code = assemble(text, 0x1000)
+        uc.mem_write(0x1000, code)
+        uc.reg_write(X.UC_X86_REG_EAX, 0x2265A5F5)
+        uc.reg_write(X.UC_X86_REG_EDX, 0xCD60D630)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return uc.reg_read(X.UC_X86_REG_EFLAGS)
+
+    OF = 0x800
+    assert flags("xor eax, edx; bts eax, 25") & OF                   # one block
+    assert not flags("xor eax, edx; jmp l; l: bts eax, 25") & OF      # bts starts a block
+    assert flags("xor eax, edx; bts eax, 25; adc eax, 0") == flags("xor eax, edx; jmp l; l: bts eax, 25; adc eax, 0")
