@@ -28,6 +28,7 @@ from runtime.csam import CSAM
 from runtime.decode import decode
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
+from runtime.memory import OutsideRam
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
 
@@ -179,6 +180,11 @@ class BTMode(TrapMode):
                 self.write_cr(2, f.cr2)
             self.vm.deliver_exception(f.vector, ins.addr, f.error_code)
             return True
+        except OutsideRam:
+            # The routine touched memory that is not there (the hypervisor
+            # area): the run ends at the instruction, as emulate's does.
+            self.vm.fast.reg_write(X.UC_X86_REG_EIP, ins.addr)
+            raise
         if new_eip is NOT_MINE:
             self.vm.deliver_exception(GP, ins.addr, 0)
             return True

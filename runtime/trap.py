@@ -300,13 +300,17 @@ class TrapMode(EmulateMode):
         return self.seg_base(X.UC_X86_REG_SS)
 
     def guest_read(self, addr: int, size: int) -> bytes:
+        # Only RAM is there for the guest: a routine's access outside it (the
+        # hypervisor area) raises OutsideRam, which ends the run as emulate's
+        # unmapped access does (VM.guarded).
         try:
-            return self.vm.mem.read(addr, size)
+            return self.vm.mem.read_cpu(addr, size)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
 
     def guest_write(self, addr: int, data: bytes) -> None:
         try:
+            self.vm.mem.read_cpu(addr, len(data))      # outside RAM: OutsideRam, as above
             self.vm.mem.write(addr, data)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
