@@ -136,3 +136,18 @@ def test_reads_after_a_stub_are_caught_too():
         assert ref.message == f"guest touched unmapped physical memory at {a:#x}"
         assert (got.exit_status, str(got.reason), got.message) == (ref.exit_status, str(ref.reason), ref.message)
         assert got.regs["eip"] == ref.regs["eip"]
+
+
+def test_a_segment_load_run_by_its_stub_reads_the_shadow_gdt():
+    # The segment-load stubs run the guest's own `pop ds` / `mov fs` bytes, marked
+    # as guest code for the guard: the CPU's descriptor lookup they make (a load,
+    # and the #GP of an RPL-2 one) must pass as it does for guest code in RAM.
+    src = ("mov esp, 0x90000\nmov eax, 0x10\nmov fs, eax\npush 0x10\npop ds\nnop\nnop\nnop\nnop\n"
+           "mov ebx, fs\n" + EXIT)
+    img = raw_guest(src)
+    vm, res = run(img, "bt")
+    assert (res.exit_status, str(res.reason)) == (0, "debug-exit"), res.message
+    assert res.extra["patches"]["installed"].get("mov_to_sreg") == 1     # its stub covers the pop too
+    assert res.regs["ebx"] == 0x10
+    stats = vm.mode.isolation.stats()
+    assert stats["descriptor_accesses"] > 0 and stats["refused_accesses"] == 0
