@@ -21,7 +21,9 @@ Layout (offsets from the base):
     VMM_STACK    scratch stack for VMM trampolines
     FLAG_TABLES  byte lookups on EFLAGS byte 1 (IF, IOPL) that let cli, sti,
                  pushf(d) and the window check run without touching the
-                 arithmetic flags (flag_tables(); patcher/templates.py)
+                 arithmetic flags (flag_tables(); patcher/templates.py), and
+                 one on a selector's low byte (RPL 1?) for the segment-load
+                 and far-jump stubs
     SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
                  (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
                  with one load: no flags touched, no stack scratch
@@ -47,6 +49,7 @@ FLAG_TABLES = 0x13000
 CLI_BYTE = FLAG_TABLES + 0x000     # 256 x u8: b -> b without IF
 STI_BYTE = FLAG_TABLES + 0x100     # 256 x u8: b -> b with IF
 IF_BYTE = FLAG_TABLES + 0x200      # 256 x u8: b -> b's IF bit alone (0 or IF)
+RPL1_BYTE = FLAG_TABLES + 0x300    # 256 x u8: a selector's low byte -> 1 when its RPL is 1, else 0
 PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IF/IOPL replaced by v's
 PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
 FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
@@ -101,12 +104,15 @@ def flag_tables() -> bytes:
     window check reads IF_BYTE; pushf(d) merges the virtual IF/IOPL into byte 1
     of the flags it pushed with PUSHF_BYTE, indexed by (vflags byte 1) * 256 +
     (pushed byte 1): every bit of the pushed byte outside IF/IOPL (TF, DF, OF,
-    NT, bit 15) is kept."""
+    NT, bit 15) is kept.  RPL1_BYTE tells the segment-load stubs, without a
+    compare, whether a selector has RPL 1 (the one RPL ring compression
+    cannot check: issue 15 cause 6)."""
     out = bytearray(FLAG_TABLES_SIZE)
     for b in range(256):
         out[CLI_BYTE - FLAG_TABLES + b] = b & ~IF_BYTE1
         out[STI_BYTE - FLAG_TABLES + b] = b | IF_BYTE1
         out[IF_BYTE - FLAG_TABLES + b] = b & IF_BYTE1
+        out[RPL1_BYTE - FLAG_TABLES + b] = 1 if b & 3 == 1 else 0
     for v in range(PUSHF_ROWS):
         for r in range(256):
             out[PUSHF_BYTE - FLAG_TABLES + v * 256 + r] = (r & ~VFLAGS_BYTE1) | (v & VFLAGS_BYTE1)

@@ -185,8 +185,13 @@ class Patcher:
                 enables |= key in ENABLES_INTERRUPTS
                 terminated |= key in TERMINATORS
                 part = assemble(text, cur) if text else b""
+                # The VMM emulates the instruction at an exit and goes on with the
+                # stub code of the next covered instruction (a terminator's routine
+                # names its own target).
+                after = None if key in TERMINATORS else cur + len(part)
                 for a in _exit_addresses(part, cur):
-                    exits[a] = ("emulate", ins.addr, None)
+                    exits[a] = ("emulate", ins.addr, after)
+                relocated += _guest_accesses(part, cur, ins)
             else:
                 part, terminated_here = self._relocate(ins, cur)
                 terminated |= terminated_here
@@ -217,6 +222,15 @@ class Patcher:
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""
         m = ins.mnemonic
+        if m in _INVERSE and direct(ins):
+            # A jcc from the stub cache back into RAM crosses 2^32, and Unicorn
+            # 2.1 does not wrap a jcc's target to 32 bits as it does a jmp's: the
+            # guest block would run at 0x1_xxxxxxxx, outside the instruction
+            # clock's and the block check's view (tests/runtime/test_unicorn_facts.py).
+            # So the inverse jcc skips a jmp, which wraps.
+            over = f"r{at:x}_over"
+            target = int(ins.op_str, 16)
+            return assemble(f"{_INVERSE[m]} {over}; jmp {target:#x}; {over}:", at), False
         if m.startswith("j") and direct(ins):
             target = int(ins.op_str, 16)
             return assemble(f"{m} {target:#x}", at), m == "jmp"
@@ -284,6 +298,45 @@ class Patcher:
 
     def stats(self) -> dict:
         return self.counters.report(enabled=len(self.patches), stub_cache_bytes=self.cache.used)
+
+
+_PAIRS = (("jo", "jno"), ("jb", "jae"), ("je", "jne"), ("jbe", "ja"), ("js", "jns"), ("jp", "jnp"),
+          ("jl", "jge"), ("jle", "jg"))
+_INVERSE = {a: b for a, b in _PAIRS} | {b: a for a, b in _PAIRS}
+
+
+_CSD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+_CSD.detail = True
+# Template instructions that touch the stack without a memory operand.
+_STACK = {"push", "pop", "pushf", "pushfd", "popf", "popfd", "iretd", "iret", "call", "ret", "retf"}
+
+
+def _memory_operands(code: bytes, at: int):
+    for i in _CSD.disasm(code, at):
+        mems = [op.mem for op in i.operands if op.type == capstone.x86.X86_OP_MEM] if i.mnemonic != "lea" else []
+        yield i, mems
+
+
+def _guest_accesses(code: bytes, at: int, guest: Insn) -> list[tuple[int, int]]:
+    """Stub ranges of a template's instructions that access guest memory on the
+    guest's behalf: its stack (push/pop, [esp + n]) and the guest instruction's
+    own memory operand (same segment, base, index and scale, a displacement up to
+    8 bytes further); the others reach the state page or a lookup table.  The
+    hypervisor area's guard (runtime/isolation.py) takes the marked ones for the
+    guest's, so `mov ds, [area]` or a pushfd with ESP in the area ends the run
+    as under emulate instead of reading or writing the VMM."""
+    own = [(m.segment, m.base, m.index, m.scale, m.disp & 0xFFFFFFFF)
+           for _, mems in _memory_operands(guest.data, guest.addr) for m in mems]
+    out = []
+    for i, mems in _memory_operands(code, at):
+        hit = i.mnemonic in _STACK
+        for m in mems:
+            d = m.disp & 0xFFFFFFFF
+            hit |= m.base == capstone.x86.X86_REG_ESP or any(
+                (m.segment, m.base, m.index, m.scale) == o[:4] and 0 <= (d - o[4]) & 0xFFFFFFFF < 8 for o in own)
+        if hit:
+            out.append((i.address, i.address + i.size))
+    return out
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

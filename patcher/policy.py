@@ -163,7 +163,7 @@ def direct(ins: Insn) -> bool:
 
 
 def ends_flow(ins: Insn) -> bool:
-    return ins.mnemonic in ("ret", "jmp", "retf", "iretd", "hlt", "ud2")
+    return ins.mnemonic in ("ret", "jmp", "ljmp", "retf", "iretd", "hlt", "ud2")
 
 
 # -- reading a site's neighbourhood from a CFG (scanner.cfg.CFG) ---------------------------

@@ -21,8 +21,10 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
   popf(d) and iretd may compute with flags because their final real
   popfd/iretd loads every flag anyway.  No template saves the flags today;
 * exit-free: a template never leaves to the VMM except through `window_check`,
-  which only fires when the guest just enabled interrupts while one waits, and
-  iretd's documented exits;
+  which only fires when the guest just enabled interrupts while one waits,
+  iretd's documented exits, the segment loads' and far jump's exit for an
+  RPL-1 selector (rare: ring compression's one blind spot, issue 15 cause 6),
+  and the SS loads, which always exit (their trap would too);
 * the guest memory a stub writes is exactly what the instruction writes: no
   scratch below ESP (a real cli writes nothing; a guest can read below its ESP,
   and with ESP = 0 the write wraps to 0xFFFFFFFC: issue 15).  Scratch lives in
@@ -38,8 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from bt.catalog import check_registry
-from bt.hyper_layout import CLI_BYTE, FIELDS, IF_BYTE, PUSHF_BYTE, SELECTOR_VIEW, STATE, STI_BYTE, VFLAGS_MASK
+from bt.catalog import check_registry, prefix_info
+from bt.hyper_layout import CLI_BYTE, FIELDS, IF_BYTE, PUSHF_BYTE, RPL1_BYTE, SELECTOR_VIEW, STATE, STI_BYTE, VFLAGS_MASK
 from bt.x86 import IF_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
@@ -76,7 +78,6 @@ def template_for(row_name: str, data: bytes):
 
 
 def _opsize16(data: bytes) -> bool:
-    from bt.catalog import prefix_info
     return prefix_info(data)[1]
 
 
@@ -278,6 +279,70 @@ def _push_seg(s: StubContext, i: Insn) -> str:
     return f"push eax; {_guest_view('eax', seg, s)}; xchg eax, dword ptr [esp]"
 
 
+# -- segment loads and far jumps (issue 15, cause 6) ------------------------------------
+# At CPL 1 the CPU accepts a kernel selector with RPL 1 where the guest's CPL 0
+# raises #GP (ring compression made the kernel's descriptors DPL 1).  Every other
+# RPL gets the guest's answer natively, so the stub looks at the selector's low
+# byte through RPL1_BYTE (flag-free: a table load and jecxz) and exits only for
+# RPL 1: the VMM then loads or faults as the CPU at the guest's CPL does
+# (runtime/segments.py).  Otherwise the guest's own instruction bytes run
+# (Keystone would turn `pop ds` or `ljmp` into their 16-bit forms).
+def _native(i: Insn) -> str:
+    return ".byte " + ", ".join(f"{b:#04x}" for b in i.data)
+
+
+def _rpl1_exit(s: StubContext, selector_low_byte: str) -> str:
+    """Exit when the selector whose low byte `selector_low_byte` names (a byte
+    memory operand, or a 16-bit register) has RPL 1; ECX is the guest's at the
+    exit and after."""
+    native = s.local("native")
+    if "[" in selector_low_byte:
+        load = f"movzx ecx, {selector_low_byte}"
+    else:
+        load = f"movzx ecx, {selector_low_byte}; movzx ecx, cl"
+    return (f"mov {s.field('scratch')}, ecx; {load}; "
+            f"movzx ecx, byte ptr [{s.table(RPL1_BYTE):#x} + ecx]; jecxz {native}; "
+            f"mov ecx, {s.field('scratch')}; {EXIT}; "
+            f"{native}: mov ecx, {s.field('scratch')}")
+
+
+def _byte_of(mem_operand: str, plus: int = 0) -> str:
+    """`word ptr fs:[ebx + 4]` -> `byte ptr fs:[ebx + 4 + plus]`."""
+    mem = _mem_operand(mem_operand)
+    return "byte ptr " + (mem_plus(mem, plus) if plus else mem)
+
+
+@stub("mov_to_sreg")
+def _mov_to_sreg(s: StubContext, i: Insn) -> str:
+    src = i.op_str.split(",", 1)[1].strip()
+    low = _byte_of(src) if "[" in src else (src[1:] if len(src) == 3 else src)
+    return f"{_rpl1_exit(s, low)}; {_native(i)}"
+
+
+@stub("pop_sreg")
+def _pop_sreg(s: StubContext, i: Insn) -> str:
+    return f"{_rpl1_exit(s, 'byte ptr [esp]')}; {_native(i)}"
+
+
+@stub("jmp_far")
+def _jmp_far(s: StubContext, i: Insn) -> str:
+    n, opsize16, _ = prefix_info(i.data)
+    off_size = 2 if opsize16 else 4
+    if i.data[n] == 0xEA:              # ptr16:32: the selector is an immediate
+        sel = int.from_bytes(i.data[n + 1 + off_size:n + 3 + off_size], "little")
+        return EXIT if sel & 3 == 1 else _native(i)
+    # m16:32: the selector follows the offset in memory
+    return f"{_rpl1_exit(s, _byte_of(i.op_str, off_size))}; {_native(i)}"
+
+
+@stub("mov_to_ss", "pop_ss", "lss")
+def _load_ss(s: StubContext, i: Insn) -> str:
+    # Every SS load needs the VMM: RPL 0 faults at CPL 1 and RPL 1 loads where
+    # CPL 0 faults.  Inside a jump patch it costs the one exit its trap would,
+    # and the instructions around it stay translated instead of int3-patched.
+    return EXIT
+
+
 # -- returns ----------------------------------------------------------------------
 @stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
@@ -311,9 +376,17 @@ def _iretd(s: StubContext, i: Insn) -> str:
 
 
 # Which templates end in control transfer (no jump back to the guest).
-TERMINATORS = frozenset({"iretd"})
-# Templates containing an EXIT that means "emulate the original instruction".
+TERMINATORS = frozenset({"iretd", "jmp_far"})
+# Templates containing an EXIT that means "emulate the original instruction"
+# and whose routine decides where the guest goes on (an iretd's frame): such an
+# instruction must start its patch.  Every other template's EXIT also means
+# "emulate it", and the VMM resumes at the next covered instruction's stub code
+# (patcher/patches.py), so they may sit anywhere in a patch: the segment loads'.
 EMULATE_EXITS = frozenset({"iretd"})
+# Templates whose EXIT fires for an RPL-1 selector (ring compression's blind spot),
+# and the SS loads', which always exit.
+SELECTOR_EXITS = frozenset({"mov_to_sreg", "pop_sreg", "jmp_far"})
+SS_LOADS = frozenset({"mov_to_ss", "pop_ss", "lss"})
 # Templates after which the VMM must be given a chance to inject (IF may rise).
 ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 

@@ -54,15 +54,23 @@ static inline uint32_t env_u32(Guard *g, Py_ssize_t off)
     return v;
 }
 
-/* Does the instruction at `eip` (in RAM) read descriptors implicitly?  The
- * opcode set of the instructions that load a segment register or look a
- * selector up in the GDT. */
+/* Does the instruction at `eip` read descriptors implicitly?  The opcode set
+ * of the instructions that load a segment register or look a selector up in
+ * the GDT.  `eip` is in RAM, or guest code in the stub cache (a relocated copy,
+ * or the guest's own segment load a template runs: patcher/templates.py). */
 static bool loads_descriptors(Guard *g, uint32_t eip)
 {
-    if (!g->ram || eip >= g->ram_size)
+    uint64_t left;
+    const uint8_t *p;
+    if (g->ram && eip < g->ram_size) {
+        left = g->ram_size - eip;
+        p = g->ram + eip;
+    } else if (eip >= g->stubs_lo && eip < g->stubs_hi && g->host) {
+        left = g->base + g->size - eip;
+        p = g->host + (eip - g->base);
+    } else {
         return false;
-    uint64_t left = g->ram_size - eip;
-    const uint8_t *p = g->ram + eip;
+    }
     unsigned i = 0;
     while (i < 14 && i < left) {        /* prefixes */
         uint8_t b = p[i];

@@ -28,6 +28,7 @@ from runtime.csam import CSAM
 from runtime.decode import decode
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
+from runtime.memory import OutsideRam
 from runtime.modes import StopSlice
 from runtime.trap import TrapMode
 
@@ -179,6 +180,11 @@ class BTMode(TrapMode):
                 self.write_cr(2, f.cr2)
             self.vm.deliver_exception(f.vector, ins.addr, f.error_code)
             return True
+        except OutsideRam:
+            # The routine touched memory that is not there (the hypervisor
+            # area): the run ends at the instruction, as emulate's does.
+            self.vm.fast.reg_write(X.UC_X86_REG_EIP, ins.addr)
+            raise
         if new_eip is NOT_MINE:
             self.vm.deliver_exception(GP, ins.addr, 0)
             return True
@@ -186,6 +192,7 @@ class BTMode(TrapMode):
             new_eip = resume if resume is not None else ins.addr + ins.size
         elif not self.cache.contains(new_eip):
             self.on_vmm_branch(new_eip)
+            new_eip = self.csam.stub_point(new_eip)
         self.vm.fast.reg_write(X.UC_X86_REG_EIP, new_eip)
         if self.stop_slice or self.vm.stop is not None:
             self.stop_slice = False
@@ -205,7 +212,10 @@ class BTMode(TrapMode):
                 raise StopSlice
             ins = next(i for i in p.covered if i.addr == guest)
             return self._emulate_original(ins, resume)
-        # A genuine fault raised by relocated guest code: the guest sees its own address.
+        # A genuine fault raised by relocated guest code (or a segment load's
+        # native part): the guest sees its own address.  A selector whose
+        # descriptor lies outside RAM ends the run as under emulate, as in trap.
+        self.check_table_fault(vector, error, soft)
         guest = self.patcher.guest_address(eip)
         vm.counters.add("faults_reflected", vector)
         vm.deliver_exception(vector, guest if not soft else eip, error, soft)

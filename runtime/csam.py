@@ -115,6 +115,22 @@ class CSAM:
             self.clock.c.allow_once(address)
         return address
 
+    def stub_point(self, address: int) -> int:
+        """Where a VMM-made branch to `address` (an emulated iretd's return, a far
+        jump) runs: the stub's copy of the instruction when `address` lies inside
+        the bytes a jump patch replaced, else `address` (the block check handles
+        the rest).  The block check would redirect it too, after refusing the
+        start (a scan exit); a #GP handler that resumes after a patched
+        `mov fs` returns there on every fault (demo:exceptions, issue 15 cause 12)."""
+        p = self.patcher.covering(address)
+        if p is None or p.kind != "jump" or not p.site < address < p.site + len(p.orig):
+            return address
+        for lo, _hi, guest in p.stub_map:
+            if guest == address:
+                self.stats.add("patch_interior_redirects")
+                return lo
+        return address
+
     def _into_patch(self, p, address: int) -> int:
         """A start inside the bytes a jump patch replaced: run the stub's copy of
         that instruction when the stub has one, else remove the patch, scan the

@@ -29,6 +29,7 @@ from bt.x86 import (NP, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, D
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
+from runtime import segments
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
 
@@ -143,7 +144,32 @@ def _mov_from_dr(mode, insn, eip):
 
 @emulates("mov_to_ss")
 def _mov_to_ss(mode, insn, eip):
-    return mode.load_ss(read_operand(mode, insn.operands[1]))
+    return mode.load_ss(read_operand(mode, insn.operands[1]) & 0xFFFF)
+
+
+@emulates("mov_to_sreg")
+def _mov_to_sreg(mode, insn, eip):
+    # bt's stub exits here only for an RPL-1 selector (patcher/templates.py);
+    # trap reaches it when the load faulted natively.
+    dst, src = insn.operands
+    _load_data_segment(mode, dst.reg, read_operand(mode, src) & 0xFFFF)
+
+
+@emulates("pop_sreg")
+def _pop_sreg(mode, insn, eip):
+    esp = mode.uc.reg_read(X.UC_X86_REG_ESP)
+    sel = int.from_bytes(mode.guest_read(mode.stack_base() + esp, 2), "little")
+    _load_data_segment(mode, insn.operands[0].reg, sel)
+    mode.uc.reg_write(X.UC_X86_REG_ESP, (esp + (2 if insn.opsize16 else 4)) & 0xFFFFFFFF)
+
+
+def _load_data_segment(mode, reg: int, sel: int) -> None:
+    """Load DS/ES/FS/GS as the CPU at the guest's CPL does.  A selector the guest
+    may load, the real CPU at CPL 1 loads too (only RPL 1 on a DPL-0 descriptor
+    differs, and that one faults here first), so reg_write can do the load and
+    the CPU sets the descriptor's accessed bit (runtime/trap.py copies it)."""
+    segments.check_data_segment(mode, sel)
+    mode.uc.reg_write(reg, sel)
 
 
 @emulates("mov_from_cs", "mov_from_ss")
@@ -548,22 +574,43 @@ def _push_sreg(mode, insn, eip):
     push(mode, mode.guest_selector(mode.uc.reg_read(op.reg)), size)
 
 
-@emulates("call_far")
-def _call_far(mode, insn, eip):
-    """Far call: the pushed CS is the guest's view (RPL 0), not ring 1's."""
+def _far_pointer(mode, insn) -> tuple[int, int]:
+    """(selector, offset) of a far jmp/call: ptr16:32 (ptr16:16 with 0x66) or m16:32."""
     ops = insn.operands
     if len(ops) == 2 and ops[0].kind == "imm":
-        sel, off = ops[0].imm & 0xFFFF, ops[1].imm & 0xFFFFFFFF
+        return ops[0].imm & 0xFFFF, ops[1].imm & (0xFFFF if insn.opsize16 else 0xFFFFFFFF)
+    addr = effective_address(mode.uc, ops[0], mode.seg_base)
+    if insn.opsize16:
+        off, sel = struct.unpack("<HH", mode.guest_read(addr, 4))
     else:
-        addr = effective_address(mode.uc, ops[0], mode.seg_base)
         off, sel = struct.unpack("<IH", mode.guest_read(addr, 6))
-    desc = mode.vm.delivery.descriptor(sel)
-    if not desc.access & DESC_CODE or not desc.present:
-        raise GuestFault(GP, sel & 0xFFFC)
+    return sel, off
+
+
+@emulates("jmp_far")
+def _jmp_far(mode, insn, eip):
+    # bt's stub exits here only for an RPL-1 selector; an int3 patch (a form too
+    # short for a jump patch) for every one.  Gates and TSSs are not modelled.
+    sel, off = _far_pointer(mode, insn)
+    if segments.far_code_segment(mode, sel, off) is None:
+        return NOT_MINE
+    mode.uc.reg_write(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
+    return off
+
+
+@emulates("call_far")
+def _call_far(mode, insn, eip):
+    """Far call: the target is checked first, as the CPU does (an RPL-1 kernel
+    selector faults: issue 15 cause 6); the pushed CS is the guest's view (RPL 0),
+    not ring 1's."""
+    sel, off = _far_pointer(mode, insn)
+    if segments.far_code_segment(mode, sel, off) is None:
+        return NOT_MINE
     uc = mode.uc
-    push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), 4)
-    push(mode, eip + insn.size, 4)
-    uc.reg_write(X.UC_X86_REG_CS, mode.real_selector(sel, desc.dpl))
+    size = 2 if insn.opsize16 else 4
+    push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), size)
+    push(mode, eip + insn.size, size)
+    uc.reg_write(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
     return off
 
 

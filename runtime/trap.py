@@ -30,7 +30,7 @@ from unicorn import x86_const as X
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
-                    DESC_RW, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
+                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from runtime.decode import SiteDecoder
@@ -41,6 +41,7 @@ from runtime.isolation import Isolation
 from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.protect import Protections
+from runtime.segments import check_stack_segment
 from runtime.vcpu import VirtualCPU
 
 
@@ -249,12 +250,12 @@ class TrapMode(EmulateMode):
             raise GuestFault(GP, sel & 0xFFFC)
 
     def load_ss(self, sel: int):
-        if sel & 3:
-            return NOT_MINE            # RPL 1..3: the CPU's own check was the guest's truth
-        desc = self.vm.delivery.descriptor(sel)
-        if desc.dpl != 0 or desc.access & DESC_CODE or not desc.access & DESC_RW:
-            return NOT_MINE
-        self.uc.reg_write(X.UC_X86_REG_SS, sel | 1)
+        """Load SS as the CPU at the guest's CPL does (runtime/segments.py): trap
+        gets here when an RPL-0 load faulted at CPL 1; bt for every SS load (an
+        RPL-1 selector loads at CPL 1 but faults at CPL 0: issue 15 cause 6)."""
+        check_stack_segment(self, sel)
+        cpl = self.guest_cpl()
+        self.uc.reg_write(X.UC_X86_REG_SS, self.real_selector(sel, cpl))
         return None
 
     # -- control registers ----------------------------------------------------------
@@ -299,13 +300,17 @@ class TrapMode(EmulateMode):
         return self.seg_base(X.UC_X86_REG_SS)
 
     def guest_read(self, addr: int, size: int) -> bytes:
+        # Only RAM is there for the guest: a routine's access outside it (the
+        # hypervisor area) raises OutsideRam, which ends the run as emulate's
+        # unmapped access does (VM.guarded).
         try:
-            return self.vm.mem.read(addr, size)
+            return self.vm.mem.read_cpu(addr, size)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
 
     def guest_write(self, addr: int, data: bytes) -> None:
         try:
+            self.vm.mem.read_cpu(addr, len(data))      # outside RAM: OutsideRam, as above
             self.vm.mem.write(addr, data)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None

@@ -90,4 +90,25 @@ FIXED = [
     dict(name="retired-count-includes-stubs", cause="virtual-time",
          body="cpuid", exact=True,     # retired counts compared too (test_regressions.py)
          kinds=(), ends=(OK, OK), detail="retired:"),              # every program: bt retires more
+    # Cause 6: ring compression's RPL 1 (patcher/templates.py: the segment-load and
+    # far-jump stubs exit for an RPL-1 selector; SS loads are int3-patched;
+    # runtime/segments.py decides as the CPU at the guest's CPL).
+    dict(name="mov-ss-rpl1-accepted", cause=6,
+         body="mov eax, 0x11\nmov ss, ax",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
+    dict(name="far-jmp-rpl1-accepted", cause=6,                    # the far-transfer form of cause 6
+         body=".byte 0xea\n.long s_t\n.word 0x9\ns_t:",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
+    dict(name="mov-ds-rpl1-kernel-data", cause=6,
+         body="mov eax, 0x11\nmov ds, ax\nmov ebx, ds\nmov eax, 0x10\nmov ds, ax",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x5e6f7081 vs 0x11"),
+    dict(name="pop-fs-rpl1-kernel-code", cause=6,
+         body="push 0x9\npop fs\nmov ebx, fs",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x5e6f7081 vs 0x9"),
+    dict(name="mov-ss-rpl1-ring1-data", cause=6,             # DPL 1 and RPL 1: legal at CPL 1, #GP at CPL 0
+         body="mov eax, 0x49\nmov ss, ax\nmov ebx, ss",
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x5e6f7081 vs 0x48"),
+    dict(name="far-call-rpl1-accepted", cause=6,
+         body="mov dword ptr [0x180008], esp\n.byte 0x9a\n.long s_t\n.word 0x9\ns_t:\nmov esp, dword ptr [0x180008]",
+         kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
 ]

@@ -119,9 +119,20 @@ def test_at_a_fault_a_refused_jump_never_becomes_an_int3():
     assert (d.action, d.refused) == (Action.INT3, Refusal.EXIT_INSIDE)
 
 
+def test_segment_loads_are_translated():
+    # issue 15 cause 6: an RPL-1 selector loads at CPL 1; the stubs check it
+    _, d = ask("mov ds, eax; mov es, eax; pop fs; nop; hlt")
+    assert d.action is Action.JUMP and [i.mnemonic for i in d.covered] == ["mov", "mov", "pop"]
+    _, d = ask("mov ss, ax; mov esp, 0x9000; hlt")       # every SS load exits, from a stub
+    assert d.action is Action.JUMP and len(d.covered) == 2
+    _, d = ask("mov gs, eax; mov ss, eax; ret")          # so a load before it stays translated
+    assert d.action is Action.JUMP and [i.mnemonic for i in d.covered] == ["mov", "mov", "ret"]
+    _, d = ask("ljmp 0x8:0x100020")
+    assert d.action is Action.JUMP and len(d.covered) == 1
+
+
 @pytest.mark.parametrize("src,action", [
-    ("mov ds, ax; hlt", Action.NONE),          # ring compression
-    ("push fs; hlt", Action.NONE),
+    ("push fs; hlt", Action.NONE),             # ring compression
     ("lgdt [0x100400]; hlt", Action.TRAP),     # privileged, no patch: emulated on its trap
     ("in al, dx; hlt", Action.TRAP),           # the I/O hooks
     ("int 0x80; hlt", Action.TRAP),            # reflected to the guest IDT

@@ -33,8 +33,8 @@ from unicorn import x86_const as X
 from bt.machine import ACCESS_CODE0, ACCESS_CODE3, ACCESS_DATA0, ACCESS_DATA3, descriptor
 from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
-from patcher.templates import (EMULATE_EXITS, template_for, ENABLES_INTERRUPTS, TEMPLATES, TERMINATORS, Insn,
-                               StubContext, window_check)
+from patcher.templates import (EMULATE_EXITS, SELECTOR_EXITS, SS_LOADS, template_for, ENABLES_INTERRUPTS, TEMPLATES,
+                               TERMINATORS, Insn, StubContext, window_check)
 from bt.hyper_layout import (FIELDS, FLAG_TABLES, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, flag_tables,
                              selector_view_table)
 from bt.x86 import IF_BIT
@@ -108,6 +108,8 @@ class Sample:
     hex: str
     regs: dict = field(default_factory=dict)      # address registers, fixed
     frame: str | None = None                      # what the stack holds at ESP
+    sel: int | None = None                        # the selector a segment load or far jump names
+    mem: dict = field(default_factory=dict)       # address -> bytes placed in guest memory
 
     @property
     def code(self) -> bytes:
@@ -147,6 +149,26 @@ SAMPLES: dict[str, list[Sample]] = {
     "push_cs": [Sample("0e")],
     "push_ss": [Sample("16")],
     "iretd": [Sample("cf", frame="kernel"), Sample("cf", frame="user")],
+    # RPL 0 and 3 load natively; RPL 1 (UDATA | 1: DPL 3, legal at CPL 0) exits
+    "mov_to_sreg": [Sample("8ed8", {"eax": KDATA}, sel=KDATA),                    # mov ds, eax
+                    Sample("668ee3", {"ebx": UDATA}, sel=UDATA),                  # mov fs, bx
+                    Sample("8ec1", {"ecx": KDATA}, sel=KDATA),                    # mov es, ecx (the scratch)
+                    Sample("8ee6", {"esi": 0}, sel=0),                            # mov fs, esi (null)
+                    Sample("8e2b", {"ebx": 0x3000}, sel=UDATA, mem={0x3000: struct.pack("<H", UDATA)}),
+                    Sample("648e5b04", {"ebx": 0x3100}, sel=KDATA,                # mov ds, fs:[ebx + 4]
+                           mem={FS_BASE + 0x3104: struct.pack("<H", KDATA)}),
+                    Sample("8ed8", {"eax": UDATA | 1}, sel=UDATA | 1),            # exits
+                    Sample("8e29", {"ecx": 0x3200}, sel=UDATA | 1,                # mov gs, [ecx]: exits
+                           mem={0x3200: struct.pack("<H", UDATA | 1)})],
+    "pop_sreg": [Sample("1f", frame="selector", sel=KDATA), Sample("0fa9", frame="selector", sel=UDATA),
+                 Sample("661f", frame="selector", sel=KDATA), Sample("07", frame="selector", sel=UDATA | 1)],
+    "mov_to_ss": [Sample("8ed0", {"eax": KDATA}, sel=KDATA), Sample("8e16", {"esi": 0x3000}, sel=KDATA,
+                                                                   mem={0x3000: struct.pack("<H", KDATA)})],
+    "pop_ss": [Sample("17", frame="selector", sel=KDATA)],
+    "lss": [Sample("0fb23500300000", sel=KDATA, mem={0x3000: struct.pack("<IH", 0x5000, KDATA)})],
+    "jmp_far": [Sample("ea" + struct.pack("<IH", GUEST + 7, KCODE).hex(), sel=KCODE),
+                Sample("ff2b", {"ebx": 0x3000}, sel=KCODE,                        # ljmp [ebx]
+                       mem={0x3000: struct.pack("<IH", GUEST + 2, KCODE)})],
 }
 TRIALS = 12
 
@@ -204,6 +226,13 @@ def make_belief(sample: Sample, insn: Insn, trial: int) -> Belief:
     elif sample.frame == "user":
         until = USER_TARGET
         frame = struct.pack("<IIIII", USER_TARGET, UCODE, _random_flags(rng), USER_ESP, UDATA)
+    elif sample.frame == "selector":
+        frame = struct.pack("<I", sample.sel | rng.getrandbits(16) << 16)
+    for addr, data in sample.mem.items():
+        lo = next(lo for lo, hi in DATA if lo <= addr < hi)
+        block = bytearray(memory[lo])
+        block[addr - lo:addr - lo + len(data)] = data
+        memory[lo] = bytes(block)
     if frame:
         stack = bytearray(memory[DATA[0][0]])
         off = esp - DATA[0][0]
@@ -393,7 +422,11 @@ def test_stub_does_what_the_instruction_does(key, sample):
 def expects_exit(key: str, sample: Sample, b: Belief, ref: Outcome) -> bool:
     """Where the templates document an exit: interrupts just enabled (the window
     check after sti/popf) or a kernel iretd whose frame enables them, while one is
-    pending."""
+    pending; a segment load or far jump naming an RPL-1 selector; every SS load."""
+    if key in SS_LOADS:
+        return True
+    if key in SELECTOR_EXITS:
+        return sample.sel & 3 == 1
     if not b.irq_pending:
         return False
     if key in ENABLES_INTERRUPTS:
@@ -416,7 +449,8 @@ def check_exit(key, sample, b, ref, tr, stub, what):
         # the VMM emulates the instruction: nothing of it may have happened yet
         # (the flags may differ: the only such exit is iretd's, and the emulated
         # iretd loads all of EFLAGS from the frame)
-        assert key == "iretd" and tr.regs == b.regs and tr.segs == GUEST_SEGS, what
+        assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS, what
+        assert tr.regs == b.regs and tr.segs == GUEST_SEGS, what
         assert_state_page(bytes(state_page(b)), tr.state, b.eflags & VFLAGS_MASK, what)
         before = Outcome(b.regs, GUEST, GUEST_SEGS, b.eflags, initial_memory(b), [])
         esp = b.regs["esp"]

@@ -23,6 +23,11 @@ SAMPLES = {
     "mov_from_cs": ("mov", "eax, cs", b"\x8c\xc8"), "mov_from_ss": ("mov", "word ptr [esi], ss", b"\x8c\x16"),
     "push_cs": ("push", "cs", b"\x0e"), "push_ss": ("push", "ss", b"\x16"),
     "iretd": ("iretd", "", b"\xcf"),
+    "mov_to_sreg": ("mov", "ds, word ptr fs:[ebx + 4]", b"\x64\x8e\x5b\x04"),
+    "pop_sreg": ("pop", "ds", b"\x1f"),
+    "jmp_far": ("jmp", "ptr [eax + 4]", b"\xff\x68\x04"),
+    "mov_to_ss": ("mov", "ss, eax", b"\x8e\xd0"), "pop_ss": ("pop", "ss", b"\x17"),
+    "lss": ("lss", "esi, ptr [0x3000]", b"\x0f\xb2\x35\x00\x30\x00\x00"),
 }
 
 

@@ -119,3 +119,16 @@ def test_interrupt_handler_on_an_already_scanned_page_is_scanned_before_it_runs(
     vm, res = same_as_emulate(img)
     assert res.regs["esi"] & 0x200 == 0          # the handler saw the virtual IF
     assert vm.mode.cfg.block_of(handler) is not None      # scanned before it ran
+
+
+def test_a_relocated_jcc_back_into_the_guest_keeps_virtual_time_exact():
+    # The jump patch at pushfd covers `pop eax; dec ecx; jnz loop` (the stub
+    # branches back to the guest).  Unicorn does not wrap a jcc's target to 32
+    # bits (tests/runtime/test_unicorn_facts.py), so a copied jnz would land at
+    # 0x1_xxxxxxxx and the block after it counted as one instruction.
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 50\nloop: mov ebx, ecx\nadd esi, ebx\n"
+                    "pushfd\npop eax\ndec ecx\njnz loop\n" + EXIT)
+    _, emu = run(img, "emulate")
+    vm, bt = same_as_emulate(img)
+    assert bt.extra["patches"]["installed"].get("pushfd") == 1
+    assert bt.retired == emu.retired

@@ -166,3 +166,34 @@ def test_loading_a_selector_sets_the_accessed_bit_in_the_guests_gdt(load, sel):
         assert d[m]["end"] == OK and d[m]["exc_count"] == 0, m
         assert d[m]["ebx"] == d["emulate"]["ebx"], m          # the guest's table, read directly
     assert d["bt"]["edx"] == d["emulate"]["edx"]
+
+
+# -- cause 6: RPL-1 selectors (ring compression's blind spot) ---------------------------------
+def _load(sreg: str, sel: int) -> str:
+    return (f"mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_r\npush {sel:#x}\npop {sreg}\ns_r:\n"
+            f"mov esp, dword ptr ss:[0x180008]\nxor ebx, ebx\nmov bx, {sreg}\nmov eax, 0x10\nmov {sreg}, ax")
+
+
+@pytest.mark.parametrize("sreg,sel,faults", [
+    ("ds", 0x11, True), ("fs", 0x09, True), ("ss", 0x11, True), ("ss", 0x49, True),   # CPL 0: #GP
+    ("gs", 0x49, False), ("es", 0x21, False), ("ds", 0x01, False),                     # legal: RPL 1 kept
+])
+def test_rpl1_selector_loads_as_at_cpl0(sreg, sel, faults):
+    d = dumps(_load(sreg, sel))
+    assert d["emulate"]["exc_count"] == (1 if faults else 0)
+    if not faults:
+        assert d["emulate"]["ebx"] == sel                      # the register reads back RPL 1
+    for k in ("ebx", "exc_count", "exc_sum", "end"):
+        assert d["bt"][k] == d["emulate"][k], k
+    if faults:
+        # trap's predicted leak: at CPL 1 the RPL-1 load succeeds, nothing traps
+        assert d["trap"]["exc_count"] == 0
+
+
+def test_rpl1_far_jump_and_call_fault_as_at_cpl0():
+    for op in ("0xea", "0x9a"):
+        d = dumps(f"mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s_r\n.byte {op}\n.long s_t\n"
+                  f".word 0x9\ns_t:\ns_r:\nmov esp, dword ptr [0x180008]")
+        assert d["emulate"]["exc_count"] == 1 and d["trap"]["exc_count"] == 0, op
+        assert {k: d["bt"][k] for k in ("exc_count", "exc_sum", "cs", "end")} == \
+            {k: d["emulate"][k] for k in ("exc_count", "exc_sum", "cs", "end")}, op

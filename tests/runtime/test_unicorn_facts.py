@@ -301,3 +301,51 @@ def test_tcg_buffer_size_bounds_the_translated_code():
     assert default[0] == bounded[0] == 0x100000 + 2 * 1_000_000      # ran to the end both times
     assert default[1] == 1 << 30 and bounded[1] == 16 << 20
     assert default[2] - bounded[2] >= 60, (default, bounded)        # MB of peak RSS saved
+
+
+@pytest.mark.parametrize("branch,wraps", [("jmp", True), ("jnz", False)])
+def test_fact_a_jcc_across_2_32_is_not_wrapped_to_32_bits(branch, wraps):
+    """A branch from the stub cache (top of the 4 GiB space) back to guest RAM
+    crosses 2^32.  Unicorn 2.1 wraps a jmp's target to 32 bits but not a jcc's:
+    the block after a taken jcc starts at 0x1_00001000, which address-range hooks
+    and the instruction clock's block lookup do not recognise (it counted such a
+    block as one instruction).  patcher/patches.py relocates a jcc as the
+    inverse jcc over a jmp."""
+    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32, UC_HOOK_BLOCK
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_map(0xFF000000, 0x10000)
+    uc.mem_write(0xFF000000, assemble(f"xor eax, eax; inc eax; {branch} 0x1000", 0xFF000000))
+    uc.mem_write(0x1000, b"\x90\xf4")
+    blocks = []
+    uc.hook_add(UC_HOOK_BLOCK, lambda u, a, s, _: blocks.append(a))
+    uc.emu_start(0xFF000000, 0, count=4)
+    assert blocks[1] == (0x1000 if wraps else 0x1_0000_1000)
+
+
+def test_fact_the_undefined_flags_after_bts_depend_on_the_translation_block():
+    """OF, SF, AF and PF are architecturally undefined after bt/bts/btr/btc.
+    Unicorn (QEMU) derives them from the lazy-flags state it knows when it
+    translates the bt: inside one block from the previous flag-setting
+    instruction (here xor: OF = bit 31 of the result), at the start of a block
+    from the materialised EFLAGS (xor's OF = 0).  Any block boundary between
+    the two (a bt stub, an exit, a slice end) changes them, so neither bt nor a
+    re-run of emulate can promise emulate's value.  A flag-defining instruction
+    afterwards (the fuzzer's `adc r, 0`, bt/fuzz/features.py) makes the outcome
+    defined again."""
+    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
+
+    def flags(text: str) -> int:
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 0x10000)
+        code = assemble(text, 0x1000)
+        uc.mem_write(0x1000, code)
+        uc.reg_write(X.UC_X86_REG_EAX, 0x2265A5F5)
+        uc.reg_write(X.UC_X86_REG_EDX, 0xCD60D630)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return uc.reg_read(X.UC_X86_REG_EFLAGS)
+
+    OF = 0x800
+    assert flags("xor eax, edx; bts eax, 25") & OF                   # one block
+    assert not flags("xor eax, edx; jmp l; l: bts eax, 25") & OF      # bts starts a block
+    assert flags("xor eax, edx; bts eax, 25; adc eax, 0") == flags("xor eax, edx; jmp l; l: bts eax, 25; adc eax, 0")
