@@ -321,12 +321,14 @@ ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 def window_check(s: StubContext) -> str:
     """At the end of a patch that may have enabled interrupts: if the virtual IF
     is set and an interrupt waits, exit (the VMM resumes at the guest address
-    after the patch and injects).  Flag-free: ECX = byte `irq_pending` (0 or 1)
-    of vflags -- byte 0, always 0, or byte 1, holding IF --, reduced to IF by
-    IF_BYTE; `jecxz` branches without reading the flags."""
+    after the patch and injects).  Flag-free: ECX = `irq_pending` (0 or 1) and
+    `jecxz` leaves at once when nothing waits -- the common case, three accesses
+    to the state page, each a protection event (docs/benchmarks.md, "bt's speed
+    after the fidelity work") --; else ECX = vflags byte 1 reduced to IF by
+    IF_BYTE decides."""
     out = s.local("win")
-    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; "
-            f"movzx ecx, byte ptr [{s.addr('vflags'):#x} + ecx]; "
+    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; jecxz {out}; "
+            f"movzx ecx, byte ptr [{s.addr('vflags', 1):#x}]; "
             f"movzx ecx, byte ptr [{s.table(IF_BYTE):#x} + ecx]; jecxz {out}; "
             f"mov ecx, {s.field('scratch')}; {EXIT}; "
             f"{out}: mov ecx, {s.field('scratch')}")
