@@ -160,8 +160,10 @@ def _pushf(s: StubContext, i: Insn) -> str:
     # Keystone's `pushf` is the 16-bit form (66 9c): it writes the low word only,
     # and bits 31:16 of the real EFLAGS (AC, ID) stay as they are, as the CPU
     # leaves them; byte 1 sits at [esp + 1] in both forms.
+    # EAX is saved before the push (which does not read it), so that a template
+    # before this one in the same stub can hand EAX over (share_scratch).
     push = "pushf" if i.mnemonic == "pushf" else "pushfd"
-    return (f"{push}; mov {s.field('scratch')}, eax; mov eax, {s.field('vflags')}; "
+    return (f"mov {s.field('scratch')}, eax; {push}; mov eax, {s.field('vflags')}; "
             f"mov al, byte ptr [esp + 1]; mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]; "
             f"mov byte ptr [esp + 1], al; mov eax, {s.field('scratch')}")
 
@@ -174,6 +176,39 @@ def _popf(s: StubContext, i: Insn) -> str:
     pop = "popf" if i.mnemonic == "popf" else "popfd"
     return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
             f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
+
+
+def _mentions(text: str, reg: str) -> bool:
+    """Does the instruction text name the 32-bit register or a part of it?"""
+    parts = {reg, reg[1:]} | ({reg[1] + "l", reg[1] + "h"} if reg in ("eax", "ecx", "edx", "ebx") else set())
+    return re.search(rf"\b({'|'.join(sorted(parts))})\b", text) is not None
+
+
+def share_scratch(s: StubContext, before: str, after: str) -> tuple[str, str] | None:
+    """Two templates back to back in one stub: when the first ends by restoring
+    a register from the scratch word and the second starts by saving the same
+    register there, drop both moves (the register is scratch in both; the second
+    restores the guest's value at its end).  Each move is a protection event
+    (docs/benchmarks.md, "bt's speed after the fidelity work").  Only when the
+    second template overwrites the register before reading it (after
+    instructions that do not touch it), so the guest's value is never needed in
+    between.  Returns the two texts without the moves, or None."""
+    steps_b = [x.strip() for x in before.split(";")]
+    steps_a = [x.strip() for x in after.split(";")]
+    scratch = s.field("scratch")
+    m = re.fullmatch(rf"mov (e[a-d]x|e[sd]i), {re.escape(scratch)}", steps_b[-1])
+    if m is None or len(steps_b) < 2 or not steps_a or steps_a[0] != f"mov {scratch}, {m.group(1)}":
+        return None
+    reg = m.group(1)
+    for step in steps_a[1:]:
+        if step in ("pushfd", "pushf"):
+            continue                  # touch neither the register nor the scratch word
+        w = re.fullmatch(r"(?:mov|movzx) (\w+), (.*)", step)
+        if w is not None and w.group(1) == reg and not _mentions(w.group(2), reg) \
+                and "scratch" not in w.group(2) and scratch not in w.group(2):
+            return "; ".join(steps_b[:-1]), "; ".join(steps_a[1:])
+        return None
+    return None
 
 
 # -- descriptor-table and machine-status reads -----------------------------------
