@@ -174,8 +174,10 @@ def _popf(s: StubContext, i: Insn) -> str:
     # first (the popf then loads every flag the computation clobbered).
     load = "movzx eax, word ptr" if i.mnemonic == "popf" else "mov eax, dword ptr"
     pop = "popf" if i.mnemonic == "popf" else "popfd"
+    # EAX is restored after the pop (which neither reads nor writes it), so that
+    # a template after this one in the same stub can take EAX over (share_scratch).
     return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
+            f"mov {s.field('vflags')}, eax; {pop}; mov eax, {s.field('scratch')}")
 
 
 def _mentions(text: str, reg: str) -> bool:

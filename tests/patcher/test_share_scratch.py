@@ -31,5 +31,9 @@ def test_no_sharing_when_the_second_reads_the_register_or_the_registers_differ()
     assert share_scratch(CTX, a, f"mov {scratch}, eax; mov ebx, eax; mov eax, {scratch}") is None
     assert share_scratch(CTX, a, f"mov {scratch}, eax; movzx eax, al; mov eax, {scratch}") is None
     assert share_scratch(CTX, a, f"mov {scratch}, ecx; mov ecx, 1; mov ecx, {scratch}") is None
-    # a first template that does not end with the restore (popfd ends with popfd)
-    assert share_scratch(CTX, _text("popfd", b"\x9d", "popfd"), _text("cli", b"\xfa", "cli")) is None
+    # a first template that does not end with the restore
+    assert share_scratch(CTX, f"mov {scratch}, eax; mov eax, 1; mov {scratch}, eax", _text("cli", b"\xfa", "cli")) is None
+
+
+def test_popfd_hands_eax_to_the_next_template():
+    assert share_scratch(CTX, _text("popfd", b"\x9d", "popfd"), _text("pushfd", b"\x9c", "pushfd")) is not None
