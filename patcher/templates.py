@@ -208,9 +208,32 @@ def share_scratch(s: StubContext, before: str, after: str) -> tuple[str, str] | 
         w = re.fullmatch(r"(?:mov|movzx) (\w+), (.*)", step)
         if w is not None and w.group(1) == reg and not _mentions(w.group(2), reg) \
                 and "scratch" not in w.group(2) and scratch not in w.group(2):
-            return "; ".join(steps_b[:-1]), "; ".join(steps_a[1:])
+            return "; ".join(steps_b[:-1]), "; ".join(_forward(s, steps_b[:-1], steps_a[1:]))
         return None
     return None
+
+
+def _forward(s: StubContext, first: list[str], second: list[str]) -> list[str]:
+    """The second template's first state-page load, when the first template has
+    just left that value in EAX (each load is a protection event):
+    cli/sti end with EAX = the new vflags byte 1, zero-extended, and pushf(d)
+    wants EAX = vflags (byte 1 only); popf(d) ends with EAX = vflags; pushf(d)
+    ends with AH = vflags byte 1, which cli/sti load first."""
+    vflags, byte1 = s.field("vflags"), f"byte ptr [{s.addr('vflags', 1):#x}]"
+    tail = first[-2:]
+    out = list(second)
+    for i, step in enumerate(out[:2]):
+        if step == f"mov eax, {vflags}":
+            if len(tail) == 2 and tail[0].startswith("movzx eax, byte ptr [") and tail[1] == f"mov {byte1}, al":
+                out[i] = "mov ah, al"                       # after cli/sti
+            elif len(tail) == 2 and tail[0] == f"mov {vflags}, eax" and tail[1] in ("popf", "popfd"):
+                del out[i]                                  # after popf(d)
+            return out
+        if step == f"movzx eax, {byte1}":
+            if tail == [f"mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]", "mov byte ptr [esp + 1], al"]:
+                out[i] = "movzx eax, ah"                    # after pushf(d)
+            return out
+    return out
 
 
 # -- descriptor-table and machine-status reads -----------------------------------
