@@ -26,7 +26,7 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, StubContext,
+from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, StubContext, share_scratch,
                                template_for, window_check)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
@@ -55,6 +55,9 @@ class Patch:
     # (stub lo, stub hi) of the guest's own instructions copied into the stub: their
     # memory accesses are the guest's, not the stub's (runtime/isolation.py)
     relocated: list = field(default_factory=list)
+    # guest addresses whose stub code starts without saving its scratch register
+    # (share_scratch): entering the stub there is not allowed (runtime/csam.py)
+    shares_scratch: frozenset = frozenset()
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
 
@@ -174,9 +177,11 @@ class Patcher:
         exits: dict = {}
         stub_map = []
         relocated = []
+        shares: set[int] = set()
         terminated = False
         end = covered[-1].addr + covered[-1].size
         enables = False
+        prev = None                       # (start, text, guest addr) of the last part if a template
         for ins in covered:
             key = row_name(ins)
             template = template_for(key, ins.data)
@@ -184,6 +189,27 @@ class Patcher:
                 text = template(ctx, ins)
                 enables |= key in ENABLES_INTERRUPTS
                 terminated |= key in TERMINATORS
+                if prev is not None:
+                    shared = share_scratch(ctx, prev[1], text)
+                    if shared is not None:
+                        # back up over the previous template and assemble it without its restore
+                        before, text = shared
+                        start0, _, ins0 = prev
+                        g0 = ins0.addr
+                        del code[start0 - start:]
+                        for a in [a for a in exits if a >= start0]:
+                            del exits[a]
+                        relocated = [r for r in relocated if r[0] < start0]
+                        part0 = assemble(before, start0)
+                        relocated += _guest_accesses(part0, start0, ins0)
+                        # an exit in the merged template resumes at the guest address
+                        # (re-planned there): the next template cannot be entered alone
+                        for a in _exit_addresses(part0, start0):
+                            exits[a] = ("emulate", g0, None)
+                        code += part0
+                        cur = start0 + len(part0)
+                        stub_map[-1] = (start0, cur, g0)
+                        shares.add(ins.addr)
                 part = assemble(text, cur) if text else b""
                 # The VMM emulates the instruction at an exit and goes on with the
                 # stub code of the next covered instruction (a terminator's routine
@@ -192,7 +218,9 @@ class Patcher:
                 for a in _exit_addresses(part, cur):
                     exits[a] = ("emulate", ins.addr, after)
                 relocated += _guest_accesses(part, cur, ins)
+                prev = (cur, text, ins)
             else:
+                prev = None
                 part, terminated_here = self._relocate(ins, cur)
                 terminated |= terminated_here
                 relocated.append((cur, cur + len(part)))
@@ -217,7 +245,8 @@ class Patcher:
         self.cache.mark_starts(stub_map)
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
-                     tuple(covered), end, addr, len(code), exits, stub_map, relocated=relocated)
+                     tuple(covered), end, addr, len(code), exits, stub_map, relocated=relocated,
+                     shares_scratch=frozenset(shares))
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""

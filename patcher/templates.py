@@ -161,8 +161,10 @@ def _pushf(s: StubContext, i: Insn) -> str:
     # Keystone's `pushf` is the 16-bit form (66 9c): it writes the low word only,
     # and bits 31:16 of the real EFLAGS (AC, ID) stay as they are, as the CPU
     # leaves them; byte 1 sits at [esp + 1] in both forms.
+    # EAX is saved before the push (which does not read it), so that a template
+    # before this one in the same stub can hand EAX over (share_scratch).
     push = "pushf" if i.mnemonic == "pushf" else "pushfd"
-    return (f"{push}; mov {s.field('scratch')}, eax; mov eax, {s.field('vflags')}; "
+    return (f"mov {s.field('scratch')}, eax; {push}; mov eax, {s.field('vflags')}; "
             f"mov al, byte ptr [esp + 1]; mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]; "
             f"mov byte ptr [esp + 1], al; mov eax, {s.field('scratch')}")
 
@@ -173,8 +175,66 @@ def _popf(s: StubContext, i: Insn) -> str:
     # first (the popf then loads every flag the computation clobbered).
     load = "movzx eax, word ptr" if i.mnemonic == "popf" else "mov eax, dword ptr"
     pop = "popf" if i.mnemonic == "popf" else "popfd"
+    # EAX is restored after the pop (which neither reads nor writes it), so that
+    # a template after this one in the same stub can take EAX over (share_scratch).
     return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
+            f"mov {s.field('vflags')}, eax; {pop}; mov eax, {s.field('scratch')}")
+
+
+def _mentions(text: str, reg: str) -> bool:
+    """Does the instruction text name the 32-bit register or a part of it?"""
+    parts = {reg, reg[1:]} | ({reg[1] + "l", reg[1] + "h"} if reg in ("eax", "ecx", "edx", "ebx") else set())
+    return re.search(rf"\b({'|'.join(sorted(parts))})\b", text) is not None
+
+
+def share_scratch(s: StubContext, before: str, after: str) -> tuple[str, str] | None:
+    """Two templates back to back in one stub: when the first ends by restoring
+    a register from the scratch word and the second starts by saving the same
+    register there, drop both moves (the register is scratch in both; the second
+    restores the guest's value at its end).  Each move is a protection event
+    (docs/benchmarks.md, "bt's speed after the fidelity work").  Only when the
+    second template overwrites the register before reading it (after
+    instructions that do not touch it), so the guest's value is never needed in
+    between.  Returns the two texts without the moves, or None."""
+    steps_b = [x.strip() for x in before.split(";")]
+    steps_a = [x.strip() for x in after.split(";")]
+    scratch = s.field("scratch")
+    m = re.fullmatch(rf"mov (e[a-d]x|e[sd]i), {re.escape(scratch)}", steps_b[-1])
+    if m is None or len(steps_b) < 2 or not steps_a or steps_a[0] != f"mov {scratch}, {m.group(1)}":
+        return None
+    reg = m.group(1)
+    for step in steps_a[1:]:
+        if step in ("pushfd", "pushf"):
+            continue                  # touch neither the register nor the scratch word
+        w = re.fullmatch(r"(?:mov|movzx) (\w+), (.*)", step)
+        if w is not None and w.group(1) == reg and not _mentions(w.group(2), reg) \
+                and "scratch" not in w.group(2) and scratch not in w.group(2):
+            return "; ".join(steps_b[:-1]), "; ".join(_forward(s, steps_b[:-1], steps_a[1:]))
+        return None
+    return None
+
+
+def _forward(s: StubContext, first: list[str], second: list[str]) -> list[str]:
+    """The second template's first state-page load, when the first template has
+    just left that value in EAX (each load is a protection event):
+    cli/sti end with EAX = the new vflags byte 1, zero-extended, and pushf(d)
+    wants EAX = vflags (byte 1 only); popf(d) ends with EAX = vflags; pushf(d)
+    ends with AH = vflags byte 1, which cli/sti load first."""
+    vflags, byte1 = s.field("vflags"), f"byte ptr [{s.addr('vflags', 1):#x}]"
+    tail = first[-2:]
+    out = list(second)
+    for i, step in enumerate(out[:2]):
+        if step == f"mov eax, {vflags}":
+            if len(tail) == 2 and tail[0].startswith("movzx eax, byte ptr [") and tail[1] == f"mov {byte1}, al":
+                out[i] = "mov ah, al"                       # after cli/sti
+            elif len(tail) == 2 and tail[0] == f"mov {vflags}, eax" and tail[1] in ("popf", "popfd"):
+                del out[i]                                  # after popf(d)
+            return out
+        if step == f"movzx eax, {byte1}":
+            if tail == [f"mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]", "mov byte ptr [esp + 1], al"]:
+                out[i] = "movzx eax, ah"                    # after pushf(d)
+            return out
+    return out
 
 
 # -- descriptor-table and machine-status reads -----------------------------------
@@ -394,12 +454,14 @@ ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
 def window_check(s: StubContext) -> str:
     """At the end of a patch that may have enabled interrupts: if the virtual IF
     is set and an interrupt waits, exit (the VMM resumes at the guest address
-    after the patch and injects).  Flag-free: ECX = byte `irq_pending` (0 or 1)
-    of vflags -- byte 0, always 0, or byte 1, holding IF --, reduced to IF by
-    IF_BYTE; `jecxz` branches without reading the flags."""
+    after the patch and injects).  Flag-free: ECX = `irq_pending` (0 or 1) and
+    `jecxz` leaves at once when nothing waits -- the common case, three accesses
+    to the state page, each a protection event (docs/benchmarks.md, "bt's speed
+    after the fidelity work") --; else ECX = vflags byte 1 reduced to IF by
+    IF_BYTE decides."""
     out = s.local("win")
-    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; "
-            f"movzx ecx, byte ptr [{s.addr('vflags'):#x} + ecx]; "
+    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; jecxz {out}; "
+            f"movzx ecx, byte ptr [{s.addr('vflags', 1):#x}]; "
             f"movzx ecx, byte ptr [{s.table(IF_BYTE):#x} + ecx]; jecxz {out}; "
             f"mov ecx, {s.field('scratch')}; {EXIT}; "
             f"{out}: mov ecx, {s.field('scratch')}")

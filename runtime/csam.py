@@ -136,7 +136,9 @@ class CSAM:
         that instruction when the stub has one, else remove the patch, scan the
         new start and re-plan the site (the policy now sees the branch target)."""
         for lo, _hi, guest in p.stub_map:
-            if guest == address:
+            # (a template that takes its scratch register over from the one
+            # before it cannot be entered on its own: patcher/templates.py share_scratch)
+            if guest == address and guest not in p.shares_scratch:
                 self.stats.add("patch_interior_redirects")
                 return lo
         self.stats.add("patch_interior_replans")

@@ -34,6 +34,8 @@ except ImportError as e:        # pragma: no cover - the package build compiles 
 PROT_EVENTS = UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT
 
 _ESP_OFFSET: int | None = None
+# The keeper's range: physical addresses no 32-bit guest or stub can store to.
+KEEPER_RANGE = (1 << 40, (1 << 40) + 0xFFF)
 
 
 def unmapped_access(address: int) -> RunStop:
@@ -85,8 +87,11 @@ class Isolation:
         self._hook = hook_add(uc, PROT_EVENTS, self._fn, id(self.guard), lo, hi)
         # Without some write hook, a read the guard allowed (a stub's) would be
         # cached by Unicorn and later guest reads of that page would pass unseen
-        # (runtime/_isolation.c, keep_checking).
-        self._keep_hook = hook_add(uc, UC_HOOK_MEM_WRITE, self._keeper, None, lo, hi)
+        # (runtime/_isolation.c, keep_checking).  Its range is one no access can
+        # reach (above 4 GiB): the hook's presence is what counts, and a hook
+        # whose range an access hits costs that access a state restore in
+        # Unicorn, which over the area every stub store would pay.
+        self._keep_hook = hook_add(uc, UC_HOOK_MEM_WRITE, self._keeper, None, *KEEPER_RANGE)
 
     def claim(self) -> bool:
         """After a slice that Unicorn ended with an error: True (and the run's

@@ -1,0 +1,31 @@
+"""Unicorn 2.1.4: which instructions end a translated block (docs/fidelity.md,
+"Exact virtual time: why demo probe-flags differs by 364").  The instructions
+that may raise IF -- popfd, sti, iretd -- end their block, so a block hook sees
+the instruction after them start a block of its own: the place where an
+interrupt that waits could be injected exactly, as the CPU takes it.  cli does
+not end its block (it cannot make an interrupt deliverable)."""
+import pytest
+from unicorn import UC_HOOK_BLOCK
+
+from conftest import assemble
+from runtime.quirks import scratch_engine
+
+BODY = {
+    "popfd": "push 0x202\npopfd",
+    "sti": "sti",
+    "iretd": "push 0x202\npush 0x08\nlea eax, [after]\npush eax\niretd\nafter:",
+    "cli": "cli",
+}
+
+
+@pytest.mark.parametrize("insn, ends", [("popfd", True), ("sti", True), ("iretd", True), ("cli", False)])
+def test_instructions_that_may_raise_if_end_their_block(insn, ends):
+    src = f"mov ebx, 1\n{BODY[insn]}\nmark:\nmov ecx, 2\nmov edx, 3\nhlt"
+    code = assemble(src, 0x1000)
+    mark = 0x1000 + len(assemble(f"mov ebx, 1\n{BODY[insn]}", 0x1000))
+    uc = scratch_engine(0x200000, 0x9000)
+    uc.mem_write(0x1000, code)
+    starts = []
+    uc.hook_add(UC_HOOK_BLOCK, lambda uc, addr, size, _: starts.append(addr))
+    uc.emu_start(0x1000, 0x1000 + len(code) - 1)
+    assert (mark in starts) is ends, (hex(mark), [hex(a) for a in starts])
