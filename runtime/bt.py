@@ -253,13 +253,7 @@ class BTMode(TrapMode):
     def may_inject(self) -> bool:
         return super().may_inject() and not self._in_stub()
 
-    def before_slice(self) -> None:
-        super().before_slice()
-        self.csam.before_slice()
-
     def slice_limit(self) -> int | None:
-        if self.csam.rereading():
-            return 1
         limit = super().slice_limit()
         pending = 1 if self.vm.pic.has_interrupt() else 0
         self.vcpu.set("irq_pending", pending)

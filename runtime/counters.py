@@ -70,9 +70,11 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("unscannable_starts", "refused block starts no scan could make known (run once as they are)"),
     CounterDecl("patch_interior_redirects", "block starts inside a jump patch sent to the stub's copy"),
     CounterDecl("patch_interior_replans", "block starts inside a jump patch that removed it and re-planned"),
-    CounterDecl("hidden_reads", "guest loads that touched a patch and were re-run on the guest's bytes"),
+    CounterDecl("hidden_reads", "guest loads that covered patch bytes and saw the guest's own bytes "
+                "(native read hooks, runtime/_clock.c)", gauge=True),
     CounterDecl("relocations", "moves of the hypervisor area"),
-    CounterDecl("read_hidden_pages", "pages with a read hook that hides patches", gauge=True),
+    CounterDecl("read_hidden_pages", "pages with native read hooks that hide patch bytes from loads",
+                gauge=True),
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),

@@ -22,10 +22,6 @@ KNOWN = [
     dict(name="far-jmp-rpl1-accepted", cause=6,                    # the far-transfer form of cause 6
          body=".byte 0xea\n.long s_t\n.word 0x9\ns_t:",
          kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
-    dict(name="code-checksum-sees-patches", cause=14,
-         body=("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
-               "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop"),
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="serial: line 4:"),
     # Not in issue 15:
     dict(name="undefined-flags-after-a-stub", cause="new-undefined-flags",
          # OF is undefined after bts; under emulate it is whatever Unicorn's lazy flags
