@@ -73,6 +73,8 @@ class CSAM:
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
         self._read_hooked: set[int] = set()         # pages with native read hooks (kept)
+        self._written: set[int] = set()             # pages the guest wrote code on
+        self._hide_everywhere = self.vm.config.hide_patches == "every-page"
         self._write_hooked: set[int] = set()        # pages with a native write hook (kept)
         self._interior: dict[int, bytearray] = {}
         self.clock = self.vm.clock
@@ -158,7 +160,9 @@ class CSAM:
         guest's bytes under them, so guest loads see the latter; the first time a
         page carries any, it gets its read hooks.  Only bytes that differ from the
         guest's are marked (a jump patch's covered bytes after its 5 are the
-        guest's own)."""
+        guest's own).  With `hide_patches="written-pages"` only pages the guest
+        wrote code on get hooks: a read hook anywhere costs every guest load
+        (docs/fidelity.md, "Reads of patched code")."""
         if page >= self.vm.config.mem_bytes:
             return
         table = bytearray(2 * PAGE)
@@ -175,7 +179,7 @@ class CSAM:
             self.clock.c.set_page(HIDDEN, page, None)
             return
         self.clock.c.set_page(HIDDEN, page, table)
-        if page not in self._read_hooked:
+        if page not in self._read_hooked and (self._hide_everywhere or page in self._written):
             self._read_hooked.add(page)
             self.clock.hide_patch_bytes(max(page - HIDE_BEFORE, 0), page + PAGE - 1)
 
@@ -268,6 +272,7 @@ class CSAM:
         (address, size) stores; None = the log overflowed: a byte that no longer
         holds the patch's value was written by the guest)."""
         self.stats.add("smc_invalidations")
+        self._written.add(page)
         patches = [p for p in self.patcher.patches_on_page(page)]
         keep: list[tuple[int, bytes]] = []
         for p in patches:
