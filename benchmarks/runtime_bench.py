@@ -538,6 +538,7 @@ def code_reads_source(kind: str, n: int) -> tuple[str, str]:
 
 
 CODE_READ_KINDS = ("loads", "data-on-code-page", "checksum")
+CODE_READ_DEMOS = ("timer", "hotflags")
 
 
 def bench_code_reads(args) -> dict:
@@ -545,28 +546,33 @@ def bench_code_reads(args) -> dict:
     hide_patches="every-page", runtime/_clock.c) against "written-pages" (no read
     hooks unless the guest wrote code) and the bare engine."""
     rows = []
-    for kind in CODE_READ_KINDS:
-        n = args.iterations if kind != "checksum" else max(args.iterations // 2000, 1)
-        work, stop = code_reads_source(kind, n)
-        code = assemble(work + "\n" + stop)
-        until = LOAD + len(assemble(work + "\ntbl:"))       # the bare engine stops before `out`
-        img = raw_image("code-reads-" + kind, code)
+    for kind in CODE_READ_KINDS + CODE_READ_DEMOS:
+        if kind in CODE_READ_DEMOS:             # the demos: bt against bt, no bare engine
+            code = until = None
+            img = load_image(f"demo:{kind}", mem_bytes=64 << 20)
+        else:
+            n = args.iterations if kind != "checksum" else max(args.iterations // 2000, 1)
+            work, stop = code_reads_source(kind, n)
+            code = assemble(work + "\n" + stop)
+            until = LOAD + len(assemble(work + "\ntbl:"))   # the bare engine stops before `out`
+            img = raw_image("code-reads-" + kind, code)
         walls = {k: [] for k in ("bare", "every-page", "written-pages")}
         runs = {}
         for _ in range(args.repeat):
-            walls["bare"].append(bare_run(code, until)[0])
+            if code is not None:
+                walls["bare"].append(bare_run(code, until)[0])
             for hide in ("every-page", "written-pages"):
                 _, r = run_vm(img, "bt", hide_patches=hide)
                 check_ok(r, f"{kind} under bt ({hide})")
                 walls[hide].append(r.wall)
                 runs.setdefault(hide, []).append(r)
-        bare = statistics.median(walls["bare"])
+        bare = statistics.median(walls["bare"]) if walls["bare"] else None
         for hide in ("every-page", "written-pages"):
             r = runs[hide][0]
             csam = r.extra["csam"]
             rows.append({"guest": kind, "hide_patches": hide, "retired": r.retired,
                          "median_wall_s": statistics.median(walls[hide]), "bare_wall_s": bare,
-                         "ratio_to_bare": bare / statistics.median(walls[hide]),
+                         "ratio_to_bare": bare / statistics.median(walls[hide]) if bare else None,
                          "exits": r.counters["exits"], "hidden_reads": csam["hidden_reads"],
                          "read_hidden_pages": csam["read_hidden_pages"],
                          "serial": r.serial.decode(errors="replace").strip(),
@@ -581,7 +587,7 @@ def print_code_reads(d: dict) -> None:
     print(table(["guest", "hide_patches", "retired", "wall s", "ratio to bare", "exits", "hidden reads",
                  "hooked pages", "deterministic"],
                 [[r["guest"], r["hide_patches"], f"{r['retired']:,}", f"{r['median_wall_s']:.3f}",
-                  f"{r['ratio_to_bare']:.2f}", r["exits"], f"{r['hidden_reads']:,}", r["read_hidden_pages"],
+                  f"{r['ratio_to_bare']:.2f}" if r["ratio_to_bare"] else "-", r["exits"], f"{r['hidden_reads']:,}", r["read_hidden_pages"],
                   {True: "yes", False: "NO"}[r["deterministic"]]] for r in d["results"]]))
 
 

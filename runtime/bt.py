@@ -75,6 +75,13 @@ class BTMode(TrapMode):
         scanner, the write monitor and the fidelity checker read."""
         return self.patcher.original_bytes(address, self._raw_read(address, size))
 
+    def guest_read(self, addr: int, size: int) -> bytes:
+        """A load the VMM performs for the guest (an emulated instruction's memory
+        operand, a guard's branch target) sees what the guest's own load would:
+        the guest's bytes under patches (trap and bt run paging-free guests,
+        so the linear address is the physical one)."""
+        return self.csam.unhide(addr, super().guest_read(addr, size))
+
     # -- boot ---------------------------------------------------------------------
     def boot(self) -> None:
         super().boot()

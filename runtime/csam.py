@@ -73,6 +73,7 @@ class CSAM:
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
         self._read_hooked: set[int] = set()         # pages with native read hooks (kept)
+        self._hidden: dict[int, bytearray] = {}     # page -> the table shared with C (HIDDEN)
         self._written: set[int] = set()             # pages the guest wrote code on
         self._hide_everywhere = self.vm.config.hide_patches == "every-page"
         self._write_hooked: set[int] = set()        # pages with a native write hook (kept)
@@ -176,8 +177,10 @@ class CSAM:
                     table[a - page] = 1
                     table[PAGE + a - page] = b
         if not any(table[:PAGE]):
+            self._hidden.pop(page, None)
             self.clock.c.set_page(HIDDEN, page, None)
             return
+        self._hidden[page] = table
         self.clock.c.set_page(HIDDEN, page, table)
         if page not in self._read_hooked and (self._hide_everywhere or page in self._written):
             self._read_hooked.add(page)
@@ -221,6 +224,20 @@ class CSAM:
         for other code), so scan them explicitly."""
         if self.cfg.block_of(target) is None and 0 <= target < self.vm.config.mem_bytes:
             self.scan(target)
+
+    def unhide(self, addr: int, data: bytes) -> bytes:
+        """`data` read at `addr` with the guest's bytes under patches and guards,
+        as a guest load sees it (the tables C keeps current on guest stores)."""
+        if not self._hidden:
+            return data
+        out = None
+        for i in range(len(data)):
+            a = addr + i
+            table = self._hidden.get(a & ~(PAGE - 1))
+            if table is not None and table[a & (PAGE - 1)]:
+                out = out or bytearray(data)
+                out[i] = table[PAGE + (a & (PAGE - 1))]
+        return bytes(out) if out is not None else data
 
     # -- int3 guards on unresolved indirect branches --------------------------------------
     def guard(self, addr: int) -> None:
