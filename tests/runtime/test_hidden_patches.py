@@ -115,12 +115,16 @@ def test_data_sharing_a_page_with_patched_code_is_read_without_hiding():
     assert _csam(vm)["hidden_reads"] == 0 and _csam(vm)["read_hidden_pages"] >= 1
 
 
-def test_an_emulated_load_of_patched_code_sees_the_guest_bytes():
-    """lgdt traps under bt and its routine reads the operand for the guest
+def test_an_emulated_load_of_patched_code_sees_the_guest_bytes(monkeypatch):
+    """lidt traps under bt and its routine reads the operand for the guest
     (BTMode.guest_read): it must see what the guest's own load would."""
-    body = (".byte 0x0f, 0x01, 0x15\n.long s_p\n"                       # lgdt [s_p] (patched bytes)
-            ".byte 0x0f, 0x01, 0x05\n.long 0x180400\n"                   # sgdt [0x180400]
-            "mov word ptr [0x180410], 0x4f\nmov dword ptr [0x180412], 0x10000\n"
-            ".byte 0x0f, 0x01, 0x15\n.long 0x180410\n"                   # the real GDT back
+    body = (".byte 0x0f, 0x01, 0x1d\n.long s_p\n"                       # lidt [s_p] (patched bytes)
+            ".byte 0x0f, 0x01, 0x0d\n.long 0x180400\n"                   # sidt [0x180400]
+            "mov word ptr [0x180410], 0x7ff\nmov dword ptr [0x180412], 0x11000\n"
+            ".byte 0x0f, 0x01, 0x1d\n.long 0x180410\n"                   # the guest's IDT back
             "mov ebx, dword ptr [0x180402]\njmp s_p\ns_p:\npushfd\npop eax\nnop\nnop")
     assert run_program(from_body(body)).kinds == ()
+    from runtime.bt import BTMode
+    from runtime.trap import TrapMode
+    monkeypatch.setattr(BTMode, "guest_read", TrapMode.guest_read)      # the raw bytes: a jmp's
+    assert "ebx" in run_program(from_body(body)).details["regs"]
