@@ -60,7 +60,8 @@ def test_fact_a_page_crossing_load_matches_a_hook_range_by_its_first_byte():
     uc, log, _ = _swap_engine("mov eax, dword ptr [0x2FFE]", 0x3000, 0x3FFF)
     assert log == [] and uc.reg_read(X.UC_X86_REG_EAX) == 0xCCCC0403
     uc, log, _ = _swap_engine("mov eax, dword ptr [0x2FFE]", 0x3000 - 15, 0x3FFF)
-    assert log[0] == ("before", 0x2FFE, 4) and uc.reg_read(X.UC_X86_REG_EAX) == 0x22110403
+    assert log == [("before", 0x2FFE, 4), ("after", 0x2FFE, 4, 0x22110403)]
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22110403 and bytes(uc.mem_read(0x3000, 4)) == b"\xcc" * 4
 
 
 def _vm(body: str, mode: str = "bt"):
