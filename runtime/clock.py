@@ -94,13 +94,21 @@ class InstructionClock:
         return hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user, begin, end)
 
     def hide_patch_bytes(self, begin: int, end: int) -> None:
-        """Native read hooks on [begin, end] (physical) through which every guest
-        load of a byte marked in the page's hidden-bytes table (`c.set_page(2, ...)`)
-        sees the guest's own byte (runtime/_clock.c, "Patches hidden from guest
-        loads").  Kept for the engine's life; a page with no table costs a lookup."""
+        """The native read hooks, ranged on [begin, end] (physical), through which
+        every guest load of a byte marked in a page's hidden-bytes table
+        (`c.set_page(2, ...)`) sees the guest's own byte (runtime/_clock.c,
+        "Patches hidden from guest loads"); a page with no table costs a lookup.
+        One pair for the engine: a new range replaces the old one (the caller
+        passes a range covering every hidden page), because Unicorn checks every
+        slow-path load against every read hook's range -- 1,000 ranged hooks
+        made each load ~13 us (docs/fidelity.md, "Reads of patched code")."""
         from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_AFTER
-        hook_add(self.uc, UC_HOOK_MEM_READ, self._read_before_cb, self._user, begin, end)
-        hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, self._read_after_cb, self._user, begin, end)
+        from unicorn.unicorn_py3.unicorn import uclib
+        for h in getattr(self, "_read_hooks", ()):
+            uclib.uc_hook_del(self.uc._uch, h)      # freed by Unicorn when the run ends
+        self._read_hooks = (
+            hook_add(self.uc, UC_HOOK_MEM_READ, self._read_before_cb, self._user, begin, end),
+            hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, self._read_after_cb, self._user, begin, end))
 
     # -- reading ------------------------------------------------------------------
     @property

@@ -73,8 +73,9 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("hidden_reads", "guest loads that covered patch bytes and saw the guest's own bytes "
                 "(native read hooks, runtime/_clock.c)", gauge=True),
     CounterDecl("relocations", "moves of the hypervisor area"),
-    CounterDecl("read_hidden_pages", "pages with native read hooks that hide patch bytes from loads",
+    CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
+    CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),

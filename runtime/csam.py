@@ -72,7 +72,8 @@ class CSAM:
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
-        self._read_hooked: set[int] = set()         # pages with native read hooks (kept)
+        self._read_hooked: set[int] = set()         # pages the read hooks' range covers for
+        self._read_span: tuple[int, int] | None = None   # ... [first, last] page: one hook pair
         self._hidden: dict[int, bytearray] = {}     # page -> the table shared with C (HIDDEN)
         self._written: set[int] = set()             # pages the guest wrote code on
         self._hide_everywhere = self.vm.config.hide_patches == "every-page"
@@ -162,7 +163,7 @@ class CSAM:
         page carries any, it gets its read hooks.  Only bytes that differ from the
         guest's are marked (a jump patch's covered bytes after its 5 are the
         guest's own).  With `hide_patches="written-pages"` only pages the guest
-        wrote code on get hooks: a read hook anywhere costs every guest load
+        wrote code on are covered: a read hook anywhere costs every guest load
         (docs/fidelity.md, "Reads of patched code")."""
         if page >= self.vm.config.mem_bytes:
             return
@@ -184,7 +185,14 @@ class CSAM:
         self.clock.c.set_page(HIDDEN, page, table)
         if page not in self._read_hooked and (self._hide_everywhere or page in self._written):
             self._read_hooked.add(page)
-            self.clock.hide_patch_bytes(max(page - HIDE_BEFORE, 0), page + PAGE - 1)
+            lo, hi = self._read_span or (page, page)
+            lo, hi = min(lo, page), max(hi, page)
+            if (lo, hi) != self._read_span:
+                # One hook pair whose range spans every hidden page; pages in
+                # between without a table cost the hooks a lookup per load.
+                self._read_span = (lo, hi)
+                self.stats.add("read_hook_spans")
+                self.clock.hide_patch_bytes(max(lo - HIDE_BEFORE, 0), hi + PAGE - 1)
 
     def scan(self, addr: int) -> None:
         self.drain_writes()

@@ -129,3 +129,18 @@ def test_an_emulated_load_of_patched_code_sees_the_guest_bytes(monkeypatch):
     from runtime.trap import TrapMode
     monkeypatch.setattr(BTMode, "guest_read", TrapMode.guest_read)      # the raw bytes: a jmp's
     assert "ebx" in run_program(from_body(body)).details["regs"]
+
+
+def test_one_hook_pair_spans_every_hidden_page():
+    """Unicorn checks every slow-path load against every read hook's range, so
+    there is one pair whose range grows (read_hook_spans) instead of one per page;
+    a checksum over five pages, each with a patch, still sees the guest's bytes."""
+    pages = "".join(f"jmp s_n{i}\n.align 0x1000\ns_n{i}:\npushfd\npop eax\nnop\nnop\n" for i in range(5))
+    body = pages + ("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
+                    "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop")
+    assert run_program(from_body(body)).kinds == ()
+    vm, _ = _vm(body)
+    csam = _csam(vm)
+    assert csam["read_hidden_pages"] >= 5 and 1 <= csam["read_hook_spans"] <= csam["read_hidden_pages"]
+    assert csam["hidden_reads"] >= 5
+    assert len(vm.clock._read_hooks) == 2
