@@ -513,10 +513,13 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
  * the second puts the patch bytes back.  No exit, no stop, no re-execution; the
  * translated blocks (compiled from the patched bytes) are untouched.  A load
  * that covers no patched byte (data sharing a page with code) costs one table
- * lookup per byte.  Both hooks are ranged on pages that carry patches (and the
- * 15 bytes before each, because Unicorn checks a hook's range against the first
- * byte of a load that crosses into the next page); with overlapping ranges both
- * pages' hooks fire, so the swap is done once (nswap) and undone once. */
+ * lookup per byte.  The two hooks are one pair whose range spans every page that
+ * carries patches (runtime/csam.py: Unicorn checks each slow-path load against
+ * every read hook's range, so one pair, not one per page), starting 15 bytes
+ * early because Unicorn matches a load that crosses into a page by its first
+ * byte.  Should two ranges ever overlap (the old pair is deleted when the range
+ * grows but lives until the run ends), both fire: the swap is done once (nswap)
+ * and undone once. */
 static void read_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
 {
     Clock *c = ud;
