@@ -4,6 +4,7 @@ Usage:
     python benchmarks/runtime_bench.py exit-cost  [--exits N] [--repeat R] [--insn cli,mov-cr0,out] [--profile]
     python benchmarks/runtime_bench.py cpu-ratio  [--iterations N] [--repeat R] [--modes emulate,trap,bt]
     python benchmarks/runtime_bench.py bt-vs-trap [--demos timer,hotflags]
+    python benchmarks/runtime_bench.py code-reads [--iterations N] [--repeat R]
     python benchmarks/runtime_bench.py all
 Every subcommand takes --json (print one JSON document instead of the tables).
 
@@ -24,6 +25,11 @@ bt-vs-trap  Exits per million guest instructions on demo:timer and
             demo:hotflags under trap and bt (emulate gives the reference output
             and the guest instruction count), device I/O exits apart from
             virtualization exits, and the bt/trap ratio (target <= 1%).
+code-reads  Guest loads under bt with patch bytes hidden from reads on every
+            page (hide_patches="every-page") and only on pages the guest wrote
+            code on ("written-pages"), against the bare engine: loads from a
+            data page, from data sharing the code page, and a checksum over
+            the code itself (hidden reads, exits: no churn).
 
 Every subcommand runs each guest/mode at least twice and checks that the two
 runs give identical counters, instruction counts, output, final registers and
@@ -513,10 +519,83 @@ def print_bt_vs_trap(d: dict) -> None:
 
 
 # -- command line -----------------------------------------------------------------------------
+# -- 4. guest loads with patches hidden from reads ----------------------------------------------
+def code_reads_source(kind: str, n: int) -> tuple[str, str]:
+    """(work, stop) of a guest whose code page carries a patch (the pushfd) and that
+    then loads n x 2 dwords: from a data page ("loads"), from a table on its code
+    page that shares no byte with a patch ("data-on-code-page"), or n passes of a
+    checksum over its own code, patch bytes included ("checksum")."""
+    head = ["pushfd", "pop edi", f"mov ecx, {n}", "xor ebx, ebx", "xor edx, edx"]
+    if kind == "checksum":
+        loop = ["l:", f"mov esi, {LOAD:#x}", "i:", "add ebx, dword ptr [esi]", "rol ebx, 1", "add esi, 4",
+                "cmp esi, tbl", "jb i", "dec ecx", "jnz l"]
+    else:
+        src = f"{DATA:#x} + edx" if kind == "loads" else "tbl + edx"
+        loop = ["l:", f"mov eax, dword ptr [{src}]", "add ebx, eax", f"mov esi, dword ptr [{src} + 4]",
+                "xor ebx, esi", "add edx, 8", "and edx, 0x78", "dec ecx", "jnz l"]
+    work = "\n".join(head + loop + ["mov al, 0"])
+    return work, "out 0xf4, al\nhlt\n.align 16\ntbl:\n" + "\n".join([".long 0x9e3779b9"] * 32)
+
+
+CODE_READ_KINDS = ("loads", "data-on-code-page", "checksum")
+CODE_READ_DEMOS = ("timer", "hotflags")
+
+
+def bench_code_reads(args) -> dict:
+    """bt with patch bytes hidden from guest loads on every page (MachineConfig
+    hide_patches="every-page", runtime/_clock.c) against "written-pages" (no read
+    hooks unless the guest wrote code) and the bare engine."""
+    rows = []
+    for kind in CODE_READ_KINDS + CODE_READ_DEMOS:
+        if kind in CODE_READ_DEMOS:             # the demos: bt against bt, no bare engine
+            code = until = None
+            img = load_image(f"demo:{kind}", mem_bytes=64 << 20)
+        else:
+            n = args.iterations if kind != "checksum" else max(args.iterations // 2000, 1)
+            work, stop = code_reads_source(kind, n)
+            code = assemble(work + "\n" + stop)
+            until = LOAD + len(assemble(work + "\ntbl:"))   # the bare engine stops before `out`
+            img = raw_image("code-reads-" + kind, code)
+        walls = {k: [] for k in ("bare", "every-page", "written-pages")}
+        runs = {}
+        for _ in range(args.repeat):
+            if code is not None:
+                walls["bare"].append(bare_run(code, until)[0])
+            for hide in ("every-page", "written-pages"):
+                _, r = run_vm(img, "bt", hide_patches=hide)
+                check_ok(r, f"{kind} under bt ({hide})")
+                walls[hide].append(r.wall)
+                runs.setdefault(hide, []).append(r)
+        bare = statistics.median(walls["bare"]) if walls["bare"] else None
+        for hide in ("every-page", "written-pages"):
+            r = runs[hide][0]
+            csam = r.extra["csam"]
+            rows.append({"guest": kind, "hide_patches": hide, "retired": r.retired,
+                         "median_wall_s": statistics.median(walls[hide]), "bare_wall_s": bare,
+                         "ratio_to_bare": bare / statistics.median(walls[hide]) if bare else None,
+                         "exits": r.counters["exits"], "hidden_reads": csam["hidden_reads"],
+                         "read_hidden_pages": csam["read_hidden_pages"],
+                         "serial": r.serial.decode(errors="replace").strip(),
+                         "deterministic": all(same(runs[hide][0], x) for x in runs[hide][1:])})
+    return {"benchmark": "code-reads", "machine": machine_info(), "iterations": args.iterations,
+            "repeat": args.repeat, "results": rows}
+
+
+def print_code_reads(d: dict) -> None:
+    print(f"bt with patch bytes hidden from guest loads: every page vs only pages the guest wrote "
+          f"code on; median of {d['repeat']} runs; ratio = bare engine wall / bt wall\n")
+    print(table(["guest", "hide_patches", "retired", "wall s", "ratio to bare", "exits", "hidden reads",
+                 "hooked pages", "deterministic"],
+                [[r["guest"], r["hide_patches"], f"{r['retired']:,}", f"{r['median_wall_s']:.3f}",
+                  f"{r['ratio_to_bare']:.2f}" if r["ratio_to_bare"] else "-", r["exits"], f"{r['hidden_reads']:,}", r["read_hidden_pages"],
+                  {True: "yes", False: "NO"}[r["deterministic"]]] for r in d["results"]]))
+
+
 BENCHES = {
     "exit-cost": (bench_exit_cost, print_exit_cost),
     "cpu-ratio": (bench_cpu_ratio, print_cpu_ratio),
     "bt-vs-trap": (bench_bt_vs_trap, print_bt_vs_trap),
+    "code-reads": (bench_code_reads, print_code_reads),
 }
 
 
@@ -534,8 +613,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--modes", default=",".join(MODES))
     t = sub.add_parser("bt-vs-trap", help="exits per million instructions, bt versus trap")
     t.add_argument("--demos", default="timer,hotflags")
-    a = sub.add_parser("all", help="the three benchmarks with their defaults")
-    for q in (e, c, t, a):
+    r = sub.add_parser("code-reads", help="guest loads with patch bytes hidden on every page (cause 14)")
+    r.add_argument("--iterations", type=positive, default=2_000_000)
+    r.add_argument("--repeat", type=positive, default=3)
+    a = sub.add_parser("all", help="the benchmarks with their defaults")
+    for q in (e, c, t, r, a):
         q.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     return p
 

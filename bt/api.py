@@ -160,7 +160,7 @@ def load(image: str | GuestImage, *, mem_mib: int = DEFAULT_MEM_MIB, format: str
 
 # The keyword options of `make_vm` that `run` and `compare_modes` pass on.
 RUN_OPTIONS = ("mem_mib", "cpu_mhz", "max_instructions", "serial_input", "rtc_epoch", "echo",
-               "serial_input_interval", "eager_privileged_patches")
+               "serial_input_interval", "eager_privileged_patches", "hide_patches")
 
 
 def checked_options(also: tuple[str, ...] = ()):
@@ -187,12 +187,14 @@ def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
             mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
             max_instructions: int | None = None, serial_input: bytes | None = None,
             rtc_epoch: int | None = None, echo: bool = False,
-            serial_input_interval: int | None = None, eager_privileged_patches: bool = True):
+            serial_input_interval: int | None = None, eager_privileged_patches: bool = True,
+            hide_patches: str = "every-page"):
     """A runtime.vm.VM ready to run (what `run` uses; for stepping a guest yourself).
 
-    `serial_input_interval` (instructions between scripted serial input bytes)
-    and `eager_privileged_patches` (bt: patch cli/sti/iretd when scanned) are
-    the MachineConfig fields of the same names."""
+    `serial_input_interval` (instructions between scripted serial input bytes),
+    `eager_privileged_patches` (bt: patch cli/sti/iretd when scanned) and
+    `hide_patches` (bt: which pages hide patch bytes from guest loads) are the
+    MachineConfig fields of the same names."""
     mode = Mode.parse(mode)
     if not 1 <= mem_mib <= 3072:
         raise BadInput(f"mem_mib {mem_mib} must be between 1 and 3072")
@@ -204,7 +206,8 @@ def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
     config = MachineConfig(mem_mib=mem_mib, cpu_mhz=cpu_mhz, mode=mode,
                            max_instructions=max_instructions, serial_input=serial_input,
                            serial_input_interval=serial_input_interval,
-                           eager_privileged_patches=eager_privileged_patches)
+                           eager_privileged_patches=eager_privileged_patches,
+                           hide_patches=hide_patches)
     if rtc_epoch is not None:
         config.rtc_epoch = rtc_epoch
     from runtime.vm import VM
@@ -520,7 +523,7 @@ def code_image(code: bytes | str, load: int = 0x100000, *, name: str = "code") -
 def fidelity(image: str | GuestImage, mode: Mode | str = Mode.TRAP, *, locate: bool = True,
              mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
              max_instructions: int | None = None, serial_input_interval: int | None = None,
-             eager_privileged_patches: bool = True):
+             eager_privileged_patches: bool = True, hide_patches: str = "every-page"):
     """Compare a run under `mode` with one under `emulate` (the reference), as
     `bt-run --compare` does (bt/measure/fidelity.py): returns its FidelityReport
     (`verdict` identical | timing-only | divergent, `differences`, `divergence`
@@ -531,5 +534,6 @@ def fidelity(image: str | GuestImage, mode: Mode | str = Mode.TRAP, *, locate: b
     config = MachineConfig(mem_mib=mem_mib, cpu_mhz=cpu_mhz, mode=mode,
                            max_instructions=max_instructions,
                            serial_input_interval=serial_input_interval,
-                           eager_privileged_patches=eager_privileged_patches)
+                           eager_privileged_patches=eager_privileged_patches,
+                           hide_patches=hide_patches)
     return compare(img, config, mode, locate=locate)

@@ -65,6 +65,9 @@ def flat_gdt_bytes(cs: int = BOOT_CS, ds: int = BOOT_DS) -> bytes:
     return bytes(out)
 
 
+HIDE_PATCHES = ("every-page", "written-pages")
+
+
 @dataclass
 class MachineConfig:
     """Options that shape the machine (the `bt-run` flags that are not about the image).
@@ -86,6 +89,11 @@ class MachineConfig:
     # bt mode: patch cli/sti/iretd when the scanner finds them, as PATM did
     # (False: only when they first trap).
     eager_privileged_patches: bool = True
+    # bt mode: which pages hide their patch bytes from guest loads (runtime/csam.py
+    # `_hide`): "every-page" (the guest reads its own bytes everywhere), or
+    # "written-pages" (only pages the guest wrote code on: any read hook sends every
+    # guest load through Unicorn's slow path, docs/fidelity.md "Reads of patched code").
+    hide_patches: str = "every-page"
 
     def __post_init__(self):
         self.mode = Mode.parse(self.mode)
@@ -95,6 +103,8 @@ class MachineConfig:
                 or self.serial_input_interval <= 0):
             raise BadInput(f"serial_input_interval {self.serial_input_interval!r} "
                            "must be a positive number of instructions")
+        if self.hide_patches not in HIDE_PATCHES:
+            raise BadInput(f"hide_patches {self.hide_patches!r} must be one of {', '.join(HIDE_PATCHES)}")
         if not isinstance(self.eager_privileged_patches, bool):
             raise BadInput(f"eager_privileged_patches {self.eager_privileged_patches!r} "
                            "must be True or False")

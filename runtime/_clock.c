@@ -63,7 +63,8 @@ typedef void (*cs_free_t)(void *, size_t);
 #define MAX_WRITES 256
 #define DEFAULT_CACHE_LIMIT ((size_t)64 << 20) /* bytes of decoded blocks (flush_cache) */
 #define INTERIOR_BYTE 1 /* interior table: a non-first byte a jump patch covers */
-#define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */  /* code writes remembered between two drains */
+#define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */
+#define MAX_SWAP 64     /* patched bytes one load can cover (a load is at most 16 bytes) */
 
 typedef struct Entry {
     struct Entry *next;
@@ -110,6 +111,12 @@ typedef struct {
     uint8_t **interior;                 /* page -> 1 where a jump patch covers a non-first byte */
     PyObject **interior_obj;
     uint8_t *dirty;                     /* page -> 1 once the guest wrote scanned bytes there */
+    uint8_t **hide;                     /* page -> [PAGE mask | PAGE guest bytes] of patched bytes */
+    PyObject **hide_obj;
+    uint8_t *swap_at[MAX_SWAP];         /* bytes a running load sees unpatched ... */
+    uint8_t swap_val[MAX_SWAP];         /* ... and the patch byte to put back after it */
+    uint32_t nswap;
+    uint64_t hidden_reads;
     uint64_t allow_once;
     /* guest-instruction starts per stub-cache byte (see the top comment) */
     uint64_t stub_lo, stub_size;
@@ -523,7 +530,8 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
  * never stopped or replayed here (a stop from a write hook leaves EIP at the
  * writer with its store already done: tests/runtime/test_unicorn_facts.py); it
  * only marks the page dirty and logs the range, so the block check refuses
- * every later block start on the page until the VMM has invalidated it. */
+ * every later block start on the page until the VMM has invalidated it.  A
+ * stored byte that held a patch is the guest's from now on: loads stop hiding it. */
 static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
 {
     Clock *c = ud;
@@ -533,6 +541,8 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
         if (pg >= c->ram_pages || !c->code[pg] || !c->code[pg][a & PAGE_OFF])
             continue;
         c->dirty[pg] = 1;
+        if (c->hide[pg])
+            c->hide[pg][a & PAGE_OFF] = 0;      /* the guest's store replaces the patch byte */
         hit = true;
     }
     if (!hit)
@@ -545,6 +555,59 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
     } else {
         c->wlog_lost = true;
     }
+}
+
+/* -- Patches hidden from guest loads ----------------------------------------------
+ * Under bt the guest's code pages hold patch bytes (a jump to a stub, int3) the
+ * guest never wrote.  A load that covers any of them must see the guest's own
+ * bytes, on every page.  Unicorn calls UC_HOOK_MEM_READ hooks before it performs
+ * a load and UC_HOOK_MEM_READ_AFTER hooks after it, from the same helper, with
+ * nothing run or translated in between (tests/runtime/test_hidden_patches.py):
+ * so the first hook puts the guest's bytes into host memory for the one load,
+ * the second puts the patch bytes back.  No exit, no stop, no re-execution; the
+ * translated blocks (compiled from the patched bytes) are untouched.  A load
+ * that covers no patched byte (data sharing a page with code) costs one table
+ * lookup per byte.  The two hooks are one pair whose range spans every page that
+ * carries patches (runtime/csam.py: Unicorn checks each slow-path load against
+ * every read hook's range, so one pair, not one per page), starting 15 bytes
+ * early because Unicorn matches a load that crosses into a page by its first
+ * byte.  Should two ranges ever overlap (the old pair is deleted when the range
+ * grows but lives until the run ends), both fire: the swap is done once (nswap)
+ * and undone once. */
+static void read_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
+{
+    Clock *c = ud;
+    if (c->nswap)
+        return;                 /* a neighbour page's hook already swapped for this load */
+    bool hit = false;
+    for (int i = 0; i < size; i++) {
+        uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
+        if (pg >= c->ram_pages || !c->hide[pg] || !c->hide[pg][a & PAGE_OFF])
+            continue;
+        uint8_t *h = (uint8_t *)host_range(c, a, 1);
+        if (!h || c->nswap >= MAX_SWAP)
+            continue;
+        c->swap_at[c->nswap] = h;
+        c->swap_val[c->nswap] = *h;
+        c->nswap++;
+        *h = c->hide[pg][PAGE_OFF + 1 + (a & PAGE_OFF)];
+        hit = true;
+    }
+    if (hit)
+        c->hidden_reads++;
+}
+
+static void unswap(Clock *c)
+{
+    while (c->nswap) {
+        c->nswap--;
+        *c->swap_at[c->nswap] = c->swap_val[c->nswap];
+    }
+}
+
+static void read_after(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
+{
+    unswap(ud);
 }
 
 /* -- the hooks (Unicorn calls them with the Clock as user data) --------------------- */
@@ -632,11 +695,14 @@ static void Clock_dealloc(Clock *c)
     for (uint64_t i = 0; i < c->ram_pages; i++) {
         Py_XDECREF(c->code_obj[i]);
         Py_XDECREF(c->interior_obj[i]);
+        Py_XDECREF(c->hide_obj[i]);
     }
     free(c->code);
     free(c->code_obj);
     free(c->interior);
     free(c->interior_obj);
+    free(c->hide);
+    free(c->hide_obj);
     free(c->dirty);
     Py_XDECREF(c->stub_starts_obj);
     free(c->hooked);
@@ -678,6 +744,7 @@ static PyObject *Clock_begin(Clock *c, PyObject *arg)
     unsigned long long budget = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
         return NULL;
+    unswap(c);          /* a load that faulted after its READ hook got no READ_AFTER */
     c->count = 0;
     c->budget = budget;
     c->cur = NULL;
@@ -690,6 +757,7 @@ static PyObject *Clock_begin(Clock *c, PyObject *arg)
 
 static PyObject *Clock_resume(Clock *c, PyObject *unused)
 {
+    unswap(c);          /* as in begin: no block is translated from swapped bytes */
     c->reason = STOP_NONE;
     Py_RETURN_NONE;
 }
@@ -873,7 +941,10 @@ static PyObject *Clock_enable_code_check(Clock *c, PyObject *args)
     c->interior = calloc(n, sizeof(uint8_t *));
     c->interior_obj = calloc(n, sizeof(PyObject *));
     c->dirty = calloc(n, 1);
-    if (!c->code || !c->code_obj || !c->interior || !c->interior_obj || !c->dirty)
+    c->hide = calloc(n, sizeof(uint8_t *));
+    c->hide_obj = calloc(n, sizeof(PyObject *));
+    if (!c->code || !c->code_obj || !c->interior || !c->interior_obj || !c->dirty || !c->hide
+        || !c->hide_obj)
         return PyErr_NoMemory();
     c->ram_pages = n;
     c->hflags_off = hflags;
@@ -881,7 +952,8 @@ static PyObject *Clock_enable_code_check(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* set_page_table(which, page base, bytearray of PAGE bytes or None) */
+/* set_page(which, page base, bytearray or None): 0 = scanned flags, 1 = patch
+ * interior (PAGE bytes each), 2 = hidden patch bytes (2 * PAGE: mask, guest bytes) */
 static PyObject *Clock_set_page(Clock *c, PyObject *args)
 {
     int which;
@@ -894,12 +966,17 @@ static PyObject *Clock_set_page(Clock *c, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "page outside RAM (or code check not enabled)");
         return NULL;
     }
-    if (obj != Py_None && (!PyByteArray_Check(obj) || PyByteArray_GET_SIZE(obj) != PAGE_OFF + 1)) {
-        PyErr_SetString(PyExc_TypeError, "a page table is a bytearray of 4096 bytes");
+    Py_ssize_t want = which == 2 ? 2 * (PAGE_OFF + 1) : PAGE_OFF + 1;
+    if (which < 0 || which > 2) {
+        PyErr_SetString(PyExc_ValueError, "which: 0 flags, 1 interior, 2 hidden bytes");
         return NULL;
     }
-    uint8_t **tab = which ? c->interior : c->code;
-    PyObject **own = which ? c->interior_obj : c->code_obj;
+    if (obj != Py_None && (!PyByteArray_Check(obj) || PyByteArray_GET_SIZE(obj) != want)) {
+        PyErr_SetString(PyExc_TypeError, "a page table is a bytearray of 4096 bytes (8192 for which=2)");
+        return NULL;
+    }
+    uint8_t **tab = which == 2 ? c->hide : which ? c->interior : c->code;
+    PyObject **own = which == 2 ? c->hide_obj : which ? c->interior_obj : c->code_obj;
     Py_XDECREF(own[pg]);
     if (obj == Py_None) {
         own[pg] = NULL;
@@ -977,9 +1054,10 @@ static PyObject *Clock_known_start(Clock *c, PyObject *arg)
 
 static PyObject *Clock_code_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsK}", "block_checks", (unsigned long long)c->code_checks,
+    return Py_BuildValue("{sKsKsKsK}", "block_checks", (unsigned long long)c->code_checks,
                          "unscanned_starts", (unsigned long long)c->code_stops,
-                         "code_writes", (unsigned long long)c->code_writes);
+                         "code_writes", (unsigned long long)c->code_writes,
+                         "hidden_reads", (unsigned long long)c->hidden_reads);
 }
 
 /* cache_info() -> the decoded-block cache's entries, bytes, bound and flushes */
@@ -1052,7 +1130,7 @@ static PyMethodDef Clock_methods[] = {
     {"enable_code_check", (PyCFunction)Clock_enable_code_check, METH_VARARGS,
      "enable_code_check(ram bytes, hflags offset): check guest-kernel block starts (bt)"},
     {"set_page", (PyCFunction)Clock_set_page, METH_VARARGS,
-     "set_page(0 = scanned flags | 1 = patch interior, page base, bytearray or None)"},
+     "set_page(0 = scanned flags | 1 = patch interior | 2 = hidden bytes, page base, bytearray or None)"},
     {"take_writes", (PyCFunction)Clock_take_writes, METH_NOARGS,
      "take_writes() -> (dirty pages, [(addr, size)], complete); clears the log"},
     {"has_writes", (PyCFunction)Clock_has_writes, METH_NOARGS, "code writes logged since the last take"},
@@ -1082,13 +1160,15 @@ static PyTypeObject ClockType = {
 
 static PyObject *callbacks(PyObject *m, PyObject *unused)
 {
-    return Py_BuildValue("(KKK)", (unsigned long long)(uintptr_t)&block_hook,
+    return Py_BuildValue("(KKKKK)", (unsigned long long)(uintptr_t)&block_hook,
                          (unsigned long long)(uintptr_t)&noop_hook,
-                         (unsigned long long)(uintptr_t)&write_hook);
+                         (unsigned long long)(uintptr_t)&write_hook,
+                         (unsigned long long)(uintptr_t)&read_before,
+                         (unsigned long long)(uintptr_t)&read_after);
 }
 
 static PyMethodDef module_methods[] = {
-    {"callbacks", callbacks, METH_NOARGS, "(block hook, no-op code hook) C function addresses"},
+    {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after) hook C function addresses"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef clockmodule = {PyModuleDef_HEAD_INIT, "_clock", NULL, -1, module_methods};

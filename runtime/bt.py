@@ -76,6 +76,13 @@ class BTMode(TrapMode):
         scanner, the write monitor and the fidelity checker read."""
         return self.patcher.original_bytes(address, self._raw_read(address, size))
 
+    def guest_read(self, addr: int, size: int) -> bytes:
+        """A load the VMM performs for the guest (an emulated instruction's memory
+        operand, a guard's branch target) sees what the guest's own load would:
+        the guest's bytes under patches (trap and bt run paging-free guests,
+        so the linear address is the physical one)."""
+        return self.csam.unhide(addr, super().guest_read(addr, size))
+
     # -- boot ---------------------------------------------------------------------
     def boot(self) -> None:
         super().boot()
@@ -263,13 +270,7 @@ class BTMode(TrapMode):
     def may_inject(self) -> bool:
         return super().may_inject() and not self._in_stub()
 
-    def before_slice(self) -> None:
-        super().before_slice()
-        self.csam.before_slice()
-
     def slice_limit(self) -> int | None:
-        if self.csam.rereading():
-            return 1
         limit = super().slice_limit()
         pending = 1 if self.vm.pic.has_interrupt() else 0
         self.vcpu.set("irq_pending", pending)

@@ -60,7 +60,8 @@ class InstructionClock:
         self.c = _clock.Clock(_fn(uclib.uc_emu_stop), _fn(uclib.uc_vmem_read),
                               self._md.csh.value, _fn(cs.cs_disasm_iter),
                               _fn(cs.cs_malloc), _fn(cs.cs_free), X86_INS_CMPXCHG8B)
-        self._block_cb, self._noop_cb, self._write_cb = _clock.callbacks()
+        (self._block_cb, self._noop_cb, self._write_cb,
+         self._read_before_cb, self._read_after_cb) = _clock.callbacks()
         self.on_unscanned = None         # bt: CSAM's handler of a refused block start
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
@@ -91,6 +92,23 @@ class InstructionClock:
         scanned bytes the guest stores into (runtime/_clock.c write_hook)."""
         from unicorn import UC_HOOK_MEM_WRITE
         return hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user, begin, end)
+
+    def hide_patch_bytes(self, begin: int, end: int) -> None:
+        """The native read hooks, ranged on [begin, end] (physical), through which
+        every guest load of a byte marked in a page's hidden-bytes table
+        (`c.set_page(2, ...)`) sees the guest's own byte (runtime/_clock.c,
+        "Patches hidden from guest loads"); a page with no table costs a lookup.
+        One pair for the engine: a new range replaces the old one (the caller
+        passes a range covering every hidden page), because Unicorn checks every
+        slow-path load against every read hook's range -- 1,000 ranged hooks
+        made each load ~13 us (docs/fidelity.md, "Reads of patched code")."""
+        from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_AFTER
+        from unicorn.unicorn_py3.unicorn import uclib
+        for h in getattr(self, "_read_hooks", ()):
+            uclib.uc_hook_del(self.uc._uch, h)      # freed by Unicorn when the run ends
+        self._read_hooks = (
+            hook_add(self.uc, UC_HOOK_MEM_READ, self._read_before_cb, self._user, begin, end),
+            hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, self._read_after_cb, self._user, begin, end))
 
     # -- reading ------------------------------------------------------------------
     @property

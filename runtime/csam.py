@@ -27,12 +27,12 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
   refuses every later block start on a dirty page, and before anything is
   scanned the dirty pages are invalidated: patches and guards removed (the
   guest's new bytes kept), translated blocks and the page's CFG dropped.
-* Guest reads of patched code on pages the guest wrote code on are answered
-  with the guest's own bytes (read hooks, see `_install_read_hooks`).
+* Guest loads of patched bytes see the guest's own bytes, on every page: each
+  page carrying a patch or guard gets native read hooks and a table of its
+  hidden bytes (`_hide`; runtime/_clock.c, "Patches hidden from guest loads").
 """
 from __future__ import annotations
 
-from unicorn import UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
 from bt.x86 import PAGE
@@ -46,6 +46,8 @@ from scanner.scan import Scanner
 INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its first
 PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 FLAGS = 0           # ... the scanner's instruction-start flags
+HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's patch bytes
+HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
 
 
 class CSAM:
@@ -70,10 +72,11 @@ class CSAM:
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
-        self._smc_pages: set[int] = set()           # pages the guest wrote code on
-        self._read_hooks: dict[int, int] = {}
-        self._unhidden: list[tuple[int, bytes]] = []
-        self._reread: str | None = None
+        self._read_hooked: set[int] = set()         # pages the read hooks' range covers for
+        self._read_span: tuple[int, int] | None = None   # ... [first, last] page: one hook pair
+        self._hidden: dict[int, bytearray] = {}     # page -> the table shared with C (HIDDEN)
+        self._written: set[int] = set()             # pages the guest wrote code on
+        self._hide_everywhere = self.vm.config.hide_patches == "every-page"
         self._write_hooked: set[int] = set()        # pages with a native write hook (kept)
         self._interior: dict[int, bytearray] = {}
         self.clock = self.vm.clock
@@ -81,7 +84,7 @@ class CSAM:
 
     @property
     def read_hidden_pages(self) -> int:
-        return len(self._read_hooks)
+        return len(self._read_hooked)
 
     def boot(self) -> None:
         self.clock.enable_code_check(self.vm.config.mem_bytes, self.vm.quirks.off.hflags,
@@ -107,7 +110,6 @@ class CSAM:
             return self._into_patch(p, address)
         if self.cfg.pages.state(address) != 1 or self.cfg.block_of(address) is None:
             self.scan(address)
-        self._install_read_hooks()               # new patches on pages read as data
         if not self.clock.c.known_start(address):
             # Nothing scannable starts there (undecodable bytes, the middle of a
             # scanned instruction): let the engine raise what the CPU would.
@@ -171,6 +173,44 @@ class CSAM:
                 self.clock.c.set_page(INTERIOR, page, table)
             elif self._interior.pop(page, None) is not None:
                 self.clock.c.set_page(INTERIOR, page, None)
+            self._hide(page)
+
+    def _hide(self, page: int) -> None:
+        """Publish the page's patch bytes (jump and int3 patches, guards) with the
+        guest's bytes under them, so guest loads see the latter; the first time a
+        page carries any, it gets its read hooks.  Only bytes that differ from the
+        guest's are marked (a jump patch's covered bytes after its 5 are the
+        guest's own).  With `hide_patches="written-pages"` only pages the guest
+        wrote code on are covered: a read hook anywhere costs every guest load
+        (docs/fidelity.md, "Reads of patched code")."""
+        if page >= self.vm.config.mem_bytes:
+            return
+        table = bytearray(2 * PAGE)
+        spans = [(p.site, p.orig) for p in self.patcher.patches_on_page(page)]
+        spans += [(g, ins.data[:1]) for g, ins in self.guards.items() if g & ~(PAGE - 1) == page]
+        for site, orig in spans:
+            now = self._raw(site, len(orig))
+            for i, b in enumerate(orig):
+                a = site + i
+                if a & ~(PAGE - 1) == page and now[i] != b:
+                    table[a - page] = 1
+                    table[PAGE + a - page] = b
+        if not any(table[:PAGE]):
+            self._hidden.pop(page, None)
+            self.clock.c.set_page(HIDDEN, page, None)
+            return
+        self._hidden[page] = table
+        self.clock.c.set_page(HIDDEN, page, table)
+        if page not in self._read_hooked and (self._hide_everywhere or page in self._written):
+            self._read_hooked.add(page)
+            lo, hi = self._read_span or (page, page)
+            lo, hi = min(lo, page), max(hi, page)
+            if (lo, hi) != self._read_span:
+                # One hook pair whose range spans every hidden page; pages in
+                # between without a table cost the hooks a lookup per load.
+                self._read_span = (lo, hi)
+                self.stats.add("read_hook_spans")
+                self.clock.hide_patch_bytes(max(lo - HIDE_BEFORE, 0), hi + PAGE - 1)
 
     def scan(self, addr: int) -> None:
         self.drain_writes()
@@ -211,6 +251,20 @@ class CSAM:
         if self.cfg.block_of(target) is None and 0 <= target < self.vm.config.mem_bytes:
             self.scan(target)
 
+    def unhide(self, addr: int, data: bytes) -> bytes:
+        """`data` read at `addr` with the guest's bytes under patches and guards,
+        as a guest load sees it (the tables C keeps current on guest stores)."""
+        if not self._hidden:
+            return data
+        out = None
+        for i in range(len(data)):
+            a = addr + i
+            table = self._hidden.get(a & ~(PAGE - 1))
+            if table is not None and table[a & (PAGE - 1)]:
+                out = out or bytearray(data)
+                out[i] = table[PAGE + (a & (PAGE - 1))]
+        return bytes(out) if out is not None else data
+
     # -- int3 guards on unresolved indirect branches --------------------------------------
     def guard(self, addr: int) -> None:
         site = insn_at(self.cfg, addr)
@@ -219,6 +273,7 @@ class CSAM:
         self.guards[addr] = site
         self.uc.mem_write(addr, b"\xcc")
         self.uc.ctl_remove_cache(addr, addr + 1)
+        self._hide(addr & ~(PAGE - 1))
         self.vm.counters.add("guards_installed")
 
     def is_guard(self, addr: int) -> bool:
@@ -260,7 +315,7 @@ class CSAM:
         (address, size) stores; None = the log overflowed: a byte that no longer
         holds the patch's value was written by the guest)."""
         self.stats.add("smc_invalidations")
-        self._smc_pages.add(page)
+        self._written.add(page)
         patches = [p for p in self.patcher.patches_on_page(page)]
         keep: list[tuple[int, bytes]] = []
         for p in patches:
@@ -280,6 +335,7 @@ class CSAM:
             self.uc.mem_write(g, self.guards.pop(g).data[:1])
         for a, b in keep:
             self.uc.mem_write(a, b)
+        self._hide(page)
         self.scanner.invalidate_page(page)
         self.cfg.pages.drop(page)
         self.uc.ctl_remove_cache(page, page + PAGE)
@@ -297,54 +353,3 @@ class CSAM:
         if patch_byte is not None:
             return now != patch_byte[0]
         return False    # jump bytes: assume unchanged (only when the log overflowed)
-
-    # -- hiding patches from a guest that reads its own code ------------------------------
-    # Unicorn does not enforce read protection on executable pages, so reads cannot
-    # be trapped by protection.  On pages where the guest has already treated its
-    # code as data (a self-modifying-code write), a read hook limited to that page
-    # catches loads that touch a patch.  Stopping inside a read hook aborts the
-    # load (Unicorn restarts the instruction), which is used on purpose:
-    #   1. the hook puts the original bytes back and ends the slice;
-    #   2. the instruction runs again, alone (a one-instruction slice), and reads
-    #      the guest's own bytes;
-    #   3. before the next slice the patch bytes return.
-    # Other pages get no hook: a read hook costs every load 20-40% in Unicorn
-    # (measured), so it is only paid where a guest is known to read its code.
-    def before_slice(self) -> None:
-        if self._reread == "retry":
-            self._reread = "retrying"
-        elif self._reread == "retrying":
-            self._rehide()
-            self._reread = None
-        self._install_read_hooks()
-
-    def rereading(self) -> bool:
-        """The next slice must run one instruction (step 2 above)."""
-        return self._reread == "retry"
-
-    def _install_read_hooks(self) -> None:
-        for page in self._smc_pages:
-            if page not in self._read_hooks and self.patcher.patches_on_page(page):
-                self._read_hooks[page] = self.uc.hook_add(
-                    UC_HOOK_MEM_READ, self.vm.guarded(self._before_read), None,
-                    page, page + PAGE - 1)
-
-    def _before_read(self, access, address, size, value):
-        if self._reread == "retrying":
-            return                                   # step 2: let the load see them
-        hits = [p for p in self.patcher.patches_on_page(address & ~(PAGE - 1))
-                if p.span[0] < address + size and address < p.span[1]]
-        if not hits:
-            return
-        for p in hits:                               # step 1
-            lo, hi = p.span
-            self._unhidden.append((lo, bytes(self.uc.mem_read(lo, hi - lo))))
-            self.uc.mem_write(lo, p.orig)
-        self.stats.add("hidden_reads")
-        self._reread = "retry"
-        self.vm.halt_slice(abort=True)
-
-    def _rehide(self) -> None:
-        while self._unhidden:                        # step 3
-            lo, patched = self._unhidden.pop()
-            self.uc.mem_write(lo, patched)

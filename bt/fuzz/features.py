@@ -395,6 +395,38 @@ def _code_read(rng, p):
             "add esi, 4", "dec ecx", f"jnz {p}loop", "pop esi", "pop ecx"]
 
 
+# Sites a jump patch starts at (and whether they push), and the fillers the jump
+# then covers: one `ecx` increment per line, so the loops below are bounded.
+INTERIOR_SITES = (("pushfd", True), ("mov ebx, cs", False), ("mov bx, ss", False), ("smsw ebx", False))
+INTERIOR_FILLS = (["inc ecx"] * 4, ["add ecx, 1", "inc ecx"], ["inc ecx", "add ecx, 1"],
+                  ["lea ecx, [ecx + 1]", "inc ecx", "inc ecx"])
+
+
+@feature("patch_interior", causes=(11, 12))
+def _patch_interior(rng, p):
+    """Control reaching the bytes a jump patch covers after the patch is in place:
+    a computed jump to the second covered instruction, a direct jump from code
+    found later (behind `jmp eax`), a fault inside the covered instructions whose
+    handler resumes at the next one, a jump into the middle of a covered instruction."""
+    site, pushes = rng.choice(INTERIOR_SITES)
+    fill = list(rng.choice(INTERIOR_FILLS))
+    pop, push = (["pop edi"], ["pushfd"]) if pushes else ([], [])
+    k = rng.randrange(4)
+    if k == 2:
+        return [_resume(p), f"{p}p:", site, ".byte 0xd4, 0x00", f"{p}r:", *fill, *pop]   # aam 0: #DE
+    if k == 3:
+        # from t + 1 the bytes of `mov edx, 0x41414141` run as four `inc ecx`
+        return ["xor ecx, ecx", f"mov eax, {p}t + 1", f"{p}p:", site, f"{p}t:", "mov edx, 0x41414141",
+                *pop, "cmp ecx, 4", f"jae {p}d", *push, "jmp eax", f"{p}d:"]
+    n = 2 * len(fill)
+    target = "eax" if k == 0 else "esi"
+    body = ["xor ecx, ecx", f"mov {target}, {p}t" if k == 0 else f"mov esi, {p}f", f"{p}p:", site,
+            f"{p}t:", *fill, *pop, f"cmp ecx, {n}", f"jae {p}d", *push, f"jmp {target}", f"{p}d:"]
+    if k == 0:
+        return body
+    return body, [f"{p}f:", f"jmp {p}t"]
+
+
 HYPER_OFFSETS = (0x0, 0x4, 0x1000, 0x1800, 0x2000, 0x12000, 0x20000, 0x3FFFFC, -0x4, 0x400000)
 
 

@@ -118,6 +118,17 @@ def test_eager_privileged_patches_reaches_bt_mode():
     assert lazy.vm.config.eager_privileged_patches is False
 
 
+def test_hide_patches_reaches_bt_mode():
+    # Every bt demo with a patch gets read hooks on its page; "written-pages" none
+    # (no demo but smc writes code; smc's page then gets them too).
+    every = api.run("demo:probe-flags", "bt", mem_mib=4)
+    written = api.run("demo:probe-flags", "bt", mem_mib=4, hide_patches="written-pages")
+    assert every.serial == written.serial and written.vm.config.hide_patches == "written-pages"
+    assert every.csam_stats["read_hidden_pages"] >= 1 and written.csam_stats["read_hidden_pages"] == 0
+    with pytest.raises(BadInput, match="hide_patches"):
+        api.make_vm("demo:hello", "bt", mem_mib=4, hide_patches="some-pages")
+
+
 def test_serial_input_interval_paces_scripted_input():
     from runtime.devices import serial_input_interval
     vm = api.make_vm("demo:hello", mem_mib=4, serial_input=b"ab", serial_input_interval=77)

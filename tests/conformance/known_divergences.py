@@ -16,10 +16,6 @@ dedicated test) and delete its entry here.
 OK = (0, "debug-exit")
 
 KNOWN = [
-    dict(name="code-checksum-sees-patches", cause=14,
-         body=("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
-               "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop"),
-         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="serial: line 4:"),
     # Not in issue 15, and not a bt bug (kept to pin the engine behaviour behind it):
     dict(name="undefined-flags-after-a-stub", cause="by-design-undefined-flags",
          # OF is architecturally undefined after bts.  Unicorn computes it from the

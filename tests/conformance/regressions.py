@@ -82,6 +82,37 @@ FIXED = [
          regs={"eax": 3267388414, "ebx": 597617956, "ecx": 2508523437, "edx": 4150789711,
                "esi": 245009909, "edi": 1427193283},
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="edx 0x17 vs 0x217"),   # the host's IF
+    # Cause 14: guest loads of patch bytes see the guest's bytes on every page (native
+    # read hooks, runtime/_clock.c "Patches hidden from guest loads").
+    dict(name="code-checksum-sees-patches", cause=14,
+         body=("mov esi, 0x100000\nmov ecx, fz_end\nsub ecx, 0x100000\nshr ecx, 2\ns_loop:\n"
+               "add edx, dword ptr [esi]\nrol edx, 1\nadd esi, 4\ndec ecx\njnz s_loop"),
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="serial: line 4:"),
+    # Causes 11, 12: control reaching the bytes a jump patch covers after the patch is
+    # in place.  The block check refuses such starts (runtime/_clock.c known_start) and
+    # CSAM sends them to the stub's copy of the instruction or re-plans the site
+    # (runtime/csam.py _into_patch).  These reproducers came after that fix, so `kinds`
+    # and `detail` record what they do with the check's interior table left empty
+    # (tests/conformance/test_patch_interior.py runs them so).
+    dict(name="computed-jump-to-second-covered-insn", cause=11,
+         body=("mov edx, s_t\nxor ecx, ecx\ns_p:\npushfd\ns_t:\ninc ecx\ninc ecx\ninc ecx\ninc ecx\n"
+               "cmp ecx, 8\njae s_d\njmp edx\ns_d:\npop eax"),
+         kinds=('serial', 'ram'), ends=(OK, OK),
+         detail="serial: line 1: b'00000046' vs b'a1b2c3d4'"),
+    dict(name="later-found-direct-jump-into-patch", cause=11,
+         body=("xor ecx, ecx\nmov eax, s_f\ns_p:\npushfd\ns_t:\ninc ecx\ninc ecx\ninc ecx\ninc ecx\n"
+               "pop edx\ncmp ecx, 8\njae s_d\npushfd\njmp eax\ns_d:\nnop\n# out of line:\ns_f:\njmp s_t"),
+         kinds=('serial', 'regs', 'ram'), ends=(OK, OK),
+         detail='edx 0x97 vs 0x46'),
+    dict(name="jump-into-the-middle-of-a-covered-insn", cause=11,
+         body=("xor ecx, ecx\nmov edx, s_t + 1\ns_p:\npushfd\ns_t:\nmov eax, 0x41414141\npop ebx\n"
+               "cmp ecx, 4\njae s_d\npushfd\njmp edx\ns_d:\nnop"),
+         kinds=(), ends=(OK, OK),
+         detail='retired: 8867 vs 8872'),
+    dict(name="fault-in-stub-resumes-inside-patch", cause=12,
+         body="mov dword ptr [0x180000], s_r\ns_p:\npushfd\n.byte 0xd4, 0x00\ns_r:\ninc ecx\ninc ecx\ninc ecx\npop eax",
+         kinds=('status', 'serial', 'regs', 'ram'), ends=(OK, (125, "unmapped-access")),
+         detail='0 debug-exit vs 125 unmapped-access'),
     # Exact virtual time: stub instructions weigh the guest instructions they
     # translate (runtime/_clock.c, "Stub-cache blocks").
     dict(name="rdtsc-sees-stub-instructions", cause="virtual-time",
