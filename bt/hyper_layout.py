@@ -22,6 +22,8 @@ Layout (offsets from the base):
     FLAG_TABLES  byte lookups on EFLAGS byte 1 (IF, IOPL) that let cli, sti,
                  pushf(d) and the window check run without touching the
                  arithmetic flags (flag_tables(); patcher/templates.py)
+    HYPER_PT     a page table mapping the area onto itself: under guest paging the
+                 VMM points the area's page-directory slot at it (runtime/paging.py)
     SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
                  (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
                  with one load: no flags touched, no stack scratch
@@ -50,6 +52,7 @@ IF_BYTE = FLAG_TABLES + 0x200      # 256 x u8: b -> b's IF bit alone (0 or IF)
 PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IF/IOPL replaced by v's
 PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
 FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
+HYPER_PT = 0x18000           # 1024 x u32 (non-PAE): entry i maps base + i pages
 SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
 SELECTOR_VIEW_SIZE = 0x20000
 STUBS = 0x40000

@@ -40,12 +40,16 @@ from runtime.hyper import HyperArea
 from runtime.isolation import Isolation
 from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
+from runtime.paging import HyperMapping
 from runtime.protect import Protections
 from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(EmulateMode):
     name = "trap"
+    # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
+    # reachable).  bt says False until CSAM keys its scans by physical code.
+    paging_guests = True
 
     def __init__(self, vm):
         super().__init__(vm)
@@ -55,11 +59,12 @@ class TrapMode(EmulateMode):
         vm.guard = self.isolation.guard
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
-        # trap/bt refuse paging guests (write_cr), so linear == physical here and a
-        # cached site is re-validated with one direct read: from the host memory
-        # that is guest RAM (an mmap slice, ~0.2 us) or, outside RAM (stubs in
-        # the hypervisor area), through the engine (~2.5 us).  A paging-capable
-        # trap mode must translate first.
+        # Without paging linear == physical and a cached site is re-validated
+        # with one direct read: from the host memory that is guest RAM (an mmap
+        # slice, ~0.2 us) or, outside RAM (stubs in the hypervisor area), through
+        # the engine (~2.5 us).  With paging on it goes through the walk
+        # (runtime/memory.py), so a CR3 switch that puts other code at the same
+        # address is decoded anew.
         self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
         self._sti_shadow = False
         self._gdt_pages: set[int] = set()
@@ -71,6 +76,7 @@ class TrapMode(EmulateMode):
                          None, 0, cfg.mem_bytes - 1)
         self._gdt_hook = None
         self.hook_shadow_gdt()
+        self.hyper_mapping = HyperMapping(self)
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -194,7 +200,10 @@ class TrapMode(EmulateMode):
         # Perform the guest's write ourselves (Unicorn does not), then react.
         # Ending the slice here aborts the store instruction (Unicorn restarts
         # it); its bytes are already in place, so the retry is a no-op above.
-        self.uc.mem_write(address, data)
+        if self.hyper_mapping.watches(page):
+            self.hyper_mapping.write(address, data)     # the VMM's directory slot stays
+        else:
+            self.uc.mem_write(address, data)
         self.on_watched_write(page, address, size)
         if stop:
             self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter
@@ -221,6 +230,8 @@ class TrapMode(EmulateMode):
 
     def guest_visible(self, address: int, size: int) -> bytes:
         """Guest memory as the guest believes it is (bt hides its patches)."""
+        if self.hyper_mapping.watches(address & ~(PAGE - 1)):
+            return self.hyper_mapping.guest_visible(address, size)
         return self.vm.fast.mem_read(address, size)
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
@@ -266,20 +277,23 @@ class TrapMode(EmulateMode):
         uc = self.uc
         if n == 0:
             value |= CR0_ET            # hard-wired to 1 (Unicorn at CPL 0 reads it back set)
-            if value & CR0_PG:
-                raise VMMError("the guest enabled paging: trap and bt modes do not support "
-                               "paging guests yet (run it with --mode emulate; docs/machine.md)")
+            if value & CR0_PG and not self.paging_guests:
+                raise VMMError(f"the guest enabled paging: {self.name} mode does not support "
+                               "paging guests yet (run it with --mode emulate or trap; docs/paging-plan.md)")
             self.vcpu.set("cr0", value)
             uc.reg_write(X.UC_X86_REG_CR0, value | CR0_PE)
+            self.hyper_mapping.sync()
         elif n == 2:
             self.vcpu.set("cr2", value)
             uc.reg_write(X.UC_X86_REG_CR2, value)
         elif n == 3:
             self.vcpu.set("cr3", value)
-            uc.reg_write(X.UC_X86_REG_CR3, value)
+            uc.reg_write(X.UC_X86_REG_CR3, value)     # flushes the TLB as mov cr3 does (fact test)
+            self.hyper_mapping.sync()
         elif n == 4:
             self.vcpu.set("cr4", value)
             uc.reg_write(X.UC_X86_REG_CR4, value | CR4_TSD)
+            self.hyper_mapping.sync()
 
     def virtual_tsc(self) -> int:
         """One TSC tick per virtual instruction: deterministic, and cpu_mhz is the TSC rate."""
@@ -321,6 +335,8 @@ class TrapMode(EmulateMode):
             self.stop_slice = True
 
     def _site_bytes(self, eip: int, n: int) -> bytes:
+        if self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            return self.vm.mem.try_read(eip, n)
         ram = self.vm._ram
         if eip + n <= len(ram):
             return ram[eip:eip + n]
@@ -443,4 +459,5 @@ class TrapMode(EmulateMode):
         return {"virtual_cpu": {k: (hex(v) if isinstance(v, int) else [hex(x) for x in v])
                                 for k, v in snap.items()},
                 "hypervisor_base": hex(self.hyper.base),
+                **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
                 "shadow_gdt_syncs": self.gdt_syncs}

@@ -83,7 +83,17 @@ def test_triple_fault_ends_the_run_with_a_report(tmp_path):
     assert r["reason"] == "triple-fault" and r["exit_status"] == 125
 
 
-def test_paging_guest_is_refused_clearly_in_trap_mode():
+def test_paging_without_tables_ends_as_under_emulate():
+    """Paging on with CR3 = 0 (no tables): trap no longer refuses paging
+    (runtime/paging.py); the guest meets what emulate's guest meets."""
     img = raw_guest("mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n" + EXIT)
+    _, want = run(img, "emulate")
+    _, got = run(img, "trap")
+    assert (got.exit_status, got.reason) == (want.exit_status, want.reason)
+
+
+def test_pae_paging_is_refused_clearly_in_trap_mode():
+    img = raw_guest("mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, cr0\nor eax, 0x80000000\n"
+                    "mov cr0, eax\n" + EXIT)
     _, res = run(img, "trap")
-    assert res.exit_status == 70 and "paging" in res.message
+    assert res.exit_status == 70 and "PAE" in res.message

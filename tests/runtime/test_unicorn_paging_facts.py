@@ -114,3 +114,70 @@ def test_tlb_keeps_a_stale_translation_until_the_tlb_flush_control():
     uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
     uc.emu_start(0x1000, 0, count=1)
     assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22222222
+
+
+def test_the_walk_reads_tables_in_memory_the_guest_has_no_permission_on():
+    """runtime/paging.py keeps the hypervisor area's page table inside the area,
+    whose low part is mapped without any permission (runtime/hyper.py).  The
+    MMU's walk reads it anyway, and no protection hook sees the walk: only the
+    guest's own accesses are protection events."""
+    import ctypes
+    import mmap
+    from unicorn import UC_HOOK_MEM_READ_PROT, UC_PROT_NONE
+    uc = scratch_engine(0x200000, 0x9000)
+    area = mmap.mmap(-1, 0x400000)
+    host = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    uc.mem_map_ptr(HYPER, 0x40000, UC_PROT_NONE, host)
+    uc.mem_map_ptr(HYPER + 0x40000, 0x3C0000, UC_PROT_EXEC, host + 0x40000)
+    table = HYPER + 0x18000
+    uc.mem_write(table, b"".join(struct.pack("<I", (HYPER + (i << 12)) | 0x63) for i in range(1024)))
+    uc.mem_write(HYPER + 0x40000, assemble("mov eax, 0x4321\nret", HYPER + 0x40000))
+    uc.mem_write(0x1000, assemble(f"call {HYPER + 0x40000:#x}\nhlt", 0x1000))
+    uc.mem_write(PT_LOW, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(512)))
+    uc.mem_write(PD, struct.pack("<I", PT_LOW | 3))
+    uc.mem_write(PD + 1023 * 4, struct.pack("<I", table | 0x23))
+    events = []
+    uc.hook_add(UC_HOOK_MEM_READ_PROT, lambda u, a, addr, size, v, _: events.append(addr) or False)
+    uc.reg_write(X.UC_X86_REG_CR3, PD)
+    uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | 0x80000001)
+    uc.ctl_exits_enabled(True)
+    uc.ctl_set_exits([])
+    uc.emu_start(0x1000, 0, count=3)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x4321
+    assert events == []
+
+
+def test_the_walk_drops_accessed_bits_in_a_write_protected_directory_unseen():
+    """The directory page that holds the VMM's entry is write-protected so the
+    guest's stores to it are seen (runtime/paging.py).  The MMU's own store of
+    an accessed bit into an entry on that page is silently dropped: the walk
+    succeeds, no write-protection hook fires, and the entry's A bit stays clear
+    (without the protection it is set).  So trap and bt leave the A bits of the
+    current directory's entries as the guest wrote them (docs/paging-plan.md)."""
+    writes = []
+    uc = paged_engine(CODE, STUB)
+    uc.mem_write(PD + 4, struct.pack("<I", PT_ALIAS | 3))             # A clear
+    uc.hook_add(UC_HOOK_MEM_WRITE_PROT, lambda u, a, addr, size, v, _: writes.append(addr) or True)
+    uc.mem_protect(PD, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+    uc.emu_start(0x1000, 0, count=4)
+    assert uc.mem_read(ALIAS_PHYS + 0x10, 1) == b"\x55"
+    assert not struct.unpack("<I", uc.mem_read(PD + 4, 4))[0] & 0x20  # A not set
+    assert writes == []
+    uc = paged_engine(CODE, STUB)
+    uc.mem_write(PD + 4, struct.pack("<I", PT_ALIAS | 3))
+    uc.emu_start(0x1000, 0, count=4)
+    assert struct.unpack("<I", uc.mem_read(PD + 4, 4))[0] & 0x20      # unprotected: the MMU sets A
+
+
+def test_reg_write_of_cr3_flushes_the_tlb_even_with_the_same_value():
+    """trap and bt emulate `mov cr3` with reg_write: like the instruction under
+    emulate, it drops every cached translation, also when the value is unchanged."""
+    read = assemble(f"mov eax, dword ptr [{ALIAS:#x}]\nhlt", 0x1000)
+    uc = paged_engine(read, STUB)
+    uc.mem_write(ALIAS_PHYS, struct.pack("<I", 0x11111111))
+    uc.mem_write(0x3000, struct.pack("<I", 0x22222222))
+    uc.emu_start(0x1000, 0, count=1)
+    uc.mem_write(PT_ALIAS, struct.pack("<I", 0x3000 | 3))
+    uc.reg_write(X.UC_X86_REG_CR3, PD)
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22222222
