@@ -214,7 +214,14 @@ class TrapMode(EmulateMode):
             self.vm.halt_slice()
 
     def before_slice(self) -> None:
-        self.protect.commit()
+        cr2 = self.vm.fast.reg_read(X.UC_X86_REG_CR2)
+        if self.protect.commit() and self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            # Under paging mem_protect can walk a linear address nobody asked
+            # for and leave a hidden #PF behind (CR2 changed, the exception in
+            # flight set: the guest's next fault would be a #DF).  Undo both
+            # (tests/runtime/test_unicorn_paging_facts.py).
+            self.vm.fast.reg_write(X.UC_X86_REG_CR2, cr2)
+            self.vm.quirks.take_fault()
 
     def claims_error(self, err) -> bool:
         """A refused access to the hypervisor area ended the slice: the run ends

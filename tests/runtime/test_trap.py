@@ -92,8 +92,27 @@ def test_paging_without_tables_ends_as_under_emulate():
     assert (got.exit_status, got.reason) == (want.exit_status, want.reason)
 
 
-def test_pae_paging_is_refused_clearly_in_trap_mode():
-    img = raw_guest("mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, cr0\nor eax, 0x80000000\n"
-                    "mov cr0, eax\n" + EXIT)
-    _, res = run(img, "trap")
-    assert res.exit_status == 70 and "PAE" in res.message
+def _pae_guest(top_present: bool):
+    """PAE paging: PDPTE 0 -> a directory of 2 MiB identity pages, PDPTE 3 (the
+    hypervisor area's gigabyte) -> an empty directory, or not present."""
+    import struct
+    pdpt = struct.pack("<QQQQ", 0x31000 | 1, 0, 0, (0x32000 | 1) if top_present else 0)
+    pd0 = b"".join(struct.pack("<Q", (i << 21) | 0x83) for i in range(8))
+    src = ("mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, 0x30000\nmov cr3, eax\n"
+           "mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n"
+           "mov eax, ds\nmov ds, eax\nmov dword ptr [0x40000], 0x1234\nmov eax, dword ptr [0x40000]\n" + EXIT)
+    return raw_guest(src, [(0x30000, pdpt), (0x31000, pd0)])
+
+
+def test_pae_paging_guest_runs_in_trap_mode_as_under_emulate():
+    want_vm, want = run(_pae_guest(True), "emulate")
+    vm, got = run(_pae_guest(True), "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert vm.uc.mem_read(0x40000, 4) == want_vm.uc.mem_read(0x40000, 4) == b"\x34\x12\x00\x00"
+    stats = vm.mode.hyper_mapping.stats()
+    assert stats["directory_slots"] == [hex(0x32000 + 0x1F8 * 8), hex(0x32000 + 0x1F9 * 8)]
+
+
+def test_pae_paging_without_a_directory_for_the_area_is_refused_clearly():
+    _, res = run(_pae_guest(False), "trap")
+    assert res.exit_status == 70 and "PDPTE" in res.message
