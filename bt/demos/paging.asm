@@ -12,7 +12,10 @@
 #   5. INVLPG after a PTE change: the new frame is seen
 #   6. sensitive instructions in code reached through the high alias: pushfd
 #      after cli and after sti (IF masked), where trap shows the real IF (1)
-#   7. paging off again: CR0 read back, and the identity-mapped code goes on
+#   7. user mode under paging: ring-3 code (iretd through the TSS) makes a
+#      system call (int 0x80: frame CS, the ring-0 stack the CPU switched to)
+#      and reads a supervisor-only page (#PF, error code 5: user, present)
+#   8. paging off again: CR0 read back, and the identity-mapped code goes on
 PG_PD_A = 0x30000
 PG_PD_B = 0x31000
 PG_PT_LOW = 0x32000          # identity 0-4 MiB; also the high alias's table
@@ -23,6 +26,7 @@ PG_CODE_B = 0x39000          # ... in space B
 PG_RO = 0x3A000              # linear 0x401000: read-only (both spaces)
 PG_OLD = 0x3B000             # linear 0x402000 before the PTE change
 PG_NEW = 0x3C000             # ... after it
+PG_SUPER = 0x3D000           # supervisor-only (its PTE at PG_PT_LOW + 0xf4; all other low pages are user)
 PG_HIGH = 0xC0000000
 PG_X = 0x400000
 PG_HOLE = 0x800000           # PD entry 2: not present
@@ -126,7 +130,43 @@ pg_after_wp:
     mov esi, pg_n_sti
     call report
 
-    # 7. paging off
+    # 7. user mode under paging
+    mov dword ptr [TSS_ADDR + 4], KERNEL_STACK_TOP
+    mov dword ptr [TSS_ADDR + 8], KDATA
+    mov word ptr [TSS_ADDR + 102], 104
+    mov eax, TSS_SEL
+    ltr ax
+    mov ecx, 0x80
+    mov eax, pg_syscall
+    mov edx, 0xee
+    call set_gate
+    mov dword ptr [pg_saved_esp], esp
+    mov eax, UDATA
+    push eax
+    mov eax, USER_STACK_TOP
+    push eax
+    push 0x2
+    mov eax, UCODE
+    push eax
+    mov eax, pg_user
+    push eax
+    iretd
+pg_user_done:
+    mov eax, KDATA
+    mov ds, eax
+    mov es, eax
+    mov eax, dword ptr [pg_sys_cs]
+    mov esi, pg_n_sys_cs
+    call report
+    mov eax, dword ptr [pg_sys_esp0]
+    mov esi, pg_n_sys_esp0
+    call report
+    mov eax, dword ptr [pg_sys_ret]
+    mov esi, pg_n_sys_ret
+    call report
+    call pg_print_fault
+
+    # 8. paging off
     mov eax, cr0
     and eax, 0x7fffffff
     mov cr0, eax
@@ -136,6 +176,36 @@ pg_after_wp:
     call report
     xor eax, eax
     ret
+
+# ---- ring 3 ----
+pg_user:
+    mov eax, UDATA
+    mov ds, eax
+    mov es, eax
+    mov eax, 1
+    int 0x80
+    mov dword ptr [pg_sys_ret], eax
+    mov dword ptr [pg_resume], pg_user_after_pf
+    mov eax, dword ptr [PG_SUPER]
+pg_user_after_pf:
+    xor eax, eax
+    int 0x80
+pg_user_spin:
+    jmp pg_user_spin
+
+# ---- ring 0: int 0x80 (eax 1: answer 0x55; eax 0: back to the kernel) ----
+pg_syscall:
+    mov edx, dword ptr [esp + 4]
+    mov dword ptr [pg_sys_cs], edx
+    lea edx, [esp + 20]
+    mov dword ptr [pg_sys_esp0], edx
+    test eax, eax
+    jz pg_sys_leave
+    mov eax, 0x55
+    iretd
+pg_sys_leave:
+    mov esp, dword ptr [pg_saved_esp]
+    jmp pg_user_done
 
 # pg_where: eax = the address this routine returns to inside itself (its EIP).
 pg_where:
@@ -187,7 +257,7 @@ pg_build:
     mov ecx, 0x1800
     .byte 0xf3, 0xab
     mov edi, PG_PT_LOW
-    mov eax, 3
+    mov eax, 7
     mov ecx, 1024
 pg_fill:
     mov dword ptr [edi], eax
@@ -195,10 +265,11 @@ pg_fill:
     add edi, 4
     dec ecx
     jnz pg_fill
-    mov dword ptr [PG_PD_A], PG_PT_LOW | 3
+    mov dword ptr [PG_PT_LOW + 0xf4], PG_SUPER | 3
+    mov dword ptr [PG_PD_A], PG_PT_LOW | 7
     mov dword ptr [PG_PD_A + 4], PG_PT_X_A | 3
     mov dword ptr [PG_PD_A + 0xc00], PG_PT_LOW | 3
-    mov dword ptr [PG_PD_B], PG_PT_LOW | 3
+    mov dword ptr [PG_PD_B], PG_PT_LOW | 7
     mov dword ptr [PG_PD_B + 4], PG_PT_X_B | 3
     mov dword ptr [PG_PD_B + 0xc00], PG_PT_LOW | 3
     mov dword ptr [PG_PT_X_A], PG_CODE_A | 3
@@ -220,6 +291,10 @@ pg_fill:
     ret
 
 pg_resume: .long 0
+pg_saved_esp: .long 0
+pg_sys_cs: .long 0
+pg_sys_esp0: .long 0
+pg_sys_ret: .long 0
 pg_fault_cr2: .long 0
 pg_fault_err: .long 0
 pg_marker: .long 0x600dc0de
@@ -238,3 +313,6 @@ pg_n_after: .asciz "invlpg.after"
 pg_n_cli: .asciz "alias.cli.if"
 pg_n_sti: .asciz "alias.sti.if"
 pg_n_off: .asciz "cr0.off"
+pg_n_sys_cs: .asciz "user.syscall.cs"
+pg_n_sys_esp0: .asciz "user.syscall.esp0"
+pg_n_sys_ret: .asciz "user.syscall.ret"

@@ -69,3 +69,43 @@ def test_a_present_guest_entry_in_the_slot_ends_the_run_cleanly():
     vm, res = run(guest(0x00400083), "trap")
     assert res.exit_status == 70
     assert "hypervisor area" in res.message and "0xff000000" in res.message
+
+
+def test_a_cr3_switch_never_reuses_the_decode_of_other_code_at_the_same_address():
+    """trap's site decoder caches per EIP and re-validates against the bytes
+    there: under paging those are read through the guest's tables.  Linear
+    0x400000 runs `mov eax, cr3` in one space and `mov ebx, cr0` in the other;
+    physical 0x400000 holds the first space's bytes, so validating against it
+    (linear taken as physical) would replay the old decode."""
+    code_a = b"\x0f\x20\xd8\xc3"            # mov eax, cr3 ; ret
+    code_b = b"\x0f\x20\xc3\xc3"            # mov ebx, cr0 ; ret
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    pd1 = struct.pack("<II", PT | 3, 0x33000 | 3)
+    pd2 = struct.pack("<II", PT | 3, 0x34000 | 3)
+    src = f"""
+        mov esp, 0x90000
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        xor ebx, ebx
+        mov eax, 0x400000
+        call eax
+        mov dword ptr [{OUT:#x}], eax
+        mov dword ptr [{OUT + 4:#x}], ebx
+        mov eax, {PD2:#x}
+        mov cr3, eax
+        xor eax, eax
+        mov eax, 0x400000
+        call eax
+        mov dword ptr [{OUT + 8:#x}], ebx
+        """ + EXIT
+    extra = [(PT, pt), (PD1, pd1), (PD2, pd2), (0x33000, struct.pack("<I", 0x38000 | 3)),
+             (0x34000, struct.pack("<I", 0x39000 | 3)), (0x38000, code_a), (0x39000, code_b),
+             (0x400000, code_a)]
+    want_vm, want = run(raw_guest(src, extra), "emulate")
+    vm, got = run(raw_guest(src, extra), "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert results(vm) == results(want_vm)
+    assert results(vm)[0] == PD1 and results(vm)[2] & 0x80000000
