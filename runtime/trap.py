@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
@@ -225,7 +225,33 @@ class TrapMode(EmulateMode):
 
     def claims_error(self, err) -> bool:
         """A refused access to the hypervisor area ended the slice: the run ends
-        as emulate's would (runtime/isolation.py)."""
+        as emulate's would (runtime/isolation.py).  Under paging the area is
+        there only through the VMM's directory entry and the guest's own entry
+        is not present (runtime/paging.py): the guest gets the #PF emulate's
+        guest gets there (not present; W for a store) at the abandoned
+        instruction."""
+        if self.hyper_mapping.slots:
+            hit = self.isolation.guard.take()
+            if hit is None:
+                return False
+            kind, address = hit
+            error = PF_ERR_WRITE if kind == UC_MEM_WRITE_PROT else 0
+            eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+            # Counted as emulate counts a fault: the slice's count was already
+            # added whole (runtime/vm.py asks after adding it), so take back
+            # what the cut removes.
+            counted = self.vm.clock.count
+            if self.vm.clock.cut(eip, True):
+                self.vm.retired -= counted - self.vm.clock.count
+                self.vm.vtime -= counted - self.vm.clock.count
+            self.vm.counters.add("faults_reflected", PF)
+            self.write_cr(2, address)
+            self.vm._vmm_stopped = True      # the slice's end is accounted for
+            try:
+                self.vm.deliver_exception(PF, eip, error)
+            except StopSlice:
+                pass                         # a triple fault: the run's end is set
+            return True
         return self.isolation.claim()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
@@ -354,7 +380,16 @@ class TrapMode(EmulateMode):
         vm = self.vm
         cpl = vm.quirks.cpl()
         if vector == PF:
-            self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
+            cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+            self.vcpu.set("cr2", cr2)
+            if self.hyper_mapping.slots and self.hyper.contains(cr2):
+                # Ring 3 touched the area's addresses and met the VMM's
+                # supervisor-only entry (P set); the guest's own entry is not
+                # present (runtime/paging.py), so it sees not-present.
+                if error & 1:
+                    vm.counters.add("faults_reflected", vector)
+                    vm.deliver_exception(PF, eip, error & ~1)
+                    return True
         self.check_table_fault(vector, error, soft)
         if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)

@@ -5,7 +5,8 @@
 #   1. its code through the high alias: a routine called at 0xC0000000 + its
 #      address returns the EIP it ran at, and a word read through the alias
 #   2. a page fault it handles: a read of unmapped 0x800000 (CR2, error code 0)
-#      and a write there (error code 2)
+#      and a write there (error code 2), and a read of unmapped 0xFF000010
+#      (where trap and bt keep their hypervisor area: the guest must not see it)
 #   3. CR0.WP: a kernel write to a read-only page succeeds with WP clear and
 #      faults with WP set (error code 3)
 #   4. a CR3 switch: the same linear address 0x400000 runs different code
@@ -14,7 +15,8 @@
 #      after cli and after sti (IF masked), where trap shows the real IF (1)
 #   7. user mode under paging: ring-3 code (iretd through the TSS) makes a
 #      system call (int 0x80: frame CS, the ring-0 stack the CPU switched to)
-#      and reads a supervisor-only page (#PF, error code 5: user, present)
+#      writes unmapped 0xFF000020 (#PF, error code 6: user, write) and reads a
+#      supervisor-only page (#PF, error code 5: user, present)
 #   8. paging off again: CR0 read back, and the identity-mapped code goes on
 PG_PD_A = 0x30000
 PG_PD_B = 0x31000
@@ -70,6 +72,10 @@ pg_after_read:
     mov dword ptr [pg_resume], pg_after_write
     mov dword ptr [PG_HOLE + 0x456], eax
 pg_after_write:
+    call pg_print_fault
+    mov dword ptr [pg_resume], pg_after_top
+    mov eax, dword ptr [0xff000010]
+pg_after_top:
     call pg_print_fault
 
     # 3. CR0.WP on a read-only page
@@ -164,6 +170,12 @@ pg_user_done:
     mov eax, dword ptr [pg_sys_ret]
     mov esi, pg_n_sys_ret
     call report
+    mov eax, dword ptr [pg_user_top_cr2]
+    mov esi, pg_n_cr2
+    call report
+    mov eax, dword ptr [pg_user_top_err]
+    mov esi, pg_n_err
+    call report
     call pg_print_fault
 
     # 8. paging off
@@ -185,6 +197,13 @@ pg_user:
     mov eax, 1
     int 0x80
     mov dword ptr [pg_sys_ret], eax
+    mov dword ptr [pg_resume], pg_user_after_top
+    mov dword ptr [0xff000020], eax
+pg_user_after_top:
+    mov eax, dword ptr [pg_fault_cr2]
+    mov dword ptr [pg_user_top_cr2], eax
+    mov eax, dword ptr [pg_fault_err]
+    mov dword ptr [pg_user_top_err], eax
     mov dword ptr [pg_resume], pg_user_after_pf
     mov eax, dword ptr [PG_SUPER]
 pg_user_after_pf:
@@ -295,11 +314,13 @@ pg_saved_esp: .long 0
 pg_sys_cs: .long 0
 pg_sys_esp0: .long 0
 pg_sys_ret: .long 0
+pg_user_top_cr2: .long 0
+pg_user_top_err: .long 0
 pg_fault_cr2: .long 0
 pg_fault_err: .long 0
 pg_marker: .long 0x600dc0de
 pg_n_cr0: .asciz "cr0.pg.wp.pe"
-pg_n_alias_eip: .asciz "alias.eip-low"
+pg_n_alias_eip: .asciz "alias.eip_minus_low"
 pg_n_alias_word: .asciz "alias.word"
 pg_n_cr2: .asciz "pf.cr2"
 pg_n_err: .asciz "pf.error"

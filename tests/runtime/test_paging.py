@@ -4,6 +4,8 @@ directory slot the VMM borrows (PD[hyper_base >> 22], 0xFF000000 -> entry
 0x3FC by default)."""
 import struct
 
+import pytest
+
 from conftest import EXIT, raw_guest, run
 
 PD1, PD2, PT = 0x30000, 0x32000, 0x31000
@@ -109,3 +111,31 @@ def test_a_cr3_switch_never_reuses_the_decode_of_other_code_at_the_same_address(
     assert got.exit_status == want.exit_status == 0, got.message
     assert results(vm) == results(want_vm)
     assert results(vm)[0] == PD1 and results(vm)[2] & 0x80000000
+
+
+def _touch_the_area(access):
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    return raw_guest(f"""
+        mov esp, 0x90000
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov ebx, 0x77
+        {access}
+        """ + EXIT, [(PT, pt), (PD1, struct.pack("<I", PT | 3))])
+
+
+@pytest.mark.parametrize("access", ["mov eax, dword ptr [0xff000010]", "mov dword ptr [0xff000010], ebx",
+                                    "mov eax, 0xff000000\njmp eax"])
+def test_the_guest_finds_nothing_at_the_areas_addresses(access):
+    """The area is reachable only through the VMM's entry; the guest's own entry
+    is not present, so its access gets emulate's #PF (here: no IDT, so the run
+    ends as a triple fault, at the same instruction), not the end of the run
+    as an unmapped access.  Under paging Unicorn turns the guard's refusal
+    into that #PF itself."""
+    want_vm, want = run(_touch_the_area(access), "emulate")
+    vm, got = run(_touch_the_area(access), "trap")
+    assert want.reason == "triple-fault"
+    assert (got.reason, got.retired, got.regs, got.message) == (want.reason, want.retired, want.regs, want.message)

@@ -8,6 +8,8 @@ maps to physical 0x180000.
 """
 import struct
 
+import pytest
+
 from unicorn import (Uc, UcError, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT,
                      UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_READ,
                      UC_PROT_WRITE, UC_PROT_EXEC)
@@ -237,3 +239,36 @@ def test_mem_protect_under_paging_raises_a_hidden_page_fault():
         uc.hook_add(UC_HOOK_INTR, lambda u, intno, _: seen.append(intno) or u.emu_stop())
         uc.emu_start(0x1002, 0, count=2)
         assert seen == ([13] if repair else [8])
+
+
+def test_a_refused_access_under_paging_ends_emulation_at_the_instruction():
+    """As without paging, a protection hook's refusal of a read or a write
+    through a present entry ends emulation with UC_ERR_READ_PROT /
+    UC_ERR_WRITE_PROT, EIP at the abandoned instruction and no exception
+    raised.  runtime/trap.py (`claims_error`) turns it into the not-present #PF
+    emulate's guest gets there, at that EIP."""
+    import ctypes
+    import mmap
+    from unicorn import UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE_PROT, UC_PROT_NONE
+    for insn, err in (("mov eax, dword ptr [{a:#x}]", "READ_PROT"), ("mov dword ptr [{a:#x}], eax", "WRITE_PROT")):
+        uc = scratch_engine(0x200000, 0x9000)
+        area = mmap.mmap(-1, 0x400000)
+        uc.mem_map_ptr(HYPER, 0x400000, UC_PROT_NONE, ctypes.addressof(ctypes.c_char.from_buffer(area)))
+        table = 0x13000
+        uc.mem_write(table, struct.pack("<I", HYPER | 0x63))
+        uc.mem_write(PT_LOW, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(512)))
+        uc.mem_write(PD, struct.pack("<I", PT_LOW | 3))
+        uc.mem_write(PD + 1023 * 4, struct.pack("<I", table | 0x23))
+        uc.mem_write(0x1000, assemble("nop\n" + insn.format(a=HYPER + 0x10) + "\nhlt", 0x1000))
+        refused, faults = [], []
+        uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT,
+                    lambda u, a, addr, size, v, _: refused.append(addr) or False)
+        uc.hook_add(UC_HOOK_INTR, lambda u, intno, _: faults.append(intno) or u.emu_stop())
+        uc.reg_write(X.UC_X86_REG_CR3, PD)
+        uc.reg_write(X.UC_X86_REG_CR0, uc.reg_read(X.UC_X86_REG_CR0) | 0x80000001)
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        with pytest.raises(UcError, match=err):
+            uc.emu_start(0x1000, 0, count=3)
+        assert refused == [HYPER + 0x10] and faults == []
+        assert uc.reg_read(X.UC_X86_REG_EIP) == 0x1001
