@@ -113,6 +113,25 @@ def test_pae_paging_guest_runs_in_trap_mode_as_under_emulate():
     assert stats["directory_slots"] == [hex(0x32000 + 0x1F8 * 8), hex(0x32000 + 0x1F9 * 8)]
 
 
+def test_efer_nxe_reaches_the_real_cpu_under_trap():
+    """wrmsr EFER.NXE is emulated at ring 1 and must reach the real CPU: with it
+    bit 63 of a PAE entry is NX (data reads pass), without it a reserved bit
+    (#PF; tests/runtime/test_guest_memory.py)."""
+    import struct
+    pdpt = struct.pack("<QQQQ", 0x31000 | 1, 0, 0, 0x32000 | 1)
+    pd0 = struct.pack("<QQ", 0x83, 0x200000 | 0x83 | (1 << 63))      # 2-4 MiB: NX
+    src = ("mov ecx, 0xc0000080\nrdmsr\nor eax, 0x800\nwrmsr\n"
+           "mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, 0x30000\nmov cr3, eax\n"
+           "mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n"
+           "mov dword ptr [0x200100], 0x5678\nmov eax, dword ptr [0x200100]\n"
+           "mov dword ptr [0x40000], eax\n" + EXIT)
+    img = raw_guest(src, [(0x30000, pdpt), (0x31000, pd0)])
+    want_vm, want = run(img, "emulate")
+    vm, got = run(img, "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert vm.uc.mem_read(0x40000, 4) == want_vm.uc.mem_read(0x40000, 4) == b"\x78\x56\x00\x00"
+
+
 def test_pae_paging_without_a_directory_for_the_area_is_refused_clearly():
     _, res = run(_pae_guest(False), "trap")
     assert res.exit_status == 70 and "PDPTE" in res.message
