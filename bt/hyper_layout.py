@@ -24,6 +24,9 @@ Layout (offsets from the base):
                  arithmetic flags (flag_tables(); patcher/templates.py), and
                  one on a selector's low byte (RPL 1?) for the segment-load
                  and far-jump stubs
+    HYPER_PT     a page table mapping the area onto itself: under guest paging the
+                 VMM points the area's page-directory slot at it (runtime/paging.py);
+                 HYPER_PT_PAE the same as the two tables of a PAE guest's two slots
     SELECTOR_VIEW  a table mapping every real selector to the guest's view of it
                  (RPL 1 -> RPL 0), so stubs translate `mov r, cs` / `push cs`
                  with one load: no flags touched, no stack scratch
@@ -53,6 +56,8 @@ RPL1_BYTE = FLAG_TABLES + 0x300    # 256 x u8: a selector's low byte -> 1 when i
 PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IF/IOPL replaced by v's
 PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
 FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
+HYPER_PT = 0x18000           # 1024 x u32 (non-PAE): entry i maps base + i pages
+HYPER_PT_PAE = 0x19000       # 2 x 512 x u64 (PAE): the same mapping as two 2 MiB tables
 SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
 SELECTOR_VIEW_SIZE = 0x20000
 STUBS = 0x40000

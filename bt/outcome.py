@@ -59,8 +59,8 @@ class Outcome(StrEnum):
     EMULATION_ERROR = ("emulation-error", STATUS_HANG, StatusFrom.OUTCOME,
                        "Unicorn stopped on an error no mode claimed")
     VMM_ERROR = ("vmm-error", STATUS_VMM_ERROR, StatusFrom.OUTCOME,
-                 "an internal VMM error or an unsupported situation (e.g. paging under "
-                 "trap/bt); the report is still written")
+                 "an internal VMM error or an unsupported situation (e.g. a paging guest "
+                 "under bt); the report is still written")
     INTERRUPTED = ("interrupted", status_for(STOP_SIGNALS[0]), StatusFrom.SIGNAL,
                    "stopped by " + " / ".join(SIGNAL_STATUSES.values()) + " (Ctrl-C, kill): "
                    "the run stopped at its next slice boundary; report and summary as usual")

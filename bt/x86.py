@@ -19,6 +19,15 @@ PTE_W = 1 << 1                  # writable
 PTE_U = 1 << 2                  # user
 PTE_PS = 1 << 7                 # in a PDE: a 4 MiB page
 PDE_PS_RESERVED = 1 << 21       # a 4 MiB entry's bit 21 (bits 20:13 are PSE-36 address bits)
+PTE_NX = 1 << 63                # PAE entries: no execute (only with EFER.NXE; reserved without)
+PAE_ENTRY = 8                   # PAE table entries are 8 bytes
+PAE_ADDR_MASK = 0x000000FFFFFFF000  # a PAE entry's address bits (MAXPHYADDR 40 under Unicorn's CPU)
+PAE_RSVD = 0x7FFFFF0000000000   # bits 40-62 of a PAE PDE/PTE: reserved (#PF with RSVD)
+PAE_LARGE_RSVD = 0x1FE000       # a 2 MiB PAE entry's bits 13-20 (between PAT and the address)
+PAE_PDPTE_RSVD = PAE_RSVD | PTE_NX  # a PDPTE has no NX bit: bit 63 is always reserved there
+PAE_LARGE_PAGE = 0x200000       # what one PAE page-directory entry maps
+EFER = 0xC0000080               # the extended feature enable MSR
+EFER_NXE = 1 << 11
 
 # -- EFLAGS -----------------------------------------------------------------------
 CF_BIT = 1 << 0
@@ -92,6 +101,8 @@ ERROR_CODE_VECTORS = frozenset({DF, TS, NP, SS, GP, PF, AC})
 CONTRIBUTORY_VECTORS = frozenset({DE, TS, NP, SS, GP})   # two in a row make a #DF
 PF_ERR_WRITE = 1 << 1           # page-fault error code: the access was a write
 PF_ERR_RSVD = 1 << 3            # page-fault error code: a reserved bit was set
+PF_ERR_USER = 1 << 2            # page-fault error code: the access was made at CPL 3
+PF_ERR_FETCH = 1 << 4           # page-fault error code: instruction fetch (only with PAE + EFER.NXE)
 
 # -- segment selectors -------------------------------------------------------------
 SEL_RPL_MASK = 3

@@ -32,6 +32,7 @@ typedef struct {
     PyObject_HEAD
     uint8_t *env;                   /* live CPU state */
     Py_ssize_t eip_off, esp_off;
+    Py_ssize_t cr0_off, cr3_off, cr4_off;   /* paging: EIP is linear (-1: unknown) */
     uint64_t base, size;            /* the area */
     uint64_t stubs_lo, stubs_hi;    /* the stub cache: [lo, hi) */
     uint64_t gdt_lo, gdt_hi;        /* the shadow GDT: [lo, hi) */
@@ -54,22 +55,96 @@ static inline uint32_t env_u32(Guard *g, Py_ssize_t off)
     return v;
 }
 
+static inline uint64_t env_u64(Guard *g, Py_ssize_t off)
+{
+    uint64_t v;
+    memcpy(&v, g->env + off, 8);
+    return v;
+}
+
+static bool ram_entry(Guard *g, uint64_t pa, int size, uint64_t *out)
+{
+    if (!g->ram || pa + size > g->ram_size)
+        return false;
+    *out = 0;
+    memcpy(out, g->ram + pa, size);
+    return true;
+}
+
+/* Linear -> physical through the guest's tables (two-level or PAE), read from
+ * guest RAM: the same walk as runtime/memory.py without the permission checks
+ * (the CPU already fetched the instruction).  false: not mapped. */
+static bool to_phys(Guard *g, uint32_t va, uint64_t *pa)
+{
+    *pa = va;
+    if (g->cr0_off < 0 || !(env_u64(g, g->cr0_off) & 0x80000000u))
+        return true;
+    uint64_t cr3 = env_u64(g, g->cr3_off), cr4 = env_u64(g, g->cr4_off), e;
+    const uint64_t addr = 0x000000FFFFFFF000ull;
+    if (cr4 & 0x20) {
+        if (!ram_entry(g, (cr3 & 0xFFFFFFE0u) + (va >> 30) * 8, 8, &e) || !(e & 1))
+            return false;
+        if (!ram_entry(g, (e & addr) + ((va >> 21) & 0x1FF) * 8, 8, &e) || !(e & 1))
+            return false;
+        if (e & 0x80) {
+            *pa = (e & addr & ~0x1FFFFFull) | (va & 0x1FFFFF);
+            return true;
+        }
+        if (!ram_entry(g, (e & addr) + ((va >> 12) & 0x1FF) * 8, 8, &e) || !(e & 1))
+            return false;
+        *pa = (e & addr) | (va & 0xFFF);
+        return true;
+    }
+    if (!ram_entry(g, (cr3 & 0xFFFFF000u) + (va >> 22) * 4, 4, &e) || !(e & 1))
+        return false;
+    if ((e & 0x80) && (cr4 & 0x10)) {
+        *pa = (((e >> 13) & 0xFF) << 32) | (e & 0xFFC00000u) | (va & 0x3FFFFF);
+        return true;
+    }
+    if (!ram_entry(g, (e & 0xFFFFF000u) + ((va >> 12) & 0x3FF) * 4, 4, &e) || !(e & 1))
+        return false;
+    *pa = (e & 0xFFFFF000u) | (va & 0xFFF);
+    return true;
+}
+
+/* Up to 16 bytes of the instruction at linear `eip`, page by page. */
+static uint64_t code_at(Guard *g, uint32_t eip, uint8_t *buf)
+{
+    uint64_t got = 0;
+    while (got < 16) {
+        uint64_t pa;
+        uint32_t va = eip + (uint32_t)got;
+        if (!to_phys(g, va, &pa) || !g->ram || pa >= g->ram_size)
+            break;
+        uint64_t n = 0x1000 - (va & 0xFFF);
+        if (n > 16 - got)
+            n = 16 - got;
+        if (n > g->ram_size - pa)
+            n = g->ram_size - pa;
+        memcpy(buf + got, g->ram + pa, n);
+        got += n;
+    }
+    return got;
+}
+
 /* Does the instruction at `eip` read descriptors implicitly?  The opcode set
  * of the instructions that load a segment register or look a selector up in
- * the GDT.  `eip` is in RAM, or guest code in the stub cache (a relocated copy,
- * or the guest's own segment load a template runs: patcher/templates.py). */
+ * the GDT.  `eip` is guest code (read through the guest's page tables when
+ * paging is on), or guest code in the stub cache (a relocated copy, or the
+ * guest's own segment load a template runs: patcher/templates.py). */
 static bool loads_descriptors(Guard *g, uint32_t eip)
 {
+    uint8_t code[16];
     uint64_t left;
     const uint8_t *p;
-    if (g->ram && eip < g->ram_size) {
-        left = g->ram_size - eip;
-        p = g->ram + eip;
-    } else if (eip >= g->stubs_lo && eip < g->stubs_hi && g->host) {
+    if (eip >= g->stubs_lo && eip < g->stubs_hi && g->host) {
         left = g->base + g->size - eip;
         p = g->host + (eip - g->base);
     } else {
-        return false;
+        left = code_at(g, eip, code);
+        if (!left)
+            return false;
+        p = code;
     }
     unsigned i = 0;
     while (i < 14 && i < left) {        /* prefixes */
@@ -159,13 +234,17 @@ refuse:
 static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
 {
     unsigned long long env, base, size, stubs_lo, stubs_hi, gdt_lo, gdt_hi, host, ram, ram_size;
-    Py_ssize_t eip_off, esp_off;
-    if (!PyArg_ParseTuple(args, "KnnKKKKKKKKK", &env, &eip_off, &esp_off, &base, &size,
-                          &stubs_lo, &stubs_hi, &gdt_lo, &gdt_hi, &host, &ram, &ram_size))
+    Py_ssize_t eip_off, esp_off, cr0_off = -1, cr3_off = -1, cr4_off = -1;
+    if (!PyArg_ParseTuple(args, "KnnKKKKKKKKK|nnn", &env, &eip_off, &esp_off, &base, &size,
+                          &stubs_lo, &stubs_hi, &gdt_lo, &gdt_hi, &host, &ram, &ram_size,
+                          &cr0_off, &cr3_off, &cr4_off))
         return -1;
     g->env = (uint8_t *)(uintptr_t)env;
     g->eip_off = eip_off;
     g->esp_off = esp_off;
+    g->cr0_off = cr0_off;
+    g->cr3_off = cr3_off;
+    g->cr4_off = cr4_off;
     g->base = base;
     g->size = size;
     g->stubs_lo = stubs_lo;

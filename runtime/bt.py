@@ -37,6 +37,10 @@ IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection
 
 class BTMode(TrapMode):
     name = "bt"
+    # CSAM keys scans and patches by linear address and jump patches are
+    # alias-dependent: paging guests stay refused until that is built
+    # (docs/paging-plan.md).
+    paging_guests = False
 
     def __init__(self, vm):
         super().__init__(vm)
@@ -254,6 +258,7 @@ class BTMode(TrapMode):
             uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
         uc.mem_unmap(old, HYPER_SIZE)
         self.hyper.base = new_base
+        self.hyper_mapping.build_table()           # the area's own page table names the new base
         self.vm.refresh_clock_memory()             # before the old host memory goes
         self.vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
         self.vcpu.state_addr = new_base

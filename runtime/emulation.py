@@ -25,7 +25,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
-from bt.x86 import (NP, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
+from bt.x86 import (NP, EFER, EFER_NXE, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
@@ -385,7 +385,12 @@ def _rdmsr(mode, insn, eip):
 def _wrmsr(mode, insn, eip):
     uc = mode.uc
     msr = uc.reg_read(X.UC_X86_REG_ECX)
-    mode.vcpu.msrs[msr] = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+    value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+    mode.vcpu.msrs[msr] = value
+    if msr == EFER:
+        # NXE changes what the MMU does with PAE entries' bit 63 (NX or
+        # reserved: tests/runtime/test_guest_memory.py), so the real CPU gets it.
+        uc.msr_write(EFER, (uc.msr_read(EFER) & ~EFER_NXE) | (value & EFER_NXE))
 
 
 @emulates("rdtsc")

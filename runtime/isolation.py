@@ -74,7 +74,7 @@ class Isolation:
         vm, base = self.vm, self.hyper.base
         return (vm.quirks.env, vm.quirks.off.eip, _esp_offset(), base, HYPER_SIZE,
                 base + STUBS, base + HYPER_SIZE, base + SHADOW_GDT, base + SHADOW_GDT + SHADOW_GDT_SIZE,
-                self.hyper.host, vm._ram_ptr, vm.config.mem_bytes)
+                self.hyper.host, vm._ram_ptr, vm.config.mem_bytes, *vm.quirks.off.cr)
 
     def arm(self) -> None:
         """(Re)register the hook over the area where it is now (after a relocation)."""

@@ -3,8 +3,10 @@
 `uc.mem_read`/`mem_write` take *physical* addresses.  Everything the VMM does on
 the guest's behalf (reading the IDT, pushing an exception frame, decoding at
 EIP) uses *linear* addresses, so it goes through this module's walk of the
-guest's page tables: 2-level with 4 KiB and 4 MiB (PSE) pages.  PAE is not
-modelled yet (documented in docs/machine.md).
+guest's page tables: 2-level with 4 KiB and 4 MiB (PSE) pages, or PAE's
+3-level walk (4 KiB and 2 MiB pages, NX with EFER.NXE).  Both are pinned to
+Unicorn's own MMU by tests/runtime/test_guest_memory.py (reserved bits and
+error codes included).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import struct
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
-from bt.x86 import CR0_PG, CR0_WP, CR4_PSE, PAGE, PDE_PS_RESERVED, PF_ERR_RSVD, PTE_P, PTE_PS, PTE_U, PTE_W
+from bt.x86 import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER, EFER_NXE, PAE_ADDR_MASK, PAE_LARGE_PAGE, PAE_LARGE_RSVD,
+                    PAE_PDPTE_RSVD, PAE_RSVD, PAGE, PDE_PS_RESERVED, PF_ERR_FETCH, PF_ERR_RSVD, PTE_NX, PTE_P, PTE_PS,
+                    PTE_U, PTE_W)
 
 
 class PageFault(Exception):
@@ -57,8 +61,9 @@ class GuestMemory:
     def paging(self) -> bool:
         return bool(self.uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG)
 
-    def translate(self, linear: int, write: bool = False, user: bool = False) -> int:
-        """Linear -> physical through the guest's page tables (identity when paging is off)."""
+    def translate(self, linear: int, write: bool = False, user: bool = False, fetch: bool = False) -> int:
+        """Linear -> physical through the guest's page tables (identity when paging
+        is off); PageFault with the error code the CPU gives when the walk fails."""
         linear &= 0xFFFFFFFF
         uc = self.uc
         if not self.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
@@ -66,6 +71,8 @@ class GuestMemory:
         cr3 = uc.reg_read(X.UC_X86_REG_CR3)
         cr4 = uc.reg_read(X.UC_X86_REG_CR4)
         err = (2 if write else 0) | (4 if user else 0)
+        if cr4 & CR4_PAE:
+            return self._translate_pae(linear, cr3, err, write, user, fetch)
         pde_addr = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
         pde = self._pt_read(pde_addr, linear, err)
         if not pde & PTE_P:
@@ -84,12 +91,50 @@ class GuestMemory:
         self._check(pde & pte, linear, err, write, user)
         return (pte & 0xFFFFF000) | (linear & (PAGE - 1))
 
+    def _translate_pae(self, linear: int, cr3: int, err: int, write: bool, user: bool, fetch: bool) -> int:
+        """PAE: PDPT (4 entries at CR3 bits 31:5) -> directory -> table, 8-byte
+        entries.  As Unicorn's MMU (MAXPHYADDR 40): bits 40-62 reserved, bit 63
+        is NX with EFER.NXE and reserved without it, a PDPTE's bit 63 is always
+        reserved, a 2 MiB entry's bits 13-20 are reserved; a fetch fault carries
+        the I/D bit when NXE is on."""
+        nxe = bool(self.uc.msr_read(EFER) & EFER_NXE)
+        if fetch and nxe:
+            err |= PF_ERR_FETCH
+        rsvd = PAE_RSVD if nxe else PAE_RSVD | PTE_NX
+        pdpte = self._pt_read64((cr3 & 0xFFFFFFE0) + ((linear >> 30) << 3), linear, err)
+        if not pdpte & PTE_P:
+            raise PageFault(linear, err)
+        if pdpte & PAE_PDPTE_RSVD:
+            raise PageFault(linear, err | PTE_P | PF_ERR_RSVD)
+        pde = self._pt_read64((pdpte & PAE_ADDR_MASK) + (((linear >> 21) & 0x1FF) << 3), linear, err)
+        if not pde & PTE_P:
+            raise PageFault(linear, err)
+        if pde & rsvd or pde & PTE_PS and pde & PAE_LARGE_RSVD:
+            raise PageFault(linear, err | PTE_P | PF_ERR_RSVD)
+        if pde & PTE_PS:
+            self._check(pde, linear, err, write, user, fetch and nxe and pde & PTE_NX)
+            return (pde & PAE_ADDR_MASK & ~(PAE_LARGE_PAGE - 1)) | (linear & (PAE_LARGE_PAGE - 1))
+        pte = self._pt_read64((pde & PAE_ADDR_MASK) + (((linear >> 12) & 0x1FF) << 3), linear, err)
+        if not pte & PTE_P:
+            raise PageFault(linear, err)
+        if pte & rsvd:
+            raise PageFault(linear, err | PTE_P | PF_ERR_RSVD)
+        self._check(pde & pte, linear, err, write, user, fetch and nxe and (pde | pte) & PTE_NX)
+        return (pte & PAE_ADDR_MASK) | (linear & (PAGE - 1))
+
+    def _pt_read64(self, addr: int, linear: int, err: int) -> int:
+        if addr + 8 > self.ram_bytes:
+            raise PageFault(linear, err)
+        return struct.unpack("<Q", self.uc.mem_read(addr, 8))[0]
+
     def _pt_read(self, addr: int, linear: int, err: int) -> int:
         if addr + 4 > self.ram_bytes:
             raise PageFault(linear, err)
         return self.phys_u32(addr)
 
-    def _check(self, flags: int, linear: int, err: int, write: bool, user: bool) -> None:
+    def _check(self, flags: int, linear: int, err: int, write: bool, user: bool, no_exec=False) -> None:
+        if no_exec:
+            raise PageFault(linear, err | PTE_P)
         if user and not flags & PTE_U:
             raise PageFault(linear, err | PTE_P)
         if write and not flags & PTE_W:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
@@ -40,6 +40,7 @@ from runtime.hyper import HyperArea
 from runtime.isolation import Isolation
 from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
+from runtime.paging import HyperMapping
 from runtime.protect import Protections
 from runtime.segments import check_stack_segment
 from runtime.vcpu import VirtualCPU
@@ -47,6 +48,9 @@ from runtime.vcpu import VirtualCPU
 
 class TrapMode(EmulateMode):
     name = "trap"
+    # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
+    # reachable).  bt says False until CSAM keys its scans by physical code.
+    paging_guests = True
 
     def __init__(self, vm):
         super().__init__(vm)
@@ -56,11 +60,12 @@ class TrapMode(EmulateMode):
         vm.guard = self.isolation.guard
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
-        # trap/bt refuse paging guests (write_cr), so linear == physical here and a
-        # cached site is re-validated with one direct read: from the host memory
-        # that is guest RAM (an mmap slice, ~0.2 us) or, outside RAM (stubs in
-        # the hypervisor area), through the engine (~2.5 us).  A paging-capable
-        # trap mode must translate first.
+        # Without paging linear == physical and a cached site is re-validated
+        # with one direct read: from the host memory that is guest RAM (an mmap
+        # slice, ~0.2 us) or, outside RAM (stubs in the hypervisor area), through
+        # the engine (~2.5 us).  With paging on it goes through the walk
+        # (runtime/memory.py), so a CR3 switch that puts other code at the same
+        # address is decoded anew.
         self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
         self._sti_shadow = False
         self._gdt_pages: set[int] = set()
@@ -72,6 +77,7 @@ class TrapMode(EmulateMode):
                          None, 0, cfg.mem_bytes - 1)
         self._gdt_hook = None
         self.hook_shadow_gdt()
+        self.hyper_mapping = HyperMapping(self)
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -195,7 +201,10 @@ class TrapMode(EmulateMode):
         # Perform the guest's write ourselves (Unicorn does not), then react.
         # Ending the slice here aborts the store instruction (Unicorn restarts
         # it); its bytes are already in place, so the retry is a no-op above.
-        self.uc.mem_write(address, data)
+        if self.hyper_mapping.watches(page):
+            self.hyper_mapping.write(address, data)     # the VMM's directory slot stays
+        else:
+            self.uc.mem_write(address, data)
         self.on_watched_write(page, address, size)
         if stop:
             self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter
@@ -206,11 +215,44 @@ class TrapMode(EmulateMode):
             self.vm.halt_slice()
 
     def before_slice(self) -> None:
-        self.protect.commit()
+        cr2 = self.vm.fast.reg_read(X.UC_X86_REG_CR2)
+        if self.protect.commit() and self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            # Under paging mem_protect can walk a linear address nobody asked
+            # for and leave a hidden #PF behind (CR2 changed, the exception in
+            # flight set: the guest's next fault would be a #DF).  Undo both
+            # (tests/runtime/test_unicorn_paging_facts.py).
+            self.vm.fast.reg_write(X.UC_X86_REG_CR2, cr2)
+            self.vm.quirks.take_fault()
 
     def claims_error(self, err) -> bool:
         """A refused access to the hypervisor area ended the slice: the run ends
-        as emulate's would (runtime/isolation.py)."""
+        as emulate's would (runtime/isolation.py).  Under paging the area is
+        there only through the VMM's directory entry and the guest's own entry
+        is not present (runtime/paging.py): the guest gets the #PF emulate's
+        guest gets there (not present; W for a store) at the abandoned
+        instruction."""
+        if self.hyper_mapping.slots:
+            hit = self.isolation.guard.take()
+            if hit is None:
+                return False
+            kind, address = hit
+            error = PF_ERR_WRITE if kind == UC_MEM_WRITE_PROT else 0
+            eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+            # Counted as emulate counts a fault: the slice's count was already
+            # added whole (runtime/vm.py asks after adding it), so take back
+            # what the cut removes.
+            counted = self.vm.clock.count
+            if self.vm.clock.cut(eip, True):
+                self.vm.retired -= counted - self.vm.clock.count
+                self.vm.vtime -= counted - self.vm.clock.count
+            self.vm.counters.add("faults_reflected", PF)
+            self.write_cr(2, address)
+            self.vm._vmm_stopped = True      # the slice's end is accounted for
+            try:
+                self.vm.deliver_exception(PF, eip, error)
+            except StopSlice:
+                pass                         # a triple fault: the run's end is set
+            return True
         return self.isolation.claim()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
@@ -222,6 +264,8 @@ class TrapMode(EmulateMode):
 
     def guest_visible(self, address: int, size: int) -> bytes:
         """Guest memory as the guest believes it is (bt hides its patches)."""
+        if self.hyper_mapping.watches(address & ~(PAGE - 1)):
+            return self.hyper_mapping.guest_visible(address, size)
         return self.vm.fast.mem_read(address, size)
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
@@ -267,20 +311,23 @@ class TrapMode(EmulateMode):
         uc = self.uc
         if n == 0:
             value |= CR0_ET            # hard-wired to 1 (Unicorn at CPL 0 reads it back set)
-            if value & CR0_PG:
-                raise VMMError("the guest enabled paging: trap and bt modes do not support "
-                               "paging guests yet (run it with --mode emulate; docs/machine.md)")
+            if value & CR0_PG and not self.paging_guests:
+                raise VMMError(f"the guest enabled paging: {self.name} mode does not support "
+                               "paging guests yet (run it with --mode emulate or trap; docs/paging-plan.md)")
             self.vcpu.set("cr0", value)
             uc.reg_write(X.UC_X86_REG_CR0, value | CR0_PE)
+            self.hyper_mapping.sync()
         elif n == 2:
             self.vcpu.set("cr2", value)
             uc.reg_write(X.UC_X86_REG_CR2, value)
         elif n == 3:
             self.vcpu.set("cr3", value)
-            uc.reg_write(X.UC_X86_REG_CR3, value)
+            uc.reg_write(X.UC_X86_REG_CR3, value)     # flushes the TLB as mov cr3 does (fact test)
+            self.hyper_mapping.sync()
         elif n == 4:
             self.vcpu.set("cr4", value)
             uc.reg_write(X.UC_X86_REG_CR4, value | CR4_TSD)
+            self.hyper_mapping.sync()
 
     def virtual_tsc(self) -> int:
         """One TSC tick per virtual instruction: deterministic, and cpu_mhz is the TSC rate."""
@@ -326,6 +373,8 @@ class TrapMode(EmulateMode):
             self.stop_slice = True
 
     def _site_bytes(self, eip: int, n: int) -> bytes:
+        if self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            return self.vm.mem.try_read(eip, n)
         ram = self.vm._ram
         if eip + n <= len(ram):
             return ram[eip:eip + n]
@@ -336,7 +385,16 @@ class TrapMode(EmulateMode):
         vm = self.vm
         cpl = vm.quirks.cpl()
         if vector == PF:
-            self.vcpu.set("cr2", self.uc.reg_read(X.UC_X86_REG_CR2))
+            cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+            self.vcpu.set("cr2", cr2)
+            if self.hyper_mapping.slots and self.hyper.contains(cr2):
+                # Ring 3 touched the area's addresses and met the VMM's
+                # supervisor-only entry (P set); the guest's own entry is not
+                # present (runtime/paging.py), so it sees not-present.
+                if error & 1:
+                    vm.counters.add("faults_reflected", vector)
+                    vm.deliver_exception(PF, eip, error & ~1)
+                    return True
         self.check_table_fault(vector, error, soft)
         if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)
@@ -448,4 +506,5 @@ class TrapMode(EmulateMode):
         return {"virtual_cpu": {k: (hex(v) if isinstance(v, int) else [hex(x) for x in v])
                                 for k, v in snap.items()},
                 "hypervisor_base": hex(self.hyper.base),
+                **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
                 "shadow_gdt_syncs": self.gdt_syncs}

@@ -14,7 +14,7 @@ from bt.machine import MIB, descriptor
 
 REQUIRED = {"hello", "timer", "probe-flags", "probe-tables", "probe-segments",
             "probe-protection", "smc", "fnptr", "syscall", "exceptions", "cpuloop",
-            "hotflags"}
+            "hotflags", "paging"}
 
 # Sensitive / privileged instructions each demo exists to exercise, as capstone
 # names them: the encodings must really contain them (and in 32-bit form).
@@ -28,6 +28,7 @@ MUST_CONTAIN = {
     "exceptions": {"div", "ud2", "int3", "mov fs, eax", "int 0x31"},
     "smc": {"pushfd", "cli", "sti"},
     "hotflags": {"cli", "sti", "pushfd", "popfd"},
+    "paging": {"mov cr3, eax", "mov cr0, eax", "mov eax, cr2", "invlpg", "int 0x80", "iretd"},
 }
 
 LOAD = demos.LOAD_ADDR

@@ -112,3 +112,91 @@ def test_the_vmm_walk_agrees_with_unicorns_mmu(pdes, pte_flags, frame, directory
         assert struct.unpack("<I", uc.mem_read(expect, 4))[0] == 0xC0FFEE00
     else:
         assert uc.reg_read(X.UC_X86_REG_EAX) == expect      # the pattern: each dword holds its address
+
+
+# -- PAE ---------------------------------------------------------------------------
+# PDPT entry 0 maps linear 0-1 GiB through one directory whose entry 0 identity-
+# maps the first 2 MiB (code, stack, data); PDPT entry 1 (linear 1-2 GiB) is
+# the walk under test: its directory's entry 0 is a 2 MiB page at physical 0
+# (PS) or points at a table whose one entry maps a page of DATA.
+PDPT, PAE_PD0, PAE_PT0, PAE_PD1, PAE_PT1 = 0x300000, 0x301000, 0x302000, 0x303000, 0x304000
+PAE_LINEAR = 0x40000000
+FETCH = "call esi\nhlt"
+HLT_PAGE = b"\xf4" * 0x1000
+
+
+def pae_machine(pdpte, pde, pte, offset, nxe, wp, access, user):
+    uc = scratch_engine(RAM, STACK)
+    if user:
+        uc.mem_write(CODE, TO_USER)
+        uc.mem_write(USER_CODE, assemble(access, USER_CODE))
+    else:
+        uc.mem_write(CODE, assemble(access, CODE))
+    uc.mem_write(DATA_LO, HLT_PAGE * 256 if access == FETCH else PATTERN)
+    low = 7 if user else 3
+    uc.mem_write(PDPT, struct.pack("<QQ", PAE_PD0 | 1, pdpte))
+    uc.mem_write(PAE_PD0, struct.pack("<Q", PAE_PT0 | low))
+    uc.mem_write(PAE_PT0, b"".join(struct.pack("<Q", (i << 12) | low) for i in range(512)))
+    uc.mem_write(PAE_PD1, struct.pack("<Q", pde))
+    uc.mem_write(PAE_PT1 + ((offset >> 12) & 0x1FF) * 8, struct.pack("<Q", pte))
+    if nxe:
+        uc.msr_write(0xC0000080, uc.msr_read(0xC0000080) | 0x800)
+    uc.reg_write(X.UC_X86_REG_CR3, PDPT)
+    uc.reg_write(X.UC_X86_REG_CR4, 0x20)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80000011 | (0x10000 if wp else 0))
+    uc.reg_write(X.UC_X86_REG_ESI, PAE_LINEAR + offset)
+    uc.reg_write(X.UC_X86_REG_EBX, 0xC0FFEE00)
+    uc.ctl_exits_enabled(True)
+    uc.ctl_set_exits([])
+    return uc
+
+
+pae_rsvd = st.sampled_from([0, 0, 0, 0, 1 << 40, 1 << 52, 1 << 62])
+pae_nx = st.sampled_from([0, 0, 1 << 63])
+
+
+@pytest.mark.parametrize("user", [False, True])
+@pytest.mark.parametrize("nxe", [False, True])
+@pytest.mark.parametrize("access", ["load", "store", "fetch"])
+@settings(max_examples=40, deadline=None)
+@given(pdpte_p=present, pdpte_extra=st.sampled_from([0, 0, 0, 6, 1 << 40, 1 << 63]),
+       pde_flags=flags, pde_nx=pae_nx, pde_rsvd=pae_rsvd, large_rsvd=st.sampled_from([0, 0, 0, 1 << 13, 1 << 20]),
+       pte_flags=st.builds(lambda p, rest: p | rest, present, st.sets(st.sampled_from([2, 4])).map(sum)),
+       pte_nx=pae_nx, pte_rsvd=pae_rsvd, frame=st.integers(DATA_LO >> 12, (DATA_HI >> 12) - 1),
+       offset=st.integers(DATA_LO // 4, DATA_HI // 4 - 1), wp=st.booleans())
+def test_the_vmm_pae_walk_agrees_with_unicorns_mmu(pdpte_p, pdpte_extra, pde_flags, pde_nx, pde_rsvd, large_rsvd,
+                                                    pte_flags, pte_nx, pte_rsvd, frame, offset, wp, access, nxe,
+                                                    user):
+    offset *= 4
+    large = pde_flags & 0x80
+    pde = (0 | large_rsvd if large else PAE_PT1) | pde_flags | pde_nx | pde_rsvd
+    pte = (frame << 12) | pte_flags | pte_nx | pte_rsvd
+    src = {"load": LOAD, "store": STORE, "fetch": FETCH}[access]
+    uc = pae_machine(PAE_PD1 | pdpte_p | pdpte_extra, pde, pte, offset, nxe, wp, src, user)
+    linear = PAE_LINEAR + offset
+    try:
+        expect = GuestMemory(uc, RAM).translate(linear, write=access == "store", user=user,
+                                                fetch=access == "fetch")
+        fault = None
+    except PageFault as pf:
+        expect, fault = None, pf
+    quirks, faults = Quirks(uc), []
+
+    def on_intr(uc, intno, _):
+        faults.append((intno, uc.reg_read(X.UC_X86_REG_CR2), quirks.take_fault()[0]))
+        uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(CODE, 0, count=10 if user else 3)
+    page_faults = [f for f in faults if f[0] == 14]
+    if fault is not None:
+        assert page_faults == [(14, linear, fault.error_code)], f"walk: #PF {fault.error_code:#x}"
+        return
+    assert not page_faults, f"the walk says {expect:#x}; the CPU faulted"
+    assert DATA_LO <= expect < DATA_HI
+    if access == "store":
+        assert struct.unpack("<I", uc.mem_read(expect, 4))[0] == 0xC0FFEE00
+    elif access == "load":
+        assert uc.reg_read(X.UC_X86_REG_EAX) == expect
+    else:
+        assert uc.reg_read(X.UC_X86_REG_EIP) in (linear, linear + 1)     # reached the hlt there

@@ -131,3 +131,21 @@ def test_interactive_shell_on_a_terminal_runs_uname(linux):
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.slow
+def test_pure_trap_and_emulate_runs_linux_with_paging_until_its_pushf_leak_panics_it(linux):
+    """docs/linux.md, "Under --mode trap": the unmodified kernel runs at ring 1
+    with paging (runtime/paging.py) through memory, SLUB and ftrace set-up, and
+    panics in its first timer interrupts: irqs_disabled() reads the real IF
+    through pushfd (Robin & Irvine).  Never the old status 70 at CR0.PG."""
+    cmdline = default_linux_cmdline(64)
+    img = load_image(linux["kernel"], "linux", mem_bytes=64 << 20, cmdline=cmdline, initrd=linux["scripted"])
+    r = VM(img, MachineConfig(mem_mib=64, cmdline=cmdline, mode="trap", max_instructions=300_000_000),
+           stdout=None).run()
+    text = r.serial.decode("latin-1")
+    assert (r.reason, r.exit_status) == ("reset", 0), (r.message, text[-2000:])
+    assert "Memory: " in text and "Interrupts were enabled *very* early" in text
+    assert "kernel BUG at kernel/irq_work.c:235!" in text
+    assert "Kernel panic - not syncing: Fatal exception in interrupt" in text
+    assert MARKER not in text                          # user space is never reached

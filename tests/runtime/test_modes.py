@@ -25,6 +25,7 @@ TRAP_LEAKS = {
         "lar.zf[0x28]": 0, "lsl[0x28]": 0, "lsl.zf[0x28]": 0},
     "fnptr": {"fnptr.cli.pushfd.if": 1},
     "smc": {"cli.if": 1, "cli_restored.if": 1},
+    "paging": {"alias.cli.if": 0x200},   # pushfd after cli, in code reached through the high alias
 }
 # No known bt divergence in the demos (a guest reading patched code it never
 # wrote would see the patch: docs/patches.md).
@@ -53,7 +54,12 @@ def test_trap_differs_from_emulate_exactly_where_predicted(name):
     assert differ == TRAP_LEAKS.get(name, {})
 
 
-@pytest.mark.parametrize("name", [d for d in list_demos() if d != "cpuloop"])
+# Demos bt does not run yet: paging guests (docs/paging-plan.md: CSAM keys its
+# scans by linear address, jump patches are alias-dependent).
+BT_REFUSES = {"paging"}
+
+
+@pytest.mark.parametrize("name", [d for d in list_demos() if d not in {"cpuloop"} | BT_REFUSES])
 def test_bt_gives_the_emulate_output(name):
     res = run(name, "bt")
     assert res.exit_status == 0, res.message
@@ -61,6 +67,15 @@ def test_bt_gives_the_emulate_output(name):
     differ = {k for k in want if got.get(k) != want[k]}
     assert differ == BT_KNOWN.get(name, set())
     assert set(got) == set(want)
+
+
+def test_bt_refuses_the_paging_demo_cleanly_until_csam_handles_paging():
+    """Fails on purpose once bt runs paging guests: then move "paging" out of
+    BT_REFUSES so test_bt_gives_the_emulate_output covers it."""
+    res = run("paging", "bt")
+    assert res.exit_status == 70
+    assert "bt mode does not support paging guests yet" in res.message
+    assert b"cr0.pg" not in res.serial           # refused at the mov to CR0, before any line
 
 
 @pytest.mark.parametrize("mode", ["trap", "bt"])

@@ -83,7 +83,55 @@ def test_triple_fault_ends_the_run_with_a_report(tmp_path):
     assert r["reason"] == "triple-fault" and r["exit_status"] == 125
 
 
-def test_paging_guest_is_refused_clearly_in_trap_mode():
+def test_paging_without_tables_ends_as_under_emulate():
+    """Paging on with CR3 = 0 (no tables): trap no longer refuses paging
+    (runtime/paging.py); the guest meets what emulate's guest meets."""
     img = raw_guest("mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n" + EXIT)
-    _, res = run(img, "trap")
-    assert res.exit_status == 70 and "paging" in res.message
+    _, want = run(img, "emulate")
+    _, got = run(img, "trap")
+    assert (got.exit_status, got.reason) == (want.exit_status, want.reason)
+
+
+def _pae_guest(top_present: bool):
+    """PAE paging: PDPTE 0 -> a directory of 2 MiB identity pages, PDPTE 3 (the
+    hypervisor area's gigabyte) -> an empty directory, or not present."""
+    import struct
+    pdpt = struct.pack("<QQQQ", 0x31000 | 1, 0, 0, (0x32000 | 1) if top_present else 0)
+    pd0 = b"".join(struct.pack("<Q", (i << 21) | 0x83) for i in range(8))
+    src = ("mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, 0x30000\nmov cr3, eax\n"
+           "mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n"
+           "mov eax, ds\nmov ds, eax\nmov dword ptr [0x40000], 0x1234\nmov eax, dword ptr [0x40000]\n" + EXIT)
+    return raw_guest(src, [(0x30000, pdpt), (0x31000, pd0)])
+
+
+def test_pae_paging_guest_runs_in_trap_mode_as_under_emulate():
+    want_vm, want = run(_pae_guest(True), "emulate")
+    vm, got = run(_pae_guest(True), "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert vm.uc.mem_read(0x40000, 4) == want_vm.uc.mem_read(0x40000, 4) == b"\x34\x12\x00\x00"
+    stats = vm.mode.hyper_mapping.stats()
+    assert stats["directory_slots"] == [hex(0x32000 + 0x1F8 * 8), hex(0x32000 + 0x1F9 * 8)]
+
+
+def test_efer_nxe_reaches_the_real_cpu_under_trap():
+    """wrmsr EFER.NXE is emulated at ring 1 and must reach the real CPU: with it
+    bit 63 of a PAE entry is NX (data reads pass), without it a reserved bit
+    (#PF; tests/runtime/test_guest_memory.py)."""
+    import struct
+    pdpt = struct.pack("<QQQQ", 0x31000 | 1, 0, 0, 0x32000 | 1)
+    pd0 = struct.pack("<QQ", 0x83, 0x200000 | 0x83 | (1 << 63))      # 2-4 MiB: NX
+    src = ("mov ecx, 0xc0000080\nrdmsr\nor eax, 0x800\nwrmsr\n"
+           "mov eax, cr4\nor eax, 0x20\nmov cr4, eax\nmov eax, 0x30000\nmov cr3, eax\n"
+           "mov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n"
+           "mov dword ptr [0x200100], 0x5678\nmov eax, dword ptr [0x200100]\n"
+           "mov dword ptr [0x40000], eax\n" + EXIT)
+    img = raw_guest(src, [(0x30000, pdpt), (0x31000, pd0)])
+    want_vm, want = run(img, "emulate")
+    vm, got = run(img, "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert vm.uc.mem_read(0x40000, 4) == want_vm.uc.mem_read(0x40000, 4) == b"\x78\x56\x00\x00"
+
+
+def test_pae_paging_without_a_directory_for_the_area_is_refused_clearly():
+    _, res = run(_pae_guest(False), "trap")
+    assert res.exit_status == 70 and "PDPTE" in res.message

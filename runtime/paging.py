@@ -1,0 +1,196 @@
+"""The hypervisor area in every guest address space (trap and bt under paging).
+
+Once the guest turns paging on, the CPU reaches the shadow GDT, IDT and TSS
+(and bt's stubs) through the guest's page tables, so the area must be mapped in
+whatever directory CR3 names.  The VMM owns the page-directory slot(s) that
+cover it: `PD[hyper_base >> 22]` with two-level tables, or with PAE the two
+2 MiB entries of the directory the PDPTE `hyper_base >> 30` names.  Each
+points at a page table kept inside the area (`HYPER_PT`, `HYPER_PT_PAE`:
+mapping the area onto itself, supervisor-only so ring 3 finds nothing there,
+as under emulate where the area does not exist).  The walk reads those tables
+although the guest has no permission on the page
+(tests/runtime/test_unicorn_paging_facts.py).  A PAE guest whose PDPTE for
+the area's gigabyte is not present has no directory to borrow a slot in: the
+run ends with a VMM error (Linux's PAE kernels fill all four).
+
+Only the *current* directory holds the VMM's entry: when CR3 moves to another
+directory (or paging goes off) the guest's own value goes back into the old
+one, so a directory the guest reads while it is not loaded is its own.  The
+guest's value of the slot in the current directory is kept here, and the
+directory page is write-protected (runtime/protect.py) so a guest store to it
+is seen: bytes in the slot update the guest's value, the others are written.
+Gaps, documented in docs/paging-plan.md: a guest *read* of the slot in the
+current directory sees the VMM's entry (reads are not intercepted: that would
+cost an exit per read of the directory; a directory loaded later whose slot
+holds exactly the VMM's entry was copied from one where the guest read it,
+and gets the guest's value of the directory it replaces), and the MMU's accessed-bit stores
+into a write-protected directory are dropped by Unicorn, so the A bits of the
+current directory's entries stay as the guest wrote them.
+
+A guest that puts a present entry into the slot wants those addresses for
+itself; the area would have to move (bt's `relocate_hyper`).  That is not
+built: the run ends with a VMM error naming the slot (docs/paging-plan.md says
+how the default base was chosen so Debian's kernel does not get there).
+"""
+from __future__ import annotations
+
+import struct
+
+from unicorn import x86_const as X
+
+from bt.errors import VMMError
+from bt.hyper_layout import HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
+from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
+
+PTE_A = 1 << 5
+PTE_D = 1 << 6
+_FMT = {4: "<I", 8: "<Q"}
+
+
+class HyperMapping:
+    def __init__(self, mode):
+        self.mode = mode
+        self.vm = mode.vm
+        self.uc = mode.uc
+        self.slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
+        self.guest_values: list[int] = []             # the guest's own value of each slot
+        self.inserts = 0                    # times an entry was (re)written into a directory
+        self.slot_writes = 0                # guest stores into a slot seen
+        self.build_table()
+
+    # -- the area's own page tables -----------------------------------------------------
+    def build_table(self) -> None:
+        """(Re)write HYPER_PT and HYPER_PT_PAE for the area's current base.  A and
+        D preset: the MMU then never stores into the area's tables."""
+        base = self.mode.hyper.base
+        flags = PTE_P | PTE_W | PTE_A | PTE_D
+        pages = range(HYPER_SIZE // PAGE)
+        self.uc.mem_write(base + HYPER_PT, b"".join(struct.pack("<I", (base + i * PAGE) | flags) for i in pages))
+        self.uc.mem_write(base + HYPER_PT_PAE, b"".join(struct.pack("<Q", (base + i * PAGE) | flags) for i in pages))
+
+    def our_entry(self, index: int = 0) -> int:
+        """The VMM's directory entry: two-level (index 0), or PAE's entry `index` (0, 1)."""
+        if self.slots and self.slots[0][1] == PAE_ENTRY:
+            return (self.mode.hyper.base + HYPER_PT_PAE + index * PAGE) | PTE_P | PTE_W | PTE_A
+        return (self.mode.hyper.base + HYPER_PT) | PTE_P | PTE_W | PTE_A
+
+    # -- following CR0/CR3/CR4 -------------------------------------------------------------
+    def _wanted(self) -> list[tuple[int, int, int]]:
+        uc, base, ram = self.uc, self.mode.hyper.base, self.vm.config.mem_bytes
+        if not uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+            return []
+        cr3 = uc.reg_read(X.UC_X86_REG_CR3) & 0xFFFFFFFF
+        flags = PTE_P | PTE_W | PTE_A
+        if not uc.reg_read(X.UC_X86_REG_CR4) & CR4_PAE:
+            slot = (cr3 & ~(PAGE - 1)) + (base >> 22) * 4
+            return [(slot, 4, (base + HYPER_PT) | flags)] if slot + 4 <= ram else []
+        pdpte_addr = (cr3 & ~0x1F) + (base >> 30) * PAE_ENTRY
+        if pdpte_addr + PAE_ENTRY > ram:
+            return []                       # no tables in RAM: the walk faults anyway
+        pdpte = struct.unpack("<Q", self.vm.fast.mem_read(pdpte_addr, PAE_ENTRY))[0]
+        if not pdpte & PTE_P:
+            raise VMMError(f"the guest's PAE tables have no directory for linear {base & ~0x3FFFFFFF:#x}-"
+                           f"{base | 0x3FFFFFFF:#x} (PDPTE at {pdpte_addr:#x} not present), where the "
+                           "hypervisor area lives; giving it one is not built (docs/paging-plan.md)")
+        directory = pdpte & PAE_ADDR_MASK
+        first = (base >> 21) & 0x1FF
+        slots = [(directory + (first + i) * PAE_ENTRY, PAE_ENTRY,
+                  (base + HYPER_PT_PAE + i * PAGE) | flags) for i in range(HYPER_SIZE // PAE_LARGE_PAGE)]
+        return slots if slots[-1][0] + PAE_ENTRY <= ram else []
+
+    def sync(self) -> None:
+        """After the VMM loaded CR0, CR3 or CR4 into the real CPU: make the area
+        reachable in the directory CR3 names now (or nowhere, paging off)."""
+        wanted = self._wanted()
+        if [s[:2] for s in wanted] == [s[:2] for s in self.slots]:
+            for slot in self.slots:
+                self._insert(slot)          # same directory: re-assert (cheap, idempotent)
+            return
+        previous = dict(zip((s[2] for s in self.slots), self.guest_values))
+        self._release()
+        if not wanted:
+            return
+        # A slot holding exactly the VMM's entry was copied by the guest from a
+        # directory where it read that entry (the read gap above; Linux clones
+        # its boot directory this way): the guest meant the value it had there.
+        values = [previous.get(ours, 0) if self._read(a, n) == ours else self._read(a, n)
+                  for a, n, ours in wanted]
+        self._check_guest_values(wanted, values)
+        self.slots, self.guest_values = wanted, values
+        for slot in wanted:
+            self._insert(slot)
+        self.mode.protect.watch_writes(self._page(), "page-directory", True)
+
+    def _page(self) -> int:
+        return self.slots[0][0] & ~(PAGE - 1)
+
+    def _release(self) -> None:
+        if not self.slots:
+            return
+        for (addr, size, _), value in zip(self.slots, self.guest_values):
+            self.uc.mem_write(addr, struct.pack(_FMT[size], value))
+        self.mode.protect.watch_writes(self._page(), "page-directory", False)
+        self.slots, self.guest_values = [], []
+
+    def _insert(self, slot: tuple[int, int, int]) -> None:
+        addr, size, ours = slot
+        if self._read(addr, size) != ours:
+            self.uc.mem_write(addr, struct.pack(_FMT[size], ours))
+            self.inserts += 1
+
+    def _read(self, addr: int, size: int) -> int:
+        return struct.unpack(_FMT[size], self.vm.fast.mem_read(addr, size))[0]
+
+    def _check_guest_values(self, slots, values) -> None:
+        for (addr, _, _), value in zip(slots, values):
+            if value & PTE_P:
+                base = self.mode.hyper.base
+                raise VMMError(f"the guest mapped linear {base:#x}-{base + HYPER_SIZE - 1:#x} (directory entry "
+                               f"{addr:#x} = {value:#x}), where the hypervisor area lives; moving the area "
+                               "under paging is not built (docs/paging-plan.md)")
+
+    # -- guest stores into the watched directory page ---------------------------------------
+    def watches(self, page: int) -> bool:
+        return bool(self.slots) and page == self._page()
+
+    def _guest_bytes(self) -> tuple[int, int, bytearray]:
+        """The slots' span (they are adjacent) and the guest's bytes of it."""
+        lo = self.slots[0][0]
+        hi = self.slots[-1][0] + self.slots[-1][1]
+        mine = bytearray()
+        for (_, size, _), value in zip(self.slots, self.guest_values):
+            mine += struct.pack(_FMT[size], value)
+        return lo, hi, mine
+
+    def guest_visible(self, address: int, size: int) -> bytes:
+        """The directory as the guest wrote it: its own values in the slots."""
+        data = bytearray(self.vm.fast.mem_read(address, size))
+        lo, hi, mine = self._guest_bytes()
+        for i in range(size):
+            if lo <= address + i < hi:
+                data[i] = mine[address + i - lo]
+        return bytes(data)
+
+    def write(self, address: int, data: bytes) -> None:
+        """Perform a guest store to the current directory's page: the slots'
+        bytes go to the guest's values, the rest to memory."""
+        lo, hi, mine = self._guest_bytes()
+        if address + len(data) <= lo or address >= hi:
+            self.uc.mem_write(address, bytes(data))
+            return
+        for i, b in enumerate(data):
+            if lo <= address + i < hi:
+                mine[address + i - lo] = b
+            else:
+                self.uc.mem_write(address + i, bytes([b]))
+        self.slot_writes += 1
+        off = 0
+        for k, (_, size, _) in enumerate(self.slots):
+            self.guest_values[k] = struct.unpack(_FMT[size], mine[off:off + size])[0]
+            off += size
+        self._check_guest_values(self.slots, self.guest_values)
+
+    def stats(self) -> dict:
+        return {"directory_slots": [hex(a) for a, _, _ in self.slots],
+                "guest_slot_values": [hex(v) for v in self.guest_values], "inserts": self.inserts,
+                "slot_writes": self.slot_writes}

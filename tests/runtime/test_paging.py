@@ -1,0 +1,141 @@
+"""runtime/paging.py: the hypervisor area stays reachable in every address
+space of a paging guest under trap, and the guest keeps its own value of the
+directory slot the VMM borrows (PD[hyper_base >> 22], 0xFF000000 -> entry
+0x3FC by default)."""
+import struct
+
+import pytest
+
+from conftest import EXIT, raw_guest, run
+
+PD1, PD2, PT = 0x30000, 0x32000, 0x31000
+SLOT = 0x3FC * 4
+OUT = 0x40000            # the guest's results: 4 dwords
+
+
+def tables():
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    pd = struct.pack("<I", PT | 3)
+    return [(PT, pt), (PD1, pd), (PD2, pd)]
+
+
+def guest(slot_value):
+    """Paging on in PD1, a store of `slot_value` into PD1's VMM slot, a segment
+    reload (the CPU reads the shadow GDT through the area's entry), a switch to
+    PD2 and a look at PD1's slot from there, then back to PD1."""
+    return raw_guest(f"""
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov dword ptr [{PD1 + SLOT:#x}], {slot_value:#x}
+        mov eax, ds
+        mov ds, eax
+        mov es, eax
+        mov eax, {PD2:#x}
+        mov cr3, eax
+        mov eax, dword ptr [{PD1 + SLOT:#x}]
+        mov dword ptr [{OUT:#x}], eax
+        mov eax, dword ptr [{PD2 + SLOT:#x}]
+        mov dword ptr [{OUT + 4:#x}], eax
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, ds
+        mov ds, eax
+        mov eax, dword ptr [{PD1 + SLOT:#x}]
+        mov dword ptr [{OUT + 8:#x}], eax
+        """ + EXIT, tables())
+
+
+def results(vm):
+    return struct.unpack("<III", vm.uc.mem_read(OUT, 12))
+
+
+def test_the_guest_keeps_its_own_slot_value_and_the_area_stays_reachable():
+    want_vm, want = run(guest(0x56780000), "emulate")
+    vm, got = run(guest(0x56780000), "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    # Read from another address space: the guest's own value, as under emulate.
+    assert results(vm)[0] == results(want_vm)[0] == 0x56780000
+    # Read in the current directory: the VMM's entry (the documented gap).
+    ours = vm.mode.hyper_mapping.our_entry()
+    assert results(want_vm)[1:] == (0, 0x56780000)
+    assert results(vm)[1:] == (ours, ours)
+    stats = vm.mode.hyper_mapping.stats()
+    assert stats["slot_writes"] == 1 and stats["guest_slot_values"] == [hex(0x56780000)]
+    assert vm.mode.protect.calls <= 2 * 3 + 4      # watch/unwatch per directory switch
+
+
+def test_a_present_guest_entry_in_the_slot_ends_the_run_cleanly():
+    vm, res = run(guest(0x00400083), "trap")
+    assert res.exit_status == 70
+    assert "hypervisor area" in res.message and "0xff000000" in res.message
+
+
+def test_a_cr3_switch_never_reuses_the_decode_of_other_code_at_the_same_address():
+    """trap's site decoder caches per EIP and re-validates against the bytes
+    there: under paging those are read through the guest's tables.  Linear
+    0x400000 runs `mov eax, cr3` in one space and `mov ebx, cr0` in the other;
+    physical 0x400000 holds the first space's bytes, so validating against it
+    (linear taken as physical) would replay the old decode."""
+    code_a = b"\x0f\x20\xd8\xc3"            # mov eax, cr3 ; ret
+    code_b = b"\x0f\x20\xc3\xc3"            # mov ebx, cr0 ; ret
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    pd1 = struct.pack("<II", PT | 3, 0x33000 | 3)
+    pd2 = struct.pack("<II", PT | 3, 0x34000 | 3)
+    src = f"""
+        mov esp, 0x90000
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        xor ebx, ebx
+        mov eax, 0x400000
+        call eax
+        mov dword ptr [{OUT:#x}], eax
+        mov dword ptr [{OUT + 4:#x}], ebx
+        mov eax, {PD2:#x}
+        mov cr3, eax
+        xor eax, eax
+        mov eax, 0x400000
+        call eax
+        mov dword ptr [{OUT + 8:#x}], ebx
+        """ + EXIT
+    extra = [(PT, pt), (PD1, pd1), (PD2, pd2), (0x33000, struct.pack("<I", 0x38000 | 3)),
+             (0x34000, struct.pack("<I", 0x39000 | 3)), (0x38000, code_a), (0x39000, code_b),
+             (0x400000, code_a)]
+    want_vm, want = run(raw_guest(src, extra), "emulate")
+    vm, got = run(raw_guest(src, extra), "trap")
+    assert got.exit_status == want.exit_status == 0, got.message
+    assert results(vm) == results(want_vm)
+    assert results(vm)[0] == PD1 and results(vm)[2] & 0x80000000
+
+
+def _touch_the_area(access):
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    return raw_guest(f"""
+        mov esp, 0x90000
+        mov eax, {PD1:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov ebx, 0x77
+        {access}
+        """ + EXIT, [(PT, pt), (PD1, struct.pack("<I", PT | 3))])
+
+
+@pytest.mark.parametrize("access", ["mov eax, dword ptr [0xff000010]", "mov dword ptr [0xff000010], ebx",
+                                    "mov eax, 0xff000000\njmp eax"])
+def test_the_guest_finds_nothing_at_the_areas_addresses(access):
+    """The area is reachable only through the VMM's entry; the guest's own entry
+    is not present, so its access gets emulate's #PF (here: no IDT, so the run
+    ends as a triple fault, at the same instruction), not the end of the run
+    as an unmapped access.  Under paging Unicorn turns the guard's refusal
+    into that #PF itself."""
+    want_vm, want = run(_touch_the_area(access), "emulate")
+    vm, got = run(_touch_the_area(access), "trap")
+    assert want.reason == "triple-fault"
+    assert (got.reason, got.retired, got.regs, got.message) == (want.reason, want.retired, want.regs, want.message)
