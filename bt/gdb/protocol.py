@@ -2,7 +2,7 @@
 
 Only what a stub needs: split a byte stream into packets (checking each
 checksum), unescape `}`-escaped bytes, and build replies.  No I/O here, so the
-framing is tested without sockets (tests/bt/gdb/test_protocol.py).
+framing is tested without sockets (tests/bt/gdb/test_gdb_protocol.py).
 """
 from __future__ import annotations
 

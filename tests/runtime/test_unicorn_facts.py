@@ -285,3 +285,34 @@ def test_tcg_buffer_size_bounds_the_translated_code():
     assert default[0] == bounded[0] == 0x100000 + 2 * 1_000_000      # ran to the end both times
     assert default[1] == 1 << 30 and bounded[1] == 16 << 20
     assert default[2] - bounded[2] >= 60, (default, bounded)        # MB of peak RSS saved
+
+
+def test_code_hook_on_one_address_stops_before_it_once_the_cache_is_flushed():
+    """bt-run --gdb's breakpoints (bt/gdb/target.py): a UC_HOOK_CODE on one address
+    that calls emu_stop leaves EIP at that address with its instruction not run.
+    A block translated before the hook was added does not call it: the cache
+    must be flushed at the address."""
+    code = assemble("mov eax, 1\nmov ebx, 2\nadd eax, ebx\nmov ecx, 7\nhlt", 0x1000)
+    target = 0x1000 + 10                     # add eax, ebx
+    uc = engine(code)
+    uc.emu_start(0x1000, 0)                  # translates (caches) the block
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 3
+    hits = []
+
+    def on_code(uc, address, size, _):
+        hits.append(address)
+        uc.emu_stop()
+
+    h = uc.hook_add(UC_HOOK_CODE, on_code, None, target, target)
+    uc.emu_start(0x1000, 0)
+    assert hits == [] and uc.reg_read(X.UC_X86_REG_EAX) == 3       # the cached block ran
+    uc.ctl_remove_cache(target, target + 1)
+    uc.reg_write(X.UC_X86_REG_EAX, 0)
+    uc.emu_start(0x1000, 0)
+    assert hits == [target]
+    assert uc.reg_read(X.UC_X86_REG_EIP) == target
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 1                      # add did not run
+    uc.hook_del(h)
+    uc.ctl_remove_cache(target, target + 1)
+    uc.emu_start(target, 0)
+    assert hits == [target] and uc.reg_read(X.UC_X86_REG_EAX) == 3

@@ -1,0 +1,180 @@
+"""The stub in-process (bt/gdb/server.py, target.py): the VM runs in this thread,
+a scripted client in another speaks the protocol over a real socket."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bt.demos import load_demo
+from bt.gdb.server import GdbServer
+from bt.machine import MachineConfig
+from gdbclient import Client, demo_symbol
+
+MODES = ("emulate", "trap", "bt")
+
+
+def _vm(demo: str, mode: str):
+    from runtime.vm import VM
+    cfg = MachineConfig(mode=mode)
+    return VM(load_demo(demo, cfg.mem_bytes), cfg, stdout=None)
+
+
+def debug(demo: str, mode: str, script, wait: bool = True):
+    """Run `demo` under gdb's control; `script(client)` runs in a thread and
+    returns what it saw.  -> (RunResult, the script's result, the server)."""
+    vm = _vm(demo, mode)
+    server = GdbServer(vm, "127.0.0.1:0", wait=wait)
+    out: dict = {}
+
+    def client():
+        c = Client(server.port)
+        try:
+            out["seen"] = script(c)
+        except BaseException as e:          # reported by the main thread
+            out["error"] = e
+        finally:
+            c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    result = vm.run()
+    server.finish(result)
+    t.join(60)
+    if "error" in out:
+        raise out["error"]
+    return result, out.get("seen"), server
+
+
+def plain(demo: str, mode: str):
+    return _vm(demo, mode).run()
+
+
+def regs(c: Client) -> dict:
+    from bt.gdb.target import REGISTERS
+    g = c.cmd("g")
+    return {r: int.from_bytes(bytes.fromhex(g[8 * i:8 * i + 8]), "little")
+            for i, r in enumerate(REGISTERS)}
+
+
+def same_run(a, b) -> None:
+    assert (a.exit_status, a.reason, a.retired, a.vtime, a.serial, a.regs) == \
+           (b.exit_status, b.reason, b.retired, b.vtime, b.serial, b.regs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attach_query_and_continue_to_the_end_changes_nothing(mode):
+    def script(c):
+        seen = {"supported": c.cmd("qSupported:multiprocess+;swbreak+"),
+                "stop": c.cmd("?"), "vcont": c.cmd("vCont?"),
+                "regs": regs(c), "unknown": c.cmd("qXfer:features:read:target.xml:0,ffb")}
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("timer", mode, script)
+    assert "PacketSize=" in seen["supported"]
+    assert seen["stop"] == "S05" and seen["vcont"] == "vCont;c;C;s;S"
+    assert seen["unknown"] == ""
+    r = seen["regs"]
+    assert r["eip"] == 0x100000 and r["cs"] == 0x08 and r["ss"] == 0x10
+    assert r["eflags"] & 0x3200 == 0     # the guest's IF and IOPL (0), not the host's
+    assert seen["end"] == "W00"
+    same_run(result, plain("timer", mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_breakpoint_step_and_continue_keep_virtual_time_exact(mode):
+    tick = demo_symbol("timer", "tm_tick")
+
+    def script(c):
+        c.cmd("?")
+        seen = {"z0": c.cmd(f"Z0,{tick:x},1"), "stop": c.cmd("c"), "at": regs(c)}
+        steps = []
+        for _ in range(3):
+            assert c.cmd("s") == "S05"
+            steps.append(regs(c)["eip"])
+        seen["steps"] = steps
+        seen["again"] = c.cmd("vCont;c")
+        seen["again_eip"] = regs(c)["eip"]
+        seen["unset"] = c.cmd(f"z0,{tick:x},1")
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("timer", mode, script)
+    assert seen["z0"] == "OK" and seen["stop"] == "S05" and seen["unset"] == "OK"
+    assert seen["at"]["eip"] == tick and seen["again_eip"] == tick
+    # push eax (1), cmp [mem], imm8 (7), je (2)
+    assert seen["steps"][:2] == [tick + 1, tick + 8]
+    # The handler runs with the guest's IF clear (an interrupt gate), whatever the host's is.
+    assert seen["at"]["eflags"] & 0x200 == 0
+    assert seen["end"] == "W00"
+    same_run(result, plain("timer", mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_memory_and_registers(mode):
+    main = demo_symbol("hello", "main")
+
+    def script(c):
+        c.cmd("?")
+        c.cmd(f"Z1,{main:x},1")
+        c.cmd("c")
+        seen = {"m": c.cmd(f"m{main:x},5"), "outside": c.cmd("mfffff000,4"),
+                "P": c.cmd("P0=78563412"), "p": c.cmd("p0"), "bad_p": c.cmd("p40")}
+        # Write the greeting's first byte as the guest would, read it back.
+        msg = demo_symbol("hello", "hello_msg")
+        seen["M"] = c.cmd(f"M{msg:x},1:4a")
+        seen["m2"] = c.cmd(f"m{msg:x},5")
+        g = c.cmd("g")
+        seen["G"] = c.cmd("G" + g)           # writing back what was read changes nothing
+        seen["g2"] = c.cmd("g") == g
+        c.cmd(f"z1,{main:x},1")
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("hello", mode, script)
+    assert seen["m"] == "be" + (demo_symbol("hello", "hello_msg")).to_bytes(4, "little").hex()
+    assert seen["outside"].startswith("E")
+    assert seen["P"] == "OK" and seen["p"] == "78563412" and seen["bad_p"].startswith("E")
+    assert seen["M"] == "OK" and seen["m2"] == b"Jello".hex()
+    assert seen["G"] == "OK" and seen["g2"]
+    assert result.serial.startswith(b"Jello from the pc32 demo guest!")
+    assert seen["end"] == "W00"
+
+
+def test_kill_ends_the_run_and_detach_lets_it_finish():
+    def kill(c):
+        c.cmd("?")
+        c.send("k")
+        return None
+
+    result, _, _ = debug("hello", "bt", kill)
+    assert result.reason == "quit" and result.message == "killed by gdb"
+    assert result.retired == 0
+
+    def detach(c):
+        c.cmd("?")
+        c.cmd(f"Z0,{demo_symbol('hello', 'main'):x},1")
+        return c.cmd("D")
+
+    result, seen, server = debug("hello", "bt", detach)
+    assert seen == "OK"
+    assert server.target.breakpoints == {}       # the guest runs on, free
+    same_run(result, plain("hello", "bt"))
+
+
+def test_ctrl_c_stops_a_running_guest_at_a_slice_boundary():
+    def script(c):
+        c.cmd("?")
+        c.send("c")
+        import time
+        time.sleep(0.3)
+        c.sock.sendall(b"\x03")
+        seen = {"stop": c.reply(), "eip": regs(c)["eip"]}
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("cpuloop", "emulate", script)
+    assert seen["stop"] == "S02"
+    assert seen["end"] == "W00"
+    same_run(result, plain("cpuloop", "emulate"))
