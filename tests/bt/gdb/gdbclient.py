@@ -17,6 +17,19 @@ def demo_symbol(name: str, label: str) -> int:
     return int.from_bytes(bytes(enc[-4:]), "little")
 
 
+def demo_instruction(name: str, label: str, mnemonic: str) -> int:
+    """The address of the first `mnemonic` at or after `label` in demo `name`."""
+    import capstone
+    from bt.demos import assemble
+    start = demo_symbol(name, label)
+    code = assemble(name)[start - LOAD_ADDR:]
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    for insn in md.disasm(code, start):
+        if insn.mnemonic == mnemonic:
+            return insn.address
+    raise LookupError(f"no {mnemonic} after {label} in demo {name}")
+
+
 class Client:
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)

@@ -9,7 +9,7 @@ import pytest
 from bt.demos import load_demo
 from bt.gdb.server import GdbServer
 from bt.machine import MachineConfig
-from gdbclient import Client, demo_symbol
+from gdbclient import Client, demo_instruction, demo_symbol
 
 MODES = ("emulate", "trap", "bt")
 
@@ -29,6 +29,7 @@ def debug(demo: str, mode: str, script, wait: bool = True):
 
     def client():
         c = Client(server.port)
+        c.vm = vm           # the script may look at the VM while gdb holds it stopped
         try:
             out["seen"] = script(c)
         except BaseException as e:          # reported by the main thread
@@ -71,7 +72,7 @@ def test_attach_query_and_continue_to_the_end_changes_nothing(mode):
         seen["end"] = c.cmd("c")
         return seen
 
-    result, seen, _ = debug("timer", mode, script)
+    result, seen, _ = debug("hello", mode, script)
     assert "PacketSize=" in seen["supported"]
     assert seen["stop"] == "S05" and seen["vcont"] == "vCont;c;C;s;S"
     assert seen["unknown"] == ""
@@ -79,7 +80,7 @@ def test_attach_query_and_continue_to_the_end_changes_nothing(mode):
     assert r["eip"] == 0x100000 and r["cs"] == 0x08 and r["ss"] == 0x10
     assert r["eflags"] & 0x3200 == 0     # the guest's IF and IOPL (0), not the host's
     assert seen["end"] == "W00"
-    same_run(result, plain("timer", mode))
+    same_run(result, plain("hello", mode))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -178,3 +179,35 @@ def test_ctrl_c_stops_a_running_guest_at_a_slice_boundary():
     assert seen["stop"] == "S02"
     assert seen["end"] == "W00"
     same_run(result, plain("cpuloop", "emulate"))
+
+
+def test_bt_breakpoint_on_a_patched_instruction_stops_there_and_shows_guest_bytes():
+    cli = demo_instruction("hotflags", "hf_loop", "cli")
+
+    def script(c):
+        c.cmd("?")
+        c.cmd(f"Z0,{cli:x},1")
+        seen = {"first": c.cmd("c"), "second": c.cmd("c")}
+        patch = c.vm.mode.patcher.covering(cli)     # the VM is stopped: safe to look
+        seen["patched"] = patch is not None and patch.kind == "jump" and patch.site == cli
+        seen["raw"] = bytes(c.vm.fast.mem_read(cli, 4)).hex()
+        seen["eip"] = regs(c)["eip"]
+        seen["m"] = c.cmd(f"m{cli:x},4")
+        steps = []
+        for _ in range(4):
+            c.cmd("s")
+            steps.append(regs(c)["eip"])
+        seen["steps"] = steps
+        c.cmd(f"z0,{cli:x},1")
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("hotflags", "bt", script)
+    assert seen["first"] == seen["second"] == "S05"
+    assert seen["patched"] and seen["raw"].startswith("e9")     # the guest's bytes are a jmp now ...
+    assert seen["m"] == "fa9c5825"                              # ... gdb sees the guest's own
+    assert seen["eip"] == cli
+    # cli, pushfd, pop eax, and: guest addresses, never the stub's
+    assert seen["steps"] == [cli + 1, cli + 2, cli + 3, cli + 8]
+    assert seen["end"] == "W00"
+    same_run(result, plain("hotflags", "bt"))
