@@ -64,13 +64,30 @@ def test_second_handled_fault_becomes_double_fault_without_the_remedy():
     assert seen == [(False, 0), (False, 8), (True, 0), (True, 0), ("round trip", 0), ("round trip", 0)]
 
 
+def test_the_live_state_is_the_first_calibrated_link_that_matches_this_engine():
+    """A link that held in the calibration engine only (a neighbouring heap block
+    at a distance of that process's layout) is passed over, not fatal: it once
+    made every trap/bt run of one process fail ("the hypervisor area's guard
+    needs the live CPU state")."""
+    import dataclasses
+    uc = engine(assemble("nop\nhlt", 0x1000))
+    q = Quirks(uc)
+    good = q.env
+    real = calibrate()
+    bogus = (real.env_links[0][0], real.env_links[0][1] + 4096)
+    q.off = dataclasses.replace(real, env_links=(bogus,) + real.env_links)
+    assert q._live_env() == good
+    q.off = dataclasses.replace(real, env_links=(bogus,))
+    assert q._live_env() is None and "does not match a context save" in q.env_problem
+
+
 def test_context_restore_is_a_copy_into_the_live_cpu_state():
     """Quirks edits fault fields in place (no context round trip, ~3.5 us per exit)
     because the engine's live CPU state is found and a context save is a copy of
     it: changing a register shows up there, and an edit there is what the CPU sees."""
     uc = engine(assemble("nop\nhlt", 0x1000))
     q = Quirks(uc)
-    assert calibrate().env_link is not None and q.env is not None
+    assert calibrate().env_links and q.env is not None
     import ctypes
     saved = uc.context_save()                  # held: its memory is read below
     ctx = saved.context.value
