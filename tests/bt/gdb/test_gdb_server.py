@@ -211,3 +211,53 @@ def test_bt_breakpoint_on_a_patched_instruction_stops_there_and_shows_guest_byte
     assert seen["steps"] == [cli + 1, cli + 2, cli + 3, cli + 8]
     assert seen["end"] == "W00"
     same_run(result, plain("hotflags", "bt"))
+
+
+def test_bt_memory_reads_hide_csam_guards():
+    loop = demo_symbol("fnptr", "fp_loop")
+
+    def script(c):
+        c.cmd("?")
+        c.cmd(f"Z0,{loop:x},1")
+        c.cmd("c")
+        guards = dict(c.vm.mode.csam.guards)
+        seen = {"guards": [(g, bytes(c.vm.fast.mem_read(g, 1)), ins.data[:1],
+                            bytes.fromhex(c.cmd(f"m{g:x},1"))) for g, ins in guards.items()]}
+        c.cmd(f"z0,{loop:x},1")
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("fnptr", "bt", script)
+    assert seen["guards"], "fnptr's indirect calls are guarded after the first scan"
+    for g, raw, orig, shown in seen["guards"]:
+        assert raw == b"\xcc" and shown == orig != b"\xcc", hex(g)
+    assert seen["end"] == "W00"
+    same_run(result, plain("fnptr", "bt"))
+
+
+def test_no_wait_runs_until_gdb_attaches_then_stops_there():
+    def script(c):
+        seen = {"stop": c.cmd("?"), "eip": regs(c)["eip"], "retired": c.vm.retired}
+        seen["end"] = c.cmd("c")
+        return seen
+
+    import time
+    vm = _vm("cpuloop", "emulate")
+    server = GdbServer(vm, "127.0.0.1:0", wait=False)
+    out = {}
+
+    def client():
+        time.sleep(0.5)         # the guest is running by now
+        c = Client(server.port)
+        c.vm = vm
+        out["seen"] = script(c)
+        c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    result = vm.run()
+    server.finish(result)
+    t.join(60)
+    seen = out["seen"]
+    assert seen["stop"] == "S05" and seen["retired"] > 0 and seen["end"] == "W00"
+    same_run(result, plain("cpuloop", "emulate"))
