@@ -23,6 +23,8 @@ from __future__ import annotations
 import select
 import socket
 
+from unicorn import UcError
+
 from bt import interrupt
 from bt.gdb import protocol
 from bt.gdb.protocol import Decoder, le32, parse_le
@@ -166,6 +168,12 @@ class GdbServer:
                 return True
         return False
 
+    def _ack(self, sign: bytes) -> None:
+        try:
+            self.conn.sendall(sign)
+        except OSError:
+            self._detach()
+
     def _send(self, payload: str) -> None:
         try:
             self.conn.sendall(protocol.frame(payload))
@@ -198,11 +206,13 @@ class GdbServer:
                 continue
             ev = self._events.pop(0)
             if ev.kind == "bad":
-                self.conn.sendall(b"-")
+                self._ack(b"-")
                 continue
             if ev.kind != "packet":
                 continue
-            self.conn.sendall(b"+")
+            self._ack(b"+")
+            if self.conn is None:
+                return
             reply = self.handle(ev.data.decode("latin-1"))
             if reply is _RESUME:
                 self._running = True
@@ -289,7 +299,7 @@ class GdbServer:
                 return _GONE
         except TargetError as e:
             return "E%02x" % e.errno
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, UcError):     # a malformed packet, a refused write
             return "E16"
         return ""           # not supported: the empty reply
 

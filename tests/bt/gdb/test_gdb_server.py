@@ -68,14 +68,17 @@ def test_attach_query_and_continue_to_the_end_changes_nothing(mode):
     def script(c):
         seen = {"supported": c.cmd("qSupported:multiprocess+;swbreak+"),
                 "stop": c.cmd("?"), "vcont": c.cmd("vCont?"),
-                "regs": regs(c), "unknown": c.cmd("qXfer:features:read:target.xml:0,ffb")}
+                "regs": regs(c), "unknown": c.cmd("qXfer:features:read:target.xml:0,ffb"),
+                "malformed": [c.cmd("mzz,4"), c.cmd("Z0,qq,1"), c.cmd("M100000,2:41")],
+                "watch": c.cmd("Z2,100000,4")}
         seen["end"] = c.cmd("c")
         return seen
 
     result, seen, _ = debug("hello", mode, script)
     assert "PacketSize=" in seen["supported"]
     assert seen["stop"] == "S05" and seen["vcont"] == "vCont;c;C;s;S"
-    assert seen["unknown"] == ""
+    assert seen["unknown"] == "" and seen["watch"] == ""      # not supported: empty replies
+    assert seen["malformed"] == ["E16"] * 3
     r = seen["regs"]
     assert r["eip"] == 0x100000 and r["cs"] == 0x08 and r["ss"] == 0x10
     assert r["eflags"] & 0x3200 == 0     # the guest's IF and IOPL (0), not the host's
@@ -261,3 +264,51 @@ def test_no_wait_runs_until_gdb_attaches_then_stops_there():
     seen = out["seen"]
     assert seen["stop"] == "S05" and seen["retired"] > 0 and seen["end"] == "W00"
     same_run(result, plain("cpuloop", "emulate"))
+
+
+PAGING = """
+mov edi, 0x80000
+mov dword ptr [edi], 0x83
+mov dword ptr [edi + 4], 0x83
+mov eax, cr4
+or eax, 0x10
+mov cr4, eax
+mov eax, 0x80000
+mov cr3, eax
+mov eax, cr0
+or eax, 0x80000000
+mov cr0, eax
+"""
+
+
+def test_memory_is_read_at_linear_addresses_through_the_guest_page_tables():
+    """emulate (trap and bt refuse paging guests today): PDE 0 and PDE 1 both map
+    physical 0-4 MiB with 4 MiB pages, so linear 4 MiB + x shows physical x."""
+    from conftest import EXIT, LOAD, assemble, raw_guest
+    from runtime.vm import VM
+    paged = LOAD + len(assemble(PAGING))
+    vm = VM(raw_guest(PAGING + "nop\n" + EXIT), MachineConfig(mode="emulate"), stdout=None)
+    server = GdbServer(vm, "127.0.0.1:0")
+    out = {}
+
+    def client():
+        c = Client(server.port)
+        c.cmd("?")
+        out["before"] = c.cmd(f"m{(4 << 20) + LOAD:x},4")      # paging off: physical, zeros
+        c.cmd(f"Z0,{paged:x},1")
+        c.cmd("c")
+        out["low"] = c.cmd(f"m{LOAD:x},8")
+        out["high"] = c.cmd(f"m{(4 << 20) + LOAD:x},8")
+        out["unmapped"] = c.cmd(f"m{8 << 20:x},4")
+        out["M"] = c.cmd(f"M{(4 << 20) + paged:x},1:90")     # nop over nop, through the alias
+        out["end"] = c.cmd("c")
+        c.close()
+
+    t = threading.Thread(target=client)
+    t.start()
+    result = vm.run()
+    server.finish(result)
+    t.join(60)
+    assert out["before"] == "00000000"
+    assert out["low"] == out["high"] == assemble(PAGING)[:8].hex()
+    assert out["unmapped"] == "E0e" and out["M"] == "OK" and out["end"] == "W00"
