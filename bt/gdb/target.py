@@ -17,8 +17,8 @@ Everything here is the guest's view, never the VMM's:
   which is how the VMM already corrects the instruction clock for a started
   block that stops early (`clock.cut(eip, False)`): virtual time stays exact.
   In bt a breakpoint whose instruction now runs inside a stub (copied there by
-  a jump patch) is caught by one more code hook over the hypervisor area that
-  stops only at the stub's first instruction for that guest address.
+  a jump patch) gets one more code hook, on the stub's first instruction for
+  that guest address, kept in step with the patches as they come and go.
 """
 from __future__ import annotations
 
@@ -50,9 +50,14 @@ class Target:
         self.vm = vm
         self.uc = vm.uc
         self.breakpoints: dict[int, int] = {}    # guest address -> hook handle
-        self._stub_hook: tuple[int, int] | None = None   # (hyper base, hook) in bt
+        self._stub_hooks: dict[int, int] = {}    # bt: stub address -> hook handle
         self.hit: int | None = None              # guest address of the breakpoint that stopped us
         self._skip: int | None = None            # real address whose next hit is the resume itself
+        patcher = getattr(vm.mode, "patcher", None)
+        self._chained = None
+        if patcher is not None:                  # bt: follow patches (CSAM listens too)
+            self._chained = patcher.on_change
+            patcher.on_change = self._patches_changed
 
     # -- registers ------------------------------------------------------------------
     def read_register(self, name: str) -> int:
@@ -140,61 +145,71 @@ class Target:
         addr &= 0xFFFFFFFF
         if addr in self.breakpoints:
             return
-        self.breakpoints[addr] = self.uc.hook_add(UC_HOOK_CODE, self.vm.guarded(self._on_code),
-                                                  None, addr, addr)
-        self.uc.ctl_remove_cache(addr, addr + 1)   # cached blocks lack the new hook
-        self._hook_stubs()
+        self.breakpoints[addr] = self._hook(addr, self._on_code)
+        self._sync_stub_hooks()
 
     def remove_breakpoint(self, addr: int) -> bool:
-        h = self.breakpoints.pop(addr & 0xFFFFFFFF, None)
+        addr &= 0xFFFFFFFF
+        h = self.breakpoints.pop(addr, None)
         if h is None:
             return False
-        self.uc.hook_del(h)
-        self.uc.ctl_remove_cache(addr, addr + 1)
-        self._hook_stubs()
+        self._unhook(addr, h)
+        self._sync_stub_hooks()
         return True
 
     def clear_breakpoints(self) -> None:
         for addr in list(self.breakpoints):
             self.remove_breakpoint(addr)
 
-    def _hook_stubs(self) -> None:
-        """bt: one code hook over the hypervisor area while any breakpoint is set
-        (it costs a Python call per stub instruction, so only then)."""
-        cache = getattr(self.vm.mode, "cache", None)
-        if cache is None:
+    def _hook(self, addr: int, fn) -> int:
+        h = self.uc.hook_add(UC_HOOK_CODE, self.vm.guarded(fn), None, addr, addr)
+        self.uc.ctl_remove_cache(addr, addr + 1)     # cached blocks lack the new hook
+        return h
+
+    def _unhook(self, addr: int, h: int) -> None:
+        self.uc.hook_del(h)
+        self.uc.ctl_remove_cache(addr, addr + 1)
+
+    def _patches_changed(self, lo: int, hi: int) -> None:
+        if self._chained is not None:
+            self._chained(lo, hi)
+        self._sync_stub_hooks()
+
+    def _sync_stub_hooks(self) -> None:
+        """bt: a code hook on the stub instruction that runs each breakpoint's guest
+        instruction when a jump patch copied it into its stub.  Not for a patch's
+        site: the guest runs the site's `jmp` at the site, whose hook stops there.
+        Kept in step with every patch installed or removed (the patcher's
+        `on_change`, which may come from inside a hook: Unicorn takes new hooks and
+        deletes old ones there, freeing them when the run ends)."""
+        patcher = getattr(self.vm.mode, "patcher", None)
+        if patcher is None:
             return
-        hyper = self.vm.mode.hyper
-        from bt.hyper_layout import HYPER_SIZE
-        want = hyper.base if self.breakpoints else None
-        have = self._stub_hook[0] if self._stub_hook else None
-        if want == have:
-            return
-        if self._stub_hook is not None:
-            self.uc.hook_del(self._stub_hook[1])
-            self.uc.ctl_remove_cache(have, have + HYPER_SIZE)
-            self._stub_hook = None
-        if want is not None:
-            h = self.uc.hook_add(UC_HOOK_CODE, self.vm.guarded(self._on_stub_code),
-                                 None, want, want + HYPER_SIZE - 1)
-            self.uc.ctl_remove_cache(want, want + HYPER_SIZE)
-            self._stub_hook = (want, h)
+        want = set()
+        for bp in self.breakpoints:
+            p = patcher.covering(bp)
+            if p is None or p.kind != "jump" or p.site == bp:
+                continue
+            want.update(lo for lo, _hi, guest in p.stub_map if guest == bp)
+        for addr in set(self._stub_hooks) - want:
+            self._unhook(addr, self._stub_hooks.pop(addr))
+        for addr in want - set(self._stub_hooks):
+            self._stub_hooks[addr] = self._hook(addr, self._on_stub_code)
 
     def before_resume(self) -> None:
         """The run goes on from here: an instruction at a breakpoint under EIP runs
-        (once) instead of stopping again; the area may have moved (bt)."""
+        (once) instead of stopping again."""
         self.hit = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         guest = self.vm.mode.guest_address(eip)
         self._skip = eip if guest in self.breakpoints else None
-        self._hook_stubs()
+        self._sync_stub_hooks()         # bt may have moved its stubs (relocation)
 
     def _on_code(self, address: int, size: int) -> None:
         self._maybe_stop(address, address)
 
     def _on_stub_code(self, address: int, size: int) -> None:
-        patcher = self.vm.mode.patcher
-        p = patcher.stub_owner(address)
+        p = self.vm.mode.patcher.stub_owner(address)
         if p is None:
             return
         for lo, _hi, guest in p.stub_map:
@@ -207,16 +222,7 @@ class Target:
         if vm.stop is not None or self.hit is not None:
             return
         if address == self._skip:
-            self._skip = self._follow(address)
+            self._skip = None
             return
         self.hit = guest
         vm.halt_slice(abort=True)       # the instruction at `address` has not run
-
-    def _follow(self, address: int) -> int | None:
-        """bt: after a jump patch's site, the stub's first instruction for the same
-        guest instruction is that instruction too: skip it as well."""
-        patcher = getattr(self.vm.mode, "patcher", None)
-        p = patcher.at(address) if patcher is not None else None
-        if p is None or p.kind != "jump":
-            return None
-        return next((lo for lo, _hi, g in p.stub_map if g == address), None)

@@ -312,3 +312,33 @@ def test_memory_is_read_at_linear_addresses_through_the_guest_page_tables():
     assert out["before"] == "00000000"
     assert out["low"] == out["high"] == assemble(PAGING)[:8].hex()
     assert out["unmapped"] == "E0e" and out["M"] == "OK" and out["end"] == "W00"
+
+
+def test_bt_breakpoint_inside_a_patch_stops_in_the_stub_at_the_guest_address():
+    """hotflags' `cli; pushfd` become one jump patch at the cli: the pushfd's
+    bytes are under the jmp, it runs only as the stub's copy.  A breakpoint on it
+    is set before the patch exists (installed at the first cli's fault)."""
+    cli = demo_instruction("hotflags", "hf_loop", "cli")
+    pushfd = cli + 1
+
+    def script(c):
+        c.cmd("?")
+        c.cmd(f"Z0,{pushfd:x},1")
+        seen = {"stops": []}
+        for _ in range(3):
+            reply = c.cmd("c")
+            r = regs(c)
+            real = c.vm.uc.reg_read(__import__("unicorn").x86_const.UC_X86_REG_EIP)
+            seen["stops"].append((reply, r["eip"], c.vm.mode.cache.contains(real)))
+        patch = c.vm.mode.patcher.covering(pushfd)
+        seen["patch"] = (patch.site, patch.kind) if patch else None
+        c.cmd(f"z0,{pushfd:x},1")
+        seen["end"] = c.cmd("c")
+        return seen
+
+    result, seen, _ = debug("hotflags", "bt", script)
+    assert seen["patch"] == (cli, "jump")
+    assert [s[:2] for s in seen["stops"]] == [("S05", pushfd)] * 3
+    assert all(in_stub for _r, _e, in_stub in seen["stops"])     # stopped in the stub ...
+    assert seen["end"] == "W00"                                    # ... showing pushfd's address
+    same_run(result, plain("hotflags", "bt"))
