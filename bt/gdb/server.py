@@ -74,7 +74,7 @@ class GdbServer:
         if self.conn is None:
             if not self._attach():
                 return
-            self._serve(None if not self._running else SIGTRAP)
+            self._serve(None)       # gdb asks `?` for the stop reason
             return
         t = self.target
         if t.hit is not None:
