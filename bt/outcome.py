@@ -45,7 +45,8 @@ class Outcome(StrEnum):
     DEBUG_EXIT = ("debug-exit", STATUS_OK, StatusFrom.GUEST,
                   "the guest wrote v to port 0xF4 (the demos write 0 on success)")
     QUIT = ("quit", STATUS_OK, StatusFrom.OUTCOME,
-            "the user typed Ctrl-A x on the interactive console")
+            "the user ended the run: Ctrl-A x on the interactive console, or `kill` "
+            "from gdb (`bt-run --gdb`)")
     RESET = ("reset", STATUS_OK, StatusFrom.OUTCOME,
              "the guest reset the machine through the keyboard controller (0xFE to port 0x64)")
     BUDGET = ("budget", STATUS_BUDGET, StatusFrom.OUTCOME, "`--max-instructions` reached")

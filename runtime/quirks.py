@@ -178,7 +178,7 @@ def _find_pc_sync_flag() -> int:
     Confirming a candidate writes a zero into that byte of a scratch engine, so a
     wrong candidate corrupts that engine (a zeroed byte of a heap pointer makes
     its later `uc_close` crash or double-free: the rare native crash of issue
-    18, docs/reliability.md).  Hence only bytes that are 0 -> 1 in two
+    18, ../shared/notes/native-crash.md).  Hence only bytes that are 0 -> 1 in two
     independent pairs of engines, kept alive together so that no two share
     heap addresses, and whose aligned 8-byte word is identical across the pairs,
     are ever tried: a pointer differs between two live engines, a flag does not."""
@@ -278,41 +278,36 @@ _MEM_FD: int | None = None
 _SIG_REGS = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX)
 
 
-def _find_env_link() -> tuple[int, int] | None:
+def _find_env_links() -> tuple[tuple[int, int], ...]:
     """Where the engine keeps its live CPU state (QEMU's CPUX86State, the bytes
     `context_save` copies and `context_restore` copies back): a pointer at
     `uc + link` plus `delta`, so that a calibrated context offset `off` is at
     address `*(uc + link) + delta + off`.  Found in a scratch engine by giving four
     registers distinctive values and searching the memory the uc_struct's
-    pointers lead to for them; then confirmed by changing a register.
-
-    A pointer that leads somewhere else can still land on the live state by the
-    accident of the heap's layout (an unrelated object just below it): seen as
-    link (48, 52448) instead of (440, 35368), after which every engine of the
-    run failed the live-state check.  So a candidate must hold in two more
-    engines as well.  None when the search fails (the context round trip is
-    used instead)."""
-    engines = [scratch_engine() for _ in range(3)]
-    first, others = engines[0], engines[1:]
-    candidates = _env_links(first)
-    for link in candidates:
-        if all(_env_link_holds(uc, link) for uc in others):
-            return link
-    return None
+    pointers lead to for them; then confirmed by changing a register.  Every
+    link that passes, in order: a pointer to a neighbouring heap block can reach
+    the state too, at a distance that holds in this engine only (seen: the live
+    check of runtime/isolation.py failing in a process whose heap layout differed),
+    so only links that hold in two more engines are kept (seen: link (48, 52448)
+    beside the real (440, 35368)), and the live engine takes the first of them
+    whose target matches a context save (`Quirks._live_env`).  Empty when the
+    search fails (the context round trip is used instead)."""
+    first, *others = [scratch_engine() for _ in range(3)]
+    return tuple(link for link in _env_links(first)
+                 if all(_env_link_holds(uc, link) for uc in others))
 
 
 def _env_links(uc) -> list[tuple[int, int]]:
     """Every (link, delta) that leads to this engine's live CPU state."""
     for i, r in enumerate(_SIG_REGS):
         uc.reg_write(r, 0x5AC30000 + i * 0x1111)
-    saved = uc.context_save()
-    ctx = _ctx_bytes(saved)
+    ctx = _ctx_bytes(uc.context_save())
     # The saved context is a small header (size, mode, arch, ...) and then the
     # state itself, which begins with EAX (all calibrated offsets count from
     # the header's start).
     head = ctx.find(struct.pack("<Q", 0x5AC30000))
     if head < 0 or head % 8:
-        return []
+        return ()
     sig = ctx[head:head + 32]
     uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
     raw = _peek(uc_addr, 8192)
@@ -359,7 +354,7 @@ class Offsets:
     cr: tuple[int, int, int]             # CR0, CR3, CR4
     pc_sync_flag: int                    # uc_struct.skip_sync_pc_on_exit
     eip: int
-    env_link: tuple[int, int] | None     # (pointer offset in uc_struct, delta), see _find_env_link
+    env_links: tuple[tuple[int, int], ...]   # (pointer offset in uc_struct, delta), see _find_env_links
 
 
 _OFFSETS: Offsets | None = None
@@ -384,7 +379,7 @@ def calibrate() -> Offsets:
     _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
-                       _find_env_link())
+                       _find_env_links())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 
@@ -412,13 +407,21 @@ class Quirks:
 
     def _live_env(self) -> int | None:
         self.env_problem = ""            # why the live state is not used, for error messages
-        link = self.off.env_link
-        if link is None:
+        if not self.off.env_links:
             self.env_problem = "calibration found no pointer to it"
             return None
+        problems = []
+        for link in self.off.env_links:
+            env = self._env_at(link, problems)
+            if env is not None:
+                return env
+        self.env_problem = "; ".join(problems)
+        return None
+
+    def _env_at(self, link: tuple[int, int], problems: list[str]) -> int | None:
         p = ctypes.c_uint64.from_address(self._uc_addr + link[0]).value
         if not p:
-            self.env_problem = "the engine's pointer to it is NULL"
+            problems.append(f"the engine's pointer to it is NULL (link {link})")
             return None
         env = p + link[1]           # + a calibrated offset = that field, live
         # Trust it only when it holds exactly what a context save copies.  (The
@@ -435,8 +438,8 @@ class Quirks:
             if live == copy:
                 return env
         differ = [off + i for off, a, b in zip(windows, live, copy) for i in range(128) if a[i] != b[i]]
-        self.env_problem = (f"it does not match a context save at offsets {differ[:8]} "
-                            f"(link {link}, env {env:#x})")
+        problems.append(f"it does not match a context save at offsets {differ[:8]} "
+                        f"(link {link}, env {env:#x})")
         return None
 
     # -- exit-path reads (the live CPU state, else the engine) -------------------

@@ -95,6 +95,7 @@ class VM:
         self._ended_at: tuple[int, int | None] | None = None
         self._hook_error: BaseException | None = None
         self.guard = None               # the hypervisor area's guard (trap, bt): runtime/isolation.py
+        self.debugger = None            # bt-run --gdb: called between slices (bt/gdb/server.py)
         self._idle_skips = 0
         self._vmm_time = 0.0
 
@@ -428,6 +429,10 @@ class VM:
 
     def _loop(self) -> None:
         while self.stop is None:
+            if self.debugger is not None:
+                self.debugger.pause_point()     # may wait for gdb, or end the run (kill)
+                if self.stop is not None:
+                    break
             signum = interrupt.consume()
             if signum is not None:
                 self.stop = Outcome.INTERRUPTED.stop(
@@ -475,6 +480,8 @@ class VM:
         limit = self.mode.slice_limit()
         if limit is not None:
             n = min(n, limit)
+        if self.debugger is not None and self.debugger.slice_limit() is not None:
+            n = min(n, self.debugger.slice_limit())     # a gdb stepi: one instruction
         return n
 
     def _run_slice(self, n: int) -> None:

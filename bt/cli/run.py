@@ -42,6 +42,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"fidelity check: run under {Mode.EMULATE} and MODE "
                         f"({' or '.join(COMPARED_MODES)}), print where guest-visible behaviour "
                         "diverges; status 0 identical, 1 divergent")
+    p.add_argument("--gdb", metavar="[HOST:]PORT", default=None,
+                   help="serve the GDB remote protocol here (host 127.0.0.1 by default) and "
+                        "wait for gdb before the first guest instruction (docs/debugging.md)")
+    p.add_argument("--gdb-no-wait", action="store_true",
+                   help="with --gdb: run at once; gdb stops the guest when it attaches")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
     return p
 
@@ -65,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                     config.serial_input = f.read()
             except OSError as e:
                 raise BadInput(f"cannot read --serial-input {args.serial_input}: {e.strerror}")
+        if args.gdb_no_wait and not args.gdb:
+            raise BadInput("--gdb-no-wait needs --gdb [HOST:]PORT")
+        if args.compare and args.gdb:
+            raise BadInput("--gdb debugs one run: it does not combine with --compare")
         if args.compare:
             from bt.measure.fidelity import compare  # the fidelity checker (issue 6)
             report = compare(image, config, args.compare)
@@ -74,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             return report.status
         from runtime.vm import VM  # imported late: argument errors stay fast
         vm = VM(image, config)
+        debugger = _debugger(vm, args) if args.gdb else None
     except BadInput as e:
         return fail("bt-run", str(e))
     result = _run(vm, interactive=args.serial_input is None and _is_tty(sys.stdin))
+    if debugger is not None:
+        debugger.finish(result)     # gdb hears the exit status (W/X packet)
     written = True
     if args.report:
         written = _write("--report", args.report, build_report(image, config, result))
@@ -87,6 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     # The run's own status unless its report is lost: a script must not take
     # a missing report for a finished run (74 = EX_IOERR).
     return result.exit_status if written else EX_IOERR
+
+
+def _debugger(vm, args):
+    from bt.gdb.server import GdbServer
+    try:
+        server = GdbServer(vm, args.gdb, wait=not args.gdb_no_wait,
+                           log=lambda msg: print(f"bt-run: {msg}", file=sys.stderr, flush=True))
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    except OSError as e:
+        raise BadInput(f"--gdb {args.gdb}: cannot listen: {e.strerror or e}") from None
+    host = server.listener.getsockname()[0]
+    what = "waiting for gdb" if not args.gdb_no_wait else "running; gdb may attach"
+    print(f"bt-run: {what} on {host}:{server.port} (gdb: set architecture i386, "
+          f"target remote {host}:{server.port})", file=sys.stderr, flush=True)
+    return server
 
 
 def _write(option: str, path: str, report: dict) -> bool:
