@@ -146,9 +146,10 @@ def iter_matrix(guests: list[tuple[str, object]], config, modes=MODES,
     rows_per = [len(t.modes) * len(t.points) for t, _ in tasks]
     total = sum(rows_per)             # progress counts rows: a run priced at k cost points is k
     pool = executors.make(executor, len(tasks))
+    order = _Reorder(tasks)
     if pool is None:
         done = 0
-        for task, image in tasks:
+        for i, (task, image) in enumerate(tasks):
             def each(label, step=len(task.points)):
                 nonlocal done
                 if progress:
@@ -157,35 +158,62 @@ def iter_matrix(guests: list[tuple[str, object]], config, modes=MODES,
             try:
                 rows = guest_rows(task, image, each)
             except interrupt.Interrupted as e:
-                yield from (row for _, row in e.rows)
+                order.add(i, e.rows)
+                yield from order.flush()
                 raise
-            yield from (row for _, row in rows)
+            yield from order.add(i, rows)
     else:
-        yield from _in_order(pool, tasks, rows_per, total, progress)
+        yield from _from_pool(pool, tasks, rows_per, total, progress, order)
     if progress:
         progress(total, total, "done")
 
 
-def _in_order(pool, tasks, rows_per, total, progress):
+class _Reorder:
+    """Rows of tasks that end in any order, released in matrix order: a guest's
+    rows once all its tasks are done (a cost-major sweep interleaves the rows of
+    its machine settings) and every guest before it is out."""
+
+    def __init__(self, tasks):
+        self.left = {}                     # guest order -> tasks not done
+        for task, _ in tasks:
+            self.left[task.order] = self.left.get(task.order, 0) + 1
+        self.guest_of = [task.order for task, _ in tasks]
+        self.rows: dict[int, list] = {}    # guest order -> keyed rows done
+        self.next = min(self.left, default=0)
+
+    def add(self, index: int, keyed_rows) -> list[dict]:
+        g = self.guest_of[index]
+        self.rows.setdefault(g, []).extend(keyed_rows)
+        self.left[g] -= 1
+        out = []
+        while self.next in self.left and self.left[self.next] == 0:
+            out += [row for _, row in sorted(self.rows.pop(self.next, []), key=lambda kr: kr[0])]
+            self.next += 1
+        return out
+
+    def flush(self) -> list[dict]:
+        """After a stop: every row done, in matrix order, complete guests or not."""
+        keyed = sorted((kr for rows in self.rows.values() for kr in rows), key=lambda kr: kr[0])
+        self.rows.clear()
+        return [row for _, row in keyed]
+
+
+def _from_pool(pool, tasks, rows_per, total, progress, order: _Reorder):
     """Rows from `pool` (tasks end in any order), yielded in matrix order."""
-    done, finished, nxt = 0, {}, 0
+    done = 0
     if progress:
         progress(0, total, f"started ({pool.describe()})")
     try:
         with closing(pool.run(guest_rows, tasks)) as results:
             for index, rows in results:
-                finished[index] = rows
                 done += rows_per[index]
                 if progress:
                     progress(done, total, f"{tasks[index][0].name} done")
-                while nxt in finished:
-                    yield from (row for _, row in finished.pop(nxt))
-                    nxt += 1
+                yield from order.add(index, rows)
     except interrupt.Interrupted as e:
         if getattr(e, "task", None) is not None:   # a worker's stopped task: its runs before
-            finished[e.task] = e.rows
-        for i in sorted(finished):      # complete tasks after a stopped one: still rows
-            yield from (row for _, row in finished.pop(i))
+            order.add(e.task, e.rows)
+        yield from order.flush()
         raise
     finally:
         close = getattr(pool, "close", None)

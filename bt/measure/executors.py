@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from bt import interrupt
 from bt.errors import BadInput
 
+CONNECT_TIMEOUT = "10s"  # to reach a Dask scheduler
 STOP_GRACE = 20.0      # seconds a stopped worker gets to end its run before SIGKILL
 _POLL = 0.2            # seconds between checks for a stop or a dead worker
 
@@ -191,16 +192,17 @@ class DaskCluster:
         self.own = not isinstance(target, distributed.Client)
         if self.own:
             try:
-                self.client = distributed.Client(str(target), timeout="10s",
+                self.client = distributed.Client(str(target), timeout=CONNECT_TIMEOUT,
                                                  set_as_default=False)
             except (OSError, TimeoutError, ValueError) as e:
                 raise BadInput(f"--scheduler {target}: cannot connect "
                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         else:
             self.client = target
+        self.address = self.client.scheduler.address     # (None once the client closes)
 
     def describe(self) -> str:
-        return f"dask scheduler {self.client.scheduler.address}"
+        return f"dask scheduler {self.address}"
 
     def run(self, fn, tasks: list[tuple]):
         from distributed import as_completed
@@ -212,7 +214,7 @@ class DaskCluster:
                 if id(image) not in images:
                     images[id(image)] = client.scatter(image, hash=False)
                 futures[client.submit(fn, task, images[id(image)], pure=False)] = i
-            for f in as_completed(list(futures)):
+            for f in as_completed(list(futures), loop=client.loop):
                 try:
                     rows = f.result()
                 except interrupt.Interrupted:
@@ -232,7 +234,7 @@ class DaskCluster:
 def make(executor, ntasks: int):
     """The executor for `run_matrix(executor=...)`: None or 1 -> None (in this
     process); an int N -> N local processes; a str -> that Dask scheduler; a
-    `distributed.Client` -> its cluster; an object with `run` -> itself."""
+    `distributed.Client` -> its cluster; a LocalProcesses or DaskCluster -> itself."""
     if executor is None:
         return None
     if isinstance(executor, bool):
@@ -242,6 +244,6 @@ def make(executor, ntasks: int):
             raise BadInput(f"--jobs {executor} must be at least 1")
         jobs = min(executor, ntasks)
         return LocalProcesses(jobs) if jobs > 1 else None
-    if hasattr(executor, "run"):
+    if isinstance(executor, (LocalProcesses, DaskCluster)):
         return executor
     return DaskCluster(executor)
