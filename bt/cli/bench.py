@@ -6,10 +6,11 @@
 
 IMAGE is anything bt-run accepts (demo:NAME, a file); none = every demo guest.
 Writes DIR/bench.csv and DIR/bench.json (default DIR: bench-out) and prints the
-table on stdout; progress goes to stderr.  Each guest at each machine setting is one
-task (all its modes) for the local worker processes (--jobs, default: the cores)
-or a Dask cluster (--scheduler); the rows are the same wherever they ran.  Exit status: 0 done, 2 bad input,
-130/143 stopped by SIGINT/SIGTERM (the rows done so far are still written and printed).
+table on stdout; progress goes to stderr.  Each guest at each machine setting is
+one task (all its modes) for the local worker processes (--jobs, default: the
+cores) or a Dask cluster (--scheduler); the rows are the same wherever they ran.
+Exit status: 0 done, 1 a task failed in a worker, 2 bad input, 130/143 stopped
+by SIGINT/SIGTERM (the rows done so far are still written and printed).
 Columns and the cost model: docs/benchmarks.md, bt/costmodel.py.
 """
 from __future__ import annotations

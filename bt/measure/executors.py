@@ -134,6 +134,9 @@ class LocalProcesses:
                     if dead:
                         raise WorkerError(f"worker process {dead[0].name} died "
                                           f"(exit code {dead[0].exitcode})") from None
+                    if not any(p.is_alive() for p in procs):   # each stopped by a signal of its own
+                        raise WorkerError(f"the worker processes ended with {left} "
+                                          "tasks not done") from None
                     continue
                 left -= 1
                 if kind == "interrupted":

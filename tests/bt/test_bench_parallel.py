@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import operator
+import os
+import signal
 import sys
 
 import pytest
@@ -176,3 +178,16 @@ def test_sweep_points_order():
                           {"vmexit": 2.0, "cpu_mhz": 10}, {"vmexit": 2.0, "cpu_mhz": 20}]
     assert s.machine_points() == [{"cpu_mhz": 10}, {"cpu_mhz": 20}]
     assert Sweep.parse([]).points() == [{}]
+
+
+def _die(task, image):
+    """A task whose worker is killed under it (spawned workers import this module
+    by name: multiprocessing passes them the parent's sys.path)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_a_worker_error():
+    """A worker killed under a task does not leave the command waiting for rows."""
+    pool = executors.LocalProcesses(2)
+    with pytest.raises(executors.WorkerError, match="died .exit code -9"):
+        list(pool.run(_die, [(1, None), (2, None)]))
