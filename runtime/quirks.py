@@ -299,6 +299,11 @@ def _find_env_link() -> tuple[int, int] | None:
     sig = ctx[head:head + 32]
     uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
     raw = _peek(uc_addr, 8192)
+    # A second engine confirms each candidate: in some heap layouts another
+    # uc_struct pointer also leads to the scratch engine's state at some
+    # distance, which does not hold in the next engine (seen: link (48, 51984)
+    # instead of (32, 36768), and every later VM's trap/bt guard refused).
+    other = scratch_engine()
     for link in range(0, len(raw) - 7, 8):
         p = struct.unpack_from("<Q", raw, link)[0]
         if p < 0x10000 or p >= 1 << 47:     # not a user-space pointer
@@ -306,13 +311,31 @@ def _find_env_link() -> tuple[int, int] | None:
         at = _peek(p, 0x10000).find(sig)
         if at < 0 or at % 8:
             continue
-        env = p + at
-        uc.reg_write(X.UC_X86_REG_EAX, 0x12345678)
-        ok = ctypes.c_uint32.from_address(env).value == 0x12345678
-        uc.reg_write(X.UC_X86_REG_EAX, 0x5AC30000)
-        if ok:
+        if _links_live_eax(uc, p + at) and _links_live_eax(other, _follow(other, link, at)):
             return link, at - head
     return None
+
+
+def _follow(uc: Uc, link: int, delta: int) -> int | None:
+    """*(uc + link) + delta in `uc`, or None when no user-space pointer is there."""
+    raw = _peek(ctypes.cast(uc._uch, ctypes.c_void_p).value + link, 8)
+    if len(raw) < 8:
+        return None
+    p = struct.unpack("<Q", raw)[0]
+    return p + delta if 0x10000 <= p < 1 << 47 else None
+
+
+def _links_live_eax(uc: Uc, env: int | None) -> bool:
+    """Does `env` hold `uc`'s live EAX (a register write shows there at once)?"""
+    if env is None or len(_peek(env, 4)) < 4:
+        return False
+    old = uc.reg_read(X.UC_X86_REG_EAX)
+    ok = True
+    for probe in (0x12345678, 0x0BADF00D):
+        uc.reg_write(X.UC_X86_REG_EAX, probe)
+        ok = ok and struct.unpack("<I", _peek(env, 4))[0] == probe
+    uc.reg_write(X.UC_X86_REG_EAX, old)
+    return ok
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,22 @@ def test_second_handled_fault_becomes_double_fault_without_the_remedy():
     assert seen == [(False, 0), (False, 8), (True, 0), (True, 0), ("round trip", 0), ("round trip", 0)]
 
 
+def test_the_live_state_link_holds_in_every_engine():
+    """The calibrated (link, delta) leads to the live CPU state of engines made
+    after calibration too, whatever the heap layout (a link found in one scratch
+    engine only once made every later trap/bt VM refuse to start; the
+    calibration now confirms it on a second engine)."""
+    from runtime.quirks import _follow, _links_live_eax, scratch_engine
+    link, delta = calibrate().env_link
+    engines = [scratch_engine() for _ in range(4)]
+    blocks = [bytearray(n) for n in (1000, 60000, 7)]          # move the heap between them
+    engines += [scratch_engine() for _ in range(2)]
+    for uc in engines:
+        assert _links_live_eax(uc, _follow(uc, link, delta))
+        assert Quirks(uc).env is not None
+    del blocks
+
+
 def test_context_restore_is_a_copy_into_the_live_cpu_state():
     """Quirks edits fault fields in place (no context round trip, ~3.5 us per exit)
     because the engine's live CPU state is found and a context save is a copy of
