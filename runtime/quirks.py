@@ -278,15 +278,24 @@ _MEM_FD: int | None = None
 _SIG_REGS = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX)
 
 
-def _find_env_link() -> tuple[int, int] | None:
+def _find_env_link(uc: Uc | None = None) -> tuple[int, int] | None:
     """Where the engine keeps its live CPU state (QEMU's CPUX86State, the bytes
     `context_save` copies and `context_restore` copies back): a pointer at
     `uc + link` plus `delta`, so that a calibrated context offset `off` is at
-    address `*(uc + link) + delta + off`.  Found in a scratch engine by giving four
-    registers distinctive values and searching the memory the uc_struct's
-    pointers lead to for them; then confirmed by changing a register.  None
-    when the search fails (the context round trip is used instead)."""
-    uc = scratch_engine()
+    address `*(uc + link) + delta + off`.  Found in `uc` (default: a scratch
+    engine; a given engine's registers are put back) by giving four registers
+    distinctive values and searching the memory the uc_struct's pointers lead
+    to for them; then confirmed by changing a register.  None when the search
+    fails (the context round trip is used instead)."""
+    uc = uc or scratch_engine()
+    saved = uc.context_save()
+    try:
+        return _search_env_link(uc)
+    finally:
+        uc.context_restore(saved)
+
+
+def _search_env_link(uc: Uc) -> tuple[int, int] | None:
     for i, r in enumerate(_SIG_REGS):
         uc.reg_write(r, 0x5AC30000 + i * 0x1111)
     ctx = _ctx_bytes(uc.context_save())
@@ -299,11 +308,6 @@ def _find_env_link() -> tuple[int, int] | None:
     sig = ctx[head:head + 32]
     uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
     raw = _peek(uc_addr, 8192)
-    # A second engine confirms each candidate: in some heap layouts another
-    # uc_struct pointer also leads to the scratch engine's state at some
-    # distance, which does not hold in the next engine (seen: link (48, 51984)
-    # instead of (32, 36768), and every later VM's trap/bt guard refused).
-    other = scratch_engine()
     for link in range(0, len(raw) - 7, 8):
         p = struct.unpack_from("<Q", raw, link)[0]
         if p < 0x10000 or p >= 1 << 47:     # not a user-space pointer
@@ -311,7 +315,7 @@ def _find_env_link() -> tuple[int, int] | None:
         at = _peek(p, 0x10000).find(sig)
         if at < 0 or at % 8:
             continue
-        if _links_live_eax(uc, p + at) and _links_live_eax(other, _follow(other, link, at)):
+        if _links_live_eax(uc, p + at):
             return link, at - head
     return None
 
@@ -409,23 +413,38 @@ class Quirks:
             self.env_problem = "the engine's pointer to it is NULL"
             return None
         env = p + link[1]           # + a calibrated offset = that field, live
-        # Trust it only when it holds exactly what a context save copies.  (The
-        # mismatch once seen under load came from comparing with a context that
-        # had already been freed; the saved context is now held while read.)  The
-        # check keeps three tries: the hypervisor area's guard (runtime/isolation.py)
-        # cannot run without it.
+        differ = self._differs(env)
+        if not differ:
+            return env
+        # The calibrated link can be one that only held in the scratch engine's
+        # heap layout (seen: link (48, 51984) instead of (32, 36768) in a
+        # bt-bench started from a pytest tmp dir, and every trap/bt VM refused
+        # to start): search this engine itself before giving up.
+        own = _find_env_link(self.uc)
+        if own is not None:
+            env2 = _follow(self.uc, *own)
+            if env2 is not None and not self._differs(env2):
+                return env2
+        self.env_problem = (f"it does not match a context save at offsets {differ[:8]} "
+                            f"(link {link}, env {env:#x}; this engine's own search: {own})")
+        return None
+
+    def _differs(self, env: int) -> list[int]:
+        """Offsets where `env` differs from a context save ([]: it is the live state).
+        (The mismatch once seen under load came from comparing with a context
+        that had already been freed; the saved context is now held while read.)
+        Three tries: the hypervisor area's guard (runtime/isolation.py) cannot
+        run without it."""
         windows = (self.off.hflags, self.off.error_code - 64)
         for _ in range(3):
             saved = self.uc.context_save()     # kept alive while its bytes are read
             ctx = saved.context.value
-            live = [ctypes.string_at(env + off, 128) for off in windows]
+            live = [_peek(env + off, 128) for off in windows]
             copy = [ctypes.string_at(ctx + off, 128) for off in windows]
             if live == copy:
-                return env
-        differ = [off + i for off, a, b in zip(windows, live, copy) for i in range(128) if a[i] != b[i]]
-        self.env_problem = (f"it does not match a context save at offsets {differ[:8]} "
-                            f"(link {link}, env {env:#x})")
-        return None
+                return []
+        return [off + i for off, a, b in zip(windows, live, copy)
+                for i in range(min(len(a), len(b), 128)) if a[i] != b[i]] or [-1]
 
     # -- exit-path reads (the live CPU state, else the engine) -------------------
     def eip(self) -> int:

@@ -64,19 +64,21 @@ def test_second_handled_fault_becomes_double_fault_without_the_remedy():
     assert seen == [(False, 0), (False, 8), (True, 0), (True, 0), ("round trip", 0), ("round trip", 0)]
 
 
-def test_the_live_state_link_holds_in_every_engine():
-    """The calibrated (link, delta) leads to the live CPU state of engines made
-    after calibration too, whatever the heap layout (a link found in one scratch
-    engine only once made every later trap/bt VM refuse to start; the
-    calibration now confirms it on a second engine)."""
-    from runtime.quirks import _follow, _links_live_eax, scratch_engine
-    link, delta = calibrate().env_link
+def test_the_live_state_is_found_in_every_engine():
+    """Quirks finds the live CPU state of engines made after calibration too,
+    whatever the heap layout: the calibrated link first, else a search of that
+    engine itself (a link that held in the scratch engine only once made every
+    later trap/bt VM refuse to start), and the engine's registers are untouched."""
+    from runtime.quirks import _find_env_link, _follow, scratch_engine
     engines = [scratch_engine() for _ in range(4)]
     blocks = [bytearray(n) for n in (1000, 60000, 7)]          # move the heap between them
     engines += [scratch_engine() for _ in range(2)]
     for uc in engines:
-        assert _links_live_eax(uc, _follow(uc, link, delta))
-        assert Quirks(uc).env is not None
+        uc.reg_write(X.UC_X86_REG_EAX, 0xCAFE)
+        q = Quirks(uc)
+        assert q.env is not None and q._differs(q.env) == []
+        assert q._differs(_follow(uc, *_find_env_link(uc))) == []
+        assert uc.reg_read(X.UC_X86_REG_EAX) == 0xCAFE
     del blocks
 
 
