@@ -75,6 +75,44 @@ def _on_signal(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+def _record(signum, frame) -> None:
+    """A stop signal where nothing may unwind (a worker process, a pool's
+    shutdown): record it and stop the running engine, never raise."""
+    global _pending
+    if _pending is None:
+        _pending = signum
+    if _stoppers:
+        _stoppers[-1]()
+
+
+def install_worker_handlers() -> None:
+    """For a `bt-bench` worker process's whole life (bt/measure/executors.py):
+    a stop signal ends the current run as `interrupted` (its task then raises
+    `Interrupted`) and otherwise only records itself; the worker's loop polls
+    `pending()` between tasks, so it exits without a traceback."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, _record)
+
+
+@contextmanager
+def deferred():
+    """While a command cleans up after a stop (terminating its worker
+    processes), a further Ctrl-C or SIGTERM is recorded and then dropped
+    instead of raising `Interrupted` in the middle of the cleanup."""
+    global _pending
+    if not _main_thread():
+        yield
+        return
+    before = _pending
+    old = {s: signal.signal(s, _record) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _pending = before
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 

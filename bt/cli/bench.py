@@ -2,11 +2,15 @@
 
     bt-bench [IMAGE ...] [--modes emulate,trap,bt] [--out DIR] [--plot DIR]
              [--max-instructions N] [--mem MIB] [--cost NAME=CYCLES,...]
+             [--sweep NAME=V1,V2,...] [--jobs N | --scheduler ADDRESS]
 
 IMAGE is anything bt-run accepts (demo:NAME, a file); none = every demo guest.
 Writes DIR/bench.csv and DIR/bench.json (default DIR: bench-out) and prints the
-table on stdout; progress goes to stderr.  Exit status: 0 done, 2 bad input,
-130/143 stopped by SIGINT/SIGTERM (the rows done so far are still written and printed).
+table on stdout; progress goes to stderr.  Each guest at each machine setting is
+one task (all its modes) for the local worker processes (--jobs, default: the
+cores) or a Dask cluster (--scheduler); the rows are the same wherever they ran.
+Exit status: 0 done, 1 a task failed in a worker, 2 bad input, 130/143 stopped
+by SIGINT/SIGTERM (the rows done so far are still written and printed).
 Columns and the cost model: docs/benchmarks.md, bt/costmodel.py.
 """
 from __future__ import annotations
@@ -20,6 +24,8 @@ from bt.cli.common import (EX_IOERR, CliParser, check_writable_dir, fail, positi
                            quiet_on_closed_pipe, stops_on_signals)
 from bt.errors import BadInput
 from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB, MachineConfig
+from bt.measure import executors
+from bt.measure.sweep import Sweep
 from bt.mode import MODES, Mode
 
 
@@ -38,10 +44,20 @@ def make_parser() -> argparse.ArgumentParser:
                    help="instruction budget of every run (status 124 when reached)")
     p.add_argument("--mem", type=int, default=DEFAULT_MEM_MIB, metavar="MIB",
                    help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
-    p.add_argument("--cpu-mhz", type=positive_int, default=DEFAULT_CPU_MHZ, metavar="N")
+    p.add_argument("--cpu-mhz", type=positive_int, default=None, metavar="N",
+                   help=f"virtual CPU clock (default {DEFAULT_CPU_MHZ})")
     p.add_argument("--cost", metavar="NAME=CYCLES,...",
                    help="override cost-model parameters: " + ", ".join(
                        f"{n}={v:g}" for n, v in costmodel.describe_params()))
+    p.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
+                   help="a matrix dimension over cpu_mhz or a cost-model parameter, one "
+                        "column in the table (repeat for more; the product is run)")
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
+                   help="local worker processes (default: the number of cores; 1 = "
+                        "in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on this Dask distributed scheduler (tcp://HOST:PORT; needs "
+                        "pip install -e '.[dask]'; docs/benchmarks.md)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -78,41 +94,55 @@ def main(argv: list[str] | None = None) -> int:
     try:
         modes = _parse_modes(args.modes)
         params = costmodel.CostParams().with_overrides(args.cost)
+        sweep = Sweep.parse(args.sweep)
+        sweep.check_overrides(args.cost, args.cpu_mhz is not None)
+        if args.scheduler and args.jobs is not None:
+            raise BadInput("--jobs and --scheduler exclude each other (the cluster's "
+                           "workers are its jobs)")
         guests = _load_guests(args.images, args.mem)
-        config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz,
+        cpu_mhz = args.cpu_mhz or DEFAULT_CPU_MHZ
+        config = MachineConfig(mem_mib=args.mem, cpu_mhz=cpu_mhz,
                                max_instructions=args.max_instructions)
         out = Path(args.out)
         check_writable_dir(out, "--out")
         if args.plot:                    # found out now, not after every run
             bench.plot_available()
             check_writable_dir(Path(args.plot), "--plot")
+        ntasks = len(guests) * len(sweep.machine_points())
+        executor = executors.make(args.scheduler or args.jobs or executors.default_jobs(),
+                                  ntasks)
     except BadInput as e:
         return fail("bt-bench", str(e))
     progress = None if args.quiet else bench.ProgressBar()
     rows: list[dict] = []
     stopped = None
     try:
-        for row in bench.iter_matrix(guests, config, modes, params, progress):
+        for row in bench.iter_matrix(guests, config, modes, params, progress, executor, sweep):
             rows.append(row)
     except interrupt.Interrupted as e:   # keep what is done: written and printed below
         stopped = e
+    except executors.WorkerError as e:
+        return fail("bt-bench", f"a task failed: {str(e).splitlines()[0]}", 1)
     meta = {"command": "bt-bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "modes": list(modes), "mem_mib": args.mem, "cpu_mhz": args.cpu_mhz,
+            "modes": list(modes), "mem_mib": args.mem, "cpu_mhz": cpu_mhz,
+            "sweep": {n: list(v) for n, v in sweep.dims},
+            "executor": executor.describe() if executor else "this process",
             "max_instructions": args.max_instructions,
             "cost_params": dict(costmodel.describe_params(params)),
             "nondeterministic_columns": list(bench.NONDETERMINISTIC),
             "interrupted": interrupt.signal_name(stopped.signum) if stopped else None}
     try:
-        bench.write_csv(rows, out / "bench.csv")
+        bench.write_csv(rows, out / "bench.csv", sweep.names)
         bench.write_json(rows, out / "bench.json", meta)
-        charts = bench.plot(rows, args.plot) if args.plot and rows else []
+        charts = bench.plot(rows, args.plot, sweep.names) if args.plot and rows else []
     except OSError as e:
         return fail("bt-bench", f"cannot write {e.filename}: {e.strerror}", EX_IOERR)
-    print(bench.format_table(rows, markdown=args.markdown))
+    print(bench.format_table(rows, markdown=args.markdown, swept=sweep.names))
     print(f"bt-bench: wrote {out / 'bench.csv'}, {out / 'bench.json'}"
           + "".join(f", {c}" for c in charts), file=sys.stderr)
     if stopped:
-        print(f"bt-bench: {stopped}: {len(rows)} of {len(guests) * len(modes)} runs done",
+        total = len(guests) * len(sweep.points()) * len(modes)
+        print(f"bt-bench: {stopped}: {len(rows)} of {total} rows done",
               file=sys.stderr)
         return stopped.exit_status
     return 0

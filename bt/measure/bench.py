@@ -11,9 +11,13 @@ import csv
 import json
 import sys
 import time
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 from bt import costmodel, interrupt
+from bt.measure import executors
+from bt.measure.sweep import Sweep
 from bt.measure.fidelity import compare
 from bt.measure.observe import run
 from bt.mode import MODES, Mode
@@ -55,44 +59,166 @@ def row_for(guest: str, obs, params: costmodel.CostParams) -> dict:
     return row
 
 
+@dataclass(frozen=True)
+class GuestTask:
+    """One guest at one machine setting with all its modes: the unit a worker
+    runs (bt/measure/executors.py), so the reference run's RAM never leaves it.
+    `points` are the (row-order index, swept values, cost parameters) to price
+    its runs at; `order` its guest's position in the matrix."""
+
+    order: int
+    name: str
+    config: object
+    modes: tuple
+    points: tuple
+
+
+def guest_rows(task: GuestTask, image, progress=None) -> list[tuple[tuple, dict]]:
+    """Run `image` under each of the task's modes: ((order key), row) per mode and
+    point, in row order.  `progress(label)` is called before each run.  A run that
+    Ctrl-C or SIGTERM stopped raises `bt.interrupt.Interrupted` (its figures are
+    partial) carrying the rows of the runs before it as `.rows`."""
+    out: list = []
+    try:
+        _runs(task, image, progress, out)
+    except interrupt.Interrupted as e:
+        e.rows = sorted(out, key=lambda kr: kr[0])
+        raise
+    return sorted(out, key=lambda kr: kr[0])
+
+
+def _runs(task: GuestTask, image, progress, out: list) -> None:
+    ref = None
+    for m, mode in enumerate(task.modes):
+        if progress:
+            progress(f"{task.name} {mode}")
+        obs = run(image, task.config, mode, task.config.max_instructions, keep_ram=True)
+        if obs.reason == Outcome.INTERRUPTED:
+            raise interrupt.Interrupted(obs.exit_status - 128)
+        if mode.is_reference:
+            verdict = "reference"
+            ref = obs
+        elif ref is not None:
+            verdict = compare(image, task.config, mode, locate=False,
+                              reference=ref, other=obs).verdict
+        else:
+            verdict = "not compared"
+        obs.ram = None
+        for index, values, params in task.points:
+            row = row_for(task.name, obs, params)
+            row["fidelity"] = verdict
+            out.append(((task.order, index, m), {"guest": task.name, **values, **row}))
+
+
 def run_matrix(guests: list[tuple[str, object]], config, modes=MODES,
-               params: costmodel.CostParams = costmodel.CostParams(), progress=None) -> list[dict]:
+               params: costmodel.CostParams = costmodel.CostParams(), progress=None,
+               executor=None, sweep: Sweep = Sweep()) -> list[dict]:
     """guests: (name, GuestImage) pairs.  `progress(done, total, label)` is called
-    before each run and once at the end."""
-    return list(iter_matrix(guests, config, modes, params, progress))
+    as runs start (in this process) or tasks end (in workers), and once at the end.
+    executor: None (this process), N (N local worker processes), a Dask scheduler
+    address or a `distributed.Client` (bt/measure/executors.py).  sweep: more
+    matrix dimensions (bt/measure/sweep.py), as columns of their own."""
+    return list(iter_matrix(guests, config, modes, params, progress, executor, sweep))
+
+
+def tasks_for(guests, config, modes, params, sweep: Sweep) -> list[tuple[GuestTask, object]]:
+    """The matrix as (task, image) pairs, in row order."""
+    modes = tuple(Mode.parse(m) for m in modes)
+    points = sweep.points()
+    out = []
+    for g, (name, image) in enumerate(guests):
+        for machine in sweep.machine_points():
+            cfg, _ = sweep.apply(config, params, machine)
+            mine = tuple((i, p, sweep.apply(config, params, p)[1]) for i, p in enumerate(points)
+                         if all(p[n] == v for n, v in machine.items()))
+            out.append((GuestTask(g, name, cfg, modes, mine), image))
+    return out
 
 
 def iter_matrix(guests: list[tuple[str, object]], config, modes=MODES,
-                params: costmodel.CostParams = costmodel.CostParams(), progress=None):
-    """The rows of `run_matrix`, one as each run ends.  A run that Ctrl-C or
-    SIGTERM stopped yields no row (its figures are partial): it raises
-    `bt.interrupt.Interrupted`, so the caller keeps the rows it already has."""
-    modes = [Mode.parse(m) for m in modes]
-    total = len(guests) * len(modes)
-    done = 0
-    for name, image in guests:
-        ref = None
-        for mode in modes:
-            if progress:
-                progress(done, total, f"{name} {mode}")
-            obs = run(image, config, mode, config.max_instructions, keep_ram=True)
-            if obs.reason == Outcome.INTERRUPTED:
-                raise interrupt.Interrupted(obs.exit_status - 128)
-            row = row_for(name, obs, params)
-            if mode.is_reference:
-                ref = obs
-            elif ref is not None:
-                row["fidelity"] = compare(image, config, mode, locate=False,
-                                          reference=ref, other=obs).verdict
-            else:
-                row["fidelity"] = "not compared"
-            obs.ram = None
-            done += 1
-            yield row
-        if ref is not None:
-            ref.ram = None
+                params: costmodel.CostParams = costmodel.CostParams(), progress=None,
+                executor=None, sweep: Sweep = Sweep()):
+    """The rows of `run_matrix` in matrix order (guest, sweep point, mode), each
+    as soon as it and every row before it are done.  A stop (Ctrl-C, SIGTERM)
+    raises `bt.interrupt.Interrupted` after yielding every row whose task was
+    complete, so the caller keeps them; a stopped run yields none."""
+    tasks = tasks_for(guests, config, modes, params, sweep)
+    rows_per = [len(t.modes) * len(t.points) for t, _ in tasks]
+    total = sum(rows_per)             # progress counts rows: a run priced at k cost points is k
+    pool = executors.make(executor, len(tasks))
+    order = _Reorder(tasks)
+    if pool is None:
+        done = 0
+        for i, (task, image) in enumerate(tasks):
+            def each(label, step=len(task.points)):
+                nonlocal done
+                if progress:
+                    progress(done, total, label)
+                done += step
+            try:
+                rows = guest_rows(task, image, each)
+            except interrupt.Interrupted as e:
+                order.add(i, e.rows)
+                yield from order.flush()
+                raise
+            yield from order.add(i, rows)
+    else:
+        yield from _from_pool(pool, tasks, rows_per, total, progress, order)
     if progress:
-        progress(done, total, "done")
+        progress(total, total, "done")
+
+
+class _Reorder:
+    """Rows of tasks that end in any order, released in matrix order: a guest's
+    rows once all its tasks are done (a cost-major sweep interleaves the rows of
+    its machine settings) and every guest before it is out."""
+
+    def __init__(self, tasks):
+        self.left = {}                     # guest order -> tasks not done
+        for task, _ in tasks:
+            self.left[task.order] = self.left.get(task.order, 0) + 1
+        self.guest_of = [task.order for task, _ in tasks]
+        self.rows: dict[int, list] = {}    # guest order -> keyed rows done
+        self.next = min(self.left, default=0)
+
+    def add(self, index: int, keyed_rows) -> list[dict]:
+        g = self.guest_of[index]
+        self.rows.setdefault(g, []).extend(keyed_rows)
+        self.left[g] -= 1
+        out = []
+        while self.next in self.left and self.left[self.next] == 0:
+            out += [row for _, row in sorted(self.rows.pop(self.next, []), key=lambda kr: kr[0])]
+            self.next += 1
+        return out
+
+    def flush(self) -> list[dict]:
+        """After a stop: every row done, in matrix order, complete guests or not."""
+        keyed = sorted((kr for rows in self.rows.values() for kr in rows), key=lambda kr: kr[0])
+        self.rows.clear()
+        return [row for _, row in keyed]
+
+
+def _from_pool(pool, tasks, rows_per, total, progress, order: _Reorder):
+    """Rows from `pool` (tasks end in any order), yielded in matrix order."""
+    done = 0
+    if progress:
+        progress(0, total, f"started ({pool.describe()})")
+    try:
+        with closing(pool.run(guest_rows, tasks)) as results:
+            for index, rows in results:
+                done += rows_per[index]
+                if progress:
+                    progress(done, total, f"{tasks[index][0].name} done")
+                yield from order.add(index, rows)
+    except interrupt.Interrupted as e:
+        if getattr(e, "task", None) is not None:   # a worker's stopped task: its runs before
+            order.add(e.task, e.rows)
+        yield from order.flush()
+        raise
+    finally:
+        close = getattr(pool, "close", None)
+        if close:
+            close()
 
 
 class ProgressBar:
@@ -116,12 +242,18 @@ class ProgressBar:
         self.stream.flush()
 
 
-def write_csv(rows: list[dict], path) -> None:
+def columns(swept: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The CSV columns: the swept parameters right after the guest."""
+    return (COLUMNS[0], *swept, *COLUMNS[1:])
+
+
+def write_csv(rows: list[dict], path, swept: tuple[str, ...] = ()) -> None:
+    cols = columns(swept)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
+            w.writerow({k: r.get(k, "") for k in cols})
 
 
 def write_json(rows: list[dict], path, meta: dict) -> None:
@@ -146,16 +278,21 @@ TABLE = (("guest", "guest", str), ("mode", "mode", str), ("retired", "retired", 
          ("model Mcyc", "model_cycles", _mcyc), ("VT-x Mcyc", "vtx_model_cycles", _mcyc))
 
 
-def format_table(rows: list[dict], markdown: bool = False) -> str:
-    heads = [h for h, _, _ in TABLE]
-    cells = [[fmt(r.get(key, "")) for _, key, fmt in TABLE] for r in rows]
+def _swept_value(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def format_table(rows: list[dict], markdown: bool = False, swept: tuple[str, ...] = ()) -> str:
+    spec = TABLE[:1] + tuple((n, n, _swept_value) for n in swept) + TABLE[1:]
+    heads = [h for h, _, _ in spec]
+    cells = [[fmt(r.get(key, "")) for _, key, fmt in spec] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
               for i, h in enumerate(heads)]
-    left = {0, 1, 14}
+    left = {i for i, (_, key, _) in enumerate(spec) if key in ("guest", "mode", "fidelity")}
     def line(vals):
         return "  ".join(v.ljust(w) if i in left else v.rjust(w)
                          for i, (v, w) in enumerate(zip(vals, widths)))
@@ -171,18 +308,21 @@ def plot_available() -> None:
         raise BadInput("--plot needs matplotlib (pip install 'bt[plot]')") from None
 
 
-def plot(rows: list[dict], outdir) -> list[Path]:
+def plot(rows: list[dict], outdir, swept: tuple[str, ...] = ()) -> list[Path]:
     """Two PNG charts: exits per million instructions by mode and guest (log scale),
-    and modelled cycles by mode (emulate, trap, bt, VT-x model) per guest."""
+    and modelled cycles by mode (emulate, trap, bt, VT-x model) per guest; with a
+    sweep, one group of bars per guest and point ("hello cpu_mhz=50")."""
     plot_available()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    guests = list(dict.fromkeys(r["guest"] for r in rows))
+    def group(r) -> str:
+        return " ".join([r["guest"], *(f"{n}={_swept_value(r[n])}" for n in swept)])
+    guests = list(dict.fromkeys(group(r) for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
-    by = {(r["guest"], r["mode"]): r for r in rows}
+    by = {(group(r), r["mode"]): r for r in rows}
     paths = []
 
     def bars(series: dict, ylabel: str, title: str, name: str):
