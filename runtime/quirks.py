@@ -178,7 +178,7 @@ def _find_pc_sync_flag() -> int:
     Confirming a candidate writes a zero into that byte of a scratch engine, so a
     wrong candidate corrupts that engine (a zeroed byte of a heap pointer makes
     its later `uc_close` crash or double-free: the rare native crash of issue
-    18, ../shared/notes/native-crash.md).  Hence only bytes that are 0 -> 1 in two
+    18, docs/reliability.md).  Hence only bytes that are 0 -> 1 in two
     independent pairs of engines, kept alive together so that no two share
     heap addresses, and whose aligned 8-byte word is identical across the pairs,
     are ever tried: a pointer differs between two live engines, a flag does not."""
