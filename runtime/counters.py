@@ -76,6 +76,7 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
     CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),
+    CounterDecl("write_hook_spans", "times the code-write hook's one range grew to cover a new code page"),
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),
