@@ -102,3 +102,18 @@ def test_native_write_hooks_stay_one_as_code_pages_grow():
     assert csam["code_pages"] >= pages
     assert vm.clock.code_write_hooks() == 1
     assert 1 <= csam["write_hook_spans"] <= csam["scans"] < pages // 10
+
+
+def test_a_store_into_code_on_the_gdt_page_is_seen_in_every_mode():
+    """Found with the test above: under trap, code on the page holding the boot
+    GDT (write-protected, the VMM performs the store with a host write) kept
+    running its old translated block after the guest rewrote it."""
+    at = 0xC00
+    fn = assemble("mov eax, 0x11111111\nret", at)
+    src = (f"mov esp, 0x90000\nmov ebx, {at:#x}\ncall ebx\nmov esi, eax\n"
+           f"mov dword ptr [{at + 1:#x}], 0x22222222\ncall ebx\nmov edi, eax\nxor eax, eax\n" + EXIT + "hlt\n")
+    img = GuestImage("gdt-page-code", "raw", LOAD, [Segment(LOAD, assemble(src)), Segment(at, fn)])
+    for mode in ("emulate", "trap", "bt"):
+        _, r = run(img, mode)
+        assert r.exit_status == 0, (mode, r.message)
+        assert (r.regs["esi"], r.regs["edi"]) == (0x11111111, 0x22222222), mode
