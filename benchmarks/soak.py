@@ -81,6 +81,8 @@ def soak(guest: str, mode: str, seconds: float, step: int) -> dict:
         p = vm.mode.patcher.stats()
         row["patches_installed"] = sum(p["installed"].values())
         row["patches_removed"] = p["removed"]
+        row["stub_cache_bytes"] = p["stub_cache_bytes"]
+        row["stub_reuses"] = p.get("stub_reuses", 0)
     return row
 
 
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             r = json.loads(p.stdout.strip().splitlines()[-1])
             rows.append(r)
-            extra = (f"  patches +{r['patches_installed']} -{r['patches_removed']}" if m == "bt" else "")
+            extra = (f"  patches +{r['patches_installed']} -{r['patches_removed']} (stubs reused "
+                     f"{r['stub_reuses']}), stub cache {r['stub_cache_bytes'] / 1024:.1f} KiB" if m == "bt" else "")
             print(f"{g:12} {m:8} {r['instructions']:>12,} instr  {r['mips']:6.2f} MIPS  "
                   f"RSS {r['rss_warm_mb']:6.1f} -> {r['rss_end_mb']:6.1f} MB "
                   f"(growth {r['growth_mb']:+.1f}, peak {r['rss_peak_mb']:.1f}){extra}  [{r['outcome']}]",

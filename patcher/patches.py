@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import capstone
@@ -30,6 +31,11 @@ from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, Stub
                                template_for, window_check)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
+
+# Stub bytes of removed jump patches kept for reuse (patch churn: code that
+# rewrites itself near its sensitive instructions gets the same patch again
+# after every write).  Beyond this, the least recently removed are freed.
+RETIRED_STUB_BYTES = 64 << 10
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
@@ -60,6 +66,7 @@ class Patch:
     shares_scratch: frozenset = frozenset()
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
+    code: bytes = b""                 # the stub's bytes until they are written to the cache
 
     @property
     def span(self) -> tuple[int, int]:
@@ -86,6 +93,13 @@ class Patcher:
         # on_change(lo, hi): guest bytes [lo, hi) gained or lost a patch (CSAM keeps
         # the block check's table of covered bytes from it: runtime/csam.py).
         self.on_change = None
+        # on_free(lo, hi): a stub's space [lo, hi) was freed (the runtime drops what
+        # it knows about that stub: runtime/bt.py).
+        self.on_free = None
+        # Removed jump patches whose stubs are kept: (site, guest bytes) -> Patch,
+        # least recently removed first (`_reuse`, `_retire`).
+        self._retired: OrderedDict[tuple, Patch] = OrderedDict()
+        self._retired_bytes = 0
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -148,6 +162,10 @@ class Patcher:
         for other in [p for p in self.patches.values() if site.addr < p.site < end]:
             self._remove(other)
             self.counters.add("superseded")
+        patch = self._reuse(site, covered)
+        if patch is not None:
+            self._enable(patch)
+            return patch
         try:
             patch = self._build_jump(site, covered)
         except AssemblyError:
@@ -170,8 +188,25 @@ class Patcher:
         return patch
 
     def _build_jump(self, site: Insn, covered: list[Insn]) -> Patch:
+        """Assemble the stub where `reserve` will put it: at the cache's end, or
+        (when one is big enough) in a freed block, assembled again there."""
+        patch = self._build_jump_at(site, covered, self.cache.start + self.cache.used)
+        there = self.cache.next_free(patch.stub_size)
+        if there is not None:
+            again = self._build_jump_at(site, covered, there)
+            if again.stub_size == patch.stub_size:
+                patch = again
+        addr = self.cache.reserve(patch.stub_size) if patch.stub != self.cache.start + self.cache.used \
+            else self.cache.reserve_end(patch.stub_size)
+        assert addr == patch.stub
+        self.cache.write(addr, patch.code)
+        self._flush(addr, addr + patch.stub_size)     # a freed block may hold translated code
+        self.cache.mark_starts(patch.stub_map)
+        patch.code = b""
+        return patch
+
+    def _build_jump_at(self, site: Insn, covered: list[Insn], start: int) -> Patch:
         ctx = StubContext(self.state_addr, f"p{site.addr:x}")
-        start = self.cache.start + self.cache.used
         cur = start
         code = bytearray()
         exits: dict = {}
@@ -239,14 +274,10 @@ class Patcher:
             part = assemble(f"jmp {end:#x}", cur)
             code += part
             cur += len(part)
-        addr = self.cache.reserve(len(code))
-        assert addr == start
-        self.cache.write(addr, bytes(code))
-        self.cache.mark_starts(stub_map)
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
-                     tuple(covered), end, addr, len(code), exits, stub_map, relocated=relocated,
-                     shares_scratch=frozenset(shares))
+                     tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
+                     shares_scratch=frozenset(shares), code=bytes(code))
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""
@@ -305,17 +336,64 @@ class Patcher:
         self._flush(p.site, p.site + len(p.orig))
         if p.kind == "jump":
             self.cache.drop_guest_jump(p.site)
+            self._retire(p)
         p.enabled = False
         for sites in self._by_page.values():
             sites.discard(p.site)
         if self.on_change is not None:
             self.on_change(*p.span)
 
+    # -- reusing removed patches' stubs (patch churn) ---------------------------------
+    @staticmethod
+    def _key(site: int, covered) -> tuple:
+        return site, tuple((i.addr, bytes(i.data)) for i in covered)
+
+    def _retire(self, p: Patch) -> None:
+        """Keep a removed jump patch's stub: the same guest bytes at the same site
+        make the same stub (its code depends on nothing else that can change while
+        the cache stays where it is, and a move relocates retired stubs too).
+        Beyond RETIRED_STUB_BYTES the least recently removed are freed."""
+        old = self._retired.pop(self._key(p.site, p.covered), None)
+        if old is not None:             # an older stub for the same bytes: this one replaces it
+            self._free(old)
+        self._retired[self._key(p.site, p.covered)] = p
+        self._retired_bytes += p.stub_size
+        while self._retired_bytes > RETIRED_STUB_BYTES:
+            self._free(self._retired.popitem(last=False)[1])
+
+    def _free(self, p: Patch) -> None:
+        """A retired stub (already out of `_retired`) gives its space back."""
+        self._retired_bytes -= p.stub_size
+        self.cache.free(p.stub, p.stub_size)
+        if self.on_free is not None:
+            self.on_free(p.stub, p.stub + p.stub_size)
+        self.counters.add("stubs_freed")
+
+    def _reuse(self, site: Insn, covered: list[Insn]) -> Patch | None:
+        """The retired patch for exactly these guest bytes at this site, if any: no
+        assembly and no new stub bytes (its instruction-start marks are still in
+        place).  The bytes under the jump are checked again: they are the first
+        of the covered instructions' bytes, so they match."""
+        p = self._retired.pop(self._key(site.addr, covered), None)
+        if p is None:
+            return None
+        if self._read(site.addr, JMP_SIZE) != p.orig:
+            self._free(p)
+            return None
+        self._retired_bytes -= p.stub_size
+        p.enabled = True
+        self.counters.add("stub_reuses")
+        return p
+
+    @property
+    def retired(self) -> int:
+        return len(self._retired)
+
     # -- moving the stub cache --------------------------------------------------------
     def relocate(self, delta: int) -> None:
         """The stub cache moved by `delta` (its bytes and fixups already moved:
         StubCache.relocate): move every patch's stub, exit and stub-map addresses."""
-        for p in self.patches.values():
+        for p in list(self.patches.values()) + list(self._retired.values()):
             if p.stub:
                 p.stub += delta
                 p.exits = {a + delta: e for a, e in p.exits.items()}
@@ -326,7 +404,8 @@ class Patcher:
         self._stub_index = None
 
     def stats(self) -> dict:
-        return self.counters.report(enabled=len(self.patches), stub_cache_bytes=self.cache.used)
+        return self.counters.report(enabled=len(self.patches), stub_cache_bytes=self.cache.used,
+                                    stub_cache_free_bytes=self.cache.free_bytes, retired_stubs=len(self._retired))
 
 
 _PAIRS = (("jo", "jno"), ("jb", "jae"), ("je", "jne"), ("jbe", "ja"), ("js", "jns"), ("jp", "jnp"),

@@ -10,6 +10,11 @@ capstone's operand offsets and recorded as a fixup:
     does not,
 plus, per patch, the guest->stub `jmp rel32` written into guest code (a `rel`
 fixup living in guest memory).  `relocate(new_base)` rewrites all of them.
+
+Space is allocated at the end (`used` grows) or, first, from blocks given back
+with `free` (a stub whose patch will not come back: patcher/patches.py evicts
+removed patches' stubs beyond a bound), so a guest that keeps rewriting its
+code does not grow the cache without bound.
 """
 from __future__ import annotations
 
@@ -38,7 +43,6 @@ class AssemblyError(Exception):
 class Fixup:
     where: int        # address of the 4-byte field
     kind: str         # abs | rel
-    in_guest: bool = False
 
 
 def assemble(text: str, address: int) -> bytes:
@@ -81,6 +85,11 @@ class StubCache:
     # translates.  Indexed from `start`, so it survives relocation; never resized
     # (the clock holds its buffer).
     starts: bytearray = field(default_factory=lambda: bytearray(STUBS_SIZE))
+    # Sites of the guest->stub jumps (their rel32 moves with the area); a set, so
+    # removing one is O(1) whatever the number of stubs.
+    guest_jumps: set = field(default_factory=set)
+    # Freed blocks, (offset from `start`, size), reused first-fit by `reserve`.
+    free_blocks: list = field(default_factory=list)
 
     @property
     def start(self) -> int:
@@ -90,11 +99,48 @@ class StubCache:
         return self.start <= addr < self.start + STUBS_SIZE
 
     def reserve(self, size: int) -> int:
+        """Space for `size` bytes: a freed block it fits in, else at the end."""
+        need = (size + 15) & ~15
+        for i, (off, n) in enumerate(self.free_blocks):
+            if n >= need:
+                if n == need:
+                    del self.free_blocks[i]
+                else:
+                    self.free_blocks[i] = (off + need, n - need)
+                return self.start + off
+        return self.reserve_end(size)
+
+    def reserve_end(self, size: int) -> int:
         if self.used + size > STUBS_SIZE:
             raise StubCacheFull(f"stub cache full ({STUBS_SIZE} bytes)")
         addr = self.start + self.used
         self.used += (size + 15) & ~15
         return addr
+
+    def next_free(self, size: int) -> int | None:
+        """Where `reserve(size)` would take a freed block (None: at the end)."""
+        need = (size + 15) & ~15
+        return next((self.start + off for off, n in self.free_blocks if n >= need), None)
+
+    def free(self, addr: int, size: int) -> None:
+        """Give a stub's space back: its fixups and instruction-start marks go
+        (the bytes stay until the space is reused; the caller drops translations)."""
+        off, n = addr - self.start, (size + 15) & ~15
+        self.fixups = [f for f in self.fixups if not addr <= f.where < addr + n]
+        self.starts[off:off + n] = bytes(n)
+        self.free_blocks.append((off, n))
+        self.free_blocks.sort()
+        merged: list = []
+        for o, m in self.free_blocks:           # adjacent blocks become one
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + m)
+            else:
+                merged.append((o, m))
+        self.free_blocks = merged
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(n for _o, n in self.free_blocks)
 
     def write(self, addr: int, code: bytes) -> None:
         self.uc.mem_write(addr, code)
@@ -109,22 +155,20 @@ class StubCache:
                 self.starts[off] = min(self.starts[off] + 1, 255)
 
     def add_guest_jump(self, site: int) -> None:
-        self.fixups.append(Fixup(site + 1, "rel", in_guest=True))
+        self.guest_jumps.add(site)
 
     def drop_guest_jump(self, site: int) -> None:
-        self.fixups = [f for f in self.fixups if not (f.in_guest and f.where == site + 1)]
+        self.guest_jumps.discard(site)
 
     def relocate(self, new_base: int, read_guest, write_guest) -> None:
         """Move every stub-area dependency by (new_base - base).  The caller has
         already mapped the new area and copied the old one's bytes there."""
         delta = (new_base - self.base) & 0xFFFFFFFF
         moved = []
+        for site in self.guest_jumps:
+            v = struct.unpack("<I", read_guest(site + 1, 4))[0]
+            write_guest(site + 1, struct.pack("<I", (v + delta) & 0xFFFFFFFF))
         for f in self.fixups:
-            if f.in_guest:
-                v = struct.unpack("<I", read_guest(f.where, 4))[0]
-                write_guest(f.where, struct.pack("<I", (v + delta) & 0xFFFFFFFF))
-                moved.append(f)
-                continue
             where = (f.where + delta) & 0xFFFFFFFF
             v = struct.unpack("<I", bytes(self.uc.mem_read(where, 4)))[0]
             if f.kind == "abs":

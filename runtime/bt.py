@@ -50,6 +50,8 @@ class BTMode(TrapMode):
         self.patcher = Patcher(self.uc, self.cache, self.vcpu.state_addr,
                                self._raw_read, self._raw_write, self._flush,
                                Counters(PATCH_STATS))
+        # A freed stub's guest-access marks go with it (its space is reused).
+        self.patcher.on_free = lambda lo, hi: self.isolation.guard.mark(lo, hi, False)
         self.stats = Counters(CSAM_STATS)
         self.csam = CSAM(self, self.patcher, self.stats, self._place_patches)
         self._patched_fault_sites: set[int] = set()

@@ -88,10 +88,28 @@ class InstructionClock:
         self.on_unscanned = on_unscanned
 
     def watch_code_writes(self, begin: int, end: int) -> int:
-        """A native write hook on [begin, end] (physical) that marks pages whose
-        scanned bytes the guest stores into (runtime/_clock.c write_hook)."""
+        """The native write hook, ranged on [begin, end] (physical), that marks pages
+        whose scanned bytes the guest stores into (runtime/_clock.c write_hook, which
+        checks each stored byte against the page's scanned flags: a page in the
+        range without code costs a lookup).  One hook for the engine: a new range
+        replaces the old one (the caller passes a range covering every code page),
+        because Unicorn checks every slow-path store against every write hook's
+        range -- 1,000 ranged hooks made each store ~17-34 us (docs/benchmarks.md,
+        "Stores as code grows").  Unicorn 2.1.4 has no call that changes a hook's
+        range: the old hook is deleted (it no longer fires, already translated
+        blocks included: tests/runtime/test_write_hook_span.py) and a new one added."""
         from unicorn import UC_HOOK_MEM_WRITE
-        return hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user, begin, end)
+        from unicorn.unicorn_py3.unicorn import uclib
+        old = getattr(self, "_code_write_hook", None)
+        if old is not None:
+            uclib.uc_hook_del(self.uc._uch, old)
+        self._code_write_hook = hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user,
+                                         begin, end)
+        return self._code_write_hook
+
+    def code_write_hooks(self) -> int:
+        """How many code-write hooks are alive (0 or 1)."""
+        return int(getattr(self, "_code_write_hook", None) is not None)
 
     def hide_patch_bytes(self, begin: int, end: int) -> None:
         """The native read hooks, ranged on [begin, end] (physical), through which

@@ -51,7 +51,13 @@ PATCH_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("superseded", "patches removed because a new jump patch's stub translates them"),
     CounterDecl("int3_fallbacks", "int3 patches installed (their jump was refused)"),
     CounterDecl("enabled", "patches installed at the end of the run", gauge=True),
-    CounterDecl("stub_cache_bytes", "bytes of the stub cache in use", gauge=True),
+    CounterDecl("stub_cache_bytes", "bytes of the stub cache allocated so far (its high-water mark; "
+                "freed blocks are reused first)", gauge=True),
+    CounterDecl("stub_cache_free_bytes", "of those, freed blocks awaiting reuse", gauge=True),
+    CounterDecl("retired_stubs", "stubs of removed jump patches kept for reuse (patcher/patches.py)",
+                gauge=True),
+    CounterDecl("stub_reuses", "jump patches installed with the kept stub of an identical removed one"),
+    CounterDecl("stubs_freed", "kept stubs freed (beyond the bound, or replaced)"),
 )
 
 # Kept by bt mode (runtime/bt.py, runtime/csam.py), reported as `extra.csam`.
@@ -76,6 +82,7 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
     CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),
+    CounterDecl("write_hook_spans", "times the code-write hook's one range grew to cover a new code page"),
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),

@@ -21,9 +21,9 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
 * int3 guards on indirect branches the scanner could not resolve: their first
   byte traps, `guard_exit` computes the target, scans it if it is new, and
   performs the branch.
-* Self-modifying code: a native write hook on every page holding scanned code
-  marks the page dirty when a guest store touches scanned bytes.  The store
-  completes as the CPU did it (never aborted and replayed); the block check
+* Self-modifying code: one native write hook whose range spans every page
+  that ever held scanned code (`_watch_writes`) marks a page dirty when a
+  guest store touches scanned bytes.  The store completes as the CPU did it (never aborted and replayed); the block check
   refuses every later block start on a dirty page, and before anything is
   scanned the dirty pages are invalidated: patches and guards removed (the
   guest's new bytes kept), translated blocks and the page's CFG dropped.
@@ -77,7 +77,7 @@ class CSAM:
         self._hidden: dict[int, bytearray] = {}     # page -> the table shared with C (HIDDEN)
         self._written: set[int] = set()             # pages the guest wrote code on
         self._hide_everywhere = self.vm.config.hide_patches == "every-page"
-        self._write_hooked: set[int] = set()        # pages with a native write hook (kept)
+        self._write_span: tuple[int, int] | None = None  # [first, last] page the write hook covers
         self._interior: dict[int, bytearray] = {}
         self.clock = self.vm.clock
         patcher.on_change = self._patches_changed
@@ -237,12 +237,23 @@ class CSAM:
                 continue
             self.code_pages.add(page)
             self.clock.c.set_page(FLAGS, page, cfg.pages.pages[page].flags)
-            if page not in self._write_hooked:
-                # One ranged hook per code page, kept for the engine's life (its
-                # callback checks the page's current flags): stores elsewhere
-                # cost nothing (notes: "Native hooks are nearly free").
-                self._write_hooked.add(page)
-                self.clock.watch_code_writes(page, page + PAGE - 1)
+        self._watch_writes([p for p in pages - before if p < ram])
+
+    def _watch_writes(self, pages: list[int]) -> None:
+        """Grow the one code-write hook's range to cover `pages` (kept for the
+        engine's life; its C callback checks the page's current flags): at most
+        one growth per scan.  One hook, not one per page: Unicorn checks every
+        store against every write hook's range (runtime/clock.py
+        watch_code_writes).  A store to a page inside the span that holds no code
+        costs the callback a table lookup."""
+        if not pages:
+            return
+        lo, hi = self._write_span or (min(pages), max(pages))
+        lo, hi = min(lo, *pages), max(hi, *pages)
+        if (lo, hi) != self._write_span:
+            self._write_span = (lo, hi)
+            self.stats.add("write_hook_spans")
+            self.clock.watch_code_writes(lo, hi + PAGE - 1)
 
     def ensure_scanned(self, target: int) -> None:
         """The VMM sends the guest to `target`: interrupt handlers and other

@@ -205,6 +205,10 @@ class TrapMode(EmulateMode):
             self.hyper_mapping.write(address, data)     # the VMM's directory slot stays
         else:
             self.uc.mem_write(address, data)
+        # A host write leaves translated blocks of those bytes as they were: code
+        # sharing the watched page (the GDT's) must see the guest's store
+        # (tests/runtime/test_write_hook_span.py, the GDT page test).
+        self.uc.ctl_remove_cache(address, address + size)
         self.on_watched_write(page, address, size)
         if stop:
             self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter

@@ -117,9 +117,12 @@ class Decoder:
 
     def invalidate(self, lo: int, hi: int) -> None:
         """Forget decoded instructions whose bytes may overlap [lo, hi)."""
-        self.starts = [a for a in self.starts if not lo - MAX_INSN < a < hi]
+        # Cheap for code that keeps rewriting one page (patch churn): `starts` is
+        # sorted (a slice goes), and a small cache is walked instead of the range.
+        starts = self.starts
+        del starts[bisect.bisect_right(starts, lo - MAX_INSN):bisect.bisect_left(starts, hi)]
         cache = self.cache
-        if hi - lo > 4 * PAGE and len(cache) < (hi - lo):
+        if len(cache) < (hi - lo):
             for a in [a for a in cache if lo - MAX_INSN < a < hi]:
                 del cache[a]
             return
