@@ -148,8 +148,9 @@ class CSAM:
             return data
         end = addr + len(data)
         out = None
-        for frame, table in self._hidden.items():
-            if frame + PAGE <= addr or frame >= end:
+        for frame in range(addr & ~(PAGE - 1), end, PAGE):
+            table = self._hidden.get(frame)
+            if table is None:
                 continue
             out = out or bytearray(data)
             for i in range(max(frame, addr) - frame, min(frame + PAGE, end) - frame):
