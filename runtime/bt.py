@@ -88,9 +88,9 @@ class BTMode(TrapMode):
 
     def _flush(self, lo: int, hi: int) -> None:
         """Drop Unicorn's translated blocks of linear [lo, hi).  Its removal takes
-        a linear address and walks the current tables (tests/runtime/
-        test_unicorn_paging_facts.py): only where they map the view's physical
-        page is it used; elsewhere the whole cache goes."""
+        a linear address and walks the current tables
+        (tests/runtime/test_unicorn_paging_facts.py): only where they map the
+        view's physical page is it used; elsewhere the whole cache goes."""
         if not self.csam.paging():
             self.uc.ctl_remove_cache(lo, hi)
             return
@@ -152,9 +152,12 @@ class BTMode(TrapMode):
             self.isolation.guard.mark(lo, hi, True)
 
     def on_vmm_branch(self, target: int) -> None:
-        # Ring-3 code is never scanned or patched (an emulated iretd to user
-        # mode lands here): under paging a jump patch's stub is supervisor-only.
-        if self.vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3:
+        # Under paging ring-3 code is never scanned or patched (an emulated
+        # iretd to user mode lands here): the stub cache is supervisor-only
+        # there, a jump patch would fault.  Without paging the ring-3 target is
+        # scanned, so its pushfd/popfd are patched and see the virtual IF
+        # (tests/runtime/test_emulation_causes.py, patched sites reached from ring 3).
+        if self.vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 and self.csam.paging():
             return
         self.csam.ensure_scanned(target)
 
