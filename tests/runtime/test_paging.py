@@ -234,3 +234,19 @@ def test_bt_sees_code_written_through_one_alias_and_run_through_another():
     assert ecx == (0xAAAA, 0xAAAA, 0xAAAA, 0x1111, 0x1111, 0x2222)
     csam = got.extra["csam"]
     assert csam["smc_invalidations"] >= 2 and csam["view_moves"] >= 1
+
+
+def test_csam_views_cost_no_mem_protect_calls():
+    """The CR3-switch guest above: bt makes exactly trap's mem_protect calls (the
+    directory watch of runtime/paging.py); scanning, patching and moving views
+    under paging use native hooks only."""
+    code_a = assemble(ROUTINE_A, 0x400000)
+    code_b = assemble(ROUTINE_B, 0x400000)
+    calls = "".join(f"mov eax, {pd:#x}\nmov cr3, eax\nmov eax, {at:#x}\ncall eax\n"
+                    for pd, at in [(PD1, 0x400000), (PD1, HIGH + CODE_B), (PD2, 0x400000), (PD1, 0x400000)])
+    src = PAGING_ON + calls + EXIT
+    trap_vm, trap = run(raw_guest(src, _bt_tables(code_a, code_b)), "trap")
+    bt_vm, bt = run(raw_guest(src, _bt_tables(code_a, code_b)), "bt")
+    assert trap.exit_status == bt.exit_status == 0, bt.message
+    assert bt.extra["csam"]["view_moves"] >= 2
+    assert bt_vm.mode.protect.calls == trap_vm.mode.protect.calls > 0
