@@ -111,6 +111,7 @@ typedef struct {
     uint8_t **interior;                 /* page -> 1 where a jump patch covers a non-first byte */
     PyObject **interior_obj;
     uint8_t *dirty;                     /* page -> 1 once the guest wrote scanned bytes there */
+    uint32_t *view;                     /* page -> the linear page its flags were scanned at (NO_VIEW: none) */
     uint8_t **hide;                     /* page -> [PAGE mask | PAGE guest bytes] of patched bytes */
     PyObject **hide_obj;
     uint8_t *swap_at[MAX_SWAP];         /* bytes a running load sees unpatched ... */
@@ -420,14 +421,23 @@ static bool fixed(Clock *c, Entry *e)
     return true;
 }
 
+#define NO_VIEW UINT32_MAX
+#define CF_OK 0         /* in RAM, and the page's view is this linear page */
+#define CF_PASS 1       /* outside RAM (stubs, the hypervisor area): not checked */
+#define CF_REFUSE 2     /* another view, or no translation here (PAE, not present) */
+static int code_frame(Clock *c, uint64_t addr, uint64_t *pa);   /* see "Code check" */
+
 /* Guest instructions in the first k instructions of e: k outside the stub
  * cache, else the sum of the published stub-byte weights. */
 static inline bool ends_in_patch_jump(Clock *c, Entry *e)
 {
-    uint64_t a = e->addr + e->offs[e->ninsn - 1], pg = a >> PAGE_SHIFT;
-    if (pg >= c->ram_pages || !c->interior[pg] || c->interior[pg][a & PAGE_OFF] != PATCH_SITE)
+    if (e->offs[e->ninsn - 1] + 5u != e->size || e->bytes[e->offs[e->ninsn - 1]] != 0xE9)
         return false;
-    return e->offs[e->ninsn - 1] + 5u == e->size && e->bytes[e->offs[e->ninsn - 1]] == 0xE9;
+    uint64_t pa;
+    if (code_frame(c, e->addr + e->offs[e->ninsn - 1], &pa) != CF_OK)
+        return false;
+    uint64_t pg = pa >> PAGE_SHIFT;
+    return c->interior[pg] && c->interior[pg][pa & PAGE_OFF] == PATCH_SITE;
 }
 
 static inline uint64_t weight(Clock *c, Entry *e, uint32_t k)
@@ -490,7 +500,30 @@ static long index_of(Entry *e, uint64_t addr)
  * say START there, the page must not be dirty (the guest wrote scanned bytes
  * since), and the address must not lie inside the bytes a jump patch covers.
  * Anything else stops the engine before the block runs (STOP_SCAN) and the
- * VMM scans (runtime/csam.py).  Stubs (outside RAM) and ring 3 pass. */
+ * VMM scans (runtime/csam.py).  Stubs (outside RAM) and ring 3 pass.
+ *
+ * The tables are kept per *physical* page (the write and read hooks see
+ * physical addresses), and each physical page holds the scan of one linear
+ * page at a time, its view (runtime/csam.py, "Paging").  The block's linear
+ * address is translated here (the same walk block_bytes uses) and the start is
+ * known only when the physical page's view is that linear page: after a CR3
+ * switch that puts other code there, or when the page is entered through
+ * another alias, the block is refused and the VMM moves the view. */
+
+static int code_frame(Clock *c, uint64_t addr, uint64_t *pa)
+{
+    if (c->env && (env_u64(c, c->cr0_off) & 0x80000000u)) {
+        if (!walk(c, addr, pa))
+            return CF_REFUSE;
+    } else {
+        *pa = addr;
+    }
+    uint64_t pg = *pa >> PAGE_SHIFT;
+    if (pg >= c->ram_pages)
+        return CF_PASS;
+    return c->view[pg] == (uint32_t)(addr >> PAGE_SHIFT) ? CF_OK : CF_REFUSE;
+}
+
 static inline bool known_start(Clock *c, uint64_t addr)
 {
     uint64_t pg = addr >> PAGE_SHIFT;
@@ -503,7 +536,7 @@ static inline bool known_start(Clock *c, uint64_t addr)
 
 static bool refuse_block(Clock *c, void *uc, uint64_t addr)
 {
-    if (!c->check || (addr >> PAGE_SHIFT) >= c->ram_pages)
+    if (!c->check)
         return false;
     if (c->hflags_off >= 0 && c->env) {
         uint32_t hflags;
@@ -511,8 +544,12 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
         if ((hflags & 3) == 3)
             return false;
     }
+    uint64_t pa;
+    int k = code_frame(c, addr, &pa);
+    if (k == CF_PASS)
+        return false;
     c->code_checks++;
-    if (known_start(c, addr))
+    if (k == CF_OK && known_start(c, pa))
         return false;
     if (addr == c->allow_once) {
         c->allow_once = NO_ADDR;
@@ -704,6 +741,7 @@ static void Clock_dealloc(Clock *c)
     free(c->hide);
     free(c->hide_obj);
     free(c->dirty);
+    free(c->view);
     Py_XDECREF(c->stub_starts_obj);
     free(c->hooked);
     free(c->tmp);
@@ -943,9 +981,12 @@ static PyObject *Clock_enable_code_check(Clock *c, PyObject *args)
     c->dirty = calloc(n, 1);
     c->hide = calloc(n, sizeof(uint8_t *));
     c->hide_obj = calloc(n, sizeof(PyObject *));
+    c->view = malloc(n * sizeof(uint32_t));
     if (!c->code || !c->code_obj || !c->interior || !c->interior_obj || !c->dirty || !c->hide
-        || !c->hide_obj)
+        || !c->hide_obj || !c->view)
         return PyErr_NoMemory();
+    for (uint64_t i = 0; i < n; i++)
+        c->view[i] = NO_VIEW;
     c->ram_pages = n;
     c->hflags_off = hflags;
     c->check = true;
@@ -1026,6 +1067,30 @@ fail:
     return NULL;
 }
 
+/* set_view(page base, linear page base or None): whose scan the physical page's
+ * tables hold (see "Code check") */
+static PyObject *Clock_set_view(Clock *c, PyObject *args)
+{
+    unsigned long long base;
+    PyObject *lin;
+    if (!PyArg_ParseTuple(args, "KO", &base, &lin))
+        return NULL;
+    uint64_t pg = base >> PAGE_SHIFT;
+    if (pg >= c->ram_pages) {
+        PyErr_SetString(PyExc_ValueError, "page outside RAM (or code check not enabled)");
+        return NULL;
+    }
+    if (lin == Py_None) {
+        c->view[pg] = NO_VIEW;
+        Py_RETURN_NONE;
+    }
+    unsigned long long l = PyLong_AsUnsignedLongLong(lin);
+    if (PyErr_Occurred())
+        return NULL;
+    c->view[pg] = (uint32_t)(l >> PAGE_SHIFT);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Clock_has_writes(Clock *c, PyObject *unused)
 {
     if (c->nwlog || c->wlog_lost)
@@ -1047,9 +1112,10 @@ static PyObject *Clock_known_start(Clock *c, PyObject *arg)
     unsigned long long a = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
         return NULL;
-    if ((a >> PAGE_SHIFT) >= c->ram_pages)
+    uint64_t pa;
+    if (!c->check || code_frame(c, a, &pa) != CF_OK)
         Py_RETURN_FALSE;
-    return PyBool_FromLong(known_start(c, a));
+    return PyBool_FromLong(known_start(c, pa));
 }
 
 static PyObject *Clock_code_stats(Clock *c, PyObject *unused)
@@ -1136,6 +1202,7 @@ static PyMethodDef Clock_methods[] = {
     {"has_writes", (PyCFunction)Clock_has_writes, METH_NOARGS, "code writes logged since the last take"},
     {"allow_once", (PyCFunction)Clock_allow_once, METH_O, "allow_once(addr): let one unscannable start run"},
     {"known_start", (PyCFunction)Clock_known_start, METH_O, "known_start(addr): the block check's verdict"},
+    {"set_view", (PyCFunction)Clock_set_view, METH_VARARGS, "set_view(page, linear page or None): the linear page whose scan a physical page holds"},
     {"code_stats", (PyCFunction)Clock_code_stats, METH_NOARGS, "counters of the code check"},
     {NULL, NULL, 0, NULL}};
 

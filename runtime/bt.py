@@ -17,7 +17,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, VFLAGS_MASK, flag_tables, selector_view_table
-from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
+from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -37,10 +37,8 @@ IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection
 
 class BTMode(TrapMode):
     name = "bt"
-    # CSAM keys scans and patches by linear address and jump patches are
-    # alias-dependent: paging guests stay refused until that is built
-    # (docs/paging-plan.md).
-    paging_guests = False
+    # CSAM under paging: views (runtime/csam.py, "Paging"; docs/paging-plan.md).
+    paging_guests = True
 
     def __init__(self, vm):
         super().__init__(vm)
@@ -68,25 +66,56 @@ class BTMode(TrapMode):
         return self.csam.guards
 
     # -- memory -------------------------------------------------------------------
+    # Code bytes by linear address (patch sites, guards, stubs), through the
+    # physical page of the address's CSAM view (runtime/csam.py, "Paging"):
+    # a page at a time, since consecutive linear pages need not be consecutive
+    # physical ones.
+    def _pieces(self, addr: int, n: int):
+        while n > 0:
+            k = min(n, PAGE - (addr & (PAGE - 1)))
+            yield addr, k
+            addr, n = addr + k, n - k
+
     def _raw_read(self, addr: int, n: int) -> bytes:
-        return self.vm.mem.fast.mem_read(addr, n)
+        if not self.csam.frame_of and not self.csam.paging():
+            return self.vm.mem.fast.mem_read(addr, n)
+        return b"".join(bytes(self.vm.mem.fast.mem_read(self.csam.phys(a), k))
+                        for a, k in self._pieces(addr, n))
 
     def _raw_write(self, addr: int, data: bytes) -> None:
-        self.uc.mem_write(addr, data)
+        off = 0
+        for a, k in self._pieces(addr, len(data)):
+            self.uc.mem_write(self.csam.phys(a), data[off:off + k])
+            off += k
 
     def _flush(self, lo: int, hi: int) -> None:
-        self.uc.ctl_remove_cache(lo, hi)
+        """Drop Unicorn's translated blocks of linear [lo, hi).  Its removal takes
+        a linear address and walks the current tables
+        (tests/runtime/test_unicorn_paging_facts.py): only where they map the
+        view's physical page is it used; elsewhere the whole cache goes."""
+        if not self.csam.paging():
+            self.uc.ctl_remove_cache(lo, hi)
+            return
+        for a, k in self._pieces(lo, hi - lo):
+            if self.csam.live_phys(a) == self.csam.phys(a):
+                self.uc.ctl_remove_cache(a, a + k)
+            else:
+                self.uc.ctl_flush_tb()
+                return
 
     def guest_visible(self, address: int, size: int) -> bytes:
-        """Guest memory as the guest wrote it: patches hidden.  The one view the
-        scanner, the write monitor and the fidelity checker read."""
-        return self.patcher.original_bytes(address, self._raw_read(address, size))
+        """Physical memory as the guest wrote it: patches and guards hidden (the
+        tables the read hooks use, kept per physical page), and the directory
+        slot the VMM borrows shown with the guest's value.  What the write
+        monitor and the fidelity checker read (both by physical address; the
+        scanner reads by linear address: runtime/csam.py `linear_visible`)."""
+        return self.csam.hidden_bytes(address, super().guest_visible(address, size))
 
     def guest_read(self, addr: int, size: int) -> bytes:
         """A load the VMM performs for the guest (an emulated instruction's memory
         operand, a guard's branch target) sees what the guest's own load would:
-        the guest's bytes under patches (trap and bt run paging-free guests,
-        so the linear address is the physical one)."""
+        the guest's bytes under patches (looked up by the physical page the
+        load reaches)."""
         return self.csam.unhide(addr, super().guest_read(addr, size))
 
     # -- boot ---------------------------------------------------------------------
@@ -125,6 +154,13 @@ class BTMode(TrapMode):
             self.isolation.guard.mark(lo, hi, True)
 
     def on_vmm_branch(self, target: int) -> None:
+        # Under paging ring-3 code is never scanned or patched (an emulated
+        # iretd to user mode lands here): the stub cache is supervisor-only
+        # there, a jump patch would fault.  Without paging the ring-3 target is
+        # scanned, so its pushfd/popfd are patched and see the virtual IF
+        # (tests/runtime/test_emulation_causes.py, patched sites reached from ring 3).
+        if self.vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 and self.csam.paging():
+            return
         self.csam.ensure_scanned(target)
 
     # -- exits ------------------------------------------------------------------------

@@ -79,6 +79,8 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("hidden_reads", "guest loads that covered patch bytes and saw the guest's own bytes "
                 "(native read hooks, runtime/_clock.c)", gauge=True),
     CounterDecl("relocations", "moves of the hypervisor area"),
+    CounterDecl("view_moves", "linear pages whose scan was dropped because their physical page is "
+                "run through another linear address, or they map other memory now (paging)"),
     CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
     CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),

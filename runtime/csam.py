@@ -30,16 +30,44 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
 * Guest loads of patched bytes see the guest's own bytes, on every page: each
   page carrying a patch or guard gets native read hooks and a table of its
   hidden bytes (`_hide`; runtime/_clock.c, "Patches hidden from guest loads").
+
+Paging: the CFG, the patches and the guards are keyed by *linear* address (the
+scanner follows branches, a jump patch's `jmp rel32` and a stub's way back
+are linear); what the C side keeps per page (flags, dirty, patch interior,
+hidden bytes) and the write and read hooks are keyed by *physical* page
+(hooks see physical addresses: tests/runtime/test_unicorn_paging_facts.py).
+The link is a view: each physical page holds the scan of one linear page at a
+time (`frame_of` / `view_of`, published to C with `set_view`).  The block
+check translates the block's linear address and knows the start only when the
+physical page's view is that linear page, so
+* a CR3 switch that puts other code at a scanned linear address is refused
+  (the physical page there has no view, or another one): the old view goes
+  (its patches out of the old physical page) and the new code is scanned;
+* code entered through another alias of a scanned physical page is refused:
+  the old alias's view goes (patches restored) before the new alias is scanned.
+  Patches therefore only ever exist for the alias that runs, and a jump
+  patch's `jmp rel32`, planned for that linear address, is never run from
+  another one (the alias question of docs/paging-plan.md, answered by moving
+  the view rather than by alias-free patch forms: no patch template changes;
+  the cost is a rescan when a kernel alternates between aliases, counted as
+  `view_moves`).
+* Writes through any alias hit the physical page's flags (dirty).
+VMM accesses to patched code (`_raw`, bt's `_raw_read`/`_raw_write`) go
+through the view's frame, never through the current CR3, so removing a view's
+patches after a CR3 switch writes the right physical bytes; Unicorn's
+block-cache removal takes a *linear* address (fact test above), so it is used
+only where the current tables map the view, else the whole cache is flushed.
 """
 from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from bt.x86 import PAGE
+from bt.x86 import CR0_PG, PAGE
 from patcher.policy import insn_at
 from patcher.templates import Insn
 from runtime.decode import decode, effective_address
 from runtime.emulation import push
+from runtime.memory import PageFault
 from scanner.cfg import CFG
 from scanner.scan import Scanner
 
@@ -79,6 +107,10 @@ class CSAM:
         self._hide_everywhere = self.vm.config.hide_patches == "every-page"
         self._write_span: tuple[int, int] | None = None  # [first, last] page the write hook covers
         self._interior: dict[int, bytearray] = {}
+        # Paging (see the top): linear page <-> the physical page holding its scan.
+        self.frame_of: dict[int, int] = {}
+        self.view_of: dict[int, int] = {}
+        self._published: set[int] = set()           # linear pages whose flags C has
         self.clock = self.vm.clock
         patcher.on_change = self._patches_changed
 
@@ -91,10 +123,94 @@ class CSAM:
                                      self._on_unscanned)
 
     def _scan_read(self, addr: int, n: int) -> bytes | None:
-        ram = self.vm.config.mem_bytes
-        if addr < 0 or addr >= ram:
+        """The scanner's reads, by linear address: each page read becomes the
+        view of the physical page it maps to now (older views of either go)."""
+        out = bytearray()
+        a = addr
+        while len(out) < n and a >= 0:
+            page = a & ~(PAGE - 1)
+            if self.claim_view(page) is None:
+                break
+            k = min(n - len(out), page + PAGE - a)
+            out += self.linear_visible(a, k)
+            a += k
+        return bytes(out) if out else None
+
+    def linear_visible(self, addr: int, n: int) -> bytes:
+        """The code at linear `addr` as the guest wrote it: patches hidden (guards
+        are not: they sit on instructions already scanned)."""
+        return self.patcher.original_bytes(addr, self.mode._raw_read(addr, n))
+
+    def hidden_bytes(self, addr: int, data: bytes) -> bytes:
+        """`data` read at *physical* `addr` with the guest's bytes under patches
+        and guards (the per-physical-page tables of `_hide`)."""
+        if not self._hidden:
+            return data
+        end = addr + len(data)
+        out = None
+        for frame in range(addr & ~(PAGE - 1), end, PAGE):
+            table = self._hidden.get(frame)
+            if table is None:
+                continue
+            out = out or bytearray(data)
+            for i in range(max(frame, addr) - frame, min(frame + PAGE, end) - frame):
+                if table[i]:
+                    out[frame + i - addr] = table[PAGE + i]
+        return bytes(out) if out is not None else data
+
+    # -- views (paging; see the top) ---------------------------------------------------------
+    def paging(self) -> bool:
+        return bool(self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG)
+
+    def live_phys(self, addr: int) -> int | None:
+        """`addr` through the current page tables (a kernel read), None when the
+        walk fails."""
+        try:
+            return self.vm.mem.translate(addr)
+        except PageFault:
             return None
-        return self.mode.guest_visible(addr, min(n, ram - addr))
+
+    def phys(self, addr: int) -> int:
+        """Where the VMM reads and writes code at linear `addr`: the physical page
+        of its view when it has one, else through the current tables (stubs and
+        the area: linear = physical)."""
+        f = self.frame_of.get(addr & ~(PAGE - 1))
+        if f is not None:
+            return f | (addr & (PAGE - 1))
+        p = self.live_phys(addr)
+        return addr if p is None else p
+
+    def claim_view(self, page: int) -> int | None:
+        """Make linear `page` the view of the RAM page it maps to now; the
+        physical page, or None (not mapped, not RAM)."""
+        f = self.live_phys(page)
+        if f is None or f >= self.vm.config.mem_bytes:
+            return None
+        if self.frame_of.get(page) == f:
+            return f
+        self.drain_writes()
+        if page in self.frame_of:
+            self._drop_view(page)              # the page maps other memory now
+        other = self.view_of.get(f)
+        if other is not None:
+            self._drop_view(other)             # the memory is entered through another alias
+        self.frame_of[page] = f
+        self.view_of[f] = page
+        self.clock.c.set_view(f, page)
+        return f
+
+    def _drop_view(self, page: int) -> None:
+        """Forget linear `page`'s scan: its patches and guards come out of its
+        physical page (all bytes still the VMM's: no guest write pending)."""
+        self.stats.add("view_moves")
+        self._invalidate(page, [], guest_wrote=False)
+        f = self.frame_of.pop(page)
+        self.view_of.pop(f, None)
+        self.clock.c.set_view(f, None)
+
+    def _scannable(self, addr: int) -> bool:
+        p = self.live_phys(addr)
+        return p is not None and p < self.vm.config.mem_bytes
 
     # -- the block check's refusals ------------------------------------------------------
     def _on_unscanned(self, address: int) -> int:
@@ -105,6 +221,11 @@ class CSAM:
             return address                       # it was only on a dirty page: rescanned
         self.vm.counters.add("scan_exits")
         self.vm.exit_site(address)
+        if self.claim_view(address & ~(PAGE - 1)) is None:
+            # Not mapped (or not RAM): the fetch raises what the CPU would.
+            self.stats.add("unscannable_starts")
+            self.clock.c.allow_once(address)
+            return address
         p = self.patcher.covering(address)
         if p is not None and p.kind == "jump" and p.site < address < p.site + len(p.orig):
             return self._into_patch(p, address)
@@ -157,7 +278,8 @@ class CSAM:
         a jump patch's covered bytes; 2 at its site, where the clock weighs the
         `jmp` to the stub 0: the stub counts the guest instructions)."""
         for page in {lo & ~(PAGE - 1), (hi - 1) & ~(PAGE - 1)}:
-            if page >= self.vm.config.mem_bytes:
+            frame = self.frame_of.get(page)
+            if frame is None:
                 continue
             table = bytearray(PAGE)
             for p in self.patcher.patches_on_page(page):
@@ -169,10 +291,10 @@ class CSAM:
                     if a & ~(PAGE - 1) == page:
                         table[a - page] = 1
             if any(table):
-                self._interior[page] = table
-                self.clock.c.set_page(INTERIOR, page, table)
-            elif self._interior.pop(page, None) is not None:
-                self.clock.c.set_page(INTERIOR, page, None)
+                self._interior[frame] = table
+                self.clock.c.set_page(INTERIOR, frame, table)
+            elif self._interior.pop(frame, None) is not None:
+                self.clock.c.set_page(INTERIOR, frame, None)
             self._hide(page)
 
     def _hide(self, page: int) -> None:
@@ -183,7 +305,8 @@ class CSAM:
         guest's own).  With `hide_patches="written-pages"` only pages the guest
         wrote code on are covered: a read hook anywhere costs every guest load
         (docs/fidelity.md, "Reads of patched code")."""
-        if page >= self.vm.config.mem_bytes:
+        frame = self.frame_of.get(page)
+        if frame is None:
             return
         table = bytearray(2 * PAGE)
         spans = [(p.site, p.orig) for p in self.patcher.patches_on_page(page)]
@@ -196,15 +319,15 @@ class CSAM:
                     table[a - page] = 1
                     table[PAGE + a - page] = b
         if not any(table[:PAGE]):
-            self._hidden.pop(page, None)
-            self.clock.c.set_page(HIDDEN, page, None)
+            self._hidden.pop(frame, None)
+            self.clock.c.set_page(HIDDEN, frame, None)
             return
-        self._hidden[page] = table
-        self.clock.c.set_page(HIDDEN, page, table)
-        if page not in self._read_hooked and (self._hide_everywhere or page in self._written):
-            self._read_hooked.add(page)
-            lo, hi = self._read_span or (page, page)
-            lo, hi = min(lo, page), max(hi, page)
+        self._hidden[frame] = table
+        self.clock.c.set_page(HIDDEN, frame, table)
+        if frame not in self._read_hooked and (self._hide_everywhere or frame in self._written):
+            self._read_hooked.add(frame)
+            lo, hi = self._read_span or (frame, frame)
+            lo, hi = min(lo, frame), max(hi, frame)
             if (lo, hi) != self._read_span:
                 # One hook pair whose range spans every hidden page; pages in
                 # between without a table cost the hooks a lookup per load.
@@ -231,21 +354,24 @@ class CSAM:
         sites = [a for a, _name, _klass in sorted(self.scanner.new_sites)]
         unresolved = [u for u in cfg.unresolved_sites() if u not in known_unresolved]
         self._on_new_code(sites, unresolved)
-        ram = self.vm.config.mem_bytes
-        for page in pages - before:
-            if page >= ram:
+        new_frames = []
+        for page in pages - self._published:
+            frame = self.frame_of.get(page)
+            if frame is None:
                 continue
-            self.code_pages.add(page)
-            self.clock.c.set_page(FLAGS, page, cfg.pages.pages[page].flags)
-        self._watch_writes([p for p in pages - before if p < ram])
+            self._published.add(page)
+            self.code_pages.add(frame)
+            self.clock.c.set_page(FLAGS, frame, cfg.pages.pages[page].flags)
+            new_frames.append(frame)
+        self._watch_writes(new_frames)
 
     def _watch_writes(self, pages: list[int]) -> None:
-        """Grow the one code-write hook's range to cover `pages` (kept for the
-        engine's life; its C callback checks the page's current flags): at most
-        one growth per scan.  One hook, not one per page: Unicorn checks every
-        store against every write hook's range (runtime/clock.py
-        watch_code_writes).  A store to a page inside the span that holds no code
-        costs the callback a table lookup."""
+        """Grow the one code-write hook's range to cover `pages` (physical page
+        addresses; kept for the engine's life; its C callback checks the page's
+        current flags): at most one growth per scan.  One hook, not one per page:
+        Unicorn checks every store against every write hook's range
+        (runtime/clock.py watch_code_writes).  A store to a page inside the span
+        that holds no code costs the callback a table lookup."""
         if not pages:
             return
         lo, hi = self._write_span or (min(pages), max(pages))
@@ -259,7 +385,7 @@ class CSAM:
         """The VMM sends the guest to `target`: interrupt handlers and other
         VMM-chosen targets can sit in pages that are already executable (scanned
         for other code), so scan them explicitly."""
-        if self.cfg.block_of(target) is None and 0 <= target < self.vm.config.mem_bytes:
+        if self.cfg.block_of(target) is None and self._scannable(target):
             self.scan(target)
 
     def unhide(self, addr: int, data: bytes) -> bytes:
@@ -268,9 +394,14 @@ class CSAM:
         if not self._hidden:
             return data
         out = None
+        frames: dict[int, int | None] = {}
         for i in range(len(data)):
             a = addr + i
-            table = self._hidden.get(a & ~(PAGE - 1))
+            page = a & ~(PAGE - 1)
+            if page not in frames:
+                frames[page] = self.live_phys(page)   # the load's own translation
+            f = frames[page]
+            table = self._hidden.get(f) if f is not None else None
             if table is not None and table[a & (PAGE - 1)]:
                 out = out or bytearray(data)
                 out[i] = table[PAGE + (a & (PAGE - 1))]
@@ -282,8 +413,8 @@ class CSAM:
         if site is None or addr in self.guards:
             return
         self.guards[addr] = site
-        self.uc.mem_write(addr, b"\xcc")
-        self.uc.ctl_remove_cache(addr, addr + 1)
+        self.mode._raw_write(addr, b"\xcc")
+        self.mode._flush(addr, addr + 1)
         self._hide(addr & ~(PAGE - 1))
         self.vm.counters.add("guards_installed")
 
@@ -301,7 +432,7 @@ class CSAM:
         else:
             addr = effective_address(self.uc, op, self.mode.seg_base)
             target = int.from_bytes(self.mode.guest_read(addr, 4), "little")
-        if self.cfg.block_of(target) is None and target < self.vm.config.mem_bytes:
+        if self.cfg.block_of(target) is None and self._scannable(target):
             self.scan(target)
         if insn.mnemonic == "call":
             push(self.mode, site + ins.size, 4)
@@ -314,19 +445,26 @@ class CSAM:
         drain (the native write hook marked them; the stores have landed)."""
         if not self.clock.c.has_writes():
             return
-        pages, log, complete = self.clock.c.take_writes()
+        frames, log, complete = self.clock.c.take_writes()
         self.stats.add("code_page_writes", n=len(log))
-        written = [(a, n) for a, n in log] if complete else None
-        for page in pages:
+        for frame in frames:
+            page = self.view_of.get(frame)
+            if page is None:                     # no scan there any more
+                self.clock.c.set_page(FLAGS, frame, None)
+                continue
+            # the log is physical; the patches are keyed by the view's linear addresses
+            written = [(a - frame + page, n) for a, n in log] if complete else None
             self._invalidate(page, written)
 
-    def _invalidate(self, page: int, written) -> None:
-        """Drop the page's code: its patches and guards come out with the guest's
-        bytes put back -- except the bytes the guest itself wrote since (`written`:
-        (address, size) stores; None = the log overflowed: a byte that no longer
-        holds the patch's value was written by the guest)."""
-        self.stats.add("smc_invalidations")
-        self._written.add(page)
+    def _invalidate(self, page: int, written, guest_wrote: bool = True) -> None:
+        """Drop the linear page's code: its patches and guards come out with the
+        guest's bytes put back -- except the bytes the guest itself wrote since
+        (`written`: (linear address, size) stores; None = the log overflowed: a
+        byte that no longer holds the patch's value was written by the guest)."""
+        frame = self.frame_of.get(page, page)
+        if guest_wrote:
+            self.stats.add("smc_invalidations")
+            self._written.add(frame)
         patches = [p for p in self.patcher.patches_on_page(page)]
         keep: list[tuple[int, bytes]] = []
         for p in patches:
@@ -343,18 +481,20 @@ class CSAM:
                 keep.append((g, now))
         self.patcher.remove_page(page)
         for g in guards:
-            self.uc.mem_write(g, self.guards.pop(g).data[:1])
+            self.mode._raw_write(g, self.guards.pop(g).data[:1])
         for a, b in keep:
-            self.uc.mem_write(a, b)
+            self.mode._raw_write(a, b)
         self._hide(page)
         self.scanner.invalidate_page(page)
         self.cfg.pages.drop(page)
-        self.uc.ctl_remove_cache(page, page + PAGE)
-        self.code_pages.discard(page)
-        self.clock.c.set_page(FLAGS, page, None)
+        self._published.discard(page)
+        self.mode._flush(page, page + PAGE)
+        if frame < self.vm.config.mem_bytes:
+            self.code_pages.discard(frame)
+            self.clock.c.set_page(FLAGS, frame, None)
 
     def _raw(self, addr: int, n: int) -> bytes:
-        return bytes(self.vm.fast.mem_read(addr, n))
+        return self.mode._raw_read(addr, n)
 
     @staticmethod
     def _guest_wrote(a: int, written, now: int, p, i: int) -> bool:

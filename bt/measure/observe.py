@@ -62,7 +62,7 @@ def guest_ram(vm) -> bytes:
     mode = vm.mode
     visible = getattr(mode, "guest_visible", None)
     data = visible(0, size) if visible is not None else bytes(vm.uc.mem_read(0, size))
-    guards = getattr(mode, "guards", None)
+    guards = getattr(mode, "guards", None) if visible is None else None   # bt hides its own
     if guards:
         buf = bytearray(data)
         for addr, ins in guards.items():       # an int3 guard over an indirect branch

@@ -149,3 +149,26 @@ def test_pure_trap_and_emulate_runs_linux_with_paging_until_its_pushf_leak_panic
     assert "kernel BUG at kernel/irq_work.c:235!" in text
     assert "Kernel panic - not syncing: Fatal exception in interrupt" in text
     assert MARKER not in text                          # user space is never reached
+
+
+BT_BUDGET = 70_000_000      # past the 64.75 M instructions after which trap's leak panics the kernel
+
+
+@pytest.mark.slow
+def test_bt_runs_linux_with_paging_past_traps_pushf_panic(linux):
+    """docs/linux.md, "Under --mode bt": CSAM under paging (runtime/csam.py,
+    "Paging") scans and patches the kernel at 0xC1xxxxxx; its pushfd in
+    `irqs_disabled()` is patched, so the kernel sees its own cli: no "enabled
+    early" warning, no irq_work BUG, and the run is still going where trap's
+    ended (docs/linux.md says how far it gets)."""
+    cmdline = default_linux_cmdline(64)
+    img = load_image(linux["kernel"], "linux", mem_bytes=64 << 20, cmdline=cmdline, initrd=linux["scripted"])
+    r = VM(img, MachineConfig(mem_mib=64, cmdline=cmdline, mode="bt", max_instructions=BT_BUDGET),
+           stdout=None).run()
+    text = r.serial.decode("latin-1")
+    assert (r.reason, r.retired) == ("budget", BT_BUDGET), (r.message, text[-2000:])
+    assert "Memory: " in text and "Calibrating delay loop" in text
+    assert "Interrupts were enabled" not in text
+    assert "kernel BUG" not in text and "Kernel panic" not in text
+    csam = r.extra["csam"]
+    assert csam["pages_scanned"] > 100 and r.extra["patches"]["installed"].get("pushfd")

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from conftest import EXIT, raw_guest, run
+from conftest import EXIT, assemble, raw_guest, run
 
 PD1, PD2, PT = 0x30000, 0x32000, 0x31000
 SLOT = 0x3FC * 4
@@ -139,3 +139,114 @@ def test_the_guest_finds_nothing_at_the_areas_addresses(access):
     vm, got = run(_touch_the_area(access), "trap")
     assert want.reason == "triple-fault"
     assert (got.reason, got.retired, got.regs, got.message) == (want.reason, want.retired, want.regs, want.message)
+
+
+# -- bt under paging: CSAM's views (runtime/csam.py, "Paging") ------------------------
+CODE_A, CODE_B = 0x38000, 0x39000
+HIGH = 0xC0000000
+
+
+def _bt_tables(code_a: bytes, code_b: bytes):
+    """PD1 and PD2 share the identity map of 0-4 MiB (also at HIGH: the high
+    alias of physical 0-4 MiB); linear 0x400000 is CODE_A in PD1, CODE_B in PD2."""
+    pt = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
+    pd = lambda x: struct.pack("<II", PT | 3, x | 3) + bytes(4 * 0x2FE) + struct.pack("<I", PT | 3)
+    return [(PT, pt), (PD1, pd(0x33000)), (PD2, pd(0x34000)),
+            (0x33000, struct.pack("<I", CODE_A | 3)), (0x34000, struct.pack("<I", CODE_B | 3)),
+            (CODE_A, code_a), (CODE_B, code_b)]
+
+
+PAGING_ON = f"""
+    mov esp, 0x90000
+    mov eax, {PD1:#x}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+
+
+def _both(src: str, extra):
+    want_vm, want = run(raw_guest(src, extra), "emulate")
+    vm, got = run(raw_guest(src, extra), "bt")
+    assert want.exit_status == 0, want.message
+    assert got.exit_status == 0, got.message
+    assert got.retired == want.retired
+    n = 16
+    assert vm.uc.mem_read(OUT, 4 * n) == want_vm.uc.mem_read(OUT, 4 * n)
+    return want_vm, vm, got
+
+
+# Sensitive code bt patches (cli traps, fault-driven jump patch; pushfd after it).
+ROUTINE_A = "cli\npushfd\npop eax\nsti\nmov ecx, 0xaaaa\nret"
+ROUTINE_B = "mov ecx, 0xbbbb\ncli\npushfd\npop eax\nsti\nret"
+
+
+def test_bt_never_runs_old_code_at_a_linear_address_after_a_cr3_switch():
+    """Linear 0x400000 runs A (patched after its first trap) in PD1 and B in
+    PD2; back in PD1, A again.  B's page was scanned and patched before, through
+    its high alias in PD1: its flags say "instruction start" at the offsets
+    0x400000 reaches, and its jump patches were planned for the alias.  Neither
+    the PD1 view of 0x400000 nor B's alias view may vouch for PD2's
+    0x400000: ECX shows which code ran each time, EAX the IF pushfd saw."""
+    code_a = assemble(ROUTINE_A, 0x400000)
+    code_b = assemble(ROUTINE_B, 0x400000)
+    calls = []
+    for i, (pd, at) in enumerate([(PD1, 0x400000), (PD1, 0x400000), (PD1, HIGH + CODE_B),
+                                  (PD1, HIGH + CODE_B), (PD2, 0x400000), (PD2, 0x400000),
+                                  (PD1, 0x400000)]):
+        calls.append(f"""
+            mov eax, {pd:#x}
+            mov cr3, eax
+            mov eax, {at:#x}
+            call eax
+            mov dword ptr [{OUT + 8 * i:#x}], ecx
+            mov dword ptr [{OUT + 8 * i + 4:#x}], eax
+            """)
+    src = PAGING_ON + "".join(calls) + EXIT
+    want_vm, vm, got = _both(src, _bt_tables(code_a, code_b))
+    ecx = struct.unpack("<14I", vm.uc.mem_read(OUT, 56))[::2]
+    assert ecx == (0xAAAA, 0xAAAA, 0xBBBB, 0xBBBB, 0xBBBB, 0xBBBB, 0xAAAA)
+    csam = got.extra["csam"]
+    assert csam["view_moves"] >= 2                    # PD2's page took 0x400000, then PD1's again
+    assert got.extra["patches"]["installed"]          # the sensitive code was patched, not only trapped
+
+
+def test_bt_sees_code_written_through_one_alias_and_run_through_another():
+    """CODE_A is linear 0x400000 (PD1) and HIGH + CODE_A.  It runs (and is
+    patched) at 0x400000, runs through the high alias (whose jump patches
+    planned for 0x400000 must not be taken from there) and at 0x400000 again;
+    is rewritten through the high alias and run at 0x400000, run through the
+    high alias, rewritten through 0x400000 and run through the high alias."""
+    code_a = assemble(ROUTINE_A, 0x400000)
+    new1 = assemble("mov ecx, 0x1111\ncli\npushfd\npop eax\nsti\nret", 0)
+    new2 = assemble("mov ecx, 0x2222\ncli\npushfd\npop eax\nsti\nret", 0)
+    def write(at: int, code: bytes) -> str:
+        return "".join(f"mov byte ptr [{at + i:#x}], {b:#x}\n" for i, b in enumerate(code))
+    def call(at: int, slot: int) -> str:
+        return f"mov eax, {at:#x}\ncall eax\nmov dword ptr [{OUT + 4 * slot:#x}], ecx\n" \
+               f"mov dword ptr [{OUT + 4 * slot + 4:#x}], eax\n"
+    src = PAGING_ON + call(0x400000, 0) + call(0x400000, 0) + call(HIGH + CODE_A, 2) \
+        + call(HIGH + CODE_A, 2) + call(0x400000, 4) + write(HIGH + CODE_A, new1) \
+        + call(0x400000, 6) + call(HIGH + CODE_A, 8) + write(0x400000, new2) + call(HIGH + CODE_A, 10) + EXIT
+    want_vm, vm, got = _both(src, _bt_tables(code_a, b"\xc3"))
+    ecx = struct.unpack("<12I", vm.uc.mem_read(OUT, 48))[::2]
+    assert ecx == (0xAAAA, 0xAAAA, 0xAAAA, 0x1111, 0x1111, 0x2222)
+    csam = got.extra["csam"]
+    assert csam["smc_invalidations"] >= 2 and csam["view_moves"] >= 1
+
+
+def test_csam_views_cost_no_mem_protect_calls():
+    """The CR3-switch guest above: bt makes exactly trap's mem_protect calls (the
+    directory watch of runtime/paging.py); scanning, patching and moving views
+    under paging use native hooks only."""
+    code_a = assemble(ROUTINE_A, 0x400000)
+    code_b = assemble(ROUTINE_B, 0x400000)
+    calls = "".join(f"mov eax, {pd:#x}\nmov cr3, eax\nmov eax, {at:#x}\ncall eax\n"
+                    for pd, at in [(PD1, 0x400000), (PD1, HIGH + CODE_B), (PD2, 0x400000), (PD1, 0x400000)])
+    src = PAGING_ON + calls + EXIT
+    trap_vm, trap = run(raw_guest(src, _bt_tables(code_a, code_b)), "trap")
+    bt_vm, bt = run(raw_guest(src, _bt_tables(code_a, code_b)), "bt")
+    assert trap.exit_status == bt.exit_status == 0, bt.message
+    assert bt.extra["csam"]["view_moves"] >= 2
+    assert bt_vm.mode.protect.calls == trap_vm.mode.protect.calls > 0

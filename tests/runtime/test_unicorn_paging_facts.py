@@ -272,3 +272,32 @@ def test_a_refused_access_under_paging_ends_emulation_at_the_instruction():
             uc.emu_start(0x1000, 0, count=3)
         assert refused == [HYPER + 0x10] and faults == []
         assert uc.reg_read(X.UC_X86_REG_EIP) == 0x1001
+
+
+def _rewrite_and_rerun(flush, pte_of_page_2: int):
+    """Run the code at linear ALIAS (physical ALIAS_PHYS), rewrite it in physical
+    memory, `flush`, run again: (EBX it leaves, CR2)."""
+    code = assemble(f"mov eax, {ALIAS:#x}\ncall eax\nhlt", 0x1000)
+    uc = paged_engine(code, STUB)
+    uc.mem_write(PT_LOW + 8, struct.pack("<I", pte_of_page_2))   # linear 0x2000
+    uc.mem_write(ALIAS_PHYS, assemble("mov ebx, 1\nret", ALIAS))
+    uc.emu_start(0x1000, 0, count=4)
+    assert uc.reg_read(X.UC_X86_REG_EBX) == 1
+    uc.mem_write(ALIAS_PHYS, assemble("mov ebx, 2\nret", ALIAS))
+    flush(uc)
+    uc.emu_start(0x1000, 0, count=4)
+    return uc.reg_read(X.UC_X86_REG_EBX), uc.reg_read(X.UC_X86_REG_CR2)
+
+
+def test_remove_cache_takes_a_linear_address_under_paging():
+    """`ctl_remove_cache(lo, hi)` translates `lo` through the guest's page tables
+    (bt's patcher must pass the linear address the code runs at, in an address
+    space that maps it): given the physical address of the code, it drops the
+    blocks of whatever that address maps to linearly -- nothing when it maps
+    elsewhere, and a hidden #PF (CR2 set) when it is unmapped.  Without any
+    flush the old block runs; `ctl_flush_tb` always works."""
+    assert _rewrite_and_rerun(lambda uc: None, 0x2003) == (1, 0)
+    assert _rewrite_and_rerun(lambda uc: uc.ctl_remove_cache(ALIAS, ALIAS + 6), 0) == (2, 0)
+    assert _rewrite_and_rerun(lambda uc: uc.ctl_remove_cache(ALIAS_PHYS, ALIAS_PHYS + 6), 0x5003) == (1, 0)
+    assert _rewrite_and_rerun(lambda uc: uc.ctl_remove_cache(ALIAS_PHYS, ALIAS_PHYS + 6), 0) == (1, ALIAS_PHYS)
+    assert _rewrite_and_rerun(lambda uc: uc.ctl_flush_tb(), 0) == (2, 0)
