@@ -41,7 +41,7 @@ except ImportError as e:        # pragma: no cover - the package build compiles 
     _clock = None
     _IMPORT_ERROR = e
 
-STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX, STOP_SCAN = 0, 1, 2, 3, 4
+STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX, STOP_SCAN, STOP_IRQ = 0, 1, 2, 3, 4, 5
 
 
 def _fn(f) -> int:
@@ -77,6 +77,18 @@ class InstructionClock:
         through the guest's page tables without calling into Unicorn."""
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4)
+
+    # -- the interrupt window (emulate) -----------------------------------------------
+    def watch_irq_window(self, eflags_off: int, hflags_off: int) -> None:
+        """Where IF and the sti shadow live in the live CPU state (runtime/quirks.py):
+        enables `set_irq_wait` (runtime/_clock.c, "Interrupt window")."""
+        self.c.watch_irq_window(eflags_off, hflags_off)
+
+    def set_irq_wait(self, on: bool) -> None:
+        """While on, the slice ends (reason STOP_IRQ) before the first block that
+        starts with IF set outside an sti/mov-ss shadow: the instruction boundary
+        where the CPU takes a waiting interrupt."""
+        self.c.set_irq_wait(on)
 
     # -- CSAM's code check (bt) ----------------------------------------------------
     def enable_code_check(self, ram_bytes: int, hflags_off: int, on_unscanned) -> None:

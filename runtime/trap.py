@@ -47,6 +47,7 @@ from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(EmulateMode):
+    watches_irq_window = False          # IF is virtual: sti, popfd, iretd exit (runtime/emulation.py)
     name = "trap"
     # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
     # reachable).  bt says False until CSAM keys its scans by physical code.
