@@ -510,6 +510,12 @@ class VM:
                 g.open = 1
         if self._abort_pending:
             self.clock.cut(self.quirks.eip(), False)
+        elif err is not None:
+            # Unicorn gave up on an access (unmapped memory under emulate, the
+            # guarded hypervisor area under trap and bt) at EIP: the block was
+            # counted whole as it started; the rest of it never ran.  The
+            # instruction counts as started, as a fault's does.
+            self.clock.cut(self.quirks.eip(), True)
         done = self.clock.count
         if self._ended_at is not None:          # see request_stop
             done, after = self._ended_at
