@@ -130,6 +130,9 @@ typedef struct {
     uint32_t nwlog;
     bool wlog_lost;
     uint64_t code_checks, code_stops, code_writes, smc_restarts;
+    /* exact stops after in/out (emulate; see Clock_stop_after_io) */
+    bool io_stops;
+    unsigned int in_id, out_id;
     /* The interrupt window (emulate; see "Interrupt window" below) */
     bool irq_wait;
     Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
@@ -264,8 +267,13 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
             c->gaps++;
             break;
         }
-        if (*(unsigned int *)c->insn == c->fix_id && nfix < 8)
+        unsigned int id = *(unsigned int *)c->insn;
+        if (id == c->fix_id && nfix < 8)
             fix[nfix++] = e->addr + off;
+        /* in/out (emulate): a hook on the next instruction of the block makes
+         * a stop the VMM requests from the I/O hook take effect right after it */
+        if (c->io_stops && (id == c->in_id || id == c->out_id) && avail > 0 && nfix < 8)
+            fix[nfix++] = e->addr + (e->size - avail);
     }
     free(e->fix);
     e->fix = NULL;
@@ -807,6 +815,24 @@ static PyObject *Clock_watch_irq_window(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* stop_after_io(in id, out id): from now on, decoded blocks list the
+ * instruction after each in/out among their sync-hook sites (the cmpxchg8b
+ * mechanism, runtime/clock.py), so a stop requested from the I/O hook takes
+ * effect before that instruction instead of at the end of the block (Unicorn
+ * checks for a stop before an instruction only where a code hook is:
+ * tests/runtime/test_unicorn_block_facts.py).  Blocks decoded before keep
+ * their sites: call it before the first run. */
+static PyObject *Clock_stop_after_io(Clock *c, PyObject *args)
+{
+    unsigned int in_id, out_id;
+    if (!PyArg_ParseTuple(args, "II", &in_id, &out_id))
+        return NULL;
+    c->in_id = in_id;
+    c->out_id = out_id;
+    c->io_stops = true;
+    Py_RETURN_NONE;
+}
+
 /* set_irq_wait(bool): stop before the first block with the window open */
 static PyObject *Clock_set_irq_wait(Clock *c, PyObject *arg)
 {
@@ -1176,6 +1202,8 @@ static PyMethodDef Clock_methods[] = {
     {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
     {"watch_irq_window", (PyCFunction)Clock_watch_irq_window, METH_VARARGS,
      "watch_irq_window(eflags offset, hflags offset) in the live CPU state (emulate)"},
+    {"stop_after_io", (PyCFunction)Clock_stop_after_io, METH_VARARGS,
+     "stop_after_io(in id, out id): VMM stops from I/O hooks land right after the instruction"},
     {"set_irq_wait", (PyCFunction)Clock_set_irq_wait, METH_O,
      "set_irq_wait(on): stop before the first block where IF is 1 outside a shadow"},
     {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,

@@ -141,6 +141,10 @@ class VM:
         self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
         if self._watch_window:
             self.clock.watch_irq_window(self.quirks.off.eflags, self.quirks.off.hflags)
+        # in/out run natively (trap and bt too: the guest kernel's IOPL lets ring 1
+        # do I/O): a device change they make (an interrupt now deliverable, a
+        # timer programmed) ends the slice right after them, not at the block's end
+        self.clock.stop_after_io()
         self.refresh_clock_memory()
         self._load(image)
 
@@ -341,12 +345,14 @@ class VM:
         self.mode.on_irq_state()
         if self._watch_window and self.pic.has_interrupt():
             self.clock.set_irq_wait(True)       # IF is 0: stop where it rises
+        # The engine stops before the next instruction (clock.stop_after_io),
+        # which never started: the count is cut there, as for an aborted store.
         if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF_BIT):
-            self.halt_slice()
+            self.halt_slice(abort=self.stop is None)
             return
         ev = self.bus.next_event()
         if ev is not None and ev < self._slice_end:
-            self.halt_slice()
+            self.halt_slice(abort=True)
 
     def _on_cpuid(self):
         uc = self.uc

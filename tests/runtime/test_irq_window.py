@@ -26,6 +26,7 @@ main:
     call lib_init_pic
     mov eax, 100
     call lib_init_pit
+    {before}
     mov ecx, 300000
 w_pending:
     dec ecx
@@ -58,14 +59,18 @@ w_seen: .long -1
 
 ENABLE = {"popfd": "push 0x202\n    popfd", "sti": "sti",
           # sti right before an instruction a bt patch would also cover
-          "sti_nop": "nop\n    sti"}
+          "sti_nop": "nop\n    sti",
+          # IF already 1, IRQ 0 masked at the PIC while it fires: unmasking makes
+          # it deliverable at once (the stop after an `out`, runtime/_clock.c)
+          "unmask": "mov al, 0xfe\n    out 0x21, al"}
+BEFORE = {"unmask": "call lib_mask_pic\n    sti"}
 # EBX when the tick arrives: popfd -> before the first inc; sti -> after the
-# instruction in its shadow.
-SEEN = {"popfd": 0, "sti": 1, "sti_nop": 1}
+# instruction in its shadow; unmask -> right after the out.
+SEEN = {"popfd": 0, "sti": 1, "sti_nop": 1, "unmask": 0}
 
 
 def _image(enable: str) -> GuestImage:
-    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), MAIN.format(enable=ENABLE[enable]),
+    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), MAIN.format(enable=ENABLE[enable], before=BEFORE.get(enable, "")),
                      _files().joinpath(_LIB).read_text()])
     code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDR)
     return GuestImage(path="code:irq-window", format="raw", entry=LOAD_ADDR,
@@ -91,7 +96,7 @@ def test_bt_takes_it_at_the_same_instruction_and_retires_the_same_count(enable):
     assert bt.retired == ref.retired
 
 
-@pytest.mark.parametrize("enable", ["sti", "sti_nop"])
+@pytest.mark.parametrize("enable", ["sti", "sti_nop", "unmask"])
 def test_trap_takes_it_after_the_sti_shadow_too(enable):
     # (trap's popfd at CPL 1 never sets IF: its predicted leak, docs/fidelity.md)
     ref, trap = _run(enable, "emulate"), _run(enable, "trap")

@@ -57,3 +57,19 @@ def test_the_instruction_in_the_sti_shadow_runs_alone_with_hflags_bit_3_set():
     uc.emu_start(0x1000, 0x1000 + len(code) - 1)
     # mov ebx (5) + sti (1) | mov ecx (5) alone, inhibited | mov edx, cli, push, popfd (12) | mov eax, hlt
     assert seen == [(0, 6, False, False), (6, 5, True, True), (11, 12, True, False), (23, 5, True, False)]
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_stop_from_an_out_hook_lands_after_it_only_where_a_code_hook_is(hooked):
+    """runtime/_clock.c stop_after_io: Unicorn checks for a stop request between
+    instructions only where a code hook is; otherwise the block runs to its end."""
+    from unicorn import UC_HOOK_CODE, UC_HOOK_INSN
+    from unicorn import x86_const as X
+    code = assemble("mov al, 1\nout 0x80, al\ninc ebx\ninc ebx\nmov ecx, 5\nhlt", 0x1000)
+    uc = scratch_engine(0x200000, 0x9000)
+    uc.mem_write(0x1000, code)
+    uc.hook_add(UC_HOOK_INSN, lambda uc, port, size, value, _: uc.emu_stop(), None, 1, 0, X.UC_X86_INS_OUT)
+    if hooked:
+        uc.hook_add(UC_HOOK_CODE, lambda *a: None, None, 0x1004, 0x1004)   # the inc after out
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert (uc.reg_read(X.UC_X86_REG_EBX), uc.reg_read(X.UC_X86_REG_EIP)) == ((0, 0x1004) if hooked else (2, 0x100c))
