@@ -21,6 +21,13 @@ FIXED = [
          body="mov eax, dword ptr [0xff00000c]",
          kinds=("status", "serial", "regs", "ram"), ends=((125, "unmapped-access"), OK),
          detail="125 unmapped-access vs 0 debug-exit"),
+    # Campaign --programs 2000 --seed 2026, program 1057: a refused store into the
+    # shadow GDT still ran the accessed-bit hook, which copied the stored byte's
+    # bit 0 into the guest's GDT (runtime/trap.py _on_shadow_gdt_write).
+    dict(name="guest-store-into-shadow-gdt-marks-guest-gdt", cause="vmm-isolation",
+         body="mov dword ptr [0xff002004], 0xc3fac9a2",
+         kinds=("ram",), ends=((125, "unmapped-access"), (125, "unmapped-access")),
+         detail="ram: [0x10005, 0x10006)"),
     dict(name="guest-writes-the-vmm", cause="vmm-isolation",
          body="mov dword ptr [0xff001000], 0x12345678",
          kinds=("status", "serial", "regs", "ram"), ends=((125, "unmapped-access"), OK),
