@@ -215,14 +215,12 @@ class Patcher:
         shares: set[int] = set()
         terminated = False
         end = covered[-1].addr + covered[-1].size
-        enables = False
         prev = None                       # (start, text, guest addr) of the last part if a template
         for ins in covered:
             key = row_name(ins)
             template = template_for(key, ins.data)
             if template is not None:
                 text = template(ctx, ins)
-                enables |= key in ENABLES_INTERRUPTS
                 terminated |= key in TERMINATORS
                 if prev is not None:
                     shared = share_scratch(ctx, prev[1], text)
@@ -254,6 +252,22 @@ class Patcher:
                     exits[a] = ("emulate", ins.addr, after)
                 relocated += _guest_accesses(part, cur, ins)
                 prev = (cur, text, ins)
+                if key in ENABLES_INTERRUPTS and key not in TERMINATORS:
+                    # The window check follows the instruction itself, not the
+                    # patch's end: a waiting interrupt is taken right after popfd
+                    # (after the instruction in sti's shadow: the VMM runs one
+                    # more), at the guest address after it, as on the CPU.
+                    stub_map.append((cur, cur + len(part), ins.addr))
+                    code += part
+                    cur += len(part)
+                    part = assemble(window_check(ctx), cur)
+                    kind = "window_sti" if key == "sti" else "window"
+                    for a in _exit_addresses(part, cur):
+                        exits[a] = (kind, ins.addr, ins.addr + ins.size)
+                    code += part
+                    cur += len(part)
+                    prev = None         # no scratch shared across the check
+                    continue
             else:
                 prev = None
                 part, terminated_here = self._relocate(ins, cur)
@@ -265,12 +279,6 @@ class Patcher:
             if terminated:
                 break
         if not terminated:
-            if enables:
-                part = assemble(window_check(ctx), cur)
-                for a in _exit_addresses(part, cur):
-                    exits[a] = ("window", site.addr, end)
-                code += part
-                cur += len(part)
             part = assemble(f"jmp {end:#x}", cur)
             code += part
             cur += len(part)

@@ -58,6 +58,9 @@ typedef void (*cs_free_t)(void *, size_t);
 #define STOP_AT 2       /* stopped at the budget's instruction inside a block (an exit) */
 #define STOP_FIX 3      /* stopped before a block that needs a Unicorn workaround first */
 #define STOP_SCAN 4     /* stopped before a guest-kernel block CSAM has not scanned */
+#define STOP_IRQ 5      /* stopped before the first block after IF rose (an interrupt waits) */
+#define EFLAGS_IF 0x200u
+#define HF_INHIBIT_IRQ 0x8u /* QEMU's hflags bit: the sti / mov ss shadow (tests/runtime/test_unicorn_block_facts.py) */
 #define PAGE_SHIFT 12
 #define PAGE_OFF 0xFFFu
 #define MAX_WRITES 256
@@ -128,6 +131,13 @@ typedef struct {
     uint32_t nwlog;
     bool wlog_lost;
     uint64_t code_checks, code_stops, code_writes, smc_restarts;
+    /* exact stops after in/out (emulate; see Clock_stop_after_io) */
+    bool io_stops;
+    unsigned int in_id, out_id;
+    /* The interrupt window (emulate; see "Interrupt window" below) */
+    bool irq_wait;
+    Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
+    uint64_t irq_stops;
     size_t nhooked, hooked_cap;
     /* cache of decoded blocks */
     Entry **buckets;
@@ -258,8 +268,13 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
             c->gaps++;
             break;
         }
-        if (*(unsigned int *)c->insn == c->fix_id && nfix < 8)
+        unsigned int id = *(unsigned int *)c->insn;
+        if (id == c->fix_id && nfix < 8)
             fix[nfix++] = e->addr + off;
+        /* in/out (emulate): a hook on the next instruction of the block makes
+         * a stop the VMM requests from the I/O hook take effect right after it */
+        if (c->io_stops && (id == c->in_id || id == c->out_id) && avail > 0 && nfix < 8)
+            fix[nfix++] = e->addr + (e->size - avail);
     }
     free(e->fix);
     e->fix = NULL;
@@ -666,9 +681,37 @@ static long smc_restart(Clock *c, uint64_t addr, Entry *e)
     return j;
 }
 
+/* -- Interrupt window ------------------------------------------------------------
+ * Under emulate the guest's popfd, sti and iretd run natively and set the real
+ * IF.  A pending interrupt must be taken where the CPU takes it: at the first
+ * instruction boundary where IF is 1 and no sti/mov-ss shadow holds.  Every
+ * instruction that may raise IF ends its translated block, and the one after
+ * sti runs as a block of its own with HF_INHIBIT_IRQ set in hflags
+ * (tests/runtime/test_unicorn_block_facts.py), so that boundary is always a
+ * block start: while `irq_wait` is set (the VMM: an interrupt waits and IF was
+ * 0), the hook stops the engine before the first block that starts with IF set
+ * outside a shadow.  Bt and trap keep IF virtual and exit where it rises. */
+static inline bool window_open(Clock *c)
+{
+    uint32_t fl, hf;
+    memcpy(&fl, c->env + c->eflags_off, 4);
+    memcpy(&hf, c->env + c->if_hflags_off, 4);
+    return (fl & EFLAGS_IF) && !(hf & HF_INHIBIT_IRQ);
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
+    if (c->irq_wait && window_open(c)) {
+        c->irq_wait = false;
+        c->irq_stops++;
+        c->reason = STOP_IRQ;
+        c->stop_block = addr;
+        c->stop_entry = NULL;
+        c->cur = NULL;
+        c->emu_stop(uc);
+        return;
+    }
     Entry *e = entry_for(c, uc, addr, size);
     uint64_t n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
@@ -774,6 +817,8 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     c->budget = UINT64_MAX;
     c->allow_once = NO_ADDR;
     c->hflags_off = -1;
+    c->eflags_off = -1;
+    c->if_hflags_off = -1;
     return 0;
 }
 
@@ -790,6 +835,53 @@ static PyObject *Clock_begin(Clock *c, PyObject *arg)
     c->reason = STOP_NONE;
     c->stop_entry = NULL;
     c->stop_block = NO_ADDR;
+    Py_RETURN_NONE;
+}
+
+/* watch_irq_window(eflags offset, hflags offset): configure the window check */
+static PyObject *Clock_watch_irq_window(Clock *c, PyObject *args)
+{
+    Py_ssize_t fl, hf;
+    if (!PyArg_ParseTuple(args, "nn", &fl, &hf))
+        return NULL;
+    if (!c->env || fl < 0 || hf < 0) {
+        PyErr_SetString(PyExc_ValueError, "the window check needs the live CPU state (set_env)");
+        return NULL;
+    }
+    c->eflags_off = fl;
+    c->if_hflags_off = hf;
+    Py_RETURN_NONE;
+}
+
+/* stop_after_io(in id, out id): from now on, decoded blocks list the
+ * instruction after each in/out among their sync-hook sites (the cmpxchg8b
+ * mechanism, runtime/clock.py), so a stop requested from the I/O hook takes
+ * effect before that instruction instead of at the end of the block (Unicorn
+ * checks for a stop before an instruction only where a code hook is:
+ * tests/runtime/test_unicorn_block_facts.py).  Blocks decoded before keep
+ * their sites: call it before the first run. */
+static PyObject *Clock_stop_after_io(Clock *c, PyObject *args)
+{
+    unsigned int in_id, out_id;
+    if (!PyArg_ParseTuple(args, "II", &in_id, &out_id))
+        return NULL;
+    c->in_id = in_id;
+    c->out_id = out_id;
+    c->io_stops = true;
+    Py_RETURN_NONE;
+}
+
+/* set_irq_wait(bool): stop before the first block with the window open */
+static PyObject *Clock_set_irq_wait(Clock *c, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    if (on && c->eflags_off < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "watch_irq_window was not called");
+        return NULL;
+    }
+    c->irq_wait = on;
     Py_RETURN_NONE;
 }
 
@@ -1150,14 +1242,15 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
                          "slow_reads", (unsigned long long)c->slow_reads,
                          "cached_blocks", (Py_ssize_t)c->nentries,
                          "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked,
-                         "smc_restarts", (unsigned long long)c->smc_restarts);
+                         "smc_restarts", (unsigned long long)c->smc_restarts,
+                         "irq_window_stops", (unsigned long long)c->irq_stops);
 }
 
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
@@ -1173,6 +1266,12 @@ static PyMethodDef Clock_methods[] = {
     {"begin", (PyCFunction)Clock_begin, METH_O, "begin(budget): a new slice"},
     {"reached", (PyCFunction)Clock_reached, METH_NOARGS, "the slice ended at the budget's exit"},
     {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
+    {"watch_irq_window", (PyCFunction)Clock_watch_irq_window, METH_VARARGS,
+     "watch_irq_window(eflags offset, hflags offset) in the live CPU state (emulate)"},
+    {"stop_after_io", (PyCFunction)Clock_stop_after_io, METH_VARARGS,
+     "stop_after_io(in id, out id): VMM stops from I/O hooks land right after the instruction"},
+    {"set_irq_wait", (PyCFunction)Clock_set_irq_wait, METH_O,
+     "set_irq_wait(on): stop before the first block where IF is 1 outside a shadow"},
     {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,
      "cmpxchg8b sites of the block stopped before that need a sync hook"},
     {"mark_hooked", (PyCFunction)Clock_mark_hooked, METH_O, "mark_hooked(addr): its hook exists"},
@@ -1258,5 +1357,6 @@ PyMODINIT_FUNC PyInit__clock(void)
     PyModule_AddIntConstant(m, "STOP_AT", STOP_AT);
     PyModule_AddIntConstant(m, "STOP_FIX", STOP_FIX);
     PyModule_AddIntConstant(m, "STOP_SCAN", STOP_SCAN);
+    PyModule_AddIntConstant(m, "STOP_IRQ", STOP_IRQ);
     return m;
 }

@@ -256,8 +256,15 @@ class BTMode(TrapMode):
             kind, guest, resume = exit_
             self.stats.add("stub_exits")
             vm.counters.add("stub_exits", kind)
-            if kind == "window":
+            if kind in ("window", "window_sti"):
+                # An interrupt waits and the instruction just enabled it: go on at
+                # the guest address after it (inside the covered bytes, the block
+                # check leads back into the stub), where the VMM injects -- after
+                # one more instruction for sti, whose shadow the trap mode's own
+                # sti handling already keeps (runtime/trap.py begin_sti_shadow).
                 vm.fast.reg_write(X.UC_X86_REG_EIP, resume)
+                if kind == "window_sti":
+                    self._sti_shadow = True
                 raise StopSlice
             ins = next(i for i in p.covered if i.addr == guest)
             return self._emulate_original(ins, resume)
@@ -311,7 +318,31 @@ class BTMode(TrapMode):
         return self.cache.contains(self.vm.fast.reg_read(X.UC_X86_REG_EIP))
 
     def may_inject(self) -> bool:
-        return super().may_inject() and not self._in_stub()
+        if not super().may_inject():
+            return False
+        eip = self.vm.fast.reg_read(X.UC_X86_REG_EIP)
+        if not self.cache.contains(eip):
+            return True
+        # A slice that ends inside a stub ends where one of the guest
+        # instructions it translates starts (the clock's weights): there the
+        # guest is at that instruction's own address, so the interrupt is taken
+        # there, as under emulate, and returns into the covered bytes (the block
+        # check leads back to this point of the stub).  Not where a template
+        # holds a register in the state page (shared scratch).
+        guest = self._clean_guest_point(eip)
+        if guest is None:
+            return False
+        self.vm.fast.reg_write(X.UC_X86_REG_EIP, guest)
+        return True
+
+    def _clean_guest_point(self, eip: int) -> int | None:
+        p = self.patcher.stub_owner(eip)
+        if p is None or p.kind != "jump":
+            return None
+        for lo, _hi, guest in p.stub_map:
+            if lo == eip and guest not in p.shares_scratch:
+                return guest
+        return None
 
     def slice_limit(self) -> int | None:
         limit = super().slice_limit()

@@ -15,11 +15,13 @@ This replaced `emu_start(count=N)`, whose per-instruction counting hook held a
 CPU-bound guest to ~0.3 of the bare engine (docs/benchmarks.md, cpu-ratio).
 What stays exact: slice ends (timer interrupts land on the same instruction
 every run), faults, and the time a device or rdtsc reads (the position of EIP
-inside the current block).  What is coarser: a stop the VMM requests from an
-I/O hook takes effect when the current block ends (Unicorn checks for a stop
-request only between blocks without a per-instruction hook), so an interrupt
-that an `out` makes deliverable is injected after the rest of that block --
-the same on every run.  Blocks are addressed by linear address; the guest's
+inside the current block), and a stop the VMM requests from an I/O hook:
+Unicorn checks for a stop request between instructions only where a code hook
+is, so the instruction after every in/out gets a no-op native one
+(`stop_after_io`) and an interrupt an `out` makes deliverable is injected right
+after it.  What is coarser: a stop from any other hook (a device ending the run:
+`VM.request_stop` takes the count and EIP at the instruction instead, and what
+is left of the block reaches neither devices nor the VMM).  Blocks are addressed by linear address; the guest's
 segments must be flat (CS base 0), as every supported guest's are.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ except ImportError as e:        # pragma: no cover - the package build compiles 
     _clock = None
     _IMPORT_ERROR = e
 
-STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX, STOP_SCAN = 0, 1, 2, 3, 4
+STOP_NONE, STOP_BEFORE, STOP_AT, STOP_FIX, STOP_SCAN, STOP_IRQ = 0, 1, 2, 3, 4, 5
 
 
 def _fn(f) -> int:
@@ -77,6 +79,25 @@ class InstructionClock:
         through the guest's page tables without calling into Unicorn."""
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4)
+
+    # -- the interrupt window (emulate) -----------------------------------------------
+    def watch_irq_window(self, eflags_off: int, hflags_off: int) -> None:
+        """Where IF and the sti shadow live in the live CPU state (runtime/quirks.py):
+        enables `set_irq_wait` (runtime/_clock.c, "Interrupt window")."""
+        self.c.watch_irq_window(eflags_off, hflags_off)
+
+    def stop_after_io(self) -> None:
+        """A stop the VMM requests from an in/out hook takes effect right after
+        that instruction (a no-op code hook on the next one, as for cmpxchg8b)
+        instead of at the end of its block (runtime/_clock.c)."""
+        from capstone.x86_const import X86_INS_IN, X86_INS_OUT
+        self.c.stop_after_io(X86_INS_IN, X86_INS_OUT)
+
+    def set_irq_wait(self, on: bool) -> None:
+        """While on, the slice ends (reason STOP_IRQ) before the first block that
+        starts with IF set outside an sti/mov-ss shadow: the instruction boundary
+        where the CPU takes a waiting interrupt."""
+        self.c.set_irq_wait(on)
 
     # -- CSAM's code check (bt) ----------------------------------------------------
     def enable_code_check(self, ram_bytes: int, hflags_off: int, on_unscanned) -> None:

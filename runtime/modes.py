@@ -32,8 +32,15 @@ class EmulateMode:
     def pc_for(self, eip: int) -> int:
         return eip
 
+    # The guest's IF is the CPU's: the clock stops where it rises while an
+    # interrupt waits (runtime/_clock.c, "Interrupt window").  The deprivileged
+    # modes keep IF virtual and exit where it rises instead.
+    watches_irq_window = True
+
     def may_inject(self) -> bool:
-        return True
+        # Not inside an sti / mov-ss shadow: the CPU takes the interrupt one
+        # instruction later (the window check then stops after it).
+        return not self.vm.quirks.irq_inhibited()
 
     def before_slice(self) -> None:
         """Called before every emulation slice, outside any hook."""

@@ -23,6 +23,8 @@ The facts behind each workaround are pinned by tests in tests/runtime/test_unico
   VMM clears it after each of its hooks.
 * control registers: CR0/CR3/CR4 in the CPU state, read by the instruction
   clock (runtime/clock.py) to walk the guest's page tables itself.
+* EFLAGS: the non-arithmetic bits (IF among them) live in one field of the CPU
+  state; the clock's interrupt-window check reads IF there (runtime/_clock.c).
 * live CPU state: ``context_save``/``context_restore`` are plain copies of the
   engine's CPUX86State (Unicorn's unicorn/uc.c).  Calibration also finds where the engine
   keeps that state (a pointer in the uc_struct plus a delta), so the fault fields
@@ -42,6 +44,9 @@ from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from bt.machine import flat_gdt_bytes
+
+
+HF_INHIBIT_IRQ = 0x8         # hflags: interrupts inhibited for one instruction
 
 
 class QuirkError(RuntimeError):
@@ -354,6 +359,7 @@ class Offsets:
     cr: tuple[int, int, int]             # CR0, CR3, CR4
     pc_sync_flag: int                    # uc_struct.skip_sync_pc_on_exit
     eip: int
+    eflags: int                          # the field holding IF (the arithmetic flags are lazy)
     env_links: tuple[tuple[int, int], ...]   # (pointer offset in uc_struct, delta), see _find_env_links
 
 
@@ -379,6 +385,7 @@ def calibrate() -> Offsets:
     _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
+                       _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
                        _find_env_links())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
@@ -454,6 +461,13 @@ class Quirks:
         if self.env is not None:
             return self._hflags.value & 3
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def irq_inhibited(self) -> bool:
+        """The CPU is inside an sti / mov-ss shadow (QEMU's HF_INHIBIT_IRQ, hflags
+        bit 3: tests/runtime/test_unicorn_block_facts.py)."""
+        if self.env is not None:
+            return bool(self._hflags.value & HF_INHIBIT_IRQ)
+        return False
 
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice

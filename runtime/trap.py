@@ -47,6 +47,7 @@ from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(EmulateMode):
+    watches_irq_window = False          # IF is virtual: sti, popfd, iretd exit (runtime/emulation.py)
     name = "trap"
     # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
     # reachable).  bt says False until CSAM keys its scans by physical code.
@@ -155,6 +156,13 @@ class TrapMode(EmulateMode):
 
     def _on_shadow_gdt_write(self, access, address, size, value):
         off = address - self.hyper.addr(SHADOW_GDT)
+        # Only the CPU's own write-back counts: the descriptor as it is with the
+        # accessed bit set.  A guest store into the area (refused by the guard
+        # after this hook ran: runtime/isolation.py) must not reach its GDT.
+        old = int.from_bytes(self.uc.mem_read(address, size), "little")
+        a_bits = sum(DESC_ACCESSED << (8 * i) for i in range(size) if (off + i) % DESC_SIZE == 5)
+        if value & ((1 << (8 * size)) - 1) != old | (value & a_bits) or not value & a_bits:
+            return
         for i in range(size):
             if (off + i) % DESC_SIZE == 5 and (value >> (8 * i)) & DESC_ACCESSED:
                 base, limit = self.vcpu.gdtr()

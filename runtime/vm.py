@@ -12,7 +12,10 @@ runs at `cpu_mhz` million instructions per second.  The run proceeds in *slices*
 of n instructions, where n ends at the next device event; the instruction clock
 (runtime/clock.py, a native block hook) ends each slice on exactly its n-th
 instruction, so timer interrupts land at exact, reproducible instruction counts.
-Hardware interrupts are injected between slices (Unicorn has no IRQ line).
+Hardware interrupts are injected between slices (Unicorn has no IRQ line); a
+slice ends where a waiting interrupt becomes deliverable (emulate: the clock's
+interrupt window, runtime/_clock.c; trap and bt: the exit at sti/popfd/iretd),
+so every mode takes it at the same guest instruction, as the CPU does.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from runtime.quirks import Quirks
 # 128 MiB holds its translations; every other guest is bounded by it.
 TCG_BUFFER_BYTES = 128 << 20
 MAX_SLICE = 50_000_000      # instructions per emu_start when no event is due sooner
-POLL_SLICE = 2_000          # slice length while an interrupt waits for IF=1
+POLL_SLICE = 2_000          # slice length while an interrupt waits (not where it lands)
 MAX_IDLE_SKIPS = 100_000    # consecutive hlt wake-ups with nothing delivered = hang
 
 SOFT_ONLY_VECTORS = (BP, OF)  # int3 and into are traps: EIP is already past them
@@ -134,6 +137,15 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
+        # emulate: a waiting interrupt is taken at the first block where IF is set
+        # (runtime/_clock.c, "Interrupt window"); needs the live CPU state.
+        self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
+        if self._watch_window:
+            self.clock.watch_irq_window(self.quirks.off.eflags, self.quirks.off.hflags)
+        # in/out run natively (trap and bt too: the guest kernel's IOPL lets ring 1
+        # do I/O): a device change they make (an interrupt now deliverable, a
+        # timer programmed) ends the slice right after them, not at the block's end
+        self.clock.stop_after_io()
         self.refresh_clock_memory()
         self._load(image)
 
@@ -332,12 +344,16 @@ class VM:
         device event due before the slice would end (e.g. the PIT was just
         programmed).  The instruction itself completes (an `in` keeps its value)."""
         self.mode.on_irq_state()
+        if self._watch_window and self.pic.has_interrupt():
+            self.clock.set_irq_wait(True)       # IF is 0: stop where it rises
+        # The engine stops before the next instruction (clock.stop_after_io),
+        # which never started: the count is cut there, as for an aborted store.
         if self.stop is not None or (self.pic.has_interrupt() and self.guest_eflags() & IF_BIT):
-            self.halt_slice()
+            self.halt_slice(abort=self.stop is None)
             return
         ev = self.bus.next_event()
         if ev is not None and ev < self._slice_end:
-            self.halt_slice()
+            self.halt_slice(abort=True)
 
     def _on_cpuid(self):
         uc = self.uc
@@ -494,6 +510,8 @@ class VM:
         self._ended_at = None
         self._in_slice = True
         eip = uc.reg_read(X.UC_X86_REG_EIP)
+        if self._watch_window:
+            self.clock.set_irq_wait(self.pic.has_interrupt())
         g = self.guard
         if g is not None:
             g.open = 0                  # guest code runs: only stubs reach the area
@@ -505,6 +523,12 @@ class VM:
                 g.open = 1
         if self._abort_pending:
             self.clock.cut(self.quirks.eip(), False)
+        elif err is not None:
+            # Unicorn gave up on an access (unmapped memory under emulate, the
+            # guarded hypervisor area under trap and bt) at EIP: the block was
+            # counted whole as it started; the rest of it never ran.  The
+            # instruction counts as started, as a fault's does.
+            self.clock.cut(self.quirks.eip(), True)
         done = self.clock.count
         if self._ended_at is not None:          # see request_stop
             done, after = self._ended_at

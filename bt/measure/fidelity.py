@@ -11,17 +11,24 @@ they differ finds *where*:
   search then a bisection find the first n whose states differ, and the instruction
   executed as the n-th (at the common EIP after n-1) is named with capstone and
   the catalog, with what it did differently.
-* bt: stub instructions are counted too, so counts do not line up.  The serial
-  output is the synchronisation point instead: the first differing line is found,
-  then the bt run is replayed to the instruction that emitted it, watching guest
-  reads of patched bytes and exits in the window since the previous line, which
-  names the patch site the guest tripped over.
+* bt: the same lock-step.  bt's clock counts guest instructions, not stub
+  instructions (a stub instruction weighs the guest instructions it translates:
+  runtime/_clock.c), and every mode takes interrupts at the same instruction
+  (docs/fidelity.md, "Exact virtual time"), so after n instructions both runs
+  must be in the same architectural state -- registers, flags, selectors as the
+  guest sees them, the guest's RAM with patches hidden, serial output -- and the
+  first n where they are not names the culprit.  When the serial output differs,
+  the bt run is also replayed over the window since the previous line, watching
+  guest reads of patched bytes and exits there (they name the patch site the
+  guest tripped over); that window is the fallback when the lock-step finds no
+  first difference.
 
-Verdicts: "identical"; "timing-only" (serial output and exit status agree, guest
-state differs, and the first difference is an interrupt delivered at another
-instruction: the reference injects interrupts only between slices, so interrupt
-latency is not part of the equivalence, as Popek & Goldberg exclude timing);
-"divergent".
+Verdicts: "identical"; "timing-only" (trap only: serial output and exit status
+agree, guest state differs, and the first difference is an interrupt delivered
+at another instruction -- trap's popfd at CPL 1 never sets IF, its predicted
+leak, so interrupts land later; under bt a difference in time is a divergence);
+"divergent".  The retired-instruction count is compared too: it is the guest's
+virtual time (rdtsc, timer interrupts).
 """
 from __future__ import annotations
 
@@ -87,13 +94,20 @@ def compare(image, config: MachineConfig, mode: Mode | str, *, locate: bool = Tr
     outputs_agree = not any(d["aspect"] in ("serial", "exit") for d in rep.differences)
     rep.verdict = DIVERGENT
     if locate:
-        if mode is Mode.TRAP:
-            rep.divergence = locate_by_count(image, config, mode, ref, oth)
-        else:
-            rep.divergence = locate_by_serial(image, config, mode, ref, oth)
+        rep.divergence = locate_by_count(image, config, mode, ref, oth)
+        if mode is not Mode.TRAP and ref.serial != oth.serial:
+            window = locate_by_serial(image, config, mode, ref, oth)
+            if rep.divergence is None or rep.divergence.get("kind") in ("end", "boot"):
+                rep.divergence = window
+            else:
+                for k in ("patched_reads", "exit_sites", "note"):
+                    if window.get(k):
+                        rep.divergence[k] = window[k]
+                rep.divergence["serial_window"] = window["where"]
     injected = ref.counters.get("interrupts_injected") or oth.counters.get("interrupts_injected")
     dv = rep.divergence
-    if outputs_agree and injected and (dv is None or dv.get("kind") in ("interrupt-timing", "state")):
+    if mode is Mode.TRAP and outputs_agree and injected \
+            and (dv is None or dv.get("kind") in ("interrupt-timing", "state")):
         rep.verdict = TIMING
     return rep
 
@@ -119,6 +133,9 @@ def final_differences(ref: Observation, oth: Observation) -> list[dict]:
             ranges = ram_differences(ref.ram, oth.ram)
             detail += "; differs at " + ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in ranges)
         out.append({"aspect": "ram", "detail": detail})
+    if ref.retired != oth.retired:
+        out.append({"aspect": "retired", "detail": f"{ref.retired:,} instructions (emulate) vs "
+                    f"{oth.retired:,}: virtual time differs"})
     return out
 
 
@@ -200,10 +217,38 @@ def _name_at_count(image, config, mode, n: int) -> dict:
     eff = describe.effects(insn, regs, mems, mode)
     if e.serial != o.serial and not eff:
         eff = [f"printed {serial_difference(e.serial, o.serial, mode)}"]
-    return {"kind": "instruction", "count": n, "instruction": insn,
-            "headline": describe.headline(insn, eff),
-            "catalog": describe.catalog_note(insn), "effects": eff,
-            "where": f"instruction {n:,} of the run (lock-step by instruction count)"}
+    out = {"kind": "instruction", "count": n, "instruction": insn,
+           "headline": describe.headline(insn, eff),
+           "catalog": describe.catalog_note(insn), "effects": eff,
+           "where": f"instruction {n:,} of the run (lock-step by instruction count)"}
+    note = _translation_note(image, config, mode, n - 1, eip)
+    if note:
+        out["note"] = note
+    return out
+
+
+def _translation_note(image, config, mode, n: int, eip: int) -> str | None:
+    """How `mode` ran the guest instruction at `eip` (after n instructions, where
+    both runs agree): through a patch's stub, or -- a cause of its own -- the
+    patch bytes themselves, entered in the middle of the bytes a jump patch
+    replaced.  None for modes without patches."""
+    from unicorn import x86_const as X
+    _, vm = run(image, config, mode, n, keep_vm=True)
+    patcher = getattr(vm.mode, "patcher", None)
+    if patcher is None:
+        return None
+    raw = vm.uc.reg_read(X.UC_X86_REG_EIP)
+    p = patcher.stub_owner(raw)
+    if p is not None:
+        return (f"{mode} ran it in the stub of the {p.name} patch at {p.site:#x} "
+                f"(stub {p.stub:#x}, instruction at {raw:#x})")
+    p = patcher.covering(eip)
+    if p is not None and p.kind == "jump" and p.site < eip < p.site + len(p.orig):
+        return (f"{mode} entered the bytes its jump patch at {p.site:#x} ({p.name}) replaced, "
+                f"at {eip:#x}: the CPU ran patch bytes, not the guest's instruction")
+    if p is not None and p.site == eip:
+        return f"{mode} ran the {p.kind} patch at {p.site:#x} ({p.name}) there"
+    return None
 
 
 def _mem_diffs(a: bytes, b: bytes) -> list[dict]:

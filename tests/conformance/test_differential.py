@@ -15,7 +15,7 @@ from bt.measure import observe
 # Established by campaigns (docs/fidelity.md); every other feature has a known divergence.
 AGREEING = ("alu", "eflags", "eflags16", "cli_sti", "tables", "smsw", "selectors", "sreg_read16",
             "seg_load", "seg_load_rpl", "ss_load", "lss", "far", "far_rpl", "iret", "int", "exceptions", "ports",
-            "cpuid", "ctrl_regs", "invlpg", "smc", "smc_loop", "hyper", "sreg_read", "code_read",
+            "cpuid", "rdtsc", "ctrl_regs", "invlpg", "smc", "smc_loop", "hyper", "sreg_read", "code_read",
             "patch_interior")
 CI_PROGRAMS = 40
 CI_SEED = 20261129

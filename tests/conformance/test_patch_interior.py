@@ -56,7 +56,7 @@ def test_without_the_interior_check_each_one_diverges(name, monkeypatch):
             self.clock.c.set_page(csam.INTERIOR, page, None)
     monkeypatch.setattr(csam.CSAM, "_patches_changed", no_interior)
     diff = run_program(from_body(entry["body"]), wall_limit=4.0)
-    assert diff.kinds and diff.guest_visible == entry["kinds"]   # () = only the retired count
+    assert diff.kinds and diff.guest_visible == entry["kinds"]   # ("retired",) = only the count
     assert (diff.other.exit_status, diff.other.reason) == entry["ends"][1]
     assert entry["detail"] in diff.text()
 
