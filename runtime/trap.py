@@ -215,8 +215,14 @@ class TrapMode(EmulateMode):
             self.uc.mem_write(address, data)
         # A host write leaves translated blocks of those bytes as they were: code
         # sharing the watched page (the GDT's) must see the guest's store
-        # (tests/runtime/test_write_hook_span.py, the GDT page test).
-        self.uc.ctl_remove_cache(address, address + size)
+        # (tests/runtime/test_write_hook_span.py, the GDT page test).  `address`
+        # is physical; Unicorn's removal takes a linear one and, under paging,
+        # leaves a hidden #PF where that is unmapped
+        # (tests/runtime/test_unicorn_paging_facts.py): then the whole cache goes.
+        if self.vm.mem.paging():
+            self.uc.ctl_flush_tb()
+        else:
+            self.uc.ctl_remove_cache(address, address + size)
         self.on_watched_write(page, address, size)
         if stop:
             self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter
