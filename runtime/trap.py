@@ -61,6 +61,7 @@ class TrapMode(EmulateMode):
         vm.guard = self.isolation.guard
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
+        self._flush_before_slice = False    # a watched store under paging (_on_write_prot)
         # Without paging linear == physical and a cached site is re-validated
         # with one direct read: from the host memory that is guest RAM (an mmap
         # slice, ~0.2 us) or, outside RAM (stubs in the hypervisor area), through
@@ -218,9 +219,11 @@ class TrapMode(EmulateMode):
         # (tests/runtime/test_write_hook_span.py, the GDT page test).  `address`
         # is physical; Unicorn's removal takes a linear one and, under paging,
         # leaves a hidden #PF where that is unmapped
-        # (tests/runtime/test_unicorn_paging_facts.py): then the whole cache goes.
+        # (tests/runtime/test_unicorn_paging_facts.py), and flushing every block
+        # from inside the hook breaks the running one: under paging the slice
+        # ends here and the whole cache goes before the next (before_slice).
         if self.vm.mem.paging():
-            self.uc.ctl_flush_tb()
+            self._flush_before_slice = stop = True
         else:
             self.uc.ctl_remove_cache(address, address + size)
         self.on_watched_write(page, address, size)
@@ -233,6 +236,9 @@ class TrapMode(EmulateMode):
             self.vm.halt_slice()
 
     def before_slice(self) -> None:
+        if self._flush_before_slice:
+            self._flush_before_slice = False
+            self.uc.ctl_flush_tb()
         cr2 = self.vm.fast.reg_read(X.UC_X86_REG_CR2)
         if self.protect.commit() and self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
             # Under paging mem_protect can walk a linear address nobody asked
