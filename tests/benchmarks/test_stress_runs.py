@@ -43,3 +43,14 @@ def test_stress_many_runs_no_native_crash(capsys):
     when asked): before the
     calibration fix about one in 400-600 processes died in native code."""
     assert load_script("stress_runs").main(["--processes", "120", "--in-process", "120", "--jobs", "2"]) == 0
+
+
+@pytest.mark.slow
+def test_soak_memory_is_flat_on_endless_loops(capsys):
+    """benchmarks/soak.py (issue 18): a cli/sti/pushfd/popfd loop in every mode,
+    RSS sampled after every budget: no growth after the warm-up."""
+    soak = load_script("soak")
+    assert soak.main(["--seconds", "20", "--step", "200000", "--guests", "cli-sti",
+                      "--modes", "emulate,trap,bt", "--max-growth", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("instr ") == 3 and "largest growth after warm-up" in out

@@ -51,6 +51,11 @@ CASES = {
     "int-with-stack-outside-ram": (f"mov esp, {MEM + 0x10000:#x}\nint 0x20\n", b""),
     "ud2-with-frame-across-ram-end": (f"mov esp, {MEM + 4:#x}\nud2\n", b""),
     "int-with-stack-in-the-top-16mib": ("mov esp, 0xFF800000\nint 0x20\n", b""),
+    # Paging switched on with a CR3 that maps nothing the CPU can fetch from.
+    "paging-on-with-cr3-outside-ram": (f"mov eax, {MEM + 0x100000:#x}\nmov cr3, eax\nmov eax, cr0\n"
+                                       "or eax, 0x80000000\nmov cr0, eax\nnop\n", b""),
+    "paging-on-with-an-empty-directory": ("mov eax, 0x300000\nmov cr3, eax\nmov eax, cr0\n"
+                                          "or eax, 0x80000000\nmov cr0, eax\nnop\n", b""),
 }
 
 
