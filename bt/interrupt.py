@@ -104,12 +104,10 @@ def deferred():
         yield
         return
     before = _pending
-    old = {s: signal.signal(s, _record) for s in STOP_SIGNALS}
     try:
-        yield
+        with _stop_signals_to(_record):
+            yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         _pending = before
 
 
@@ -124,7 +122,14 @@ def handle_stop_signals():
     if not _main_thread():
         yield
         return
-    old = {s: signal.signal(s, _on_signal) for s in STOP_SIGNALS}
+    with _stop_signals_to(_on_signal):
+        yield
+
+
+@contextmanager
+def _stop_signals_to(handler):
+    """SIGINT and SIGTERM go to `handler` for the block; the old handlers after."""
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
