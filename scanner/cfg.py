@@ -194,23 +194,40 @@ class CFG:
 
     def remove_nodes(self, nodes) -> None:
         """Remove nodes and their edges; successors that lose their last
-        incoming branch stop being branch targets."""
+        incoming branch stop being branch targets.  On the DiGraph's dicts, as
+        `put_block` does: a view move on Debian's kernel drops ~100 blocks a
+        page, 145,000 in the first 20 M instructions, and networkx's
+        `remove_node` cost ~15 us each (2.3 s)."""
         g = self.graph
+        node, succ, pred = g._node, g._succ, g._pred
+        marks = self.marks.pages
+        tset = self._tset
         succs = set()
         for n in nodes:
-            succs.update(g.successors(n))
-            g.remove_node(n)
+            del node[n]
+            out = succ.pop(n)
+            into = pred.pop(n)
+            for v in out:
+                if v != n:
+                    del pred[v][n]
+            for u in into:
+                if u != n:
+                    del succ[u][n]
+            succs.update(out)
             if n != UNRESOLVED:
-                self.marks.clear(n)
-            if n not in self.entries and n in self._tset:
-                self._tset.discard(n)
+                m = marks.get(n & PAGE_MASK)
+                if m is not None:
+                    m[n & (PAGE - 1)] = 0
+            if n not in self.entries and n in tset:
+                tset.discard(n)
                 self._tstale = True
         for v in succs:
-            if v in g and v in self._tset and v not in self.entries and not any(
+            if v in node and v in tset and v not in self.entries and not any(
                     d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
-                    for _, _, d in g.in_edges(v, data=True)):
-                self._tset.discard(v)
+                    for d in pred[v].values()):
+                tset.discard(v)
                 self._tstale = True
+        self.touched()
 
     # --- queries ---------------------------------------------------------------
     def blocks(self) -> list[int]:

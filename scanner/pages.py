@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 from bt.x86 import PAGE, PAGE_MASK
 
 UNSCANNED, START, CONT = 0, 1, 2
+_ZERO_PAGE = bytes(PAGE)
 
 ReadMem = Callable[[int, int], "bytes | None"]
 
@@ -72,14 +73,25 @@ class PageMap:
             self.record(a & PAGE_MASK).flags[a & (PAGE - 1)] = START if i == 0 else CONT
 
     def unmark(self, addr: int, size: int) -> None:
-        for i in range(size):
-            a = (addr + i) & 0xFFFFFFFF
-            rec = self.pages.get(a & PAGE_MASK)
+        """Clear [addr, addr+size): one slice per page, so a whole block (its
+        bytes are contiguous) costs a call, not one per byte (Debian's kernel
+        under bt: 572 k per-instruction calls took 3.5 s of 20 M instructions)."""
+        end = addr + size
+        while addr < end:
+            a = addr & 0xFFFFFFFF
+            base = a & PAGE_MASK
+            n = min(end - addr, base + PAGE - a)
+            rec = self.pages.get(base)
             if rec:
-                rec.flags[a & (PAGE - 1)] = UNSCANNED
+                off = a - base
+                rec.flags[off:off + n] = bytes(n)
+            addr += n
 
     def code_pages(self) -> list[int]:
-        return sorted(b for b, r in self.pages.items() if r.flags.count(UNSCANNED) < PAGE)
+        # A comparison with a zero page is a memcmp; counting zeros was 7 us a
+        # page, and bt's lazy scan asks twice per scan (1.4 s of Linux's first
+        # 20 M instructions under bt).
+        return sorted(b for b, r in self.pages.items() if r.flags != _ZERO_PAGE)
 
     def update_hashes(self, read_mem: ReadMem, bases: Iterable[int] | None = None) -> None:
         for b in (self.pages if bases is None else bases):

@@ -106,14 +106,20 @@ class Scanner:
         Returns their start addresses, which the caller may rescan."""
         base &= PAGE_MASK
         hit = self.nodes_on_page(base)
-        g = self.cfg.graph
+        node = self.cfg.graph._node
+        pm = self.cfg.pages
+        # Every scanned byte of the page belongs to a block in `hit`: the page's
+        # flags go at once, and only blocks running over its edges are unmarked
+        # (on the neighbouring pages; a block's bytes are contiguous).  The cost
+        # is the page's nodes, not their instructions' bytes.
+        rec = pm.pages.get(base)
+        if rec is not None:
+            rec.flags[:] = bytes(PAGE)
         for n in hit:
-            ins = g.nodes[n]["insns"]
-            if ins:
-                for a, size in zip(ins.addrs(), ins.sizes):
-                    self.cfg.pages.unmark(a, size)
+            d = node[n]
+            if d["kind"] == "block" and (d["start"] < base or d["end"] > base + PAGE):
+                pm.unmark(d["start"], d["end"] - d["start"])
         self.cfg.remove_nodes(hit)
-        self.cfg.touched()
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
 

@@ -154,3 +154,46 @@ def test_invalidating_a_page_drops_a_block_that_straddles_into_it():
     assert sc.cfg.blocks() == [] and sc.cfg.block_of(BASE + PAGE - 4) is None
     assert not any(any(m) for m in sc.cfg.marks.pages.values())
     assert sc.cfg.pages.state(BASE + PAGE - 4) == 0
+
+
+def _marks_from_blocks(cfg: CFG) -> dict[int, int]:
+    """The page map as the remaining blocks define it: address -> START/CONT."""
+    out = {}
+    for b in cfg.blocks():
+        for a, size in zip(cfg.graph.nodes[b]["insns"].addrs(), cfg.graph.nodes[b]["insns"].sizes):
+            out[a] = 1
+            for i in range(1, size):
+                out[a + i] = 2
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=3 * PAGE), st.lists(st.integers(0, 3 * PAGE), min_size=1, max_size=8),
+       st.integers(0, 2))
+def test_invalidating_a_page_leaves_the_map_and_graph_the_remaining_blocks_define(data, starts, which):
+    """invalidate_page clears the page wholesale and unmarks only blocks running
+    over its edges, and edits the graph's dicts directly (scanner/scan.py,
+    scanner/cfg.py remove_nodes): the page map, node marks and edges left must be
+    exactly those of the blocks that remain."""
+    mem = Mem(data, base=BASE, size=len(data))
+    sc = Scanner(mem.read)
+    sc.scan([BASE + s % len(data) for s in starts])
+    page = BASE + which * PAGE
+    gone = sc.invalidate_page(page)
+    cfg = sc.cfg
+    assert not set(gone) & set(cfg.graph.nodes)
+    want = _marks_from_blocks(cfg)
+    for base, rec in cfg.pages.pages.items():
+        for off in range(PAGE):
+            assert rec.flags[off] == want.get(base + off, 0), hex(base + off)
+    marked = {base + i for base, m in cfg.marks.pages.items() for i in range(PAGE) if m[i]}
+    assert marked == {n for n in cfg.graph.nodes if n != UNRESOLVED}
+    g = cfg.graph
+    for u in g._succ:
+        for v in g._succ[u]:
+            assert v in g._node and g._pred[v][u] is g._succ[u][v]
+    for v in g._pred:
+        for u in g._pred[v]:
+            assert u in g._node and g._succ[u][v] is g._pred[v][u]
+    # Branch targets left are exactly those with an incoming branch (or entries).
+    assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
