@@ -57,6 +57,11 @@ class EmulateMode:
         """An upper bound for the next slice (e.g. 1 inside an sti shadow)."""
         return None
 
+    def retries_fault(self, vector: int) -> bool:
+        """A fault the VMM caused and repaired: the instruction runs again, the
+        fault uncounted (before `on_fault`; runtime/trap.py)."""
+        return False
+
     def on_fault(self, vector: int, eip: int, error: int | None, soft: bool) -> bool:
         """Handle a fault the mode itself caused; False = reflect it to the guest."""
         return False

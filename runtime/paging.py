@@ -16,16 +16,29 @@ run ends with a VMM error (Linux's PAE kernels fill all four).
 Only the *current* directory holds the VMM's entry: when CR3 moves to another
 directory (or paging goes off) the guest's own value goes back into the old
 one, so a directory the guest reads while it is not loaded is its own.  The
-guest's value of the slot in the current directory is kept here, and the
-directory page is write-protected (runtime/protect.py) so a guest store to it
-is seen: bytes in the slot update the guest's value, the others are written.
+guest's value of the slot in the current directory is kept here.
+
+The directory page is *not* write-protected and no write hook watches it
+(mem_protect rebuilds Unicorn's memory map, milliseconds a call, and Linux's
+text_poke switches CR3 15,814 times early in its boot: 31,638 calls; a write
+hook would put every guest store on Unicorn's slow path).  A guest store into
+the slot simply lands: the slot then holds the guest's value and the area is
+unreachable until the VMM notices, which it does (`notice`) wherever that
+matters -- at every CR0/CR3/CR4 load (before the old directory is released),
+before every slice, when the VMM reads the directory, when the isolation guard
+refuses an access, and at a #PF whose CR2 lies in the area: the CPU's own
+reach for the area (a segment load from the shadow GDT, a stub fetch or its
+state-page access) found the guest's entry, so the VMM takes that value as the
+guest's, puts its entry back and the instruction runs again, uncounted
+(`retries_fault`; the TLB never caches a failed walk).  Until then the guest
+reading its slot sees its own value, as under emulate; after it, the VMM's.
 Gaps, documented in docs/paging-plan.md: a guest *read* of the slot in the
-current directory sees the VMM's entry (reads are not intercepted: that would
-cost an exit per read of the directory; a directory loaded later whose slot
-holds exactly the VMM's entry was copied from one where the guest read it,
-and gets the guest's value of the directory it replaces), and the MMU's accessed-bit stores
-into a write-protected directory are dropped by Unicorn, so the A bits of the
-current directory's entries stay as the guest wrote them.
+current directory sees the VMM's entry once the VMM has noticed (reads are not
+intercepted: that would cost an exit per read of the directory; a directory
+loaded later whose slot holds exactly the VMM's entry was copied from one where
+the guest read it, and gets the guest's value of the directory it replaces).
+The MMU's accessed-bit stores into the directory land (nothing protects it),
+and the VMM's entry has A preset.
 
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
@@ -55,7 +68,8 @@ class HyperMapping:
         self.slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
         self.guest_values: list[int] = []             # the guest's own value of each slot
         self.inserts = 0                    # times an entry was (re)written into a directory
-        self.slot_writes = 0                # guest stores into a slot seen
+        self.slot_writes = 0                # guest stores into a slot seen (`notice`)
+        self.faults_retried = 0             # ... of them seen at the CPU's #PF in the area
         self.build_table()
 
     # -- the area's own page tables -----------------------------------------------------
@@ -101,6 +115,7 @@ class HyperMapping:
     def sync(self) -> None:
         """After the VMM loaded CR0, CR3 or CR4 into the real CPU: make the area
         reachable in the directory CR3 names now (or nowhere, paging off)."""
+        self.notice()                       # the old directory's slot, as the guest left it
         wanted = self._wanted()
         if [s[:2] for s in wanted] == [s[:2] for s in self.slots]:
             for slot in self.slots:
@@ -119,18 +134,30 @@ class HyperMapping:
         self.slots, self.guest_values = wanted, values
         for slot in wanted:
             self._insert(slot)
-        self.mode.protect.watch_writes(self._page(), "page-directory", True)
-
-    def _page(self) -> int:
-        return self.slots[0][0] & ~(PAGE - 1)
 
     def _release(self) -> None:
         if not self.slots:
             return
         for (addr, size, _), value in zip(self.slots, self.guest_values):
             self.uc.mem_write(addr, struct.pack(_FMT[size], value))
-        self.mode.protect.watch_writes(self._page(), "page-directory", False)
         self.slots, self.guest_values = [], []
+
+    def notice(self) -> bool:
+        """Take a guest store into a slot of the current directory (its bytes no
+        longer the VMM's entry) as the guest's value and put the entry back.
+        True when there was one.  A present value ends the run (see the top)."""
+        seen = False
+        for k, (addr, size, ours) in enumerate(self.slots):
+            value = self._read(addr, size)
+            if value != ours:
+                self.guest_values[k] = value
+                seen = True
+        if seen:
+            self.slot_writes += 1
+            self._check_guest_values(self.slots, self.guest_values)
+            for slot in self.slots:
+                self._insert(slot)
+        return seen
 
     def _insert(self, slot: tuple[int, int, int]) -> None:
         addr, size, ours = slot
@@ -149,10 +176,7 @@ class HyperMapping:
                                f"{addr:#x} = {value:#x}), where the hypervisor area lives; moving the area "
                                "under paging is not built (docs/paging-plan.md)")
 
-    # -- guest stores into the watched directory page ---------------------------------------
-    def watches(self, page: int) -> bool:
-        return bool(self.slots) and page == self._page()
-
+    # -- the VMM's reads of the current directory page ---------------------------------------
     def _guest_bytes(self) -> tuple[int, int, bytearray]:
         """The slots' span (they are adjacent) and the guest's bytes of it."""
         lo = self.slots[0][0]
@@ -162,35 +186,21 @@ class HyperMapping:
             mine += struct.pack(_FMT[size], value)
         return lo, hi, mine
 
-    def guest_visible(self, address: int, size: int) -> bytes:
-        """The directory as the guest wrote it: its own values in the slots."""
-        data = bytearray(self.vm.fast.mem_read(address, size))
+    def guest_visible(self, address: int, data: bytes) -> bytes:
+        """`data`, read at physical `address`, as the guest wrote it: its own
+        values in the current directory's slots."""
+        self.notice()
+        if not self.slots:
+            return data
         lo, hi, mine = self._guest_bytes()
-        for i in range(size):
-            if lo <= address + i < hi:
-                data[i] = mine[address + i - lo]
-        return bytes(data)
-
-    def write(self, address: int, data: bytes) -> None:
-        """Perform a guest store to the current directory's page: the slots'
-        bytes go to the guest's values, the rest to memory."""
-        lo, hi, mine = self._guest_bytes()
-        if address + len(data) <= lo or address >= hi:
-            self.uc.mem_write(address, bytes(data))
-            return
-        for i, b in enumerate(data):
-            if lo <= address + i < hi:
-                mine[address + i - lo] = b
-            else:
-                self.uc.mem_write(address + i, bytes([b]))
-        self.slot_writes += 1
-        off = 0
-        for k, (_, size, _) in enumerate(self.slots):
-            self.guest_values[k] = struct.unpack(_FMT[size], mine[off:off + size])[0]
-            off += size
-        self._check_guest_values(self.slots, self.guest_values)
+        a, b = max(lo, address), min(hi, address + len(data))
+        if a >= b:
+            return data
+        out = bytearray(data)
+        out[a - address:b - address] = mine[a - lo:b - lo]
+        return bytes(out)
 
     def stats(self) -> dict:
         return {"directory_slots": [hex(a) for a, _, _ in self.slots],
                 "guest_slot_values": [hex(v) for v in self.guest_values], "inserts": self.inserts,
-                "slot_writes": self.slot_writes}
+                "slot_writes": self.slot_writes, "faults_retried": self.faults_retried}

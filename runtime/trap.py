@@ -210,10 +210,7 @@ class TrapMode(EmulateMode):
         # Perform the guest's write ourselves (Unicorn does not), then react.
         # Ending the slice here aborts the store instruction (Unicorn restarts
         # it); its bytes are already in place, so the retry is a no-op above.
-        if self.hyper_mapping.watches(page):
-            self.hyper_mapping.write(address, data)     # the VMM's directory slot stays
-        else:
-            self.uc.mem_write(address, data)
+        self.uc.mem_write(address, data)
         # A host write leaves translated blocks of those bytes as they were: code
         # sharing the watched page (the GDT's) must see the guest's store
         # (tests/runtime/test_write_hook_span.py, the GDT page test).  `address`
@@ -236,6 +233,7 @@ class TrapMode(EmulateMode):
             self.vm.halt_slice()
 
     def before_slice(self) -> None:
+        self.hyper_mapping.notice()
         if self._flush_before_slice:
             self._flush_before_slice = False
             self.uc.ctl_flush_tb()
@@ -256,6 +254,7 @@ class TrapMode(EmulateMode):
         guest gets there (not present; W for a store) at the abandoned
         instruction."""
         if self.hyper_mapping.slots:
+            self.hyper_mapping.notice()          # a present guest entry there ends the run
             hit = self.isolation.guard.take()
             if hit is None:
                 return False
@@ -288,9 +287,10 @@ class TrapMode(EmulateMode):
 
     def guest_visible(self, address: int, size: int) -> bytes:
         """Guest memory as the guest believes it is (bt hides its patches)."""
-        if self.hyper_mapping.watches(address & ~(PAGE - 1)):
-            return self.hyper_mapping.guest_visible(address, size)
-        return self.vm.fast.mem_read(address, size)
+        data = self.vm.fast.mem_read(address, size)
+        if self.hyper_mapping.slots:
+            return self.hyper_mapping.guest_visible(address, data)
+        return data
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
         if page in self._gdt_pages:
@@ -405,6 +405,17 @@ class TrapMode(EmulateMode):
         return self.vm.fast.mem_read(eip, n)
 
     # -- the exit dispatcher ----------------------------------------------------------
+    def retries_fault(self, vector: int) -> bool:
+        """A #PF at the area's addresses because a guest store replaced the VMM's
+        directory entry (runtime/paging.py, `notice`): the entry is back, and the
+        instruction runs again as if nothing happened (no guest-visible fault)."""
+        hm = self.hyper_mapping
+        if vector == PF and hm.slots and self.hyper.contains(self.uc.reg_read(X.UC_X86_REG_CR2)) \
+                and hm.notice():
+            hm.faults_retried += 1
+            return True
+        return False
+
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         vm = self.vm
         cpl = vm.quirks.cpl()

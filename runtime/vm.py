@@ -396,6 +396,9 @@ class VM:
             self.clock.cut(eip, False)
             self.uc.emu_stop()
             return
+        if not soft and self.mode.retries_fault(intno):
+            self.clock.cut(eip, False)          # runs again: counted then
+            return
         # The block ends here: a fault at EIP (started, as on hardware it counts
         # as an attempt), or EIP already past an int n that ended its block.
         self.clock.cut(eip, not soft)
