@@ -17,7 +17,8 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, VFLAGS_MASK, flag_tables, selector_view_table
-from bt.x86 import BP, DESC_PRESENT, GP, LARGE_PAGE, PAGE, SYS_TSS32_AVAILABLE, TSS32_SIZE, UD
+from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, LARGE_PAGE, PAGE, PTE_P, PTE_PS,
+                    SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -97,11 +98,35 @@ class BTMode(TrapMode):
             self.uc.ctl_remove_cache(lo, hi)
             return
         for a, k in self._pieces(lo, hi - lo):
-            if self.csam.live_phys(a) == self.csam.phys(a):
-                self.uc.ctl_remove_cache(a, a + k)
+            if self.csam.live_phys(a) == self.csam.phys(a) and not self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_PAE:
+                self._remove_cache_unseen(a, k)
             else:
                 self.uc.ctl_flush_tb()
                 return
+
+    def _remove_cache_unseen(self, a: int, k: int) -> None:
+        """`ctl_remove_cache` under two-level paging without a trace in guest RAM:
+        its walk sets the accessed bits of the PDE and PTE it passes and fills the
+        TLB (tests/runtime/test_unicorn_paging_facts.py), where emulate's guest,
+        which never touched the page, leaves them clear.  Put back what it set,
+        and flush the TLB so the guest's own next access sets them as the CPU would."""
+        fast = self.vm.fast
+        cr3 = fast.reg_read(X.UC_X86_REG_CR3)
+        entries = [(cr3 & ~(PAGE - 1)) + (a >> 22) * 4]
+        pde = int.from_bytes(fast.mem_read(entries[0], 4), "little")
+        if pde & PTE_P and not (pde & PTE_PS and fast.reg_read(X.UC_X86_REG_CR4) & CR4_PSE):
+            entries.append((pde & ~(PAGE - 1)) + ((a >> 12) & 0x3FF) * 4)
+        ram = self.vm.config.mem_bytes
+        before = [(e, bytes(fast.mem_read(e, 4))) for e in entries if e + 4 <= ram]
+        self.uc.ctl_remove_cache(a, a + k)
+        changed = False
+        for e, raw in before:
+            if bytes(fast.mem_read(e, 4)) != raw:
+                self.uc.mem_write(e, raw)
+                changed = True
+        if changed:
+            self.stats.add("accessed_bits_restored")
+            self.uc.reg_write(X.UC_X86_REG_CR3, cr3)      # TLB flush (the same CR3)
 
     def guest_visible(self, address: int, size: int) -> bytes:
         """Physical memory as the guest wrote it: patches and guards hidden (the

@@ -81,6 +81,8 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("relocations", "moves of the hypervisor area"),
     CounterDecl("view_moves", "linear pages whose scan was dropped because their physical page is "
                 "run through another linear address, or they map other memory now (paging)"),
+    CounterDecl("accessed_bits_restored", "block-cache removals under paging whose walk set accessed bits "
+                "the VMM put back (runtime/bt.py _remove_cache_unseen)"),
     CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
     CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),

@@ -301,3 +301,31 @@ def test_remove_cache_takes_a_linear_address_under_paging():
     assert _rewrite_and_rerun(lambda uc: uc.ctl_remove_cache(ALIAS_PHYS, ALIAS_PHYS + 6), 0x5003) == (1, 0)
     assert _rewrite_and_rerun(lambda uc: uc.ctl_remove_cache(ALIAS_PHYS, ALIAS_PHYS + 6), 0) == (1, ALIAS_PHYS)
     assert _rewrite_and_rerun(lambda uc: uc.ctl_flush_tb(), 0) == (2, 0)
+
+
+def test_remove_cache_sets_the_accessed_bit_of_the_page_it_translates():
+    """`ctl_remove_cache(lo, hi)` walks each page of [lo, hi) as the CPU would
+    (fetch) and sets the accessed bit in the PDE and PTE it passes; `hi` itself
+    is not walked.  A VMM that flushes a page the guest has not touched leaves
+    an A bit emulate would not (runtime/bt.py `_flush` puts it back)."""
+    uc = paged_engine(CODE, STUB)
+    pte = lambda i: struct.unpack("<I", uc.mem_read(PT_LOW + 4 * i, 4))[0]
+    assert (pte(5), pte(6)) == (0x5003, 0x6003)
+    uc.ctl_remove_cache(0x5000, 0x6000)
+    assert (pte(5), pte(6)) == (0x5023, 0x6003)
+    uc.ctl_flush_tb()
+    assert pte(7) == 0x7003
+
+
+@pytest.mark.parametrize("reload_cr3", [False, True])
+def test_remove_cache_fills_the_tlb(reload_cr3):
+    """The removal's walk also fills the TLB: with its A bit put back, a later
+    guest load of the page hits the TLB and sets nothing -- unless the TLB is
+    flushed (rewriting CR3) after the A bit is restored."""
+    uc = paged_engine(assemble("mov eax, dword ptr [0x5000]\nhlt", 0x1000), STUB)
+    uc.ctl_remove_cache(0x5000, 0x6000)
+    uc.mem_write(PT_LOW + 4 * 5, struct.pack("<I", 0x5003))
+    if reload_cr3:
+        uc.reg_write(X.UC_X86_REG_CR3, uc.reg_read(X.UC_X86_REG_CR3))
+    uc.emu_start(0x1000, 0, count=1)
+    assert struct.unpack("<I", uc.mem_read(PT_LOW + 4 * 5, 4))[0] == (0x5023 if reload_cr3 else 0x5003)
