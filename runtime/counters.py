@@ -83,6 +83,7 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
                 "run through another linear address, or they map other memory now (paging)"),
     CounterDecl("accessed_bits_restored", "block-cache removals under paging whose walk set accessed bits "
                 "the VMM put back (runtime/bt.py _remove_cache_unseen)"),
+    CounterDecl("view_reuses", "alias returns whose parked scan served again (no rescan; paging)"),
     CounterDecl("read_hidden_pages", "pages whose patch bytes the native read hooks hide from loads",
                 gauge=True),
     CounterDecl("read_hook_spans", "times the read hooks' one range grew to cover a new hidden page"),

@@ -48,9 +48,14 @@ physical page's view is that linear page, so
   Patches therefore only ever exist for the alias that runs, and a jump
   patch's `jmp rel32`, planned for that linear address, is never run from
   another one (the alias question of docs/paging-plan.md, answered by moving
-  the view rather than by alias-free patch forms: no patch template changes;
-  the cost is a rescan when a kernel alternates between aliases, counted as
-  `view_moves`).
+  the view rather than by alias-free patch forms: no patch template changes).
+  The old alias's scan is *parked*, not dropped: it stays in the CFG,
+  unpublished, with a copy of the page's bytes; when that alias returns and the
+  page's scanned bytes are unchanged (`_still_valid`) it serves again and only
+  its patches are re-planned (`view_reuses`), so a kernel alternating between
+  two aliases scans each once, not at every alternation.  At most MAX_PARKED
+  are kept (Linux leaves its identity alias for good), and a parked scan found
+  stale is forgotten only outside the scanner's walk (`_settle`).
 * Writes through any alias hit the physical page's flags (dirty).
 VMM accesses to patched code (`_raw`, bt's `_raw_read`/`_raw_write`) go
 through the view's frame, never through the current CR3, so removing a view's
@@ -75,6 +80,7 @@ INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its 
 PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 FLAGS = 0           # ... the scanner's instruction-start flags
 HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's patch bytes
+MAX_PARKED = 64     # parked alias scans kept (runtime/csam.py `_drop_view`): 64 x 4 KiB copies
 HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
 
 
@@ -110,6 +116,13 @@ class CSAM:
         # Paging (see the top): linear page <-> the physical page holding its scan.
         self.frame_of: dict[int, int] = {}
         self.view_of: dict[int, int] = {}
+        # Scans of aliases another alias took over, kept for their return:
+        # linear page -> (physical page, its bytes then).  `_resume` queues
+        # the pages to re-plan in `_replan`.
+        self._parked: dict[int, tuple[int, bytes]] = {}
+        self._replan: list[int] = []
+        self._walking = False                       # inside the scanner's walk (`scan`)
+        self._stale: set[int] = set()               # parked scans found invalid during it
         self._published: set[int] = set()           # linear pages whose flags C has
         self.clock = self.vm.clock
         patcher.on_change = self._patches_changed
@@ -191,22 +204,105 @@ class CSAM:
         self.drain_writes()
         if page in self.frame_of:
             self._drop_view(page)              # the page maps other memory now
+        parked = self._parked.get(page)
+        if parked is not None and not self._still_valid(page, f, *parked):
+            if self._walking:
+                # Forgetting changes the CFG under the scanner's walk: the read
+                # fails instead (a bad node on the page, dropped with the rest
+                # of its scan after the walk; `scan`).
+                self._stale.add(page)
+                return None
+            self._forget(page)
+            parked = None
+        self._parked.pop(page, None)
         other = self.view_of.get(f)
         if other is not None:
-            self._drop_view(other)             # the memory is entered through another alias
+            self._drop_view(other, park=True)  # the memory is entered through another alias
         self.frame_of[page] = f
         self.view_of[f] = page
         self.clock.c.set_view(f, page)
+        if parked is not None:
+            self._resume(page, f, parked[1])
         return f
 
-    def _drop_view(self, page: int) -> None:
-        """Forget linear `page`'s scan: its patches and guards come out of its
-        physical page (all bytes still the VMM's: no guest write pending)."""
+    def _drop_view(self, page: int, park: bool = False) -> None:
+        """Linear `page` stops being its physical page's view: its patches and
+        guards come out of the page (all bytes still the VMM's: no guest write
+        pending).  Its scan is forgotten, or, when another alias takes the page
+        over (`park`), kept in the CFG unpublished with a copy of the page's
+        bytes, for the alias's return (`_resume`)."""
         self.stats.add("view_moves")
-        self._invalidate(page, [], guest_wrote=False)
-        f = self.frame_of.pop(page)
+        f = self.frame_of[page]
+        self._invalidate(page, [], guest_wrote=False, keep_scan=park)
+        if park and page in self.cfg.pages.pages:       # (a page only read holds no scan)
+            self._parked[page] = (f, self._raw(page, PAGE))
+            if len(self._parked) > MAX_PARKED:
+                # The oldest goes at the next point outside the walk (`_settle`):
+                # Linux leaves its identity alias for good (1,483 pages).
+                self._stale.add(next(iter(self._parked)))
+        self.frame_of.pop(page)
         self.view_of.pop(f, None)
         self.clock.c.set_view(f, None)
+
+    def _still_valid(self, page: int, f: int, frame: int, snapshot: bytes) -> bool:
+        """A parked scan serves again when its linear page maps the same physical
+        page, whose scanned bytes are those it was scanned from (compared, as
+        the guest sees them, with the copy taken when it was parked: a store
+        nobody saw while the page was another alias's shows here; stores to the
+        page's other bytes, data next to code, do not matter, as for the write
+        hook), and no block of it runs on into a page that is not a view (whose
+        bytes the comparison does not cover).  Else it is scanned anew."""
+        rec = self.cfg.pages.pages.get(page)
+        if frame != f or rec is None:
+            return False
+        now = self.hidden_bytes(f, bytes(self.vm.fast.mem_read(f, PAGE)))
+        if now != snapshot and any(x and a != b for x, a, b in zip(rec.flags, now, snapshot)):
+            return False
+        crosses = any(self.cfg.graph._node[n].get("end", 0) > page + PAGE
+                      for n in self.scanner.nodes_on_page(page))
+        return not crosses or page + PAGE in self.frame_of
+
+    def _resume(self, page: int, f: int, snapshot: bytes) -> None:
+        """An alias returns to its physical page with its parked scan still
+        valid (`_still_valid`): publish it and have its sites re-planned."""
+        self.stats.add("view_reuses")
+        self._published.add(page)
+        self.code_pages.add(f)
+        self.clock.c.set_page(FLAGS, f, self.cfg.pages.pages[page].flags)
+        self.mode._flush(page, page + PAGE)
+        self._replan.append(page)
+
+    def _forget(self, page: int) -> None:
+        """Drop a parked scan from the CFG."""
+        self.scanner.invalidate_page(page)
+        self.cfg.pages.drop(page)
+
+    def _settle(self) -> None:
+        """Outside the scanner's walk: forget the parked scans found stale or
+        too old during it, and re-plan the resumed ones."""
+        while self._stale:
+            page = self._stale.pop()
+            if self._parked.pop(page, None) is not None:
+                self._forget(page)
+        self._replan_resumed()
+
+    def _replan_resumed(self) -> None:
+        """Ask the owner to patch the sites and guard the branches of resumed
+        views (as after a scan; outside the scanner's walk, whose reads resume
+        views: patching must not run inside it)."""
+        while self._replan:
+            page = self._replan.pop(0)
+            if self.frame_of.get(page) is None:
+                continue
+            node = self.cfg.graph._node
+            sites, unresolved = [], []
+            for n in sorted(self.scanner.nodes_on_page(page)):
+                d = node[n]
+                sites += [a for a, _name, _klass in d["sensitive"] if a & ~(PAGE - 1) == page]
+            for u in self.cfg.unresolved_sites():
+                if u & ~(PAGE - 1) == page:
+                    unresolved.append(u)
+            self._on_new_code(sites, unresolved)
 
     def _scannable(self, addr: int) -> bool:
         p = self.live_phys(addr)
@@ -226,6 +322,7 @@ class CSAM:
             self.stats.add("unscannable_starts")
             self.clock.c.allow_once(address)
             return address
+        self._settle()
         p = self.patcher.covering(address)
         if p is not None and p.kind == "jump" and p.site < address < p.site + len(p.orig):
             return self._into_patch(p, address)
@@ -340,7 +437,13 @@ class CSAM:
         cfg = self.cfg
         before = set(cfg.pages.code_pages())
         known_unresolved = set(cfg.unresolved_sites())
-        self.scanner.scan_from(addr)
+        if self.paging():
+            self.claim_view(addr & ~(PAGE - 1))     # a parked scan there: settled before the walk
+        self._walking = True
+        try:
+            self.scanner.scan_from(addr)
+        finally:
+            self._walking = False
         self.stats.add("scans")
         pages = set(cfg.pages.code_pages())
         for page in pages - before:
@@ -354,6 +457,7 @@ class CSAM:
         sites = [a for a, _name, _klass in sorted(self.scanner.new_sites)]
         unresolved = [u for u in cfg.unresolved_sites() if u not in known_unresolved]
         self._on_new_code(sites, unresolved)
+        self._settle()
         new_frames = []
         for page in pages - self._published:
             frame = self.frame_of.get(page)
@@ -456,7 +560,7 @@ class CSAM:
             written = [(a - frame + page, n) for a, n in log] if complete else None
             self._invalidate(page, written)
 
-    def _invalidate(self, page: int, written, guest_wrote: bool = True) -> None:
+    def _invalidate(self, page: int, written, guest_wrote: bool = True, keep_scan: bool = False) -> None:
         """Drop the linear page's code: its patches and guards come out with the
         guest's bytes put back -- except the bytes the guest itself wrote since
         (`written`: (linear address, size) stores; None = the log overflowed: a
@@ -485,8 +589,9 @@ class CSAM:
         for a, b in keep:
             self.mode._raw_write(a, b)
         self._hide(page)
-        self.scanner.invalidate_page(page)
-        self.cfg.pages.drop(page)
+        if not keep_scan:
+            self.scanner.invalidate_page(page)
+            self.cfg.pages.drop(page)
         self._published.discard(page)
         self.mode._flush(page, page + PAGE)
         if frame < self.vm.config.mem_bytes:

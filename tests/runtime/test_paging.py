@@ -287,3 +287,58 @@ def test_bt_stub_reached_after_a_guest_store_into_the_slot():
     stats = vm.mode.hyper_mapping.stats()
     assert stats["faults_retried"] == 1 and stats["guest_slot_values"] == ["0x0"]
     assert got.extra["patches"]["installed"] == {"cli": 1}       # one jump patch: cli + pushfd
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_bt_alternating_aliases_scan_each_alias_once(rewrite):
+    """CODE_A's page run through 0x400000 and its high alias, alternating 6
+    times: each alias is scanned once, and on each return the parked scan of
+    that alias serves again (runtime/csam.py `_resume`: the page's bytes
+    compared whole) with its patches re-planned -- no rescan per alternation.
+    With a store into the routine through the other alias while a scan is
+    parked (`rewrite`), the comparison fails and that alias is scanned anew:
+    the new bytes run (ECX)."""
+    code_a = assemble(ROUTINE_A, 0x400000)
+    def call(at: int, slot: int) -> str:
+        return f"mov eax, {at:#x}\ncall eax\nmov dword ptr [{OUT + 4 * slot:#x}], ecx\n" \
+               f"mov dword ptr [{OUT + 4 * slot + 4:#x}], eax\n"
+    body = ""
+    for i in range(6):
+        body += call(0x400000 if i % 2 == 0 else HIGH + CODE_A, 0)
+    if rewrite:
+        # mov ecx, 0xaaaa -> mov ecx, 0x5555 (its immediate's low byte), through the high alias
+        imm = code_a.index(b"\xb9\xaa\xaa") + 1
+        body += f"mov byte ptr [{HIGH + CODE_A + imm:#x}], 0x55\nmov byte ptr [{HIGH + CODE_A + imm + 1:#x}], 0x55\n"
+        body += call(0x400000, 2)
+    src = PAGING_ON + body + EXIT
+    want_vm, vm, got = _both(src, _bt_tables(code_a, b"\xc3"))
+    csam = got.extra["csam"]
+    assert csam["view_moves"] >= 5
+    if not rewrite:
+        assert csam["view_reuses"] >= 4 and csam["pages_rescanned"] == 0
+        assert got.extra["patches"]["installed"]
+    else:
+        assert struct.unpack("<I", vm.uc.mem_read(OUT + 8, 4))[0] == 0x5555
+        assert csam["smc_invalidations"] >= 1
+
+
+def test_bt_paging_demo_with_every_parked_scan_found_stale(monkeypatch):
+    """The other way back: every parked alias scan judged stale (as after a
+    store nobody saw) is forgotten -- outside the scanner's walk, whose reads
+    then fail instead of changing the CFG under it (runtime/csam.py
+    `claim_view`) -- and scanned anew; demo:paging still gives emulate's
+    output and count, with no start left unscannable."""
+    from bt.demos import expected_output, load_demo
+    from bt.machine import MachineConfig
+    from runtime.csam import CSAM
+    from runtime.vm import VM
+    want = VM(load_demo("paging", 64 << 20), MachineConfig(mode="emulate"), stdout=None).run()
+    normal = VM(load_demo("paging", 64 << 20), MachineConfig(mode="bt"), stdout=None).run()
+    monkeypatch.setattr(CSAM, "_still_valid", lambda self, page, f, frame, snapshot: False)
+    got = VM(load_demo("paging", 64 << 20), MachineConfig(mode="bt"), stdout=None).run()
+    for res in (normal, got):
+        assert res.exit_status == 0, res.message
+        assert res.serial == expected_output("paging") and res.retired == want.retired
+        assert res.extra["csam"]["unscannable_starts"] == 0
+    assert got.extra["csam"]["view_reuses"] == 0 < normal.extra["csam"]["view_reuses"]
+    assert normal.extra["csam"]["scans"] < got.extra["csam"]["scans"]
