@@ -236,10 +236,6 @@ class CSAM:
         self._invalidate(page, [], guest_wrote=False, keep_scan=park)
         if park and page in self.cfg.pages.pages:       # (a page only read holds no scan)
             self._parked[page] = (f, self._raw(page, PAGE))
-            if len(self._parked) > MAX_PARKED:
-                # The oldest goes at the next point outside the walk (`_settle`):
-                # Linux leaves its identity alias for good (1,483 pages).
-                self._stale.add(next(iter(self._parked)))
         self.frame_of.pop(page)
         self.view_of.pop(f, None)
         self.clock.c.set_view(f, None)
@@ -278,12 +274,17 @@ class CSAM:
         self.cfg.pages.drop(page)
 
     def _settle(self) -> None:
-        """Outside the scanner's walk: forget the parked scans found stale or
-        too old during it, and re-plan the resumed ones."""
+        """Outside the scanner's walk: forget the parked scans found stale
+        during it and the oldest beyond MAX_PARKED (Linux leaves its identity
+        alias for good: 1,483 pages), and re-plan the resumed ones."""
         while self._stale:
             page = self._stale.pop()
             if self._parked.pop(page, None) is not None:
                 self._forget(page)
+        while len(self._parked) > MAX_PARKED:
+            oldest = next(iter(self._parked))
+            del self._parked[oldest]
+            self._forget(oldest)
         self._replan_resumed()
 
     def _replan_resumed(self) -> None:

@@ -289,15 +289,19 @@ def test_bt_stub_reached_after_a_guest_store_into_the_slot():
     assert got.extra["patches"]["installed"] == {"cli": 1}       # one jump patch: cli + pushfd
 
 
-@pytest.mark.parametrize("rewrite", [False, True])
-def test_bt_alternating_aliases_scan_each_alias_once(rewrite):
+@pytest.mark.parametrize("rewrite,bound", [(False, None), (True, None), (False, 0)])
+def test_bt_alternating_aliases_scan_each_alias_once(rewrite, bound, monkeypatch):
     """CODE_A's page run through 0x400000 and its high alias, alternating 6
     times: each alias is scanned once, and on each return the parked scan of
     that alias serves again (runtime/csam.py `_resume`: the page's bytes
     compared whole) with its patches re-planned -- no rescan per alternation.
     With a store into the routine through the other alias while a scan is
     parked (`rewrite`), the comparison fails and that alias is scanned anew:
-    the new bytes run (ECX)."""
+    the new bytes run (ECX).  With no parked scan kept (`bound` 0:
+    MAX_PARKED, the bound Linux's one-way move from its identity alias needs)
+    every alternation rescans, as before parking."""
+    if bound is not None:
+        monkeypatch.setattr("runtime.csam.MAX_PARKED", bound)
     code_a = assemble(ROUTINE_A, 0x400000)
     def call(at: int, slot: int) -> str:
         return f"mov eax, {at:#x}\ncall eax\nmov dword ptr [{OUT + 4 * slot:#x}], ecx\n" \
@@ -314,7 +318,9 @@ def test_bt_alternating_aliases_scan_each_alias_once(rewrite):
     want_vm, vm, got = _both(src, _bt_tables(code_a, b"\xc3"))
     csam = got.extra["csam"]
     assert csam["view_moves"] >= 5
-    if not rewrite:
+    if bound == 0:
+        assert csam["view_reuses"] == 0 and csam["pages_rescanned"] >= 4
+    elif not rewrite:
         assert csam["view_reuses"] >= 4 and csam["pages_rescanned"] == 0
         assert got.extra["patches"]["installed"]
     else:
