@@ -38,7 +38,7 @@ IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection
 
 class BTMode(TrapMode):
     name = "bt"
-    # CSAM under paging: views (runtime/csam.py, "Paging"; docs/paging-plan.md).
+    # CSAM under paging: views (runtime/views.py; docs/paging-plan.md).
     paging_guests = True
 
     def __init__(self, vm):
@@ -68,7 +68,7 @@ class BTMode(TrapMode):
 
     # -- memory -------------------------------------------------------------------
     # Code bytes by linear address (patch sites, guards, stubs), through the
-    # physical page of the address's CSAM view (runtime/csam.py, "Paging"):
+    # physical page of the address's CSAM view (runtime/views.py):
     # a page at a time, since consecutive linear pages need not be consecutive
     # physical ones.
     def _pieces(self, addr: int, n: int):

@@ -55,7 +55,7 @@ def test_trap_differs_from_emulate_exactly_where_predicted(name):
 
 
 # Demos bt does not run (none: paging guests run since CSAM keeps views,
-# runtime/csam.py "Paging").
+# runtime/views.py).
 BT_REFUSES: set[str] = set()
 
 
@@ -70,7 +70,7 @@ def test_bt_gives_the_emulate_output(name):
 
 
 def test_bt_runs_the_paging_demo_as_emulate_does():
-    """bt under paging (runtime/csam.py, "Paging"): the same lines, instruction
+    """bt under paging (runtime/views.py): the same lines, instruction
     count and final registers as emulate, with patches placed (the cli/sti
     reached through the high alias) and views moved (the alias, the CR3 switch)."""
     want, got = run("paging", "emulate"), run("paging", "bt")

@@ -151,7 +151,7 @@ def test_the_guest_finds_nothing_at_the_areas_addresses(access):
     assert (got.reason, got.retired, got.regs, got.message) == (want.reason, want.retired, want.regs, want.message)
 
 
-# -- bt under paging: CSAM's views (runtime/csam.py, "Paging") ------------------------
+# -- bt under paging: CSAM's views (runtime/views.py) ------------------------
 CODE_A, CODE_B = 0x38000, 0x39000
 HIGH = 0xC0000000
 
@@ -293,7 +293,7 @@ def test_bt_stub_reached_after_a_guest_store_into_the_slot():
 def test_bt_alternating_aliases_scan_each_alias_once(rewrite, bound, monkeypatch):
     """CODE_A's page run through 0x400000 and its high alias, alternating 6
     times: each alias is scanned once, and on each return the parked scan of
-    that alias serves again (runtime/csam.py `_resume`: the page's bytes
+    that alias serves again (runtime/views.py `_resume`: the page's bytes
     compared whole) with its patches re-planned -- no rescan per alternation.
     With a store into the routine through the other alias while a scan is
     parked (`rewrite`), the comparison fails and that alias is scanned anew:
@@ -301,7 +301,7 @@ def test_bt_alternating_aliases_scan_each_alias_once(rewrite, bound, monkeypatch
     MAX_PARKED, the bound Linux's one-way move from its identity alias needs)
     every alternation rescans, as before parking."""
     if bound is not None:
-        monkeypatch.setattr("runtime.csam.MAX_PARKED", bound)
+        monkeypatch.setattr("runtime.views.MAX_PARKED", bound)
     code_a = assemble(ROUTINE_A, 0x400000)
     def call(at: int, slot: int) -> str:
         return f"mov eax, {at:#x}\ncall eax\nmov dword ptr [{OUT + 4 * slot:#x}], ecx\n" \
@@ -331,7 +331,7 @@ def test_bt_alternating_aliases_scan_each_alias_once(rewrite, bound, monkeypatch
 def test_bt_paging_demo_with_every_parked_scan_found_stale(monkeypatch):
     """The other way back: every parked alias scan judged stale (as after a
     store nobody saw) is forgotten -- outside the scanner's walk, whose reads
-    then fail instead of changing the CFG under it (runtime/csam.py
+    then fail instead of changing the CFG under it (runtime/views.py
     `claim_view`) -- and scanned anew; demo:paging still gives emulate's
     output and count, with no start left unscannable."""
     from bt.demos import expected_output, load_demo
