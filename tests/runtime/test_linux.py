@@ -156,8 +156,8 @@ BT_BUDGET = 70_000_000      # past the 64.75 M instructions after which trap's l
 
 @pytest.mark.slow
 def test_bt_runs_linux_with_paging_past_traps_pushf_panic(linux):
-    """docs/linux.md, "Under --mode bt": CSAM under paging (runtime/csam.py,
-    "Paging") scans and patches the kernel at 0xC1xxxxxx; its pushfd in
+    """docs/linux.md, "Under --mode bt": CSAM under paging (runtime/views.py)
+    scans and patches the kernel at 0xC1xxxxxx; its pushfd in
     `irqs_disabled()` is patched, so the kernel sees its own cli: no "enabled
     early" warning, no irq_work BUG, and the run is still going where trap's
     ended (docs/linux.md says how far it gets)."""
