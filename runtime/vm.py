@@ -122,7 +122,10 @@ class VM:
         self.fast = self.mem.fast
         self.quirks = Quirks(uc)
         self.clock = InstructionClock(uc)
-        self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr)
+        self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr, self.quirks.off.efer)
+        # The VMM's page walk reads the tables from the host memory behind RAM
+        # and the control registers from the live CPU state (runtime/_walk.c).
+        self.mem.use_native(self._ram, self._ram_ptr, self.quirks)
         self.delivery = Delivery(self)
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
