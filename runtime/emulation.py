@@ -21,7 +21,6 @@ import struct
 from typing import Callable
 
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
@@ -365,7 +364,7 @@ def _invlpg(mode, insn, eip):
     # invlpg never faults on its operand and has no per-page form in Unicorn:
     # flush the whole TLB (allowed architecturally; the binding of 2.1.4 has no
     # ctl_flush_tlb method, uc_ctl does it: tests/runtime/test_unicorn_paging_facts.py).
-    mode.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    mode.vm.fast.flush_tlb()            # uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE), pre-encoded
 
 
 @emulates("wbinvd", "invd")

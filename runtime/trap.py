@@ -397,7 +397,7 @@ class TrapMode(EmulateMode):
             self.stop_slice = True
 
     def _site_bytes(self, eip: int, n: int) -> bytes:
-        if self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+        if self.vm.mem.paging():
             return self.vm.mem.try_read(eip, n)
         ram = self.vm._ram
         if eip + n <= len(ram):
@@ -405,7 +405,8 @@ class TrapMode(EmulateMode):
         return self.vm.fast.mem_read(eip, n)
 
     # -- the exit dispatcher ----------------------------------------------------------
-    def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
+    def on_fault(self, vector: int, eip: int, error, soft: bool, insn=None) -> bool:
+        """`insn`: the site already decoded by this exit (bt), else decoded here."""
         vm = self.vm
         cpl = vm.quirks.cpl()
         if vector == PF:
@@ -423,7 +424,8 @@ class TrapMode(EmulateMode):
         if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
-        insn = self.decoder.at(eip)
+        if insn is None:
+            insn = self.decoder.at(eip)
         row = insn.row if insn else None
         if not has_routine(row):
             vm.counters.add("faults_reflected", vector)
