@@ -943,20 +943,28 @@ static PyObject *Clock_boundary(Clock *c, PyObject *arg)
                          (unsigned long long)e->size);
 }
 
+/* Clock.cut, also called from the native exit hook (runtime/_exits.c, through
+ * `cut_address`), which handles some exits without Python. */
+static bool native_cut(void *clock, uint64_t eip, int started)
+{
+    Clock *c = clock;
+    long j = index_of(c->cur, eip);
+    if (j < 0) {
+        /* EIP at the end of the block (an int n that ended it): nothing to cut */
+        return false;
+    }
+    c->count = c->cur_base + weight(c, c->cur, (uint32_t)j + (started ? 1 : 0));
+    c->cur = NULL;
+    return true;
+}
+
 static PyObject *Clock_cut(Clock *c, PyObject *args)
 {
     unsigned long long eip;
     int started;
     if (!PyArg_ParseTuple(args, "Kp", &eip, &started))
         return NULL;
-    long j = index_of(c->cur, eip);
-    if (j < 0) {
-        /* EIP at the end of the block (an int n that ended it): nothing to cut */
-        Py_RETURN_FALSE;
-    }
-    c->count = c->cur_base + weight(c, c->cur, (uint32_t)j + (started ? 1 : 0));
-    c->cur = NULL;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(native_cut(c, eip, started));
 }
 
 static PyObject *Clock_started(Clock *c, PyObject *arg)
@@ -1328,7 +1336,13 @@ static PyObject *callbacks(PyObject *m, PyObject *unused)
                          (unsigned long long)(uintptr_t)&read_after);
 }
 
+static PyObject *cut_address(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromVoidPtr((void *)&native_cut);
+}
+
 static PyMethodDef module_methods[] = {
+    {"cut_address", cut_address, METH_NOARGS, "address of bool cut(Clock *, eip, started) for native hooks"},
     {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after) hook C function addresses"},
     {NULL, NULL, 0, NULL}};
 

@@ -16,7 +16,7 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
 # uc_ctl's request word for a TLB flush without arguments, encoded as
 # unicorn.h's UC_CTL(type, nr, rw) does: rw << 30 | nr << 26 | type.
-_TLB_FLUSH = UC_CTL_IO_WRITE << 30 | 0 << 26 | UC_CTL_TLB_FLUSH
+TLB_FLUSH = UC_CTL_IO_WRITE << 30 | 0 << 26 | UC_CTL_TLB_FLUSH
 
 
 def hook_add(uc, kind: int, fn: int, user: int | None, begin: int, end: int, *extra) -> int:
@@ -72,6 +72,6 @@ class FastUc:
     def flush_tlb(self) -> None:
         """uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE) without the binding's
         argument marshalling (invlpg and every CR3 write under trap and bt)."""
-        status = self._ctl(self._h, _TLB_FLUSH)
+        status = self._ctl(self._h, TLB_FLUSH)
         if status:
             raise UcError(status)

@@ -487,6 +487,11 @@ class Quirks:
             return bool(self._hflags.value & HF_INHIBIT_IRQ)
         return False
 
+    def pc_sync_address(self) -> int:
+        """Where the engine's PC-sync flag lives (a native hook clears it after
+        writing EIP, as resync_pc does: runtime/_exits.c)."""
+        return self._uc_addr + self.off.pc_sync_flag
+
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice
         see their own EIP again (see _find_pc_sync_flag)."""

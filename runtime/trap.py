@@ -80,6 +80,10 @@ class TrapMode(EmulateMode):
         self._gdt_hook = None
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
+        # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
+        # flush, EIP past it): answered by the native hook (runtime/exits.py).
+        if vm._native_exits is not None:
+            vm._native_exits.enable_invlpg()
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
