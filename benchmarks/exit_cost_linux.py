@@ -30,13 +30,24 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bt.api import make_vm  # noqa: E402
+from bt.api import load, make_vm  # noqa: E402
+from bt.machine import DEFAULT_CPU_MHZ, DEFAULT_MEM_MIB  # noqa: E402
 
 
-def measure(mode: str, n: int, python_exits: bool, profiler) -> dict:
-    vm = make_vm("linux", mode, max_instructions=n)
-    if python_exits and vm._native_exits is not None:
-        vm._native_exits.x.invlpg = False
+def linux_image():
+    """What `bt-run linux` runs (bt/cli/common.py): the cached kernel and
+    initramfs with the default command line."""
+    from bt.images.fetch import cached_linux_images, default_linux_cmdline
+    paths = cached_linux_images()
+    return load(str(paths["kernel"]), format="linux", initrd=str(paths["initrd"]),
+                cmdline=default_linux_cmdline(DEFAULT_MEM_MIB, DEFAULT_CPU_MHZ))
+
+
+def measure(image, mode: str, n: int, python_exits: bool, profiler) -> dict:
+    vm = make_vm(image, mode, max_instructions=n)
+    native_exits = getattr(vm, "_native_exits", None)     # None: a tree before runtime/_exits.c
+    if python_exits and native_exits is not None:
+        native_exits.x.invlpg = False
     t0 = time.process_time()
     if profiler is not None:
         res = profiler.runcall(vm.run)
@@ -44,7 +55,7 @@ def measure(mode: str, n: int, python_exits: bool, profiler) -> dict:
         res = vm.run()
     cpu = time.process_time() - t0
     c = res.counters
-    native = vm._native_exits.x.handled if vm._native_exits is not None else 0
+    native = native_exits.x.handled if native_exits is not None else 0
     exits = c["exits"]
     return {"mode": mode, "python_exits": python_exits, "cpu_s": round(cpu, 2), "retired": res.retired,
             "exits": exits, "io_exits": c["io_exits"], "native_exits": native,
@@ -63,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     prof = cProfile.Profile() if args.profile else None
-    rows = [measure(m, args.instructions, args.python_exits, prof) for m in args.modes.split(",")]
+    image = linux_image()
+    rows = [measure(image, m, args.instructions, args.python_exits, prof) for m in args.modes.split(",")]
     if prof is not None:
         prof.dump_stats(args.profile)
     keys = list(rows[0])

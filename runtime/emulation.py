@@ -395,8 +395,9 @@ def _wrmsr(mode, insn, eip):
 @emulates("rdtsc")
 def _rdtsc(mode, insn, eip):
     tsc = mode.virtual_tsc()
-    mode.uc.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
-    mode.uc.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
+    fast = mode.vm.fast                 # runtime/fastuc.py: ~3x cheaper than the binding
+    fast.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
+    fast.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
 
 
 @emulates("rdpmc")
