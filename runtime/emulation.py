@@ -264,7 +264,7 @@ def _iret(mode, insn, eip):
     if insn.opsize16 or insn.mnemonic == "iret":
         return NOT_MINE  # 16-bit frames are not modelled: reflected as a #GP
     uc = mode.uc
-    esp = uc.reg_read(X.UC_X86_REG_ESP)
+    esp = mode.vm.fast.reg_read(X.UC_X86_REG_ESP)
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
@@ -286,8 +286,9 @@ def _iret(mode, insn, eip):
     if cs & 3:
         return NOT_MINE  # a return to an outer ring runs natively; this fault is genuine
     mode.check_code_selector(cs)
-    uc.reg_write(X.UC_X86_REG_ESP, (esp + 12) & 0xFFFFFFFF)
-    uc.reg_write(X.UC_X86_REG_CS, cs | 1)
+    fast = mode.vm.fast                 # the hot case (Linux's sync_core): no binding calls
+    fast.reg_write(X.UC_X86_REG_ESP, (esp + 12) & 0xFFFFFFFF)
+    fast.reg_write(X.UC_X86_REG_CS, cs | 1)
     mode.set_guest_eflags(flags)
     mode.after_if_change()
     return new_eip

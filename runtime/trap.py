@@ -363,7 +363,7 @@ class TrapMode(EmulateMode):
 
     # -- helpers for emulation routines -------------------------------------------------
     def seg_base(self, seg_reg: int) -> int:
-        sel = self.guest_selector(self.uc.reg_read(seg_reg))
+        sel = self.guest_selector(self.vm.fast.reg_read(seg_reg))
         if sel < 4:
             return 0
         try:
