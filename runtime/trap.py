@@ -27,12 +27,14 @@ import struct
 from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
+from bt.catalog import by_name
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
+from patcher.policy import patched_on_fault
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
@@ -81,8 +83,9 @@ class TrapMode(EmulateMode):
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
-        # flush, EIP past it): answered by the native hook (runtime/exits.py).
-        if vm._native_exits is not None:
+        # flush, EIP past it): answered by the native hook (runtime/exits.py),
+        # as long as bt never patches it on its first fault.
+        if vm._native_exits is not None and not patched_on_fault(by_name("invlpg")):
             vm._native_exits.enable_invlpg()
 
     # -- boot: into ring 1 ----------------------------------------------------------
