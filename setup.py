@@ -1,7 +1,9 @@
 """Builds the C extensions; everything else is in pyproject.toml.
 
 scanner/_walk.c is the scanner's worklist walk; runtime/_clock.c is the VM's
-instruction clock (a native Unicorn block hook); runtime/_isolation.c guards
+instruction clock (a native Unicorn block hook); runtime/_walk.c is the VMM's
+page walk (runtime/pagewalk.h, which the clock shares); runtime/_exits.c is the
+VM's interrupt hook (invlpg handled natively); runtime/_isolation.c guards
 the hypervisor area (a native Unicorn protection hook).  They need only a C compiler
 and Python's headers (capstone's and Unicorn's functions reach them as
 addresses at run time, so no other header or library is linked).
@@ -21,10 +23,12 @@ if os.environ.get("BT_SANITIZE") == "1":
     LINK = SAN
 
 
-def ext(name: str, src: str) -> Extension:
-    return Extension(name, [src], extra_compile_args=FLAGS, extra_link_args=LINK)
+def ext(name: str, src: str, depends: tuple[str, ...] = ()) -> Extension:
+    return Extension(name, [src], extra_compile_args=FLAGS, extra_link_args=LINK, depends=list(depends))
 
 
 setup(ext_modules=[ext("scanner._walk", "scanner/_walk.c"),
-                   ext("runtime._clock", "runtime/_clock.c"),
+                   ext("runtime._clock", "runtime/_clock.c", ("runtime/pagewalk.h",)),
+                   ext("runtime._walk", "runtime/_walk.c", ("runtime/pagewalk.h",)),
+                   ext("runtime._exits", "runtime/_exits.c", ("runtime/pagewalk.h",)),
                    ext("runtime._isolation", "runtime/_isolation.c")])

@@ -27,6 +27,9 @@ PAE_LARGE_RSVD = 0x1FE000       # a 2 MiB PAE entry's bits 13-20 (between PAT an
 PAE_PDPTE_RSVD = PAE_RSVD | PTE_NX  # a PDPTE has no NX bit: bit 63 is always reserved there
 PAE_LARGE_PAGE = 0x200000       # what one PAE page-directory entry maps
 EFER = 0xC0000080               # the extended feature enable MSR
+MSR_TSC = 0x10
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
 EFER_NXE = 1 << 11
 
 # -- EFLAGS -----------------------------------------------------------------------

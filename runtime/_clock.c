@@ -12,8 +12,8 @@
  * Python has loaded) and is cached per (address, size) together with the
  * bytes it was decoded from.  Every execution compares the cached bytes with
  * the guest's current ones (a memcmp through host memory: guest RAM and the
- * hypervisor area are host buffers; with paging on, the guest's two-level
- * page tables are walked here), so code that changed under the same address
+ * hypervisor area are host buffers; with paging on, the guest's page tables,
+ * two-level or PAE, are walked here: runtime/pagewalk.h), so code that changed under the same address
  * (self-modifying code, another process's code after a CR3 switch) is
  * decoded again, never counted from stale bytes.
  *
@@ -43,6 +43,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pagewalk.h"
 
 typedef int (*uc_emu_stop_t)(void *);
 typedef int (*uc_vmem_read_t)(void *, uint64_t, int, void *, size_t);
@@ -96,7 +98,7 @@ typedef struct {
     Region regions[MAX_REGIONS];
     int nregions;
     uint8_t *env;                       /* live CPU state; NULL = unknown */
-    Py_ssize_t cr0_off, cr3_off, cr4_off;
+    Py_ssize_t cr0_off, cr3_off, cr4_off, efer_off;   /* efer_off -1: unknown */
     uc_emu_stop_t emu_stop;
     uc_vmem_read_t vmem_read;
     /* capstone */
@@ -168,34 +170,25 @@ static inline uint64_t env_u64(Clock *c, Py_ssize_t off)
     return v;
 }
 
-/* Linear -> physical through non-PAE two-level page tables (4 KiB and PSE
- * 4 MiB pages).  false: not translatable here (PAE, not present, tables
- * outside host memory); the caller asks Unicorn. */
+/* Page-table entries (and a block's bytes) from any host region: the
+ * hypervisor area's own page table maps the stubs (runtime/paging.py). */
+static const uint8_t *any_range(void *ctx, uint64_t pa, uint64_t n)
+{
+    return host_range((Clock *)ctx, pa, n);
+}
+
+/* Linear -> physical through the guest's page tables, two-level or PAE: the
+ * VMM's one walk (runtime/pagewalk.h), as a supervisor read (a block Unicorn
+ * runs passed its own permission checks).  false: not translatable here (not
+ * present, reserved bits, tables outside host memory); the caller asks
+ * Unicorn.  EFER unknown: NX counts as allowed (the CPU would not run a block
+ * whose entry has a reserved bit, so leniency costs nothing). */
 static bool walk(Clock *c, uint64_t va, uint64_t *pa)
 {
-    uint64_t cr3 = env_u64(c, c->cr3_off), cr4 = env_u64(c, c->cr4_off);
-    if (cr4 & 0x20)
-        return false;
-    const uint8_t *p = host_range(c, (cr3 & 0xFFFFF000u) + ((va >> 22) & 0x3FF) * 4, 4);
-    if (!p)
-        return false;
-    uint32_t pde;
-    memcpy(&pde, p, 4);
-    if (!(pde & 1))
-        return false;
-    if ((pde & 0x80) && (cr4 & 0x10)) {
-        *pa = (pde & 0xFFC00000u) | (va & 0x3FFFFF);
-        return true;
-    }
-    p = host_range(c, (pde & 0xFFFFF000u) + ((va >> 12) & 0x3FF) * 4, 4);
-    if (!p)
-        return false;
-    uint32_t pte;
-    memcpy(&pte, p, 4);
-    if (!(pte & 1))
-        return false;
-    *pa = (pte & 0xFFFFF000u) | (va & 0xFFF);
-    return true;
+    PwRegs r = {env_u64(c, c->cr0_off), env_u64(c, c->cr3_off), env_u64(c, c->cr4_off),
+                c->efer_off >= 0 ? env_u64(c, c->efer_off) : PW_EFER_NXE};
+    uint32_t err;
+    return pw_walk(&r, any_range, c, va, 0, pa, &err);
 }
 
 static uint8_t *scratch(Clock *c, size_t n)
@@ -439,7 +432,7 @@ static bool fixed(Clock *c, Entry *e)
 #define NO_VIEW UINT32_MAX
 #define CF_OK 0         /* in RAM, and the page's view is this linear page */
 #define CF_PASS 1       /* outside RAM (stubs, the hypervisor area): not checked */
-#define CF_REFUSE 2     /* another view, or no translation here (PAE, not present) */
+#define CF_REFUSE 2     /* another view, or no translation here (not present) */
 static int code_frame(Clock *c, uint64_t addr, uint64_t *pa);   /* see "Code check" */
 
 /* Guest instructions in the first k instructions of e: k outside the stub
@@ -801,6 +794,7 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTuple(args, "KKKKKKI", &stop, &vread, &cs, &iter, &cmalloc, &cfree, &fix_id))
         return -1;
     c->fix_id = fix_id;
+    c->efer_off = -1;
     c->emu_stop = (uc_emu_stop_t)(uintptr_t)stop;
     c->vmem_read = (uc_vmem_read_t)(uintptr_t)vread;
     c->cs = (size_t)cs;
@@ -949,20 +943,28 @@ static PyObject *Clock_boundary(Clock *c, PyObject *arg)
                          (unsigned long long)e->size);
 }
 
+/* Clock.cut, also called from the native exit hook (runtime/_exits.c, through
+ * `cut_address`), which handles some exits without Python. */
+static bool native_cut(void *clock, uint64_t eip, int started)
+{
+    Clock *c = clock;
+    long j = index_of(c->cur, eip);
+    if (j < 0) {
+        /* EIP at the end of the block (an int n that ended it): nothing to cut */
+        return false;
+    }
+    c->count = c->cur_base + weight(c, c->cur, (uint32_t)j + (started ? 1 : 0));
+    c->cur = NULL;
+    return true;
+}
+
 static PyObject *Clock_cut(Clock *c, PyObject *args)
 {
     unsigned long long eip;
     int started;
     if (!PyArg_ParseTuple(args, "Kp", &eip, &started))
         return NULL;
-    long j = index_of(c->cur, eip);
-    if (j < 0) {
-        /* EIP at the end of the block (an int n that ended it): nothing to cut */
-        Py_RETURN_FALSE;
-    }
-    c->count = c->cur_base + weight(c, c->cur, (uint32_t)j + (started ? 1 : 0));
-    c->cur = NULL;
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(native_cut(c, eip, started));
 }
 
 static PyObject *Clock_started(Clock *c, PyObject *arg)
@@ -1020,13 +1022,14 @@ static PyObject *Clock_set_regions(Clock *c, PyObject *arg)
 static PyObject *Clock_set_env(Clock *c, PyObject *args)
 {
     unsigned long long env;
-    Py_ssize_t cr0, cr3, cr4;
-    if (!PyArg_ParseTuple(args, "Knnn", &env, &cr0, &cr3, &cr4))
+    Py_ssize_t cr0, cr3, cr4, efer = -1;
+    if (!PyArg_ParseTuple(args, "Knnn|n", &env, &cr0, &cr3, &cr4, &efer))
         return NULL;
     c->env = (uint8_t *)(uintptr_t)env;
     c->cr0_off = cr0;
     c->cr3_off = cr3;
     c->cr4_off = cr4;
+    c->efer_off = efer;
     Py_RETURN_NONE;
 }
 
@@ -1286,7 +1289,7 @@ static PyMethodDef Clock_methods[] = {
     {"set_regions", (PyCFunction)Clock_set_regions, METH_O,
      "set_regions([(phys base, size, host address)]): where block bytes live"},
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
-     "set_env(env, cr0_off, cr3_off, cr4_off): the live CPU state (paging)"},
+     "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
     {"cache_info", (PyCFunction)Clock_cache_info, METH_NOARGS, "the decoded-block cache: entries, bytes, limit, flushes"},
     {"set_cache_limit", (PyCFunction)Clock_set_cache_limit, METH_O, "set_cache_limit(bytes): empty the cache past this size"},
@@ -1333,7 +1336,13 @@ static PyObject *callbacks(PyObject *m, PyObject *unused)
                          (unsigned long long)(uintptr_t)&read_after);
 }
 
+static PyObject *cut_address(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromVoidPtr((void *)&native_cut);
+}
+
 static PyMethodDef module_methods[] = {
+    {"cut_address", cut_address, METH_NOARGS, "address of bool cut(Clock *, eip, started) for native hooks"},
     {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after) hook C function addresses"},
     {NULL, NULL, 0, NULL}};
 

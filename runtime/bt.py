@@ -207,11 +207,15 @@ class BTMode(TrapMode):
                 self.stats.add("faults_after_patching")
                 vm.counters.add("faults_emulated", p.covered[0].mnemonic)
                 return self._emulate_original(p.covered[0], resume=None)
-        if vector == GP and not soft and cpl == 1 and self._patch_on_fault(eip):
-            return True
-        return super().on_fault(vector, eip, error, soft)
+        insn = None
+        if vector == GP and not soft and cpl == 1:
+            # Decoded once per exit: the trap path below emulates the same site.
+            insn = self.decoder.at(eip)
+            if self._patch_on_fault(eip, insn):
+                return True
+        return super().on_fault(vector, eip, error, soft, insn)
 
-    def _patch_on_fault(self, eip: int) -> bool:
+    def _patch_on_fault(self, eip: int, insn) -> bool:
         """Fault-driven patching: the first trap at a scanned patchable site (cli,
         sti, iretd) installs a jump patch when the policy allows it and resumes
         *at the site*, so the stub performs the instruction (and every later
@@ -220,7 +224,6 @@ class BTMode(TrapMode):
         after patching was tried)."""
         if eip in self._patched_fault_sites:
             return False
-        insn = self.decoder.at(eip)
         if insn is None or not policy.patched_on_fault(insn.row):
             return False
         self._patched_fault_sites.add(eip)

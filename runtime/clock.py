@@ -74,11 +74,12 @@ class InstructionClock:
         """(physical base, size, host address) of every host buffer that holds code."""
         self.c.set_regions(regions)
 
-    def set_cpu_state(self, env: int | None, cr0: int, cr3: int, cr4: int) -> None:
-        """The live CPU state and its CR0/CR3/CR4 offsets: lets the clock read code
-        through the guest's page tables without calling into Unicorn."""
+    def set_cpu_state(self, env: int | None, cr0: int, cr3: int, cr4: int, efer: int = -1) -> None:
+        """The live CPU state and its CR0/CR3/CR4 (and EFER) offsets: lets the clock
+        read code through the guest's page tables, two-level or PAE, without
+        calling into Unicorn (runtime/pagewalk.h)."""
         if env is not None:
-            self.c.set_env(env, cr0, cr3, cr4)
+            self.c.set_env(env, cr0, cr3, cr4, efer)
 
     # -- the interrupt window (emulate) -----------------------------------------------
     def watch_irq_window(self, eflags_off: int, hflags_off: int) -> None:

@@ -72,6 +72,13 @@ _by_bytes: dict[bytes, Insn] = {}
 
 def decode(code: bytes) -> Insn | None:
     """Decode the first instruction of `code` (None when undecodable)."""
+    # `code` that is exactly one instruction's bytes (a patch's copy of the
+    # instruction it covers: every int3 exit) is that instruction: an x86
+    # instruction's meaning depends on its own bytes only.  No capstone call.
+    if type(code) is bytes:
+        hit = _by_bytes.get(code)
+        if hit is not None:
+            return hit
     for ci in _CS.disasm(code, 0, 1):
         raw = bytes(ci.bytes)
         hit = _by_bytes.get(raw)

@@ -21,11 +21,11 @@ import struct
 from typing import Callable
 
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt.catalog import check_registry
 from bt.hyper_layout import VFLAGS_MASK
-from bt.x86 import (NP, EFER, EFER_NXE, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
+from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
+                    MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
@@ -265,7 +265,7 @@ def _iret(mode, insn, eip):
     if insn.opsize16 or insn.mnemonic == "iret":
         return NOT_MINE  # 16-bit frames are not modelled: reflected as a #GP
     uc = mode.uc
-    esp = uc.reg_read(X.UC_X86_REG_ESP)
+    esp = mode.vm.fast.reg_read(X.UC_X86_REG_ESP)
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
@@ -287,8 +287,9 @@ def _iret(mode, insn, eip):
     if cs & 3:
         return NOT_MINE  # a return to an outer ring runs natively; this fault is genuine
     mode.check_code_selector(cs)
-    uc.reg_write(X.UC_X86_REG_ESP, (esp + 12) & 0xFFFFFFFF)
-    uc.reg_write(X.UC_X86_REG_CS, cs | 1)
+    fast = mode.vm.fast                 # the hot case (Linux's sync_core): no binding calls
+    fast.reg_write(X.UC_X86_REG_ESP, (esp + 12) & 0xFFFFFFFF)
+    fast.reg_write(X.UC_X86_REG_CS, cs | 1)
     mode.set_guest_eflags(flags)
     mode.after_if_change()
     return new_eip
@@ -365,7 +366,7 @@ def _invlpg(mode, insn, eip):
     # invlpg never faults on its operand and has no per-page form in Unicorn:
     # flush the whole TLB (allowed architecturally; the binding of 2.1.4 has no
     # ctl_flush_tlb method, uc_ctl does it: tests/runtime/test_unicorn_paging_facts.py).
-    mode.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    mode.vm.fast.flush_tlb()            # uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE), pre-encoded
 
 
 @emulates("wbinvd", "invd")
@@ -373,12 +374,27 @@ def _cache(mode, insn, eip):
     pass
 
 
+# MSRs the deprivileged guest must not reach in the real CPU: the sysenter and
+# syscall targets lead into ring 0, the TSC is virtual time, EFER's real bits
+# are the VMM's (only NXE is passed on, below).  They live in the virtual CPU,
+# read back as Unicorn stores them (SYSENTER_CS keeps 16 bits).  Every other
+# MSR is Unicorn's own: the guest's rdmsr/wrmsr under emulate run the same
+# helper as uc.msr_read/msr_write, so a write Unicorn ignores (the P6
+# performance counters Linux's PMU probe writes and reads back) reads back as
+# under emulate (tests/runtime/test_msrs.py).
+VIRTUAL_MSRS = {MSR_TSC: 0xFFFFFFFFFFFFFFFF, MSR_SYSENTER_CS: 0xFFFF,
+                MSR_SYSENTER_ESP: 0xFFFFFFFFFFFFFFFF, MSR_SYSENTER_EIP: 0xFFFFFFFFFFFFFFFF,
+                EFER: 0xFFFFFFFFFFFFFFFF, MSR_STAR: 0xFFFFFFFFFFFFFFFF, MSR_LSTAR: 0xFFFFFFFFFFFFFFFF,
+                MSR_CSTAR: 0xFFFFFFFFFFFFFFFF, MSR_SFMASK: 0xFFFFFFFFFFFFFFFF}
+
+
 @emulates("rdmsr")
 def _rdmsr(mode, insn, eip):
     uc = mode.uc
-    val = mode.vcpu.msrs.get(uc.reg_read(X.UC_X86_REG_ECX), 0)
+    msr = uc.reg_read(X.UC_X86_REG_ECX)
+    val = mode.vcpu.msrs.get(msr, 0) if msr in VIRTUAL_MSRS else uc.msr_read(msr)
     uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
-    uc.reg_write(X.UC_X86_REG_EDX, val >> 32)
+    uc.reg_write(X.UC_X86_REG_EDX, (val >> 32) & 0xFFFFFFFF)
 
 
 @emulates("wrmsr")
@@ -386,7 +402,10 @@ def _wrmsr(mode, insn, eip):
     uc = mode.uc
     msr = uc.reg_read(X.UC_X86_REG_ECX)
     value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
-    mode.vcpu.msrs[msr] = value
+    if msr not in VIRTUAL_MSRS:
+        uc.msr_write(msr, value)
+        return
+    mode.vcpu.msrs[msr] = value & VIRTUAL_MSRS[msr]
     if msr == EFER:
         # NXE changes what the MMU does with PAE entries' bit 63 (NX or
         # reserved: tests/runtime/test_guest_memory.py), so the real CPU gets it.
@@ -396,8 +415,9 @@ def _wrmsr(mode, insn, eip):
 @emulates("rdtsc")
 def _rdtsc(mode, insn, eip):
     tsc = mode.virtual_tsc()
-    mode.uc.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
-    mode.uc.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
+    fast = mode.vm.fast                 # runtime/fastuc.py: ~3x cheaper than the binding
+    fast.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
+    fast.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
 
 
 @emulates("rdpmc")

@@ -11,7 +11,12 @@ from __future__ import annotations
 import ctypes
 
 from unicorn import UcError
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+# uc_ctl's request word for a TLB flush without arguments, encoded as
+# unicorn.h's UC_CTL(type, nr, rw) does: rw << 30 | nr << 26 | type.
+TLB_FLUSH = UC_CTL_IO_WRITE << 30 | 0 << 26 | UC_CTL_TLB_FLUSH
 
 
 def hook_add(uc, kind: int, fn: int, user: int | None, begin: int, end: int, *extra) -> int:
@@ -38,6 +43,7 @@ class FastUc:
         self._reg_write = uclib.uc_reg_write
         self._mem_read = uclib.uc_mem_read
         self._mem_write = uclib.uc_mem_write
+        self._ctl = uclib.uc_ctl
 
     def reg_read(self, reg: int) -> int:
         self._val.value = 0
@@ -60,5 +66,12 @@ class FastUc:
 
     def mem_write(self, addr: int, data: bytes) -> None:
         status = self._mem_write(self._h, addr, data, len(data))
+        if status:
+            raise UcError(status)
+
+    def flush_tlb(self) -> None:
+        """uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE) without the binding's
+        argument marshalling (invlpg and every CR3 write under trap and bt)."""
+        status = self._ctl(self._h, TLB_FLUSH)
         if status:
             raise UcError(status)

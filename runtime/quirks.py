@@ -44,6 +44,7 @@ from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from bt.machine import flat_gdt_bytes
+from bt.x86 import EFER, EFER_NXE
 
 
 HF_INHIBIT_IRQ = 0x8         # hflags: interrupts inhibited for one instruction
@@ -169,6 +170,22 @@ def _find_cr_offsets() -> tuple[int, int, int]:
     if not found[0] < found[1] < found[2]:
         raise QuirkError(f"control registers out of order in the CPU context: {found}")
     return found
+
+
+def _find_efer_offset() -> int:
+    """EFER's 8-byte field (written with msr_write, NXE then NXE|SCE): the VMM's
+    native page walk (runtime/_walk.c) reads NXE there for PAE tables."""
+    uc = scratch_engine()
+    uc.msr_write(EFER, EFER_NXE)
+    before = _ctx_bytes(uc.context_save())
+    uc.msr_write(EFER, EFER_NXE | 1)
+    after = _ctx_bytes(uc.context_save())
+    hits = [off for off in range(0, min(len(before), len(after)) - 7, 8)
+            if struct.unpack_from("<Q", before, off)[0] == EFER_NXE
+            and struct.unpack_from("<Q", after, off)[0] == EFER_NXE | 1]
+    if len(hits) != 1:
+        raise QuirkError(f"could not find EFER in the CPU context ({hits})")
+    return hits[0]
 
 
 def _find_pc_sync_flag() -> int:
@@ -361,6 +378,7 @@ class Offsets:
     eip: int
     eflags: int                          # the field holding IF (the arithmetic flags are lazy)
     env_links: tuple[tuple[int, int], ...]   # (pointer offset in uc_struct, delta), see _find_env_links
+    efer: int                            # EFER (NXE matters to PAE walks)
 
 
 _OFFSETS: Offsets | None = None
@@ -386,7 +404,7 @@ def calibrate() -> Offsets:
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
-                       _find_env_links())
+                       _find_env_links(), _find_efer_offset())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 
@@ -468,6 +486,11 @@ class Quirks:
         if self.env is not None:
             return bool(self._hflags.value & HF_INHIBIT_IRQ)
         return False
+
+    def pc_sync_address(self) -> int:
+        """Where the engine's PC-sync flag lives (a native hook clears it after
+        writing EIP, as resync_pc does: runtime/_exits.c)."""
+        return self._uc_addr + self.off.pc_sync_flag
 
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice

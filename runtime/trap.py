@@ -27,12 +27,14 @@ import struct
 from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
+from bt.catalog import by_name
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
+from patcher.policy import patched_on_fault
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
@@ -80,6 +82,11 @@ class TrapMode(EmulateMode):
         self._gdt_hook = None
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
+        # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
+        # flush, EIP past it): answered by the native hook (runtime/exits.py),
+        # as long as bt never patches it on its first fault.
+        if vm._native_exits is not None and not patched_on_fault(by_name("invlpg")):
+            vm._native_exits.enable_invlpg()
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:
@@ -359,7 +366,7 @@ class TrapMode(EmulateMode):
 
     # -- helpers for emulation routines -------------------------------------------------
     def seg_base(self, seg_reg: int) -> int:
-        sel = self.guest_selector(self.uc.reg_read(seg_reg))
+        sel = self.guest_selector(self.vm.fast.reg_read(seg_reg))
         if sel < 4:
             return 0
         try:
@@ -397,7 +404,7 @@ class TrapMode(EmulateMode):
             self.stop_slice = True
 
     def _site_bytes(self, eip: int, n: int) -> bytes:
-        if self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
+        if self.vm.mem.paging():
             return self.vm.mem.try_read(eip, n)
         ram = self.vm._ram
         if eip + n <= len(ram):
@@ -416,7 +423,8 @@ class TrapMode(EmulateMode):
             return True
         return False
 
-    def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
+    def on_fault(self, vector: int, eip: int, error, soft: bool, insn=None) -> bool:
+        """`insn`: the site already decoded by this exit (bt), else decoded here."""
         vm = self.vm
         cpl = vm.quirks.cpl()
         if vector == PF:
@@ -434,7 +442,8 @@ class TrapMode(EmulateMode):
         if soft or cpl != 1 or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
-        insn = self.decoder.at(eip)
+        if insn is None:
+            insn = self.decoder.at(eip)
         row = insn.row if insn else None
         if not has_routine(row):
             vm.counters.add("faults_reflected", vector)

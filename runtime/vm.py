@@ -80,6 +80,7 @@ class VM:
 
     def __init__(self, image: GuestImage, config: MachineConfig | None = None, *,
                  stdout=None):
+        self._native_exits = None       # runtime/exits.py, once the hooks are installed
         self._in_slice = False
         self._slice_end = 0
         self.image = image
@@ -91,7 +92,7 @@ class VM:
         self.vtime = 0
         self.retired = 0
         self.halted = False
-        self.stop: RunStop | None = None
+        self.stop = None                # RunStop once the run's end is decided (property below)
         self._slice_base = 0
         self._vmm_stopped = False       # a hook asked the slice to end
         self._abort_pending = False     # ... and the instruction at EIP did not complete
@@ -122,7 +123,10 @@ class VM:
         self.fast = self.mem.fast
         self.quirks = Quirks(uc)
         self.clock = InstructionClock(uc)
-        self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr)
+        self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr, self.quirks.off.efer)
+        # The VMM's page walk reads the tables from the host memory behind RAM
+        # and the control registers from the live CPU state (runtime/_walk.c).
+        self.mem.use_native(self._ram, self._ram_ptr, self.quirks)
         self.delivery = Delivery(self)
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
@@ -148,6 +152,17 @@ class VM:
         self.clock.stop_after_io()
         self.refresh_clock_memory()
         self._load(image)
+
+    @property
+    def stop(self) -> RunStop | None:
+        """How the run ends, once decided (None while it goes on)."""
+        return self._stop
+
+    @stop.setter
+    def stop(self, value: RunStop | None) -> None:
+        self._stop = value
+        if self._native_exits is not None:
+            self._native_exits.arm(value is None)
 
     # -- MachineLink (what devices may ask) ------------------------------------
     @property
@@ -268,7 +283,12 @@ class VM:
     # -- hooks: one per event type; exceptions never escape a callback ------------
     def _install_hooks(self):
         uc = self.uc
-        uc.hook_add(UC_HOOK_INTR, self.guarded(self._on_interrupt))
+        if self.quirks.env is not None:
+            # Native, with the Python handler behind it (runtime/exits.py).
+            from runtime.exits import NativeExits
+            self._native_exits = NativeExits(self, self.guarded(self._on_interrupt))
+        else:
+            uc.hook_add(UC_HOOK_INTR, self.guarded(self._on_interrupt))
         uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_in), None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
@@ -470,6 +490,8 @@ class VM:
             self._run_slice(n)
 
     def _counter_dict(self) -> dict:
+        if self._native_exits is not None:
+            self._native_exits.drain(self.counters, self.mode.guest_address)
         d = self.counters.as_dict()
         d["io_by_port"] = {hex(k): v for k, v in sorted(self.bus.io_counts.items())}
         d["unhandled_port_reads"] = {hex(k): v for k, v in sorted(self.bus.unhandled_reads.items())}
@@ -532,6 +554,8 @@ class VM:
             # counted whole as it started; the rest of it never ran.  The
             # instruction counts as started, as a fault's does.
             self.clock.cut(self.quirks.eip(), True)
+        if self._native_exits is not None:
+            self._native_exits.drain(self.counters, self.mode.guest_address)
         done = self.clock.count
         if self._ended_at is not None:          # see request_stop
             done, after = self._ended_at

@@ -6,7 +6,8 @@ trap and bt read and write guest memory through this walk, so it must agree
 with the CPU on every combination of present/writable/user bits, 4 KiB and
 4 MiB pages (with PSE-36 address bits and the reserved bit 21), CR4.PSE and
 CR0.WP, for the kernel's accesses (CPL 0) and user mode's (CPL 3, entered
-with an iretd)."""
+with an iretd).  The native walk (runtime/_walk.c, what a VM uses) is checked
+against the same answers: it must give the Python walk's result exactly."""
 import struct
 
 import pytest
@@ -16,6 +17,7 @@ from unicorn import UcError, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from conftest import assemble
+from runtime._walk import walk
 from runtime.memory import GuestMemory, PageFault
 from runtime.quirks import Quirks, scratch_engine
 
@@ -31,6 +33,13 @@ LOAD, STORE = "mov eax, dword ptr [esi]\nhlt", "mov dword ptr [esi], ebx\nhlt"
 TO_USER = assemble(f"push 0x23\npush {STACK - 0x1000:#x}\npush 2\npush 0x1b\npush {USER_CODE:#x}\niretd",
                    CODE)
 PATTERN = b"".join(struct.pack("<I", a) for a in range(DATA_LO, DATA_HI, 4))
+
+
+def assert_native_agrees(uc, linear, access, expect, fault):
+    """The native walk over the engine's RAM and registers gives the Python walk's answer."""
+    r = walk(bytes(uc.mem_read(0, RAM)), uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3),
+             uc.reg_read(X.UC_X86_REG_CR4), uc.msr_read(0xC0000080), linear, access)
+    assert r == (expect if fault is None else -fault.error_code - 1), f"native walk: {r:#x}"
 
 
 def machine(pdes, pte, linear, pse, wp, access, high=0, user=False):
@@ -87,6 +96,7 @@ def test_the_vmm_walk_agrees_with_unicorns_mmu(pdes, pte_flags, frame, directory
         fault = None
     except PageFault as pf:
         expect, fault = None, pf
+    assert_native_agrees(uc, linear, (2 if write else 0) | (4 if user else 0), expect, fault)
     quirks, faults = Quirks(uc), []
 
     def on_intr(uc, intno, _):
@@ -180,6 +190,8 @@ def test_the_vmm_pae_walk_agrees_with_unicorns_mmu(pdpte_p, pdpte_extra, pde_fla
         fault = None
     except PageFault as pf:
         expect, fault = None, pf
+    assert_native_agrees(uc, linear, {"load": 0, "store": 2, "fetch": 16}[access] | (4 if user else 0),
+                         expect, fault)
     quirks, faults = Quirks(uc), []
 
     def on_intr(uc, intno, _):

@@ -172,3 +172,24 @@ def test_bt_runs_linux_with_paging_past_traps_pushf_panic(linux):
     assert "kernel BUG" not in text and "Kernel panic" not in text
     csam = r.extra["csam"]
     assert csam["pages_scanned"] > 100 and r.extra["patches"]["installed"].get("pushfd")
+
+
+BT_IDENTICAL_BUDGET = 150_000_000   # past the PMU probe (0.63 s) and the text_poke stretch (0.75 s)
+
+
+@pytest.mark.slow
+def test_bt_gives_emulates_output_and_registers_for_150m_instructions(linux):
+    """docs/linux.md, "identical to emulate": the same serial bytes (printk
+    timestamps included) and the same registers as emulate after 150 M
+    instructions.  The PMU probe diverged before rdmsr/wrmsr went to Unicorn's
+    own MSRs (tests/runtime/test_msrs.py)."""
+    cmdline = default_linux_cmdline(64)
+    img = load_image(linux["kernel"], "linux", mem_bytes=64 << 20, cmdline=cmdline, initrd=linux["scripted"])
+    runs = {mode: VM(img, MachineConfig(mem_mib=64, cmdline=cmdline, mode=mode, max_instructions=BT_IDENTICAL_BUDGET),
+                     stdout=None).run() for mode in ("emulate", "bt")}
+    ref, bt = runs["emulate"], runs["bt"]
+    assert (bt.reason, bt.retired) == (ref.reason, ref.retired) == ("budget", BT_IDENTICAL_BUDGET), bt.message
+    text = ref.serial.decode("latin-1")
+    assert "Broken PMU hardware detected" in text and "kprobes: kprobe jump-optimization" in text
+    assert bt.serial == ref.serial
+    assert bt.regs == ref.regs

@@ -118,6 +118,24 @@ def test_tlb_keeps_a_stale_translation_until_the_tlb_flush_control():
     assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22222222
 
 
+def test_the_pre_encoded_tlb_flush_is_the_bindings():
+    """runtime/fastuc.py calls uc_ctl with the request word encoded once (the
+    exit path's invlpg): it flushes exactly as uc.ctl does above."""
+    from runtime.fastuc import FastUc
+    read = assemble(f"mov eax, dword ptr [{ALIAS:#x}]\nhlt", 0x1000)
+    uc = paged_engine(read, STUB)
+    fast = FastUc(uc)
+    uc.mem_write(ALIAS_PHYS, struct.pack("<I", 0x11111111))
+    uc.mem_write(0x3000, struct.pack("<I", 0x22222222))
+    uc.emu_start(0x1000, 0, count=1)
+    uc.mem_write(PT_ALIAS, struct.pack("<I", 0x3000 | 3))
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x11111111          # stale until the flush
+    fast.flush_tlb()
+    uc.emu_start(0x1000, 0, count=1)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 0x22222222
+
+
 def test_the_walk_reads_tables_in_memory_the_guest_has_no_permission_on():
     """runtime/paging.py keeps the hypervisor area's page table inside the area,
     whose low part is mapped without any permission (runtime/hyper.py).  The
