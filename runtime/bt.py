@@ -237,6 +237,7 @@ class BTMode(TrapMode):
         if new_eip is NOT_MINE:
             self.vm.deliver_exception(GP, ins.addr, 0)
             return True
+        self.vm.quirks.end_irq_shadow()     # the emulated instruction was the shadow's
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
         elif not self.cache.contains(new_eip):
