@@ -365,10 +365,20 @@ def _cache(mode, insn, eip):
     pass
 
 
+# MSRs the VMM keeps in the virtual CPU: the TSC (virtual time), the sysenter
+# and syscall MSRs (the real CPU must never take a guest's sysenter/syscall to
+# the ring they name) and EFER (its NXE reaches the CPU, below).  Every other
+# MSR is the real CPU's, read and written as emulate's guest would: Unicorn
+# keeps some (PAT) and drops others (the P6 performance counters read 0, so
+# Linux's PMU probe fails as under emulate: docs/linux.md; tests/runtime/test_realif_facts.py).
+VIRTUAL_MSRS = frozenset({0x10, 0x174, 0x175, 0x176, 0xC0000081, EFER})
+
+
 @emulates("rdmsr")
 def _rdmsr(mode, insn, eip):
     uc = mode.uc
-    val = mode.vcpu.msrs.get(uc.reg_read(X.UC_X86_REG_ECX), 0)
+    msr = uc.reg_read(X.UC_X86_REG_ECX)
+    val = mode.vcpu.msrs.get(msr, 0) if msr in VIRTUAL_MSRS else uc.msr_read(msr)
     uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_EDX, val >> 32)
 
@@ -378,6 +388,9 @@ def _wrmsr(mode, insn, eip):
     uc = mode.uc
     msr = uc.reg_read(X.UC_X86_REG_ECX)
     value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+    if msr not in VIRTUAL_MSRS:
+        uc.msr_write(msr, value)
+        return
     mode.vcpu.msrs[msr] = value
     if msr == EFER:
         # NXE changes what the MMU does with PAE entries' bit 63 (NX or

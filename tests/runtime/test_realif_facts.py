@@ -203,3 +203,27 @@ def test_an_exit_in_the_sti_shadow_leaves_the_shadow_set_unless_the_vmm_ends_it(
     after = CODE + 2
     assert _shadow_blocks(False)[0] == (after, True)
     assert _shadow_blocks(True)[0] == (after, False)
+
+
+def test_unicorn_keeps_some_msrs_and_drops_the_p6_performance_counters():
+    """What emulate's guest reads back after wrmsr, which trap's and bt's
+    rdmsr/wrmsr now pass through for the MSRs the VMM does not keep itself
+    (runtime/emulation.py VIRTUAL_MSRS): Linux's PMU probe writes 0xabcd to
+    MSR 0xc2 and finds 0 (docs/linux.md)."""
+    uc = scratch_engine()
+    for msr in (0xC1, 0xC2, 0x186):
+        uc.msr_write(msr, 0xABCD)
+        assert uc.msr_read(msr) == 0
+    uc.msr_write(0x277, 0x0007040600070406)        # PAT is kept
+    assert uc.msr_read(0x277) == 0x0007040600070406
+
+
+def test_the_pmu_probe_reads_what_emulate_reads_in_every_mode():
+    from conftest import raw_guest, run
+    src = ("mov esp, 0x90000\nmov ecx, 0xc2\nmov eax, 0xabcd\nxor edx, edx\nwrmsr\n"
+           "xor eax, eax\nrdmsr\nmov esi, eax\nmov ecx, 0x277\nrdmsr\nmov edi, eax\n"
+           "mov al, 0\nout 0xf4, al\nhlt\n")
+    got = {m: run(raw_guest(src), m)[1] for m in ("emulate", "trap", "bt")}
+    assert got["emulate"].regs["esi"] == 0
+    for m in ("trap", "bt"):
+        assert (got[m].regs["esi"], got[m].regs["edi"]) == (got["emulate"].regs["esi"], got["emulate"].regs["edi"]), m
