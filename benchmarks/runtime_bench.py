@@ -1,7 +1,7 @@
 """Runtime benchmarks for issues 4 (`--mode trap`) and 5 (`--mode bt`).
 
 Usage:
-    python benchmarks/runtime_bench.py exit-cost  [--exits N] [--repeat R] [--insn cli,mov-cr0,out] [--profile]
+    python benchmarks/runtime_bench.py exit-cost  [--exits N] [--repeat R] [--insn clts,mov-cr0,out] [--profile]
     python benchmarks/runtime_bench.py cpu-ratio  [--iterations N] [--repeat R] [--modes emulate,trap,bt]
     python benchmarks/runtime_bench.py bt-vs-trap [--demos timer,hotflags]
     python benchmarks/runtime_bench.py code-reads [--iterations N] [--repeat R]
@@ -10,7 +10,9 @@ Every subcommand takes --json (print one JSON document instead of the tables).
 
 exit-cost   Cost of one exit into Python and back.  A raw guest runs N times
             `INSN ; dec ecx ; jnz` at CPL 1 under --mode trap, where INSN traps
-            (cli, mov eax,cr0: #GP emulated; out 0x80,al: the I/O hook).  The
+            (clts, mov eax,cr0: #GP emulated; out 0x80,al: the I/O hook; cli
+            was the first of them until the guest's IF moved into the real
+            EFLAGS: it runs natively now).  The
             baseline is the same loop with `nop`, which never exits.  Reported:
             (wall - baseline wall) / exits, and the VMM's own vmm_time / exits,
             the floor a bare Unicorn engine pays for one Python hook call, and a
@@ -61,7 +63,7 @@ DATA = 0x200000          # raw guests' data: its own page, never a code page (bt
 STACK = 0x90000
 # Instructions the exit-cost guest can loop on: name -> (assembly, exit path).
 TRAP_INSNS = {
-    "cli": ("cli", "#GP -> emulation routine"),
+    "clts": ("clts", "#GP -> emulation routine"),
     "mov-cr0": ("mov eax, cr0", "#GP -> emulation routine"),
     "out": ("out 0x80, al", "I/O hook -> device bus"),
 }

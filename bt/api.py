@@ -192,7 +192,7 @@ def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
     """A runtime.vm.VM ready to run (what `run` uses; for stepping a guest yourself).
 
     `serial_input_interval` (instructions between scripted serial input bytes),
-    `eager_privileged_patches` (bt: patch cli/sti/iretd when scanned) and
+    `eager_privileged_patches` (bt: patch patch-privileged rows when scanned; none since cli/sti run natively) and
     `hide_patches` (bt: which pages hide patch bytes from guest loads) are the
     MachineConfig fields of the same names."""
     mode = Mode.parse(mode)

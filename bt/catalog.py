@@ -54,7 +54,8 @@ class BT(enum.Enum):
 
     PATCH = "patch"                      # patched when scanned: jump patch, else int3 patch
     PATCH_PRIVILEGED = "patch-privileged"  # jump patch when scanned (eager) or at its first
-                                         # trap; refused -> it keeps trapping (never int3)
+                                         # trap; refused -> it keeps trapping (never int3).
+                                         # No row since cli/sti run natively (real IOPL 1).
     TRAP = "trap"                        # left to fault; the routine emulates it
     REFLECT = "reflect"                  # delivered to the guest's own IDT
     NATIVE = "native"                    # ring compression makes it behave
@@ -202,17 +203,19 @@ def _b(hexstr: str) -> bytes:
 CATALOG: tuple[CatalogEntry, ...] = (
     # --- interrupt flag and interrupt delivery -------------------------------
     _e("cli", "cli", [Enc(_b("fa"))], INT,
-       "clears IF; IOPL-sensitive", None, True, V(T, T, PATCH_PRIVILEGED, EMULATE)),
+       "clears IF; IOPL-sensitive (the VMM runs ring 1 at real IOPL 1 with the guest's IF: it runs natively)",
+       None, True, V(F, F, NATIVE, NATIVE)),
     _e("sti", "sti", [Enc(_b("fb"))], INT,
-       "sets IF (interrupt shadow of one instruction); IOPL-sensitive", None, True, V(T, T, PATCH_PRIVILEGED, EMULATE)),
+       "sets IF (interrupt shadow of one instruction); IOPL-sensitive (natively at real IOPL 1, as cli)",
+       None, True, V(F, F, NATIVE, NATIVE)),
     _e("pushfd", ("pushfd", "pushf"), [Enc(_b("9c"), note="66 9C = pushf")], SU,
-       "stores the real IF and IOPL", SR, False, V(T, T, PATCH, SILENT),
+       "stores the real IOPL (1 at CPL 1; the IF is the guest's)", SR, False, V(T, T, PATCH, SILENT),
        opsize_variant="pushf (16-bit FLAGS)"),
     _e("popfd", ("popfd", "popf"), [Enc(_b("9d"), note="66 9D = popf")], SU,
-       "silently ignores IF/IOPL changes below CPL 0", SR, False, V(T, T, PATCH, SILENT),
+       "silently ignores IOPL changes below CPL 0 (IF changes where CPL <= IOPL)", SR, False, V(T, T, PATCH, SILENT),
        opsize_variant="popf (16-bit FLAGS)"),
     _e("iretd", ("iretd", "iret"), [Enc(_b("cf"), note="66 CF = iret")], INT,
-       "pops CS/EFLAGS: cannot set IF, reveals ring via CS RPL", None, False, V(T, T, PATCH, EMULATE),
+       "pops CS/EFLAGS: cannot set IOPL, reveals ring via CS RPL", None, False, V(T, T, PATCH, EMULATE),
        fault_note="#GP when the frame's CS RPL is below the CPL (return to ring 0)",
        opsize_variant="iret (16-bit frame)"),
     _e("int", "int", [Enc(_b("cd"), operands="ib")], INT,

@@ -19,11 +19,11 @@ Layout (offsets from the base):
     VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
     SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
     VMM_STACK    scratch stack for VMM trampolines
-    FLAG_TABLES  byte lookups on EFLAGS byte 1 (IF, IOPL) that let cli, sti,
-                 pushf(d) and the window check run without touching the
-                 arithmetic flags (flag_tables(); patcher/templates.py), and
-                 one on a selector's low byte (RPL 1?) for the segment-load
-                 and far-jump stubs
+    FLAG_TABLES  a byte lookup on EFLAGS byte 1 (IOPL) that lets pushf(d) show
+                 the guest's IOPL without touching the arithmetic flags
+                 (flag_tables(); patcher/templates.py), and one on a
+                 selector's low byte (RPL 1?) for the segment-load and
+                 far-jump stubs
     HYPER_PT     a page table mapping the area onto itself: under guest paging the
                  VMM points the area's page-directory slot at it (runtime/paging.py);
                  HYPER_PT_PAE the same as the two tables of a PAE guest's two slots
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import array
 
-from bt.x86 import IF_BIT, IOPL_MASK, LARGE_PAGE
+from bt.x86 import IOPL_MASK, LARGE_PAGE
 
 HYPER_SIZE = LARGE_PAGE
 
@@ -49,11 +49,8 @@ VMM_STACK = 0x12000
 VMM_STACK_SIZE = 0x1000
 # FLAG_TABLES: each table indexed by a byte-1 value of EFLAGS (bits 8-15).
 FLAG_TABLES = 0x13000
-CLI_BYTE = FLAG_TABLES + 0x000     # 256 x u8: b -> b without IF
-STI_BYTE = FLAG_TABLES + 0x100     # 256 x u8: b -> b with IF
-IF_BYTE = FLAG_TABLES + 0x200      # 256 x u8: b -> b's IF bit alone (0 or IF)
 RPL1_BYTE = FLAG_TABLES + 0x300    # 256 x u8: a selector's low byte -> 1 when its RPL is 1, else 0
-PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IF/IOPL replaced by v's
+PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IOPL replaced by v's
 PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
 FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
 HYPER_PT = 0x18000           # 1024 x u32 (non-PAE): entry i maps base + i pages
@@ -66,10 +63,7 @@ STUBS_SIZE = HYPER_SIZE - STUBS
 # The state page: name -> (offset in the page, struct format).  Stub templates
 # name fields, never offsets.
 FIELDS: dict[str, tuple[int, str]] = {
-    "vflags": (0x00, "<I"),      # virtual EFLAGS bits the guest owns: IF (bit 9) and IOPL (12-13)
-    "in_patch": (0x04, "<I"),    # 1 while the guest runs inside patch code: no injection
-    "irq_pending": (0x08, "<I"), # set by the VMM, 0 or 1 (the window check indexes with it):
-                                 # a stub enabling IF must exit to let it in
+    "vflags": (0x00, "<I"),      # the guest's IOPL (bits 12-13) while it runs at CPL 1 (real IOPL 1)
     "scratch": (0x0C, "<I"),     # stub scratch word
     "cr0": (0x10, "<I"),
     "cr2": (0x14, "<I"),
@@ -87,11 +81,15 @@ FIELDS: dict[str, tuple[int, str]] = {
 }
 
 # The EFLAGS bits the "vflags" field holds: the ones ring compression takes
-# from the guest (the real IF stays 1 and the real IOPL 0 while it runs).
-VFLAGS_MASK = IF_BIT | IOPL_MASK
+# from the guest kernel.  Only IOPL: the guest's IF is the real IF (the kernel
+# runs at CPL 1 with the real IOPL 1, so cli/sti/popfd/iretd change the real IF
+# as they change the guest's under emulate; docs/fidelity.md, "IF in the real
+# EFLAGS").  At CPL 3 the real EFLAGS are the guest's, IOPL included.
+VFLAGS_MASK = IOPL_MASK
+# The real IOPL while the guest kernel runs at CPL 1.
+REAL_IOPL_CPL1 = 1 << 12
 # The same in EFLAGS byte 1 (vflags' only non-zero byte: bytes 0, 2, 3 stay 0,
 # which the flag-free stubs rely on).
-IF_BYTE1 = IF_BIT >> 8
 VFLAGS_BYTE1 = VFLAGS_MASK >> 8
 
 
@@ -105,18 +103,13 @@ def selector_view_table() -> bytes:
 def flag_tables() -> bytes:
     """The FLAG_TABLES contents (offsets relative to FLAG_TABLES).
 
-    cli/sti rewrite vflags' byte 1 with one load from CLI_BYTE/STI_BYTE; the
-    window check reads IF_BYTE; pushf(d) merges the virtual IF/IOPL into byte 1
-    of the flags it pushed with PUSHF_BYTE, indexed by (vflags byte 1) * 256 +
-    (pushed byte 1): every bit of the pushed byte outside IF/IOPL (TF, DF, OF,
-    NT, bit 15) is kept.  RPL1_BYTE tells the segment-load stubs, without a
+    pushf(d) merges the guest's IOPL into byte 1 of the flags it pushed with
+    PUSHF_BYTE, indexed by (vflags byte 1) * 256 + (pushed byte 1): every bit
+    of the pushed byte outside IOPL (TF, IF, DF, OF, NT, bit 15) is kept.  RPL1_BYTE tells the segment-load stubs, without a
     compare, whether a selector has RPL 1 (the one RPL ring compression
     cannot check: issue 15 cause 6)."""
     out = bytearray(FLAG_TABLES_SIZE)
     for b in range(256):
-        out[CLI_BYTE - FLAG_TABLES + b] = b & ~IF_BYTE1
-        out[STI_BYTE - FLAG_TABLES + b] = b | IF_BYTE1
-        out[IF_BYTE - FLAG_TABLES + b] = b & IF_BYTE1
         out[RPL1_BYTE - FLAG_TABLES + b] = 1 if b & 3 == 1 else 0
     for v in range(PUSHF_ROWS):
         for r in range(256):

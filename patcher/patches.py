@@ -27,8 +27,8 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (ENABLES_INTERRUPTS, EXIT, TERMINATORS, Insn, StubContext, share_scratch,
-                               template_for, window_check)
+from patcher.templates import (EXIT, TERMINATORS, Insn, StubContext, share_scratch,
+                               template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -216,12 +216,21 @@ class Patcher:
         terminated = False
         end = covered[-1].addr + covered[-1].size
         prev = None                       # (start, text, guest addr) of the last part if a template
-        for ins in covered:
+        for k, ins in enumerate(covered):
             key = row_name(ins)
             template = template_for(key, ins.data)
             if template is not None:
                 text = template(ctx, ins)
                 terminated |= key in TERMINATORS
+                if key not in TERMINATORS and self._in_sti_shadow(covered, k):
+                    # The template is the one instruction of an sti shadow: end
+                    # its translated block right after it, so that the next block
+                    # starts where the next guest instruction's stub code does,
+                    # where the clock's window check lets a waiting interrupt in
+                    # (runtime/_clock.c, "Interrupt window"), as the CPU does
+                    # after the shadow's instruction.
+                    over = ctx.local("shadow")
+                    text = f"{text}; jmp {over}; {over}:"
                 if prev is not None:
                     shared = share_scratch(ctx, prev[1], text)
                     if shared is not None:
@@ -252,22 +261,6 @@ class Patcher:
                     exits[a] = ("emulate", ins.addr, after)
                 relocated += _guest_accesses(part, cur, ins)
                 prev = (cur, text, ins)
-                if key in ENABLES_INTERRUPTS and key not in TERMINATORS:
-                    # The window check follows the instruction itself, not the
-                    # patch's end: a waiting interrupt is taken right after popfd
-                    # (after the instruction in sti's shadow: the VMM runs one
-                    # more), at the guest address after it, as on the CPU.
-                    stub_map.append((cur, cur + len(part), ins.addr))
-                    code += part
-                    cur += len(part)
-                    part = assemble(window_check(ctx), cur)
-                    kind = "window_sti" if key == "sti" else "window"
-                    for a in _exit_addresses(part, cur):
-                        exits[a] = (kind, ins.addr, ins.addr + ins.size)
-                    code += part
-                    cur += len(part)
-                    prev = None         # no scratch shared across the check
-                    continue
             else:
                 prev = None
                 part, terminated_here = self._relocate(ins, cur)
@@ -286,6 +279,16 @@ class Patcher:
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
                      shares_scratch=frozenset(shares), code=bytes(code))
+
+    def _in_sti_shadow(self, covered: list[Insn], k: int) -> bool:
+        """Does covered[k] follow an sti?  For the site, the guest byte before it
+        (a byte 0xFB ending another instruction only costs a needless jmp)."""
+        if k > 0:
+            return covered[k - 1].data == b"\xfb"
+        try:
+            return self._read(covered[0].addr - 1, 1) == b"\xfb"
+        except Exception:       # nothing readable before the site: no sti there
+            return False
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""

@@ -34,6 +34,7 @@ class Refusal(str, enum.Enum):
     CACHE_FULL = "stub-cache-full"
     OVERLAPS_PATCH = "overlaps-patch"
     EXIT_INSIDE = "exit-point-inside"
+    IRQ_SHADOW = "sti-shadow"
 
 
 class Action(str, enum.Enum):
@@ -71,6 +72,27 @@ _NOT_RELOCATABLE = {"hlt", "int", "int3", "into", "int1", "ud2", "div", "idiv", 
                     "loop", "loope", "loopne", "jecxz", "jcxz", "in", "out", "insb", "insw",
                     "insd", "outsb", "outsw", "outsd", "lcall", "ljmp", "retf", "iretd", "iret",
                     "sysenter", "sysexit", "syscall", "cpuid", "rdtsc"}
+
+
+# The guest's IF is the real IF (docs/fidelity.md, "IF in the real EFLAGS"): cli
+# and sti run natively at CPL 1, so a jump patch may carry them into its stub as
+# relocated copies, where they do to the real IF what they do in place.
+_NATIVE_IF = {"cli", "sti"}
+
+
+def _shadow_ok(covered: Sequence[Insn], k: int) -> bool:
+    """May covered[k], an sti, run in the stub?  Only when the instruction in
+    its shadow is covered too: a relocated copy runs as a block of its own, a
+    template ends its block with a jmp (patcher/patches.py), so the next block
+    starts where the next guest instruction's stub code (or the jump back)
+    starts, where the clock's window check lets a waiting interrupt in, after
+    exactly one guest instruction, as on the CPU.  With the sti last, the jump
+    back would be the shadow's instruction and the guest's next one would run
+    outside it."""
+    if k + 1 >= len(covered):
+        return False
+    row = classify_bytes(covered[k + 1].data)
+    return row is None or row.name not in _NATIVE_IF
 
 
 def patched_on_fault(row) -> bool:
@@ -146,6 +168,10 @@ def plan_jump(site: Insn, hood: Neighbourhood) -> tuple[list[Insn], Refusal | No
             if inner.name in EMULATE_EXITS:
                 return [], Refusal.NEEDS_VMM
             continue
+        if inner is not None and inner.name in _NATIVE_IF:
+            if inner.name == "sti" and not _shadow_ok(covered, covered.index(ins)):
+                return [], Refusal.IRQ_SHADOW
+            continue
         if inner is not None and inner.klass is not Klass.CONTROL_FLOW:
             return [], Refusal.NEEDS_VMM       # sensitive, and no template to translate it
         if ins.mnemonic in _NOT_RELOCATABLE or (ins.mnemonic == "call" and not direct(ins)):
@@ -200,3 +226,4 @@ def following(cfg, addr: int, count: int = 6) -> list[Insn]:
 def neighbourhood(cfg, addr: int, covering) -> Neighbourhood:
     return Neighbourhood(following(cfg, addr),
                          lambda lo, hi: bool(cfg.branch_targets_in(lo, hi)), covering)
+

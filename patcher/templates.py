@@ -15,13 +15,13 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
 * flag-free where it can be: the bodies use only instructions that neither read
   nor write the arithmetic flags (mov, movzx, lea, jecxz, table lookups), since
   lahf/seto/sahf force Unicorn (QEMU) to materialise its lazy flags and made the
-  stubs 1.6x slower.  The virtual IF/IOPL sit in byte 1 of `vflags` (its other
-  bytes are 0), and byte lookups in the hypervisor area's FLAG_TABLES
-  (bt/hyper_layout.py, filled at boot by runtime/bt.py) rewrite that byte;
-  popf(d) and iretd may compute with flags because their final real
-  popfd/iretd loads every flag anyway.  No template saves the flags today;
-* exit-free: a template never leaves to the VMM except through `window_check`,
-  which only fires when the guest just enabled interrupts while one waits,
+  stubs 1.6x slower.  The guest's IOPL sits in byte 1 of `vflags` (its other
+  bytes are 0; the guest's IF is the real IF: docs/fidelity.md, "IF in the real
+  EFLAGS"), and a byte lookup in the hypervisor area's FLAG_TABLES
+  (bt/hyper_layout.py, filled at boot by runtime/bt.py) puts it into what
+  pushf(d) pushed; popf(d) and iretd may compute with flags because their final
+  real popfd/iretd loads every flag anyway.  No template saves the flags today;
+* exit-free: a template never leaves to the VMM except through
   iretd's documented exits, the segment loads' and far jump's exit for an
   RPL-1 selector (rare: ring compression's one blind spot, issue 15 cause 6),
   and the SS loads, which always exit (their trap would too);
@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bt.catalog import check_registry, prefix_info
-from bt.hyper_layout import CLI_BYTE, FIELDS, IF_BYTE, PUSHF_BYTE, RPL1_BYTE, SELECTOR_VIEW, STATE, STI_BYTE, VFLAGS_MASK
-from bt.x86 import IF_BIT
+from bt.hyper_layout import FIELDS, PUSHF_BYTE, RPL1_BYTE, SELECTOR_VIEW, STATE, VFLAGS_MASK
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -135,28 +134,11 @@ def _mem_operand(op_str: str) -> str:
 
 
 # -- the interrupt flag --------------------------------------------------------
-def _rewrite_vflags_byte1(s: StubContext, table: int) -> str:
-    """vflags byte 1 = table[vflags byte 1], flag-free (EAX parked in scratch)."""
-    return (f"mov {s.field('scratch')}, eax; movzx eax, byte ptr [{s.addr('vflags', 1):#x}]; "
-            f"movzx eax, byte ptr [{s.table(table):#x} + eax]; "
-            f"mov byte ptr [{s.addr('vflags', 1):#x}], al; mov eax, {s.field('scratch')}")
-
-
-@stub("cli")
-def _cli(s: StubContext, i: Insn) -> str:
-    return _rewrite_vflags_byte1(s, CLI_BYTE)
-
-
-@stub("sti")
-def _sti(s: StubContext, i: Insn) -> str:
-    return _rewrite_vflags_byte1(s, STI_BYTE)
-
-
 @stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags into the slot the instruction writes (and nowhere
-    # else), then replace IF/IOPL in byte 1 of the pushed copy by the virtual
-    # ones: EAX = vflags (v << 8, its other bytes 0) with the pushed byte 1 as
+    # else; their IF is the guest's), then replace the real IOPL (1) in byte 1
+    # of the pushed copy by the guest's: EAX = vflags (v << 8, its other bytes 0) with the pushed byte 1 as
     # its low byte indexes PUSHF_BYTE.  No arithmetic flag is read or written.
     # Keystone's `pushf` is the 16-bit form (66 9c): it writes the low word only,
     # and bits 31:16 of the real EFLAGS (AC, ID) stay as they are, as the CPU
@@ -171,14 +153,16 @@ def _pushf(s: StubContext, i: Insn) -> str:
 
 @stub("popfd")
 def _popf(s: StubContext, i: Insn) -> str:
-    # The real popf(d) at CPL 1 silently keeps IF/IOPL; record the guest's wish
-    # first (the popf then loads every flag the computation clobbered).
+    # The real popf(d) at CPL 1 (IOPL 1) sets IF as the guest's does but
+    # silently keeps IOPL; record the guest's IOPL first (the popf then loads
+    # every flag the computation clobbered).  The popf is the template's last
+    # instruction: it ends its translated block, and the next block starts
+    # where the next guest instruction's stub code starts, the one place an
+    # interrupt it enabled may be taken (runtime/_clock.c, "Interrupt window").
     load = "movzx eax, word ptr" if i.mnemonic == "popf" else "mov eax, dword ptr"
     pop = "popf" if i.mnemonic == "popf" else "popfd"
-    # EAX is restored after the pop (which neither reads nor writes it), so that
-    # a template after this one in the same stub can take EAX over (share_scratch).
     return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; {pop}; mov eax, {s.field('scratch')}")
+            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
 
 
 def _mentions(text: str, reg: str) -> bool:
@@ -209,32 +193,10 @@ def share_scratch(s: StubContext, before: str, after: str) -> tuple[str, str] | 
         w = re.fullmatch(r"(?:mov|movzx) (\w+), (.*)", step)
         if w is not None and w.group(1) == reg and not _mentions(w.group(2), reg) \
                 and "scratch" not in w.group(2) and scratch not in w.group(2):
-            return "; ".join(steps_b[:-1]), "; ".join(_forward(s, steps_b[:-1], steps_a[1:]))
+            return "; ".join(steps_b[:-1]), "; ".join(steps_a[1:])
         return None
     return None
 
-
-def _forward(s: StubContext, first: list[str], second: list[str]) -> list[str]:
-    """The second template's first state-page load, when the first template has
-    just left that value in EAX (each load is a protection event):
-    cli/sti end with EAX = the new vflags byte 1, zero-extended, and pushf(d)
-    wants EAX = vflags (byte 1 only); popf(d) ends with EAX = vflags; pushf(d)
-    ends with AH = vflags byte 1, which cli/sti load first."""
-    vflags, byte1 = s.field("vflags"), f"byte ptr [{s.addr('vflags', 1):#x}]"
-    tail = first[-2:]
-    out = list(second)
-    for i, step in enumerate(out[:2]):
-        if step == f"mov eax, {vflags}":
-            if len(tail) == 2 and tail[0].startswith("movzx eax, byte ptr [") and tail[1] == f"mov {byte1}, al":
-                out[i] = "mov ah, al"                       # after cli/sti
-            elif len(tail) == 2 and tail[0] == f"mov {vflags}, eax" and tail[1] in ("popf", "popfd"):
-                del out[i]                                  # after popf(d)
-            return out
-        if step == f"movzx eax, {byte1}":
-            if tail == [f"mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]", "mov byte ptr [esp + 1], al"]:
-                out[i] = "movzx eax, ah"                    # after pushf(d)
-            return out
-    return out
 
 
 # -- descriptor-table and machine-status reads -----------------------------------
@@ -406,33 +368,33 @@ def _load_ss(s: StubContext, i: Insn) -> str:
 # -- returns ----------------------------------------------------------------------
 @stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
-    """Kernel-to-kernel iretd: take over IF/IOPL, load EFLAGS with popfd and leave
-    through an indirect jump (the frame is only read: writing RPL 1 into its CS
-    slot would leave a byte below the new ESP that the CPU never writes).  That
-    needs the frame's CS to be the current one (ring compression: the current CS
-    is the frame's with RPL 1); any other kernel CS, or a frame that enables
-    interrupts while one is pending, exits so the VMM emulates the iretd (kind
-    'emulate'), with nothing changed yet.  iretd to ring 3 runs natively."""
-    user = s.local("user")
-    go = s.local("go")
+    """Kernel-to-kernel iretd: take over the guest's IOPL, load EFLAGS (IF
+    included: CPL 1 <= the real IOPL 1) with popfd and leave through an
+    indirect jump (the frame is only read: writing RPL 1 into its CS slot
+    would leave a byte below the new ESP that the CPU never writes).  That
+    needs the frame's CS to be the current one (ring compression: the current
+    CS is the frame's with RPL 1); any other kernel CS exits so the VMM
+    emulates the iretd (kind 'emulate'), with nothing changed yet.  So does an
+    iretd to ring 3: at CPL 3 the real EFLAGS are the guest's, IOPL included,
+    which a native iretd at CPL 1 cannot load.  A frame with RPL 1 or 2 runs
+    natively.  An interrupt the popfd enables is taken at the iretd's target:
+    the `jmp` after it weighs no guest instruction, so the clock's window check
+    waits for the target's block (runtime/_clock.c, "Interrupt window")."""
+    outer = s.local("outer")
     out = s.local("emul")
-    return (f"test byte ptr [esp + 4], 3; jnz {user}; "
-            f"mov {s.field('scratch')}, eax; "
+    return (f"mov {s.field('scratch')}, eax; "
+            f"mov eax, dword ptr [esp + 4]; and eax, 3; cmp eax, 3; je {out}; "
+            f"test eax, eax; jnz {outer}; "
             # eax = the real CS (zero-extended) xor the frame's CS: 1 when they
             # name the same kernel code segment
             f"mov eax, cs; xor ax, word ptr [esp + 4]; cmp eax, 1; jne {out}; "
             f"mov eax, dword ptr [esp + 8]; and eax, {VFLAGS_MASK:#x}; "
-            f"test eax, {IF_BIT:#x}; jz {go}; "
-            f"test {s.field('irq_pending')}, 1; jz {go}; "
-            f"{out}: mov eax, {s.field('scratch')}; {EXIT}; "
-            f"{go}: mov {s.field('vflags')}, eax; mov eax, dword ptr [esp]; "
+            f"mov {s.field('vflags')}, eax; mov eax, dword ptr [esp]; "
             f"mov {s.field('scratch2')}, eax; mov eax, {s.field('scratch')}; "
             f"lea esp, [esp + 8]; popfd; jmp {s.field('scratch2')}; "
-            # to ring 3: the user's IF/IOPL come from the frame (the native iretd
-            # at CPL 1 cannot clear the real IF)
-            f"{user}: mov {s.field('scratch')}, eax; mov eax, dword ptr [esp + 8]; "
-            f"and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; iretd")
+            f"{outer}: mov eax, dword ptr [esp + 8]; and eax, {VFLAGS_MASK:#x}; "
+            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; iretd; "
+            f"{out}: mov eax, {s.field('scratch')}; {EXIT}")
 
 
 # Which templates end in control transfer (no jump back to the guest).
@@ -447,24 +409,6 @@ EMULATE_EXITS = frozenset({"iretd"})
 # and the SS loads', which always exit.
 SELECTOR_EXITS = frozenset({"mov_to_sreg", "pop_sreg", "jmp_far"})
 SS_LOADS = frozenset({"mov_to_ss", "pop_ss", "lss"})
-# Templates after which the VMM must be given a chance to inject (IF may rise).
-ENABLES_INTERRUPTS = frozenset({"sti", "popfd"})
-
-
-def window_check(s: StubContext) -> str:
-    """At the end of a patch that may have enabled interrupts: if the virtual IF
-    is set and an interrupt waits, exit (the VMM resumes at the guest address
-    after the patch and injects).  Flag-free: ECX = `irq_pending` (0 or 1) and
-    `jecxz` leaves at once when nothing waits -- the common case, three accesses
-    to the state page, each a protection event (docs/benchmarks.md, "bt's speed
-    after the fidelity work") --; else ECX = vflags byte 1 reduced to IF by
-    IF_BYTE decides."""
-    out = s.local("win")
-    return (f"mov {s.field('scratch')}, ecx; mov ecx, {s.field('irq_pending')}; jecxz {out}; "
-            f"movzx ecx, byte ptr [{s.addr('vflags', 1):#x}]; "
-            f"movzx ecx, byte ptr [{s.table(IF_BYTE):#x} + ecx]; jecxz {out}; "
-            f"mov ecx, {s.field('scratch')}; {EXIT}; "
-            f"{out}: mov ecx, {s.field('scratch')}")
 
 
 check_registry("stub templates", TEMPLATES, lambda row: row.stub)

@@ -138,6 +138,7 @@ typedef struct {
     unsigned int in_id, out_id;
     /* The interrupt window (emulate; see "Interrupt window" below) */
     bool irq_wait;
+    bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
     Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
     uint64_t irq_stops;
     size_t nhooked, hooked_cap;
@@ -683,19 +684,42 @@ static long smc_restart(Clock *c, uint64_t addr, Entry *e)
  * (tests/runtime/test_unicorn_block_facts.py), so that boundary is always a
  * block start: while `irq_wait` is set (the VMM: an interrupt waits and IF was
  * 0), the hook stops the engine before the first block that starts with IF set
- * outside a shadow.  Bt and trap keep IF virtual and exit where it rises. */
-static inline bool window_open(Clock *c)
+ * outside a shadow.  Trap and bt keep the guest's IF in the real EFLAGS too
+ * (the kernel runs at CPL 1 with the real IOPL 1), so the same check serves
+ * them.  Under bt a block may start inside a stub where no guest instruction
+ * starts (the rest of a template, the jump back): no interrupt can be taken
+ * there, so the check waits for the next block that starts at a guest
+ * instruction's stub code or in guest code (docs/fidelity.md, "IF in the real
+ * EFLAGS").
+ *
+ * A block that weighs no guest instruction (the guest's jmp into a stub) can
+ * be the one instruction of an sti shadow: the CPU clears the shadow after it,
+ * but the guest's instruction after sti is the stub's first one.  The shadow
+ * is carried over to the next block (`shadow_carry`), which the patcher ends
+ * right after that instruction's template (patcher/patches.py). */
+static inline bool in_shadow(Clock *c)
+{
+    uint32_t hf;
+    memcpy(&hf, c->env + c->if_hflags_off, 4);
+    return (hf & HF_INHIBIT_IRQ) != 0;
+}
+
+static inline bool window_open(Clock *c, uint64_t addr)
 {
     uint32_t fl, hf;
     memcpy(&fl, c->env + c->eflags_off, 4);
     memcpy(&hf, c->env + c->if_hflags_off, 4);
-    return (fl & EFLAGS_IF) && !(hf & HF_INHIBIT_IRQ);
+    if (!(fl & EFLAGS_IF) || (hf & HF_INHIBIT_IRQ))
+        return false;
+    if (c->stub_starts && addr - c->stub_lo < c->stub_size)
+        return c->stub_starts[addr - c->stub_lo] != 0;
+    return true;
 }
 
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
-    if (c->irq_wait && window_open(c)) {
+    if (c->irq_wait && !c->shadow_carry && window_open(c, addr)) {
         c->irq_wait = false;
         c->irq_stops++;
         c->reason = STOP_IRQ;
@@ -742,6 +766,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
     c->cur = e;
     c->cur_base = c->count;
     c->count += n;
+    c->shadow_carry = n == 0 && c->eflags_off >= 0 && in_shadow(c);
 }
 
 static void noop_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
@@ -877,6 +902,12 @@ static PyObject *Clock_set_irq_wait(Clock *c, PyObject *arg)
     }
     c->irq_wait = on;
     Py_RETURN_NONE;
+}
+
+/* shadow_carry(): the next block still runs in an sti shadow (see "Interrupt window") */
+static PyObject *Clock_shadow_carry(Clock *c, PyObject *unused)
+{
+    return PyBool_FromLong(c->shadow_carry);
 }
 
 static PyObject *Clock_resume(Clock *c, PyObject *unused)
@@ -1270,9 +1301,11 @@ static PyMethodDef Clock_methods[] = {
     {"reached", (PyCFunction)Clock_reached, METH_NOARGS, "the slice ended at the budget's exit"},
     {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
     {"watch_irq_window", (PyCFunction)Clock_watch_irq_window, METH_VARARGS,
-     "watch_irq_window(eflags offset, hflags offset) in the live CPU state (emulate)"},
+     "watch_irq_window(eflags offset, hflags offset) in the live CPU state (every mode)"},
     {"stop_after_io", (PyCFunction)Clock_stop_after_io, METH_VARARGS,
      "stop_after_io(in id, out id): VMM stops from I/O hooks land right after the instruction"},
+    {"shadow_carry", (PyCFunction)Clock_shadow_carry, METH_NOARGS,
+     "shadow_carry(): the next block runs in the sti shadow a weightless block left"},
     {"set_irq_wait", (PyCFunction)Clock_set_irq_wait, METH_O,
      "set_irq_wait(on): stop before the first block where IF is 1 outside a shadow"},
     {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, VFLAGS_MASK, flag_tables, selector_view_table
+from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, flag_tables, selector_view_table
 from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, LARGE_PAGE, PAGE, PTE_P, PTE_PS,
                     SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
 from patcher import policy
@@ -182,7 +182,7 @@ class BTMode(TrapMode):
         # Under paging ring-3 code is never scanned or patched (an emulated
         # iretd to user mode lands here): the stub cache is supervisor-only
         # there, a jump patch would fault.  Without paging the ring-3 target is
-        # scanned, so its pushfd/popfd are patched and see the virtual IF
+        # scanned, so its pushfd/popfd are patched and see the guest's IOPL
         # (tests/runtime/test_emulation_causes.py, patched sites reached from ring 3).
         if self.vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 and self.csam.paging():
             return
@@ -265,6 +265,7 @@ class BTMode(TrapMode):
         if new_eip is NOT_MINE:
             self.vm.deliver_exception(GP, ins.addr, 0)
             return True
+        self.vm.quirks.end_irq_shadow()     # the emulated instruction was the shadow's
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
         elif not self.cache.contains(new_eip):
@@ -284,16 +285,6 @@ class BTMode(TrapMode):
             kind, guest, resume = exit_
             self.stats.add("stub_exits")
             vm.counters.add("stub_exits", kind)
-            if kind in ("window", "window_sti"):
-                # An interrupt waits and the instruction just enabled it: go on at
-                # the guest address after it (inside the covered bytes, the block
-                # check leads back into the stub), where the VMM injects -- after
-                # one more instruction for sti, whose shadow the trap mode's own
-                # sti handling already keeps (runtime/trap.py begin_sti_shadow).
-                vm.fast.reg_write(X.UC_X86_REG_EIP, resume)
-                if kind == "window_sti":
-                    self._sti_shadow = True
-                raise StopSlice
             ins = next(i for i in p.covered if i.addr == guest)
             return self._emulate_original(ins, resume)
         # A genuine fault raised by relocated guest code (or a segment load's
@@ -348,6 +339,8 @@ class BTMode(TrapMode):
     def may_inject(self) -> bool:
         if not super().may_inject():
             return False
+        if self.vm.clock.c.shadow_carry():
+            return False        # the guest's jmp into a stub was sti's shadow: one more (runtime/_clock.c)
         eip = self.vm.fast.reg_read(X.UC_X86_REG_EIP)
         if not self.cache.contains(eip):
             return True
@@ -374,28 +367,23 @@ class BTMode(TrapMode):
 
     def slice_limit(self) -> int | None:
         limit = super().slice_limit()
-        pending = 1 if self.vm.pic.has_interrupt() else 0
-        self.vcpu.set("irq_pending", pending)
-        in_stub = self._in_stub()
-        self.vcpu.set("in_patch", 1 if in_stub else 0)
-        if in_stub and pending:
+        if self.vm.pic.has_interrupt() and self._in_stub():
             return min(limit or IN_STUB_SLICE, IN_STUB_SLICE)
         return limit
 
-    def on_irq_state(self) -> None:
-        self.vcpu.set("irq_pending", 1 if self.vm.pic.has_interrupt() else 0)
+    def window_watch_here(self) -> bool:
+        """May the clock's window check stop at the start of the next slice?
+        Not at a stub point where no interrupt may be taken (inside a template
+        that holds a register in the state page): the slice would end at once,
+        again and again.  The slice then runs without the watch (at most
+        IN_STUB_SLICE instructions) and the interrupt waits for its end."""
+        eip = self.vm.fast.reg_read(X.UC_X86_REG_EIP)
+        return not self.cache.contains(eip) or self._clean_guest_point(eip) is not None
 
-    # The virtual IF/IOPL hold at every CPL in bt: every way into ring 3 (iretd,
-    # patched or emulated) sets them from the frame.
+    # The guest's EFLAGS hold at every CPL in bt: every way into ring 3 (iretd,
+    # patched or emulated) goes through the VMM, which writes the frame's
+    # EFLAGS, IOPL included, into the real ones (TrapMode.set_guest_eflags).
     tracks_user_flags = True
-
-    def guest_eflags(self) -> int:
-        real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        return (real & ~VFLAGS_MASK) | self.vcpu.vflags
-
-    def set_guest_eflags(self, value: int) -> None:
-        self.vcpu.vflags = value & VFLAGS_MASK
-        self._write_real_flags(value)
 
     def guest_address(self, eip: int) -> int:
         return self.patcher.guest_address(eip) if self.cache.contains(eip) else eip

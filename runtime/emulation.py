@@ -89,18 +89,10 @@ def write_operand(mode, op, value: int) -> None:
         raise ValueError(op.kind)
 
 
-# -- interrupt flag and halting ------------------------------------------------
-@emulates("cli")
-def _cli(mode, insn, eip):
-    mode.vcpu.vflags = mode.vcpu.vflags & ~IF_BIT
-
-
-@emulates("sti")
-def _sti(mode, insn, eip):
-    was = mode.vcpu.vflags
-    mode.vcpu.vflags = was | IF_BIT
-    if not was & IF_BIT:
-        mode.begin_sti_shadow()
+# -- halting ------------------------------------------------------------------
+# cli and sti have no routine: the guest kernel runs at CPL 1 with the real
+# IOPL 1 and its IF in the real EFLAGS, so they run natively (docs/fidelity.md,
+# "IF in the real EFLAGS"); at CPL 3 their #GP is the guest's own.
 
 
 @emulates("hlt")
@@ -269,8 +261,8 @@ def _iret(mode, insn, eip):
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
-        # bt routes irets to ring 3 here too, so the user's IF/IOPL come from the
-        # frame (a native iretd at CPL 1 cannot clear the real IF).  The CPU's
+        # bt routes irets to ring 3 here too, so the user's IOPL comes from the
+        # frame (a native iretd at CPL 1 cannot change the real IOPL).  The CPU's
         # checks come first: a bad frame is the guest's fault, never the engine's.
         _check_return_cs(mode, cs)
         user_esp, ss = struct.unpack("<II", mode.guest_read(mode.stack_base() + esp + 12, 8))

@@ -33,9 +33,13 @@ class EmulateMode:
         return eip
 
     # The guest's IF is the CPU's: the clock stops where it rises while an
-    # interrupt waits (runtime/_clock.c, "Interrupt window").  The deprivileged
-    # modes keep IF virtual and exit where it rises instead.
+    # interrupt waits (runtime/_clock.c, "Interrupt window").  So it is in trap
+    # and bt (the guest's IF in the real EFLAGS, real IOPL 1 at CPL 1).
     watches_irq_window = True
+
+    def window_watch_here(self) -> bool:
+        """May the window check stop the slice that starts at the current EIP?"""
+        return True
 
     def may_inject(self) -> bool:
         # Not inside an sti / mov-ss shadow: the CPU takes the interrupt one

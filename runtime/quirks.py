@@ -492,6 +492,15 @@ class Quirks:
         writing EIP, as resync_pc does: runtime/_exits.c)."""
         return self._uc_addr + self.off.pc_sync_flag
 
+    def end_irq_shadow(self) -> None:
+        """The VMM completed the instruction in an sti shadow (an exit that
+        emulated it): the shadow is over, as on the CPU.  Unicorn leaves
+        HF_INHIBIT_IRQ set when that instruction raised an exception (the reset
+        sits at its block's end), so the next block would still be shadowed
+        (tests/runtime/test_realif_facts.py)."""
+        if self.env is not None and self._hflags.value & HF_INHIBIT_IRQ:
+            self._hflags.value &= ~HF_INHIBIT_IRQ
+
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice
         see their own EIP again (see _find_pc_sync_flag)."""

@@ -1,7 +1,10 @@
 """`--mode trap`: the guest kernel deprivileged to ring 1, trap-and-emulate.
 
-* World switch: the guest kernel runs at real CPL 1 with real IOPL 0 and real
-  IF 1; guest user code runs at CPL 3.  The switch edits the CPL bits through the
+* World switch: the guest kernel runs at real CPL 1 with the real IOPL 1 and its
+  own IF in the real EFLAGS, so cli, sti, popfd and iretd change IF natively as
+  under emulate and interrupts are let in by the clock's window check as under
+  emulate (docs/fidelity.md, "IF in the real EFLAGS"); guest user code runs at
+  CPL 3.  The switch edits the CPL bits through the
   calibrated context (runtime/quirks.py) and loads the ring-1 selectors; the same
   mechanism lowers the CPL when an interrupt arrives from ring 3, so there is one
   tested path instead of two (an iretd trampoline would also need VMM-only
@@ -13,7 +16,7 @@
   hold the guest GDT (write-monitored).  The real IDT is an empty shadow:
   Unicorn never vectors, delivery reads the guest's own IDT at each delivery,
   so the guest's IDT needs no copy to keep in sync.
-* The virtual CPU (runtime/vcpu.py) holds IF/IOPL, CR0-4, GDTR/IDTR/LDTR/TR,
+* The virtual CPU (runtime/vcpu.py) holds the kernel's IOPL, CR0-4, GDTR/IDTR/LDTR/TR,
   DR0-7 and MSRs in the hypervisor state page.
 * Every fault at CPL 1 is decoded and either emulated (runtime/emulation.py:
   what ring compression made fault) or reflected into the guest IDT as the
@@ -29,7 +32,8 @@ from unicorn import x86_const as X
 
 from bt.catalog import by_name
 from bt.errors import VMMError
-from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, VFLAGS_MASK, VMM_TSS
+from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
+                             VFLAGS_MASK, VMM_TSS)
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
@@ -49,7 +53,9 @@ from runtime.vcpu import VirtualCPU
 
 
 class TrapMode(EmulateMode):
-    watches_irq_window = False          # IF is virtual: sti, popfd, iretd exit (runtime/emulation.py)
+    # The guest's IF is the real IF: a waiting interrupt is let in where it rises
+    # by the clock's window check, as under emulate (EmulateMode.may_inject).
+    watches_irq_window = True
     name = "trap"
     # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
     # reachable).  bt says False until CSAM keys its scans by physical code.
@@ -71,7 +77,6 @@ class TrapMode(EmulateMode):
         # (runtime/memory.py), so a CR3 switch that puts other code at the same
         # address is decoded anew.
         self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
-        self._sti_shadow = False
         self._gdt_pages: set[int] = set()
         self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
@@ -393,14 +398,10 @@ class TrapMode(EmulateMode):
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
 
-    def begin_sti_shadow(self) -> None:
-        """sti enables interrupts after the *next* instruction: run one more, then inject."""
-        if self.vm.pic.has_interrupt():
-            self._sti_shadow = True
-            self.stop_slice = True
-
     def after_if_change(self) -> None:
-        if self.vcpu.interrupts_enabled and self.vm.pic.has_interrupt():
+        """An emulated instruction (iretd) may have set IF: let a waiting interrupt
+        in right after it, as the CPU does."""
+        if self.guest_eflags() & IF_BIT and self.vm.pic.has_interrupt():
             self.stop_slice = True
 
     def _site_bytes(self, eip: int, n: int) -> bytes:
@@ -461,6 +462,7 @@ class TrapMode(EmulateMode):
             vm.counters.add("faults_reflected", vector)
             return False
         vm.counters.add("faults_emulated", insn.mnemonic)
+        vm.quirks.end_irq_shadow()          # the emulated instruction was the shadow's
         self.after_emulated_fault(insn, eip)
         if resume is not None:
             self.on_vmm_branch(resume)
@@ -487,17 +489,6 @@ class TrapMode(EmulateMode):
     def after_emulated_fault(self, insn, eip: int) -> None:
         """Hook for bt mode's fault-driven patching."""
 
-    def may_inject(self) -> bool:
-        if self._sti_shadow:
-            return False
-        return True
-
-    def slice_limit(self) -> int | None:
-        if self._sti_shadow:
-            self._sti_shadow = False
-            return 1
-        return None
-
     # -- the guest's view -------------------------------------------------------------
     def _real_cpl(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
@@ -515,6 +506,10 @@ class TrapMode(EmulateMode):
     def real_selector(self, guest_sel: int, guest_ring: int) -> int:
         return (guest_sel & ~3) | 1 if guest_ring == 0 else guest_sel
 
+    # At CPL 1 the real EFLAGS are the guest's but for IOPL (real 1, the guest's
+    # in vflags); at CPL 3 they are the guest's (bt enters ring 3 only through
+    # the VMM, which writes them; trap's native iretd to ring 3 keeps the real
+    # IOPL 1: trap's one flag leak left, docs/fidelity.md "IF in the real EFLAGS").
     def guest_eflags(self) -> int:
         real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
         if self._real_cpl() == 3:
@@ -524,14 +519,14 @@ class TrapMode(EmulateMode):
     def set_guest_eflags(self, value: int) -> None:
         # Which ring the flags are for is decided by the CPL at the time of the
         # write: delivery writes them after switching CS to the handler's ring.
+        self.vcpu.vflags = value & VFLAGS_MASK
         if self._real_cpl() == 3:
             self.uc.reg_write(X.UC_X86_REG_EFLAGS, value)
             return
-        self.vcpu.vflags = value & VFLAGS_MASK
         self._write_real_flags(value)
 
     def _write_real_flags(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_EFLAGS, (value & ~IOPL_MASK) | IF_BIT)
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, (value & ~IOPL_MASK) | REAL_IOPL_CPL1)
 
     def guest_gdtr(self) -> tuple[int, int]:
         return self.vcpu.gdtr()

@@ -12,7 +12,6 @@ import ctypes
 import struct
 
 from bt.hyper_layout import FIELDS, VFLAGS_MASK
-from bt.x86 import IF_BIT
 
 
 class VirtualCPU:
@@ -50,10 +49,6 @@ class VirtualCPU:
     @vflags.setter
     def vflags(self, value: int) -> None:
         self._vflags.value = value & VFLAGS_MASK
-
-    @property
-    def interrupts_enabled(self) -> bool:
-        return bool(self.vflags & IF_BIT)
 
     def gdtr(self) -> tuple[int, int]:
         limit, base = self.get("gdtr")

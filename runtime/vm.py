@@ -13,9 +13,9 @@ of n instructions, where n ends at the next device event; the instruction clock
 (runtime/clock.py, a native block hook) ends each slice on exactly its n-th
 instruction, so timer interrupts land at exact, reproducible instruction counts.
 Hardware interrupts are injected between slices (Unicorn has no IRQ line); a
-slice ends where a waiting interrupt becomes deliverable (emulate: the clock's
-interrupt window, runtime/_clock.c; trap and bt: the exit at sti/popfd/iretd),
-so every mode takes it at the same guest instruction, as the CPU does.
+slice ends where a waiting interrupt becomes deliverable (the clock's interrupt
+window, runtime/_clock.c, in every mode: the guest's IF is the real IF in trap
+and bt too), so every mode takes it at the same guest instruction, as the CPU does.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
-        # emulate: a waiting interrupt is taken at the first block where IF is set
+        # A waiting interrupt is taken at the first block where IF is set
         # (runtime/_clock.c, "Interrupt window"); needs the live CPU state.
         self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
         if self._watch_window:
@@ -536,7 +536,7 @@ class VM:
         self._in_slice = True
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if self._watch_window:
-            self.clock.set_irq_wait(self.pic.has_interrupt())
+            self.clock.set_irq_wait(self.pic.has_interrupt() and self.mode.window_watch_here())
         g = self.guard
         if g is not None:
             g.open = 0                  # guest code runs: only stubs reach the area

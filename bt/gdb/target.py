@@ -1,7 +1,7 @@
 """The guest as gdb sees it: registers, memory and breakpoints, in every mode.
 
 Everything here is the guest's view, never the VMM's:
-* registers: EFLAGS with the virtual IF/IOPL (`vm.guest_eflags`), segment
+* registers: EFLAGS with the guest's IOPL (`vm.guest_eflags`), segment
   selectors with ring compression undone (`vm.guest_selector`), EIP as a guest
   address even when the CPU stopped inside a bt stub (`mode.guest_address`);
 * memory: guest linear addresses, through the guest's page tables

@@ -44,16 +44,17 @@ def test_plan_matches_the_patches_a_bt_run_installs():
 
 
 def test_plan_marks_covered_and_trapping_sites():
-    cfg = api.scan(api.code_image("cli\npushfd\npop eax\nnop\nnop\nlgdt [0x100400]\nhlt\n"))
+    # cli runs natively (the guest's IF is the real IF): a jump may carry it
+    cfg = api.scan(api.code_image("pushfd\ncli\npop eax\nnop\nnop\nlgdt [0x100400]\nhlt\n"))
     plan = {p.name: p for p in api.plan_patches(cfg)}
-    assert plan["cli"].action == "jump" and plan["cli"].covers == (0x100000, 0x100001, 0x100002,
-                                                                    0x100003, 0x100004)
-    assert plan["pushfd"].action == "covered" and plan["pushfd"].by == 0x100000
+    assert plan["pushfd"].action == "jump" and plan["pushfd"].covers == (0x100000, 0x100001, 0x100002,
+                                                                          0x100003, 0x100004)
+    assert plan["cli"].action == "covered" and plan["cli"].by == 0x100000
     assert plan["lgdt"].action == "trap" and plan["hlt"].action == "trap"
-    # Without room for the jump before lgdt (which needs the VMM) cli keeps trapping
-    # and pushfd falls back to an int3 patch.
-    tight = {p.name: p for p in api.plan_patches(api.scan(api.code_image("cli\npushfd\nlgdt [0x100400]\n")))}
-    assert (tight["cli"].action, tight["cli"].refused) == ("trap", "needs-vmm")
+    # Without room for the jump before lgdt (which needs the VMM) pushfd falls
+    # back to an int3 patch, and cli needs nothing.
+    tight = {p.name: p for p in api.plan_patches(api.scan(api.code_image("pushfd\ncli\nlgdt [0x100400]\n")))}
+    assert (tight["cli"].action, tight["cli"].refused) == ("none", None)
     assert (tight["pushfd"].action, tight["pushfd"].refused) == ("int3", "needs-vmm")
 
 
@@ -108,13 +109,15 @@ def test_unknown_option_is_one_line_bad_input():
 
 
 def test_eager_privileged_patches_reaches_bt_mode():
-    # probe-flags' cli/sti are patched when scanned; without eager patching
-    # they trap first (faults_before_patching) and are patched on the fault.
+    # No row is patch-privileged since cli/sti run natively (docs/fidelity.md,
+    # "IF in the real EFLAGS"): the switch reaches the VM and changes nothing,
+    # and probe-flags' cli/sti never trap.
     eager = api.run("demo:probe-flags", "bt", mem_mib=4)
     lazy = api.run("demo:probe-flags", "bt", mem_mib=4, eager_privileged_patches=False)
     assert eager.serial == lazy.serial and eager.exit_status == lazy.exit_status == 0
-    assert eager.csam_stats["faults_before_patching"] == 0
-    assert lazy.csam_stats["faults_before_patching"] > 0
+    assert eager.csam_stats["faults_before_patching"] == lazy.csam_stats["faults_before_patching"] == 0
+    assert eager.counters["faults_emulated"] == lazy.counters["faults_emulated"]
+    assert "cli" not in eager.counters["faults_emulated"] and "sti" not in eager.counters["faults_emulated"]
     assert lazy.vm.config.eager_privileged_patches is False
 
 

@@ -3,10 +3,10 @@ stubs use (bt/hyper_layout.py, flag_tables) equal to their definition, written
 here on whole EFLAGS values rather than on byte 1."""
 from itertools import product
 
-from bt.hyper_layout import (CLI_BYTE, FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, IF_BYTE, PUSHF_BYTE, PUSHF_ROWS,
-                             SELECTOR_VIEW, SELECTOR_VIEW_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STI_BYTE, STUBS,
+from bt.hyper_layout import (FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, PUSHF_BYTE, PUSHF_ROWS, RPL1_BYTE,
+                             SELECTOR_VIEW, SELECTOR_VIEW_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STUBS,
                              VFLAGS_MASK, VMM_STACK, VMM_STACK_SIZE, flag_tables)
-from bt.x86 import IF_BIT, IOPL_MASK
+from bt.x86 import IOPL_MASK
 
 TABLES = flag_tables()
 
@@ -21,25 +21,22 @@ def test_regions_do_not_overlap_and_fit_the_area():
     for (a, n), (b, _) in zip(spans, spans[1:]):
         assert a + n <= b, hex(a)
     assert len(TABLES) == FLAG_TABLES_SIZE
-    for region, size in ((CLI_BYTE, 256), (STI_BYTE, 256), (IF_BYTE, 256), (PUSHF_BYTE, PUSHF_ROWS * 256)):
+    for region, size in ((RPL1_BYTE, 256), (PUSHF_BYTE, PUSHF_ROWS * 256)):
         assert FLAG_TABLES <= region and region + size <= FLAG_TABLES + FLAG_TABLES_SIZE
 
 
-def test_cli_sti_and_if_tables_act_on_the_interrupt_flag_of_byte_1():
-    for flags in range(0, 0x10000, 0x100):         # every byte 1, byte 0 irrelevant
-        b = flags >> 8
-        assert entry(CLI_BYTE, b) == (flags & ~IF_BIT) >> 8
-        assert entry(STI_BYTE, b) == (flags | IF_BIT) >> 8
-        assert entry(IF_BYTE, b) == (flags & IF_BIT) >> 8
+def test_vflags_holds_the_iopl_only():
+    """The guest's IF is the real IF (docs/fidelity.md, "IF in the real EFLAGS")."""
+    assert VFLAGS_MASK == IOPL_MASK
 
 
-def test_pushf_table_puts_the_virtual_if_iopl_into_the_pushed_flags():
-    """Every vflags value (IF x IOPL) against every pushed byte 1: the result is
-    the pushed flags with IF/IOPL taken from vflags, everything else kept."""
+def test_pushf_table_puts_the_guest_iopl_into_the_pushed_flags():
+    """Every vflags value (IOPL) against every pushed byte 1 (the real IF and
+    IOPL 1 among them): the result is the pushed flags with IOPL taken from
+    vflags, everything else -- IF included -- kept."""
     assert VFLAGS_MASK >> 8 < PUSHF_ROWS
-    for vif, iopl, real_hi in product((0, IF_BIT), range(4), range(256)):
-        vflags = vif | (iopl << 12)
-        assert vflags & ~(IF_BIT | IOPL_MASK) == 0
+    for iopl, real_hi in product(range(4), range(256)):
+        vflags = iopl << 12
         pushed = (real_hi << 8) | 0x57                    # byte 0 arbitrary: never read
         want = (pushed & ~VFLAGS_MASK) | vflags
         # the stub's index: EAX = vflags (v << 8) with the pushed byte 1 as AL

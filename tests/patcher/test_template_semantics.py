@@ -6,13 +6,14 @@ For each template and a set of operand forms, two bare Unicorn engines run:
     real state set to what the guest believes (IF/IOPL, GDTR/IDTR/LDTR/TR, CR0,
     selectors with RPL 0);
   * the translation: the template's stub at a stub-cache address, at CPL 1
-    (ring-compressed selectors, real IF=1 IOPL=0), with the virtual CPU state
-    page holding the same beliefs, then the jump back to the guest.
+    (ring-compressed selectors, the guest's IF in the real EFLAGS, real IOPL 1),
+    with the virtual CPU state page holding the same beliefs, then the jump back
+    to the guest.
 The guest-visible outcome must match: general registers, ESP, EIP, selectors as
-the guest sees them, EFLAGS with the virtual IF/IOPL in place of the real ones,
-the guest memory (stack slots, memory operands; nothing below ESP may change),
-and the state page (only vflags and the scratch words may change; vflags as the
-instruction left the real IF/IOPL in the reference).  A stub exit (`hlt`) is
+the guest sees them, EFLAGS with the guest's IOPL (vflags) in place of the real
+one, the guest memory (stack slots, memory operands; nothing below ESP may
+change), and the state page (only vflags and the scratch words may change;
+vflags as the instruction left the real IOPL in the reference).  A stub exit (`hlt`) is
 allowed only where the templates document one, and the state at the exit must
 be what the VMM expects there.
 
@@ -33,11 +34,11 @@ from unicorn import x86_const as X
 from bt.machine import ACCESS_CODE0, ACCESS_CODE3, ACCESS_DATA0, ACCESS_DATA3, descriptor
 from bt.catalog import classify_bytes
 from patcher.stubcache import assemble
-from patcher.templates import (EMULATE_EXITS, SELECTOR_EXITS, SS_LOADS, template_for, ENABLES_INTERRUPTS, TEMPLATES,
-                               TERMINATORS, Insn, StubContext, window_check)
-from bt.hyper_layout import (FIELDS, FLAG_TABLES, HYPER_SIZE, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK, flag_tables,
-                             selector_view_table)
-from bt.x86 import IF_BIT
+from patcher.templates import (EMULATE_EXITS, SELECTOR_EXITS, SS_LOADS, template_for, TEMPLATES,
+                               TERMINATORS, Insn, StubContext)
+from bt.hyper_layout import (FIELDS, FLAG_TABLES, HYPER_SIZE, REAL_IOPL_CPL1, SELECTOR_VIEW, STATE, STUBS, VFLAGS_MASK,
+                             flag_tables, selector_view_table)
+from bt.x86 import IF_BIT, IOPL_MASK
 
 _CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
@@ -117,8 +118,6 @@ class Sample:
 
 
 SAMPLES: dict[str, list[Sample]] = {
-    "cli": [Sample("fa")],
-    "sti": [Sample("fb")],
     "pushfd": [Sample("9c"), Sample("669c")],                        # pushfd, pushf
     "popfd": [Sample("9d", frame="flags"), Sample("669d", frame="flags")],
     "sgdt": [Sample("0f014304", {"ebx": 0x3000}),                    # [ebx + 4]
@@ -312,8 +311,6 @@ def run_reference(insn: Insn, b: Belief) -> Outcome:
 def stub_text(key: str, insn: Insn, until: int) -> str:
     ctx = StubContext(STATE_ADDR, "t")
     text = TEMPLATES[key](ctx, insn)
-    if key in ENABLES_INTERRUPTS:
-        text += "; " + window_check(ctx)
     if key not in TERMINATORS:
         text += f"; jmp {until:#x}"
     return text
@@ -321,7 +318,7 @@ def stub_text(key: str, insn: Insn, until: int) -> str:
 
 def state_page(b: Belief) -> bytearray:
     page = bytearray(b.state_noise)
-    for name, values in (("vflags", (b.eflags & VFLAGS_MASK,)), ("irq_pending", (b.irq_pending,)),
+    for name, values in (("vflags", (b.eflags & VFLAGS_MASK,)),
                          ("cr0", (b.cr0,)), ("gdtr", (b.gdt_limit, GUEST_GDT)),
                          ("idtr", (b.idtr[1], b.idtr[0])), ("ldtr", (b.ldtr,)), ("tr", (b.tr,))):
         off, fmt = FIELDS[name]
@@ -349,7 +346,7 @@ def run_translation(key: str, insn: Insn, b: Belief) -> tuple[Outcome, range]:
     uc.reg_write(X.UC_X86_REG_SS, RING0_DATA)
     for seg, sel in (("ds", KDATA | 1), ("es", KDATA | 1), ("fs", FSEL | 1), ("gs", KDATA | 1)):
         uc.reg_write(SEGS[seg], sel)
-    real_flags = (b.eflags & ~VFLAGS_MASK) | IF_BIT
+    real_flags = (b.eflags & ~IOPL_MASK) | REAL_IOPL_CPL1      # the guest's IF is the real IF
     uc.mem_write(TRAMPOLINE, enter_ring1(b.regs["esp"], real_flags, STUB_ADDR))
     for n, r in GPRS.items():
         uc.reg_write(r, b.regs[n])
@@ -413,26 +410,22 @@ def test_stub_does_what_the_instruction_does(key, sample):
             check_exit(key, sample, b, ref, tr, stub, what)
             continue
         assert tr.eip == b.until, what
-        assert tr.real_eflags & VFLAGS_MASK == IF_BIT, what      # the real IF/IOPL untouched
+        assert tr.real_eflags & IOPL_MASK == REAL_IOPL_CPL1, what      # the real IOPL untouched
         assert not expects_exit(key, sample, b, ref), f"no exit: {what}"
         assert_same(ref, tr, b, what)
         assert_state_page(bytes(state_page(b)), tr.state, ref.eflags & VFLAGS_MASK, what)
 
 
 def expects_exit(key: str, sample: Sample, b: Belief, ref: Outcome) -> bool:
-    """Where the templates document an exit: interrupts just enabled (the window
-    check after sti/popf) or a kernel iretd whose frame enables them, while one is
-    pending; a segment load or far jump naming an RPL-1 selector; every SS load."""
+    """Where the templates document an exit: an iretd to ring 3 (the real
+    EFLAGS at CPL 3 are the guest's, IOPL included); a segment load or far jump
+    naming an RPL-1 selector; every SS load."""
     if key in SS_LOADS:
         return True
     if key in SELECTOR_EXITS:
         return sample.sel & 3 == 1
-    if not b.irq_pending:
-        return False
-    if key in ENABLES_INTERRUPTS:
-        return bool(ref.eflags & IF_BIT)
     if key in EMULATE_EXITS:
-        return sample.frame == "kernel" and bool(ref.eflags & IF_BIT)
+        return sample.frame == "user"
     return False
 
 
@@ -441,20 +434,15 @@ def check_exit(key, sample, b, ref, tr, stub, what):
     intno, eip = tr.faults[0]
     assert intno == 13 and eip in stub, what                 # the stub's hlt
     assert expects_exit(key, sample, b, ref), f"unexpected exit: {what}"
-    if key in ENABLES_INTERRUPTS:
-        # the VMM resumes after the patch: the instruction has completed
-        assert_same(ref, tr, b, what)
-        assert_state_page(bytes(state_page(b)), tr.state, ref.eflags & VFLAGS_MASK, what)
-    else:
-        # the VMM emulates the instruction: nothing of it may have happened yet
-        # (the flags may differ: the only such exit is iretd's, and the emulated
-        # iretd loads all of EFLAGS from the frame)
-        assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS, what
-        assert tr.regs == b.regs and tr.segs == GUEST_SEGS, what
-        assert_state_page(bytes(state_page(b)), tr.state, b.eflags & VFLAGS_MASK, what)
-        before = Outcome(b.regs, GUEST, GUEST_SEGS, b.eflags, initial_memory(b), [])
-        esp = b.regs["esp"]
-        assert diff_memory(before, tr, [range(esp - SCRATCH_BELOW_ESP, esp)]) == [], what
+    # the VMM emulates the instruction: nothing of it may have happened yet
+    # (the flags may differ: the only such exit is iretd's, and the emulated
+    # iretd loads all of EFLAGS from the frame)
+    assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS, what
+    assert tr.regs == b.regs and tr.segs == GUEST_SEGS, what
+    assert_state_page(bytes(state_page(b)), tr.state, b.eflags & VFLAGS_MASK, what)
+    before = Outcome(b.regs, GUEST, GUEST_SEGS, b.eflags, initial_memory(b), [])
+    esp = b.regs["esp"]
+    assert diff_memory(before, tr, [range(esp - SCRATCH_BELOW_ESP, esp)]) == [], what
 
 
 def initial_memory(b: Belief) -> dict:
@@ -464,23 +452,22 @@ def initial_memory(b: Belief) -> dict:
 
 
 def test_every_documented_exit_is_exercised():
-    """The random beliefs reach both outcomes of every exit condition."""
+    """The samples reach both outcomes of every exit condition."""
     seen = set()
-    for key in sorted(ENABLES_INTERRUPTS | EMULATE_EXITS):
+    for key in sorted(EMULATE_EXITS):
         for s in SAMPLES[key]:
             insn = decode(s)
             for trial in range(TRIALS):
                 b = make_belief(s, insn, trial)
                 seen.add((key, s.frame, expects_exit(key, s, b, run_reference(insn, b))))
-    for key in ENABLES_INTERRUPTS:
-        assert {(key, e) for k, _, e in seen if k == key} == {(key, True), (key, False)}
-    assert ("iretd", "kernel", True) in seen and ("iretd", "kernel", False) in seen
+    assert seen == {("iretd", "kernel", False), ("iretd", "user", True)}
 
 
 # -- Unicorn facts the comparison stands on ------------------------------------------
 def test_fact_the_trampoline_enters_ring_1_where_sensitive_instructions_behave_as_documented():
-    """After the trampoline CS/SS carry RPL 1, `cli` faults (#GP at the cli), and
-    `pushfd` shows the real IF=1 IOPL=0 (not what the guest believes)."""
+    """After the trampoline CS/SS carry RPL 1; with the real IOPL 1 `cli` runs
+    (it clears the real IF), `pushfd` shows the real IF and IOPL 1 (not the
+    guest's IOPL), and `hlt` faults (#GP at the hlt: the stubs' exit)."""
     uc, faults = _engine()
     uc.mem_write(REAL_GDT, REAL_GDT_BYTES)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, REAL_GDT, len(REAL_GDT_BYTES) - 1, 0))
@@ -488,20 +475,21 @@ def test_fact_the_trampoline_enters_ring_1_where_sensitive_instructions_behave_a
     uc.reg_write(X.UC_X86_REG_SS, RING0_DATA)
     uc.reg_write(X.UC_X86_REG_DS, KDATA | 1)
     uc.reg_write(X.UC_X86_REG_ESP, RING0_STACK)
-    uc.mem_write(TRAMPOLINE, enter_ring1(GUEST_ESP, IF_BIT | 2, GUEST))
-    uc.mem_write(GUEST, bytes.fromhex("9c" "5b" "fa"))      # pushfd; pop ebx; cli
+    uc.mem_write(TRAMPOLINE, enter_ring1(GUEST_ESP, IF_BIT | REAL_IOPL_CPL1 | 2, GUEST))
+    uc.mem_write(GUEST, bytes.fromhex("9c" "5b" "fa" "f4"))      # pushfd; pop ebx; cli; hlt
     uc.emu_start(TRAMPOLINE, 0, count=20)
-    assert faults == [(13, GUEST + 2)]
+    assert faults == [(13, GUEST + 3)]
     assert (uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_SS)) == (KCODE | 1, KDATA | 1)
-    assert uc.reg_read(X.UC_X86_REG_EBX) & VFLAGS_MASK == IF_BIT
+    assert uc.reg_read(X.UC_X86_REG_EBX) & (IF_BIT | IOPL_MASK) == IF_BIT | REAL_IOPL_CPL1
+    assert not uc.reg_read(X.UC_X86_REG_EFLAGS) & IF_BIT
     assert uc.reg_read(X.UC_X86_REG_ESP) == GUEST_ESP
 
 
 def test_fact_hlt_in_a_stub_faults_at_the_hlt():
     """The stub exit: `hlt` at CPL 1 is a #GP reported with EIP at the hlt."""
-    b = make_belief(SAMPLES["sti"][0], decode(SAMPLES["sti"][0]), 0)
-    b.irq_pending, b.eflags = 1, b.eflags & ~IF_BIT
-    tr, stub = run_translation("sti", decode(SAMPLES["sti"][0]), b)
+    sample = SAMPLES["iretd"][1]            # to ring 3: always an exit
+    b = make_belief(sample, decode(sample), 0)
+    tr, stub = run_translation("iretd", decode(sample), b)
     assert len(tr.faults) == 1 and tr.faults[0][0] == 13
     assert bytes(assemble("hlt", 0)) == b"\xf4" and tr.faults[0][1] in stub
 
@@ -566,26 +554,3 @@ def test_fact_reg_write_sets_what_sgdt_sidt_sldt_str_show_at_cpl0():
     assert bytes(uc.mem_read(0x3000, 20)) == (struct.pack("<HI", 0x3F, GUEST_GDT) + b"\0\0"
                                               + struct.pack("<HI", 0x1FF, 0x89ABCDEF) + b"\0\0"
                                               + struct.pack("<HH", 0xBEEF, 0xCAFE))
-
-
-@pytest.mark.parametrize("ecx", [0, 1, 0x80000000])
-def test_fact_jecxz_branches_on_ecx_alone_and_leaves_every_flag(ecx):
-    """The window check's branch (patcher/templates.py, window_check): `jecxz`
-    jumps exactly when ECX is 0, whatever the flags say, and changes none of
-    them (nor do the movzx lookups before it), for all 64 arithmetic-flag
-    combinations."""
-    for bits in range(64):
-        flags = 2 | (bits & 1) | ((bits >> 1 & 1) << 2) | ((bits >> 2 & 1) << 4) | ((bits >> 3 & 1) << 6) \
-            | ((bits >> 4 & 1) << 7) | ((bits >> 5 & 1) << 11) | (1 << 10) | (1 << 18)
-        uc, faults = _engine()
-        # movzx eax, byte ptr [0x3000 + esi]; jecxz +5; mov ebx, 1; nop
-        code = bytes.fromhex("0fb68600300000" "e305" "bb01000000" "90")
-        uc.mem_write(GUEST, code)
-        uc.reg_write(X.UC_X86_REG_ESP, GUEST_ESP)
-        uc.reg_write(X.UC_X86_REG_ESI, 1)
-        uc.reg_write(X.UC_X86_REG_ECX, ecx)
-        uc.reg_write(X.UC_X86_REG_EBX, 0)
-        uc.reg_write(X.UC_X86_REG_EFLAGS, flags)
-        uc.emu_start(GUEST, GUEST + len(code), count=10)
-        assert faults == [] and hex(uc.reg_read(X.UC_X86_REG_EFLAGS)) == hex(flags), hex(flags)
-        assert uc.reg_read(X.UC_X86_REG_EBX) == (0 if ecx == 0 else 1), hex(flags)

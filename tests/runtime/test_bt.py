@@ -16,8 +16,8 @@ def same_as_emulate(img, **cfg):
     return vm, bt
 
 
-def test_branch_target_inside_the_bytes_after_a_one_byte_cli():
-    img = raw_guest("mov esp, 0x90000\nmov ecx, 3\nxor esi, esi\nsti\ncli\n"
+def test_branch_target_inside_the_bytes_after_a_one_byte_site():
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 3\nxor esi, esi\nsti\ncli\npushfd\npop edx\n"
                     "inner: pushfd\npop eax\nadd esi, eax\ndec ecx\njnz inner\n" + EXIT)
     vm, res = same_as_emulate(img)
     assert res.extra["patches"]["refused"].get("branch-target-inside", 0) >= 1

@@ -60,6 +60,6 @@ def test_new_guest_bytes_every_round_keep_the_stub_cache_bounded(monkeypatch):
     _, long = _both(rewrite_covered(900))
     p, q = short.extra["patches"], long.extra["patches"]
     assert q["installed"]["pushfd"] >= 900 and q["stub_reuses"] >= 899   # the popfd's stub
-    assert q["stubs_freed"] >= 800                          # the pushfd's, beyond the bound
+    assert q["stubs_freed"] >= 780                          # the pushfd's, beyond the bound
     assert q["stub_cache_bytes"] == p["stub_cache_bytes"] < 4096 + 2048
     assert q["retired_stubs"] == p["retired_stubs"]

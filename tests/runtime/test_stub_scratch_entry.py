@@ -10,9 +10,10 @@ mov esp, 0x90000
 xor ebx, ebx
 mov eax, 0x55667788
 top:
-cli
+pushfd
 pf:
 pushfd
+pop edx
 pop edx
 mov ecx, ecx
 inc ebx

@@ -17,11 +17,24 @@ def test_guest_kernel_runs_in_ring_1_but_sees_ring_0_in_frames():
 
 
 def test_hundred_thousand_consecutive_traps_without_a_double_fault():
-    img = raw_guest("mov esp, 0x90000\nmov ecx, 50000\nl: cli\nsti\ndec ecx\njnz l\n" + EXIT)
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 50000\nl: mov eax, cr2\nclts\ndec ecx\njnz l\n" + EXIT)
     _, res = run(img, "trap")
     assert res.exit_status == 0, res.message
-    assert res.counters["faults_emulated"] == {"cli": 50000, "sti": 50000}
+    assert res.counters["faults_emulated"] == {"mov": 50000, "clts": 50000}
     assert res.counters["exceptions_delivered"] == {}
+
+
+def test_cli_and_sti_run_natively_at_cpl1():
+    """The guest's IF is the real IF (real IOPL 1 at CPL 1): no exit, and pushfd
+    shows the IF cli/sti left (docs/fidelity.md, "IF in the real EFLAGS")."""
+    img = raw_guest("mov esp, 0x90000\nmov ecx, 1000\nl: cli\nsti\ndec ecx\njnz l\ncli\npushfd\npop ebx\n"
+                    "sti\npushfd\npop esi\n" + EXIT)
+    for mode in ("trap", "bt"):
+        _, res = run(img, mode)
+        assert res.exit_status == 0, res.message
+        assert res.counters["faults_emulated"] == {}, mode
+        assert res.regs["ebx"] & 0x200 == 0 and res.regs["esi"] & 0x200, mode
+        assert res.regs["ebx"] & 0x3000 == (0 if mode == "bt" else 0x1000), mode   # trap: the real IOPL 1
 
 
 def test_privileged_state_is_virtual():

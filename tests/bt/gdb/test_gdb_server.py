@@ -185,7 +185,9 @@ def test_ctrl_c_stops_a_running_guest_at_a_slice_boundary():
 
 
 def test_bt_breakpoint_on_a_patched_instruction_stops_there_and_shows_guest_bytes():
-    cli = demo_instruction("hotflags", "hf_loop", "cli")
+    # hotflags' `cli; pushfd; pop eax; and ...`: cli runs natively, the patch is
+    # at the pushfd (docs/fidelity.md, "IF in the real EFLAGS")
+    cli = demo_instruction("hotflags", "hf_loop", "cli") + 1
 
     def script(c):
         c.cmd("?")
@@ -208,10 +210,10 @@ def test_bt_breakpoint_on_a_patched_instruction_stops_there_and_shows_guest_byte
     result, seen, _ = debug("hotflags", "bt", script)
     assert seen["first"] == seen["second"] == "S05"
     assert seen["patched"] and seen["raw"].startswith("e9")     # the guest's bytes are a jmp now ...
-    assert seen["m"] == "fa9c5825"                              # ... gdb sees the guest's own
+    assert seen["m"].startswith("9c5825")                       # ... gdb sees the guest's own
     assert seen["eip"] == cli
-    # cli, pushfd, pop eax, and: guest addresses, never the stub's
-    assert seen["steps"] == [cli + 1, cli + 2, cli + 3, cli + 8]
+    # pushfd, pop eax, and, add: guest addresses, never the stub's
+    assert seen["steps"] == [cli + 1, cli + 2, cli + 7, cli + 9]
     assert seen["end"] == "W00"
     same_run(result, plain("hotflags", "bt"))
 
@@ -315,11 +317,11 @@ def test_memory_is_read_at_linear_addresses_through_the_guest_page_tables():
 
 
 def test_bt_breakpoint_inside_a_patch_stops_in_the_stub_at_the_guest_address():
-    """hotflags' `cli; pushfd` become one jump patch at the cli: the pushfd's
-    bytes are under the jmp, it runs only as the stub's copy.  A breakpoint on it
-    is set before the patch exists (installed at the first cli's fault)."""
-    cli = demo_instruction("hotflags", "hf_loop", "cli")
-    pushfd = cli + 1
+    """hotflags' `pushfd; pop eax; and ...` become one jump patch at the pushfd:
+    the pop's byte is under the jmp, it runs only as the stub's copy.  A
+    breakpoint on it is set before the patch exists (installed at the scan)."""
+    cli = demo_instruction("hotflags", "hf_loop", "cli") + 1       # the patch's site: the pushfd
+    pushfd = cli + 1                                                # the pop eax inside it
 
     def script(c):
         c.cmd("?")
