@@ -505,6 +505,7 @@ class VM:
         self.counters.add("slices")
         self.mode.before_slice()
         self._slice_base = self.vtime
+        self.tsc.before_slice(self.vtime)
         self._slice_end = self.vtime + n
         self._vmm_stopped = self._abort_pending = False
         self._ended_at = None
