@@ -92,3 +92,15 @@ def test_lsr_with_an_overrun_exits_and_clears_it():
     assert r.regs["ebx"] & 0xFFFF == 0x6163       # BL: THRE|TEMT|OE|DR, BH: THRE|TEMT|DR
     assert r.counters["io_native"] == 1
     assert r.serial == b""
+
+
+def test_post_code_writes_queue_past_the_queue_size_in_order():
+    # 5,000 writes to port 0x80 in one slice: more than the native queue holds
+    # (4,096), so one takes the slow path, which replays the queue first.
+    vm, r = _run("xor ecx, ecx; l: mov eax, ecx; out 0x80, al; inc ecx; cmp ecx, 5000; jne l; "
+                 "in al, 0x80; mov ebx, eax; mov al, 0; out 0xf4, al")
+    assert r.counters["io_by_port"] == {"0x80": 5001, "0xf4": 1}
+    assert vm.devices["port80"].last == 4999 & 0xFF
+    assert r.regs["ebx"] & 0xFF == 0xFF
+    # exits: the one write past the full queue, and the debug exit; the read is native
+    assert r.counters["io_exits"] == 2 and r.counters["io_native"] == 4999 + 1
