@@ -2,12 +2,14 @@
 
 Usage:
     python benchmarks/linux_vs_qemu.py [--modes emulate,bt] [--rounds 3] [--mem 64]
-                                       [--timeout 900] [--json FILE]
+                                       [--timeout 900] [--json FILE] [--linux-unpack]
 
 Both boot the same kernel (the cached Debian bzImage, `bt-images fetch linux`),
 the same command line (`default_linux_cmdline` + `reboot=k`) and the same
 busybox initramfs, whose /init prints a marker, runs a few commands and
-reboots (benchmarks/linux_boot.py's INIT).  QEMU is Debian's
+reboots (benchmarks/linux_boot.py's INIT).  Both start the bzImage through the
+boot protocol, so both run its xz decompressor; `--linux-unpack` makes bt-run
+unpack the kernel on the host instead (QEMU cannot), as bt did before issue 19.  QEMU is Debian's
 `qemu-system-i386 -kernel ... -accel tcg` (SeaBIOS, a full PC) with
 `-no-reboot`, so the guest's reboot ends it.  Runs are interleaved (QEMU, then
 each mode, round after round) so that load from other jobs on the machine
@@ -101,9 +103,9 @@ def qemu_cmd(kernel: str, initrd: str, cmdline: str, mem: int) -> list[str]:
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio", "-accel", "tcg"]
 
 
-def bt_cmd(mode: str, kernel: str, initrd: str, cmdline: str, mem: int) -> list[str]:
+def bt_cmd(mode: str, kernel: str, initrd: str, cmdline: str, mem: int, unpack: bool) -> list[str]:
     return [sys.executable, "-m", "bt.cli.run", kernel, "--format", "linux", "--initrd", initrd,
-            "--cmdline", cmdline, "--mem", str(mem), "--mode", mode, "-q"]
+            "--cmdline", cmdline, "--mem", str(mem), "--mode", mode, "-q"] + (["--linux-unpack"] if unpack else [])
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -129,6 +131,7 @@ def main() -> int:
     ap.add_argument("--mem", type=int, default=64)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--linux-unpack", action="store_true", help="bt-run unpacks the kernel on the host")
     args = ap.parse_args()
     if shutil.which(QEMU) is None:
         print(INSTALL_HINT)
@@ -142,7 +145,7 @@ def main() -> int:
         initrd = os.path.join(tmp, "bench.cpio")
         Path(initrd).write_bytes(build_initramfs(paths["busybox"], INIT))
         cmds = {"qemu": qemu_cmd(kernel, initrd, cmdline, args.mem),
-                **{m: bt_cmd(m, kernel, initrd, cmdline, args.mem) for m in modes}}
+                **{m: bt_cmd(m, kernel, initrd, cmdline, args.mem, args.linux_unpack) for m in modes}}
         for rnd in range(args.rounds):
             for name, cmd in cmds.items():
                 r = timed_run(cmd, args.timeout)
@@ -157,7 +160,8 @@ def main() -> int:
     print(f"qemu: {subprocess.run([QEMU, '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cmdline": cmdline, "mem_mib": args.mem, "runs": runs, "summary": summary}, f,
+            json.dump({"cmdline": cmdline, "mem_mib": args.mem, "linux_unpack": args.linux_unpack,
+                       "runs": runs, "summary": summary}, f,
                       indent=2)
     return 0
 
