@@ -116,8 +116,8 @@ def test_debian_boots_the_same_through_its_own_decompressor_and_unpacked(linux):
     bzImage's xz decompressor in the guest (2.3 G instructions, 23 virtual
     seconds).  From the kernel's first message on, the output is the
     host-unpacked boot's line for line; what differs is time: the timer's phase
-    relative to the kernel's start moves printk timestamps by under a
-    millisecond, and the clock readings (RTC wall time, sched_clock's raw
+    relative to the kernel's start moves printk timestamps by a few
+    milliseconds at most, and the clock readings (RTC wall time, sched_clock's raw
     values) show the seconds the decompression took."""
     _, unpacked = _boot(linux, linux["scripted"], unpack=True)
     vm, own = _boot(linux, linux["scripted"], unpack=False)
@@ -126,12 +126,15 @@ def test_debian_boots_the_same_through_its_own_decompressor_and_unpacked(linux):
     assert b"KASLR disabled" in own.serial.split(b"[    0.000000]")[0]   # the decompressor's line
     a, b = after_decompressor(unpacked.serial), after_decompressor(own.serial)
     assert len(a) == len(b) > 200
+    drift = 0.0
     for x, y in zip(a, b):
         if any(k in x for k in _CLOCK_LINES):
             continue
         assert _STAMP.sub(b"[T]", x) == _STAMP.sub(b"[T]", y), (x, y)
         for p, q in zip(_STAMP.findall(x), _STAMP.findall(y)):
-            assert abs(float(p) - float(q)) < 0.001, (x, y)
+            drift = max(drift, abs(float(p) - float(q)))
+    # Seen: 0.34 ms and 1.7 ms; a timer tick (HZ 250) is 4 ms.
+    assert drift < 0.008, drift
     assert own.retired > unpacked.retired + 1_000_000_000      # the in-guest xz unpacking
 
 
