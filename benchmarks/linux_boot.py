@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/linux_boot.py [--mode emulate] [--mem 64] [--repeat N] [--json FILE]
+                                    [--linux-unpack]
 
 Fetches (or reuses) the images through `bt.images.fetch.ensure_linux_images`,
 builds an initramfs whose /init prints a marker, runs `uname -a`, `cat
@@ -65,9 +66,10 @@ class MarkerClock:
         pass
 
 
-def one_run(kernel: str, initrd: str, mode: str, mem: int) -> dict:
+def one_run(kernel: str, initrd: str, mode: str, mem: int, unpack: bool = False) -> dict:
     cmdline = default_linux_cmdline(mem) + " reboot=k"
-    img = load_image(kernel, "linux", mem_bytes=mem << 20, cmdline=cmdline, initrd=initrd)
+    img = load_image(kernel, "linux", mem_bytes=mem << 20, cmdline=cmdline, initrd=initrd,
+                     linux_unpack=unpack)
     sink = MarkerClock()
     vm = VM(img, MachineConfig(mem_mib=mem, cmdline=cmdline, mode=mode), stdout=sink)
     sink.vm = vm
@@ -101,6 +103,8 @@ def main() -> int:
     ap.add_argument("--mem", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--linux-unpack", action="store_true",
+                    help="unpack the kernel on the host instead of running its decompressor")
     args = ap.parse_args()
     paths = ensure_linux_images()
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +113,7 @@ def main() -> int:
             f.write(build_initramfs(paths["busybox"], INIT))
         runs = []
         for i in range(args.repeat):
-            res = one_run(str(paths["kernel"]), initrd, args.mode, args.mem)
+            res = one_run(str(paths["kernel"]), initrd, args.mode, args.mem, args.linux_unpack)
             runs.append(res)
             print(f"run {i + 1}: " + ", ".join(f"{k}={v}" for k, v in res.items() if k != "serial_sha256"),
                   flush=True)

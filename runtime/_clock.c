@@ -51,6 +51,7 @@ typedef int (*uc_vmem_read_t)(void *, uint64_t, int, void *, size_t);
 typedef bool (*cs_disasm_iter_t)(size_t, const uint8_t **, size_t *, uint64_t *, void *);
 typedef void *(*cs_malloc_t)(size_t);
 typedef void (*cs_free_t)(void *, size_t);
+typedef int (*uc_reg_write_t)(void *, int, const void *);
 
 #define NO_ADDR UINT64_MAX
 #define MAX_REGIONS 8
@@ -142,6 +143,12 @@ typedef struct {
     Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
     uint64_t irq_stops;
     size_t nhooked, hooked_cap;
+    /* the virtual TSC (runtime/tsc.py; see "Time-stamp counter" below) */
+    uint64_t tsc_base;                  /* virtual time at the slice's start + the TSC offset */
+    Py_ssize_t eip_off;
+    uc_reg_write_t reg_write;
+    int reg_eax, reg_edx, reg_ecx;
+    uint64_t tsc_reads;
     /* cache of decoded blocks */
     Entry **buckets;
     size_t nbuckets, nentries;
@@ -769,6 +776,44 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
     c->shadow_carry = n == 0 && c->eflags_off >= 0 && in_shadow(c);
 }
 
+/* -- Time-stamp counter -----------------------------------------------------------
+ * rdtsc and rdtscp answered here, with no exit into Python (issue 19: a Linux
+ * boot makes ~1.7 M of them).  Unicorn's rdtsc/rdtscp helpers call the
+ * UC_HOOK_INSN hooks registered for them after the CR4.TSD check and with EIP
+ * synced to the instruction (tests/runtime/test_tsc_native.py); a hook that
+ * returns 1 replaces the host read.  The value is runtime/tsc.py's model,
+ * computed as VM.now() computes it: the slice's virtual start plus the
+ * instructions started before this one (the clock's position of EIP in the
+ * running block), plus the TSC offset; both live in tsc_base, set by the VM
+ * before each slice. */
+static uint64_t tsc_now(Clock *c)
+{
+    uint32_t eip;
+    memcpy(&eip, c->env + c->eip_off, 4);
+    long j = index_of(c->cur, eip);
+    uint64_t started = j < 0 ? c->count : c->cur_base + weight(c, c->cur, (uint32_t)j + 1);
+    return c->tsc_base + (started ? started - 1 : 0);
+}
+
+static int rdtsc_hook(void *uc, void *ud)
+{
+    Clock *c = ud;
+    uint64_t v = tsc_now(c), lo = v & 0xFFFFFFFFu, hi = v >> 32;
+    c->reg_write(uc, c->reg_eax, &lo);
+    c->reg_write(uc, c->reg_edx, &hi);
+    c->tsc_reads++;
+    return 1;
+}
+
+static int rdtscp_hook(void *uc, void *ud)
+{
+    Clock *c = ud;
+    uint64_t aux = 0;           /* IA32_TSC_AUX: one CPU (runtime/tsc.py TSC_AUX) */
+    rdtsc_hook(uc, ud);
+    c->reg_write(uc, c->reg_ecx, &aux);
+    return 1;
+}
+
 static void noop_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     /* Its presence is the point: Unicorn writes the lazy flags state back before
@@ -1287,6 +1332,38 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "irq_window_stops", (unsigned long long)c->irq_stops);
 }
 
+/* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
+ * rdtsc/rdtscp hooks may answer (needs set_env) */
+static PyObject *Clock_enable_tsc(Clock *c, PyObject *args)
+{
+    unsigned long long rw;
+    int eax, edx, ecx;
+    Py_ssize_t eip;
+    if (!PyArg_ParseTuple(args, "Kiiin", &rw, &eax, &edx, &ecx, &eip))
+        return NULL;
+    if (!c->env || eip < 0) {
+        PyErr_SetString(PyExc_ValueError, "the native TSC needs the live CPU state (set_env)");
+        return NULL;
+    }
+    c->reg_write = (uc_reg_write_t)(uintptr_t)rw;
+    c->reg_eax = eax;
+    c->reg_edx = edx;
+    c->reg_ecx = ecx;
+    c->eip_off = eip;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_set_tsc_base(Clock *c, PyObject *arg)
+{
+    unsigned long long b = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    c->tsc_base = b;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_get_tsc_reads(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->tsc_reads); }
+
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
 static PyObject *Clock_get_reason(Clock *c, void *u) { return PyLong_FromLong(c->reason); }
 static PyObject *Clock_get_stop_block(Clock *c, void *u)
@@ -1338,12 +1415,17 @@ static PyMethodDef Clock_methods[] = {
     {"allow_once", (PyCFunction)Clock_allow_once, METH_O, "allow_once(addr): let one unscannable start run"},
     {"known_start", (PyCFunction)Clock_known_start, METH_O, "known_start(addr): the block check's verdict"},
     {"set_view", (PyCFunction)Clock_set_view, METH_VARARGS, "set_view(page, linear page or None): the linear page whose scan a physical page holds"},
+    {"enable_tsc", (PyCFunction)Clock_enable_tsc, METH_VARARGS,
+     "enable_tsc(uc_reg_write, eax, edx, ecx register ids, eip offset): native rdtsc/rdtscp"},
+    {"set_tsc_base", (PyCFunction)Clock_set_tsc_base, METH_O,
+     "set_tsc_base(v): the TSC at the slice's first instruction"},
     {"code_stats", (PyCFunction)Clock_code_stats, METH_NOARGS, "counters of the code check"},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Clock_getset[] = {
     {"count", (getter)Clock_get_count, NULL, "instructions started in this slice", NULL},
     {"reason", (getter)Clock_get_reason, NULL, "0 running/none, 1 before a block, 2 at the budget", NULL},
+    {"tsc_reads", (getter)Clock_get_tsc_reads, NULL, "rdtsc/rdtscp answered natively", NULL},
     {"stop_block", (getter)Clock_get_stop_block, NULL, "block stopped before", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
@@ -1362,11 +1444,13 @@ static PyTypeObject ClockType = {
 
 static PyObject *callbacks(PyObject *m, PyObject *unused)
 {
-    return Py_BuildValue("(KKKKK)", (unsigned long long)(uintptr_t)&block_hook,
+    return Py_BuildValue("(KKKKKKK)", (unsigned long long)(uintptr_t)&block_hook,
                          (unsigned long long)(uintptr_t)&noop_hook,
                          (unsigned long long)(uintptr_t)&write_hook,
                          (unsigned long long)(uintptr_t)&read_before,
-                         (unsigned long long)(uintptr_t)&read_after);
+                         (unsigned long long)(uintptr_t)&read_after,
+                         (unsigned long long)(uintptr_t)&rdtsc_hook,
+                         (unsigned long long)(uintptr_t)&rdtscp_hook);
 }
 
 static PyObject *cut_address(PyObject *m, PyObject *unused)
@@ -1376,7 +1460,7 @@ static PyObject *cut_address(PyObject *m, PyObject *unused)
 
 static PyMethodDef module_methods[] = {
     {"cut_address", cut_address, METH_NOARGS, "address of bool cut(Clock *, eip, started) for native hooks"},
-    {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after) hook C function addresses"},
+    {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after, rdtsc, rdtscp) hook C function addresses"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef clockmodule = {PyModuleDef_HEAD_INIT, "_clock", NULL, -1, module_methods};

@@ -62,8 +62,8 @@ class InstructionClock:
         self.c = _clock.Clock(_fn(uclib.uc_emu_stop), _fn(uclib.uc_vmem_read),
                               self._md.csh.value, _fn(cs.cs_disasm_iter),
                               _fn(cs.cs_malloc), _fn(cs.cs_free), X86_INS_CMPXCHG8B)
-        (self._block_cb, self._noop_cb, self._write_cb,
-         self._read_before_cb, self._read_after_cb) = _clock.callbacks()
+        (self._block_cb, self._noop_cb, self._write_cb, self._read_before_cb,
+         self._read_after_cb, self.rdtsc_cb, self.rdtscp_cb) = _clock.callbacks()
         self.on_unscanned = None         # bt: CSAM's handler of a refused block start
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
@@ -80,6 +80,24 @@ class InstructionClock:
         calling into Unicorn (runtime/pagewalk.h)."""
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4, efer)
+
+    # -- the virtual TSC (runtime/tsc.py) ------------------------------------------------
+    def enable_tsc(self, eip_off: int) -> int:
+        """Lets the clock's rdtsc/rdtscp hooks answer (runtime/_clock.c,
+        "Time-stamp counter"); returns their user data for
+        UC_HOOK_INSN.  Needs the live CPU state (set_cpu_state)."""
+        from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_ECX, UC_X86_REG_EDX
+        self.c.enable_tsc(_fn(uclib.uc_reg_write), UC_X86_REG_EAX, UC_X86_REG_EDX,
+                          UC_X86_REG_ECX, eip_off)
+        return self._user
+
+    def set_tsc_base(self, value: int) -> None:
+        """The TSC at the coming slice's first instruction."""
+        self.c.set_tsc_base(value)
+
+    @property
+    def tsc_reads(self) -> int:
+        return self.c.tsc_reads
 
     # -- the interrupt window (emulate) -----------------------------------------------
     def watch_irq_window(self, eflags_off: int, hflags_off: int) -> None:

@@ -34,6 +34,7 @@ DECLARATIONS: tuple[CounterDecl, ...] = (
     CounterDecl("stub_exits", "exits from patch stubs into the VMM, by kind (bt)", keyed=True),
     CounterDecl("guards_installed", "int3 guards placed on unresolved indirect branches (bt)"),
     CounterDecl("slices", "emulation slices (emu_start calls)"),
+    CounterDecl("io_native", "port accesses answered natively from what devices publish (runtime/iofast.py)"),
 )
 
 # Kept by the I/O bus (runtime/devices/bus.py) and merged into the report.

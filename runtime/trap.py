@@ -34,7 +34,7 @@ from bt.catalog import by_name
 from bt.errors import VMMError
 from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
                              VFLAGS_MASK, VMM_TSS)
-from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_TSD, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
+from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
@@ -116,7 +116,10 @@ class TrapMode(EmulateMode):
         tss = self.hyper.addr(VMM_TSS)
         uc.mem_write(tss, bytes(TSS_IOMAP_BASE) + struct.pack("<H", TSS32_SIZE))   # I/O map base past the limit
         uc.reg_write(X.UC_X86_REG_TR, (0, tss, TSS32_SIZE - 1, (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        uc.reg_write(X.UC_X86_REG_CR4, boot_cr4 | CR4_TSD)  # rdtsc faults at CPL 1: virtual TSC
+        # The real CR4.TSD is the guest's: with it clear rdtsc runs at CPL 1 and 3
+        # and the virtual TSC's native hook answers it (runtime/tsc.py); with it
+        # set it faults at CPL 1 (emulated: the guest kernel may read it) and 3.
+        uc.reg_write(X.UC_X86_REG_CR4, boot_cr4)
         cs = uc.reg_read(X.UC_X86_REG_CS)
         ss = uc.reg_read(X.UC_X86_REG_SS)
         self.vm.quirks.set_cpl(1)
@@ -362,7 +365,7 @@ class TrapMode(EmulateMode):
             self.hyper_mapping.sync()
         elif n == 4:
             self.vcpu.set("cr4", value)
-            uc.reg_write(X.UC_X86_REG_CR4, value | CR4_TSD)
+            uc.reg_write(X.UC_X86_REG_CR4, value)     # TSD included: see boot
             self.hyper_mapping.sync()
 
     def virtual_tsc(self) -> int:

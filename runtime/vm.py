@@ -43,6 +43,7 @@ from runtime.delivery import Delivery, GuestFault, TripleFault
 from runtime.isolation import unmapped_access
 from runtime.devices import attach_standard_devices
 from runtime.devices.bus import IOBus
+from runtime.iofast import NativeIO
 from runtime.memory import GuestMemory, OutsideRam
 from runtime.quirks import Quirks
 
@@ -194,6 +195,7 @@ class VM:
         block (runtime/clock.py), so the count and EIP are taken here."""
         if self.stop is None:
             self.stop = outcome.stop(status=status)
+            self.io.stop()          # what is left of the block reaches no device
             if self._in_slice:
                 eip = self.quirks.eip()
                 self._ended_at = (self.clock.started(eip), self.clock.next(eip))
@@ -289,8 +291,13 @@ class VM:
             self._native_exits = NativeExits(self, self.guarded(self._on_interrupt))
         else:
             uc.hook_add(UC_HOOK_INTR, self.guarded(self._on_interrupt))
-        uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_in), None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_out), None, 1, 0, X.UC_X86_INS_OUT)
+        # in/out: native hooks answer what devices publish (runtime/iofast.py),
+        # the rest comes here
+        slow_in, slow_out = self.guarded(self._on_in), self.guarded(self._on_out)
+        self.io = NativeIO(uc, self.bus, lambda port, size: slow_in(uc, port, size, None),
+                           lambda port, size, value: slow_out(uc, port, size, value, None))
+        for dev in self.bus.devices:
+            dev.set_fast(self.io)
         uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.guarded(self._on_invalid, True))
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.guarded(self._on_unmapped, False))
@@ -344,6 +351,7 @@ class VM:
     def _on_in(self, port, size):
         if self.stop is not None:
             return 0
+        self.io.drain()             # writes queued natively reach the device first
         self.counters.add("io_exits")
         self.exit_site(self.quirks.eip())
         value = self.bus.read(port, size)
@@ -353,6 +361,7 @@ class VM:
     def _on_out(self, port, size, value):
         if self.stop is not None:
             return
+        self.io.drain()
         self.counters.add("io_exits")
         self.exit_site(self.quirks.eip())
         self.bus.write(port, size, value)
@@ -493,6 +502,7 @@ class VM:
         if self._native_exits is not None:
             self._native_exits.drain(self.counters, self.mode.guest_address)
         d = self.counters.as_dict()
+        d["io_native"] = self.io.answered
         d["io_by_port"] = {hex(k): v for k, v in sorted(self.bus.io_counts.items())}
         d["unhandled_port_reads"] = {hex(k): v for k, v in sorted(self.bus.unhandled_reads.items())}
         d["unhandled_port_writes"] = {hex(k): v for k, v in sorted(self.bus.unhandled_writes.items())}
@@ -530,6 +540,7 @@ class VM:
         self.counters.add("slices")
         self.mode.before_slice()
         self._slice_base = self.vtime
+        self.tsc.before_slice(self.vtime)
         self._slice_end = self.vtime + n
         self._vmm_stopped = self._abort_pending = False
         self._ended_at = None
@@ -556,6 +567,7 @@ class VM:
             self.clock.cut(self.quirks.eip(), True)
         if self._native_exits is not None:
             self._native_exits.drain(self.counters, self.mode.guest_address)
+        self.io.drain()
         done = self.clock.count
         if self._ended_at is not None:          # see request_stop
             done, after = self._ended_at

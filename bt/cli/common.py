@@ -138,6 +138,9 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
                    help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     p.add_argument("--cmdline", default=None, metavar="STR", help="kernel command line")
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk (Linux images)")
+    p.add_argument("--linux-unpack", action="store_true",
+                   help="unpack a bzImage's kernel on the host (xz or gzip) instead of "
+                        "running its own decompressor in the guest (docs/images.md)")
 
 
 def load_from_args(args):
@@ -161,4 +164,5 @@ def load_from_args(args):
         fmt = "linux"
     args.cmdline = cmdline or ""
     return load_image(image, fmt, load=load, entry=entry, mem_bytes=args.mem << 20,
-                      cmdline=args.cmdline, initrd=initrd)
+                      cmdline=args.cmdline, initrd=initrd,
+                      linux_unpack=getattr(args, "linux_unpack", False))

@@ -11,6 +11,7 @@ from bt.images.elf import is_elf, parse_elf
 from bt.images.files import parse_address, read_file
 from bt.images.image import GuestImage, Segment
 from bt.images.layout import check_layout
+from bt.images.bootproto import load_bzimage
 from bt.images.linux import is_bzimage, load_linux, looks_like_vmlinux
 from bt.images.multiboot import find_header, load_multiboot
 from bt.images.raw import load_raw
@@ -23,8 +24,11 @@ __all__ = ["FORMATS", "GuestImage", "Segment", "load_image", "parse_address"]
 
 
 def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int | None = None,
-               mem_bytes: int = 64 * MIB, cmdline: str = "", initrd: str | None = None) -> GuestImage:
-    """Load `path` as `fmt`; every unusable input raises BadInput with one line."""
+               mem_bytes: int = 64 * MIB, cmdline: str = "", initrd: str | None = None,
+               linux_unpack: bool = False) -> GuestImage:
+    """Load `path` as `fmt`; every unusable input raises BadInput with one line.
+    A bzImage starts through its own decompressor unless `linux_unpack`
+    (bt/images/bootproto.py, docs/images.md)."""
     path = str(path)
     if fmt not in FORMATS and fmt != "demo":
         raise BadInput(f"unknown image format '{fmt}' (choose from {', '.join(FORMATS)})")
@@ -57,6 +61,8 @@ def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int
             raise BadInput(f"{path} has no valid multiboot header in its first 8 KiB{where}")
         return load_multiboot(path, data, hdr, mem_bytes, cmdline, entry)
     if kind == "linux":
+        if is_bzimage(data) and not linux_unpack:
+            return load_bzimage(path, data, mem_bytes, cmdline, initrd)
         return load_linux(path, data, mem_bytes, cmdline, initrd, facts)
     raise BadInput(f"format '{kind}' needs a 'demo:NAME' image, not {path}")
 

@@ -1,9 +1,12 @@
 """Linux kernels (bzImage or bare vmlinux ELF) through the 32-bit boot protocol.
 
-bt does what the bzImage's own decompressor would: it takes the compressed
-vmlinux out of the payload, loads its PT_LOAD segments at their physical
-addresses and enters at the 32-bit entry with ESI pointing at boot_params
-(Documentation/arch/x86/boot.rst, "32-bit boot protocol").
+Two ways to start a bzImage (docs/images.md): by default bt is a boot loader
+(bt/images/bootproto.py: the protected-mode code at its load address, the
+kernel's own decompressor runs in the guest).  With `--linux-unpack`, and for
+a bare vmlinux, this module does what the decompressor would: it takes
+the compressed vmlinux out of the payload (xz or gzip), loads its PT_LOAD
+segments at their physical addresses and enters at the 32-bit entry with ESI
+pointing at boot_params (Documentation/arch/x86/boot.rst, "32-bit boot protocol").
 """
 from __future__ import annotations
 
@@ -78,7 +81,8 @@ def looks_like_vmlinux(facts: ElfFacts) -> bool:
 
 def load_linux(path: str, data: bytes, mem_bytes: int, cmdline: str, initrd: str | None,
                vmlinux: ElfFacts | None = None) -> GuestImage:
-    """Load a bzImage, or a vmlinux ELF (`data` is ELF; `vmlinux` its facts if already parsed)."""
+    """Load a bzImage's kernel unpacked on the host, or a vmlinux ELF (`data`
+    is ELF; `vmlinux` its facts if already parsed)."""
     check_mem(mem_bytes, "Linux")
     if is_bzimage(data):
         header, kernel, info = _unpack_bzimage(path, data)
@@ -99,10 +103,27 @@ def load_linux(path: str, data: bytes, mem_bytes: int, cmdline: str, initrd: str
     kernel_end = max(s.end for s in vmlinux.segments)
     init_size = _u32(params, INIT_SIZE) if version >= 0x020A else 0
     needed_end = max(kernel_end, kernel_start + init_size)
+    boot = fill_boot_params(path, params, needed_end, mem_bytes, cmdline, initrd, info)
+    check_layout(path, vmlinux.segments, boot, vmlinux.entry, mem_bytes, (LINUX_BOOT_CS, LINUX_BOOT_DS))
+    info.update(loader="unpacked on the host", kernel_start=kernel_start, kernel_end=kernel_end,
+                init_size=init_size)
+    return GuestImage(path=path, format="linux", entry=vmlinux.entry, segments=vmlinux.segments + boot,
+                      regs={"esi": BOOT_PARAMS_ADDR, "ebx": 0, "ebp": 0, "edi": 0},
+                      boot_cs=LINUX_BOOT_CS, boot_ds=LINUX_BOOT_DS,
+                      symbols=vmlinux.symbols, info=info)
+
+
+def fill_boot_params(path: str, params: bytearray, needed_end: int, mem_bytes: int, cmdline: str,
+                     initrd: str | None, info: dict) -> list[Segment]:
+    """Complete the zero page `params` (its setup header already copied in) as
+    a boot loader does: loader type, LOADED_HIGH, command line, memory size and
+    e820 map, the initrd (placed above `needed_end`, the end of what the kernel
+    occupies while it starts); return the boot structures to load, the zero page
+    last."""
+    version = _u16(params, VERSION)
     if needed_end > mem_bytes:
         raise BadInput(f"{path}: the kernel needs RAM up to 0x{needed_end:x} "
                        f"({-(-needed_end // (1 << 20))} MiB); give more --mem")
-
     boot = [Segment(BOOT_CMDLINE_ADDR, _cmdline_bytes(path, cmdline, params, version))]
     params[TYPE_OF_LOADER] = LOADER_UNDEFINED
     params[LOADFLAGS] |= LOADED_HIGH
@@ -117,18 +138,13 @@ def load_linux(path: str, data: bytes, mem_bytes: int, cmdline: str, initrd: str
         boot.append(Segment(addr, ramdisk))
         info.update(initrd=initrd, initrd_addr=addr, initrd_size=len(ramdisk))
     boot.append(Segment(BOOT_PARAMS_ADDR, bytes(params)))
-
-    check_layout(path, vmlinux.segments, boot, vmlinux.entry, mem_bytes, (LINUX_BOOT_CS, LINUX_BOOT_DS))
-    info.update(boot_params=BOOT_PARAMS_ADDR, cmdline=cmdline, kernel_start=kernel_start,
-                kernel_end=kernel_end, init_size=init_size)
-    return GuestImage(path=path, format="linux", entry=vmlinux.entry, segments=vmlinux.segments + boot,
-                      regs={"esi": BOOT_PARAMS_ADDR, "ebx": 0, "ebp": 0, "edi": 0},
-                      boot_cs=LINUX_BOOT_CS, boot_ds=LINUX_BOOT_DS,
-                      symbols=vmlinux.symbols, info=info)
+    info.update(boot_params=BOOT_PARAMS_ADDR, cmdline=cmdline)
+    return boot
 
 
-def _unpack_bzimage(path: str, data: bytes) -> tuple[bytes, bytes, dict]:
-    """(setup header bytes, decompressed vmlinux, info) of a bzImage."""
+def bzimage_header(path: str, data: bytes) -> tuple[int, int, int]:
+    """(protocol version, end of the setup header, file offset of the
+    protected-mode code) of a bzImage; what the protocol cannot load is refused."""
     if len(data) < INIT_SIZE + 4:
         raise BadInput(f"{path} is a truncated bzImage ({len(data)} bytes)")
     version = _u16(data, VERSION)
@@ -140,6 +156,15 @@ def _unpack_bzimage(path: str, data: bytes) -> tuple[bytes, bytes, dict]:
         raise BadInput(f"{path} is truncated inside its setup header")
     setup_sects = data[SETUP_SECTS] or 4
     pm_start = (setup_sects + 1) * 512
+    if pm_start >= len(data):
+        raise BadInput(f"{path} is truncated: its {setup_sects} setup sectors leave no protected-mode code")
+    return version, header_end, pm_start
+
+
+def _unpack_bzimage(path: str, data: bytes) -> tuple[bytes, bytes, dict]:
+    """(setup header bytes, decompressed vmlinux, info) of a bzImage."""
+    version, header_end, pm_start = bzimage_header(path, data)
+    setup_sects = data[SETUP_SECTS] or 4
     if version >= 0x0208 and header_end >= PAYLOAD_LENGTH + 4:
         offset, length = struct.unpack_from("<II", data, PAYLOAD_OFFSET)
         if length == 0:

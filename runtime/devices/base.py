@@ -41,8 +41,20 @@ class Device:
     # 8-bit devices never see a size other than 1.
     io_width = 1
 
+    # runtime/iofast.py: where the device publishes what native I/O hooks may
+    # answer without asking it (None: nothing is answered natively)
+    fast = None
+
     def attach(self, link: MachineLink) -> None:
         self.link = link
+
+    def set_fast(self, fast) -> None:
+        self.fast = fast
+        self.publish()
+
+    def publish(self) -> None:
+        """Tell `fast` what may be answered natively in the current state; a
+        device that publishes anything calls this after every change."""
 
     def read(self, port: int, size: int) -> int:
         raise NotImplementedError

@@ -17,6 +17,14 @@ class PostCode(Device):
     def __init__(self):
         self.last: int | None = None
 
+    def publish(self) -> None:
+        """Both directions are answered natively (runtime/iofast.py): a read
+        always floats, and a write only records the code, which the queue's
+        replay does in order."""
+        if self.fast is not None:
+            self.fast.publish_read(regs.POST_PORT, 0xFF)
+            self.fast.publish_sink(regs.POST_PORT, True)
+
     def read(self, port: int, size: int) -> int:
         return 0xFF
 

@@ -98,6 +98,7 @@ class UART16550(Device):
         self.backlog.extend(data)
         self._refill()
         self._update_irq()
+        self.publish()
 
     def set_scripted_input(self, data: bytes, interval: int) -> ScriptedInput:
         self.script = ScriptedInput(data, interval)
@@ -160,8 +161,35 @@ class UART16550(Device):
             self.msr_delta |= regs.MSR_TERI      # trailing edge of ring indicator
         self._refill()
 
+    # --- native answers (runtime/iofast.py) -------------------------------------
+    def publish(self) -> None:
+        """LSR is answered natively while reading it changes nothing (no overrun
+        to clear); THR writes are queued while sending a byte raises no
+        interrupt (ETBEI off: the THRE edge of `_transmit` is invisible), the
+        divisor latch is closed and loopback is off.  Every state change is in
+        Python (read, write, feed, tick), and each ends here."""
+        fast = self.fast
+        if fast is None:
+            return
+        lsr = None
+        if not self.overrun:
+            lsr = regs.LSR_THRE | regs.LSR_TEMT | (regs.LSR_DR if self.rx else 0)
+        fast.publish_read(self.base + regs.UART_LSR, lsr)
+        fast.publish_sink(self.base + regs.UART_THR,
+                          not self.lcr & regs.LCR_DLAB and not self.mcr & regs.MCR_LOOP
+                          and not self.ier & regs.IER_THRI)
+
     # --- ports ----------------------------------------------------------------
     def read(self, port: int, size: int) -> int:
+        value = self._read(port)
+        self.publish()
+        return value
+
+    def write(self, port: int, size: int, value: int) -> None:
+        self._write(port, value)
+        self.publish()
+
+    def _read(self, port: int) -> int:
         off = port - self.base
         dlab = self.lcr & regs.LCR_DLAB
         if off == regs.UART_RBR:
@@ -200,7 +228,7 @@ class UART16550(Device):
             return value
         return self.scr
 
-    def write(self, port: int, size: int, value: int) -> None:
+    def _write(self, port: int, value: int) -> None:
         off = port - self.base
         dlab = self.lcr & regs.LCR_DLAB
         if off == regs.UART_THR:

@@ -138,7 +138,7 @@ def test_a_bzimage_without_a_payload_says_so(tmp_path):
     img = tmp_path / "bzImage"
     img.write_bytes(bytes(data))
     with pytest.raises(BadInput, match=r"gives no compressed kernel \(payload_offset 0x0, payload_length 0\)"):
-        load_image(str(img))
+        load_image(str(img), linux_unpack=True)
 
 
 # -- 5: a kernel panic is told apart from a clean reboot ---------------------------------

@@ -57,11 +57,11 @@ CASES = {
     "multiboot without addresses, not ELF": (multiboot_header(0) + b"\xf4", {"fmt": "multiboot"},
                                              "not ELF"),
     "not linux": (b"\x90" * 1024, {"fmt": "linux"}, "neither a Linux bzImage"),
-    "corrupt xz": (corrupt_xz(), {}, "corrupt xz payload"),
+    "corrupt xz": (corrupt_xz(), {"linux_unpack": True}, "corrupt xz payload"),
     "truncated xz": (bzimage(tiny_kernel(), payload=lzma.compress(tiny_kernel(), format=lzma.FORMAT_XZ)[:-30]),
-                     {}, "truncated xz payload"),
-    "zstd payload": (bzimage(tiny_kernel(), payload=b"\x28\xb5\x2f\xfd" + bytes(40)), {}, "zstd-compressed"),
-    "truncated bzImage": (bzimage(tiny_kernel())[:-40], {}, "truncated: its payload ends"),
+                     {"linux_unpack": True}, "truncated xz payload"),
+    "zstd payload": (bzimage(tiny_kernel(), payload=b"\x28\xb5\x2f\xfd" + bytes(40)), {"linux_unpack": True}, "zstd-compressed"),
+    "truncated bzImage": (bzimage(tiny_kernel())[:-40], {"linux_unpack": True}, "truncated: its payload ends"),
     "bzImage cut in its header": (bzimage(tiny_kernel())[:0x230], {}, "truncated bzImage"),
     "kernel larger than RAM": (bzimage(tiny_kernel(), init_size=0x4000000), {}, "needs RAM up to 0x5000000"),
     "initrd missing": (bzimage(tiny_kernel()), {"initrd": "/nonexistent/initrd"}, "initrd file /nonexistent"),
@@ -95,7 +95,7 @@ def test_initrd_too_big(tmp_path):
     rd = tmp_path / "rd"
     rd.write_bytes(b"r" * (48 * MIB))     # 64 MiB RAM, kernel at 16 MiB: no room above it
     with pytest.raises(BadInput, match=r"initrd .*rd \(50331648 bytes\) does not fit"):
-        load_image(str(bz), initrd=str(rd))
+        load_image(str(bz), initrd=str(rd), linux_unpack=True)
 
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402

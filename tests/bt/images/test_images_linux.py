@@ -31,7 +31,8 @@ def booted(tmp_path):
     image = bzimage(KERNEL, init_size=0x80000)
     initrd = write(tmp_path, "initrd", b"I" * 5000)
     path = write(tmp_path, "bzImage", image)
-    img = load_image(path, mem_bytes=64 * MIB, cmdline="console=ttyS0 rdinit=/init", initrd=initrd)
+    img = load_image(path, mem_bytes=64 * MIB, cmdline="console=ttyS0 rdinit=/init", initrd=initrd,
+                     linux_unpack=True)
     return image, img
 
 
@@ -103,7 +104,7 @@ def test_bare_vmlinux_gets_a_synthesized_header(tmp_path):
 def test_gzip_payload_is_accepted(tmp_path):
     import gzip
     payload = gzip.compress(KERNEL, mtime=0) + struct.pack("<I", len(KERNEL))
-    img = load_image(write(tmp_path, "bz", bzimage(KERNEL, payload=payload)))
+    img = load_image(write(tmp_path, "bz", bzimage(KERNEL, payload=payload)), linux_unpack=True)
     assert img.info["compression"] == "gzip" and img.entry == 0x1000000
 
 

@@ -1,0 +1,273 @@
+/* Port I/O answered without a Python exit where a device allows it
+ * (runtime/iofast.py; issue 19).
+ *
+ * This module owns the engine's UC_HOOK_INSN hooks for `in` and `out`
+ * (Unicorn calls the first hook registered for the instruction and takes its
+ * value).  Devices stay the one definition of what a port does: a device
+ * *publishes* through runtime/iofast.py
+ *   - the value a one-byte read of a port returns while reading it has no side
+ *     effect (the UART's line-status register with no error pending), and
+ *   - which ports take one-byte writes into a queue while a write's only effect
+ *     is the device's own (the UART's transmit register when no interrupt,
+ *     loopback or divisor latch is involved): the queue is replayed through the
+ *     device's own `write` (the I/O bus) before the next I/O exit and at the end
+ *     of every slice, so the device sees every byte in order, in the state it
+ *     published them for.
+ * Everything else calls the VM's Python hook (the slow path), which first
+ * drains the queue.  Counts of the accesses answered here are handed to the
+ * bus's per-port figures at each drain, so `io_by_port` is unchanged.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PORTS 0x10000
+#define QUEUE 4096
+
+typedef uint32_t (*in_cb_t)(void *uc, uint32_t port, int size, void *ud);
+typedef void (*out_cb_t)(void *uc, uint32_t port, int size, uint32_t value, void *ud);
+
+typedef struct {
+    PyObject_HEAD
+    int16_t *rd;                /* port -> published byte for a one-byte read, -1: slow */
+    uint8_t *sink;              /* port -> 1: one-byte writes are queued */
+    uint32_t *counts;           /* port -> accesses answered here since the last take */
+    uint16_t touched[256];      /* ports with a nonzero count (up to 256, then scan) */
+    int ntouched;
+    bool overflow;
+    in_cb_t slow_in;
+    out_cb_t slow_out;
+    bool enabled;
+    uint16_t qport[QUEUE];
+    uint8_t qval[QUEUE];
+    int nq;
+    uint64_t fast_reads, fast_writes;
+} IoFast;
+
+static inline void count(IoFast *f, uint32_t port)
+{
+    if (f->counts[port]++ == 0) {
+        if (f->ntouched < 256)
+            f->touched[f->ntouched++] = (uint16_t)port;
+        else
+            f->overflow = true;
+    }
+}
+
+static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
+{
+    IoFast *f = ud;
+    port &= 0xFFFF;
+    if (f->enabled && size == 1 && f->rd[port] >= 0) {
+        f->fast_reads++;
+        count(f, port);
+        return (uint32_t)f->rd[port];
+    }
+    return f->slow_in(uc, port, size, NULL);
+}
+
+static void out_hook(void *uc, uint32_t port, int size, uint32_t value, void *ud)
+{
+    IoFast *f = ud;
+    port &= 0xFFFF;
+    if (f->enabled && size == 1 && f->sink[port] && f->nq < QUEUE) {
+        f->qport[f->nq] = (uint16_t)port;
+        f->qval[f->nq] = (uint8_t)value;
+        f->nq++;
+        f->fast_writes++;
+        return;
+    }
+    f->slow_out(uc, port, size, value, NULL);
+}
+
+static void IoFast_dealloc(IoFast *f)
+{
+    free(f->rd);
+    free(f->sink);
+    free(f->counts);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+/* IoFast(slow in callback address, slow out callback address) */
+static int IoFast_init(IoFast *f, PyObject *args, PyObject *kw)
+{
+    unsigned long long si, so;
+    if (!PyArg_ParseTuple(args, "KK", &si, &so))
+        return -1;
+    f->slow_in = (in_cb_t)(uintptr_t)si;
+    f->slow_out = (out_cb_t)(uintptr_t)so;
+    f->rd = malloc(PORTS * sizeof(int16_t));
+    f->sink = calloc(PORTS, 1);
+    f->counts = calloc(PORTS, sizeof(uint32_t));
+    if (!f->rd || !f->sink || !f->counts) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < PORTS; i++)
+        f->rd[i] = -1;
+    f->enabled = true;
+    return 0;
+}
+
+static bool port_arg(PyObject *args, unsigned int *port, PyObject **val)
+{
+    if (!PyArg_ParseTuple(args, "IO", port, val))
+        return false;
+    if (*port >= PORTS) {
+        PyErr_SetString(PyExc_ValueError, "port outside 0-0xffff");
+        return false;
+    }
+    return true;
+}
+
+/* publish_read(port, byte or None) */
+static PyObject *IoFast_publish_read(IoFast *f, PyObject *args)
+{
+    unsigned int port;
+    PyObject *v;
+    if (!port_arg(args, &port, &v))
+        return NULL;
+    if (v == Py_None) {
+        f->rd[port] = -1;
+        Py_RETURN_NONE;
+    }
+    long b = PyLong_AsLong(v);
+    if (b == -1 && PyErr_Occurred())
+        return NULL;
+    if (b < 0 || b > 0xFF) {
+        PyErr_SetString(PyExc_ValueError, "a published read is one byte");
+        return NULL;
+    }
+    f->rd[port] = (int16_t)b;
+    Py_RETURN_NONE;
+}
+
+/* publish_sink(port, on) */
+static PyObject *IoFast_publish_sink(IoFast *f, PyObject *args)
+{
+    unsigned int port;
+    PyObject *v;
+    if (!port_arg(args, &port, &v))
+        return NULL;
+    int on = PyObject_IsTrue(v);
+    if (on < 0)
+        return NULL;
+    f->sink[port] = (uint8_t)on;
+    Py_RETURN_NONE;
+}
+
+/* take() -> (bytes of (port lo, port hi, value) triples queued, [(port, reads answered)]) */
+static PyObject *IoFast_take(IoFast *f, PyObject *unused)
+{
+    PyObject *q = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)f->nq * 3);
+    if (!q)
+        return NULL;
+    char *p = PyBytes_AS_STRING(q);
+    for (int i = 0; i < f->nq; i++) {
+        p[3 * i] = (char)(f->qport[i] & 0xFF);
+        p[3 * i + 1] = (char)(f->qport[i] >> 8);
+        p[3 * i + 2] = (char)f->qval[i];
+    }
+    f->nq = 0;
+    PyObject *counts = PyList_New(0);
+    if (!counts) {
+        Py_DECREF(q);
+        return NULL;
+    }
+    int n = f->overflow ? PORTS : f->ntouched;
+    for (int i = 0; i < n; i++) {
+        uint32_t port = f->overflow ? (uint32_t)i : f->touched[i];
+        if (!f->counts[port])
+            continue;
+        PyObject *t = Py_BuildValue("(II)", port, f->counts[port]);
+        f->counts[port] = 0;
+        if (!t || PyList_Append(counts, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(q);
+            Py_DECREF(counts);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    f->ntouched = 0;
+    f->overflow = false;
+    return Py_BuildValue("(NN)", q, counts);
+}
+
+static PyObject *IoFast_pending(IoFast *f, PyObject *unused)
+{
+    return PyBool_FromLong(f->nq > 0 || f->ntouched > 0 || f->overflow);
+}
+
+static PyObject *IoFast_get_enabled(IoFast *f, void *u) { return PyBool_FromLong(f->enabled); }
+static int IoFast_set_enabled(IoFast *f, PyObject *v, void *u)
+{
+    int on = PyObject_IsTrue(v);
+    if (on < 0)
+        return -1;
+    f->enabled = on;
+    return 0;
+}
+static PyObject *IoFast_get_reads(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_reads); }
+static PyObject *IoFast_get_writes(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_writes); }
+
+static PyMethodDef IoFast_methods[] = {
+    {"publish_read", (PyCFunction)IoFast_publish_read, METH_VARARGS,
+     "publish_read(port, byte or None): what a one-byte read returns with no exit"},
+    {"publish_sink", (PyCFunction)IoFast_publish_sink, METH_VARARGS,
+     "publish_sink(port, on): one-byte writes to port are queued"},
+    {"take", (PyCFunction)IoFast_take, METH_NOARGS,
+     "take() -> (queued writes as (lo, hi, value) byte triples, [(port, reads)]); clears both"},
+    {"pending", (PyCFunction)IoFast_pending, METH_NOARGS, "queued writes or counts to take"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef IoFast_getset[] = {
+    {"enabled", (getter)IoFast_get_enabled, (setter)IoFast_set_enabled,
+     "False: every access takes the slow path", NULL},
+    {"fast_reads", (getter)IoFast_get_reads, NULL, "reads answered here", NULL},
+    {"fast_writes", (getter)IoFast_get_writes, NULL, "writes queued here", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject IoFastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._iofast.IoFast",
+    .tp_basicsize = sizeof(IoFast),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)IoFast_init,
+    .tp_dealloc = (destructor)IoFast_dealloc,
+    .tp_methods = IoFast_methods,
+    .tp_getset = IoFast_getset,
+    .tp_doc = "Native in/out hooks answering what devices publish (runtime/iofast.py).",
+};
+
+static PyObject *callbacks(PyObject *m, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)&in_hook,
+                         (unsigned long long)(uintptr_t)&out_hook);
+}
+
+static PyMethodDef module_methods[] = {
+    {"callbacks", callbacks, METH_NOARGS, "(in hook, out hook) C function addresses"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef iofastmodule = {PyModuleDef_HEAD_INIT, "_iofast", NULL, -1, module_methods};
+
+PyMODINIT_FUNC PyInit__iofast(void)
+{
+    if (PyType_Ready(&IoFastType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&iofastmodule);
+    if (!m)
+        return NULL;
+    Py_INCREF(&IoFastType);
+    if (PyModule_AddObject(m, "IoFast", (PyObject *)&IoFastType) < 0) {
+        Py_DECREF(&IoFastType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

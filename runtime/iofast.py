@@ -1,0 +1,82 @@
+"""Port I/O without a Python exit where the device allows it (issue 19).
+
+`NativeIO` installs the engine's `in`/`out` hooks as C functions
+(runtime/_iofast.c).  A device publishes, through `publish_read` and
+`publish_sink`, the one-byte reads whose value it knows and that change
+nothing (the UART's line-status register), and the ports whose one-byte
+writes may wait in a queue (the UART's transmit register while a byte sent
+raises no interrupt); the C hooks answer those, and call the VM's Python hooks
+for every other access.  The device model stays the one definition: queued
+writes are replayed through the I/O bus (the device's own `write`) by `drain`,
+which the VM calls before each slow I/O access and at the end of each slice,
+so the device sees the same bytes in the same order and state; and a device
+that changes its state republishes (it does so only from Python: its own
+`read`/`write`, host input, its `tick`).
+
+Not published: anything whose answer depends on virtual time or changes the
+device (the PIT's counters, with their lo/hi flip-flop; the PIC's IRR/ISR
+reads after an OCW3; RBR, IIR, MSR).  Linux's hot ports during a boot are the
+UART's LSR and THR (two per console byte) and the PIT's channel 2 during
+calibration (runtime/devices/pit.py: the count is a function of `now`); the
+latter still exits.
+"""
+from __future__ import annotations
+
+import ctypes
+
+from unicorn import UC_HOOK_INSN
+from unicorn import x86_const as X
+
+from runtime import _iofast
+from runtime.fastuc import hook_add
+
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                          ctypes.c_void_p)
+_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                           ctypes.c_void_p)
+
+
+class NativeIO:
+    """The engine's in/out hooks.  `on_in(port, size) -> value` and
+    `on_out(port, size, value)` are the slow paths (they must not raise:
+    the VM's `guarded` hooks record errors)."""
+
+    def __init__(self, uc, bus, on_in, on_out):
+        self.bus = bus
+        # The CFUNCTYPE objects must outlive the engine: keep them on self.
+        self._slow_in = _IN_CB(lambda _uc, port, size, _ud: on_in(port, size) or 0)
+        self._slow_out = _OUT_CB(lambda _uc, port, size, value, _ud: on_out(port, size, value))
+        self.c = _iofast.IoFast(ctypes.cast(self._slow_in, ctypes.c_void_p).value,
+                                ctypes.cast(self._slow_out, ctypes.c_void_p).value)
+        fin, fout = _iofast.callbacks()
+        self.handles = [hook_add(uc, UC_HOOK_INSN, fin, id(self.c), 1, 0, ctypes.c_int(X.UC_X86_INS_IN)),
+                        hook_add(uc, UC_HOOK_INSN, fout, id(self.c), 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))]
+
+    # -- what devices call --------------------------------------------------------
+    def publish_read(self, port: int, value: int | None) -> None:
+        self.c.publish_read(port, value)
+
+    def publish_sink(self, port: int, on: bool) -> None:
+        self.c.publish_sink(port, on)
+
+    # -- what the VM calls ----------------------------------------------------------
+    def drain(self) -> None:
+        """Replay queued writes through the bus, and add the reads answered
+        natively to the bus's per-port counts."""
+        if not self.c.pending():
+            return
+        queued, reads = self.c.take()
+        counts = self.bus.io_counts
+        for port, n in reads:
+            counts[port] = counts.get(port, 0) + n
+        write = self.bus.write
+        for i in range(0, len(queued), 3):
+            write(queued[i] | queued[i + 1] << 8, 1, queued[i + 2])
+
+    def stop(self) -> None:
+        """The run is over: nothing more is answered natively."""
+        self.c.enabled = False
+
+    @property
+    def answered(self) -> int:
+        return self.c.fast_reads + self.c.fast_writes
