@@ -25,7 +25,7 @@ from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
 from bt.x86 import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER, EFER_NXE, PAE_ADDR_MASK, PAE_LARGE_PAGE, PAE_LARGE_RSVD,
-                    PAE_PDPTE_RSVD, PAE_RSVD, PAGE, PDE_PS_RESERVED, PF_ERR_FETCH, PF_ERR_RSVD, PTE_NX, PTE_P, PTE_PS,
+                    PAE_PDPTE_RSVD, PAE_RSVD, PAGE, PDE_PS_RESERVED, PF_ERR_FETCH, PF_ERR_RSVD, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS,
                     PTE_U, PTE_W)
 
 
@@ -160,6 +160,64 @@ class GuestMemory:
         self._check(pde & pte, linear, err, write, user, fetch and nxe and (pde | pte) & PTE_NX)
         return (pte & PAE_ADDR_MASK) | (linear & (PAGE - 1))
 
+    # -- accessed and dirty bits ---------------------------------------------
+    def mark_accessed(self, linear: int, size: int, write: bool = False) -> None:
+        """Set the accessed bits (and, for a write, the dirty bit) that the
+        CPU's own walk sets when it makes this access: the directory entry's A,
+        the table entry's A (and D), or a large page's A (and D).  Called after
+        a successful access the VMM makes in the CPU's place (IDT, GDT and TSS
+        reads of a delivery or a segment load, the frame it pushes, an emulated
+        instruction's memory operand), so guest RAM keeps emulate's A/D bits
+        (demo:paging: the PTE of the page holding the guest's IDT).  Not for the
+        VMM's own bookkeeping reads (shadow-table syncs, decoding).  As the CPU,
+        bits are set on every such access (a TLB hit on real hardware would not
+        set a bit the guest cleared without invlpg; no known guest relies on that)."""
+        if not self.paging():
+            return
+        linear &= 0xFFFFFFFF
+        end = (linear + max(size, 1) - 1) & 0xFFFFFFFF
+        for page in {linear & ~(PAGE - 1), end & ~(PAGE - 1)}:
+            self._mark_page(page, write)
+
+    def _mark_page(self, linear: int, write: bool) -> None:
+        fast = self.fast
+        cr3 = fast.reg_read(X.UC_X86_REG_CR3)
+        cr4 = fast.reg_read(X.UC_X86_REG_CR4)
+        if cr4 & CR4_PAE:
+            width, fmt = 8, "<Q"
+            pdpte_addr = (cr3 & 0xFFFFFFE0) + ((linear >> 30) << 3)
+            if pdpte_addr + 8 > self.ram_bytes:
+                return
+            pdpte = struct.unpack(fmt, self.uc.mem_read(pdpte_addr, 8))[0]
+            pde_addr = (pdpte & PAE_ADDR_MASK) + (((linear >> 21) & 0x1FF) << 3)
+            mask, index, large = PAE_ADDR_MASK, (linear >> 12) & 0x1FF, True
+        else:
+            width, fmt = 4, "<I"
+            pde_addr = (cr3 & 0xFFFFF000) + ((linear >> 22) << 2)
+            mask, index, large = 0xFFFFF000, (linear >> 12) & 0x3FF, bool(cr4 & CR4_PSE)
+        entries = []
+        if pde_addr + width > self.ram_bytes:
+            return
+        pde = struct.unpack(fmt, self.uc.mem_read(pde_addr, width))[0]
+        if not pde & PTE_P:
+            return
+        if pde & PTE_PS and large:
+            entries.append((pde_addr, pde, PTE_A | (PTE_D if write else 0)))
+        else:
+            entries.append((pde_addr, pde, PTE_A))
+            pte_addr = (pde & mask & ~(PAGE - 1)) + index * width
+            if pte_addr + width > self.ram_bytes:
+                return
+            pte = struct.unpack(fmt, self.uc.mem_read(pte_addr, width))[0]
+            if not pte & PTE_P:
+                return
+            entries.append((pte_addr, pte, PTE_A | (PTE_D if write else 0)))
+        for addr, value, bits in entries:
+            if value & bits != bits:
+                # The low byte holds A and D: one byte written, as the CPU's
+                # locked OR touches nothing else of the entry.
+                self.uc.mem_write(addr, bytes([(value | bits) & 0xFF]))
+
     def _pt_read64(self, addr: int, linear: int, err: int) -> int:
         if addr + 8 > self.ram_bytes:
             raise PageFault(linear, err)
@@ -195,10 +253,12 @@ class GuestMemory:
             size -= n
         return bytes(out)
 
-    def read_cpu(self, linear: int, size: int) -> bytes:
+    def read_cpu(self, linear: int, size: int, mark: bool = True) -> bytes:
         """`read` for what the CPU itself would load (descriptor tables, the
         TSS): every byte must lie in RAM, else `OutsideRam` (the first byte past
-        RAM's end, as Unicorn reports the first unmapped load)."""
+        RAM's end, as Unicorn reports the first unmapped load).  `mark`: set the
+        accessed bits the CPU's load would (`mark_accessed`); off for the VMM's
+        own reads of the tables (shadow syncs), which the CPU never makes."""
         linear &= 0xFFFFFFFF
         out = bytearray()
         while size:
@@ -207,6 +267,8 @@ class GuestMemory:
             if phys + n > self.ram_bytes:
                 raise OutsideRam(max(phys, self.ram_bytes))
             out += self.fast.mem_read(phys, n)
+            if mark:
+                self.mark_accessed(linear, n)
             linear = (linear + n) & 0xFFFFFFFF
             size -= n
         return bytes(out)
@@ -221,6 +283,9 @@ class GuestMemory:
             off += n
         for phys, chunk in chunks:
             self.uc.mem_write(phys, bytes(chunk))
+        # A store the VMM makes for the guest (an emulated instruction's operand,
+        # the TSS busy bit ltr sets) dirties the page as the CPU's would.
+        self.mark_accessed(linear, len(data), write=True)
 
     def push_cpu(self, linear: int, data: bytes) -> None:
         """`write` for a stack frame the CPU itself pushes (exception and
@@ -240,6 +305,7 @@ class GuestMemory:
                 raise OutsideRam(max(top, self.ram_bytes) if phys < self.ram_bytes else top)
         for phys, off, n in chunks:
             self.uc.mem_write(phys, bytes(data[off:off + n]))
+            self.mark_accessed(linear + off, n, write=True)
 
     def u32(self, linear: int) -> int:
         return struct.unpack("<I", self.read(linear, 4))[0]

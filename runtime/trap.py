@@ -140,7 +140,7 @@ class TrapMode(EmulateMode):
         # the run as emulate's (Delivery.descriptor, check_table_fault).
         for off in range(0, size, DESC_SIZE):
             try:
-                table[off:off + DESC_SIZE] = self.vm.mem.read_cpu(base + off, DESC_SIZE)[:size - off]
+                table[off:off + DESC_SIZE] = self.vm.mem.read_cpu(base + off, DESC_SIZE, mark=False)[:size - off]
             except (PageFault, OutsideRam):
                 pass
         for off in range(8, len(table) - 7, 8):
@@ -396,7 +396,7 @@ class TrapMode(EmulateMode):
 
     def guest_write(self, addr: int, data: bytes) -> None:
         try:
-            self.vm.mem.read_cpu(addr, len(data))      # outside RAM: OutsideRam, as above
+            self.vm.mem.read_cpu(addr, len(data), mark=False)   # outside RAM: OutsideRam, as above
             self.vm.mem.write(addr, data)
         except PageFault as pf:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
