@@ -440,3 +440,53 @@ def _hyper(rng, p):
         return [f"mov dword ptr [{addr:#x}], {rng.getrandbits(32):#x}"]
     return ["push ecx", "push edi", "push esi", f"mov edi, {addr:#x}", f"mov esi, {G.SCRATCH:#x}",
             "mov ecx, 4", ".byte 0xf3, 0xa5", "pop esi", "pop edi", "pop ecx"]
+
+
+# Paging (issue 16): a statement turns paging on over tables of its own, works
+# through an alias, faults on a not-present and a read-only page, remaps with
+# invlpg or a CR3 reload, and turns paging off again.  The tables live on data
+# pages (guest.py's DATA region never holds code); the identity 4 MiB page keeps
+# code, stack, GDT and IDT where the prelude put them.
+PAGE_DIR = 0x190000
+PAGE_TABLE = 0x191000
+ALIAS = 0x40000000          # 4 KiB pages through PAGE_TABLE
+ALIAS_TARGETS = (G.DATA, G.DATA + 0x1000, G.DATA + 0x2000)
+
+
+@feature("paging")
+def _paging(rng, p):
+    pte = PAGE_TABLE
+    body = ["mov eax, cr4", "or eax, 0x10", "mov cr4, eax",                   # CR4.PSE
+            f"mov dword ptr [{PAGE_DIR:#x}], 0x83",                             # 0-4 MiB, one large page
+            f"mov dword ptr [{PAGE_DIR + (ALIAS >> 22) * 4:#x}], {PAGE_TABLE | 7:#x}",
+            f"mov dword ptr [{pte:#x}], {rng.choice(ALIAS_TARGETS) | 3:#x}",   # alias page 0: writable
+            f"mov dword ptr [{pte + 4:#x}], {rng.choice(ALIAS_TARGETS) | 1:#x}",  # page 1: read-only
+            f"mov dword ptr [{pte + 8:#x}], 0",                                 # page 2: not present
+            f"mov eax, {PAGE_DIR:#x}", "mov cr3, eax"]
+    wp = rng.random() < 0.5
+    body += ["mov eax, cr0", f"or eax, {0x80010000 if wp else 0x80000000:#x}", "mov cr0, eax"]
+    for k in range(rng.randrange(2, 6)):
+        op = rng.randrange(6)
+        off = rng.randrange(0, 0x400, 4)
+        r = rng.choice(("ebx", "ecx", "edx", "esi", "edi"))
+        if op == 0:
+            body += [f"mov {r}, dword ptr [{ALIAS + off:#x}]"]
+        elif op == 1:
+            body += [f"mov dword ptr [{ALIAS + off:#x}], {rng.getrandbits(32):#x}",
+                     f"add {r}, dword ptr [{ALIAS + off:#x}]"]
+        elif op == 2:           # not present, or a store to the read-only page (a fault with WP)
+            addr = ALIAS + rng.choice((0x2000, 0x1000)) + off
+            access = f"mov {r}, dword ptr [{addr:#x}]" if addr >= ALIAS + 0x2000 or rng.random() < 0.5 \
+                else f"mov dword ptr [{addr:#x}], {r}"
+            body += [_resume(p, f"r{k}"), access, f"{p}r{k}:", f"mov {r}, cr2"]
+        elif op == 3:           # remap page 0, then invlpg or a CR3 reload
+            body += [f"mov dword ptr [{pte:#x}], {rng.choice(ALIAS_TARGETS) | 3:#x}",
+                     f"invlpg byte ptr [{ALIAS:#x}]" if rng.random() < 0.5 else "mov eax, cr3\nmov cr3, eax",
+                     f"mov {r}, dword ptr [{ALIAS + off:#x}]"]
+        elif op == 4:           # the tables' accessed and dirty bits as the guest sees them
+            body += [f"mov {r}, dword ptr [{pte + 4 * rng.randrange(2):#x}]",
+                     f"xor {r}, dword ptr [{PAGE_DIR + (ALIAS >> 22) * 4:#x}]"]
+        else:
+            body += [f"mov {r}, cr3", "mov eax, cr0", f"xor {r}, eax"]
+    body += ["mov eax, cr0", "and eax, 0x7ffeffff", "mov cr0, eax"]
+    return body
