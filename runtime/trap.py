@@ -49,7 +49,18 @@ from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
 from runtime.protect import Protections
 from runtime.segments import check_stack_segment
+from runtime.tablewatch import TableWatch
 from runtime.vcpu import VirtualCPU
+
+
+def _compressed_access(access: int) -> int:
+    """Ring compression of one descriptor's access byte: a present DPL 0 segment
+    or call gate becomes DPL 1; anything else is copied as it is."""
+    dpl = (access >> DESC_DPL_SHIFT) & 3
+    if access & DESC_PRESENT and dpl == 0 and (
+            access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
+        return access | (1 << DESC_DPL_SHIFT)
+    return access
 
 
 class TrapMode(EmulateMode):
@@ -77,7 +88,8 @@ class TrapMode(EmulateMode):
         # (runtime/memory.py), so a CR3 switch that puts other code at the same
         # address is decoded anew.
         self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
-        self._gdt_pages: set[int] = set()
+        self.gdt_watch = TableWatch(self.uc, lambda fn: vm.guarded(fn, None), self._on_gdt_store)
+        self.gdt_stores = 0         # guest stores into its GDT's bytes (copied into the shadow, no exit)
         self.protect = Protections(self.uc, self._protection_changed)
         self.gdt_syncs = 0
         # Watched RAM pages only: the hypervisor area's protection events are
@@ -144,15 +156,37 @@ class TrapMode(EmulateMode):
             except (PageFault, OutsideRam):
                 pass
         for off in range(8, len(table) - 7, 8):
-            access = table[off + 5]
-            dpl = (access >> DESC_DPL_SHIFT) & 3
-            if access & DESC_PRESENT and dpl == 0 and (
-                    access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
-                table[off + 5] = access | (1 << DESC_DPL_SHIFT)   # DPL 0 -> DPL 1
+            table[off + 5] = _compressed_access(table[off + 5])
         self.uc.mem_write(self.hyper.addr(SHADOW_GDT), bytes(table))
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
         self.gdt_syncs += 1
         self._monitor_gdt(base, size)
+
+    def _on_gdt_store(self, off: int, data: bytes) -> None:
+        """A guest store into its GDT at table offset `off`, about to land
+        (runtime/tablewatch.py): copy it into the shadow now, compressing every
+        descriptor it touches as the sync does, so the next selector load (even
+        the next instruction) uses it.  Written through host memory: no engine
+        call from inside the store."""
+        base, limit = self.vcpu.gdtr()
+        size = min(limit + 1, SHADOW_GDT_SIZE)
+        end = min(off + len(data), size)
+        if off >= end:
+            return
+        self.gdt_stores += 1
+        shadow = self.hyper.mem
+        first, last = off & ~(DESC_SIZE - 1), (end - 1) & ~(DESC_SIZE - 1)
+        for d in range(first, last + DESC_SIZE, DESC_SIZE):
+            n = min(DESC_SIZE, size - d)
+            try:
+                desc = bytearray(self.vm.mem.read_cpu(base + d, n))
+            except (PageFault, OutsideRam):
+                desc = bytearray(shadow[SHADOW_GDT + d:SHADOW_GDT + d + n])   # unreadable: as the sync left it
+            for i in range(max(off, d), min(end, d + n)):
+                desc[i - d] = data[i - off]                # the bytes the store is about to write
+            if d >= DESC_SIZE and n == DESC_SIZE:
+                desc[5] = _compressed_access(desc[5])
+            shadow[SHADOW_GDT + d:SHADOW_GDT + d + n] = desc
 
     def hook_shadow_gdt(self) -> None:
         """(Re)install the accessed-bit hook on the shadow GDT's current range.
@@ -195,19 +229,13 @@ class TrapMode(EmulateMode):
                     ram[phys] |= DESC_ACCESSED
 
     def _monitor_gdt(self, base: int, size: int) -> None:
-        pages = set()
-        for lin in range(base & ~(PAGE - 1), base + size, PAGE):
+        def phys(lin):
             try:
-                phys = self.vm.mem.translate(lin)
+                p = self.vm.mem.translate(lin)
             except PageFault:
-                continue
-            if phys < self.vm.config.mem_bytes:
-                pages.add(phys & ~(PAGE - 1))
-        for p in self._gdt_pages - pages:
-            self.protect.watch_writes(p, "gdt", False)
-        for p in pages - self._gdt_pages:
-            self.protect.watch_writes(p, "gdt", True)
-        self._gdt_pages = pages
+                return None
+            return p if p < self.vm.config.mem_bytes else None
+        self.gdt_watch.watch(base, size, phys)
 
     def _on_write_prot(self, access, address, size, value):
         page = address & ~(PAGE - 1)
@@ -308,9 +336,7 @@ class TrapMode(EmulateMode):
         return data
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
-        if page in self._gdt_pages:
-            self.vm.counters.add("gdt_write_exits")
-            self.sync_shadow_gdt()
+        """Hook for bt: a write to a page watched by protection (none today)."""
 
     def load_gdt(self, base: int, limit: int) -> None:
         self.vcpu.set("gdtr", limit, base)
@@ -549,4 +575,4 @@ class TrapMode(EmulateMode):
                                 for k, v in snap.items()},
                 "hypervisor_base": hex(self.hyper.base),
                 **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
-                "shadow_gdt_syncs": self.gdt_syncs}
+                "shadow_gdt_syncs": self.gdt_syncs, "gdt_stores": self.gdt_stores}
