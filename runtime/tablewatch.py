@@ -5,10 +5,9 @@ Trap and bt keep a shadow GDT (runtime/trap.py).  Watching the guest's table
 by page protection made every store to its *page* an exit into the VMM: Debian's
 decompressor keeps its GDT next to data it writes (1.75 M exits,
 docs/benchmarks.md "Stores next to the GDT").  A UC_HOOK_MEM_WRITE is matched on
-physical addresses (tests/runtime/test_unicorn_paging_facts.py) and costs a
-store only inside its range (/work/shared/notes facts; measured again in
-docs/benchmarks.md), so one hook per physically contiguous run of the table
-fires for the table's bytes only.  It fires *before* the store lands
+physical addresses (tests/runtime/test_unicorn_paging_facts.py) and fires
+only for stores inside its range (tests/runtime/test_gdt_watch.py), so one hook
+per physically contiguous run of the table fires for the table's bytes only.  It fires *before* the store lands
 (tests/runtime/test_gdt_watch.py, the fact test), with the stored value: the
 owner overlays that value on the table and updates the shadow descriptor at
 once, so the very next selector load already sees it.  No exit, no stop.

@@ -109,7 +109,7 @@ def _run(mode):
 
 
 @pytest.mark.parametrize("mode", ["trap", "bt"])
-def test_stores_next_to_the_gdt_take_no_exit_and_stores_into_it_take_effect(mode):
+def test_stores_next_to_the_gdt_take_no_exit_and_stores_into_it_take_effect(mode, mem_protect_calls):
     ref_vm, ref = _run("emulate")
     assert ref.exit_status == 0, ref.message
     assert (ref.regs["esi"], ref.regs["edi"]) == (0x5EED0200, 0x5EED0240)
@@ -122,4 +122,12 @@ def test_stores_next_to_the_gdt_take_no_exit_and_stores_into_it_take_effect(mode
     assert exits < 100, exits                                 # not one per store on the page (2 * STORES)
     stores = vm.mode.gdt_stores
     assert STORES <= stores <= STORES + 16                    # the in-table store each round, the movsb, the byte
-    assert vm.mode.protect.calls == 0
+    assert mem_protect_calls == []
+
+
+def test_the_mem_protect_counter_sees_a_call(mem_protect_calls):
+    """The fixture the no-mem_protect assertions rest on can fail."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x2000)
+    uc.mem_protect(0x1000, 0x1000, 5)
+    assert mem_protect_calls == [(0x1000, 0x1000, 5)]
