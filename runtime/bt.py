@@ -398,7 +398,6 @@ class BTMode(TrapMode):
         out["csam"] = self.stats.report(read_hidden_pages=self.csam.read_hidden_pages,
                                         guards=len(self.guards),
                                         code_pages=len(self.csam.code_pages),
-                                        mem_protect_calls=self.protect.calls,
                                         **self.vm.clock.c.code_stats(),
                                         instructions_scanned=self.cfg.instruction_count())
         return out

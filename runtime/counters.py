@@ -29,7 +29,6 @@ DECLARATIONS: tuple[CounterDecl, ...] = (
     CounterDecl("exit_sites", "exits by guest address (hex), for the top-sites table", keyed=True),
     CounterDecl("cpuid_exits", "cpuid instructions answered from the machine model"),
     CounterDecl("halts", "hlt instructions that idled the virtual CPU"),
-    CounterDecl("gdt_write_exits", "guest writes to write-monitored pages holding its GDT"),
     CounterDecl("scan_exits", "first executions of unscanned code (bt: lazy CSAM)"),
     CounterDecl("stub_exits", "exits from patch stubs into the VMM, by kind (bt)", keyed=True),
     CounterDecl("guards_installed", "int3 guards placed on unresolved indirect branches (bt)"),
@@ -92,8 +91,6 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("guards", "int3 guards in place at the end of the run", gauge=True),
     CounterDecl("code_pages", "write-monitored code pages at the end of the run", gauge=True),
     CounterDecl("instructions_scanned", "instructions in the CFG at the end of the run", gauge=True),
-    CounterDecl("mem_protect_calls", "Unicorn mem_protect calls in the run (the GDT monitor's; "
-                "the hypervisor area is mapped with its permissions): constant as code grows", gauge=True),
     CounterDecl("block_checks", "guest-kernel block starts checked in C against the scanned starts",
                 gauge=True),
     CounterDecl("unscanned_starts", "of those, refused: stopped and scanned before running", gauge=True),

@@ -43,6 +43,12 @@ class HyperArea:
         self.uc.mem_map_ptr(base, STUBS, UC_PROT_NONE, self.host)
         self.uc.mem_map_ptr(base + STUBS, HYPER_SIZE - STUBS, UC_PROT_EXEC, self.host + STUBS)
 
+    @property
+    def mem(self) -> mmap.mmap:
+        """The area's host memory (offsets as in bt/hyper_layout.py): the VMM's
+        writes there need no engine call, so they are safe inside a hook."""
+        return self._mem
+
     def addr(self, offset: int) -> int:
         return self.base + offset
 

@@ -12,8 +12,9 @@
   could reach them).
 * Ring compression: a shadow GDT (hypervisor area) is the real GDT; guest DPL 0
   descriptors become DPL 1 there.  The guest's own table is never modified by
-  the compression.  It is rebuilt on lgdt and on guest writes to the pages that
-  hold the guest GDT (write-monitored).  The real IDT is an empty shadow:
+  the compression.  It is rebuilt on lgdt; a guest store into the table's own
+  bytes is copied into it as it happens by a write hook ranged on those bytes
+  (runtime/tablewatch.py), so stores next to the table cost nothing.  The real IDT is an empty shadow:
   Unicorn never vectors, delivery reads the guest's own IDT at each delivery,
   so the guest's IDT needs no copy to keep in sync.
 * The virtual CPU (runtime/vcpu.py) holds the kernel's IOPL, CR0-4, GDTR/IDTR/LDTR/TR,
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import struct
 
-from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT
+from unicorn import UC_HOOK_MEM_WRITE, UC_MEM_WRITE_PROT
 from unicorn import x86_const as X
 
 from bt.catalog import by_name
@@ -35,7 +36,7 @@ from bt.errors import VMMError
 from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
                              VFLAGS_MASK, VMM_TSS)
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
-                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PAGE, PF, PF_ERR_WRITE,
+                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
@@ -47,9 +48,19 @@ from runtime.isolation import Isolation
 from runtime.memory import OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
-from runtime.protect import Protections
 from runtime.segments import check_stack_segment
+from runtime.tablewatch import TableWatch
 from runtime.vcpu import VirtualCPU
+
+
+def _compressed_access(access: int) -> int:
+    """Ring compression of one descriptor's access byte: a present DPL 0 segment
+    or call gate becomes DPL 1; anything else is copied as it is."""
+    dpl = (access >> DESC_DPL_SHIFT) & 3
+    if access & DESC_PRESENT and dpl == 0 and (
+            access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
+        return access | (1 << DESC_DPL_SHIFT)
+    return access
 
 
 class TrapMode(EmulateMode):
@@ -69,7 +80,6 @@ class TrapMode(EmulateMode):
         vm.guard = self.isolation.guard
         self.vcpu = VirtualCPU(self.uc, self.hyper.addr(STATE), self.hyper.host + STATE)
         self.stop_slice = False
-        self._flush_before_slice = False    # a watched store under paging (_on_write_prot)
         # Without paging linear == physical and a cached site is re-validated
         # with one direct read: from the host memory that is guest RAM (an mmap
         # slice, ~0.2 us) or, outside RAM (stubs in the hypervisor area), through
@@ -77,13 +87,9 @@ class TrapMode(EmulateMode):
         # (runtime/memory.py), so a CR3 switch that puts other code at the same
         # address is decoded anew.
         self.decoder = SiteDecoder(vm.mem.try_read, self._site_bytes)
-        self._gdt_pages: set[int] = set()
-        self.protect = Protections(self.uc, self._protection_changed)
+        self.gdt_watch = TableWatch(self.uc, lambda fn: vm.guarded(fn, None), self._on_gdt_store)
+        self.gdt_stores = 0         # guest stores into its GDT's bytes (copied into the shadow, no exit)
         self.gdt_syncs = 0
-        # Watched RAM pages only: the hypervisor area's protection events are
-        # runtime/isolation.py's (a Python hook there would see every stub store).
-        self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, vm.guarded(self._on_write_prot, False),
-                         None, 0, cfg.mem_bytes - 1)
         self._gdt_hook = None
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
@@ -144,15 +150,37 @@ class TrapMode(EmulateMode):
             except (PageFault, OutsideRam):
                 pass
         for off in range(8, len(table) - 7, 8):
-            access = table[off + 5]
-            dpl = (access >> DESC_DPL_SHIFT) & 3
-            if access & DESC_PRESENT and dpl == 0 and (
-                    access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
-                table[off + 5] = access | (1 << DESC_DPL_SHIFT)   # DPL 0 -> DPL 1
+            table[off + 5] = _compressed_access(table[off + 5])
         self.uc.mem_write(self.hyper.addr(SHADOW_GDT), bytes(table))
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, self.hyper.addr(SHADOW_GDT), limit, 0))
         self.gdt_syncs += 1
         self._monitor_gdt(base, size)
+
+    def _on_gdt_store(self, off: int, data: bytes) -> None:
+        """A guest store into its GDT at table offset `off`, about to land
+        (runtime/tablewatch.py): copy it into the shadow now, compressing every
+        descriptor it touches as the sync does, so the next selector load (even
+        the next instruction) uses it.  Written through host memory: no engine
+        call from inside the store."""
+        base, limit = self.vcpu.gdtr()
+        size = min(limit + 1, SHADOW_GDT_SIZE)
+        end = min(off + len(data), size)
+        if off >= end:
+            return
+        self.gdt_stores += 1
+        shadow = self.hyper.mem
+        first, last = off & ~(DESC_SIZE - 1), (end - 1) & ~(DESC_SIZE - 1)
+        for d in range(first, last + DESC_SIZE, DESC_SIZE):
+            n = min(DESC_SIZE, size - d)
+            try:
+                desc = bytearray(self.vm.mem.read_cpu(base + d, n))
+            except (PageFault, OutsideRam):
+                desc = bytearray(shadow[SHADOW_GDT + d:SHADOW_GDT + d + n])   # unreadable: as the sync left it
+            for i in range(max(off, d), min(end, d + n)):
+                desc[i - d] = data[i - off]                # the bytes the store is about to write
+            if d >= DESC_SIZE and n == DESC_SIZE:
+                desc[5] = _compressed_access(desc[5])
+            shadow[SHADOW_GDT + d:SHADOW_GDT + d + n] = desc
 
     def hook_shadow_gdt(self) -> None:
         """(Re)install the accessed-bit hook on the shadow GDT's current range.
@@ -195,71 +223,16 @@ class TrapMode(EmulateMode):
                     ram[phys] |= DESC_ACCESSED
 
     def _monitor_gdt(self, base: int, size: int) -> None:
-        pages = set()
-        for lin in range(base & ~(PAGE - 1), base + size, PAGE):
+        def phys(lin):
             try:
-                phys = self.vm.mem.translate(lin)
+                p = self.vm.mem.translate(lin)
             except PageFault:
-                continue
-            if phys < self.vm.config.mem_bytes:
-                pages.add(phys & ~(PAGE - 1))
-        for p in self._gdt_pages - pages:
-            self.protect.watch_writes(p, "gdt", False)
-        for p in pages - self._gdt_pages:
-            self.protect.watch_writes(p, "gdt", True)
-        self._gdt_pages = pages
-
-    def _on_write_prot(self, access, address, size, value):
-        page = address & ~(PAGE - 1)
-        if not self.protect.writes_watched(page) and not self.protect.is_pending(page):
-            return self.vm.on_protected_write(access, address, size, value)
-        self.vm.counters.add("exits")
-        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        if self.guest_visible(address, size) == data:
-            # Nothing changes from the guest's point of view.  This is also how a
-            # store that an earlier exit aborted (see below) completes when it is
-            # executed again, and how Unicorn's byte-wise replay of an unaligned
-            # store after the first callback is absorbed.
-            return True
-        stop = self.before_watched_write(page, address, size)
-        # Perform the guest's write ourselves (Unicorn does not), then react.
-        # Ending the slice here aborts the store instruction (Unicorn restarts
-        # it); its bytes are already in place, so the retry is a no-op above.
-        self.uc.mem_write(address, data)
-        # A host write leaves translated blocks of those bytes as they were: code
-        # sharing the watched page (the GDT's) must see the guest's store
-        # (tests/runtime/test_write_hook_span.py, the GDT page test).  `address`
-        # is physical; Unicorn's removal takes a linear one and, under paging,
-        # leaves a hidden #PF where that is unmapped
-        # (tests/runtime/test_unicorn_paging_facts.py), and flushing every block
-        # from inside the hook breaks the running one: under paging the slice
-        # ends here and the whole cache goes before the next (before_slice).
-        if self.vm.mem.paging():
-            self._flush_before_slice = stop = True
-        else:
-            self.uc.ctl_remove_cache(address, address + size)
-        self.on_watched_write(page, address, size)
-        if stop:
-            self.vm.halt_slice(abort=True)   # code changed under the running block: re-enter
-        return True
-
-    def _protection_changed(self) -> None:
-        if self.vm._in_slice:
-            self.vm.halt_slice()
+                return None
+            return p if p < self.vm.config.mem_bytes else None
+        self.gdt_watch.watch(base, size, phys)
 
     def before_slice(self) -> None:
         self.hyper_mapping.notice()
-        if self._flush_before_slice:
-            self._flush_before_slice = False
-            self.uc.ctl_flush_tb()
-        cr2 = self.vm.fast.reg_read(X.UC_X86_REG_CR2)
-        if self.protect.commit() and self.vm.fast.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
-            # Under paging mem_protect can walk a linear address nobody asked
-            # for and leave a hidden #PF behind (CR2 changed, the exception in
-            # flight set: the guest's next fault would be a #DF).  Undo both
-            # (tests/runtime/test_unicorn_paging_facts.py).
-            self.vm.fast.reg_write(X.UC_X86_REG_CR2, cr2)
-            self.vm.quirks.take_fault()
 
     def claims_error(self, err) -> bool:
         """A refused access to the hypervisor area ended the slice: the run ends
@@ -296,10 +269,6 @@ class TrapMode(EmulateMode):
     def host_regions(self) -> list[tuple[int, int, int]]:
         return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]
 
-    def before_watched_write(self, page: int, address: int, size: int) -> bool:
-        """Hook for bt mode's self-modifying-code handling (True = end the slice)."""
-        return False
-
     def guest_visible(self, address: int, size: int) -> bytes:
         """Guest memory as the guest believes it is (bt hides its patches)."""
         data = self.vm.fast.mem_read(address, size)
@@ -308,8 +277,10 @@ class TrapMode(EmulateMode):
         return data
 
     def on_watched_write(self, page: int, address: int, size: int) -> None:
-        if page in self._gdt_pages:
-            self.vm.counters.add("gdt_write_exits")
+        """The VMM stored into guest RAM for the guest (the debugger, bt/gdb/target.py)
+        at physical [address, address + size): a host write no hook sees, so the
+        shadow GDT is rebuilt if it touched the table."""
+        if any(lo < address + size and address < hi for lo, hi, _ in self.gdt_watch.runs):
             self.sync_shadow_gdt()
 
     def load_gdt(self, base: int, limit: int) -> None:
@@ -549,4 +520,4 @@ class TrapMode(EmulateMode):
                                 for k, v in snap.items()},
                 "hypervisor_base": hex(self.hyper.base),
                 **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
-                "shadow_gdt_syncs": self.gdt_syncs}
+                "shadow_gdt_syncs": self.gdt_syncs, "gdt_stores": self.gdt_stores}

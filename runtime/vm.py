@@ -411,12 +411,6 @@ class VM:
         self.stop = unmapped_access(address)
         return False
 
-    def on_protected_write(self, access, address, size, value) -> bool:
-        """A guest write hit a RAM page the VMM protects and no mode claimed it.
-        (Writes to the hypervisor area never come here: runtime/isolation.py.)"""
-        self.stop = Outcome.VMM_ERROR.stop(f"unexpected write protection fault at {address:#x}")
-        raise _Stop
-
     def _on_interrupt(self, intno):
         eip = self.quirks.eip()
         error, is_int = self.quirks.take_fault()

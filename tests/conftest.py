@@ -32,3 +32,18 @@ def run(image, mode="emulate", **cfg):
 @pytest.fixture
 def guest():
     return raw_guest
+
+
+@pytest.fixture
+def mem_protect_calls(monkeypatch):
+    """Every Unicorn mem_protect call made while the test runs (milliseconds each:
+    trap and bt make none: docs/benchmarks.md, "Stores next to the GDT")."""
+    from unicorn import Uc
+    calls = []
+    real = Uc.mem_protect
+
+    def counted(self, *args, **kw):
+        calls.append(args)
+        return real(self, *args, **kw)
+    monkeypatch.setattr(Uc, "mem_protect", counted)
+    return calls

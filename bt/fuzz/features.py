@@ -234,6 +234,32 @@ def _lss(rng, p):
             f"mov eax, {G.KDATA:#x}", "mov ss, ax", f"mov esp, dword ptr [{G.SAVED_ESP:#x}]"]
 
 
+def _data_desc(base: int) -> tuple[int, int]:
+    """A present ring-0 data descriptor (accessed bit already set), 4 GiB limit."""
+    return (((base & 0xFFFF) << 16) | 0xFFFF,
+            (base & 0xFF000000) | 0x00CF9300 | ((base >> 16) & 0xFF))
+
+
+@feature("gdt_store")
+def _gdt_store(rng, p):
+    """Rewrite the unused GDT slot with stores and load it at once: the shadow
+    GDT of trap/bt must have the new descriptor before the next selector load
+    (runtime/tablewatch.py); then change one base byte and reload.  A store just
+    past the table's limit, on its page, must change nothing."""
+    slot = G.GDT_ADDR + G.SPARE
+    base = G.SCRATCH + rng.randrange(0, 0x40, 4)
+    lo, hi = _data_desc(base)
+    sreg = rng.choice(("fs", "gs"))
+    r, s = _reg(rng), _reg(rng)
+    order = [f"mov dword ptr [{slot:#x}], {lo:#x}", f"mov dword ptr [{slot + 4:#x}], {hi:#x}"]
+    if rng.random() < 0.5:
+        order.reverse()
+    return [*order, f"mov dword ptr [{G.GDT_ADDR + G.GDT_LIMIT + 1 + rng.randrange(0, 0x40, 4):#x}], esp",
+            f"mov eax, {G.SPARE:#x}", f"mov {sreg}, ax", f"mov {r}, dword ptr {sreg}:[0]",
+            f"mov byte ptr [{slot + 2:#x}], {(base + rng.randrange(4, 0x40, 4)) & 0xFF:#x}",
+            f"mov {sreg}, ax", f"mov {s}, dword ptr {sreg}:[0]", f"mov eax, {G.KDATA:#x}", f"mov {sreg}, ax"]
+
+
 @feature("accessed", causes=(7,))
 def _accessed(rng, p):
     sel = rng.choice((G.KDATA_FRESH, G.KCODE_FRESH))

@@ -44,6 +44,7 @@ KCODE, KDATA, UCODE, UDATA, TSS_SEL = 0x08, 0x10, 0x1B, 0x23, 0x28
 KDATA_FRESH = 0x38        # ring-0 data, accessed bit clear
 KCODE_FRESH = 0x40        # ring-0 code, accessed bit clear
 DATA_DPL1 = 0x48          # ring-1 data (a ring-0 load with RPL 1 is legal)
+SPARE = 0x30              # unused slot: the gdt_store feature writes descriptors there
 GDT_LIMIT = 0x4F
 
 GDT_DWORDS = [
@@ -53,7 +54,7 @@ GDT_DWORDS = [
     (0x0000FFFF, 0x00CFFB00),   # 0x18 ring-3 code
     (0x0000FFFF, 0x00CFF300),   # 0x20 ring-3 data
     (0x20000067, 0x00008901),   # 0x28 TSS at 0x12000
-    (0x00000000, 0x00000000),   # 0x30 unused
+    (0x00000000, 0x00000000),   # 0x30 unused (SPARE)
     (0x0000FFFF, 0x00CF9200),   # 0x38 ring-0 data, not accessed
     (0x0000FFFF, 0x00CF9A00),   # 0x40 ring-0 code, not accessed
     (0x0000FFFF, 0x00CFB300),   # 0x48 ring-1 data

@@ -26,7 +26,7 @@ from bt.outcome import Outcome
 NONDETERMINISTIC = ("wall_s", "guest_mips")
 EXIT_KINDS = ("io_exits", "cpuid_exits", "faults_emulated", "faults_reflected",
               "interrupts_injected", "exceptions_delivered", "scan_exits", "stub_exits",
-              "gdt_write_exits", "halts")
+              "halts")
 COLUMNS = ("guest", "mode", "status", "reason", "retired", "exits", *EXIT_KINDS,
            "exits_per_million", "patches", "wall_s", "guest_mips", "fidelity",
            "model_cycles", "vtx_model_cycles", "vtx_exits")
