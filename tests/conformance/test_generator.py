@@ -27,7 +27,7 @@ SIGNATURE = {
     "rdtsc": {"rdtsc"}, "ctrl_regs": {"mov"}, "invlpg": {"invlpg"}, "smc": {"mov"},
     "smc_rmw": {"xchg", "add", "xor"}, "smc_loop": {"mov"}, "computed": {"ret", "jmp", "call"},
     "fptr": {"call"}, "code_read": {"add"}, "hyper": {"mov", "movsd"},
-    "patch_interior": {"aam", "jmp"}, "gdt_store": {"mov"},
+    "patch_interior": {"aam", "jmp"}, "gdt_store": {"mov"}, "paging": {"invlpg", "mov"},
 }
 
 
