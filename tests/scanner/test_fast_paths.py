@@ -230,3 +230,30 @@ def test_invalidating_a_page_leaves_the_map_and_graph_the_remaining_blocks_defin
             assert u in g._node and g._succ[u][v] is g._pred[v][u]
     # Branch targets left are exactly those with an incoming branch (or entries).
     assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=3 * PAGE),
+       st.lists(st.tuples(st.sampled_from("scan invalidate unmark drop".split()),
+                          st.integers(0, 3 * PAGE), st.integers(1, 2 * PAGE)),
+                min_size=1, max_size=12),
+       st.sampled_from(["auto", "python"]))
+def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
+    """`code_pages` (incremental) answers as the look at every record, through
+    scans into emptied records (the walk writes flags without telling the map),
+    invalidations, unmarks across pages and dropped records, with either walk."""
+    mem = Mem(data, base=BASE, size=len(data))
+    sc = Scanner(mem.read, engine=engine)
+    pm = sc.cfg.pages
+    for op, off, n in ops:
+        a = BASE + off % len(data)
+        if op == "scan":
+            sc.scan_from(a)
+        elif op == "invalidate":
+            sc.invalidate_page(a)
+        elif op == "unmark":
+            pm.unmark(a, n)
+        else:
+            sc.invalidate_page(a)
+            pm.drop(a & ~(PAGE - 1))
+        assert pm.code_pages() == pm.code_pages_reference()
