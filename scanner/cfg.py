@@ -44,6 +44,7 @@ from scanner.pages import CONT, START, UNSCANNED, PageMap
 UNRESOLVED = "unresolved"
 EDGE_KINDS = ("fallthrough", "jump", "cond-jump", "call", "return", "indirect", "unresolved")
 TARGET_KINDS = frozenset({"jump", "cond-jump", "call", "return", "indirect"})
+TARGET_OVERFLOW = 4096   # new branch targets held apart from the bulk before a merge
 
 
 BLOCK_MARK, BAD_MARK = 1, 2
@@ -103,10 +104,15 @@ class CFG:
         self.entries: dict[int, list[str]] = {}   # address -> labels ("entry", "idt:0x0e", ...)
         self.pending: list[int] = []              # targets left unscanned when a cap was hit
         self.info: dict = {}
+        # The branch-target index, kept for `branch_targets_in`'s range queries
+        # without sorting every target per query: `_tset` is the truth; the two
+        # sorted lists may still hold targets removed since (`_tgone` counts the
+        # removals) and duplicates of re-added ones, filtered out per query.
         self._tset: set[int] = set()     # branch targets and entries
-        self._tsorted: list[int] = []    # sorted(_tset) as of the last query...
-        self._tnew: list[int] = []       # ...plus these, added since
-        self._tstale = False             # a target was removed: rebuild _tsorted
+        self._tsorted: list[int] = []    # sorted, possibly stale: the bulk...
+        self._tover: list[int] = []      # ...a short sorted overflow merged into it now and then...
+        self._tnew: list[int] = []       # ...and the targets added since the last query, unsorted
+        self._tgone = 0                  # removals since `_tsorted` was rebuilt from `_tset`
         self.marks = NodeMarks()         # where block and bad nodes are
 
     # --- construction helpers (used by the scanner and by load/merge) --------
@@ -189,8 +195,9 @@ class CFG:
                 t.add(v)
         self._tset = t
         self._tsorted = sorted(t)
+        self._tover = []
         self._tnew = []
-        self._tstale = False
+        self._tgone = 0
 
     def remove_nodes(self, nodes) -> None:
         """Remove nodes and their edges; successors that lose their last
@@ -220,13 +227,13 @@ class CFG:
                     m[n & (PAGE - 1)] = 0
             if n not in self.entries and n in tset:
                 tset.discard(n)
-                self._tstale = True
+                self._tgone += 1
         for v in succs:
             if v in node and v in tset and v not in self.entries and not any(
                     d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
                     for d in pred[v].values()):
                 tset.discard(v)
-                self._tstale = True
+                self._tgone += 1
         self.touched()
 
     # --- queries ---------------------------------------------------------------
@@ -281,18 +288,38 @@ class CFG:
 
     def branch_targets_in(self, lo: int, hi: int) -> list[int]:
         """Addresses in [lo, hi) that control may arrive at other than by falling
-        through: targets of jumps/calls, call return addresses, entry points."""
-        if self._tstale:
+        through: targets of jumps/calls, call return addresses, entry points.
+
+        Without a full sort per query: re-sorting every target after each
+        removal (a CSAM invalidation drops a page's blocks) took ~50 ms a time
+        under Debian's kernel under bt, and merging each query's new targets
+        into the whole list ~10 ms (docs/benchmarks.md, "Linux under bt: where
+        the time goes").  New targets collect in a short sorted overflow list,
+        merged into the bulk when it grows past TARGET_OVERFLOW; removed targets
+        stay in the lists until they are a quarter of the bulk, and each
+        answer keeps only what `_tset` still holds."""
+        if self._tnew:
+            over = self._tover
+            over.extend(self._tnew)
+            self._tnew = []
+            over.sort()
+            if len(over) > TARGET_OVERFLOW:
+                self._tsorted.extend(over)     # two sorted runs: timsort merges them
+                self._tsorted.sort()
+                self._tover = []
+        if self._tgone > max(TARGET_OVERFLOW, len(self._tsorted) // 4):
             self._tsorted = sorted(self._tset)
-            self._tnew = []
-            self._tstale = False
-        elif self._tnew:
-            # Timsort merges a sorted list and a short unsorted tail in ~linear time.
-            self._tsorted.extend(self._tnew)
-            self._tsorted.sort()
-            self._tnew = []
+            self._tover = []
+            self._tgone = 0
+        tset = self._tset
         t = self._tsorted
-        return t[bisect.bisect_left(t, lo):bisect.bisect_left(t, hi)]
+        out = [a for a in t[bisect.bisect_left(t, lo):bisect.bisect_left(t, hi)] if a in tset]
+        o = self._tover
+        if o:
+            out += [a for a in o[bisect.bisect_left(o, lo):bisect.bisect_left(o, hi)] if a in tset]
+        if len(out) > 1:
+            out = sorted(set(out))             # a target removed and added again is listed twice
+        return out
 
     def code_pages(self) -> list[int]:
         return self.pages.code_pages()

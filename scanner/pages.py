@@ -52,11 +52,19 @@ class PageMap:
 
     def __init__(self):
         self.pages: dict[int, PageRecord] = {}
+        # `code_pages` without a look at every record per call: the pages that
+        # held code at the last call, and the pages to look at again -- every
+        # record created or cleared since, and every record that was empty then
+        # (the scanner's walks, C and Python, write flags straight into a
+        # record's bytearray; only `unmark`, `clear` and `drop` take them away).
+        self._code: set[int] = set()
+        self._recheck: set[int] = set()
 
     def record(self, base: int) -> PageRecord:
         rec = self.pages.get(base)
         if rec is None:
             rec = self.pages[base] = PageRecord(base)
+            self._recheck.add(base)
         return rec
 
     def state(self, addr: int) -> int:
@@ -85,12 +93,37 @@ class PageMap:
             if rec:
                 off = a - base
                 rec.flags[off:off + n] = bytes(n)
+                self._recheck.add(base)
             addr += n
 
+    def clear(self, base: int) -> None:
+        """Every byte of page `base` unscanned (its record stays)."""
+        rec = self.pages.get(base)
+        if rec is not None:
+            rec.flags[:] = _ZERO_PAGE
+            self._recheck.add(base)
+
     def code_pages(self) -> list[int]:
-        # A comparison with a zero page is a memcmp; counting zeros was 7 us a
-        # page, and bt's lazy scan asks twice per scan (1.4 s of Linux's first
-        # 20 M instructions under bt).
+        """Pages holding scanned code, in order: `code_pages_reference`'s answer
+        from the records that may have changed since the last call.  bt's lazy
+        scan asks twice per scan; a look at every record (a 4 KiB memcmp each)
+        was 1.6-1.8 s of the first 150 M instructions of Debian's kernel under bt
+        (docs/benchmarks.md, "Linux under bt: where the time goes")."""
+        pages, code, keep = self.pages, self._code, []
+        for b in self._recheck:
+            rec = pages.get(b)
+            if rec is None:
+                code.discard(b)
+            elif rec.flags != _ZERO_PAGE:
+                code.add(b)
+            else:
+                code.discard(b)
+                keep.append(b)       # empty now: a walk may fill it without a word
+        self._recheck = set(keep)
+        return sorted(code)
+
+    def code_pages_reference(self) -> list[int]:
+        """The definition: every record with a scanned byte (the tests' reference)."""
         return sorted(b for b, r in self.pages.items() if r.flags != _ZERO_PAGE)
 
     def update_hashes(self, read_mem: ReadMem, bases: Iterable[int] | None = None) -> None:
@@ -123,6 +156,7 @@ class PageMap:
 
     def drop(self, base: int) -> None:
         self.pages.pop(base, None)
+        self._recheck.add(base)
 
     def merge_records(self, other: "PageMap") -> None:
         """Take `other`'s pages' hashes and dirty bits (not their flags: the

@@ -112,9 +112,7 @@ class Scanner:
         # flags go at once, and only blocks running over its edges are unmarked
         # (on the neighbouring pages; a block's bytes are contiguous).  The cost
         # is the page's nodes, not their instructions' bytes.
-        rec = pm.pages.get(base)
-        if rec is not None:
-            rec.flags[:] = bytes(PAGE)
+        pm.clear(base)
         for n in hit:
             d = node[n]
             if d["kind"] == "block" and (d["start"] < base or d["end"] > base + PAGE):

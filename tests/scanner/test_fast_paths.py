@@ -75,6 +75,39 @@ def test_branch_targets_after_invalidate_merge_and_load(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("add remove query".split()), st.integers(0, 40),
+                          st.integers(0, 12)), max_size=200),
+       st.integers(1, 8))
+def test_branch_target_index_under_churn(ops, overflow):
+    """The index answers as sorted(set) of the live targets whatever the mix of
+    additions, removals (a CSAM invalidation), re-additions and queries, through
+    its overflow merges and its rebuilds (a tiny TARGET_OVERFLOW runs both often)."""
+    import scanner.cfg as cfgmod
+    saved, cfgmod.TARGET_OVERFLOW = cfgmod.TARGET_OVERFLOW, overflow
+    try:
+        _churn(ops)
+    finally:
+        cfgmod.TARGET_OVERFLOW = saved
+
+
+def _churn(ops) -> None:
+    cfg = CFG()
+    live: set[int] = set()
+    for op, a, n in ops:
+        a += BASE
+        if op == "add":
+            cfg.put_block(a, a + 1, [], ())
+            cfg.link(a, a, "jump", a)   # a self-loop makes `a` a target
+            live.add(a)
+        elif op == "remove" and a in cfg.graph._node:
+            cfg.remove_nodes([a])
+            live.discard(a)
+        lo, hi = BASE + a % 41, BASE + a % 41 + n
+        assert cfg.branch_targets_in(lo, hi) == sorted(x for x in live if lo <= x < hi)
+    assert cfg.branch_targets_in(0, 1 << 32) == sorted(live)
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.binary(min_size=1, max_size=300), st.lists(st.integers(0, 299), min_size=1, max_size=6))
 def test_index_and_cache_on_random_bytes(data, starts):
     mem = Mem(data, size=len(data))
@@ -197,3 +230,30 @@ def test_invalidating_a_page_leaves_the_map_and_graph_the_remaining_blocks_defin
             assert u in g._node and g._succ[u][v] is g._pred[v][u]
     # Branch targets left are exactly those with an incoming branch (or entries).
     assert cfg.branch_targets_in(0, 1 << 32) == _targets_by_walk(cfg, 0, 1 << 32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=3 * PAGE),
+       st.lists(st.tuples(st.sampled_from("scan invalidate unmark drop".split()),
+                          st.integers(0, 3 * PAGE), st.integers(1, 2 * PAGE)),
+                min_size=1, max_size=12),
+       st.sampled_from(["auto", "python"]))
+def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
+    """`code_pages` (incremental) answers as the look at every record, through
+    scans into emptied records (the walk writes flags without telling the map),
+    invalidations, unmarks across pages and dropped records, with either walk."""
+    mem = Mem(data, base=BASE, size=len(data))
+    sc = Scanner(mem.read, engine=engine)
+    pm = sc.cfg.pages
+    for op, off, n in ops:
+        a = BASE + off % len(data)
+        if op == "scan":
+            sc.scan_from(a)
+        elif op == "invalidate":
+            sc.invalidate_page(a)
+        elif op == "unmark":
+            pm.unmark(a, n)
+        else:
+            sc.invalidate_page(a)
+            pm.drop(a & ~(PAGE - 1))
+        assert pm.code_pages() == pm.code_pages_reference()
