@@ -126,16 +126,9 @@ class _Timers:
 
 # -- running ---------------------------------------------------------------------------
 def run_vm(image: GuestImage, mode: str, **cfg):
-    """Run to the end; also returns the seconds spent in page-protection commits
-    (Unicorn mem_protect, trap/bt modes), timed around the mode's own object."""
+    """Run to the end and return the run's result."""
     from runtime.vm import VM
-    vm = VM(image, MachineConfig(mode=mode, **cfg), stdout=io.BytesIO())
-    protect = getattr(vm.mode, "protect", None)
-    tm = _Timers()
-    if protect is not None:
-        protect.commit = tm.wrap("commit", protect.commit)
-    r = vm.run()
-    return tm.t.get("commit", 0.0), r
+    return VM(image, MachineConfig(mode=mode, **cfg), stdout=io.BytesIO()).run()
 
 
 def fingerprint(r) -> dict:
@@ -293,9 +286,9 @@ def bench_exit_cost(args) -> dict:
         img = raw_image("exit-" + key, assemble(trap_loop_source(asm_text, n)))
         per_wall, per_vmm, walls, base_walls, runs = [], [], [], [], []
         for _ in range(repeat):          # alternate baseline and trapping runs
-            _, b = run_vm(base_img, "trap")
+            b = run_vm(base_img, "trap")
             check_ok(b, "baseline")
-            _, r = run_vm(img, "trap")
+            r = run_vm(img, "trap")
             check_ok(r, key)
             exits = r.counters["exits"] - b.counters["exits"]
             if exits < n:
@@ -376,15 +369,13 @@ def bench_cpu_ratio(args) -> dict:
     img = raw_image("cpu-loop", code)
     samples = {k: [] for k in ["raw", "raw+count", *modes]}
     ratios = {k: [] for k in ["raw+count", *modes]}
-    ratios_np = {k: [] for k in modes}      # wall minus mem_protect time
-    protect_s = {k: [] for k in modes}
     runs = {m: [] for m in modes}
     result = None
     order = ["raw", "raw+count", *modes]
     for rnd in range(repeat):
         # rotate the order each round so no configuration always runs first or last
         rot = order[rnd % len(order):] + order[:rnd % len(order)]
-        ips, ips_np = {}, {}
+        ips = {}
         for what in rot:
             if what == "raw":
                 wall, ebx = bare_run(code, until)
@@ -396,17 +387,13 @@ def bench_cpu_ratio(args) -> dict:
                 wall, _ = bare_run(code, until, count=insns)
                 ips[what] = insns / wall
             else:
-                prot, r = run_vm(img, what)
+                r = run_vm(img, what)
                 check_ok(r, f"cpu loop under {what}")
                 runs[what].append(r)
-                protect_s[what].append(prot)
                 ips[what] = (r.retired - 1) / r.wall          # minus the final out
-                ips_np[what] = (r.retired - 1) / (r.wall - prot)
             samples[what].append(ips[what])
         for k in ratios:
             ratios[k].append(ips[k] / ips["raw"])
-        for k in ratios_np:
-            ratios_np[k].append(ips_np[k] / ips["raw"])
     for m in modes:     # same result as the bare engine, checked once every run is done
         if any(r.regs["ebx"] != result for r in runs[m]):
             raise SystemExit(f"{m}: final ebx differs from the bare engine's {result:#x}")
@@ -420,8 +407,6 @@ def bench_cpu_ratio(args) -> dict:
         if k in runs:
             row["deterministic"] = all(same(runs[k][0], x) for x in runs[k][1:])
             row["exits"] = runs[k][0].counters["exits"]
-            row["mem_protect_s"] = statistics.median(protect_s[k])
-            row["median_ratio_without_mem_protect"] = statistics.median(ratios_np[k])
             row["retired"] = runs[k][0].retired
             if k in ("trap", "bt"):
                 row["target_met"] = row["median_ratio"] >= 0.45
@@ -441,12 +426,9 @@ def print_cpu_ratio(d: dict) -> None:
                      f"{r['median_ratio']:.2f}" if "median_ratio" in r else "1 (reference)",
                      " ".join(f"{x:.2f}" for x in r.get("ratios", [])) or "-",
                      f"{r['exits']}" if "exits" in r else "-",
-                     f"{r['mem_protect_s']:.2f}" if "mem_protect_s" in r else "-",
-                     f"{r['median_ratio_without_mem_protect']:.2f}" if "mem_protect_s" in r else "-",
                      {True: "yes", False: "no"}.get(r.get("target_met"), "-"),
                      {True: "yes", False: "NO"}.get(r.get("deterministic"), "-")])
-    print(table(["configuration", "M insn/s", "ratio", "ratio per round", "exits", "mem_protect s",
-                 "ratio w/o mem_protect", ">= 0.45",
+    print(table(["configuration", "M insn/s", "ratio", "ratio per round", "exits", ">= 0.45",
                  "deterministic"], rows))
     print(f"\nAll runs end with ebx = {d['final_ebx']:#x} (the bare engine's).  'raw+count' is the bare "
           "engine with emu_start(count=N), Unicorn's per-instruction counting, which the VM's block clock "
@@ -463,7 +445,7 @@ def bench_bt_vs_trap(args) -> dict:
         for mode in MODES:
             pair = []
             for _ in range(2):
-                _, r = run_vm(load_image(f"demo:{name}", mem_bytes=64 << 20), mode)
+                r = run_vm(load_image(f"demo:{name}", mem_bytes=64 << 20), mode)
                 check_ok(r, f"demo:{name} under {mode}")
                 pair.append(r)
             per_mode[mode] = pair
@@ -564,7 +546,7 @@ def bench_code_reads(args) -> dict:
             if code is not None:
                 walls["bare"].append(bare_run(code, until)[0])
             for hide in ("every-page", "written-pages"):
-                _, r = run_vm(img, "bt", hide_patches=hide)
+                r = run_vm(img, "bt", hide_patches=hide)
                 check_ok(r, f"{kind} under bt ({hide})")
                 walls[hide].append(r.wall)
                 runs.setdefault(hide, []).append(r)
