@@ -134,6 +134,9 @@ typedef struct {
     uint32_t nwlog;
     bool wlog_lost;
     uint64_t code_checks, code_stops, code_writes, smc_restarts;
+    /* the engine's size_recur_mem (runtime/quirks.py _find_recur_mem); NULL = unknown */
+    int32_t *recur_mem;
+    uint64_t hooks_revived;
     /* exact stops after in/out (emulate; see Clock_stop_after_io) */
     bool io_stops;
     unsigned int in_id, out_id;
@@ -726,6 +729,16 @@ static inline bool window_open(Clock *c, uint64_t addr)
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
+    /* Unicorn left its "inside a split unaligned access" mark set after a
+     * longjmp out of that split (a store rewriting the running block, or a
+     * fault on the access's second page), which silences every memory hook
+     * (CSAM's code writes, the GDT watch, hidden patch bytes) until the engine
+     * re-enters its CPU loop.  No access is in flight at a block's start, so
+     * the mark is stale here: clear it (runtime/quirks.py _find_recur_mem). */
+    if (c->recur_mem && *c->recur_mem) {
+        *c->recur_mem = 0;
+        c->hooks_revived++;
+    }
     if (c->irq_wait && !c->shadow_carry && window_open(c, addr)) {
         c->irq_wait = false;
         c->irq_stops++;
@@ -1109,6 +1122,16 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* set_recur_mem(address of the engine's size_recur_mem, or 0) */
+static PyObject *Clock_set_recur_mem(Clock *c, PyObject *arg)
+{
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    c->recur_mem = (int32_t *)(uintptr_t)a;
+    Py_RETURN_NONE;
+}
+
 /* set_stub_starts(stub cache address, bytearray of weights or None) */
 static PyObject *Clock_set_stub_starts(Clock *c, PyObject *args)
 {
@@ -1321,7 +1344,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1329,7 +1352,8 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "cached_blocks", (Py_ssize_t)c->nentries,
                          "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked,
                          "smc_restarts", (unsigned long long)c->smc_restarts,
-                         "irq_window_stops", (unsigned long long)c->irq_stops);
+                         "irq_window_stops", (unsigned long long)c->irq_stops,
+                         "mem_hooks_revived", (unsigned long long)c->hooks_revived);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -1401,6 +1425,8 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"set_recur_mem", (PyCFunction)Clock_set_recur_mem, METH_O,
+     "set_recur_mem(address): the engine's size_recur_mem, cleared at every block start"},
     {"cache_info", (PyCFunction)Clock_cache_info, METH_NOARGS, "the decoded-block cache: entries, bytes, limit, flushes"},
     {"set_cache_limit", (PyCFunction)Clock_set_cache_limit, METH_O, "set_cache_limit(bytes): empty the cache past this size"},
     {"set_stub_starts", (PyCFunction)Clock_set_stub_starts, METH_VARARGS,

@@ -81,6 +81,12 @@ class InstructionClock:
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4, efer)
 
+    def revive_memory_hooks(self, recur_mem_address: int) -> None:
+        """Clear the engine's `size_recur_mem` at every block start: Unicorn can
+        leave it set and silence all memory hooks (runtime/quirks.py
+        _find_recur_mem)."""
+        self.c.set_recur_mem(recur_mem_address)
+
     # -- the virtual TSC (runtime/tsc.py) ------------------------------------------------
     def enable_tsc(self, eip_off: int) -> int:
         """Lets the clock's rdtsc/rdtscp hooks answer (runtime/_clock.c,

@@ -247,6 +247,54 @@ def _find_pc_sync_flag() -> int:
         _close_engines(alive)
 
 
+# mov dword ptr [0x100b], IMM (an unaligned store into the next instruction's
+# immediate) ; add eax, imm32 ; nop.  The word form: mov word ptr [0x100b],
+# IMM ; nop ; add eax, imm32 ; nop (the add at 0x100a in both).
+_SMC_DWORD = bytes.fromhex("c7050b100000aefa50c7" "0511111111" "90")
+_SMC_WORD = bytes.fromhex("66c7050b100000aefa" "90" "0511111111" "90")
+
+
+def _find_recur_mem() -> int:
+    """`size_recur_mem` in the uc_struct (an int): Unicorn 2.1.4 sets it while it
+    splits an unaligned store to a page with TLB flags (a page holding translated
+    code) into byte stores, and skips every UC_HOOK_MEM_READ/WRITE while it is
+    non-zero (that is its purpose: the bytes are not reported again).  When one
+    of those byte stores rewrites the running translation block, QEMU's
+    precise-SMC path longjmps out of the loop and the field is never restored:
+    every memory hook stays silent until the engine re-enters its CPU loop
+    (tests/runtime/test_unicorn_facts.py; the fuzzer's program 1825 of seed
+    3030, docs/fidelity.md).  A page-crossing load or store whose second half
+    faults leaves it set the same way.  The clock's block hook clears it
+    (runtime/_clock.c `block_hook`).
+
+    Found as the int that is 0 in two plain runs and 4 after the dword store, 2
+    after the word store, in engines kept alive together (a pointer would not
+    hold the same small value in all of them)."""
+    alive = []
+
+    def run(code: bytes) -> bytes:
+        uc = scratch_engine()
+        alive.append(uc)
+        uc.mem_write(0x1000, code)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return _peek(ctypes.cast(uc._uch, ctypes.c_void_p).value, 0x8000)
+
+    try:
+        plain_code = b"\x90" * len(_SMC_DWORD)
+        plain1, dword1, plain2, word2, dword2 = (run(plain_code), run(_SMC_DWORD), run(plain_code),
+                                                 run(_SMC_WORD), run(_SMC_DWORD))
+        n = min(map(len, (plain1, dword1, plain2, word2, dword2))) & ~3
+        hits = [off for off in range(0, n, 4)
+                if struct.unpack_from("<i", plain1, off)[0] == 0 == struct.unpack_from("<i", plain2, off)[0]
+                and struct.unpack_from("<i", dword1, off)[0] == 4 == struct.unpack_from("<i", dword2, off)[0]
+                and struct.unpack_from("<i", word2, off)[0] == 2]
+        if len(hits) != 1:
+            raise QuirkError(f"could not find size_recur_mem in the uc_struct ({hits})")
+        return hits[0]
+    finally:
+        _close_engines(alive)
+
+
 def _flag_candidates(plain1: bytes, wrote1: bytes, plain2: bytes, wrote2: bytes) -> list[int]:
     """Byte offsets that are 0 in both plain dumps and 1 in both written ones, and
     whose aligned 8-byte word is the same in the two plain dumps and the same in
@@ -379,6 +427,7 @@ class Offsets:
     eflags: int                          # the field holding IF (the arithmetic flags are lazy)
     env_links: tuple[tuple[int, int], ...]   # (pointer offset in uc_struct, delta), see _find_env_links
     efer: int                            # EFER (NXE matters to PAE walks)
+    recur_mem: int                       # uc_struct.size_recur_mem, see _find_recur_mem
 
 
 _OFFSETS: Offsets | None = None
@@ -404,7 +453,7 @@ def calibrate() -> Offsets:
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
-                       _find_env_links(), _find_efer_offset())
+                       _find_env_links(), _find_efer_offset(), _find_recur_mem())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 
@@ -491,6 +540,11 @@ class Quirks:
         """Where the engine's PC-sync flag lives (a native hook clears it after
         writing EIP, as resync_pc does: runtime/_exits.c)."""
         return self._uc_addr + self.off.pc_sync_flag
+
+    def recur_mem_address(self) -> int:
+        """Where the engine's `size_recur_mem` lives (see _find_recur_mem): the
+        clock's block hook clears it."""
+        return self._uc_addr + self.off.recur_mem
 
     def end_irq_shadow(self) -> None:
         """The VMM completed the instruction in an sti shadow (an exit that

@@ -125,6 +125,7 @@ class VM:
         self.quirks = Quirks(uc)
         self.clock = InstructionClock(uc)
         self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr, self.quirks.off.efer)
+        self.clock.revive_memory_hooks(self.quirks.recur_mem_address())
         # The VMM's page walk reads the tables from the host memory behind RAM
         # and the control registers from the live CPU state (runtime/_walk.c).
         self.mem.use_native(self._ram, self._ram_ptr, self.quirks)
