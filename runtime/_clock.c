@@ -137,6 +137,9 @@ typedef struct {
     /* the engine's size_recur_mem (runtime/quirks.py _find_recur_mem); NULL = unknown */
     int32_t *recur_mem;
     uint64_t hooks_revived;
+    /* the lazy flags at sync-hook sites (see "Lazy flags at a sync-hook site") */
+    Py_ssize_t cc_op_off, site_eip_off;     /* -1 = not configured */
+    uint64_t flag_repairs;
     /* exact stops after in/out (emulate; see Clock_stop_after_io) */
     bool io_stops;
     unsigned int in_id, out_id;
@@ -422,12 +425,25 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     return e;
 }
 
+/* Where a would go in the sorted list of hooked sites (binary search: the
+ * lazy-flags repair asks on every rdtsc and port access). */
+static size_t hooked_slot(Clock *c, uint64_t a)
+{
+    size_t lo = 0, hi = c->nhooked;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c->hooked[mid] < a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static bool is_hooked(Clock *c, uint64_t a)
 {
-    for (size_t i = 0; i < c->nhooked; i++)
-        if (c->hooked[i] == a)
-            return true;
-    return false;
+    size_t i = hooked_slot(c, a);
+    return i < c->nhooked && c->hooked[i] == a;
 }
 
 /* True when every cmpxchg8b of e has its sync hook (then remembered). */
@@ -588,9 +604,12 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
  * only marks the page dirty and logs the range, so the block check refuses
  * every later block start on the page until the VMM has invalidated it.  A
  * stored byte that held a patch is the guest's from now on: loads stop hiding it. */
+static void site_flags(void *clock);    /* "Lazy flags at a sync-hook site" */
+
 static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
 {
     Clock *c = ud;
+    site_flags(c);            /* a cmpxchg8b site's access (Unicorn restored the state first) */
     bool hit = false;
     for (int i = 0; i < size; i++) {
         uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
@@ -633,6 +652,7 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
 static void read_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
 {
     Clock *c = ud;
+    site_flags(c);            /* a cmpxchg8b site's access (Unicorn restored the state first) */
     if (c->nswap)
         return;                 /* a neighbour page's hook already swapped for this load */
     bool hit = false;
@@ -789,6 +809,40 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
     c->shadow_carry = n == 0 && c->eflags_off >= 0 && in_shadow(c);
 }
 
+/* -- Lazy flags at a sync-hook site --------------------------------------------
+ * A sync site (cmpxchg8b, the instruction after in/out: runtime/clock.py) has
+ * a no-op UC_HOOK_CODE.  Unicorn translates it as: write the lazy flags back,
+ * call the hook, check for a stop, then compute EFLAGS into CC_SRC and switch
+ * the translator's operation to CC_OP_EFLAGS.  The operation recorded for the
+ * instruction's restart point is the one from *before* that switch.  So when
+ * the instruction then calls a helper that restores the CPU state from its
+ * restart point before calling hooks (rdtsc/rdtscp, in/out, cpuid, memory
+ * hooks: Unicorn's cpu_restore_state), the engine is left with CC_SRC = the
+ * computed flags but cc_op = the older operation (say ADDL): the next block
+ * computes EFLAGS from that mix (the fuzzer's program 1825: `out` then rdtsc
+ * after an add gave EFLAGS 0x16 instead of 0x817; tests/runtime/test_clock.py).
+ * Inside such a helper, at a site, the right operation is always CC_OP_EFLAGS
+ * (the computation ran right before the instruction and nothing since changed
+ * the flags), so the hooks called there put it back. */
+#define CC_OP_EFLAGS 1u
+
+static void site_flags(void *clock)
+{
+    Clock *c = clock;
+    uint32_t op, eip;
+    if (c->cc_op_off < 0 || !c->env || !c->nhooked)
+        return;
+    memcpy(&op, c->env + c->cc_op_off, 4);
+    if (op <= CC_OP_EFLAGS)         /* DYNAMIC is never stored; EFLAGS is consistent */
+        return;
+    memcpy(&eip, c->env + c->site_eip_off, 4);
+    if (!is_hooked(c, eip))
+        return;
+    op = CC_OP_EFLAGS;
+    memcpy(c->env + c->cc_op_off, &op, 4);
+    c->flag_repairs++;
+}
+
 /* -- Time-stamp counter -----------------------------------------------------------
  * rdtsc and rdtscp answered here, with no exit into Python (issue 19: a Linux
  * boot makes ~1.7 M of them).  Unicorn's rdtsc/rdtscp helpers call the
@@ -811,6 +865,7 @@ static uint64_t tsc_now(Clock *c)
 static int rdtsc_hook(void *uc, void *ud)
 {
     Clock *c = ud;
+    site_flags(c);
     uint64_t v = tsc_now(c), lo = v & 0xFFFFFFFFu, hi = v >> 32;
     c->reg_write(uc, c->reg_eax, &lo);
     c->reg_write(uc, c->reg_edx, &hi);
@@ -896,6 +951,8 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     c->hflags_off = -1;
     c->eflags_off = -1;
     c->if_hflags_off = -1;
+    c->cc_op_off = -1;
+    c->site_eip_off = -1;
     return 0;
 }
 
@@ -1008,7 +1065,10 @@ static PyObject *Clock_mark_hooked(Clock *c, PyObject *arg)
         c->hooked = h;
         c->hooked_cap = cap;
     }
-    c->hooked[c->nhooked++] = a;
+    size_t i = hooked_slot(c, a);
+    memmove(c->hooked + i + 1, c->hooked + i, sizeof(uint64_t) * (c->nhooked - i));
+    c->hooked[i] = a;
+    c->nhooked++;
     Py_RETURN_NONE;
 }
 
@@ -1119,6 +1179,28 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     c->cr3_off = cr3;
     c->cr4_off = cr4;
     c->efer_off = efer;
+    Py_RETURN_NONE;
+}
+
+/* watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks
+ * called at sync sites (needs set_env) */
+static PyObject *Clock_watch_site_flags(Clock *c, PyObject *args)
+{
+    Py_ssize_t op, eip;
+    if (!PyArg_ParseTuple(args, "nn", &op, &eip))
+        return NULL;
+    if (!c->env || op < 0 || eip < 0) {
+        PyErr_SetString(PyExc_ValueError, "the lazy-flags repair needs the live CPU state (set_env)");
+        return NULL;
+    }
+    c->cc_op_off = op;
+    c->site_eip_off = eip;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Clock_repair_site_flags(Clock *c, PyObject *unused)
+{
+    site_flags(c);
     Py_RETURN_NONE;
 }
 
@@ -1344,7 +1426,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1353,7 +1435,8 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "cmpxchg8b_sync_hooks", (Py_ssize_t)c->nhooked,
                          "smc_restarts", (unsigned long long)c->smc_restarts,
                          "irq_window_stops", (unsigned long long)c->irq_stops,
-                         "mem_hooks_revived", (unsigned long long)c->hooks_revived);
+                         "mem_hooks_revived", (unsigned long long)c->hooks_revived,
+                         "site_flag_repairs", (unsigned long long)c->flag_repairs);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -1425,6 +1508,10 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"watch_site_flags", (PyCFunction)Clock_watch_site_flags, METH_VARARGS,
+     "watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks at sync sites"},
+    {"repair_site_flags", (PyCFunction)Clock_repair_site_flags, METH_NOARGS,
+     "from a hook inside an instruction: put cc_op back to CC_OP_EFLAGS if it is a sync site"},
     {"set_recur_mem", (PyCFunction)Clock_set_recur_mem, METH_O,
      "set_recur_mem(address): the engine's size_recur_mem, cleared at every block start"},
     {"cache_info", (PyCFunction)Clock_cache_info, METH_NOARGS, "the decoded-block cache: entries, bytes, limit, flushes"},
@@ -1479,12 +1566,19 @@ static PyObject *callbacks(PyObject *m, PyObject *unused)
                          (unsigned long long)(uintptr_t)&rdtscp_hook);
 }
 
+static PyObject *site_flags_address(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromVoidPtr((void *)&site_flags);
+}
+
 static PyObject *cut_address(PyObject *m, PyObject *unused)
 {
     return PyLong_FromVoidPtr((void *)&native_cut);
 }
 
 static PyMethodDef module_methods[] = {
+    {"site_flags_address", site_flags_address, METH_NOARGS,
+     "address of void site_flags(Clock *) for native hooks called inside an instruction"},
     {"cut_address", cut_address, METH_NOARGS, "address of bool cut(Clock *, eip, started) for native hooks"},
     {"callbacks", callbacks, METH_NOARGS, "(block, no-op code, code write, read before, read after, rdtsc, rdtscp) hook C function addresses"},
     {NULL, NULL, 0, NULL}};

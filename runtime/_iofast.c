@@ -29,6 +29,7 @@
 
 typedef uint32_t (*in_cb_t)(void *uc, uint32_t port, int size, void *ud);
 typedef void (*out_cb_t)(void *uc, uint32_t port, int size, uint32_t value, void *ud);
+typedef void (*site_flags_t)(void *clock);
 
 typedef struct {
     PyObject_HEAD
@@ -45,6 +46,8 @@ typedef struct {
     uint8_t qval[QUEUE];
     int nq;
     uint64_t fast_reads, fast_writes;
+    site_flags_t site_flags;    /* the clock's lazy-flags repair (runtime/_clock.c), or NULL */
+    void *clock;
 } IoFast;
 
 static inline void count(IoFast *f, uint32_t port)
@@ -60,6 +63,8 @@ static inline void count(IoFast *f, uint32_t port)
 static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
 {
     IoFast *f = ud;
+    if (f->site_flags)
+        f->site_flags(f->clock);
     port &= 0xFFFF;
     if (f->enabled && size == 1 && f->rd[port] >= 0) {
         f->fast_reads++;
@@ -72,6 +77,8 @@ static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
 static void out_hook(void *uc, uint32_t port, int size, uint32_t value, void *ud)
 {
     IoFast *f = ud;
+    if (f->site_flags)
+        f->site_flags(f->clock);
     port &= 0xFFFF;
     if (f->enabled && size == 1 && f->sink[port] && f->nq < QUEUE) {
         f->qport[f->nq] = (uint16_t)port;
@@ -121,6 +128,18 @@ static bool port_arg(PyObject *args, unsigned int *port, PyObject **val)
         return false;
     }
     return true;
+}
+
+/* set_site_flags(function address, clock object address): called first in
+ * every port access (an in/out right after another is a sync site) */
+static PyObject *IoFast_set_site_flags(IoFast *f, PyObject *args)
+{
+    unsigned long long fn, clock;
+    if (!PyArg_ParseTuple(args, "KK", &fn, &clock))
+        return NULL;
+    f->site_flags = (site_flags_t)(uintptr_t)fn;
+    f->clock = (void *)(uintptr_t)clock;
+    Py_RETURN_NONE;
 }
 
 /* publish_read(port, byte or None) */
@@ -215,6 +234,8 @@ static PyObject *IoFast_get_reads(IoFast *f, void *u) { return PyLong_FromUnsign
 static PyObject *IoFast_get_writes(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_writes); }
 
 static PyMethodDef IoFast_methods[] = {
+    {"set_site_flags", (PyCFunction)IoFast_set_site_flags, METH_VARARGS,
+     "set_site_flags(fn, clock): the clock's lazy-flags repair, called first in every port access"},
     {"publish_read", (PyCFunction)IoFast_publish_read, METH_VARARGS,
      "publish_read(port, byte or None): what a one-byte read returns with no exit"},
     {"publish_sink", (PyCFunction)IoFast_publish_sink, METH_VARARGS,

@@ -81,6 +81,16 @@ class InstructionClock:
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4, efer)
 
+    def watch_site_flags(self, cc_op_off: int, eip_off: int) -> None:
+        """Where the lazy flags' operation and EIP live in the live CPU state:
+        hooks called inside an instruction at a sync site put the operation
+        back (runtime/_clock.c, "Lazy flags at a sync-hook site")."""
+        self.c.watch_site_flags(cc_op_off, eip_off)
+
+    def repair_site_flags(self) -> None:
+        """From a hook called inside an instruction (cpuid): see watch_site_flags."""
+        self.c.repair_site_flags()
+
     def revive_memory_hooks(self, recur_mem_address: int) -> None:
         """Clear the engine's `size_recur_mem` at every block start: Unicorn can
         leave it set and silence all memory hooks (runtime/quirks.py

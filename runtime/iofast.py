@@ -52,6 +52,14 @@ class NativeIO:
         self.handles = [hook_add(uc, UC_HOOK_INSN, fin, id(self.c), 1, 0, ctypes.c_int(X.UC_X86_INS_IN)),
                         hook_add(uc, UC_HOOK_INSN, fout, id(self.c), 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))]
 
+    def repair_site_flags(self, clock) -> None:
+        """Let the clock repair the lazy flags first in every port access (an
+        in/out right after another is one of its sync sites: runtime/_clock.c,
+        "Lazy flags at a sync-hook site")."""
+        from runtime import _clock
+        self._clock = clock              # the C side keeps a bare pointer to it
+        self.c.set_site_flags(_clock.site_flags_address(), id(clock.c))
+
     # -- what devices call --------------------------------------------------------
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)

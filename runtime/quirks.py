@@ -172,6 +172,31 @@ def _find_cr_offsets() -> tuple[int, int, int]:
     return found
 
 
+CC_OP_EFLAGS = 1          # QEMU's CCOp: "all flags computed, CC_SRC = flags" (CC_OP_DYNAMIC is 0)
+
+
+def _find_cc_op_offset() -> int:
+    """`cc_op` in the CPU state: which operation the lazy flags (CC_SRC/CC_DST)
+    describe.  Found as the int that is CC_OP_ADDL (8) after `add`, CC_OP_SUBL
+    (16) after `sub` and CC_OP_EFLAGS (1) after `popfd` (the engine stores it
+    when a run ends).  The instruction clock repairs it at its sync-hook sites
+    (runtime/_clock.c, "Lazy flags at a sync-hook site")."""
+    def after(code: bytes) -> bytes:
+        uc = scratch_engine()
+        uc.mem_write(0x1000, code)
+        uc.reg_write(X.UC_X86_REG_EAX, 5)
+        uc.reg_write(X.UC_X86_REG_EBX, 3)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return _ctx_bytes(uc.context_save())
+    add, sub, popf = after(b"\x01\xd8"), after(b"\x29\xd8"), after(b"\x68\x02\x02\x00\x00\x9d")
+    hits = [off for off in range(0, min(len(add), len(sub), len(popf)) - 3, 4)
+            if struct.unpack_from("<I", add, off)[0] == 8 and struct.unpack_from("<I", sub, off)[0] == 16
+            and struct.unpack_from("<I", popf, off)[0] == CC_OP_EFLAGS]
+    if len(hits) != 1:
+        raise QuirkError(f"could not find cc_op in the CPU context ({hits})")
+    return hits[0]
+
+
 def _find_efer_offset() -> int:
     """EFER's 8-byte field (written with msr_write, NXE then NXE|SCE): the VMM's
     native page walk (runtime/_walk.c) reads NXE there for PAE tables."""
@@ -428,6 +453,7 @@ class Offsets:
     env_links: tuple[tuple[int, int], ...]   # (pointer offset in uc_struct, delta), see _find_env_links
     efer: int                            # EFER (NXE matters to PAE walks)
     recur_mem: int                       # uc_struct.size_recur_mem, see _find_recur_mem
+    cc_op: int                           # the lazy flags' operation, see _find_cc_op_offset
 
 
 _OFFSETS: Offsets | None = None
@@ -453,7 +479,8 @@ def calibrate() -> Offsets:
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
-                       _find_env_links(), _find_efer_offset(), _find_recur_mem())
+                       _find_env_links(), _find_efer_offset(), _find_recur_mem(),
+                       _find_cc_op_offset())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 

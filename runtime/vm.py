@@ -299,6 +299,11 @@ class VM:
                            lambda port, size, value: slow_out(uc, port, size, value, None))
         for dev in self.bus.devices:
             dev.set_fast(self.io)
+        if self.quirks.env is not None:
+            # Hooks inside an instruction at one of the clock's sync sites put the
+            # lazy flags back first (runtime/_clock.c, "Lazy flags at a sync-hook site").
+            self.clock.watch_site_flags(self.quirks.off.cc_op, self.quirks.off.eip)
+            self.io.repair_site_flags(self.clock)
         uc.hook_add(UC_HOOK_INSN, self.guarded(self._on_cpuid, True), None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self.guarded(self._on_invalid, True))
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.guarded(self._on_unmapped, False))
@@ -387,6 +392,7 @@ class VM:
 
     def _on_cpuid(self):
         uc = self.uc
+        self.clock.repair_site_flags()       # before anything reads EFLAGS (runtime/_clock.c)
         self.counters.add("cpuid_exits")
         self.exit_site(uc.reg_read(X.UC_X86_REG_EIP))
         a, b, c, d = cpuid_model.cpuid(uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX))

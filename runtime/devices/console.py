@@ -45,7 +45,10 @@ def raw_terminal(fd: int):
     """Raw mode on `fd` (no echo, no line editing, no signals from ^C) for the block."""
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        # TCSANOW, not setraw's default TCSAFLUSH: keys typed while bt-run starts
+        # (calibration, image loading: seconds on a loaded machine) are kept and
+        # reach the guest, Ctrl-A x among them, instead of being thrown away.
+        tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

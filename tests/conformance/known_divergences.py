@@ -27,16 +27,4 @@ KNOWN = [
          regs={"eax": 577090037, "ebx": 2444712010, "ecx": 3639700191, "edx": 3445702192,
                "esi": 3280387012, "edi": 271041745},
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'00000887' vs b'00000087'"),
-    # Campaign --programs 2000 --seed 3030, program 1825 (docs/fidelity.md).  Here
-    # the *reference* is wrong: the add runs with the immediate the store before it
-    # rewrote (a bare engine and bt both give its CF/OF: 0x817), yet emulate's
-    # EFLAGS afterwards is 0x16, as if computed from a stale lazy-flags state.  It
-    # needs the code store, the descriptor store, `mov fs`, `out` (the clock's
-    # stop-after-I/O code hook lands on the rdtsc) and rdtsc; not reproduced on a
-    # bare engine yet.  Its trap half (a VMM error: the shadow GDT missed the
-    # store) is fixed: tests/runtime/test_gdt_watch.py.
-    dict(name="emulate-stale-flags-after-code-store", cause="new-emulate-stale-flags",
-         body=("mov dword ptr [s8_k + 1], 0xc750faae\ns8_k: add eax, 0x11111111\n"
-               "mov dword ptr [0x10034], 0xcf9318\nmov eax, 0x30\nmov fs, ax\nout 0x80, al\nrdtsc"),
-         kinds=("serial", "ram"), ends=(OK, OK), detail="b'00000016' vs b'00000817'"),
 ]

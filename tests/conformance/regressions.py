@@ -152,4 +152,13 @@ FIXED = [
     dict(name="far-call-rpl1-accepted", cause=6,
          body="mov dword ptr [0x180008], esp\n.byte 0x9a\n.long s_t\n.word 0x9\ns_t:\nmov esp, dword ptr [0x180008]",
          kinds=("serial", "ram"), ends=(OK, OK), detail="serial: line 16: b'00000001' vs b'00000000'"),
+    # Campaign --programs 2000 --seed 3030, program 1825 (docs/fidelity.md, "Program
+    # 1825, taken apart"): emulate (the reference) computed the flags after the
+    # rdtsc from a mixed lazy-flags state (the rdtsc carried the clock's sync hook,
+    # being right after an `out`); trap's shadow GDT missed the descriptor store
+    # (memory hooks silenced by the unaligned code store before it).
+    dict(name="emulate-stale-flags-after-code-store", cause="new-emulate-stale-flags",
+         body=("mov dword ptr [s8_k + 1], 0xc750faae\ns8_k: add eax, 0x11111111\n"
+               "mov dword ptr [0x10034], 0xcf9318\nmov eax, 0x30\nmov fs, ax\nout 0x80, al\nrdtsc"),
+         kinds=("serial", "ram"), ends=(OK, OK), detail="b'00000016' vs b'00000817'"),
 ]

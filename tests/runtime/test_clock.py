@@ -314,3 +314,22 @@ def test_block_cache_stays_within_its_bound_on_a_slide():
     r = vm.run()
     info = vm.clock.c.cache_info()
     assert r.retired == 300_000 and info["flushes"] >= 5 and info["bytes"] <= (64 << 10)
+
+
+# The lazy flags at the clock's sync sites (runtime/_clock.c, "Lazy flags at a
+# sync-hook site"): the instruction after an `out` carries a no-op code hook, and
+# rdtsc and cpuid there used to leave the next block computing EFLAGS from a
+# mixed state (0x16 for the add's 0x817) in every mode (the fuzzer's program 1825).
+@pytest.mark.parametrize("follower", ["rdtsc", "cpuid", "in al, 0x80", "out 0x80, al"])
+@pytest.mark.parametrize("mode", ["emulate", "trap", "bt"])
+def test_flags_survive_rdtsc_cpuid_and_io_right_after_an_out(mode, follower):
+    from bt.fuzz.generator import from_body
+    from bt.measure import observe
+    from bt.machine import MachineConfig
+    body = ("mov eax, 0xa1b2c3d4\nadd eax, 0xc750faae\npushfd\npop esi\n"
+            "mov eax, 0xa1b2c3d4\nadd eax, 0xc750faae\nout 0x80, al\n"
+            f"{follower}\npushfd\npop edi")
+    o = observe.run(from_body(body).image(), MachineConfig(mem_mib=16), mode, 200_000)
+    lines = o.serial.split(b"\n")
+    esi, edi = int(lines[4], 16), int(lines[5], 16)       # the fuzzer's register dump
+    assert esi & 0x8D5 == 0x815 and edi == esi

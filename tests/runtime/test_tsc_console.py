@@ -207,12 +207,22 @@ def test_bt_run_on_a_pty_is_raw_echoes_keys_and_quits_with_ctrl_a_x(tmp_path):
                              "--load", "0x1000", "--mem", "4"],
                             stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=REPO)
     try:
-        time.sleep(1.0)                   # let it start and enter raw mode
+        # Type only once raw mode is on: before it, the terminal itself echoes
+        # "hi" (so the echo would prove nothing).
+        end = time.monotonic() + 30
+        while termios.tcgetattr(slave)[3] & termios.ICANON and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not termios.tcgetattr(slave)[3] & termios.ICANON, "bt-run never entered raw mode"
         os.write(master, b"hi")           # no newline: only raw mode passes it on
         echoed = _read_until(master, b"hi", 20)
         assert b"hi" in echoed, echoed
         os.write(master, bytes([CTRL_A]) + b"x")
-        status = proc.wait(timeout=30)
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("no quit after Ctrl-A x: " + proc.stderr.read().decode()[-1500:])
         err = proc.stderr.read().decode()
         assert status == 0, err
         assert "quit" in err

@@ -448,3 +448,35 @@ def test_fact_an_unaligned_store_into_the_running_block_silences_every_memory_ho
     # aligned: the same immediate bytes less one, and 0xeb where the jmp starts
     aligned = _smc_run(SMC_THEN_STORES.replace("[0x100b], 0xc750faae", "[0x100c], 0xeb50faae"))
     assert aligned["write"] == 2 + 3 and aligned["read"] == 3
+
+
+def test_fact_a_code_hook_on_an_instruction_whose_helper_restores_state_garbles_the_flags():
+    """A UC_HOOK_CODE site is translated as: write the lazy flags back, call the
+    hook, then compute EFLAGS into CC_SRC and switch to CC_OP_EFLAGS -- but the
+    instruction's restart point still records the operation from before.  cpuid
+    (like rdtsc, in/out and memory hooks) restores the CPU state from that point
+    before calling its UC_HOOK_INSN hook, which leaves cc_op = ADDL beside
+    CC_SRC = the computed flags: the next block reads garbage flags.  Putting
+    cc_op back to CC_OP_EFLAGS inside the hook (the clock's repair,
+    runtime/_clock.c "Lazy flags at a sync-hook site") restores them."""
+    import ctypes
+    code = assemble("mov eax, 0xa1b2c3d4\nadd eax, 0xc750faae\nnop\ncpuid\njmp l\nl: pushfd\npop esi", 0x1000)
+    cpuid_at = 0x1000 + 5 + 5 + 1
+
+    def run(code_hook: bool, repair: bool) -> int:
+        uc = engine(code)
+        if code_hook:
+            uc.hook_add(UC_HOOK_CODE, lambda *a: None, None, cpuid_at, cpuid_at)
+
+        def on_cpuid(uc, _):
+            if repair:
+                env = Quirks(uc).env
+                ctypes.c_uint32.from_address(env + calibrate().cc_op).value = 1   # CC_OP_EFLAGS
+            return 1                                           # skip the engine's own cpuid
+        uc.hook_add(UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        return uc.reg_read(X.UC_X86_REG_ESI) & 0x8D5        # the arithmetic flags
+
+    assert run(False, False) == 0x815                          # CF OF AF PF of the add
+    assert run(True, False) != 0x815
+    assert run(True, True) == 0x815
