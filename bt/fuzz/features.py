@@ -348,6 +348,18 @@ def _ports(rng, p):
     return ["in al, 0x21", "movzx edi, al"]
 
 
+@feature("io_flags")
+def _io_flags(rng, p):
+    """Flags set before an in/out and read after the instruction that follows it
+    (the clock's sync site, runtime/_clock.c "Lazy flags at a sync-hook site"):
+    rdtsc and cpuid there used to garble them in every mode (program 1825)."""
+    port = rng.choice(("out 0x80, al", "in al, 0x80", "in al, 0x21"))
+    after = rng.choice(("rdtsc", "cpuid", "out 0x80, al", "in al, 0x21", "nop",
+                        f"mov ebx, {_mem(rng)}", f"mov {_mem(rng)}, ebx"))
+    r = rng.choice(("esi", "edi"))
+    return ["xor ecx, ecx", f"mov eax, {_imm(rng):#x}", _alu_line(rng), port, after, "pushfd", f"pop {r}"]
+
+
 @feature("cpuid")
 def _cpuid(rng, p):
     return [f"mov eax, {rng.choice((0, 1, 0x80000000, 0x80000001)):#x}", "xor ecx, ecx", "cpuid"]
