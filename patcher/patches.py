@@ -27,8 +27,8 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EXIT, TERMINATORS, Insn, StubContext, share_scratch,
-                               template_for)
+from patcher.templates import (EXIT, IOPL_TEMPLATES, TERMINATORS, Insn, StubContext,
+                               share_scratch, template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -64,6 +64,11 @@ class Patch:
     # guest addresses whose stub code starts without saving its scratch register
     # (share_scratch): entering the stub there is not allowed (runtime/csam.py)
     shares_scratch: frozenset = frozenset()
+    # Stub bytes that depend on the guest's IOPL (patcher/templates.py
+    # IOPL_TEMPLATES): (stub address, its value for IOPL 0, 1, 2, 3), and the
+    # IOPL the stub's bytes are for now (`Patcher.set_iopl`).
+    iopl_bytes: tuple = ()
+    iopl: int = 0
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
     code: bytes = b""                 # the stub's bytes until they are written to the cache
@@ -100,6 +105,9 @@ class Patcher:
         # least recently removed first (`_reuse`, `_retire`).
         self._retired: OrderedDict[tuple, Patch] = OrderedDict()
         self._retired_bytes = 0
+        # The guest's IOPL the flag stubs are assembled for (the runtime tells
+        # every change: `set_iopl`).
+        self.iopl = 0
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -199,20 +207,21 @@ class Patcher:
         addr = self.cache.reserve(patch.stub_size) if patch.stub != self.cache.start + self.cache.used \
             else self.cache.reserve_end(patch.stub_size)
         assert addr == patch.stub
-        self.cache.write(addr, patch.code)
+        self.cache.write(addr, patch.code, exclude={a for a, _ in patch.iopl_bytes})
         self._flush(addr, addr + patch.stub_size)     # a freed block may hold translated code
         self.cache.mark_starts(patch.stub_map)
         patch.code = b""
         return patch
 
     def _build_jump_at(self, site: Insn, covered: list[Insn], start: int) -> Patch:
-        ctx = StubContext(self.state_addr, f"p{site.addr:x}")
+        ctx = StubContext(self.state_addr, f"p{site.addr:x}", self.iopl)
         cur = start
         code = bytearray()
         exits: dict = {}
         stub_map = []
         relocated = []
         shares: set[int] = set()
+        iopl_bytes: list = []
         terminated = False
         end = covered[-1].addr + covered[-1].size
         prev = None                       # (start, text, guest addr) of the last part if a template
@@ -220,17 +229,22 @@ class Patcher:
             key = row_name(ins)
             template = template_for(key, ins.data)
             if template is not None:
-                text = template(ctx, ins)
                 terminated |= key in TERMINATORS
-                if key not in TERMINATORS and self._in_sti_shadow(covered, k):
-                    # The template is the one instruction of an sti shadow: end
-                    # its translated block right after it, so that the next block
-                    # starts where the next guest instruction's stub code does,
-                    # where the clock's window check lets a waiting interrupt in
-                    # (runtime/_clock.c, "Interrupt window"), as the CPU does
-                    # after the shadow's instruction.
-                    over = ctx.local("shadow")
-                    text = f"{text}; jmp {over}; {over}:"
+                # The template is the one instruction of an sti shadow: end
+                # its translated block right after it, so that the next block
+                # starts where the next guest instruction's stub code does,
+                # where the clock's window check lets a waiting interrupt in
+                # (runtime/_clock.c, "Interrupt window"), as the CPU does
+                # after the shadow's instruction.
+                shadow = key not in TERMINATORS and self._in_sti_shadow(covered, k)
+
+                def make(c: StubContext, template=template, ins=ins, shadow=shadow) -> str:
+                    text = template(c, ins)
+                    if shadow:
+                        over = c.local("shadow")
+                        text = f"{text}; jmp {over}; {over}:"
+                    return text
+                text = make(ctx)
                 if prev is not None:
                     shared = share_scratch(ctx, prev[1], text)
                     if shared is not None:
@@ -253,6 +267,8 @@ class Patcher:
                         stub_map[-1] = (start0, cur, g0)
                         shares.add(ins.addr)
                 part = assemble(text, cur) if text else b""
+                if key in IOPL_TEMPLATES:
+                    iopl_bytes += _iopl_variants(part, cur, [make(ctx.for_iopl(v)) for v in range(4)])
                 # The VMM emulates the instruction at an exit and goes on with the
                 # stub code of the next covered instruction (a terminator's routine
                 # names its own target).
@@ -278,7 +294,8 @@ class Patcher:
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
-                     shares_scratch=frozenset(shares), code=bytes(code))
+                     shares_scratch=frozenset(shares), iopl_bytes=tuple(iopl_bytes), iopl=self.iopl,
+                     code=bytes(code))
 
     def _in_sti_shadow(self, covered: list[Insn], k: int) -> bool:
         """Does covered[k] follow an sti?  For the site, the guest byte before it
@@ -393,12 +410,37 @@ class Patcher:
             return None
         self._retired_bytes -= p.stub_size
         p.enabled = True
+        self._apply_iopl(p)
         self.counters.add("stub_reuses")
         return p
 
     @property
     def retired(self) -> int:
         return len(self._retired)
+
+    # -- the guest's IOPL -----------------------------------------------------------
+    def set_iopl(self, iopl: int) -> None:
+        """The guest's IOPL is now `iopl`: the stubs assembled for the old one
+        must not run again.  Their IOPL-dependent bytes are rewritten in place
+        (same length for every IOPL: patcher/templates.py IOPL_TEMPLATES), so a
+        stub the guest is inside of -- the popf(d) whose exit changed the IOPL
+        resumes after it in the same stub -- goes on with the new bytes.  Stubs
+        of removed patches kept for reuse are rewritten when reused."""
+        if iopl == self.iopl:
+            return
+        self.iopl = iopl
+        self.counters.add("iopl_changes")
+        for p in self.patches.values():
+            self._apply_iopl(p)
+
+    def _apply_iopl(self, p: Patch) -> None:
+        if not p.iopl_bytes or p.iopl == self.iopl:
+            return
+        for addr, values in p.iopl_bytes:
+            self.cache.uc.mem_write(addr, values[self.iopl:self.iopl + 1])
+        p.iopl = self.iopl
+        self._flush(p.stub, p.stub + p.stub_size)
+        self.counters.add("iopl_rewrites")
 
     # -- moving the stub cache --------------------------------------------------------
     def relocate(self, delta: int) -> None:
@@ -409,6 +451,7 @@ class Patcher:
                 p.stub += delta
                 p.exits = {a + delta: e for a, e in p.exits.items()}
                 p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
+                p.iopl_bytes = tuple(((a + delta) & 0xFFFFFFFF, v) for a, v in p.iopl_bytes)
             if p.kind == "jump":
                 self._flush(p.site, p.site + JMP_SIZE)
         self.state_addr += delta
@@ -456,6 +499,17 @@ def _guest_accesses(code: bytes, at: int, guest: Insn) -> list[tuple[int, int]]:
         if hit:
             out.append((i.address, i.address + i.size))
     return out
+
+
+def _iopl_variants(part: bytes, at: int, texts: list[str]) -> list[tuple[int, bytes]]:
+    """The bytes of a template's code `part` (assembled at `at`) that differ
+    between its texts for guest IOPL 0..3: (address, the byte for each IOPL).
+    The four must have one length (patcher/templates.py IOPL_TEMPLATES)."""
+    codes = [assemble(t, at) for t in texts]
+    if any(len(c) != len(part) for c in codes):
+        raise AssemblyError(f"an IOPL template whose length depends on the IOPL: {texts[0]}")
+    return [(at + i, bytes(c[i] for c in codes)) for i in range(len(part))
+            if len({c[i] for c in codes}) > 1]
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

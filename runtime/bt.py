@@ -17,7 +17,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, LARGE_PAGE, PAGE, PTE_P, PTE_PS,
+from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, IOPL_SHIFT, LARGE_PAGE, PAGE, PTE_P, PTE_PS,
                     SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
 from patcher import policy
 from patcher.patches import Patcher
@@ -51,6 +51,10 @@ class BTMode(TrapMode):
                                Counters(PATCH_STATS))
         # A freed stub's guest-access marks go with it (its space is reused).
         self.patcher.on_free = lambda lo, hi: self.isolation.guard.mark(lo, hi, False)
+        # The flag stubs are assembled for the guest's IOPL (patcher/templates.py
+        # IOPL_TEMPLATES): every change of it rewrites them.
+        self.patcher.iopl = self.vcpu.vflags >> IOPL_SHIFT
+        self.vcpu.on_iopl = lambda vflags: self.patcher.set_iopl(vflags >> IOPL_SHIFT)
         self.stats = Counters(CSAM_STATS)
         self.csam = CSAM(self, self.patcher, self.stats, self._place_patches)
         self._patched_fault_sites: set[int] = set()

@@ -58,6 +58,10 @@ PATCH_STATS: tuple[CounterDecl, ...] = (
                 gauge=True),
     CounterDecl("stub_reuses", "jump patches installed with the kept stub of an identical removed one"),
     CounterDecl("stubs_freed", "kept stubs freed (beyond the bound, or replaced)"),
+    CounterDecl("iopl_changes", "changes of the guest's IOPL the flag stubs were rewritten for "
+                "(patcher/patches.py set_iopl)"),
+    CounterDecl("iopl_rewrites", "stubs whose IOPL-dependent bytes were rewritten (installed ones at "
+                "a change, kept ones when reused)"),
 )
 
 # Kept by bt mode (runtime/bt.py, runtime/csam.py), reported as `extra.csam`.

@@ -1,0 +1,121 @@
+"""bt's pushf(d)/popf(d) stubs without state-page accesses (patcher/templates.py,
+"the flags"): assembled for the guest's IOPL, rewritten in place when it
+changes (patcher/patches.py `Patcher.set_iopl`).
+
+* the IOPL-dependent bytes: a stub assembled for one IOPL and rewritten for
+  another is byte for byte the stub assembled for the other;
+* the pushf(d) stub at CPL 1 (real IOPL 1) and at CPL 3 (real IOPL = the
+  guest's: ring-3 code is patched when the guest does not page) pushes the
+  guest's flags, every IOPL, both operand sizes; popf(d) runs natively when the
+  popped IOPL is the guest's and exits before touching anything otherwise;
+* a guest that changes its IOPL with popfd between pushfd's in a loop gets
+  emulate's registers and instruction count under bt, and the stubs are
+  rewritten at each change.
+"""
+import random
+
+import pytest
+
+from conftest import EXIT, raw_guest
+from conftest import run as run_guest
+from patcher.patches import _iopl_variants
+from patcher.stubcache import assemble
+from patcher.templates import TEMPLATES, Insn, StubContext
+from test_flagstub_facts import CODE, STACK, reg, run, word
+
+STATE = 0xFF000000
+FORMS = {"pushfd": ("pushfd", b"\x9c"), "pushf": ("pushfd", b"\x66\x9c"),
+         "popfd": ("popfd", b"\x9d"), "popf": ("popfd", b"\x66\x9d"), "iretd": ("iretd", b"\xcf")}
+
+
+def _text(form: str, iopl: int) -> str:
+    row, data = FORMS[form]
+    return TEMPLATES[row](StubContext(STATE, "t", iopl), Insn(0x1000, len(data), form, "", data))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_rewriting_the_iopl_bytes_gives_the_stub_assembled_for_the_new_iopl(form):
+    at = 0xFF040000
+    for old in range(4):
+        code = bytearray(assemble(_text(form, old), at))
+        variants = _iopl_variants(bytes(code), at, [_text(form, v) for v in range(4)])
+        assert variants, form
+        for new in range(4):
+            for addr, values in variants:
+                code[addr - at] = values[new]
+            assert bytes(code) == assemble(_text(form, new), at), (form, old, new)
+
+
+@pytest.mark.parametrize("ring", (1, 3))
+@pytest.mark.parametrize("form", ("pushfd", "pushf"))
+def test_the_pushf_stub_pushes_the_guest_flags_at_cpl1_and_cpl3(form, ring):
+    rng = random.Random(f"{form}{ring}")
+    size = 4 if form == "pushfd" else 2
+    for iopl in range(4):
+        real_iopl = 1 if ring == 1 else iopl
+        for _ in range(6):
+            guest = 0x2 | rng.choice((0, 0x200)) | (rng.getrandbits(12) & 0xCD5) | rng.choice((0, 1 << 18))
+            ecx, eax = rng.getrandbits(32), rng.getrandbits(32)
+            uc = run(f"mov ecx, {ecx:#x}\nmov eax, {eax:#x}\n{_text(form, iopl).replace('; ', chr(10))}",
+                     guest | real_iopl << 12, ring)
+            assert reg(uc, "esp") == STACK - size and (reg(uc, "ecx"), reg(uc, "eax")) == (ecx, eax)
+            want = (guest | iopl << 12) & (0xFFFFFFFF if size == 4 else 0xFFFF)
+            assert hex(word(uc, STACK - size, size)) == hex(want), (iopl, ring)
+            assert reg(uc, "eflags") & ~0x3000 == guest & ~0x3000       # flags untouched
+
+
+@pytest.mark.parametrize("form", ("popfd", "popf"))
+def test_the_popf_stub_exits_exactly_when_the_popped_iopl_is_not_the_guests(form):
+    size = 4 if form == "popfd" else 2
+    for iopl in range(4):
+        for popped_iopl in range(4):
+            popped = 0x2 | 0x200 | 0x8D5 | popped_iopl << 12
+            push = f"push {popped:#x}" if size == 4 else f"push {popped << 16:#x}\nadd esp, 2"
+            uc = run(f"{push}\n{_text(form, iopl).replace('; ', chr(10))}\nmov esi, 1", 0x2 | 1 << 12, 1,
+                     any_hlt=True)
+            exited = reg(uc, "esi") != 1
+            assert exited == (popped_iopl != iopl), (iopl, popped_iopl)
+            if not exited:   # the native popf loaded the flags, kept the real IOPL 1
+                assert reg(uc, "eflags") & 0xFFFF == (popped & ~0x3000 | 1 << 12) & 0xFFFF
+                assert reg(uc, "esp") == STACK
+            else:            # nothing popped yet: the VMM emulates it from here
+                assert reg(uc, "esp") == STACK - size
+
+
+LOOP = """
+mov esp, 0x90000
+xor ebx, ebx
+mov ecx, 9
+top:
+pushfd
+pop eax
+add ebx, eax
+mov edx, ecx
+and edx, 3
+shl edx, 12
+or edx, 0x246
+push edx
+popfd
+pushfd
+pop eax
+rol ebx, 3
+add ebx, eax
+pushf
+pop ax
+add ebx, eax
+dec ecx
+jnz top
+push 0x2
+popfd
+""" + EXIT
+
+
+def test_a_guest_changing_its_iopl_gets_emulates_result_and_the_stubs_follow():
+    img = raw_guest(LOOP)
+    ref = run_guest(img, "emulate")[1]
+    vm, got = run_guest(img, "bt")
+    assert got.regs["ebx"] == ref.regs["ebx"] and got.regs["eflags"] == ref.regs["eflags"]
+    assert (got.exit_status, got.retired) == (ref.exit_status, ref.retired)
+    stats = vm.mode.patcher.stats()
+    assert stats["iopl_changes"] >= 8 and stats["iopl_rewrites"] >= stats["iopl_changes"]
+    assert vm.mode.patcher.iopl == 0 and vm.mode.vcpu.vflags == 0
