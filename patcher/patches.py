@@ -268,7 +268,8 @@ class Patcher:
                         shares.add(ins.addr)
                 part = assemble(text, cur) if text else b""
                 if key in IOPL_TEMPLATES:
-                    iopl_bytes += _iopl_variants(part, cur, [make(ctx.for_iopl(v)) for v in range(4)])
+                    iopl_bytes += _iopl_variants(part, cur, self.iopl,
+                                                 tuple(make(ctx.for_iopl(v, "v")) for v in range(4)))
                 # The VMM emulates the instruction at an exit and goes on with the
                 # stub code of the next covered instruction (a terminator's routine
                 # names its own target).
@@ -501,15 +502,31 @@ def _guest_accesses(code: bytes, at: int, guest: Insn) -> list[tuple[int, int]]:
     return out
 
 
-def _iopl_variants(part: bytes, at: int, texts: list[str]) -> list[tuple[int, bytes]]:
-    """The bytes of a template's code `part` (assembled at `at`) that differ
-    between its texts for guest IOPL 0..3: (address, the byte for each IOPL).
-    The four must have one length (patcher/templates.py IOPL_TEMPLATES)."""
-    codes = [assemble(t, at) for t in texts]
-    if any(len(c) != len(part) for c in codes):
-        raise AssemblyError(f"an IOPL template whose length depends on the IOPL: {texts[0]}")
-    return [(at + i, bytes(c[i] for c in codes)) for i in range(len(part))
-            if len({c[i] for c in codes}) > 1]
+# texts for IOPL 0..3 -> (length, [(offset, the byte for each IOPL)]): the
+# texts name no site (one label prefix), so every patch of the same template
+# form hits, and Keystone runs three more times per form instead of per site.
+_VARIANTS: dict[tuple, tuple[int, list]] = {}
+
+
+def _iopl_variants(part: bytes, at: int, iopl: int, texts: tuple) -> list[tuple[int, bytes]]:
+    """The bytes of a template's code `part` (assembled at `at` for guest IOPL
+    `iopl`) that differ between its texts for IOPL 0..3: (address, the byte for
+    each IOPL).  The four must have one length (patcher/templates.py
+    IOPL_TEMPLATES); the IOPL-dependent bytes are constants, not addresses, so
+    they do not depend on `at` (checked against `part`)."""
+    known = _VARIANTS.get(texts)
+    if known is None:
+        codes = [assemble(t, at) for t in texts]
+        if len({len(c) for c in codes}) != 1:
+            raise AssemblyError(f"an IOPL template whose length depends on the IOPL: {texts[0]}")
+        known = (len(codes[0]), [(i, bytes(c[i] for c in codes)) for i in range(len(codes[0]))
+                                 if len({c[i] for c in codes}) > 1])
+        if len(_VARIANTS) < 4096:
+            _VARIANTS[texts] = known
+    size, variants = known
+    if size != len(part) or any(part[i] != values[iopl] for i, values in variants):
+        raise AssemblyError(f"IOPL variants that do not match the stub: {texts[0]}")
+    return [(at + i, values) for i, values in variants]
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

@@ -101,10 +101,10 @@ class StubContext:
         self.iopl = iopl
         self._n = 0
 
-    def for_iopl(self, iopl: int) -> "StubContext":
+    def for_iopl(self, iopl: int, label: str | None = None) -> "StubContext":
         """The same context for another guest IOPL (the label counter restarts:
         each template is assembled on its own)."""
-        return StubContext(self.state_addr, self.label, iopl)
+        return StubContext(self.state_addr, self.label if label is None else label, iopl)
 
     def field(self, name: str, plus: int = 0) -> str:
         return f"dword ptr [{self.state_addr + FIELDS[name][0] + plus:#x}]"

@@ -38,7 +38,7 @@ def test_rewriting_the_iopl_bytes_gives_the_stub_assembled_for_the_new_iopl(form
     at = 0xFF040000
     for old in range(4):
         code = bytearray(assemble(_text(form, old), at))
-        variants = _iopl_variants(bytes(code), at, [_text(form, v) for v in range(4)])
+        variants = _iopl_variants(bytes(code), at, old, tuple(_text(form, v) for v in range(4)))
         assert variants, form
         for new in range(4):
             for addr, values in variants:
