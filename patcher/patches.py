@@ -27,8 +27,8 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EXIT, IOPL_TEMPLATES, TERMINATORS, Insn, StubContext,
-                               share_scratch, template_for)
+from patcher.templates import (EXIT, IOPL_TEMPLATES, RING3_ENTRY_SIZE, RING3_TAILS, TERMINATORS, Insn,
+                               StubContext, share_scratch, template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -69,6 +69,14 @@ class Patch:
     # IOPL the stub's bytes are for now (`Patcher.set_iopl`).
     iopl_bytes: tuple = ()
     iopl: int = 0
+    # pushf(d) entries switched between a 5-byte nop and a jump to their ring-3
+    # tail (patcher/templates.py RING3_ENTRY): (stub address, nop bytes, jump
+    # bytes); `ring3` says which the stub has now.  The tails' ranges (stub lo,
+    # stub hi, guest addr) are apart from stub_map: the clock counts a guest
+    # instruction where its stub_map range starts, and a tail is not a start.
+    ring3_entries: tuple = ()
+    ring3: bool = False
+    tails: tuple = ()
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
     code: bytes = b""                 # the stub's bytes until they are written to the cache
@@ -108,6 +116,8 @@ class Patcher:
         # The guest's IOPL the flag stubs are assembled for (the runtime tells
         # every change: `set_iopl`).
         self.iopl = 0
+        # Whether pushf(d) stubs must test for CPL 3 (`set_ring3_tests`).
+        self.ring3_tests = False
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -158,6 +168,9 @@ class Patcher:
         if p is None:
             return eip
         for lo, hi, guest in p.stub_map:
+            if lo <= eip < hi:
+                return guest
+        for lo, hi, guest in p.tails:
             if lo <= eip < hi:
                 return guest
         return p.site
@@ -222,6 +235,7 @@ class Patcher:
         relocated = []
         shares: set[int] = set()
         iopl_bytes: list = []
+        ring3_parts: list = []           # (entry, back, done, insn, tail template)
         terminated = False
         end = covered[-1].addr + covered[-1].size
         prev = None                       # (start, text, guest addr) of the last part if a template
@@ -270,6 +284,8 @@ class Patcher:
                 if key in IOPL_TEMPLATES:
                     iopl_bytes += _iopl_variants(part, cur, self.iopl,
                                                  tuple(make(ctx.for_iopl(v, "v")) for v in range(4)))
+                if key in RING3_TAILS:
+                    ring3_parts.append((cur, cur + RING3_ENTRY_SIZE, cur + len(part), ins, RING3_TAILS[key]))
                 # The VMM emulates the instruction at an exit and goes on with the
                 # stub code of the next covered instruction (a terminator's routine
                 # names its own target).
@@ -292,10 +308,24 @@ class Patcher:
             part = assemble(f"jmp {end:#x}", cur)
             code += part
             cur += len(part)
+        # Ring-3 tails after the jump back: off the path the stub runs at CPL 1.
+        ring3_entries, tails = [], []
+        for entry, back, done, ins, tail in ring3_parts:
+            part = assemble(tail(ctx, ins, f"{back:#x}", f"{done:#x}"), cur)
+            jump = b"\xe9" + struct.pack("<i", cur - (entry + JMP_SIZE))
+            plain = bytes(code[entry - start:entry - start + RING3_ENTRY_SIZE])
+            ring3_entries.append((entry, plain, jump))
+            if self.ring3_tests:
+                code[entry - start:entry - start + RING3_ENTRY_SIZE] = jump
+            tails.append((cur, cur + len(part), ins.addr))
+            relocated += _guest_accesses(part, cur, ins)
+            code += part
+            cur += len(part)
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
                      shares_scratch=frozenset(shares), iopl_bytes=tuple(iopl_bytes), iopl=self.iopl,
+                     ring3_entries=tuple(ring3_entries), ring3=self.ring3_tests, tails=tuple(tails),
                      code=bytes(code))
 
     def _in_sti_shadow(self, covered: list[Insn], k: int) -> bool:
@@ -411,7 +441,7 @@ class Patcher:
             return None
         self._retired_bytes -= p.stub_size
         p.enabled = True
-        self._apply_iopl(p)
+        self._apply_variants(p)
         self.counters.add("stub_reuses")
         return p
 
@@ -432,16 +462,37 @@ class Patcher:
         self.iopl = iopl
         self.counters.add("iopl_changes")
         for p in self.patches.values():
-            self._apply_iopl(p)
+            self._apply_variants(p)
 
-    def _apply_iopl(self, p: Patch) -> None:
-        if not p.iopl_bytes or p.iopl == self.iopl:
+    def set_ring3_tests(self) -> None:
+        """From now on pushf(d) stubs may run at CPL 3 with a real IOPL other
+        than 1 (the runtime says when: runtime/bt.py): their entries jump to
+        the ring-3 tail that tests the CPL.  Before, the stubs run the CPL-1
+        code straight away, about 100 ns less a pushf(d) (docs/benchmarks.md,
+        "Flag stubs without state-page accesses").  For good: never undone."""
+        if self.ring3_tests:
             return
-        for addr, values in p.iopl_bytes:
-            self.cache.uc.mem_write(addr, values[self.iopl:self.iopl + 1])
-        p.iopl = self.iopl
-        self._flush(p.stub, p.stub + p.stub_size)
-        self.counters.add("iopl_rewrites")
+        self.ring3_tests = True
+        self.counters.add("ring3_tests")
+        for p in self.patches.values():
+            self._apply_variants(p)
+
+    def _apply_variants(self, p: Patch) -> None:
+        """Bring a stub's IOPL bytes and pushf(d) entries to the current state."""
+        changed = False
+        if p.iopl_bytes and p.iopl != self.iopl:
+            for addr, values in p.iopl_bytes:
+                self.cache.uc.mem_write(addr, values[self.iopl:self.iopl + 1])
+            p.iopl = self.iopl
+            self.counters.add("iopl_rewrites")
+            changed = True
+        if p.ring3_entries and p.ring3 != self.ring3_tests:
+            for addr, plain, jump in p.ring3_entries:
+                self.cache.uc.mem_write(addr, jump if self.ring3_tests else plain)
+            p.ring3 = self.ring3_tests
+            changed = True
+        if changed:
+            self._flush(p.stub, p.stub + p.stub_size)
 
     # -- moving the stub cache --------------------------------------------------------
     def relocate(self, delta: int) -> None:
@@ -453,6 +504,8 @@ class Patcher:
                 p.exits = {a + delta: e for a, e in p.exits.items()}
                 p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
                 p.iopl_bytes = tuple(((a + delta) & 0xFFFFFFFF, v) for a, v in p.iopl_bytes)
+                p.ring3_entries = tuple(((a + delta) & 0xFFFFFFFF, n, j) for a, n, j in p.ring3_entries)
+                p.tails = tuple((lo + delta, hi + delta, g) for lo, hi, g in p.tails)
             if p.kind == "jump":
                 self._flush(p.site, p.site + JMP_SIZE)
         self.state_addr += delta

@@ -164,31 +164,47 @@ def _iopl_delta(v: int) -> str:
     return f".byte 0x8d, 0x80; .long {((v - 1) << 12) & 0xFFFFFFFF:#x}"
 
 
-def _ring3_test(label: str) -> str:
-    """Jump to `label` when the stub runs at CPL 3, changing only CX and no flag:
-    CX = CS << 14 (RPL in bits 14-15; lea shifts without touching flags), plus
-    0x4000, is 0 exactly for RPL 3; jcxz tests it.  (Without paging, ring-3 code
-    is scanned and patched too: runtime/bt.py `on_vmm_branch`; there the real
-    EFLAGS are the guest's, IOPL included.)"""
-    return (f"mov cx, cs; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; "
-            f"lea cx, [ecx*4]; lea cx, [ecx + 0x4000]; jcxz {label}")
+# The first five bytes of a pushf(d) stub: a 5-byte nop while no stub can run
+# at CPL 3 with a real IOPL other than 1, else a `jmp rel32` to the template's
+# ring-3 tail (`RING3_TAILS`).  Same length either way: the patcher switches
+# them in place (patcher/patches.py `Patcher.set_ring3_tests`).
+RING3_ENTRY = ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00"
+RING3_ENTRY_SIZE = 5
+# Row -> tail(s, insn, back, done): code placed after the stub's jump back to
+# the guest, entered through RING3_ENTRY; `back` names the template's code
+# after the entry, `done` its end (labels or absolute addresses).
+RING3_TAILS: dict[str, Callable[["StubContext", "Insn", str, str], str]] = {}
 
 
 @stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags into the slot the instruction writes (and nowhere
-    # else: CX is parked in that slot first, `push cx` writing its top two
-    # bytes), then at CPL 1 turn the real IOPL (1) in the pushed copy into the
-    # guest's with lea between two xchg: no flag read or written, no access
-    # outside the slot.  Keystone's `pushf` is the 16-bit form (66 9c): it
-    # writes the low word only, and bits 31:16 of the real EFLAGS (AC, ID) stay
-    # as they are, as the CPU leaves them; the IOPL field is in that word.
-    # At CPL 3 the real flags are the guest's: the plain push.
-    ring3, done = s.local("ring3"), s.local("done")
+    # else), then turn the real IOPL (1 at CPL 1) in the pushed copy into the
+    # guest's with a lea between two xchg: no flag read or written, no access
+    # outside the slot, no state page.  Keystone's `pushf` is the 16-bit form
+    # (66 9c): it writes the low word only, and bits 31:16 of the real EFLAGS
+    # (AC, ID) stay as they are, as the CPU leaves them; the IOPL field is in
+    # that word.  At CPL 3 the real IOPL is the guest's once the VMM has
+    # written the real flags there: the entry then leads to the ring-3 tail.
     push = "pushf" if i.mnemonic == "pushf" else "pushfd"
     acc = "ax, word ptr" if i.mnemonic == "pushf" else "eax, dword ptr"
-    return (f"push cx; {_ring3_test(ring3)}; pop cx; {push}; xchg {acc} [esp]; {_iopl_delta(s.iopl)}; "
-            f"xchg {acc} [esp]; jmp {done}; {ring3}: pop cx; {push}; {done}:")
+    return f"{RING3_ENTRY}; {push}; xchg {acc} [esp]; {_iopl_delta(s.iopl)}; xchg {acc} [esp]"
+
+
+def _pushf_ring3_tail(s: StubContext, i: Insn, back: str, done: str) -> str:
+    """Back to the template when the stub runs at CPL 1; at CPL 3 the plain
+    push (the real flags are the guest's there).  The CPL test changes only
+    CX and no flag: CX = CS << 14 (RPL in bits 14-15; lea shifts without
+    touching flags), plus 0x4000, is 0 exactly for RPL 3, tested with jcxz; CX
+    is parked in the slot the push writes (`push cx` writes its top 2 bytes)."""
+    ring3 = s.local("ring3")
+    push = "pushf" if i.mnemonic == "pushf" else "pushfd"
+    return (f"push cx; mov cx, cs; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; "
+            f"lea cx, [ecx*4]; lea cx, [ecx + 0x4000]; jcxz {ring3}; pop cx; jmp {back}; "
+            f"{ring3}: pop cx; {push}; jmp {done}")
+
+
+RING3_TAILS["pushfd"] = _pushf_ring3_tail
 
 
 def _iopl_check(s: StubContext, byte: str, bad: str, good: str | None = None) -> str:

@@ -4,9 +4,11 @@ changes (patcher/patches.py `Patcher.set_iopl`).
 
 * the IOPL-dependent bytes: a stub assembled for one IOPL and rewritten for
   another is byte for byte the stub assembled for the other;
-* the pushf(d) stub at CPL 1 (real IOPL 1) and at CPL 3 (real IOPL = the
-  guest's: ring-3 code is patched when the guest does not page) pushes the
-  guest's flags, every IOPL, both operand sizes; popf(d) runs natively when the
+* the pushf(d) stub at CPL 1 (real IOPL 1), plain or with its entry switched
+  to the ring-3 tail, and at CPL 3 with the tail (real IOPL = the guest's:
+  ring-3 code is patched when the guest does not page) pushes the guest's
+  flags, every IOPL, both operand sizes; a guest that enters ring 3 with
+  another IOPL than 1 switches bt's stubs to the tail for good; popf(d) runs natively when the
   popped IOPL is the guest's and exits before touching anything otherwise;
 * a guest that changes its IOPL with popfd between pushfd's in a loop gets
   emulate's registers and instruction count under bt, and the stubs are
@@ -20,7 +22,7 @@ from conftest import EXIT, raw_guest
 from conftest import run as run_guest
 from patcher.patches import _iopl_variants
 from patcher.stubcache import assemble
-from patcher.templates import TEMPLATES, Insn, StubContext
+from patcher.templates import RING3_ENTRY, RING3_TAILS, TEMPLATES, Insn, StubContext
 from test_flagstub_facts import CODE, STACK, reg, run, word
 
 STATE = 0xFF000000
@@ -28,9 +30,23 @@ FORMS = {"pushfd": ("pushfd", b"\x9c"), "pushf": ("pushfd", b"\x66\x9c"),
          "popfd": ("popfd", b"\x9d"), "popf": ("popfd", b"\x66\x9d"), "iretd": ("iretd", b"\xcf")}
 
 
-def _text(form: str, iopl: int) -> str:
+def _insn(form: str) -> Insn:
     row, data = FORMS[form]
-    return TEMPLATES[row](StubContext(STATE, "t", iopl), Insn(0x1000, len(data), form, "", data))
+    return Insn(0x1000, len(data), form, "", data)
+
+
+def _text(form: str, iopl: int) -> str:
+    return TEMPLATES[FORMS[form][0]](StubContext(STATE, "t", iopl), _insn(form))
+
+
+def _tested(form: str, iopl: int) -> str:
+    """The pushf(d) stub with its entry switched to the ring-3 tail (as the
+    patcher lays it out: the tail after the stub's end)."""
+    ctx = StubContext(STATE, "t", iopl)
+    body = _text(form, iopl)
+    assert body.startswith(RING3_ENTRY)
+    tail = RING3_TAILS[FORMS[form][0]](ctx, _insn(form), "back", "done")
+    return f"jmp tail; back: {body[len(RING3_ENTRY) + 2:]}; jmp done; tail: {tail}; done: nop"
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -46,17 +62,21 @@ def test_rewriting_the_iopl_bytes_gives_the_stub_assembled_for_the_new_iopl(form
             assert bytes(code) == assemble(_text(form, new), at), (form, old, new)
 
 
-@pytest.mark.parametrize("ring", (1, 3))
+@pytest.mark.parametrize("ring, tested", [(1, False), (1, True), (3, True)])
 @pytest.mark.parametrize("form", ("pushfd", "pushf"))
-def test_the_pushf_stub_pushes_the_guest_flags_at_cpl1_and_cpl3(form, ring):
-    rng = random.Random(f"{form}{ring}")
+def test_the_pushf_stub_pushes_the_guest_flags_at_cpl1_and_cpl3(form, ring, tested):
+    """Plain (the entry a nop: CPL 1 only) and tested (the entry jumps to the
+    ring-3 tail) at CPL 1 with the real IOPL 1, tested at CPL 3 with the real
+    IOPL the guest's."""
+    rng = random.Random(f"{form}{ring}{tested}")
     size = 4 if form == "pushfd" else 2
     for iopl in range(4):
         real_iopl = 1 if ring == 1 else iopl
         for _ in range(6):
             guest = 0x2 | rng.choice((0, 0x200)) | (rng.getrandbits(12) & 0xCD5) | rng.choice((0, 1 << 18))
             ecx, eax = rng.getrandbits(32), rng.getrandbits(32)
-            uc = run(f"mov ecx, {ecx:#x}\nmov eax, {eax:#x}\n{_text(form, iopl).replace('; ', chr(10))}",
+            stub = _tested(form, iopl) if tested else _text(form, iopl)
+            uc = run(f"mov ecx, {ecx:#x}\nmov eax, {eax:#x}\n{stub.replace('; ', chr(10))}",
                      guest | real_iopl << 12, ring)
             assert reg(uc, "esp") == STACK - size and (reg(uc, "ecx"), reg(uc, "eax")) == (ecx, eax)
             want = (guest | iopl << 12) & (0xFFFFFFFF if size == 4 else 0xFFFF)
@@ -119,3 +139,22 @@ def test_a_guest_changing_its_iopl_gets_emulates_result_and_the_stubs_follow():
     stats = vm.mode.patcher.stats()
     assert stats["iopl_changes"] >= 8 and stats["iopl_rewrites"] >= stats["iopl_changes"]
     assert vm.mode.patcher.iopl == 0 and vm.mode.vcpu.vflags == 0
+
+
+@pytest.mark.parametrize("iopl", (0, 1, 3))
+def test_ring3_pushf_under_bt_switches_the_stubs_to_the_cpl_test(iopl):
+    """The fuzzer frame's ring 3 (no paging): pushfd in ring 3 on the kernel's
+    patched page, then in the kernel after the return; emulate's values."""
+    from bt.fuzz.generator import from_body
+    from bt.machine import MachineConfig
+    from runtime.vm import VM
+    from test_emulation_causes import dump, ring3
+    body = ring3("", "pushfd", "pop esi", False).replace("push 0x2\npush 0x1b", f"push {iopl << 12 | 2:#x}\npush 0x1b")
+    body += "\npushfd\npop edi"
+    got = {mode: dump(body, mode) for mode in ("emulate", "bt")}
+    assert (got["bt"]["esi"], got["bt"]["edi"], got["bt"]["end"]) == \
+        (got["emulate"]["esi"], got["emulate"]["edi"], got["emulate"]["end"])
+    assert got["emulate"]["esi"] >> 12 & 3 == iopl and got["emulate"]["esi"] & 0x2
+    vm = VM(from_body(body).image(), MachineConfig(mode="bt", mem_mib=8, max_instructions=200_000), stdout=None)
+    vm.run()
+    assert vm.mode.patcher.stats()["ring3_tests"] == (iopl != 1)
