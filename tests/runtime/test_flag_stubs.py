@@ -158,3 +158,25 @@ def test_ring3_pushf_under_bt_switches_the_stubs_to_the_cpl_test(iopl):
     vm = VM(from_body(body).image(), MachineConfig(mode="bt", mem_mib=8, max_instructions=200_000), stdout=None)
     vm.run()
     assert vm.mode.patcher.stats()["ring3_tests"] == (iopl != 1)
+
+
+def test_the_lea_constant_is_no_fixup_even_where_it_looks_like_an_area_address():
+    """IOPL 0's constant, 0xFFFFF000, lies inside an area based at 0xFFC00000:
+    recorded as a fixup it would be "moved" with the area.  The patcher hands
+    the stub cache its IOPL-dependent bytes to leave out."""
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+
+    from bt.hyper_layout import HYPER_SIZE, STUBS
+    from patcher.stubcache import StubCache
+    base = 0xFFC00000
+    at = base + STUBS
+    code = assemble(_text("pushfd", 0), at)
+    variants = _iopl_variants(code, at, 0, tuple(_text("pushfd", v) for v in range(4)))
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(base, HYPER_SIZE)
+    naive = StubCache(uc, base)
+    naive.write(at, code)
+    assert naive.fixups                     # the hazard: without the exclusion it is taken for one
+    cache = StubCache(uc, base)
+    cache.write(at, code, exclude={a for a, _ in variants})
+    assert cache.fixups == []
