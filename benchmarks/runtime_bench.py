@@ -496,7 +496,9 @@ def print_bt_vs_trap(d: dict) -> None:
     print(table(["demo", "mode", "retired", "exits", "I/O exits", "virt. exits", "exits/M",
                  "virt. exits/M", "wall s", "output = emulate", "deterministic"], rows))
     print()
-    rows = [[dm["demo"], f"{dm['bt_over_trap_percent']:.3f}%", f"{dm['bt_over_trap_virt_percent']:.3f}%",
+    def pct_text(v):            # None: trap had no such exits to compare with
+        return "-" if v is None else f"{v:.3f}%"
+    rows = [[dm["demo"], pct_text(dm["bt_over_trap_percent"]), pct_text(dm["bt_over_trap_virt_percent"]),
              "yes" if dm["bt_output_equals_trap"] else "NO", "yes" if dm["target_met"] else "no"]
             for dm in d["demos"]]
     print(table(["demo", "bt/trap, all exits", "bt/trap, virt. exits", "same output", "<= 1%"], rows))

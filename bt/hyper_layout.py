@@ -19,11 +19,10 @@ Layout (offsets from the base):
     VMM_TSS      the real TR: a TSS whose I/O bitmap denies every port
     SHADOW_GDT   the ring-compressed copy of the guest GDT (64 KiB = 8192 entries)
     VMM_STACK    scratch stack for VMM trampolines
-    FLAG_TABLES  a byte lookup on EFLAGS byte 1 (IOPL) that lets pushf(d) show
-                 the guest's IOPL without touching the arithmetic flags
-                 (flag_tables(); patcher/templates.py), and one on a
-                 selector's low byte (RPL 1?) for the segment-load and
-                 far-jump stubs
+    FLAG_TABLES  a byte lookup on a selector's low byte (RPL 1?) for the
+                 segment-load and far-jump stubs (flag_tables()).  (pushf(d)
+                 no longer needs a table: its stub is assembled for the guest's
+                 IOPL, patcher/templates.py IOPL_TEMPLATES.)
     HYPER_PT     a page table mapping the area onto itself: under guest paging the
                  VMM points the area's page-directory slot at it (runtime/paging.py);
                  HYPER_PT_PAE the same as the two tables of a PAE guest's two slots
@@ -47,12 +46,10 @@ SHADOW_GDT_SIZE = 0x10000
 VMM_TSS = 0x1800
 VMM_STACK = 0x12000
 VMM_STACK_SIZE = 0x1000
-# FLAG_TABLES: each table indexed by a byte-1 value of EFLAGS (bits 8-15).
+# FLAG_TABLES: byte lookups the flag-free stubs index.
 FLAG_TABLES = 0x13000
 RPL1_BYTE = FLAG_TABLES + 0x300    # 256 x u8: a selector's low byte -> 1 when its RPL is 1, else 0
-PUSHF_BYTE = FLAG_TABLES + 0x1000  # 64 x 256 x u8: [v*256 + r] -> r's IOPL replaced by v's
-PUSHF_ROWS = 0x40                  # v < 0x40: vflags holds no bit above IOPL (VFLAGS_MASK)
-FLAG_TABLES_SIZE = 0x1000 + PUSHF_ROWS * 0x100
+FLAG_TABLES_SIZE = 0x1000
 HYPER_PT = 0x18000           # 1024 x u32 (non-PAE): entry i maps base + i pages
 HYPER_PT_PAE = 0x19000       # 2 x 512 x u64 (PAE): the same mapping as two 2 MiB tables
 SELECTOR_VIEW = 0x20000      # 64 Ki x u16: real selector -> the selector the guest sees
@@ -63,7 +60,7 @@ STUBS_SIZE = HYPER_SIZE - STUBS
 # The state page: name -> (offset in the page, struct format).  Stub templates
 # name fields, never offsets.
 FIELDS: dict[str, tuple[int, str]] = {
-    "vflags": (0x00, "<I"),      # the guest's IOPL (bits 12-13) while it runs at CPL 1 (real IOPL 1)
+    "vflags": (0x00, "<I"),      # the guest's IOPL (bits 12-13); written by the VMM only (runtime/vcpu.py)
     "scratch": (0x0C, "<I"),     # stub scratch word
     "cr0": (0x10, "<I"),
     "cr2": (0x14, "<I"),
@@ -88,9 +85,6 @@ FIELDS: dict[str, tuple[int, str]] = {
 VFLAGS_MASK = IOPL_MASK
 # The real IOPL while the guest kernel runs at CPL 1.
 REAL_IOPL_CPL1 = 1 << 12
-# The same in EFLAGS byte 1 (vflags' only non-zero byte: bytes 0, 2, 3 stay 0,
-# which the flag-free stubs rely on).
-VFLAGS_BYTE1 = VFLAGS_MASK >> 8
 
 
 def selector_view_table() -> bytes:
@@ -103,15 +97,10 @@ def selector_view_table() -> bytes:
 def flag_tables() -> bytes:
     """The FLAG_TABLES contents (offsets relative to FLAG_TABLES).
 
-    pushf(d) merges the guest's IOPL into byte 1 of the flags it pushed with
-    PUSHF_BYTE, indexed by (vflags byte 1) * 256 + (pushed byte 1): every bit
-    of the pushed byte outside IOPL (TF, IF, DF, OF, NT, bit 15) is kept.  RPL1_BYTE tells the segment-load stubs, without a
-    compare, whether a selector has RPL 1 (the one RPL ring compression
-    cannot check: issue 15 cause 6)."""
+    RPL1_BYTE tells the segment-load stubs, without a compare, whether a
+    selector has RPL 1 (the one RPL ring compression cannot check: issue 15
+    cause 6)."""
     out = bytearray(FLAG_TABLES_SIZE)
     for b in range(256):
         out[RPL1_BYTE - FLAG_TABLES + b] = 1 if b & 3 == 1 else 0
-    for v in range(PUSHF_ROWS):
-        for r in range(256):
-            out[PUSHF_BYTE - FLAG_TABLES + v * 256 + r] = (r & ~VFLAGS_BYTE1) | (v & VFLAGS_BYTE1)
     return bytes(out)

@@ -27,8 +27,8 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EXIT, TERMINATORS, Insn, StubContext, share_scratch,
-                               template_for)
+from patcher.templates import (EXIT, IOPL_TEMPLATES, RING3_ENTRY_SIZE, RING3_TAILS, TERMINATORS, Insn,
+                               StubContext, share_scratch, template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -64,6 +64,19 @@ class Patch:
     # guest addresses whose stub code starts without saving its scratch register
     # (share_scratch): entering the stub there is not allowed (runtime/csam.py)
     shares_scratch: frozenset = frozenset()
+    # Stub bytes that depend on the guest's IOPL (patcher/templates.py
+    # IOPL_TEMPLATES): (stub address, its value for IOPL 0, 1, 2, 3), and the
+    # IOPL the stub's bytes are for now (`Patcher.set_iopl`).
+    iopl_bytes: tuple = ()
+    iopl: int = 0
+    # pushf(d) entries switched between a 5-byte nop and a jump to their ring-3
+    # tail (patcher/templates.py RING3_ENTRY): (stub address, nop bytes, jump
+    # bytes); `ring3` says which the stub has now.  The tails' ranges (stub lo,
+    # stub hi, guest addr) are apart from stub_map: the clock counts a guest
+    # instruction where its stub_map range starts, and a tail is not a start.
+    ring3_entries: tuple = ()
+    ring3: bool = False
+    tails: tuple = ()
     refused: str | None = None        # why a jump was refused (int3 patches)
     enabled: bool = True
     code: bytes = b""                 # the stub's bytes until they are written to the cache
@@ -100,6 +113,11 @@ class Patcher:
         # least recently removed first (`_reuse`, `_retire`).
         self._retired: OrderedDict[tuple, Patch] = OrderedDict()
         self._retired_bytes = 0
+        # The guest's IOPL the flag stubs are assembled for (the runtime tells
+        # every change: `set_iopl`).
+        self.iopl = 0
+        # Whether pushf(d) stubs must test for CPL 3 (`set_ring3_tests`).
+        self.ring3_tests = False
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -152,6 +170,9 @@ class Patcher:
         for lo, hi, guest in p.stub_map:
             if lo <= eip < hi:
                 return guest
+        for lo, hi, guest in p.tails:
+            if lo <= eip < hi:
+                return guest
         return p.site
 
     # -- installing ------------------------------------------------------------------
@@ -199,20 +220,22 @@ class Patcher:
         addr = self.cache.reserve(patch.stub_size) if patch.stub != self.cache.start + self.cache.used \
             else self.cache.reserve_end(patch.stub_size)
         assert addr == patch.stub
-        self.cache.write(addr, patch.code)
+        self.cache.write(addr, patch.code, exclude={a for a, _ in patch.iopl_bytes})
         self._flush(addr, addr + patch.stub_size)     # a freed block may hold translated code
         self.cache.mark_starts(patch.stub_map)
         patch.code = b""
         return patch
 
     def _build_jump_at(self, site: Insn, covered: list[Insn], start: int) -> Patch:
-        ctx = StubContext(self.state_addr, f"p{site.addr:x}")
+        ctx = StubContext(self.state_addr, f"p{site.addr:x}", self.iopl)
         cur = start
         code = bytearray()
         exits: dict = {}
         stub_map = []
         relocated = []
         shares: set[int] = set()
+        iopl_bytes: list = []
+        ring3_parts: list = []           # (entry, back, done, insn, tail template)
         terminated = False
         end = covered[-1].addr + covered[-1].size
         prev = None                       # (start, text, guest addr) of the last part if a template
@@ -220,17 +243,22 @@ class Patcher:
             key = row_name(ins)
             template = template_for(key, ins.data)
             if template is not None:
-                text = template(ctx, ins)
                 terminated |= key in TERMINATORS
-                if key not in TERMINATORS and self._in_sti_shadow(covered, k):
-                    # The template is the one instruction of an sti shadow: end
-                    # its translated block right after it, so that the next block
-                    # starts where the next guest instruction's stub code does,
-                    # where the clock's window check lets a waiting interrupt in
-                    # (runtime/_clock.c, "Interrupt window"), as the CPU does
-                    # after the shadow's instruction.
-                    over = ctx.local("shadow")
-                    text = f"{text}; jmp {over}; {over}:"
+                # The template is the one instruction of an sti shadow: end
+                # its translated block right after it, so that the next block
+                # starts where the next guest instruction's stub code does,
+                # where the clock's window check lets a waiting interrupt in
+                # (runtime/_clock.c, "Interrupt window"), as the CPU does
+                # after the shadow's instruction.
+                shadow = key not in TERMINATORS and self._in_sti_shadow(covered, k)
+
+                def make(c: StubContext, template=template, ins=ins, shadow=shadow) -> str:
+                    text = template(c, ins)
+                    if shadow:
+                        over = c.local("shadow")
+                        text = f"{text}; jmp {over}; {over}:"
+                    return text
+                text = make(ctx)
                 if prev is not None:
                     shared = share_scratch(ctx, prev[1], text)
                     if shared is not None:
@@ -253,6 +281,11 @@ class Patcher:
                         stub_map[-1] = (start0, cur, g0)
                         shares.add(ins.addr)
                 part = assemble(text, cur) if text else b""
+                if key in IOPL_TEMPLATES:
+                    iopl_bytes += _iopl_variants(part, cur, self.iopl,
+                                                 tuple(make(ctx.for_iopl(v, "v")) for v in range(4)))
+                if key in RING3_TAILS:
+                    ring3_parts.append((cur, cur + RING3_ENTRY_SIZE, cur + len(part), ins, RING3_TAILS[key]))
                 # The VMM emulates the instruction at an exit and goes on with the
                 # stub code of the next covered instruction (a terminator's routine
                 # names its own target).
@@ -275,10 +308,25 @@ class Patcher:
             part = assemble(f"jmp {end:#x}", cur)
             code += part
             cur += len(part)
+        # Ring-3 tails after the jump back: off the path the stub runs at CPL 1.
+        ring3_entries, tails = [], []
+        for entry, back, done, ins, tail in ring3_parts:
+            part = assemble(tail(ctx, ins, f"{back:#x}", f"{done:#x}"), cur)
+            jump = b"\xe9" + struct.pack("<i", cur - (entry + JMP_SIZE))
+            plain = bytes(code[entry - start:entry - start + RING3_ENTRY_SIZE])
+            ring3_entries.append((entry, plain, jump))
+            if self.ring3_tests:
+                code[entry - start:entry - start + RING3_ENTRY_SIZE] = jump
+            tails.append((cur, cur + len(part), ins.addr))
+            relocated += _guest_accesses(part, cur, ins)
+            code += part
+            cur += len(part)
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
-                     shares_scratch=frozenset(shares), code=bytes(code))
+                     shares_scratch=frozenset(shares), iopl_bytes=tuple(iopl_bytes), iopl=self.iopl,
+                     ring3_entries=tuple(ring3_entries), ring3=self.ring3_tests, tails=tuple(tails),
+                     code=bytes(code))
 
     def _in_sti_shadow(self, covered: list[Insn], k: int) -> bool:
         """Does covered[k] follow an sti?  For the site, the guest byte before it
@@ -393,12 +441,58 @@ class Patcher:
             return None
         self._retired_bytes -= p.stub_size
         p.enabled = True
+        self._apply_variants(p)
         self.counters.add("stub_reuses")
         return p
 
     @property
     def retired(self) -> int:
         return len(self._retired)
+
+    # -- the guest's IOPL -----------------------------------------------------------
+    def set_iopl(self, iopl: int) -> None:
+        """The guest's IOPL is now `iopl`: the stubs assembled for the old one
+        must not run again.  Their IOPL-dependent bytes are rewritten in place
+        (same length for every IOPL: patcher/templates.py IOPL_TEMPLATES), so a
+        stub the guest is inside of -- the popf(d) whose exit changed the IOPL
+        resumes after it in the same stub -- goes on with the new bytes.  Stubs
+        of removed patches kept for reuse are rewritten when reused."""
+        if iopl == self.iopl:
+            return
+        self.iopl = iopl
+        self.counters.add("iopl_changes")
+        for p in self.patches.values():
+            self._apply_variants(p)
+
+    def set_ring3_tests(self) -> None:
+        """From now on pushf(d) stubs may run at CPL 3 with a real IOPL other
+        than 1 (the runtime says when: runtime/bt.py): their entries jump to
+        the ring-3 tail that tests the CPL.  Before, the stubs run the CPL-1
+        code straight away, about 100 ns less a pushf(d) (docs/benchmarks.md,
+        "Flag stubs without state-page accesses").  For good: never undone."""
+        if self.ring3_tests:
+            return
+        self.ring3_tests = True
+        self.counters.add("ring3_tests")
+        for p in self.patches.values():
+            self._apply_variants(p)
+
+    def _apply_variants(self, p: Patch) -> None:
+        """Bring a stub's IOPL bytes and pushf(d) entries to the current state."""
+        changed = False
+        if p.iopl_bytes and p.iopl != self.iopl:
+            for addr, values in p.iopl_bytes:
+                self.cache.uc.mem_write(addr, values[self.iopl:self.iopl + 1])
+            p.iopl = self.iopl
+            self.counters.add("iopl_rewrites")
+            changed = True
+        if p.ring3_entries and p.ring3 != self.ring3_tests:
+            for addr, plain, jump in p.ring3_entries:
+                self.cache.uc.mem_write(addr, jump if self.ring3_tests else plain)
+            p.ring3 = self.ring3_tests
+            changed = True
+        if changed:
+            self._flush(p.stub, p.stub + p.stub_size)
 
     # -- moving the stub cache --------------------------------------------------------
     def relocate(self, delta: int) -> None:
@@ -409,6 +503,9 @@ class Patcher:
                 p.stub += delta
                 p.exits = {a + delta: e for a, e in p.exits.items()}
                 p.stub_map = [(lo + delta, hi + delta, g) for lo, hi, g in p.stub_map]
+                p.iopl_bytes = tuple(((a + delta) & 0xFFFFFFFF, v) for a, v in p.iopl_bytes)
+                p.ring3_entries = tuple(((a + delta) & 0xFFFFFFFF, n, j) for a, n, j in p.ring3_entries)
+                p.tails = tuple((lo + delta, hi + delta, g) for lo, hi, g in p.tails)
             if p.kind == "jump":
                 self._flush(p.site, p.site + JMP_SIZE)
         self.state_addr += delta
@@ -456,6 +553,33 @@ def _guest_accesses(code: bytes, at: int, guest: Insn) -> list[tuple[int, int]]:
         if hit:
             out.append((i.address, i.address + i.size))
     return out
+
+
+# texts for IOPL 0..3 -> (length, [(offset, the byte for each IOPL)]): the
+# texts name no site (one label prefix), so every patch of the same template
+# form hits, and Keystone runs three more times per form instead of per site.
+_VARIANTS: dict[tuple, tuple[int, list]] = {}
+
+
+def _iopl_variants(part: bytes, at: int, iopl: int, texts: tuple) -> list[tuple[int, bytes]]:
+    """The bytes of a template's code `part` (assembled at `at` for guest IOPL
+    `iopl`) that differ between its texts for IOPL 0..3: (address, the byte for
+    each IOPL).  The four must have one length (patcher/templates.py
+    IOPL_TEMPLATES); the IOPL-dependent bytes are constants, not addresses, so
+    they do not depend on `at` (checked against `part`)."""
+    known = _VARIANTS.get(texts)
+    if known is None:
+        codes = [assemble(t, at) for t in texts]
+        if len({len(c) for c in codes}) != 1:
+            raise AssemblyError(f"an IOPL template whose length depends on the IOPL: {texts[0]}")
+        known = (len(codes[0]), [(i, bytes(c[i] for c in codes)) for i in range(len(codes[0]))
+                                 if len({c[i] for c in codes}) > 1])
+        if len(_VARIANTS) < 4096:
+            _VARIANTS[texts] = known
+    size, variants = known
+    if size != len(part) or any(part[i] != values[iopl] for i, values in variants):
+        raise AssemblyError(f"IOPL variants that do not match the stub: {texts[0]}")
+    return [(at + i, values) for i, values in variants]
 
 
 def _exit_addresses(code: bytes, at: int) -> list[int]:

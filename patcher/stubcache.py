@@ -142,9 +142,14 @@ class StubCache:
     def free_bytes(self) -> int:
         return sum(n for _o, n in self.free_blocks)
 
-    def write(self, addr: int, code: bytes) -> None:
+    def write(self, addr: int, code: bytes, exclude=frozenset()) -> None:
+        """Write a stub and record its fixups, except fields overlapping the
+        byte addresses in `exclude`: constants that only look like area
+        addresses (a pushf(d) stub's lea adds 0xFFFFF000, which lies in an area
+        based at 0xFFC00000; patcher/patches.py rewrites those bytes itself)."""
         self.uc.mem_write(addr, code)
-        self.fixups.extend(find_fixups(code, addr, self.base))
+        self.fixups.extend(f for f in find_fixups(code, addr, self.base)
+                           if not any(a in exclude for a in range(f.where, f.where + 4)))
 
     def mark_starts(self, stub_map) -> None:
         """Publish where each guest instruction's stub range begins (several

@@ -13,16 +13,16 @@ Rules every template follows (checked by tests/patcher/test_template_semantics.p
 * flag-neutral: the guest's arithmetic flags after the stub equal those after
   the real instruction, OF and AF included;
 * flag-free where it can be: the bodies use only instructions that neither read
-  nor write the arithmetic flags (mov, movzx, lea, jecxz, table lookups), since
-  lahf/seto/sahf force Unicorn (QEMU) to materialise its lazy flags and made the
-  stubs 1.6x slower.  The guest's IOPL sits in byte 1 of `vflags` (its other
-  bytes are 0; the guest's IF is the real IF: docs/fidelity.md, "IF in the real
-  EFLAGS"), and a byte lookup in the hypervisor area's FLAG_TABLES
-  (bt/hyper_layout.py, filled at boot by runtime/bt.py) puts it into what
-  pushf(d) pushed; popf(d) and iretd may compute with flags because their final
-  real popfd/iretd loads every flag anyway.  No template saves the flags today;
+  nor write the arithmetic flags (mov, movzx, lea, xchg, jecxz/jcxz, table
+  lookups), since lahf/seto/sahf force Unicorn (QEMU) to materialise its lazy
+  flags and made the stubs 1.6x slower.  pushf(d) corrects the IOPL field of
+  what the real pushf(d) pushed with a lea whose constant is assembled for the
+  guest's IOPL (`StubContext.iopl`; IOPL_TEMPLATES below); popf(d) and iretd
+  may compute with flags because their final real popfd/iretd (or the VMM's
+  emulation at their exit) loads every flag anyway.  No template saves the
+  flags today;
 * exit-free: a template never leaves to the VMM except through
-  iretd's documented exits, the segment loads' and far jump's exit for an
+  iretd's documented exits, popf(d)'s when the popped IOPL is not the guest's, the segment loads' and far jump's exit for an
   RPL-1 selector (rare: ring compression's one blind spot, issue 15 cause 6),
   and the SS loads, which always exit (their trap would too);
 * the guest memory a stub writes is exactly what the instruction writes: no
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bt.catalog import check_registry, prefix_info
-from bt.hyper_layout import FIELDS, PUSHF_BYTE, RPL1_BYTE, SELECTOR_VIEW, STATE, VFLAGS_MASK
+from bt.hyper_layout import FIELDS, RPL1_BYTE, SELECTOR_VIEW, STATE
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -92,12 +92,19 @@ class Insn:
 
 
 class StubContext:
-    def __init__(self, state_addr: int, label: str):
+    def __init__(self, state_addr: int, label: str, iopl: int = 0):
         self.state_addr = state_addr
         self.hyper_base = state_addr - STATE
         self.selector_table = self.hyper_base + SELECTOR_VIEW
         self.label = label
+        # The guest IOPL the IOPL_TEMPLATES are assembled for (0-3).
+        self.iopl = iopl
         self._n = 0
+
+    def for_iopl(self, iopl: int, label: str | None = None) -> "StubContext":
+        """The same context for another guest IOPL (the label counter restarts:
+        each template is assembled on its own)."""
+        return StubContext(self.state_addr, self.label if label is None else label, iopl)
 
     def field(self, name: str, plus: int = 0) -> str:
         return f"dword ptr [{self.state_addr + FIELDS[name][0] + plus:#x}]"
@@ -133,36 +140,100 @@ def _mem_operand(op_str: str) -> str:
     return re.sub(r"^(?:[a-z]+ )?ptr ", "", op_str.strip())
 
 
-# -- the interrupt flag --------------------------------------------------------
+# -- the flags: pushf(d), popf(d) ----------------------------------------------------
+# The guest's IF is the real IF, and the real IOPL is 1 at CPL 1 (docs/fidelity.md,
+# "IF in the real EFLAGS"): what pushf(d) pushes at CPL 1 differs from what the
+# guest's pushf(d) pushes at CPL 0 in the IOPL field alone, and by a constant
+# while the guest's IOPL stays what it is.  So the flag templates are assembled
+# for one guest IOPL (`StubContext.iopl`) and touch neither the state page nor
+# the hypervisor area's tables (each such access is a protection event, ~45 ns
+# with Unicorn's state restore: docs/benchmarks.md, "Flag stubs without
+# state-page accesses").  When the guest's IOPL changes, the VMM rewrites the
+# bytes that depend on it in every such stub (`IOPL_TEMPLATES`; patcher/patches.py
+# `Patcher.set_iopl`): their shape, and so their length, is the same for every
+# IOPL.  Flag behaviour of every instruction used here is pinned by
+# tests/runtime/test_flagstub_facts.py.
+IOPL_TEMPLATES = frozenset({"pushfd", "popfd", "iretd"})
+
+
+def _iopl_delta(v: int) -> str:
+    """`lea eax, [eax + disp32]` adding (v - 1) to the IOPL field of EAX (real
+    IOPL 1 -> the guest's v; no carry leaves bits 12-13 for v in 0..3), as raw
+    bytes: Keystone picks a shorter form for 0, and every IOPL must give the
+    same length."""
+    return f".byte 0x8d, 0x80; .long {((v - 1) << 12) & 0xFFFFFFFF:#x}"
+
+
+# The first five bytes of a pushf(d) stub: a 5-byte nop while no stub can run
+# at CPL 3 with a real IOPL other than 1, else a `jmp rel32` to the template's
+# ring-3 tail (`RING3_TAILS`).  Same length either way: the patcher switches
+# them in place (patcher/patches.py `Patcher.set_ring3_tests`).
+RING3_ENTRY = ".byte 0x0f, 0x1f, 0x44, 0x00, 0x00"
+RING3_ENTRY_SIZE = 5
+# Row -> tail(s, insn, back, done): code placed after the stub's jump back to
+# the guest, entered through RING3_ENTRY; `back` names the template's code
+# after the entry, `done` its end (labels or absolute addresses).
+RING3_TAILS: dict[str, Callable[["StubContext", "Insn", str, str], str]] = {}
+
+
 @stub("pushfd")
 def _pushf(s: StubContext, i: Insn) -> str:
     # Push the real flags into the slot the instruction writes (and nowhere
-    # else; their IF is the guest's), then replace the real IOPL (1) in byte 1
-    # of the pushed copy by the guest's: EAX = vflags (v << 8, its other bytes 0) with the pushed byte 1 as
-    # its low byte indexes PUSHF_BYTE.  No arithmetic flag is read or written.
-    # Keystone's `pushf` is the 16-bit form (66 9c): it writes the low word only,
-    # and bits 31:16 of the real EFLAGS (AC, ID) stay as they are, as the CPU
-    # leaves them; byte 1 sits at [esp + 1] in both forms.
-    # EAX is saved before the push (which does not read it), so that a template
-    # before this one in the same stub can hand EAX over (share_scratch).
+    # else), then turn the real IOPL (1 at CPL 1) in the pushed copy into the
+    # guest's with a lea between two xchg: no flag read or written, no access
+    # outside the slot, no state page.  Keystone's `pushf` is the 16-bit form
+    # (66 9c): it writes the low word only, and bits 31:16 of the real EFLAGS
+    # (AC, ID) stay as they are, as the CPU leaves them; the IOPL field is in
+    # that word.  At CPL 3 the real IOPL is the guest's once the VMM has
+    # written the real flags there: the entry then leads to the ring-3 tail.
     push = "pushf" if i.mnemonic == "pushf" else "pushfd"
-    return (f"mov {s.field('scratch')}, eax; {push}; mov eax, {s.field('vflags')}; "
-            f"mov al, byte ptr [esp + 1]; mov al, byte ptr [{s.table(PUSHF_BYTE):#x} + eax]; "
-            f"mov byte ptr [esp + 1], al; mov eax, {s.field('scratch')}")
+    acc = "ax, word ptr" if i.mnemonic == "pushf" else "eax, dword ptr"
+    return f"{RING3_ENTRY}; {push}; xchg {acc} [esp]; {_iopl_delta(s.iopl)}; xchg {acc} [esp]"
+
+
+def _pushf_ring3_tail(s: StubContext, i: Insn, back: str, done: str) -> str:
+    """Back to the template when the stub runs at CPL 1; at CPL 3 the plain
+    push (the real flags are the guest's there).  The CPL test changes only
+    CX and no flag: CX = CS << 14 (RPL in bits 14-15; lea shifts without
+    touching flags), plus 0x4000, is 0 exactly for RPL 3, tested with jcxz; CX
+    is parked in the slot the push writes (`push cx` writes its top 2 bytes)."""
+    ring3 = s.local("ring3")
+    push = "pushf" if i.mnemonic == "pushf" else "pushfd"
+    return (f"push cx; mov cx, cs; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; lea cx, [ecx*8]; "
+            f"lea cx, [ecx*4]; lea cx, [ecx + 0x4000]; jcxz {ring3}; pop cx; jmp {back}; "
+            f"{ring3}: pop cx; {push}; jmp {done}")
+
+
+RING3_TAILS["pushfd"] = _pushf_ring3_tail
+
+
+def _iopl_check(s: StubContext, byte: str, bad: str, good: str | None = None) -> str:
+    """Flag-clobbering test of the IOPL field in bits 4-5 of `byte` against the
+    guest's (s.iopl): to `bad` when it differs.  With `good`, the second test
+    jumps there when it matches and falls through otherwise (so an exit can
+    follow it).  The jcc opcodes are the IOPL-dependent bytes."""
+    v = s.iopl
+    first = f"test {byte}, 0x10; {'jz' if v & 1 else 'jnz'} {bad}; test {byte}, 0x20; "
+    if good is None:
+        return first + f"{'jz' if v & 2 else 'jnz'} {bad}"
+    return first + f"{'jnz' if v & 2 else 'jz'} {good}"
 
 
 @stub("popfd")
 def _popf(s: StubContext, i: Insn) -> str:
     # The real popf(d) at CPL 1 (IOPL 1) sets IF as the guest's does but
-    # silently keeps IOPL; record the guest's IOPL first (the popf then loads
-    # every flag the computation clobbered).  The popf is the template's last
-    # instruction: it ends its translated block, and the next block starts
-    # where the next guest instruction's stub code starts, the one place an
-    # interrupt it enabled may be taken (runtime/_clock.c, "Interrupt window").
-    load = "movzx eax, word ptr" if i.mnemonic == "popf" else "mov eax, dword ptr"
+    # silently keeps IOPL: it runs natively while the popped IOPL is the
+    # guest's, and exits (the VMM emulates it: a new IOPL, and the flag stubs
+    # rewritten for it) when it is not.  At CPL 3 the real IOPL is the guest's
+    # and a native popf(d) keeps it as the CPU does.  The tests clobber
+    # arithmetic flags: the popf, and the emulated one at the exit, load them
+    # all.  The popf is the template's last instruction: it ends its translated
+    # block, and the next block starts where the next guest instruction's stub
+    # code starts, the one place an interrupt it enabled may be taken
+    # (runtime/_clock.c, "Interrupt window").
     pop = "popf" if i.mnemonic == "popf" else "popfd"
-    return (f"mov {s.field('scratch')}, eax; {load} [esp]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; {pop}")
+    out, ok = s.local("exit"), s.local("ok")
+    return f"{_iopl_check(s, 'byte ptr [esp + 1]', out, ok)}; {out}: {EXIT}; {ok}: {pop}"
 
 
 def _mentions(text: str, reg: str) -> bool:
@@ -368,32 +439,33 @@ def _load_ss(s: StubContext, i: Insn) -> str:
 # -- returns ----------------------------------------------------------------------
 @stub("iretd", opsize16=False)
 def _iretd(s: StubContext, i: Insn) -> str:
-    """Kernel-to-kernel iretd: take over the guest's IOPL, load EFLAGS (IF
-    included: CPL 1 <= the real IOPL 1) with popfd and leave through an
-    indirect jump (the frame is only read: writing RPL 1 into its CS slot
-    would leave a byte below the new ESP that the CPU never writes).  That
-    needs the frame's CS to be the current one (ring compression: the current
-    CS is the frame's with RPL 1); any other kernel CS exits so the VMM
-    emulates the iretd (kind 'emulate'), with nothing changed yet.  So does an
-    iretd to ring 3: at CPL 3 the real EFLAGS are the guest's, IOPL included,
-    which a native iretd at CPL 1 cannot load.  A frame with RPL 1 or 2 runs
-    natively.  An interrupt the popfd enables is taken at the iretd's target:
-    the `jmp` after it weighs no guest instruction, so the clock's window check
-    waits for the target's block (runtime/_clock.c, "Interrupt window")."""
+    """Kernel-to-kernel iretd: load EFLAGS (IF included: CPL 1 <= the real
+    IOPL 1) with popfd and leave through an indirect jump (the frame is only
+    read: writing RPL 1 into its CS slot would leave a byte below the new ESP
+    that the CPU never writes).  That needs the frame's CS to be the current
+    one (ring compression: the current CS is the frame's with RPL 1) and the
+    frame's IOPL to be the guest's (`s.iopl`: the stub is one of the
+    IOPL_TEMPLATES; a native popfd or iretd at CPL 1 keeps the real IOPL);
+    any other kernel CS or IOPL exits so the VMM emulates the iretd (kind
+    'emulate'), with nothing changed yet.  So does an iretd to ring 3: at CPL 3
+    the real EFLAGS are the guest's, IOPL included, which a native iretd at
+    CPL 1 cannot load.  A frame with RPL 1 or 2 runs natively.  An interrupt
+    the popfd enables is taken at the iretd's target: the `jmp` after it
+    weighs no guest instruction, so the clock's window check waits for the
+    target's block (runtime/_clock.c, "Interrupt window")."""
     outer = s.local("outer")
     out = s.local("emul")
     return (f"mov {s.field('scratch')}, eax; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; cmp eax, 3; je {out}; "
-            f"test eax, eax; jnz {outer}; "
+            f"mov eax, dword ptr [esp + 8]; {_iopl_check(s, 'ah', out)}; "
+            f"mov eax, dword ptr [esp + 4]; and eax, 3; jnz {outer}; "
             # eax = the real CS (zero-extended) xor the frame's CS: 1 when they
             # name the same kernel code segment
             f"mov eax, cs; xor ax, word ptr [esp + 4]; cmp eax, 1; jne {out}; "
-            f"mov eax, dword ptr [esp + 8]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, dword ptr [esp]; "
+            f"mov eax, dword ptr [esp]; "
             f"mov {s.field('scratch2')}, eax; mov eax, {s.field('scratch')}; "
             f"lea esp, [esp + 8]; popfd; jmp {s.field('scratch2')}; "
-            f"{outer}: mov eax, dword ptr [esp + 8]; and eax, {VFLAGS_MASK:#x}; "
-            f"mov {s.field('vflags')}, eax; mov eax, {s.field('scratch')}; iretd; "
+            f"{outer}: mov eax, {s.field('scratch')}; iretd; "
             f"{out}: mov eax, {s.field('scratch')}; {EXIT}")
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from bt.hyper_layout import FLAG_TABLES, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, LARGE_PAGE, PAGE, PTE_P, PTE_PS,
+from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
+from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, IOPL_MASK, IOPL_SHIFT, LARGE_PAGE, PAGE,
+                    PTE_P, PTE_PS,
                     SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
 from patcher import policy
 from patcher.patches import Patcher
@@ -51,6 +52,10 @@ class BTMode(TrapMode):
                                Counters(PATCH_STATS))
         # A freed stub's guest-access marks go with it (its space is reused).
         self.patcher.on_free = lambda lo, hi: self.isolation.guard.mark(lo, hi, False)
+        # The flag stubs are assembled for the guest's IOPL (patcher/templates.py
+        # IOPL_TEMPLATES): every change of it rewrites them.
+        self.patcher.iopl = self.vcpu.vflags >> IOPL_SHIFT
+        self.vcpu.on_iopl = lambda vflags: self.patcher.set_iopl(vflags >> IOPL_SHIFT)
         self.stats = Counters(CSAM_STATS)
         self.csam = CSAM(self, self.patcher, self.stats, self._place_patches)
         self._patched_fault_sites: set[int] = set()
@@ -384,6 +389,17 @@ class BTMode(TrapMode):
     # patched or emulated) goes through the VMM, which writes the frame's
     # EFLAGS, IOPL included, into the real ones (TrapMode.set_guest_eflags).
     tracks_user_flags = True
+
+    def set_guest_eflags(self, value: int) -> None:
+        super().set_guest_eflags(value)
+        # pushf(d) stubs assume the real IOPL 1 of CPL 1; at CPL 3 the real
+        # IOPL is the one written here.  Without paging ring-3 code runs stubs
+        # (under paging the stub cache is supervisor-only), so from the first
+        # such write of another IOPL on they test the CPL (a native retf to
+        # ring 3 keeps the real IOPL 1: nothing to do).
+        if not self.patcher.ring3_tests and value & IOPL_MASK != REAL_IOPL_CPL1 \
+                and self._real_cpl() == 3 and not self.csam.paging():
+            self.patcher.set_ring3_tests()
 
     def guest_address(self, eip: int) -> int:
         return self.patcher.guest_address(eip) if self.cache.contains(eip) else eip

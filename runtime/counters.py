@@ -58,6 +58,12 @@ PATCH_STATS: tuple[CounterDecl, ...] = (
                 gauge=True),
     CounterDecl("stub_reuses", "jump patches installed with the kept stub of an identical removed one"),
     CounterDecl("stubs_freed", "kept stubs freed (beyond the bound, or replaced)"),
+    CounterDecl("iopl_changes", "changes of the guest's IOPL the flag stubs were rewritten for "
+                "(patcher/patches.py set_iopl)"),
+    CounterDecl("iopl_rewrites", "stubs whose IOPL-dependent bytes were rewritten (installed ones at "
+                "a change, kept ones when reused)"),
+    CounterDecl("ring3_tests", "1 once pushf(d) stubs test for CPL 3 (the guest ran ring 3 without "
+                "paging and with a real IOPL other than 1; patcher/patches.py set_ring3_tests)"),
 )
 
 # Kept by bt mode (runtime/bt.py, runtime/csam.py), reported as `extra.csam`.

@@ -197,7 +197,10 @@ class CSAM(Views):
         self.patcher._remove(p)
         self.patcher.counters.add("removed")
         self.scan(address)
-        self._on_new_code([p.site], [])
+        # Every instruction the stub translated is re-planned, not only the
+        # site: a sensitive one after it (now maybe a patch of its own, or an
+        # int3) would otherwise run natively and show the host's truth.
+        self._on_new_code([i.addr for i in p.covered], [])
         if not self.clock.c.known_start(address):
             self.clock.c.allow_once(address)
         return address

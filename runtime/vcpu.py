@@ -18,6 +18,10 @@ class VirtualCPU:
     def __init__(self, uc, state_addr: int, host_addr: int):
         self.uc = uc
         self.state_addr = state_addr
+        # on_iopl(vflags): called when the guest's IOPL changes (bt rewrites its
+        # flag stubs, which are assembled for one IOPL: runtime/bt.py).  Only
+        # the VMM writes vflags: no stub stores it.
+        self.on_iopl = None
         self.rebind(host_addr)
 
     def rebind(self, host_addr: int) -> None:
@@ -48,7 +52,11 @@ class VirtualCPU:
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self._vflags.value = value & VFLAGS_MASK
+        value &= VFLAGS_MASK
+        if value != self._vflags.value:
+            self._vflags.value = value
+            if self.on_iopl is not None:
+                self.on_iopl(value)
 
     def gdtr(self) -> tuple[int, int]:
         limit, base = self.get("gdtr")

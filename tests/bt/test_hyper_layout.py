@@ -1,9 +1,6 @@
-"""The hypervisor area's layout: regions apart, and the flag lookup tables the
-stubs use (bt/hyper_layout.py, flag_tables) equal to their definition, written
-here on whole EFLAGS values rather than on byte 1."""
-from itertools import product
-
-from bt.hyper_layout import (FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, PUSHF_BYTE, PUSHF_ROWS, RPL1_BYTE,
+"""The hypervisor area's layout: regions apart, and the lookup table the
+segment-load stubs use (bt/hyper_layout.py, flag_tables) equal to its definition."""
+from bt.hyper_layout import (FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, RPL1_BYTE,
                              SELECTOR_VIEW, SELECTOR_VIEW_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STUBS,
                              VFLAGS_MASK, VMM_STACK, VMM_STACK_SIZE, flag_tables)
 from bt.x86 import IOPL_MASK
@@ -21,8 +18,7 @@ def test_regions_do_not_overlap_and_fit_the_area():
     for (a, n), (b, _) in zip(spans, spans[1:]):
         assert a + n <= b, hex(a)
     assert len(TABLES) == FLAG_TABLES_SIZE
-    for region, size in ((RPL1_BYTE, 256), (PUSHF_BYTE, PUSHF_ROWS * 256)):
-        assert FLAG_TABLES <= region and region + size <= FLAG_TABLES + FLAG_TABLES_SIZE
+    assert FLAG_TABLES <= RPL1_BYTE and RPL1_BYTE + 256 <= FLAG_TABLES + FLAG_TABLES_SIZE
 
 
 def test_vflags_holds_the_iopl_only():
@@ -30,14 +26,6 @@ def test_vflags_holds_the_iopl_only():
     assert VFLAGS_MASK == IOPL_MASK
 
 
-def test_pushf_table_puts_the_guest_iopl_into_the_pushed_flags():
-    """Every vflags value (IOPL) against every pushed byte 1 (the real IF and
-    IOPL 1 among them): the result is the pushed flags with IOPL taken from
-    vflags, everything else -- IF included -- kept."""
-    assert VFLAGS_MASK >> 8 < PUSHF_ROWS
-    for iopl, real_hi in product(range(4), range(256)):
-        vflags = iopl << 12
-        pushed = (real_hi << 8) | 0x57                    # byte 0 arbitrary: never read
-        want = (pushed & ~VFLAGS_MASK) | vflags
-        # the stub's index: EAX = vflags (v << 8) with the pushed byte 1 as AL
-        assert entry(PUSHF_BYTE, vflags | real_hi) == (want >> 8) & 0xFF, (hex(vflags), hex(real_hi))
+def test_rpl1_table_marks_exactly_the_rpl1_selectors():
+    for sel in range(0x10000):
+        assert entry(RPL1_BYTE, sel & 0xFF) == (sel & 3 == 1)

@@ -308,8 +308,9 @@ def run_reference(insn: Insn, b: Belief) -> Outcome:
     return Outcome(eflags=out["real_eflags"], **out)
 
 
-def stub_text(key: str, insn: Insn, until: int) -> str:
-    ctx = StubContext(STATE_ADDR, "t")
+def stub_text(key: str, insn: Insn, until: int, iopl: int) -> str:
+    """The stub as the patcher assembles it while the guest's IOPL is `iopl`."""
+    ctx = StubContext(STATE_ADDR, "t", iopl)
     text = TEMPLATES[key](ctx, insn)
     if key not in TERMINATORS:
         text += f"; jmp {until:#x}"
@@ -334,7 +335,7 @@ def run_translation(key: str, insn: Insn, b: Belief) -> tuple[Outcome, range]:
     uc.mem_write(STATE_ADDR, bytes(state_page(b)))
     uc.mem_write(HYPER + SELECTOR_VIEW, VIEW)
     uc.mem_write(HYPER + FLAG_TABLES, FLAG_TABLE_BYTES)
-    code = assemble(stub_text(key, insn, b.until), STUB_ADDR)
+    code = assemble(stub_text(key, insn, b.until, iopl_of(b.eflags)), STUB_ADDR)
     uc.mem_write(STUB_ADDR, code)
     # the VMM's own tables and CR0, unlike the guest's
     uc.reg_write(X.UC_X86_REG_GDTR, (0, REAL_GDT, len(REAL_GDT_BYTES) - 1, 0))
@@ -402,7 +403,7 @@ def test_stub_does_what_the_instruction_does(key, sample):
     assert classify_bytes(insn.data).name == key and template_for(key, insn.data) is not None
     for trial in range(TRIALS):
         b = make_belief(sample, insn, trial)
-        what = f"{key} {insn.mnemonic} {insn.op_str} trial {trial}: {stub_text(key, insn, b.until)}"
+        what = f"{key} {insn.mnemonic} {insn.op_str} trial {trial}: {stub_text(key, insn, b.until, iopl_of(b.eflags))}"
         ref = run_reference(insn, b)
         assert ref.faults == [] and ref.eip == b.until, what
         tr, stub = run_translation(key, insn, b)
@@ -416,16 +417,24 @@ def test_stub_does_what_the_instruction_does(key, sample):
         assert_state_page(bytes(state_page(b)), tr.state, ref.eflags & VFLAGS_MASK, what)
 
 
+def iopl_of(eflags: int) -> int:
+    return (eflags & IOPL_MASK) >> 12
+
+
 def expects_exit(key: str, sample: Sample, b: Belief, ref: Outcome) -> bool:
     """Where the templates document an exit: an iretd to ring 3 (the real
-    EFLAGS at CPL 3 are the guest's, IOPL included); a segment load or far jump
-    naming an RPL-1 selector; every SS load."""
+    EFLAGS at CPL 3 are the guest's, IOPL included); an iretd or popf(d) that
+    loads another IOPL than the guest's (the stub was assembled for the
+    guest's); a segment load or far jump naming an RPL-1 selector; every SS
+    load."""
     if key in SS_LOADS:
         return True
     if key in SELECTOR_EXITS:
         return sample.sel & 3 == 1
     if key in EMULATE_EXITS:
-        return sample.frame == "user"
+        return sample.frame == "user" or iopl_of(ref.eflags) != iopl_of(b.eflags)
+    if key == "popfd":
+        return iopl_of(ref.eflags) != iopl_of(b.eflags)
     return False
 
 
@@ -435,9 +444,9 @@ def check_exit(key, sample, b, ref, tr, stub, what):
     assert intno == 13 and eip in stub, what                 # the stub's hlt
     assert expects_exit(key, sample, b, ref), f"unexpected exit: {what}"
     # the VMM emulates the instruction: nothing of it may have happened yet
-    # (the flags may differ: the only such exit is iretd's, and the emulated
-    # iretd loads all of EFLAGS from the frame)
-    assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS, what
+    # (the flags may differ: such exits are iretd's and popf(d)'s, and the
+    # emulated iretd and popf(d) load every flag the stub's tests touched)
+    assert key in EMULATE_EXITS | SELECTOR_EXITS | SS_LOADS | {"popfd"}, what
     assert tr.regs == b.regs and tr.segs == GUEST_SEGS, what
     assert_state_page(bytes(state_page(b)), tr.state, b.eflags & VFLAGS_MASK, what)
     before = Outcome(b.regs, GUEST, GUEST_SEGS, b.eflags, initial_memory(b), [])
@@ -454,13 +463,14 @@ def initial_memory(b: Belief) -> dict:
 def test_every_documented_exit_is_exercised():
     """The samples reach both outcomes of every exit condition."""
     seen = set()
-    for key in sorted(EMULATE_EXITS):
+    for key in sorted(EMULATE_EXITS | {"popfd"}):
         for s in SAMPLES[key]:
             insn = decode(s)
             for trial in range(TRIALS):
                 b = make_belief(s, insn, trial)
                 seen.add((key, s.frame, expects_exit(key, s, b, run_reference(insn, b))))
-    assert seen == {("iretd", "kernel", False), ("iretd", "user", True)}
+    assert seen == {("iretd", "kernel", False), ("iretd", "kernel", True), ("iretd", "user", True),
+                    ("popfd", "flags", False), ("popfd", "flags", True)}
 
 
 # -- Unicorn facts the comparison stands on ------------------------------------------
