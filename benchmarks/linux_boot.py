@@ -45,6 +45,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bt.api import run_sampled  # noqa: E402
+from bt.errors import BadInput  # noqa: E402
 from bt.images import load_image  # noqa: E402
 from bt.images.fetch import default_linux_cmdline, ensure_linux_images  # noqa: E402
 from bt.images.initramfs import build_initramfs  # noqa: E402
@@ -268,7 +269,10 @@ def format_table(best: dict[str, dict], verdicts: list[dict], markdown: bool = F
 
 def parse_modes(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    modes = [str(Mode.parse(m)) for m in names]
+    try:
+        modes = [str(Mode.parse(m)) for m in names]
+    except BadInput as e:
+        raise SystemExit(f"linux_boot.py: --modes: {e}") from None
     if not modes or len(set(modes)) != len(modes):
         raise SystemExit(f"linux_boot.py: --modes '{text}': name each mode once")
     return modes

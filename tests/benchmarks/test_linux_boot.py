@@ -61,3 +61,11 @@ def test_the_one_mode_form_still_writes_its_json(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["mode"] == "emulate" and len(doc["runs"]) == 1 and "deterministic" in doc
     assert "target:" not in capsys.readouterr().out        # one mode: nothing to compare
+
+
+def test_modes_are_checked_before_anything_runs():
+    import pytest
+    assert lb.parse_modes("bt, trap") == ["bt", "trap"]
+    for bad in ("emulate,foo", "bt,bt", ","):
+        with pytest.raises(SystemExit):
+            lb.parse_modes(bad)
