@@ -234,13 +234,17 @@ def run(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
         res = vm.run()
         timeline = []
     else:
-        res, timeline = _run_sampled(vm, sample_every)
+        res, timeline = run_sampled(vm, sample_every)
     fields = {k: getattr(res, k) for k in _VMRunResult.__dataclass_fields__}
     return RunResult(**fields, mode=mode, image=vm.image.path, timeline=timeline, vm=vm)
 
 
-def _run_sampled(vm, step: int):
+def run_sampled(vm, step: int):
+    """Run a VM made by the caller (its own stdout, e.g. a marker watcher) as `run`
+    does with `sample_every=step`: (runtime.vm.RunResult, timeline)."""
     import time
+    if step <= 0:
+        raise BadInput(f"sample_every {step} must be positive")
     wall0 = time.perf_counter()
     limit = vm.config.max_instructions
     timeline = [sample(vm)]

@@ -2,9 +2,10 @@
 
     bt-bench [IMAGE ...] [--modes emulate,trap,bt] [--out DIR] [--plot DIR]
              [--max-instructions N] [--mem MIB] [--cost NAME=CYCLES,...]
-             [--sweep NAME=V1,V2,...] [--jobs N | --scheduler ADDRESS]
+             [--sweep NAME=V1,V2,...] [--jobs N | --scheduler ADDRESS] [--linux-unpack]
 
-IMAGE is anything bt-run accepts (demo:NAME, a file); none = every demo guest.
+IMAGE is anything bt-run accepts (demo:NAME, a file, `linux` for the cached Debian
+guest with its default initramfs and command line); none = every demo guest.
 Writes DIR/bench.csv and DIR/bench.json (default DIR: bench-out) and prints the
 table on stdout; progress goes to stderr.  Each guest at each machine setting is
 one task (all its modes) for the local worker processes (--jobs, default: the
@@ -58,6 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on this Dask distributed scheduler (tcp://HOST:PORT; needs "
                         "pip install -e '.[dask]'; docs/benchmarks.md)")
+    p.add_argument("--linux-unpack", action="store_true",
+                   help="Linux kernels: unpack the bzImage on the host instead of running its "
+                        "own decompressor in the guest (as bt-run --linux-unpack)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -76,14 +80,22 @@ def _parse_modes(text: str) -> tuple[Mode, ...]:
     return tuple(m for m in MODES if m in modes)   # reference first
 
 
-def _load_guests(names: list[str], mem_mib: int) -> list[tuple[str, object]]:
+def _load_guests(names: list[str], mem_mib: int, cpu_mhz: int = DEFAULT_CPU_MHZ,
+                 linux_unpack: bool = False) -> list[tuple[str, object]]:
     from bt.demos import list_demos
     from bt.images import load_image
+    from bt.images.linux_guest import is_linux_name, load_cached_linux
     if not 1 <= mem_mib <= 3072:
         raise BadInput(f"--mem {mem_mib} must be between 1 and 3072 MiB")
     names = names or [f"demo:{d}" for d in list_demos()]
-    return [(n[5:] if n.startswith("demo:") else Path(n).name,
-             load_image(n, mem_bytes=mem_mib << 20)) for n in names]
+    guests = []
+    for n in names:
+        if is_linux_name(n):      # the cached Debian guest, booted as `bt-run linux` boots it
+            guests.append((n, load_cached_linux(mem_mib, cpu_mhz, linux_unpack=linux_unpack)))
+        else:
+            guests.append((n[5:] if n.startswith("demo:") else Path(n).name,
+                           load_image(n, mem_bytes=mem_mib << 20, linux_unpack=linux_unpack)))
+    return guests
 
 
 @stops_on_signals("bt-bench")
@@ -99,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler and args.jobs is not None:
             raise BadInput("--jobs and --scheduler exclude each other (the cluster's "
                            "workers are its jobs)")
-        guests = _load_guests(args.images, args.mem)
         cpu_mhz = args.cpu_mhz or DEFAULT_CPU_MHZ
+        guests = _load_guests(args.images, args.mem, cpu_mhz, args.linux_unpack)
         config = MachineConfig(mem_mib=args.mem, cpu_mhz=cpu_mhz,
                                max_instructions=args.max_instructions)
         out = Path(args.out)

@@ -146,6 +146,7 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
 def load_from_args(args):
     """Load the image named on the command line (raises BadInput)."""
     from bt.images import load_image, parse_address
+    from bt.images.linux_guest import cached_linux, is_linux_name
     if not 1 <= args.mem <= 3072:
         raise BadInput(f"--mem {args.mem} must be between 1 and 3072 MiB")
     load = parse_address(args.load) if args.load is not None else None
@@ -154,13 +155,9 @@ def load_from_args(args):
     initrd = args.initrd
     cmdline = args.cmdline
     fmt = args.format
-    if image == "linux":
-        from bt.images.fetch import cached_linux_images, default_linux_cmdline
-        paths = cached_linux_images()
-        image = str(paths["kernel"])
-        initrd = initrd or str(paths["initrd"])
-        if cmdline is None:
-            cmdline = default_linux_cmdline(args.mem, getattr(args, "cpu_mhz", DEFAULT_CPU_MHZ))
+    if is_linux_name(image):
+        image, initrd, cmdline = cached_linux(args.mem, getattr(args, "cpu_mhz", DEFAULT_CPU_MHZ),
+                                              cmdline, initrd)
         fmt = "linux"
     args.cmdline = cmdline or ""
     return load_image(image, fmt, load=load, entry=entry, mem_bytes=args.mem << 20,

@@ -25,10 +25,9 @@ from elftools.elf.elffile import ELFFile
 
 from bt.errors import BadInput
 from bt.images.elf import is_elf
+from bt.images.ksyms import EXPORT_TABLES, TEXT_SECTIONS, decode_exports
 from bt.images.linux import _unpack_bzimage, is_bzimage
 
-EXPORT_TABLES = ("__ksymtab", "__ksymtab_gpl")
-TEXT_SECTIONS = (".text", ".init.text")
 
 
 @dataclass
@@ -83,25 +82,7 @@ def kernel_view(path: str, data: bytes) -> KernelView:
 
 
 def _read_exports(tables, text) -> tuple[str, list[int]]:
-    def in_text(a: int) -> bool:
-        return any(lo <= a < hi for lo, hi in text)
-
-    best = ("none", [])
-    if not tables or not text:
-        return best
-    for layout, size, read in (
-            ("pc-relative, 12 bytes", 12, lambda base, raw, k: (base + k + struct.unpack_from("<i", raw, k)[0])),
-            ("absolute, 12 bytes", 12, lambda base, raw, k: struct.unpack_from("<I", raw, k)[0]),
-            ("absolute, 8 bytes", 8, lambda base, raw, k: struct.unpack_from("<I", raw, k)[0])):
-        found = set()
-        for base, raw in tables:
-            if len(raw) % size:
-                break
-            for k in range(0, len(raw), size):
-                a = read(base, raw, k) & 0xFFFFFFFF
-                if in_text(a):
-                    found.add(a)
-        else:
-            if len(found) > len(best[1]):
-                best = (layout, sorted(found))
-    return best
+    """(layout, sorted exported addresses in text): the layouts are read once,
+    in bt/images/ksyms.py (which also reads the names)."""
+    layout, entries = decode_exports(tables, text)
+    return layout, sorted({value for value, _ in entries})

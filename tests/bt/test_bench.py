@@ -99,3 +99,24 @@ class _Obs:
     counters = {"exits": 3, "io_exits": 2, "cpuid_exits": 1}
     extra = {}
     wall = 0.5
+
+
+def test_linux_is_the_guest_bt_run_boots_and_honours_the_budget(tmp_path, capsys):
+    """`bt-bench linux` loads the cached guest as `bt-run linux` does (one shared
+    definition: bt/images/linux_guest.py) and runs it under the budget."""
+    from bt.cli.common import load_from_args
+    from bt.cli.run import make_parser
+    from bt.images.linux_guest import linux_available
+    if not linux_available():
+        pytest.skip("the Linux guest is not fetched (bt-images fetch linux)")
+    (name, image), = cli._load_guests(["linux"], 64, linux_unpack=True)
+    same = load_from_args(make_parser().parse_args(["linux", "--linux-unpack"]))
+    assert name == "linux" and image.info == same.info and image.entry == same.entry
+    assert [(s.addr, s.data) for s in image.segments] == [(s.addr, s.data) for s in same.segments]
+    out = tmp_path / "out"
+    assert cli.main(["linux", "--modes", "emulate,trap", "--max-instructions", "300000",
+                     "--linux-unpack", "--jobs", "1", "-q", "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [(r["guest"], r["mode"], r["status"], r["retired"]) for r in rows] == [
+        ("linux", "emulate", 124, 300_000), ("linux", "trap", 124, 300_000)]
+    assert "linux" in capsys.readouterr().out
