@@ -80,7 +80,7 @@ class SmcRewrites:
             hide.add(a & ~(PAGE - 1))
         for pg in sorted(hide):
             self._hide(pg)
-        self.scanner.invalidate_nodes(nodes)
+        self.scanner.invalidate_nodes(nodes, ranges)
         # Published again: the same flags (now without the dropped bytes), and
         # the block check's dirty mark of the page cleared.
         rec = cfg.pages.pages.get(page)

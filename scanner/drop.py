@@ -30,6 +30,8 @@ import bisect
 from bt.x86 import PAGE, PAGE_MASK
 from scanner.cfg import BAD_MARK, CFG, UNRESOLVED
 
+MAX_INSN = 15       # an x86 instruction's longest encoding
+
 
 def nodes_overlapping(cfg: CFG, lo: int, hi: int) -> set[int]:
     """Blocks with a byte in [lo, hi) and bad nodes at an address in it."""
@@ -88,8 +90,18 @@ def fallthrough_preds(cfg: CFG, nodes: set[int]) -> set[int]:
 def drop(cfg: CFG, nodes: set[int]) -> list[tuple]:
     """Remove `nodes` (their scanned bytes unmarked, their nodes and edges
     gone).  Returns the edges kept blocks had into them as worklist items
-    (site, target, kind, attrs), a second item for an edge's `also` kind."""
-    node, pred = cfg.graph._node, cfg.graph._pred
+    (site, target, kind, attrs), a second item for an edge's `also` kind.
+    Bad nodes that may be verdicts on the dropped code go too: those the
+    dropped blocks run into (a zero run counts the block's `00 00`s) and the
+    "overlap" ones whose instruction could reach into dropped bytes; any of
+    them comes back when a walk reaches its address again."""
+    node, pred, succ = cfg.graph._node, cfg.graph._pred, cfg.graph._succ
+    nodes = set(nodes)
+    spans = [(node[n]["start"], max(node[n]["end"], node[n]["start"] + 1)) for n in nodes]
+    nodes |= {v for n in nodes for v in succ[n] if v != UNRESOLVED and node[v]["kind"] == "bad"}
+    for lo, hi in spans:
+        nodes |= {b for b in nodes_overlapping(cfg, max(lo - MAX_INSN, 0), lo)
+                  if node[b]["kind"] == "bad" and node[b]["reason"].startswith("overlap")}
     orphans = []
     for n in nodes:
         for src, d in pred[n].items():

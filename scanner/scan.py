@@ -131,11 +131,15 @@ class Scanner:
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
 
-    def invalidate_nodes(self, nodes: set[int]) -> None:
+    def invalidate_nodes(self, nodes: set[int], written=()) -> None:
         """Forget `nodes` (blocks and bad nodes whose bytes changed, with what
         runs on into them: scanner/drop.py); the rest of their pages stays
         scanned.  The edges kept blocks had into them are followed again at the
-        next walk; orphans whose branch was in a dropped block go."""
+        next walk; orphans whose branch was in a dropped block go.  `written`:
+        the stores' [lo, hi) ranges, forgotten by the decoder's cache too (the
+        Python walk's sweeps cache bytes no block holds yet)."""
+        for lo, hi in written:
+            self.dec.invalidate(lo, hi)
         if not nodes:
             return
         node = self.cfg.graph._node
