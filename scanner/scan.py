@@ -111,7 +111,10 @@ class Scanner:
         """Forget every block with bytes on page `base` (its code changed).
         Returns their start addresses, which the caller may rescan."""
         base &= PAGE_MASK
-        hit = self.nodes_on_page(base)
+        # ... and the blocks below it that run on into it without a branch
+        # (their translated blocks would run the page's new bytes unchecked:
+        # scanner/drop.py)
+        hit = drop.fallthrough_preds(self.cfg, self.nodes_on_page(base))
         node = self.cfg.graph._node
         pm = self.cfg.pages
         # Every scanned byte of the page belongs to a block in `hit`: the page's

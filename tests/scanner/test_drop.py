@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scanhelp import BASE, BRANCHES, PROGRAM_LINES, Mem, asm, random_program
 from test_properties import _check
 
+from bt.x86 import PAGE
 from scanner.cfg import UNRESOLVED
 from scanner.drop import fallthrough_preds, nodes_overlapping, outside
 from scanner.flow import FLOW
@@ -150,3 +151,22 @@ def test_orphans_of_a_dropped_branch_are_not_followed():
         [(20, 200, "jump", None)]
     assert outside([(9, 1, "jump", None), (10, 2, "jump", None)], [(3, 8), (7, 10)]) == \
         [(10, 2, "jump", None)]
+
+
+def test_a_whole_page_invalidation_drops_the_block_that_falls_into_the_page():
+    # A (`mov eax, 1`) ends exactly at the page boundary and falls through into
+    # B, the first block of the next page (a call target): dropping that page
+    # drops A too, though no byte of A is on it.
+    code = bytearray(b"\x90" * (2 * PAGE))
+    b = BASE + PAGE
+    code[0:6] = b"\xe8" + (b - (BASE + 5)).to_bytes(4, "little") + b"\xc3"   # call B; ret
+    code[PAGE - 5:PAGE] = b"\xb8\x01\x00\x00\x00"                             # A: mov eax, 1
+    code[PAGE:PAGE + 2] = b"\x90\xc3"                                         # B: nop; ret
+    mem = Mem(bytes(code))
+    sc = Scanner(mem.read)
+    a = b - 5
+    sc.scan([BASE, a])
+    assert sc.cfg.block_of(a) == a and sc.cfg.block_of(b) == b
+    assert sorted(sc.invalidate_page(b)) == [a, b]
+    assert sc.cfg.block_of(a) is None and sc.cfg.pages.state(a) == 0
+    assert sc.cfg.block_of(BASE) == BASE
