@@ -25,8 +25,10 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
   that ever held scanned code (`_watch_writes`) marks a page dirty when a
   guest store touches scanned bytes.  The store completes as the CPU did it (never aborted and replayed); the block check
   refuses every later block start on a dirty page, and before anything is
-  scanned the dirty pages are invalidated: patches and guards removed (the
-  guest's new bytes kept), translated blocks and the page's CFG dropped.
+  scanned the dirty pages are invalidated: the blocks the stores hit and what
+  depends on them dropped, the patches and guards over them removed (the
+  guest's new bytes kept) -- runtime/smc.py; the whole page only when the
+  write log overflowed.
 * Guest loads of patched bytes see the guest's own bytes, on every page: each
   page carrying a patch or guard gets native read hooks and a table of its
   hidden bytes (`_hide`; runtime/_clock.c, "Patches hidden from guest loads").
