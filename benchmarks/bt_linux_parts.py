@@ -21,8 +21,11 @@ import json
 import time
 from collections import defaultdict
 
+import patcher.patches
 import runtime.bt
 import runtime.csam
+import runtime.smc
+import runtime.views
 import scanner.cfg
 import scanner.pages
 import scanner.scan
@@ -33,8 +36,14 @@ PARTS = [
     (scanner.pages.PageMap, "code_pages"),
     (scanner.scan.Scanner, "_run_worklist"),
     (scanner.scan.Scanner, "invalidate_page"),
+    (scanner.scan.Scanner, "invalidate_nodes"),
     (runtime.csam.CSAM, "_on_unscanned"),
     (runtime.csam.CSAM, "drain_writes"),
+    (runtime.csam.CSAM, "_scan_read"),
+    (runtime.smc.SmcRewrites, "_invalidate_written"),
+    (runtime.views.Views, "_drop_view"),
+    (runtime.views.Views, "_forget"),
+    (patcher.patches.Patcher, "install_jump"),
     (runtime.bt.BTMode, "_place_patches"),
     (runtime.bt.BTMode, "on_fault"),
     (runtime.bt.BTMode, "_emulate_original"),

@@ -66,7 +66,12 @@ typedef int (*uc_reg_write_t)(void *, int, const void *);
 #define HF_INHIBIT_IRQ 0x8u /* QEMU's hflags bit: the sti / mov ss shadow (tests/runtime/test_unicorn_block_facts.py) */
 #define PAGE_SHIFT 12
 #define PAGE_OFF 0xFFFu
-#define MAX_WRITES 256
+/* Stores logged between two drains (16 bytes each).  CSAM drops only the code
+ * the logged stores hit (runtime/smc.py); past the bound only the pages are
+ * known and each goes whole.  Linux's ftrace NOPs ~37,000 call sites in one
+ * loop with no exit in between: 256 entries overflowed on nearly every drain
+ * (docs/benchmarks.md, "CSAM: dropping only what a store changed"). */
+#define MAX_WRITES 65536
 #define DEFAULT_CACHE_LIMIT ((size_t)64 << 20) /* bytes of decoded blocks (flush_cache) */
 #define INTERIOR_BYTE 1 /* interior table: a non-first byte a jump patch covers */
 #define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */
@@ -623,7 +628,9 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
     if (!hit)
         return;
     c->code_writes++;
-    if (c->nwlog < MAX_WRITES) {
+    if (c->nwlog && c->wlog[c->nwlog - 1][0] + c->wlog[c->nwlog - 1][1] == addr) {
+        c->wlog[c->nwlog - 1][1] += (uint64_t)size;   /* a copy's next store: one range */
+    } else if (c->nwlog < MAX_WRITES) {
         c->wlog[c->nwlog][0] = addr;
         c->wlog[c->nwlog][1] = (uint64_t)size;
         c->nwlog++;

@@ -77,8 +77,12 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("stub_exits", "exits from patch stubs (emulate and window exits)"),
     CounterDecl("int3_exits", "executions of int3 patches"),
     CounterDecl("guard_exits", "executions of int3 guards on indirect branches"),
-    CounterDecl("code_page_writes", "guest stores into scanned bytes (native write hook)"),
-    CounterDecl("smc_invalidations", "code pages invalidated because the guest wrote scanned bytes"),
+    CounterDecl("code_page_writes", "logged ranges of guest stores into scanned bytes (native write "
+                "hook; a store that continues the one before extends its range)"),
+    CounterDecl("smc_invalidations", "code pages invalidated because the guest wrote scanned bytes "
+                "(at one drain of the write log; runtime/smc.py)"),
+    CounterDecl("smc_blocks_dropped", "blocks those invalidations dropped: the written ones and what "
+                "depends on them (the whole page only when the write log overflowed)"),
     CounterDecl("unscannable_starts", "refused block starts no scan could make known (run once as they are)"),
     CounterDecl("patch_interior_redirects", "block starts inside a jump patch sent to the stub's copy"),
     CounterDecl("patch_interior_replans", "block starts inside a jump patch that removed it and re-planned"),

@@ -25,8 +25,10 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
   that ever held scanned code (`_watch_writes`) marks a page dirty when a
   guest store touches scanned bytes.  The store completes as the CPU did it (never aborted and replayed); the block check
   refuses every later block start on a dirty page, and before anything is
-  scanned the dirty pages are invalidated: patches and guards removed (the
-  guest's new bytes kept), translated blocks and the page's CFG dropped.
+  scanned the dirty pages are invalidated: the blocks the stores hit and what
+  depends on them dropped, the patches and guards over them removed (the
+  guest's new bytes kept) -- runtime/smc.py; the whole page only when the
+  write log overflowed.
 * Guest loads of patched bytes see the guest's own bytes, on every page: each
   page carrying a patch or guard gets native read hooks and a table of its
   hidden bytes (`_hide`; runtime/_clock.c, "Patches hidden from guest loads").
@@ -43,6 +45,7 @@ from patcher.policy import insn_at
 from patcher.templates import Insn
 from runtime.decode import decode, effective_address
 from runtime.emulation import push
+from runtime.smc import SmcRewrites
 from runtime.views import FLAGS, Views
 from scanner.cfg import CFG
 from scanner.scan import Scanner
@@ -53,7 +56,7 @@ HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's p
 HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
 
 
-class CSAM(Views):
+class CSAM(Views, SmcRewrites):
     """Scanning, guards and self-modifying-code handling for one bt-mode VM.
 
     `mode` provides the engine, the protections and the guest's view of memory
@@ -386,14 +389,25 @@ class CSAM(Views):
             return
         frames, log, complete = self.clock.c.take_writes()
         self.stats.add("code_page_writes", n=len(log))
+        # The log by physical page (a drain can hold tens of thousands of
+        # stores over a thousand pages: ftrace's boot-time NOPing).
+        by_frame: dict[int, list] = {}
+        for a, n in log:
+            for f in {a & ~(PAGE - 1), (a + n - 1) & ~(PAGE - 1)}:
+                by_frame.setdefault(f, []).append((a, n))
         for frame in frames:
             page = self.view_of.get(frame)
             if page is None:                     # no scan there any more
                 self.clock.c.set_page(FLAGS, frame, None)
                 continue
-            # the log is physical; the patches are keyed by the view's linear addresses
-            written = [(a - frame + page, n) for a, n in log] if complete else None
-            self._invalidate(page, written)
+            # the log is physical; the patches are keyed by the view's linear
+            # addresses (a patch or block may run on into the next page)
+            near = [w for f in (frame - PAGE, frame, frame + PAGE) for w in by_frame.get(f, ())]
+            written = [(a - frame + page, n) for a, n in near] if complete else None
+            # Only what the stores changed (runtime/smc.py); the whole page
+            # when the log overflowed.
+            if written is None or not self._invalidate_written(page, written):
+                self._invalidate(page, written)
 
     def _invalidate(self, page: int, written, guest_wrote: bool = True, keep_scan: bool = False) -> None:
         """Drop the linear page's code: its patches and guards come out with the
@@ -425,8 +439,10 @@ class CSAM(Views):
             self.mode._raw_write(a, b)
         self._hide(page)
         if not keep_scan:
-            self.scanner.invalidate_page(page)
+            dropped = self.scanner.invalidate_page(page)
             self.cfg.pages.drop(page)
+            if guest_wrote:
+                self.stats.add("smc_blocks_dropped", n=len(dropped))
         self._published.discard(page)
         self.mode._flush(page, page + PAGE)
         if frame < self.vm.config.mem_bytes:

@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 from bt.catalog import MAYBE_SENSITIVE_FIRST_BYTE, classify_bytes
 from bt.x86 import PAGE, PAGE_MASK
-from scanner import native
+from scanner import drop, native
 from scanner.cfg import BAD_MARK, BLOCK_MARK, CFG, UNRESOLVED
 from scanner.decode import ADDR_MASK, Decoder
 from scanner.flow import FLOW
@@ -70,6 +70,12 @@ class Scanner:
         # scan call decoded: new code, since each byte is decoded once.
         self.new_sites: list[tuple] = []
         self._work: deque = deque()
+        # Edges of kept blocks into blocks `invalidate_nodes` dropped: followed
+        # again at the next walk (scanner/drop.py), as the first walk did,
+        # except those whose branch was dropped since (in `_gone`, the spans
+        # dropped since the last walk; nothing is added between walks).
+        self._orphans: list[tuple] = []
+        self._gone: list[tuple[int, int]] = []
         self.engine, self.native = _engine(engine)
 
     @property
@@ -105,7 +111,10 @@ class Scanner:
         """Forget every block with bytes on page `base` (its code changed).
         Returns their start addresses, which the caller may rescan."""
         base &= PAGE_MASK
-        hit = self.nodes_on_page(base)
+        # ... and the blocks below it that run on into it without a branch
+        # (their translated blocks would run the page's new bytes unchecked:
+        # scanner/drop.py)
+        hit = drop.fallthrough_preds(self.cfg, self.nodes_on_page(base))
         node = self.cfg.graph._node
         pm = self.cfg.pages
         # Every scanned byte of the page belongs to a block in `hit`: the page's
@@ -117,9 +126,31 @@ class Scanner:
             d = node[n]
             if d["kind"] == "block" and (d["start"] < base or d["end"] > base + PAGE):
                 pm.unmark(d["start"], d["end"] - d["start"])
+        if self._orphans:
+            # every node hit has a byte on the page: one interval holds them all
+            self._gone.append((min([base] + [node[n]["start"] for n in hit]),
+                               max([base + PAGE] + [node[n]["end"] for n in hit])))
         self.cfg.remove_nodes(hit)
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
+
+    def invalidate_nodes(self, nodes: set[int], written=()) -> None:
+        """Forget `nodes` (blocks and bad nodes whose bytes changed, with what
+        runs on into them: scanner/drop.py); the rest of their pages stays
+        scanned.  The edges kept blocks had into them are followed again at the
+        next walk; orphans whose branch was in a dropped block go.  `written`:
+        the stores' [lo, hi) ranges, forgotten by the decoder's cache too (the
+        Python walk's sweeps cache bytes no block holds yet)."""
+        for lo, hi in written:
+            self.dec.invalidate(lo, hi)
+        if not nodes:
+            return
+        node = self.cfg.graph._node
+        spans = [(node[n]["start"], max(node[n]["end"], node[n]["start"] + 1)) for n in nodes]
+        self._gone += spans
+        self._orphans += drop.drop(self.cfg, nodes)
+        for lo, hi in spans:
+            self.dec.invalidate(lo, hi)
 
     def nodes_on_page(self, base: int) -> set[int]:
         """Blocks with a byte on page `base` (start < base + PAGE and end > base)
@@ -155,6 +186,12 @@ class Scanner:
 
     # --- the traversal -------------------------------------------------------
     def _run(self) -> CFG:
+        if self._orphans:
+            # Those whose branch is still scanned link from its block as usual.
+            state = self.cfg.pages.state
+            kept = [o for o in drop.outside(self._orphans, self._gone) if state(o[0]) == START]
+            self._work.extendleft(reversed(kept))
+        self._orphans, self._gone = [], []
         with _no_gc():
             return self._run_worklist()
 

@@ -52,7 +52,10 @@ def test_guest_overwrites_a_patched_instruction_and_restores_it():
     assert res.regs["edi"] == 0x1234
     assert res.extra["patches"]["removed"] >= 1
     assert res.extra["csam"]["smc_invalidations"] >= 1
-    assert res.extra["csam"]["pages_rescanned"] >= 1
+    # Only f's block goes (runtime/smc.py); the writer's blocks on the same
+    # page stay scanned, so the page never stops being a code page.
+    assert res.extra["csam"]["smc_blocks_dropped"] >= 1
+    assert res.extra["csam"]["pages_rescanned"] == 0
 
 
 def test_code_reached_only_through_a_computed_pointer_is_scanned_before_it_runs():
