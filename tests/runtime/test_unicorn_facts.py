@@ -398,3 +398,37 @@ def test_code_hook_on_one_address_stops_before_it_once_the_cache_is_flushed():
     uc.ctl_remove_cache(target, target + 1)
     uc.emu_start(target, 0)
     assert hits == [target] and uc.reg_read(X.UC_X86_REG_EAX) == 3
+
+
+@pytest.mark.parametrize("src,code_a,data_a", [
+    (".byte 0xff, 0x2d\n.long 0x3000\n", 0, 0),                  # jmp far [0x3000]
+    (".byte 0xff, 0x1d\n.long 0x3000\n", 0, 0),                  # call far [0x3000]
+    ("push 0x08\npush 0x1100\nretf\n", 0, 0),
+    ("pushfd\npush 0x08\npush 0x1100\niretd\n", 0, 0),
+    ("mov eax, 0x08\nmov ds, ax\n", 1, 0),                       # a readable code segment in DS
+    ("mov eax, 0x10\nmov ss, ax\n", 0, 1),
+    (None, 1, 1),                                                # the host's reg_write of CS and SS
+])
+def test_far_transfers_leave_the_descriptor_accessed_bit_clear_segment_loads_set_it(src, code_a, data_a):
+    """Unicorn (QEMU's helpers) sets a descriptor's accessed bit only where a
+    segment register is loaded by mov/pop/lss (helper_load_seg) and in the
+    host's reg_write; far jmp, far call, retf and iretd load CS without
+    writing the bit.  So the VMM's emulation of a far transfer must not leave
+    the bit its reg_write sets (runtime/trap.py `load_far`)."""
+    import struct
+    uc = engine(assemble((src or "") + "hlt", 0x1000))
+    uc.mem_write(0x1100, b"\xf4")
+    uc.mem_write(0x3000, struct.pack("<IH", 0x1100, 0x08))
+    raw = bytearray(uc.mem_read(0x500, 0x18))
+    raw[0x0D] &= ~1
+    raw[0x15] &= ~1
+    uc.mem_write(0x500, bytes(raw))
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    if src is None:
+        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    else:
+        uc.emu_start(0x1000, 0, count=6)
+        assert uc.reg_read(X.UC_X86_REG_EIP) in (0x1101, 0x1000 + len(assemble(src, 0x1000)) + 1)
+    gdt = uc.mem_read(0x500, 0x18)
+    assert (gdt[0x0D] & 1, gdt[0x15] & 1) == (code_a, data_a)
