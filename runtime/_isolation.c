@@ -411,6 +411,145 @@ static PyTypeObject GuardType = {
     .tp_doc = "Guards the hypervisor area (see runtime/isolation.py).",
 };
 
+/* -- The VMM's directory entry hidden from guest loads (runtime/paging.py) ----------
+ * Under paging the current directory's slot for the area holds the VMM's entry,
+ * which a guest load of the slot must not see (emulate has nothing there: Linux's
+ * setup_arch copies swapper_pg_dir's kernel entries into initial_page_table with
+ * memcpy, and would copy the VMM's entry too).  The same pair of hooks as the
+ * clock's hidden patch bytes (runtime/_clock.c): UC_HOOK_MEM_READ runs before the
+ * load and puts the guest's value into the slot, UC_HOOK_MEM_READ_AFTER puts the
+ * VMM's entry back, from the same helper with nothing in between
+ * (tests/runtime/test_hidden_patches.py).  The CPU's own page walks do not call
+ * memory hooks, so the area stays reachable (tests/runtime/test_paging.py).  A
+ * slot that does not hold the VMM's entry (the guest stored into it and the VMM
+ * has not noticed yet) is the guest's and is left alone. */
+#define MAX_SLOTS 2
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *ram;
+    uint64_t ram_size;
+    int n;
+    uint64_t addr[MAX_SLOTS];
+    int size[MAX_SLOTS];
+    uint64_t ours[MAX_SLOTS], guest[MAX_SLOTS];
+    int swapped;                    /* bit k: slot k holds the guest's value for one load */
+    uint64_t hidden;                /* guest loads that met the VMM's entry */
+} SlotView;
+
+static void slot_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    SlotView *v = (SlotView *)user;
+    (void)uc; (void)type; (void)value;
+    for (int k = 0; k < v->n; k++) {
+        uint64_t cur = 0;
+        if (addr >= v->addr[k] + v->size[k] || addr + size <= v->addr[k] || (v->swapped & (1 << k)))
+            continue;
+        memcpy(&cur, v->ram + v->addr[k], v->size[k]);
+        if (cur != v->ours[k])
+            continue;
+        memcpy(v->ram + v->addr[k], &v->guest[k], v->size[k]);
+        v->swapped |= 1 << k;
+        v->hidden++;
+    }
+}
+
+static void slot_after(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    SlotView *v = (SlotView *)user;
+    (void)uc; (void)type; (void)addr; (void)size; (void)value;
+    for (int k = 0; k < v->n; k++)
+        if (v->swapped & (1 << k))
+            memcpy(v->ram + v->addr[k], &v->ours[k], v->size[k]);
+    v->swapped = 0;
+}
+
+static int SlotView_init(SlotView *v, PyObject *args, PyObject *kw)
+{
+    unsigned long long ram, ram_size;
+    if (!PyArg_ParseTuple(args, "KK", &ram, &ram_size))
+        return -1;
+    v->ram = (uint8_t *)(uintptr_t)ram;
+    v->ram_size = ram_size;
+    v->n = 0;
+    v->swapped = 0;
+    v->hidden = 0;
+    return 0;
+}
+
+static PyObject *SlotView_set(SlotView *v, PyObject *args)
+{
+    /* set([(address, size, ours, guest), ...]): the current directory's slots */
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "O", &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "a sequence of slots");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_SLOTS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many slots");
+        return NULL;
+    }
+    uint64_t addr[MAX_SLOTS], ours[MAX_SLOTS], guest[MAX_SLOTS];
+    int size[MAX_SLOTS];
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned long long a, o, g;
+        int sz;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, k), "KiKK", &a, &sz, &o, &g)) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if ((sz != 4 && sz != 8) || a + sz > v->ram_size) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_ValueError, "a slot outside RAM or of another size");
+            return NULL;
+        }
+        addr[k] = a;
+        size[k] = sz;
+        ours[k] = o;
+        guest[k] = g;
+    }
+    Py_DECREF(fast);
+    v->n = (int)n;
+    for (int k = 0; k < v->n; k++) {
+        v->addr[k] = addr[k];
+        v->size[k] = size[k];
+        v->ours[k] = ours[k];
+        v->guest[k] = guest[k];
+    }
+    v->swapped = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SlotView_stats(SlotView *v, PyObject *unused)
+{
+    return Py_BuildValue("{sK}", "slot_reads_hidden", (unsigned long long)v->hidden);
+}
+
+static PyMethodDef SlotView_methods[] = {
+    {"set", (PyCFunction)SlotView_set, METH_VARARGS, "set(slots): (address, size, ours, guest) of each"},
+    {"stats", (PyCFunction)SlotView_stats, METH_NOARGS, "counters"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject SlotViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._isolation.SlotView",
+    .tp_basicsize = sizeof(SlotView),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SlotView_init,
+    .tp_methods = SlotView_methods,
+    .tp_doc = "The VMM's directory entry hidden from guest loads (see runtime/paging.py).",
+};
+
+static PyObject *slot_callbacks(PyObject *m, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)&slot_before,
+                         (unsigned long long)(uintptr_t)&slot_after);
+}
+
 /* A write hook that does nothing.  While any UC_HOOK_MEM_WRITE is registered,
  * Unicorn 2.1.4 does not cache a read that prot_hook allowed: every later read of
  * that page raises the protection event again (without one, the first allowed
@@ -434,6 +573,7 @@ static PyObject *callback(PyObject *m, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"callback", callback, METH_NOARGS, "the protection hook's C function address"},
     {"keeper", keeper, METH_NOARGS, "the empty write hook's C function address"},
+    {"slot_callbacks", slot_callbacks, METH_NOARGS, "the slot view's read hooks (before, after)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation", NULL, -1,
@@ -441,7 +581,7 @@ static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation"
 
 PyMODINIT_FUNC PyInit__isolation(void)
 {
-    if (PyType_Ready(&GuardType) < 0)
+    if (PyType_Ready(&GuardType) < 0 || PyType_Ready(&SlotViewType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&isolationmodule);
     if (!m)
@@ -449,6 +589,12 @@ PyMODINIT_FUNC PyInit__isolation(void)
     Py_INCREF(&GuardType);
     if (PyModule_AddObject(m, "Guard", (PyObject *)&GuardType) < 0) {
         Py_DECREF(&GuardType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SlotViewType);
+    if (PyModule_AddObject(m, "SlotView", (PyObject *)&SlotViewType) < 0) {
+        Py_DECREF(&SlotViewType);
         Py_DECREF(m);
         return NULL;
     }
