@@ -19,7 +19,9 @@ accessed bit clear, then set), far jmp and far call (ptr16:32), retf, iretd
 (to a code descriptor whose accessed bit is clear: far transfers leave it
 clear, Unicorn's reg_write sets it: tests/runtime/test_unicorn_facts.py),
 lss, mov ss, pop ds; each runs three times, so that under bt the later rounds
-run in the stub the first one's fault or scan installed.
+run in the patch the first one's fault or scan installed: jump patches whose
+stubs run the load natively (mov/pop sreg, far jmp, lss, mov ss), int3 patches
+the VMM emulates (far call, iretd: a jump patch is refused next to them here).
 """
 from __future__ import annotations
 
