@@ -92,6 +92,7 @@ class HyperMapping:
         self.view = _isolation.SlotView(ram_ptr, self.vm.config.mem_bytes) if _isolation and ram_ptr else None
         self._read_hooks: list[int] = []
         self._hooked: tuple[int, int] | None = None
+        self._flushed = False               # the translation cache dropped once, at the first hooks
         self.build_table()
 
     # -- the area's own page tables -----------------------------------------------------
@@ -185,6 +186,11 @@ class HyperMapping:
             lo, hi = max(0, span[0] - READ_EARLY), span[1] - 1
             self._read_hooks = [hook_add(self.uc, UC_HOOK_MEM_READ, before, id(self.view), lo, hi),
                                 hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, after, id(self.view), lo, hi)]
+            if not self._flushed:
+                # Blocks translated while no read hook existed load without calling
+                # any (tests/runtime/test_unicorn_facts.py): retranslate them once.
+                self._flushed = True
+                self.uc.ctl_flush_tb()
 
     def notice(self) -> bool:
         """Take a guest store into a slot of the current directory (its bytes no

@@ -432,3 +432,41 @@ def test_far_transfers_leave_the_descriptor_accessed_bit_clear_segment_loads_set
         assert uc.reg_read(X.UC_X86_REG_EIP) in (0x1101, 0x1000 + len(assemble(src, 0x1000)) + 1)
     gdt = uc.mem_read(0x500, 0x18)
     assert (gdt[0x0D] & 1, gdt[0x15] & 1) == (code_a, data_a)
+
+
+def test_an_iretd_to_ring_3_leaves_both_accessed_bits_clear():
+    """The return to an outer ring loads CS and SS from the frame; neither
+    descriptor's accessed bit is written (runtime/emulation.py `_iret` loads
+    both through `load_far`)."""
+    uc = engine(assemble("push 0x23\npush 0x7000\npushfd\npush 0x1b\npush 0x1100\niretd\nhlt", 0x1000))
+    uc.mem_write(0x1100, b"\x90\x90")
+    raw = bytearray(uc.mem_read(0x500, 0x28))        # flat_gdt_bytes: ring-3 code 0x18, data 0x20
+    raw[0x1D] &= ~1
+    raw[0x25] &= ~1
+    uc.mem_write(0x500, bytes(raw))
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.emu_start(0x1000, 0, count=7)
+    assert (uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP)) == (0x1B, 0x1101)
+    gdt = uc.mem_read(0x500, 0x28)
+    assert (gdt[0x1D] & 1, gdt[0x25] & 1) == (0, 0)
+
+
+def test_a_read_hook_added_later_misses_blocks_translated_without_one():
+    """Blocks translated while no UC_HOOK_MEM_READ existed load through the
+    inline fast path and never call a read hook added afterwards (a TLB flush
+    does not change that beyond the one refill); after ctl_flush_tb they do.
+    So runtime/paging.py drops the translation cache when it adds the slot's
+    read hooks for the first time."""
+    from unicorn import UC_HOOK_MEM_READ
+    code = assemble("mov ecx, 4\nl: mov eax, [0x5000]\nnop\nloop l\nhlt", 0x1000)
+    seen = {}
+    for flush in (False, True):
+        uc = engine(code)
+        uc.emu_start(0x1000, 0, count=20)
+        seen[flush] = []
+        uc.hook_add(UC_HOOK_MEM_READ, lambda u, a, addr, size, v, d, out=seen[flush]: out.append(addr),
+                    None, 0x5000, 0x5003)
+        if flush:
+            uc.ctl_flush_tb()
+        uc.emu_start(0x1000, 0, count=20)
+    assert seen == {False: [], True: [0x5000] * 4}
