@@ -589,6 +589,31 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
 {
     Clock *c = ud;
     bool hit = false;
+    /* A store that continues the last logged range on its page (a memset, a
+     * copy) extends it, whether or not it hits scanned bytes: the log then
+     * stays exact where one entry per store would overflow it.  Without that,
+     * Linux's poisoning of its freed init code with 0xcc (int3's byte) over
+     * hundreds of stores lost the log, and the VMM took the poison over its
+     * int3 guards for its own bytes (docs/fidelity.md, "Freed init code"). */
+    if (c->nwlog && !c->wlog_lost) {
+        uint64_t *last = c->wlog[c->nwlog - 1];
+        if (addr == last[0] + last[1] && (addr >> PAGE_SHIFT) == (last[0] >> PAGE_SHIFT)
+                && ((addr + (uint64_t)size - 1) >> PAGE_SHIFT) == (addr >> PAGE_SHIFT)) {
+            for (int i = 0; i < size; i++) {
+                uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
+                if (pg >= c->ram_pages || !c->code[pg] || !c->code[pg][a & PAGE_OFF])
+                    continue;
+                c->dirty[pg] = 1;
+                if (c->hide[pg])
+                    c->hide[pg][a & PAGE_OFF] = 0;
+                hit = true;
+            }
+            last[1] += (uint64_t)size;
+            if (hit)
+                c->code_writes++;
+            return;
+        }
+    }
     for (int i = 0; i < size; i++) {
         uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
         if (pg >= c->ram_pages || !c->code[pg] || !c->code[pg][a & PAGE_OFF])

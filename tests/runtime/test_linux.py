@@ -196,35 +196,13 @@ def test_interactive_shell_under_bt_answers_as_under_emulate(linux):
     echo and uname answer.  After the first keystroke the two runs differ in
     when the host's bytes reach the guest (a terminal is read between slices,
     in host time), so the kernel's last lines are compared without their
-    timestamps; tests/runtime/test_linux.py's scripted session below compares a
-    session fed in virtual time byte for byte."""
+    timestamps."""
     want = _shell_on_a_terminal(linux, "emulate", 300)
     got = _shell_on_a_terminal(linux, "bt", 1800)
     assert got[0] == want[0]
     assert got[1] == want[1] and b"i686 GNU/Linux" in got[1]
     assert _STAMP.sub(b"[T]", got[2]) == _STAMP.sub(b"[T]", want[2])
     assert b"reboot: Restarting system" in got[2]
-
-
-SESSION = b"uname -a\rreboot -f\r"
-
-
-@pytest.mark.slow
-def test_scripted_shell_session_under_bt_is_emulates_byte_for_byte(linux):
-    """Keystrokes fed to the UART in virtual time (`--serial-input`: one byte per
-    virtual millisecond once the driver listens): under bt the whole session --
-    serial output, registers, guest RAM, instruction count -- is emulate's
-    (bt.measure.fidelity.compare: "identical")."""
-    from bt.measure.fidelity import IDENTICAL, compare
-    cmdline = default_linux_cmdline(64) + " reboot=k"
-    img = load_image(linux["kernel"], "linux", mem_bytes=64 << 20, cmdline=cmdline, initrd=linux["shell"],
-                     linux_unpack=True)
-    config = MachineConfig(mem_mib=64, cmdline=cmdline, serial_input=SESSION, max_instructions=1_000_000_000)
-    rep = compare(img, config, "bt", locate=False)
-    text = rep.reference.serial.decode("latin-1")
-    assert rep.reference.reason == "reset", (rep.reference.message, text[-2000:])
-    assert "Linux (none) 6.1.0-" in text and "reboot: Restarting system" in text
-    assert rep.verdict == IDENTICAL, rep.differences
 
 
 @pytest.mark.slow
