@@ -8,10 +8,11 @@ over the area (runtime/_isolation.c) decides each protection event in C:
 code in the stub cache and the CPU's own descriptor lookups in the shadow GDT
 pass, everything else is refused.  A descriptor lookup also sets the accessed
 bits of the entries mapping the guest's own GDT page, which the CPU's walk
-sets under emulate (docs/fidelity.md, "Accessed bits of the GDT's page").  A refused access is abandoned by Unicorn
-on the same path as an access to unmapped memory, so the instruction, the
-retired count and the registers end as under emulate; after the slice the VM
-asks `claim` and ends the run with emulate's outcome and message.
+sets under emulate (docs/fidelity.md, "Accessed bits of the GDT's page").
+A refused access is abandoned by Unicorn on the same path as an access to
+unmapped memory, so the instruction, the retired count and the registers end
+as under emulate; after the slice the VM asks `claim` and ends the run with
+emulate's outcome and message.
 
 The VMM itself reads and writes the area with uc.mem_read/mem_write and the
 host pointer, which no protection or hook sees.

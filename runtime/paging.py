@@ -31,7 +31,7 @@ reach for the area (a segment load from the shadow GDT, a stub fetch or its
 state-page access) found the guest's entry, so the VMM takes that value as the
 guest's, puts its entry back and the instruction runs again, uncounted
 (`retries_fault`; the TLB never caches a failed walk).  Until then the guest
-reading its slot sees its own value, as under emulate; after it, the VMM's.
+reading its slot sees its own value, as under emulate, and after it too:
 A guest *load* of the slot sees the guest's value: a pair of native read
 hooks ranged on the current directory's slot puts it there for the one load
 and the VMM's entry back after it (runtime/_isolation.c, "The VMM's directory
@@ -40,11 +40,12 @@ the area stays reachable).  Without it Linux's setup_arch copied the VMM's
 entry from swapper_pg_dir into initial_page_table, where it stayed
 (docs/linux.md).  The hooks cost no exit; bt already pays for read hooks (its
 hidden patch bytes), trap pays Unicorn's slow path for loads from here on
-(docs/paging-plan.md).  A directory loaded later whose slot holds exactly the
-VMM's entry (copied by a guest before it ran with these hooks, or by a path
-that does not load, such as a DMA) gets the guest's value of the directory it
-replaces.  The MMU's accessed-bit stores into the directory land (nothing
-protects it), and the VMM's entry has A preset.
+(docs/fidelity.md, "The VMM's directory entry and guest loads of the slot":
+~5%). A directory loaded later whose slot holds exactly the VMM's entry (copied
+by a guest before it ran with these hooks, or by a path that does not load,
+such as a DMA) gets the guest's value of the directory it replaces. The MMU's
+accessed-bit stores into the directory land (nothing protects it), and the
+VMM's entry has A preset.
 
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
