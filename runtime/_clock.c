@@ -611,10 +611,10 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
  * stored byte that held a patch is the guest's from now on: loads stop hiding it. */
 static void site_flags(void *clock);    /* "Lazy flags at a sync-hook site" */
 
-static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
+/* Marks the scanned bytes a store hits (their page dirty, their hidden patch
+ * bytes replaced by the guest's); true when it hit any. */
+static bool mark_code_store(Clock *c, uint64_t addr, int size)
 {
-    Clock *c = ud;
-    site_flags(c);            /* a cmpxchg8b site's access (Unicorn restored the state first) */
     bool hit = false;
     for (int i = 0; i < size; i++) {
         uint64_t a = addr + (uint64_t)i, pg = a >> PAGE_SHIFT;
@@ -625,11 +625,34 @@ static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t valu
             c->hide[pg][a & PAGE_OFF] = 0;      /* the guest's store replaces the patch byte */
         hit = true;
     }
-    if (!hit)
+    return hit;
+}
+
+static void write_hook(void *uc, int type, uint64_t addr, int size, int64_t value, void *ud)
+{
+    Clock *c = ud;
+    site_flags(c);            /* a cmpxchg8b site's access (Unicorn restored the state first) */
+    /* A store that continues the last logged range on its page (a memset, a
+     * copy) extends it, whether or not it hits scanned bytes: the log then
+     * stays exact where one entry per store would overflow it.  Without that,
+     * Linux's poisoning of its freed init code with 0xcc (int3's byte) over
+     * hundreds of stores lost the log, and the VMM took the poison over its
+     * int3 guards for its own bytes (docs/fidelity.md, "Freed init code"). */
+    if (c->nwlog && !c->wlog_lost) {
+        uint64_t *last = c->wlog[c->nwlog - 1];
+        if (addr == last[0] + last[1] && (addr >> PAGE_SHIFT) == (last[0] >> PAGE_SHIFT)
+                && ((addr + (uint64_t)size - 1) >> PAGE_SHIFT) == (addr >> PAGE_SHIFT)) {
+            if (mark_code_store(c, addr, size))
+                c->code_writes++;
+            last[1] += (uint64_t)size;
+            return;
+        }
+    }
+    if (!mark_code_store(c, addr, size))
         return;
     c->code_writes++;
     if (c->nwlog && c->wlog[c->nwlog - 1][0] + c->wlog[c->nwlog - 1][1] == addr) {
-        c->wlog[c->nwlog - 1][1] += (uint64_t)size;   /* a copy's next store: one range */
+        c->wlog[c->nwlog - 1][1] += (uint64_t)size;   /* a copy's next store, across a page: one range */
     } else if (c->nwlog < MAX_WRITES) {
         c->wlog[c->nwlog][0] = addr;
         c->wlog[c->nwlog][1] = (uint64_t)size;

@@ -17,6 +17,13 @@
  * is written back too).  An allowed read proceeds; an allowed write is done
  * here, because Unicorn 2.1.4 drops a store whose WRITE_PROT event was
  * handled.  Anything else is refused and the first refused address recorded.
+ *
+ * A descriptor read the guest's code makes (natively, or in a stub that runs
+ * its segment load) is also where the CPU under emulate walks to the guest's
+ * own GDT page and sets the accessed bits of the entries that map it; the
+ * shadow's page is the VMM's, so the guard sets them (`mark_gdt_read`).  The
+ * accessed-bit write-back that follows sets D too: runtime/trap.py
+ * `_on_shadow_gdt_write`, where that bit is copied into the guest's table.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,11 +48,13 @@ typedef struct {
     uint8_t *guest_code;            /* per stub-cache byte: 1 = a relocated guest instruction */
     uint8_t *ram;                   /* guest RAM's host memory (decoding EIP) */
     uint64_t ram_size;
+    Py_ssize_t gdtr_base_off;       /* the guest GDTR's base (u32) in the area's host memory */
     int open;                       /* 1 while the VMM (not guest code) runs: allow all */
     /* results */
     int refused;                    /* 0, or the first refused event's type */
     uint64_t refused_addr;
     uint64_t stub_ok, cpu_ok, refusals;
+    uint64_t gdt_marks;             /* accessed bits set in the entries mapping the guest's GDT */
 } Guard;
 
 static inline uint32_t env_u32(Guard *g, Py_ssize_t off)
@@ -105,6 +114,69 @@ static bool to_phys(Guard *g, uint32_t va, uint64_t *pa)
         return false;
     *pa = (e & 0xFFFFF000u) | (va & 0xFFF);
     return true;
+}
+
+/* Set the accessed bit of the entries the CPU's walk to linear `va` reads
+ * (directory entry and table entry, or the large page's entry), as
+ * runtime/memory.py `_mark_page` does for the VMM's own accesses: only the
+ * low byte of an entry is written, only where the bit is clear, and nothing
+ * past a not-present entry. */
+static void set_accessed(Guard *g, uint64_t pa)
+{
+    if (!(g->ram[pa] & 0x20)) {
+        g->ram[pa] |= 0x20;
+        g->gdt_marks++;
+    }
+}
+
+static void mark_page(Guard *g, uint32_t va)
+{
+    if (g->cr0_off < 0 || !g->ram || !(env_u64(g, g->cr0_off) & 0x80000000u))
+        return;
+    uint64_t cr3 = env_u64(g, g->cr3_off), cr4 = env_u64(g, g->cr4_off), e, pa;
+    const uint64_t addr = 0x000000FFFFFFF000ull;
+    if (cr4 & 0x20) {
+        if (!ram_entry(g, (cr3 & 0xFFFFFFE0u) + (va >> 30) * 8, 8, &e) || !(e & 1))
+            return;
+        pa = (e & addr) + ((va >> 21) & 0x1FF) * 8;
+        if (!ram_entry(g, pa, 8, &e) || !(e & 1))
+            return;
+        set_accessed(g, pa);
+        if (e & 0x80)
+            return;
+        pa = (e & addr) + ((va >> 12) & 0x1FF) * 8;
+        if (!ram_entry(g, pa, 8, &e) || !(e & 1))
+            return;
+        set_accessed(g, pa);
+        return;
+    }
+    pa = (cr3 & 0xFFFFF000u) + (va >> 22) * 4;
+    if (!ram_entry(g, pa, 4, &e) || !(e & 1))
+        return;
+    set_accessed(g, pa);
+    if ((e & 0x80) && (cr4 & 0x10))
+        return;
+    pa = (e & 0xFFFFF000u) + ((va >> 12) & 0x3FF) * 4;
+    if (!ram_entry(g, pa, 4, &e) || !(e & 1))
+        return;
+    set_accessed(g, pa);
+}
+
+/* The CPU read `size` bytes of the shadow GDT at `addr` for a guest
+ * instruction: under emulate that read was of the guest's own table, at
+ * the guest GDTR's base plus the same offset (the shadow keeps the guest's
+ * layout and limit: runtime/trap.py `sync_shadow_gdt`). */
+static void mark_gdt_read(Guard *g, uint64_t addr, int size)
+{
+    if (g->gdtr_base_off < 0)
+        return;
+    uint32_t base;
+    memcpy(&base, g->host + g->gdtr_base_off, 4);
+    uint32_t va = base + (uint32_t)(addr - g->gdt_lo);
+    uint32_t last = va + (uint32_t)(size > 0 ? size - 1 : 0);
+    mark_page(g, va);
+    if ((last & ~0xFFFu) != (va & ~0xFFFu))
+        mark_page(g, last);
 }
 
 /* Up to 16 bytes of the instruction at linear `eip`, page by page. */
@@ -219,6 +291,8 @@ static bool prot_hook(void *uc, int type, uint64_t addr, int size, int64_t value
                 g->cpu_ok++;
             if (type == UC_MEM_WRITE_PROT && !vmm_write(g, addr, size, value))
                 goto refuse;
+            if (type != UC_MEM_WRITE_PROT && addr >= g->gdt_lo && addr < g->gdt_hi)
+                mark_gdt_read(g, addr, size);
             return true;
         }
     }
@@ -234,11 +308,15 @@ refuse:
 static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
 {
     unsigned long long env, base, size, stubs_lo, stubs_hi, gdt_lo, gdt_hi, host, ram, ram_size;
-    Py_ssize_t eip_off, esp_off, cr0_off = -1, cr3_off = -1, cr4_off = -1;
-    if (!PyArg_ParseTuple(args, "KnnKKKKKKKKK|nnn", &env, &eip_off, &esp_off, &base, &size,
+    Py_ssize_t eip_off, esp_off, gdtr_base_off, cr0_off = -1, cr3_off = -1, cr4_off = -1;
+    if (!PyArg_ParseTuple(args, "KnnKKKKKKKKKn|nnn", &env, &eip_off, &esp_off, &base, &size,
                           &stubs_lo, &stubs_hi, &gdt_lo, &gdt_hi, &host, &ram, &ram_size,
-                          &cr0_off, &cr3_off, &cr4_off))
+                          &gdtr_base_off, &cr0_off, &cr3_off, &cr4_off))
         return -1;
+    if (gdtr_base_off >= 0 && (uint64_t)gdtr_base_off + 4 > size) {
+        PyErr_SetString(PyExc_ValueError, "the GDTR field lies outside the area");
+        return -1;
+    }
     g->env = (uint8_t *)(uintptr_t)env;
     g->eip_off = eip_off;
     g->esp_off = esp_off;
@@ -254,6 +332,7 @@ static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
     g->host = (uint8_t *)(uintptr_t)host;
     g->ram = (uint8_t *)(uintptr_t)ram;
     g->ram_size = ram_size;
+    g->gdtr_base_off = gdtr_base_off;
     if (!g->guest_code || stubs_hi - stubs_lo != g->guest_code_len) {
         PyMem_Free(g->guest_code);
         g->guest_code_len = stubs_hi > stubs_lo ? stubs_hi - stubs_lo : 1;
@@ -266,7 +345,7 @@ static int Guard_init(Guard *g, PyObject *args, PyObject *kw)
     g->open = 1;
     g->refused = 0;
     g->refused_addr = 0;
-    g->stub_ok = g->cpu_ok = g->refusals = 0;
+    g->stub_ok = g->cpu_ok = g->refusals = g->gdt_marks = 0;
     return 0;
 }
 
@@ -303,9 +382,10 @@ static void Guard_dealloc(Guard *g)
 
 static PyObject *Guard_stats(Guard *g, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsK}", "stub_accesses", (unsigned long long)g->stub_ok,
+    return Py_BuildValue("{sKsKsKsK}", "stub_accesses", (unsigned long long)g->stub_ok,
                          "descriptor_accesses", (unsigned long long)g->cpu_ok,
-                         "refused_accesses", (unsigned long long)g->refusals);
+                         "refused_accesses", (unsigned long long)g->refusals,
+                         "gdt_accessed_bits_set", (unsigned long long)g->gdt_marks);
 }
 
 static PyMethodDef Guard_methods[] = {
@@ -331,6 +411,145 @@ static PyTypeObject GuardType = {
     .tp_doc = "Guards the hypervisor area (see runtime/isolation.py).",
 };
 
+/* -- The VMM's directory entry hidden from guest loads (runtime/paging.py) ----------
+ * Under paging the current directory's slot for the area holds the VMM's entry,
+ * which a guest load of the slot must not see (emulate has nothing there: Linux's
+ * setup_arch copies swapper_pg_dir's kernel entries into initial_page_table with
+ * memcpy, and would copy the VMM's entry too).  The same pair of hooks as the
+ * clock's hidden patch bytes (runtime/_clock.c): UC_HOOK_MEM_READ runs before the
+ * load and puts the guest's value into the slot, UC_HOOK_MEM_READ_AFTER puts the
+ * VMM's entry back, from the same helper with nothing in between
+ * (tests/runtime/test_hidden_patches.py).  The CPU's own page walks do not call
+ * memory hooks, so the area stays reachable (tests/runtime/test_paging.py).  A
+ * slot that does not hold the VMM's entry (the guest stored into it and the VMM
+ * has not noticed yet) is the guest's and is left alone. */
+#define MAX_SLOTS 2
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *ram;
+    uint64_t ram_size;
+    int n;
+    uint64_t addr[MAX_SLOTS];
+    int size[MAX_SLOTS];
+    uint64_t ours[MAX_SLOTS], guest[MAX_SLOTS];
+    int swapped;                    /* bit k: slot k holds the guest's value for one load */
+    uint64_t hidden;                /* guest loads that met the VMM's entry */
+} SlotView;
+
+static void slot_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    SlotView *v = (SlotView *)user;
+    (void)uc; (void)type; (void)value;
+    for (int k = 0; k < v->n; k++) {
+        uint64_t cur = 0;
+        if (addr >= v->addr[k] + v->size[k] || addr + size <= v->addr[k] || (v->swapped & (1 << k)))
+            continue;
+        memcpy(&cur, v->ram + v->addr[k], v->size[k]);
+        if (cur != v->ours[k])
+            continue;
+        memcpy(v->ram + v->addr[k], &v->guest[k], v->size[k]);
+        v->swapped |= 1 << k;
+        v->hidden++;
+    }
+}
+
+static void slot_after(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
+{
+    SlotView *v = (SlotView *)user;
+    (void)uc; (void)type; (void)addr; (void)size; (void)value;
+    for (int k = 0; k < v->n; k++)
+        if (v->swapped & (1 << k))
+            memcpy(v->ram + v->addr[k], &v->ours[k], v->size[k]);
+    v->swapped = 0;
+}
+
+static int SlotView_init(SlotView *v, PyObject *args, PyObject *kw)
+{
+    unsigned long long ram, ram_size;
+    if (!PyArg_ParseTuple(args, "KK", &ram, &ram_size))
+        return -1;
+    v->ram = (uint8_t *)(uintptr_t)ram;
+    v->ram_size = ram_size;
+    v->n = 0;
+    v->swapped = 0;
+    v->hidden = 0;
+    return 0;
+}
+
+static PyObject *SlotView_set(SlotView *v, PyObject *args)
+{
+    /* set([(address, size, ours, guest), ...]): the current directory's slots */
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "O", &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "a sequence of slots");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_SLOTS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many slots");
+        return NULL;
+    }
+    uint64_t addr[MAX_SLOTS], ours[MAX_SLOTS], guest[MAX_SLOTS];
+    int size[MAX_SLOTS];
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned long long a, o, g;
+        int sz;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, k), "KiKK", &a, &sz, &o, &g)) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if ((sz != 4 && sz != 8) || a + sz > v->ram_size) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_ValueError, "a slot outside RAM or of another size");
+            return NULL;
+        }
+        addr[k] = a;
+        size[k] = sz;
+        ours[k] = o;
+        guest[k] = g;
+    }
+    Py_DECREF(fast);
+    v->n = (int)n;
+    for (int k = 0; k < v->n; k++) {
+        v->addr[k] = addr[k];
+        v->size[k] = size[k];
+        v->ours[k] = ours[k];
+        v->guest[k] = guest[k];
+    }
+    v->swapped = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SlotView_stats(SlotView *v, PyObject *unused)
+{
+    return Py_BuildValue("{sK}", "slot_reads_hidden", (unsigned long long)v->hidden);
+}
+
+static PyMethodDef SlotView_methods[] = {
+    {"set", (PyCFunction)SlotView_set, METH_VARARGS, "set(slots): (address, size, ours, guest) of each"},
+    {"stats", (PyCFunction)SlotView_stats, METH_NOARGS, "counters"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject SlotViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtime._isolation.SlotView",
+    .tp_basicsize = sizeof(SlotView),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SlotView_init,
+    .tp_methods = SlotView_methods,
+    .tp_doc = "The VMM's directory entry hidden from guest loads (see runtime/paging.py).",
+};
+
+static PyObject *slot_callbacks(PyObject *m, PyObject *unused)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)&slot_before,
+                         (unsigned long long)(uintptr_t)&slot_after);
+}
+
 /* A write hook that does nothing.  While any UC_HOOK_MEM_WRITE is registered,
  * Unicorn 2.1.4 does not cache a read that prot_hook allowed: every later read of
  * that page raises the protection event again (without one, the first allowed
@@ -354,6 +573,7 @@ static PyObject *callback(PyObject *m, PyObject *unused)
 static PyMethodDef module_methods[] = {
     {"callback", callback, METH_NOARGS, "the protection hook's C function address"},
     {"keeper", keeper, METH_NOARGS, "the empty write hook's C function address"},
+    {"slot_callbacks", slot_callbacks, METH_NOARGS, "the slot view's read hooks (before, after)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation", NULL, -1,
@@ -361,7 +581,7 @@ static struct PyModuleDef isolationmodule = {PyModuleDef_HEAD_INIT, "_isolation"
 
 PyMODINIT_FUNC PyInit__isolation(void)
 {
-    if (PyType_Ready(&GuardType) < 0)
+    if (PyType_Ready(&GuardType) < 0 || PyType_Ready(&SlotViewType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&isolationmodule);
     if (!m)
@@ -369,6 +589,12 @@ PyMODINIT_FUNC PyInit__isolation(void)
     Py_INCREF(&GuardType);
     if (PyModule_AddObject(m, "Guard", (PyObject *)&GuardType) < 0) {
         Py_DECREF(&GuardType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SlotViewType);
+    if (PyModule_AddObject(m, "SlotView", (PyObject *)&SlotViewType) < 0) {
+        Py_DECREF(&SlotViewType);
         Py_DECREF(m);
         return NULL;
     }

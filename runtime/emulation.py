@@ -269,8 +269,8 @@ def _iret(mode, insn, eip):
         ss &= 0xFFFF
         _check_return_ss(mode, ss, 3)
         mode.vm.quirks.set_cpl(3)
-        uc.reg_write(X.UC_X86_REG_SS, ss)
-        uc.reg_write(X.UC_X86_REG_CS, cs)
+        mode.load_far(X.UC_X86_REG_SS, ss)
+        mode.load_far(X.UC_X86_REG_CS, cs)
         uc.reg_write(X.UC_X86_REG_ESP, user_esp)
         mode.set_guest_eflags(flags)
         _null_inner_data_segments(mode, 3)
@@ -281,7 +281,7 @@ def _iret(mode, insn, eip):
     mode.check_code_selector(cs)
     fast = mode.vm.fast                 # the hot case (Linux's sync_core): no binding calls
     fast.reg_write(X.UC_X86_REG_ESP, (esp + 12) & 0xFFFFFFFF)
-    fast.reg_write(X.UC_X86_REG_CS, cs | 1)
+    mode.load_far(X.UC_X86_REG_CS, cs | 1, fast)
     mode.set_guest_eflags(flags)
     mode.after_if_change()
     return new_eip
@@ -348,7 +348,7 @@ def _retf(mode, insn, eip):
     mode.check_code_selector(cs)
     extra = insn.operands[0].imm if insn.operands else 0
     uc.reg_write(X.UC_X86_REG_ESP, (esp + 8 + extra) & 0xFFFFFFFF)
-    uc.reg_write(X.UC_X86_REG_CS, cs | 1)
+    mode.load_far(X.UC_X86_REG_CS, cs | 1)
     return new_eip
 
 
@@ -611,7 +611,7 @@ def _jmp_far(mode, insn, eip):
     sel, off = _far_pointer(mode, insn)
     if segments.far_code_segment(mode, sel, off) is None:
         return NOT_MINE
-    mode.uc.reg_write(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
+    mode.load_far(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
     return off
 
 
@@ -627,7 +627,7 @@ def _call_far(mode, insn, eip):
     size = 2 if insn.opsize16 else 4
     push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), size)
     push(mode, eip + insn.size, size)
-    uc.reg_write(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
+    mode.load_far(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
     return off
 
 

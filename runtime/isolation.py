@@ -6,10 +6,13 @@ The area is mapped without guest permissions (runtime/hyper.py: no access
 below the stub cache, execute only in it), and one native protection hook
 over the area (runtime/_isolation.c) decides each protection event in C:
 code in the stub cache and the CPU's own descriptor lookups in the shadow GDT
-pass, everything else is refused.  A refused access is abandoned by Unicorn
-on the same path as an access to unmapped memory, so the instruction, the
-retired count and the registers end as under emulate; after the slice the VM
-asks `claim` and ends the run with emulate's outcome and message.
+pass, everything else is refused.  A descriptor lookup also sets the accessed
+bits of the entries mapping the guest's own GDT page, which the CPU's walk
+sets under emulate (docs/fidelity.md, "Accessed bits of the GDT's page").
+A refused access is abandoned by Unicorn on the same path as an access to
+unmapped memory, so the instruction, the retired count and the registers end
+as under emulate; after the slice the VM asks `claim` and ends the run with
+emulate's outcome and message.
 
 The VMM itself reads and writes the area with uc.mem_read/mem_write and the
 host pointer, which no protection or hook sees.
@@ -21,7 +24,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import VMMError
-from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STUBS
+from bt.hyper_layout import FIELDS, HYPER_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STATE, STUBS
 from bt.outcome import Outcome, RunStop
 from runtime.fastuc import hook_add
 
@@ -31,6 +34,9 @@ except ImportError as e:        # pragma: no cover - the package build compiles 
     _isolation = None
     _IMPORT_ERROR = e
 
+# The guest GDTR's base in the state page (sgdt layout: the limit, then the
+# base): the guard maps a shadow-GDT read to the guest's own table with it.
+GDTR_BASE = FIELDS["gdtr"][0] + 2
 PROT_EVENTS = UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT
 
 _ESP_OFFSET: int | None = None
@@ -74,7 +80,7 @@ class Isolation:
         vm, base = self.vm, self.hyper.base
         return (vm.quirks.env, vm.quirks.off.eip, _esp_offset(), base, HYPER_SIZE,
                 base + STUBS, base + HYPER_SIZE, base + SHADOW_GDT, base + SHADOW_GDT + SHADOW_GDT_SIZE,
-                self.hyper.host, vm._ram_ptr, vm.config.mem_bytes, *vm.quirks.off.cr)
+                self.hyper.host, vm._ram_ptr, vm.config.mem_bytes, STATE + GDTR_BASE, *vm.quirks.off.cr)
 
     def arm(self) -> None:
         """(Re)register the hook over the area where it is now (after a relocation)."""

@@ -161,7 +161,7 @@ class GuestMemory:
         return (pte & PAE_ADDR_MASK) | (linear & (PAGE - 1))
 
     # -- accessed and dirty bits ---------------------------------------------
-    def mark_accessed(self, linear: int, size: int, write: bool = False) -> None:
+    def mark_accessed(self, linear: int, size: int, write: bool = False, host: bool = False) -> None:
         """Set the accessed bits (and, for a write, the dirty bit) that the
         CPU's own walk sets when it makes this access: the directory entry's A,
         the table entry's A (and D), or a large page's A (and D).  Called after
@@ -171,24 +171,29 @@ class GuestMemory:
         (demo:paging: the PTE of the page holding the guest's IDT).  Not for the
         VMM's own bookkeeping reads (shadow-table syncs, decoding).  As the CPU,
         bits are set on every such access (a TLB hit on real hardware would not
-        set a bit the guest cleared without invlpg; no known guest relies on that)."""
+        set a bit the guest cleared without invlpg; no known guest relies on that).
+        `host`: read and write the tables through the host memory behind RAM,
+        for callers inside an engine hook, where uc.mem_write crashes Unicorn
+        (runtime/trap.py `_on_shadow_gdt_write`)."""
         if not self.paging():
             return
         linear &= 0xFFFFFFFF
         end = (linear + max(size, 1) - 1) & 0xFFFFFFFF
         for page in {linear & ~(PAGE - 1), end & ~(PAGE - 1)}:
-            self._mark_page(page, write)
+            self._mark_page(page, write, host and self._ram is not None)
 
-    def _mark_page(self, linear: int, write: bool) -> None:
+    def _mark_page(self, linear: int, write: bool, host: bool = False) -> None:
         fast = self.fast
         cr3 = fast.reg_read(X.UC_X86_REG_CR3)
         cr4 = fast.reg_read(X.UC_X86_REG_CR4)
+        ram = self._ram
+        load = (lambda a, n: ram[a:a + n]) if host else self.uc.mem_read
         if cr4 & CR4_PAE:
             width, fmt = 8, "<Q"
             pdpte_addr = (cr3 & 0xFFFFFFE0) + ((linear >> 30) << 3)
             if pdpte_addr + 8 > self.ram_bytes:
                 return
-            pdpte = struct.unpack(fmt, self.uc.mem_read(pdpte_addr, 8))[0]
+            pdpte = struct.unpack(fmt, load(pdpte_addr, 8))[0]
             pde_addr = (pdpte & PAE_ADDR_MASK) + (((linear >> 21) & 0x1FF) << 3)
             mask, index, large = PAE_ADDR_MASK, (linear >> 12) & 0x1FF, True
         else:
@@ -198,7 +203,7 @@ class GuestMemory:
         entries = []
         if pde_addr + width > self.ram_bytes:
             return
-        pde = struct.unpack(fmt, self.uc.mem_read(pde_addr, width))[0]
+        pde = struct.unpack(fmt, load(pde_addr, width))[0]
         if not pde & PTE_P:
             return
         if pde & PTE_PS and large:
@@ -208,7 +213,7 @@ class GuestMemory:
             pte_addr = (pde & mask & ~(PAGE - 1)) + index * width
             if pte_addr + width > self.ram_bytes:
                 return
-            pte = struct.unpack(fmt, self.uc.mem_read(pte_addr, width))[0]
+            pte = struct.unpack(fmt, load(pte_addr, width))[0]
             if not pte & PTE_P:
                 return
             entries.append((pte_addr, pte, PTE_A | (PTE_D if write else 0)))
@@ -216,7 +221,10 @@ class GuestMemory:
             if value & bits != bits:
                 # The low byte holds A and D: one byte written, as the CPU's
                 # locked OR touches nothing else of the entry.
-                self.uc.mem_write(addr, bytes([(value | bits) & 0xFF]))
+                if host:
+                    ram[addr] = (value | bits) & 0xFF
+                else:
+                    self.uc.mem_write(addr, bytes([(value | bits) & 0xFF]))
 
     def _pt_read64(self, addr: int, linear: int, err: int) -> int:
         if addr + 8 > self.ram_bytes:

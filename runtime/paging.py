@@ -31,14 +31,21 @@ reach for the area (a segment load from the shadow GDT, a stub fetch or its
 state-page access) found the guest's entry, so the VMM takes that value as the
 guest's, puts its entry back and the instruction runs again, uncounted
 (`retries_fault`; the TLB never caches a failed walk).  Until then the guest
-reading its slot sees its own value, as under emulate; after it, the VMM's.
-Gaps, documented in docs/paging-plan.md: a guest *read* of the slot in the
-current directory sees the VMM's entry once the VMM has noticed (reads are not
-intercepted: that would cost an exit per read of the directory; a directory
-loaded later whose slot holds exactly the VMM's entry was copied from one where
-the guest read it, and gets the guest's value of the directory it replaces).
-The MMU's accessed-bit stores into the directory land (nothing protects it),
-and the VMM's entry has A preset.
+reading its slot sees its own value, as under emulate, and after it too:
+A guest *load* of the slot sees the guest's value: a pair of native read
+hooks ranged on the current directory's slot puts it there for the one load
+and the VMM's entry back after it (runtime/_isolation.c, "The VMM's directory
+entry hidden from guest loads"; the CPU's page walks call no memory hook, so
+the area stays reachable).  Without it Linux's setup_arch copied the VMM's
+entry from swapper_pg_dir into initial_page_table, where it stayed
+(docs/linux.md).  The hooks cost no exit; bt already pays for read hooks (its
+hidden patch bytes), trap pays Unicorn's slow path for loads from here on
+(docs/fidelity.md, "The VMM's directory entry and guest loads of the slot":
+~5%). A directory loaded later whose slot holds exactly the VMM's entry (copied
+by a guest before it ran with these hooks, or by a path that does not load,
+such as a DMA) gets the guest's value of the directory it replaces. The MMU's
+accessed-bit stores into the directory land (nothing protects it), and the
+VMM's entry has A preset.
 
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
@@ -49,11 +56,23 @@ from __future__ import annotations
 
 import struct
 
+from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_AFTER
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import VMMError
 from bt.hyper_layout import HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
 from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
+from runtime.fastuc import hook_add
+
+try:
+    from runtime import _isolation
+except ImportError:         # pragma: no cover - the package build compiles it (Isolation says so)
+    _isolation = None
+
+# Unicorn matches a load against a hook's range by its first byte: a load
+# that starts up to 15 bytes before the slot can still cover it.
+READ_EARLY = 15
 
 PTE_A = 1 << 5
 PTE_D = 1 << 6
@@ -70,6 +89,11 @@ class HyperMapping:
         self.inserts = 0                    # times an entry was (re)written into a directory
         self.slot_writes = 0                # guest stores into a slot seen (`notice`)
         self.faults_retried = 0             # ... of them seen at the CPU's #PF in the area
+        ram_ptr = getattr(self.vm, "_ram_ptr", None)
+        self.view = _isolation.SlotView(ram_ptr, self.vm.config.mem_bytes) if _isolation and ram_ptr else None
+        self._read_hooks: list[int] = []
+        self._hooked: tuple[int, int] | None = None
+        self._flushed = False               # the translation cache dropped once, at the first hooks
         self.build_table()
 
     # -- the area's own page tables -----------------------------------------------------
@@ -120,6 +144,7 @@ class HyperMapping:
         if [s[:2] for s in wanted] == [s[:2] for s in self.slots]:
             for slot in self.slots:
                 self._insert(slot)          # same directory: re-assert (cheap, idempotent)
+            self._publish()
             return
         previous = dict(zip((s[2] for s in self.slots), self.guest_values))
         self._release()
@@ -134,6 +159,7 @@ class HyperMapping:
         self.slots, self.guest_values = wanted, values
         for slot in wanted:
             self._insert(slot)
+        self._publish()
 
     def _release(self) -> None:
         if not self.slots:
@@ -141,6 +167,31 @@ class HyperMapping:
         for (addr, size, _), value in zip(self.slots, self.guest_values):
             self.uc.mem_write(addr, struct.pack(_FMT[size], value))
         self.slots, self.guest_values = [], []
+        self._publish()
+
+    def _publish(self) -> None:
+        """Tell the read hooks the current slots and the guest's values, and move
+        the hooks when the slots moved (a new directory)."""
+        if self.view is None:
+            return
+        self.view.set([(a, n, ours, g) for (a, n, ours), g in zip(self.slots, self.guest_values)])
+        span = (self.slots[0][0], self.slots[-1][0] + self.slots[-1][1]) if self.slots else None
+        if span == self._hooked:
+            return
+        for h in self._read_hooks:
+            uclib.uc_hook_del(self.uc._uch, h)      # freed by Unicorn when the slice ends
+        self._read_hooks = []
+        self._hooked = span
+        if span is not None:
+            before, after = _isolation.slot_callbacks()
+            lo, hi = max(0, span[0] - READ_EARLY), span[1] - 1
+            self._read_hooks = [hook_add(self.uc, UC_HOOK_MEM_READ, before, id(self.view), lo, hi),
+                                hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, after, id(self.view), lo, hi)]
+            if not self._flushed:
+                # Blocks translated while no read hook existed load without calling
+                # any (tests/runtime/test_unicorn_facts.py): retranslate them once.
+                self._flushed = True
+                self.uc.ctl_flush_tb()
 
     def notice(self) -> bool:
         """Take a guest store into a slot of the current directory (its bytes no
@@ -157,6 +208,7 @@ class HyperMapping:
             self._check_guest_values(self.slots, self.guest_values)
             for slot in self.slots:
                 self._insert(slot)
+            self._publish()
         return seen
 
     def _insert(self, slot: tuple[int, int, int]) -> None:

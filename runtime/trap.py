@@ -91,6 +91,7 @@ class TrapMode(EmulateMode):
         self.gdt_stores = 0         # guest stores into its GDT's bytes (copied into the shadow, no exit)
         self.gdt_syncs = 0
         self._gdt_hook = None
+        self._far_load = False      # a far transfer's segment load: no accessed bit (load_far)
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
@@ -198,7 +199,27 @@ class TrapMode(EmulateMode):
         self._gdt_hook = self.uc.hook_add(UC_HOOK_MEM_WRITE, self.vm.guarded(self._on_shadow_gdt_write),
                                           begin=lo, end=lo + SHADOW_GDT_SIZE - 1)
 
+    def load_far(self, reg: int, real_sel: int, fast=None) -> None:
+        """Load CS (or the SS of a return to ring 3) as an emulated far transfer:
+        jmp/call far, retf, iretd.  The CPU's far transfers do not set the
+        descriptor's accessed bit, Unicorn's reg_write does
+        (tests/runtime/test_unicorn_facts.py): so the shadow's bit is put back
+        afterwards and the guest's table, and the dirty bit of its page, are left
+        as under emulate (tests/runtime/test_gdt_accessed_bits.py)."""
+        at = SHADOW_GDT + (real_sel & SEL_INDEX_MASK) + 5
+        mem = self.hyper.mem
+        clear = not real_sel & SEL_TI and at < SHADOW_GDT + SHADOW_GDT_SIZE and not mem[at] & DESC_ACCESSED
+        self._far_load = clear
+        try:
+            (fast or self.uc).reg_write(reg, real_sel)
+        finally:
+            if clear:
+                self._far_load = False
+                mem[at] &= ~DESC_ACCESSED
+
     def _on_shadow_gdt_write(self, access, address, size, value):
+        if self._far_load:
+            return              # load_far: the CPU's far transfer writes nothing
         off = address - self.hyper.addr(SHADOW_GDT)
         # Only the CPU's own write-back counts: the descriptor as it is with the
         # accessed bit set.  A guest store into the area (refused by the guard
@@ -221,6 +242,10 @@ class TrapMode(EmulateMode):
                 ram = self.vm._ram
                 if phys < len(ram):
                     ram[phys] |= DESC_ACCESSED
+                    # The CPU's write-back is a store through the guest's
+                    # tables: it sets the accessed and dirty bits of the
+                    # entries mapping the table's page, as emulate's does.
+                    self.vm.mem.mark_accessed(base + off + i, 1, write=True, host=True)
 
     def _monitor_gdt(self, base: int, size: int) -> None:
         def phys(lin):

@@ -59,17 +59,19 @@ def test_the_guest_keeps_its_own_slot_value_and_the_area_stays_reachable(mode, m
     assert got.exit_status == want.exit_status == 0, got.message
     # Read from another address space: the guest's own value, as under emulate.
     assert results(vm)[0] == results(want_vm)[0] == 0x56780000
-    # Read in the current directory: the VMM's entry (the documented gap).
-    ours = vm.mode.hyper_mapping.our_entry()
+    # Read in the current directory: the guest's own values too, as under emulate
+    # (the VMM's entry is there, hidden from guest loads by the slot's read hooks:
+    # runtime/_isolation.c), while the CPU's walks keep reaching the area.
     assert results(want_vm)[1:] == (0, 0x56780000)
-    assert results(vm)[1:] == (ours, ours)
+    assert results(vm)[1:] == (0, 0x56780000)
+    assert vm.mode.hyper_mapping.view.stats()["slot_reads_hidden"] == 2
     stats = vm.mode.hyper_mapping.stats()
     assert stats["slot_writes"] == 1 and stats["guest_slot_values"] == [hex(0x56780000)]
     # The store landed (no protection, no write hook: runtime/paging.py); the
     # segment reload after it met the guest's entry, the VMM put its own back
     # and the reload ran again, invisible to the guest and uncounted.
     assert stats["faults_retried"] == 1
-    assert got.retired == want.retired           # (eax differs: the last slot read, the gap above)
+    assert got.retired == want.retired and got.regs == want.regs
     assert not got.counters.get("exceptions_delivered")
     # The directory costs no mem_protect call (trap's directory watch once made
     # one per CR3 switch), nor does anything else.

@@ -480,3 +480,75 @@ def test_fact_a_code_hook_on_an_instruction_whose_helper_restores_state_garbles_
     assert run(False, False) == 0x815                          # CF OF AF PF of the add
     assert run(True, False) != 0x815
     assert run(True, True) == 0x815
+
+
+@pytest.mark.parametrize("src,code_a,data_a", [
+    (".byte 0xff, 0x2d\n.long 0x3000\n", 0, 0),                  # jmp far [0x3000]
+    (".byte 0xff, 0x1d\n.long 0x3000\n", 0, 0),                  # call far [0x3000]
+    ("push 0x08\npush 0x1100\nretf\n", 0, 0),
+    ("pushfd\npush 0x08\npush 0x1100\niretd\n", 0, 0),
+    ("mov eax, 0x08\nmov ds, ax\n", 1, 0),                       # a readable code segment in DS
+    ("mov eax, 0x10\nmov ss, ax\n", 0, 1),
+    (None, 1, 1),                                                # the host's reg_write of CS and SS
+])
+def test_far_transfers_leave_the_descriptor_accessed_bit_clear_segment_loads_set_it(src, code_a, data_a):
+    """Unicorn (QEMU's helpers) sets a descriptor's accessed bit only where a
+    segment register is loaded by mov/pop/lss (helper_load_seg) and in the
+    host's reg_write; far jmp, far call, retf and iretd load CS without
+    writing the bit.  So the VMM's emulation of a far transfer must not leave
+    the bit its reg_write sets (runtime/trap.py `load_far`)."""
+    import struct
+    uc = engine(assemble((src or "") + "hlt", 0x1000))
+    uc.mem_write(0x1100, b"\xf4")
+    uc.mem_write(0x3000, struct.pack("<IH", 0x1100, 0x08))
+    raw = bytearray(uc.mem_read(0x500, 0x18))
+    raw[0x0D] &= ~1
+    raw[0x15] &= ~1
+    uc.mem_write(0x500, bytes(raw))
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    if src is None:
+        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    else:
+        uc.emu_start(0x1000, 0, count=6)
+        assert uc.reg_read(X.UC_X86_REG_EIP) in (0x1101, 0x1000 + len(assemble(src, 0x1000)) + 1)
+    gdt = uc.mem_read(0x500, 0x18)
+    assert (gdt[0x0D] & 1, gdt[0x15] & 1) == (code_a, data_a)
+
+
+def test_an_iretd_to_ring_3_leaves_both_accessed_bits_clear():
+    """The return to an outer ring loads CS and SS from the frame; neither
+    descriptor's accessed bit is written (runtime/emulation.py `_iret` loads
+    both through `load_far`)."""
+    uc = engine(assemble("push 0x23\npush 0x7000\npushfd\npush 0x1b\npush 0x1100\niretd\nhlt", 0x1000))
+    uc.mem_write(0x1100, b"\x90\x90")
+    raw = bytearray(uc.mem_read(0x500, 0x28))        # flat_gdt_bytes: ring-3 code 0x18, data 0x20
+    raw[0x1D] &= ~1
+    raw[0x25] &= ~1
+    uc.mem_write(0x500, bytes(raw))
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.emu_start(0x1000, 0, count=7)
+    assert (uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_EIP)) == (0x1B, 0x1101)
+    gdt = uc.mem_read(0x500, 0x28)
+    assert (gdt[0x1D] & 1, gdt[0x25] & 1) == (0, 0)
+
+
+def test_a_read_hook_added_later_misses_blocks_translated_without_one():
+    """Blocks translated while no UC_HOOK_MEM_READ existed load through the
+    inline fast path and never call a read hook added afterwards (a TLB flush
+    does not change that beyond the one refill); after ctl_flush_tb they do.
+    So runtime/paging.py drops the translation cache when it adds the slot's
+    read hooks for the first time."""
+    from unicorn import UC_HOOK_MEM_READ
+    code = assemble("mov ecx, 4\nl: mov eax, [0x5000]\nnop\nloop l\nhlt", 0x1000)
+    seen = {}
+    for flush in (False, True):
+        uc = engine(code)
+        uc.emu_start(0x1000, 0, count=20)
+        seen[flush] = []
+        uc.hook_add(UC_HOOK_MEM_READ, lambda u, a, addr, size, v, d, out=seen[flush]: out.append(addr),
+                    None, 0x5000, 0x5003)
+        if flush:
+            uc.ctl_flush_tb()
+        uc.emu_start(0x1000, 0, count=20)
+    assert seen == {False: [], True: [0x5000] * 4}
