@@ -27,7 +27,7 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EXIT, TERMINATORS, Insn, StubContext, share_scratch,
+from patcher.templates import (EMULATE_EXITS, EXIT, TERMINATORS, Insn, StubContext, share_scratch,
                                template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
@@ -231,7 +231,11 @@ class Patcher:
                     # after the shadow's instruction.
                     over = ctx.local("shadow")
                     text = f"{text}; jmp {over}; {over}:"
-                if prev is not None:
+                # A template whose exit emulates it from its own address with
+                # nothing done yet (iretd closing a patch, patcher/policy.py
+                # `_closing_iret`) keeps its own save: merged, its exit would
+                # emulate the previous instruction again.
+                if prev is not None and key not in EMULATE_EXITS:
                     shared = share_scratch(ctx, prev[1], text)
                     if shared is not None:
                         # back up over the previous template and assemble it without its restore
