@@ -52,10 +52,15 @@ import struct
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
-from bt.hyper_layout import HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
+from bt.hyper_layout import FIELDS, HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
 from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
 
 PTE_A = 1 << 5
+
+
+def vcpu_field_offset(name: str) -> int:
+    return FIELDS[name][0]
+
 PTE_D = 1 << 6
 _FMT = {4: "<I", 8: "<Q"}
 
@@ -65,12 +70,57 @@ class HyperMapping:
         self.mode = mode
         self.vm = mode.vm
         self.uc = mode.uc
-        self.slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
-        self.guest_values: list[int] = []             # the guest's own value of each slot
-        self.inserts = 0                    # times an entry was (re)written into a directory
+        self._slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
+        self._guest_values: list[int] = []             # the guest's own value of each slot
+        self._inserts = 0                   # times an entry was (re)written into a directory
+        # The native interrupt hook answers `mov cr3` under two-level paging
+        # (runtime/_exits.c): it then owns the one slot, and this reads it there.
+        self._native = None
         self.slot_writes = 0                # guest stores into a slot seen (`notice`)
         self.faults_retried = 0             # ... of them seen at the CPU's #PF in the area
         self.build_table()
+
+    # -- the slot state, shared with the native mov cr3 (runtime/_exits.c) ----------------
+    def attach_native(self, x) -> None:
+        """`x`: the native hook's Exits (runtime/exits.py `enable_mov_cr3`)."""
+        self._native = x
+        self._publish()
+
+    @property
+    def slots(self) -> list[tuple[int, int, int]]:
+        native = self._native.slot if self._native is not None else None
+        return [(native[0], 4, native[1])] if native is not None else self._slots
+
+    @property
+    def guest_values(self) -> list[int]:
+        native = self._native.slot if self._native is not None else None
+        return [native[2]] if native is not None else self._guest_values
+
+    @property
+    def inserts(self) -> int:
+        return self._inserts + (self._native.inserts if self._native is not None else 0)
+
+    def _set(self, slots: list[tuple[int, int, int]], values: list[int]) -> None:
+        self._slots, self._guest_values = list(slots), list(values)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Hand a lone two-level slot to the native hook (with the state page's
+        cr3 field, whose host address moves with the area); anything else, none."""
+        if self._native is None:
+            return
+        if len(self._slots) == 1 and self._slots[0][1] == 4:
+            (addr, _, ours), (value,) = self._slots[0], self._guest_values
+            vcpu = self.mode.vcpu
+            self._native.slot = (addr, ours, value, self.mode.hyper.base >> 22,
+                                 vcpu.host_addr + vcpu_field_offset("cr3"))
+        else:
+            self._native.slot = None
+
+    def refresh_native(self) -> None:
+        """After the area moved (bt's relocate_hyper): the slot index and the
+        state page's address the native hook uses."""
+        self._set(self.slots, self.guest_values)
 
     # -- the area's own page tables -----------------------------------------------------
     def build_table(self) -> None:
@@ -131,7 +181,7 @@ class HyperMapping:
         values = [previous.get(ours, 0) if self._read(a, n) == ours else self._read(a, n)
                   for a, n, ours in wanted]
         self._check_guest_values(wanted, values)
-        self.slots, self.guest_values = wanted, values
+        self._set(wanted, values)
         for slot in wanted:
             self._insert(slot)
 
@@ -140,20 +190,22 @@ class HyperMapping:
             return
         for (addr, size, _), value in zip(self.slots, self.guest_values):
             self.uc.mem_write(addr, struct.pack(_FMT[size], value))
-        self.slots, self.guest_values = [], []
+        self._set([], [])
 
     def notice(self) -> bool:
         """Take a guest store into a slot of the current directory (its bytes no
         longer the VMM's entry) as the guest's value and put the entry back.
         True when there was one.  A present value ends the run (see the top)."""
         seen = False
-        for k, (addr, size, ours) in enumerate(self.slots):
+        slots, values = self.slots, list(self.guest_values)
+        for k, (addr, size, ours) in enumerate(slots):
             value = self._read(addr, size)
             if value != ours:
-                self.guest_values[k] = value
+                values[k] = value
                 seen = True
         if seen:
             self.slot_writes += 1
+            self._set(slots, values)
             self._check_guest_values(self.slots, self.guest_values)
             for slot in self.slots:
                 self._insert(slot)
@@ -163,7 +215,7 @@ class HyperMapping:
         addr, size, ours = slot
         if self._read(addr, size) != ours:
             self.uc.mem_write(addr, struct.pack(_FMT[size], ours))
-            self.inserts += 1
+            self._inserts += 1
 
     def _read(self, addr: int, size: int) -> int:
         return struct.unpack(_FMT[size], self.vm.fast.mem_read(addr, size))[0]
