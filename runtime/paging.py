@@ -40,6 +40,13 @@ the guest read it, and gets the guest's value of the directory it replaces).
 The MMU's accessed-bit stores into the directory land (nothing protects it),
 and the VMM's entry has A preset.
 
+Under two-level paging the guest's `mov cr3` is answered by the VM's native
+interrupt hook (runtime/_exits.c) whenever the slot only has to move with it:
+the hook then owns the one slot's state (address, the VMM's entry, the
+guest's value), which `slots`/`guest_values` read there, and everything this
+class decides otherwise (a guest store into the old slot, a present guest
+entry, PAE, paging off) stays here: the hook hands those loads to Python.
+
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
 built: the run ends with a VMM error naming the slot (docs/paging-plan.md says
