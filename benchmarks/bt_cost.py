@@ -59,7 +59,7 @@ def _no_arm(self) -> None:
     self._hook = None
 
 
-def _no_watch(self, begin: int, end: int) -> None:
+def _no_watch(self, ranges) -> None:
     return None
 
 

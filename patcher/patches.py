@@ -27,8 +27,8 @@ from bt.catalog import classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
-from patcher.templates import (EXIT, IOPL_TEMPLATES, RING3_ENTRY_SIZE, RING3_TAILS, TERMINATORS, Insn,
-                               StubContext, share_scratch, template_for)
+from patcher.templates import (EMULATE_EXITS, EXIT, IOPL_TEMPLATES, RING3_ENTRY_SIZE, RING3_TAILS,
+                               TERMINATORS, Insn, StubContext, share_scratch, template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -259,7 +259,11 @@ class Patcher:
                         text = f"{text}; jmp {over}; {over}:"
                     return text
                 text = make(ctx)
-                if prev is not None:
+                # A template whose exit emulates it from its own address with
+                # nothing done yet (iretd closing a patch, patcher/policy.py
+                # `_closing_iret`) keeps its own save: merged, its exit would
+                # emulate the previous instruction again.
+                if prev is not None and key not in EMULATE_EXITS:
                     shared = share_scratch(ctx, prev[1], text)
                     if shared is not None:
                         # back up over the previous template and assemble it without its restore

@@ -156,6 +156,10 @@ def plan_jump(site: Insn, hood: Neighbourhood) -> tuple[list[Insn], Refusal | No
         if ends_flow(covered[-1]):
             return [], Refusal.EXIT_INSIDE
         return [], Refusal.UNSCANNED
+    tail = _closing_iret(covered, end, hood)
+    if tail is not None:
+        covered.append(tail)
+        end += tail.size
     if hood.targets_inside(site.addr + 1, end):
         return [], Refusal.BRANCH_TARGET_INSIDE
     if hood.covering(site.addr) is not None:
@@ -165,7 +169,7 @@ def plan_jump(site: Insn, hood: Neighbourhood) -> tuple[list[Insn], Refusal | No
     for ins in covered[1:]:
         inner = classify_bytes(ins.data)
         if inner is not None and template_for(inner.name, ins.data) is not None:
-            if inner.name in EMULATE_EXITS:
+            if inner.name in EMULATE_EXITS and ins is not tail:
                 return [], Refusal.NEEDS_VMM
             continue
         if inner is not None and inner.name in _NATIVE_IF:
@@ -177,6 +181,31 @@ def plan_jump(site: Insn, hood: Neighbourhood) -> tuple[list[Insn], Refusal | No
         if ins.mnemonic in _NOT_RELOCATABLE or (ins.mnemonic == "call" and not direct(ins)):
             return [], Refusal.UNRELOCATABLE
     return covered, None
+
+
+def _closing_iret(covered: list[Insn], end: int, hood: Neighbourhood) -> Insn | None:
+    """An instruction whose template exits to emulate and decides where the guest
+    goes (iretd, EMULATE_EXITS) starts its own patch, except right after the
+    jump's 5 bytes, where it may close this one: the stub then ends with its
+    template (a terminator), and its exit emulates it at its own address with
+    nothing of it done yet, as at the start of a patch.  Its own patch needs 5
+    bytes from it, which a flow end rarely leaves (Linux's `iret_to_self`:
+    `pushfl; pushl %cs; pushl $1f; iret; 1:` -- 37,878 int3 exits of the iretd
+    per 150 M instructions, docs/benchmarks.md "Linux under bt"); here the jump
+    writes nothing after it.  Only when the bytes between are covered and
+    contiguous, nothing before the iretd ends the flow, and it lies on the
+    site's page (a page invalidation then finds the whole patch)."""
+    if ends_flow(covered[-1]):
+        return None
+    nxt = next((i for i in hood.following if i.addr >= end), None)
+    if nxt is None or nxt.addr != end or nxt.addr // PAGE != covered[0].addr // PAGE:
+        return None
+    row = classify_bytes(nxt.data)
+    if row is None or row.name not in EMULATE_EXITS or template_for(row.name, nxt.data) is None:
+        return None
+    if hood.targets_inside(nxt.addr, nxt.addr + 1):
+        return None             # a branch target: the jump stays as it was, without it
+    return nxt
 
 
 def direct(ins: Insn) -> bool:

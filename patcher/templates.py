@@ -455,7 +455,12 @@ def _iretd(s: StubContext, i: Insn) -> str:
     target's block (runtime/_clock.c, "Interrupt window")."""
     outer = s.local("outer")
     out = s.local("emul")
-    return (f"mov {s.field('scratch')}, eax; "
+    # The exit must leave the guest's arithmetic flags as they were: an
+    # emulated iretd that faults (a bad ring-3 frame) delivers them in the
+    # exception frame.  lahf/seto save them into scratch3 without touching
+    # any flag or the stack; at the exit `add al, 0x7f` sets OF from the saved
+    # bit and sahf puts SF ZF AF PF CF back.
+    return (f"mov {s.field('scratch')}, eax; lahf; seto al; mov {s.field('scratch3')}, eax; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; cmp eax, 3; je {out}; "
             f"mov eax, dword ptr [esp + 8]; {_iopl_check(s, 'ah', out)}; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; jnz {outer}; "
@@ -466,7 +471,7 @@ def _iretd(s: StubContext, i: Insn) -> str:
             f"mov {s.field('scratch2')}, eax; mov eax, {s.field('scratch')}; "
             f"lea esp, [esp + 8]; popfd; jmp {s.field('scratch2')}; "
             f"{outer}: mov eax, {s.field('scratch')}; iretd; "
-            f"{out}: mov eax, {s.field('scratch')}; {EXIT}")
+            f"{out}: mov eax, {s.field('scratch3')}; add al, 0x7f; sahf; mov eax, {s.field('scratch')}; {EXIT}")
 
 
 # Which templates end in control transfer (no jump back to the guest).

@@ -21,6 +21,18 @@
  * not wholly in one page of RAM, a walk that fails, the run's end already
  * decided: `armed` false) goes to the Python callback, unchanged.
  *
+ * The second: `mov cr3, r32` at CPL 1 under two-level paging (Linux's
+ * text_poke and context switches: 15,736 per 150 M instructions under bt),
+ * answered as runtime/trap.py `write_cr(3)` does: the virtual CR3 in the state
+ * page, the real CR3 (a TLB flush), and the hypervisor area's directory slot
+ * moved to the new directory (runtime/paging.py `HyperMapping.sync`): the
+ * guest's value back into the old directory, the VMM's entry into the new one,
+ * the new one's guest value kept.  The slot's state lives here (`Slot`), and
+ * HyperMapping reads and writes it through the getset `slot`.  Whatever the
+ * Python path would decide otherwise goes to it: a guest store into the old
+ * slot (`notice`), a present guest entry in the new slot (the run ends), a new
+ * slot outside RAM, PAE, paging off, no slot known, an sti shadow.
+ *
  * The instruction's bytes are read through the VMM's walk (runtime/pagewalk.h)
  * as the Python decoder reads them (a supervisor read of guest RAM); stubs lie
  * outside RAM, so a stub's fault never takes this path. */
@@ -31,11 +43,24 @@
 
 typedef void (*intr_cb_t)(void *uc, uint32_t intno, void *user);
 typedef int (*uc_reg_write_t)(void *uc, int regid, const void *value);
+typedef int (*uc_reg_read_t)(void *uc, int regid, void *value);
 typedef int (*uc_ctl_t)(void *uc, int control, ...);
 typedef bool (*cut_t)(void *clock, uint64_t eip, int started);
 
 #define GP_VECTOR 13
 #define MAX_SITES 64
+#define HF_INHIBIT_IRQ 0x8          /* hflags: an sti/mov-ss shadow (runtime/quirks.py) */
+#define PTE_P 1u
+
+enum { KIND_INVLPG, KIND_MOV_CR3, NKINDS };
+
+/* The hypervisor area's directory slot in the current two-level directory
+ * (runtime/paging.py): where it is, the VMM's entry, the guest's own value. */
+typedef struct {
+    bool valid;
+    uint64_t addr;
+    uint32_t ours, guest;
+} Slot;
 
 typedef struct {
     const uint8_t *host;
@@ -47,6 +72,7 @@ typedef struct {
     intr_cb_t fallback;
     void *fallback_user;
     uc_reg_write_t reg_write;
+    uc_reg_read_t reg_read;
     uc_ctl_t ctl;
     int eip_reg, tlb_flush;
     cut_t cut;
@@ -55,10 +81,18 @@ typedef struct {
     Py_ssize_t hflags, is_int, error_code, old_exception, eip, cr0, cr3, cr4, efer;
     uint8_t *pc_sync;
     Ram ram;
-    bool invlpg, armed;
+    bool invlpg, armed, movcr3;
     uint64_t site[MAX_SITES], hits[MAX_SITES];
+    int kind[MAX_SITES];
     uint32_t nsites;
     uint64_t handled;
+    /* mov cr3 */
+    int gpr[8];                     /* Unicorn's register ids by ModRM number */
+    int cr3_reg;
+    uint8_t *vcr3;                  /* the state page's cr3 field (host) */
+    uint64_t slot_index;            /* the area's directory index: base >> 22 */
+    Slot slot;
+    uint64_t inserts;               /* VMM entries written into a directory here */
 } Exits;
 
 static const uint8_t *ram_range(void *ctx, uint64_t pa, uint64_t n)
@@ -110,55 +144,124 @@ static unsigned invlpg_length(const uint8_t *p)
 
 /* The slot counting exits at eip (a new one if need be), or -1 when the table
  * is full: the exit then takes the Python path. */
-static long site_slot(Exits *x, uint64_t eip)
+static long site_slot(Exits *x, uint64_t eip, int kind)
 {
     for (uint32_t i = 0; i < x->nsites; i++)
-        if (x->site[i] == eip)
+        if (x->site[i] == eip && x->kind[i] == kind)
             return (long)i;
     if (x->nsites == MAX_SITES)
         return -1;
     x->site[x->nsites] = eip;
     x->hits[x->nsites] = 0;
+    x->kind[x->nsites] = kind;
     return (long)x->nsites++;
 }
 
-static bool try_invlpg(Exits *x, void *uc)
+/* The instruction's bytes at EIP (8 readable, wholly in one page of RAM) for
+ * a #GP at CPL 1 outside an sti shadow, or NULL (the Python path decides). */
+static const uint8_t *fault_bytes(Exits *x, uint64_t *eip_out, PwRegs *r)
 {
     const uint8_t *env = x->env;
     if ((u32_at(env, x->hflags) & 3) != 1 || (int32_t)u32_at(env, x->is_int) == 1
         || u32_at(env, x->error_code) != 0)
-        return false;
+        return NULL;
     uint64_t eip = u32_at(env, x->eip), pa = eip;
     if ((eip & 0xFFF) > 0x1000 - 8)
-        return false;                   /* the instruction may cross a page */
-    PwRegs r = {u64_at(env, x->cr0), u64_at(env, x->cr3), u64_at(env, x->cr4), u64_at(env, x->efer)};
+        return NULL;                    /* the instruction may cross a page */
+    *r = (PwRegs){u64_at(env, x->cr0), u64_at(env, x->cr3), u64_at(env, x->cr4), u64_at(env, x->efer)};
     uint32_t err;
-    if ((r.cr0 & PW_CR0_PG) && !pw_walk(&r, ram_range, &x->ram, eip, 0, &pa, &err))
-        return false;
-    const uint8_t *p = ram_range(&x->ram, pa, 8);
-    if (!p)
-        return false;
-    unsigned len = invlpg_length(p);
-    long slot;
-    if (!len || (slot = site_slot(x, eip)) < 0)
-        return false;
-    x->cut(x->clock, eip, 1);
-    memcpy((uint8_t *)env + x->old_exception, &(int32_t){-1}, 4);
-    if (x->ctl(uc, x->tlb_flush) != 0)
-        return false;                   /* cannot happen; the Python path then flushes */
+    if ((r->cr0 & PW_CR0_PG) && !pw_walk(r, ram_range, &x->ram, eip, 0, &pa, &err))
+        return NULL;
+    *eip_out = eip;
+    return ram_range(&x->ram, pa, 8);
+}
+
+/* The exit's end, as the Python path ends it: the clock's cut at EIP (counted
+ * as started), the exception in flight cleared, EIP past the instruction. */
+static void step_over(Exits *x, void *uc, uint64_t eip, unsigned len, long slot)
+{
     uint64_t next = (eip + len) & 0xFFFFFFFFu;
     x->reg_write(uc, x->eip_reg, &next);
     *x->pc_sync = 0;
     x->hits[slot]++;
     x->handled++;
+}
+
+static bool try_invlpg(Exits *x, void *uc, uint64_t eip, const uint8_t *p)
+{
+    unsigned len = invlpg_length(p);
+    long slot;
+    if (!len || (slot = site_slot(x, eip, KIND_INVLPG)) < 0)
+        return false;
+    x->cut(x->clock, eip, 1);
+    memcpy(x->env + x->old_exception, &(int32_t){-1}, 4);
+    if (x->ctl(uc, x->tlb_flush) != 0)
+        return false;                   /* cannot happen; the Python path then flushes */
+    step_over(x, uc, eip, len, slot);
+    return true;
+}
+
+static inline uint32_t ram_u32(Exits *x, uint64_t pa)
+{
+    uint32_t v;
+    memcpy(&v, x->ram.host + pa, 4);
+    return v;
+}
+
+/* `mov cr3, r32` (0F 22 /r, mod 3, reg 3): see the top. */
+static bool try_mov_cr3(Exits *x, void *uc, uint64_t eip, const uint8_t *p, const PwRegs *r)
+{
+    if (p[0] != 0x0F || p[1] != 0x22 || (p[2] >> 6) != 3 || ((p[2] >> 3) & 7) != 3)
+        return false;
+    if (!x->slot.valid || !(r->cr0 & PW_CR0_PG) || (r->cr4 & PW_CR4_PAE)
+        || (u32_at(x->env, x->hflags) & HF_INHIBIT_IRQ))
+        return false;
+    uint64_t value = 0;
+    if (x->reg_read(uc, x->gpr[p[2] & 7], &value) != 0)
+        return false;
+    value &= 0xFFFFFFFFu;
+    Slot *s = &x->slot;
+    if (s->addr + 4 > x->ram.size || ram_u32(x, s->addr) != s->ours)
+        return false;                   /* a guest store into the old slot: notice() decides */
+    uint64_t want = (value & ~0xFFFull) + x->slot_index * 4;
+    if (want + 4 > x->ram.size)
+        return false;
+    uint32_t raw = ram_u32(x, want), guest = raw == s->ours ? s->guest : raw;
+    if (want != s->addr && (guest & PTE_P))
+        return false;                   /* the guest maps the area: the run ends (Python) */
+    long slot = site_slot(x, eip, KIND_MOV_CR3);
+    if (slot < 0)
+        return false;
+    x->cut(x->clock, eip, 1);
+    memcpy(x->env + x->old_exception, &(int32_t){-1}, 4);
+    uint32_t v32 = (uint32_t)value;
+    memcpy(x->vcr3, &v32, 4);           /* vcpu.set("cr3", value) */
+    x->reg_write(uc, x->cr3_reg, &value);     /* flushes the TLB */
+    if (want != s->addr) {
+        memcpy(x->ram.host + s->addr, &s->guest, 4);       /* the old directory's own value */
+        if (raw != s->ours) {
+            memcpy(x->ram.host + want, &s->ours, 4);
+            x->inserts++;
+        }
+        s->addr = want;
+        s->guest = guest;
+    }
+    step_over(x, uc, eip, 3, slot);
     return true;
 }
 
 static void intr_hook(void *uc, uint32_t intno, void *user)
 {
     Exits *x = user;
-    if (intno == GP_VECTOR && x->invlpg && x->armed && try_invlpg(x, uc))
-        return;
+    if (intno == GP_VECTOR && x->armed && (x->invlpg || x->movcr3)) {
+        uint64_t eip;
+        PwRegs r;
+        const uint8_t *p = fault_bytes(x, &eip, &r);
+        if (p && x->invlpg && try_invlpg(x, uc, eip, p))
+            return;
+        if (p && x->movcr3 && try_mov_cr3(x, uc, eip, p, &r))
+            return;
+    }
     x->fallback(uc, intno, x->fallback_user);
 }
 
@@ -189,10 +292,64 @@ static int Exits_init(Exits *x, PyObject *args, PyObject *kw)
     x->ram.host = (const uint8_t *)(uintptr_t)host;
     x->ram.size = size;
     x->invlpg = false;
+    x->movcr3 = false;
     x->armed = true;
     x->nsites = 0;
     x->handled = 0;
+    x->slot.valid = false;
+    x->inserts = 0;
     return 0;
+}
+
+/* enable_mov_cr3(reg_read, (8 register ids by ModRM number), cr3_reg); the
+ * slot, the area's directory index and the state page's cr3 field come with
+ * each `slot` set (runtime/paging.py publishes them). */
+static PyObject *Exits_enable_mov_cr3(Exits *x, PyObject *args)
+{
+    unsigned long long reg_read;
+    int *g = x->gpr;
+    if (!PyArg_ParseTuple(args, "K(iiiiiiii)i", &reg_read, &g[0], &g[1], &g[2], &g[3], &g[4], &g[5], &g[6],
+                          &g[7], &x->cr3_reg))
+        return NULL;
+    if (!reg_read) {
+        PyErr_SetString(PyExc_ValueError, "enable_mov_cr3 needs uc_reg_read");
+        return NULL;
+    }
+    x->reg_read = (uc_reg_read_t)(uintptr_t)reg_read;
+    x->movcr3 = true;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Exits_get_slot(Exits *x, void *unused)
+{
+    if (!x->slot.valid)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KII)", (unsigned long long)x->slot.addr, x->slot.ours, x->slot.guest);
+}
+
+static int Exits_set_slot(Exits *x, PyObject *v, void *unused)
+{
+    if (v == NULL || v == Py_None) {
+        x->slot.valid = false;
+        return 0;
+    }
+    unsigned long long addr, index, vcr3;
+    unsigned int ours, guest;
+    if (!PyArg_ParseTuple(v, "KIIKK", &addr, &ours, &guest, &index, &vcr3))
+        return -1;
+    if (!vcr3) {
+        PyErr_SetString(PyExc_ValueError, "the slot needs the state page's cr3 field");
+        return -1;
+    }
+    x->slot = (Slot){true, addr, ours, guest};
+    x->slot_index = index;
+    x->vcr3 = (uint8_t *)(uintptr_t)vcr3;
+    return 0;
+}
+
+static PyObject *Exits_get_inserts(Exits *x, void *unused)
+{
+    return PyLong_FromUnsignedLongLong(x->inserts);
 }
 
 static PyObject *Exits_take_counts(Exits *x, PyObject *unused)
@@ -201,7 +358,8 @@ static PyObject *Exits_take_counts(Exits *x, PyObject *unused)
     if (!out)
         return NULL;
     for (uint32_t i = 0; i < x->nsites; i++) {
-        PyObject *t = Py_BuildValue("(KK)", (unsigned long long)x->site[i], (unsigned long long)x->hits[i]);
+        PyObject *t = Py_BuildValue("(KKs)", (unsigned long long)x->site[i], (unsigned long long)x->hits[i],
+                                    x->kind[i] == KIND_INVLPG ? "invlpg" : "mov");
         if (!t) {
             Py_DECREF(out);
             return NULL;
@@ -216,6 +374,7 @@ static PyObject *Exits_get_bool(Exits *x, void *which)
 {
     return PyBool_FromLong(which ? x->armed : x->invlpg);
 }
+
 
 static int Exits_set_bool(Exits *x, PyObject *v, void *which)
 {
@@ -236,7 +395,9 @@ static PyObject *Exits_get_handled(Exits *x, void *unused)
 
 static PyMethodDef Exits_methods[] = {
     {"take_counts", (PyCFunction)Exits_take_counts, METH_NOARGS,
-     "[(eip, exits)] handled natively since the last take, and forget them"},
+     "[(eip, exits, mnemonic)] handled natively since the last take, and forget them"},
+    {"enable_mov_cr3", (PyCFunction)Exits_enable_mov_cr3, METH_VARARGS,
+     "handle CPL-1 mov cr3 natively under two-level paging (trap, bt)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -244,6 +405,9 @@ static PyGetSetDef Exits_getset[] = {
     {"invlpg", (getter)Exits_get_bool, (setter)Exits_set_bool, "handle CPL-1 invlpg natively (trap, bt)", NULL},
     {"armed", (getter)Exits_get_bool, (setter)Exits_set_bool, "false once the run's end is decided", (void *)1},
     {"handled", (getter)Exits_get_handled, NULL, "exits handled natively so far", NULL},
+    {"slot", (getter)Exits_get_slot, (setter)Exits_set_slot,
+     "the area's two-level directory slot: (address, VMM entry, guest value[, base >> 22, cr3 field]) or None", NULL},
+    {"inserts", (getter)Exits_get_inserts, NULL, "VMM entries written into a directory natively", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -332,6 +332,7 @@ class BTMode(TrapMode):
         self.vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
         self.vcpu.state_addr = new_base
         self.vcpu.rebind(self.hyper.host)
+        self.hyper_mapping.refresh_native()        # the native mov cr3's slot index and state page
         del old_mem
         self.isolation.arm()
         self.hook_shadow_gdt()

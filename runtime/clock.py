@@ -143,46 +143,45 @@ class InstructionClock:
         self.c.enable_code_check(ram_bytes, hflags_off)
         self.on_unscanned = on_unscanned
 
-    def watch_code_writes(self, begin: int, end: int) -> int:
-        """The native write hook, ranged on [begin, end] (physical), that marks pages
-        whose scanned bytes the guest stores into (runtime/_clock.c write_hook, which
-        checks each stored byte against the page's scanned flags: a page in the
-        range without code costs a lookup).  One hook for the engine: a new range
-        replaces the old one (the caller passes a range covering every code page),
-        because Unicorn checks every slow-path store against every write hook's
-        range -- 1,000 ranged hooks made each store ~17-34 us (docs/benchmarks.md,
-        "Stores as code grows").  Unicorn 2.1.4 has no call that changes a hook's
-        range: the old hook is deleted (it no longer fires, already translated
-        blocks included: tests/runtime/test_write_hook_span.py) and a new one added."""
+    def watch_code_writes(self, ranges: list[tuple[int, int]]) -> None:
+        """The native write hooks, one per [begin, end] range (physical), that mark
+        pages whose scanned bytes the guest stores into (runtime/_clock.c write_hook,
+        which checks each stored byte against the page's scanned flags: a page in
+        a range without code costs a lookup, and Unicorn's precise-state restore
+        before the call: runtime/hookspans.py).  A few ranges for the engine
+        (runtime/hookspans.py MAX_SPANS), replacing the old ones: Unicorn checks
+        every slow-path store against every write hook's range -- 1,000 ranged
+        hooks made each store ~17-34 us (docs/benchmarks.md, "Stores as code
+        grows").  Unicorn 2.1.4 has no call that changes a hook's range: the old
+        hooks are deleted (they no longer fire, already translated blocks
+        included: tests/runtime/test_write_hook_span.py) and new ones added."""
         from unicorn import UC_HOOK_MEM_WRITE
         from unicorn.unicorn_py3.unicorn import uclib
-        old = getattr(self, "_code_write_hook", None)
-        if old is not None:
-            uclib.uc_hook_del(self.uc._uch, old)
-        self._code_write_hook = hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user,
-                                         begin, end)
-        return self._code_write_hook
+        for h in getattr(self, "_code_write_hooks", ()):
+            uclib.uc_hook_del(self.uc._uch, h)
+        self._code_write_hooks = [hook_add(self.uc, UC_HOOK_MEM_WRITE, self._write_cb, self._user, b, e)
+                                  for b, e in ranges]
 
     def code_write_hooks(self) -> int:
-        """How many code-write hooks are alive (0 or 1)."""
-        return int(getattr(self, "_code_write_hook", None) is not None)
+        """How many code-write hooks are alive."""
+        return len(getattr(self, "_code_write_hooks", ()))
 
-    def hide_patch_bytes(self, begin: int, end: int) -> None:
-        """The native read hooks, ranged on [begin, end] (physical), through which
-        every guest load of a byte marked in a page's hidden-bytes table
+    def hide_patch_bytes(self, ranges: list[tuple[int, int]]) -> None:
+        """The native read hooks, a pair per [begin, end] range (physical), through
+        which every guest load of a byte marked in a page's hidden-bytes table
         (`c.set_page(2, ...)`) sees the guest's own byte (runtime/_clock.c,
-        "Patches hidden from guest loads"); a page with no table costs a lookup.
-        One pair for the engine: a new range replaces the old one (the caller
-        passes a range covering every hidden page), because Unicorn checks every
-        slow-path load against every read hook's range -- 1,000 ranged hooks
-        made each load ~13 us (docs/fidelity.md, "Reads of patched code")."""
+        "Patches hidden from guest loads"); a page with no table costs a lookup
+        (and the state restore: runtime/hookspans.py).  A few pairs for the
+        engine, replacing the old ones, because Unicorn checks every slow-path
+        load against every read hook's range -- 1,000 ranged hooks made each
+        load ~13 us (docs/fidelity.md, "Reads of patched code")."""
         from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_AFTER
         from unicorn.unicorn_py3.unicorn import uclib
         for h in getattr(self, "_read_hooks", ()):
             uclib.uc_hook_del(self.uc._uch, h)      # freed by Unicorn when the run ends
-        self._read_hooks = (
-            hook_add(self.uc, UC_HOOK_MEM_READ, self._read_before_cb, self._user, begin, end),
-            hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, self._read_after_cb, self._user, begin, end))
+        self._read_hooks = [h for b, e in ranges for h in (
+            hook_add(self.uc, UC_HOOK_MEM_READ, self._read_before_cb, self._user, b, e),
+            hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, self._read_after_cb, self._user, b, e))]
 
     # -- reading ------------------------------------------------------------------
     @property

@@ -21,8 +21,8 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
 * int3 guards on indirect branches the scanner could not resolve: their first
   byte traps, `guard_exit` computes the target, scans it if it is new, and
   performs the branch.
-* Self-modifying code: one native write hook whose range spans every page
-  that ever held scanned code (`_watch_writes`) marks a page dirty when a
+* Self-modifying code: a few native write hooks whose ranges span every page
+  that ever held scanned code (`_watch_writes`, runtime/hookspans.py) mark a page dirty when a
   guest store touches scanned bytes.  The store completes as the CPU did it (never aborted and replayed); the block check
   refuses every later block start on a dirty page, and before anything is
   scanned the dirty pages are invalidated: the blocks the stores hit and what
@@ -46,6 +46,7 @@ from patcher.templates import Insn
 from runtime.decode import decode, effective_address
 from runtime.emulation import push
 from runtime.smc import SmcRewrites
+from runtime import hookspans
 from runtime.views import FLAGS, Views
 from scanner.cfg import CFG
 from scanner.scan import Scanner
@@ -79,11 +80,12 @@ class CSAM(Views, SmcRewrites):
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
         self._read_hooked: set[int] = set()         # pages the read hooks' range covers for
-        self._read_span: tuple[int, int] | None = None   # ... [first, last] page: one hook pair
+        self._read_spans: list[tuple[int, int]] = []     # ... their [first, last] pages: a hook pair each
         self._hidden: dict[int, bytearray] = {}     # page -> the table shared with C (HIDDEN)
         self._written: set[int] = set()             # pages the guest wrote code on
         self._hide_everywhere = self.vm.config.hide_patches == "every-page"
-        self._write_span: tuple[int, int] | None = None  # [first, last] page the write hook covers
+        self._write_pages: set[int] = set()         # pages the code-write hooks cover for
+        self._write_spans: list[tuple[int, int]] = []    # ... their [first, last] pages: a hook each
         self._interior: dict[int, bytearray] = {}
         # Paging (see the top): linear page <-> the physical page holding its scan.
         self.frame_of: dict[int, int] = {}
@@ -261,14 +263,14 @@ class CSAM(Views, SmcRewrites):
         self.clock.c.set_page(HIDDEN, frame, table)
         if frame not in self._read_hooked and (self._hide_everywhere or frame in self._written):
             self._read_hooked.add(frame)
-            lo, hi = self._read_span or (frame, frame)
-            lo, hi = min(lo, frame), max(hi, frame)
-            if (lo, hi) != self._read_span:
-                # One hook pair whose range spans every hidden page; pages in
-                # between without a table cost the hooks a lookup per load.
-                self._read_span = (lo, hi)
+            if not hookspans.covers(self._read_spans, frame):
+                # A few hook pairs whose ranges span every hidden page; pages in
+                # between without a table cost the hooks a lookup per load
+                # (runtime/hookspans.py: and a state restore in Unicorn).
+                self._read_spans = hookspans.spans(self._read_hooked)
                 self.stats.add("read_hook_spans")
-                self.clock.hide_patch_bytes(max(lo - HIDE_BEFORE, 0), hi + PAGE - 1)
+                self.clock.hide_patch_bytes([(max(lo - HIDE_BEFORE, 0), hi + PAGE - 1)
+                                             for lo, hi in self._read_spans])
 
     def scan(self, addr: int) -> None:
         self.drain_writes()
@@ -308,20 +310,22 @@ class CSAM(Views, SmcRewrites):
         self._watch_writes(new_frames)
 
     def _watch_writes(self, pages: list[int]) -> None:
-        """Grow the one code-write hook's range to cover `pages` (physical page
-        addresses; kept for the engine's life; its C callback checks the page's
-        current flags): at most one growth per scan.  One hook, not one per page:
-        Unicorn checks every store against every write hook's range
-        (runtime/clock.py watch_code_writes).  A store to a page inside the span
-        that holds no code costs the callback a table lookup."""
+        """Grow the code-write hooks' ranges to cover `pages` (physical page
+        addresses; kept for the engine's life; the C callback checks the page's
+        current flags): at most one change per scan.  A few hooks, not one per
+        page: Unicorn checks every store against every write hook's range
+        (runtime/clock.py watch_code_writes), and not one over everything:
+        a store inside a range costs a state restore even on a page without
+        code (runtime/hookspans.py: the ranges skip gaps of 1 MiB and more,
+        Linux's .rodata and .data).  A store to a page inside a range that
+        holds no code costs the callback a table lookup."""
         if not pages:
             return
-        lo, hi = self._write_span or (min(pages), max(pages))
-        lo, hi = min(lo, *pages), max(hi, *pages)
-        if (lo, hi) != self._write_span:
-            self._write_span = (lo, hi)
+        self._write_pages.update(pages)
+        if not all(hookspans.covers(self._write_spans, p) for p in pages):
+            self._write_spans = hookspans.spans(self._write_pages)
             self.stats.add("write_hook_spans")
-            self.clock.watch_code_writes(lo, hi + PAGE - 1)
+            self.clock.watch_code_writes([(lo, hi + PAGE - 1) for lo, hi in self._write_spans])
 
     def ensure_scanned(self, target: int) -> None:
         """The VMM sends the guest to `target`: interrupt handlers and other

@@ -4,10 +4,12 @@ handler as its fallback.
 Every exit that reaches Python costs the binding's callback, the guarded
 wrapper and the mode's dispatch (about 12 us on this machine, measured on
 Debian's kernel under trap: docs/benchmarks.md, "Exit cost under paging").
-The native hook answers the one exit whose answer is fixed and frequent,
+The native hook answers the exits whose answer is fixed and frequent,
 `invlpg` at the guest kernel's CPL 1 (trap and bt: `enable_invlpg`), exactly as
-the Python path would (runtime/emulation.py `_invlpg`), and passes every other
-interrupt to the Python handler unchanged.  Its counts reach the run's counters
+the Python path would (runtime/emulation.py `_invlpg`), and `mov cr3, r32`
+under two-level paging whose hypervisor-area slot only moves
+(`enable_mov_cr3`; runtime/trap.py `write_cr`, runtime/paging.py), and passes
+every other interrupt to the Python handler unchanged.  Its counts reach the run's counters
 at the end of each slice (`drain`), so they are exact between slices.
 """
 from __future__ import annotations
@@ -45,6 +47,14 @@ class NativeExits:
     def enable_invlpg(self) -> None:
         self.x.invlpg = True
 
+    def enable_mov_cr3(self) -> None:
+        """`mov cr3, r32` at CPL 1 under two-level paging, answered as
+        runtime/trap.py `write_cr(3)` does while the area's directory slot
+        (runtime/paging.py publishes it here: `x.slot`) needs nothing but moving."""
+        gprs = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX,
+                X.UC_X86_REG_ESP, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI)
+        self.x.enable_mov_cr3(_addr(uclib.uc_reg_read), gprs, X.UC_X86_REG_CR3)
+
     def arm(self, on: bool) -> None:
         """Off once the run's end is decided: the Python handler then sees every
         interrupt (it ends the block there, runtime/vm.py `_on_interrupt`)."""
@@ -53,8 +63,8 @@ class NativeExits:
     def drain(self, counters, guest_address) -> None:
         """Add the natively handled exits to the run's counters, as the Python
         path counts them (runtime/vm.py exit_site, runtime/trap.py on_fault)."""
-        for eip, n in self.x.take_counts():
+        for eip, n, mnemonic in self.x.take_counts():
             if n:
                 counters.add("exits", n=n)
                 counters.add("exit_sites", guest_address(eip), n)
-                counters.add("faults_emulated", "invlpg", n)
+                counters.add("faults_emulated", mnemonic, n)

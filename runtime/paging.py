@@ -47,6 +47,13 @@ such as a DMA) gets the guest's value of the directory it replaces. The MMU's
 accessed-bit stores into the directory land (nothing protects it), and the
 VMM's entry has A preset.
 
+Under two-level paging the guest's `mov cr3` is answered by the VM's native
+interrupt hook (runtime/_exits.c) whenever the slot only has to move with it:
+the hook then owns the one slot's state (address, the VMM's entry, the
+guest's value), which `slots`/`guest_values` read there, and everything this
+class decides otherwise (a guest store into the old slot, a present guest
+entry, PAE, paging off) stays here: the hook hands those loads to Python.
+
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
 built: the run ends with a VMM error naming the slot (docs/paging-plan.md says
@@ -61,7 +68,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import VMMError
-from bt.hyper_layout import HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
+from bt.hyper_layout import FIELDS, HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
 from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
 from runtime.fastuc import hook_add
 
@@ -75,6 +82,11 @@ except ImportError:         # pragma: no cover - the package build compiles it (
 READ_EARLY = 15
 
 PTE_A = 1 << 5
+
+
+def vcpu_field_offset(name: str) -> int:
+    return FIELDS[name][0]
+
 PTE_D = 1 << 6
 _FMT = {4: "<I", 8: "<Q"}
 
@@ -84,9 +96,12 @@ class HyperMapping:
         self.mode = mode
         self.vm = mode.vm
         self.uc = mode.uc
-        self.slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
-        self.guest_values: list[int] = []             # the guest's own value of each slot
-        self.inserts = 0                    # times an entry was (re)written into a directory
+        self._slots: list[tuple[int, int, int]] = []   # (physical address, size, the VMM's entry)
+        self._guest_values: list[int] = []             # the guest's own value of each slot
+        self._inserts = 0                   # times an entry was (re)written into a directory
+        # The native interrupt hook answers `mov cr3` under two-level paging
+        # (runtime/_exits.c): it then owns the one slot, and this reads it there.
+        self._native = None
         self.slot_writes = 0                # guest stores into a slot seen (`notice`)
         self.faults_retried = 0             # ... of them seen at the CPU's #PF in the area
         ram_ptr = getattr(self.vm, "_ram_ptr", None)
@@ -95,6 +110,53 @@ class HyperMapping:
         self._hooked: tuple[int, int] | None = None
         self._flushed = False               # the translation cache dropped once, at the first hooks
         self.build_table()
+
+    # -- the slot state, shared with the native mov cr3 (runtime/_exits.c) ----------------
+    def attach_native(self, x) -> None:
+        """`x`: the native hook's Exits (runtime/exits.py `enable_mov_cr3`)."""
+        self._native = x
+        self._publish_native()
+
+    @property
+    def slots(self) -> list[tuple[int, int, int]]:
+        native = self._native.slot if self._native is not None else None
+        return [(native[0], 4, native[1])] if native is not None else self._slots
+
+    @property
+    def guest_values(self) -> list[int]:
+        native = self._native.slot if self._native is not None else None
+        return [native[2]] if native is not None else self._guest_values
+
+    @property
+    def inserts(self) -> int:
+        return self._inserts + (self._native.inserts if self._native is not None else 0)
+
+    def _set(self, slots: list[tuple[int, int, int]], values: list[int]) -> None:
+        self._slots, self._guest_values = list(slots), list(values)
+        self._publish_native()
+
+    def _publish_native(self) -> None:
+        """Hand a lone two-level slot to the native hook (with the state page's
+        cr3 field, whose host address moves with the area); anything else, none.
+        Not while the slot's read hooks are on (`view`, `_publish`): a native
+        `mov cr3` moves the slot to the new directory, and only this class moves
+        those hooks after it, so the guest's loads of the new slot would see the
+        VMM's entry (the RAM difference of docs/linux.md).  Moving the hooks from
+        the native path is the next step (docs/benchmarks.md)."""
+        if self._native is None:
+            return
+        if self.view is None and len(self._slots) == 1 and self._slots[0][1] == 4:
+            (addr, _, ours), (value,) = self._slots[0], self._guest_values
+            vcpu = self.mode.vcpu
+            self._native.slot = (addr, ours, value, self.mode.hyper.base >> 22,
+                                 vcpu.host_addr + vcpu_field_offset("cr3"))
+        else:
+            self._native.slot = None
+
+    def refresh_native(self) -> None:
+        """After the area moved (bt's relocate_hyper): the slot index and the
+        state page's address the native hook uses."""
+        self._set(self.slots, self.guest_values)
 
     # -- the area's own page tables -----------------------------------------------------
     def build_table(self) -> None:
@@ -156,7 +218,7 @@ class HyperMapping:
         values = [previous.get(ours, 0) if self._read(a, n) == ours else self._read(a, n)
                   for a, n, ours in wanted]
         self._check_guest_values(wanted, values)
-        self.slots, self.guest_values = wanted, values
+        self._set(wanted, values)
         for slot in wanted:
             self._insert(slot)
         self._publish()
@@ -166,7 +228,7 @@ class HyperMapping:
             return
         for (addr, size, _), value in zip(self.slots, self.guest_values):
             self.uc.mem_write(addr, struct.pack(_FMT[size], value))
-        self.slots, self.guest_values = [], []
+        self._set([], [])
         self._publish()
 
     def _publish(self) -> None:
@@ -198,13 +260,15 @@ class HyperMapping:
         longer the VMM's entry) as the guest's value and put the entry back.
         True when there was one.  A present value ends the run (see the top)."""
         seen = False
-        for k, (addr, size, ours) in enumerate(self.slots):
+        slots, values = self.slots, list(self.guest_values)
+        for k, (addr, size, ours) in enumerate(slots):
             value = self._read(addr, size)
             if value != ours:
-                self.guest_values[k] = value
+                values[k] = value
                 seen = True
         if seen:
             self.slot_writes += 1
+            self._set(slots, values)
             self._check_guest_values(self.slots, self.guest_values)
             for slot in self.slots:
                 self._insert(slot)
@@ -215,7 +279,7 @@ class HyperMapping:
         addr, size, ours = slot
         if self._read(addr, size) != ours:
             self.uc.mem_write(addr, struct.pack(_FMT[size], ours))
-            self.inserts += 1
+            self._inserts += 1
 
     def _read(self, addr: int, size: int) -> int:
         return struct.unpack(_FMT[size], self.vm.fast.mem_read(addr, size))[0]

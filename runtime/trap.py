@@ -99,6 +99,12 @@ class TrapMode(EmulateMode):
         # as long as bt never patches it on its first fault.
         if vm._native_exits is not None and not patched_on_fault(by_name("invlpg")):
             vm._native_exits.enable_invlpg()
+        # So does `mov cr3, r32` under two-level paging while the area's slot
+        # only moves with it (write_cr below; runtime/_exits.c): the native hook
+        # then keeps the slot's state, which HyperMapping reads there.
+        if vm._native_exits is not None and not patched_on_fault(by_name("mov_to_cr")):
+            vm._native_exits.enable_mov_cr3()
+            self.hyper_mapping.attach_native(vm._native_exits.x)
 
     # -- boot: into ring 1 ----------------------------------------------------------
     def boot(self) -> None:

@@ -302,6 +302,16 @@ def _iret(rng, p):
             "pushfd", "pop ebx", "push 0x2", "popfd"]
 
 
+@feature("iret_self")
+def _iret_self(rng, p):
+    """Linux's iret_to_self (sync_core): `pushfl; pushl %cs; pushl $1f; iret; 1:`,
+    whose iretd closes the pushfd's jump patch under bt (patcher/policy.py
+    `_closing_iret`).  `push imm32` of a label as bytes: Keystone refuses it."""
+    pre = rng.choice(("cli", "sti", "nop"))
+    return [pre, "pushfd", ".byte 0x0e", ".byte 0x68", f".long {p}t", "iretd", f"{p}t:",
+            "pushfd", "pop ebx"]
+
+
 @feature("ring3", causes=(13,))
 def _ring3(rng, p):
     user = [_alu_line(rng) for _ in range(rng.randrange(0, 3))]

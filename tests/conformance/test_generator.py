@@ -22,7 +22,7 @@ SIGNATURE = {
     "selectors": {"lar", "lsl", "verr", "verw"}, "sreg_read": {"mov", "push"},
     "sreg_read16": {"mov", "push"}, "seg_load": {"mov", "pop"}, "seg_load_rpl": {"mov", "pop"},
     "ss_load": {"mov", "pop"}, "lss": {"lss"}, "accessed": {"lar"}, "far": {"ljmp", "lcall", "retf"},
-    "far_rpl": {"ljmp"}, "iret": {"iretd"}, "ring3": {"iretd", "int"}, "int": {"int"},
+    "far_rpl": {"ljmp"}, "iret": {"iretd"}, "iret_self": {"iretd"}, "ring3": {"iretd", "int"}, "int": {"int"},
     "exceptions": {"div", "ud2", "int3", "mov"}, "ports": {"in", "out"}, "cpuid": {"cpuid"},
     "rdtsc": {"rdtsc"}, "ctrl_regs": {"mov"}, "invlpg": {"invlpg"}, "smc": {"mov"},
     "smc_rmw": {"xchg", "add", "xor"}, "smc_loop": {"mov"}, "computed": {"ret", "jmp", "call"},

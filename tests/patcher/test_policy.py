@@ -124,6 +124,38 @@ def test_at_a_fault_a_refused_jump_never_becomes_an_int3():
     assert (d.action, d.refused) == (Action.INT3, Refusal.EXIT_INSIDE)
 
 
+# Linux's iret_to_self (sync_core): pushfl; pushl %cs; pushl $1f; iret; 1:
+# (`push cs` as a byte: Keystone adds a 0x66 prefix)
+IRET_TO_SELF = f"pushfd; .byte 0x0e; push {BASE + 8:#x}; iretd"
+
+
+def test_an_iretd_right_after_the_jumps_bytes_closes_the_patch():
+    # alone it has no 5 bytes before its target (exit-point-inside, an int3
+    # exit each time); the pushfd's jump covers it instead, writing nothing after it
+    _, d = ask(IRET_TO_SELF)
+    assert d.action is Action.JUMP
+    assert [i.mnemonic for i in d.covered] == ["pushfd", "push", "push", "iretd"]
+    assert d.end == BASE + 8
+    site, d = ask(IRET_TO_SELF, 3)
+    assert site.mnemonic == "iretd" and (d.action, d.refused) == (Action.INT3, Refusal.EXIT_INSIDE)
+
+
+def test_an_iretd_is_not_added_to_a_jump_across_a_gap_a_page_or_a_branch_target():
+    # inside the 5 bytes it still ends the flow too early
+    _, d = ask("pushfd; nop; iretd")
+    assert (d.action, d.refused) == (Action.INT3, Refusal.EXIT_INSIDE)
+    # on the next page: the jump keeps its own instructions only
+    _, d = ask("pushfd; push 0x12345678; iretd", at=BASE + 0xFFA)
+    assert d.action is Action.JUMP and [i.mnemonic for i in d.covered] == ["pushfd", "push"]
+    # a branch target: the same
+    site, d = ask("jz back; pushfd; push 0x12345678; back: iretd", 1)
+    assert site.mnemonic == "pushfd"
+    assert d.action is Action.JUMP and [i.mnemonic for i in d.covered] == ["pushfd", "push"]
+    # after an instruction that ends the flow nothing is added
+    _, d = ask("pushfd; nop; nop; nop; ret; iretd")
+    assert d.action is Action.JUMP and [i.mnemonic for i in d.covered][-1] == "ret"
+
+
 def test_segment_loads_are_translated():
     # issue 15 cause 6: an RPL-1 selector loads at CPL 1; the stubs check it
     _, d = ask("mov ds, eax; mov es, eax; pop fs; nop; hlt")

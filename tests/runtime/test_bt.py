@@ -135,3 +135,24 @@ def test_a_relocated_jcc_back_into_the_guest_keeps_virtual_time_exact():
     vm, bt = same_as_emulate(img)
     assert bt.extra["patches"]["installed"].get("pushfd") == 1
     assert bt.retired == emu.retired
+
+
+def iret_to_self_guest(count: int, flags: str):
+    """Linux's sync_core: `pushfl; pushl %cs; pushl $1f; iret; 1:` in a loop
+    (`push cs` as a byte: Keystone adds a 0x66 prefix), `flags` run before it."""
+    loop = LOAD + 0x40
+    return raw_guest(f"mov esp, 0x90000\nmov ecx, {count}\nxor esi, esi\njmp loop\n.align 64\n"
+                     f"loop: {flags}\npushfd\n.byte 0x0e\npush {loop + len(assemble(flags, loop)) + 8:#x}\n"
+                     "iretd\npushfd\npop eax\nadd esi, eax\nadd esi, esp\ndec ecx\njnz loop\n" + EXIT)
+
+
+def test_iret_to_self_runs_in_the_stub_without_exits():
+    # The iretd closes the pushfd's jump patch (patcher/policy.py _closing_iret):
+    # alone it was an int3 patch, one exit per run (docs/benchmarks.md, "Linux under bt").
+    for flags in ("nop", "sti", "cli"):
+        _, emu = run(iret_to_self_guest(200, flags), "emulate")
+        vm, bt = same_as_emulate(iret_to_self_guest(200, flags))
+        assert bt.retired == emu.retired
+        assert bt.extra["csam"]["int3_exits"] == 0
+        assert "iretd" not in bt.counters["faults_emulated"]
+        assert bt.extra["patches"]["installed"].get("pushfd", 0) >= 1
