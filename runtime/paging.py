@@ -65,12 +65,12 @@ import struct
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_READ_AFTER
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import VMMError
 from bt.hyper_layout import FIELDS, HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
 from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
 from runtime.fastuc import hook_add
+from runtime.quirks import move_hook
 
 try:
     from runtime import _isolation
@@ -238,15 +238,18 @@ class HyperMapping:
             return
         self.view.set([(a, n, ours, g) for (a, n, ours), g in zip(self.slots, self.guest_values)])
         span = (self.slots[0][0], self.slots[-1][0] + self.slots[-1][1]) if self.slots else None
-        if span == self._hooked:
-            return
-        for h in self._read_hooks:
-            uclib.uc_hook_del(self.uc._uch, h)      # freed by Unicorn when the slice ends
-        self._read_hooks = []
+        if span == self._hooked or span is None:
+            return                  # no slot: the hooks stay where they are (the view has no slots)
         self._hooked = span
-        if span is not None:
+        lo, hi = max(0, span[0] - READ_EARLY), span[1] - 1
+        if self._read_hooks:
+            # Moved in place: a delete-and-add per guest CR3 load left a dead hook
+            # pair per switch until the slice ended, which every slow-path load
+            # walked (Linux under bt: twice the CPU time; runtime/quirks.py move_hook).
+            for h in self._read_hooks:
+                move_hook(h, lo, hi)
+        else:
             before, after = _isolation.slot_callbacks()
-            lo, hi = max(0, span[0] - READ_EARLY), span[1] - 1
             self._read_hooks = [hook_add(self.uc, UC_HOOK_MEM_READ, before, id(self.view), lo, hi),
                                 hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, after, id(self.view), lo, hi)]
             if not self._flushed:

@@ -172,6 +172,42 @@ def _find_cr_offsets() -> tuple[int, int, int]:
     return found
 
 
+def _find_hook_range_offsets() -> tuple[int, int]:
+    """`begin` and `end` in Unicorn's `struct hook` (a hook handle is its
+    address).  Unicorn 2.1.4 has no call that changes a hook's range, and
+    deleting a hook only marks it until the engine's run ends, so a hook moved
+    by delete-and-add on every guest CR3 load left hundreds of dead hooks that
+    every slow-path load walked (bt's Linux boot took twice the CPU time:
+    docs/benchmarks.md "Moving a hook").  Memory hooks' ranges are read at each
+    access, so writing the two fields moves the hook (tests/runtime/
+    test_unicorn_facts.py).  Found as the two 8-byte words holding a hook's
+    begin and end, for two different ranges."""
+    from unicorn import UC_HOOK_MEM_READ
+    from runtime.fastuc import hook_add
+    found = []
+    for lo, hi in ((0x12345000, 0x12346FFF), (0x0ABCD000, 0x0ABCE7FF)):
+        uc = scratch_engine()
+        noop = ctypes.CFUNCTYPE(None)(lambda: None)
+        h = hook_add(uc, UC_HOOK_MEM_READ, ctypes.cast(noop, ctypes.c_void_p).value, None, lo, hi)
+        raw = _peek(h, 64)
+        found.append([(off, off + 8) for off in range(0, len(raw) - 15, 8)
+                      if struct.unpack_from("<Q", raw, off)[0] == lo
+                      and struct.unpack_from("<Q", raw, off + 8)[0] == hi])
+        _close_engines([uc])
+    hits = sorted(set(found[0]) & set(found[1]))
+    if len(hits) != 1:
+        raise QuirkError(f"could not find a hook's begin/end ({found})")
+    return hits[0]
+
+
+def move_hook(handle: int, begin: int, end: int) -> None:
+    """Give a live memory hook a new [begin, end] range in place (see
+    _find_hook_range_offsets)."""
+    b, e = calibrate().hook_range
+    ctypes.c_uint64.from_address(handle + b).value = begin
+    ctypes.c_uint64.from_address(handle + e).value = end
+
+
 CC_OP_EFLAGS = 1          # QEMU's CCOp: "all flags computed, CC_SRC = flags" (CC_OP_DYNAMIC is 0)
 
 
@@ -454,6 +490,7 @@ class Offsets:
     efer: int                            # EFER (NXE matters to PAE walks)
     recur_mem: int                       # uc_struct.size_recur_mem, see _find_recur_mem
     cc_op: int                           # the lazy flags' operation, see _find_cc_op_offset
+    hook_range: tuple[int, int]          # struct hook's begin and end, see _find_hook_range_offsets
 
 
 _OFFSETS: Offsets | None = None
@@ -480,7 +517,7 @@ def calibrate() -> Offsets:
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
                        _find_env_links(), _find_efer_offset(), _find_recur_mem(),
-                       _find_cc_op_offset())
+                       _find_cc_op_offset(), _find_hook_range_offsets())
     _close_engines([])           # the remaining scratch engines die here, not later
     return _OFFSETS
 

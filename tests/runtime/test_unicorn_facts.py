@@ -552,3 +552,29 @@ def test_a_read_hook_added_later_misses_blocks_translated_without_one():
             uc.ctl_flush_tb()
         uc.emu_start(0x1000, 0, count=20)
     assert seen == {False: [], True: [0x5000] * 4}
+
+
+def test_fact_a_memory_hook_moved_in_place_fires_on_its_new_range_only():
+    """Writing a live hook's begin/end (runtime/quirks.py move_hook) moves it:
+    Unicorn reads a memory hook's range at every access, in blocks translated
+    before the move too, and no dead hook is left in its lists (a delete only
+    marks a hook until the run ends, and every slow-path load walks the marked
+    ones as well)."""
+    import ctypes
+    from unicorn import UC_HOOK_MEM_READ
+    from runtime.fastuc import hook_add
+    from runtime.quirks import move_hook
+    code = assemble("l: mov eax, dword ptr [0x8000]\nmov ebx, dword ptr [0x9000]\ndec ecx\njnz l", 0x1000)
+    uc = engine(code)
+    seen = []
+    cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                          ctypes.c_int64, ctypes.c_void_p)(lambda u, t, a, n, v, d: seen.append(a))
+    h = hook_add(uc, UC_HOOK_MEM_READ, ctypes.cast(cb, ctypes.c_void_p).value, None, 0x8000, 0x8FFF)
+    uc.reg_write(X.UC_X86_REG_ECX, 2)
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert seen == [0x8000, 0x8000]
+    seen.clear()
+    move_hook(h, 0x9000, 0x9FFF)                 # the loop's block is translated already
+    uc.reg_write(X.UC_X86_REG_ECX, 2)
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert seen == [0x9000, 0x9000]
