@@ -9,8 +9,12 @@ TB's search data) before *every* hook call whose range an access hits, even
 when the callback only looks a byte up -- 12.6% of bt's CPU profile on Linux
 (docs/benchmarks.md, "Linux under bt").  Many ranges are no better: Unicorn
 checks every slow-path access against every hook of the type (about 20-30 ns
-a hook, "Stores as code grows").  So: at most `MAX_SPANS` ranges, split only
-at gaps of at least `MIN_GAP` bytes without a watched page, the largest first.
+a hook, "Stores as code grows").  So: at most `MAX_SPANS` ranges, split at
+the largest gaps without a watched page, down to a gap of one page
+(`MIN_GAP`): the demos keep their data pages next to their code, and a span
+over them made every data access of the timer demo pay the restore (bt 0.65
+-> 0.41 CPU s, docs/benchmarks.md "Hook spans down to one page"); on Linux the
+largest gaps are the same as with the former 1 MiB floor.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Iterable
 from bt.x86 import PAGE
 
 MAX_SPANS = 4
-MIN_GAP = 1 << 20
+MIN_GAP = PAGE
 
 
 def spans(pages: Iterable[int], limit: int | None = None, min_gap: int | None = None) -> list[tuple[int, int]]:

@@ -10,8 +10,13 @@ def test_no_pages_no_ranges():
     assert spans([]) == []
 
 
-def test_close_pages_share_one_range():
-    assert spans([5 * P, P, 3 * P]) == [(P, 5 * P)]
+def test_adjacent_pages_share_one_range():
+    assert spans([3 * P, P, 2 * P]) == [(P, 3 * P)]
+
+
+def test_a_page_without_code_between_splits():
+    # a demo's data page between its code pages stays out of the hooks' ranges
+    assert spans([5 * P, P, 3 * P]) == [(P, P), (3 * P, 3 * P), (5 * P, 5 * P)]
 
 
 def test_a_gap_of_min_gap_bytes_splits():
