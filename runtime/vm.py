@@ -110,6 +110,17 @@ class VM:
         # through zeroed RAM) grew to 890 MB.  The size must be set before the
         # engine's first use (tests/runtime/test_unicorn_facts.py).
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER_BYTES)
+        # Every protection change is counted for the report (`protection_changes`):
+        # mem_protect rebuilds Unicorn's memory map (milliseconds a call), and
+        # CSAM must not need more of them as the guest's code grows (issue 15;
+        # today trap and bt make none at all).
+        self.protection_changes = 0
+        real_protect = uc.mem_protect
+
+        def counted_protect(*args, **kw):
+            self.protection_changes += 1
+            return real_protect(*args, **kw)
+        uc.mem_protect = counted_protect
         ram = self.config.mem_bytes
         if ram <= 0 or ram > 0xC0000000:
             raise BadInput(f"--mem {self.config.mem_mib} MiB is outside 1..3072")
@@ -474,7 +485,8 @@ class VM:
         wall = time.perf_counter() - wall0
         return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
                          bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
-                         self._vmm_time, self.mode.extra_report())
+                         self._vmm_time, {**self.mode.extra_report(),
+                                          "protection_changes": self.protection_changes})
 
     def _loop(self) -> None:
         while self.stop is None:

@@ -104,6 +104,18 @@ def test_native_write_hooks_stay_one_as_code_pages_grow():
     assert csam["code_pages"] >= pages
     assert vm.clock.code_write_hooks() == 1
     assert 1 <= csam["write_hook_spans"] <= csam["scans"] < pages // 10
+    # the report's count of protection changes, constant (none) however much code
+    assert res.extra["protection_changes"] == 0 and vm.protection_changes == 0
+
+
+def test_the_report_counts_protection_changes():
+    from runtime.vm import VM
+    from bt.machine import MachineConfig
+    from bt.images import load_image
+    vm = VM(load_image("demo:hello"), MachineConfig(mode="bt"), stdout=None)
+    vm.uc.mem_protect(0x7000, 0x1000, 7)          # what a mode would do: counted
+    res = vm.run()
+    assert res.exit_status == 0 and res.extra["protection_changes"] == 1
 
 
 def test_a_store_into_code_on_the_gdt_page_is_seen_in_every_mode():
