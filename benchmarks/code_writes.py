@@ -7,9 +7,11 @@ bt watches guest stores into scanned code with native UC_HOOK_MEM_WRITE hooks
 on its slow path against every write hook's range, so the number of hooks, not
 their ranges, sets the cost of every store (docs/benchmarks.md, "Stores as code
 grows").  The guest here is a chain of N code pages (each a `jmp` to the next,
-scanned in one lazy scan, with one page in the middle skipped: data inside the
-code's span) followed by a loop of stores either to a data page far from the
-code ("outside") or to the skipped page ("inside the span").  Each row is
+scanned in one lazy scan, with one page in the middle skipped: data between
+code pages) followed by a loop of stores either to a data page far from the
+code ("outside") or to the skipped page ("inside").  Since the hook ranges are
+cut at gaps down to one page (runtime/hookspans.py), the skipped page lies
+outside both of the chain's ranges; before, it was inside the one span.  Each row is
 bt's CPU time for the run (median of R), the store loop dominating it.
 """
 from __future__ import annotations
