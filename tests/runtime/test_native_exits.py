@@ -295,3 +295,18 @@ def test_a_guest_store_into_the_slot_before_a_switch_goes_to_python():
     assert vm._native_exits.x.handled == 0
     assert res.regs["esi"] == 0x12340000
     assert vm.mode.hyper_mapping.stats()["slot_writes"] == 1
+
+
+def test_the_slot_takes_only_a_slot_view_and_a_view_attaches_hooks_only_to_a_slot():
+    from runtime import _exits, _isolation
+    vm = VM(cr3_guest(), MachineConfig(mode="trap"), stdout=None)
+    x = vm._native_exits.x
+    with pytest.raises(TypeError):
+        x.slot = (PD1 + SLOT, 0x23, 0, 0x3FC, vm.mode.vcpu.host_addr, object())
+    assert isinstance(x, _exits.Exits)
+    view = _isolation.SlotView(vm._ram_ptr, vm.config.mem_bytes)
+    assert view.range() is None and view.hooked is None
+    with pytest.raises(ValueError):
+        view.attach((1, 2), (0, 8))                  # no slot yet: nothing to place the hooks on
+    view.set([(PD1 + SLOT, 4, 0x23, 0)])
+    assert view.range() == (PD1 + SLOT - 15, PD1 + SLOT + 3) and view.hooked is None
