@@ -69,7 +69,7 @@ typedef struct {
 } Slot;
 
 typedef struct {
-    const uint8_t *host;
+    uint8_t *host;                  /* written too: the slot moved by mov cr3 */
     uint64_t size;
 } Ram;
 
@@ -303,7 +303,7 @@ static int Exits_init(Exits *x, PyObject *args, PyObject *kw)
     x->clock = (void *)(uintptr_t)clock;
     x->env = (uint8_t *)(uintptr_t)env;
     x->pc_sync = (uint8_t *)(uintptr_t)pc_sync;
-    x->ram.host = (const uint8_t *)(uintptr_t)host;
+    x->ram.host = (uint8_t *)(uintptr_t)host;
     x->ram.size = size;
     x->invlpg = false;
     x->movcr3 = false;
