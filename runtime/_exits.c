@@ -28,10 +28,15 @@
  * moved to the new directory (runtime/paging.py `HyperMapping.sync`): the
  * guest's value back into the old directory, the VMM's entry into the new one,
  * the new one's guest value kept.  The slot's state lives here (`Slot`), and
- * HyperMapping reads and writes it through the getset `slot`.  Whatever the
- * Python path would decide otherwise goes to it: a guest store into the old
+ * HyperMapping reads and writes it through the getset `slot`.  The slot view
+ * (runtime/paging.py `SlotView`: the read hooks that show guest loads of the
+ * current slot the guest's own value) comes with the slot and follows it
+ * through the one routine the Python path uses too (runtime/slotview.h
+ * `slotview_place`: the view's record, and its hooks' range moved in place).
+ * Whatever the Python path would decide otherwise goes to it: a guest store into the old
  * slot (`notice`), a present guest entry in the new slot (the run ends), a new
- * slot outside RAM, PAE, paging off, no slot known, an sti shadow.
+ * slot outside RAM, PAE, paging off, no slot known, an sti shadow, a view
+ * whose hooks Python has not made yet.
  *
  * The instruction's bytes are read through the VMM's walk (runtime/pagewalk.h)
  * as the Python decoder reads them (a supervisor read of guest RAM); stubs lie
@@ -40,6 +45,7 @@
 #include <Python.h>
 
 #include "pagewalk.h"
+#include "slotview.h"
 
 typedef void (*intr_cb_t)(void *uc, uint32_t intno, void *user);
 typedef int (*uc_reg_write_t)(void *uc, int regid, const void *value);
@@ -63,7 +69,7 @@ typedef struct {
 } Slot;
 
 typedef struct {
-    const uint8_t *host;
+    uint8_t *host;                  /* written too: the slot moved by mov cr3 */
     uint64_t size;
 } Ram;
 
@@ -92,6 +98,7 @@ typedef struct {
     uint8_t *vcr3;                  /* the state page's cr3 field (host) */
     uint64_t slot_index;            /* the area's directory index: base >> 22 */
     Slot slot;
+    SlotView *view;                 /* the slot's read hooks (a reference), or NULL: none */
     uint64_t inserts;               /* VMM entries written into a directory here */
 } Exits;
 
@@ -216,6 +223,8 @@ static bool try_mov_cr3(Exits *x, void *uc, uint64_t eip, const uint8_t *p, cons
     if (!x->slot.valid || !(r->cr0 & PW_CR0_PG) || (r->cr4 & PW_CR4_PAE)
         || (u32_at(x->env, x->hflags) & HF_INHIBIT_IRQ))
         return false;
+    if (x->view && x->view->nhooks == 0)
+        return false;                   /* the view's hooks not made yet: Python makes them */
     uint64_t value = 0;
     if (x->reg_read(uc, x->gpr[p[2] & 7], &value) != 0)
         return false;
@@ -245,6 +254,11 @@ static bool try_mov_cr3(Exits *x, void *uc, uint64_t eip, const uint8_t *p, cons
         }
         s->addr = want;
         s->guest = guest;
+    }
+    if (x->view) {                      /* the view follows, as HyperMapping._publish does */
+        uint64_t ours = s->ours, mine = s->guest;
+        int size = 4;
+        slotview_place(x->view, 1, &s->addr, &size, &ours, &mine);
     }
     step_over(x, uc, eip, 3, slot);
     return true;
@@ -289,7 +303,7 @@ static int Exits_init(Exits *x, PyObject *args, PyObject *kw)
     x->clock = (void *)(uintptr_t)clock;
     x->env = (uint8_t *)(uintptr_t)env;
     x->pc_sync = (uint8_t *)(uintptr_t)pc_sync;
-    x->ram.host = (const uint8_t *)(uintptr_t)host;
+    x->ram.host = (uint8_t *)(uintptr_t)host;
     x->ram.size = size;
     x->invlpg = false;
     x->movcr3 = false;
@@ -297,8 +311,15 @@ static int Exits_init(Exits *x, PyObject *args, PyObject *kw)
     x->nsites = 0;
     x->handled = 0;
     x->slot.valid = false;
+    Py_CLEAR(x->view);
     x->inserts = 0;
     return 0;
+}
+
+static void Exits_dealloc(Exits *x)
+{
+    Py_CLEAR(x->view);
+    Py_TYPE(x)->tp_free((PyObject *)x);
 }
 
 /* enable_mov_cr3(reg_read, (8 register ids by ModRM number), cr3_reg); the
@@ -331,16 +352,24 @@ static int Exits_set_slot(Exits *x, PyObject *v, void *unused)
 {
     if (v == NULL || v == Py_None) {
         x->slot.valid = false;
+        Py_CLEAR(x->view);
         return 0;
     }
     unsigned long long addr, index, vcr3;
     unsigned int ours, guest;
-    if (!PyArg_ParseTuple(v, "KIIKK", &addr, &ours, &guest, &index, &vcr3))
+    PyObject *view = Py_None;
+    if (!PyArg_ParseTuple(v, "KIIKK|O", &addr, &ours, &guest, &index, &vcr3, &view))
         return -1;
     if (!vcr3) {
         PyErr_SetString(PyExc_ValueError, "the slot needs the state page's cr3 field");
         return -1;
     }
+    /* The view's type lives in runtime._isolation; its layout is slotview.h. */
+    if (view != Py_None && strcmp(Py_TYPE(view)->tp_name, SLOTVIEW_TYPE_NAME) != 0) {
+        PyErr_SetString(PyExc_TypeError, "the slot's view must be a " SLOTVIEW_TYPE_NAME);
+        return -1;
+    }
+    Py_XSETREF(x->view, view == Py_None ? NULL : (SlotView *)Py_NewRef(view));
     x->slot = (Slot){true, addr, ours, guest};
     x->slot_index = index;
     x->vcr3 = (uint8_t *)(uintptr_t)vcr3;
@@ -406,7 +435,8 @@ static PyGetSetDef Exits_getset[] = {
     {"armed", (getter)Exits_get_bool, (setter)Exits_set_bool, "false once the run's end is decided", (void *)1},
     {"handled", (getter)Exits_get_handled, NULL, "exits handled natively so far", NULL},
     {"slot", (getter)Exits_get_slot, (setter)Exits_set_slot,
-     "the area's two-level directory slot: (address, VMM entry, guest value[, base >> 22, cr3 field]) or None", NULL},
+     "the area's two-level directory slot: (address, VMM entry, guest value[, base >> 22, cr3 field"
+     "[, SlotView]]) or None", NULL},
     {"inserts", (getter)Exits_get_inserts, NULL, "VMM entries written into a directory natively", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -419,6 +449,7 @@ static PyTypeObject ExitsType = {
     .tp_doc = "The VM's native interrupt hook (runtime/exits.py).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Exits_init,
+    .tp_dealloc = (destructor)Exits_dealloc,
     .tp_methods = Exits_methods,
     .tp_getset = Exits_getset,
 };

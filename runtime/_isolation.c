@@ -32,6 +32,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "slotview.h"
+
 #define UC_MEM_WRITE_PROT 22
 #define UC_MEM_FETCH_PROT 24
 
@@ -422,21 +424,9 @@ static PyTypeObject GuardType = {
  * (tests/runtime/test_hidden_patches.py).  The CPU's own page walks do not call
  * memory hooks, so the area stays reachable (tests/runtime/test_paging.py).  A
  * slot that does not hold the VMM's entry (the guest stored into it and the VMM
- * has not noticed yet) is the guest's and is left alone. */
-#define MAX_SLOTS 2
-
-typedef struct {
-    PyObject_HEAD
-    uint8_t *ram;
-    uint64_t ram_size;
-    int n;
-    uint64_t addr[MAX_SLOTS];
-    int size[MAX_SLOTS];
-    uint64_t ours[MAX_SLOTS], guest[MAX_SLOTS];
-    int swapped;                    /* bit k: slot k holds the guest's value for one load */
-    uint64_t hidden;                /* guest loads that met the VMM's entry */
-} SlotView;
-
+ * has not noticed yet) is the guest's and is left alone.  The state and the
+ * routine that places the slots and moves the hooks with them are
+ * runtime/slotview.h, shared with the native `mov cr3` (runtime/_exits.c). */
 static void slot_before(void *uc, int type, uint64_t addr, int size, int64_t value, void *user)
 {
     SlotView *v = (SlotView *)user;
@@ -474,6 +464,9 @@ static int SlotView_init(SlotView *v, PyObject *args, PyObject *kw)
     v->n = 0;
     v->swapped = 0;
     v->hidden = 0;
+    v->nhooks = 0;
+    v->lo = v->hi = 0;
+    v->moves = 0;
     return 0;
 }
 
@@ -487,13 +480,13 @@ static PyObject *SlotView_set(SlotView *v, PyObject *args)
     if (!fast)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > MAX_SLOTS) {
+    if (n > SLOTVIEW_MAX_SLOTS) {
         Py_DECREF(fast);
         PyErr_SetString(PyExc_ValueError, "too many slots");
         return NULL;
     }
-    uint64_t addr[MAX_SLOTS], ours[MAX_SLOTS], guest[MAX_SLOTS];
-    int size[MAX_SLOTS];
+    uint64_t addr[SLOTVIEW_MAX_SLOTS], ours[SLOTVIEW_MAX_SLOTS], guest[SLOTVIEW_MAX_SLOTS];
+    int size[SLOTVIEW_MAX_SLOTS];
     for (Py_ssize_t k = 0; k < n; k++) {
         unsigned long long a, o, g;
         int sz;
@@ -512,35 +505,97 @@ static PyObject *SlotView_set(SlotView *v, PyObject *args)
         guest[k] = g;
     }
     Py_DECREF(fast);
-    v->n = (int)n;
-    for (int k = 0; k < v->n; k++) {
-        v->addr[k] = addr[k];
-        v->size[k] = size[k];
-        v->ours[k] = ours[k];
-        v->guest[k] = guest[k];
-    }
-    v->swapped = 0;
+    slotview_place(v, (int)n, addr, size, ours, guest);
     Py_RETURN_NONE;
+}
+
+static PyObject *SlotView_range(SlotView *v, PyObject *unused)
+{
+    /* the read hooks' range for the current slots, (lo, hi) inclusive, or None */
+    if (v->n == 0)
+        Py_RETURN_NONE;
+    uint64_t lo, hi;
+    slotview_range(v, &lo, &hi);
+    return Py_BuildValue("(KK)", (unsigned long long)lo, (unsigned long long)hi);
+}
+
+static PyObject *SlotView_attach(SlotView *v, PyObject *args)
+{
+    /* attach((before, after), (begin_off, end_off)): the read hooks' Unicorn
+     * handles, which follow the slots from now on (slotview_place), placed on
+     * the current slots' range */
+    unsigned long long before, after;
+    Py_ssize_t begin_off, end_off;
+    if (!PyArg_ParseTuple(args, "(KK)(nn)", &before, &after, &begin_off, &end_off))
+        return NULL;
+    if (!before || !after || begin_off < 0 || end_off < 0 || v->n == 0) {
+        PyErr_SetString(PyExc_ValueError, "attach needs two hooks, their range offsets and a slot");
+        return NULL;
+    }
+    v->hook[0] = (uint8_t *)(uintptr_t)before;
+    v->hook[1] = (uint8_t *)(uintptr_t)after;
+    v->begin_off = begin_off;
+    v->end_off = end_off;
+    v->nhooks = 2;
+    uint64_t lo, hi;
+    slotview_range(v, &lo, &hi);
+    slotview_move_hooks(v, lo, hi);
+    v->moves = 0;                   /* placed, not moved */
+    Py_RETURN_NONE;
+}
+
+static PyObject *SlotView_get_hooked(SlotView *v, void *unused)
+{
+    if (v->nhooks == 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)v->lo, (unsigned long long)v->hi);
+}
+
+static PyObject *SlotView_get_slots(SlotView *v, void *unused)
+{
+    PyObject *out = PyList_New(v->n);
+    if (!out)
+        return NULL;
+    for (int k = 0; k < v->n; k++) {
+        PyObject *t = Py_BuildValue("(KiKK)", (unsigned long long)v->addr[k], v->size[k],
+                                    (unsigned long long)v->ours[k], (unsigned long long)v->guest[k]);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    return out;
 }
 
 static PyObject *SlotView_stats(SlotView *v, PyObject *unused)
 {
-    return Py_BuildValue("{sK}", "slot_reads_hidden", (unsigned long long)v->hidden);
+    return Py_BuildValue("{sKsK}", "slot_reads_hidden", (unsigned long long)v->hidden,
+                         "slot_hook_moves", (unsigned long long)v->moves);
 }
+
+static PyGetSetDef SlotView_getset[] = {
+    {"hooked", (getter)SlotView_get_hooked, NULL, "the read hooks' range (lo, hi), or None before attach", NULL},
+    {"slots", (getter)SlotView_get_slots, NULL, "[(address, size, ours, guest)] of the current slots", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyMethodDef SlotView_methods[] = {
     {"set", (PyCFunction)SlotView_set, METH_VARARGS, "set(slots): (address, size, ours, guest) of each"},
+    {"range", (PyCFunction)SlotView_range, METH_NOARGS, "the read hooks' range for the current slots"},
+    {"attach", (PyCFunction)SlotView_attach, METH_VARARGS, "attach((before, after), (begin_off, end_off))"},
     {"stats", (PyCFunction)SlotView_stats, METH_NOARGS, "counters"},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject SlotViewType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "runtime._isolation.SlotView",
+    .tp_name = SLOTVIEW_TYPE_NAME,
     .tp_basicsize = sizeof(SlotView),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)SlotView_init,
     .tp_methods = SlotView_methods,
+    .tp_getset = SlotView_getset,
     .tp_doc = "The VMM's directory entry hidden from guest loads (see runtime/paging.py).",
 };
 

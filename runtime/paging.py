@@ -50,9 +50,12 @@ VMM's entry has A preset.
 Under two-level paging the guest's `mov cr3` is answered by the VM's native
 interrupt hook (runtime/_exits.c) whenever the slot only has to move with it:
 the hook then owns the one slot's state (address, the VMM's entry, the
-guest's value), which `slots`/`guest_values` read there, and everything this
-class decides otherwise (a guest store into the old slot, a present guest
-entry, PAE, paging off) stays here: the hook hands those loads to Python.
+guest's value), which `slots`/`guest_values` read there, and takes the view
+along: its record of the slot and its hooks' range, moved by the same C
+routine this class's `_publish` goes through (runtime/slotview.h
+`slotview_place`).  Everything this class decides otherwise (a guest store
+into the old slot, a present guest entry, PAE, paging off) stays here: the
+hook hands those loads to Python.
 
 A guest that puts a present entry into the slot wants those addresses for
 itself; the area would have to move (bt's `relocate_hyper`).  That is not
@@ -70,16 +73,12 @@ from bt.errors import VMMError
 from bt.hyper_layout import FIELDS, HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
 from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
 from runtime.fastuc import hook_add
-from runtime.quirks import move_hook
+from runtime.quirks import calibrate
 
 try:
     from runtime import _isolation
 except ImportError:         # pragma: no cover - the package build compiles it (Isolation says so)
     _isolation = None
-
-# Unicorn matches a load against a hook's range by its first byte: a load
-# that starts up to 15 bytes before the slot can still cover it.
-READ_EARLY = 15
 
 PTE_A = 1 << 5
 
@@ -106,9 +105,7 @@ class HyperMapping:
         self.faults_retried = 0             # ... of them seen at the CPU's #PF in the area
         ram_ptr = getattr(self.vm, "_ram_ptr", None)
         self.view = _isolation.SlotView(ram_ptr, self.vm.config.mem_bytes) if _isolation and ram_ptr else None
-        self._read_hooks: list[int] = []
-        self._hooked: tuple[int, int] | None = None
-        self._flushed = False               # the translation cache dropped once, at the first hooks
+        self._read_hooks: list[int] = []    # the view's (before, after); it moves them (runtime/slotview.h)
         self.build_table()
 
     # -- the slot state, shared with the native mov cr3 (runtime/_exits.c) ----------------
@@ -137,19 +134,15 @@ class HyperMapping:
 
     def _publish_native(self) -> None:
         """Hand a lone two-level slot to the native hook (with the state page's
-        cr3 field, whose host address moves with the area); anything else, none.
-        Not while the slot's read hooks are on (`view`, `_publish`): a native
-        `mov cr3` moves the slot to the new directory, and only this class moves
-        those hooks after it, so the guest's loads of the new slot would see the
-        VMM's entry (the RAM difference of docs/linux.md).  Moving the hooks from
-        the native path is the next step (docs/benchmarks.md)."""
+        cr3 field, whose host address moves with the area, and the slot view,
+        whose record and hooks a native `mov cr3` moves along); anything else, none."""
         if self._native is None:
             return
-        if self.view is None and len(self._slots) == 1 and self._slots[0][1] == 4:
+        if len(self._slots) == 1 and self._slots[0][1] == 4:
             (addr, _, ours), (value,) = self._slots[0], self._guest_values
             vcpu = self.mode.vcpu
             self._native.slot = (addr, ours, value, self.mode.hyper.base >> 22,
-                                 vcpu.host_addr + vcpu_field_offset("cr3"))
+                                 vcpu.host_addr + vcpu_field_offset("cr3"), self.view)
         else:
             self._native.slot = None
 
@@ -232,31 +225,26 @@ class HyperMapping:
         self._publish()
 
     def _publish(self) -> None:
-        """Tell the read hooks the current slots and the guest's values, and move
-        the hooks when the slots moved (a new directory)."""
+        """Tell the read hooks the current slots and the guest's values; the view
+        moves its hooks when the slots moved (a new directory: runtime/slotview.h,
+        the routine the native `mov cr3` uses too).  The hooks are made at the
+        first slot."""
         if self.view is None:
             return
         self.view.set([(a, n, ours, g) for (a, n, ours), g in zip(self.slots, self.guest_values)])
-        span = (self.slots[0][0], self.slots[-1][0] + self.slots[-1][1]) if self.slots else None
-        if span == self._hooked or span is None:
+        if self._read_hooks or not self.slots:
             return                  # no slot: the hooks stay where they are (the view has no slots)
-        self._hooked = span
-        lo, hi = max(0, span[0] - READ_EARLY), span[1] - 1
-        if self._read_hooks:
-            # Moved in place: a delete-and-add per guest CR3 load left a dead hook
-            # pair per switch until the slice ended, which every slow-path load
-            # walked (Linux under bt: twice the CPU time; runtime/quirks.py move_hook).
-            for h in self._read_hooks:
-                move_hook(h, lo, hi)
-        else:
-            before, after = _isolation.slot_callbacks()
-            self._read_hooks = [hook_add(self.uc, UC_HOOK_MEM_READ, before, id(self.view), lo, hi),
-                                hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, after, id(self.view), lo, hi)]
-            if not self._flushed:
-                # Blocks translated while no read hook existed load without calling
-                # any (tests/runtime/test_unicorn_facts.py): retranslate them once.
-                self._flushed = True
-                self.uc.ctl_flush_tb()
+        # Moved in place from then on: a delete-and-add per guest CR3 load left a
+        # dead hook pair per switch until the slice ended, which every slow-path
+        # load walked (Linux under bt: twice the CPU time; runtime/quirks.py move_hook).
+        lo, hi = self.view.range()
+        before, after = _isolation.slot_callbacks()
+        self._read_hooks = [hook_add(self.uc, UC_HOOK_MEM_READ, before, id(self.view), lo, hi),
+                            hook_add(self.uc, UC_HOOK_MEM_READ_AFTER, after, id(self.view), lo, hi)]
+        self.view.attach(tuple(self._read_hooks), calibrate().hook_range)
+        # Blocks translated while no read hook existed load without calling
+        # any (tests/runtime/test_unicorn_facts.py): retranslate them, once.
+        self.uc.ctl_flush_tb()
 
     def notice(self) -> bool:
         """Take a guest store into a slot of the current directory (its bytes no

@@ -116,25 +116,37 @@ def test_a_prefixed_invlpg_goes_to_python_and_still_works():
 # -- mov cr3 -----------------------------------------------------------------------
 PD1, PD2 = 0x33000, 0x34000
 SLOT = 0x3FC * 4                     # the area's directory slot (0xFF000000 >> 22)
+# Each directory's own (non-present) values of the slot and of its neighbours,
+# all distinct: what the guest reads must be its own, as under emulate.
+PD_VALUES = {PD1: (0x0000B000, 0x1234567E, 0x0000A000), PD2: (0x0000D000, 0x56789ABC, 0x0000C000)}
+PER_ROUND = 20                       # bytes the guest stores per round
+
+
+def directory(pd: int) -> bytes:
+    below, slot, above = PD_VALUES[pd]
+    pd_bytes = bytearray(0x1000)
+    struct.pack_into("<I", pd_bytes, 0, PT0 | 3)
+    struct.pack_into("<III", pd_bytes, SLOT - 4, below, slot, above)
+    return bytes(pd_bytes)
 
 
 def cr3_guest(reg: str = "ebx"):
-    """Paging on; ROUNDS times: switch to the other directory (PD2 holds its
-    own non-present value in the VMM's slot), reload DS (the CPU reads the
-    shadow GDT through the area's entry in the current directory), and add up
-    the other directory's slot (the current one's shows the VMM's entry: the
-    documented gap, runtime/paging.py) and a word both map.  The sum is the
-    guest's result: the guest's own slot values, as under emulate."""
+    """Paging on; ROUNDS times: switch to the other directory (`mov cr3, reg`),
+    reload DS (the CPU reads the shadow GDT through the area's entry in the
+    current directory), then read and store at OUT: the other directory's
+    slot, the current one's (the VMM's entry is there, shown to guest loads
+    as the guest's own value: runtime/paging.py `SlotView`), a load that
+    straddles the slot's first two bytes, the entries next to the slot (the
+    one below inside the view's hook range, which starts 15 bytes early: both
+    untouched), and a word both directories map."""
     pt0 = b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024))
-    pd = struct.pack("<I", PT0 | 3)
-    pd2 = bytearray(pd + bytes(SLOT - 4) + struct.pack("<I", 0x56780000))
     return raw_guest(f"""
         mov eax, {PD1:#x}
         mov cr3, eax
         mov eax, cr0
         or eax, 0x80000000
         mov cr0, eax
-        xor esi, esi
+        mov esi, {OUT:#x}
         mov ecx, {ROUNDS}
     again:
         mov {reg}, {PD2:#x}
@@ -147,55 +159,121 @@ def cr3_guest(reg: str = "ebx"):
         mov cr3, {reg}
         mov eax, ds
         mov ds, eax
-        add esi, dword ptr [edx]
-        add esi, dword ptr [{FRAME_A:#x}]
+        mov eax, dword ptr [edx]
+        mov dword ptr [esi], eax
+        mov eax, dword ptr [{reg} + {SLOT:#x}]
+        mov dword ptr [esi + 4], eax
+        mov eax, dword ptr [{reg} + {SLOT - 2:#x}]
+        mov dword ptr [esi + 8], eax
+        mov eax, dword ptr [{reg} + {SLOT - 4:#x}]
+        add eax, dword ptr [{reg} + {SLOT + 4:#x}]
+        mov dword ptr [esi + 12], eax
+        mov eax, dword ptr [{FRAME_A:#x}]
+        mov dword ptr [esi + 16], eax
+        add esi, {PER_ROUND}
         dec ecx
         jnz again
-        mov dword ptr [{OUT:#x}], esi
-        """ + EXIT, [(PT0, pt0), (PD1, pd), (PD2, bytes(pd2)), (FRAME_A, struct.pack("<I", 0x11111111))])
+        """ + EXIT, [(PT0, pt0), (PD1, directory(PD1)), (PD2, directory(PD2)),
+                     (FRAME_A, struct.pack("<I", 0x11111111))])
 
 
-def run_cr3(image, mode, native=True, view=False):
-    """`view`: keep the slot's read hooks (runtime/paging.py `SlotView`), which
-    switch the native path off (their hooks move only from Python); the
-    comparisons below run both paths without them."""
+def expected_reads() -> bytes:
+    """What the guest stores under emulate, worked out by hand: its own values."""
+    out = b""
+    for ecx in range(ROUNDS, 0, -1):
+        cur, other = (PD1, PD2) if ecx & 1 else (PD2, PD1)
+        below, slot, above = PD_VALUES[cur]
+        straddle = (below >> 16) | ((slot & 0xFFFF) << 16)
+        out += struct.pack("<IIIII", PD_VALUES[other][1], slot, straddle, below + above, 0x11111111)
+    return out
+
+
+def run_cr3(image, mode, native=True, view=True):
+    """`native=False`: the slot never published, every mov cr3 to Python;
+    `view=False`: without the slot's read hooks (runtime/paging.py `SlotView`;
+    a build without the isolation module)."""
     vm = VM(image, MachineConfig(mode=mode), stdout=None)
     if vm.mode.name != "emulate" and not view:
         vm.mode.hyper_mapping.view = None
         vm.mode.hyper_mapping._publish_native()
     if vm._native_exits is not None and not native:
-        vm._native_exits.x.slot = None       # the slot never published: every mov cr3 to Python
+        vm._native_exits.x.slot = None
         vm.mode.hyper_mapping._native = None
     return vm, vm.run()
 
 
-@pytest.mark.parametrize("mode", ["trap", "bt"])
-def test_mov_cr3_goes_to_python_while_the_slot_view_is_on(mode):
-    vm, res = run_cr3(cr3_guest("ebx"), mode, view=True)
+def reads(vm) -> bytes:
+    return bytes(vm.uc.mem_read(OUT, ROUNDS * PER_ROUND))
+
+
+def test_the_guest_reads_its_own_values_under_emulate():
+    vm, res = run_cr3(cr3_guest(), "emulate")
     assert res.exit_status == 0, res.message
-    assert vm.mode.hyper_mapping.view is not None and vm._native_exits.x.handled == 0
+    assert reads(vm) == expected_reads()
 
 
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_mov_cr3_is_native_while_the_slot_view_is_on(mode):
+    vm, res = run_cr3(cr3_guest("ebx"), mode)
+    assert res.exit_status == 0, res.message
+    hm = vm.mode.hyper_mapping
+    assert hm.view is not None and vm._native_exits.x.handled == ROUNDS
+    # the view and its hooks followed the slot to the last directory (PD1)
+    assert hm.view.slots == [(PD1 + SLOT, 4, hm.our_entry(), PD_VALUES[PD1][1])]
+    assert hm.view.hooked == (PD1 + SLOT - 15, PD1 + SLOT + 3)
+    assert hm.view.stats()["slot_hook_moves"] == ROUNDS
+    assert reads(vm) == expected_reads()
+
+
+@pytest.mark.parametrize("view", [True, False], ids=["view", "no-view"])
 @pytest.mark.parametrize("reg", ["ebx", "edi", "ebp"])
 @pytest.mark.parametrize("mode", ["trap", "bt"])
-def test_native_mov_cr3_is_the_python_answer(mode, reg):
+def test_native_mov_cr3_is_the_python_answer(mode, reg, view):
     ref_vm, ref = run_cr3(cr3_guest(reg), "emulate")
     assert ref.exit_status == 0, ref.message
-    vm, res = run_cr3(cr3_guest(reg), mode)
-    py_vm, py = run_cr3(cr3_guest(reg), mode, native=False)
+    vm, res = run_cr3(cr3_guest(reg), mode, view=view)
+    py_vm, py = run_cr3(cr3_guest(reg), mode, native=False, view=view)
     assert res.exit_status == py.exit_status == 0, (res.message, py.message)
     assert vm._native_exits.x.handled == ROUNDS          # every switch in the loop answered natively
     assert py_vm._native_exits.x.handled == 0
     assert fingerprint(vm, res) == fingerprint(py_vm, py)
-    assert vm.mode.hyper_mapping.stats() == py_vm.mode.hyper_mapping.stats()
+    hm, py_hm = vm.mode.hyper_mapping, py_vm.mode.hyper_mapping
+    assert hm.stats() == py_hm.stats()
+    if view:
+        assert hm.view.stats() == py_hm.view.stats()
+        assert hm.view.stats()["slot_reads_hidden"] == 2 * ROUNDS     # the slot and the straddling load
+        assert (hm.view.slots, hm.view.hooked) == (py_hm.view.slots, py_hm.view.hooked)
     assert bytes(vm.uc.mem_read(PD1, 0x1000)) == bytes(py_vm.uc.mem_read(PD1, 0x1000))
     assert bytes(vm.uc.mem_read(PD2, 0x1000)) == bytes(py_vm.uc.mem_read(PD2, 0x1000))
     assert vm.mode.vcpu.get("cr3") == py_vm.mode.vcpu.get("cr3") == PD1      # the last round's (ecx 1)
     assert res.counters["faults_emulated"]["mov"] == py.counters["faults_emulated"]["mov"]
-    # what the guest saw: its own slot values, as under emulate
-    got = struct.unpack("<I", vm.uc.mem_read(OUT, 4))[0]
-    assert got == struct.unpack("<I", ref_vm.uc.mem_read(OUT, 4))[0]
+    assert reads(vm) == reads(py_vm)
+    # what the guest saw: its own values as under emulate, except the current
+    # slot without the view (the gap the view closes: the VMM's entry)
+    if view:
+        assert reads(vm) == reads(ref_vm) == expected_reads()
+    else:
+        got, want = reads(vm), reads(ref_vm)
+        assert got != want
+        for k in range(ROUNDS):
+            row, ref_row = got[k * PER_ROUND:(k + 1) * PER_ROUND], want[k * PER_ROUND:(k + 1) * PER_ROUND]
+            assert row[:4] + row[12:] == ref_row[:4] + ref_row[12:]
+            assert struct.unpack_from("<I", row, 4)[0] == hm.our_entry()
     assert (res.retired, res.serial) == (ref.retired, ref.serial)
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_switching_directories_is_emulate_in_registers_and_ram(mode):
+    """The guest-level contract: a ring-0 program that switches between two
+    directories ROUNDS times and reads both slots ends with emulate's registers
+    and RAM (as the guest reads it), with every switch answered natively."""
+    from bt.measure.observe import guest_ram
+    ref_vm, ref = run_cr3(cr3_guest("ebp"), "emulate")
+    vm, res = run_cr3(cr3_guest("ebp"), mode)
+    assert res.exit_status == ref.exit_status == 0, res.message
+    assert vm._native_exits.x.handled == ROUNDS
+    assert res.regs == ref.regs and res.retired == ref.retired
+    assert guest_ram(vm) == guest_ram(ref_vm)
 
 
 def test_a_guest_store_into_the_slot_before_a_switch_goes_to_python():
@@ -217,3 +295,18 @@ def test_a_guest_store_into_the_slot_before_a_switch_goes_to_python():
     assert vm._native_exits.x.handled == 0
     assert res.regs["esi"] == 0x12340000
     assert vm.mode.hyper_mapping.stats()["slot_writes"] == 1
+
+
+def test_the_slot_takes_only_a_slot_view_and_a_view_attaches_hooks_only_to_a_slot():
+    from runtime import _exits, _isolation
+    vm = VM(cr3_guest(), MachineConfig(mode="trap"), stdout=None)
+    x = vm._native_exits.x
+    with pytest.raises(TypeError):
+        x.slot = (PD1 + SLOT, 0x23, 0, 0x3FC, vm.mode.vcpu.host_addr, object())
+    assert isinstance(x, _exits.Exits)
+    view = _isolation.SlotView(vm._ram_ptr, vm.config.mem_bytes)
+    assert view.range() is None and view.hooked is None
+    with pytest.raises(ValueError):
+        view.attach((1, 2), (0, 8))                  # no slot yet: nothing to place the hooks on
+    view.set([(PD1 + SLOT, 4, 0x23, 0)])
+    assert view.range() == (PD1 + SLOT - 15, PD1 + SLOT + 3) and view.hooked is None
