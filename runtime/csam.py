@@ -55,6 +55,7 @@ INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its 
 PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's patch bytes
 HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
+WALK_BOUND = 1024   # instructions one lazy walk decodes before deferring branch targets
 
 
 class CSAM(Views, SmcRewrites):
@@ -75,7 +76,7 @@ class CSAM(Views, SmcRewrites):
         self.stats = stats
         self._on_new_code = on_new_code
         self.cfg = CFG()
-        self.scanner = Scanner(self._scan_read, self.cfg)
+        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND)
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
@@ -276,7 +277,6 @@ class CSAM(Views, SmcRewrites):
         self.drain_writes()
         cfg = self.cfg
         before = set(cfg.pages.code_pages())
-        known_unresolved = set(cfg.unresolved_sites())
         if self.paging():
             self.claim_view(addr & ~(PAGE - 1))     # a parked scan there: settled before the walk
         self._walking = True
@@ -295,7 +295,7 @@ class CSAM(Views, SmcRewrites):
         # once): no walk over the whole CFG per lazy scan.  In address order, so
         # a patch starting at `cli` absorbs the `pushfd` after it.
         sites = [a for a, _name, _klass in sorted(self.scanner.new_sites)]
-        unresolved = [u for u in cfg.unresolved_sites() if u not in known_unresolved]
+        unresolved = sorted(set(self.scanner.new_unresolved))
         self._on_new_code(sites, unresolved)
         self._settle()
         new_frames = []
