@@ -99,6 +99,7 @@ class CSAM(Views, SmcRewrites):
         self._walking = False                       # inside the scanner's walk (`scan`)
         self._stale: set[int] = set()               # parked scans found invalid during it
         self._published: set[int] = set()           # linear pages whose flags C has
+        self._unpublished: set[int] = set()         # code pages a scan found without a view
         self.clock = self.vm.clock
         patcher.on_change = self._patches_changed
 
@@ -276,7 +277,7 @@ class CSAM(Views, SmcRewrites):
     def scan(self, addr: int) -> None:
         self.drain_writes()
         cfg = self.cfg
-        before = set(cfg.pages.code_pages())
+        cfg.pages.refresh()                         # what changed before the walk is not its
         if self.paging():
             self.claim_view(addr & ~(PAGE - 1))     # a parked scan there: settled before the walk
         self._walking = True
@@ -285,8 +286,8 @@ class CSAM(Views, SmcRewrites):
         finally:
             self._walking = False
         self.stats.add("scans")
-        pages = set(cfg.pages.code_pages())
-        for page in pages - before:
+        pages = cfg.pages.refresh()                 # the code pages the walk added
+        for page in pages:
             self.stats.add("pages_scanned")
             if page in self._scanned_pages_ever:
                 self.stats.add("pages_rescanned")
@@ -299,10 +300,17 @@ class CSAM(Views, SmcRewrites):
         self._on_new_code(sites, unresolved)
         self._settle()
         new_frames = []
-        for page in pages - self._published:
+        # The new code pages, and those a walk added while they had no view
+        # (another alias took it during the walk: published when it returns).
+        for page in sorted(pages | self._unpublished):
+            if page in self._published or page not in cfg.pages.pages:
+                self._unpublished.discard(page)
+                continue
             frame = self.frame_of.get(page)
             if frame is None:
+                self._unpublished.add(page)
                 continue
+            self._unpublished.discard(page)
             self._published.add(page)
             self.code_pages.add(frame)
             self.clock.c.set_page(FLAGS, frame, cfg.pages.pages[page].flags)

@@ -245,6 +245,7 @@ def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
     mem = Mem(data, base=BASE, size=len(data))
     sc = Scanner(mem.read, engine=engine)
     pm = sc.cfg.pages
+    before = set()
     for op, off, n in ops:
         a = BASE + off % len(data)
         if op == "scan":
@@ -256,4 +257,8 @@ def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
         else:
             sc.invalidate_page(a)
             pm.drop(a & ~(PAGE - 1))
+        # `refresh` names the pages that became code pages since its last call
+        now = set(pm.code_pages_reference())
+        assert pm.refresh() == now - before
+        before = now
         assert pm.code_pages() == pm.code_pages_reference()
