@@ -11,7 +11,9 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
   [disp32]` pointer, an exception return -- stops the engine before the block
   runs; `_on_unscanned` scans it and the block runs.  VMM-chosen targets
   (interrupt handlers, emulated far transfers) are scanned when the VMM sends
-  the guest there (`ensure_scanned`).  After each scan the owner is told which
+  the guest there (`ensure_scanned`).  Each walk is bounded (WALK_BOUND): the
+  branch targets it did not reach are deferred (scanner/scan.py `walk_bound`),
+  scanned by this same check when they run.  After each scan the owner is told which
   sites and unresolved indirect branches are new (`on_new_code`): what to patch
   is the patch policy's decision, not CSAM's.
 * Starts inside a jump patch's bytes (a branch found after the patch, or a
@@ -55,7 +57,13 @@ INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its 
 PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's patch bytes
 HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
-WALK_BOUND = 1024   # instructions one lazy walk decodes before deferring branch targets
+# Instructions one lazy walk decodes before it defers the branch targets left
+# (scanner/scan.py `walk_bound`; None: the whole reachable code).  Unbounded,
+# the first walks of Debian's kernel decoded all of it reachable from its entry,
+# twice (identity and linear addresses), and the SMC and view work followed the
+# scanned bytes; 256 / 1,024 / 4,096 measured 15.8 / 14.5 / 15.1 CPU s for
+# 150 M instructions against 21.9 unbounded (docs/benchmarks.md, "Bounded lazy walks").
+WALK_BOUND = 1024
 
 
 class CSAM(Views, SmcRewrites):
@@ -99,7 +107,6 @@ class CSAM(Views, SmcRewrites):
         self._walking = False                       # inside the scanner's walk (`scan`)
         self._stale: set[int] = set()               # parked scans found invalid during it
         self._published: set[int] = set()           # linear pages whose flags C has
-        self._unpublished: set[int] = set()         # code pages a scan found without a view
         self.clock = self.vm.clock
         patcher.on_change = self._patches_changed
 
@@ -300,17 +307,13 @@ class CSAM(Views, SmcRewrites):
         self._on_new_code(sites, unresolved)
         self._settle()
         new_frames = []
-        # The new code pages, and those a walk added while they had no view
-        # (another alias took it during the walk: published when it returns).
-        for page in sorted(pages | self._unpublished):
-            if page in self._published or page not in cfg.pages.pages:
-                self._unpublished.discard(page)
-                continue
+        # Every code page with a view that C does not have yet (a set
+        # difference, no copy or sort of the code pages; a page without a view
+        # lost it to another alias during the walk: `_resume` publishes it).
+        for page in sorted(cfg.pages.known_code() - self._published):
             frame = self.frame_of.get(page)
             if frame is None:
-                self._unpublished.add(page)
                 continue
-            self._unpublished.discard(page)
             self._published.add(page)
             self.code_pages.add(frame)
             self.clock.c.set_page(FLAGS, frame, cfg.pages.pages[page].flags)

@@ -101,6 +101,7 @@ class PageMap:
         rec = self.pages.get(base)
         if rec is not None:
             rec.flags[:] = _ZERO_PAGE
+            self._code.discard(base)     # refilled before the next refresh: a new code page
             self._recheck.add(base)
 
     def code_pages(self) -> list[int]:
@@ -115,8 +116,9 @@ class PageMap:
     def refresh(self) -> set[int]:
         """Bring the code-page set up to date from the records that may have
         changed; returns the pages that became code pages since the last
-        refresh (bt's lazy scan asks before and after each walk: the pages the
-        walk added, without a sort or a copy of the whole set)."""
+        refresh, a page cleared or dropped and filled again included (bt's lazy
+        scan asks before and after each walk: the pages the walk added, without
+        a sort or a copy of the whole set)."""
         pages, code, keep, added = self.pages, self._code, [], set()
         for b in self._recheck:
             rec = pages.get(b)
@@ -131,6 +133,11 @@ class PageMap:
                 keep.append(b)       # empty now: a walk may fill it without a word
         self._recheck = set(keep)
         return added
+
+    def known_code(self) -> set[int]:
+        """The code pages as of the last `refresh` or `code_pages` (the live set:
+        read it, do not change it)."""
+        return self._code
 
     def code_pages_reference(self) -> list[int]:
         """The definition: every record with a scanned byte (the tests' reference)."""
@@ -166,6 +173,7 @@ class PageMap:
 
     def drop(self, base: int) -> None:
         self.pages.pop(base, None)
+        self._code.discard(base)
         self._recheck.add(base)
 
     def merge_records(self, other: "PageMap") -> None:
