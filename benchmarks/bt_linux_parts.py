@@ -1,7 +1,7 @@
 """Where bt's time goes on Linux: process CPU inside a few VMM functions.
 
 Usage:
-    python benchmarks/bt_linux_parts.py [--instructions 150000000] [--report FILE.json]
+    python benchmarks/bt_linux_parts.py [--instructions 150000000] [--report FILE.json] [--walk-bound N]
 
 Runs `bt-run linux --linux-unpack --mode bt` for the budget in this process with
 light wrappers around the functions named in PARTS (the outermost call of each
@@ -77,7 +77,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--instructions", type=int, default=150_000_000)
     p.add_argument("--report", default="/tmp/bt_linux_parts.json")
+    p.add_argument("--walk-bound", type=int, default=None,
+                   help="instructions one lazy walk decodes before deferring (runtime/csam.py WALK_BOUND; "
+                        "0: unbounded)")
     args = p.parse_args()
+    if args.walk_bound is not None:
+        runtime.csam.WALK_BOUND = args.walk_bound or None
     seconds, calls = instrument()
     from bt.cli.run import main as bt_run
     t = time.process_time()
@@ -90,6 +95,7 @@ def main() -> None:
     with open(args.report) as f:
         report = json.load(f)
     print(json.dumps({"total": round(total, 2), "vmm_time": report["vmm_time_seconds"],
+                      "walk_bound": runtime.csam.WALK_BOUND,
                       "parts": {k: [round(v, 3), calls[k]] for k, v in sorted(seconds.items())}}))
 
 

@@ -2,13 +2,16 @@
 
     python benchmarks/fuzz_campaign.py --programs 200 --seed 1 [--features a,b] [--exclude c]
                                        [--statements 12] [--mode bt] [--shrink] [--max-shrunk 5]
-                                       [--wall-limit 5]
+                                       [--wall-limit 5] [--walk-bound N]
 
 Program i uses seed S*1_000_003 + i, so a campaign is reproducible and any one
 program can be regenerated alone.  Prints the summary (programs, divergent -- the
 retired-instruction count included, it is the guest's virtual time -- and how
 many of those differ in the count only, by difference kind, by feature, never finished) and, with --shrink, a minimal reproducer for
-the first divergent programs (docs/fidelity.md).
+the first divergent programs (docs/fidelity.md).  --walk-bound sets how many
+instructions one of bt's lazy walks decodes before it defers branch targets
+(runtime/csam.py WALK_BOUND): the generated programs are far smaller than the
+default bound, so a bound of 1 or 2 is what puts deferred branches under test.
 """
 from __future__ import annotations
 
@@ -86,7 +89,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shrunk", type=int, default=5)
     ap.add_argument("--wall-limit", type=float, default=5.0,
                     help="seconds before a run that retires nothing (an exit loop) counts as never finished")
+    ap.add_argument("--walk-bound", type=int, default=None,
+                    help="instructions one bt lazy walk decodes before deferring branch targets "
+                         "(default: runtime/csam.py WALK_BOUND)")
     a = ap.parse_args(argv)
+    if a.walk_bound is not None:
+        if a.walk_bound <= 0:
+            print("error: --walk-bound must be positive", file=sys.stderr)
+            return 2
+        import runtime.csam
+        runtime.csam.WALK_BOUND = a.walk_bound
     if a.programs <= 0 or a.statements <= 0 or a.wall_limit <= 0:
         print("error: --programs, --statements and --wall-limit must be positive", file=sys.stderr)
         return 2

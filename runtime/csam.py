@@ -11,7 +11,9 @@ call, /work/shared/notes/unicorn-x86-facts.md); native hooks instead:
   [disp32]` pointer, an exception return -- stops the engine before the block
   runs; `_on_unscanned` scans it and the block runs.  VMM-chosen targets
   (interrupt handlers, emulated far transfers) are scanned when the VMM sends
-  the guest there (`ensure_scanned`).  After each scan the owner is told which
+  the guest there (`ensure_scanned`).  Each walk is bounded (WALK_BOUND): the
+  branch targets it did not reach are deferred (scanner/scan.py `walk_bound`),
+  scanned by this same check when they run.  After each scan the owner is told which
   sites and unresolved indirect branches are new (`on_new_code`): what to patch
   is the patch policy's decision, not CSAM's.
 * Starts inside a jump patch's bytes (a branch found after the patch, or a
@@ -55,6 +57,13 @@ INTERIOR = 1        # clock.set_page table: bytes a jump patch covers after its 
 PATCH_SITE = 2      # ... and in that table: a jump patch's site (runtime/_clock.c weighs its jmp 0)
 HIDDEN = 2          # clock.set_page table: [mask | guest bytes] of the page's patch bytes
 HIDE_BEFORE = 15    # a load crossing into a page is matched by its first byte (<= 16 bytes)
+# Instructions one lazy walk decodes before it defers the branch targets left
+# (scanner/scan.py `walk_bound`; None: the whole reachable code).  Unbounded,
+# the first walks of Debian's kernel decoded all of it reachable from its entry,
+# twice (identity and linear addresses), and the SMC and view work followed the
+# scanned bytes; 256 / 1,024 / 4,096 measured 15.8 / 14.5 / 15.1 CPU s for
+# 150 M instructions against 21.9 unbounded (docs/benchmarks.md, "Bounded lazy walks").
+WALK_BOUND = 1024
 
 
 class CSAM(Views, SmcRewrites):
@@ -75,7 +84,7 @@ class CSAM(Views, SmcRewrites):
         self.stats = stats
         self._on_new_code = on_new_code
         self.cfg = CFG()
-        self.scanner = Scanner(self._scan_read, self.cfg)
+        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND)
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
@@ -275,8 +284,7 @@ class CSAM(Views, SmcRewrites):
     def scan(self, addr: int) -> None:
         self.drain_writes()
         cfg = self.cfg
-        before = set(cfg.pages.code_pages())
-        known_unresolved = set(cfg.unresolved_sites())
+        cfg.pages.refresh()                         # what changed before the walk is not its
         if self.paging():
             self.claim_view(addr & ~(PAGE - 1))     # a parked scan there: settled before the walk
         self._walking = True
@@ -285,8 +293,8 @@ class CSAM(Views, SmcRewrites):
         finally:
             self._walking = False
         self.stats.add("scans")
-        pages = set(cfg.pages.code_pages())
-        for page in pages - before:
+        pages = cfg.pages.refresh()                 # the code pages the walk added
+        for page in pages:
             self.stats.add("pages_scanned")
             if page in self._scanned_pages_ever:
                 self.stats.add("pages_rescanned")
@@ -295,11 +303,14 @@ class CSAM(Views, SmcRewrites):
         # once): no walk over the whole CFG per lazy scan.  In address order, so
         # a patch starting at `cli` absorbs the `pushfd` after it.
         sites = [a for a, _name, _klass in sorted(self.scanner.new_sites)]
-        unresolved = [u for u in cfg.unresolved_sites() if u not in known_unresolved]
+        unresolved = sorted(set(self.scanner.new_unresolved))
         self._on_new_code(sites, unresolved)
         self._settle()
         new_frames = []
-        for page in pages - self._published:
+        # Every code page with a view that C does not have yet (a set
+        # difference, no copy or sort of the code pages; a page without a view
+        # lost it to another alias during the walk: `_resume` publishes it).
+        for page in sorted(cfg.pages.known_code() - self._published):
             frame = self.frame_of.get(page)
             if frame is None:
                 continue

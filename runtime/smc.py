@@ -17,6 +17,8 @@ patcher, guards and clock.
 """
 from __future__ import annotations
 
+import bisect
+
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE
 from runtime.views import FLAGS
@@ -50,7 +52,7 @@ class SmcRewrites:
             if more <= nodes:
                 break
             nodes |= more
-        guards = [g for g in self.guards if any(lo <= g < hi for lo, hi in spans)]
+        guards = in_spans(self.guards, spans) if self.guards else []
         frame = self.frame_of.get(page, page)
         self.stats.add("smc_invalidations")
         self.stats.add("smc_blocks_dropped", n=len(nodes))
@@ -101,3 +103,23 @@ class SmcRewrites:
                     if p.site < hi and lo < max(p.end, p.site + len(p.orig)):
                         out[p.site] = p
         return [out[s] for s in sorted(out)]
+
+
+def in_spans(points, spans) -> list:
+    """The `points` inside one of `spans` ([lo, hi)), in their order: a
+    bisection per point over the spans merged (a drain after a store over freed
+    init code drops ~20,000 blocks; a look at every span per guard was 0.8 s of
+    a profiled boot)."""
+    los, his = [], []
+    for lo, hi in sorted(spans):
+        if his and lo <= his[-1]:
+            his[-1] = max(his[-1], hi)
+        else:
+            los.append(lo)
+            his.append(hi)
+    out = []
+    for g in points:
+        i = bisect.bisect_right(los, g) - 1
+        if i >= 0 and g < his[i]:
+            out.append(g)
+    return out

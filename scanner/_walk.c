@@ -72,6 +72,12 @@ typedef struct {
     PyObject *marks, *insns_type, *new_sites, *tset, *tnew, *pending, *touched;
     PyObject *read_mem, *classify, *flow, *target_kinds;
     PyObject *add_bad, *split_block, *branch, *why_not;
+    /* Bounded walks (Scanner.walk_bound): past `bound` scanned instructions
+     * (-1: none) a branch whose target needs decoding goes to `defer` (a
+     * Python callable); `deferred` (CFG.deferred: target -> items) is
+     * emptied into the worklist for each target the walk reaches. */
+    PyObject *defer, *deferred, *new_unresolved;
+    long long bound;
     const uint8_t *maybe_op;    /* catalog.MAYBE_SENSITIVE_OPCODE (512) */
     const uint8_t *prefix;      /* catalog.PREFIX_BYTE (256) */
     /* Mnemonic strings by capstone instruction id, reused while the text
@@ -312,6 +318,7 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
         return -1;
     }
     PyObject *data = PyDict_GetItemWithError(succ, dst);
+    int data_existed = data != NULL;
     if (!data) {
         if (PyErr_Occurred()) return -1;
         data = PyDict_Copy(w->edge_tmpl);
@@ -342,6 +349,8 @@ static int link_edge(Walk *w, PyObject *src, PyObject *dst, PyObject *kind, PyOb
         if (PyErr_Occurred()) return -1;
         if (PyDict_SetItem(data, s_also, kind) < 0) return -1;
     }
+    if (!data_existed && streq(dst, s_unresolved) && PyList_Append(w->new_unresolved, site) < 0)
+        return -1;
     int tk = PySet_Contains(w->target_kinds, kind);
     if (tk < 0) return -1;
     if (tk) {
@@ -951,10 +960,28 @@ static int run_worklist(Walk *w) {
                 }
             } else if (st == CONT) {
                 rc = call_add_bad(w, t, s_overlap_inside);
+            } else if (w->bound >= 0 && w->insns_scanned >= w->bound && site != Py_None &&
+                       !streq(kind, s_fallthrough)) {
+                PyObject *r = PyObject_CallOneArg(w->defer, item);
+                Py_DECREF(item);
+                if (!r) return -1;
+                Py_DECREF(r);
+                continue;
             } else {
                 rc = decode_block(w, t, target);
             }
             if (rc < 0) { Py_DECREF(item); return -1; }
+        }
+        if (PyDict_GET_SIZE(w->deferred)) {
+            /* the target is a node now: the branches deferred to it link */
+            PyObject *later = PyDict_GetItemWithError(w->deferred, target);
+            if (!later && PyErr_Occurred()) { Py_DECREF(item); return -1; }
+            if (later) {
+                Py_INCREF(later);
+                int r = PyDict_DelItem(w->deferred, target) < 0 || push_all(w, later) < 0;
+                Py_DECREF(later);
+                if (r) { Py_DECREF(item); return -1; }
+            }
         }
         if (site != Py_None && link_from_site(w, site, target, kind, attrs) < 0) {
             Py_DECREF(item);
@@ -969,12 +996,13 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     memset(&w, 0, sizeof w);
     unsigned long long handle, fn_iter, fn_malloc, fn_free;
     PyObject *maybe, *prefix;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOOOLLLKKKK:run",
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOOOOOOLLLLOOOKKKK:run",
                           &w.work, &w.gnode, &w.gsucc, &w.gpred, &w.pages, &w.record,
                           &w.is_free, &w.mark, &w.marks, &w.insns_type, &w.new_sites, &w.tset, &w.tnew, &w.pending,
                           &w.touched, &w.read_mem, &w.classify, &maybe, &prefix, &w.flow,
                           &w.target_kinds, &w.add_bad, &w.split_block, &w.branch, &w.why_not,
                           &w.max_insns, &w.insns_scanned, &w.cap,
+                          &w.bound, &w.defer, &w.deferred, &w.new_unresolved,
                           &handle, &fn_iter, &fn_malloc, &fn_free))
         return NULL;
     if (!PyType_Check(w.insns_type)) {
@@ -989,7 +1017,8 @@ static PyObject *walk_run(PyObject *self, PyObject *args) {
     if (!PyDict_Check(w.gnode) || !PyDict_Check(w.gsucc) || !PyDict_Check(w.gpred) ||
         !PyDict_Check(w.pages) || !PyDict_Check(w.marks) || !PyList_Check(w.new_sites) || !PyDict_Check(w.flow) ||
         !PyList_Check(w.tnew) || !PyList_Check(w.pending) || !PyAnySet_Check(w.tset) ||
-        !PyAnySet_Check(w.touched) || !PyAnySet_Check(w.target_kinds)) {
+        !PyAnySet_Check(w.touched) || !PyAnySet_Check(w.target_kinds) ||
+        !PyDict_Check(w.deferred) || !PyList_Check(w.new_unresolved) || !PyCallable_Check(w.defer)) {
         PyErr_SetString(PyExc_TypeError, "run: wrong container types");
         return NULL;
     }

@@ -103,6 +103,11 @@ class CFG:
         self.pages = PageMap()
         self.entries: dict[int, list[str]] = {}   # address -> labels ("entry", "idt:0x0e", ...)
         self.pending: list[int] = []              # targets left unscanned when a cap was hit
+        # Branches a bounded walk left for later (scanner/scan.py `walk_bound`):
+        # target -> work items (site, target, kind, attrs), linked when a walk
+        # makes the target a node.  Not saved with the CFG (scanner/serialize.py).
+        self.deferred: dict[int, list[tuple]] = {}
+        self.new_unresolved: list[int] = []       # sites linked to "unresolved" by the current walk
         self.info: dict = {}
         # The branch-target index, kept for `branch_targets_in`'s range queries
         # without sorting every target per query: `_tset` is the truth; the two
@@ -159,12 +164,39 @@ class CFG:
                 data.update(attrs)
             succ[dst] = data
             g._pred[dst][src] = data
+            if dst == UNRESOLVED:
+                self.new_unresolved.append(site)
         elif data["kind"] != kind and data.get("also") is None:
             data["also"] = kind
         else:
             return
         if kind in TARGET_KINDS and dst != UNRESOLVED:
             self._add_target(dst)
+
+    def defer(self, item: tuple) -> None:
+        """Keep a branch (a work item) whose target a bounded walk did not decode;
+        the target is a branch target from now on, as if the edge existed."""
+        self.deferred.setdefault(item[1], []).append(item)
+        self._add_target(item[1])
+
+    def undefer(self, target: int, lo: int, hi: int) -> None:
+        """Forget `target`'s deferred branches that lie in [lo, hi) (their
+        blocks were dropped); with the last of them the target leaves the
+        target index unless something else still makes it one."""
+        items = self.deferred.get(target)
+        if items is None:
+            return
+        keep = [it for it in items if not lo <= it[0] < hi]
+        if keep:
+            self.deferred[target] = keep
+            return
+        del self.deferred[target]
+        if target in self._tset and target not in self.entries and not (
+                target in self.graph._node and any(
+                    d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
+                    for d in self.graph._pred[target].values())):
+            self._tset.discard(target)
+            self._tgone += 1
 
     def touched(self) -> None:
         """Tell networkx its graph changed (drops its cached backend conversions)."""
@@ -189,7 +221,7 @@ class CFG:
         for n, d in self.graph.nodes(data=True):
             if n != UNRESOLVED:
                 self.marks.set(n, BLOCK_MARK if d["kind"] == "block" else BAD_MARK)
-        t = set(self.entries)
+        t = set(self.entries) | set(self.deferred)
         for u, v, d in self.graph.edges(data=True):
             if v != UNRESOLVED and (d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS):
                 t.add(v)
@@ -225,11 +257,11 @@ class CFG:
                 m = marks.get(n & PAGE_MASK)
                 if m is not None:
                     m[n & (PAGE - 1)] = 0
-            if n not in self.entries and n in tset:
+            if n not in self.entries and n in tset and n not in self.deferred:
                 tset.discard(n)
                 self._tgone += 1
         for v in succs:
-            if v in node and v in tset and v not in self.entries and not any(
+            if v in node and v in tset and v not in self.entries and v not in self.deferred and not any(
                     d["kind"] in TARGET_KINDS or d.get("also") in TARGET_KINDS
                     for d in pred[v].values()):
                 tset.discard(v)

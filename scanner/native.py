@@ -50,6 +50,10 @@ def _classify(data: bytes):
     return None if e is None else (e.name, e.klass.value)
 
 
+def _no_defer(item) -> None:
+    raise RuntimeError("a walk without a bound deferred a branch")
+
+
 def _fn(f) -> int:
     return ctypes.cast(f, ctypes.c_void_p).value
 
@@ -68,6 +72,8 @@ class WalkJob(NamedTuple):
     max_insns: int              # instruction cap of the whole scan
     insns_scanned: int          # instructions scanned before this walk
     max_block_insns: int        # longest block before it is cut
+    bound: int = -1             # scanned-instruction count past which branches are deferred (-1: never)
+    defer: Callable = None      # Scanner._defer: keeps a deferred branch
 
 
 class NativeWalk:
@@ -97,7 +103,8 @@ class NativeWalk:
             cfg.marks.pages, Insns, job.new_sites, cfg._tset, cfg._tnew, cfg.pending, job.touched,
             job.read_mem, _classify, MAYBE_SENSITIVE_OPCODE, PREFIX_BYTE, FLOW, TARGET_KINDS,
             cfg.add_bad, cfg.split_block, job.branch, job.why_not,
-            job.max_insns, job.insns_scanned, job.max_block_insns, *self._capstone)
+            job.max_insns, job.insns_scanned, job.max_block_insns,
+            job.bound, job.defer or _no_defer, cfg.deferred, cfg.new_unresolved, *self._capstone)
         self.decoded += decoded
         self.reads += reads
         return insns

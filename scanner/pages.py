@@ -101,26 +101,43 @@ class PageMap:
         rec = self.pages.get(base)
         if rec is not None:
             rec.flags[:] = _ZERO_PAGE
+            self._code.discard(base)     # refilled before the next refresh: a new code page
             self._recheck.add(base)
 
     def code_pages(self) -> list[int]:
         """Pages holding scanned code, in order: `code_pages_reference`'s answer
-        from the records that may have changed since the last call.  bt's lazy
-        scan asks twice per scan; a look at every record (a 4 KiB memcmp each)
-        was 1.6-1.8 s of the first 150 M instructions of Debian's kernel under bt
-        (docs/benchmarks.md, "Linux under bt: where the time goes")."""
-        pages, code, keep = self.pages, self._code, []
+        from the records that may have changed since the last call.  A look at
+        every record (a 4 KiB memcmp each) was 1.6-1.8 s of the first 150 M
+        instructions of Debian's kernel under bt (docs/benchmarks.md, "Linux
+        under bt: where the time goes")."""
+        self.refresh()
+        return sorted(self._code)
+
+    def refresh(self) -> set[int]:
+        """Bring the code-page set up to date from the records that may have
+        changed; returns the pages that became code pages since the last
+        refresh, a page cleared or dropped and filled again included (bt's lazy
+        scan asks before and after each walk: the pages the walk added, without
+        a sort or a copy of the whole set)."""
+        pages, code, keep, added = self.pages, self._code, [], set()
         for b in self._recheck:
             rec = pages.get(b)
             if rec is None:
                 code.discard(b)
             elif rec.flags != _ZERO_PAGE:
-                code.add(b)
+                if b not in code:
+                    code.add(b)
+                    added.add(b)
             else:
                 code.discard(b)
                 keep.append(b)       # empty now: a walk may fill it without a word
         self._recheck = set(keep)
-        return sorted(code)
+        return added
+
+    def known_code(self) -> set[int]:
+        """The code pages as of the last `refresh` or `code_pages` (the live set:
+        read it, do not change it)."""
+        return self._code
 
     def code_pages_reference(self) -> list[int]:
         """The definition: every record with a scanned byte (the tests' reference)."""
@@ -156,6 +173,7 @@ class PageMap:
 
     def drop(self, base: int) -> None:
         self.pages.pop(base, None)
+        self._code.discard(base)
         self._recheck.add(base)
 
     def merge_records(self, other: "PageMap") -> None:

@@ -16,7 +16,18 @@ Rules (issue 3):
 
 The traversal is a worklist, never recursion, and each byte is decoded into at
 most one instruction, so it terminates on any input; `max_insns` bounds the
-work further (targets left over are listed in `cfg.pending`).  The worklist is
+work further (targets left over are listed in `cfg.pending`).
+
+`walk_bound` (None: no bound) bounds one walk instead, for lazy scanning: once a
+walk has decoded that many instructions, a branch whose target still has to be
+decoded is *deferred* rather than followed -- kept in `cfg.deferred` (target ->
+work items) with its target in the branch-target index, no edge yet, no
+`unresolved` link.  The runtime's block check scans such a target when it runs;
+any walk that reaches a deferred target (and so makes it a node) links its
+deferred edges, and a drop of the branch's block forgets them
+(`_purge_deferred`).  Fall-through items are never deferred: a translated block
+may run on over a fall-through boundary without a block check (a cut at
+`max_block_insns`), which a jcc's, a call's or a jump's edge never does.  The worklist is
 last in, first out: depth first, the order recursion would take (a block's
 fall-through before its branch target, a call's return address before the
 callee).  Depth first keeps the walk on nearby code, and the CFG's tables are
@@ -58,17 +69,23 @@ def _int(s: str) -> int:
 class Scanner:
     def __init__(self, read_mem: ReadMem, cfg: CFG | None = None, *,
                  max_insns: int = 20_000_000, max_block_insns: int = 8192,
-                 chunk: int = 2048, engine: str = "auto"):
+                 chunk: int = 2048, engine: str = "auto", walk_bound: int | None = None):
         self.read_mem = read_mem
         self.cfg = cfg if cfg is not None else CFG()
         self.dec = Decoder(read_mem, chunk=chunk)
         self.max_insns = max_insns
         self.max_block_insns = max_block_insns
+        self.walk_bound = walk_bound
+        # Pages of deferred items' sites -> their targets (`_purge_deferred`;
+        # may name targets whose items went since: checked there).
+        self._deferred_from: dict[int, set[int]] = {}
         self.insns_scanned = 0
         self.scan_seconds = 0.0
         # (addr, catalog name, class) of the sensitive instructions the last
         # scan call decoded: new code, since each byte is decoded once.
         self.new_sites: list[tuple] = []
+        # Sites of the edges to "unresolved" the last walk added.
+        self.new_unresolved: list[int] = []
         self._work: deque = deque()
         # Edges of kept blocks into blocks `invalidate_nodes` dropped: followed
         # again at the next walk (scanner/drop.py), as the first walk did,
@@ -130,6 +147,9 @@ class Scanner:
             # every node hit has a byte on the page: one interval holds them all
             self._gone.append((min([base] + [node[n]["start"] for n in hit]),
                                max([base + PAGE] + [node[n]["end"] for n in hit])))
+        if self.cfg.deferred:
+            self._purge_deferred([(min([base] + [node[n]["start"] for n in hit]),
+                                   max([base + PAGE] + [node[n]["end"] for n in hit]))])
         self.cfg.remove_nodes(hit)
         self.dec.invalidate(base, base + PAGE)
         return sorted(hit)
@@ -148,6 +168,7 @@ class Scanner:
         node = self.cfg.graph._node
         spans = [(node[n]["start"], max(node[n]["end"], node[n]["start"] + 1)) for n in nodes]
         self._gone += spans
+        self._purge_deferred(spans)
         self._orphans += drop.drop(self.cfg, nodes)
         for lo, hi in spans:
             self.dec.invalidate(lo, hi)
@@ -204,15 +225,21 @@ class Scanner:
         owner = cfg.block_of
         touched: set[int] = set()
         self.new_sites = []
+        cfg.new_unresolved = self.new_unresolved = []
         work = self._work
+        deferred = cfg.deferred
+        # The walk decodes new blocks until `insns_scanned` reaches `bound`.
+        bound = self.insns_scanned + self.walk_bound if self.walk_bound is not None else None
         if self.native is not None:
             # The loop below, in C (scanner/_walk.c).
             self.insns_scanned = self.native.run(native.WalkJob(
                 work, cfg, self.new_sites, touched, self.read_mem, self._branch, self.dec.why_not,
-                self.max_insns, self.insns_scanned, self.max_block_insns))
+                self.max_insns, self.insns_scanned, self.max_block_insns,
+                -1 if bound is None else bound, self._defer))
         pop = work.pop
         while work:
-            site, target, kind, attrs = pop()
+            item = pop()
+            site, target, kind, attrs = item
             if target is None:
                 link(owner(site), UNRESOLVED, "unresolved", site)
                 continue
@@ -228,8 +255,17 @@ class Scanner:
                     cfg.split_block(owner(target), target)
                 elif st == CONT:
                     cfg.add_bad(target, "overlap: inside an instruction already scanned")
+                elif bound is not None and self.insns_scanned >= bound and site is not None \
+                        and kind != "fallthrough":
+                    self._defer(item)
+                    continue
                 else:
                     self._decode_block(target, touched)
+            if deferred:
+                # the target is a node now: the branches deferred to it link
+                later = deferred.pop(target, None)
+                if later is not None:
+                    work.extend(later)
             if site is not None:
                 link(owner(site), target, kind, site, attrs)
         cfg.touched()
@@ -370,6 +406,32 @@ class Scanner:
         if j >= 0:
             i = j
         return None, (nxt & PAGE_MASK) + (i if i >= 0 else PAGE), flags
+
+    def _defer(self, item: tuple) -> None:
+        """Leave a branch's target to a later walk (`walk_bound`): the item waits
+        in `cfg.deferred`, its target joins the branch-target index (the patch
+        policy must not cover it meanwhile)."""
+        site, target = item[0], item[1]
+        self.cfg.defer(item)
+        self._deferred_from.setdefault(site & PAGE_MASK, set()).add(target)
+
+    def _purge_deferred(self, spans) -> None:
+        """Forget the deferred items whose branch lies in one of `spans` ([lo,
+        hi): dropped blocks), as the drop forgets those blocks' edges."""
+        if not self.cfg.deferred:
+            return
+        deferred = self.cfg.deferred
+        for lo, hi in spans:
+            for page in range(lo & PAGE_MASK, hi, PAGE):
+                targets = self._deferred_from.get(page)
+                if not targets:
+                    continue
+                for t in list(targets):
+                    self.cfg.undefer(t, lo, hi)
+                    if not any(it[0] & PAGE_MASK == page for it in deferred.get(t, ())):
+                        targets.discard(t)
+                if not targets:
+                    del self._deferred_from[page]
 
     def _branch(self, f: str, a: int, size: int, op: str) -> list:
         """Successor work items of a control-flow instruction at `a`."""

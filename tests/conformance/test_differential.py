@@ -37,6 +37,22 @@ def test_bt_agrees_with_emulate_on_random_programs(chunk):
     assert not bad, "bt diverged (shrink with benchmarks/fuzz_campaign.py --shrink):\n" + "\n".join(bad)
 
 
+def test_bt_with_one_instruction_walks_agrees_with_emulate(monkeypatch):
+    # The programs are far smaller than CSAM's walk bound (runtime/csam.py
+    # WALK_BOUND): with a bound of 1 nearly every branch target is deferred and
+    # scanned by the block check when it runs (campaign: docs/fidelity.md,
+    # "Bounded lazy walks").
+    from runtime import csam
+    monkeypatch.setattr(csam, "WALK_BOUND", 1)
+    bad = []
+    for i in range(CI_PROGRAMS // 4):
+        prog = generate(CI_SEED + 1000 + i, 12, AGREEING)
+        diff = run_program(prog)
+        if diff.guest_visible:
+            bad.append(f"seed {prog.seed}: {diff.text()[:300]}")
+    assert not bad, "bt diverged with WALK_BOUND=1:\n" + "\n".join(bad)
+
+
 def test_same_mode_twice_is_identical_in_every_kind():
     diff = run_pair(generate(3, 10, AGREEING).image(), "emulate")
     assert diff.kinds == () and not diff.divergent and diff.text() == "identical"

@@ -65,3 +65,13 @@ def test_a_retargeted_jump_keeps_the_old_targets_block():
         "t2: add esi, 0x100\nret\n")
     assert bt.regs["esi"] == 0x101
     assert bt.extra["csam"]["pages_rescanned"] == 0
+
+
+def test_in_spans_is_the_look_at_every_span():
+    import random
+    from runtime.smc import in_spans
+    rnd = random.Random(5)
+    for _ in range(300):
+        spans = [(lo, lo + rnd.randrange(1, 40)) for lo in (rnd.randrange(500) for _ in range(rnd.randrange(6)))]
+        points = rnd.sample(range(560), rnd.randrange(30))
+        assert in_spans(points, spans) == [g for g in points if any(lo <= g < hi for lo, hi in spans)]

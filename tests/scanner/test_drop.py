@@ -170,3 +170,32 @@ def test_a_whole_page_invalidation_drops_the_block_that_falls_into_the_page():
     assert sorted(sc.invalidate_page(b)) == [a, b]
     assert sc.cfg.block_of(a) is None and sc.cfg.pages.state(a) == 0
     assert sc.cfg.block_of(BASE) == BASE
+
+
+def _overlapping_by_byte(cfg, lo, hi) -> set[int]:
+    """The definition `nodes_overlapping` skips through the page flags for: a
+    look at every byte (bad nodes as it finds them)."""
+    out = set()
+    node = cfg.graph._node
+    for a in range(lo, hi):
+        if cfg.pages.state(a):
+            b = cfg.block_containing(a)
+            if b is not None:
+                out.add(b)
+    out |= {n for n, d in node.items() if n != UNRESOLVED and d["kind"] == "bad" and lo <= n < hi}
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_nodes_overlapping_is_the_byte_by_byte_answer(seed):
+    rnd = random.Random(seed)
+    code = random_program(rnd, max_lines=60, base=BASE + PAGE)
+    pad = rnd.randrange(0, PAGE)                 # let the code cross a page now and then
+    mem = Mem(bytes(pad) + code, base=BASE - pad + PAGE, size=pad + len(code) + 16)
+    sc = Scanner(mem.read)
+    sc.scan([mem.base + pad])
+    for _ in range(8):
+        lo = mem.base + rnd.randrange(pad + len(code) + 8)
+        hi = lo + rnd.randrange(1, 3 * PAGE)
+        assert nodes_overlapping(sc.cfg, lo, hi) == _overlapping_by_byte(sc.cfg, lo, hi)

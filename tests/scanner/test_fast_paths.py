@@ -245,6 +245,7 @@ def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
     mem = Mem(data, base=BASE, size=len(data))
     sc = Scanner(mem.read, engine=engine)
     pm = sc.cfg.pages
+    before = set()
     for op, off, n in ops:
         a = BASE + off % len(data)
         if op == "scan":
@@ -256,4 +257,27 @@ def test_code_pages_follows_scans_and_invalidations(data, ops, engine):
         else:
             sc.invalidate_page(a)
             pm.drop(a & ~(PAGE - 1))
+        # `refresh` names the pages that became code pages since its last call
+        now = set(pm.code_pages_reference())
+        assert pm.refresh() == now - before
+        before = now
         assert pm.code_pages() == pm.code_pages_reference()
+
+
+def test_refresh_counts_a_page_dropped_and_filled_again_as_new():
+    # bt's lazy scan publishes the pages `refresh` names after a walk; a page
+    # whose parked scan was forgotten and which the walk scanned again must be
+    # among them (the block check would refuse its starts otherwise).
+    code = asm("nop\n ret")
+    for engine in ("python", "c"):
+        sc = Scanner(Mem(code).read, engine=engine)
+        pm = sc.cfg.pages
+        sc.scan_from(BASE)
+        assert pm.refresh() == {BASE}
+        sc.invalidate_page(BASE)
+        pm.drop(BASE)
+        sc.scan_from(BASE)
+        assert pm.refresh() == {BASE} and pm.known_code() == {BASE}
+        sc.invalidate_page(BASE)                 # cleared, its record kept
+        sc.scan_from(BASE)
+        assert pm.refresh() == {BASE}
