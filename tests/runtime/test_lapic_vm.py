@@ -193,3 +193,40 @@ p_spin:
     off = _run(body.format(mask=f"mov dword ptr [{APIC + 0x350:#x}], 0x10700"), mode)
     assert on.regs["esi"] >= 1
     assert off.regs["esi"] == 0
+
+
+PAGING = f"""
+    mov edi, 0x200000
+    mov ecx, 1024
+    xor eax, eax
+pd_clear:
+    mov dword ptr [edi], eax
+    add edi, 4
+    dec ecx
+    jnz pd_clear
+    mov dword ptr [0x200000], 0x87
+    mov dword ptr [0x200000 + 4 * 1019], 0xfec00097
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+    mov eax, 0x200000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov edi, -1
+{SELF_IPI}
+    mov eax, cr0
+    and eax, 0x7fffffff
+    mov cr0, eax
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_apic_is_reached_through_the_guests_page_tables(mode):
+    """Paging on, the APIC's 4 MiB page mapped by the guest (PDE 1019, PCD):
+    the same self-IPI, taken at the same place; the hypervisor area's slot
+    (trap, bt) is another directory entry."""
+    r = _run(PAGING, mode)
+    assert (r.regs["edi"], r.regs["esi"]) == (0, 1)
+    assert _lapic(r)["ipis"] == 1
