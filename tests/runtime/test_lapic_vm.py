@@ -230,3 +230,19 @@ def test_the_apic_is_reached_through_the_guests_page_tables(mode):
     r = _run(PAGING, mode)
     assert (r.regs["edi"], r.regs["esi"]) == (0, 1)
     assert _lapic(r)["ipis"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hlt_sleeps_until_the_apic_timer(mode):
+    """The APIC timer is a device event like the PIT's: a halted CPU skips
+    virtual time to it (VM._idle) and wakes in its handler."""
+    r = _run(f"""
+    mov dword ptr [{APIC + 0x3E0:#x}], 0xb
+    mov dword ptr [{APIC + 0x320:#x}], 0x41
+    mov dword ptr [{APIC + 0x380:#x}], 1000000
+    sti
+    hlt
+    mov ebp, esi
+    """, mode)
+    assert r.regs["ebp"] == 1 and r.counters["halts"] == 1
+    assert r.vtime - r.retired >= 900_000       # slept, not spun
