@@ -132,8 +132,12 @@ class LocalAPIC(Device):
         return not self.globally_enabled or not self.lvt[regs.APIC_LVT_LINT0] & regs.APIC_LVT_MASKED
 
     # -- registers --------------------------------------------------------------------
+    # Each register is the first 4 bytes of a 16-byte slot; bytes 4-15 are
+    # reserved: they read 0 and ignore writes.
     def mmio_read(self, addr: int, size: int) -> int:
         off = addr - regs.LAPIC_BASE
+        if off & 0xC:
+            return 0
         value = self._read32(off & 0xFF0)
         return (value >> (8 * (off & 3))) & ((1 << (8 * size)) - 1)
 
@@ -173,7 +177,9 @@ class LocalAPIC(Device):
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         off = addr - regs.LAPIC_BASE
-        if off & 0xF or size != 4:
+        if off & 0xC:
+            return
+        if off & 3 or size != 4:
             # The SDM requires aligned 32-bit accesses; a narrower store is
             # taken as the whole register with the other bytes zero.
             value = (value << (8 * (off & 3))) & 0xFFFFFFFF

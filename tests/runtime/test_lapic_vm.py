@@ -289,3 +289,21 @@ def test_the_apic_base_msr_reads_as_unicorn_answers_in_every_mode():
 """ + SELF_IPI
     runs = {m: _run(body, m) for m in MODES}
     assert {(r.regs["ebp"], r.regs["edx"], r.regs["esi"]) for r in runs.values()} == {(0, 0, 1)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_iteration_of_a_rep_stos_is_a_store_of_its_own(mode):
+    """Each iteration of a string store is abandoned and run alone: the first
+    sends the IPI once, the second lands in the reserved bytes after the ICR
+    (0x304) and is ignored."""
+    r = _run(f"""
+    sti
+    mov edi, {APIC + 0x300:#x}
+    mov ecx, 2
+    mov eax, 0x40040
+    cld
+    rep stosd
+    inc ebx
+""", mode)
+    assert _lapic(r)["ipis"] == 1 and r.regs["esi"] == 1
+    assert r.extra["mmio"]["writes"] == r.extra["mmio"]["replays"] == 4     # SVR, ICR, 0x304, EOI

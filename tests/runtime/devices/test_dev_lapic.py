@@ -181,3 +181,10 @@ def test_byte_reads_see_the_register_bytes():
     a, _ = apic()
     assert a.mmio_read(B + regs.APIC_VERSION, 1) == 0x14
     assert a.mmio_read(B + regs.APIC_VERSION + 2, 1) == 0x05
+
+
+def test_the_reserved_bytes_of_a_register_slot_read_0_and_ignore_writes():
+    a, _ = enabled()
+    a.mmio_write(B + regs.APIC_ICR_LO + 4, 4, regs.APIC_SH_SELF | 0x50)
+    assert not a.has_interrupt() and a.stats().get("ipis", 0) == 0
+    assert a.mmio_read(B + regs.APIC_VERSION + 4, 4) == 0
