@@ -35,7 +35,9 @@ MMIO, a few microseconds per APIC register write.
 """
 from __future__ import annotations
 
-from bt.errors import VMMError
+from bt.errors import BadInput, VMMError
+from bt.hyper_layout import HYPER_SIZE
+from bt.mode import Mode
 
 
 class MMIOMap:
@@ -53,8 +55,12 @@ class MMIOMap:
         for b, s, other in self.regions:
             if base < b + s and b < base + size:
                 raise VMMError(f"MMIO {base:#x}+{size:#x} of {dev.name} overlaps {other.name}")
-        if base < self.vm.config.mem_bytes:
+        cfg = self.vm.config
+        if base < cfg.mem_bytes:
             raise VMMError(f"MMIO {base:#x} of {dev.name} lies inside guest RAM")
+        if cfg.mode is not Mode.EMULATE and base < cfg.hyper_base + HYPER_SIZE and cfg.hyper_base < base + size:
+            raise BadInput(f"hypervisor base {cfg.hyper_base:#x} overlaps the {dev.name}'s registers "
+                           f"at {base:#x}")
         self.regions.append((base, size, dev))
         vm = self.vm
 

@@ -307,3 +307,9 @@ def test_each_iteration_of_a_rep_stos_is_a_store_of_its_own(mode):
 """, mode)
     assert _lapic(r)["ipis"] == 1 and r.regs["esi"] == 1
     assert r.extra["mmio"]["writes"] == r.extra["mmio"]["replays"] == 4     # SVR, ICR, 0x304, EOI
+
+
+def test_a_hypervisor_area_over_the_apic_is_refused_in_one_line():
+    from bt.errors import BadInput
+    with pytest.raises(BadInput, match="overlaps the lapic"):
+        VM(_image(""), MachineConfig(mode="trap", mem_mib=8, hyper_base=0xFEC00000), stdout=None)
