@@ -4,10 +4,12 @@ Modelled: ID (0), version (0x14, six LVT entries), TPR and the PPR derived
 from it and the ISR, EOI, ISR/IRR/TMR, LDR/DFR, SVR (software enable), ESR
 (illegal vectors, latched on write), the ICR with fixed and lowest-priority
 IPIs to this CPU (shorthands self / all-including-self, or its physical ID or
-the broadcast ID), the LVT timer in one-shot and periodic mode on virtual time
-and the APIC base MSR's value (read and written by trap and bt's rdmsr/wrmsr;
-runtime/emulation.py).  Not modelled, and counted as `unsupported`: NMI, SMI,
-INIT and SIPI delivery, the TSC-deadline timer mode, x2APIC, the thermal,
+the broadcast ID), the LVT timer in one-shot and periodic mode on virtual time,
+and the APIC base MSR's value and its EN bit (`set_base_msr`; not yet reached
+by the guest's rdmsr/wrmsr, which Unicorn 2.1.4 answers itself under emulate:
+docs/devices.md).  Not modelled: NMI, SMI, INIT and SIPI delivery (IPIs
+and LVT entries asking for them are counted as `unsupported`), the
+TSC-deadline timer mode, x2APIC, the thermal,
 performance and CMCI sources, level-triggered IPIs' TMR and remote IRR (every
 interrupt is edge triggered here).
 
@@ -86,7 +88,8 @@ class LocalAPIC(Device):
         return self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
     def set_base_msr(self, value: int) -> None:
-        """wrmsr 0x1B: the base stays at 0xFEE00000 (relocation is not modelled,
+        """What a wrmsr 0x1B does (not wired to the guest yet: the module's
+        docstring): the base stays at 0xFEE00000 (relocation is not modelled,
         the value is kept); clearing EN resets the APIC's state as the SDM says."""
         was = self.globally_enabled
         self.base_msr = (value & ~regs.APIC_BASE_EXTD & 0xFFFFFFFFFFFFF900) | (self.base_msr & regs.APIC_BASE_BSP)
