@@ -147,17 +147,19 @@ class _TextSink:
 
 def load(image: str | GuestImage, *, mem_mib: int = DEFAULT_MEM_MIB, format: str = "auto",
          load: int | None = None, entry: int | None = None, cmdline: str = "",
-         initrd: str | None = None, linux_unpack: bool = False) -> GuestImage:
+         initrd: str | None = None, linux_unpack: bool = False,
+         modules: list[str] | None = None) -> GuestImage:
     """A guest image: a file path, "demo:NAME", or an already loaded GuestImage.
     `linux_unpack`: a bzImage's kernel is unpacked on the host instead of by its
-    own decompressor in the guest (docs/images.md)."""
+    own decompressor in the guest (docs/images.md).  `modules`: boot modules
+    of a multiboot kernel (files, in order)."""
     if isinstance(image, GuestImage):
         return image
     if not isinstance(image, str):
         raise BadInput(f"image must be a path, 'demo:NAME' or a GuestImage, not {type(image).__name__}")
     from bt.images import load_image
     return load_image(image, format, load=load, entry=entry, mem_bytes=mem_mib << 20,
-                      cmdline=cmdline, initrd=initrd, linux_unpack=linux_unpack)
+                      cmdline=cmdline, initrd=initrd, linux_unpack=linux_unpack, modules=modules)
 
 
 # The keyword options of `make_vm` that `run` and `compare_modes` pass on.

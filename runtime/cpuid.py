@@ -3,8 +3,9 @@ host, so a run is deterministic and the same on every machine.
 
 The model is a plain P6-class i686 ("GenuineIntel", family 6 model 8) with the
 features an i686 kernel needs (FPU, PSE, TSC, MSR, CX8, PGE, CMOV, MMX, FXSR,
-SSE, SSE2) and none that would need devices or instructions the VMM does not
-model (no APIC, no SEP/sysenter, no PAE, no MTRR).
+SSE, SSE2), the on-chip local APIC (runtime/devices/lapic.py: an xAPIC at
+0xFEE00000; no x2APIC, no TSC-deadline timer), and none that would need devices
+or instructions the VMM does not model (no SEP/sysenter, no PAE, no MTRR).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ FEATURES_EDX = (
     | (1 << 4)   # TSC
     | (1 << 5)   # MSR
     | (1 << 8)   # CX8
+    | (1 << 9)   # APIC (Linux's default command line says nolapic and ignores it)
     | (1 << 13)  # PGE
     | (1 << 15)  # CMOV
     | (1 << 23)  # MMX

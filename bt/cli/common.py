@@ -138,6 +138,9 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
                    help=f"guest RAM in MiB (default {DEFAULT_MEM_MIB})")
     p.add_argument("--cmdline", default=None, metavar="STR", help="kernel command line")
     p.add_argument("--initrd", metavar="FILE", help="initial ramdisk (Linux images)")
+    p.add_argument("--module", metavar="FILE", action="append", default=None,
+                   help="a boot module for a multiboot kernel (repeatable, in order; its "
+                        "command line is the file name)")
     p.add_argument("--linux-unpack", action="store_true",
                    help="unpack a bzImage's kernel on the host (xz or gzip) instead of "
                         "running its own decompressor in the guest (docs/images.md)")
@@ -162,4 +165,5 @@ def load_from_args(args):
     args.cmdline = cmdline or ""
     return load_image(image, fmt, load=load, entry=entry, mem_bytes=args.mem << 20,
                       cmdline=args.cmdline, initrd=initrd,
-                      linux_unpack=getattr(args, "linux_unpack", False))
+                      linux_unpack=getattr(args, "linux_unpack", False),
+                      modules=getattr(args, "module", None))

@@ -25,16 +25,18 @@ __all__ = ["FORMATS", "GuestImage", "Segment", "load_image", "parse_address"]
 
 def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int | None = None,
                mem_bytes: int = 64 * MIB, cmdline: str = "", initrd: str | None = None,
-               linux_unpack: bool = False) -> GuestImage:
+               linux_unpack: bool = False, modules: list[str] | None = None) -> GuestImage:
     """Load `path` as `fmt`; every unusable input raises BadInput with one line.
     A bzImage starts through its own decompressor unless `linux_unpack`
-    (bt/images/bootproto.py, docs/images.md)."""
+    (bt/images/bootproto.py, docs/images.md).  `modules`: files given to a
+    multiboot kernel as boot modules, in order."""
     path = str(path)
     if fmt not in FORMATS and fmt != "demo":
         raise BadInput(f"unknown image format '{fmt}' (choose from {', '.join(FORMATS)})")
     if path.startswith(DEMO_PREFIX) and fmt in ("auto", "demo"):
         given = [opt for opt, value in (("--load", load), ("--entry", entry), ("--cmdline", cmdline),
-                                         ("--initrd", initrd)) if value is not None and value != ""]
+                                         ("--initrd", initrd), ("--module", modules))
+                 if value is not None and value != "" and value != []]
         if given:
             raise BadInput(f"{', '.join(given)}: not applicable to demo guests")
         from bt.demos import load_demo  # lazily: demos assemble with Keystone
@@ -45,6 +47,8 @@ def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int
         raise BadInput(f"--load applies to raw images only; {path} is loaded as {kind}")
     if initrd is not None and kind != "linux":
         raise BadInput(f"--initrd applies to Linux kernels only; {path} is loaded as {kind}")
+    if modules and kind != "multiboot":
+        raise BadInput(f"--module applies to multiboot kernels only; {path} is loaded as {kind}")
     if cmdline and kind not in ("multiboot", "linux"):
         raise BadInput(f"--cmdline needs a multiboot or Linux image; {path} is loaded as {kind}")
     if entry is not None and kind == "linux":
@@ -59,7 +63,8 @@ def load_image(path: str, fmt: str = "auto", load: int | None = None, entry: int
         if hdr is None:
             where = f" (a magic at 0x{bad:x} has a bad checksum)" if bad is not None else ""
             raise BadInput(f"{path} has no valid multiboot header in its first 8 KiB{where}")
-        return load_multiboot(path, data, hdr, mem_bytes, cmdline, entry)
+        mods = [(m, read_file(m)) for m in modules or ()]
+        return load_multiboot(path, data, hdr, mem_bytes, cmdline, entry, mods)
     if kind == "linux":
         if is_bzimage(data) and not linux_unpack:
             return load_bzimage(path, data, mem_bytes, cmdline, initrd)

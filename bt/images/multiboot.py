@@ -13,7 +13,7 @@ from bt.machine import BOOT_CS, BOOT_DS, MULTIBOOT_EAX, MULTIBOOT_INFO_ADDR
 
 MAGIC = 0x1BADB002
 SEARCH_BYTES = 8192
-FLAG_PAGE_ALIGN = 1 << 0    # modules page aligned: we load no modules
+FLAG_PAGE_ALIGN = 1 << 0    # modules page aligned: they always are here
 FLAG_MEMORY_INFO = 1 << 1   # mem_lower/upper wanted: always given
 FLAG_VIDEO_MODE = 1 << 2    # video mode wanted: no framebuffer here, ignored (recorded in info)
 FLAG_ADDRESSES = 1 << 16    # header carries load addresses (a.out kludge)
@@ -21,6 +21,7 @@ UNSUPPORTED_REQUIRED = 0xFFF8  # requirement bits 3..15 have no meaning we know:
 
 INFO_MEM = 1 << 0
 INFO_CMDLINE = 1 << 2
+INFO_MODS = 1 << 3
 INFO_MMAP = 1 << 6
 INFO_LOADER_NAME = 1 << 9
 INFO_SIZE = 0x80            # the v1 structure (0x74 bytes) rounded up; mmap follows
@@ -61,8 +62,16 @@ def find_header(data: bytes, path: str = "the image") -> tuple[Header | None, in
     return None, bad
 
 
+PAGE = 0x1000
+
+
+def _page_up(addr: int) -> int:
+    return (addr + PAGE - 1) & ~(PAGE - 1)
+
+
 def load_multiboot(path: str, data: bytes, hdr: Header, mem_bytes: int, cmdline: str,
-                   entry: int | None) -> GuestImage:
+                   entry: int | None, modules: list[tuple[str, bytes]] | None = None) -> GuestImage:
+    """`modules`: (command line, bytes) of each boot module, in order."""
     check_mem(mem_bytes, "multiboot")
     if hdr.flags & UNSUPPORTED_REQUIRED:
         raise BadInput(f"{path}: multiboot header requires features bt does not provide "
@@ -81,11 +90,37 @@ def load_multiboot(path: str, data: bytes, hdr: Header, mem_bytes: int, cmdline:
     if hdr.flags & FLAG_VIDEO_MODE:
         info["video_mode_request"] = "ignored (no framebuffer)"
     entry = hdr_entry if entry is None else entry
-    boot = [Segment(MULTIBOOT_INFO_ADDR, build_info(mem_bytes, cmdline))]
+    boot, info_addr = _boot_structures(segments, mem_bytes, cmdline, modules or [])
+    if info_addr != MULTIBOOT_INFO_ADDR:
+        info["info_addr"] = f"{info_addr:#x}"
+    if modules:
+        info["modules"] = [f"{m.addr:#x}-{m.end:#x}" for m in boot[:len(modules)]]
     check_layout(path, segments, boot, entry, mem_bytes, (BOOT_CS, BOOT_DS))
     return GuestImage(path=path, format="multiboot", entry=entry, segments=segments + boot,
-                      regs={"eax": MULTIBOOT_EAX, "ebx": MULTIBOOT_INFO_ADDR},
+                      regs={"eax": MULTIBOOT_EAX, "ebx": info_addr},
                       symbols=symbols, info=info)
+
+
+def _boot_structures(segments: list[Segment], mem_bytes: int, cmdline: str,
+                     modules: list[tuple[str, bytes]]) -> tuple[list[Segment], int]:
+    """The modules and the information block, placed where the image is not.
+
+    Modules go page aligned after the image's highest byte (its bss included),
+    as QEMU's multiboot loader places them.  The information block stays at
+    MULTIBOOT_INFO_ADDR (0x9000, below 1 MiB where a BIOS would keep it) unless
+    one of the image's segments covers any of it; then it follows the image
+    (and its modules), page aligned.  A kernel therefore never finds its own
+    bytes overwritten by what the loader gives it."""
+    top = _page_up(max(s.addr + s.memsize for s in segments))
+    mods: list[Segment] = []
+    for _, data in modules:
+        mods.append(Segment(top, data))
+        top = _page_up(top + max(len(data), 1))
+    low = build_info(mem_bytes, cmdline, MULTIBOOT_INFO_ADDR, mods, modules)
+    low_end = MULTIBOOT_INFO_ADDR + len(low)
+    if not any(s.addr < low_end and MULTIBOOT_INFO_ADDR < s.addr + s.memsize for s in segments):
+        return mods + [Segment(MULTIBOOT_INFO_ADDR, low)], MULTIBOOT_INFO_ADDR
+    return mods + [Segment(top, build_info(mem_bytes, cmdline, top, mods, modules))], top
 
 
 def _segments_from_addresses(path: str, data: bytes, hdr: Header) -> tuple[list[Segment], int]:
@@ -111,19 +146,29 @@ def _segments_from_addresses(path: str, data: bytes, hdr: Header) -> tuple[list[
     return [Segment(hdr.load_addr, data[start:start + size], memsize)], hdr.entry_addr
 
 
-def build_info(mem_bytes: int, cmdline: str) -> bytes:
-    """The multiboot information structure, followed by its mmap, command line and loader name."""
-    base = MULTIBOOT_INFO_ADDR
+def build_info(mem_bytes: int, cmdline: str, base: int = MULTIBOOT_INFO_ADDR,
+               mods: list[Segment] = (), modules: list[tuple[str, bytes]] = ()) -> bytes:
+    """The multiboot information structure at `base`, followed by its mmap,
+    command line, loader name, and (with modules) the module list and the
+    modules' command lines; `mods` are the modules' placed segments."""
     mmap = b"".join(struct.pack("<IQQI", 20, addr, size, kind) for addr, size, kind in multiboot_mmap(mem_bytes))
     cmd = cmdline.encode() + b"\0"
     mmap_addr = base + INFO_SIZE
     cmd_addr = mmap_addr + len(mmap)
     name_addr = cmd_addr + len(cmd)
+    list_addr = name_addr + len(LOADER_NAME)
+    strings_addr = list_addr + 16 * len(mods)
+    mod_list, mod_strings = b"", b""
+    for seg, (mod_cmd, _) in zip(mods, modules):
+        mod_list += struct.pack("<IIII", seg.addr, seg.addr + len(seg.data), strings_addr + len(mod_strings), 0)
+        mod_strings += mod_cmd.encode() + b"\0"
+    flags = INFO_MEM | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME | (INFO_MODS if mods else 0)
     info = bytearray(INFO_SIZE)
-    struct.pack_into("<III", info, 0, INFO_MEM | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME,
-                     640, (mem_bytes - (1 << 20)) // 1024)
+    struct.pack_into("<III", info, 0, flags, 640, (mem_bytes - (1 << 20)) // 1024)
     struct.pack_into("<I", info, 12, 0xFFFFFFFF)   # boot_device: none (flag bit 1 not set anyway)
     struct.pack_into("<I", info, 16, cmd_addr)
+    if mods:
+        struct.pack_into("<II", info, 20, len(mods), list_addr)
     struct.pack_into("<II", info, 44, len(mmap), mmap_addr)
     struct.pack_into("<I", info, 64, name_addr)
-    return bytes(info) + mmap + cmd + LOADER_NAME
+    return bytes(info) + mmap + cmd + LOADER_NAME + mod_list + mod_strings

@@ -10,7 +10,10 @@ from .base import Device, MachineLink
 from .bus import IOBus
 from .cmos import CMOS
 from .debugexit import DebugExit
+from .fwcfg import FwCfg
 from .i8042 import I8042
+from .intc import InterruptRouter
+from .lapic import LocalAPIC
 from .pic import PICPair
 from .pit import PIT
 from .port61 import SystemControlB
@@ -21,7 +24,8 @@ from .uart import ScriptedInput, UART16550
 # (override with MachineConfig.serial_input_interval, in instructions per byte).
 SERIAL_INPUT_BYTES_PER_SECOND = 1000
 
-__all__ = ["Device", "MachineLink", "IOBus", "CMOS", "DebugExit", "I8042", "PICPair", "PIT",
+__all__ = ["Device", "MachineLink", "IOBus", "CMOS", "DebugExit", "FwCfg", "I8042", "InterruptRouter",
+           "LocalAPIC", "PICPair", "PIT",
            "SystemControlB", "PostCode", "ScriptedInput", "UART16550",
            "attach_standard_devices", "serial_input_interval"]
 
@@ -35,7 +39,8 @@ def serial_input_interval(config) -> int:
 
 def attach_standard_devices(bus: IOBus, link: MachineLink, config) -> dict[str, Device]:
     """Create the pc32 devices, give them their ports on `bus`, and return them by name:
-    pic, pit, port61, uart, cmos, i8042, debug-exit, port80.  `config` is a
+    pic, pit, port61, uart, cmos, i8042, debug-exit, port80, fw-cfg and lapic
+    (memory mapped: `Device.mmio`, mapped by runtime/mmio.py).  `config` is a
     bt.machine.MachineConfig (rtc_epoch, mem_bytes, serial_input, serial_input_interval,
     cpu_hz)."""
     pit = PIT()
@@ -51,6 +56,8 @@ def attach_standard_devices(bus: IOBus, link: MachineLink, config) -> dict[str, 
         I8042(),
         DebugExit(),
         PostCode(),
+        FwCfg(config.mem_bytes),
+        LocalAPIC(),
     ]
     for dev in devices:
         bus.attach(dev, link)

@@ -32,10 +32,13 @@ class MachineLink(Protocol):
 
 
 class Device:
-    """Base class: a device owns a set of I/O ports."""
+    """Base class: a device owns a set of I/O ports and/or physical address
+    ranges (memory-mapped registers: runtime/mmio.py maps them)."""
 
     name = "device"
     ports: tuple[range, ...] = ()
+    # (physical base, size) of each memory-mapped range, page aligned
+    mmio: tuple[tuple[int, int], ...] = ()
     # Widest access (bytes) the device decodes itself.  The bus splits wider
     # accesses into consecutive byte accesses, as the 8-bit ISA bus does, so
     # 8-bit devices never see a size other than 1.
@@ -60,6 +63,18 @@ class Device:
         raise NotImplementedError
 
     def write(self, port: int, size: int, value: int) -> None:
+        raise NotImplementedError
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        """A guest load of `size` bytes at physical `addr` inside `mmio`; must
+        not change what the run loop acts on (answered inside the engine's
+        access, runtime/mmio.py)."""
+        raise NotImplementedError
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        """A guest store at physical `addr`; the instruction runs alone in a
+        one-instruction slice (runtime/mmio.py), so what it changes (an
+        interrupt to inject now) is acted on right after it."""
         raise NotImplementedError
 
     def next_event(self) -> int | None:

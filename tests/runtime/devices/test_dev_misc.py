@@ -60,13 +60,15 @@ def test_standard_devices_attached_in_one_place():
     bus = IOBus()
     link = FakeLink(cfg.cpu_hz)
     devs = attach_standard_devices(bus, link, cfg)
-    assert set(devs) == {"pic", "pit", "port61", "uart", "cmos", "i8042", "debug-exit", "port80"}
+    assert set(devs) == {"pic", "pit", "port61", "uart", "cmos", "i8042", "debug-exit", "port80",
+                         "fw-cfg", "lapic"}
     link.pic = devs["pic"]
     for port, name in ((0x20, "pic"), (0xA1, "pic"), (0x43, "pit"), (0x61, "port61"),
                        (0x3F8, "uart"), (0x3FF, "uart"), (0x70, "cmos"), (0x64, "i8042"),
-                       (0xF4, "debug-exit"), (0x80, "port80")):
+                       (0xF4, "debug-exit"), (0x80, "port80"), (0x510, "fw-cfg"), (0x511, "fw-cfg")):
         assert bus.owner(port) is devs[name], hex(port)
         assert devs[name].link is link
+    assert devs["lapic"].mmio == ((0xFEE00000, 0x1000),) and devs["lapic"].link is link
     # Absent devices answer all ones: the ones Linux probes.
     for port in (0x2E, 0x2F, 0x4E, 0x4F, 0x87, 0x2F8, 0x3E8, 0x279, 0x4D0):
         assert bus.read(port, 1) == 0xFF
