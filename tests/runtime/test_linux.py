@@ -173,11 +173,16 @@ def test_bt_boots_through_the_decompressor_exactly_as_emulate(linux, own_emulate
     the kernel it then runs: CSAM's self-modifying-code path; its GDT shares a
     page with data it writes: runtime/tablewatch.py), gives emulate's serial
     output byte for byte through the /init marker, the shell's answers and the
-    reboot, at emulate's instruction count.  About 80 s of CPU (emulate's run,
-    shared with the test above, about 40 s): docs/benchmarks.md, "Through the
-    decompressor"."""
+    reboot, at emulate's instruction count, and ends with emulate's registers
+    and guest RAM (patches hidden, as `--compare` reads it).  About 80 s of CPU
+    (emulate's run, shared with the test above, about 40 s): docs/benchmarks.md,
+    "Through the decompressor"."""
+    from bt.measure.observe import guest_ram
     vm, own = _boot(linux, linux["scripted"], unpack=False, mode="bt", max_instructions=OWN_BUDGET)
-    _same_boot_as_emulate(own, own_emulate[1])
+    ref_vm, ref = own_emulate
+    _same_boot_as_emulate(own, ref)
+    assert own.regs == ref.regs
+    assert guest_ram(vm) == guest_ram(ref_vm)
     assert vm.image.info["payload"] == "xz"
     csam, patches = own.extra["csam"], own.extra["patches"]
     assert csam["smc_invalidations"] > 0 and patches["installed"].get("pushfd")
