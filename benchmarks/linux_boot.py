@@ -13,7 +13,8 @@ alternate (emulate, bt, emulate, bt, ...) so load on the shared machine falls
 on all of them alike.  `--mode M` is `--modes M` (the one-mode form of old).
 
 Per run: wall and CPU seconds (`time.process_time`, this process) to the /init
-marker and to the end, retired guest instructions (to the marker and in total),
+marker and to the end, CPU seconds and instructions to the kernel's first
+message (without --linux-unpack: the bzImage's own decompressor), retired guest instructions (to the marker and in total),
 virtual seconds, page faults and system calls delivered, interrupts injected,
 rdtsc reads, exits by kind, bt's patches installed, scans, SMC invalidations and
 stub exits, and a timeline: the counters every `--sample-every` instructions
