@@ -69,3 +69,28 @@ def test_modes_are_checked_before_anything_runs():
     for bad in ("emulate,foo", "bt,bt", ","):
         with pytest.raises(SystemExit):
             lb.parse_modes(bad)
+
+
+def test_the_sink_notes_the_kernels_first_message_and_the_marker_apart():
+    """The decompressor's part of a boot is what comes before the kernel's first
+    message: the sink notes the instruction count at each marker, split or not
+    across writes."""
+    class FakeVM:
+        t = 0
+
+        def now(self):
+            return self.t
+
+    sink = lb.MarkerClock()
+    sink.vm = vm = FakeVM()
+    vm.t = 100
+    sink.write(b"Decompressing Linux... done.\nBooting the kernel.\n")
+    assert sink.at_kernel is None
+    vm.t = 200
+    sink.write(b"[    0.000000] Linux ver")
+    vm.t = 300
+    sink.write(b"sion 6.1.0-50-686\n")
+    assert sink.at_kernel[2] == 300 and sink.at is None
+    vm.t = 400
+    sink.write(b"[    0.000001] more\n" + lb.MARKER + b"\n")
+    assert sink.at[2] == 400 and sink.at_kernel[2] == 300

@@ -554,6 +554,36 @@ def test_a_read_hook_added_later_misses_blocks_translated_without_one():
     assert seen == {False: [], True: [0x5000] * 4}
 
 
+def test_fact_every_ram_store_takes_the_slow_path_and_any_write_hook_sends_loads_there_too():
+    """Why trap and bt run Linux's xz decompressor 1.5-1.7x slower than emulate
+    (docs/benchmarks.md, "Through the decompressor"): in Unicorn 2.1.4 every
+    RAM page's TLB write entry is marked not-dirty (`cpu_physical_memory_is_clean`
+    is a stub returning true), so every store goes through `store_helper`, which
+    calls the UC_HOOK_MEM_WRITE hooks -- a write hook added after a block was
+    translated still sees that block's stores.  Loads take the inline fast path
+    unless a READ, READ_AFTER *or WRITE* hook existed when the block was
+    translated (tcg_uc_has_hookmem): a write hook present at translation makes
+    the block's loads reach a read hook added later, without a flush."""
+    from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+    code = assemble("mov ecx, 4\nl: mov eax, [0x5000]\nmov [0x6000], eax\nloop l\nhlt", 0x1000)
+    seen = {}
+    for write_hook_first in (False, True):
+        uc = engine(code)
+        got = seen[write_hook_first] = {"r": 0, "w": 0}
+
+        def on_write(u, a, addr, size, v, d, got=got):
+            got["w"] += 1
+
+        if write_hook_first:        # a write hook on another range, present at translation
+            uc.hook_add(UC_HOOK_MEM_WRITE, lambda *a: None, None, 0x7000, 0x7003)
+        uc.emu_start(0x1000, 0, count=20)
+        uc.hook_add(UC_HOOK_MEM_WRITE, on_write, None, 0x6000, 0x6003)
+        uc.hook_add(UC_HOOK_MEM_READ, lambda u, a, addr, size, v, d, got=got: got.update(r=got["r"] + 1),
+                    None, 0x5000, 0x5003)
+        uc.emu_start(0x1000, 0, count=20)
+    assert seen == {False: {"r": 0, "w": 4}, True: {"r": 4, "w": 4}}
+
+
 def test_fact_a_memory_hook_moved_in_place_fires_on_its_new_range_only():
     """Writing a live hook's begin/end (runtime/quirks.py move_hook) moves it:
     Unicorn reads a memory hook's range at every access, in blocks translated
