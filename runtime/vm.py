@@ -447,6 +447,7 @@ class VM:
     def _on_interrupt(self, intno):
         eip = self.quirks.eip()
         error, is_int = self.quirks.take_fault()
+        int_start = self._int_start(eip, intno) if is_int else None     # before the clock's cut
         soft = is_int or intno >= 32 or intno in SOFT_ONLY_VECTORS
         if self.stop is not None:
             self.clock.cut(eip, False)
@@ -463,13 +464,33 @@ class VM:
             error = None
         if self.mode.on_fault(intno, eip, error, soft):
             return
-        self.deliver_exception(intno, eip, error, soft)
+        self.deliver_exception(intno, eip, error, soft,
+                               fault_eip=int_start)
 
-    def deliver_exception(self, vector, return_eip, error=None, soft=False):
-        """Reflect an exception or software interrupt into the guest's IDT."""
+    def _int_start(self, after: int, intno: int) -> int:
+        """The address of the `int n`/int3/into that raised `intno`, EIP now `after`.
+        Unicorn reports a software interrupt with EIP already past it and keeps
+        no record of its start (qemu/accel/tcg/cpu-exec.c: `env->eip =
+        env->exception_next_eip`); the clock's table of the running block has
+        it, prefixes included (asked before the clock's cut forgets the block).
+        A fault while delivering the interrupt pushes this address."""
+        for size in range(1, 16):
+            start = (after - size) & 0xFFFFFFFF
+            if self.clock.next(start) == after:
+                return start
+        # Not in the clock's table (not expected): the bytes without prefixes.
+        two = self.mem.try_read((after - 2) & 0xFFFFFFFF, 2)
+        if two is not None and two[0] == 0xCD and two[1] == intno:
+            return (after - 2) & 0xFFFFFFFF
+        return (after - 1) & 0xFFFFFFFF if two is not None and two[1] in (0xCC, 0xCE) else after
+
+    def deliver_exception(self, vector, return_eip, error=None, soft=False, fault_eip=None):
+        """Reflect an exception or software interrupt into the guest's IDT;
+        `fault_eip`: what a fault while delivering it pushes (runtime/delivery.py)."""
         self.counters.add("exceptions_delivered", vector)
         try:
-            self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft)
+            self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft,
+                                  fault_eip=fault_eip)
         except TripleFault as tf:
             self.stop = Outcome.TRIPLE_FAULT.stop(str(tf))
             raise _Stop from None
