@@ -35,7 +35,7 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from bt.mode import Mode
 from bt.outcome import Outcome, RunStop
-from bt.x86 import BP, ERROR_CODE_VECTORS, IF_BIT, OF, UD
+from bt.x86 import BP, CR4_PCE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, UD
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
@@ -435,6 +435,8 @@ class VM:
             return False
         self.clock.cut(eip, True)
         self.exit_site(eip)
+        if self._rdpmc(eip):
+            return True
         if self.mode.on_invalid_opcode(eip):
             return True
         self.deliver_exception(UD, eip)
@@ -467,10 +469,27 @@ class VM:
         self.deliver_exception(intno, eip, error, soft,
                                fault_eip=int_start)
 
+    def _rdpmc(self, eip: int) -> bool:
+        """Unicorn treats every rdpmc as an invalid opcode (its helper is
+        unimplemented in Unicorn 2.1.4's QEMU, helper_rdpmc), in every mode.  The P6 model has two
+        counters that never count: ECX 0 or 1 reads 0; another counter, or
+        CPL > 0 with CR4.PCE clear, #GP(0) (runtime/cpuid.py)."""
+        if self.mem.try_read(eip, 2) != b"\x0f\x33":
+            return False
+        uc = self.uc
+        if uc.reg_read(X.UC_X86_REG_ECX) >= cpuid_model.PMC_COUNTERS or \
+                (self.guest_cpl() and not uc.reg_read(X.UC_X86_REG_CR4) & CR4_PCE):
+            self.deliver_exception(GP, eip, 0)
+            return True
+        uc.reg_write(X.UC_X86_REG_EAX, 0)
+        uc.reg_write(X.UC_X86_REG_EDX, 0)
+        self.fast.reg_write(X.UC_X86_REG_EIP, eip + 2)
+        return True
+
     def _int_start(self, after: int, intno: int) -> int:
         """The address of the `int n`/int3/into that raised `intno`, EIP now `after`.
         Unicorn reports a software interrupt with EIP already past it and keeps
-        no record of its start (qemu/accel/tcg/cpu-exec.c: `env->eip =
+        no record of its start (Unicorn 2.1.4's cpu_handle_exception: `env->eip =
         env->exception_next_eip`); the clock's table of the running block has
         it, prefixes included (asked before the clock's cut forgets the block).
         A fault while delivering the interrupt pushes this address."""
