@@ -29,6 +29,8 @@ from unicorn import x86_const as X
 from bt.x86 import GP, PAGE
 from runtime import cpuid as model
 from runtime.decode import decode
+from runtime.devices.regs import MSR_APIC_BASE
+from runtime.emulation import write_apic_base
 
 _LITE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 _CANDIDATES = (b"\x0f\x30", b"\x0f\x32", b"\x0f\x22")
@@ -96,22 +98,44 @@ class ModelCheck:
     def _at_site(self, address: int, size: int) -> None:
         vm = self.vm
         insn = decode(vm.mem.try_read(address, 15) or b"")
-        if insn is None or not self._faults(insn):
+        if insn is None:
             return
+        action = self._action(insn)
+        if action is None:
+            return                          # Unicorn runs it
         vm.clock.cut(address, True)         # the instruction started, as a fault's does
         vm.exit_site(address)
         vm.halt_slice()
+        if action == "apic" and self._apic_base(insn):
+            self._redirect = address + insn.size
+            return
         vm.deliver_exception(GP, address, 0)    # a triple fault ends the run here (StopSlice)
         self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
 
-    def _faults(self, insn) -> bool:
+    def _action(self, insn) -> str | None:
+        """None: the model agrees with Unicorn; "gp": #GP(0); "apic": the APIC
+        base MSR, which the local APIC holds (Unicorn reads 0, ignores writes)."""
         uc = self.vm.uc
-        if insn.mnemonic == "rdmsr":
-            return not model.msr_implemented(uc.reg_read(X.UC_X86_REG_ECX))
-        if insn.mnemonic == "wrmsr":
+        if insn.mnemonic in ("rdmsr", "wrmsr"):
+            msr = uc.reg_read(X.UC_X86_REG_ECX)
+            if msr == MSR_APIC_BASE:
+                return "apic"
+            if insn.mnemonic == "rdmsr":
+                return None if model.msr_implemented(msr) else "gp"
             value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
-            return not model.wrmsr_allowed(uc.reg_read(X.UC_X86_REG_ECX), value)
+            return None if model.wrmsr_allowed(msr, value) else "gp"
         if insn.mnemonic == "mov" and insn.operands and insn.operands[0].kind == "cr" \
                 and insn.operands[0].reg == 4 and insn.operands[1].kind == "reg":
-            return not model.cr4_allowed(uc.reg_read(insn.operands[1].reg))
-        return False
+            return None if model.cr4_allowed(uc.reg_read(insn.operands[1].reg)) else "gp"
+        return None
+
+    def _apic_base(self, insn) -> bool:
+        """rdmsr/wrmsr 0x1B done here; False = a refused write (#GP)."""
+        uc = self.vm.uc
+        if insn.mnemonic == "rdmsr":
+            value = self.vm.devices["lapic"].base_msr
+            uc.reg_write(X.UC_X86_REG_EAX, value & 0xFFFFFFFF)
+            uc.reg_write(X.UC_X86_REG_EDX, value >> 32)
+            return True
+        value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+        return write_apic_base(self.vm, value)

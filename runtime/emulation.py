@@ -30,6 +30,7 @@ from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_ST
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime import cpuid as cpuid_model
+from runtime.devices.regs import MSR_APIC_BASE
 from runtime import segments
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
@@ -390,6 +391,11 @@ def _rdmsr(mode, insn, eip):
     msr = uc.reg_read(X.UC_X86_REG_ECX)
     if not cpuid_model.msr_implemented(msr):
         raise GuestFault(GP, 0)             # the model's MSRs only (runtime/cpuid.py)
+    if msr == MSR_APIC_BASE:
+        val = mode.vm.devices["lapic"].base_msr
+        uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EDX, (val >> 32) & 0xFFFFFFFF)
+        return
     val = mode.vcpu.msrs.get(msr, 0) if msr in VIRTUAL_MSRS else uc.msr_read(msr)
     uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_EDX, (val >> 32) & 0xFFFFFFFF)
@@ -402,6 +408,10 @@ def _wrmsr(mode, insn, eip):
     value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
     if not cpuid_model.wrmsr_allowed(msr, value):
         raise GuestFault(GP, 0)
+    if msr == MSR_APIC_BASE:
+        if not write_apic_base(mode.vm, value):
+            raise GuestFault(GP, 0)
+        return
     if msr not in VIRTUAL_MSRS:
         uc.msr_write(msr, value)
         return
@@ -410,6 +420,17 @@ def _wrmsr(mode, insn, eip):
         # NXE changes what the MMU does with PAE entries' bit 63 (NX or
         # reserved: tests/runtime/test_guest_memory.py), so the real CPU gets it.
         uc.msr_write(EFER, (uc.msr_read(EFER) & ~EFER_NXE) | (value & EFER_NXE))
+
+
+def write_apic_base(vm, value: int) -> bool:
+    """wrmsr 0x1B: the local APIC holds the MSR (Unicorn's helper ignores the
+    write and reads 0); False = reserved bits, #GP.  Shared with runtime/cpucheck.py."""
+    lapic = vm.devices["lapic"]
+    if not lapic.base_msr_allowed(value):
+        return False
+    lapic.set_base_msr(value)
+    vm.mode.on_irq_state()              # clearing EN drops what the APIC held
+    return True
 
 
 @emulates("rdtsc")
