@@ -16,7 +16,9 @@ entry page is looked at in `boot`).  A block whose bytes hold 0F 30 / 0F 32 /
 single-address code hook, and the slice stops before the block runs, so the
 block is translated again with the hook in it (`before_slice`).  The hook
 decides from ECX or the source register whether the model faults; if so the
-VMM delivers #GP(0) at the site, as trap's exit does.  Measured on Debian's
+VMM delivers #GP(0) at the site, as trap's exit does.  rdmsr/wrmsr of the
+APIC base MSR (0x1B) the hook performs itself: the local APIC holds it
+(docs/devices.md).  Measured on Debian's
 kernel under emulate (`--max-instructions 60000000`): 7,714 blocks reported,
 10 of them with a candidate byte pair, CPU time within the run-to-run noise.
 """
@@ -49,7 +51,7 @@ class ModelCheck:
         self.vm = vm
         self.hooked: set[int] = set()
         self.pending: set[int] = set()
-        self._redirect: int | None = None       # the #GP handler a site hook sent the guest to
+        self._redirect: int | None = None       # where a site hook sent the guest (#GP handler, next insn)
         vm.uc.hook_add(UC_HOOK_EDGE_GENERATED, vm.guarded(self._on_new_block))
         checked = vm.guarded(self._at_site)
 
@@ -58,7 +60,7 @@ class ModelCheck:
             checked(uc, address, size, user)
             if self._redirect is not None:
                 # `guarded` re-syncs the PC after every hook, which would put the
-                # faulting site back as this exit's EIP; writing EIP once more
+                # site back as this exit's EIP; writing EIP once more
                 # keeps the handler's (runtime/quirks.py _find_pc_sync_flag).
                 # The flag is cleared before the next slice (before_slice).
                 uc.reg_write(X.UC_X86_REG_EIP, self._redirect)
