@@ -78,6 +78,10 @@ CR4_TSD = 1 << 2
 CR4_DE = 1 << 3
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
+CR4_MCE = 1 << 6
+CR4_PGE = 1 << 7
+CR4_PCE = 1 << 8                # rdpmc allowed at CPL > 0
+CR4_LA57 = 1 << 12              # 57-bit linear addresses: reserved in 32-bit mode
 
 # Debug registers: bits that read as 1 whatever is written (Unicorn at CPL 0 ORs
 # them in on every write, as a CPU does; tests/runtime/test_emulation_causes.py).

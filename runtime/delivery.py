@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from unicorn import x86_const as X
 
-from bt.x86 import (CONTRIBUTORY_VECTORS, DESC_DPL_SHIFT, DESC_FLAG_G, DESC_PRESENT, DESC_SIZE, DF,
+from bt.x86 import (CONTRIBUTORY_VECTORS, DESC_CODE, DESC_CONFORMING, DESC_DPL_SHIFT, DESC_FLAG_G, DESC_PRESENT, DESC_S, DESC_SIZE, DF,
                     ERROR_CODE_VECTORS, GP, IF_BIT, NP, NT_BIT, PF, PF_ERR_WRITE, RF_BIT, SEL_INDEX_MASK,
-                    SEL_TI, SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32, TF_BIT, TS, TSS_ESP0, TSS_STACK_STRIDE,
+                    SEL_TI, SYS_INTERRUPT_GATE32, SYS_TASK_GATE, SYS_TRAP_GATE32, TF_BIT, TS, TSS_ESP0, TSS_STACK_STRIDE,
                     VM_BIT)
 from runtime.memory import PageFault
 
@@ -88,8 +88,16 @@ class Delivery:
 
     # -- delivery ------------------------------------------------------------
     def deliver(self, vector: int, *, return_eip: int, error_code: int | None = None,
-                soft: bool = False, external: bool = False) -> None:
-        """Deliver `vector`; escalate to #DF and to a triple fault like a CPU."""
+                soft: bool = False, external: bool = False, fault_eip: int | None = None) -> None:
+        """Deliver `vector`; escalate to #DF and to a triple fault like a CPU.
+
+        `return_eip` is the EIP the frame holds (past an `int n`, a trap's next
+        instruction); `fault_eip` the one a fault *while delivering* holds: the
+        SDM makes such a fault restartable, so for a software interrupt it is
+        the address of the `int` itself (its handler's iret runs it again;
+        kvm-unit-tests eventinj "NP exception").  Default: `return_eip`."""
+        if fault_eip is None:
+            fault_eip = return_eip
         try:
             self._deliver(vector, return_eip, error_code, soft, external)
         except GuestFault as f:
@@ -97,16 +105,18 @@ class Delivery:
                 raise TripleFault(f"fault {f.vector} while delivering a double fault") from None
             if _contributory(vector) and _contributory(f.vector) or vector == PF and f.vector in CONTRIBUTORY_VECTORS | {PF}:
                 self.vm.counters.add("exceptions_delivered", DF)
-                self.deliver(DF, return_eip=return_eip, error_code=0)
+                self.deliver(DF, return_eip=fault_eip, error_code=0)
                 return
             if f.cr2 is not None:
                 self.vm.uc.reg_write(X.UC_X86_REG_CR2, f.cr2)
-            self.deliver(f.vector, return_eip=return_eip, error_code=f.error_code)
+            self.deliver(f.vector, return_eip=fault_eip, error_code=f.error_code)
 
     def _deliver(self, vector, return_eip, error_code, soft, external):
         vm = self.vm
         uc = vm.uc
-        ext = 1 if external else 0
+        # EXT (bit 0 of a fault's error code): the event was not the program's
+        # own `int n`/int3/into -- a hardware interrupt or an earlier exception.
+        ext = 0 if soft else 1
         idt_base, idt_limit = vm.guest_idtr()
         if vector * 8 + 7 > idt_limit:
             raise GuestFault(GP, vector * 8 + 2 + ext)
@@ -117,19 +127,30 @@ class Delivery:
         gate_type = (hi >> 8) & 0x1F
         gate_dpl = (hi >> 13) & 3
         cpl = vm.guest_cpl()
+        # The SDM's order (INT n pseudocode): gate type, then a software
+        # interrupt's DPL check, then the gate's present bit, then its selector.
+        if gate_type not in (SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32, SYS_TASK_GATE):
+            raise GuestFault(GP, vector * 8 + 2 + ext)
         if soft and gate_dpl < cpl:
             raise GuestFault(GP, vector * 8 + 2)
-        if gate_type not in (SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32):
-            # Task gates and 16-bit gates are not modelled (no known guest needs them).
-            raise GuestFault(GP, vector * 8 + 2 + ext)
         if not hi & GATE_PRESENT:
             raise GuestFault(NP, vector * 8 + 2 + ext)
+        if gate_type == SYS_TASK_GATE:
+            # Task gates (a hardware task switch) are not modelled: docs/fidelity.md.
+            raise GuestFault(GP, vector * 8 + 2 + ext)
         selector = (lo >> 16) & 0xFFFF
         offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
-        target = self.descriptor(selector)
+        try:
+            target = self.descriptor(selector)
+        except GuestFault as f:
+            if f.vector == GP:
+                raise GuestFault(GP, (selector & 0xFFFC) + ext) from None
+            raise
+        if (target.access & (DESC_S | DESC_CODE)) != DESC_S | DESC_CODE or target.dpl > cpl:
+            raise GuestFault(GP, (selector & 0xFFFC) + ext)
         if not target.present:
-            raise GuestFault(NP, selector & 0xFFFC)
-        new_cpl = target.dpl if target.dpl < cpl else cpl
+            raise GuestFault(NP, (selector & 0xFFFC) + ext)
+        new_cpl = cpl if target.access & DESC_CONFORMING else target.dpl
         vm.mode.on_vmm_branch(offset)
 
         eflags = vm.guest_eflags()

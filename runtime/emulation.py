@@ -29,6 +29,8 @@ from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_ST
                     DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
+from runtime import cpuid as cpuid_model
+from runtime.devices.regs import MSR_APIC_BASE
 from runtime import segments
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
@@ -111,7 +113,10 @@ def _hlt(mode, insn, eip):
 @emulates("mov_to_cr")
 def _mov_to_cr(mode, insn, eip):
     dst, src = insn.operands
-    mode.write_cr(dst.reg, read_operand(mode, src))
+    value = read_operand(mode, src)
+    if dst.reg == 4 and not cpuid_model.cr4_allowed(value):
+        raise GuestFault(GP, 0)             # a CR4 bit the model lacks (runtime/cpuid.py)
+    mode.write_cr(dst.reg, value)
 
 
 @emulates("mov_from_cr")
@@ -384,6 +389,13 @@ VIRTUAL_MSRS = {MSR_TSC: 0xFFFFFFFFFFFFFFFF, MSR_SYSENTER_CS: 0xFFFF,
 def _rdmsr(mode, insn, eip):
     uc = mode.uc
     msr = uc.reg_read(X.UC_X86_REG_ECX)
+    if not cpuid_model.msr_implemented(msr):
+        raise GuestFault(GP, 0)             # the model's MSRs only (runtime/cpuid.py)
+    if msr == MSR_APIC_BASE:
+        val = mode.vm.devices["lapic"].base_msr
+        uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EDX, (val >> 32) & 0xFFFFFFFF)
+        return
     val = mode.vcpu.msrs.get(msr, 0) if msr in VIRTUAL_MSRS else uc.msr_read(msr)
     uc.reg_write(X.UC_X86_REG_EAX, val & 0xFFFFFFFF)
     uc.reg_write(X.UC_X86_REG_EDX, (val >> 32) & 0xFFFFFFFF)
@@ -394,6 +406,12 @@ def _wrmsr(mode, insn, eip):
     uc = mode.uc
     msr = uc.reg_read(X.UC_X86_REG_ECX)
     value = (uc.reg_read(X.UC_X86_REG_EDX) << 32) | uc.reg_read(X.UC_X86_REG_EAX)
+    if not cpuid_model.wrmsr_allowed(msr, value):
+        raise GuestFault(GP, 0)
+    if msr == MSR_APIC_BASE:
+        if not write_apic_base(mode.vm, value):
+            raise GuestFault(GP, 0)
+        return
     if msr not in VIRTUAL_MSRS:
         uc.msr_write(msr, value)
         return
@@ -402,6 +420,17 @@ def _wrmsr(mode, insn, eip):
         # NXE changes what the MMU does with PAE entries' bit 63 (NX or
         # reserved: tests/runtime/test_guest_memory.py), so the real CPU gets it.
         uc.msr_write(EFER, (uc.msr_read(EFER) & ~EFER_NXE) | (value & EFER_NXE))
+
+
+def write_apic_base(vm, value: int) -> bool:
+    """wrmsr 0x1B: the local APIC holds the MSR (Unicorn's helper ignores the
+    write and reads 0); False = reserved bits, #GP.  Shared with runtime/cpucheck.py."""
+    lapic = vm.devices["lapic"]
+    if not lapic.base_msr_allowed(value):
+        return False
+    lapic.set_base_msr(value)
+    vm.mode.on_irq_state()              # clearing EN drops what the APIC held
+    return True
 
 
 @emulates("rdtsc")
@@ -414,6 +443,11 @@ def _rdtsc(mode, insn, eip):
 
 @emulates("rdpmc")
 def _rdpmc(mode, insn, eip):
+    # The P6 counters never count here (Unicorn ignores writes to them:
+    # tests/runtime/test_msrs.py), so a valid counter reads 0; another #GPs.
+    # Unicorn itself raises #UD for every rdpmc: runtime/vm.py sends that here.
+    if mode.uc.reg_read(X.UC_X86_REG_ECX) >= cpuid_model.PMC_COUNTERS:
+        raise GuestFault(GP, 0)
     mode.uc.reg_write(X.UC_X86_REG_EAX, 0)
     mode.uc.reg_write(X.UC_X86_REG_EDX, 0)
 

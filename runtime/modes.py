@@ -21,13 +21,24 @@ class StopSlice(Exception):
 class EmulateMode:
     name = "emulate"
 
+    # The guest kernel at real CPL 0: Unicorn runs rdmsr/wrmsr/mov cr4 itself,
+    # so the CPU model's #GP needs runtime/cpucheck.py (trap and bt: False,
+    # their CPL 1 makes the instructions fault into runtime/emulation.py).
+    runs_at_cpl0 = True
+
     def __init__(self, vm):
         self.vm = vm
         self.uc = vm.uc
+        self.model_check = None
+        if self.runs_at_cpl0:
+            from runtime.cpucheck import ModelCheck
+            self.model_check = ModelCheck(vm)
 
     # -- setup and hooks ------------------------------------------------------
     def boot(self) -> None:
         """Called once the image is loaded and the boot state written."""
+        if self.model_check is not None:
+            self.model_check.boot(self.uc.reg_read(X.UC_X86_REG_EIP))
 
     def pc_for(self, eip: int) -> int:
         return eip
@@ -48,6 +59,8 @@ class EmulateMode:
 
     def before_slice(self) -> None:
         """Called before every emulation slice, outside any hook."""
+        if self.model_check is not None:
+            self.model_check.before_slice()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
         """(base, size, host address) of mode-owned memory that may hold code."""

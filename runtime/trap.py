@@ -68,6 +68,7 @@ class TrapMode(EmulateMode):
     # by the clock's window check, as under emulate (EmulateMode.may_inject).
     watches_irq_window = True
     name = "trap"
+    runs_at_cpl0 = False        # rdmsr/wrmsr/mov cr4 fault at CPL 1 (runtime/emulation.py)
     # The guest may turn paging on (runtime/paging.py keeps the hypervisor area
     # reachable).  bt says False until CSAM keys its scans by physical code.
     paging_guests = True

@@ -35,7 +35,7 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from bt.mode import Mode
 from bt.outcome import Outcome, RunStop
-from bt.x86 import BP, ERROR_CODE_VECTORS, IF_BIT, OF, UD
+from bt.x86 import BP, CR4_PCE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, UD
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
@@ -435,6 +435,8 @@ class VM:
             return False
         self.clock.cut(eip, True)
         self.exit_site(eip)
+        if self._rdpmc(eip):
+            return True
         if self.mode.on_invalid_opcode(eip):
             return True
         self.deliver_exception(UD, eip)
@@ -447,6 +449,7 @@ class VM:
     def _on_interrupt(self, intno):
         eip = self.quirks.eip()
         error, is_int = self.quirks.take_fault()
+        int_start = self._int_start(eip, intno) if is_int else None     # before the clock's cut
         soft = is_int or intno >= 32 or intno in SOFT_ONLY_VECTORS
         if self.stop is not None:
             self.clock.cut(eip, False)
@@ -463,13 +466,50 @@ class VM:
             error = None
         if self.mode.on_fault(intno, eip, error, soft):
             return
-        self.deliver_exception(intno, eip, error, soft)
+        self.deliver_exception(intno, eip, error, soft,
+                               fault_eip=int_start)
 
-    def deliver_exception(self, vector, return_eip, error=None, soft=False):
-        """Reflect an exception or software interrupt into the guest's IDT."""
+    def _rdpmc(self, eip: int) -> bool:
+        """Unicorn treats every rdpmc as an invalid opcode (its helper is
+        unimplemented in Unicorn 2.1.4's QEMU, helper_rdpmc), in every mode.  The P6 model has two
+        counters that never count: ECX 0 or 1 reads 0; another counter, or
+        CPL > 0 with CR4.PCE clear, #GP(0) (runtime/cpuid.py)."""
+        if self.mem.try_read(eip, 2) != b"\x0f\x33":
+            return False
+        uc = self.uc
+        if uc.reg_read(X.UC_X86_REG_ECX) >= cpuid_model.PMC_COUNTERS or \
+                (self.guest_cpl() and not uc.reg_read(X.UC_X86_REG_CR4) & CR4_PCE):
+            self.deliver_exception(GP, eip, 0)
+            return True
+        uc.reg_write(X.UC_X86_REG_EAX, 0)
+        uc.reg_write(X.UC_X86_REG_EDX, 0)
+        self.fast.reg_write(X.UC_X86_REG_EIP, eip + 2)
+        return True
+
+    def _int_start(self, after: int, intno: int) -> int:
+        """The address of the `int n`/int3/into that raised `intno`, EIP now `after`.
+        Unicorn reports a software interrupt with EIP already past it and keeps
+        no record of its start (Unicorn 2.1.4's cpu_handle_exception: `env->eip =
+        env->exception_next_eip`); the clock's table of the running block has
+        it, prefixes included (asked before the clock's cut forgets the block).
+        A fault while delivering the interrupt pushes this address."""
+        for size in range(1, 16):
+            start = (after - size) & 0xFFFFFFFF
+            if self.clock.next(start) == after:
+                return start
+        # Not in the clock's table (not expected): the bytes without prefixes.
+        two = self.mem.try_read((after - 2) & 0xFFFFFFFF, 2)
+        if two is not None and two[0] == 0xCD and two[1] == intno:
+            return (after - 2) & 0xFFFFFFFF
+        return (after - 1) & 0xFFFFFFFF if two is not None and two[1] in (0xCC, 0xCE) else after
+
+    def deliver_exception(self, vector, return_eip, error=None, soft=False, fault_eip=None):
+        """Reflect an exception or software interrupt into the guest's IDT;
+        `fault_eip`: what a fault while delivering it pushes (runtime/delivery.py)."""
         self.counters.add("exceptions_delivered", vector)
         try:
-            self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft)
+            self.delivery.deliver(vector, return_eip=return_eip, error_code=error, soft=soft,
+                                  fault_eip=fault_eip)
         except TripleFault as tf:
             self.stop = Outcome.TRIPLE_FAULT.stop(str(tf))
             raise _Stop from None

@@ -5,9 +5,8 @@ from it and the ISR, EOI, ISR/IRR/TMR, LDR/DFR, SVR (software enable), ESR
 (illegal vectors, latched on write), the ICR with fixed and lowest-priority
 IPIs to this CPU (shorthands self / all-including-self, or its physical ID or
 the broadcast ID), the LVT timer in one-shot and periodic mode on virtual time,
-and the APIC base MSR's value and its EN bit (`set_base_msr`; not yet reached
-by the guest's rdmsr/wrmsr, which Unicorn 2.1.4 answers itself under emulate:
-docs/devices.md).  Not modelled: NMI, SMI, INIT and SIPI delivery (IPIs
+and the APIC base MSR's value and its EN bit (`set_base_msr`: the guest's
+rdmsr/wrmsr 0x1B reach it in every mode, docs/devices.md).  Not modelled: NMI, SMI, INIT and SIPI delivery (IPIs
 and LVT entries asking for them are counted as `unsupported`), the
 TSC-deadline timer mode, x2APIC, the thermal,
 performance and CMCI sources, level-triggered IPIs' TMR and remote IRR (every
@@ -87,10 +86,17 @@ class LocalAPIC(Device):
         isrv = max(_highest(self.isr), 0)
         return self.tpr if (self.tpr >> 4) >= (isrv >> 4) else isrv & 0xF0
 
+    @staticmethod
+    def base_msr_allowed(value: int) -> bool:
+        """wrmsr 0x1B raises #GP for reserved bits: 0-7, 9, EXTD (no x2APIC in
+        the CPUID model) and those above MAXPHYADDR (32: no PAE in CPUID)."""
+        return not value & (0xFF | (1 << 9) | regs.APIC_BASE_EXTD | ~0xFFFFFFFF & 0xFFFFFFFFFFFFFFFF)
+
     def set_base_msr(self, value: int) -> None:
-        """What a wrmsr 0x1B does (not wired to the guest yet: the module's
-        docstring): the base stays at 0xFEE00000 (relocation is not modelled,
-        the value is kept); clearing EN resets the APIC's state as the SDM says."""
+        """What a wrmsr 0x1B does (runtime/emulation.py under trap and bt,
+        runtime/cpucheck.py under emulate): the base stays at 0xFEE00000
+        (relocation is not modelled, the value is kept); clearing EN resets
+        the APIC's state as the SDM says."""
         was = self.globally_enabled
         self.base_msr = (value & ~regs.APIC_BASE_EXTD & 0xFFFFFFFFFFFFF900) | (self.base_msr & regs.APIC_BASE_BSP)
         if was and not self.globally_enabled:

@@ -274,13 +274,19 @@ def test_the_stub_case_retires_the_same_count_in_every_mode():
     assert len({_run(STUB_IPI, m).retired for m in MODES}) == 1
 
 
-def test_the_apic_base_msr_reads_as_unicorn_answers_in_every_mode():
-    """Not wired to the device yet (docs/devices.md, "The APIC base MSR"):
-    under emulate the guest's rdmsr is Unicorn's helper (0, writes ignored);
-    trap and bt answer the same so the modes agree, and the APIC keeps working."""
-    body = """
+@pytest.mark.parametrize("written, reads, delivered", [
+    (0xFEE00800, 0xFEE00900, 1),        # EN kept set; BSP is the device's
+    (0xFEE00000, 0xFEE00100, 0),        # EN cleared: the APIC is off, the IPI goes nowhere
+], ids=["enabled", "disabled"])
+def test_the_apic_base_msr_is_the_devices_in_every_mode(written, reads, delivered):
+    """rdmsr/wrmsr 0x1B reach the local APIC (issue 21): Unicorn's own helper
+    reads 0 and ignores writes (tests/runtime/test_mmio_facts.py), so emulate
+    goes through runtime/cpucheck.py, trap and bt through runtime/emulation.py."""
+    body = f"""
     mov ecx, 0x1b
-    mov eax, 0xfee00000
+    rdmsr
+    mov edi, eax
+    mov eax, {written:#x}
     xor edx, edx
     wrmsr
     mov eax, 7
@@ -288,7 +294,9 @@ def test_the_apic_base_msr_reads_as_unicorn_answers_in_every_mode():
     mov ebp, eax
 """ + SELF_IPI
     runs = {m: _run(body, m) for m in MODES}
-    assert {(r.regs["ebp"], r.regs["edx"], r.regs["esi"]) for r in runs.values()} == {(0, 0, 1)}
+    assert {(r.regs["edi"], r.regs["ebp"], r.regs["edx"], r.regs["esi"]) for r in runs.values()} \
+        == {(0xFEE00900, reads, 0, delivered)}
+    assert len({r.retired for r in runs.values()}) == 1
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -98,7 +98,7 @@ def test_a_one_instruction_run_applies_the_store_once_and_stops_after_it():
 
 
 def test_unicorn_has_no_rdmsr_hook_and_reads_the_apic_base_msr_as_zero():
-    """Why the APIC base MSR is not the device's under emulate (docs/devices.md):
+    """Why the APIC base MSR needs runtime/cpucheck.py under emulate (docs/devices.md):
     Unicorn 2.1.4 offers no UC_HOOK_INSN for rdmsr/wrmsr, and its rdmsr helper
     answers 0 for MSR 0x1B and ignores writes."""
     uc = scratch_engine(0x10000, 0x8000)
