@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "pagewalk.h"
+#include "faststores.h"
 
 typedef int (*uc_emu_stop_t)(void *);
 typedef int (*uc_vmem_read_t)(void *, uint64_t, int, void *, size_t);
@@ -169,6 +170,9 @@ typedef struct {
     size_t tmp_len;
     uint16_t *otmp;
     size_t otmp_len;
+    /* the physical pages of the block block_bytes last read (NO_ADDR: unknown) */
+    uint64_t pa_first, pa_last;
+    FastStores fs;                      /* see runtime/faststores.h */
 } Clock;
 
 /* -- block bytes --------------------------------------------------------------- */
@@ -225,12 +229,17 @@ static uint8_t *scratch(Clock *c, size_t n)
 /* The block's current bytes, or NULL when they cannot be read. */
 static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
+    c->pa_first = c->pa_last = NO_ADDR;
     if (c->env) {
-        if (!(env_u64(c, c->cr0_off) & 0x80000000u))
+        if (!(env_u64(c, c->cr0_off) & 0x80000000u)) {
+            c->pa_first = addr;
+            c->pa_last = addr + (size ? size - 1 : 0);
             return host_range(c, addr, size);
+        }
         uint64_t pa;
         if ((addr & 0xFFF) + size <= 0x1000) {
             if (walk(c, addr, &pa)) {
+                c->pa_first = c->pa_last = pa;
                 const uint8_t *p = host_range(c, pa, size);
                 if (p)
                     return p;
@@ -240,11 +249,14 @@ static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t si
             uint32_t first = 0x1000 - (uint32_t)(addr & 0xFFF);
             uint64_t pb;
             const uint8_t *p1, *p2;
-            if (t && walk(c, addr, &pa) && walk(c, addr + first, &pb)
-                && (p1 = host_range(c, pa, first)) && (p2 = host_range(c, pb, size - first))) {
-                memcpy(t, p1, first);
-                memcpy(t + first, p2, size - first);
-                return t;
+            if (t && walk(c, addr, &pa) && walk(c, addr + first, &pb)) {
+                c->pa_first = pa;
+                c->pa_last = pb;
+                if ((p1 = host_range(c, pa, first)) && (p2 = host_range(c, pb, size - first))) {
+                    memcpy(t, p1, first);
+                    memcpy(t + first, p2, size - first);
+                    return t;
+                }
             }
         }
     }
@@ -776,6 +788,25 @@ static inline bool window_open(Clock *c, uint64_t addr)
     return true;
 }
 
+/* Fast stores (runtime/faststores.h): the block about to run makes its pages
+ * code pages; then a few more TLB entries are swept.  A block whose physical
+ * pages are unknown (not readable through the clock's walk) leaves no page
+ * known to be free of code: the TLB is flushed and nothing stays unmarked. */
+static void fast_stores(Clock *c, void *uc)
+{
+    FastStores *f = &c->fs;
+    if (c->pa_first == NO_ADDR) {
+        f->ctl(uc, f->flush_req);
+        memset(f->cleaned, 0, f->pages);
+        f->flushes++;
+    } else {
+        fs_code_page(f, uc, c->pa_first >> PAGE_SHIFT);
+        if (c->pa_last >> PAGE_SHIFT != c->pa_first >> PAGE_SHIFT)
+            fs_code_page(f, uc, c->pa_last >> PAGE_SHIFT);
+    }
+    fs_sweep(f);
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
@@ -790,6 +821,10 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->hooks_revived++;
     }
     if (c->irq_wait && !c->shadow_carry && window_open(c, addr)) {
+        if (c->fs.fast) {           /* the block is translated: its pages hold code */
+            block_bytes(c, uc, addr, size);
+            fast_stores(c, uc);
+        }
         c->irq_wait = false;
         c->irq_stops++;
         c->reason = STOP_IRQ;
@@ -800,6 +835,8 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         return;
     }
     Entry *e = entry_for(c, uc, addr, size);
+    if (c->fs.fast)
+        fast_stores(c, uc);
     uint64_t n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
@@ -950,6 +987,7 @@ static void Clock_dealloc(Clock *c)
     free(c->hooked);
     free(c->tmp);
     free(c->otmp);
+    fs_free(&c->fs);
     if (c->insn && c->cs_free)
         c->cs_free(c->insn, 1);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -1212,6 +1250,41 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* enable_fast_stores(uc_ctl address, TLB-flush request, f[0] offset from env,
+ * modes, entry bits, addr_write offset, paddr offset, RAM bytes): see
+ * runtime/faststores.h (needs set_env) */
+static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
+{
+    unsigned long long ctl, ram;
+    int req, modes, bits;
+    Py_ssize_t fast, wr, pa;
+    if (!PyArg_ParseTuple(args, "KinniinK", &ctl, &req, &fast, &modes, &bits, &wr, &pa, &ram))
+        return NULL;
+    if (!c->env || modes < 1 || bits < 5) {
+        PyErr_SetString(PyExc_ValueError, "fast stores need the live CPU state (set_env) and a TLB layout");
+        return NULL;
+    }
+    fs_free(&c->fs);
+    FastStores *f = &c->fs;
+    f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
+    f->code = calloc(f->pages ? f->pages : 1, 1);
+    f->cleaned = calloc(f->pages ? f->pages : 1, 1);
+    if (!f->code || !f->cleaned) {
+        fs_free(f);
+        return PyErr_NoMemory();
+    }
+    f->ctl = (fs_ctl_t)(uintptr_t)ctl;
+    f->flush_req = req;
+    f->modes = modes;
+    f->bits = bits;
+    f->write_off = (size_t)wr;
+    f->paddr_off = (size_t)pa;
+    f->mode = 0;
+    f->at = 0;
+    f->fast = c->env + fast;
+    Py_RETURN_NONE;
+}
+
 /* watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks
  * called at sync sites (needs set_env) */
 static PyObject *Clock_watch_site_flags(Clock *c, PyObject *args)
@@ -1456,7 +1529,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1466,7 +1539,10 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "smc_restarts", (unsigned long long)c->smc_restarts,
                          "irq_window_stops", (unsigned long long)c->irq_stops,
                          "mem_hooks_revived", (unsigned long long)c->hooks_revived,
-                         "site_flag_repairs", (unsigned long long)c->flag_repairs);
+                         "site_flag_repairs", (unsigned long long)c->flag_repairs,
+                         "store_entries_unmarked", (unsigned long long)c->fs.unmarked,
+                         "store_tlb_flushes", (unsigned long long)c->fs.flushes,
+                         "store_code_pages", (unsigned long long)c->fs.code_pages);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -1538,6 +1614,8 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"enable_fast_stores", (PyCFunction)Clock_enable_fast_stores, METH_VARARGS,
+     "enable_fast_stores(ctl, flush request, f offset, modes, entry bits, write off, paddr off, RAM bytes)"},
     {"watch_site_flags", (PyCFunction)Clock_watch_site_flags, METH_VARARGS,
      "watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks at sync sites"},
     {"repair_site_flags", (PyCFunction)Clock_repair_site_flags, METH_NOARGS,
