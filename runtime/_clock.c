@@ -78,12 +78,16 @@ typedef int (*uc_reg_write_t)(void *, int, const void *);
 #define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */
 #define MAX_SWAP 64     /* patched bytes one load can cover (a load is at most 16 bytes) */
 
+#define FRONT 512       /* direct-mapped slots in front of the hash table (fits in L1) */
+#define HEAD 24         /* a block this short keeps its bytes in the entry (one cache miss less) */
+
 typedef struct Entry {
     struct Entry *next;
     uint64_t addr;
     uint32_t size, ninsn;
+    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
+    uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
-    uint8_t *bytes;     /* the bytes the count was decoded from */
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
     uint64_t *fix;
 } Entry;
@@ -162,6 +166,7 @@ typedef struct {
     int reg_eax, reg_edx, reg_ecx;
     uint64_t tsc_reads;
     /* cache of decoded blocks */
+    Entry *front[FRONT];                /* the last entry seen per slot (see entry_for) */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -314,7 +319,7 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
         c->otmp[n++] = 0;
     }
     uint16_t *offs = realloc(e->offs, sizeof(uint16_t) * n);
-    uint8_t *bytes = e->bytes ? e->bytes : malloc(e->size ? e->size : 1);
+    uint8_t *bytes = e->bytes ? e->bytes : e->size <= HEAD ? e->head : malloc(e->size);
     if (!offs || !bytes) {
         if (offs)
             e->offs = offs;
@@ -378,7 +383,8 @@ static void flush_cache(Clock *c)
             Entry *next = e->next;
             if (e != keep[0] && e != keep[1]) {
                 free(e->offs);
-                free(e->bytes);
+                if (e->bytes != e->head)
+                    free(e->bytes);
                 free(e->fix);
                 free(e);
             }
@@ -386,6 +392,7 @@ static void flush_cache(Clock *c)
         }
         c->buckets[i] = NULL;
     }
+    memset(c->front, 0, sizeof c->front);
     c->nentries = 0;
     c->cache_bytes = 0;
     for (int k = 0; k < 2; k++) {
@@ -401,13 +408,55 @@ static void flush_cache(Clock *c)
     c->cache_flushes++;
 }
 
+/* memcmp(a, b, n) == 0 for a block's few bytes, without the library call
+ * (a kernel block is ~12 bytes; the call was ~5% of a Linux boot's CPU). */
+static inline bool same_bytes(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return false;
+    }
+    for (; n; n--)
+        if (*a++ != *b++)
+            return false;
+    return true;
+}
+
+static inline size_t front_slot(uint64_t addr)
+{
+    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+}
+
+/* The block's entry, its bytes checked against the guest's current ones.  A
+ * small direct-mapped table of the last entry per slot goes first: a guest's
+ * hot loops run the same few blocks, and the hash table's buckets and chains
+ * were the hook's main cache misses (~25% of its samples on a Linux boot). */
 static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
     const uint8_t *code = block_bytes(c, uc, addr, size);
+    Entry *f = c->front[front_slot(addr)];
+    if (f && f->addr == addr && f->size == size) {
+        if (code && !same_bytes(f->bytes, code, size)) {
+            c->changed++;
+            c->cache_bytes -= entry_bytes(f);
+            decode(c, f, code);
+            c->cache_bytes += entry_bytes(f);
+        }
+        return f;
+    }
     size_t s = slot(c, addr, size);
-    for (Entry *e = c->buckets[s]; e; e = e->next) {
+    for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
         if (e->addr == addr && e->size == size) {
-            if (code && memcmp(e->bytes, code, size) != 0) {
+            c->front[front_slot(addr)] = e;
+            if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
+                *link = e->next;
+                e->next = c->buckets[s];
+                c->buckets[s] = e;
+            }
+            if (code && !same_bytes(e->bytes, code, size)) {
                 c->changed++;
                 c->cache_bytes -= entry_bytes(e);
                 decode(c, e, code);
@@ -425,7 +474,8 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     e->size = size;
     if (!decode(c, e, code)) {
         free(e->offs);
-        free(e->bytes);
+        if (e->bytes != e->head)
+            free(e->bytes);
         free(e);
         return NULL;
     }
@@ -436,8 +486,9 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     }
     e->next = c->buckets[s];
     c->buckets[s] = e;
+    c->front[front_slot(addr)] = e;
     c->cache_bytes += entry_bytes(e);
-    if (++c->nentries > 2 * c->nbuckets)
+    if (++c->nentries > c->nbuckets)       /* chains stay short: each link is a cache miss */
         grow(c);
     return e;
 }
@@ -963,7 +1014,8 @@ static void Clock_dealloc(Clock *c)
         while (e) {
             Entry *next = e->next;
             free(e->offs);
-            free(e->bytes);
+            if (e->bytes != e->head)
+                free(e->bytes);
             free(e->fix);
             free(e);
             e = next;
@@ -1251,16 +1303,16 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
 }
 
 /* enable_fast_stores(uc_ctl address, TLB-flush request, f[0] offset from env,
- * modes, entry bits, addr_write offset, paddr offset, RAM bytes): see
+ * modes, entry bits, addr_write offset, paddr offset, hflags offset, RAM bytes): see
  * runtime/faststores.h (needs set_env) */
 static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
 {
     unsigned long long ctl, ram;
     int req, modes, bits;
-    Py_ssize_t fast, wr, pa;
-    if (!PyArg_ParseTuple(args, "KinniinK", &ctl, &req, &fast, &modes, &bits, &wr, &pa, &ram))
+    Py_ssize_t fast, wr, pa, hflags;
+    if (!PyArg_ParseTuple(args, "KiniinnnK", &ctl, &req, &fast, &modes, &bits, &wr, &pa, &hflags, &ram))
         return NULL;
-    if (!c->env || modes < 1 || bits < 5) {
+    if (!c->env || modes < 1 || bits < 5 || hflags < 0) {
         PyErr_SetString(PyExc_ValueError, "fast stores need the live CPU state (set_env) and a TLB layout");
         return NULL;
     }
@@ -1278,8 +1330,8 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     f->modes = modes;
     f->bits = bits;
     f->write_off = (size_t)wr;
+    f->hflags = c->env + hflags;
     f->paddr_off = (size_t)pa;
-    f->mode = 0;
     f->at = 0;
     f->fast = c->env + fast;
     Py_RETURN_NONE;
@@ -1615,7 +1667,7 @@ static PyMethodDef Clock_methods[] = {
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
     {"enable_fast_stores", (PyCFunction)Clock_enable_fast_stores, METH_VARARGS,
-     "enable_fast_stores(ctl, flush request, f offset, modes, entry bits, write off, paddr off, RAM bytes)"},
+     "enable_fast_stores(ctl, flush request, f offset, modes, entry bits, write off, paddr off, hflags off, RAM bytes)"},
     {"watch_site_flags", (PyCFunction)Clock_watch_site_flags, METH_VARARGS,
      "watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks at sync sites"},
     {"repair_site_flags", (PyCFunction)Clock_repair_site_flags, METH_NOARGS,

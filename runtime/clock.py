@@ -97,7 +97,7 @@ class InstructionClock:
         _find_recur_mem)."""
         self.c.set_recur_mem(recur_mem_address)
 
-    def enable_fast_stores(self, ram_bytes: int) -> None:
+    def enable_fast_stores(self, ram_bytes: int, hflags_off: int) -> None:
         """Let guest stores to RAM pages without translated code take Unicorn's
         inline fast path (runtime/faststores.h, runtime/softtlb.py): the block
         hook keeps TLB_NOTDIRTY only on pages it has seen code run on.  Needs
@@ -108,7 +108,7 @@ class InstructionClock:
         from runtime.fastuc import TLB_FLUSH
         lay = softtlb.layout()
         self.c.enable_fast_stores(_fn(uclib.uc_ctl), TLB_FLUSH, lay.fast, lay.modes, lay.entry_bits,
-                                  lay.write, lay.paddr, ram_bytes)
+                                  lay.write, lay.paddr, hflags_off, ram_bytes)
 
     # -- the virtual TSC (runtime/tsc.py) ------------------------------------------------
     def enable_tsc(self, eip_off: int) -> int:

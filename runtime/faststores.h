@@ -14,8 +14,8 @@
  *     remembered for good (`code`).  A translated block is executed right after
  *     it is translated, and its hook runs first, so a page holds translated
  *     code only once the hook has seen a block on it.
- *   - sweep: at each block start the hook looks at a few TLB entries, round
- *     robin over every MMU mode's table, and clears TLB_NOTDIRTY in `addr_write`
+ *   - sweep: at every FS_EVERY-th block start the hook looks at the next TLB
+ *     entry, round robin over the table of the MMU mode in use, and clears TLB_NOTDIRTY in `addr_write`
  *     of an entry whose flags are exactly TLB_NOTDIRTY (not I/O, not invalid,
  *     no watchpoint) and whose physical page is RAM that is not a code page;
  *     that page is remembered in `cleaned`.
@@ -39,7 +39,10 @@
 
 #define FS_NOTDIRTY 0x400u      /* TLB_NOTDIRTY (runtime/softtlb.py) */
 #define FS_FLAGS 0xFFFu         /* the flag bits below the page */
-#define FS_SWEEP 1              /* entries looked at per block */
+/* One entry looked at every FS_EVERY blocks: each look is a cache miss (one
+ * per block was ~9% of a Linux boot's CPU); a 256-entry table is still gone
+ * through every ~1,000 blocks. */
+#define FS_EVERY 4
 
 typedef int (*fs_ctl_t)(void *uc, int control, ...);
 
@@ -47,13 +50,14 @@ typedef struct {
     uint8_t *fast;              /* f[0]: (mask, table) per MMU mode; NULL = off */
     int modes, bits;
     size_t write_off, paddr_off;
+    uint8_t *hflags;            /* the CPU's hflags: which MMU mode is in use */
     uint64_t pages;             /* RAM pages (physical 0 ..) */
     uint8_t *code;              /* page -> 1: a block ran there */
     uint8_t *cleaned;           /* page -> 1: an entry of it may be unmarked */
     fs_ctl_t ctl;
     int flush_req;
-    int mode;                   /* sweep position */
     uint64_t at;
+    uint32_t tick;
     /* statistics */
     uint64_t unmarked, flushes, code_pages;
 } FastStores;
@@ -80,34 +84,44 @@ static inline void fs_code_page(FastStores *f, void *uc, uint64_t page)
     }
 }
 
-/* Look at FS_SWEEP more entries. */
+/* The MMU mode the CPU's loads and stores use now (QEMU's x86 cpu_mmu_index:
+ * user 1; kernel 2, or 0 under SMAP -- 2 again with EFLAGS.AC, which is not
+ * looked at: then mode 0 is swept in vain, a cost and never a fault). */
+#define FS_HF_SMAP (1u << 23)
+static inline int fs_mode(const FastStores *f)
+{
+    uint32_t hf;
+    memcpy(&hf, f->hflags, 4);
+    int m = (hf & 3) == 3 ? 1 : (hf & FS_HF_SMAP) ? 0 : 2;
+    return m < f->modes ? m : 0;
+}
+
+/* Every FS_EVERY blocks, the next entry of the current mode's table. */
 static inline void fs_sweep(FastStores *f)
 {
     uint64_t mask, n;
     uint8_t *table;
-    memcpy(&mask, f->fast + 16 * f->mode, 8);
-    memcpy(&table, f->fast + 16 * f->mode + 8, 8);
+    if (++f->tick < FS_EVERY)
+        return;
+    f->tick = 0;
+    int m = fs_mode(f);
+    memcpy(&mask, f->fast + 16 * m, 8);
+    memcpy(&table, f->fast + 16 * m + 8, 8);
     n = (mask >> f->bits) + 1;
-    for (int k = 0; k < FS_SWEEP; k++) {
-        if (f->at >= n) {
-            f->at = 0;
-            if (++f->mode == f->modes)
-                f->mode = 0;
-            return;
-        }
-        uint8_t *e = table + (f->at++ << f->bits);
-        uint64_t w, pa;
-        memcpy(&w, e + f->write_off, 8);
-        if ((w & FS_FLAGS) != FS_NOTDIRTY)
-            continue;
-        memcpy(&pa, e + f->paddr_off, 8);
-        pa >>= 12;
-        if (pa < f->pages && !f->code[pa]) {
-            w &= ~(uint64_t)FS_NOTDIRTY;
-            memcpy(e + f->write_off, &w, 8);
-            f->cleaned[pa] = 1;
-            f->unmarked++;
-        }
+    if (f->at >= n)
+        f->at = 0;
+    uint8_t *e = table + (f->at++ << f->bits);
+    uint64_t w, pa;
+    memcpy(&w, e + f->write_off, 8);
+    if ((w & FS_FLAGS) != FS_NOTDIRTY)
+        return;
+    memcpy(&pa, e + f->paddr_off, 8);
+    pa >>= 12;
+    if (pa < f->pages && !f->code[pa]) {
+        w &= ~(uint64_t)FS_NOTDIRTY;
+        memcpy(e + f->write_off, &w, 8);
+        f->cleaned[pa] = 1;
+        f->unmarked++;
     }
 }
 

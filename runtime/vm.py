@@ -158,7 +158,7 @@ class VM:
         # QEMU (runtime/faststores.h): under emulate, where no memory hook
         # watches stores (trap and bt have some, so Unicorn's helpers run anyway).
         if self.config.mode is Mode.EMULATE and self.quirks.env is not None:
-            self.clock.enable_fast_stores(ram)
+            self.clock.enable_fast_stores(ram, self.quirks.off.hflags)
         # A waiting interrupt is taken at the first block where IF is set
         # (runtime/_clock.c, "Interrupt window"); needs the live CPU state.
         self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
