@@ -152,11 +152,24 @@ def _calibrate() -> TLBLayout:
     return TLBLayout(first + delta, (last - first) // 16 + 1, bits, write, code_off, paddr, addend)
 
 
+_FAILED: TLBError | None = None
+
+
 def layout() -> TLBLayout:
-    """The software TLB's layout, found once per process; raises TLBError."""
-    global _LAYOUT
+    """The software TLB's layout, found once per process; raises TLBError (every
+    time, without trying again, once calibration has failed)."""
+    global _LAYOUT, _FAILED
+    if _FAILED is not None:
+        raise _FAILED
     if _LAYOUT is None:
-        _LAYOUT = _calibrate()
+        try:
+            _LAYOUT = _calibrate()
+        except TLBError as e:
+            _FAILED = e
+            raise
+        except Exception as e:          # an engine whose memory looks nothing like 2.1.4's
+            _FAILED = TLBError(f"calibration failed: {e!r}")
+            raise _FAILED from e
     return _LAYOUT
 
 

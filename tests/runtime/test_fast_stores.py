@@ -50,6 +50,7 @@ def run(mode: str = "emulate"):
 def test_code_written_into_an_unmarked_data_page_and_rewritten_runs_as_written():
     res = run()
     assert (res.regs["ebx"], res.regs["edx"], res.regs["edi"]) == (1, 5, 9)
+    assert res.vm.fast_stores_problem == ""
     st = res.vm.clock.stats()
     assert st["store_entries_unmarked"] >= 1      # the data page's entry was unmarked ...
     assert st["store_tlb_flushes"] >= 1           # ... and flushed when it became code
@@ -61,3 +62,19 @@ def test_the_same_guest_under_bt_agrees():
     a, b = run(), run("bt")
     assert (a.regs, a.retired, a.serial) == (b.regs, b.retired, b.serial)
     assert b.vm.clock.stats()["store_entries_unmarked"] == 0
+    assert b.vm.fast_stores_problem == "not under emulate"
+
+
+def test_without_the_tlb_the_run_goes_on_without_fast_stores(monkeypatch):
+    """A Unicorn whose TLB calibration cannot find: the same results, slower."""
+    from runtime import softtlb
+
+    def broken():
+        raise softtlb.TLBError("no descriptor found")
+    monkeypatch.setattr(softtlb, "_LAYOUT", None)
+    monkeypatch.setattr(softtlb, "_FAILED", None)
+    monkeypatch.setattr(softtlb, "_calibrate", broken)
+    res = run()
+    assert res.vm.fast_stores_problem == "no descriptor found"
+    assert res.vm.clock.stats()["store_entries_unmarked"] == 0
+    assert (res.regs["ebx"], res.regs["edx"], res.regs["edi"]) == (1, 5, 9)
