@@ -86,6 +86,7 @@ typedef struct Entry {
     uint64_t addr;
     uint32_t size, ninsn;
     uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
+    uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
     uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
@@ -178,6 +179,10 @@ typedef struct {
     /* the physical pages of the block block_bytes last read (NO_ADDR: unknown) */
     uint64_t pa_first, pa_last;
     FastStores fs;                      /* see runtime/faststores.h */
+    /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
+    const uint64_t *tb_invalidated;
+    const uint32_t *tb_flushed;
+    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
 } Clock;
 
 /* -- block bytes --------------------------------------------------------------- */
@@ -425,6 +430,39 @@ static inline bool same_bytes(const uint8_t *a, const uint8_t *b, uint32_t n)
     return true;
 }
 
+#define NO_GEN UINT64_MAX
+
+/* -- Blocks known unchanged ------------------------------------------------------
+ * Unicorn's translated block holds the bytes it was translated from; a store
+ * into them invalidates it (on pages that keep TLB_NOTDIRTY: every code page,
+ * runtime/faststores.h) and a flush drops every block, and each moves one of
+ * two counters (runtime/tbgen.py).  A block compared with the guest's bytes
+ * while neither counter moved since, at the same physical address, therefore
+ * still holds those bytes: the running translation is that one, or one made
+ * since from the same, unchanged, memory.  Such a block is neither read nor
+ * compared (with paging off not even its address is translated).  Host writes
+ * into code move no counter, as Unicorn does not see them either: the count
+ * is then the running translation's, whose bytes are the ones compared. */
+static inline uint64_t generation(const Clock *c)
+{
+    if (!c->tb_invalidated)
+        return NO_GEN;
+    return *c->tb_invalidated + ((uint64_t)*c->tb_flushed << 44);
+}
+
+static inline bool paging_off(Clock *c)
+{
+    return c->env && !(env_u64(c, c->cr0_off) & 0x80000000u);
+}
+
+/* Remember the generation and address `e` was compared at (one page only). */
+static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t gen)
+{
+    e->gen = code && c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT
+             ? gen : NO_GEN;
+    e->pa = c->pa_first;
+}
+
 static inline size_t front_slot(uint64_t addr)
 {
     return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
@@ -436,15 +474,29 @@ static inline size_t front_slot(uint64_t addr)
  * were the hook's main cache misses (~25% of its samples on a Linux boot). */
 static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
-    const uint8_t *code = block_bytes(c, uc, addr, size);
+    uint64_t gen = generation(c);
     Entry *f = c->front[front_slot(addr)];
-    if (f && f->addr == addr && f->size == size) {
+    bool hit = f && f->addr == addr && f->size == size;
+    if (hit && gen != NO_GEN && f->gen == gen && f->pa == addr && paging_off(c)) {
+        c->pa_first = addr;
+        c->pa_last = addr + (size ? size - 1 : 0);
+        c->unchanged++;
+        return f;
+    }
+    const uint8_t *code = block_bytes(c, uc, addr, size);
+    if (hit) {
+        if (gen != NO_GEN && f->gen == gen && code && f->pa == c->pa_first
+            && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT) {
+            c->unchanged++;
+            return f;
+        }
         if (code && !same_bytes(f->bytes, code, size)) {
             c->changed++;
             c->cache_bytes -= entry_bytes(f);
             decode(c, f, code);
             c->cache_bytes += entry_bytes(f);
         }
+        compared(c, f, code, gen);
         return f;
     }
     size_t s = slot(c, addr, size);
@@ -462,6 +514,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
                 decode(c, e, code);
                 c->cache_bytes += entry_bytes(e);
             }
+            compared(c, e, code, gen);
             return e;
         }
     }
@@ -480,6 +533,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
         return NULL;
     }
     c->misses++;
+    compared(c, e, code, gen);
     if (c->cache_bytes + entry_bytes(e) > c->cache_limit) {
         flush_cache(c);
         s = slot(c, addr, size);
@@ -1337,6 +1391,19 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* watch_generation(address of tb_phys_invalidate_count, address of
+ * tb_flush_count): blocks known unchanged skip the comparison (see "Blocks
+ * known unchanged"); only where every code page keeps TLB_NOTDIRTY */
+static PyObject *Clock_watch_generation(Clock *c, PyObject *args)
+{
+    unsigned long long inv, fl;
+    if (!PyArg_ParseTuple(args, "KK", &inv, &fl))
+        return NULL;
+    c->tb_invalidated = (const uint64_t *)(uintptr_t)inv;
+    c->tb_flushed = (const uint32_t *)(uintptr_t)fl;
+    Py_RETURN_NONE;
+}
+
 /* watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks
  * called at sync sites (needs set_env) */
 static PyObject *Clock_watch_site_flags(Clock *c, PyObject *args)
@@ -1581,7 +1648,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1594,7 +1661,8 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "site_flag_repairs", (unsigned long long)c->flag_repairs,
                          "store_entries_unmarked", (unsigned long long)c->fs.unmarked,
                          "store_tlb_flushes", (unsigned long long)c->fs.flushes,
-                         "store_code_pages", (unsigned long long)c->fs.code_pages);
+                         "store_code_pages", (unsigned long long)c->fs.code_pages,
+                         "unchanged_blocks", (unsigned long long)c->unchanged);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -1666,6 +1734,8 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"watch_generation", (PyCFunction)Clock_watch_generation, METH_VARARGS,
+     "watch_generation(invalidation counter address, flush counter address)"},
     {"enable_fast_stores", (PyCFunction)Clock_enable_fast_stores, METH_VARARGS,
      "enable_fast_stores(ctl, flush request, f offset, modes, entry bits, write off, paddr off, hflags off, RAM bytes)"},
     {"watch_site_flags", (PyCFunction)Clock_watch_site_flags, METH_VARARGS,

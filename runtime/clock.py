@@ -117,7 +117,20 @@ class InstructionClock:
             return str(e)
         self.c.enable_fast_stores(_fn(uclib.uc_ctl), TLB_FLUSH, lay.fast, lay.modes, lay.entry_bits,
                                   lay.write, lay.paddr, hflags_off, ram_bytes)
+        self._watch_generation()
         return ""
+
+    def _watch_generation(self) -> None:
+        """With every code page keeping TLB_NOTDIRTY (fast stores), a block
+        compared at the current translation generation needs no second
+        comparison (runtime/tbgen.py; runtime/_clock.c, "Blocks known
+        unchanged").  Without the counters every block is compared, as before."""
+        from runtime import tbgen
+        try:
+            self.c.watch_generation(*tbgen.addresses(self.uc))
+            self.generation_problem = ""
+        except tbgen.TBGenError as e:
+            self.generation_problem = str(e)
 
     # -- the virtual TSC (runtime/tsc.py) ------------------------------------------------
     def enable_tsc(self, eip_off: int) -> int:
