@@ -42,10 +42,16 @@ class TBGen:
 
 _FOUND: TBGen | None = None
 _FAILED: TBGenError | None = None
-SPAN = 0x10000
+SPAN = 0x10000                  # the TCGContext: where the flush counter is looked for
+NEAR = 0x1000                   # where the invalidation counter is looked for
 
 
 def _candidates(uc) -> tuple[set, set]:
+    """(link, offset) pairs that behave like the two counters in this engine.
+    The invalidation counter is looked for in the first NEAR bytes behind each
+    pointer of the uc_struct, the flush counter in SPAN bytes behind the
+    pointers that lead to an invalidation counter only: reading 64 KiB behind
+    every pointer five times made calibration take tens of seconds."""
     from keystone import KS_ARCH_X86, KS_MODE_32, Ks
     from runtime.quirks import _peek
     ks = Ks(KS_ARCH_X86, KS_MODE_32)
@@ -59,31 +65,45 @@ def _candidates(uc) -> tuple[set, set]:
     raw = _peek(uc_addr, 4096)
     ptrs = [(o, struct.unpack_from("<Q", raw, o)[0]) for o in range(0, len(raw) - 7, 8)]
     ptrs = [(o, p) for o, p in ptrs if 0x10000 <= p < 1 << 47]
+    near = {o: [] for o, _ in ptrs}
+    far = {}
 
     def snap():
-        return {o: _peek(p, SPAN) for o, p in ptrs}
-    s = [snap()]
-    uc.ctl_remove_cache(0x2000, 0x2001)
-    s.append(snap())
-    uc.ctl_remove_cache(0x3000, 0x3001)
-    uc.ctl_remove_cache(0x4000, 0x4001)
-    s.append(snap())
-    uc.ctl_flush_tb()
-    s.append(snap())
-    uc.ctl_flush_tb()
-    s.append(snap())
-    inv, fl = set(), set()
+        for o, p in ptrs:
+            near[o].append(_peek(p, NEAR))
+        for o in far:
+            far[o].append(_peek(dict(ptrs)[o], SPAN))
+    steps = (lambda: uc.ctl_remove_cache(0x2000, 0x2001),
+             lambda: (uc.ctl_remove_cache(0x3000, 0x3001), uc.ctl_remove_cache(0x4000, 0x4001)))
+    snap()
+    for step in steps:
+        step()
+        snap()
+    inv = set()
     for o, _ in ptrs:
-        v = [x[o] for x in s]
+        v = near[o]
         n = min(map(len, v))
         for k in range(0, n - 7, 8):
             x = [struct.unpack_from("<Q", b, k)[0] for b in v]
-            if x[1] == x[0] + 1 and x[2] == x[0] + 3 and x[4] == x[3] == x[2]:
+            if x[1] == x[0] + 1 and x[2] == x[0] + 3:
                 inv.add((o, k))
+    for o in {o for o, _ in inv}:
+        far[o] = [_peek(dict(ptrs)[o], SPAN)]
+    uc.ctl_flush_tb()
+    for o in far:
+        far[o].append(_peek(dict(ptrs)[o], SPAN))
+    uc.ctl_flush_tb()
+    for o in far:
+        far[o].append(_peek(dict(ptrs)[o], SPAN))
+    fl = set()
+    for o, v in far.items():
+        n = min(map(len, v))
         for k in range(0, n - 3, 4):
             x = [struct.unpack_from("<I", b, k)[0] for b in v]
-            if x[0] == x[1] == x[2] and x[3] == x[2] + 1 and x[4] == x[2] + 2:
+            if x[1] == x[0] + 1 and x[2] == x[0] + 2:
                 fl.add((o, k))
+    # the invalidation counter stays put on the flushes
+    inv = {(o, k) for o, k in inv if o in far and len({struct.unpack_from("<Q", b, k)[0] for b in far[o]}) == 1}
     return inv, fl
 
 
