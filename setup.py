@@ -30,7 +30,7 @@ def ext(name: str, src: str, depends: tuple[str, ...] = ()) -> Extension:
 
 
 setup(ext_modules=[ext("scanner._walk", "scanner/_walk.c"),
-                   ext("runtime._clock", "runtime/_clock.c", ("runtime/pagewalk.h",)),
+                   ext("runtime._clock", "runtime/_clock.c", ("runtime/pagewalk.h", "runtime/faststores.h")),
                    ext("runtime._walk", "runtime/_walk.c", ("runtime/pagewalk.h",)),
                    ext("runtime._exits", "runtime/_exits.c", ("runtime/pagewalk.h", "runtime/slotview.h")),
                    ext("runtime._isolation", "runtime/_isolation.c", ("runtime/slotview.h",)),

@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "pagewalk.h"
+#include "faststores.h"
 
 typedef int (*uc_emu_stop_t)(void *);
 typedef int (*uc_vmem_read_t)(void *, uint64_t, int, void *, size_t);
@@ -77,12 +78,17 @@ typedef int (*uc_reg_write_t)(void *, int, const void *);
 #define PATCH_SITE 2    /* interior table: a jump patch's site (its jmp weighs 0) */
 #define MAX_SWAP 64     /* patched bytes one load can cover (a load is at most 16 bytes) */
 
+#define FRONT 512       /* direct-mapped slots in front of the hash table (fits in L1) */
+#define HEAD 24         /* a block this short keeps its bytes in the entry (one cache miss less) */
+
 typedef struct Entry {
     struct Entry *next;
     uint64_t addr;
     uint32_t size, ninsn;
+    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
+    uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
+    uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
-    uint8_t *bytes;     /* the bytes the count was decoded from */
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
     uint64_t *fix;
 } Entry;
@@ -161,6 +167,7 @@ typedef struct {
     int reg_eax, reg_edx, reg_ecx;
     uint64_t tsc_reads;
     /* cache of decoded blocks */
+    Entry *front[FRONT];                /* the last entry seen per slot (see entry_for) */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -169,6 +176,13 @@ typedef struct {
     size_t tmp_len;
     uint16_t *otmp;
     size_t otmp_len;
+    /* the physical pages of the block block_bytes last read (NO_ADDR: unknown) */
+    uint64_t pa_first, pa_last;
+    FastStores fs;                      /* see runtime/faststores.h */
+    /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
+    const uint64_t *tb_invalidated;
+    const uint32_t *tb_flushed;
+    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
 } Clock;
 
 /* -- block bytes --------------------------------------------------------------- */
@@ -225,12 +239,17 @@ static uint8_t *scratch(Clock *c, size_t n)
 /* The block's current bytes, or NULL when they cannot be read. */
 static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
+    c->pa_first = c->pa_last = NO_ADDR;
     if (c->env) {
-        if (!(env_u64(c, c->cr0_off) & 0x80000000u))
+        if (!(env_u64(c, c->cr0_off) & 0x80000000u)) {
+            c->pa_first = addr;
+            c->pa_last = addr + (size ? size - 1 : 0);
             return host_range(c, addr, size);
+        }
         uint64_t pa;
         if ((addr & 0xFFF) + size <= 0x1000) {
             if (walk(c, addr, &pa)) {
+                c->pa_first = c->pa_last = pa;
                 const uint8_t *p = host_range(c, pa, size);
                 if (p)
                     return p;
@@ -240,11 +259,14 @@ static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t si
             uint32_t first = 0x1000 - (uint32_t)(addr & 0xFFF);
             uint64_t pb;
             const uint8_t *p1, *p2;
-            if (t && walk(c, addr, &pa) && walk(c, addr + first, &pb)
-                && (p1 = host_range(c, pa, first)) && (p2 = host_range(c, pb, size - first))) {
-                memcpy(t, p1, first);
-                memcpy(t + first, p2, size - first);
-                return t;
+            if (t && walk(c, addr, &pa) && walk(c, addr + first, &pb)) {
+                c->pa_first = pa;
+                c->pa_last = pb;
+                if ((p1 = host_range(c, pa, first)) && (p2 = host_range(c, pb, size - first))) {
+                    memcpy(t, p1, first);
+                    memcpy(t + first, p2, size - first);
+                    return t;
+                }
             }
         }
     }
@@ -302,7 +324,7 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
         c->otmp[n++] = 0;
     }
     uint16_t *offs = realloc(e->offs, sizeof(uint16_t) * n);
-    uint8_t *bytes = e->bytes ? e->bytes : malloc(e->size ? e->size : 1);
+    uint8_t *bytes = e->bytes ? e->bytes : e->size <= HEAD ? e->head : malloc(e->size);
     if (!offs || !bytes) {
         if (offs)
             e->offs = offs;
@@ -366,7 +388,8 @@ static void flush_cache(Clock *c)
             Entry *next = e->next;
             if (e != keep[0] && e != keep[1]) {
                 free(e->offs);
-                free(e->bytes);
+                if (e->bytes != e->head)
+                    free(e->bytes);
                 free(e->fix);
                 free(e);
             }
@@ -374,6 +397,7 @@ static void flush_cache(Clock *c)
         }
         c->buckets[i] = NULL;
     }
+    memset(c->front, 0, sizeof c->front);
     c->nentries = 0;
     c->cache_bytes = 0;
     for (int k = 0; k < 2; k++) {
@@ -389,18 +413,108 @@ static void flush_cache(Clock *c)
     c->cache_flushes++;
 }
 
+/* memcmp(a, b, n) == 0 for a block's few bytes, without the library call
+ * (a kernel block is ~12 bytes; the call was ~5% of a Linux boot's CPU). */
+static inline bool same_bytes(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return false;
+    }
+    for (; n; n--)
+        if (*a++ != *b++)
+            return false;
+    return true;
+}
+
+#define NO_GEN UINT64_MAX
+
+/* -- Blocks known unchanged ------------------------------------------------------
+ * Unicorn's translated block holds the bytes it was translated from; a store
+ * into them invalidates it (on pages that keep TLB_NOTDIRTY: every code page,
+ * runtime/faststores.h) and a flush drops every block, and each moves one of
+ * two counters (runtime/tbgen.py).  A block compared with the guest's bytes
+ * while neither counter moved since, at the same physical address, therefore
+ * still holds those bytes: the running translation is that one, or one made
+ * since from the same, unchanged, memory.  Such a block is neither read nor
+ * compared (with paging off not even its address is translated).  Host writes
+ * into code move no counter, as Unicorn does not see them either: the count
+ * is then the running translation's, whose bytes are the ones compared. */
+static inline uint64_t generation(const Clock *c)
+{
+    if (!c->tb_invalidated)
+        return NO_GEN;
+    return *c->tb_invalidated + ((uint64_t)*c->tb_flushed << 44);
+}
+
+static inline bool paging_off(Clock *c)
+{
+    return c->env && !(env_u64(c, c->cr0_off) & 0x80000000u);
+}
+
+/* Remember the generation and address `e` was compared at (one page only). */
+static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t gen)
+{
+    e->gen = code && c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT
+             ? gen : NO_GEN;
+    e->pa = c->pa_first;
+}
+
+static inline size_t front_slot(uint64_t addr)
+{
+    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+}
+
+/* The block's entry, its bytes checked against the guest's current ones.  A
+ * small direct-mapped table of the last entry per slot goes first: a guest's
+ * hot loops run the same few blocks, and the hash table's buckets and chains
+ * were the hook's main cache misses (~25% of its samples on a Linux boot). */
 static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
+    uint64_t gen = generation(c);
+    Entry *f = c->front[front_slot(addr)];
+    bool hit = f && f->addr == addr && f->size == size;
+    if (hit && gen != NO_GEN && f->gen == gen && f->pa == addr && paging_off(c)) {
+        c->pa_first = addr;
+        c->pa_last = addr + (size ? size - 1 : 0);
+        c->unchanged++;
+        return f;
+    }
     const uint8_t *code = block_bytes(c, uc, addr, size);
+    if (hit) {
+        if (gen != NO_GEN && f->gen == gen && code && f->pa == c->pa_first
+            && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT) {
+            c->unchanged++;
+            return f;
+        }
+        if (code && !same_bytes(f->bytes, code, size)) {
+            c->changed++;
+            c->cache_bytes -= entry_bytes(f);
+            decode(c, f, code);
+            c->cache_bytes += entry_bytes(f);
+        }
+        compared(c, f, code, gen);
+        return f;
+    }
     size_t s = slot(c, addr, size);
-    for (Entry *e = c->buckets[s]; e; e = e->next) {
+    for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
         if (e->addr == addr && e->size == size) {
-            if (code && memcmp(e->bytes, code, size) != 0) {
+            c->front[front_slot(addr)] = e;
+            if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
+                *link = e->next;
+                e->next = c->buckets[s];
+                c->buckets[s] = e;
+            }
+            if (code && !same_bytes(e->bytes, code, size)) {
                 c->changed++;
                 c->cache_bytes -= entry_bytes(e);
                 decode(c, e, code);
                 c->cache_bytes += entry_bytes(e);
             }
+            compared(c, e, code, gen);
             return e;
         }
     }
@@ -413,19 +527,22 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     e->size = size;
     if (!decode(c, e, code)) {
         free(e->offs);
-        free(e->bytes);
+        if (e->bytes != e->head)
+            free(e->bytes);
         free(e);
         return NULL;
     }
     c->misses++;
+    compared(c, e, code, gen);
     if (c->cache_bytes + entry_bytes(e) > c->cache_limit) {
         flush_cache(c);
         s = slot(c, addr, size);
     }
     e->next = c->buckets[s];
     c->buckets[s] = e;
+    c->front[front_slot(addr)] = e;
     c->cache_bytes += entry_bytes(e);
-    if (++c->nentries > 2 * c->nbuckets)
+    if (++c->nentries > c->nbuckets)       /* chains stay short: each link is a cache miss */
         grow(c);
     return e;
 }
@@ -776,6 +893,25 @@ static inline bool window_open(Clock *c, uint64_t addr)
     return true;
 }
 
+/* Fast stores (runtime/faststores.h): the block about to run makes its pages
+ * code pages; then a few more TLB entries are swept.  A block whose physical
+ * pages are unknown (not readable through the clock's walk) leaves no page
+ * known to be free of code: the TLB is flushed and nothing stays unmarked. */
+static void fast_stores(Clock *c, void *uc)
+{
+    FastStores *f = &c->fs;
+    if (c->pa_first == NO_ADDR) {
+        f->ctl(uc, f->flush_req);
+        memset(f->cleaned, 0, f->pages);
+        f->flushes++;
+    } else {
+        fs_code_page(f, uc, c->pa_first >> PAGE_SHIFT);
+        if (c->pa_last >> PAGE_SHIFT != c->pa_first >> PAGE_SHIFT)
+            fs_code_page(f, uc, c->pa_last >> PAGE_SHIFT);
+    }
+    fs_sweep(f);
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
@@ -790,6 +926,10 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->hooks_revived++;
     }
     if (c->irq_wait && !c->shadow_carry && window_open(c, addr)) {
+        if (c->fs.fast) {           /* the block is translated: its pages hold code */
+            block_bytes(c, uc, addr, size);
+            fast_stores(c, uc);
+        }
         c->irq_wait = false;
         c->irq_stops++;
         c->reason = STOP_IRQ;
@@ -800,6 +940,8 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         return;
     }
     Entry *e = entry_for(c, uc, addr, size);
+    if (c->fs.fast)
+        fast_stores(c, uc);
     uint64_t n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
@@ -926,7 +1068,8 @@ static void Clock_dealloc(Clock *c)
         while (e) {
             Entry *next = e->next;
             free(e->offs);
-            free(e->bytes);
+            if (e->bytes != e->head)
+                free(e->bytes);
             free(e->fix);
             free(e);
             e = next;
@@ -950,6 +1093,7 @@ static void Clock_dealloc(Clock *c)
     free(c->hooked);
     free(c->tmp);
     free(c->otmp);
+    fs_free(&c->fs);
     if (c->insn && c->cs_free)
         c->cs_free(c->insn, 1);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -1212,6 +1356,54 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* enable_fast_stores(uc_ctl address, TLB-flush request, f[0] offset from env,
+ * modes, entry bits, addr_write offset, paddr offset, hflags offset, RAM bytes): see
+ * runtime/faststores.h (needs set_env) */
+static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
+{
+    unsigned long long ctl, ram;
+    int req, modes, bits;
+    Py_ssize_t fast, wr, pa, hflags;
+    if (!PyArg_ParseTuple(args, "KiniinnnK", &ctl, &req, &fast, &modes, &bits, &wr, &pa, &hflags, &ram))
+        return NULL;
+    if (!c->env || modes < 1 || bits < 5 || hflags < 0) {
+        PyErr_SetString(PyExc_ValueError, "fast stores need the live CPU state (set_env) and a TLB layout");
+        return NULL;
+    }
+    fs_free(&c->fs);
+    FastStores *f = &c->fs;
+    f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
+    f->code = calloc(f->pages ? f->pages : 1, 1);
+    f->cleaned = calloc(f->pages ? f->pages : 1, 1);
+    if (!f->code || !f->cleaned) {
+        fs_free(f);
+        return PyErr_NoMemory();
+    }
+    f->ctl = (fs_ctl_t)(uintptr_t)ctl;
+    f->flush_req = req;
+    f->modes = modes;
+    f->bits = bits;
+    f->write_off = (size_t)wr;
+    f->hflags = c->env + hflags;
+    f->paddr_off = (size_t)pa;
+    f->at = 0;
+    f->fast = c->env + fast;
+    Py_RETURN_NONE;
+}
+
+/* watch_generation(address of tb_phys_invalidate_count, address of
+ * tb_flush_count): blocks known unchanged skip the comparison (see "Blocks
+ * known unchanged"); only where every code page keeps TLB_NOTDIRTY */
+static PyObject *Clock_watch_generation(Clock *c, PyObject *args)
+{
+    unsigned long long inv, fl;
+    if (!PyArg_ParseTuple(args, "KK", &inv, &fl))
+        return NULL;
+    c->tb_invalidated = (const uint64_t *)(uintptr_t)inv;
+    c->tb_flushed = (const uint32_t *)(uintptr_t)fl;
+    Py_RETURN_NONE;
+}
+
 /* watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks
  * called at sync sites (needs set_env) */
 static PyObject *Clock_watch_site_flags(Clock *c, PyObject *args)
@@ -1456,7 +1648,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1466,7 +1658,11 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "smc_restarts", (unsigned long long)c->smc_restarts,
                          "irq_window_stops", (unsigned long long)c->irq_stops,
                          "mem_hooks_revived", (unsigned long long)c->hooks_revived,
-                         "site_flag_repairs", (unsigned long long)c->flag_repairs);
+                         "site_flag_repairs", (unsigned long long)c->flag_repairs,
+                         "store_entries_unmarked", (unsigned long long)c->fs.unmarked,
+                         "store_tlb_flushes", (unsigned long long)c->fs.flushes,
+                         "store_code_pages", (unsigned long long)c->fs.code_pages,
+                         "unchanged_blocks", (unsigned long long)c->unchanged);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -1538,6 +1734,10 @@ static PyMethodDef Clock_methods[] = {
     {"set_env", (PyCFunction)Clock_set_env, METH_VARARGS,
      "set_env(env, cr0_off, cr3_off, cr4_off[, efer_off]): the live CPU state (paging)"},
     {"stats", (PyCFunction)Clock_stats, METH_NOARGS, "counters of the clock itself"},
+    {"watch_generation", (PyCFunction)Clock_watch_generation, METH_VARARGS,
+     "watch_generation(invalidation counter address, flush counter address)"},
+    {"enable_fast_stores", (PyCFunction)Clock_enable_fast_stores, METH_VARARGS,
+     "enable_fast_stores(ctl, flush request, f offset, modes, entry bits, write off, paddr off, hflags off, RAM bytes)"},
     {"watch_site_flags", (PyCFunction)Clock_watch_site_flags, METH_VARARGS,
      "watch_site_flags(cc_op offset, eip offset): repair the lazy flags in hooks at sync sites"},
     {"repair_site_flags", (PyCFunction)Clock_repair_site_flags, METH_NOARGS,

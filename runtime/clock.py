@@ -97,6 +97,41 @@ class InstructionClock:
         _find_recur_mem)."""
         self.c.set_recur_mem(recur_mem_address)
 
+    def enable_fast_stores(self, ram_bytes: int, hflags_off: int | bool) -> str:
+        """Let guest stores to RAM pages without translated code take Unicorn's
+        inline fast path (runtime/faststores.h, runtime/softtlb.py): the block
+        hook keeps TLB_NOTDIRTY only on pages it has seen code run on.
+        `hflags_off`: the calibrated offset of hflags (which MMU mode is in
+        use), False without the live CPU state (set_cpu_state).  Returns "" when
+        enabled, else why not (the engine's TLB not found: the run is only
+        slower; tests/runtime/test_store_facts.py fails loudly).  Only where no
+        memory hook watches guest stores: with one, Unicorn sends every store
+        through its helpers anyway."""
+        from runtime import softtlb
+        from runtime.fastuc import TLB_FLUSH
+        if hflags_off is False:
+            return "the live CPU state was not found (runtime/quirks.py)"
+        try:
+            lay = softtlb.layout()
+        except softtlb.TLBError as e:
+            return str(e)
+        self.c.enable_fast_stores(_fn(uclib.uc_ctl), TLB_FLUSH, lay.fast, lay.modes, lay.entry_bits,
+                                  lay.write, lay.paddr, hflags_off, ram_bytes)
+        self._watch_generation()
+        return ""
+
+    def _watch_generation(self) -> None:
+        """With every code page keeping TLB_NOTDIRTY (fast stores), a block
+        compared at the current translation generation needs no second
+        comparison (runtime/tbgen.py; runtime/_clock.c, "Blocks known
+        unchanged").  Without the counters every block is compared, as before."""
+        from runtime import tbgen
+        try:
+            self.c.watch_generation(*tbgen.addresses(self.uc))
+            self.generation_problem = ""
+        except tbgen.TBGenError as e:
+            self.generation_problem = str(e)
+
     # -- the virtual TSC (runtime/tsc.py) ------------------------------------------------
     def enable_tsc(self, eip_off: int) -> int:
         """Lets the clock's rdtsc/rdtscp hooks answer (runtime/_clock.c,

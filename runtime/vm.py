@@ -160,6 +160,15 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
+        # Stores to RAM without translated code on Unicorn's inline path, as in
+        # QEMU (runtime/faststores.h): under emulate, where no memory hook
+        # watches stores (trap and bt have some, so Unicorn's helpers run anyway).
+        # Only an optimization: without it (Unicorn's TLB not found) the run
+        # goes on, and `fast_stores_problem` says why.
+        self.fast_stores_problem = "not under emulate"
+        if self.config.mode is Mode.EMULATE:
+            self.fast_stores_problem = self.clock.enable_fast_stores(
+                ram, self.quirks.env is not None and self.quirks.off.hflags)
         # A waiting interrupt is taken at the first block where IF is set
         # (runtime/_clock.c, "Interrupt window"); needs the live CPU state.
         self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
