@@ -115,8 +115,12 @@ def drop(cfg: CFG, nodes: set[int]) -> list[tuple]:
     nodes = set(nodes)
     spans = [(node[n]["start"], max(node[n]["end"], node[n]["start"] + 1)) for n in nodes]
     nodes |= {v for n in nodes for v in succ[n] if v != UNRESOLVED and node[v]["kind"] == "bad"}
+    # An "overlap" verdict stands on the instruction it fell inside: one up to
+    # MAX_INSN bytes before a dropped block reaching into it, or one of the
+    # dropped block's own (a branch retargeted into the middle of a block's
+    # instruction, that block then dropped: the target must be walked again).
     for lo, hi in spans:
-        nodes |= {b for b in nodes_overlapping(cfg, max(lo - MAX_INSN, 0), lo)
+        nodes |= {b for b in nodes_overlapping(cfg, max(lo - MAX_INSN, 0), hi)
                   if node[b]["kind"] == "bad" and node[b]["reason"].startswith("overlap")}
     orphans = []
     for n in nodes:

@@ -6,7 +6,7 @@ instruction, branch target and sensitive site a scan from scratch finds."""
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scanhelp import BASE, BRANCHES, PROGRAM_LINES, Mem, asm, random_program
 from test_properties import _check
@@ -83,6 +83,9 @@ def test_random_stores_leave_a_sound_cfg(engine, seed):
 @pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=80, deadline=None)
 @given(st.integers(0, 2**32 - 1))
+# A jmp retargeted into the middle of a block's instruction (an "overlap" verdict),
+# then that block dropped: the target must be walked again (scanner/drop.py).
+@example(37502143)
 def test_whole_instruction_rewrites_find_what_a_scan_from_scratch_finds(engine, seed):
     rnd = random.Random(seed)
     mem = Mem(_program(rnd), size=0x1000)
@@ -113,7 +116,15 @@ def test_whole_instruction_rewrites_find_what_a_scan_from_scratch_finds(engine, 
         if any(x not in mine and any(fine.pages.state(x + k) for k in range(size))
                for x, size, *_ in fresh.instructions()):
             continue
-        assert theirs <= mine
+        # The zero-fill verdict ("more than 8 consecutive 00 00") counts the run
+        # from where the walk entered it, so a walk that came in through the
+        # block before a split stops a few `00 00`s earlier than a scan from
+        # scratch that entered at the split: both sound, both end at zero fill.
+        fills = [n for n, d in fine.graph.nodes(data=True)
+                 if d.get("kind") == "bad" and d["reason"].startswith("zero fill")]
+        zeros = {x for x in theirs - mine
+                 if any(z <= x and mem.read(z, x + 2 - z) == bytes(x + 2 - z) for z in fills)}
+        assert theirs - zeros <= mine
         # (A `call [disp32]` whose pointer lies in the rewritten bytes keeps
         # its old target: pointers are not watched, on any page; the block
         # check catches a changed one when it is taken.)
