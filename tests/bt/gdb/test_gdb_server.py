@@ -252,7 +252,12 @@ def test_no_wait_runs_until_gdb_attaches_then_stops_there():
     out = {}
 
     def client():
-        time.sleep(0.5)         # the guest is running by now
+        # Attach once the guest has run (the VM publishes `retired` between its
+        # 50 M-instruction slices): a fixed sleep raced the run's end once
+        # emulate got faster (cpuloop's whole run is ~0.5 s).
+        t0 = time.monotonic()
+        while vm.retired == 0 and time.monotonic() - t0 < 60:
+            time.sleep(0.001)
         c = Client(server.port)
         c.vm = vm
         out["seen"] = script(c)
