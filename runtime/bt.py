@@ -17,9 +17,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, IOPL_MASK, IOPL_SHIFT, LARGE_PAGE, PAGE,
-                    PTE_P, PTE_PS,
-                    SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
+from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IOPL_MASK, IOPL_SHIFT, PAGE, PTE_P, PTE_PS, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -302,40 +300,18 @@ class BTMode(TrapMode):
         return True
 
     # -- moving the hypervisor area -------------------------------------------------------
-    def relocate_hyper(self, new_base: int) -> None:
-        """Move the hypervisor area (between slices), e.g. when a paging guest
-        claims its addresses: copy it, rewrite every recorded fixup (absolute
-        state-page references in stubs, stub->guest branches, guest->stub jumps),
-        and repoint the real descriptor-table registers and the virtual CPU."""
-        from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
-        uc, old = self.uc, self.hyper.base
-        if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
-            raise ValueError(f"bad hypervisor base {new_base:#x}")
-        contents = bytes(uc.mem_read(old, HYPER_SIZE))
-        old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
-        self.hyper.map_at(new_base)
-        uc.mem_write(new_base, contents)
-        self.cache.relocate(new_base, self._raw_read, self._raw_write)
-        self.patcher.relocate(new_base - old)
-        _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
-                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
-        if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
-            uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
-        uc.mem_unmap(old, HYPER_SIZE)
-        self.hyper.base = new_base
-        self.hyper_mapping.build_table()           # the area's own page table names the new base
-        self.vm.refresh_clock_memory()             # before the old host memory goes
+    def _relocate_users(self, old: int, new: int) -> None:
+        """The area moves (TrapMode.relocate_hyper): rewrite every recorded
+        fixup (absolute state-page references in stubs, stub->guest branches,
+        guest->stub jumps)."""
+        self.cache.relocate(new, self._raw_read, self._raw_write)
+        self.patcher.relocate(new - old)
+
+    def _after_relocation(self) -> None:
         self.vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
-        self.vcpu.state_addr = new_base
-        self.vcpu.rebind(self.hyper.host)
-        self.hyper_mapping.refresh_native()        # the native mov cr3's slot index and state page
-        del old_mem
-        self.isolation.arm()
-        self.hook_shadow_gdt()
+
+    def relocate_hyper(self, new_base: int) -> None:
+        super().relocate_hyper(new_base)
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------

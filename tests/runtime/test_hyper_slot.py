@@ -1,0 +1,119 @@
+"""A guest whose own directory maps the hypervisor area's 4 MiB (runtime/paging.py,
+"A guest that puts a present entry into the slot"): kvm-unit-tests
+identity-maps all 4 GiB with 4 MiB pages.  The guest runs on as under emulate
+while it leaves the area's addresses alone; when it uses them the area moves to
+a slot its directory leaves free, or, with none free, the run ends cleanly."""
+import struct
+
+import pytest
+
+from conftest import EXIT, raw_guest, run
+
+PD = 0x30000
+OUT = 0x40000                 # the guest's results
+AREA = 0xFF000000             # MachineConfig.hyper_base's default
+SLOT = AREA >> 22
+BIG = 0x83                    # present, writable, 4 MiB
+
+
+def directory(free=(), moved=None):
+    """Every 4 MiB of the 4 GiB identity-mapped but the indexes in `free`;
+    `moved`: (index, physical) maps that index elsewhere."""
+    entries = [0 if i in free else (i << 22) | BIG for i in range(1024)]
+    if moved is not None:
+        index, phys = moved
+        entries[index] = phys | BIG
+    return struct.pack("<1024I", *entries)
+
+
+def paging_on(body: str, pd: bytes):
+    return raw_guest(f"""
+        mov esp, 0x90000
+        mov eax, cr4
+        or eax, 0x10
+        mov cr4, eax
+        mov eax, {PD:#x}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov eax, dword ptr [{PD + SLOT * 4:#x}]
+        mov dword ptr [{OUT:#x}], eax
+        {body}
+        """ + EXIT, [(PD, pd)])
+
+
+def ram(vm, addr, size):
+    return vm.mode.guest_visible(addr, size)
+
+
+def same_as_emulate(image, mode):
+    want_vm, want = run(image, "emulate")
+    vm, got = run(image, mode)
+    assert (got.reason, got.exit_status, got.message) == (want.reason, want.exit_status, want.message)
+    assert got.retired == want.retired and got.regs == want.regs and got.serial == want.serial
+    for addr, size in ((PD, 4096), (OUT, 16)):
+        assert ram(vm, addr, size) == bytes(want_vm.uc.mem_read(addr, size))
+    return vm, got
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_a_guest_mapping_all_4_gib_runs_and_reads_its_own_slot(mode):
+    """Before this every kvm-unit-tests image ended here with a VMM error."""
+    vm, got = same_as_emulate(paging_on("", directory()), mode)
+    assert got.exit_status == 0, got.message
+    assert struct.unpack("<I", ram(vm, OUT, 4))[0] & ~0x60 == AREA | BIG
+    hm = vm.mode.hyper_mapping
+    assert hm.guest_values and hm.guest_values[0] & ~0x60 == AREA | BIG
+    # The VMM's entry is still the one the CPU walks: the area stayed.
+    assert vm.mode.hyper.base == AREA and vm.mode.relocations == 0
+    assert hm._read(hm.slots[0][0], 4) == hm.our_entry()
+
+
+TOUCH = f"""
+        mov ebx, 0x12345678
+        mov dword ptr [{AREA + 0x10:#x}], ebx
+        mov ecx, dword ptr [{AREA + 0x10:#x}]
+        mov edx, dword ptr [0x400010]
+        mov dword ptr [{OUT + 4:#x}], ecx
+        mov dword ptr [{OUT + 8:#x}], edx
+"""
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_using_the_areas_addresses_moves_the_area_to_a_free_slot(mode):
+    """The guest maps 0xFF000000 onto RAM at 0x400000 and leaves 0xFC000000
+    unmapped: its store and load there reach its RAM as under emulate, the
+    area now lives at 0xFC000000."""
+    free = 0xFC000000 >> 22
+    vm, got = same_as_emulate(paging_on(TOUCH, directory(free=(free,), moved=(SLOT, 0x400000))), mode)
+    assert got.exit_status == 0, got.message
+    assert struct.unpack("<II", ram(vm, OUT + 4, 8)) == (0x12345678, 0x12345678)
+    assert vm.mode.hyper.base == 0xFC000000 and vm.mode.relocations == 1
+    assert vm.mode.hyper_mapping.slots[0][0] == PD + free * 4
+    assert got.extra["hypervisor_relocations"] == 1 and got.extra["hypervisor_base"] == "0xfc000000"
+    if mode == "bt":
+        assert got.extra["csam"]["relocations"] == 1
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_the_area_never_moves_over_ram_or_the_apic_window(mode):
+    """Free entries only below RAM's top and over the APIC window: no slot
+    fits, the run ends naming the address (the guest's page is RAM here, so
+    emulate's run would go on: a documented limit, never a wrong value)."""
+    low = range(2, 16)                              # 8-64 MiB: RAM (64 MiB by default)
+    vm, got = run(paging_on(TOUCH, directory(free=(*low, 0x3FB), moved=(SLOT, 0x400000))), mode)
+    assert got.reason == "vmm-error" and got.exit_status == 70
+    assert "0xff000010" in got.message and "no 4 MiB slot free" in got.message
+    assert "Traceback" not in got.message
+    assert vm.mode.hyper.base == AREA
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+@pytest.mark.parametrize("access", ["mov eax, dword ptr [0xff000010]", "mov dword ptr [0xff000010], ebx",
+                                    "mov eax, 0xff000000\njmp eax"])
+def test_no_free_slot_and_nothing_behind_the_guests_page_ends_as_emulate(mode, access):
+    """kvm-unit-tests' identity map: the guest's page at 0xFF000000 points at
+    physical memory that is not there, so emulate ends with an unmapped access
+    at that address; trap and bt end the same way, at the same instruction."""
+    same_as_emulate(paging_on(access, directory()), mode)
