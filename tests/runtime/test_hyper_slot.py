@@ -117,3 +117,46 @@ def test_no_free_slot_and_nothing_behind_the_guests_page_ends_as_emulate(mode, a
     physical memory that is not there, so emulate ends with an unmapped access
     at that address; trap and bt end the same way, at the same instruction."""
     same_as_emulate(paging_on(access, directory()), mode)
+
+
+def test_ring3_using_the_areas_addresses_moves_the_area_too():
+    """Ring 3 meets the VMM's supervisor-only entry (#PF, P set) where the
+    guest's own user page maps the address: the area moves before the next
+    slice and the access runs again (runtime/trap.py `retries_fault`).  In the
+    fuzzer's frame (IDT, ring-3 gate): every answer as under emulate."""
+    from test_emulation_causes import OK, dumps, ring3
+    from bt.fuzz.generator import from_body
+    fill = f"""
+        mov edi, 0x7F0000
+        xor ecx, ecx
+        s_fill:
+        mov eax, ecx
+        shl eax, 22
+        or eax, 0x87
+        mov dword ptr [edi + ecx*4], eax
+        inc ecx
+        cmp ecx, 1024
+        jne s_fill
+        mov dword ptr [edi + {0x3F0 * 4:#x}], 0
+        mov dword ptr [edi + {SLOT * 4:#x}], 0x400087
+        mov dword ptr [0x400010], 0x5A5A1234
+        mov eax, cr4
+        or eax, 0x10
+        mov cr4, eax
+        mov cr3, edi
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        """
+    site = f"mov esi, dword ptr [{AREA + 0x10:#x}]\nmov dword ptr [{AREA + 0x14:#x}], esi"
+    body = fill + ring3("", site, "mov edi, dword ptr [0x400014]", False)
+    d = dumps(body)
+    assert d["emulate"]["end"] == OK and d["emulate"]["esi"] == d["emulate"]["edi"] == 0x5A5A1234
+    assert d["emulate"]["exc_count"] == 0
+    assert d["bt"] == d["emulate"]
+    leaks = ("cs", "ss", "eflags")          # trap's ring-1 RPLs and real IOPL (docs/fidelity.md)
+    assert {k: v for k, v in d["trap"].items() if k not in leaks} == \
+        {k: v for k, v in d["emulate"].items() if k not in leaks}
+    for m in ("trap", "bt"):
+        vm, res = run(from_body(body).image(), m, mem_mib=8, max_instructions=200_000)
+        assert res.exit_status == 0 and vm.mode.hyper.base == 0xFC000000 and vm.mode.relocations == 1, m
