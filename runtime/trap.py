@@ -46,7 +46,7 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
 from runtime.isolation import Isolation, unmapped_access
-from runtime.memory import OutsideRam, PageFault
+from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
 from runtime.segments import check_stack_segment
@@ -100,7 +100,9 @@ class TrapMode(EmulateMode):
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
         self.relocations = 0        # moves of the area (relocate_hyper)
-        self._pending_use = None    # ring 3 used the area's addresses: move it before the next slice
+        self._pending_use = None    # (linear, write): the guest used the area's addresses; move it
+        self._uncount = 0           # ... and the instruction that did runs again: counted once
+        vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
         # flush, EIP past it): answered by the native hook (runtime/exits.py),
         # as long as bt never patches it on its first fault.
@@ -352,8 +354,17 @@ class TrapMode(EmulateMode):
         mapped in the engine too, but not there for the guest)."""
         return not self.hyper.contains(address) and any(b <= address <= e for b, e, _ in self.uc.mem_regions())
 
+    def _maps_area(self, linear: int) -> bool:
+        return bool(self.hyper_mapping.slots) and self.hyper_mapping.guest_entry(linear) is not None
+
     def before_slice(self) -> None:
         self.hyper_mapping.notice()
+        if self._uncount:
+            # The fault's instruction was counted as started (runtime/vm.py
+            # `_on_interrupt`); it runs again now and is counted then.
+            self.vm.retired -= self._uncount
+            self.vm.vtime -= self._uncount
+            self._uncount = 0
         if self._pending_use is not None:
             (linear, write), self._pending_use = self._pending_use, None
             self._guest_uses_area(linear, write)
@@ -577,6 +588,14 @@ class TrapMode(EmulateMode):
         self.stop_slice = False
         try:
             resume = emulate(self, row, insn, eip)
+        except AreaInUse as use:
+            # The routine's operand lies in the area's addresses, which the
+            # guest's own entry maps: move the area first (between slices),
+            # then the instruction faults and is emulated again.
+            self._pending_use = (use.linear, use.write)
+            self._uncount += 1
+            vm.halt_slice()
+            return True
         except GuestFault as f:
             vm.counters.add("faults_reflected", f.vector)
             if f.cr2 is not None:

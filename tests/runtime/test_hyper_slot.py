@@ -6,6 +6,7 @@ a slot its directory leaves free, or, with none free, the run ends cleanly."""
 import struct
 
 import pytest
+from unicorn import x86_const as X
 
 from conftest import EXIT, raw_guest, run
 
@@ -160,3 +161,28 @@ def test_ring3_using_the_areas_addresses_moves_the_area_too():
     for m in ("trap", "bt"):
         vm, res = run(from_body(body).image(), m, mem_mib=8, max_instructions=200_000)
         assert res.exit_status == 0 and vm.mode.hyper.base == 0xFC000000 and vm.mode.relocations == 1, m
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+@pytest.mark.parametrize("free", [True, False], ids=["moved", "no-slot"])
+def test_an_emulated_instructions_operand_in_the_area(mode, free):
+    """`lidt [0xff000010]` faults at ring 1 and its routine reads the operand
+    in the guest's place: the walk meets the VMM's entry, not the guest's
+    (runtime/memory.py `AreaInUse`).  With a free slot the area moves and the
+    routine runs again, reading the guest's bytes (as emulate); with none the
+    run ends with the VMM error naming the address, never a #PF the guest
+    would not get."""
+    body = (f"mov dword ptr [0x400010], 0x123407FF\nmov dword ptr [0x400014], 0x5678\n"
+            f"lidt [{AREA + 0x10:#x}]")
+    image = paging_on(body, directory(free=(0x3F0,) if free else (), moved=(SLOT, 0x400000)))
+    if free:
+        vm, got = same_as_emulate(image, mode)
+        assert got.exit_status == 0 and vm.mode.relocations == 1
+        want_vm, _ = run(image, "emulate")
+        _, base, limit, _ = want_vm.uc.reg_read(X.UC_X86_REG_IDTR)
+        assert (limit, base & 0xFFFF) == (0x7FF, 0x1234)        # the guest's bytes, not the area's
+        assert vm.mode.vcpu.idtr() == (base, limit)
+    else:
+        vm, got = run(image, mode)
+        assert got.reason == "vmm-error" and "0xff000010" in got.message
+        assert not got.counters.get("exceptions_delivered")
