@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IOPL_MASK, IOPL_SHIFT, PAGE, PTE_P, PTE_PS, UD
+from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IOPL_MASK, IOPL_SHIFT, PAGE, PF, PTE_P, PTE_PS, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -280,8 +281,19 @@ class BTMode(TrapMode):
             raise StopSlice
         return True
 
+    def runs_own_code(self, eip: int) -> bool:
+        return self.cache.contains(eip)
+
     def _stub_fault(self, vector, eip, error, soft) -> bool:
         vm = self.vm
+        if vector == PF and not soft and vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 \
+                and self.uc.reg_read(X.UC_X86_REG_CR2) == eip:
+            # Under paging the stub cache is supervisor-only (runtime/paging.py):
+            # ring 3 running a patched kernel page (kvm-unit-tests' umip runs
+            # kernel functions at ring 3) jumps into it and faults.  Not built:
+            # ending cleanly beats a #PF the guest would never get.
+            raise VMMError(f"ring 3 ran a patched kernel site ({self.patcher.guest_address(eip):#x}) "
+                           "under paging, where the stubs are supervisor-only (docs/paging-plan.md)")
         p = self.patcher.stub_owner(eip)
         exit_ = p.exits.get(eip) if p is not None else None
         if vector == GP and exit_ is not None:

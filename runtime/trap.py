@@ -354,6 +354,11 @@ class TrapMode(EmulateMode):
         mapped in the engine too, but not there for the guest)."""
         return not self.hyper.contains(address) and any(b <= address <= e for b, e, _ in self.uc.mem_regions())
 
+    def runs_own_code(self, eip: int) -> bool:
+        """True when the CPU is at code the VMM put in the area (bt's stubs):
+        a fault there is the VMM's reach for the area, not the guest's."""
+        return False
+
     def _maps_area(self, linear: int) -> bool:
         return bool(self.hyper_mapping.slots) and self.hyper_mapping.guest_entry(linear) is not None
 
@@ -551,7 +556,8 @@ class TrapMode(EmulateMode):
         if hm.notice():
             hm.faults_retried += 1
             return True
-        if hm.guest_entry(cr2) is not None and self.uc.reg_read(X.UC_X86_REG_CS) & 3 == 3:
+        if hm.guest_entry(cr2) is not None and self.uc.reg_read(X.UC_X86_REG_CS) & 3 == 3 \
+                and not self.runs_own_code(self.uc.reg_read(X.UC_X86_REG_EIP)):
             # Ring 3 met the VMM's supervisor-only entry where the guest's own
             # entry maps the address: the area moves before the next slice
             # (not from inside this hook) and the access runs again then.

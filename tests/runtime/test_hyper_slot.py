@@ -120,14 +120,8 @@ def test_no_free_slot_and_nothing_behind_the_guests_page_ends_as_emulate(mode, a
     same_as_emulate(paging_on(access, directory()), mode)
 
 
-def test_ring3_using_the_areas_addresses_moves_the_area_too():
-    """Ring 3 meets the VMM's supervisor-only entry (#PF, P set) where the
-    guest's own user page maps the address: the area moves before the next
-    slice and the access runs again (runtime/trap.py `retries_fault`).  In the
-    fuzzer's frame (IDT, ring-3 gate): every answer as under emulate."""
-    from test_emulation_causes import OK, dumps, ring3
-    from bt.fuzz.generator import from_body
-    fill = f"""
+# All 4 GiB identity-mapped with user 4 MiB pages, the directory at 0x7F0000 (edi).
+_IDENTITY_USER = """
         mov edi, 0x7F0000
         xor ecx, ecx
         s_fill:
@@ -138,9 +132,8 @@ def test_ring3_using_the_areas_addresses_moves_the_area_too():
         inc ecx
         cmp ecx, 1024
         jne s_fill
-        mov dword ptr [edi + {0x3F0 * 4:#x}], 0
-        mov dword ptr [edi + {SLOT * 4:#x}], 0x400087
-        mov dword ptr [0x400010], 0x5A5A1234
+        """
+_PAGING_ON = """
         mov eax, cr4
         or eax, 0x10
         mov cr4, eax
@@ -149,6 +142,20 @@ def test_ring3_using_the_areas_addresses_moves_the_area_too():
         or eax, 0x80000000
         mov cr0, eax
         """
+
+
+def test_ring3_using_the_areas_addresses_moves_the_area_too():
+    """Ring 3 meets the VMM's supervisor-only entry (#PF, P set) where the
+    guest's own user page maps the address: the area moves before the next
+    slice and the access runs again (runtime/trap.py `retries_fault`).  In the
+    fuzzer's frame (IDT, ring-3 gate): every answer as under emulate."""
+    from test_emulation_causes import OK, dumps, ring3
+    from bt.fuzz.generator import from_body
+    fill = _IDENTITY_USER + f"""
+        mov dword ptr [edi + {0x3F0 * 4:#x}], 0
+        mov dword ptr [edi + {SLOT * 4:#x}], 0x400087
+        mov dword ptr [0x400010], 0x5A5A1234
+        """ + _PAGING_ON
     site = f"mov esi, dword ptr [{AREA + 0x10:#x}]\nmov dword ptr [{AREA + 0x14:#x}], esi"
     body = fill + ring3("", site, "mov edi, dword ptr [0x400014]", False)
     d = dumps(body)
@@ -186,3 +193,20 @@ def test_an_emulated_instructions_operand_in_the_area(mode, free):
         vm, got = run(image, mode)
         assert got.reason == "vmm-error" and "0xff000010" in got.message
         assert not got.counters.get("exceptions_delivered")
+
+
+def test_bt_ring3_running_a_patched_kernel_page_under_paging_ends_cleanly():
+    """kvm-unit-tests' umip runs kernel functions at ring 3: under paging the
+    stub cache is supervisor-only, so the patch's jump faults at the stub.
+    That is the VMM's reach, not the guest's use of the area (no move, no
+    unmapped access): the run ends with a one-line VMM error naming the site."""
+    from test_emulation_causes import ring3
+    from bt.fuzz.generator import from_body
+    # s_fn runs at ring 0 first (scanned, its sgdt patched), then at ring 3.
+    fn = "jmp s_over\ns_fn:\nsgdt [0x180100]\nret\ns_over:\ncall s_fn\n"
+    body = _IDENTITY_USER + _PAGING_ON + fn + ring3("", "call s_fn", "", False)
+    vm, got = run(from_body(body).image(), "bt", mem_mib=8, max_instructions=200_000)
+    assert got.reason == "vmm-error", got.message
+    assert "ring 3 ran a patched kernel site" in got.message and vm.mode.relocations == 0
+    _, want = run(from_body(body).image(), "emulate", mem_mib=8, max_instructions=200_000)
+    assert want.exit_status == 0
