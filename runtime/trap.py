@@ -100,7 +100,7 @@ class TrapMode(EmulateMode):
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
         self.relocations = 0        # moves of the area (relocate_hyper)
-        self._pending_use = None    # (linear, write): the guest used the area's addresses; move it
+        self._pending_move = None   # the guest used the area's addresses: its new base, next slice
         self._uncount = 0           # ... and the instruction that did runs again: counted once
         vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
@@ -323,11 +323,17 @@ class TrapMode(EmulateMode):
         when the guest's 4 MiB page points at physical memory that is not
         there (kvm-unit-tests' identity map over 0xFF000000), else with a VMM
         error naming the address.  Never a wrong value."""
-        hm = self.hyper_mapping
-        new = hm.free_base()
+        new = self.hyper_mapping.free_base()
         if new is not None:
             self.relocate_hyper(new)
             return True
+        self._area_unusable(linear, write)
+        return False
+
+    def _area_unusable(self, linear: int, write: bool) -> None:
+        """No slot to move the area to: end the run (see `_guest_uses_area`).
+        Host-memory work only, so a hook may call it."""
+        hm = self.hyper_mapping
         addr, value = hm.guest_entry(linear)
         target = self._large_page_target(value, linear)
         if target is not None and not self._mapped_physical(target):
@@ -339,7 +345,19 @@ class TrapMode(EmulateMode):
                 f"the guest used linear {linear:#x}, inside the hypervisor area "
                 f"({base:#x}-{base + HYPER_SIZE - 1:#x}), which its own directory entry {addr:#x} = "
                 f"{value:#x} maps, and its directory leaves no 4 MiB slot free to move the area to")
-        return False
+
+    def _use_area_later(self, linear: int, write: bool) -> bool:
+        """`_guest_uses_area` from inside a hook: decide now; a move waits for
+        the next slice (`before_slice`: mapping and unmapping the area from a
+        hook is not safe), the end of the run does not (the slice must not
+        go on).  True when the area will move."""
+        new = self.hyper_mapping.free_base()
+        if new is None:
+            self._area_unusable(linear, write)
+        else:
+            self._pending_move = new
+        self.vm.halt_slice()
+        return new is not None
 
     def _large_page_target(self, value: int, linear: int) -> int | None:
         """The physical address a two-level 4 MiB entry gives `linear` (None:
@@ -370,9 +388,9 @@ class TrapMode(EmulateMode):
             self.vm.retired -= self._uncount
             self.vm.vtime -= self._uncount
             self._uncount = 0
-        if self._pending_use is not None:
-            (linear, write), self._pending_use = self._pending_use, None
-            self._guest_uses_area(linear, write)
+        if self._pending_move is not None:
+            new, self._pending_move = self._pending_move, None
+            self.relocate_hyper(new)
 
     def relocate_hyper(self, new_base: int) -> None:
         """Move the hypervisor area (between slices), e.g. when a paging guest
@@ -560,9 +578,12 @@ class TrapMode(EmulateMode):
                 and not self.runs_own_code(self.uc.reg_read(X.UC_X86_REG_EIP)):
             # Ring 3 met the VMM's supervisor-only entry where the guest's own
             # entry maps the address: the area moves before the next slice
-            # (not from inside this hook) and the access runs again then.
-            self._pending_use = (cr2, bool((error or 0) & PF_ERR_WRITE))
-            self.vm.halt_slice()
+            # and the access runs again then.  With no slot the run ends at
+            # it, counted as started as emulate's unmapped access is (the VM
+            # cuts a retried fault as not started).
+            if not self._use_area_later(cr2, bool((error or 0) & PF_ERR_WRITE)):
+                self.vm.retired += 1
+                self.vm.vtime += 1
             return True
         return False
 
@@ -598,9 +619,8 @@ class TrapMode(EmulateMode):
             # The routine's operand lies in the area's addresses, which the
             # guest's own entry maps: move the area first (between slices),
             # then the instruction faults and is emulated again.
-            self._pending_use = (use.linear, use.write)
-            self._uncount += 1
-            vm.halt_slice()
+            if self._use_area_later(use.linear, use.write):
+                self._uncount += 1
             return True
         except GuestFault as f:
             vm.counters.add("faults_reflected", f.vector)

@@ -210,3 +210,18 @@ def test_bt_ring3_running_a_patched_kernel_page_under_paging_ends_cleanly():
     assert "ring 3 ran a patched kernel site" in got.message and vm.mode.relocations == 0
     _, want = run(from_body(body).image(), "emulate", mem_mib=8, max_instructions=200_000)
     assert want.exit_status == 0
+
+
+@pytest.mark.parametrize("mode", ["trap", "bt"])
+def test_ring3_with_no_free_slot_ends_as_emulate(mode):
+    """kvm-unit-tests' case at ring 3: every entry present, the guest's page at
+    0xFF000000 points at nothing; the run ends where and as emulate's does."""
+    from test_emulation_causes import ring3
+    from bt.fuzz.generator import from_body
+    site = f"mov esi, dword ptr [{AREA + 0x10:#x}]"
+    body = _IDENTITY_USER + _PAGING_ON + ring3("", site, "", False)
+    _, want = run(from_body(body).image(), "emulate", mem_mib=8, max_instructions=200_000)
+    vm, got = run(from_body(body).image(), mode, mem_mib=8, max_instructions=200_000)
+    assert want.reason == "unmapped-access" and "0xff000010" in want.message
+    assert (got.reason, got.message, got.retired) == (want.reason, want.message, want.retired)
+    assert vm.mode.relocations == 0
