@@ -313,7 +313,7 @@ class BTMode(TrapMode):
 
     # -- moving the hypervisor area -------------------------------------------------------
     def _relocate_users(self, old: int, new: int) -> None:
-        """The area moves (TrapMode.relocate_hyper): rewrite every recorded
+        """The area moves (runtime/areamove.py): rewrite every recorded
         fixup (absolute state-page references in stubs, stub->guest branches,
         guest->stub jumps)."""
         self.cache.relocate(new, self._raw_read, self._raw_write)

@@ -64,8 +64,8 @@ the guest runs on.  Only when it *uses* a linear address inside the area (the
 guard refuses a ring-1 access, ring 3 meets the VMM's supervisor-only entry)
 must the VMM act: `free_base` names a 4 MiB slot the current directory leaves
 free, outside RAM, the devices and the APIC window, and the mode moves the area
-there (TrapMode.relocate_hyper) and runs the instruction again; with no free
-slot the run ends cleanly (runtime/trap.py `_guest_uses_area`).
+there and runs the instruction again; with no free slot the run ends
+cleanly (runtime/areamove.py).
 """
 from __future__ import annotations
 

@@ -35,17 +35,17 @@ from bt.catalog import by_name
 from bt.errors import VMMError
 from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
                              VFLAGS_MASK, VMM_TSS)
-from bt.outcome import Outcome
-from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, CR4_PSE, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT,
-                    DESC_PRESENT, LARGE_PAGE, PTE_PS, DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
+from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
+                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
+from runtime.areamove import AreaMover
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
-from runtime.isolation import Isolation, unmapped_access
+from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
@@ -62,10 +62,6 @@ def _compressed_access(access: int) -> int:
             access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
         return access | (1 << DESC_DPL_SHIFT)
     return access
-
-
-# A 4 MiB entry's bits 20:13: physical address bits 39:32 (PSE-36), above RAM.
-PSE36_BITS = 0x1FE000
 
 
 class TrapMode(EmulateMode):
@@ -99,9 +95,7 @@ class TrapMode(EmulateMode):
         self._far_load = False      # a far transfer's segment load: no accessed bit (load_far)
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
-        self.relocations = 0        # moves of the area (relocate_hyper)
-        self._pending_move = None   # the guest used the area's addresses: its new base, next slice
-        self._uncount = 0           # ... and the instruction that did runs again: counted once
+        self.mover = AreaMover(self)
         vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
         # flush, EIP past it): answered by the native hook (runtime/exits.py),
@@ -288,8 +282,8 @@ class TrapMode(EmulateMode):
             if self.hyper_mapping.guest_entry(address) is not None:
                 # The guest's own entry maps these addresses: move the area
                 # away and run the instruction again, uncounted (as a retried
-                # fault), or end the run (`_guest_uses_area`).
-                if self._guest_uses_area(address, kind == UC_MEM_WRITE_PROT):
+                # fault), or end the run (runtime/areamove.py).
+                if self.mover.on_use(address, kind == UC_MEM_WRITE_PROT):
                     # The VM counted the abandoned instruction as started
                     # (runtime/vm.py, its cut after an error): it runs again.
                     self.vm.retired -= 1
@@ -314,64 +308,7 @@ class TrapMode(EmulateMode):
             return True
         return self.isolation.claim()
 
-    # -- a guest that uses the area's addresses (runtime/paging.py) --------------------
-    def _guest_uses_area(self, linear: int, write: bool) -> bool:
-        """The guest's own present entry maps `linear`, inside the area, and the
-        guest just used it.  Move the area to a slot the current directory
-        leaves free and return True (the access then runs again and reaches
-        what the guest mapped); with none free end the run: as emulate's does
-        when the guest's 4 MiB page points at physical memory that is not
-        there (kvm-unit-tests' identity map over 0xFF000000), else with a VMM
-        error naming the address.  Never a wrong value."""
-        new = self.hyper_mapping.free_base()
-        if new is not None:
-            self.relocate_hyper(new)
-            return True
-        self._area_unusable(linear, write)
-        return False
-
-    def _area_unusable(self, linear: int, write: bool) -> None:
-        """No slot to move the area to: end the run (see `_guest_uses_area`).
-        Host-memory work only, so a hook may call it."""
-        hm = self.hyper_mapping
-        addr, value = hm.guest_entry(linear)
-        target = self._large_page_target(value, linear)
-        if target is not None and not self._mapped_physical(target):
-            hm.mark_guest_entry(linear, write)
-            self.vm.stop = self.vm.stop or unmapped_access(target)
-        else:
-            base = self.hyper.base
-            self.vm.stop = self.vm.stop or Outcome.VMM_ERROR.stop(
-                f"the guest used linear {linear:#x}, inside the hypervisor area "
-                f"({base:#x}-{base + HYPER_SIZE - 1:#x}), which its own directory entry {addr:#x} = "
-                f"{value:#x} maps, and its directory leaves no 4 MiB slot free to move the area to")
-
-    def _use_area_later(self, linear: int, write: bool) -> bool:
-        """`_guest_uses_area` from inside a hook: decide now; a move waits for
-        the next slice (`before_slice`: mapping and unmapping the area from a
-        hook is not safe), the end of the run does not (the slice must not
-        go on).  True when the area will move."""
-        new = self.hyper_mapping.free_base()
-        if new is None:
-            self._area_unusable(linear, write)
-        else:
-            self._pending_move = new
-        self.vm.halt_slice()
-        return new is not None
-
-    def _large_page_target(self, value: int, linear: int) -> int | None:
-        """The physical address a two-level 4 MiB entry gives `linear` (None:
-        a page table, PAE, or PSE-36 bits above 4 GiB)."""
-        if self.hyper_mapping.slots[0][1] != 4 or not value & PTE_PS \
-                or not self.vcpu.get("cr4") & CR4_PSE or value & PSE36_BITS:
-            return None
-        return (value & 0xFFC00000) | (linear & (LARGE_PAGE - 1))
-
-    def _mapped_physical(self, address: int) -> bool:
-        """RAM or a device: something emulate's access would reach (the area is
-        mapped in the engine too, but not there for the guest)."""
-        return not self.hyper.contains(address) and any(b <= address <= e for b, e, _ in self.uc.mem_regions())
-
+    # -- a guest that uses the area's addresses (runtime/areamove.py) ------------------
     def runs_own_code(self, eip: int) -> bool:
         """True when the CPU is at code the VMM put in the area (bt's stubs):
         a fault there is the VMM's reach for the area, not the guest's."""
@@ -380,59 +317,17 @@ class TrapMode(EmulateMode):
     def _maps_area(self, linear: int) -> bool:
         return bool(self.hyper_mapping.slots) and self.hyper_mapping.guest_entry(linear) is not None
 
+    @property
+    def relocations(self) -> int:
+        return self.mover.relocations
+
     def before_slice(self) -> None:
         self.hyper_mapping.notice()
-        if self._uncount:
-            # The fault's instruction was counted as started (runtime/vm.py
-            # `_on_interrupt`); it runs again now and is counted then.
-            self.vm.retired -= self._uncount
-            self.vm.vtime -= self._uncount
-            self._uncount = 0
-        if self._pending_move is not None:
-            new, self._pending_move = self._pending_move, None
-            self.relocate_hyper(new)
+        self.mover.before_slice()
 
     def relocate_hyper(self, new_base: int) -> None:
-        """Move the hypervisor area (between slices), e.g. when a paging guest
-        uses its addresses: the guest's directory slot goes back to it, the area
-        is copied, the real descriptor-table registers, the virtual CPU, the
-        guard and the shadow GDT's hook follow, and the new base's slot is
-        taken (`HyperMapping.sync`).  bt also moves its stubs (`_relocate_users`)."""
-        uc, old = self.uc, self.hyper.base
-        if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
-            raise ValueError(f"bad hypervisor base {new_base:#x}")
-        self.hyper_mapping.release()
-        contents = bytes(uc.mem_read(old, HYPER_SIZE))
-        old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
-        self.hyper.map_at(new_base)
-        uc.mem_write(new_base, contents)
-        self._relocate_users(old, new_base)
-        _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
-                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
-        if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
-            uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
-        uc.mem_unmap(old, HYPER_SIZE)
-        self.hyper.base = new_base
-        self.hyper_mapping.build_table()           # the area's own page table names the new base
-        self.vm.refresh_clock_memory()             # before the old host memory goes
-        self._after_relocation()
-        self.vcpu.state_addr = new_base + STATE
-        self.vcpu.rebind(self.hyper.host + STATE)
-        self.hyper_mapping.refresh_native()        # the native mov cr3's slot index and state page
-        del old_mem
-        self.isolation.arm()
-        self.hook_shadow_gdt()
-        self.hyper_mapping.sync()                  # the new base's slot in the current directory
-        if uc.reg_read(X.UC_X86_REG_CR0) & CR0_PG:
-            # The guest's entry is back in the old slot: no translation of the
-            # old base through the VMM's entry may stay in the TLB.
-            uc.reg_write(X.UC_X86_REG_CR3, uc.reg_read(X.UC_X86_REG_CR3))
-        uc.ctl_flush_tb()
-        self.relocations += 1
+        """Move the hypervisor area between slices (runtime/areamove.py)."""
+        self.mover.relocate(new_base)
 
     def _relocate_users(self, old: int, new: int) -> None:
         """Hook for what else points into the area (bt: its stubs and patches)."""
@@ -581,7 +476,7 @@ class TrapMode(EmulateMode):
             # and the access runs again then.  With no slot the run ends at
             # it, counted as started as emulate's unmapped access is (the VM
             # cuts a retried fault as not started).
-            if not self._use_area_later(cr2, bool((error or 0) & PF_ERR_WRITE)):
+            if not self.mover.on_use_in_hook(cr2, bool((error or 0) & PF_ERR_WRITE)):
                 self.vm.retired += 1
                 self.vm.vtime += 1
             return True
@@ -619,8 +514,8 @@ class TrapMode(EmulateMode):
             # The routine's operand lies in the area's addresses, which the
             # guest's own entry maps: move the area first (between slices),
             # then the instruction faults and is emulated again.
-            if self._use_area_later(use.linear, use.write):
-                self._uncount += 1
+            if self.mover.on_use_in_hook(use.linear, use.write):
+                self.mover.uncount += 1
             return True
         except GuestFault as f:
             vm.counters.add("faults_reflected", f.vector)
