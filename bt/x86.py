@@ -13,6 +13,10 @@ PAGE = 0x1000
 PAGE_SHIFT = 12
 PAGE_MASK = ~(PAGE - 1) & 0xFFFFFFFF          # a 32-bit address with its page offset cleared
 LARGE_PAGE = 0x400000                         # what one page-directory entry maps (4 MiB, no PAE)
+# The PC's APIC window (I/O APIC at 0xFEC00000, local APIC at 0xFEE00000), first
+# and last byte: guests reach it by address without asking, so the hypervisor
+# area is never moved over it (runtime/paging.py `free_base`).
+APIC_WINDOW = (0xFEC00000, 0xFEFFFFFF)
 
 PTE_P = 1 << 0                  # present
 PTE_W = 1 << 1                  # writable

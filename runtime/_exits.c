@@ -34,7 +34,7 @@
  * through the one routine the Python path uses too (runtime/slotview.h
  * `slotview_place`: the view's record, and its hooks' range moved in place).
  * Whatever the Python path would decide otherwise goes to it: a guest store into the old
- * slot (`notice`), a present guest entry in the new slot (the run ends), a new
+ * slot (`notice`), a present guest entry in the new slot (kept: runtime/paging.py), a new
  * slot outside RAM, PAE, paging off, no slot known, an sti shadow, a view
  * whose hooks Python has not made yet.
  *
@@ -237,7 +237,7 @@ static bool try_mov_cr3(Exits *x, void *uc, uint64_t eip, const uint8_t *p, cons
         return false;
     uint32_t raw = ram_u32(x, want), guest = raw == s->ours ? s->guest : raw;
     if (want != s->addr && (guest & PTE_P))
-        return false;                   /* the guest maps the area: the run ends (Python) */
+        return false;                   /* the guest maps the area: Python keeps its entry */
     long slot = site_slot(x, eip, KIND_MOV_CR3);
     if (slot < 0)
         return false;

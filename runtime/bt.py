@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_PRESENT, GP, IOPL_MASK, IOPL_SHIFT, LARGE_PAGE, PAGE,
-                    PTE_P, PTE_PS,
-                    SYS_TSS32_AVAILABLE, TSS32_SIZE, UD)
+from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IOPL_MASK, IOPL_SHIFT, PAGE, PF, PTE_P, PTE_PS, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -282,8 +281,19 @@ class BTMode(TrapMode):
             raise StopSlice
         return True
 
+    def runs_own_code(self, eip: int) -> bool:
+        return self.cache.contains(eip)
+
     def _stub_fault(self, vector, eip, error, soft) -> bool:
         vm = self.vm
+        if vector == PF and not soft and vm.fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 \
+                and self.uc.reg_read(X.UC_X86_REG_CR2) == eip:
+            # Under paging the stub cache is supervisor-only (runtime/paging.py):
+            # ring 3 running a patched kernel page (kvm-unit-tests' umip runs
+            # kernel functions at ring 3) jumps into it and faults.  Not built:
+            # ending cleanly beats a #PF the guest would never get.
+            raise VMMError(f"ring 3 ran a patched kernel site ({self.patcher.guest_address(eip):#x}) "
+                           "under paging, where the stubs are supervisor-only (docs/paging-plan.md)")
         p = self.patcher.stub_owner(eip)
         exit_ = p.exits.get(eip) if p is not None else None
         if vector == GP and exit_ is not None:
@@ -302,40 +312,18 @@ class BTMode(TrapMode):
         return True
 
     # -- moving the hypervisor area -------------------------------------------------------
-    def relocate_hyper(self, new_base: int) -> None:
-        """Move the hypervisor area (between slices), e.g. when a paging guest
-        claims its addresses: copy it, rewrite every recorded fixup (absolute
-        state-page references in stubs, stub->guest branches, guest->stub jumps),
-        and repoint the real descriptor-table registers and the virtual CPU."""
-        from bt.hyper_layout import HYPER_SIZE, SHADOW_GDT, SHADOW_IDT, VMM_TSS
-        uc, old = self.uc, self.hyper.base
-        if new_base & (LARGE_PAGE - 1) or new_base < self.vm.config.mem_bytes:
-            raise ValueError(f"bad hypervisor base {new_base:#x}")
-        contents = bytes(uc.mem_read(old, HYPER_SIZE))
-        old_mem = self.hyper._mem                  # keep the old mapping alive until unmapped
-        self.hyper.map_at(new_base)
-        uc.mem_write(new_base, contents)
-        self.cache.relocate(new_base, self._raw_read, self._raw_write)
-        self.patcher.relocate(new_base - old)
-        _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
-                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
-        if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
-            uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)
-        uc.mem_unmap(old, HYPER_SIZE)
-        self.hyper.base = new_base
-        self.hyper_mapping.build_table()           # the area's own page table names the new base
-        self.vm.refresh_clock_memory()             # before the old host memory goes
+    def _relocate_users(self, old: int, new: int) -> None:
+        """The area moves (runtime/areamove.py): rewrite every recorded
+        fixup (absolute state-page references in stubs, stub->guest branches,
+        guest->stub jumps)."""
+        self.cache.relocate(new, self._raw_read, self._raw_write)
+        self.patcher.relocate(new - old)
+
+    def _after_relocation(self) -> None:
         self.vm.clock.c.set_stub_starts(self.cache.start, self.cache.starts)
-        self.vcpu.state_addr = new_base
-        self.vcpu.rebind(self.hyper.host)
-        self.hyper_mapping.refresh_native()        # the native mov cr3's slot index and state page
-        del old_mem
-        self.isolation.arm()
-        self.hook_shadow_gdt()
+
+    def relocate_hyper(self, new_base: int) -> None:
+        super().relocate_hyper(new_base)
         self.stats.add("relocations")
 
     # -- injection and the guest's view -------------------------------------------------

@@ -5,7 +5,7 @@ layout itself (the regions, the state page's fields) is the contract the stubs
 share with the VMM and lives in bt/hyper_layout.py.  Nothing outside these two
 modules knows an absolute hypervisor address, so the area can be relocated by
 changing the base and re-applying the fixups the stub cache records
-(patcher/stubcache.py; runtime/bt.py `relocate_hyper`).
+(patcher/stubcache.py; runtime/trap.py `relocate_hyper`, which bt extends).
 """
 from __future__ import annotations
 

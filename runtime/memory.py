@@ -24,6 +24,7 @@ import struct
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
 
+from bt.errors import VMMError
 from bt.x86 import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER, EFER_NXE, PAE_ADDR_MASK, PAE_LARGE_PAGE, PAE_LARGE_RSVD,
                     PAE_PDPTE_RSVD, PAE_RSVD, PAGE, PDE_PS_RESERVED, PF_ERR_FETCH, PF_ERR_RSVD, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_PS,
                     PTE_U, PTE_W)
@@ -49,6 +50,23 @@ class OutsideRam(Exception):
         self.address = address
 
 
+class AreaInUse(VMMError):
+    """A VMM access in the guest's place (an emulated instruction's operand, a
+    delivery's frame or table) at a linear address inside the hypervisor area
+    that the guest's own directory entry maps (trap/bt; runtime/paging.py).
+    The walk met the VMM's entry instead of the guest's, so neither its result
+    nor its #PF is the guest's: the mode moves the area and runs the
+    instruction again where it can (TrapMode.on_fault), else the run ends
+    with this one-line VMM error -- never a wrong value or #PF."""
+
+    def __init__(self, linear: int, write: bool):
+        super().__init__(f"the VMM accessed linear {linear:#x} in the guest's place; the guest's own "
+                         "directory entry maps it, but the hypervisor area lives there (moving the area "
+                         "from this access is not built: docs/paging-plan.md)")
+        self.linear = linear
+        self.write = write
+
+
 class GuestMemory:
     def __init__(self, uc: Uc, ram_bytes: int):
         from runtime.fastuc import FastUc
@@ -58,6 +76,9 @@ class GuestMemory:
         self._walker = None          # the native walk, once use_native has run
         self._ram = None             # the host memory behind RAM (an mmap), when known
         self._cr0 = None             # CR0 in the live CPU state (ctypes view), when known
+        # trap/bt: linear -> True when the guest's own entry maps that address of
+        # the hypervisor area (runtime/trap.py sets it; AreaInUse above).
+        self.area_in_use = None
 
     def use_native(self, ram, ram_ptr: int, quirks) -> None:
         """Walk natively from now on: `ram` is the host buffer mapped as guest RAM
@@ -91,12 +112,19 @@ class GuestMemory:
 
     def translate(self, linear: int, write: bool = False, user: bool = False, fetch: bool = False) -> int:
         """Linear -> physical through the guest's page tables (identity when paging
-        is off); PageFault with the error code the CPU gives when the walk fails."""
-        if self._walker is None:
-            return self.translate_reference(linear, write, user, fetch)
-        pa = self._translate(linear, (2 if write else 0) | (4 if user else 0) | (16 if fetch else 0))
-        if pa < 0:
-            raise PageFault(linear & 0xFFFFFFFF, -pa - 1)
+        is off); PageFault with the error code the CPU gives when the walk fails,
+        AreaInUse when it failed on the hypervisor area's entry where the guest's
+        own maps the address (no cost on the path that succeeds)."""
+        try:
+            if self._walker is None:
+                return self.translate_reference(linear, write, user, fetch)
+            pa = self._translate(linear, (2 if write else 0) | (4 if user else 0) | (16 if fetch else 0))
+            if pa < 0:
+                raise PageFault(linear & 0xFFFFFFFF, -pa - 1)
+        except PageFault as pf:
+            if self.area_in_use is not None and self.area_in_use(pf.linear):
+                raise AreaInUse(pf.linear, write) from None
+            raise
         return pa
 
     def translate_reference(self, linear: int, write: bool = False, user: bool = False,
@@ -322,5 +350,5 @@ class GuestMemory:
         """Read for diagnostics and decoding: None instead of an exception."""
         try:
             return self.read(linear, size)
-        except (PageFault, UcError):
+        except (PageFault, AreaInUse, UcError):
             return None

@@ -74,7 +74,7 @@ class EmulateMode:
         """An upper bound for the next slice (e.g. 1 inside an sti shadow)."""
         return None
 
-    def retries_fault(self, vector: int) -> bool:
+    def retries_fault(self, vector: int, error: int | None = None) -> bool:
         """A fault the VMM caused and repaired: the instruction runs again, the
         fault uncounted (before `on_fault`; runtime/trap.py)."""
         return False

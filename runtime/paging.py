@@ -57,10 +57,15 @@ routine this class's `_publish` goes through (runtime/slotview.h
 into the old slot, a present guest entry, PAE, paging off) stays here: the
 hook hands those loads to Python.
 
-A guest that puts a present entry into the slot wants those addresses for
-itself; the area would have to move (bt's `relocate_hyper`).  That is not
-built: the run ends with a VMM error naming the slot (docs/paging-plan.md says
-how the default base was chosen so Debian's kernel does not get there).
+A guest that puts a present entry into the slot (kvm-unit-tests identity-maps
+all 4 GiB with 4 MiB pages) keeps the area where it is: the VMM's entry stays,
+the guest's value is remembered and shown to its loads as any other value, and
+the guest runs on.  Only when it *uses* a linear address inside the area (the
+guard refuses a ring-1 access, ring 3 meets the VMM's supervisor-only entry)
+must the VMM act: `free_base` names a 4 MiB slot the current directory leaves
+free, outside RAM, the devices and the APIC window, and the mode moves the area
+there and runs the instruction again; with no free slot the run ends
+cleanly (runtime/areamove.py).
 """
 from __future__ import annotations
 
@@ -71,7 +76,8 @@ from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import FIELDS, HYPER_PT, HYPER_PT_PAE, HYPER_SIZE
-from bt.x86 import CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_W
+from bt.x86 import (APIC_WINDOW, CR0_PG, CR4_PAE, PAE_ADDR_MASK, PAE_ENTRY, PAE_LARGE_PAGE, PAGE, PTE_P, PTE_PS,
+                    PTE_W)
 from runtime.fastuc import hook_add
 from runtime.quirks import calibrate
 
@@ -210,7 +216,6 @@ class HyperMapping:
         # its boot directory this way): the guest meant the value it had there.
         values = [previous.get(ours, 0) if self._read(a, n) == ours else self._read(a, n)
                   for a, n, ours in wanted]
-        self._check_guest_values(wanted, values)
         self._set(wanted, values)
         for slot in wanted:
             self._insert(slot)
@@ -223,6 +228,12 @@ class HyperMapping:
             self.uc.mem_write(addr, struct.pack(_FMT[size], value))
         self._set([], [])
         self._publish()
+
+    def release(self) -> None:
+        """Give the current directory's slot back to the guest (before the area
+        moves; `sync` then takes the slot of the new base)."""
+        self.notice()
+        self._release()
 
     def _publish(self) -> None:
         """Tell the read hooks the current slots and the guest's values; the view
@@ -249,7 +260,7 @@ class HyperMapping:
     def notice(self) -> bool:
         """Take a guest store into a slot of the current directory (its bytes no
         longer the VMM's entry) as the guest's value and put the entry back.
-        True when there was one.  A present value ends the run (see the top)."""
+        True when there was one.  A present value is kept as any other (see the top)."""
         seen = False
         slots, values = self.slots, list(self.guest_values)
         for k, (addr, size, ours) in enumerate(slots):
@@ -260,7 +271,6 @@ class HyperMapping:
         if seen:
             self.slot_writes += 1
             self._set(slots, values)
-            self._check_guest_values(self.slots, self.guest_values)
             for slot in self.slots:
                 self._insert(slot)
             self._publish()
@@ -275,13 +285,56 @@ class HyperMapping:
     def _read(self, addr: int, size: int) -> int:
         return struct.unpack(_FMT[size], self.vm.fast.mem_read(addr, size))[0]
 
-    def _check_guest_values(self, slots, values) -> None:
-        for (addr, _, _), value in zip(slots, values):
-            if value & PTE_P:
-                base = self.mode.hyper.base
-                raise VMMError(f"the guest mapped linear {base:#x}-{base + HYPER_SIZE - 1:#x} (directory entry "
-                               f"{addr:#x} = {value:#x}), where the hypervisor area lives; moving the area "
-                               "under paging is not built (docs/paging-plan.md)")
+    # -- a guest that maps the area's addresses itself --------------------------------------
+    def guest_entry(self, linear: int) -> tuple[int, int] | None:
+        """(directory entry's address, the guest's value) when the guest's own
+        entry for `linear` (inside the area) is present: the guest mapped those
+        addresses and the VMM's entry shadows its mapping."""
+        base = self.mode.hyper.base
+        if not base <= linear < base + HYPER_SIZE:
+            return None
+        slots, values = self.slots, self.guest_values
+        if not slots:
+            return None
+        k = (linear - base) // PAE_LARGE_PAGE if slots[0][1] == PAE_ENTRY else 0
+        return (slots[k][0], values[k]) if values[k] & PTE_P else None
+
+    def mark_guest_entry(self, linear: int, write: bool) -> None:
+        """The CPU's walk through the guest's own entry for `linear` would have
+        set its accessed bit (and dirty, for a store through a large page)
+        before the access failed: set them in the value the guest sees."""
+        base, slots, values = self.mode.hyper.base, self.slots, list(self.guest_values)
+        k = (linear - base) // PAE_LARGE_PAGE if slots[0][1] == PAE_ENTRY else 0
+        values[k] |= PTE_A | (PTE_D if write and values[k] & PTE_PS else 0)
+        self._set(slots, values)
+        self._publish()
+
+    def free_base(self) -> int | None:
+        """A base for the area whose directory slot the guest leaves free in the
+        current (two-level) directory, the highest first: outside RAM, clear of
+        every other mapped region (devices) and of the APIC window
+        (APIC_WINDOW: I/O APIC and local APIC, whose addresses guests assume
+        without mapping them first).  None when there is none (kvm-unit-tests
+        maps all 1,024 entries) or the guest uses PAE (moving between PAE
+        directories is not built)."""
+        slots = self.slots
+        if not slots or slots[0][1] != 4:
+            return None
+        directory = slots[0][0] & ~(PAGE - 1)
+        entries = struct.unpack("<1024I", self.vm.fast.mem_read(directory, PAGE))
+        base = self.mode.hyper.base
+        taken = [(b, e) for b, e, _ in self.uc.mem_regions() if not base <= b < base + HYPER_SIZE]
+        taken.append(APIC_WINDOW)
+        ram = self.vm.config.mem_bytes
+        for index in range(1023, -1, -1):
+            lo = index << 22
+            hi = lo + HYPER_SIZE - 1
+            if lo < ram or lo == base or entries[index] & PTE_P:
+                continue
+            if any(b <= hi and lo <= e for b, e in taken):
+                continue
+            return lo
+        return None
 
     # -- the VMM's reads of the current directory page ---------------------------------------
     def _guest_bytes(self) -> tuple[int, int, bytearray]:

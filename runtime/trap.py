@@ -40,12 +40,13 @@ from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
+from runtime.areamove import AreaMover
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.hyper import HyperArea
 from runtime.isolation import Isolation
-from runtime.memory import OutsideRam, PageFault
+from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
 from runtime.segments import check_stack_segment
@@ -95,6 +96,8 @@ class TrapMode(EmulateMode):
         self._far_load = False      # a far transfer's segment load: no accessed bit (load_far)
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
+        self.mover = AreaMover(self)
+        vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
         # flush, EIP past it): answered by the native hook (runtime/exits.py),
         # as long as bt never patches it on its first fault.
@@ -263,9 +266,6 @@ class TrapMode(EmulateMode):
             return p if p < self.vm.config.mem_bytes else None
         self.gdt_watch.watch(base, size, phys)
 
-    def before_slice(self) -> None:
-        self.hyper_mapping.notice()
-
     def claims_error(self, err) -> bool:
         """A refused access to the hypervisor area ended the slice: the run ends
         as emulate's would (runtime/isolation.py).  Under paging the area is
@@ -274,13 +274,24 @@ class TrapMode(EmulateMode):
         guest gets there (not present; W for a store) at the abandoned
         instruction."""
         if self.hyper_mapping.slots:
-            self.hyper_mapping.notice()          # a present guest entry there ends the run
+            self.hyper_mapping.notice()
             hit = self.isolation.guard.take()
             if hit is None:
                 return False
             kind, address = hit
-            error = PF_ERR_WRITE if kind == UC_MEM_WRITE_PROT else 0
             eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+            if self.hyper_mapping.guest_entry(address) is not None:
+                # The guest's own entry maps these addresses: move the area
+                # away and run the instruction again, uncounted (as a retried
+                # fault), or end the run (runtime/areamove.py).
+                if self.mover.on_use(address, kind == UC_MEM_WRITE_PROT):
+                    # The VM counted the abandoned instruction as started
+                    # (runtime/vm.py, its cut after an error): it runs again.
+                    self.vm.retired -= 1
+                    self.vm.vtime -= 1
+                self.vm._vmm_stopped = True
+                return True
+            error = PF_ERR_WRITE if kind == UC_MEM_WRITE_PROT else 0
             # Counted as emulate counts a fault: the slice's count was already
             # added whole (runtime/vm.py asks after adding it), so take back
             # what the cut removes.
@@ -297,6 +308,33 @@ class TrapMode(EmulateMode):
                 pass                         # a triple fault: the run's end is set
             return True
         return self.isolation.claim()
+
+    # -- a guest that uses the area's addresses (runtime/areamove.py) ------------------
+    def runs_own_code(self, eip: int) -> bool:
+        """True when the CPU is at code the VMM put in the area (bt's stubs):
+        a fault there is the VMM's reach for the area, not the guest's."""
+        return False
+
+    def _maps_area(self, linear: int) -> bool:
+        return bool(self.hyper_mapping.slots) and self.hyper_mapping.guest_entry(linear) is not None
+
+    @property
+    def relocations(self) -> int:
+        return self.mover.relocations
+
+    def before_slice(self) -> None:
+        self.hyper_mapping.notice()
+        self.mover.before_slice()
+
+    def relocate_hyper(self, new_base: int) -> None:
+        """Move the hypervisor area between slices (runtime/areamove.py)."""
+        self.mover.relocate(new_base)
+
+    def _relocate_users(self, old: int, new: int) -> None:
+        """Hook for what else points into the area (bt: its stubs and patches)."""
+
+    def _after_relocation(self) -> None:
+        """Hook run once the area is at its new base (bt: the clock's stub starts)."""
 
     def host_regions(self) -> list[tuple[int, int, int]]:
         return [(self.hyper.base, HYPER_SIZE, self.hyper.host)]
@@ -419,14 +457,29 @@ class TrapMode(EmulateMode):
         return self.vm.fast.mem_read(eip, n)
 
     # -- the exit dispatcher ----------------------------------------------------------
-    def retries_fault(self, vector: int) -> bool:
+    def retries_fault(self, vector: int, error: int | None = None) -> bool:
         """A #PF at the area's addresses because a guest store replaced the VMM's
         directory entry (runtime/paging.py, `notice`): the entry is back, and the
         instruction runs again as if nothing happened (no guest-visible fault)."""
         hm = self.hyper_mapping
-        if vector == PF and hm.slots and self.hyper.contains(self.uc.reg_read(X.UC_X86_REG_CR2)) \
-                and hm.notice():
+        if vector != PF or not hm.slots:
+            return False
+        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        if not self.hyper.contains(cr2):
+            return False
+        if hm.notice():
             hm.faults_retried += 1
+            return True
+        if hm.guest_entry(cr2) is not None and self.uc.reg_read(X.UC_X86_REG_CS) & 3 == 3 \
+                and not self.runs_own_code(self.uc.reg_read(X.UC_X86_REG_EIP)):
+            # Ring 3 met the VMM's supervisor-only entry where the guest's own
+            # entry maps the address: the area moves before the next slice
+            # and the access runs again then.  With no slot the run ends at
+            # it, counted as started as emulate's unmapped access is (the VM
+            # cuts a retried fault as not started).
+            if not self.mover.on_use_in_hook(cr2, bool((error or 0) & PF_ERR_WRITE)):
+                self.vm.retired += 1
+                self.vm.vtime += 1
             return True
         return False
 
@@ -458,6 +511,13 @@ class TrapMode(EmulateMode):
         self.stop_slice = False
         try:
             resume = emulate(self, row, insn, eip)
+        except AreaInUse as use:
+            # The routine's operand lies in the area's addresses, which the
+            # guest's own entry maps: move the area first (between slices),
+            # then the instruction faults and is emulated again.
+            if self.mover.on_use_in_hook(use.linear, use.write):
+                self.mover.uncount += 1
+            return True
         except GuestFault as f:
             vm.counters.add("faults_reflected", f.vector)
             if f.cr2 is not None:
@@ -551,5 +611,6 @@ class TrapMode(EmulateMode):
         return {"virtual_cpu": {k: (hex(v) if isinstance(v, int) else [hex(x) for x in v])
                                 for k, v in snap.items()},
                 "hypervisor_base": hex(self.hyper.base),
+                **({"hypervisor_relocations": self.relocations} if self.relocations else {}),
                 **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
                 "shadow_gdt_syncs": self.gdt_syncs, "gdt_stores": self.gdt_stores}

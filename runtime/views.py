@@ -40,7 +40,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.x86 import CR0_PG, PAGE
-from runtime.memory import PageFault
+from runtime.memory import AreaInUse, PageFault
 
 FLAGS = 0           # clock.set_page table: the scanner's instruction-start flags
 MAX_PARKED = 64     # parked alias scans kept (`_settle`): 64 x 4 KiB copies
@@ -52,10 +52,12 @@ class Views:
 
     def live_phys(self, addr: int) -> int | None:
         """`addr` through the current page tables (a kernel read), None when the
-        walk fails."""
+        walk fails (or meets the hypervisor area's entry where the guest's own
+        maps `addr`: runtime/memory.py AreaInUse; the guest's fetch there is
+        the guard's to see)."""
         try:
             return self.vm.mem.translate(addr)
-        except PageFault:
+        except (PageFault, AreaInUse):
             return None
 
     def phys(self, addr: int) -> int:

@@ -464,7 +464,7 @@ class VM:
             self.clock.cut(eip, False)
             self.uc.emu_stop()
             return
-        if not soft and self.mode.retries_fault(intno):
+        if not soft and self.mode.retries_fault(intno, error):
             self.clock.cut(eip, False)          # runs again: counted then
             return
         # The block ends here: a fault at EIP (started, as on hardware it counts
