@@ -40,7 +40,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_HOOK_INTR, UC_PROT_ALL
 from unicorn import x86_const as X
 
 from bt.machine import flat_gdt_bytes
@@ -70,12 +70,45 @@ def _i32_offsets(before: bytes, after: bytes, old: int, new: int) -> list[int]:
     return hits
 
 
-def scratch_engine(ram: int = 0x10000, esp: int = 0x8000) -> Uc:
+def once_per_process(calibrate, error: type[Exception]):
+    """`calibrate()` run on the first call and its result returned ever after;
+    a failure is kept and raised again on every later call without trying
+    again (an `error`, or any other exception wrapped in one: an engine whose
+    memory looks nothing like 2.1.4's).  For the calibrations of Unicorn
+    internals outside this module (runtime/softtlb.py, runtime/tbgen.py)."""
+    state: dict = {}
+
+    def found():
+        if "failed" in state:
+            raise state["failed"]
+        if "value" not in state:
+            try:
+                state["value"] = calibrate()
+            except error as e:
+                state["failed"] = e
+                raise
+            except Exception as e:
+                state["failed"] = error(f"calibration failed: {e!r}")
+                raise state["failed"] from e
+        return state["value"]
+    return found
+
+
+def scratch_engine(ram: int = 0x10000, esp: int = 0x8000, host_backed: bool = False) -> Uc:
     """A bare engine at CPL 0: `ram` bytes from 0, the flat GDT of bt.machine at
     0x500 (code 0x08, data 0x10, user 0x1b/0x23), ESP set.  For calibration
-    here and for the Unicorn fact tests."""
+    here and for the Unicorn fact tests.  `host_backed`: the RAM is host memory
+    mapped with mem_map_ptr, as runtime/vm.py maps the guest's (Unicorn then
+    takes other paths for it); its mmap is kept on the engine as `host_buf`
+    and its address as `host_ram`."""
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, ram)
+    if host_backed:
+        import mmap
+        uc.host_buf = mmap.mmap(-1, ram)
+        uc.host_ram = ctypes.addressof(ctypes.c_char.from_buffer(uc.host_buf))
+        uc.mem_map_ptr(0, ram, UC_PROT_ALL, uc.host_ram)
+    else:
+        uc.mem_map(0, ram)
     gdt = flat_gdt_bytes()
     uc.mem_write(0x500, gdt)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))

@@ -31,12 +31,12 @@ virtual).
 from __future__ import annotations
 
 import ctypes
-import mmap
 import struct
 from dataclasses import dataclass
 
 from unicorn import UcError
 from unicorn import x86_const as X
+from runtime.quirks import once_per_process
 
 TLB_NOTDIRTY = 1 << 10          # QEMU's TLB_NOTDIRTY for TARGET_PAGE_BITS_MIN 12 (cpu-all.h)
 TLB_FLAGS = 0xFFF               # the flag bits below the page (TLB_INVALID_MASK ... TLB_DISCARD_WRITE)
@@ -57,7 +57,6 @@ class TLBLayout:
     addend: int        # offset of addend (host address - virtual address)
 
 
-_LAYOUT: TLBLayout | None = None
 
 
 def _state_delta(uc, env: int) -> int:
@@ -83,23 +82,11 @@ def _plausible(mask: int, table: int) -> int | None:
 
 def _calibrate() -> TLBLayout:
     from keystone import KS_ARCH_X86, KS_MODE_32, Ks
-    from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
 
-    from bt.machine import flat_gdt_bytes
-    from runtime.quirks import Quirks, _close_engines, _peek
+    from runtime.quirks import Quirks, _close_engines, _peek, scratch_engine
 
-    ram = 0x100000
-    buf = mmap.mmap(-1, ram)
-    host = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map_ptr(0, ram, UC_PROT_ALL, host)
-    gdt = flat_gdt_bytes()
-    uc.mem_write(0x500, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-        uc.reg_write(r, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc = scratch_engine(0x100000, host_backed=True)
+    buf, host = uc.host_buf, uc.host_ram
     pages = (0x45000, 0x67000)
     code = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(
         "".join(f"mov dword ptr [{p:#x}], {i + 1}; " for i, p in enumerate(pages)) + "hlt", 0x1000)[0])
@@ -152,25 +139,9 @@ def _calibrate() -> TLBLayout:
     return TLBLayout(first + delta, (last - first) // 16 + 1, bits, write, code_off, paddr, addend)
 
 
-_FAILED: TLBError | None = None
-
-
-def layout() -> TLBLayout:
-    """The software TLB's layout, found once per process; raises TLBError (every
-    time, without trying again, once calibration has failed)."""
-    global _LAYOUT, _FAILED
-    if _FAILED is not None:
-        raise _FAILED
-    if _LAYOUT is None:
-        try:
-            _LAYOUT = _calibrate()
-        except TLBError as e:
-            _FAILED = e
-            raise
-        except Exception as e:          # an engine whose memory looks nothing like 2.1.4's
-            _FAILED = TLBError(f"calibration failed: {e!r}")
-            raise _FAILED from e
-    return _LAYOUT
+# The software TLB's layout, found once per process; raises TLBError (every
+# time, without trying again, once calibration has failed).
+layout = once_per_process(_calibrate, TLBError)
 
 
 def entries(env: int, lay: TLBLayout | None = None):

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from unicorn import UcError
+from runtime.quirks import once_per_process
 
 
 class TBGenError(RuntimeError):
@@ -40,8 +41,6 @@ class TBGen:
     flushed: int       # offset of tb_ctx.tb_flush_count behind it (unsigned)
 
 
-_FOUND: TBGen | None = None
-_FAILED: TBGenError | None = None
 SPAN = 0x10000                  # the TCGContext: where the flush counter is looked for
 NEAR = 0x1000                   # where the invalidation counter is looked for
 
@@ -123,22 +122,9 @@ def _calibrate() -> TBGen:
     return TBGen(link, k1, after[0])
 
 
-def counters() -> TBGen:
-    """The counters' place, found once per process; raises TBGenError (every time,
-    once calibration has failed)."""
-    global _FOUND, _FAILED
-    if _FAILED is not None:
-        raise _FAILED
-    if _FOUND is None:
-        try:
-            _FOUND = _calibrate()
-        except TBGenError as e:
-            _FAILED = e
-            raise
-        except Exception as e:          # an engine whose memory looks nothing like 2.1.4's
-            _FAILED = TBGenError(f"calibration failed: {e!r}")
-            raise _FAILED from e
-    return _FOUND
+# The counters' place, found once per process; raises TBGenError (every time,
+# once calibration has failed).
+counters = once_per_process(_calibrate, TBGenError)
 
 
 def addresses(uc) -> tuple[int, int]:

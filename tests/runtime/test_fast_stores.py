@@ -71,9 +71,8 @@ def test_without_the_tlb_the_run_goes_on_without_fast_stores(monkeypatch):
 
     def broken():
         raise softtlb.TLBError("no descriptor found")
-    monkeypatch.setattr(softtlb, "_LAYOUT", None)
-    monkeypatch.setattr(softtlb, "_FAILED", None)
-    monkeypatch.setattr(softtlb, "_calibrate", broken)
+    from runtime.quirks import once_per_process
+    monkeypatch.setattr(softtlb, "layout", once_per_process(broken, softtlb.TLBError))
     res = run()
     assert res.vm.fast_stores_problem == "no descriptor found"
     assert res.vm.clock.stats()["store_entries_unmarked"] == 0

@@ -10,18 +10,16 @@ marks the entries again before the block's own stores run.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import time
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
-from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from bt.machine import flat_gdt_bytes
 from runtime import softtlb
 from runtime.fastuc import TLB_FLUSH
-from runtime.quirks import Quirks
+from runtime.quirks import Quirks, scratch_engine
 
 RAM = 0x100000
 DATA = 0x45000
@@ -36,17 +34,8 @@ class Bare:
     """A CPL-0 engine on host RAM (as the VM maps it), flat segments."""
 
     def __init__(self):
-        self.buf = mmap.mmap(-1, RAM)
-        self.host = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
-        uc.mem_map_ptr(0, RAM, UC_PROT_ALL, self.host)
-        gdt = flat_gdt_bytes()
-        uc.mem_write(0x500, gdt)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-        uc.reg_write(X.UC_X86_REG_CS, 0x08)
-        for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-            uc.reg_write(r, 0x10)
-        uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+        self.uc = uc = scratch_engine(RAM, host_backed=True)
+        self.buf, self.host = uc.host_buf, uc.host_ram
         self.env = Quirks(uc).env
         assert self.env is not None
 

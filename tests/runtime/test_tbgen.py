@@ -4,16 +4,16 @@ do not, and a clock that still recounts code changed after a flush."""
 from __future__ import annotations
 
 import ctypes
-import mmap
+
+import pytest
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+from unicorn import UcError
 from unicorn import x86_const as X
 
-from bt.machine import flat_gdt_bytes
 from runtime import tbgen
 from runtime.clock import InstructionClock
-from runtime.quirks import Quirks
+from runtime.quirks import Quirks, scratch_engine
 
 RAM = 0x100000
 
@@ -23,18 +23,8 @@ def asm(src: str, at: int) -> bytes:
 
 
 def bare():
-    buf = mmap.mmap(-1, RAM)
-    host = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map_ptr(0, RAM, UC_PROT_ALL, host)
-    gdt = flat_gdt_bytes()
-    uc.mem_write(0x500, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-        uc.reg_write(r, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
-    return uc, buf, host
+    uc = scratch_engine(RAM, host_backed=True)
+    return uc, uc.host_buf, uc.host_ram
 
 
 def go(uc, at: int) -> None:
@@ -113,3 +103,23 @@ def test_code_changed_after_a_flush_is_counted_from_its_new_bytes():
     clock.run(0x1000, 100, lambda: False)
     clock.run(0x2000, 100, lambda: False)
     assert clock.count == 2 and uc.reg_read(X.UC_X86_REG_AX) == 1
+
+
+def test_a_calibration_runs_once_and_a_failure_is_kept():
+    from runtime.quirks import once_per_process
+    calls = []
+
+    def good():
+        calls.append(1)
+        return object()
+    found = once_per_process(good, tbgen.TBGenError)
+    assert found() is found() and len(calls) == 1
+
+    def odd():
+        calls.append(2)
+        raise KeyError("not 2.1.4")
+    failing = once_per_process(odd, tbgen.TBGenError)
+    for _ in range(2):
+        with pytest.raises(tbgen.TBGenError, match="calibration failed"):
+            failing()
+    assert calls.count(2) == 1

@@ -206,21 +206,8 @@ def test_reg_write_of_cr3_flushes_the_tlb_even_with_the_same_value():
 def _ptr_engine_with_split_ram():
     """RAM over host memory (as runtime/vm.py maps it), split by an earlier
     mem_protect, paging on with linear 0-2 MiB mapped and 2-4 MiB not."""
-    import ctypes
-    import mmap
-    from unicorn import Uc, UC_ARCH_X86, UC_MODE_32
-    from bt.machine import flat_gdt_bytes
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    mem = mmap.mmap(-1, 0x400000)
-    uc.mem_map_ptr(0, 0x400000, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
-    uc._test_keep = mem
-    gdt = flat_gdt_bytes()
-    uc.mem_write(0x500, gdt)
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x500, len(gdt) - 1, 0))
-    uc.reg_write(X.UC_X86_REG_CS, 0x08)
-    for r in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-        uc.reg_write(r, 0x10)
-    uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+    from runtime.quirks import scratch_engine
+    uc = scratch_engine(0x400000, esp=0x9000, host_backed=True)
     uc.mem_write(PT_LOW, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(0x200)))
     uc.mem_write(PD, struct.pack("<I", PT_LOW | 3))
     # nop; nop; mov ds, [0x3000] (a selector past the GDT limit: #GP)
