@@ -393,6 +393,10 @@ class BTMode(TrapMode):
     def guest_address(self, eip: int) -> int:
         return self.patcher.guest_address(eip) if self.cache.contains(eip) else eip
 
+    def code_at(self, linear: int, n: int) -> bytes | None:
+        data = super().code_at(linear, n)
+        return self.csam.unhide(linear, data) if data else data
+
     def guest_regs(self, regs: dict) -> dict:
         regs["eip"] = self.guest_address(regs["eip"])
         return regs

@@ -128,6 +128,11 @@ class EmulateMode:
         """The guest address an exit at `eip` belongs to (bt maps stub addresses back)."""
         return eip
 
+    def code_at(self, linear: int, n: int) -> bytes | None:
+        """The guest's code at `linear` as it wrote it (the VMM's read: no
+        accessed bits; None if unreadable); runtime/nmi.py finds irets by it."""
+        return self.vm.mem.try_read(linear, n)
+
     def on_vmm_branch(self, target: int) -> None:
         """The VMM is about to send the guest to `target` (an IDT handler, an
         emulated iret/far call): bt scans it first if it was never scanned."""

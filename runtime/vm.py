@@ -40,6 +40,7 @@ from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
 from runtime.delivery import Delivery, GuestFault, TripleFault
+from runtime.nmi import NMIGate
 from runtime.isolation import unmapped_access
 from runtime.devices import InterruptRouter, attach_standard_devices
 from runtime.devices.bus import IOBus
@@ -147,6 +148,7 @@ class VM:
         # The CPU's interrupt input: the local APIC, then the 8259 through LINT0
         # (runtime/devices/intc.py); `pic` keeps its old name for the modes.
         self.pic = InterruptRouter(self.devices["pic"], self.devices["lapic"])
+        self.nmi = NMIGate(self)        # NMI blocking (runtime/nmi.py)
         self._single_step = False       # runtime/mmio.py: the next slice is one instruction
         self._slice_n = 0
         # Unicorn's `until` probe corrupts fault state once paging is on (a note
@@ -273,6 +275,14 @@ class VM:
 
     def stack_base(self) -> int:
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_SS))
+        try:
+            return self.delivery.descriptor(sel).base
+        except GuestFault:
+            return 0
+
+    def code_base(self) -> int:
+        """The guest's CS base (0 when its descriptor cannot be read)."""
+        sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS))
         try:
             return self.delivery.descriptor(sel).base
         except GuestFault:
@@ -550,6 +560,8 @@ class VM:
         extra = {**self.mode.extra_report(), "protection_changes": self.protection_changes}
         if self.mmio.report():
             extra["mmio"] = self.mmio.report()
+        if self.nmi.report():
+            extra["nmi"] = self.nmi.report()
         return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
                          bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
                          self._vmm_time, extra)
@@ -607,6 +619,9 @@ class VM:
             n = min(n, max(ev - self.vtime, 1))
         if self.pic.has_interrupt():
             n = min(n, POLL_SLICE)
+        nmi_limit = self.nmi.slice_limit()
+        if nmi_limit is not None:
+            n = min(n, nmi_limit)
         limit = self.mode.slice_limit()
         if limit is not None:
             n = min(n, limit)
@@ -628,6 +643,7 @@ class VM:
         self._vmm_stopped = self._abort_pending = False
         self._ended_at = None
         self._in_slice = True
+        self.nmi.before_slice()
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if self._watch_window:
             self.clock.set_irq_wait(self.pic.has_interrupt() and self.mode.window_watch_here())
@@ -659,6 +675,7 @@ class VM:
                 self.fast.reg_write(X.UC_X86_REG_EIP, after)
         self.retired += done
         self.vtime += done
+        self.nmi.after_slice()
         if self._hook_error is not None:
             e, self._hook_error = self._hook_error, None
             # The host's reader went away (bt-run ... | head): not a VMM fault;
@@ -691,11 +708,19 @@ class VM:
         self.bus.tick(self.vtime)
 
     def _inject(self) -> None:
+        if self.nmi.deliverable():
+            # Not masked by IF; held back where an interrupt is (a shadow, a
+            # stub point under bt): runtime/nmi.py.
+            if self.mode.may_inject():
+                self._deliver_external(self.nmi.take())
+            return
         if not self.pic.has_interrupt() or not self.guest_eflags() & IF_BIT:
             return
         if not self.mode.may_inject():
             return
-        vector = self.pic.acknowledge()
+        self._deliver_external(self.pic.acknowledge())
+
+    def _deliver_external(self, vector: int) -> None:
         self.counters.add("exits")
         self.counters.add("interrupts_injected", vector)
         self.halted = False

@@ -7,7 +7,8 @@ in QEMU's x86_cpu_exec_interrupt -> apic_get_interrupt, then pic_read_irq.
 A guest that never touches the APIC (Linux with `nolapic`) sees the 8259 alone,
 exactly as before the APIC existed: LINT0 starts as ExtINT, unmasked.
 
-The VM injects from this object only (`has_interrupt`, `acknowledge`), and
+The VM injects from this object only (`has_interrupt`, `acknowledge`; NMIs,
+which bypass IF and the priorities, through `has_nmi`, `take_nmi`), and
 devices' IRQ lines (`raise_irq`, `lower_irq`) go to the 8259.
 """
 from __future__ import annotations
@@ -31,6 +32,12 @@ class InterruptRouter:
         if self.lapic.has_interrupt():
             return True
         return self.lapic.lint0_passes_pic() and self.pic.has_interrupt()
+
+    def has_nmi(self) -> bool:
+        return self.lapic.nmi_pending
+
+    def take_nmi(self) -> None:
+        self.lapic.take_nmi()
 
     def acknowledge(self) -> int:
         """INTA: the vector to deliver (call only after has_interrupt())."""

@@ -6,8 +6,10 @@ from it and the ISR, EOI, ISR/IRR/TMR, LDR/DFR, SVR (software enable), ESR
 IPIs to this CPU (shorthands self / all-including-self, or its physical ID or
 the broadcast ID), the LVT timer in one-shot and periodic mode on virtual time,
 and the APIC base MSR's value and its EN bit (`set_base_msr`: the guest's
-rdmsr/wrmsr 0x1B reach it in every mode, docs/devices.md).  Not modelled: NMI, SMI, INIT and SIPI delivery (IPIs
-and LVT entries asking for them are counted as `unsupported`), the
+rdmsr/wrmsr 0x1B reach it in every mode, docs/devices.md), and NMIs sent to
+this CPU through the ICR (delivery mode NMI: `nmi_pending`, one at most; the
+CPU side, NMI blocking, is runtime/nmi.py).  Not modelled: SMI, INIT and SIPI
+delivery and LVT entries asking for NMI (counted as `unsupported`), the
 TSC-deadline timer mode, x2APIC, the thermal,
 performance and CMCI sources, level-triggered IPIs' TMR and remote IRR (every
 interrupt is edge triggered here).
@@ -47,7 +49,11 @@ class LocalAPIC(Device):
 
     def __init__(self, apic_id: int = 0):
         self.counts = {"ipis": 0, "eois": 0, "timer_fired": 0, "timer_coalesced": 0,
-                       "delivered": 0, "unsupported": 0, "illegal_vectors": 0}
+                       "delivered": 0, "unsupported": 0, "illegal_vectors": 0, "nmis": 0}
+        # An NMI sent and not yet taken by the CPU: a latch, so a second one
+        # sent meanwhile merges with it (SDM 6.7.1: at most one pending).  Kept
+        # across an APIC reset: the CPU has it already.
+        self.nmi_pending = False
         self.reset(apic_id)
 
     def reset(self, apic_id: int = 0) -> None:
@@ -133,6 +139,10 @@ class LocalAPIC(Device):
         self.isr |= 1 << vector
         self.counts["delivered"] += 1
         return vector
+
+    def take_nmi(self) -> None:
+        """The CPU takes the pending NMI (call only when `nmi_pending`)."""
+        self.nmi_pending = False
 
     def lint0_passes_pic(self) -> bool:
         """Whether the 8259's INTR reaches the CPU: with the APIC globally
@@ -253,8 +263,14 @@ class LocalAPIC(Device):
             dest = self.icr >> 56
             if dest not in (self.apic_id, 0xFF):
                 return                  # no CPU with that ID
+        if mode == regs.APIC_DM_NMI:
+            # The vector field is ignored (the CPU takes vector 2); a software-
+            # disabled APIC still passes NMIs (SDM 11.4.7.2).
+            self.counts["nmis"] += 1
+            self.nmi_pending = True
+            return
         if mode not in (regs.APIC_DM_FIXED, regs.APIC_DM_LOWEST):
-            self.counts["unsupported"] += 1     # NMI, SMI, INIT, SIPI: not modelled
+            self.counts["unsupported"] += 1     # SMI, INIT, SIPI: not modelled
             return
         if vector < 16:
             self.esr_pending |= regs.APIC_ESR_SEND_ILLEGAL

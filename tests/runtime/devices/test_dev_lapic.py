@@ -58,13 +58,26 @@ def test_a_self_ipi_goes_to_irr_then_isr_and_eoi_clears_it():
     (regs.APIC_SH_ALL | 0x50, True),
     (regs.APIC_SH_OTHERS | 0x50, False),      # there is no other CPU
     (regs.APIC_SH_NONE | 0x50, True),         # destination 0: this CPU
-    (regs.APIC_SH_SELF | regs.APIC_DM_NMI | 0x50, False),   # NMI: not modelled (counted)
+    (regs.APIC_SH_SELF | regs.APIC_DM_NMI | 0x50, False),   # NMI: not through IRR (below)
 ])
 def test_ipi_destinations_and_modes(icr, delivered):
     a, _ = enabled()
     wr(a, regs.APIC_ICR_LO, icr)
     assert a.has_interrupt() is delivered
     assert rd(a, regs.APIC_ICR_LO) & regs.APIC_ICR_BUSY == 0
+
+
+def test_an_nmi_ipi_latches_one_pending_nmi_whatever_its_vector():
+    a, _ = enabled()
+    wr(a, regs.APIC_ICR_LO, regs.APIC_SH_SELF | regs.APIC_DM_NMI | 0x05)    # vector ignored: no ESR
+    wr(a, regs.APIC_ICR_LO, regs.APIC_DM_NMI)                              # destination 0: this CPU
+    assert a.nmi_pending and not a.has_interrupt() and a.irr == 0
+    assert a.counts["nmis"] == 2 and a.counts["unsupported"] == a.counts["illegal_vectors"] == 0
+    a.take_nmi()                                                           # the two merged into one
+    assert not a.nmi_pending
+    wr(a, regs.APIC_ICR_HI, 3 << 24)
+    wr(a, regs.APIC_ICR_LO, regs.APIC_DM_NMI)                              # no CPU 3
+    assert not a.nmi_pending
 
 
 def test_an_ipi_to_another_apic_id_goes_nowhere():
