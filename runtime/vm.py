@@ -35,11 +35,11 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from bt.mode import Mode
 from bt.outcome import Outcome, RunStop
-from bt.x86 import BP, CR4_PCE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, UD
+from bt.x86 import BP, CR4_PCE, DESC_SIZE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, SEL_INDEX_MASK, SEL_TI, UD
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
-from runtime.delivery import Delivery, GuestFault, TripleFault
+from runtime.delivery import Delivery, Descriptor, GuestFault, TripleFault
 from runtime.nmi import NMIGate
 from runtime.isolation import unmapped_access
 from runtime.devices import InterruptRouter, attach_standard_devices
@@ -281,12 +281,13 @@ class VM:
             return 0
 
     def code_base(self) -> int:
-        """The guest's CS base (0 when its descriptor cannot be read)."""
+        """The guest's CS base, read as the VMM's own look (no accessed bits
+        set: the CPU read nothing); 0 when the descriptor cannot be read."""
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS))
-        try:
-            return self.delivery.descriptor(sel).base
-        except GuestFault:
-            return 0
+        base, limit = self.guest_gdtr()
+        index = sel & SEL_INDEX_MASK
+        raw = self.mem.try_read(base + index, DESC_SIZE) if index + DESC_SIZE - 1 <= limit else None
+        return Descriptor.parse(raw).base if raw and index and not sel & SEL_TI else 0
 
     # -- setup -----------------------------------------------------------------
     def _make_mode(self):
