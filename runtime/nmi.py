@@ -47,10 +47,6 @@ class NMIGate:
     def deliverable(self) -> bool:
         return not self.blocked and self.vm.pic.has_nmi()
 
-    def waiting(self) -> bool:
-        """An NMI is pending and can be taken now: slices end at once."""
-        return self.deliverable()
-
     def take(self) -> int:
         """The CPU takes the pending NMI: blocking starts; the vector to deliver."""
         self.vm.pic.take_nmi()
