@@ -58,6 +58,19 @@ def test_a_patched_function_called_at_ring3_under_paging_behaves_as_under_emulat
     assert vm.mode.patcher.stats()["enabled"] >= 1  # and it is back for ring 0
 
 
+@pytest.mark.parametrize("site,after", [("pushfd", "pop esi"), ("str esi", "inc esi"),
+                                        ("smsw esi", "inc esi")], ids=["pushfd", "str", "smsw"])
+def test_an_int3_patch_reached_from_ring3_under_paging(site, after):
+    """A branch into the bytes after the site refuses the jump patch: the site
+    is an int3 patch, whose int3 ring 3 runs in place (issue 21 saw a
+    #GP(0x1a), the guest's gate DPL for #BP, around such a patch); no passage."""
+    fn = f"cmp esp, 0\nje s_mid\n{site}\ns_mid:\n{after}"
+    vm, got, _ = same_as_emulate(body(fn))
+    assert got.exit_status == 0, got.message
+    assert any(p.kind == "int3" for p in vm.mode.patcher.patches.values())
+    assert vm.mode.passage.passages == 0
+
+
 def test_the_patch_is_back_for_ring0_after_the_passage():
     """Ring 0, ring 3, ring 0 again: the second ring-0 call runs the stub again
     (the jump is in place; no second passage)."""
