@@ -402,6 +402,8 @@ class Patcher:
             self._write(ins.addr, b"\xcc")
         self._flush(p.site, max(p.end, p.site + len(p.orig)))
         self.lifted[p.site] = (p, trapped)
+        if self.on_change is not None and trapped:
+            self.on_change(p.site, max(p.end, p.site + len(p.orig)))    # the int3s hidden from loads
         return trapped
 
     def put_back(self, p: Patch) -> bool:
@@ -418,6 +420,8 @@ class Patcher:
             if self.on_free is not None:
                 self.on_free(p.stub, p.stub + p.stub_size)
             p.enabled = False
+            if self.on_change is not None:
+                self.on_change(p.site, max(p.end, p.site + len(p.orig)))
             return False
         self._apply_variants(p)
         rel = (p.stub - (p.site + JMP_SIZE)) & 0xFFFFFFFF
@@ -426,7 +430,7 @@ class Patcher:
         self.cache.add_guest_jump(p.site)
         self._index(p)
         if self.on_change is not None:
-            self.on_change(*p.span)
+            self.on_change(p.site, max(p.end, p.site + len(p.orig)))
         return True
 
     def _unindex(self, p: Patch) -> None:

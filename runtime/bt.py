@@ -217,7 +217,7 @@ class BTMode(TrapMode):
             if self.csam.is_guard(site):
                 return self.csam.guard_exit(site)
             ins = self.passage.emulated_at(site)
-            if ins is not None and cpl == 3:
+            if ins is not None:
                 self.stats.add("int3_exits")
                 vm.counters.add("faults_emulated", ins.mnemonic)
                 return self._emulate_original(ins, resume=None)
