@@ -198,9 +198,10 @@ class BTMode(TrapMode):
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         handled = self._on_fault(vector, eip, error, soft)
         if self.passage.held is not None:
-            # During a ring-3 passage every exit ends the slice: Unicorn may go
-            # on past the exit in a one-instruction slice, and no code may run
+            # During a ring-3 passage every exit ends the slice: no code may run
             # the lifted bytes before the passage is checked (runtime/ring3pass.py).
+            # Seen without this: after an exit the one-instruction slice went
+            # on to the next patched site (test_ring3_passage.py, popfd).
             self.vm.halt_slice()
         return handled
 
