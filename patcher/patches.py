@@ -118,6 +118,9 @@ class Patcher:
         self.iopl = 0
         # Whether pushf(d) stubs must test for CPL 3 (`set_ring3_tests`).
         self.ring3_tests = False
+        # Jump patches lifted while ring 3 passes their site (`lift`), by site:
+        # (patch, the covered instructions holding an int3 meanwhile).
+        self.lifted: dict[int, tuple[Patch, list[Insn]]] = {}
 
     # -- queries -------------------------------------------------------------------
     def at(self, site: int) -> Patch | None:
@@ -140,6 +143,10 @@ class Patcher:
                     j = site + i - addr
                     if 0 <= j < len(out):
                         out[j] = b
+        for _, trapped in self.lifted.values():       # the int3s of a ring-3 passage
+            for ins in trapped:
+                if 0 <= ins.addr - addr < len(out):
+                    out[ins.addr - addr] = ins.data[0]
         return bytes(out)
 
     def covering(self, addr: int) -> Patch | None:
@@ -371,13 +378,71 @@ class Patcher:
         self._register(patch)
 
     def _register(self, patch: Patch) -> None:
+        self._index(patch)
+        self.counters.add("installed", patch.name)
+        if self.on_change is not None:
+            self.on_change(*patch.span)
+
+    def _index(self, patch: Patch) -> None:
         self.patches[patch.site] = patch
         self._stub_index = None
         for page in {patch.site & ~(PAGE - 1), (patch.site + len(patch.orig) - 1) & ~(PAGE - 1)}:
             self._by_page.setdefault(page, set()).add(patch.site)
-        self.counters.add("installed", patch.name)
+
+    # -- lifting a jump patch while ring 3 passes (runtime/ring3pass.py) ------------------
+    def lift(self, p: Patch, trap) -> list[Insn]:
+        """Put the guest's bytes back at a jump patch's site for a while, keeping
+        its stub (not retired, not counted as removed): ring 3 runs the original
+        instructions there, where the supervisor-only stub is out of its reach.
+        The covered instructions `trap(insn)` picks (the runtime's: those it
+        emulates) get an int3 instead, as an int3 patch would; they are returned."""
+        self._unindex(p)
+        trapped = [i for i in p.covered if trap(i)]
+        for ins in trapped:
+            self._write(ins.addr, b"\xcc")
+        self._flush(p.site, max(p.end, p.site + len(p.orig)))
+        self.lifted[p.site] = (p, trapped)
+        if self.on_change is not None and trapped:
+            self.on_change(p.site, max(p.end, p.site + len(p.orig)))    # the int3s hidden from loads
+        return trapped
+
+    def put_back(self, p: Patch) -> bool:
+        """Re-enable a lifted patch (not counted as installed again).  False when
+        its guest bytes changed meanwhile or another patch took the site: the
+        stub's space is given back instead."""
+        _, trapped = self.lifted.pop(p.site)
+        for ins in trapped:
+            if self._read(ins.addr, 1) == b"\xcc":
+                self._write(ins.addr, ins.data[:1])
+        self._flush(p.site, max(p.end, p.site + len(p.orig)))
+        if p.site in self.patches or self._read(p.site, len(p.orig)) != p.orig:
+            self.cache.free(p.stub, p.stub_size)
+            if self.on_free is not None:
+                self.on_free(p.stub, p.stub + p.stub_size)
+            p.enabled = False
+            if self.on_change is not None:
+                self.on_change(p.site, max(p.end, p.site + len(p.orig)))
+            return False
+        self._apply_variants(p)
+        rel = (p.stub - (p.site + JMP_SIZE)) & 0xFFFFFFFF
+        self._write(p.site, b"\xe9" + struct.pack("<I", rel))
+        self._flush(p.site, p.site + JMP_SIZE)
+        self.cache.add_guest_jump(p.site)
+        self._index(p)
         if self.on_change is not None:
-            self.on_change(*patch.span)
+            self.on_change(p.site, max(p.end, p.site + len(p.orig)))
+        return True
+
+    def _unindex(self, p: Patch) -> None:
+        self.patches.pop(p.site, None)
+        self._stub_index = None
+        self._write(p.site, p.orig)
+        self._flush(p.site, p.site + len(p.orig))
+        self.cache.drop_guest_jump(p.site)
+        for sites in self._by_page.values():
+            sites.discard(p.site)
+        if self.on_change is not None:
+            self.on_change(*p.span)
 
     # -- removing (self-modifying code) ------------------------------------------------
     def remove_page(self, page: int) -> list[Patch]:
@@ -502,7 +567,7 @@ class Patcher:
     def relocate(self, delta: int) -> None:
         """The stub cache moved by `delta` (its bytes and fixups already moved:
         StubCache.relocate): move every patch's stub, exit and stub-map addresses."""
-        for p in list(self.patches.values()) + list(self._retired.values()):
+        for p in list(self.patches.values()) + list(self._retired.values()) + [p for p, _ in self.lifted.values()]:
             if p.stub:
                 p.stub += delta
                 p.exits = {a + delta: e for a, e in p.exits.items()}

@@ -31,6 +31,7 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine
 from runtime.memory import OutsideRam
 from runtime.modes import StopSlice
+from runtime.ring3pass import Ring3Passage
 from runtime.trap import TrapMode
 
 IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection there)
@@ -58,6 +59,7 @@ class BTMode(TrapMode):
         self.stats = Counters(CSAM_STATS)
         self.csam = CSAM(self, self.patcher, self.stats, self._place_patches)
         self._patched_fault_sites: set[int] = set()
+        self.passage = Ring3Passage(self)
         # Patch cli/sti found by the scanner right away (PATM did), instead of
         # waiting for their first trap; fault-driven patching covers the rest.
         self._scan_patches_privileged = vm.config.eager_privileged_patches
@@ -194,6 +196,16 @@ class BTMode(TrapMode):
 
     # -- exits ------------------------------------------------------------------------
     def on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
+        handled = self._on_fault(vector, eip, error, soft)
+        if self.passage.held is not None:
+            # During a ring-3 passage every exit ends the slice: no code may run
+            # the lifted bytes before the passage is checked (runtime/ring3pass.py).
+            # Seen without this: after an exit the one-instruction slice went
+            # on to the next patched site (test_ring3_passage.py, popfd).
+            self.vm.halt_slice()
+        return handled
+
+    def _on_fault(self, vector: int, eip: int, error, soft: bool) -> bool:
         vm = self.vm
         if self.cache.contains(eip):
             return self._stub_fault(vector, eip, error, soft)
@@ -205,6 +217,11 @@ class BTMode(TrapMode):
             site = (eip - 1) & 0xFFFFFFFF
             if self.csam.is_guard(site):
                 return self.csam.guard_exit(site)
+            ins = self.passage.emulated_at(site)
+            if ins is not None:
+                self.stats.add("int3_exits")
+                vm.counters.add("faults_emulated", ins.mnemonic)
+                return self._emulate_original(ins, resume=None)
             p = self.patcher.at(site)
             if p is not None and p.kind == "int3":
                 self.stats.add("int3_exits")
@@ -290,9 +307,13 @@ class BTMode(TrapMode):
                 and self.uc.reg_read(X.UC_X86_REG_CR2) == eip:
             # Under paging the stub cache is supervisor-only (runtime/paging.py):
             # ring 3 running a patched kernel page (kvm-unit-tests' umip runs
-            # kernel functions at ring 3) jumps into it and faults.  Not built:
-            # ending cleanly beats a #PF the guest would never get.
-            raise VMMError(f"ring 3 ran a patched kernel site ({self.patcher.guest_address(eip):#x}) "
+            # kernel functions at ring 3) jumps into it and faults.  It runs the
+            # guest's own bytes instead, as the CPU would (runtime/ring3pass.py).
+            p = self.patcher.stub_owner(eip)
+            if p is not None and p.kind == "jump":
+                self.passage.begin(p, self.patcher.guest_address(eip))
+                return True
+            raise VMMError(f"ring 3 reached the stub cache at {eip:#x} outside any patch "
                            "under paging, where the stubs are supervisor-only (docs/paging-plan.md)")
         p = self.patcher.stub_owner(eip)
         exit_ = p.exits.get(eip) if p is not None else None
@@ -359,8 +380,14 @@ class BTMode(TrapMode):
                 return guest
         return None
 
+    def before_slice(self) -> None:
+        self.passage.before_slice()
+        super().before_slice()
+
     def slice_limit(self) -> int | None:
         limit = super().slice_limit()
+        if self.passage.held is not None:
+            return 1
         if self.vm.pic.has_interrupt() and self._in_stub():
             return min(limit or IN_STUB_SLICE, IN_STUB_SLICE)
         return limit

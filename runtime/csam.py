@@ -244,7 +244,8 @@ class CSAM(Views, SmcRewrites):
             self._hide(page)
 
     def _hide(self, page: int) -> None:
-        """Publish the page's patch bytes (jump and int3 patches, guards) with the
+        """Publish the page's patch bytes (jump and int3 patches, guards, a ring-3
+        passage's int3s) with the
         guest's bytes under them, so guest loads see the latter; the first time a
         page carries any, it gets its read hooks.  Only bytes that differ from the
         guest's are marked (a jump patch's covered bytes after its 5 are the
@@ -257,6 +258,8 @@ class CSAM(Views, SmcRewrites):
         table = bytearray(2 * PAGE)
         spans = [(p.site, p.orig) for p in self.patcher.patches_on_page(page)]
         spans += [(g, ins.data[:1]) for g, ins in self.guards.items() if g & ~(PAGE - 1) == page]
+        spans += [(ins.addr, ins.data[:1]) for _, trapped in self.patcher.lifted.values()    # runtime/ring3pass.py
+                  for ins in trapped if ins.addr & ~(PAGE - 1) == page]
         for site, orig in spans:
             now = self._raw(site, len(orig))
             for i, b in enumerate(orig):
