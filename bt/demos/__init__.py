@@ -54,6 +54,18 @@ def full_source(name: str) -> str:
     return "\n".join(parts)
 
 
+def program_image(main: str, name: str) -> GuestImage:
+    """A guest written like a demo -- `main` (its `main:` and handlers) between
+    the demos' prelude and library -- assembled at LOAD_ADDR: for tests that
+    build their own small guests on the demos' GDT/IDT helpers."""
+    from keystone import Ks, KS_ARCH_X86, KS_MODE_32
+
+    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), main, _files().joinpath(_LIB).read_text()])
+    code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDR)
+    return GuestImage(path=f"code:{name}", format="raw", entry=LOAD_ADDR,
+                      segments=[Segment(LOAD_ADDR, bytes(code))], name=name)
+
+
 def expected_output(name: str) -> bytes:
     """Serial output the demo gives on real hardware at CPL 0."""
     _check(name)

@@ -8,10 +8,9 @@ The guest arms a fast timer with IF = 0, spins until IRQ 0 waits, enables
 interrupts and counts in EBX; the tick handler records EBX the first time.
 """
 import pytest
-from keystone import Ks, KS_ARCH_X86, KS_MODE_32
 
-from bt.demos import LOAD_ADDR, _LIB, _PRELUDE, _files
-from bt.images.image import GuestImage, Segment
+from bt.demos import program_image
+from bt.images.image import GuestImage
 from bt.machine import MachineConfig
 from runtime.vm import VM
 
@@ -83,11 +82,7 @@ SEEN = {"popfd": 0, "sti": 1, "sti_nop": 1, "unmask": 0, "sti_movcs": 8, "pushfd
 
 
 def _image(enable: str) -> GuestImage:
-    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), MAIN.format(enable=ENABLE[enable], before=BEFORE.get(enable, "")),
-                     _files().joinpath(_LIB).read_text()])
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDR)
-    return GuestImage(path="code:irq-window", format="raw", entry=LOAD_ADDR,
-                      segments=[Segment(LOAD_ADDR, bytes(code))], name="irq-window")
+    return program_image(MAIN.format(enable=ENABLE[enable], before=BEFORE.get(enable, "")), "irq-window")
 
 
 def _run(enable: str, mode: str):

@@ -4,10 +4,9 @@ runtime/mmio.py, as tests/runtime/test_clock.py pins the port-I/O case), the
 timer in one-shot and periodic mode on virtual time, EOI and TPR, and the 8259
 still reaching the CPU through LINT0."""
 import pytest
-from keystone import Ks, KS_ARCH_X86, KS_MODE_32
 
-from bt.demos import LOAD_ADDR, _LIB, _PRELUDE, _files
-from bt.images.image import GuestImage, Segment
+from bt.demos import program_image
+from bt.images.image import GuestImage
 from bt.machine import MachineConfig
 from runtime.vm import VM
 
@@ -51,10 +50,7 @@ main:
     ret
 {HANDLERS}
 """
-    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), main, _files().joinpath(_LIB).read_text()])
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDR)
-    return GuestImage(path="code:lapic", format="raw", entry=LOAD_ADDR,
-                      segments=[Segment(LOAD_ADDR, bytes(code))], name="lapic")
+    return program_image(main, "lapic")
 
 
 def _run(body: str, mode: str, **cfg):

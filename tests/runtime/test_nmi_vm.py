@@ -5,10 +5,9 @@ boundary right after it (the frame's EIP is the interrupted instruction's
 successor, the handler's work done); blocking ends at that iret, so a later
 NMI is taken again; and every mode agrees to the instruction."""
 import pytest
-from keystone import Ks, KS_ARCH_X86, KS_MODE_32
 
-from bt.demos import LOAD_ADDR, _LIB, _PRELUDE, _files
-from bt.images.image import GuestImage, Segment
+from bt.demos import program_image
+from bt.images.image import GuestImage
 from bt.machine import MachineConfig
 from runtime.vm import VM
 
@@ -64,10 +63,7 @@ main:
     ret
 {HANDLER}
 """
-    src = "\n".join([_files().joinpath(_PRELUDE).read_text(), main, _files().joinpath(_LIB).read_text()])
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src, LOAD_ADDR)
-    return GuestImage(path="code:nmi", format="raw", entry=LOAD_ADDR,
-                      segments=[Segment(LOAD_ADDR, bytes(code))], name="nmi")
+    return program_image(main, "nmi")
 
 
 def _run(body: str, mode: str):
