@@ -17,12 +17,11 @@ patcher, guards and clock.
 """
 from __future__ import annotations
 
-import bisect
 
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE
 from runtime.views import FLAGS
-from scanner.drop import fallthrough_preds, nodes_overlapping
+from scanner.drop import fallthrough_preds, nodes_overlapping, span_membership
 
 
 class SmcRewrites:
@@ -110,16 +109,5 @@ def in_spans(points, spans) -> list:
     bisection per point over the spans merged (a drain after a store over freed
     init code drops ~20,000 blocks; a look at every span per guard was 0.8 s of
     a profiled boot)."""
-    los, his = [], []
-    for lo, hi in sorted(spans):
-        if his and lo <= his[-1]:
-            his[-1] = max(his[-1], hi)
-        else:
-            los.append(lo)
-            his.append(hi)
-    out = []
-    for g in points:
-        i = bisect.bisect_right(los, g) - 1
-        if i >= 0 and g < his[i]:
-            out.append(g)
-    return out
+    inside = span_membership(spans)
+    return [g for g in points if inside(g)]

@@ -148,22 +148,28 @@ def span_of(cfg: CFG, nodes) -> tuple[int, int] | None:
             max(max(node[n]["end"], node[n]["start"] + 1) for n in nodes))
 
 
-def outside(orphans: list[tuple], gone: list[tuple[int, int]]) -> list[tuple]:
-    """The orphan items whose branch site lies in none of the `gone` spans
-    ([lo, hi)): a bisection per item over the spans merged, not a comparison
-    with each (ftrace leaves thousands of both between two walks)."""
-    if not gone:
-        return list(orphans)
+def span_membership(spans):
+    """A test `inside(x)` for the union of `spans` ([lo, hi)): the spans merged
+    once, then a bisection per point, not a comparison with each span (ftrace
+    and freed init code leave thousands of both between two walks)."""
     los, his = [], []
-    for lo, hi in sorted(gone):
+    for lo, hi in sorted(spans):
         if his and lo <= his[-1]:
             his[-1] = max(his[-1], hi)
         else:
             los.append(lo)
             his.append(hi)
-    out = []
-    for o in orphans:
-        i = bisect.bisect_right(los, o[0]) - 1
-        if i < 0 or o[0] >= his[i]:
-            out.append(o)
+
+    def inside(x) -> bool:
+        i = bisect.bisect_right(los, x) - 1
+        return i >= 0 and x < his[i]
+    return inside
+
+
+def outside(orphans: list[tuple], gone: list[tuple[int, int]]) -> list[tuple]:
+    """The orphan items whose branch site lies in none of the `gone` spans."""
+    if not gone:
+        return list(orphans)
+    inside = span_membership(gone)
+    out = [o for o in orphans if not inside(o[0])]
     return out
