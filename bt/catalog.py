@@ -382,6 +382,14 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 
 # Prefix bytes skipped by the classifier (group 1-4 legacy prefixes).
+# Rows that open an interrupt shadow like sti's (SDM, MOV/POP: an SS load
+# inhibits interrupts until the next instruction has run; lss does not).  The
+# VMM opens it when it emulates one (runtime/emulation.py), and bt ends a
+# template after one in its block (patcher/patches.py).
+SHADOW_OPENERS = frozenset({"mov_to_ss", "pop_ss"})
+for _name in SHADOW_OPENERS:
+    assert any(e.name == _name for e in CATALOG), _name
+
 PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 
 _BY_NAME: dict[str, CatalogEntry] = {}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import capstone
 
-from bt.catalog import classify_bytes
+from bt.catalog import SHADOW_OPENERS, classify_bytes
 from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
@@ -251,13 +251,13 @@ class Patcher:
             template = template_for(key, ins.data)
             if template is not None:
                 terminated |= key in TERMINATORS
-                # The template is the one instruction of an sti shadow: end
+                # The template is the one instruction of an sti or SS-load shadow: end
                 # its translated block right after it, so that the next block
                 # starts where the next guest instruction's stub code does,
                 # where the clock's window check lets a waiting interrupt in
                 # (runtime/_clock.c, "Interrupt window"), as the CPU does
                 # after the shadow's instruction.
-                shadow = key not in TERMINATORS and self._in_sti_shadow(covered, k)
+                shadow = key not in TERMINATORS and self._in_irq_shadow(covered, k)
 
                 def make(c: StubContext, template=template, ins=ins, shadow=shadow) -> str:
                     text = template(c, ins)
@@ -339,15 +339,23 @@ class Patcher:
                      ring3_entries=tuple(ring3_entries), ring3=self.ring3_tests, tails=tuple(tails),
                      code=bytes(code))
 
-    def _in_sti_shadow(self, covered: list[Insn], k: int) -> bool:
-        """Does covered[k] follow an sti?  For the site, the guest byte before it
-        (a byte 0xFB ending another instruction only costs a needless jmp)."""
+    def _in_irq_shadow(self, covered: list[Insn], k: int) -> bool:
+        """Does covered[k] follow an instruction that opens an interrupt shadow
+        (sti; mov ss / pop ss, whose exits open it: runtime/emulation.py
+        `settle_irq_shadow`)?  For the site, the guest bytes before it: an sti
+        (0xFB), a `pop ss` (0x17) or a register `mov ss` (8E D0-D7); a memory
+        `mov ss` before a site is not seen.  (Such bytes ending another
+        instruction only cost a needless jmp.)"""
         if k > 0:
-            return covered[k - 1].data == b"\xfb"
+            return covered[k - 1].data == b"\xfb" or row_name(covered[k - 1]) in SHADOW_OPENERS
         try:
-            return self._read(covered[0].addr - 1, 1) == b"\xfb"
-        except Exception:       # nothing readable before the site: no sti there
-            return False
+            before = self._read(covered[0].addr - 2, 2)
+        except Exception:       # nothing readable before the site: no opener there
+            try:
+                before = b"\x00" + self._read(covered[0].addr - 1, 1)
+            except Exception:
+                return False
+        return before[1] in (0xFB, 0x17) or (before[0] == 0x8E and before[1] & 0xF8 == 0xD0)
 
     def _relocate(self, ins: Insn, at: int) -> tuple[bytes, bool]:
         """Copy one covered instruction to the stub; re-encode relative branches."""

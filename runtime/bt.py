@@ -28,7 +28,7 @@ from runtime.counters import CSAM_STATS, PATCH_STATS, Counters
 from runtime.csam import CSAM
 from runtime.decode import decode
 from runtime.delivery import GuestFault
-from runtime.emulation import NOT_MINE, emulate, has_routine
+from runtime.emulation import NOT_MINE, emulate, has_routine, settle_irq_shadow
 from runtime.memory import OutsideRam
 from runtime.modes import StopSlice
 from runtime.ring3pass import Ring3Passage
@@ -286,9 +286,16 @@ class BTMode(TrapMode):
         if new_eip is NOT_MINE:
             self.vm.deliver_exception(GP, ins.addr, 0)
             return True
-        self.vm.quirks.end_irq_shadow()     # the emulated instruction was the shadow's
+        settle_irq_shadow(self.vm.quirks, row)
         if new_eip is None:
             new_eip = resume if resume is not None else ins.addr + ins.size
+            if new_eip != ins.addr + ins.size and self.vm.quirks.irq_inhibited() \
+                    and self._is_jump_back(new_eip):
+                # An SS load opened a shadow and was the patch's last covered
+                # instruction: the shadow is the guest's next instruction's, not
+                # the jump back's (a weightless block whose carried shadow would
+                # hold the whole next guest block: runtime/_clock.c).
+                new_eip = ins.addr + ins.size
         elif not self.cache.contains(new_eip):
             self.on_vmm_branch(new_eip)
             new_eip = self.csam.stub_point(new_eip)
@@ -297,6 +304,12 @@ class BTMode(TrapMode):
             self.stop_slice = False
             raise StopSlice
         return True
+
+    def _is_jump_back(self, eip: int) -> bool:
+        """Is stub point `eip` its patch's jump back to the guest (no covered
+        instruction's stub code starts there)?"""
+        p = self.patcher.stub_owner(eip)
+        return p is not None and p.kind == "jump" and all(lo != eip for lo, _hi, _g in p.stub_map)
 
     def runs_own_code(self, eip: int) -> bool:
         return self.cache.contains(eip)

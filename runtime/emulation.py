@@ -22,7 +22,7 @@ from typing import Callable
 
 from unicorn import x86_const as X
 
-from bt.catalog import check_registry
+from bt.catalog import SHADOW_OPENERS, check_registry
 from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
                     MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
@@ -137,6 +137,16 @@ def _mov_to_dr(mode, insn, eip):
 def _mov_from_dr(mode, insn, eip):
     dst, src = insn.operands
     write_operand(mode, dst, mode.vcpu.get("dr")[src.reg])
+
+
+def settle_irq_shadow(quirks, row) -> None:
+    """After the VMM emulated one instruction of `row`: the shadow it ran in (if
+    any) is over, and an SS load outside a shadow opens one for the next
+    instruction, as the CPU's own load does."""
+    opens = row is not None and row.name in SHADOW_OPENERS and not quirks.irq_inhibited()
+    quirks.end_irq_shadow()
+    if opens:
+        quirks.open_irq_shadow()
 
 
 @emulates("mov_to_ss")

@@ -652,6 +652,14 @@ class Quirks:
         if self.env is not None and self._hflags.value & HF_INHIBIT_IRQ:
             self._hflags.value &= ~HF_INHIBIT_IRQ
 
+    def open_irq_shadow(self) -> None:
+        """The VMM emulated a `mov ss` / `pop ss` outside a shadow: the next
+        instruction runs in its shadow, as after the CPU's own (QEMU sets the
+        bit after an SS load only when it was clear: a load in sti's shadow
+        opens none; tests/runtime/test_irq_window.py pins it)."""
+        if self.env is not None:
+            self._hflags.value |= HF_INHIBIT_IRQ
+
     def resync_pc(self) -> None:
         """After a hook that may have written EIP: let later hooks in this slice
         see their own EIP again (see _find_pc_sync_flag)."""

@@ -43,7 +43,7 @@ from patcher.policy import patched_on_fault
 from runtime.areamove import AreaMover
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
-from runtime.emulation import NOT_MINE, emulate, has_routine
+from runtime.emulation import NOT_MINE, emulate, has_routine, settle_irq_shadow
 from runtime.hyper import HyperArea
 from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
@@ -528,7 +528,7 @@ class TrapMode(EmulateMode):
             vm.counters.add("faults_reflected", vector)
             return False
         vm.counters.add("faults_emulated", insn.mnemonic)
-        vm.quirks.end_irq_shadow()          # the emulated instruction was the shadow's
+        settle_irq_shadow(vm.quirks, row)
         self.after_emulated_fault(insn, eip)
         if resume is not None:
             self.on_vmm_branch(resume)
