@@ -85,6 +85,13 @@ class Patch:
     def span(self) -> tuple[int, int]:
         return self.site, self.site + len(self.orig)
 
+    @property
+    def extent(self) -> int:
+        """The guest address after everything the patch stands for: its
+        replaced bytes and, for a jump, every instruction its stub translates
+        (those after the jmp's 5 bytes are still the guest's own)."""
+        return max(self.end, self.site + len(self.orig))
+
 
 class Patcher:
     """Plans, installs and removes patches; owns the stub cache."""
@@ -154,7 +161,7 @@ class Patcher:
         for page in {addr & ~(PAGE - 1), (addr - JMP_SIZE) & ~(PAGE - 1)}:
             for site in self._by_page.get(page, ()):
                 p = self.patches.get(site)
-                if p is not None and p.site <= addr < max(p.end, p.site + len(p.orig)):
+                if p is not None and p.site <= addr < p.extent:
                     return p
         return None
 
@@ -408,10 +415,10 @@ class Patcher:
         trapped = [i for i in p.covered if trap(i)]
         for ins in trapped:
             self._write(ins.addr, b"\xcc")
-        self._flush(p.site, max(p.end, p.site + len(p.orig)))
+        self._flush(p.site, p.extent)
         self.lifted[p.site] = (p, trapped)
         if self.on_change is not None and trapped:
-            self.on_change(p.site, max(p.end, p.site + len(p.orig)))    # the int3s hidden from loads
+            self.on_change(p.site, p.extent)    # the int3s hidden from loads
         return trapped
 
     def put_back(self, p: Patch) -> bool:
@@ -422,14 +429,14 @@ class Patcher:
         for ins in trapped:
             if self._read(ins.addr, 1) == b"\xcc":
                 self._write(ins.addr, ins.data[:1])
-        self._flush(p.site, max(p.end, p.site + len(p.orig)))
+        self._flush(p.site, p.extent)
         if p.site in self.patches or self._read(p.site, len(p.orig)) != p.orig:
             self.cache.free(p.stub, p.stub_size)
             if self.on_free is not None:
                 self.on_free(p.stub, p.stub + p.stub_size)
             p.enabled = False
             if self.on_change is not None:
-                self.on_change(p.site, max(p.end, p.site + len(p.orig)))
+                self.on_change(p.site, p.extent)
             return False
         self._apply_variants(p)
         rel = (p.stub - (p.site + JMP_SIZE)) & 0xFFFFFFFF
@@ -438,7 +445,7 @@ class Patcher:
         self.cache.add_guest_jump(p.site)
         self._index(p)
         if self.on_change is not None:
-            self.on_change(p.site, max(p.end, p.site + len(p.orig)))
+            self.on_change(p.site, p.extent)
         return True
 
     def _unindex(self, p: Patch) -> None:

@@ -170,7 +170,7 @@ class CSAM(Views, SmcRewrites):
             return address
         self._settle()
         p = self.patcher.covering(address)
-        if p is not None and p.kind == "jump" and p.site < address < p.site + len(p.orig):
+        if p is not None and p.kind == "jump" and p.site < address < p.extent:
             return self._into_patch(p, address)
         if self.cfg.pages.state(address) != 1 or self.cfg.block_of(address) is None:
             self.scan(address)
@@ -189,7 +189,7 @@ class CSAM(Views, SmcRewrites):
         start (a scan exit); a #GP handler that resumes after a patched
         `mov fs` returns there on every fault (demo:exceptions, issue 15 cause 12)."""
         p = self.patcher.covering(address)
-        if p is None or p.kind != "jump" or not p.site < address < p.site + len(p.orig):
+        if p is None or p.kind != "jump" or not p.site < address < p.extent:
             return address
         for lo, _hi, guest in p.stub_map:
             if guest == address:
@@ -233,7 +233,10 @@ class CSAM(Views, SmcRewrites):
                     continue
                 if p.site & ~(PAGE - 1) == page:
                     table[p.site - page] = PATCH_SITE
-                for a in range(p.site + 1, p.site + len(p.orig)):
+                # every byte the stub stands for: an instruction after the
+                # jmp's 5 bytes run natively would show the host's truth
+                # (a tick's return onto a covered iretd ran it at CPL 1)
+                for a in range(p.site + 1, p.extent):
                     if a & ~(PAGE - 1) == page:
                         table[a - page] = 1
             if any(table):

@@ -59,7 +59,7 @@ class Ring3Passage:
             return False
         fast = self.mode.vm.fast
         eip = fast.reg_read(X.UC_X86_REG_EIP)
-        return fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 and p.site <= eip < max(p.end, p.site + len(p.orig))
+        return fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 and p.site <= eip < p.extent
 
     def before_slice(self) -> None:
         """Between slices: end the passage once ring 3 left the covered bytes."""

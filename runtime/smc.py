@@ -47,7 +47,7 @@ class SmcRewrites:
             for p in self._patches_over(spans):
                 if p.site not in patches:
                     patches[p.site] = p
-                    more |= nodes_overlapping(cfg, p.site, max(p.end, p.site + len(p.orig)))
+                    more |= nodes_overlapping(cfg, p.site, p.extent)
             if more <= nodes:
                 break
             nodes |= more
@@ -99,7 +99,7 @@ class SmcRewrites:
         for lo, hi in spans:
             for pg in range(max(lo - JMP_SIZE, 0) & ~(PAGE - 1), hi, PAGE):
                 for p in self.patcher.patches_on_page(pg):
-                    if p.site < hi and lo < max(p.end, p.site + len(p.orig)):
+                    if p.site < hi and lo < p.extent:
                         out[p.site] = p
         return [out[s] for s in sorted(out)]
 

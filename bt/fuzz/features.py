@@ -370,6 +370,21 @@ def _io_flags(rng, p):
     return ["xor ecx, ecx", f"mov eax, {_imm(rng):#x}", _alu_line(rng), port, after, "pushfd", f"pop {r}"]
 
 
+@feature("timer")
+def _timer(rng, p):
+    """Program the 8259 (IRQ 0 at vector 0x20, the rest masked) and the PIT
+    (mode 2, a reload of 1-4 counts: a tick every ~85-340 instructions of
+    virtual time) and set IF: the later statements run with timer interrupts
+    landing wherever virtual time puts them, and the tick handler folds each
+    frame into the digest (guest.py `fz_tick`).  The VMM must take each at
+    the instruction emulate takes it (interrupt windows, shadows, stubs)."""
+    reload = rng.randrange(1, 5)
+    return ["mov al, 0x11", "out 0x20, al", f"mov al, {G.TICK_VECTOR:#x}", "out 0x21, al",
+            "mov al, 4", "out 0x21, al", "mov al, 1", "out 0x21, al", "mov al, 0xfe", "out 0x21, al",
+            "mov al, 0x34", "out 0x43, al", f"mov al, {reload}", "out 0x40, al", "mov al, 0", "out 0x40, al",
+            "sti"]
+
+
 @feature("cpuid")
 def _cpuid(rng, p):
     return [f"mov eax, {rng.choice((0, 1, 0x80000000, 0x80000001)):#x}", "xor ecx, ecx", "cpuid"]

@@ -34,6 +34,8 @@ RECORDS = DATA + 0x40     # EXC_COUNT, EXC_SUM, INT_SUM: printed by the epilogue
 EXC_COUNT = RECORDS + 0
 EXC_SUM = RECORDS + 4
 INT_SUM = RECORDS + 8
+TICK_COUNT = RECORDS + 12   # timer interrupts taken (the `timer` feature)
+TICK_SUM = RECORDS + 16     # their frames (eip, cs, eflags) folded together
 SAVE = DATA + 0x80        # the epilogue's register dump
 SCRATCH = DATA + 0x200    # memory operands of generated statements (ebp points here)
 SCRATCH_SIZE = 0x100
@@ -64,11 +66,14 @@ ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21)
 INT_VECTORS = (0x40, 0x41, 0x42, 0x43)   # interrupt gates
 TRAP_GATE_VECTOR = 0x44                  # a trap gate (IF stays as it was)
 RING3_RETURN_VECTOR = 0x80               # DPL-3 gate ring-3 code uses to come back
+TICK_VECTOR = 0x20                       # IRQ 0 once the `timer` feature programs the 8259
 MAX_EXCEPTIONS = 64                      # more than this: the program is looping on a fault
 
 # Printed in this order by the epilogue (one hex line each).
 DIGEST_FIELDS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eflags",
-                 "ds", "es", "fs", "gs", "ss", "cs", "exc_count", "exc_sum", "int_sum")
+                 "ds", "es", "fs", "gs", "ss", "cs", "exc_count", "exc_sum", "int_sum",
+                 "tick_count", "tick_sum")
+N_RECORDS = 5                            # exc_count .. tick_sum
 
 
 def _gate_setup(vector: int, handler: str, type_byte: int) -> list[str]:
@@ -85,6 +90,7 @@ def prelude(init_regs: dict[str, int]) -> str:
         gates += _gate_setup(v, f"fz_int{v:x}", 0x8E)
     gates += _gate_setup(TRAP_GATE_VECTOR, f"fz_int{TRAP_GATE_VECTOR:x}", 0x8F)
     gates += _gate_setup(RING3_RETURN_VECTOR, "fz_ring3_return", 0xEE)
+    gates += _gate_setup(TICK_VECTOR, "fz_tick", 0x8E)
     regs = "\n".join(f"    mov {r}, {v:#x}" for r, v in init_regs.items())
     gate_text = "\n".join("    " + g for g in gates)
     return f"""fz_start:
@@ -127,6 +133,8 @@ fz_idt_fill:
     mov dword ptr [{EXC_COUNT:#x}], 0
     mov dword ptr [{EXC_SUM:#x}], 0
     mov dword ptr [{INT_SUM:#x}], 0
+    mov dword ptr [{TICK_COUNT:#x}], 0
+    mov dword ptr [{TICK_SUM:#x}], 0
     mov dword ptr [{FPTR:#x}], fz_epilogue
     mov ebp, {SCRATCH:#x}
 {regs}
@@ -209,6 +217,25 @@ fz_too_many:
     add dword ptr ss:[{INT_SUM:#x}], {v:#x}
     pop eax
     iretd""")
+    # A timer tick (the `timer` feature): where it landed -- the frame's eip,
+    # cs and eflags (arithmetic flags included) -- is what an exact VMM must
+    # reproduce; EOI, and back.
+    out.append(f"""fz_tick:
+    push eax
+    inc dword ptr ss:[{TICK_COUNT:#x}]
+    mov eax, dword ptr [esp+4]
+    rol dword ptr ss:[{TICK_SUM:#x}], 3
+    xor dword ptr ss:[{TICK_SUM:#x}], eax
+    mov eax, dword ptr [esp+8]
+    rol dword ptr ss:[{TICK_SUM:#x}], 3
+    xor dword ptr ss:[{TICK_SUM:#x}], eax
+    mov eax, dword ptr [esp+12]
+    rol dword ptr ss:[{TICK_SUM:#x}], 3
+    xor dword ptr ss:[{TICK_SUM:#x}], eax
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iretd""")
     out.append(f"""fz_ring3_return:
     mov esp, dword ptr ss:[{SAVED_ESP:#x}]
     jmp dword ptr ss:[{RESUME:#x}]
@@ -228,10 +255,12 @@ def epilogue() -> str:
     return "\n".join([
         "fz_epilogue:", *saves,
         "    pushfd", "    pop eax", f"    mov dword ptr ss:[{SAVE + 32:#x}], eax", *sregs,
+        # no tick after the state is saved (a program without `timer` never unmasked it)
+        "    mov al, 0xff", "    out 0x21, al",
         f"    mov eax, {KDATA:#x}", "    mov ds, eax", "    mov es, eax", "    mov ss, eax",
         f"    mov esp, {STACK_TOP:#x}", "    cld",
         f"    mov esi, {SAVE:#x}", f"    mov ecx, {n_saved}", "    call fz_dump",
-        f"    mov esi, {RECORDS:#x}", "    mov ecx, 3", "    call fz_dump",
+        f"    mov esi, {RECORDS:#x}", f"    mov ecx, {N_RECORDS}", "    call fz_dump",
         f"    mov eax, dword ptr [{STATUS:#x}]", "    out 0xf4, al",
         "fz_halt:", "    hlt", "    jmp fz_halt",
         # fz_dump: ecx dwords at esi, one hex line each on COM1.

@@ -109,20 +109,22 @@ FIXED = [
     dict(name="later-found-direct-jump-into-patch", cause=11,
          body=("xor ecx, ecx\nmov eax, s_f\ns_p:\npushfd\ns_t:\ninc ecx\ninc ecx\ninc ecx\ninc ecx\n"
                "pop edx\ncmp ecx, 8\njae s_d\npushfd\njmp eax\ns_d:\nnop\n# out of line:\ns_f:\njmp s_t"),
-         kinds=('serial', 'regs', 'ram', 'retired'), ends=(OK, OK),
-         detail='edx 0x97 vs 0x46'),
+         # (without the check bt's run goes wild; since the digest grew by the
+         # timer's two records it loops instead of printing edx 0x97 vs 0x46)
+         kinds=('status', 'serial', 'regs', 'ram', 'retired'), ends=(OK, (-1, "wall-timeout")),
+         detail='no end after'),
     dict(name="jump-into-the-middle-of-a-covered-insn", cause=11,
          body=("xor ecx, ecx\nmov edx, s_t + 1\ns_p:\npushfd\ns_t:\nmov eax, 0x41414141\npop ebx\n"
                "cmp ecx, 4\njae s_d\npushfd\njmp edx\ns_d:\nnop"),
          kinds=("retired",), ends=(OK, OK),
-         detail='retired: 8867 vs 8875'),
+         detail='retired: 9114 vs 9122'),
     dict(name="fault-in-stub-resumes-inside-patch", cause=12,
          body="mov dword ptr [0x180000], s_r\ns_p:\npushfd\n.byte 0xd4, 0x00\ns_r:\ninc ecx\ninc ecx\ninc ecx\npop eax",
          # The VMM now sends its own branches into patch bytes (the handler's
          # emulated iretd) straight to the stub's copy (runtime/bt.py, stub_point),
          # so with the interior table empty only the retired count still differs.
          kinds=("retired",), ends=(OK, OK),
-         detail='retired: 8893 vs 8901'),
+         detail='retired: 9139 vs 9147'),
     # Exact virtual time: stub instructions weigh the guest instructions they
     # translate (runtime/_clock.c, "Stub-cache blocks").
     dict(name="rdtsc-sees-stub-instructions", cause="virtual-time",
@@ -161,4 +163,18 @@ FIXED = [
          body=("mov dword ptr [s8_k + 1], 0xc750faae\ns8_k: add eax, 0x11111111\n"
                "mov dword ptr [0x10034], 0xcf9318\nmov eax, 0x30\nmov fs, ax\nout 0x80, al\nrdtsc"),
          kinds=("serial", "ram"), ends=(OK, OK), detail="b'00000016' vs b'00000817'"),
+    # Found by the `timer` feature (campaign --seed 777, program 32): a tick taken
+    # at a covered iretd returned onto it; any branch to a covered instruction
+    # after a jump patch's 5 bytes ran the guest's own bytes natively -- here an
+    # iretd to ring 3 at CPL 1, which kept the real IOPL 1 (runtime/csam.py
+    # `_patches_changed`: the whole covered span is patch interior now).
+    dict(name="branch-into-patch-tail-runs-native-iretd", cause="patch-tail",
+         body=("mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], a_back\npush 0x23\n"
+               "push 0x70000\npush 0x2\npush 0x1b\nmov eax, a_user\npush eax\nmov eax, 0x23\n"
+               "mov ds, ax\nmov es, ax\na_iret:\niretd\na_user:\npushfd\npop edi\nint 0x80\n"
+               "a_back:\nmov eax, 0x10\nmov ds, ax\nmov es, ax\nmov dword ptr [0x180008], esp\n"
+               "mov dword ptr [0x180000], b_back\npush 0x23\npush 0x70000\npush 0x2\npush 0x1b\n"
+               "mov eax, b_user\npush eax\njmp a_iret\nb_user:\npushfd\npop esi\nint 0x80\n"
+               "b_back:\nmov eax, 0x10\nmov ds, ax\nmov es, ax"),
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="eflags 0x46 vs 0x1046"),
 ]

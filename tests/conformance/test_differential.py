@@ -80,13 +80,13 @@ def test_runner_reports_each_kind_that_differs():
 def test_shrinker_finds_the_one_line_that_matters():
     feats = [f for f in FEATURES if f != "hyper"]
     prog = next(p for p in (generate(seed, 14, feats) for seed in range(100)) if "cpuid" in p.used_features())
-    target = next(s for s in prog.stmts if s.feature == "cpuid")
     wanted = "cpuid"
 
     def keep(p):
         return any(wanted == line for s in p.stmts for line in s.body)
     small = shrink_lines(shrink_statements(prog, keep), keep)
-    assert [s.sid for s in small.stmts] == [target.sid]
+    # one of the program's cpuid statements (it may hold several), one line
+    assert len(small.stmts) == 1 and small.stmts[0].sid in {s.sid for s in prog.stmts if s.feature == "cpuid"}
     assert small.stmts[0].body == ["cpuid"]
 
 
