@@ -177,4 +177,23 @@ FIXED = [
                "mov eax, b_user\npush eax\njmp a_iret\nb_user:\npushfd\npop esi\nint 0x80\n"
                "b_back:\nmov eax, 0x10\nmov ds, ax\nmov es, ax"),
          kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="eflags 0x46 vs 0x1046"),
+    # The `timer` feature, campaign --programs 150 --seed 778, program 136 (shrunk):
+    # a jump into the middle of a covered instruction is allowed once to run as
+    # the CPU would, but the slice's budget (short: the next tick) ended inside
+    # that block, so the clock stopped it before it ran, the re-run met the block
+    # check again and the VMM allowed it again, forever (no instruction retired).
+    # The allowance now lasts until the block starts (runtime/_clock.c refuse_block).
+    dict(name="allowed-start-stopped-by-the-budget-loops", cause="patch-interior",
+         body=("push ecx\nmov ecx, 36\ns0_loop:\nmov dword ptr [s0_k + 1], ecx\ns0_k:\n"
+               "add eax, 0x11111111\ndec ecx\njnz s0_loop\npop ecx\n"
+               "mov dword ptr [0x180008], esp\nmov dword ptr [0x180000], s1_r\nmov eax, 0x4a\n"
+               "mov es, ax\ns1_r:\nmov esp, dword ptr ss:[0x180008]\nxor ebx, ebx\nmov bx, es\n"
+               "mov eax, 0x10\nmov es, ax\nmov al, 0x11\nout 0x20, al\nmov al, 0x20\n"
+               "out 0x21, al\nmov al, 4\nout 0x21, al\nmov al, 1\nout 0x21, al\nmov al, 0xfe\n"
+               "out 0x21, al\nmov al, 0x34\nout 0x43, al\nmov al, 1\nout 0x40, al\nmov al, 0\n"
+               "out 0x40, al\nsti\nor edi, dword ptr [ebp + 0x0]\ncld\ncmovz ecx, edx\n"
+               "or esi, ebx\nadd esi, dword ptr [ebp + 0xbc]\nxor ecx, ecx\nmov eax, s5_t + 1\n"
+               "mov bx, ss\ns5_t:\nmov edx, 0x41414141\ncmp ecx, 4\njae s5_d\njmp eax\ns5_d:"),
+         kinds=("status", "serial", "regs", "ram", "retired"), ends=(OK, (-1, "wall-timeout")),
+         detail="no end after"),
 ]
