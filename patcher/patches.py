@@ -28,7 +28,7 @@ from bt.x86 import PAGE
 from patcher.policy import JMP_SIZE, Refusal, direct
 from patcher.stubcache import AssemblyError, StubCache, StubCacheFull, assemble
 from patcher.templates import (EMULATE_EXITS, EXIT, IOPL_TEMPLATES, RING3_ENTRY_SIZE, RING3_TAILS,
-                               TERMINATORS, Insn, StubContext, share_scratch, template_for)
+                               TERMINATORS, Insn, StubContext, share_scratch, shared_register, template_for)
 
 __all__ = ["Patch", "Patcher", "Refusal", "JMP_SIZE"]
 
@@ -62,8 +62,10 @@ class Patch:
     # memory accesses are the guest's, not the stub's (runtime/isolation.py)
     relocated: list = field(default_factory=list)
     # guest addresses whose stub code starts without saving its scratch register
-    # (share_scratch): entering the stub there is not allowed (runtime/csam.py)
-    shares_scratch: frozenset = frozenset()
+    # (share_scratch): entering the stub there is not allowed (runtime/csam.py);
+    # the value is that register, whose guest value the state page's scratch
+    # word holds at that point (an interrupt taken there: runtime/bt.py)
+    shares_scratch: dict = field(default_factory=dict)
     # Stub bytes that depend on the guest's IOPL (patcher/templates.py
     # IOPL_TEMPLATES): (stub address, its value for IOPL 0, 1, 2, 3), and the
     # IOPL the stub's bytes are for now (`Patcher.set_iopl`).
@@ -247,7 +249,7 @@ class Patcher:
         exits: dict = {}
         stub_map = []
         relocated = []
-        shares: set[int] = set()
+        shares: dict[int, str] = {}
         iopl_bytes: list = []
         ring3_parts: list = []           # (entry, back, done, insn, tail template)
         terminated = False
@@ -297,7 +299,7 @@ class Patcher:
                         code += part0
                         cur = start0 + len(part0)
                         stub_map[-1] = (start0, cur, g0)
-                        shares.add(ins.addr)
+                        shares[ins.addr] = shared_register(prev[1])
                 part = assemble(text, cur) if text else b""
                 if key in IOPL_TEMPLATES:
                     iopl_bytes += _iopl_variants(part, cur, self.iopl,
@@ -342,7 +344,7 @@ class Patcher:
         orig = self._read(site.addr, JMP_SIZE)
         return Patch(site.addr, row_name(site), "jump", orig,
                      tuple(covered), end, start, len(code), exits, stub_map, relocated=relocated,
-                     shares_scratch=frozenset(shares), iopl_bytes=tuple(iopl_bytes), iopl=self.iopl,
+                     shares_scratch=shares, iopl_bytes=tuple(iopl_bytes), iopl=self.iopl,
                      ring3_entries=tuple(ring3_entries), ring3=self.ring3_tests, tails=tuple(tails),
                      code=bytes(code))
 

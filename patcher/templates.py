@@ -242,6 +242,12 @@ def _mentions(text: str, reg: str) -> bool:
     return re.search(rf"\b({'|'.join(sorted(parts))})\b", text) is not None
 
 
+def shared_register(before: str) -> str:
+    """The register a template hands over to the next (share_scratch): the one
+    its last step restores from the scratch word."""
+    return before.split(";")[-1].split()[1].rstrip(",")
+
+
 def share_scratch(s: StubContext, before: str, after: str) -> tuple[str, str] | None:
     """Two templates back to back in one stub: when the first ends by restoring
     a register from the scratch word and the second starts by saving the same

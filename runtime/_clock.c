@@ -616,10 +616,13 @@ static inline uint64_t weight(Clock *c, Entry *e, uint32_t k)
 }
 
 /* The instruction of e (index >= 1) before which exactly k guest instructions
- * have started and which starts one more (in guest code: instruction k), or -1. */
+ * have started and which starts one more (in guest code: instruction k), or -1.
+ * k = 0 finds the first guest instruction's stub code in a block that starts
+ * inside a template (the rest of the one before): a slice whose budget ended
+ * there ends at that guest boundary, where an interrupt can be taken. */
 static long find_boundary(Clock *c, Entry *e, uint64_t k)
 {
-    if (!e || k == 0)
+    if (!e)
         return -1;
     for (uint32_t i = 1; i < e->ninsn; i++) {
         uint64_t w = weight(c, e, i);
@@ -1264,7 +1267,7 @@ static PyObject *Clock_boundary(Clock *c, PyObject *arg)
     if (PyErr_Occurred())
         return NULL;
     Entry *e = c->stop_entry;
-    long i = k > 0 ? find_boundary(c, e, (uint64_t)k) : -1;
+    long i = k >= 0 ? find_boundary(c, e, (uint64_t)k) : -1;
     if (i < 0)
         Py_RETURN_NONE;
     return Py_BuildValue("(KK)", (unsigned long long)(e->addr + e->offs[i]),

@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IOPL_MASK, IOPL_SHIFT, PAGE, PF, PTE_P, PTE_PS, UD
+from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF, PTE_P, PTE_PS, UD
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -36,6 +36,10 @@ from runtime.trap import TrapMode
 
 IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection there)
 
+
+
+_GPR = {"eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX,
+        "edx": X.UC_X86_REG_EDX, "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI}
 
 class BTMode(TrapMode):
     name = "bt"
@@ -376,22 +380,37 @@ class BTMode(TrapMode):
         # instructions it translates starts (the clock's weights): there the
         # guest is at that instruction's own address, so the interrupt is taken
         # there, as under emulate, and returns into the covered bytes (the block
-        # check leads back to this point of the stub).  Not where a template
-        # holds a register in the state page (shared scratch).
-        guest = self._clean_guest_point(eip)
-        if guest is None:
+        # check leads back to this point of the stub).  Where a template took
+        # its scratch register over from the one before (share_scratch), the
+        # guest's value of that register is in the state page's scratch word:
+        # it goes back into the register first, so the state the handler sees
+        # is the guest's; its return re-plans the patch, as any branch to such
+        # a point does (runtime/csam.py _into_patch).  Before this, the tick
+        # waited for the patch's end (the fuzzer's `timer` feature).
+        point = self._guest_point(eip)
+        if point is None:
             return False
+        guest, held = point
+        if held is not None:
+            self.uc.reg_write(_GPR[held], self.vcpu.get("scratch"))
+            self.stats.add("irq_scratch_restores")
         self.vm.fast.reg_write(X.UC_X86_REG_EIP, guest)
         return True
 
-    def _clean_guest_point(self, eip: int) -> int | None:
+    def _guest_point(self, eip: int) -> tuple[int, str | None] | None:
+        """(guest address, the register held in the scratch word or None) of the
+        stub point `eip` where a covered guest instruction's stub code starts."""
         p = self.patcher.stub_owner(eip)
         if p is None or p.kind != "jump":
             return None
         for lo, _hi, guest in p.stub_map:
-            if lo == eip and guest not in p.shares_scratch:
-                return guest
+            if lo == eip:
+                return guest, p.shares_scratch.get(guest)
         return None
+
+    def _clean_guest_point(self, eip: int) -> int | None:
+        point = self._guest_point(eip)
+        return None if point is None else point[0]
 
     def before_slice(self) -> None:
         self.passage.before_slice()
@@ -402,6 +421,13 @@ class BTMode(TrapMode):
         if self.passage.held is not None:
             return 1
         if self.vm.pic.has_interrupt() and self._in_stub():
+            eip = self.vm.fast.reg_read(X.UC_X86_REG_EIP)
+            if self._guest_point(eip) is None and self.guest_eflags() & IF_BIT:
+                # Inside a template (a slice's budget ended there): run to the
+                # next guest instruction's boundary only, where the interrupt
+                # is taken as under emulate (a 0 budget stops before the first
+                # block that starts one: runtime/clock.py run).
+                return 0
             return min(limit or IN_STUB_SLICE, IN_STUB_SLICE)
         return limit
 

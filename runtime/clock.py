@@ -262,7 +262,9 @@ class InstructionClock:
             if c.reason != STOP_BEFORE:
                 break
             left = budget - c.count
-            where = c.boundary(left) if left > 0 else None
+            # left 0: the block starts inside a template; its first guest
+            # instruction's stub code is the boundary (runtime/_clock.c find_boundary)
+            where = c.boundary(left) if left >= 0 else None
             if where is None:
                 break                   # exactly at the budget, before a block
             addr, size = where

@@ -86,6 +86,8 @@ CSAM_STATS: tuple[CounterDecl, ...] = (
     CounterDecl("unscannable_starts", "refused block starts no scan could make known (run once as they are)"),
     CounterDecl("patch_interior_redirects", "block starts inside a jump patch sent to the stub's copy"),
     CounterDecl("patch_interior_replans", "block starts inside a jump patch that removed it and re-planned"),
+    CounterDecl("irq_scratch_restores", "interrupts taken between two templates sharing a scratch "
+                "register, whose guest value went back into it first (runtime/bt.py may_inject)"),
     CounterDecl("hidden_reads", "guest loads that covered patch bytes and saw the guest's own bytes "
                 "(native read hooks, runtime/_clock.c)", gauge=True),
     CounterDecl("relocations", "moves of the hypervisor area"),

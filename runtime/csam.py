@@ -192,7 +192,9 @@ class CSAM(Views, SmcRewrites):
         if p is None or p.kind != "jump" or not p.site < address < p.extent:
             return address
         for lo, _hi, guest in p.stub_map:
-            if guest == address:
+            # not where a template takes its scratch register over (share_scratch):
+            # the block check then re-plans the patch (_into_patch)
+            if guest == address and guest not in p.shares_scratch:
                 self.stats.add("patch_interior_redirects")
                 return lo
         return address
