@@ -368,6 +368,27 @@ class TrapMode(EmulateMode):
         self.vcpu.set("tr", selector)
         self.sync_shadow_gdt()
 
+    # -- what a task switch reads and loads (runtime/taskswitch.py) ---------------------
+    # The real TR stays the VMM's TSS; the guest's TR and LDTR are the virtual CPU's.
+    def guest_tr(self) -> tuple[int, int, int, int]:
+        sel = self.vcpu.get("tr")
+        if not sel:
+            return 0, 0, 0xFFFF, DESC_PRESENT | TSS_BUSY_BIT | SYS_TSS32_AVAILABLE   # the reset TR
+        desc = self.vm.delivery.descriptor(sel)
+        return sel, desc.base, desc.limit, desc.access
+
+    def set_guest_tr(self, sel: int, base: int, limit: int, access: int) -> None:
+        self.vcpu.set("tr", sel)
+
+    def set_guest_ldtr(self, sel: int) -> None:
+        self.vcpu.set("ldtr", sel)
+
+    def load_task_cs(self, real_sel: int) -> None:
+        self.load_far(X.UC_X86_REG_CS, real_sel)
+
+    def on_gdt_changed_by_vmm(self) -> None:
+        self.sync_shadow_gdt()
+
     def check_code_selector(self, sel: int) -> None:
         desc = self.vm.delivery.descriptor(sel)
         if not desc.access & DESC_CODE or not desc.present:

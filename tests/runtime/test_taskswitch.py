@@ -1,0 +1,246 @@
+"""Hardware task switches (runtime/taskswitch.py) in small guests, every mode.
+
+Task A is the demos' TSS (selector 0x28 at 0x12000, loaded with ltr); task B
+a second TSS (selector 0x38 at 0x14000); selector 0x40 is a task gate to B.
+Each scenario records what task B saw in RES (0x15000...) and task A prints
+the words, the TSSs' saved fields and the busy bits on the serial line at the
+end, so the modes are compared on what the guest itself observes: far call
+and iret through the back link (NT), far jmp there and back, a far jmp through
+a task gate, an exception through an IDT task gate with its error code on the
+new task's stack, a busy TSS refused with #GP.
+"""
+import re
+
+import pytest
+
+from bt.demos import program_image
+from bt.machine import MachineConfig
+from runtime.vm import VM
+
+MODES = ("emulate", "trap", "bt")
+TSS_A, TSS_B, RES = 0x12000, 0x14000, 0x15000
+SEL_A, SEL_B, SEL_GATE = 0x28, 0x38, 0x40
+
+# What every guest reports at the end (name, address of a dword).
+SLOTS = [("r0", RES), ("r1", RES + 4), ("r2", RES + 8), ("r3", RES + 12), ("r4", RES + 16),
+         ("a_eip", TSS_A + 0x20), ("a_eflags", TSS_A + 0x24), ("a_ebx", TSS_A + 0x34), ("a_cs", TSS_A + 0x4C),
+         ("b_eip", TSS_B + 0x20), ("b_link", TSS_B), ("gdt_a", 0x10000 + SEL_A + 4),
+         ("gdt_b", 0x10000 + SEL_B + 4)]
+
+
+def _far(op: int, sel: int) -> str:
+    """A far jmp (0xEA) / call (0x9A) to sel:0 (Keystone refuses the form)."""
+    return f"    .byte {op:#x}\n    .long 0\n    .word {sel:#x}\n"
+
+
+def _image(body: str, task_b: str, handlers: str = ""):
+    reports = "".join(f"""
+    mov esi, name_{n}
+    mov eax, dword ptr [{a:#x}]
+    call report""" for n, a in SLOTS)
+    names = "".join(f'name_{n}:\n    .asciz "{n}"\n' for n, _ in SLOTS)
+    main = f"""
+main:
+    call lib_setup_gdt
+    call lib_setup_idt
+    mov dword ptr [0x10000 + {SEL_B:#x}], 0x40000067
+    mov dword ptr [0x10000 + {SEL_B + 4:#x}], 0x00008901
+    mov dword ptr [0x10000 + {SEL_GATE:#x}], {SEL_B << 16:#x}
+    mov dword ptr [0x10000 + {SEL_GATE + 4:#x}], 0x00008500
+    .byte 0x0f, 0x01, 0x15
+    .long ts_gdtr
+    mov ax, {SEL_A:#x}
+    ltr ax
+    mov edi, {TSS_B:#x}
+    xor eax, eax
+    mov ecx, 26
+    .byte 0xf3, 0xab
+    mov edi, {RES:#x}
+    mov ecx, 8
+    .byte 0xf3, 0xab
+    mov dword ptr [{TSS_B + 0x20:#x}], task_b
+    mov dword ptr [{TSS_B + 0x24:#x}], 2
+    mov dword ptr [{TSS_B + 0x38:#x}], 0x80000
+    mov dword ptr [{TSS_B + 0x4C:#x}], 0x08
+    mov dword ptr [{TSS_B + 0x48:#x}], 0x10
+    mov dword ptr [{TSS_B + 0x50:#x}], 0x10
+    mov dword ptr [{TSS_B + 0x54:#x}], 0x10
+    mov dword ptr [{TSS_B + 0x58:#x}], 0x10
+    mov dword ptr [{TSS_B + 0x5C:#x}], 0x10
+    mov ebx, 0xA11CE
+{body}
+    mov eax, cr0
+    and eax, 8
+    mov dword ptr [{RES + 16:#x}], eax
+{reports}
+    xor eax, eax
+    ret
+task_b:
+{task_b}
+{handlers}
+ts_gdtr:
+    .word 0x47
+    .long 0x10000
+{names}
+"""
+    return program_image(main, "taskswitch")
+
+
+def _run(image, mode: str):
+    r = VM(image, MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
+    assert r.exit_status == 0, (mode, r.reason, r.message, r.serial[-300:])
+    return r
+
+
+def _seen(r) -> dict:
+    return {k: int(v, 16) for k, v in re.findall(rb"(\w+): 0x([0-9a-f]+)", r.serial)
+            for k, v in [(k.decode(), v.decode())]}
+
+
+# Task B, called: NT in its EFLAGS, its back link, a mark; then iret back to A.
+CALLED_B = f"""
+    pushfd
+    pop eax
+    and eax, 0x4000
+    mov dword ptr [{RES:#x}], eax
+    movzx eax, word ptr [{TSS_B:#x}]
+    mov dword ptr [{RES + 4:#x}], eax
+    mov dword ptr [{RES + 8:#x}], ebx
+    mov dword ptr [{RES + 12:#x}], 0xB0B
+    iretd
+    jmp task_b
+"""
+
+
+def _check_call(seen):
+    assert seen["r0"] == 0x4000                     # NT set in the called task
+    assert seen["r1"] == SEL_A                      # back link = the caller's TSS
+    assert seen["r2"] == 0                          # EBX from B's TSS, not A's
+    assert seen["r3"] == 0xB0B
+    assert seen["r4"] == 8                          # CR0.TS set by the switch
+    assert seen["a_ebx"] == 0xA11CE                 # A's registers saved in its TSS
+    assert seen["a_cs"] == 0x08
+    assert not seen["a_eflags"] & 0x4000            # the iret cleared A's saved NT
+    assert seen["gdt_a"] >> 8 & 0xF == 0xB          # A busy again (it never stopped being)
+    assert seen["gdt_b"] >> 8 & 0xF == 0x9          # B free after its iret
+    assert seen["b_link"] == SEL_A
+
+
+CALL = _far(0x9A, SEL_B) + "after_call:\n    nop\n"
+CALL_GATE = _far(0x9A, SEL_GATE) + "after_call:\n    nop\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("body", [CALL, CALL_GATE], ids=["tss", "task-gate"])
+def test_far_call_to_a_task_and_iret_back_through_the_link(mode, body):
+    r = _run(_image(body, CALLED_B), mode)
+    seen = _seen(r)
+    _check_call(seen)
+    assert seen["b_eip"] > seen["a_eip"]            # B saved past its iretd (B's code is after main)
+
+
+# Task B, jumped to: no NT, no link; jumps back to A (A's saved EIP: after the jmp).
+JUMPED_B = f"""
+    pushfd
+    pop eax
+    and eax, 0x4000
+    mov dword ptr [{RES:#x}], eax
+    mov dword ptr [{RES + 12:#x}], 0xB0B
+""" + _far(0xEA, SEL_A) + "    jmp task_b\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sel", [SEL_B, SEL_GATE], ids=["tss", "task-gate"])
+def test_far_jmp_to_a_task_and_back(mode, sel):
+    r = _run(_image(_far(0xEA, sel), JUMPED_B), mode)
+    seen = _seen(r)
+    assert seen["r0"] == 0 and seen["r3"] == 0xB0B and seen["b_link"] == 0
+    assert seen["gdt_a"] >> 8 & 0xF == 0xB and seen["gdt_b"] >> 8 & 0xF == 0x9
+    assert seen["a_ebx"] == 0xA11CE and seen["r4"] == 8
+
+
+# An exception through an IDT task gate: #GP from `mov es, eax` with a selector
+# past the GDT's limit; B finds the error code on its stack, moves A's saved EIP
+# past the 2-byte instruction and returns.
+GP_B = f"""
+    pop eax
+    mov dword ptr [{RES:#x}], eax
+    mov dword ptr [{RES + 4:#x}], esp
+    movzx eax, word ptr [{TSS_B:#x}]
+    mov dword ptr [{RES + 8:#x}], eax
+    mov dword ptr [{RES + 12:#x}], 0xB0B
+    add dword ptr [{TSS_A + 0x20:#x}], 2
+    iretd
+    jmp task_b
+"""
+GP_BODY = f"""
+    mov dword ptr [{0x11000 + 13 * 8:#x}], {SEL_B << 16:#x}
+    mov dword ptr [{0x11000 + 13 * 8 + 4:#x}], 0x8500
+    mov eax, 0x1234
+    mov es, eax
+    mov eax, 0x10
+    mov es, eax
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exception_through_a_task_gate_pushes_its_error_code_on_the_new_stack(mode):
+    r = _run(_image(GP_BODY, GP_B), mode)
+    seen = _seen(r)
+    assert seen["r0"] == 0x1234                     # #GP(selector): TI kept, RPL 0
+    assert seen["r1"] == 0x80000                    # the error code was B's only push
+    assert seen["r2"] == SEL_A and seen["r3"] == 0xB0B
+    assert seen["gdt_b"] >> 8 & 0xF == 0x9
+    assert r.counters["exceptions_delivered"].get("0xd") == 1
+
+
+# `int 0x40` through a task gate to A's own TSS, which is busy: #GP(0x28), the
+# handler (an interrupt gate) records it and skips the int.
+BUSY_BODY = f"""
+    mov dword ptr [{0x11000 + 0x40 * 8:#x}], {SEL_A << 16:#x}
+    mov dword ptr [{0x11000 + 0x40 * 8 + 4:#x}], 0x8500
+    mov ecx, 13
+    mov eax, gp_handler
+    mov edx, 0x8e
+    call set_gate
+    int 0x40
+"""
+GP_HANDLER = f"""
+gp_handler:
+    pop eax
+    mov dword ptr [{RES:#x}], eax
+    add dword ptr [esp], 2
+    iretd
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_busy_tss_is_refused_with_gp(mode):
+    r = _run(_image(BUSY_BODY, "    jmp task_b\n", GP_HANDLER), mode)
+    seen = _seen(r)
+    assert seen["r0"] == SEL_A                      # #GP(TSS selector), EXT clear for int n
+    assert seen["r4"] == 0                          # no switch happened
+    assert "task_switches" not in r.extra
+
+
+@pytest.mark.parametrize("body, b, h", [(CALL, CALLED_B, ""), (_far(0xEA, SEL_GATE), JUMPED_B, ""),
+                                        (GP_BODY, GP_B, ""), (BUSY_BODY, "    jmp task_b\n", GP_HANDLER)],
+                         ids=["call", "jmp-gate", "exception", "busy"])
+def test_every_mode_sees_the_same(body, b, h):
+    image = _image(body, b, h)
+    rs = {m: _run(image, m) for m in MODES}
+    assert len({r.serial for r in rs.values()}) == 1, {m: r.serial for m, r in rs.items()}
+    assert len({r.retired for r in rs.values()}) == 1, {m: r.retired for m, r in rs.items()}
+
+
+def test_unicorn_switches_tasks_natively_at_cpl0():
+    """Fact: under emulate the far call, far jmp and iret with NT=1 are
+    Unicorn's own (its QEMU's switch_tss): the VMM performs none of them."""
+    r = _run(_image(CALL, CALLED_B), "emulate")
+    _check_call(_seen(r))
+    assert "task_switches" not in r.extra
+
+
+def test_the_vmm_switches_for_an_idt_task_gate():
+    r = _run(_image(GP_BODY, GP_B), "emulate")
+    assert r.extra["task_switches"] == {"call": 1}     # the #GP; B's iret is Unicorn's
