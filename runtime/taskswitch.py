@@ -5,9 +5,9 @@ itself at CPL 0 (its QEMU's `switch_tss`, tests/runtime/test_taskswitch.py
 checks it), but it never vectors through an IDT, so a task gate in the IDT --
 an exception, an external interrupt, an NMI or an `int n` -- reaches the VMM
 (runtime/delivery.py).  Under trap and bt the guest kernel runs at CPL 1, where
-the far jmp/call to a DPL-0 TSS or task gate faults (#GP) and an iret with NT=1
-meets the VMM's own TSS (#TS(0)): runtime/taskswitch_trap.py recognises those
-and comes here too.  So this is the one task switch the VMM performs, in every
+the far jmp/call to a DPL-0 TSS or task gate faults (#GP; runtime/emulation.py
+`_far_to_task`) and an iret with NT=1 reads the VMM's own TSS in the guarded
+hypervisor area (runtime/taskreturn.py): both come here too.  So this is the one task switch the VMM performs, in every
 mode, with the guest's own view of selectors, flags, TR and LDTR (`mode.*`).
 
 The order and error codes are QEMU's `switch_tss` (what emulate's native far
@@ -219,6 +219,9 @@ class TaskSwitch:
             if not desc.present:
                 raise GuestFault(NP, err)
             descs[name] = desc
+        if vm.guest_eflags() & VM_BIT:
+            # Leaving a virtual-8086 task: protected-mode segment loads need VM clear first.
+            vm.set_guest_eflags(vm.guest_eflags() & ~VM_BIT)
         vm.quirks.set_cpl(vm.ring_of(cpl))
         uc.reg_write(_reg("ss"), vm.real_selector(segs["ss"], cpl))
         mode.load_task_cs(vm.real_selector(segs["cs"], cpl))

@@ -36,7 +36,7 @@ from bt.errors import VMMError
 from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
                              VFLAGS_MASK, VMM_TSS)
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
-                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
+                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, NT_BIT, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
@@ -51,6 +51,7 @@ from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
 from runtime.segments import check_stack_segment
 from runtime.tablewatch import TableWatch
+from runtime.taskreturn import claim_task_return
 from runtime.vcpu import VirtualCPU
 
 
@@ -278,6 +279,8 @@ class TrapMode(EmulateMode):
             hit = self.isolation.guard.take()
             if hit is None:
                 return False
+            if claim_task_return(self, hit):
+                return True
             kind, address = hit
             eip = self.uc.reg_read(X.UC_X86_REG_EIP)
             if self.hyper_mapping.guest_entry(address) is not None:
@@ -307,7 +310,7 @@ class TrapMode(EmulateMode):
             except StopSlice:
                 pass                         # a triple fault: the run's end is set
             return True
-        return self.isolation.claim()
+        return self.isolation.claim(lambda hit: claim_task_return(self, hit))
 
     # -- a guest that uses the area's addresses (runtime/areamove.py) ------------------
     def runs_own_code(self, eip: int) -> bool:
@@ -520,12 +523,19 @@ class TrapMode(EmulateMode):
                     vm.deliver_exception(PF, eip, error & ~1)
                     return True
         self.check_table_fault(vector, error, soft)
-        if soft or cpl != 1 or vector != GP:
+        # #TS(0) at CPL 1: an iret with NT=1 read the back link of the VMM's
+        # own TSS (the real TR); the guest's task return is emulated
+        # (runtime/taskswitch.py).
+        task_return = vector == TS and error == 0 and self.guest_eflags() & NT_BIT
+        if soft or cpl != 1 or (vector != GP and not task_return):
             vm.counters.add("faults_reflected", vector)
             return False
         if insn is None:
             insn = self.decoder.at(eip)
         row = insn.row if insn else None
+        if task_return and (row is None or row.name != "iretd"):
+            vm.counters.add("faults_reflected", vector)
+            return False
         if not has_routine(row):
             vm.counters.add("faults_reflected", vector)
             return False
@@ -543,7 +553,8 @@ class TrapMode(EmulateMode):
             vm.counters.add("faults_reflected", f.vector)
             if f.cr2 is not None:
                 self.write_cr(2, f.cr2)
-            vm.deliver_exception(f.vector, eip, f.error_code)
+            # A fault after a task switch's commit point is the new task's.
+            vm.deliver_exception(f.vector, eip if f.task_eip is None else f.task_eip, f.error_code)
             return True
         if resume is NOT_MINE:
             vm.counters.add("faults_reflected", vector)

@@ -244,3 +244,32 @@ def test_unicorn_switches_tasks_natively_at_cpl0():
 def test_the_vmm_switches_for_an_idt_task_gate():
     r = _run(_image(GP_BODY, GP_B), "emulate")
     assert r.extra["task_switches"] == {"call": 1}     # the #GP; B's iret is Unicorn's
+
+
+# Task B's stack holds a valid kernel iret frame (to `b_wrong`), built as
+# Linux's iret_to_self builds it (pushfd; push cs; push target; iretd: bt
+# closes the pushfd's jump patch with its iretd stub): with NT=1 the iret
+# ignores the frame and returns to A; bt's stub must not pop it.
+FRAMED_B = f"""
+    mov dword ptr [{RES + 12:#x}], 0xB0B
+    pushfd
+    .byte 0x0e
+    push dword ptr [b_wrong_ptr]
+    iretd
+    jmp task_b
+b_wrong:
+    mov dword ptr [{RES + 12:#x}], 0xBAD
+    iretd
+b_wrong_ptr:
+    .long b_wrong
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_iret_with_nt_ignores_the_frame_on_the_stack(mode):
+    r = _run(_image(CALL, FRAMED_B), mode)
+    seen = _seen(r)
+    assert seen["r3"] == 0xB0B and seen["gdt_b"] >> 8 & 0xF == 0x9
+    if mode == "bt":
+        # the pushfd's jump patch closed by the iretd's stub, which exited
+        assert r.extra["patches"]["installed"].get("pushfd") == 1 and r.counters["stub_exits"]["emulate"] >= 1
