@@ -41,6 +41,9 @@ def claim_task_return(mode, hit) -> bool:
         return False
     vm._vmm_stopped = True
     vm.exit_site(eip)
+    # The iret completes here, after the slice's NMI check (runtime/vm.py runs
+    # it before asking the mode to claim the error): NMI blocking ends now.
+    vm.nmi.iret_completed()
     try:
         vm.tasks.iret(eip + insn.size)
     except GuestFault as f:

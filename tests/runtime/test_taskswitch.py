@@ -273,3 +273,50 @@ def test_an_iret_with_nt_ignores_the_frame_on_the_stack(mode):
     if mode == "bt":
         # the pushfd's jump patch closed by the iretd's stub, which exited
         assert r.extra["patches"]["installed"].get("pushfd") == 1 and r.counters["stub_exits"]["emulate"] >= 1
+
+
+# `str` in each task: the TR a task switch loaded.  Under trap `str` runs
+# natively at CPL 1 and reads the real TR's selector, which is kept the guest's
+# (TrapMode.write_real_tr); bt patches it.
+STR_B = f"""
+    str eax
+    mov dword ptr [{RES:#x}], eax
+    iretd
+    jmp task_b
+"""
+STR_BODY = CALL + f"""
+    str eax
+    mov dword ptr [{RES + 4:#x}], eax
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_str_names_the_current_task(mode):
+    seen = _seen(_run(_image(STR_BODY, STR_B), mode))
+    assert (seen["r0"] & 0xFFFF, seen["r1"] & 0xFFFF) == (SEL_B, SEL_A)
+
+
+# NMIs through an IDT task gate (kvm-unit-tests taskswitch2 "NMI external"):
+# B counts its runs; its iret (NT=1) ends NMI blocking, so the second NMI,
+# sent after the first returned, is taken too.
+APIC_ICR_LO, SELF_NMI = 0xFEE00300, 0x400
+NMI_B = f"""
+    inc dword ptr [{RES + 12:#x}]
+    iretd
+    jmp task_b
+"""
+NMI_BODY = f"""
+    mov dword ptr [{0x11000 + 2 * 8:#x}], {SEL_B << 16:#x}
+    mov dword ptr [{0x11000 + 2 * 8 + 4:#x}], 0x8500
+    mov dword ptr [{APIC_ICR_LO:#x}], {SELF_NMI:#x}
+    nop
+    mov dword ptr [{APIC_ICR_LO:#x}], {SELF_NMI:#x}
+    nop
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nmis_through_a_task_gate_end_blocking_at_the_tasks_iret(mode):
+    r = _run(_image(NMI_BODY, NMI_B), mode)
+    assert _seen(r)["r3"] == 2
+    assert r.extra["nmi"]["taken"] == 2 and r.extra["nmi"]["unblocks"] == 2
