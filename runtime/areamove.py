@@ -121,9 +121,8 @@ class AreaMover:
         _, _, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, new_base + SHADOW_GDT, glimit, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, new_base + SHADOW_IDT, 0x7FF, 0))
-        tr_sel = uc.reg_read(X.UC_X86_REG_TR)[0]      # the guest's TR selector (TrapMode.write_real_tr)
-        uc.reg_write(X.UC_X86_REG_TR, (tr_sel, new_base + VMM_TSS, TSS32_SIZE - 1,
-                                       (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
+        uc.reg_write(X.UC_X86_REG_TR, (0, new_base + VMM_TSS, TSS32_SIZE - 1,
+                                           (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if old <= eip < old + HYPER_SIZE:          # stopped inside a stub: follow it
             uc.reg_write(X.UC_X86_REG_EIP, eip - old + new_base)

@@ -133,7 +133,7 @@ class TrapMode(EmulateMode):
         # this only keeps the real state well-defined for a CPU that would.
         tss = self.hyper.addr(VMM_TSS)
         uc.mem_write(tss, bytes(TSS_IOMAP_BASE) + struct.pack("<H", TSS32_SIZE))   # I/O map base past the limit
-        self.write_real_tr()
+        uc.reg_write(X.UC_X86_REG_TR, (0, tss, TSS32_SIZE - 1, (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
         # The real CR4.TSD is the guest's: with it clear rdtsc runs at CPL 1 and 3
         # and the virtual TSC's native hook answers it (runtime/tsc.py); with it
         # set it faults at CPL 1 (emulated: the guest kernel may read it) and 3.
@@ -369,7 +369,6 @@ class TrapMode(EmulateMode):
         busy = self.vm.mem.read(off, 1)[0] | TSS_BUSY_BIT  # the CPU marks the TSS busy
         self.vm.mem.write(off, bytes([busy]))
         self.vcpu.set("tr", selector)
-        self.write_real_tr()
         self.sync_shadow_gdt()
 
     # -- what a task switch reads and loads (runtime/taskswitch.py) ---------------------
@@ -383,7 +382,6 @@ class TrapMode(EmulateMode):
 
     def set_guest_tr(self, sel: int, base: int, limit: int, access: int) -> None:
         self.vcpu.set("tr", sel)
-        self.write_real_tr()
 
     def set_guest_ldtr(self, sel: int) -> None:
         self.vcpu.set("ldtr", sel)
@@ -393,14 +391,6 @@ class TrapMode(EmulateMode):
 
     def on_gdt_changed_by_vmm(self) -> None:
         self.sync_shadow_gdt()
-
-    def write_real_tr(self) -> None:
-        """The real TR: the VMM's TSS under the guest's TR selector.  `str` runs
-        natively at CPL 1 (trap) and reads only the selector, so it shows the
-        guest's; the CPU uses the real TR's base and limit alone (its I/O map,
-        the back link a native iret with NT=1 reads: runtime/taskreturn.py)."""
-        self.uc.reg_write(X.UC_X86_REG_TR, (self.vcpu.get("tr"), self.hyper.addr(VMM_TSS), TSS32_SIZE - 1,
-                                            (DESC_PRESENT | SYS_TSS32_AVAILABLE) << 8))
 
     def check_code_selector(self, sel: int) -> None:
         desc = self.vm.delivery.descriptor(sel)
