@@ -7,7 +7,7 @@ the hypervisor area, where the guard refuses every guest-side access
 Unicorn abandons it on the guard's refusal (seen: the run ended as an
 unmapped access at the VMM TSS's address; tests/runtime/test_taskswitch.py),
 and the slice ends with an error the mode is asked to claim.  This module
-recognises that one refusal -- a read of the VMM TSS's back link, at CPL 1,
+recognises that one refusal -- a read of the VMM TSS's back link, at CPL 1 or 3,
 the guest's NT set, the instruction an iret -- and performs the guest's task
 return with the shared task switch (runtime/taskswitch.py); the instruction
 counts once, as the abandoned access already counted it as started (runtime/vm.py).
@@ -33,7 +33,7 @@ def claim_task_return(mode, hit) -> bool:
     if kind != UC_MEM_READ_PROT or not link <= address < link + LINK_BYTES:
         return False
     vm = mode.vm
-    if vm.quirks.cpl() != 1 or not mode.guest_eflags() & NT_BIT:
+    if vm.quirks.cpl() not in (1, 3) or not mode.guest_eflags() & NT_BIT:
         return False
     eip = vm.uc.reg_read(X.UC_X86_REG_EIP)
     insn = mode.decoder.at(eip)

@@ -1,7 +1,7 @@
 """Hardware task switches (runtime/taskswitch.py) in small guests, every mode.
 
 Task A is the demos' TSS (selector 0x28 at 0x12000, loaded with ltr); task B
-a second TSS (selector 0x38 at 0x14000); selector 0x40 is a task gate to B.
+a second TSS (selector 0x38 at 0x14000); selector 0x40 is a task gate to B; 0x48 a conforming DPL-0 code segment.
 Each scenario records what task B saw in RES (0x15000...) and task A prints
 the words, the TSSs' saved fields and the busy bits on the serial line at the
 end, so the modes are compared on what the guest itself observes: far call
@@ -20,6 +20,7 @@ from runtime.vm import VM
 MODES = ("emulate", "trap", "bt")
 TSS_A, TSS_B, RES = 0x12000, 0x14000, 0x15000
 SEL_A, SEL_B, SEL_GATE = 0x28, 0x38, 0x40
+SEL_CONFORMING = 0x48         # a conforming ring-0 code segment
 
 # What every guest reports at the end (name, address of a dword).
 SLOTS = [("r0", RES), ("r1", RES + 4), ("r2", RES + 8), ("r3", RES + 12), ("r4", RES + 16),
@@ -47,6 +48,8 @@ main:
     mov dword ptr [0x10000 + {SEL_B + 4:#x}], 0x00008901
     mov dword ptr [0x10000 + {SEL_GATE:#x}], {SEL_B << 16:#x}
     mov dword ptr [0x10000 + {SEL_GATE + 4:#x}], 0x00008500
+    mov dword ptr [0x10000 + {SEL_CONFORMING:#x}], 0x0000ffff
+    mov dword ptr [0x10000 + {SEL_CONFORMING + 4:#x}], 0x00cf9f00
     .byte 0x0f, 0x01, 0x15
     .long ts_gdtr
     mov ax, {SEL_A:#x}
@@ -79,7 +82,7 @@ task_b:
 {task_b}
 {handlers}
 ts_gdtr:
-    .word 0x47
+    .word 0x4f
     .long 0x10000
 {names}
 """
@@ -233,12 +236,72 @@ def test_every_mode_sees_the_same(body, b, h):
     assert len({r.retired for r in rs.values()}) == 1, {m: r.retired for m, r in rs.items()}
 
 
-def test_unicorn_switches_tasks_natively_at_cpl0():
-    """Fact: under emulate the far call, far jmp and iret with NT=1 are
-    Unicorn's own (its QEMU's switch_tss): the VMM performs none of them."""
+def test_unicorn_switches_tasks_itself_but_refuses_a_conforming_cs_below_rpl(monkeypatch):
+    """Facts: Unicorn 2.1.4 performs a far call/jmp to a TSS at CPL 0 itself
+    (its QEMU's switch_tss) and refuses a busy TSS with #GP(selector) as the
+    SDM does (its switch on the descriptor type has no case for a busy TSS);
+    but it loads the new task's CS with QEMU's rule DPL == RPL even for a
+    conforming segment, where the SDM asks DPL <= RPL: #TS(CS).  That is why
+    the VMM's site hooks for far transfers exist (runtime/cpucheck.py); with
+    them off:"""
+    import runtime.cpucheck as cpucheck
+    monkeypatch.setattr(cpucheck, "_FAR", ())
     r = _run(_image(CALL, CALLED_B), "emulate")
     _check_call(_seen(r))
+    assert "task_switches" not in r.extra            # none was the VMM's
+    r = VM(_image(USER_BODY, USER_B), MachineConfig(mode="emulate", mem_mib=8), stdout=None).run()
+    # #TS(CS) in the new task at CPL 3, whose TSS has no ring-0 stack: a triple fault
+    assert r.counters["exceptions_delivered"].get("0xa") == 1 and r.reason.value == "triple-fault"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_far_jmp_to_the_busy_running_task_is_refused(mode):
+    body = f"""
+    mov ecx, 13
+    mov eax, gp_handler_far
+    mov edx, 0x8e
+    call set_gate
+""" + _far(0xEA, SEL_A)
+    handler = f"""
+gp_handler_far:
+    pop eax
+    mov dword ptr [{RES:#x}], eax
+    add dword ptr [esp], 7
+    iretd
+"""
+    r = _run(_image(body, "    jmp task_b\n", handler), mode)
+    seen = _seen(r)
+    assert seen["r0"] == SEL_A and seen["r4"] == 0
     assert "task_switches" not in r.extra
+
+
+# A task whose CS is the conforming DPL-0 segment with RPL 3 runs at CPL 3
+# (kvm-unit-tests taskswitch2 "lcall with cs.rpl != cs.dpl"): DPL <= RPL is
+# what the SDM asks of a conforming CS; its iret (NT=1, at CPL 3) returns to A.
+USER_B = f"""
+    mov eax, cs
+    mov dword ptr [{RES:#x}], eax
+    mov dword ptr [{RES + 12:#x}], 0xB0B
+    iretd
+    jmp task_b
+"""
+USER_BODY = f"""
+    mov dword ptr [{TSS_B + 0x4C:#x}], {SEL_CONFORMING | 3:#x}
+    mov dword ptr [{TSS_B + 0x48:#x}], 0x23
+    mov dword ptr [{TSS_B + 0x50:#x}], 0x23
+    mov dword ptr [{TSS_B + 0x54:#x}], 0x23
+    mov dword ptr [{TSS_B + 0x58:#x}], 0x23
+    mov dword ptr [{TSS_B + 0x5C:#x}], 0x23
+    mov dword ptr [{TSS_B + 0x24:#x}], 0x3002
+""" + CALL
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_call_to_a_task_with_a_conforming_cs_at_ring_3(mode):
+    r = _run(_image(USER_BODY, USER_B), mode)
+    seen = _seen(r)
+    assert seen["r0"] & 0xFFFF == SEL_CONFORMING | 3 and seen["r3"] == 0xB0B
+    assert seen["gdt_b"] >> 8 & 0xF == 0x9 and seen["a_cs"] == 0x08
 
 
 def test_the_vmm_switches_for_an_idt_task_gate():
