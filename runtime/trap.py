@@ -49,7 +49,7 @@ from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
-from runtime.segments import check_stack_segment
+from runtime.segments import TASK_TYPES, check_stack_segment
 from runtime.tablewatch import TableWatch
 from runtime.taskreturn import claim_task_return
 from runtime.vcpu import VirtualCPU
@@ -57,11 +57,16 @@ from runtime.vcpu import VirtualCPU
 
 def _compressed_access(access: int) -> int:
     """Ring compression of one descriptor's access byte: a present DPL 0 segment
-    or call gate becomes DPL 1; anything else is copied as it is."""
+    or call gate becomes DPL 1; a TSS or task gate becomes DPL 0, so that a far
+    jmp/call to it at CPL 1 always faults and the VMM switches tasks
+    (runtime/taskswitch.py; the CPU's own switch would save the guest's state
+    into the VMM's TSS, the real TR); anything else is copied as it is."""
     dpl = (access >> DESC_DPL_SHIFT) & 3
     if access & DESC_PRESENT and dpl == 0 and (
             access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
         return access | (1 << DESC_DPL_SHIFT)
+    if not access & DESC_S and access & DESC_TYPE_MASK in TASK_TYPES:
+        return access & ~(3 << DESC_DPL_SHIFT)
     return access
 
 

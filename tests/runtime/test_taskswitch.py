@@ -384,3 +384,18 @@ def test_nmis_through_a_task_gate_end_blocking_at_the_tasks_iret(mode):
     r = _run(_image(NMI_BODY, NMI_B), mode)
     assert _seen(r)["r3"] == 2
     assert r.extra["nmi"]["taken"] == 2 and r.extra["nmi"]["unblocks"] == 2
+
+
+# A DPL-3 TSS called from ring 0: under trap and bt the shadow GDT holds it
+# with DPL 0 (runtime/trap.py `_compressed_access`), so the call faults at CPL 1
+# and the VMM switches: the CPU's own switch would save into the VMM's TSS.
+DPL3_BODY = f"""
+    mov byte ptr [0x10000 + {SEL_B + 5:#x}], 0xe9
+""" + CALL
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_call_to_a_dpl3_tss(mode):
+    seen = _seen(_run(_image(DPL3_BODY, CALLED_B), mode))
+    _check_call({**seen, "gdt_b": seen["gdt_b"] & ~0x6000})
+    assert seen["gdt_b"] >> 13 & 3 == 3
