@@ -62,7 +62,7 @@ class TaskSwitch:
         with the interrupted EIP saved, then push the error code, if any, on the
         new task's stack (SDM 6.12.2)."""
         tss_sel = (gate_lo >> 16) & 0xFFFF
-        self.switch(tss_sel, CALL, return_eip, ext=ext, via_gate=True)
+        self.switch(tss_sel, CALL, return_eip, ext=ext)
         if error_code is not None:
             vm = self.vm
             esp = (vm.uc.reg_read(_reg("esp")) - 4) & 0xFFFFFFFF
@@ -86,7 +86,7 @@ class TaskSwitch:
                 raise GuestFault(NP, selector & 0xFFFC)
             raw = self._read(self._gdt_address(selector), DESC_SIZE)
             tss_sel = struct.unpack("<HH", raw[:4])[1]
-            self.switch(tss_sel, source, next_eip, via_gate=True)
+            self.switch(tss_sel, source, next_eip)
         else:
             self.switch(selector, source, next_eip)
 
@@ -99,11 +99,11 @@ class TaskSwitch:
         self.switch(link, IRET, next_eip)
 
     # -- the switch itself ------------------------------------------------------------
-    def switch(self, tss_sel: int, source: str, next_eip: int, *, ext: int = 0, via_gate: bool = False) -> None:
+    def switch(self, tss_sel: int, source: str, next_eip: int, *, ext: int = 0) -> None:
         vm, mode, uc = self.vm, self.vm.mode, self.vm.uc
         err = (tss_sel & 0xFFFC) + ext
-        if tss_sel & SEL_TI:
-            raise GuestFault(TS if not via_gate else GP, err)
+        if tss_sel & SEL_TI:                 # a task gate's (or back link's) TSS selector in the LDT
+            raise GuestFault(TS, err)
         # The new TSS's descriptor: in the GDT, a TSS, not busy (busy for iret), present, big enough.
         desc = self._descriptor(tss_sel, GP if source != IRET else TS, ext)
         typ = desc.access & (DESC_S | DESC_TYPE_MASK)

@@ -399,3 +399,31 @@ def test_a_call_to_a_dpl3_tss(mode):
     seen = _seen(_run(_image(DPL3_BODY, CALLED_B), mode))
     _check_call({**seen, "gdt_b": seen["gdt_b"] & ~0x6000})
     assert seen["gdt_b"] >> 13 & 3 == 3
+
+
+# A bad new TSS behind a task gate, reached by `int 0x40`: the switch faults
+# before anything changes, the fault's frame holds the `int` itself (its
+# handler skips it) and its error code names the TSS (EXT clear: int n).
+def _bad_tss_body(patch: str, vector: int) -> str:
+    return f"""
+    {patch}
+    mov dword ptr [{0x11000 + 0x40 * 8:#x}], {SEL_B << 16:#x}
+    mov dword ptr [{0x11000 + 0x40 * 8 + 4:#x}], 0x8500
+    mov ecx, {vector}
+    mov eax, gp_handler
+    mov edx, 0x8e
+    call set_gate
+    int 0x40
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("patch, vector", [
+    (f"mov byte ptr [0x10000 + {SEL_B:#x}], 0x50", 10),       # limit below 103: #TS
+    (f"mov byte ptr [0x10000 + {SEL_B + 5:#x}], 0x09", 11),   # not present: #NP
+], ids=["short-limit", "not-present"])
+def test_a_bad_tss_behind_a_task_gate_faults_before_the_switch(mode, patch, vector):
+    r = _run(_image(_bad_tss_body(patch, vector), "    jmp task_b\n", GP_HANDLER), mode)
+    seen = _seen(r)
+    assert seen["r0"] == SEL_B and seen["r4"] == 0     # the handler is at `vector` only (else status 3)
+    assert "task_switches" not in r.extra
