@@ -6,7 +6,10 @@ effect (the next FS access uses the 64-bit base), any CR4 value is taken.  A
 32-bit P6 raises #GP(0) for all of these (runtime/cpuid.py `MSRS`,
 `CR4_IMPLEMENTED`).  Under trap and bt the guest kernel runs at CPL 1, so the
 same instructions fault and runtime/emulation.py applies the model; this module
-gives emulate the same answers.
+gives emulate the same answers.  The same hooks send a far jmp/call whose
+selector names a TSS or task gate to the VMM's task switch
+(runtime/taskswitch.py), which trap and bt use at their #GP: Unicorn's own
+switch refuses a conforming CS with DPL < RPL in the new task.
 
 How, without a hook on every instruction: Unicorn reports each newly
 translated block to UC_HOOK_EDGE_GENERATED (its QEMU's
