@@ -49,7 +49,7 @@ from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
-from runtime.segments import TASK_TYPES, check_stack_segment
+from runtime.segments import TASK_TYPES, check_stack_segment, names_task
 from runtime.tablewatch import TableWatch
 from runtime.taskreturn import claim_task_return
 from runtime.vcpu import VirtualCPU
@@ -532,13 +532,19 @@ class TrapMode(EmulateMode):
         # own TSS (the real TR); the guest's task return is emulated
         # (runtime/taskswitch.py).
         task_return = vector == TS and error == 0 and self.guest_eflags() & NT_BIT
-        if soft or cpl != 1 or (vector != GP and not task_return):
+        # #GP(selector) at CPL 3 on a TSS or task gate: the shadow GDT holds
+        # them with DPL 0 (`_compressed_access`), so a far jmp/call to a DPL-3
+        # one faults at ring 3 too; the routine switches at the guest's CPL.
+        task_far = (cpl == 3 and vector == GP and not soft and bool(error)
+                    and names_task(self, error))
+        if soft or (cpl != 1 and not task_far) or (vector != GP and not task_return):
             vm.counters.add("faults_reflected", vector)
             return False
         if insn is None:
             insn = self.decoder.at(eip)
         row = insn.row if insn else None
-        if task_return and (row is None or row.name != "iretd"):
+        if (task_return and (row is None or row.name != "iretd")) or \
+                (task_far and (row is None or row.name not in ("jmp_far", "call_far"))):
             vm.counters.add("faults_reflected", vector)
             return False
         if not has_routine(row):

@@ -427,3 +427,43 @@ def test_a_bad_tss_behind_a_task_gate_faults_before_the_switch(mode, patch, vect
     seen = _seen(r)
     assert seen["r0"] == SEL_B and seen["r4"] == 0     # the handler is at `vector` only (else status 3)
     assert "task_switches" not in r.extra
+
+
+# Ring 3 calls a DPL-3 TSS (B, a ring-0 task); B's iret returns to ring 3,
+# which comes back to ring 0 through a DPL-3 interrupt gate (vector 0x80).
+RING3_BODY = f"""
+    mov byte ptr [0x10000 + {SEL_B + 5:#x}], 0xe9
+    mov dword ptr [{TSS_A + 4:#x}], 0x88000
+    mov dword ptr [{TSS_A + 8:#x}], 0x10
+    mov ecx, 0x80
+    mov eax, back_to_ring0
+    mov edx, 0xee
+    call set_gate
+    mov dword ptr [{RES + 0x1C:#x}], esp
+    push 0x23
+    push 0x70000
+    pushfd
+    push 0x1b
+    mov eax, in_ring3
+    push eax
+    iretd
+in_ring3:
+    mov eax, 0x23
+    mov ds, eax
+    mov es, eax
+""" + _far(0x9A, SEL_B) + f"""
+    int 0x80
+back_to_ring0:
+    mov esp, dword ptr [{RES + 0x1C:#x}]
+    mov eax, 0x10
+    mov ds, eax
+    mov es, eax
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ring_3_calls_a_task(mode):
+    seen = _seen(_run(_image(RING3_BODY, CALLED_B), mode))
+    assert seen["r0"] == 0x4000 and seen["r1"] == SEL_A and seen["r3"] == 0xB0B
+    assert seen["a_cs"] == 0x1B and seen["a_ebx"] == 0xA11CE      # A saved at ring 3
+    assert seen["gdt_b"] >> 8 & 0xF == 0x9
