@@ -262,7 +262,8 @@ def _ltr(mode, insn, eip):
 def _iret(mode, insn, eip):
     if mode.guest_eflags() & NT_BIT:
         # A return to the task named by the back link (runtime/taskswitch.py):
-        # at CPL 1 the native iret read the VMM's TSS and raised #TS(0).
+        # bt's iretd stub exits here on NT; trap's native iret comes through
+        # runtime/taskreturn.py instead.
         mode.vm.tasks.iret(eip + insn.size)
         return mode.uc.reg_read(X.UC_X86_REG_EIP)
     if insn.opsize16 or insn.mnemonic == "iret":
@@ -647,7 +648,8 @@ def _far_pointer(mode, insn) -> tuple[int, int]:
 @emulates("jmp_far")
 def _jmp_far(mode, insn, eip):
     # bt's stub exits here only for an RPL-1 selector; an int3 patch (a form too
-    # short for a jump patch) for every one.  Gates and TSSs are not modelled.
+    # short for a jump patch) for every one.  A TSS or task gate switches
+    # tasks; call gates are not modelled.
     sel, off = _far_pointer(mode, insn)
     if segments.far_code_segment(mode, sel, off) is None:
         return _far_to_task(mode, sel, JMP_TASK, eip + insn.size)

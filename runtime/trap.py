@@ -36,7 +36,7 @@ from bt.errors import VMMError
 from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE,
                              VFLAGS_MASK, VMM_TSS)
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
-                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, NT_BIT, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
+                    DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
@@ -528,23 +528,20 @@ class TrapMode(EmulateMode):
                     vm.deliver_exception(PF, eip, error & ~1)
                     return True
         self.check_table_fault(vector, error, soft)
-        # #TS(0) at CPL 1: an iret with NT=1 read the back link of the VMM's
-        # own TSS (the real TR); the guest's task return is emulated
-        # (runtime/taskswitch.py).
-        task_return = vector == TS and error == 0 and self.guest_eflags() & NT_BIT
+        # (An iret with NT=1 never faults here: its read of the VMM's TSS is
+        # refused by the guard first, runtime/taskreturn.py.)
         # #GP(selector) at CPL 3 on a TSS or task gate: the shadow GDT holds
         # them with DPL 0 (`_compressed_access`), so a far jmp/call to a DPL-3
         # one faults at ring 3 too; the routine switches at the guest's CPL.
         task_far = (cpl == 3 and vector == GP and not soft and bool(error)
                     and names_task(self, error))
-        if soft or (cpl != 1 and not task_far) or (vector != GP and not task_return):
+        if soft or (cpl != 1 and not task_far) or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
         if insn is None:
             insn = self.decoder.at(eip)
         row = insn.row if insn else None
-        if (task_return and (row is None or row.name != "iretd")) or \
-                (task_far and (row is None or row.name not in ("jmp_far", "call_far"))):
+        if task_far and (row is None or row.name not in ("jmp_far", "call_far")):
             vm.counters.add("faults_reflected", vector)
             return False
         if not has_routine(row):
