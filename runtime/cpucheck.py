@@ -6,10 +6,7 @@ effect (the next FS access uses the 64-bit base), any CR4 value is taken.  A
 32-bit P6 raises #GP(0) for all of these (runtime/cpuid.py `MSRS`,
 `CR4_IMPLEMENTED`).  Under trap and bt the guest kernel runs at CPL 1, so the
 same instructions fault and runtime/emulation.py applies the model; this module
-gives emulate the same answers.  The same hooks send a far jmp/call whose
-selector names a TSS or task gate to the VMM's task switch
-(runtime/taskswitch.py), which trap and bt use at their #GP: Unicorn's own
-switch refuses a conforming CS with DPL < RPL in the new task.
+gives emulate the same answers.
 
 How, without a hook on every instruction: Unicorn reports each newly
 translated block to UC_HOOK_EDGE_GENERATED (its QEMU's
@@ -33,25 +30,18 @@ from unicorn import x86_const as X
 
 from bt.x86 import GP, PAGE
 from runtime import cpuid as model
-from runtime.decode import decode, effective_address
-from runtime.delivery import GuestFault
-from runtime.segments import names_task
-from runtime.taskswitch import CALL as TASK_CALL, JMP as TASK_JMP
+from runtime.decode import decode
 from runtime.devices.regs import MSR_APIC_BASE
 from runtime.emulation import write_apic_base
 
 _LITE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-# 0F 30 wrmsr, 0F 32 rdmsr, 0F 22 mov to CRn; 9A/EA far call/jmp ptr16:32,
-# FF /3 /5 their m16:32 forms (FF is common: the decode sorts them out).
-_CANDIDATES = (b"\x0f\x30", b"\x0f\x32", b"\x0f\x22", b"\x9a", b"\xea", b"\xff")
-_FAR = ("ljmp", "lcall")
+_CANDIDATES = (b"\x0f\x30", b"\x0f\x32", b"\x0f\x22")
 
 
 def sites_in(code: bytes, addr: int) -> list[int]:
-    """Addresses of rdmsr, wrmsr, `mov cr4, r32` and far jmp/call in `code`
-    (decoded from its start)."""
+    """Addresses of rdmsr, wrmsr and `mov cr4, r32` in `code` (decoded from its start)."""
     return [a for a, _, mnem, ops in _LITE.disasm_lite(code, addr)
-            if mnem in ("rdmsr", "wrmsr") or mnem in _FAR or (mnem == "mov" and ops.startswith("cr4,"))]
+            if mnem in ("rdmsr", "wrmsr") or (mnem == "mov" and ops.startswith("cr4,"))]
 
 
 class ModelCheck:
@@ -121,49 +111,13 @@ class ModelCheck:
         if action == "apic" and self._apic_base(insn):
             self._redirect = address + insn.size
             return
-        if action == "task":
-            # A hardware task switch by the VMM (runtime/taskswitch.py), as
-            # under trap and bt: Unicorn's own (QEMU's switch_tss) refuses a
-            # conforming CS with DPL < RPL in the new task (kvm-unit-tests
-            # taskswitch2 "lcall with cs.rpl != cs.dpl"; tests/runtime/test_taskswitch.py).
-            try:
-                vm.tasks.far(self._far_selector(insn), TASK_CALL if insn.mnemonic == "lcall" else TASK_JMP,
-                             address + insn.size)
-            except GuestFault as f:
-                if f.cr2 is not None:
-                    vm.uc.reg_write(X.UC_X86_REG_CR2, f.cr2)
-                vm.deliver_exception(f.vector, address if f.task_eip is None else f.task_eip, f.error_code)
-            self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
-            return
         vm.deliver_exception(GP, address, 0)    # a triple fault ends the run here (StopSlice)
         self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
 
-    def _far_selector(self, insn) -> int | None:
-        """The selector a far jmp/call names (ptr16:32, or m16:32 read as the
-        VMM's look: None when unreadable, and Unicorn raises the fault)."""
-        ops = insn.operands
-        if ops and ops[0].kind == "imm":
-            return ops[0].imm & 0xFFFF
-        vm = self.vm
-
-        def seg_base(reg):
-            sel = vm.uc.reg_read(reg)
-            return vm.delivery.descriptor(sel).base if sel & 0xFFFC else 0
-        try:
-            addr = effective_address(vm.uc, ops[0], seg_base)
-        except GuestFault:
-            return None
-        raw = vm.mem.try_read((addr + (2 if insn.opsize16 else 4)) & 0xFFFFFFFF, 2)
-        return int.from_bytes(raw, "little") if raw else None
-
     def _action(self, insn) -> str | None:
         """None: the model agrees with Unicorn; "gp": #GP(0); "apic": the APIC
-        base MSR, which the local APIC holds (Unicorn reads 0, ignores writes);
-        "task": a far jmp/call to a TSS or task gate."""
+        base MSR, which the local APIC holds (Unicorn reads 0, ignores writes)."""
         uc = self.vm.uc
-        if insn.mnemonic in _FAR:
-            sel = self._far_selector(insn)
-            return "task" if sel is not None and names_task(self.vm.mode, sel) else None
         if insn.mnemonic in ("rdmsr", "wrmsr"):
             msr = uc.reg_read(X.UC_X86_REG_ECX)
             if msr == MSR_APIC_BASE:
