@@ -5,18 +5,19 @@ itself at CPL 0 (its QEMU's `switch_tss`, tests/runtime/test_taskswitch.py
 checks it), but it never vectors through an IDT, so a task gate in the IDT --
 an exception, an external interrupt, an NMI or an `int n` -- reaches the VMM
 (runtime/delivery.py).  Under trap and bt the guest kernel runs at CPL 1, where
-the far jmp/call to a DPL-0 TSS or task gate faults (#GP; runtime/emulation.py
-`_far_to_task`) and an iret with NT=1 reads the VMM's own TSS in the guarded
-hypervisor area (runtime/taskreturn.py): both come here too.  So this is the one task switch the VMM performs, in every
-mode, with the guest's own view of selectors, flags, TR and LDTR (`mode.*`).
+a far jmp/call to a TSS or task gate faults (#GP: the shadow GDT holds them
+with DPL 0; runtime/emulation.py `_far_to_task`) and an iret with NT=1 reads
+the VMM's own TSS in the guarded hypervisor area (runtime/taskreturn.py):
+both come here too.  So this is the one task switch the VMM performs, in
+every mode, with the guest's own view of selectors, flags, TR and LDTR (`mode.*`).
 
-The order and error codes are QEMU's `switch_tss` (what emulate's native far
-jmp/call/iret does), with what the SDM adds and QEMU leaves out: a busy TSS is
-refused for jmp/call/interrupt (#GP(sel)) and a not-busy one for iret (#TS(sel)),
-error codes carry EXT for an event that was not the program's own `int n`, and a
-conforming code segment needs DPL <= RPL rather than DPL == RPL.  Not modelled
-(the run ends with a VMM outcome naming it): a 16-bit TSS, a switch into
-virtual-8086 mode, an LDT (the VMM refuses LDT selectors everywhere).
+The order, checks and error codes are QEMU's `switch_tss` (what emulate's
+native far jmp/call/iret does: a busy TSS refused with #GP for jmp, call and
+interrupt, a free one with #TS for iret), and the SDM's where they differ: an
+error code carries EXT for an event that was not the program's own `int n`,
+and a conforming code segment needs DPL <= RPL rather than DPL == RPL.  Not
+modelled (the run ends with a VMM outcome naming it): a 16-bit TSS, a switch
+into virtual-8086 mode, an LDT (the VMM refuses LDT selectors everywhere).
 """
 from __future__ import annotations
 
