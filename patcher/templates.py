@@ -42,6 +42,7 @@ from typing import Callable
 
 from bt.catalog import check_registry, prefix_info
 from bt.hyper_layout import FIELDS, RPL1_BYTE, SELECTOR_VIEW, STATE
+from bt.x86 import NT_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -466,7 +467,15 @@ def _iretd(s: StubContext, i: Insn) -> str:
     # exception frame.  lahf/seto save them into scratch3 without touching
     # any flag or the stack; at the exit `add al, 0x7f` sets OF from the saved
     # bit and sahf puts SF ZF AF PF CF back.
+    # With NT set the iretd is a return to the previous task (runtime/taskswitch.py),
+    # whatever the stack holds: it exits.  EFLAGS.NT can only be read through
+    # pushfd; it stores into the frame's own EFLAGS slot (ESP moved above it),
+    # which is put back before anything else runs, so memory ends as the CPU's
+    # iretd leaves it (tests/patcher/test_template_semantics.py compares it).
     return (f"mov {s.field('scratch')}, eax; lahf; seto al; mov {s.field('scratch3')}, eax; "
+            f"mov eax, dword ptr [esp + 8]; mov {s.field('scratch2')}, eax; lea esp, [esp + 12]; pushfd; "
+            f"test byte ptr [esp + 1], {NT_BIT >> 8:#x}; mov eax, {s.field('scratch2')}; mov dword ptr [esp], eax; "
+            f"lea esp, [esp - 8]; jnz {out}; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; cmp eax, 3; je {out}; "
             f"mov eax, dword ptr [esp + 8]; {_iopl_check(s, 'ah', out)}; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; jnz {outer}; "

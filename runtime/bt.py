@@ -29,15 +29,13 @@ from runtime.csam import CSAM
 from runtime.decode import decode
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine, settle_irq_shadow
+from runtime import segments
 from runtime.memory import OutsideRam
 from runtime.modes import StopSlice
 from runtime.ring3pass import Ring3Passage
 from runtime.trap import TrapMode
 
 IN_STUB_SLICE = 64   # slice length while EIP is inside patch code (no injection there)
-
-
-
 _GPR = {"eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX,
         "edx": X.UC_X86_REG_EDX, "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI}
 
@@ -280,7 +278,8 @@ class BTMode(TrapMode):
         except GuestFault as f:
             if f.cr2 is not None:
                 self.write_cr(2, f.cr2)
-            self.vm.deliver_exception(f.vector, ins.addr, f.error_code)
+            # After a task switch's commit point the fault is the new task's.
+            self.vm.deliver_exception(f.vector, ins.addr if f.task_eip is None else f.task_eip, f.error_code)
             return True
         except OutsideRam:
             # The routine touched memory that is not there (the hypervisor
@@ -340,6 +339,18 @@ class BTMode(TrapMode):
             vm.counters.add("stub_exits", kind)
             ins = next(i for i in p.covered if i.addr == guest)
             return self._emulate_original(ins, resume)
+        if vector == GP and not soft and p is not None:
+            # A far jmp/call the stub runs natively (an RPL-0 selector) whose
+            # selector names a DPL-0 TSS or task gate: a task switch, which
+            # the VMM performs (runtime/taskswitch.py) as trap does.
+            guest = self.patcher.guest_address(eip)
+            ins = next((i for i in p.covered if i.addr == guest), None)
+            row = getattr(decode(ins.data), "row", None) if ins is not None else None
+            if row is not None and row.name in ("jmp_far", "call_far") and error \
+                    and segments.names_task(self, error):
+                self.stats.add("stub_exits")
+                vm.counters.add("stub_exits", "task")
+                return self._emulate_original(ins, None)
         # A genuine fault raised by relocated guest code (or a segment load's
         # native part): the guest sees its own address.  A selector whose
         # descriptor lies outside RAM ends the run as under emulate, as in trap.

@@ -32,6 +32,9 @@ class GuestFault(Exception):
         self.vector = vector
         self.error_code = error_code
         self.cr2 = cr2
+        # Set by a task switch for a fault after its commit point: the fault
+        # belongs to the new task and is delivered with its EIP (runtime/taskswitch.py).
+        self.task_eip: int | None = None
 
 
 class TripleFault(Exception):
@@ -107,6 +110,8 @@ class Delivery:
                 self.vm.counters.add("exceptions_delivered", DF)
                 self.deliver(DF, return_eip=fault_eip, error_code=0)
                 return
+            if f.task_eip is not None:
+                fault_eip = f.task_eip
             if f.cr2 is not None:
                 self.vm.uc.reg_write(X.UC_X86_REG_CR2, f.cr2)
             self.deliver(f.vector, return_eip=fault_eip, error_code=f.error_code)
@@ -135,9 +140,13 @@ class Delivery:
             raise GuestFault(GP, vector * 8 + 2)
         if not hi & GATE_PRESENT:
             raise GuestFault(NP, vector * 8 + 2 + ext)
+        has_error = error_code is not None or (vector in ERROR_CODE_VECTORS and not soft and not external)
         if gate_type == SYS_TASK_GATE:
-            # Task gates (a hardware task switch) are not modelled: docs/fidelity.md.
-            raise GuestFault(GP, vector * 8 + 2 + ext)
+            # A hardware task switch (runtime/taskswitch.py); the error code,
+            # if any, goes on the new task's stack.
+            vm.tasks.through_idt_gate(lo, vector, return_eip=return_eip,
+                                      error_code=(error_code or 0) if has_error else None, ext=ext)
+            return
         selector = (lo >> 16) & 0xFFFF
         offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
         try:
@@ -172,7 +181,7 @@ class Delivery:
             stack_sel, esp = ss0, esp0
         else:
             stack_sel, esp = vm.guest_selector(old_ss), old_esp
-        if error_code is not None or (vector in ERROR_CODE_VECTORS and not soft and not external):
+        if has_error:
             frame.insert(0, (error_code or 0) & 0xFFFFFFFF)
         data = struct.pack(f"<{len(frame)}I", *frame)
         stack_base = self.descriptor(stack_sel).base if new_cpl < cpl else vm.stack_base()

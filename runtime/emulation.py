@@ -26,7 +26,7 @@ from bt.catalog import SHADOW_OPENERS, check_registry
 from bt.hyper_layout import VFLAGS_MASK
 from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_STAR, MSR_SYSENTER_CS,
                     MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, MSR_TSC, CR0_EM, CR0_MP, CR0_MSW_BITS, CR0_PE, CR0_TS, CR4_TSD, DESC_CODE, DESC_CONFORMING, DESC_RW,
-                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
+                    DESC_S, DESC_SIZE, DESC_TYPE_MASK, DR6_FIXED_ONE, DR7_FIXED_ONE, EFLAGS_FIXED_ONE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, NT_BIT, RF_BIT, SEL_INDEX_MASK, SEL_TI,
                     SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_LDT, SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY,
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime import cpuid as cpuid_model
@@ -34,6 +34,7 @@ from runtime.devices.regs import MSR_APIC_BASE
 from runtime import segments
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
+from runtime.taskswitch import CALL as CALL_TASK, JMP as JMP_TASK
 
 NOT_MINE = object()
 
@@ -269,6 +270,12 @@ def _ltr(mode, insn, eip):
 # -- returns to the guest's ring 0 ---------------------------------------------------
 @emulates("iretd")
 def _iret(mode, insn, eip):
+    if mode.guest_eflags() & NT_BIT:
+        # A return to the task named by the back link (runtime/taskswitch.py):
+        # bt's iretd stub exits here on NT; trap's native iret comes through
+        # runtime/taskreturn.py instead.
+        mode.vm.tasks.iret(eip + insn.size)
+        return mode.uc.reg_read(X.UC_X86_REG_EIP)
     if insn.opsize16 or insn.mnemonic == "iret":
         return NOT_MINE  # 16-bit frames are not modelled: reflected as a #GP
     uc = mode.uc
@@ -651,12 +658,23 @@ def _far_pointer(mode, insn) -> tuple[int, int]:
 @emulates("jmp_far")
 def _jmp_far(mode, insn, eip):
     # bt's stub exits here only for an RPL-1 selector; an int3 patch (a form too
-    # short for a jump patch) for every one.  Gates and TSSs are not modelled.
+    # short for a jump patch) for every one.  A TSS or task gate switches
+    # tasks; call gates are not modelled.
     sel, off = _far_pointer(mode, insn)
     if segments.far_code_segment(mode, sel, off) is None:
-        return NOT_MINE
+        return _far_to_task(mode, sel, JMP_TASK, eip + insn.size)
     mode.load_far(X.UC_X86_REG_CS, segments.code_selector(mode, sel))
     return off
+
+
+def _far_to_task(mode, sel: int, source: str, next_eip: int):
+    """A far jmp/call whose selector names a system descriptor: a TSS or task
+    gate is a task switch (runtime/taskswitch.py; at CPL 1 the DPL-0 descriptor
+    faulted); a call gate is not modelled (the #GP is reflected)."""
+    if not segments.names_task(mode, sel):
+        return NOT_MINE
+    mode.vm.tasks.far(sel, source, next_eip)
+    return mode.uc.reg_read(X.UC_X86_REG_EIP)
 
 
 @emulates("call_far")
@@ -666,7 +684,7 @@ def _call_far(mode, insn, eip):
     not ring 1's."""
     sel, off = _far_pointer(mode, insn)
     if segments.far_code_segment(mode, sel, off) is None:
-        return NOT_MINE
+        return _far_to_task(mode, sel, CALL_TASK, eip + insn.size)
     uc = mode.uc
     size = 2 if insn.opsize16 else 4
     push(mode, mode.guest_selector(uc.reg_read(X.UC_X86_REG_CS)), size)

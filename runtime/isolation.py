@@ -99,12 +99,15 @@ class Isolation:
         # Unicorn, which over the area every stub store would pay.
         self._keep_hook = hook_add(uc, UC_HOOK_MEM_WRITE, self._keeper, None, *KEEPER_RANGE)
 
-    def claim(self) -> bool:
+    def claim(self, first=None) -> bool:
         """After a slice that Unicorn ended with an error: True (and the run's
-        end set) when the error was a refused access to the area."""
+        end set) when the error was a refused access to the area.  `first(hit)`
+        may claim the refusal as the mode's own (runtime/taskreturn.py)."""
         hit = self.guard.take()
         if hit is None:
             return False
+        if first is not None and first(hit):
+            return True
         if self.vm.stop is None:
             self.vm.stop = unmapped_access(hit[1])
         return True

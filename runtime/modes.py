@@ -124,6 +124,33 @@ class EmulateMode:
         sel, base, _, _ = self.uc.reg_read(X.UC_X86_REG_TR)
         return base if sel else None
 
+    # -- what a task switch reads and loads (runtime/taskswitch.py) ---------------------
+    def guest_tr(self) -> tuple[int, int, int, int]:
+        """The guest's TR: selector, base, limit, access byte."""
+        sel, base, limit, flags = self.uc.reg_read(X.UC_X86_REG_TR)
+        return sel, base, limit, (flags >> 8) & 0xFF
+
+    def set_guest_tr(self, sel: int, base: int, limit: int, access: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_TR, (sel, base, limit, access << 8))
+
+    def set_guest_ldtr(self, sel: int) -> None:
+        """Only the null LDT is loaded by the VMM (it models no LDT)."""
+        self.uc.reg_write(X.UC_X86_REG_LDTR, (sel, 0, 0, 0))
+
+    def read_cr(self, n: int) -> int:
+        return self.uc.reg_read(getattr(X, f"UC_X86_REG_CR{n}"))
+
+    def write_cr(self, n: int, value: int) -> None:
+        # At CPL 0 the engine's own register: a CR3 write flushes its TLB as
+        # `mov cr3` does (tests/runtime/test_unicorn_paging_facts.py).
+        self.uc.reg_write(getattr(X, f"UC_X86_REG_CR{n}"), value & 0xFFFFFFFF)
+
+    def load_task_cs(self, real_sel: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CS, real_sel)
+
+    def on_gdt_changed_by_vmm(self) -> None:
+        """The VMM stored into the guest's GDT (a TSS busy bit)."""
+
     def guest_address(self, eip: int) -> int:
         """The guest address an exit at `eip` belongs to (bt maps stub addresses back)."""
         return eip

@@ -72,6 +72,13 @@ class NMIGate:
             self.unblocks += 1
         self._iret_at = None
 
+    def iret_completed(self) -> None:
+        """An iret the VMM finished after the slice ended (runtime/taskreturn.py:
+        the slice's own check saw the guest still at it)."""
+        if self.blocked:
+            self.blocked = False
+            self.unblocks += 1
+
     def report(self) -> dict:
         """The run's NMI figures (empty without an NMI: other reports unchanged)."""
         if not self.taken:

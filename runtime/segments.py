@@ -17,10 +17,12 @@ in the VMM (no LDT is modelled).
 """
 from __future__ import annotations
 
-from bt.x86 import DESC_CODE, DESC_CONFORMING, DESC_RW, DESC_S, GP, NP, SS as SS_FAULT
+from bt.x86 import (DESC_CODE, DESC_CONFORMING, DESC_RW, DESC_S, DESC_TYPE_MASK, GP, NP, SS as SS_FAULT,
+                    SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY, SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY)
 from runtime.delivery import Descriptor, GuestFault
 
 SEL_RPL = 3
+TASK_TYPES = frozenset({SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY, SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY})
 
 
 def _descriptor(mode, sel: int) -> Descriptor:
@@ -88,6 +90,18 @@ def far_code_segment(mode, sel: int, offset: int) -> Descriptor | None:
     if offset > desc.limit:
         raise GuestFault(GP, 0)
     return desc
+
+
+def names_task(mode, sel: int) -> bool:
+    """Does `sel` name a TSS or a task gate in the guest's GDT (a far jmp/call
+    to it is a task switch)?  False for anything the descriptor read refuses."""
+    if _null(sel):
+        return False
+    try:
+        desc = _descriptor(mode, sel)
+    except GuestFault:
+        return False
+    return not desc.access & DESC_S and desc.access & DESC_TYPE_MASK in TASK_TYPES
 
 
 def code_selector(mode, sel: int) -> int:

@@ -49,18 +49,24 @@ from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
-from runtime.segments import check_stack_segment
+from runtime.segments import TASK_TYPES, check_stack_segment, names_task
 from runtime.tablewatch import TableWatch
+from runtime.taskreturn import claim_task_return
 from runtime.vcpu import VirtualCPU
 
 
 def _compressed_access(access: int) -> int:
     """Ring compression of one descriptor's access byte: a present DPL 0 segment
-    or call gate becomes DPL 1; anything else is copied as it is."""
+    or call gate becomes DPL 1; a TSS or task gate becomes DPL 0, so that a far
+    jmp/call to it at CPL 1 always faults and the VMM switches tasks
+    (runtime/taskswitch.py; the CPU's own switch would save the guest's state
+    into the VMM's TSS, the real TR); anything else is copied as it is."""
     dpl = (access >> DESC_DPL_SHIFT) & 3
     if access & DESC_PRESENT and dpl == 0 and (
             access & DESC_S or access & DESC_TYPE_MASK in (SYS_CALL_GATE16, SYS_CALL_GATE32)):
         return access | (1 << DESC_DPL_SHIFT)
+    if not access & DESC_S and access & DESC_TYPE_MASK in TASK_TYPES:
+        return access & ~(3 << DESC_DPL_SHIFT)
     return access
 
 
@@ -278,6 +284,8 @@ class TrapMode(EmulateMode):
             hit = self.isolation.guard.take()
             if hit is None:
                 return False
+            if claim_task_return(self, hit):
+                return True
             kind, address = hit
             eip = self.uc.reg_read(X.UC_X86_REG_EIP)
             if self.hyper_mapping.guest_entry(address) is not None:
@@ -307,7 +315,7 @@ class TrapMode(EmulateMode):
             except StopSlice:
                 pass                         # a triple fault: the run's end is set
             return True
-        return self.isolation.claim()
+        return self.isolation.claim(lambda hit: claim_task_return(self, hit))
 
     # -- a guest that uses the area's addresses (runtime/areamove.py) ------------------
     def runs_own_code(self, eip: int) -> bool:
@@ -366,6 +374,27 @@ class TrapMode(EmulateMode):
         busy = self.vm.mem.read(off, 1)[0] | TSS_BUSY_BIT  # the CPU marks the TSS busy
         self.vm.mem.write(off, bytes([busy]))
         self.vcpu.set("tr", selector)
+        self.sync_shadow_gdt()
+
+    # -- what a task switch reads and loads (runtime/taskswitch.py) ---------------------
+    # The real TR stays the VMM's TSS; the guest's TR and LDTR are the virtual CPU's.
+    def guest_tr(self) -> tuple[int, int, int, int]:
+        sel = self.vcpu.get("tr")
+        if not sel:
+            return 0, 0, 0xFFFF, DESC_PRESENT | TSS_BUSY_BIT | SYS_TSS32_AVAILABLE   # the reset TR
+        desc = self.vm.delivery.descriptor(sel)
+        return sel, desc.base, desc.limit, desc.access
+
+    def set_guest_tr(self, sel: int, base: int, limit: int, access: int) -> None:
+        self.vcpu.set("tr", sel)
+
+    def set_guest_ldtr(self, sel: int) -> None:
+        self.vcpu.set("ldtr", sel)
+
+    def load_task_cs(self, real_sel: int) -> None:
+        self.load_far(X.UC_X86_REG_CS, real_sel)
+
+    def on_gdt_changed_by_vmm(self) -> None:
         self.sync_shadow_gdt()
 
     def check_code_selector(self, sel: int) -> None:
@@ -499,12 +528,22 @@ class TrapMode(EmulateMode):
                     vm.deliver_exception(PF, eip, error & ~1)
                     return True
         self.check_table_fault(vector, error, soft)
-        if soft or cpl != 1 or vector != GP:
+        # (An iret with NT=1 never faults here: its read of the VMM's TSS is
+        # refused by the guard first, runtime/taskreturn.py.)
+        # #GP(selector) at CPL 3 on a TSS or task gate: the shadow GDT holds
+        # them with DPL 0 (`_compressed_access`), so a far jmp/call to a DPL-3
+        # one faults at ring 3 too; the routine switches at the guest's CPL.
+        task_far = (cpl == 3 and vector == GP and not soft and bool(error)
+                    and names_task(self, error))
+        if soft or (cpl != 1 and not task_far) or vector != GP:
             vm.counters.add("faults_reflected", vector)
             return False
         if insn is None:
             insn = self.decoder.at(eip)
         row = insn.row if insn else None
+        if task_far and (row is None or row.name not in ("jmp_far", "call_far")):
+            vm.counters.add("faults_reflected", vector)
+            return False
         if not has_routine(row):
             vm.counters.add("faults_reflected", vector)
             return False
@@ -522,7 +561,8 @@ class TrapMode(EmulateMode):
             vm.counters.add("faults_reflected", f.vector)
             if f.cr2 is not None:
                 self.write_cr(2, f.cr2)
-            vm.deliver_exception(f.vector, eip, f.error_code)
+            # A fault after a task switch's commit point is the new task's.
+            vm.deliver_exception(f.vector, eip if f.task_eip is None else f.task_eip, f.error_code)
             return True
         if resume is NOT_MINE:
             vm.counters.add("faults_reflected", vector)

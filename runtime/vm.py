@@ -41,6 +41,7 @@ from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
 from runtime.delivery import Delivery, Descriptor, GuestFault, TripleFault
 from runtime.nmi import NMIGate
+from runtime.taskswitch import TaskSwitch
 from runtime.isolation import unmapped_access
 from runtime.devices import InterruptRouter, attach_standard_devices
 from runtime.devices.bus import IOBus
@@ -143,6 +144,7 @@ class VM:
         # and the control registers from the live CPU state (runtime/_walk.c).
         self.mem.use_native(self._ram, self._ram_ptr, self.quirks)
         self.delivery = Delivery(self)
+        self.tasks = TaskSwitch(self)   # hardware task switches (runtime/taskswitch.py)
         self.bus = IOBus()
         self.devices = attach_standard_devices(self.bus, self, self.config)
         # The CPU's interrupt input: the local APIC, then the 8259 through LINT0
@@ -563,6 +565,8 @@ class VM:
             extra["mmio"] = self.mmio.report()
         if self.nmi.report():
             extra["nmi"] = self.nmi.report()
+        if self.tasks.report():
+            extra["task_switches"] = self.tasks.report()
         return RunResult(stop.status, stop.outcome, self.retired, self.vtime, wall,
                          bytes(self.serial), self._counter_dict(), stop.message, self._final_regs(),
                          self._vmm_time, extra)
