@@ -252,6 +252,9 @@ class VM:
     def ring_of(self, guest_ring: int) -> int:
         return self.mode.ring_of(guest_ring)
 
+    def real_mode(self) -> bool:
+        return self.mode.real_mode()
+
     def guest_selector(self, real_sel: int) -> int:
         return self.mode.guest_selector(real_sel)
 
@@ -274,6 +277,8 @@ class VM:
         return self.mode.guest_tr_base()
 
     def stack_base(self) -> int:
+        if self.real_mode():        # selector * 16 (runtime/realmode.py)
+            return self.uc.reg_read(X.UC_X86_REG_SS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_SS))
         try:
             return self.delivery.descriptor(sel).base
@@ -283,6 +288,8 @@ class VM:
     def code_base(self) -> int:
         """The guest's CS base, read as the VMM's own look (no accessed bits
         set: the CPU read nothing); 0 when the descriptor cannot be read."""
+        if self.real_mode():
+            return self.uc.reg_read(X.UC_X86_REG_CS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS))
         base, limit = self.guest_gdtr()
         index = sel & SEL_INDEX_MASK

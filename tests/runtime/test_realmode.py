@@ -1,0 +1,187 @@
+"""A ring-0 guest that leaves protected mode, takes `int n` and a #DE through
+its real-mode IVT, returns from both with iret, re-enters protected mode and
+reports what the handlers saw (runtime/realmode.py): the frame (IP, CS, FLAGS
+as 16-bit words), the handler's FLAGS (IF and TF clear), the faulting IP.
+The same guest in every mode gives the same result (trap and bt run real-mode
+code as emulate does: runtime/realmode.py, "Under trap and bt")."""
+import struct
+
+import pytest
+from keystone import Ks, KS_ARCH_X86, KS_MODE_16, KS_MODE_32
+
+from bt.demos import program_image
+from bt.machine import MachineConfig
+from bt.x86 import IF_BIT, TF_BIT
+from runtime.vm import VM
+
+MODES = ("emulate", "trap", "bt")
+RM_CODE = 0x6000            # the 16-bit blob (CS = 0 in real mode)
+PM_BACK = 0x6800            # 32-bit code the blob's far jump back lands on
+RESULTS = 0x5F80            # what the handlers record
+SAVED = 0x5FF0              # main's return address and ESP
+IVT_DESCR = 0x5FE0          # limit 0x3FF, base 0
+
+# Selector 0x18: 16-bit code, base 0, limit 0xFFFF; 0x20: 16-bit data.
+GDT = [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF]
+
+# Up to the far jump into real mode; `rm_entry` follows it (its address is
+# computed: Keystone refuses far jumps to labels).
+RM_PREFIX = """
+    mov ax, 0x20
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr0
+    and eax, 0xfffffffe
+    mov cr0, eax
+"""
+RM_BODY = f"""
+    xor ax, ax
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov sp, 0x5f00
+    lidt [{IVT_DESCR:#x}]
+    mov word ptr [0x200], h_int
+    mov word ptr [0x202], 0
+    mov word ptr [0], h_de
+    mov word ptr [2], 0
+    mov bx, 0x1111
+    sti
+    int 0x80
+    cli
+    mov ax, 7
+    xor cl, cl
+    div cl
+    mov [{RESULTS + 10:#x}], bx
+    mov eax, cr0
+    or eax, 1
+    mov cr0, eax
+    .byte 0x66, 0xea
+    .long {PM_BACK:#x}
+    .word 0x08
+h_int:
+    push bp
+    mov bp, sp
+    mov ax, [bp + 2]
+    mov [{RESULTS:#x}], ax
+    mov ax, [bp + 4]
+    mov [{RESULTS + 2:#x}], ax
+    mov ax, [bp + 6]
+    mov [{RESULTS + 4:#x}], ax
+    pushf
+    pop ax
+    mov [{RESULTS + 6:#x}], ax
+    inc bx
+    pop bp
+    iret
+h_de:
+    push bp
+    mov bp, sp
+    mov ax, [bp + 2]
+    mov [{RESULTS + 8:#x}], ax
+    add word ptr [bp + 2], 2
+    pop bp
+    iret
+"""
+PM_BACK_SRC = f"""
+    mov eax, 0x10
+    mov ds, eax
+    mov es, eax
+    mov fs, eax
+    mov gs, eax
+    mov ss, eax
+    mov esp, dword ptr [{SAVED + 4:#x}]
+    mov eax, dword ptr [{SAVED:#x}]
+    jmp eax
+"""
+
+
+def _blobs() -> tuple[bytes, bytes]:
+    ks16 = Ks(KS_ARCH_X86, KS_MODE_16)
+    prefix = bytes(ks16.asm(RM_PREFIX, RM_CODE)[0])
+    entry = RM_CODE + len(prefix) + 5                   # past `ljmp 0:entry` (ea iw iw)
+    far = b"\xea" + struct.pack("<HH", entry, 0)
+    body = bytes(ks16.asm(RM_BODY, entry)[0])
+    back = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(PM_BACK_SRC, PM_BACK)[0])
+    return prefix + far + body, back
+
+
+def _bytes(data: bytes) -> str:
+    return "\n".join("    .byte " + ", ".join(f"{b:#x}" for b in data[i:i + 16])
+                     for i in range(0, len(data), 16))
+
+
+def _image():
+    rm, back = _blobs()
+    gdt = b"".join(struct.pack("<Q", d) for d in GDT)
+    main = f"""
+main:
+    mov esi, rm_blob
+    mov edi, {RM_CODE:#x}
+    mov ecx, {len(rm)}
+    .byte 0xf3, 0xa4
+    mov esi, back_blob
+    mov edi, {PM_BACK:#x}
+    mov ecx, {len(back)}
+    .byte 0xf3, 0xa4
+    mov dword ptr [{IVT_DESCR:#x}], 0x3ff
+    mov word ptr [{IVT_DESCR + 4:#x}], 0
+    mov dword ptr [{SAVED:#x}], back32
+    mov dword ptr [{SAVED + 4:#x}], esp
+    .byte 0x0f, 0x01, 0x15
+    .long rm_gdtr
+    .byte 0xea
+    .long {RM_CODE:#x}
+    .word 0x18
+back32:
+    mov ebx, dword ptr [{RESULTS:#x}]
+    mov ecx, dword ptr [{RESULTS + 4:#x}]
+    mov edx, dword ptr [{RESULTS + 8:#x}]
+    mov eax, cr0
+    mov esi, eax
+    xor eax, eax
+    ret
+rm_gdtr:
+    .word {len(gdt) - 1}
+    .long rm_gdt
+rm_gdt:
+{_bytes(gdt)}
+rm_blob:
+{_bytes(rm)}
+back_blob:
+{_bytes(back)}
+"""
+    return program_image(main, "realmode"), rm
+
+
+def _run(mode: str):
+    image, rm = _image()
+    r = VM(image, MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
+    assert r.exit_status == 0, (mode, r.reason, r.message)
+    return r, rm
+
+
+def test_int_and_fault_through_the_ivt_under_emulate():
+    r, rm = _run("emulate")
+    regs = r.regs
+    after_int = RM_CODE + rm.index(b"\xcd\x80") + 2
+    div_at = RM_CODE + rm.index(b"\xf6\xf1")
+    assert regs["ebx"] & 0xFFFF == after_int            # the frame's IP: past the int
+    assert regs["ebx"] >> 16 == 0                       # the frame's CS
+    frame_flags, handler_flags = regs["ecx"] & 0xFFFF, regs["ecx"] >> 16
+    assert frame_flags & IF_BIT                         # IF as it was (sti)
+    assert not handler_flags & (IF_BIT | TF_BIT)        # cleared by the delivery
+    assert regs["edx"] & 0xFFFF == div_at               # #DE: IP at the faulting div
+    assert regs["edx"] >> 16 == 0x1112                  # the int handler ran once
+    assert regs["esi"] & 1                              # back in protected mode
+    assert r.counters["exceptions_delivered"] == {"0x80": 1, "0x0": 1}
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+def test_every_mode_agrees_with_emulate(mode):
+    ref, _ = _run("emulate")
+    r, _ = _run(mode)
+    for reg in ("ebx", "ecx", "edx", "esi", "eip", "eflags"):
+        assert r.regs[reg] == ref.regs[reg], reg
+    assert r.retired == ref.retired
