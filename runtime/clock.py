@@ -81,6 +81,15 @@ class InstructionClock:
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4, efer)
 
+    def decode_code16(self, hflags_off: int) -> None:
+        """Decode blocks of 16-bit code (real mode, a 16-bit code segment) as
+        16-bit code: their instruction sizes differ from the 32-bit decoding
+        (tests/runtime/test_realmode.py counts a real-mode loop exactly)."""
+        md16 = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_16)
+        md16.detail = False
+        self._md16 = md16                # kept alive: the clock decodes with its handle
+        self.c.decode_code16(md16.csh.value, hflags_off)
+
     def watch_site_flags(self, cc_op_off: int, eip_off: int) -> None:
         """Where the lazy flags' operation and EIP live in the live CPU state:
         hooks called inside an instruction at a sync site put the operation

@@ -138,6 +138,8 @@ class VM:
         self.quirks = Quirks(uc)
         self.clock = InstructionClock(uc)
         self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr, self.quirks.off.efer)
+        if self.quirks.env is not None:
+            self.clock.decode_code16(self.quirks.off.hflags)
         self.clock.revive_memory_hooks(self.quirks.recur_mem_address())
         # The VMM's page walk reads the tables from the host memory behind RAM
         # and the control registers from the live CPU state (runtime/_walk.c).

@@ -50,6 +50,11 @@ RM_BODY = f"""
     mov word ptr [0x202], 0
     mov word ptr [0], h_de
     mov word ptr [2], 0
+    mov cx, {{RM_LOOP}}
+rm_spin:
+    add ax, 0x1234
+    dec cx
+    jnz rm_spin
     mov bx, 0x1111
     sti
     int 0x80
@@ -101,12 +106,12 @@ PM_BACK_SRC = f"""
 """
 
 
-def _blobs() -> tuple[bytes, bytes]:
+def _blobs(rm_loop: int) -> tuple[bytes, bytes]:
     ks16 = Ks(KS_ARCH_X86, KS_MODE_16)
     prefix = bytes(ks16.asm(RM_PREFIX, RM_CODE)[0])
     entry = RM_CODE + len(prefix) + 5                   # past `ljmp 0:entry` (ea iw iw)
     far = b"\xea" + struct.pack("<HH", entry, 0)
-    body = bytes(ks16.asm(RM_BODY, entry)[0])
+    body = bytes(ks16.asm(RM_BODY.replace("{RM_LOOP}", str(rm_loop)), entry)[0])
     back = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(PM_BACK_SRC, PM_BACK)[0])
     return prefix + far + body, back
 
@@ -116,8 +121,8 @@ def _bytes(data: bytes) -> str:
                      for i in range(0, len(data), 16))
 
 
-def _image():
-    rm, back = _blobs()
+def _image(rm_loop: int = 1000):
+    rm, back = _blobs(rm_loop)
     gdt = b"".join(struct.pack("<Q", d) for d in GDT)
     main = f"""
 main:
@@ -165,8 +170,8 @@ back_blob:
     return program_image(main, "realmode"), rm
 
 
-def _run(mode: str):
-    image, rm = _image()
+def _run(mode: str, rm_loop: int = 1000):
+    image, rm = _image(rm_loop)
     r = VM(image, MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
     assert r.exit_status == 0, (mode, r.reason, r.message)
     return r, rm
@@ -210,3 +215,28 @@ def test_bt_ends_the_run_with_one_line_at_16_bit_code():
     r = VM(image, MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
     assert r.reason == "vmm-error"
     assert "16-bit code" in r.message and "--mode emulate or trap" in r.message
+
+
+@pytest.mark.parametrize("mode", MODES[:2])
+def test_16_bit_code_is_counted_instruction_by_instruction(mode):
+    """The clock decodes 16-bit blocks as 16-bit code (runtime/_clock.c,
+    HF_CS32): 1,000 more turns of `add ax, 0x1234; dec cx; jnz` in real mode are
+    exactly 3,000 more instructions (decoded as 32-bit, `add eax, imm32`
+    swallows `dec cx` and the jnz's opcode: two a turn, seen)."""
+    a, _ = _run(mode, 1000)
+    b, _ = _run(mode, 2000)
+    assert b.retired - a.retired == 3000
+
+
+def test_a_slice_may_end_inside_a_16_bit_block():
+    """The budget's exact stop re-runs the block to a Unicorn exit at the
+    budget's instruction, found by the clock's decoding: decoded as 32-bit the
+    exit fell inside an instruction and the re-run never ended (seen, before
+    runtime/_clock.c decoded 16-bit code; realmode.flat under trap hung so)."""
+    image, rm = _image(10_000)
+    loop = RM_CODE + rm.index(bytes.fromhex("053412"))
+    for budget in (1500, 1501, 1502):
+        cfg = MachineConfig(mode="emulate", mem_mib=8, max_instructions=budget)
+        r = VM(image, cfg, stdout=None).run()
+        assert r.reason == "budget" and r.retired == budget
+        assert r.regs["eip"] in (loop, loop + 3, loop + 4)
