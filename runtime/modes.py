@@ -89,7 +89,7 @@ class EmulateMode:
 
     def on_unexpected_stop(self, eip: int) -> None:
         """Unicorn ended a slice early on its own: at CPL 0 that is `hlt`."""
-        if self.vm.mem.try_read(eip - 1, 1) == b"\xf4":
+        if self.vm.mem.try_read(self.vm.code_base() + eip - 1, 1) == b"\xf4":   # CS base: real mode
             self.vm.on_hlt()
             return
         raise VMMError(f"emulation stopped unexpectedly at {eip:#x}")

@@ -164,6 +164,7 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
+        self.clock.code_base = self._real_code_base     # real mode: CS * 16 (runtime/clock.py)
         # Stores to RAM without translated code on Unicorn's inline path, as in
         # QEMU (runtime/faststores.h): under emulate, where no memory hook
         # watches stores (trap and bt have some, so Unicorn's helpers run anyway).
@@ -256,6 +257,10 @@ class VM:
 
     def real_mode(self) -> bool:
         return self.mode.real_mode()
+
+    def _real_code_base(self) -> int:
+        """The CS base where the clock must add it: real mode (selector * 16)."""
+        return self.uc.reg_read(X.UC_X86_REG_CS) << 4 if self.mode.real_mode() else 0
 
     def guest_selector(self, real_sel: int) -> int:
         return self.mode.guest_selector(real_sel)

@@ -47,9 +47,9 @@ RM_BODY = f"""
     mov sp, 0x5f00
     lidt [{IVT_DESCR:#x}]
     mov word ptr [0x200], h_int
-    mov word ptr [0x202], 0
+    mov word ptr [0x202], {{RM_SEG}}
     mov word ptr [0], h_de
-    mov word ptr [2], 0
+    mov word ptr [2], {{RM_SEG}}
     mov cx, {{RM_LOOP}}
 rm_spin:
     add ax, 0x1234
@@ -106,12 +106,14 @@ PM_BACK_SRC = f"""
 """
 
 
-def _blobs(rm_loop: int) -> tuple[bytes, bytes]:
+def _blobs(rm_loop: int, seg: int) -> tuple[bytes, bytes]:
+    """The real-mode part runs with CS = `seg` (its labels are offsets from seg * 16)."""
     ks16 = Ks(KS_ARCH_X86, KS_MODE_16)
     prefix = bytes(ks16.asm(RM_PREFIX, RM_CODE)[0])
-    entry = RM_CODE + len(prefix) + 5                   # past `ljmp 0:entry` (ea iw iw)
-    far = b"\xea" + struct.pack("<HH", entry, 0)
-    body = bytes(ks16.asm(RM_BODY.replace("{RM_LOOP}", str(rm_loop)), entry)[0])
+    entry = RM_CODE + len(prefix) + 5 - seg * 16        # past `ljmp seg:entry` (ea iw iw)
+    far = b"\xea" + struct.pack("<HH", entry, seg)
+    src = RM_BODY.replace("{RM_LOOP}", str(rm_loop)).replace("{RM_SEG}", str(seg))
+    body = bytes(ks16.asm(src, entry)[0])
     back = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(PM_BACK_SRC, PM_BACK)[0])
     return prefix + far + body, back
 
@@ -121,8 +123,8 @@ def _bytes(data: bytes) -> str:
                      for i in range(0, len(data), 16))
 
 
-def _image(rm_loop: int = 1000):
-    rm, back = _blobs(rm_loop)
+def _image(rm_loop: int = 1000, seg: int = 0):
+    rm, back = _blobs(rm_loop, seg)
     gdt = b"".join(struct.pack("<Q", d) for d in GDT)
     main = f"""
 main:
@@ -170,8 +172,8 @@ back_blob:
     return program_image(main, "realmode"), rm
 
 
-def _run(mode: str, rm_loop: int = 1000):
-    image, rm = _image(rm_loop)
+def _run(mode: str, rm_loop: int = 1000, seg: int = 0):
+    image, rm = _image(rm_loop, seg)
     r = VM(image, MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
     assert r.exit_status == 0, (mode, r.reason, r.message)
     return r, rm
@@ -240,3 +242,16 @@ def test_a_slice_may_end_inside_a_16_bit_block():
         r = VM(image, cfg, stdout=None).run()
         assert r.reason == "budget" and r.retired == budget
         assert r.regs["eip"] in (loop, loop + 3, loop + 4)
+
+
+@pytest.mark.parametrize("mode", MODES[:2])
+def test_a_code_segment_with_a_base(mode):
+    """The same guest with real-mode CS = 0x600 (base 0x6000, the same
+    bytes at offsets from 0): the frame holds IP and CS as offset and
+    segment, and every figure but those is as with CS = 0."""
+    flat, rm = _run(mode)
+    based, _ = _run(mode, seg=0x600)
+    assert based.regs["ebx"] == (0x600 << 16) | (flat.regs["ebx"] - 0x6000)
+    assert based.regs["edx"] == flat.regs["edx"] - 0x6000
+    assert based.regs["ecx"] == flat.regs["ecx"]
+    assert based.retired == flat.retired
