@@ -255,3 +255,34 @@ def test_a_code_segment_with_a_base(mode):
     assert based.regs["edx"] == flat.regs["edx"] - 0x6000
     assert based.regs["ecx"] == flat.regs["ecx"]
     assert based.retired == flat.retired
+
+
+# `.byte 0x0e`: push cs (Keystone makes `push cs` 66 0e, a 16-bit push).
+RF_AFTER_IRET = """
+main:
+    pushfd
+    pop eax
+    or eax, 0x10000
+    push eax
+    .byte 0x0e
+    call rf_iret
+    jmp rf_after
+rf_iret:
+    iretd
+rf_after:
+    pushfd
+    pop ebx
+    xor eax, eax
+    ret
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pushf_after_an_iret_that_loaded_rf(mode):
+    """An iretd whose frame has RF: the pushfd after it stores RF clear, as
+    the CPU's does (Unicorn's stored it: tests/runtime/test_realmode_facts.py;
+    runtime/_clock.c clears RF at the start of the next block)."""
+    r = VM(program_image(RF_AFTER_IRET, "rf"), MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
+    assert r.exit_status == 0, (r.reason, r.message)
+    assert not r.regs["ebx"] & 0x10000
+    assert not r.regs["eflags"] & 0x10000

@@ -106,7 +106,8 @@ def test_iret_in_real_mode_keeps_rf_from_the_frame_and_pushf_shows_it():
     CPU does) but pushfd then stores it (the CPU clears RF in the image it
     pushes, and clears RF itself after the next instruction); Unicorn clears RF
     only at the end of the next translated block.  kvm-unit-tests realmode
-    "rflags.rf" sees it; runtime/realmode.py takes RF out of the frame."""
+    "rflags.rf" sees it; runtime/_clock.c clears RF at the next block's start
+    (tests/runtime/test_realmode.py, `test_pushf_after_an_iret_that_loaded_rf`)."""
     src = ("pushfd; pop eax; or eax, 0x10000; push eax; .byte 0x66, 0x0e; call l1; jmp l2; "
            "l1: iretd; l2: pushfd; pop ebx; nop")
     code = _asm16(src, 0x100)
