@@ -286,3 +286,18 @@ def test_pushf_after_an_iret_that_loaded_rf(mode):
     assert r.exit_status == 0, (r.reason, r.message)
     assert not r.regs["ebx"] & 0x10000
     assert not r.regs["eflags"] & 0x10000
+
+
+def test_bt_ends_the_run_with_one_line_at_a_mov_cr0_clearing_pe():
+    """32-bit code that clears PE itself (no 16-bit segment first): bt's line
+    comes at the emulated `mov cr0` (runtime/bt.py `write_cr`)."""
+    main = """
+main:
+    mov eax, cr0
+    and eax, 0xfffffffe
+    mov cr0, eax
+    hlt
+"""
+    r = VM(program_image(main, "pe_off"), MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
+    assert r.reason == "vmm-error"
+    assert "real mode under bt is not supported" in r.message
