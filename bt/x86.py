@@ -133,6 +133,7 @@ DESC_RW = 0x02                  # code: readable; data: writable
 DESC_ACCESSED = 0x01
 DESC_TYPE_MASK = 0x0F
 DESC_FLAG_G = 0x8               # in the flags nibble: limit counts 4 KiB units
+DESC_FLAG_D = 0x4               # in the flags nibble: code segment of 32-bit code (D/B)
 
 # System descriptor types (DESC_S clear).
 SYS_TSS16_AVAILABLE = 0x1

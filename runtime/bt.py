@@ -18,7 +18,8 @@ from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import BP, CR4_PAE, CR4_PSE, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF, PTE_P, PTE_PS, UD
+from bt.x86 import (BP, CR0_PE, CR4_PAE, CR4_PSE, DESC_FLAG_D, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF,
+                    PTE_P, PTE_PS, UD)
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -185,6 +186,27 @@ class BTMode(TrapMode):
         # the area's guard must not take them for the stub's (runtime/isolation.py).
         for lo, hi in getattr(patch, "relocated", ()):
             self.isolation.guard.mark(lo, hi, True)
+
+    # -- what CSAM cannot scan: real mode and 16-bit code -----------------------------
+    # The scanner decodes 32-bit code; 16-bit code scanned as 32-bit gives a
+    # wrong CFG and patches at wrong boundaries (seen: kvm-unit-tests
+    # realmode.flat triple-faulted after 644 instructions).  So bt ends the run
+    # with one line where trap runs real mode natively (runtime/realswitch.py).
+    def write_cr(self, n: int, value: int) -> None:
+        if n == 0 and not value & CR0_PE:
+            raise VMMError("the guest left protected mode (CR0.PE clear): real mode under bt "
+                           "is not supported (run it with --mode emulate or trap; docs/machine.md)")
+        super().write_cr(n, value)
+
+    def check_code_size(self) -> None:
+        """Before CSAM scans a block: the guest's CS must be a 32-bit code segment."""
+        try:
+            desc = self.vm.delivery.descriptor(self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS)))
+        except GuestFault:
+            return                      # unreadable: the fetch itself faults as the CPU's would
+        if not desc.flags & DESC_FLAG_D:
+            raise VMMError("the guest runs 16-bit code (a code segment with D clear): CSAM "
+                           "scans 32-bit code only (run it with --mode emulate or trap; docs/machine.md)")
 
     def on_vmm_branch(self, target: int) -> None:
         # Under paging ring-3 code is never scanned or patched (an emulated

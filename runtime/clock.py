@@ -81,6 +81,15 @@ class InstructionClock:
         if env is not None:
             self.c.set_env(env, cr0, cr3, cr4, efer)
 
+    def decode_code16(self, hflags_off: int) -> None:
+        """Decode blocks of 16-bit code (real mode, a 16-bit code segment) as
+        16-bit code: their instruction sizes differ from the 32-bit decoding
+        (tests/runtime/test_realmode.py counts a real-mode loop exactly)."""
+        md16 = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_16)
+        md16.detail = False
+        self._md16 = md16                # kept alive: the clock decodes with its handle
+        self.c.decode_code16(md16.csh.value, hflags_off)
+
     def watch_site_flags(self, cc_op_off: int, eip_off: int) -> None:
         """Where the lazy flags' operation and EIP live in the live CPU state:
         hooks called inside an instruction at a sync site put the operation
@@ -223,18 +232,29 @@ class InstructionClock:
     def count(self) -> int:
         return self.c.count
 
+    # The block tables are keyed by linear address (QEMU's tb->pc: CS base +
+    # EIP); the VMM asks with EIP.  `code_base()` answers the CS base where it
+    # is not 0: in real mode CS * 16 (the VM sets it: runtime/realmode.py);
+    # protected-mode guests run flat code (base 0).
+    @staticmethod
+    def code_base() -> int:
+        return 0
+
     def started(self, eip: int) -> int:
         """Instructions started in this slice, the one at `eip` included (hooks)."""
-        return self.c.started(eip)
+        return self.c.started((eip + self.code_base()) & 0xFFFFFFFF)
 
     def next(self, eip: int) -> int | None:
         """The address after the instruction at `eip` in the running block."""
-        return self.c.next(eip)
+        base = self.code_base()
+        after = self.c.next((eip + base) & 0xFFFFFFFF)
+        return None if after is None else (after - base) & 0xFFFFFFFF
 
-    def cut(self, eip: int, started: bool) -> bool:
-        """The current block ended at `eip`: the instruction there was started
+    def cut(self, eip: int, started: bool, linear: bool = False) -> bool:
+        """The current block ended at `eip` (a linear address if `linear`: a
+        code hook's): the instruction there was started
         (a fault, counted as Unicorn's count hook did) or not (an aborted store)."""
-        return self.c.cut(eip, started)
+        return self.c.cut(eip if linear else (eip + self.code_base()) & 0xFFFFFFFF, started)
 
     def stats(self) -> dict:
         d = self.c.stats()

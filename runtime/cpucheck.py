@@ -105,7 +105,7 @@ class ModelCheck:
         action = self._action(insn)
         if action is None:
             return                          # Unicorn runs it
-        vm.clock.cut(address, True)         # the instruction started, as a fault's does
+        vm.clock.cut(address, True, linear=True)   # started, as a fault's is
         vm.exit_site(address)
         vm.halt_slice()
         if action == "apic" and self._apic_base(insn):

@@ -161,6 +161,7 @@ class CSAM(Views, SmcRewrites):
         self.drain_writes()
         if self.clock.c.known_start(address):
             return address                       # it was only on a dirty page: rescanned
+        self.mode.check_code_size()              # 16-bit code: the run ends (runtime/bt.py)
         self.vm.counters.add("scan_exits")
         self.vm.exit_site(address)
         if self.claim_view(address & ~(PAGE - 1)) is None:

@@ -20,6 +20,7 @@ from bt.x86 import (CONTRIBUTORY_VECTORS, DESC_CODE, DESC_CONFORMING, DESC_DPL_S
                     SEL_TI, SYS_INTERRUPT_GATE32, SYS_TASK_GATE, SYS_TRAP_GATE32, TF_BIT, TS, TSS_ESP0, TSS_STACK_STRIDE,
                     VM_BIT)
 from runtime.memory import PageFault
+from runtime.realmode import deliver_real
 
 GATE_PRESENT = DESC_PRESENT << 8     # the access byte's present bit in a gate's high dword
 
@@ -119,6 +120,11 @@ class Delivery:
     def _deliver(self, vector, return_eip, error_code, soft, external):
         vm = self.vm
         uc = vm.uc
+        if vm.real_mode():          # CR0.PE clear: the IVT (runtime/realmode.py)
+            if not deliver_real(vm, vector, return_eip):
+                # QEMU's error code; real mode pushes none, only the vector matters.
+                raise GuestFault(GP, vector * 8 + 2 + (0 if soft else 1))
+            return
         # EXT (bit 0 of a fault's error code): the event was not the program's
         # own `int n`/int3/into -- a hardware interrupt or an earlier exception.
         ext = 0 if soft else 1

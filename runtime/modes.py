@@ -12,6 +12,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
+from bt.x86 import CR0_PE
 
 
 class StopSlice(Exception):
@@ -88,7 +89,7 @@ class EmulateMode:
 
     def on_unexpected_stop(self, eip: int) -> None:
         """Unicorn ended a slice early on its own: at CPL 0 that is `hlt`."""
-        if self.vm.mem.try_read(eip - 1, 1) == b"\xf4":
+        if self.vm.mem.try_read(self.vm.code_base() + eip - 1, 1) == b"\xf4":   # CS base: real mode
             self.vm.on_hlt()
             return
         raise VMMError(f"emulation stopped unexpectedly at {eip:#x}")
@@ -99,6 +100,10 @@ class EmulateMode:
 
     def ring_of(self, guest_ring: int) -> int:
         return guest_ring
+
+    def real_mode(self) -> bool:
+        """The guest's CR0.PE is clear (runtime/realmode.py)."""
+        return not self.uc.reg_read(X.UC_X86_REG_CR0) & CR0_PE
 
     def guest_selector(self, real_sel: int) -> int:
         return real_sel

@@ -49,6 +49,7 @@ from runtime.isolation import Isolation
 from runtime.memory import AreaInUse, OutsideRam, PageFault
 from runtime.modes import EmulateMode, StopSlice
 from runtime.paging import HyperMapping
+from runtime.realswitch import NATIVE_SLICE, RealModeSwitch
 from runtime.segments import TASK_TYPES, check_stack_segment, names_task
 from runtime.tablewatch import TableWatch
 from runtime.taskreturn import claim_task_return
@@ -103,6 +104,8 @@ class TrapMode(EmulateMode):
         self.hook_shadow_gdt()
         self.hyper_mapping = HyperMapping(self)
         self.mover = AreaMover(self)
+        # CR0.PE clear: the guest runs natively at real CPL 0 (runtime/realswitch.py)
+        self.native = RealModeSwitch(self)
         vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
         # flush, EIP past it): answered by the native hook (runtime/exits.py),
@@ -331,8 +334,15 @@ class TrapMode(EmulateMode):
         return self.mover.relocations
 
     def before_slice(self) -> None:
+        if self.native.active and self.native.ready_to_leave():
+            self.native.leave()
         self.hyper_mapping.notice()
         self.mover.before_slice()
+
+    def slice_limit(self) -> int | None:
+        # While the guest runs natively, the stretch is checked for its end
+        # at least every NATIVE_SLICE instructions (runtime/realswitch.py).
+        return NATIVE_SLICE if self.native.active else None
 
     def relocate_hyper(self, new_base: int) -> None:
         """Move the hypervisor area between slices (runtime/areamove.py)."""
@@ -424,6 +434,9 @@ class TrapMode(EmulateMode):
                 raise VMMError(f"the guest enabled paging: {self.name} mode does not support "
                                "paging guests yet (run it with --mode emulate or trap; docs/paging-plan.md)")
             self.vcpu.set("cr0", value)
+            if not value & CR0_PE:          # real mode: run it natively (runtime/realswitch.py)
+                self.native.enter(value)
+                return
             uc.reg_write(X.UC_X86_REG_CR0, value | CR0_PE)
             self.hyper_mapping.sync()
         elif n == 2:
@@ -515,6 +528,9 @@ class TrapMode(EmulateMode):
     def on_fault(self, vector: int, eip: int, error, soft: bool, insn=None) -> bool:
         """`insn`: the site already decoded by this exit (bt), else decoded here."""
         vm = self.vm
+        if self.native.active:          # the guest at real CPL 0: every fault is its own
+            vm.counters.add("faults_reflected", vector)
+            return False
         cpl = vm.quirks.cpl()
         if vector == PF:
             cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
@@ -596,20 +612,35 @@ class TrapMode(EmulateMode):
         """Hook for bt mode's fault-driven patching."""
 
     # -- the guest's view -------------------------------------------------------------
+    # While the guest runs natively (runtime/realswitch.py) every answer is
+    # emulate's: the real state is the guest's.
     def _real_cpl(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
+    def real_mode(self) -> bool:
+        if self.native.active:
+            return super().real_mode()
+        return not self.vcpu.get("cr0") & CR0_PE
+
     def guest_cpl(self) -> int:
+        if self.native.active:
+            return super().guest_cpl()
         cpl = self._real_cpl()
         return 0 if cpl == 1 else cpl
 
     def ring_of(self, guest_ring: int) -> int:
+        if self.native.active:
+            return guest_ring
         return 1 if guest_ring == 0 else guest_ring
 
     def guest_selector(self, real_sel: int) -> int:
+        if self.native.active:
+            return real_sel
         return real_sel & ~3 if real_sel & 3 == 1 else real_sel
 
     def real_selector(self, guest_sel: int, guest_ring: int) -> int:
+        if self.native.active:
+            return guest_sel
         return (guest_sel & ~3) | 1 if guest_ring == 0 else guest_sel
 
     # At CPL 1 the real EFLAGS are the guest's but for IOPL (real 1, the guest's
@@ -618,7 +649,7 @@ class TrapMode(EmulateMode):
     # IOPL 1: trap's one flag leak left, docs/fidelity.md "IF in the real EFLAGS").
     def guest_eflags(self) -> int:
         real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        if self._real_cpl() == 3:
+        if self._real_cpl() == 3 or self.native.active:
             return real
         return (real & ~VFLAGS_MASK) | self.vcpu.vflags
 
@@ -626,7 +657,7 @@ class TrapMode(EmulateMode):
         # Which ring the flags are for is decided by the CPL at the time of the
         # write: delivery writes them after switching CS to the handler's ring.
         self.vcpu.vflags = value & VFLAGS_MASK
-        if self._real_cpl() == 3:
+        if self._real_cpl() == 3 or self.native.active:
             self.uc.reg_write(X.UC_X86_REG_EFLAGS, value)
             return
         self._write_real_flags(value)
@@ -635,12 +666,18 @@ class TrapMode(EmulateMode):
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, (value & ~IOPL_MASK) | REAL_IOPL_CPL1)
 
     def guest_gdtr(self) -> tuple[int, int]:
+        if self.native.active:
+            return super().guest_gdtr()
         return self.vcpu.gdtr()
 
     def guest_idtr(self) -> tuple[int, int]:
+        if self.native.active:
+            return super().guest_idtr()
         return self.vcpu.idtr()
 
     def guest_tr_base(self) -> int | None:
+        if self.native.active:
+            return super().guest_tr_base()
         tr = self.vcpu.get("tr")
         if not tr:
             return None
@@ -653,4 +690,6 @@ class TrapMode(EmulateMode):
                 "hypervisor_base": hex(self.hyper.base),
                 **({"hypervisor_relocations": self.relocations} if self.relocations else {}),
                 **({"paging": self.hyper_mapping.stats()} if self.hyper_mapping.inserts else {}),
+                **({"real_mode": {"entries": self.native.entries, "exits": self.native.exits,
+                                  "native_at_end": self.native.active}} if self.native.entries else {}),
                 "shadow_gdt_syncs": self.gdt_syncs, "gdt_stores": self.gdt_stores}

@@ -139,6 +139,8 @@ class VM:
         self.quirks = Quirks(uc)
         self.clock = InstructionClock(uc)
         self.clock.set_cpu_state(self.quirks.env, *self.quirks.off.cr, self.quirks.off.efer)
+        if self.quirks.env is not None:
+            self.clock.decode_code16(self.quirks.off.hflags)
         self.clock.revive_memory_hooks(self.quirks.recur_mem_address())
         # The VMM's page walk reads the tables from the host memory behind RAM
         # and the control registers from the live CPU state (runtime/_walk.c).
@@ -164,6 +166,7 @@ class VM:
         from runtime.tsc import VirtualTSC
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
+        self.clock.code_base = self._real_code_base     # real mode: CS * 16 (runtime/clock.py)
         # Stores to RAM without translated code on Unicorn's inline path, as in
         # QEMU (runtime/faststores.h): under emulate, where no memory hook
         # watches stores (trap and bt have some, so Unicorn's helpers run anyway).
@@ -254,6 +257,13 @@ class VM:
     def ring_of(self, guest_ring: int) -> int:
         return self.mode.ring_of(guest_ring)
 
+    def real_mode(self) -> bool:
+        return self.mode.real_mode()
+
+    def _real_code_base(self) -> int:
+        """The CS base where the clock must add it: real mode (selector * 16)."""
+        return self.uc.reg_read(X.UC_X86_REG_CS) << 4 if self.mode.real_mode() else 0
+
     def guest_selector(self, real_sel: int) -> int:
         return self.mode.guest_selector(real_sel)
 
@@ -276,6 +286,8 @@ class VM:
         return self.mode.guest_tr_base()
 
     def stack_base(self) -> int:
+        if self.real_mode():        # selector * 16 (runtime/realmode.py)
+            return self.uc.reg_read(X.UC_X86_REG_SS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_SS))
         try:
             return self.delivery.descriptor(sel).base
@@ -285,6 +297,8 @@ class VM:
     def code_base(self) -> int:
         """The guest's CS base, read as the VMM's own look (no accessed bits
         set: the CPU read nothing); 0 when the descriptor cannot be read."""
+        if self.real_mode():
+            return self.uc.reg_read(X.UC_X86_REG_CS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS))
         base, limit = self.guest_gdtr()
         index = sel & SEL_INDEX_MASK
