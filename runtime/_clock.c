@@ -100,8 +100,7 @@ typedef struct Entry {
     uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
     uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
-    WalkMemo memo;      /* next to the fields every execution reads (cache lines); not
-                         * counted in cache_bytes: the bound's figures stay as measured */
+    WalkMemo memo;      /* next to the fields every execution reads (cache lines) */
     uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
     uint64_t *fix;
