@@ -247,7 +247,8 @@ static bool walk(Clock *c, uint64_t va, uint64_t *pa)
 /* -- Walks remembered per block -------------------------------------------------
  * With paging on, a block known unchanged (below) still needed its physical
  * address, and so a walk of the guest's page tables, at every execution: the
- * walk was ~25% of the block hook's time on a Linux boot.  A walk's result is
+ * walk and the block read were ~40% of the clock's time on a Linux boot
+ * (docs/benchmarks.md, "The clock's per-block callback").  A walk's result is
  * a function of CR3, CR4, EFER and the values of the page-table entries it
  * read (each entry's address comes from CR3 and the entry read before it), and
  * the host address of each entry is fixed while the memory regions are.  So
