@@ -83,15 +83,28 @@ typedef int (*uc_reg_write_t)(void *, int, const void *);
 #define FRONT 512       /* direct-mapped slots in front of the hash table (fits in L1) */
 #define HEAD 24         /* a block this short keeps its bytes in the entry (one cache miss less) */
 
+/* A block's last page walk (see "Walks remembered per block"). */
+#define MEMO_READS 3            /* page-table entries one walk reads: PDPTE, PDE, PTE */
+typedef struct {
+    uint8_t n;                      /* entries read; 0: nothing remembered */
+    uint8_t len[MEMO_READS];        /* 4 or 8 bytes */
+    uint32_t epoch;                 /* Clock.walk_epoch when walked */
+    uint64_t cr3, cr4, efer;        /* the registers the walk read */
+    uint64_t pa;                    /* its result */
+    const uint8_t *at[MEMO_READS];  /* host address of each entry the walk read ... */
+    uint64_t val[MEMO_READS];       /* ... and the value it read there */
+} WalkMemo;
+
 typedef struct Entry {
     struct Entry *next;
     uint64_t addr;
     uint32_t size, ninsn;
     uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
     uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
+    uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
+    WalkMemo memo;      /* next to the fields every execution reads (cache lines) */
     uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
-    uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
     uint64_t *fix;
 } Entry;
 
@@ -187,6 +200,13 @@ typedef struct {
     const uint64_t *tb_invalidated;
     const uint32_t *tb_flushed;
     uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
+    /* the page walk block_bytes last made for a one-page block (see "Walks
+     * remembered per block"); trace.n == 0: none to remember */
+    WalkMemo trace;
+    bool tracing;
+    uint32_t walk_epoch;                /* moves when the memory regions or the CPU state move */
+    uint64_t walks_remembered;          /* paging on: blocks known unchanged without a walk */
+    uint64_t front_misses;              /* lookups the direct-mapped front table did not answer */
 } Clock;
 
 /* -- block bytes --------------------------------------------------------------- */
@@ -228,6 +248,96 @@ static bool walk(Clock *c, uint64_t va, uint64_t *pa)
     return pw_walk(&r, any_range, c, va, 0, pa, &err);
 }
 
+/* -- Walks remembered per block -------------------------------------------------
+ * With paging on, a block known unchanged (below) still needed its physical
+ * address, and so a walk of the guest's page tables, at every execution: the
+ * walk and the block read were ~40% of the clock's time on a Linux boot
+ * (docs/benchmarks.md, "The clock's per-block callback").  A walk's result is
+ * a function of CR3, CR4, EFER and the values of the page-table entries it
+ * read (each entry's address comes from CR3 and the entry read before it), and
+ * the host address of each entry is fixed while the memory regions are.  So
+ * the walk made for a one-page block is remembered in its entry: the host
+ * address and value of every page-table entry it read and the registers; when
+ * the block runs again and all of them still hold, the walk would read the
+ * same entries and give the same address, and is not made.  Any change (a
+ * store into a page table, a CR3 switch, new memory regions) walks again. */
+static const uint8_t *traced_range(void *ctx, uint64_t pa, uint64_t n)
+{
+    Clock *c = ctx;
+    const uint8_t *p = host_range(c, pa, n);
+    if (c->tracing) {
+        WalkMemo *t = &c->trace;
+        if (!p || n > 8 || t->n >= MEMO_READS) {
+            c->tracing = false;
+            t->n = 0;
+        } else {
+            t->at[t->n] = p;
+            t->len[t->n] = (uint8_t)n;
+            uint32_t w;
+            if (n == 4) {
+                memcpy(&w, p, 4);
+                t->val[t->n] = w;
+            } else if (n == 8) {
+                memcpy(&t->val[t->n], p, 8);
+            } else {
+                c->tracing = false;         /* pw_walk reads 4 or 8 bytes: never here */
+                t->n = 0;
+                return p;
+            }
+            t->n++;
+        }
+    }
+    return p;
+}
+
+static inline bool memo_holds(const Clock *c, const WalkMemo *m)
+{
+    if (!m->n || m->epoch != c->walk_epoch)
+        return false;
+    uint64_t cr3, cr4, efer = 0;
+    memcpy(&cr3, c->env + c->cr3_off, 8);
+    memcpy(&cr4, c->env + c->cr4_off, 8);
+    if (c->efer_off >= 0)
+        memcpy(&efer, c->env + c->efer_off, 8);
+    if (cr3 != m->cr3 || cr4 != m->cr4 || efer != m->efer)
+        return false;
+    for (unsigned i = 0; i < m->n; i++) {
+        uint64_t v;             /* fixed-size loads: a variable-length memcpy cost ~15 ns here */
+        if (m->len[i] == 4) {
+            uint32_t w;
+            memcpy(&w, m->at[i], 4);
+            v = w;
+        } else {
+            memcpy(&v, m->at[i], 8);
+        }
+        if (v != m->val[i])
+            return false;
+    }
+    return true;
+}
+
+/* walk() for a one-page block, remembering what it read in c->trace. */
+static bool walk_traced(Clock *c, uint64_t va, uint64_t *pa)
+{
+    PwRegs r = {env_u64(c, c->cr0_off), env_u64(c, c->cr3_off), env_u64(c, c->cr4_off),
+                c->efer_off >= 0 ? env_u64(c, c->efer_off) : PW_EFER_NXE};
+    uint32_t err;
+    c->trace.n = 0;
+    c->tracing = true;
+    bool ok = pw_walk(&r, traced_range, c, va, 0, pa, &err);
+    c->tracing = false;
+    if (!ok) {
+        c->trace.n = 0;
+        return false;
+    }
+    c->trace.cr3 = r.cr3;
+    c->trace.cr4 = r.cr4;
+    c->trace.efer = c->efer_off >= 0 ? r.efer : 0;
+    c->trace.epoch = c->walk_epoch;
+    c->trace.pa = *pa;
+    return true;
+}
+
 static uint8_t *scratch(Clock *c, size_t n)
 {
     if (n > c->tmp_len) {
@@ -244,6 +354,7 @@ static uint8_t *scratch(Clock *c, size_t n)
 static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
     c->pa_first = c->pa_last = NO_ADDR;
+    c->trace.n = 0;
     if (c->env) {
         if (!(env_u64(c, c->cr0_off) & 0x80000000u)) {
             c->pa_first = addr;
@@ -252,11 +363,12 @@ static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t si
         }
         uint64_t pa;
         if ((addr & 0xFFF) + size <= 0x1000) {
-            if (walk(c, addr, &pa)) {
+            if (walk_traced(c, addr, &pa)) {
                 c->pa_first = c->pa_last = pa;
                 const uint8_t *p = host_range(c, pa, size);
                 if (p)
-                    return p;
+                    return p;       /* the trace stands for a walk and a read that worked */
+                c->trace.n = 0;
             }
         } else {
             uint8_t *t = scratch(c, size);
@@ -475,6 +587,7 @@ static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t ge
     e->gen = code && c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT
              ? gen : NO_GEN;
     e->pa = c->pa_first;
+    e->memo = c->trace;
 }
 
 static inline size_t front_slot(uint64_t addr)
@@ -482,26 +595,68 @@ static inline size_t front_slot(uint64_t addr)
     return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
 }
 
-/* The block's entry, its bytes checked against the guest's current ones.  A
- * small direct-mapped table of the last entry per slot goes first: a guest's
- * hot loops run the same few blocks, and the hash table's buckets and chains
- * were the hook's main cache misses (~25% of its samples on a Linux boot). */
+/* The cached entry of (addr, size), or NULL.  A small direct-mapped table of
+ * the last entry per slot goes first: a guest's hot loops run the same few
+ * blocks, and the hash table's buckets and chains were the hook's main cache
+ * misses (~25% of its samples on a Linux boot). */
+static Entry *lookup(Clock *c, uint64_t addr, uint32_t size)
+{
+    Entry **front = &c->front[front_slot(addr)];
+    Entry *f = *front;
+    if (f && f->addr == addr && f->size == size)
+        return f;
+    c->front_misses++;
+    size_t s = slot(c, addr, size);
+    for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
+        if (e->addr == addr && e->size == size) {
+            *front = e;
+            if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
+                *link = e->next;
+                e->next = c->buckets[s];
+                c->buckets[s] = e;
+            }
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* Whether `f`, compared at generation `gen`, is known unchanged without
+ * reading its bytes (see "Blocks known unchanged"); its pages are then set. */
+static inline bool known_unchanged(Clock *c, Entry *f, uint64_t addr, uint32_t size, uint64_t gen)
+{
+    if (gen == NO_GEN || f->gen != gen)
+        return false;
+    if (paging_off(c)) {
+        if (f->pa != addr)
+            return false;
+        c->pa_first = addr;
+        c->pa_last = addr + (size ? size - 1 : 0);
+    } else if (c->env && f->memo.pa == f->pa && memo_holds(c, &f->memo)) {
+        /* block_bytes would walk to f->pa and read the block there: its memo
+         * says so without the walk (see "Walks remembered per block") */
+        c->pa_first = c->pa_last = f->pa;
+        c->walks_remembered++;
+    } else {
+        return false;
+    }
+    c->unchanged++;
+    return true;
+}
+
+/* The block's entry, its bytes checked against the guest's current ones. */
 static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
 {
     uint64_t gen = generation(c);
-    Entry *f = c->front[front_slot(addr)];
-    bool hit = f && f->addr == addr && f->size == size;
-    if (hit && gen != NO_GEN && f->gen == gen && f->pa == addr && paging_off(c)) {
-        c->pa_first = addr;
-        c->pa_last = addr + (size ? size - 1 : 0);
-        c->unchanged++;
+    Entry *f = lookup(c, addr, size);
+    if (f && known_unchanged(c, f, addr, size, gen))
         return f;
-    }
     const uint8_t *code = block_bytes(c, uc, addr, size);
-    if (hit) {
+    if (f) {
         if (gen != NO_GEN && f->gen == gen && code && f->pa == c->pa_first
             && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT) {
             c->unchanged++;
+            f->memo = c->trace;
             return f;
         }
         if (code && !same_bytes(f->bytes, code, size)) {
@@ -512,25 +667,6 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
         }
         compared(c, f, code, gen);
         return f;
-    }
-    size_t s = slot(c, addr, size);
-    for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
-        if (e->addr == addr && e->size == size) {
-            c->front[front_slot(addr)] = e;
-            if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
-                *link = e->next;
-                e->next = c->buckets[s];
-                c->buckets[s] = e;
-            }
-            if (code && !same_bytes(e->bytes, code, size)) {
-                c->changed++;
-                c->cache_bytes -= entry_bytes(e);
-                decode(c, e, code);
-                c->cache_bytes += entry_bytes(e);
-            }
-            compared(c, e, code, gen);
-            return e;
-        }
     }
     if (!code)
         return NULL;
@@ -548,10 +684,9 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     }
     c->misses++;
     compared(c, e, code, gen);
-    if (c->cache_bytes + entry_bytes(e) > c->cache_limit) {
+    if (c->cache_bytes + entry_bytes(e) > c->cache_limit)
         flush_cache(c);
-        s = slot(c, addr, size);
-    }
+    size_t s = slot(c, addr, size);
     e->next = c->buckets[s];
     c->buckets[s] = e;
     c->front[front_slot(addr)] = e;
@@ -1393,6 +1528,7 @@ static PyObject *Clock_set_regions(Clock *c, PyObject *arg)
     Py_DECREF(seq);
     memcpy(c->regions, r, sizeof(Region) * (size_t)n);
     c->nregions = (int)n;
+    c->walk_epoch++;            /* remembered walks read through the old regions */
     Py_RETURN_NONE;
 }
 
@@ -1407,6 +1543,7 @@ static PyObject *Clock_set_env(Clock *c, PyObject *args)
     c->cr3_off = cr3;
     c->cr4_off = cr4;
     c->efer_off = efer;
+    c->walk_epoch++;
     Py_RETURN_NONE;
 }
 
@@ -1702,7 +1839,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -1716,7 +1853,9 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "store_entries_unmarked", (unsigned long long)c->fs.unmarked,
                          "store_tlb_flushes", (unsigned long long)c->fs.flushes,
                          "store_code_pages", (unsigned long long)c->fs.code_pages,
-                         "unchanged_blocks", (unsigned long long)c->unchanged);
+                         "unchanged_blocks", (unsigned long long)c->unchanged,
+                         "walks_remembered", (unsigned long long)c->walks_remembered,
+                         "front_misses", (unsigned long long)c->front_misses);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
