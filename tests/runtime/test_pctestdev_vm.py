@@ -228,3 +228,31 @@ def test_every_mode_agrees(body, extra):
     assert len({(r.reason, r.retired) for r in rs.values()}) == 1, {m: (r.reason, r.retired) for m, r in rs.items()}
     regs = {m: tuple(sorted((k, v) for k, v in r.regs.items() if k != "esp")) for m, r in rs.items()}
     assert len(set(regs.values())) == 1, regs
+
+
+RAM_CODE = f"""
+    mov dword ptr [{RAM:#x}], 0x001234be       # mov esi, 0x1234 ...
+    mov dword ptr [{RAM + 4:#x}], 0x0000c300   # ... ; ret
+    mov eax, {RAM:#x}
+    call eax
+    mov dword ptr [{RAM + 0x100:#x}], 0xc3589c90   # nop; pushfd; pop eax; ret
+    mov eax, {RAM + 0x100:#x}
+    call eax
+    mov edi, eax
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_in_the_test_ram_runs_and_is_counted(mode):
+    _, r = _run(RAM_CODE, mode)
+    assert r.regs["esi"] == 0x1234
+    assert r.retired == _run(RAM_CODE, "emulate")[1].retired
+
+
+def test_code_in_the_test_ram_runs_unpatched_under_bt():
+    """A known limit (docs/devices.md, "pc-testdev"): CSAM scans RAM pages only,
+    so bt runs sensitive code in the device's RAM as trap does -- pushfd there
+    shows the real IOPL 1 where emulate shows the guest's 0."""
+    flags = {m: _run(RAM_CODE, m)[1].regs["edi"] for m in MODES}
+    assert flags["emulate"] & 0x3000 == 0
+    assert flags["trap"] == flags["bt"] == flags["emulate"] | 0x1000
