@@ -256,3 +256,27 @@ def test_code_in_the_test_ram_runs_unpatched_under_bt():
     flags = {m: _run(RAM_CODE, m)[1].regs["edi"] for m in MODES}
     assert flags["emulate"] & 0x3000 == 0
     assert flags["trap"] == flags["bt"] == flags["emulate"] | 0x1000
+
+
+def test_the_api_passes_the_option_on():
+    from bt import api
+    r = api.run(_image(f"    mov esi, dword ptr [{RAM:#x}]\n"), "bt", mem_mib=8, pc_testdev=True)
+    assert r.exit_status == 0 and r.vm.config.pc_testdev
+    assert api.run(_image(f"    mov esi, dword ptr [{RAM:#x}]\n"), "bt", mem_mib=8).reason is Outcome.UNMAPPED_ACCESS
+    assert api.fidelity(_image(DATA_REGISTER), "bt", mem_mib=8, pc_testdev=True).verdict == "identical"
+
+
+@pytest.mark.parametrize("flag,status", [([], 125), (["--pc-testdev"], 0x5A)])
+def test_bt_run_pc_testdev_flag(tmp_path, flag, status):
+    """`bt-run --pc-testdev` adds the device (its RAM, read back, is the exit
+    status); without it the same load is an unmapped access."""
+    import subprocess
+    import sys
+    from conftest import assemble
+    src = tmp_path / "t.bin"
+    src.write_bytes(assemble(f"mov byte ptr [{RAM + 0x10:#x}], 0x5a\nmov al, byte ptr [{RAM + 0x10:#x}]\n"
+                             "out 0xf4, al", 0x100000))
+    p = subprocess.run([sys.executable, "-m", "bt.cli.run", str(src), "--load", "0x100000", "--mode", "bt",
+                        "-q", *flag], capture_output=True, text=True, timeout=120)
+    assert p.returncode == status, p.stderr
+    assert "Traceback" not in p.stderr
