@@ -32,6 +32,18 @@ BOOT_CR0 = CR0_PE | CR0_ET
 MULTIBOOT_EAX = 0x2BADB002
 
 DEFAULT_MEM_MIB = 64
+
+# The hypervisor area's default base (trap and bt; 4 MiB, one directory slot):
+# slot 0x3FA, just below the APIC window (bt.x86.APIC_WINDOW, slot 0x3FB).  Not
+# 0xFF000000, where QEMU's pc-testdev puts 64 KiB of test RAM that
+# kvm-unit-tests uses (PC_TESTDEV_RAM), and not the top 4 MiB, where a PC has
+# its firmware.  Debian's 686 kernel leaves the slot free (docs/paging-plan.md,
+# "Default placement"); a guest that uses it gets the area moved
+# (runtime/areamove.py).  docs/machine.md, "The physical map".
+DEFAULT_HYPER_BASE = 0xFE800000
+
+# pc-testdev's RAM (runtime/devices/pctestdev.py), where QEMU puts it.
+PC_TESTDEV_RAM = (0xFF000000, 0x10000)
 DEFAULT_CPU_MHZ = 100
 PIT_HZ = 1_193_182
 
@@ -81,7 +93,11 @@ class MachineConfig:
     max_instructions: int | None = None
     cmdline: str = ""
     rtc_epoch: int = 1_700_000_000  # fixed wall-clock time shown by the CMOS RTC
-    hyper_base: int = 0xFF000000    # hypervisor area (trap/bt modes), outside RAM
+    hyper_base: int = DEFAULT_HYPER_BASE    # hypervisor area (trap/bt modes), outside RAM
+    # QEMU's pc-testdev (runtime/devices/pctestdev.py: ports 0xE0-0xEB and
+    # 0x2000-0x2017, 64 KiB of RAM at 0xFF000000), as kvm-unit-tests' `-device
+    # pc-testdev`.  Off by default: a guest of one's own finds nothing there.
+    pc_testdev: bool = False
     serial_input: bytes | None = None
     # Scripted serial input: virtual instructions between two bytes (None: 1000
     # bytes per virtual second, runtime/devices/__init__.py).
@@ -105,6 +121,8 @@ class MachineConfig:
                            "must be a positive number of instructions")
         if self.hide_patches not in HIDE_PATCHES:
             raise BadInput(f"hide_patches {self.hide_patches!r} must be one of {', '.join(HIDE_PATCHES)}")
+        if not isinstance(self.pc_testdev, bool):
+            raise BadInput(f"pc_testdev {self.pc_testdev!r} must be True or False")
         if not isinstance(self.eager_privileged_patches, bool):
             raise BadInput(f"eager_privileged_patches {self.eager_privileged_patches!r} "
                            "must be True or False")

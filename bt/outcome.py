@@ -48,7 +48,8 @@ class Outcome(StrEnum):
             "the user ended the run: Ctrl-A x on the interactive console, or `kill` "
             "from gdb (`bt-run --gdb`)")
     RESET = ("reset", STATUS_OK, StatusFrom.OUTCOME,
-             "the guest reset the machine through the keyboard controller (0xFE to port 0x64)")
+             "the guest reset the machine: the keyboard controller (0xFE to port 0x64, or its "
+             "output port's bit 0 cleared) or port 0x92's bit 0 set")
     BUDGET = ("budget", STATUS_BUDGET, StatusFrom.OUTCOME, "`--max-instructions` reached")
     HANG = ("hang", STATUS_HANG, StatusFrom.OUTCOME,
             "the guest halted with nothing to wake it")

@@ -73,6 +73,10 @@ class GuestMemory:
         self.uc = uc
         self.fast = FastUc(uc)
         self.ram_bytes = ram_bytes
+        # RAM devices bring (pc-testdev's 64 KiB: runtime/mmio.py `_map_ram`):
+        # memory the CPU reaches like RAM, so `read_cpu`/`push_cpu` accept it.
+        # Page tables there are not walked (the walk reads RAM's host memory).
+        self.device_ram: list[tuple[int, int]] = []
         self._walker = None          # the native walk, once use_native has run
         self._ram = None             # the host memory behind RAM (an mmap), when known
         self._cr0 = None             # CR0 in the live CPU state (ctypes view), when known
@@ -93,6 +97,13 @@ class GuestMemory:
         self._walker = Walker(ram_ptr, self.ram_bytes, env, cr0, cr3, cr4, quirks.off.efer)
         self._translate = self._walker.translate
         self._cr0 = ctypes.c_uint64.from_address(env + cr0)
+
+    def add_ram(self, base: int, size: int) -> None:
+        self.device_ram.append((base, size))
+
+    def _device_ram(self, phys: int, n: int) -> bool:
+        """Do the `n` bytes at `phys` lie in one device's RAM?"""
+        return any(b <= phys and phys + n <= b + s for b, s in self.device_ram)
 
     # -- physical --------------------------------------------------------
     def read_phys(self, addr: int, size: int) -> bytes:
@@ -300,7 +311,7 @@ class GuestMemory:
         while size:
             n = min(size, PAGE - (linear & (PAGE - 1)))
             phys = self.translate(linear)
-            if phys + n > self.ram_bytes:
+            if phys + n > self.ram_bytes and not self._device_ram(phys, n):
                 raise OutsideRam(max(phys, self.ram_bytes))
             out += self.fast.mem_read(phys, n)
             if mark:
@@ -336,7 +347,7 @@ class GuestMemory:
             chunks.append((self.translate((linear + off) & 0xFFFFFFFF, True, False), off, n))
             off += n
         for phys, off, n in reversed(chunks):
-            if phys + n > self.ram_bytes:
+            if phys + n > self.ram_bytes and not self._device_ram(phys, n):
                 top = phys + n - 4 if n >= 4 else phys          # the highest dword of this part
                 raise OutsideRam(max(top, self.ram_bytes) if phys < self.ram_bytes else top)
         for phys, off, n in chunks:

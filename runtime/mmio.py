@@ -32,8 +32,18 @@ inside the callback is the block's start, not the instruction's.  So:
 Each replayed store costs two engine entries and one retranslation of the
 block it starts (the clock's exact stop): nothing for guests that do not touch
 MMIO, a few microseconds per APIC register write.
+
+A device's own RAM (`Device.ram_ranges`: pc-testdev's 64 KiB) is mapped here too,
+as plain memory over host memory the map owns (`uc.mem_map_ptr`), so guest
+accesses cost nothing and code there is counted like code in RAM (the clock
+reads it: `host_regions`).  The same placement checks as for registers.
 """
 from __future__ import annotations
+
+import ctypes
+import mmap
+
+from unicorn import UC_PROT_ALL
 
 from bt.errors import BadInput, VMMError
 from bt.hyper_layout import HYPER_SIZE
@@ -47,20 +57,42 @@ class MMIOMap:
         self.reads = 0
         self.writes = 0
         self.replays = 0            # stores abandoned once and run again alone
+        self.ram: list[tuple[int, int, int, mmap.mmap]] = []   # (base, size, host address, buffer)
+        self._placed: list[tuple[int, int, object]] = []
         for dev in devices:
             for base, size in dev.mmio:
                 self._map(dev, base, size)
+            for base, size in dev.ram_ranges:
+                self._map_ram(dev, base, size)
 
-    def _map(self, dev, base: int, size: int) -> None:
-        for b, s, other in self.regions:
+    def _place(self, dev, base: int, size: int, what: str) -> None:
+        """Check a device range's place: clear of other devices, RAM and the
+        hypervisor area's base (BadInput: the user chose that base)."""
+        for b, s, other in self._placed:
             if base < b + s and b < base + size:
                 raise VMMError(f"MMIO {base:#x}+{size:#x} of {dev.name} overlaps {other.name}")
         cfg = self.vm.config
         if base < cfg.mem_bytes:
             raise VMMError(f"MMIO {base:#x} of {dev.name} lies inside guest RAM")
         if cfg.mode is not Mode.EMULATE and base < cfg.hyper_base + HYPER_SIZE and cfg.hyper_base < base + size:
-            raise BadInput(f"hypervisor base {cfg.hyper_base:#x} overlaps the {dev.name}'s registers "
+            raise BadInput(f"hypervisor base {cfg.hyper_base:#x} overlaps the {dev.name}'s {what} "
                            f"at {base:#x}")
+        self._placed.append((base, size, dev))
+
+    def _map_ram(self, dev, base: int, size: int) -> None:
+        self._place(dev, base, size, "RAM")
+        buf = mmap.mmap(-1, size)
+        host = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        self.vm.uc.mem_map_ptr(base, size, UC_PROT_ALL, host)
+        self.vm.mem.add_ram(base, size)
+        self.ram.append((base, size, host, buf))
+
+    def host_regions(self) -> list[tuple[int, int, int]]:
+        """(base, size, host address) of the devices' RAM (for the clock)."""
+        return [(base, size, host) for base, size, host, _ in self.ram]
+
+    def _map(self, dev, base: int, size: int) -> None:
+        self._place(dev, base, size, "registers")
         self.regions.append((base, size, dev))
         vm = self.vm
 

@@ -214,7 +214,7 @@ class VM:
         """Tell the clock which host buffers hold guest-executable bytes (RAM and
         the mode's hypervisor area), after every (re)mapping."""
         self.clock.set_memory([(0, self.config.mem_bytes, self._ram_ptr)]
-                              + self.mode.host_regions())
+                              + self.mmio.host_regions() + self.mode.host_regions())
 
     def single_stepping(self) -> bool:
         """The running slice is one instruction (runtime/mmio.py)."""

@@ -37,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtc", type=int, default=None, metavar="EPOCH",
                    help="wall-clock time the CMOS RTC starts at (seconds since 1970; fixed "
                         "by default so runs stay deterministic)")
+    p.add_argument("--pc-testdev", action="store_true",
+                   help="add QEMU's pc-testdev (ports 0xE0-0xEB, IRQ lines at 0x2000-0x2017, "
+                        "64 KiB of RAM at 0xFF000000), as kvm-unit-tests expect")
     p.add_argument("--compare", choices=[str(m) for m in COMPARED_MODES], metavar="MODE",
                    default=None,
                    help=f"fidelity check: run under {Mode.EMULATE} and MODE "
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(args.report, "--report")   # before the run, not after it
         image = load_from_args(args)
         config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=Mode.parse(args.mode),
-                               max_instructions=args.max_instructions, cmdline=args.cmdline or "")
+                               max_instructions=args.max_instructions, cmdline=args.cmdline or "",
+                               pc_testdev=args.pc_testdev)
         if args.rtc is not None:
             config.rtc_epoch = args.rtc
         if args.serial_input:

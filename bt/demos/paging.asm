@@ -5,7 +5,7 @@
 #   1. its code through the high alias: a routine called at 0xC0000000 + its
 #      address returns the EIP it ran at, and a word read through the alias
 #   2. a page fault it handles: a read of unmapped 0x800000 (CR2, error code 0)
-#      and a write there (error code 2), and a read of unmapped 0xFF000010
+#      and a write there (error code 2), and a read of unmapped 0xFE800010
 #      (where trap and bt keep their hypervisor area: the guest must not see it)
 #   3. CR0.WP: a kernel write to a read-only page succeeds with WP clear and
 #      faults with WP set (error code 3)
@@ -15,7 +15,7 @@
 #      after cli and after sti (IF masked), where trap shows the real IF (1)
 #   7. user mode under paging: ring-3 code (iretd through the TSS) makes a
 #      system call (int 0x80: frame CS, the ring-0 stack the CPU switched to)
-#      writes unmapped 0xFF000020 (#PF, error code 6: user, write) and reads a
+#      writes unmapped 0xFE800020 (#PF, error code 6: user, write) and reads a
 #      supervisor-only page (#PF, error code 5: user, present)
 #   8. paging off again: CR0 read back, and the identity-mapped code goes on
 PG_PD_A = 0x30000
@@ -74,7 +74,7 @@ pg_after_read:
 pg_after_write:
     call pg_print_fault
     mov dword ptr [pg_resume], pg_after_top
-    mov eax, dword ptr [0xff000010]
+    mov eax, dword ptr [0xfe800010]
 pg_after_top:
     call pg_print_fault
 
@@ -198,7 +198,7 @@ pg_user:
     int 0x80
     mov dword ptr [pg_sys_ret], eax
     mov dword ptr [pg_resume], pg_user_after_top
-    mov dword ptr [0xff000020], eax
+    mov dword ptr [0xfe800020], eax
 pg_user_after_top:
     mov eax, dword ptr [pg_fault_cr2]
     mov dword ptr [pg_user_top_cr2], eax

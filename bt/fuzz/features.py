@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bt.fuzz import guest as G
+from bt.machine import DEFAULT_HYPER_BASE
 
 GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi")
 GPRS16 = {"eax": "ax", "ebx": "bx", "ecx": "cx", "edx": "dx", "esi": "si", "edi": "di"}
@@ -495,7 +496,7 @@ HYPER_OFFSETS = (0x0, 0x4, 0x1000, 0x1800, 0x2000, 0x12000, 0x20000, 0x3FFFFC, -
 
 @feature("hyper")
 def _hyper(rng, p):
-    addr = (0xFF000000 + rng.choice(HYPER_OFFSETS) + rng.randrange(0, 0x100, 4)) & 0xFFFFFFFF
+    addr = (DEFAULT_HYPER_BASE + rng.choice(HYPER_OFFSETS) + rng.randrange(0, 0x100, 4)) & 0xFFFFFFFF
     k = rng.randrange(3)
     if k == 0:
         return [f"mov eax, dword ptr [{addr:#x}]"]

@@ -33,12 +33,16 @@ class MachineLink(Protocol):
 
 class Device:
     """Base class: a device owns a set of I/O ports and/or physical address
-    ranges (memory-mapped registers: runtime/mmio.py maps them)."""
+    ranges (memory-mapped registers, or RAM of its own: runtime/mmio.py maps
+    both)."""
 
     name = "device"
     ports: tuple[range, ...] = ()
     # (physical base, size) of each memory-mapped range, page aligned
     mmio: tuple[tuple[int, int], ...] = ()
+    # (physical base, size) of each range of plain RAM the device brings
+    # (pc-testdev's), page aligned; mapped by runtime/mmio.py as memory
+    ram_ranges: tuple[tuple[int, int], ...] = ()
     # Widest access (bytes) the device decodes itself.  The bus splits wider
     # accesses into consecutive byte accesses, as the 8-bit ISA bus does, so
     # 8-bit devices never see a size other than 1.

@@ -118,6 +118,19 @@ UART_FIFO_SIZE = 16
 
 # --- Debug exit, POST code port -------------------------------------------
 DEBUG_EXIT_PORT = 0xF4
+
+# --- Port 0x92 (system control port A, "fast A20 and reset") -----------------
+PORT_A = 0x92
+PORTA_RESET = 0x01            # a 0 -> 1 transition resets the machine
+PORTA_A20 = 0x02              # A20 gate (read back; the machine keeps A20 enabled)
+PORTA_DEFAULT = PORTA_A20     # as after a BIOS: A20 enabled, no reset pending
+
+# --- QEMU's pc-testdev (hw/misc/pc-testdev.c) ------------------------------
+TESTDEV_DATA = 0xE0           # 4 ports: a 32-bit register, any width at any offset
+TESTDEV_FLUSH = 0xE4          # 4 ports: a dword write names a page to "flush"
+TESTDEV_DATA_BYTES = 0xE8     # 4 ports: the same register, accessed a byte at a time
+TESTDEV_IRQ = 0x2000          # 24 ports: a byte write sets IRQ line (port - 0x2000) to (value != 0)
+TESTDEV_IRQ_LINES = 24
 POST_PORT = 0x80
 
 # --- CMOS / RTC (MC146818) -------------------------------------------------

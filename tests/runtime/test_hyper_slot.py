@@ -8,11 +8,13 @@ import struct
 import pytest
 from unicorn import x86_const as X
 
+from bt.machine import DEFAULT_HYPER_BASE
 from conftest import EXIT, raw_guest, run
 
 PD = 0x30000
 OUT = 0x40000                 # the guest's results
-AREA = 0xFF000000             # MachineConfig.hyper_base's default
+AREA = DEFAULT_HYPER_BASE     # MachineConfig.hyper_base's default (0xFE800000)
+AREA_USE = f"{AREA + 0x10:#x}"   # the address the guests below use, as messages name it
 SLOT = AREA >> 22
 BIG = 0x83                    # present, writable, 4 MiB
 
@@ -85,7 +87,7 @@ TOUCH = f"""
 
 @pytest.mark.parametrize("mode", ["trap", "bt"])
 def test_using_the_areas_addresses_moves_the_area_to_a_free_slot(mode):
-    """The guest maps 0xFF000000 onto RAM at 0x400000 and leaves 0xFC000000
+    """The guest maps the area's base onto RAM at 0x400000 and leaves 0xFC000000
     unmapped: its store and load there reach its RAM as under emulate, the
     area now lives at 0xFC000000."""
     free = 0xFC000000 >> 22
@@ -108,16 +110,16 @@ def test_the_area_never_moves_over_ram_or_the_apic_window(mode):
     low = range(2, 16)                              # 8-64 MiB: RAM (64 MiB by default)
     vm, got = run(paging_on(TOUCH, directory(free=(*low, 0x3FB), moved=(SLOT, 0x400000))), mode)
     assert got.reason == "vmm-error" and got.exit_status == 70
-    assert "0xff000010" in got.message and "no 4 MiB slot free" in got.message
+    assert AREA_USE in got.message and "no 4 MiB slot free" in got.message
     assert "Traceback" not in got.message
     assert vm.mode.hyper.base == AREA
 
 
 @pytest.mark.parametrize("mode", ["trap", "bt"])
-@pytest.mark.parametrize("access", ["mov eax, dword ptr [0xff000010]", "mov dword ptr [0xff000010], ebx",
-                                    "mov eax, 0xff000000\njmp eax"])
+@pytest.mark.parametrize("access", [f"mov eax, dword ptr [{AREA_USE}]", f"mov dword ptr [{AREA_USE}], ebx",
+                                    f"mov eax, {AREA:#x}\njmp eax"])
 def test_no_free_slot_and_nothing_behind_the_guests_page_ends_as_emulate(mode, access):
-    """kvm-unit-tests' identity map: the guest's page at 0xFF000000 points at
+    """kvm-unit-tests' identity map: the guest's page at the area's base points at
     physical memory that is not there, so emulate ends with an unmapped access
     at that address; trap and bt end the same way, at the same instruction."""
     same_as_emulate(paging_on(access, directory()), mode)
@@ -176,7 +178,7 @@ def test_ring3_using_the_areas_addresses_moves_the_area_too():
 @pytest.mark.parametrize("mode", ["trap", "bt"])
 @pytest.mark.parametrize("free", [True, False], ids=["moved", "no-slot"])
 def test_an_emulated_instructions_operand_in_the_area(mode, free):
-    """`lidt [0xff000010]` faults at ring 1 and its routine reads the operand
+    """`lidt [base + 0x10]` faults at ring 1 and its routine reads the operand
     in the guest's place: the walk meets the VMM's entry, not the guest's
     (runtime/memory.py `AreaInUse`).  With a free slot the area moves and the
     routine runs again, reading the guest's bytes (as emulate); with none the
@@ -194,7 +196,7 @@ def test_an_emulated_instructions_operand_in_the_area(mode, free):
         assert vm.mode.vcpu.idtr() == (base, limit)
     else:
         vm, got = run(image, mode)
-        assert got.reason == "vmm-error" and "0xff000010" in got.message
+        assert got.reason == "vmm-error" and AREA_USE in got.message
         assert not got.counters.get("exceptions_delivered")
 
 
@@ -221,13 +223,13 @@ def test_bt_ring3_running_a_patched_kernel_page_under_paging_is_not_a_use_of_the
 @pytest.mark.parametrize("mode", ["trap", "bt"])
 def test_ring3_with_no_free_slot_ends_as_emulate(mode):
     """kvm-unit-tests' case at ring 3: every entry present, the guest's page at
-    0xFF000000 points at nothing; the run ends where and as emulate's does."""
+    the area's base points at nothing; the run ends where and as emulate's does."""
     from test_emulation_causes import ring3
     from bt.fuzz.generator import from_body
     site = f"mov esi, dword ptr [{AREA + 0x10:#x}]"
     body = _IDENTITY_USER + _PAGING_ON + ring3("", site, "", False)
     _, want = run(from_body(body).image(), "emulate", mem_mib=8, max_instructions=200_000)
     vm, got = run(from_body(body).image(), mode, mem_mib=8, max_instructions=200_000)
-    assert want.reason == "unmapped-access" and "0xff000010" in want.message
+    assert want.reason == "unmapped-access" and AREA_USE in want.message
     assert (got.reason, got.message, got.retired) == (want.reason, want.message, want.retired)
     assert vm.mode.relocations == 0

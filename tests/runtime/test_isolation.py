@@ -4,11 +4,12 @@ a jump into it -- ends the run exactly as under emulate, where nothing is
 mapped there: same status, reason, message, retired count and registers."""
 import pytest
 
+from bt.machine import DEFAULT_HYPER_BASE
 from conftest import EXIT, raw_guest, run
 from bt.hyper_layout import (FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, SELECTOR_VIEW, SELECTOR_VIEW_SIZE,
                              SHADOW_GDT, SHADOW_GDT_SIZE, SHADOW_IDT, STATE, STUBS, VMM_STACK, VMM_STACK_SIZE, VMM_TSS)
 
-BASE = 0xFF000000          # MachineConfig's default hyper_base
+BASE = DEFAULT_HYPER_BASE  # MachineConfig's default hyper_base
 REGIONS = {"state": (STATE, 0x1000), "shadow_idt": (SHADOW_IDT, VMM_TSS - SHADOW_IDT),
            "vmm_tss": (VMM_TSS, SHADOW_GDT - VMM_TSS), "shadow_gdt": (SHADOW_GDT, SHADOW_GDT_SIZE),
            "vmm_stack": (VMM_STACK, VMM_STACK_SIZE), "flag_tables": (FLAG_TABLES, FLAG_TABLES_SIZE),

@@ -4,7 +4,8 @@ result of pure emulation, except where trap-and-emulate is *predicted* to leak
 import pytest
 
 from bt.demos import expected_output, list_demos, load_demo
-from bt.machine import MachineConfig
+from bt.hyper_layout import SHADOW_GDT, SHADOW_IDT
+from bt.machine import DEFAULT_HYPER_BASE, MachineConfig
 from runtime.vm import VM
 
 MEM = 64 << 20
@@ -16,7 +17,8 @@ TRAP_LEAKS = {
     # PUSHF shows the real IOPL 1, POPF cannot change IOPL.  No IF leak is left.
     "probe-flags": {"cli.pushfd.iopl": 1, "popfd_iopl3.pushfd.iopl": 1},
     "probe-tables": {  # SGDT/SIDT show the VMM's tables; SLDT/STR the real LDTR/TR
-        "sgdt.base": 0xFF002000, "sidt.base": 0xFF001000, "sldt": 0, "str": 0},
+        "sgdt.base": DEFAULT_HYPER_BASE + SHADOW_GDT, "sidt.base": DEFAULT_HYPER_BASE + SHADOW_IDT,
+        "sldt": 0, "str": 0},
     "probe-segments": {  # MOV/PUSH of CS/SS and far CALL show RPL 1
         "mov_cs": 0x9, "mov_ss": 0x11, "push_cs": 0x9, "push_ss": 0x11,
         "call_far.pushed_cs": 0x9},

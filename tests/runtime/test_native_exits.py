@@ -8,7 +8,7 @@ import capstone
 import pytest
 
 from conftest import EXIT, assemble, raw_guest
-from bt.machine import MachineConfig
+from bt.machine import DEFAULT_HYPER_BASE, MachineConfig
 from runtime._exits import invlpg_length
 from runtime.vm import VM
 
@@ -115,7 +115,7 @@ def test_a_prefixed_invlpg_goes_to_python_and_still_works():
 
 # -- mov cr3 -----------------------------------------------------------------------
 PD1, PD2 = 0x33000, 0x34000
-SLOT = 0x3FC * 4                     # the area's directory slot (0xFF000000 >> 22)
+SLOT = (DEFAULT_HYPER_BASE >> 22) * 4   # the area's directory slot (0x3FA by default)
 # Each directory's own (non-present) values of the slot and of its neighbours,
 # all distinct: what the guest reads must be its own, as under emulate.
 PD_VALUES = {PD1: (0x0000B000, 0x1234567E, 0x0000A000), PD2: (0x0000D000, 0x56789ABC, 0x0000C000)}
@@ -302,7 +302,7 @@ def test_the_slot_takes_only_a_slot_view_and_a_view_attaches_hooks_only_to_a_slo
     vm = VM(cr3_guest(), MachineConfig(mode="trap"), stdout=None)
     x = vm._native_exits.x
     with pytest.raises(TypeError):
-        x.slot = (PD1 + SLOT, 0x23, 0, 0x3FC, vm.mode.vcpu.host_addr, object())
+        x.slot = (PD1 + SLOT, 0x23, 0, SLOT // 4, vm.mode.vcpu.host_addr, object())
     assert isinstance(x, _exits.Exits)
     view = _isolation.SlotView(vm._ram_ptr, vm.config.mem_bytes)
     assert view.range() is None and view.hooked is None

@@ -1,15 +1,17 @@
 """runtime/paging.py: the hypervisor area stays reachable in every address
 space of a paging guest under trap, and the guest keeps its own value of the
-directory slot the VMM borrows (PD[hyper_base >> 22], 0xFF000000 -> entry
-0x3FC by default)."""
+directory slot the VMM borrows (PD[hyper_base >> 22], 0xFE800000 -> entry
+0x3FA by default)."""
 import struct
 
 import pytest
 
+from bt.machine import DEFAULT_HYPER_BASE
 from conftest import EXIT, assemble, raw_guest, run
 
 PD1, PD2, PT = 0x30000, 0x32000, 0x31000
-SLOT = 0x3FC * 4
+SLOT = (DEFAULT_HYPER_BASE >> 22) * 4
+AREA_USE = f"{DEFAULT_HYPER_BASE + 0x10:#x}"
 OUT = 0x40000            # the guest's results: 4 dwords
 
 
@@ -94,7 +96,7 @@ def test_a_present_guest_entry_stored_into_the_slot_is_kept_and_the_guest_runs_o
     assert results(want_vm) == (0x00400083, 0, 0x00400083)
     assert results(vm) == (0x004000A3, 0, 0x004000A3)
     assert got.retired == want.retired and got.regs == want.regs
-    assert vm.mode.hyper.base == 0xFF000000 and vm.mode.hyper_mapping.stats()["faults_retried"] == 1
+    assert vm.mode.hyper.base == DEFAULT_HYPER_BASE and vm.mode.hyper_mapping.stats()["faults_retried"] == 1
 
 
 def test_a_cr3_switch_never_reuses_the_decode_of_other_code_at_the_same_address():
@@ -151,8 +153,8 @@ def _touch_the_area(access):
         """ + EXIT, [(PT, pt), (PD1, struct.pack("<I", PT | 3))])
 
 
-@pytest.mark.parametrize("access", ["mov eax, dword ptr [0xff000010]", "mov dword ptr [0xff000010], ebx",
-                                    "mov eax, 0xff000000\njmp eax"])
+@pytest.mark.parametrize("access", [f"mov eax, dword ptr [{AREA_USE}]", f"mov dword ptr [{AREA_USE}], ebx",
+                                    f"mov eax, {DEFAULT_HYPER_BASE:#x}\njmp eax"])
 def test_the_guest_finds_nothing_at_the_areas_addresses(access):
     """The area is reachable only through the VMM's entry; the guest's own entry
     is not present, so its access gets emulate's #PF (here: no IDT, so the run

@@ -60,10 +60,10 @@ def test_standard_devices_attached_in_one_place():
     bus = IOBus()
     link = FakeLink(cfg.cpu_hz)
     devs = attach_standard_devices(bus, link, cfg)
-    assert set(devs) == {"pic", "pit", "port61", "uart", "cmos", "i8042", "debug-exit", "port80",
-                         "fw-cfg", "lapic"}
+    assert set(devs) == {"pic", "pit", "port61", "port92", "uart", "cmos", "i8042", "debug-exit",
+                         "port80", "fw-cfg", "lapic"}
     link.pic = devs["pic"]
-    for port, name in ((0x20, "pic"), (0xA1, "pic"), (0x43, "pit"), (0x61, "port61"),
+    for port, name in ((0x20, "pic"), (0xA1, "pic"), (0x43, "pit"), (0x61, "port61"), (0x92, "port92"),
                        (0x3F8, "uart"), (0x3FF, "uart"), (0x70, "cmos"), (0x64, "i8042"),
                        (0xF4, "debug-exit"), (0x80, "port80"), (0x510, "fw-cfg"), (0x511, "fw-cfg")):
         assert bus.owner(port) is devs[name], hex(port)
