@@ -142,7 +142,10 @@ class TaskSwitch:
         if source == IRET:
             old_eflags &= ~NT_BIT
         regs = [uc.reg_read(_reg(r)) for r in GPR_ORDER]
-        segs = [vm.guest_selector(uc.reg_read(_reg(s))) for s in SEG_ORDER]
+        # CS and SS carry ring compression's RPL; data segments hold the guest's
+        # own selector (an RPL-1 one is the guest's too: _load_segments)
+        segs = [vm.guest_selector(uc.reg_read(_reg(s))) if s in ("cs", "ss") else uc.reg_read(_reg(s))
+                for s in SEG_ORDER]
         self._write(old_base + TSS_EIP, struct.pack("<II8I", next_eip & 0xFFFFFFFF, old_eflags, *regs))
         for i, sel in enumerate(segs):          # words: the reserved upper halves stay as they are
             self._write(old_base + TSS_SEGS + 4 * i, struct.pack("<H", sel))
@@ -226,9 +229,12 @@ class TaskSwitch:
         vm.quirks.set_cpl(vm.ring_of(cpl))
         uc.reg_write(_reg("ss"), vm.real_selector(segs["ss"], cpl))
         mode.load_task_cs(vm.real_selector(segs["cs"], cpl))
+        # Data segments keep the guest's own selector, as its `mov ds` does under
+        # ring compression (the shadow GDT's DPL 1 admits an RPL-0 selector at
+        # CPL 1; runtime/emulation.py _load_data_segment): an RPL 1 here showed
+        # through `mov r, ds` (the fuzzer's `task` feature).
         for name in ("es", "ds", "fs", "gs"):
-            sel = segs[name]
-            uc.reg_write(_reg(name), vm.real_selector(sel, cpl) if sel & 0xFFFC else sel)
+            uc.reg_write(_reg(name), segs[name])
         vm.set_guest_eflags((eflags & EFLAGS_LOADED) | 2)
 
     def _descriptor(self, sel: int, vector: int, ext: int) -> Descriptor:

@@ -313,6 +313,40 @@ def _iret_self(rng, p):
             "pushfd", "pop ebx"]
 
 
+# The 32-bit TSS's fields (SDM vol. 3, 7.2.1).
+TSS_CR3, TSS_EIP, TSS_EFLAGS, TSS_EAX, TSS_ESP, TSS_EBP, TSS_ES, TSS_CS, TSS_LDT = (
+    0x1C, 0x20, 0x24, 0x28, 0x38, 0x3C, 0x48, 0x4C, 0x60)
+
+
+@feature("task")
+def _task(rng, p):
+    """A hardware task switch and back: a far call to the second TSS or
+    through the task gate (nested: back link, NT, iretd returns), or a far jmp
+    there and a far jmp back to the first TSS.  The second task's registers
+    come from its TSS; what it computes goes to scratch memory, with its
+    EFLAGS (NT), `str` and CR0 (TS), and the switches leave both TSSs and the
+    GDT's busy bits in RAM for the digest."""
+    how = rng.choice(("call", "call_gate", "jmp"))
+    sel = G.TASK_GATE_SEL if how == "call_gate" else G.TSS2_SEL
+    t = G.TSS2_ADDR
+    regs = [f"mov dword ptr [{t + TSS_EAX + 4 * i:#x}], {rng.getrandbits(32):#x}" for i in (0, 1, 2, 3, 6, 7)]
+    flags = _flags_value(rng) & ~0x4100 & (~0x200 if rng.random() < 0.5 else ~0)   # no TF, NT from the switch
+    body = ["mov eax, cr3", f"mov dword ptr [{t + TSS_CR3:#x}], eax",
+            f"mov dword ptr [{t + TSS_EIP:#x}], {p}t", f"mov dword ptr [{t + TSS_EFLAGS:#x}], {flags:#x}",
+            *regs, f"mov dword ptr [{t + TSS_ESP:#x}], {G.TASK2_STACK_TOP:#x}",
+            f"mov dword ptr [{t + TSS_EBP:#x}], {G.SCRATCH:#x}",
+            *[f"mov dword ptr [{t + TSS_ES + 4 * i:#x}], {v:#x}"
+              for i, v in enumerate((G.KDATA, G.KCODE, G.KDATA, G.KDATA, rng.choice((G.KDATA, 0)), G.KDATA))],
+            f"mov dword ptr [{t + TSS_LDT:#x}], 0", f"mov word ptr [{t + 0x66:#x}], 0x68",
+            ".byte 0x9a" if how != "jmp" else ".byte 0xea", ".long 0", f".word {sel:#x}", f"{p}r:"]
+    work = [_alu_line(rng) for _ in range(rng.randrange(1, 4))]
+    back = ["iretd"] if how != "jmp" else [".byte 0xea", ".long 0", f".word {G.TSS_SEL:#x}"]
+    out = [f"{p}t:", *work, f"mov dword ptr [ebp + {rng.randrange(0, 0x40, 4):#x}], eax", "pushfd",
+           "pop dword ptr [ebp + 0x40]", "str word ptr [ebp + 0x44]", "mov eax, cr0",
+           "mov dword ptr [ebp + 0x48], eax", *back]
+    return body, out
+
+
 @feature("ring3", causes=(13,))
 def _ring3(rng, p):
     user = [_alu_line(rng) for _ in range(rng.randrange(0, 3))]

@@ -20,6 +20,8 @@ DATA = 0x180000          # variables and scratch memory, on pages that never hol
 GDT_ADDR = 0x10000
 IDT_ADDR = 0x11000
 TSS_ADDR = 0x12000
+TSS2_ADDR = 0x12100      # the `task` feature's second task
+TASK2_STACK_TOP = 0x78000
 STACK_TOP = 0x90000
 KERNEL_STACK_TOP = 0x88000   # esp0 of the TSS: where the ring-3 return gate lands
 USER_STACK_TOP = 0x70000
@@ -46,8 +48,10 @@ KCODE, KDATA, UCODE, UDATA, TSS_SEL = 0x08, 0x10, 0x1B, 0x23, 0x28
 KDATA_FRESH = 0x38        # ring-0 data, accessed bit clear
 KCODE_FRESH = 0x40        # ring-0 code, accessed bit clear
 DATA_DPL1 = 0x48          # ring-1 data (a ring-0 load with RPL 1 is legal)
+TSS2_SEL = 0x50           # a second TSS (the `task` feature)
+TASK_GATE_SEL = 0x58      # a task gate to it
 SPARE = 0x30              # unused slot: the gdt_store feature writes descriptors there
-GDT_LIMIT = 0x4F
+GDT_LIMIT = 0x5F
 
 GDT_DWORDS = [
     (0x00000000, 0x00000000),
@@ -60,6 +64,8 @@ GDT_DWORDS = [
     (0x0000FFFF, 0x00CF9200),   # 0x38 ring-0 data, not accessed
     (0x0000FFFF, 0x00CF9A00),   # 0x40 ring-0 code, not accessed
     (0x0000FFFF, 0x00CFB300),   # 0x48 ring-1 data
+    (0x21000067, 0x00008901),   # 0x50 TSS at 0x12100 (TSS2_ADDR)
+    (0x00500000, 0x00008500),   # 0x58 task gate to 0x50
 ]
 
 ERROR_CODE_VECTORS = (8, 10, 11, 12, 13, 14, 17, 21)

@@ -28,7 +28,7 @@ SIGNATURE = {
     "smc_rmw": {"xchg", "add", "xor"}, "smc_loop": {"mov"}, "computed": {"ret", "jmp", "call"},
     "fptr": {"call"}, "code_read": {"add"}, "hyper": {"mov", "movsd"},
     "patch_interior": {"aam", "jmp"}, "gdt_store": {"mov"}, "paging": {"invlpg", "mov"},
-    "io_flags": {"in", "out"}, "timer": {"out", "sti"},
+    "io_flags": {"in", "out"}, "timer": {"out", "sti"}, "task": {"lcall", "ljmp", "call", "jmp"},
 }
 
 
