@@ -9,8 +9,8 @@ compiled libunicorn, so they are kept in a file under the user's cache dir
 when
 
 * the key matches: the loaded libunicorn's path, size, mtime and inode, the
-  binding's version, the Python version, the machine, and a hash of the source
-  of every module whose code runs during calibration (so an edit to a
+  binding's version, the Python version, the machine, and the length and CRC-32
+  of the source of every module whose code runs during calibration (so an edit to a
   calibration invalidates every cached result), and
 * the part's own cheap check passes: each module replays its experiments in one
   or two scratch engines and confirms that every cached offset behaves as
@@ -26,12 +26,11 @@ BT_CALIBRATION_CACHE=off turns the cache off (every process calibrates).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -65,18 +64,18 @@ def key() -> dict:
     from unicorn.unicorn_py3.unicorn import uclib
     lib = os.path.realpath(uclib._name)
     st = os.stat(lib)
-    code = hashlib.sha256()
-    for rel in CODE:
-        code.update(rel.encode() + b"\0" + (_ROOT / rel).read_bytes())
+    # CRC-32 and length of each file, not a cryptographic hash: it detects an
+    # edit (not an attack), and hashlib's import alone costs ~9 ms of start-up.
+    code = {rel: [len(data), zlib.crc32(data)] for rel in CODE for data in [(_ROOT / rel).read_bytes()]}
     return {"libunicorn": lib, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
-            "binding": binding, "python": sys.version, "machine": platform.machine(),
-            "code": code.hexdigest()}
+            "binding": binding, "python": sys.version, "machine": os.uname().machine, "code": code}
 
 
 def cache_file(k: dict | None = None) -> Path:
     k = key() if k is None else k
-    digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"calibration-{digest}.json"
+    # The name only spreads keys over files; the key inside is compared in full.
+    digest = zlib.crc32(json.dumps(k, sort_keys=True).encode())
+    return cache_dir() / f"calibration-{digest:08x}.json"
 
 
 def _tuples(v):

@@ -153,3 +153,21 @@ def test_a_run_is_identical_with_and_without_the_cache(tmp_path, mode):
     cached = _report(tmp_path, "cached", env, mode)         # reads every part ...
     assert path.stat().st_mtime_ns == written               # ... and calibrates none
     assert off == filled == cached
+
+
+def test_an_edit_to_calibration_code_changes_the_key(tmp_path, monkeypatch):
+    for rel in calcache.CODE:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((calcache._ROOT / rel).read_bytes())
+    monkeypatch.setattr(calcache, "_ROOT", tmp_path)
+    calcache.key.cache_clear()
+    try:
+        same = calcache.key()
+        calcache.key.cache_clear()
+        with open(tmp_path / "runtime/tbgen.py", "a") as f:
+            f.write("\n# an edit\n")
+        edited = calcache.key()
+    finally:
+        calcache.key.cache_clear()
+    assert same == calcache.key()
+    assert edited != same and calcache.cache_file(edited) != calcache.cache_file(same)
