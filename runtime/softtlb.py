@@ -176,8 +176,9 @@ def _verify(lay: TLBLayout) -> bool:
                 (page | TLB_NOTDIRTY, page, page, host)
     finally:
         q = None
-        _close_engines([uc])
-        del uc
+        alive = [uc]
+        del uc                           # the list holds the last reference: closed right here
+        _close_engines(alive)
         buf.close()
 
 

@@ -149,7 +149,9 @@ def _verify(g: TBGen) -> bool:
         i2, f2 = now()
         return None not in (i0, f0) and (i1, f1) == (i0 + 1, f0) and (i2, f2) == (i1, f1 + 1)
     finally:
-        _close_engines([uc])
+        alive = [uc]
+        del uc                           # the list holds the last reference: closed right here
+        _close_engines(alive)
 
 
 def _cached() -> TBGen:
