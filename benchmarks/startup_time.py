@@ -26,9 +26,11 @@ def cpu_seconds(argv: list[str], env: dict) -> float:
     cwd = env.get("PYTHONPATH") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) not in (0, 1, 2):
-        raise SystemExit(f"{argv}: exit status {os.waitstatus_to_exitcode(status)}")
+    STATUSES.add(os.waitstatus_to_exitcode(status))     # the guest's own (124: the instruction cap)
     return usage.ru_utime + usage.ru_stime
+
+
+STATUSES: set[int] = set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.rounds):
         for name, env in setups.items():
             times[name].append(cpu_seconds(cmd, env))
-    print(f"bt-run {' '.join(run_args)}: median CPU seconds of {a.rounds} alternated runs")
+    print(f"bt-run {' '.join(run_args)}: median CPU seconds of {a.rounds} alternated runs "
+          f"(exit statuses {sorted(STATUSES)})")
     for name, ts in times.items():
         print(f"  {name:9s} {statistics.median(ts):.3f}  (min {min(ts):.3f}, max {max(ts):.3f})")
     return 0
