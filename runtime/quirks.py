@@ -587,6 +587,11 @@ def _verify_offsets(off: Offsets) -> bool:
     def q64(data: bytes, at: int) -> int:
         return struct.unpack_from("<Q", data, at)[0]
 
+    import gc
+    # Everything older than this check is frozen, so the collection that closes
+    # its engines (_close_engines) walks only the check's own objects: ~1 ms
+    # instead of ~7 (emulate) or ~25 (bt, networkx loaded) of a full collection.
+    gc.freeze()
     alive = []
     try:
         if not off.env_links:        # a search that failed once is tried again
@@ -636,6 +641,7 @@ def _verify_offsets(off: Offsets) -> bool:
                 and _peek(h + e_off, 8) == struct.pack("<Q", 0x0ABCE7FF))
     finally:
         _close_engines(alive)
+        gc.unfreeze()
 
 
 class Quirks:
