@@ -141,8 +141,9 @@ def _calibrate() -> TLBLayout:
 
 def _verify(lay: TLBLayout) -> bool:
     """A cached layout still holds (runtime/calcache.py): after one store in a
-    scratch engine with host RAM, some mode's descriptor leads to an entry
-    whose addr_write, paddr and addend read as calibration predicts."""
+    scratch engine with host RAM, every one of `modes` descriptors (and not the
+    one after them) looks like a descriptor, and exactly one leads to an entry
+    whose addr_write, addr_code, paddr and addend read as calibration predicts."""
     from runtime.quirks import Quirks, _close_engines, _peek, scratch_engine
     uc = scratch_engine(0x100000, host_backed=True)
     buf, host, page = uc.host_buf, uc.host_ram, 0x45000
