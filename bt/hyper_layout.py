@@ -90,7 +90,8 @@ REAL_IOPL_CPL1 = 1 << 12
 def selector_view_table() -> bytes:
     """The SELECTOR_VIEW contents: ring compression undone, RPL 1 selectors
     read as RPL 0, others unchanged."""
-    t = array.array("H", (sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000)))
+    t = array.array("H", range(0x10000))
+    t[1::4] = array.array("H", range(0, 0x10000, 4))    # 4k+1 -> 4k, in one slice (~10 ms as a loop)
     return t.tobytes()
 
 

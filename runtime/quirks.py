@@ -298,33 +298,10 @@ def _find_pc_sync_flag() -> int:
     independent pairs of engines, kept alive together so that no two share
     heap addresses, and whose aligned 8-byte word is identical across the pairs,
     are ever tried: a pointer differs between two live engines, a flag does not."""
-    from unicorn import UC_HOOK_INSN
-    # int3 ; nop ; jmp l ; l: nop ; out 0x80, al ; nop ; out 0x81, al ; hlt
-    code = bytes.fromhex("cc90eb0090e680" "90e681" "f4")
     alive = []                   # every scratch engine, until the search is over
 
     def run(write_eip: bool, clear: int | None = None):
-        uc = scratch_engine()
-        alive.append(uc)
-        uc.mem_write(0x1000, code)
-        base = ctypes.cast(uc._uch, ctypes.c_void_p).value
-        seen = []
-
-        def intr(uc, n, _):
-            if write_eip:
-                uc.reg_write(X.UC_X86_REG_EIP, 0x1001)
-                if clear is not None:
-                    ctypes.c_uint8.from_address(base + clear).value = 0
-            else:
-                uc.reg_write(X.UC_X86_REG_EAX, 5)
-
-        def out(uc, port, size, value, _):
-            seen.append(uc.reg_read(X.UC_X86_REG_EIP))
-
-        uc.hook_add(UC_HOOK_INTR, intr)
-        uc.hook_add(UC_HOOK_INSN, out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.emu_start(0x1000, 0x1010)
-        return _peek(base, 0x8000), seen
+        return _pc_sync_probe(alive, write_eip, clear)
 
     try:
         plain1, _ = run(False)
@@ -339,6 +316,36 @@ def _find_pc_sync_flag() -> int:
         raise QuirkError("could not find skip_sync_pc_on_exit in the uc_struct")
     finally:
         _close_engines(alive)
+
+
+def _pc_sync_probe(alive: list, write_eip: bool, clear: int | None = None):
+    """One run of _find_pc_sync_flag's experiment in a new scratch engine (kept
+    in `alive`): (the uc_struct's first 32 KiB afterwards, the EIPs the two
+    `out` hooks saw)."""
+    from unicorn import UC_HOOK_INSN
+    # int3 ; nop ; jmp l ; l: nop ; out 0x80, al ; nop ; out 0x81, al ; hlt
+    code = bytes.fromhex("cc90eb0090e680" "90e681" "f4")
+    uc = scratch_engine()
+    alive.append(uc)
+    uc.mem_write(0x1000, code)
+    base = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    seen = []
+
+    def intr(uc, n, _):
+        if write_eip:
+            uc.reg_write(X.UC_X86_REG_EIP, 0x1001)
+            if clear is not None:
+                ctypes.c_uint8.from_address(base + clear).value = 0
+        else:
+            uc.reg_write(X.UC_X86_REG_EAX, 5)
+
+    def out(uc, port, size, value, _):
+        seen.append(uc.reg_read(X.UC_X86_REG_EIP))
+
+    uc.hook_add(UC_HOOK_INTR, intr)
+    uc.hook_add(UC_HOOK_INSN, out, None, 1, 0, X.UC_X86_INS_OUT)
+    uc.emu_start(0x1000, 0x1010)
+    return _peek(base, 0x8000), seen
 
 
 # mov dword ptr [0x100b], IMM (an unaligned store into the next instruction's
@@ -408,9 +415,16 @@ def _close_engines(engines: list) -> None:
     """Close calibration's scratch engines now, in order, instead of whenever the
     garbage collector reaches their reference cycles (the binding's callbacks
     refer back to the engine): a native crash must not hide in a random later
-    moment of the run."""
+    moment of the run.  When reference counting has already freed every one
+    of them (no hooks, so no cycles) there is nothing left to collect, and the
+    collection (~7 ms after the imports of a run) is skipped; an empty list
+    always collects (the engines of experiments that kept none)."""
     import gc
+    import weakref
+    refs = [weakref.ref(uc) for uc in engines]
     engines.clear()
+    if refs and all(r() is None for r in refs):
+        return
     gc.collect()
 
 
@@ -530,10 +544,17 @@ _OFFSETS: Offsets | None = None
 
 
 def calibrate() -> Offsets:
-    """Find (once per process) every private offset the workarounds need."""
+    """Every private offset the workarounds need, found once per process: from
+    the calibration cache when its key matches and `_verify_offsets` accepts
+    them, else by calibration (runtime/calcache.py)."""
     global _OFFSETS
-    if _OFFSETS is not None:
-        return _OFFSETS
+    if _OFFSETS is None:
+        from runtime import calcache
+        _OFFSETS = calcache.cached("quirks", _calibrate_all, Offsets, _verify_offsets)
+    return _OFFSETS
+
+
+def _calibrate_all() -> Offsets:
     b1, a1 = _provoke_gp(0x5550)
     b2, a2 = _provoke_gp(0x6660)
     old_exc = sorted(set(_i32_offsets(b1, a1, -1, 13)) & set(_i32_offsets(b2, a2, -1, 13)))
@@ -545,14 +566,82 @@ def calibrate() -> Offsets:
     # error_code follows exception_index/old_exception in CPUX86State; take the first
     # match after old_exception.
     ec = [o for o in err if o > old_exc[0]] or err
-    _OFFSETS = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
+    found = Offsets(old_exc[0], ec[0], _find_is_int_offset(ec[0], a1), _find_cpl_offset(),
                        _find_cr_offsets(), _find_pc_sync_flag(),
                        _find_reg_offset(X.UC_X86_REG_EIP, 0x00123450, 0x00ABC560),
                        _find_reg_offset(X.UC_X86_REG_EFLAGS, 0x00000002, 0x00000202),
                        _find_env_links(), _find_efer_offset(), _find_recur_mem(),
                        _find_cc_op_offset(), _find_hook_range_offsets())
     _close_engines([])           # the remaining scratch engines die here, not later
-    return _OFFSETS
+    return found
+
+
+def _verify_offsets(off: Offsets) -> bool:
+    """Cached offsets still behave as calibration found them: each experiment
+    replayed once in scratch engines (~3 ms, against ~80 ms of calibration).
+    Memory is read through _peek and only the scratch engines' own fields
+    are written, so a wrong offset gives False, never a crash."""
+    def u32(data: bytes, at: int) -> int:
+        return struct.unpack_from("<I", data, at)[0]
+
+    def q64(data: bytes, at: int) -> int:
+        return struct.unpack_from("<Q", data, at)[0]
+
+    import gc
+    # Everything older than this check is frozen, so the collection that closes
+    # its engines (_close_engines) walks only the check's own objects: ~1 ms
+    # instead of ~7 (emulate) or ~25 (bt, networkx loaded) of a full collection.
+    gc.freeze()
+    alive = []
+    try:
+        if not off.env_links:        # a search that failed once is tried again
+            return False
+        b, a = _provoke_gp(0x5550)
+        if not (u32(b, off.old_exception) == 0xFFFFFFFF and u32(a, off.old_exception) == 13
+                and u32(b, off.error_code) == 0 and u32(a, off.error_code) == 0x5550
+                and _find_is_int_offset(off.error_code, a) == off.is_int):
+            return False
+        uc = scratch_engine()
+        alive.append(uc)
+        values = ((X.UC_X86_REG_EIP, off.eip, 0x00ABC560), (X.UC_X86_REG_EFLAGS, off.eflags, 0x202),
+                  (X.UC_X86_REG_CR0, off.cr[0], 0x60010011), (X.UC_X86_REG_CR3, off.cr[1], 0x00456000),
+                  (X.UC_X86_REG_CR4, off.cr[2], 0x00000600))
+        for reg, _, v in values:
+            uc.reg_write(reg, v)
+        uc.msr_write(EFER, EFER_NXE | 1)
+        ctx = _ctx_bytes(uc.context_save())
+        if any(q64(ctx, at) != v for _, at, v in values) or q64(ctx, off.efer) != EFER_NXE | 1:
+            return False
+        if u32(ctx, off.hflags) & 3 != 0 or u32(ctx, off.hflags) <= 0xFF:
+            return False
+        if not any(_env_link_holds(uc, link) for link in off.env_links):
+            return False
+        uc.mem_write(0x1000, _SMC_DWORD)
+        uc_addr = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        if _peek(uc_addr + off.recur_mem, 4) != struct.pack("<i", 0):
+            return False
+        uc.emu_start(0x1000, 0x1000 + len(_SMC_DWORD))
+        if _peek(uc_addr + off.recur_mem, 4) != struct.pack("<i", 4):
+            return False
+        uc.mem_write(0x1000, b"\x01\xd8")                     # add eax, ebx
+        uc.emu_start(0x1000, 0x1002)
+        if u32(_ctx_bytes(uc.context_save()), off.cc_op) != 8:
+            return False
+        plain, _ = _pc_sync_probe(alive, False)
+        wrote, stale = _pc_sync_probe(alive, True)
+        if plain[off.pc_sync_flag] != 0 or wrote[off.pc_sync_flag] != 1 or stale == [0x1005, 0x1008]:
+            return False
+        from unicorn import UC_HOOK_MEM_READ
+        from runtime.fastuc import hook_add
+        noop = ctypes.CFUNCTYPE(None)(lambda: None)
+        h = hook_add(uc, UC_HOOK_MEM_READ, ctypes.cast(noop, ctypes.c_void_p).value, None,
+                     0x0ABCD000, 0x0ABCE7FF)
+        b_off, e_off = off.hook_range
+        return (_peek(h + b_off, 8) == struct.pack("<Q", 0x0ABCD000)
+                and _peek(h + e_off, 8) == struct.pack("<Q", 0x0ABCE7FF))
+    finally:
+        _close_engines(alive)
+        gc.unfreeze()
 
 
 class Quirks:

@@ -139,9 +139,59 @@ def _calibrate() -> TLBLayout:
     return TLBLayout(first + delta, (last - first) // 16 + 1, bits, write, code_off, paddr, addend)
 
 
-# The software TLB's layout, found once per process; raises TLBError (every
-# time, without trying again, once calibration has failed).
-layout = once_per_process(_calibrate, TLBError)
+def _verify(lay: TLBLayout) -> bool:
+    """A cached layout still holds (runtime/calcache.py): after one store in a
+    scratch engine with host RAM, every one of `modes` descriptors (and not the
+    one after them) looks like a descriptor, and exactly one leads to an entry
+    whose addr_write, addr_code, paddr and addend read as calibration predicts."""
+    from runtime.quirks import Quirks, _close_engines, _peek, scratch_engine
+    uc = scratch_engine(0x100000, host_backed=True)
+    buf, host, page = uc.host_buf, uc.host_ram, 0x45000
+    q = None
+    try:
+        # mov dword ptr [0x45000], 1 ; hlt
+        uc.mem_write(0x1000, bytes.fromhex("c70500500400" "01000000" "f4"))
+        try:
+            uc.emu_start(0x1000, 0)
+        except UcError:
+            pass
+        q = Quirks(uc)
+        if q.env is None:
+            return False
+        hits = 0
+        for m in range(lay.modes + 1):         # every descriptor, and none after the last
+            raw = _peek(q.env + lay.fast + 16 * m, 16)
+            if len(raw) != 16:
+                return False
+            mask, table = struct.unpack("<QQ", raw)
+            if m == lay.modes:
+                return hits == 1 and (lay.fast + 16 * m >= 0 or _plausible(mask, table) != lay.entry_bits)
+            if _plausible(mask, table) != lay.entry_bits:
+                return False
+            e = _peek(table + (((page >> 12) & (mask >> lay.entry_bits)) << lay.entry_bits),
+                      1 << lay.entry_bits)
+            if len(e) != 1 << lay.entry_bits:
+                return False
+            field = lambda at: struct.unpack_from("<Q", e, at)[0]
+            hits += (field(lay.write), field(lay.code), field(lay.paddr), field(lay.addend)) == \
+                (page | TLB_NOTDIRTY, page, page, host)
+    finally:
+        q = None
+        alive = [uc]
+        del uc                           # the list holds the last reference: closed right here
+        _close_engines(alive)
+        buf.close()
+
+
+def _cached() -> TLBLayout:
+    from runtime import calcache
+    return calcache.cached("softtlb", _calibrate, TLBLayout, _verify)
+
+
+# The software TLB's layout, found once per process (the calibration cache
+# first); raises TLBError (every time, without trying again, once calibration
+# has failed).
+layout = once_per_process(_cached, TLBError)
 
 
 def entries(env: int, lay: TLBLayout | None = None):

@@ -122,9 +122,46 @@ def _calibrate() -> TBGen:
     return TBGen(link, k1, after[0])
 
 
-# The counters' place, found once per process; raises TBGenError (every time,
-# once calibration has failed).
-counters = once_per_process(_calibrate, TBGenError)
+def _verify(g: TBGen) -> bool:
+    """Cached counters still move as calibration saw them (runtime/calcache.py):
+    one block removed raises the first by 1, one flush the second by 1."""
+    from runtime.quirks import _close_engines, _peek, scratch_engine
+    uc = scratch_engine(0x100000)
+    try:
+        uc.mem_write(0x2000, b"\xb8\x01\x00\x00\x00\xf4")     # mov eax, 1 ; hlt
+        try:
+            uc.emu_start(0x2000, 0)
+        except UcError:
+            pass
+        raw = _peek(ctypes.cast(uc._uch, ctypes.c_void_p).value + g.link, 8)
+        ctx = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+        if not 0x10000 <= ctx < 1 << 47:
+            return False
+
+        def now():
+            inv, fl = _peek(ctx + g.invalidated, 8), _peek(ctx + g.flushed, 4)
+            return (struct.unpack("<Q", inv)[0] if len(inv) == 8 else None,
+                    struct.unpack("<I", fl)[0] if len(fl) == 4 else None)
+        i0, f0 = now()
+        uc.ctl_remove_cache(0x2000, 0x2001)
+        i1, f1 = now()
+        uc.ctl_flush_tb()
+        i2, f2 = now()
+        return None not in (i0, f0) and (i1, f1) == (i0 + 1, f0) and (i2, f2) == (i1, f1 + 1)
+    finally:
+        alive = [uc]
+        del uc                           # the list holds the last reference: closed right here
+        _close_engines(alive)
+
+
+def _cached() -> TBGen:
+    from runtime import calcache
+    return calcache.cached("tbgen", _calibrate, TBGen, _verify)
+
+
+# The counters' place, found once per process (the calibration cache first);
+# raises TBGenError (every time, once calibration has failed).
+counters = once_per_process(_cached, TBGenError)
 
 
 def addresses(uc) -> tuple[int, int]:

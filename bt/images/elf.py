@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-
-from elftools.common.exceptions import ELFError, ELFParseError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from bt.errors import BadInput
 from bt.images.image import Segment
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 ELF_MAGIC = b"\x7fELF"
 ELF32_HEADER_SIZE = 52
@@ -41,6 +42,11 @@ def is_elf(data: bytes) -> bool:
 
 def parse_elf(data: bytes, name: str) -> ElfFacts:
     """Segments, physical entry, symbols and section names of an ELF32 i386 file."""
+    # pyelftools is imported here, not at the top: it costs ~20 ms of every
+    # start-up and only ELF guests need it (docs/benchmarks.md "Start-up time").
+    from elftools.common.exceptions import ELFError, ELFParseError
+    from elftools.elf.elffile import ELFFile
+
     _check_ident(data, name)
     try:
         elf = ELFFile(io.BytesIO(data))

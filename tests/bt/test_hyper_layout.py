@@ -1,5 +1,7 @@
 """The hypervisor area's layout: regions apart, and the lookup table the
 segment-load stubs use (bt/hyper_layout.py, flag_tables) equal to its definition."""
+import struct
+
 from bt.hyper_layout import (FLAG_TABLES, FLAG_TABLES_SIZE, HYPER_SIZE, RPL1_BYTE,
                              SELECTOR_VIEW, SELECTOR_VIEW_SIZE, SHADOW_GDT, SHADOW_GDT_SIZE, STUBS,
                              VFLAGS_MASK, VMM_STACK, VMM_STACK_SIZE, flag_tables)
@@ -29,3 +31,10 @@ def test_vflags_holds_the_iopl_only():
 def test_rpl1_table_marks_exactly_the_rpl1_selectors():
     for sel in range(0x10000):
         assert entry(RPL1_BYTE, sel & 0xFF) == (sel & 3 == 1)
+
+
+def test_selector_view_reads_rpl1_as_rpl0_and_leaves_the_rest():
+    from bt.hyper_layout import selector_view_table
+    view = struct.unpack("<65536H", selector_view_table())
+    assert view == tuple(sel & ~3 if sel & 3 == 1 else sel for sel in range(0x10000))
+    assert view[0x09] == 0x08 and view[0x0B] == 0x0B and view[0x13] == 0x13 and view[0xFFFD] == 0xFFFC
