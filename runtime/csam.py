@@ -158,10 +158,11 @@ class CSAM(Views, SmcRewrites):
     def _on_unscanned(self, address: int) -> int:
         """The block check refused a guest-kernel block at `address` (called
         between engine runs by runtime/clock.py).  Returns where to run."""
+        if self.mode.native_block(address):
+            return address                       # a native stretch's block (runtime/bt.py)
         self.drain_writes()
         if self.clock.c.known_start(address):
             return address                       # it was only on a dirty page: rescanned
-        self.mode.check_code_size()              # 16-bit code: the run ends (runtime/bt.py)
         self.vm.counters.add("scan_exits")
         self.vm.exit_site(address)
         if self.claim_view(address & ~(PAGE - 1)) is None:
