@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 
 from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
-from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_FLAG_D, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF,
+from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_CODE, DESC_FLAG_D, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF,
                     PTE_P, PTE_PS, UD)
 from patcher import policy
 from patcher.patches import Patcher
@@ -223,11 +223,17 @@ class BTMode(TrapMode):
 
     def _code16(self) -> bool:
         """Is the guest's CS a 16-bit code segment (D clear)?"""
+        return self.code16_selector(self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS)))
+
+    def code16_selector(self, selector: int) -> bool:
+        """Does guest `selector` name a 16-bit code segment (D clear) now?  An
+        unreadable or non-code descriptor is not one (a far branch to it faults
+        as the CPU's would)."""
         try:
-            desc = self.vm.delivery.descriptor(self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS)))
+            desc = self.vm.delivery.descriptor(selector)
         except GuestFault:
-            return False                # unreadable: the fetch itself faults as the CPU's would
-        return not desc.flags & DESC_FLAG_D
+            return False
+        return bool(desc.access & DESC_CODE) and not desc.flags & DESC_FLAG_D
 
     def on_vmm_branch(self, target: int) -> None:
         # Under paging ring-3 code is never scanned or patched (an emulated

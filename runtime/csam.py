@@ -84,7 +84,11 @@ class CSAM(Views, SmcRewrites):
         self.stats = stats
         self._on_new_code = on_new_code
         self.cfg = CFG()
-        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND)
+        # Far branches' targets are scanned when they run (defer_far): the
+        # segment they run in is known then, and CSAM never scans 16-bit code
+        # (runtime/bt.py, "16-bit code"; a walk that followed a far jump into a
+        # 16-bit segment put int3 patches on its code: test_realmode.py).
+        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND, defer_far=True)
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
