@@ -242,14 +242,37 @@ def test_trap_agrees_with_emulate_and_returns_to_ring_1():
     assert r.counters["faults_emulated"].get("mov", 0) >= 2
 
 
-def test_bt_ends_the_run_with_one_line_at_16_bit_code():
-    image, _ = _image()
-    r = VM(image, MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
-    assert r.reason == "vmm-error"
-    assert "16-bit code" in r.message and "--mode emulate or trap" in r.message
+def test_bt_agrees_with_emulate_through_a_native_stretch():
+    """bt runs the real-mode part in trap's native stretch and the 16-bit
+    protected-mode part at ring 1 unscanned (runtime/bt.py, "16-bit code"):
+    every register ends as under emulate (EDI too: bt's pushfd stub shows
+    the guest's IOPL), the count is emulate's, and the stretch ended before
+    any patched protected-mode code ran at real CPL 0."""
+    ref, _ = _run("emulate")
+    r, _ = _run("bt")
+    assert r.regs == ref.regs
+    assert r.retired == ref.retired
+    assert r.counters["exceptions_delivered"] == ref.counters["exceptions_delivered"]
+    assert r.extra["real_mode"] == {"entries": 1, "exits": 1, "native_at_end": False}
+    # The protected-mode code after the return was scanned and patched at ring 1.
+    assert r.extra["patches"]["installed"].get("pushfd") == 1
 
 
-@pytest.mark.parametrize("mode", MODES[:2])
+def test_bt_sees_real_mode_stores_over_a_patched_site():
+    """SITE's pushfd is jump-patched before the switch (its stub holds a copy
+    of `mov eax, OLD_IMM`); real-mode code stores NEW_IMM over the imm32.  The
+    code-write hooks mark the page during the stretch, so the patch is removed
+    before protected mode runs SITE again, and the new bytes run."""
+    ref, _ = _run("emulate", rewrite=True)
+    assert ref.regs["ebp"] == NEW_IMM
+    r, _ = _run("bt", rewrite=True)
+    assert r.regs == ref.regs and r.retired == ref.retired
+    assert r.extra["patches"]["removed"] >= 1
+    assert r.extra["csam"]["smc_invalidations"] >= 1
+    assert r.extra["patches"]["installed"].get("pushfd", 0) >= 2    # before, and again after
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_16_bit_code_is_counted_instruction_by_instruction(mode):
     """The clock decodes 16-bit blocks as 16-bit code (runtime/_clock.c,
     HF_CS32): 1,000 more turns of `add ax, 0x1234; dec cx; jnz` in real mode are
@@ -274,7 +297,7 @@ def test_a_slice_may_end_inside_a_16_bit_block():
         assert r.regs["eip"] in (loop, loop + 3, loop + 4)
 
 
-@pytest.mark.parametrize("mode", MODES[:2])
+@pytest.mark.parametrize("mode", MODES)
 def test_a_code_segment_with_a_base(mode):
     """The same guest with real-mode CS = 0x600 (base 0x6000, the same
     bytes at offsets from 0): the frame holds IP and CS as offset and
@@ -318,16 +341,27 @@ def test_pushf_after_an_iret_that_loaded_rf(mode):
     assert not r.regs["eflags"] & 0x10000
 
 
-def test_bt_ends_the_run_with_one_line_at_a_mov_cr0_clearing_pe():
-    """32-bit code that clears PE itself (no 16-bit segment first): bt's line
-    comes at the emulated `mov cr0` (runtime/bt.py `write_cr`)."""
-    main = """
+PE_OFF_HLT = """
 main:
     mov eax, cr0
     and eax, 0xfffffffe
     mov cr0, eax
+    mov ebx, 0x1234
     hlt
 """
-    r = VM(program_image(main, "pe_off"), MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
-    assert r.reason == "vmm-error"
-    assert "real mode under bt is not supported" in r.message
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+def test_32_bit_code_after_clearing_pe_ends_as_under_emulate(mode):
+    """32-bit code that clears PE itself (CS keeps its cached 32-bit
+    descriptor): the code after the `mov cr0` runs in real mode, natively
+    under trap and bt (the block check passes real mode at CPL 0:
+    runtime/_clock.c `refuse_block`), and the run ends as emulate's."""
+    image = program_image(PE_OFF_HLT, "pe_off")
+    cfg = lambda m: MachineConfig(mode=m, mem_mib=8, max_instructions=100_000)
+    ref = VM(image, cfg("emulate"), stdout=None).run()
+    r = VM(image, cfg(mode), stdout=None).run()
+    assert (r.reason, r.message, r.exit_status) == (ref.reason, ref.message, ref.exit_status)
+    assert r.regs["ebx"] == ref.regs["ebx"] == 0x1234
+    assert r.regs["eip"] == ref.regs["eip"]
+    assert r.retired == ref.retired
