@@ -809,7 +809,10 @@ static long index_of(Entry *e, uint64_t addr)
  * say START there, the page must not be dirty (the guest wrote scanned bytes
  * since), and the address must not lie inside the bytes a jump patch covers.
  * Anything else stops the engine before the block runs (STOP_SCAN) and the
- * VMM scans (runtime/csam.py).  Stubs (outside RAM) and ring 3 pass.
+ * VMM scans (runtime/csam.py).  Stubs (outside RAM), ring 3, 16-bit code and
+ * real mode pass (refuse_block); 32-bit protected-mode code at real CPL 0 (a
+ * native stretch's last blocks) is refused, and the VMM ends the stretch there
+ * when it can (runtime/csam.py `_on_unscanned`).
  *
  * The tables are kept per *physical* page (the write and read hooks see
  * physical addresses), and each physical page holds the scan of one linear
@@ -851,6 +854,16 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
         uint32_t hflags;
         memcpy(&hflags, c->env + c->hflags_off, 4);
         if ((hflags & 3) == 3)
+            return false;
+        /* 16-bit code (real mode, a 16-bit code segment) is never scanned: CSAM
+         * decodes 32-bit code.  At real CPL 0 it is bt's native stretch
+         * (runtime/realswitch.py), at CPL 1 a 16-bit segment in protected mode
+         * that runs under trap's rules (runtime/bt.py, "16-bit code"). */
+        if (!(hflags & HF_CS32))
+            return false;
+        /* real mode with a 32-bit code segment still cached (the code between
+         * the `mov cr0` clearing PE and the guest's far jump) */
+        if ((hflags & 3) == 0 && !(env_u64(c, c->cr0_off) & 1u))
             return false;
     }
     uint64_t pa;

@@ -84,7 +84,11 @@ class CSAM(Views, SmcRewrites):
         self.stats = stats
         self._on_new_code = on_new_code
         self.cfg = CFG()
-        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND)
+        # Far branches' targets are scanned when they run (defer_far): the
+        # segment they run in is known then, and CSAM never scans 16-bit code
+        # (runtime/bt.py, "16-bit code"; a walk that followed a far jump into a
+        # 16-bit segment put int3 patches on its code: test_realmode.py).
+        self.scanner = Scanner(self._scan_read, self.cfg, walk_bound=WALK_BOUND, defer_far=True)
         self.guards: dict[int, Insn] = {}
         self.code_pages: set[int] = set()
         self._scanned_pages_ever: set[int] = set()
@@ -158,10 +162,11 @@ class CSAM(Views, SmcRewrites):
     def _on_unscanned(self, address: int) -> int:
         """The block check refused a guest-kernel block at `address` (called
         between engine runs by runtime/clock.py).  Returns where to run."""
+        if self.mode.native_block(address):
+            return address                       # a native stretch's block (runtime/bt.py)
         self.drain_writes()
         if self.clock.c.known_start(address):
             return address                       # it was only on a dirty page: rescanned
-        self.mode.check_code_size()              # 16-bit code: the run ends (runtime/bt.py)
         self.vm.counters.add("scan_exits")
         self.vm.exit_site(address)
         if self.claim_view(address & ~(PAGE - 1)) is None:

@@ -48,6 +48,7 @@ from bt.x86 import EFER, EFER_NXE
 
 
 HF_INHIBIT_IRQ = 0x8         # hflags: interrupts inhibited for one instruction
+HF_CS32 = 0x10               # hflags: the code segment is 32-bit (runtime/_clock.c reads it too)
 
 
 class QuirkError(RuntimeError):
@@ -721,6 +722,14 @@ class Quirks:
         if self.env is not None:
             return bool(self._hflags.value & HF_INHIBIT_IRQ)
         return False
+
+    def code16(self) -> bool | None:
+        """Is the CPU running 16-bit code (QEMU's HF_CS32 clear: real mode, or a
+        16-bit code segment)?  Kept current by reg_write of CS
+        (tests/runtime/test_realmode_facts.py).  None without the live state."""
+        if self.env is not None:
+            return not self._hflags.value & HF_CS32
+        return None
 
     def pc_sync_address(self) -> int:
         """Where the engine's PC-sync flag lives (a native hook clears it after

@@ -10,7 +10,10 @@ Rules (issue 3):
   * every other indirect branch gets an edge to the "unresolved" node, with the
     branch's address as `site`: the runtime must expect unscanned code there;
   * far jumps/calls with an immediate pointer are followed at their offset
-    (flat code segments assumed), with far=True on the edge;
+    (flat code segments assumed), with far=True on the edge -- or, with
+    `defer_far`, deferred as a bounded walk defers (below) until their target
+    runs: the segment it runs in is known then (bt: a far jump into a 16-bit
+    code segment or real mode, whose code this 32-bit decoder would misread);
   * bytes that cannot be decoded, that overlap an instruction already scanned,
     or that are not readable become "bad" nodes with a reason; nothing raises.
 
@@ -69,8 +72,10 @@ def _int(s: str) -> int:
 class Scanner:
     def __init__(self, read_mem: ReadMem, cfg: CFG | None = None, *,
                  max_insns: int = 20_000_000, max_block_insns: int = 8192,
-                 chunk: int = 2048, engine: str = "auto", walk_bound: int | None = None):
+                 chunk: int = 2048, engine: str = "auto", walk_bound: int | None = None,
+                 defer_far: bool = False):
         self.read_mem = read_mem
+        self.defer_far = defer_far
         self.cfg = cfg if cfg is not None else CFG()
         self.dec = Decoder(read_mem, chunk=chunk)
         self.max_insns = max_insns
@@ -446,6 +451,8 @@ class Scanner:
             if m:
                 items = [(a, _int(m.group(2)) & ADDR_MASK, kind,
                           {"far": True, "selector": _int(m.group(1))})]
+                if self.defer_far and items[0][1] not in self.cfg.graph:
+                    self._defer(items.pop())     # see the top: scanned when it runs
             else:
                 items = [(a, None, "unresolved", None)]
             if f == "lcall":

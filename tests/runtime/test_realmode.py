@@ -2,10 +2,11 @@
 its real-mode IVT, returns from both with iret, re-enters protected mode and
 reports what the handlers saw (runtime/realmode.py): the frame (IP, CS, FLAGS
 as 16-bit words), the handler's FLAGS (IF and TF clear), the faulting IP.
-Under trap the guest runs natively at real CPL 0 from the `mov cr0` that
-clears PE until it is back in protected mode (runtime/realswitch.py), and the
-result is emulate's; bt ends the run with one line at the 16-bit code
-(runtime/bt.py, `check_code_size`)."""
+Under trap and bt the guest runs natively at real CPL 0 from the `mov cr0`
+that clears PE until it is back in protected mode (runtime/realswitch.py), and
+the result is emulate's; under bt CSAM never scans the 16-bit code
+(runtime/bt.py, "16-bit code"), and stores real-mode code makes over patched
+bytes are seen when protected mode runs them again."""
 import struct
 
 import pytest
@@ -24,6 +25,20 @@ RESULTS = 0x5F80            # what the handlers record
 SAVED = 0x5FF0              # main's return address and ESP
 IVT_DESCR = 0x5FE0          # limit 0x3FF, base 0
 LOOP = 30_000               # protected-mode work after the return: past trap's first native slice
+SITE = 0x7000               # a patched protected-mode function the real-mode code rewrites
+OLD_IMM, NEW_IMM = 0x11111111, 0x22222222
+# pushfd is jump-patched when scanned: the stub covers all three instructions
+# (the imm32 included) until a store over them is seen.
+SITE_SRC = f"""
+    pushfd
+    pop eax
+    mov eax, {OLD_IMM:#x}
+    ret
+"""
+# Real-mode code (DS = 0) storing the new imm32 over the patched bytes.
+REWRITE = f"""
+    mov dword ptr [{SITE + 3:#x}], {NEW_IMM:#x}
+"""
 
 # Selector 0x18: 16-bit code, base 0, limit 0xFFFF; 0x20: 16-bit data.
 GDT = [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF]
@@ -50,6 +65,7 @@ RM_BODY = f"""
     mov word ptr [0x202], {{RM_SEG}}
     mov word ptr [0], h_de
     mov word ptr [2], {{RM_SEG}}
+{{REWRITE}}
     mov cx, {{RM_LOOP}}
 rm_spin:
     add ax, 0x1234
@@ -106,13 +122,14 @@ PM_BACK_SRC = f"""
 """
 
 
-def _blobs(rm_loop: int, seg: int) -> tuple[bytes, bytes]:
+def _blobs(rm_loop: int, seg: int, rewrite: bool = False) -> tuple[bytes, bytes]:
     """The real-mode part runs with CS = `seg` (its labels are offsets from seg * 16)."""
     ks16 = Ks(KS_ARCH_X86, KS_MODE_16)
     prefix = bytes(ks16.asm(RM_PREFIX, RM_CODE)[0])
     entry = RM_CODE + len(prefix) + 5 - seg * 16        # past `ljmp seg:entry` (ea iw iw)
     far = b"\xea" + struct.pack("<HH", entry, seg)
     src = RM_BODY.replace("{RM_LOOP}", str(rm_loop)).replace("{RM_SEG}", str(seg))
+    src = src.replace("{REWRITE}", REWRITE if rewrite else "")
     body = bytes(ks16.asm(src, entry)[0])
     back = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(PM_BACK_SRC, PM_BACK)[0])
     return prefix + far + body, back
@@ -123,8 +140,12 @@ def _bytes(data: bytes) -> str:
                      for i in range(0, len(data), 16))
 
 
-def _image(rm_loop: int = 1000, seg: int = 0):
-    rm, back = _blobs(rm_loop, seg)
+def _image(rm_loop: int = 1000, seg: int = 0, rewrite: bool = False):
+    """`rewrite`: main calls SITE before the switch (scanned, patched) and
+    after the return (EBP: its EAX); the real-mode code rewrites its imm32."""
+    rm, back = _blobs(rm_loop, seg, rewrite)
+    site = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(SITE_SRC, SITE)[0])
+    call_site = f"mov eax, {SITE:#x}\n    call eax" if rewrite else ""
     gdt = b"".join(struct.pack("<Q", d) for d in GDT)
     main = f"""
 main:
@@ -136,6 +157,11 @@ main:
     mov edi, {PM_BACK:#x}
     mov ecx, {len(back)}
     .byte 0xf3, 0xa4
+    mov esi, site_blob
+    mov edi, {SITE:#x}
+    mov ecx, {len(site)}
+    .byte 0xf3, 0xa4
+    {call_site}
     mov dword ptr [{IVT_DESCR:#x}], 0x3ff
     mov word ptr [{IVT_DESCR + 4:#x}], 0
     mov dword ptr [{SAVED:#x}], back32
@@ -146,6 +172,8 @@ main:
     .long {RM_CODE:#x}
     .word 0x18
 back32:
+    {call_site}
+    mov ebp, eax
     mov ecx, {LOOP}
 spin:
     dec ecx
@@ -168,12 +196,14 @@ rm_blob:
 {_bytes(rm)}
 back_blob:
 {_bytes(back)}
+site_blob:
+{_bytes(site)}
 """
     return program_image(main, "realmode"), rm
 
 
-def _run(mode: str, rm_loop: int = 1000, seg: int = 0):
-    image, rm = _image(rm_loop, seg)
+def _run(mode: str, rm_loop: int = 1000, seg: int = 0, rewrite: bool = False):
+    image, rm = _image(rm_loop, seg, rewrite)
     r = VM(image, MachineConfig(mode=mode, mem_mib=8), stdout=None).run()
     assert r.exit_status == 0, (mode, r.reason, r.message)
     return r, rm
@@ -212,14 +242,37 @@ def test_trap_agrees_with_emulate_and_returns_to_ring_1():
     assert r.counters["faults_emulated"].get("mov", 0) >= 2
 
 
-def test_bt_ends_the_run_with_one_line_at_16_bit_code():
-    image, _ = _image()
-    r = VM(image, MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
-    assert r.reason == "vmm-error"
-    assert "16-bit code" in r.message and "--mode emulate or trap" in r.message
+def test_bt_agrees_with_emulate_through_a_native_stretch():
+    """bt runs the real-mode part in trap's native stretch and the 16-bit
+    protected-mode part at ring 1 unscanned (runtime/bt.py, "16-bit code"):
+    every register ends as under emulate (EDI too: bt's pushfd stub shows
+    the guest's IOPL), the count is emulate's, and the stretch ended before
+    any patched protected-mode code ran at real CPL 0."""
+    ref, _ = _run("emulate")
+    r, _ = _run("bt")
+    assert r.regs == ref.regs
+    assert r.retired == ref.retired
+    assert r.counters["exceptions_delivered"] == ref.counters["exceptions_delivered"]
+    assert r.extra["real_mode"] == {"entries": 1, "exits": 1, "native_at_end": False}
+    # The protected-mode code after the return was scanned and patched at ring 1.
+    assert r.extra["patches"]["installed"].get("pushfd") == 1
 
 
-@pytest.mark.parametrize("mode", MODES[:2])
+def test_bt_sees_real_mode_stores_over_a_patched_site():
+    """SITE's pushfd is jump-patched before the switch (its stub holds a copy
+    of `mov eax, OLD_IMM`); real-mode code stores NEW_IMM over the imm32.  The
+    code-write hooks mark the page during the stretch, so the patch is removed
+    before protected mode runs SITE again, and the new bytes run."""
+    ref, _ = _run("emulate", rewrite=True)
+    assert ref.regs["ebp"] == NEW_IMM
+    r, _ = _run("bt", rewrite=True)
+    assert r.regs == ref.regs and r.retired == ref.retired
+    assert r.extra["patches"]["removed"] >= 1
+    assert r.extra["csam"]["smc_invalidations"] >= 1
+    assert r.extra["patches"]["installed"].get("pushfd", 0) >= 2    # before, and again after
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_16_bit_code_is_counted_instruction_by_instruction(mode):
     """The clock decodes 16-bit blocks as 16-bit code (runtime/_clock.c,
     HF_CS32): 1,000 more turns of `add ax, 0x1234; dec cx; jnz` in real mode are
@@ -244,7 +297,7 @@ def test_a_slice_may_end_inside_a_16_bit_block():
         assert r.regs["eip"] in (loop, loop + 3, loop + 4)
 
 
-@pytest.mark.parametrize("mode", MODES[:2])
+@pytest.mark.parametrize("mode", MODES)
 def test_a_code_segment_with_a_base(mode):
     """The same guest with real-mode CS = 0x600 (base 0x6000, the same
     bytes at offsets from 0): the frame holds IP and CS as offset and
@@ -288,16 +341,45 @@ def test_pushf_after_an_iret_that_loaded_rf(mode):
     assert not r.regs["eflags"] & 0x10000
 
 
-def test_bt_ends_the_run_with_one_line_at_a_mov_cr0_clearing_pe():
-    """32-bit code that clears PE itself (no 16-bit segment first): bt's line
-    comes at the emulated `mov cr0` (runtime/bt.py `write_cr`)."""
-    main = """
+# `.byte 0xea`: the far jump back (Keystone refuses far jumps to labels).
+PE_OFF = """
 main:
     mov eax, cr0
     and eax, 0xfffffffe
     mov cr0, eax
-    hlt
+    mov ebx, 0x1234
+    add ebx, ebx
+    mov eax, cr0
+    or eax, 1
+    mov cr0, eax
+    .byte 0xea
+    .long pm_again
+    .word 0x08
+pm_again:
+    mov eax, 0x10
+    mov ds, eax
+    mov ss, eax
+    pushfd
+    pop edi
+    xor eax, eax
+    ret
 """
-    r = VM(program_image(main, "pe_off"), MachineConfig(mode="bt", mem_mib=8), stdout=None).run()
-    assert r.reason == "vmm-error"
-    assert "real mode under bt is not supported" in r.message
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+def test_32_bit_code_after_clearing_pe(mode):
+    """32-bit code that clears PE itself (CS keeps its cached 32-bit
+    descriptor): the code up to the far jump back runs in real mode,
+    natively under trap and bt (the block check passes real mode at CPL 0:
+    runtime/_clock.c `refuse_block`), and the run ends as emulate's."""
+    image = program_image(PE_OFF, "pe_off")
+    cfg = lambda m: MachineConfig(mode=m, mem_mib=8, max_instructions=100_000)
+    ref = VM(image, cfg("emulate"), stdout=None).run()
+    r = VM(image, cfg(mode), stdout=None).run()
+    assert ref.exit_status == 0 and r.exit_status == 0, (r.reason, r.message)
+    assert r.regs["ebx"] == ref.regs["ebx"] == 0x2468
+    assert r.retired == ref.retired
+    # bt ends the stretch at the first 32-bit block once SS is loaded (the block
+    # check refuses it at real CPL 0); trap at a slice boundary, after the run
+    # here (runtime/realswitch.py NATIVE_SLICE).
+    assert r.extra["real_mode"]["native_at_end"] == (mode == "trap")

@@ -114,3 +114,27 @@ def test_iret_in_real_mode_keeps_rf_from_the_frame_and_pushf_shows_it():
     uc = _real_engine(code, 0x100)
     uc.emu_start(0x100, 0x100 + len(code) - 1)     # to the nop (a count would cut the blocks)
     assert uc.reg_read(X.UC_X86_REG_EBX) & 0x10000
+
+
+def test_hflags_cs32_follows_reg_write_of_cs():
+    """QEMU's HF_CS32 (hflags 0x10), which runtime/_clock.c and
+    Quirks.code16 read, changes with a reg_write of CS in protected mode
+    (runtime/bt.py asks it after the VMM's own far transfers), and is clear
+    after one in real mode."""
+    from runtime.quirks import Quirks
+    uc = scratch_engine(0x200000, 0x9000)
+    gdt_base = uc.reg_read(X.UC_X86_REG_GDTR)[1]
+    code16 = 0x00009B000000FFFF                     # base 0, limit 0xFFFF, D clear
+    uc.mem_write(gdt_base + 0x30, code16.to_bytes(8, "little"))
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_base, 0x37, 0))
+    q = Quirks(uc)
+    assert q.env is not None
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    assert q.code16() is False
+    uc.reg_write(X.UC_X86_REG_CS, 0x30)
+    assert q.code16() is True
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    assert q.code16() is False
+    uc.reg_write(X.UC_X86_REG_CR0, CR0_ET)
+    uc.reg_write(X.UC_X86_REG_CS, 0)
+    assert q.code16() is True

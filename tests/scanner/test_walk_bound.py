@@ -181,3 +181,29 @@ def test_both_walks_bound_alike_and_resolve_to_the_full_cfg(seed, bound):
     if not any(r.startswith("overlap") for _n, r in full.cfg.bad_blocks() + sc.cfg.bad_blocks()):
         assert edges(sc.cfg) == edges(full.cfg)
         assert sc.cfg.branch_targets_in(0, 1 << 32) == full.cfg.branch_targets_in(0, 1 << 32)
+
+
+# A far jump to BASE + 0x20 (`.byte 0xea`: Keystone refuses far jumps to
+# labels), and what lies there.
+FAR = bytes([0xEA]) + (BASE + 0x20).to_bytes(4, "little") + (0x18).to_bytes(2, "little")
+FAR_TARGET = asm("pushfd\n popfd\n ret", BASE + 0x20)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_defer_far_leaves_far_targets_to_when_they_run(engine):
+    """With `defer_far` (bt: the segment a far jump lands in is known when it
+    runs; a 16-bit one must never be decoded as 32-bit) the target is
+    deferred, even by an unbounded walk, and is a branch target already;
+    scanning it (the block check, as the code runs) links the far edge."""
+    mem = Mem(FAR + bytes(0x20 - len(FAR)) + FAR_TARGET, size=0x100)
+    eager = Scanner(mem.read, engine=engine).scan_from(BASE)
+    assert eager.instruction_count() == 4
+    sc = Scanner(mem.read, engine=engine, defer_far=True)
+    cfg = sc.scan_from(BASE)
+    assert cfg.instruction_count() == 1
+    assert sorted(cfg.deferred) == [BASE + 0x20]
+    assert cfg.branch_targets_in(BASE + 1, BASE + 0x100) == [BASE + 0x20]
+    assert cfg.unresolved_sites() == []
+    sc.scan_from(BASE + 0x20)
+    assert not cfg.deferred and cfg.instruction_count() == 4
+    assert [d.get("far") for _, _, d in cfg.graph.edges(data=True) if d["kind"] == "jump"] == [True]
