@@ -175,6 +175,15 @@ fz_body:
 """
 
 
+def _fold(total: int, offsets: tuple[int, ...], rot: int, first: str = "xor") -> str:
+    """Fold the stack dwords at `offsets` (from ESP, after the handler's
+    `push eax`) into the record at `total`: rotate, then combine."""
+    return "".join(f"""
+    mov eax, dword ptr [esp+{off}]
+    rol dword ptr ss:[{total:#x}], {rot}
+    {first if i == 0 else "xor"} dword ptr ss:[{total:#x}], eax""" for i, off in enumerate(offsets))
+
+
 def handlers() -> str:
     out = []
     for v in range(32):
@@ -183,22 +192,7 @@ def handlers() -> str:
     # Stack at fz_exception after `push eax`: eax, vector, error, eip, cs, eflags.
     out.append(f"""fz_exception:
     push eax
-    inc dword ptr ss:[{EXC_COUNT:#x}]
-    mov eax, dword ptr [esp+4]
-    rol dword ptr ss:[{EXC_SUM:#x}], 5
-    add dword ptr ss:[{EXC_SUM:#x}], eax
-    mov eax, dword ptr [esp+8]
-    rol dword ptr ss:[{EXC_SUM:#x}], 5
-    xor dword ptr ss:[{EXC_SUM:#x}], eax
-    mov eax, dword ptr [esp+12]
-    rol dword ptr ss:[{EXC_SUM:#x}], 5
-    xor dword ptr ss:[{EXC_SUM:#x}], eax
-    mov eax, dword ptr [esp+16]
-    rol dword ptr ss:[{EXC_SUM:#x}], 5
-    xor dword ptr ss:[{EXC_SUM:#x}], eax
-    mov eax, dword ptr [esp+20]
-    rol dword ptr ss:[{EXC_SUM:#x}], 5
-    xor dword ptr ss:[{EXC_SUM:#x}], eax
+    inc dword ptr ss:[{EXC_COUNT:#x}]{_fold(EXC_SUM, (4, 8, 12, 16, 20), 5, first="add")}
     cmp dword ptr ss:[{EXC_COUNT:#x}], {MAX_EXCEPTIONS}
     ja fz_too_many
     mov eax, dword ptr ss:[{RESUME:#x}]
@@ -213,13 +207,7 @@ fz_too_many:
     # between a real ring 0 and a deprivileged one, so it goes into the record.
     for v in INT_VECTORS + (TRAP_GATE_VECTOR,):
         out.append(f"""fz_int{v:x}:
-    push eax
-    mov eax, dword ptr [esp+12]
-    rol dword ptr ss:[{INT_SUM:#x}], 7
-    xor dword ptr ss:[{INT_SUM:#x}], eax
-    mov eax, dword ptr [esp+8]
-    rol dword ptr ss:[{INT_SUM:#x}], 7
-    xor dword ptr ss:[{INT_SUM:#x}], eax
+    push eax{_fold(INT_SUM, (12, 8), 7)}
     add dword ptr ss:[{INT_SUM:#x}], {v:#x}
     pop eax
     iretd""")
@@ -228,16 +216,7 @@ fz_too_many:
     # reproduce; EOI, and back.
     out.append(f"""fz_tick:
     push eax
-    inc dword ptr ss:[{TICK_COUNT:#x}]
-    mov eax, dword ptr [esp+4]
-    rol dword ptr ss:[{TICK_SUM:#x}], 3
-    xor dword ptr ss:[{TICK_SUM:#x}], eax
-    mov eax, dword ptr [esp+8]
-    rol dword ptr ss:[{TICK_SUM:#x}], 3
-    xor dword ptr ss:[{TICK_SUM:#x}], eax
-    mov eax, dword ptr [esp+12]
-    rol dword ptr ss:[{TICK_SUM:#x}], 3
-    xor dword ptr ss:[{TICK_SUM:#x}], eax
+    inc dword ptr ss:[{TICK_COUNT:#x}]{_fold(TICK_SUM, (4, 8, 12), 3)}
     mov al, 0x20
     out 0x20, al
     pop eax
