@@ -481,10 +481,6 @@ class BTMode(TrapMode):
                 return guest, p.shares_scratch.get(guest)
         return None
 
-    def _clean_guest_point(self, eip: int) -> int | None:
-        point = self._guest_point(eip)
-        return None if point is None else point[0]
-
     def before_slice(self) -> None:
         self.passage.before_slice()
         super().before_slice()
@@ -506,12 +502,11 @@ class BTMode(TrapMode):
 
     def window_watch_here(self) -> bool:
         """May the clock's window check stop at the start of the next slice?
-        Not at a stub point where no interrupt may be taken (inside a template
-        that holds a register in the state page): the slice would end at once,
-        again and again.  The slice then runs without the watch (at most
-        IN_STUB_SLICE instructions) and the interrupt waits for its end."""
+        Not inside a template, where no guest instruction starts: the slice
+        would end at once, again and again (slice_limit runs such a slice to
+        the next guest boundary instead)."""
         eip = self.vm.fast.reg_read(X.UC_X86_REG_EIP)
-        return not self.cache.contains(eip) or self._clean_guest_point(eip) is not None
+        return not self.cache.contains(eip) or self._guest_point(eip) is not None
 
     # The guest's EFLAGS hold at every CPL in bt: every way into ring 3 (iretd,
     # patched or emulated) goes through the VMM, which writes the frame's
