@@ -164,7 +164,8 @@ def load(image: str | GuestImage, *, mem_mib: int = DEFAULT_MEM_MIB, format: str
 
 # The keyword options of `make_vm` that `run` and `compare_modes` pass on.
 RUN_OPTIONS = ("mem_mib", "cpu_mhz", "max_instructions", "serial_input", "rtc_epoch", "echo",
-               "serial_input_interval", "eager_privileged_patches", "hide_patches", "pc_testdev")
+               "serial_input_interval", "eager_privileged_patches", "hide_patches", "pc_testdev",
+               "firmware")
 
 
 def checked_options(also: tuple[str, ...] = ()):
@@ -192,13 +193,14 @@ def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
             max_instructions: int | None = None, serial_input: bytes | None = None,
             rtc_epoch: int | None = None, echo: bool = False,
             serial_input_interval: int | None = None, eager_privileged_patches: bool = True,
-            hide_patches: str = "every-page", pc_testdev: bool = False):
+            hide_patches: str = "every-page", pc_testdev: bool = False, firmware: str = "none"):
     """A runtime.vm.VM ready to run (what `run` uses; for stepping a guest yourself).
 
     `serial_input_interval` (instructions between scripted serial input bytes),
     `eager_privileged_patches` (bt: patch patch-privileged rows when scanned; none since cli/sti run natively),
     `hide_patches` (bt: which pages hide patch bytes from guest loads) and
-    `pc_testdev` (QEMU's pc-testdev, as `bt-run --pc-testdev`) are the
+    `pc_testdev` (QEMU's pc-testdev, as `bt-run --pc-testdev`) and `firmware`
+    ("none" or "bios": the start state, as `bt-run --firmware`) are the
     MachineConfig fields of the same names."""
     mode = Mode.parse(mode)
     if not 1 <= mem_mib <= 3072:
@@ -212,7 +214,8 @@ def make_vm(image: str | GuestImage, mode: Mode | str = Mode.EMULATE, *,
                            max_instructions=max_instructions, serial_input=serial_input,
                            serial_input_interval=serial_input_interval,
                            eager_privileged_patches=eager_privileged_patches,
-                           hide_patches=hide_patches, pc_testdev=pc_testdev)
+                           hide_patches=hide_patches, pc_testdev=pc_testdev,
+                           firmware=firmware)
     if rtc_epoch is not None:
         config.rtc_epoch = rtc_epoch
     from runtime.vm import VM
@@ -533,7 +536,7 @@ def fidelity(image: str | GuestImage, mode: Mode | str = Mode.TRAP, *, locate: b
              mem_mib: int = DEFAULT_MEM_MIB, cpu_mhz: int = DEFAULT_CPU_MHZ,
              max_instructions: int | None = None, serial_input_interval: int | None = None,
              eager_privileged_patches: bool = True, hide_patches: str = "every-page",
-             pc_testdev: bool = False):
+             pc_testdev: bool = False, firmware: str = "none"):
     """Compare a run under `mode` with one under `emulate` (the reference), as
     `bt-run --compare` does (bt/measure/fidelity.py): returns its FidelityReport
     (`verdict` identical | timing-only | divergent, `differences`, `divergence`
@@ -545,5 +548,6 @@ def fidelity(image: str | GuestImage, mode: Mode | str = Mode.TRAP, *, locate: b
                            max_instructions=max_instructions,
                            serial_input_interval=serial_input_interval,
                            eager_privileged_patches=eager_privileged_patches,
-                           hide_patches=hide_patches, pc_testdev=pc_testdev)
+                           hide_patches=hide_patches, pc_testdev=pc_testdev,
+                           firmware=firmware)
     return compare(img, config, mode, locate=locate)

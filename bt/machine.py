@@ -78,6 +78,9 @@ def flat_gdt_bytes(cs: int = BOOT_CS, ds: int = BOOT_DS) -> bytes:
 
 
 HIDE_PATCHES = ("every-page", "written-pages")
+# What ran before the guest (runtime/firmware.py): "none", devices at reset; "bios",
+# the state a PC BIOS leaves a multiboot kernel (PIT ticking, IRQ 0 unmasked, an IVT).
+FIRMWARE = ("none", "bios")
 
 
 @dataclass
@@ -98,6 +101,8 @@ class MachineConfig:
     # 0x2000-0x2017, 64 KiB of RAM at 0xFF000000), as kvm-unit-tests' `-device
     # pc-testdev`.  Off by default: a guest of one's own finds nothing there.
     pc_testdev: bool = False
+    # The start state: FIRMWARE above (`bt-run --firmware`; docs/machine.md "Boot state").
+    firmware: str = "none"
     serial_input: bytes | None = None
     # Scripted serial input: virtual instructions between two bytes (None: 1000
     # bytes per virtual second, runtime/devices/__init__.py).
@@ -121,6 +126,8 @@ class MachineConfig:
                            "must be a positive number of instructions")
         if self.hide_patches not in HIDE_PATCHES:
             raise BadInput(f"hide_patches {self.hide_patches!r} must be one of {', '.join(HIDE_PATCHES)}")
+        if self.firmware not in FIRMWARE:
+            raise BadInput(f"firmware {self.firmware!r} must be one of {', '.join(FIRMWARE)}")
         if not isinstance(self.pc_testdev, bool):
             raise BadInput(f"pc_testdev {self.pc_testdev!r} must be True or False")
         if not isinstance(self.eager_privileged_patches, bool):

@@ -277,7 +277,7 @@ class InstructionClock:
                 c.resume()
                 if interrupted():
                     break
-                err = self._emu(block)
+                err = self._emu_linear(block)
                 continue
             if c.reason != STOP_BEFORE:
                 break
@@ -298,7 +298,7 @@ class InstructionClock:
             try:
                 uc.ctl_remove_cache(block, block + size)
                 c.resume()
-                err = self._emu(block)
+                err = self._emu_linear(block)
             finally:
                 uc.ctl_set_exits([])
             self.exact_stops += 1
@@ -322,7 +322,13 @@ class InstructionClock:
             uc.ctl_remove_cache(site, site + 1)        # every cached block holding it
         block = c.stop_block
         c.resume()
-        return self._emu(block)
+        return self._emu_linear(block)
+
+    def _emu_linear(self, block: int) -> UcError | None:
+        """Resume at a block the clock stopped in front of: its address is
+        linear, emu_start's is EIP (an offset within CS).  They differ in real
+        mode, where CS's base is selector * 16 (a BIOS handler at F000:E000)."""
+        return self._emu((block - self.code_base()) & 0xFFFFFFFF)
 
     def _emu(self, pc: int) -> UcError | None:
         try:

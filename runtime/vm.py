@@ -328,6 +328,9 @@ class VM:
                 uc.mem_write(seg.addr + len(seg.data), bytes(seg.memsize - len(seg.data)))
         if not 0 <= image.entry < ram:
             raise BadInput(f"{image.path}: entry point {image.entry:#x} lies outside guest RAM")
+        if self.config.firmware == "bios":
+            from runtime.firmware import apply_bios_state
+            apply_bios_state(self, image)
         gdt = flat_gdt_bytes(image.boot_cs, image.boot_ds)
         uc.mem_write(BOOT_GDT_ADDR, gdt)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, BOOT_GDT_ADDR, len(gdt) - 1, 0))

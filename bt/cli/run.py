@@ -16,7 +16,7 @@ import sys
 from bt.cli.common import (EX_IOERR, CliParser, add_image_options, check_writable, fail,
                            load_from_args, positive_int, quiet_on_closed_pipe, stops_on_signals)
 from bt.errors import BadInput
-from bt.machine import DEFAULT_CPU_MHZ, MachineConfig
+from bt.machine import DEFAULT_CPU_MHZ, FIRMWARE, MachineConfig
 from bt.mode import COMPARED_MODES, MODES, Mode, describe_modes
 from bt.outcome import Outcome
 from bt.report import build_report, comparison_report, guest_panic, top_sites, write_report
@@ -40,6 +40,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pc-testdev", action="store_true",
                    help="add QEMU's pc-testdev (ports 0xE0-0xEB, IRQ lines at 0x2000-0x2017, "
                         "64 KiB of RAM at 0xFF000000), as kvm-unit-tests expect")
+    p.add_argument("--firmware", choices=list(FIRMWARE), default="none",
+                   help="start state: none (devices at reset, the default) or bios (as a PC BIOS "
+                        "leaves a multiboot kernel: PIT at 18.2 Hz, IRQ 0 unmasked, an IVT; "
+                        "docs/machine.md)")
     p.add_argument("--compare", choices=[str(m) for m in COMPARED_MODES], metavar="MODE",
                    default=None,
                    help=f"fidelity check: run under {Mode.EMULATE} and MODE "
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         image = load_from_args(args)
         config = MachineConfig(mem_mib=args.mem, cpu_mhz=args.cpu_mhz, mode=Mode.parse(args.mode),
                                max_instructions=args.max_instructions, cmdline=args.cmdline or "",
-                               pc_testdev=args.pc_testdev)
+                               pc_testdev=args.pc_testdev, firmware=args.firmware)
         if args.rtc is not None:
             config.rtc_epoch = args.rtc
         if args.serial_input:
