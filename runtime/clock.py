@@ -303,7 +303,7 @@ class InstructionClock:
                 uc.ctl_set_exits([])
             self.exact_stops += 1
             if err is None and c.reason == STOP_NONE and c.count == budget \
-                    and uc.reg_read(UC_X86_REG_EIP) == addr:
+                    and uc.reg_read(UC_X86_REG_EIP) == (addr - self.code_base()) & 0xFFFFFFFF:
                 c.reached()
         return err
 

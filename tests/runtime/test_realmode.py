@@ -297,6 +297,34 @@ def test_a_slice_may_end_inside_a_16_bit_block():
         assert r.regs["eip"] in (loop, loop + 3, loop + 4)
 
 
+def test_a_slice_ending_inside_a_block_of_a_based_code_segment():
+    """The same exact stop with real-mode CS = 0x600: the clock knows the
+    block by its linear address, and the re-run must start at the offset
+    within CS (emu_start's begin is EIP).  Started at the linear address it ran
+    zeroed memory at CS base + linear (seen: a BIOS handler at F000:E000,
+    runtime/firmware.py, resumed 0xF0000 too far)."""
+    image, rm = _image(10_000, seg=0x600)
+    loop = RM_CODE + rm.index(bytes.fromhex("053412")) - 0x6000
+    for budget in (1500, 1501, 1502):
+        cfg = MachineConfig(mode="emulate", mem_mib=8, max_instructions=budget)
+        r = VM(image, cfg, stdout=None).run()
+        assert r.reason == "budget" and r.retired == budget
+        assert r.regs["eip"] in (loop, loop + 3, loop + 4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_slices_cut_anywhere_in_a_based_code_segment(mode):
+    """Budgets of 7 instructions cut the run in the middle of blocks all
+    through the real-mode part (CS = 0x600): every slice resumes where the
+    last stopped, and the guest ends as in one run."""
+    from bt import api
+    image, _ = _image(300, seg=0x600)
+    whole = api.run(image, mode, mem_mib=8)
+    cut = api.run(image, mode, mem_mib=8, sample_every=7)
+    assert cut.exit_status == whole.exit_status == 0
+    assert cut.regs == whole.regs and cut.retired == whole.retired
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_code_segment_with_a_base(mode):
     """The same guest with real-mode CS = 0x600 (base 0x6000, the same
