@@ -42,6 +42,8 @@ def build_report(image, config, result) -> dict:
             "cpu_mhz": config.cpu_mhz,
             "cmdline": config.cmdline,
             "max_instructions": config.max_instructions,
+            "pc_testdev": config.pc_testdev,
+            "firmware": config.firmware,
         },
         "retired_instructions": result.retired,
         "virtual_time_instructions": result.vtime,

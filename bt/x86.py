@@ -86,6 +86,7 @@ CR4_MCE = 1 << 6
 CR4_PGE = 1 << 7
 CR4_PCE = 1 << 8                # rdpmc allowed at CPL > 0
 CR4_LA57 = 1 << 12              # 57-bit linear addresses: reserved in 32-bit mode
+CR4_UMIP = 1 << 11              # smsw, sgdt, sidt, sldt, str #GP at CPL > 0 (not in the CPU model)
 
 # Debug registers: bits that read as 1 whatever is written (Unicorn at CPL 0 ORs
 # them in on every write, as a CPU does; tests/runtime/test_emulation_causes.py).

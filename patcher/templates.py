@@ -340,9 +340,11 @@ def _str(s, i):
 def _smsw(s, i):
     op = i.op_str.strip()
     if "[" not in op:
-        # Every register form writes only the low word, smsw r32 too: Unicorn at
-        # CPL 0 (32-bit mode) keeps bits 31:16 of the register.
-        return f"mov {op[-2:]}, word ptr [{s.addr('cr0'):#x}]"
+        # smsw r32 writes CR0 whole, as the CPU does (emulate completes
+        # Unicorn's 16-bit write: runtime/smswfix.py); smsw r16 the low word.
+        if len(op) == 3:
+            return f"mov {op}, dword ptr [{s.addr('cr0'):#x}]"
+        return f"mov {op}, word ptr [{s.addr('cr0'):#x}]"
     return _word_source(s, i, f"{s.addr('cr0'):#x}")
 
 

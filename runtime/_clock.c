@@ -171,6 +171,8 @@ typedef struct {
     /* exact stops after in/out (emulate; see Clock_stop_after_io) */
     bool io_stops;
     unsigned int in_id, out_id;
+    /* smsw sites go to the VMM's fix-up too (see Clock_fix_smsw); 0 = off */
+    unsigned int smsw_id;
     /* The interrupt window (emulate; see "Interrupt window" below) */
     bool irq_wait;
     bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
@@ -435,6 +437,9 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
          * a stop the VMM requests from the I/O hook take effect right after it */
         if (c->io_stops && (id == c->in_id || id == c->out_id) && avail > 0 && nfix < 8)
             fix[nfix++] = e->addr + (e->size - avail);
+        /* smsw: Unicorn's smsw r32 writes 16 bits; runtime/smswfix.py hooks it */
+        if (c->smsw_id && id == c->smsw_id && nfix < 8)
+            fix[nfix++] = e->addr + off;
     }
     free(e->fix);
     e->fix = NULL;
@@ -1381,6 +1386,18 @@ static PyObject *Clock_stop_after_io(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* fix_smsw(capstone id of smsw): every smsw becomes a site of the block's
+ * fix list, so the clock stops before its block until the VMM hooked it
+ * (runtime/clock.py `on_fix_site`, runtime/smswfix.py). */
+static PyObject *Clock_fix_smsw(Clock *c, PyObject *args)
+{
+    unsigned int id;
+    if (!PyArg_ParseTuple(args, "I", &id))
+        return NULL;
+    c->smsw_id = id;
+    Py_RETURN_NONE;
+}
+
 /* set_irq_wait(bool): stop before the first block with the window open */
 static PyObject *Clock_set_irq_wait(Clock *c, PyObject *arg)
 {
@@ -1926,6 +1943,8 @@ static PyMethodDef Clock_methods[] = {
      "shadow_carry(): the next block runs in the sti shadow a weightless block left"},
     {"set_irq_wait", (PyCFunction)Clock_set_irq_wait, METH_O,
      "set_irq_wait(on): stop before the first block where IF is 1 outside a shadow"},
+    {"fix_smsw", (PyCFunction)Clock_fix_smsw, METH_VARARGS,
+     "fix_smsw(capstone id): smsw sites join the fix list (runtime/smswfix.py)"},
     {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,
      "cmpxchg8b sites of the block stopped before that need a sync hook"},
     {"mark_hooked", (PyCFunction)Clock_mark_hooked, METH_O, "mark_hooked(addr): its hook exists"},

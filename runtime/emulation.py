@@ -556,13 +556,13 @@ def _str(mode, insn, eip):
 
 @emulates("smsw")
 def _smsw(mode, insn, eip):
-    # Every form stores the low word only; smsw r32 keeps bits 31:16 of the
-    # register, as Unicorn at CPL 0 does in 32-bit mode (the reference).
-    msw = mode.read_cr(0) & 0xFFFF
+    # smsw r32 writes CR0 whole, as the CPU does (and emulate: runtime/smswfix.py);
+    # r16 and m16 the low word.
     op = insn.operands[0]
     if op.kind == "reg" and op.size == 4:
-        msw |= read_operand(mode, op) & 0xFFFF0000
-    _store_word(mode, insn, msw)
+        write_operand(mode, op, mode.read_cr(0))
+        return
+    _store_word(mode, insn, mode.read_cr(0) & 0xFFFF)
 
 
 def _access_check(mode, sel: int):

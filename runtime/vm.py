@@ -185,6 +185,10 @@ class VM:
         # do I/O): a device change they make (an interrupt now deliverable, a
         # timer programmed) ends the slice right after them, not at the block's end
         self.clock.stop_after_io()
+        # smsw r32 writes CR0 whole, as the CPU does (runtime/smswfix.py)
+        from runtime.smswfix import SmswFix
+        self.smsw = SmswFix(self)
+        self.clock.fix_smsw(self.smsw.install)
         self.refresh_clock_memory()
         self._load(image)
 

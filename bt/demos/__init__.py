@@ -66,6 +66,65 @@ def program_image(main: str, name: str) -> GuestImage:
                       segments=[Segment(LOAD_ADDR, bytes(code))], name=name)
 
 
+# real_mode_image: where its 16-bit code goes, and the GDT that gets there
+# (flat 32-bit code/data, then 16-bit code 0x18 and data 0x20, limit 64 KiB).
+REAL_MODE_CODE = 0x6000
+_REAL_MODE_GDT = (0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF)
+_TO_REAL_MODE = """
+    mov ax, 0x20
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr0
+    and eax, 0xfffffffe
+    mov cr0, eax
+"""
+
+
+def real_mode_image(body16: str, name: str) -> GuestImage:
+    """A guest that leaves protected mode and runs `body16` (16-bit assembly)
+    in real mode at REAL_MODE_CODE with CS = DS = ES = SS = 0, SP = 0x5F00 and
+    IDTR = the IVT at 0 (limit 0x3FF); `body16` ends the run itself (e.g.
+    `out 0xf4, al`).  For tests of real-mode behaviour in every mode."""
+    import struct
+    from keystone import Ks, KS_ARCH_X86, KS_MODE_16
+
+    ks = Ks(KS_ARCH_X86, KS_MODE_16)
+    idtr = REAL_MODE_CODE - 0x10
+    prefix = bytes(ks.asm(_TO_REAL_MODE, REAL_MODE_CODE)[0])
+    entry = REAL_MODE_CODE + len(prefix) + 5          # past `ljmp 0:entry` (EA iw iw)
+    setup = f"xor ax, ax\nmov ds, ax\nmov es, ax\nmov ss, ax\nmov sp, 0x5f00\nlidt [{idtr:#x}]\n"
+    body = bytes(ks.asm(setup + body16, entry)[0])
+    blob = prefix + b"\xea" + struct.pack("<HH", entry, 0) + body
+    gdt = b"".join(struct.pack("<Q", d) for d in _REAL_MODE_GDT)
+
+    def data(b: bytes) -> str:
+        return "\n".join("    .byte " + ", ".join(f"{x:#x}" for x in b[i:i + 16])
+                         for i in range(0, len(b), 16))
+    main = f"""
+main:
+    mov esi, rm_blob
+    mov edi, {REAL_MODE_CODE:#x}
+    mov ecx, {len(blob)}
+    .byte 0xf3, 0xa4
+    mov dword ptr [{idtr:#x}], 0x3ff
+    mov word ptr [{idtr + 4:#x}], 0
+    .byte 0x0f, 0x01, 0x15
+    .long rm_gdtr
+    .byte 0xea
+    .long {REAL_MODE_CODE:#x}
+    .word 0x18
+rm_gdtr:
+    .word {len(gdt) - 1}
+    .long rm_gdt
+rm_gdt:
+{data(gdt)}
+rm_blob:
+{data(blob)}
+"""
+    return program_image(main, name)
+
+
 def expected_output(name: str) -> bytes:
     """Serial output the demo gives on real hardware at CPL 0."""
     _check(name)

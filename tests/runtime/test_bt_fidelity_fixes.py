@@ -60,11 +60,23 @@ def test_mov_r16_from_cs_ss_keeps_bits_31_16(int3, site, key, low):
     assert out["trap"]["esi"] == 0xDEAD0000 | low | 1        # leak: ring compression's RPL 1
 
 
+SMSW_SETUP = "mov eax, cr0\nor eax, 0x50020\nmov cr0, eax\nmov ebx, 0xdeadbeef"
+
+
 @pytest.mark.parametrize("int3", [False, True], ids=["jump", "int3"])
-def test_smsw_r32_writes_only_the_low_word(int3):
-    """Unicorn at CPL 0 (32-bit mode) writes 16 bits for smsw r32, like smsw r16."""
-    out = run_all("mov eax, cr0\nor eax, 0x20\nmov cr0, eax\nmov ebx, 0xdeadbeef",
-                  "smsw ebx", "", "smsw", int3)
+def test_smsw_r32_writes_cr0_whole(int3):
+    """smsw r32 writes the whole CR0 as the CPU does (Unicorn writes 16 bits;
+    emulate completes it: runtime/smswfix.py).  CR0.WP and AM (bits 16, 18)
+    set so that the high word is not zero."""
+    out = run_all(SMSW_SETUP, "smsw ebx", "", "smsw", int3)
+    assert hex(out["emulate"]["ebx"]) == hex(0x00050031)
+    assert out["bt"] == out["emulate"]
+    assert out["trap"]["ebx"] >> 16 == 0x0005                # the real CR0's high word
+
+
+@pytest.mark.parametrize("int3", [False, True], ids=["jump", "int3"])
+def test_smsw_r16_writes_only_the_low_word(int3):
+    out = run_all(SMSW_SETUP, "smsw bx", "", "smsw", int3)
     assert hex(out["emulate"]["ebx"]) == hex(0xDEAD0031)
     assert out["bt"] == out["emulate"]
     assert out["trap"]["ebx"] >> 16 == 0xDEAD

@@ -6,10 +6,9 @@ import sys
 
 import pytest
 from capstone import Cs, CS_ARCH_X86, CS_MODE_16
-from keystone import Ks, KS_ARCH_X86, KS_MODE_16
 
 from bt import api
-from bt.demos import program_image
+from bt.demos import program_image, real_mode_image
 from bt.errors import BadInput
 from bt.images.image import GuestImage, Segment
 from bt.machine import MachineConfig
@@ -124,22 +123,7 @@ def test_without_firmware_nothing_ticks_and_the_ivt_is_empty():
 # Real mode: `sti; hlt` woken by the BIOS's own timer handler (kvm-unit-tests'
 # realmode.flat "sti inhibit" relies on it), which counts at 0x46C and calls
 # int 0x1C; the guest then exits with the BIOS tick count as its status.
-RM_ADDR = 0x6000
-RM_PREFIX = """
-    mov ax, 0x20
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov eax, cr0
-    and eax, 0xfffffffe
-    mov cr0, eax
-"""
 RM_BODY = """
-    xor ax, ax
-    mov ds, ax
-    mov ss, ax
-    mov sp, 0x5f00
-    lidt [{idt}]
     sti
     hlt
     hlt
@@ -147,45 +131,10 @@ RM_BODY = """
     mov al, byte ptr [0x46c]
     out 0xf4, al
 """
-GDT = [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF]
-
-
-def _rm_image():
-    ks = Ks(KS_ARCH_X86, KS_MODE_16)
-    idt = RM_ADDR - 0x10
-    prefix = bytes(ks.asm(RM_PREFIX, RM_ADDR)[0])
-    entry = RM_ADDR + len(prefix) + 5
-    body = bytes(ks.asm(RM_BODY.format(idt=idt), entry)[0])
-    blob = prefix + b"\xea" + struct.pack("<HH", entry, 0) + body
-    gdt = b"".join(struct.pack("<Q", d) for d in GDT)
-    data = lambda b: "\n".join("    .byte " + ", ".join(f"{x:#x}" for x in b[i:i + 16])
-                               for i in range(0, len(b), 16))
-    main = f"""
-main:
-    mov esi, rm_blob
-    mov edi, {RM_ADDR:#x}
-    mov ecx, {len(blob)}
-    .byte 0xf3, 0xa4
-    mov dword ptr [{idt:#x}], 0x3ff
-    mov word ptr [{idt + 4:#x}], 0
-    .byte 0x0f, 0x01, 0x15
-    .long rm_gdtr
-    .byte 0xea
-    .long {RM_ADDR:#x}
-    .word 0x18
-rm_gdtr:
-    .word {len(gdt) - 1}
-    .long rm_gdt
-rm_gdt:
-{data(gdt)}
-rm_blob:
-{data(blob)}
-"""
-    return program_image(main, "fw-rm")
 
 
 def test_real_mode_sti_hlt_is_woken_by_the_bios_timer_in_every_mode():
-    runs = {m: _vm(_rm_image(), m, "bios").run() for m in MODES}
+    runs = {m: _vm(real_mode_image(RM_BODY, "fw-rm"), m, "bios").run() for m in MODES}
     for mode, r in runs.items():
         assert r.exit_status == 2, (mode, r.reason, r.message)    # two ticks counted at 0x46C
         assert r.counters["interrupts_injected"] == {"0x8": 2}
