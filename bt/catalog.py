@@ -280,7 +280,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
     _e("str", "str", [Enc(_b("0f00"), reg=1)], SU,
        "stores the VMM's task register", PS, False, V(T, T, PATCH, SILENT), segment_override=True),
     _e("smsw", "smsw", [Enc(_b("0f01"), reg=4)], SU,
-       "stores the real CR0 low word (PE, TS, ...)", SR, False, V(T, T, PATCH, SILENT),
+       "stores the real CR0 (PE, TS, ...; r16 and m16 its low word)", SR, False, V(T, T, PATCH, SILENT),
        segment_override=True),
     _e("lmsw", "lmsw", [Enc(_b("0f01"), reg=6)], PRIV,
        "loads CR0 low bits", None, True, V(T, F, TRAP, EMULATE), segment_override=True),

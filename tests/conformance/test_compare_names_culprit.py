@@ -17,10 +17,13 @@ BY_NAME = {e["name"]: e for e in FIXED}
 
 
 def _old_smsw(s, i):
-    # before cause 4's fix: smsw r32 wrote the zero-extended word
+    # smsw r32 writing the low word only (Unicorn's own smsw, which the smsw
+    # template copied until emulate completed it: runtime/smswfix.py).  Cause
+    # 4's original bug, the zero-extended word, equals the whole CR0 while
+    # CR0's high word is 0, as in this reproducer.
     op = i.op_str.strip()
     return templates._word_source(s, i, f"{s.addr('cr0'):#x}") if "[" in op else \
-        f"movzx {op}, word ptr [{s.addr('cr0'):#x}]"
+        f"mov {op[-2:]}, word ptr [{s.addr('cr0'):#x}]"
 
 
 def _old_mov_from_seg(s, i):
