@@ -173,6 +173,10 @@ typedef struct {
     unsigned int in_id, out_id;
     /* smsw sites go to the VMM's fix-up too (see Clock_fix_smsw); 0 = off */
     unsigned int smsw_id;
+    /* the running block's start when it started with EFLAGS.RF set (the RF
+     * clearing below), else NO_ADDR: RF suppresses an instruction breakpoint
+     * on that first instruction (runtime/breakpoints.py) */
+    uint64_t rf_at;
     /* The interrupt window (emulate; see "Interrupt window" below) */
     bool irq_wait;
     bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
@@ -1160,12 +1164,14 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
      * instruction and never pushes it (kvm-unit-tests realmode "rflags.rf";
      * tests/runtime/test_realmode_facts.py).  Lost: RF's suppression of an
      * instruction breakpoint on that first instruction. */
+    c->rf_at = NO_ADDR;
     if (c->eflags_off >= 0 && c->env) {
         uint32_t fl;
         memcpy(&fl, c->env + c->eflags_off, 4);
         if (fl & EFLAGS_RF) {
             fl &= ~EFLAGS_RF;
             memcpy(c->env + c->eflags_off, &fl, 4);
+            c->rf_at = addr;
         }
     }
 }
@@ -1311,6 +1317,7 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     }
     c->budget = UINT64_MAX;
     c->allow_once = NO_ADDR;
+    c->rf_at = NO_ADDR;
     c->hflags_off = -1;
     c->cs16_hflags_off = -1;
     c->eflags_off = -1;
@@ -1922,6 +1929,13 @@ static PyObject *Clock_get_tsc_reads(Clock *c, void *u) { return PyLong_FromUnsi
 
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
 static PyObject *Clock_get_reason(Clock *c, void *u) { return PyLong_FromLong(c->reason); }
+static PyObject *Clock_get_rf_at(Clock *c, void *u)
+{
+    if (c->rf_at == NO_ADDR)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(c->rf_at);
+}
+
 static PyObject *Clock_get_stop_block(Clock *c, void *u)
 {
     if (c->stop_block == NO_ADDR)
@@ -1997,6 +2011,7 @@ static PyGetSetDef Clock_getset[] = {
     {"reason", (getter)Clock_get_reason, NULL, "0 running/none, 1 before a block, 2 at the budget", NULL},
     {"tsc_reads", (getter)Clock_get_tsc_reads, NULL, "rdtsc/rdtscp answered natively", NULL},
     {"stop_block", (getter)Clock_get_stop_block, NULL, "block stopped before", NULL},
+    {"rf_at", (getter)Clock_get_rf_at, NULL, "the running block's start if it began with RF set", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject ClockType = {

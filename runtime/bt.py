@@ -481,6 +481,15 @@ class BTMode(TrapMode):
                 return guest, p.shares_scratch.get(guest)
         return None
 
+    def stub_copy(self, address: int) -> int | None:
+        """Where the stub runs its copy of the guest instruction at `address`
+        when a jump patch covers it after its first (None: it runs at
+        `address`, or as a template with no copy of its own)."""
+        p = self.patcher.covering(address)
+        if p is None or p.kind != "jump" or not p.site < address < p.extent:
+            return None
+        return next((lo for lo, _hi, guest in p.stub_map if guest == address), None)
+
     def before_slice(self) -> None:
         self.passage.before_slice()
         super().before_slice()

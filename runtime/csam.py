@@ -230,7 +230,11 @@ class CSAM(Views, SmcRewrites):
     def _patches_changed(self, lo: int, hi: int) -> None:
         """Keep the block check's table of patch-interior bytes in step (1 inside
         a jump patch's covered bytes; 2 at its site, where the clock weighs the
-        `jmp` to the stub 0: the stub counts the guest instructions)."""
+        `jmp` to the stub 0: the stub counts the guest instructions), and the
+        instruction breakpoints on stub copies (runtime/breakpoints.py)."""
+        breakpoints = getattr(self.mode, "breakpoints", None)
+        if breakpoints is not None and breakpoints.enabled:
+            breakpoints.refresh()
         for page in {lo & ~(PAGE - 1), (hi - 1) & ~(PAGE - 1)}:
             frame = self.frame_of.get(page)
             if frame is None:

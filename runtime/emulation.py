@@ -132,6 +132,9 @@ def _mov_to_dr(mode, insn, eip):
     drs = list(mode.vcpu.get("dr"))
     drs[dst.reg] = read_operand(mode, src) | {6: DR6_FIXED_ONE, 7: DR7_FIXED_ONE}.get(dst.reg, 0)
     mode.vcpu.set("dr", *drs)
+    breakpoints = getattr(mode, "breakpoints", None)    # trap and bt (runtime/breakpoints.py)
+    if breakpoints is not None and dst.reg in (0, 1, 2, 3, 7):
+        breakpoints.update(drs)
 
 
 @emulates("mov_from_dr")

@@ -41,6 +41,7 @@ from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE,
                     TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
 from patcher.policy import patched_on_fault
 from runtime.areamove import AreaMover
+from runtime.breakpoints import InstructionBreakpoints
 from runtime.decode import SiteDecoder
 from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine, settle_irq_shadow
@@ -106,6 +107,8 @@ class TrapMode(EmulateMode):
         self.mover = AreaMover(self)
         # CR0.PE clear: the guest runs natively at real CPL 0 (runtime/realswitch.py)
         self.native = RealModeSwitch(self)
+        # DR0-DR3/DR7 execute breakpoints, which Unicorn never arms here
+        self.breakpoints = InstructionBreakpoints(vm)
         vm.mem.area_in_use = self._maps_area
         # invlpg at CPL 1 always ends as runtime/emulation.py `_invlpg` (a TLB
         # flush, EIP past it): answered by the native hook (runtime/exits.py),
@@ -338,6 +341,7 @@ class TrapMode(EmulateMode):
             self.native.leave()
         self.hyper_mapping.notice()
         self.mover.before_slice()
+        self.breakpoints.before_slice()
 
     def slice_limit(self) -> int | None:
         # While the guest runs natively, the stretch is checked for its end

@@ -35,7 +35,8 @@ from bt.images.image import GuestImage
 from bt.machine import (BOOT_CR0, BOOT_EFLAGS, BOOT_GDT_ADDR, MachineConfig, flat_gdt_bytes)
 from bt.mode import Mode
 from bt.outcome import Outcome, RunStop
-from bt.x86 import BP, CR4_PCE, DESC_SIZE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, SEL_INDEX_MASK, SEL_TI, UD
+from bt.x86 import (BP, CR4_PCE, DB, DESC_SIZE, ERROR_CODE_VECTORS, GP, IF_BIT, OF, RF_BIT, SEL_INDEX_MASK,
+                    SEL_TI, UD)
 from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
@@ -501,6 +502,9 @@ class VM:
         if not soft and self.mode.retries_fault(intno, error):
             self.clock.cut(eip, False)          # runs again: counted then
             return
+        if intno == DB and not soft and self._breakpoint_after_ss_load(eip):
+            self.clock.cut(eip, False)          # runs now, with RF: counted then
+            return
         # The block ends here: a fault at EIP (started, as on hardware it counts
         # as an attempt), or EIP already past an int n that ended its block.
         self.clock.cut(eip, not soft)
@@ -511,6 +515,19 @@ class VM:
             return
         self.deliver_exception(intno, eip, error, soft,
                                fault_eip=int_start)
+
+    def _breakpoint_after_ss_load(self, eip: int) -> bool:
+        """Unicorn (QEMU's check_hw_breakpoints) raised an instruction
+        breakpoint's #DB on the instruction after a MOV SS / POP SS, which an
+        Intel CPU (the model's) suppresses: run it with RF set instead
+        (runtime/breakpoints.py does the same under trap and bt)."""
+        from runtime.breakpoints import after_ss_load, dr6_hits
+        drs = [self.uc.reg_read(getattr(X, f"UC_X86_REG_DR{n}")) for n in range(8)]
+        enabled = [n for n in range(4) if (drs[7] >> (2 * n)) & 3]
+        if not dr6_hits(drs, eip) & sum(1 << n for n in enabled) or not after_ss_load(self, eip):
+            return False
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, self.uc.reg_read(X.UC_X86_REG_EFLAGS) | RF_BIT)
+        return True
 
     def _rdpmc(self, eip: int) -> bool:
         """Unicorn treats every rdpmc as an invalid opcode (its helper is

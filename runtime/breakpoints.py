@@ -1,0 +1,149 @@
+"""Instruction breakpoints (DR0-DR3, DR7) under trap and bt.
+
+Under emulate the guest's `mov drN` runs in Unicorn at CPL 0, whose QEMU arms
+its own breakpoints (`cpu_x86_update_dr7`): an enabled execute breakpoint
+raises #DB, a fault at the instruction, with DR6.Bn set.  Under trap and bt
+the guest kernel runs at CPL 1, its `mov drN` faults and the VMM keeps the
+debug registers in the virtual CPU (runtime/emulation.py): Unicorn's own
+breakpoints are never armed (its reg_write of DR7 stores the value and arms
+nothing: tests/runtime/test_breakpoints.py), so before this module no
+breakpoint ever fired there.
+
+Here every enabled execute breakpoint (DR7 L or G bit, R/W = 00) gets a
+single-address code hook at its linear address; the hook raises #DB as the
+CPU does, unless
+* EFLAGS.RF was set as the instruction started (the clock clears RF at the
+  start of the block after an iret and records where: `clock.rf_at`), or
+* the instruction follows a MOV SS / POP SS (an Intel CPU, which the CPU
+  model is, suppresses the breakpoint there; emulate does the same in
+  runtime/vm.py `_on_interrupt`).
+DR6 gets Bn for every execute breakpoint at the address (QEMU's rule).  The
+hook is placed and removed when the guest writes DR0-DR3 or DR7, and the
+translated blocks holding the address are dropped so that the hook takes
+effect.  Under bt an instruction a jump patch covers after its first runs as
+the stub's copy: that copy gets the hook too (`refresh`, again whenever
+patches change), and the #DB names the guest's address.
+
+Not modelled under trap and bt: data breakpoints (R/W = 01, 11) and I/O
+breakpoints (10), general detect (DR7.GD), task-switch clearing of L0-L3;
+docs/fidelity.md "Debug registers".
+"""
+from __future__ import annotations
+
+from unicorn import UC_HOOK_CODE
+from unicorn import x86_const as X
+
+from bt.catalog import SHADOW_OPENERS, classify_bytes
+from bt.x86 import DB
+from runtime.decode import decode
+
+DR6_HITS = 0xF
+
+
+def exec_breakpoints(drs) -> set[int]:
+    """Linear addresses of the enabled execute breakpoints (DR7 L or G, R/W 00)."""
+    dr7 = drs[7]
+    return {drs[n] & 0xFFFFFFFF for n in range(4)
+            if (dr7 >> (2 * n)) & 3 and (dr7 >> (16 + 4 * n)) & 3 == 0}
+
+
+def dr6_hits(drs, address: int) -> int:
+    """DR6's B bits for an instruction fetch at `address`: every execute-type
+    breakpoint at it, enabled or not (QEMU's check_hw_breakpoints, which
+    emulate runs)."""
+    return sum(1 << n for n in range(4)
+               if (drs[7] >> (16 + 4 * n)) & 3 == 0 and drs[n] & 0xFFFFFFFF == address)
+
+
+class InstructionBreakpoints:
+    """One per trap or bt VM: keeps a code hook on each enabled execute breakpoint."""
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.hooks: dict[int, tuple] = {}       # hooked address -> (Unicorn hook handle, guest address)
+        self.enabled: set[int] = set()
+        self.taken = 0
+        self.suppressed = 0
+        self._redirect: int | None = None
+        checked = vm.guarded(self._at)
+
+        def hook(uc, address, size, user):
+            self._redirect = None
+            checked(uc, address, size, user)
+            if self._redirect is not None:
+                # as runtime/cpucheck.py: keep the handler's EIP over `guarded`'s resync
+                uc.reg_write(X.UC_X86_REG_EIP, self._redirect)
+        self._hook = hook
+
+    def update(self, drs) -> None:
+        """The guest wrote a debug register: place and remove hooks to match."""
+        self.enabled = exec_breakpoints(drs)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Hooks for the enabled breakpoints: at each address, and under bt also
+        at the stub's copy of an instruction a jump patch covers after its
+        first (there the guest's bytes are the patch's: the stub runs it)."""
+        uc = self.vm.uc
+        want = {a: a for a in self.enabled}
+        stub_copy = getattr(self.vm.mode, "stub_copy", None)
+        for a in self.enabled:
+            lo = stub_copy(a) if stub_copy is not None else None
+            if lo is not None:
+                want[lo] = a
+        for at in [h for h in self.hooks if want.get(h) != self.hooks[h][1]]:
+            uc.hook_del(self.hooks.pop(at)[0])
+            uc.ctl_remove_cache(at, at + 1)
+        for at, guest in want.items():
+            if at not in self.hooks:
+                self.hooks[at] = (uc.hook_add(UC_HOOK_CODE, self._hook, None, at, at), guest)
+                uc.ctl_remove_cache(at, at + 1)
+
+    def before_slice(self) -> None:
+        if self._redirect is not None:
+            self._redirect = None
+            self.vm.quirks.resync_pc()
+
+    def _at(self, at: int, size: int) -> None:
+        vm = self.vm
+        hooked = self.hooks.get(at)
+        if hooked is None or hooked[1] not in self.enabled:
+            return
+        address = hooked[1]                     # the guest's (at: maybe a stub's copy)
+        mode = vm.mode
+        drs = list(mode.vcpu.get("dr"))
+        drs[6] = (drs[6] & ~DR6_HITS) | dr6_hits(drs, address)
+        mode.vcpu.set("dr", *drs)
+        if vm.clock.c.rf_at == at or after_ss_load(vm, address):
+            self.suppressed += 1
+            return
+        self.taken += 1
+        vm.clock.cut(at, True, linear=True)         # started, as a fault's is
+        vm.exit_site(at)
+        vm.halt_slice()
+        vm.deliver_exception(DB, address)
+        self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
+
+
+def after_ss_load(vm, address: int) -> bool:
+    """Is the instruction at `address` the one right after a MOV SS / POP SS,
+    in its interrupt shadow?  The shadow is open (the CPU's load or the VMM's,
+    runtime/emulation.py settle_irq_shadow) and the bytes before `address`
+    end with an SS load; an sti (FB) right before opens the other shadow."""
+    if not vm.quirks.irq_inhibited():
+        return False
+    start = (address - 15) & 0xFFFFFFFF
+    csam = getattr(vm.mode, "csam", None)       # bt: the guest's bytes, patches hidden
+    try:
+        before = csam.linear_visible(start, 15) if csam is not None else vm.mem.try_read(start, 15)
+    except Exception:           # not readable (a page not present): no SS load seen
+        before = None
+    if before is None or before[-1] == 0xFB:
+        return False
+    for size in range(1, 16):
+        code = before[-size:]
+        insn = decode(code)
+        row = classify_bytes(code)
+        if insn is not None and insn.size == size and row is not None and row.name in SHADOW_OPENERS:
+            return True
+    return False

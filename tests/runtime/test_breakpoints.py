@@ -1,0 +1,131 @@
+"""Instruction breakpoints (DR0-DR3, DR7): Unicorn arms them for emulate, the
+VMM for trap and bt (runtime/breakpoints.py); an Intel CPU suppresses one on
+the instruction after MOV SS / POP SS (kvm-unit-tests emulator.flat)."""
+import pytest
+from unicorn import UC_HOOK_INTR
+from unicorn import x86_const as X
+
+from bt import api
+from bt.demos import program_image
+from runtime.breakpoints import dr6_hits, exec_breakpoints
+from runtime.quirks import scratch_engine
+
+MODES = ("emulate", "trap", "bt")
+
+# A breakpoint on `bp_site` (DR0), run through twice: enabled (DR7 L0), then
+# disabled.  The #DB handler counts, keeps DR6 and returns with RF set.  {PRE}
+# goes right before the site.
+GUEST = """
+main:
+    call lib_setup_gdt
+    call lib_setup_idt
+    mov eax, on_db
+    mov ecx, 1
+    mov edx, 0x8e
+    call set_gate
+    mov eax, bp_site
+    mov dr0, eax
+    mov eax, 0x00000401
+    mov dr7, eax
+    xor esi, esi
+again:
+    mov eax, ss
+    {PRE}
+bp_site:
+    add esi, 1
+    mov eax, 0x400
+    mov dr7, eax
+    cmp esi, 2
+    jne again
+    mov ebx, dword ptr [dr6_seen]
+    mov eax, dword ptr [count]
+    ret
+on_db:
+    inc dword ptr [count]
+    push eax
+    mov eax, dr6
+    mov dword ptr [dr6_seen], eax
+    pop eax
+    or dword ptr [esp + 8], 0x10000
+    iretd
+count:
+    .long 0
+dr6_seen:
+    .long 0
+"""
+
+
+def _run(mode, pre):
+    vm = api.make_vm(program_image(GUEST.replace("{PRE}", pre), "breakpoint"), mode, mem_mib=8)
+    return vm, vm.run()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_execute_breakpoint_raises_db_once_with_its_dr6_bit(mode):
+    vm, r = _run(mode, "nop")
+    assert r.exit_status == 1, (r.reason, r.message)         # once: the second pass is disabled
+    assert r.regs["esi"] == 2                                 # the handler's RF let it run
+    assert r.regs["ebx"] & 0xF == 0b0001                      # DR6.B0
+    assert r.counters["exceptions_delivered"] == {"0x1": 1}
+
+
+@pytest.mark.parametrize("pre", ["mov ss, eax", ".byte 0x16\n    .byte 0x17"], ids=["mov-ss", "pop-ss"])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_breakpoint_after_an_ss_load_is_suppressed(mode, pre):
+    _, r = _run(mode, pre)
+    assert r.exit_status == 0, (r.reason, r.message)
+    assert r.regs["esi"] == 2
+    assert not r.counters.get("exceptions_delivered")
+
+
+@pytest.mark.parametrize("pre", ["nop", "mov ss, eax"])
+def test_every_mode_ends_as_emulate(pre):
+    runs = {m: _run(m, pre)[1] for m in MODES}
+    ref = runs["emulate"]
+    for r in runs.values():
+        assert r.retired == ref.retired and r.regs == ref.regs
+
+
+def test_bt_hooks_the_stubs_copy_of_a_covered_instruction():
+    """`mov eax, ss` is jump-patched and its 5-byte jmp covers the nop and the
+    breakpoint's `add`: the stub runs the add, and its copy has the hook."""
+    vm, r = _run("bt", "nop")
+    seg = vm.image.segments[0]
+    site = seg.addr + seg.data.index(bytes.fromhex("83c601"))      # bp_site: add esi, 1
+    p = vm.mode.patcher.covering(site)
+    assert p.name == "mov_from_ss" and p.kind == "jump" and p.site < site < p.extent
+    assert vm.mode.stub_copy(site) is not None
+    assert vm.mode.breakpoints.taken == 1 and r.exit_status == 1
+
+
+def test_which_breakpoints_are_armed():
+    drs = [0x1000, 0x2000, 0x3000, 0x1000, 0, 0, 0xFFFF0FF0, 0]
+    drs[7] = 0x400 | 0b01 | 0b1000 | 0b100000 | (0b01 << 24)   # L0, G1, G2 (a write breakpoint)
+    assert exec_breakpoints(drs) == {0x1000, 0x2000}
+    assert dr6_hits(drs, 0x1000) == 0b1001                      # DR3 matches too (not enabled)
+    assert dr6_hits(drs, 0x3000) == 0                           # DR2 is a data breakpoint
+
+
+def _engine_with_db_count(code: bytes):
+    uc = scratch_engine(0x200000, 0x1000)
+    uc.mem_write(0x1000, code)
+    hits = []
+    uc.hook_add(UC_HOOK_INTR, lambda uc, intno, _: (hits.append(intno), uc.emu_stop()))
+    return uc, hits
+
+
+def test_fact_reg_write_of_dr7_arms_nothing_mov_dr7_does():
+    """Unicorn's reg_write of DR0/DR7 stores the values only (its
+    cpu_x86_update_dr7 is not called): why trap and bt arm breakpoints with
+    code hooks.  `mov dr7` at CPL 0 arms QEMU's own: why emulate needs none."""
+    nops = b"\x90" * 8
+    uc, hits = _engine_with_db_count(nops)
+    uc.reg_write(X.UC_X86_REG_DR0, 0x1004)
+    uc.reg_write(X.UC_X86_REG_DR7, 0x401)
+    uc.emu_start(0x1000, 0x1008)
+    assert hits == []
+    # mov eax, 0x1012; mov dr0, eax; mov eax, 0x401; mov dr7, eax; nop * 8
+    code = bytes.fromhex("b812100000" "0f23c0" "b801040000" "0f23f8") + b"\x90" * 8
+    uc, hits = _engine_with_db_count(code)
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1012
