@@ -69,8 +69,8 @@ def program_image(main: str, name: str) -> GuestImage:
 # real_mode_image: where its 16-bit code goes, and the GDT that gets there
 # (flat 32-bit code/data, then 16-bit code 0x18 and data 0x20, limit 64 KiB).
 REAL_MODE_CODE = 0x6000
-_REAL_MODE_GDT = (0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF)
-_TO_REAL_MODE = """
+REAL_MODE_GDT = (0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF)
+TO_REAL_MODE = """
     mov ax, 0x20
     mov ds, ax
     mov es, ax
@@ -91,12 +91,12 @@ def real_mode_image(body16: str, name: str) -> GuestImage:
 
     ks = Ks(KS_ARCH_X86, KS_MODE_16)
     idtr = REAL_MODE_CODE - 0x10
-    prefix = bytes(ks.asm(_TO_REAL_MODE, REAL_MODE_CODE)[0])
+    prefix = bytes(ks.asm(TO_REAL_MODE, REAL_MODE_CODE)[0])
     entry = REAL_MODE_CODE + len(prefix) + 5          # past `ljmp 0:entry` (EA iw iw)
     setup = f"xor ax, ax\nmov ds, ax\nmov es, ax\nmov ss, ax\nmov sp, 0x5f00\nlidt [{idtr:#x}]\n"
     body = bytes(ks.asm(setup + body16, entry)[0])
     blob = prefix + b"\xea" + struct.pack("<HH", entry, 0) + body
-    gdt = b"".join(struct.pack("<Q", d) for d in _REAL_MODE_GDT)
+    gdt = b"".join(struct.pack("<Q", d) for d in REAL_MODE_GDT)
 
     def data(b: bytes) -> str:
         return "\n".join("    .byte " + ", ".join(f"{x:#x}" for x in b[i:i + 16])

@@ -12,7 +12,7 @@ import struct
 import pytest
 from keystone import Ks, KS_ARCH_X86, KS_MODE_16, KS_MODE_32
 
-from bt.demos import program_image
+from bt.demos import REAL_MODE_GDT, TO_REAL_MODE, program_image
 from bt.machine import MachineConfig
 from bt.hyper_layout import REAL_IOPL_CPL1
 from bt.x86 import IF_BIT, IOPL_MASK, TF_BIT
@@ -41,19 +41,11 @@ REWRITE = f"""
 """
 
 # Selector 0x18: 16-bit code, base 0, limit 0xFFFF; 0x20: 16-bit data.
-GDT = [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF, 0x00009B000000FFFF, 0x000093000000FFFF]
+GDT = list(REAL_MODE_GDT)
 
 # Up to the far jump into real mode; `rm_entry` follows it (its address is
 # computed: Keystone refuses far jumps to labels).
-RM_PREFIX = """
-    mov ax, 0x20
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    mov eax, cr0
-    and eax, 0xfffffffe
-    mov cr0, eax
-"""
+RM_PREFIX = TO_REAL_MODE
 RM_BODY = f"""
     xor ax, ax
     mov ds, ax
