@@ -173,6 +173,10 @@ typedef struct {
     unsigned int in_id, out_id;
     /* smsw sites go to the VMM's fix-up too (see Clock_fix_smsw); 0 = off */
     unsigned int smsw_id;
+    /* rdmsr, wrmsr and `mov cr4, r32` sites go to the CPU model's check
+     * (emulate; see Clock_fix_model_sites); false = off */
+    bool model_sites;
+    unsigned int rdmsr_id, wrmsr_id;
     /* the running block's start when it started with EFLAGS.RF set (the RF
      * clearing below), else NO_ADDR: RF suppresses an instruction breakpoint
      * on that first instruction (runtime/breakpoints.py) */
@@ -402,6 +406,19 @@ static const uint8_t *block_bytes(Clock *c, void *uc, uint64_t addr, uint32_t si
 }
 
 /* -- decoding ------------------------------------------------------------------- */
+#define MAX_FIX 32      /* sites of one block that need a hook (more: the block's first 32) */
+
+/* `mov cr4, r32` (0F 22 /4) after any legacy prefixes: a CPU-model site. */
+static bool mov_to_cr4(const uint8_t *b, size_t n)
+{
+    size_t i = 0;
+    while (i < n && i < 14 && (b[i] == 0x66 || b[i] == 0x67 || b[i] == 0xF0 || b[i] == 0xF2 ||
+                               b[i] == 0xF3 || b[i] == 0x26 || b[i] == 0x2E || b[i] == 0x36 ||
+                               b[i] == 0x3E || b[i] == 0x64 || b[i] == 0x65))
+        i++;
+    return i + 2 < n && b[i] == 0x0F && b[i + 1] == 0x22 && ((b[i + 2] >> 3) & 7) == 4;
+}
+
 static bool decode(Clock *c, Entry *e, const uint8_t *code)
 {
     if ((size_t)e->size + 1 > c->otmp_len) {
@@ -415,7 +432,7 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
     size_t avail = e->size;
     uint64_t a = e->addr;
     uint32_t n = 0, nfix = 0;
-    uint64_t fix[8];
+    uint64_t fix[MAX_FIX];
     /* 16-bit code (real mode, a 16-bit code segment: QEMU's HF_CS32 clear in
      * the block's hflags, read as the block starts) is decoded as such: decoded
      * as 32-bit its instruction sizes differ (runtime/realmode.py) */
@@ -435,14 +452,18 @@ static bool decode(Clock *c, Entry *e, const uint8_t *code)
             break;
         }
         unsigned int id = *(unsigned int *)c->insn;
-        if (id == c->fix_id && nfix < 8)
+        if (id == c->fix_id && nfix < MAX_FIX)
             fix[nfix++] = e->addr + off;
         /* in/out (emulate): a hook on the next instruction of the block makes
          * a stop the VMM requests from the I/O hook take effect right after it */
-        if (c->io_stops && (id == c->in_id || id == c->out_id) && avail > 0 && nfix < 8)
+        if (c->io_stops && (id == c->in_id || id == c->out_id) && avail > 0 && nfix < MAX_FIX)
             fix[nfix++] = e->addr + (e->size - avail);
         /* smsw: Unicorn's smsw r32 writes 16 bits; runtime/smswfix.py hooks it */
-        if (c->smsw_id && id == c->smsw_id && nfix < 8)
+        if (c->smsw_id && id == c->smsw_id && nfix < MAX_FIX)
+            fix[nfix++] = e->addr + off;
+        /* rdmsr, wrmsr, mov cr4 (emulate): runtime/cpucheck.py hooks them */
+        if (c->model_sites && nfix < MAX_FIX &&
+                (id == c->rdmsr_id || id == c->wrmsr_id || mov_to_cr4(code + off, e->size - off)))
             fix[nfix++] = e->addr + off;
     }
     free(e->fix);
@@ -1405,6 +1426,19 @@ static PyObject *Clock_fix_smsw(Clock *c, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* fix_model_sites(rdmsr id, wrmsr id): rdmsr, wrmsr and `mov cr4, r32` join
+ * the fix list (runtime/cpucheck.py: the CPU model's #GP under emulate). */
+static PyObject *Clock_fix_model_sites(Clock *c, PyObject *args)
+{
+    unsigned int rd, wr;
+    if (!PyArg_ParseTuple(args, "II", &rd, &wr))
+        return NULL;
+    c->rdmsr_id = rd;
+    c->wrmsr_id = wr;
+    c->model_sites = true;
+    Py_RETURN_NONE;
+}
+
 /* set_irq_wait(bool): stop before the first block with the window open */
 static PyObject *Clock_set_irq_wait(Clock *c, PyObject *arg)
 {
@@ -1957,6 +1991,8 @@ static PyMethodDef Clock_methods[] = {
      "shadow_carry(): the next block runs in the sti shadow a weightless block left"},
     {"set_irq_wait", (PyCFunction)Clock_set_irq_wait, METH_O,
      "set_irq_wait(on): stop before the first block where IF is 1 outside a shadow"},
+    {"fix_model_sites", (PyCFunction)Clock_fix_model_sites, METH_VARARGS,
+     "fix_model_sites(rdmsr id, wrmsr id): rdmsr/wrmsr/mov cr4 join the fix list"},
     {"fix_smsw", (PyCFunction)Clock_fix_smsw, METH_VARARGS,
      "fix_smsw(capstone id): smsw sites join the fix list (runtime/smswfix.py)"},
     {"unhooked", (PyCFunction)Clock_unhooked, METH_NOARGS,

@@ -65,7 +65,7 @@ class InstructionClock:
         (self._block_cb, self._noop_cb, self._write_cb, self._read_before_cb,
          self._read_after_cb, self.rdtsc_cb, self.rdtscp_cb) = _clock.callbacks()
         self.on_unscanned = None         # bt: CSAM's handler of a refused block start
-        self.on_fix_site = None          # fix_smsw: the VMM's own hooks for a site
+        self.fix_handlers = []           # fix_smsw, fix_model_sites: the VMM's own hooks for a site
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
         hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
@@ -178,8 +178,15 @@ class InstructionClock:
         as for cmpxchg8b, and let `on_site(linear address)` hook it instead of
         the no-op (runtime/smswfix.py: Unicorn's smsw r32 writes 16 bits)."""
         from capstone.x86_const import X86_INS_SMSW
-        self.on_fix_site = on_site
+        self.fix_handlers.append(on_site)
         self.c.fix_smsw(X86_INS_SMSW)
+
+    def fix_model_sites(self, on_site) -> None:
+        """The same for rdmsr, wrmsr and `mov cr4, r32` (runtime/cpucheck.py:
+        the CPU model's #GP under emulate)."""
+        from capstone.x86_const import X86_INS_RDMSR, X86_INS_WRMSR
+        self.fix_handlers.append(on_site)
+        self.c.fix_model_sites(X86_INS_RDMSR, X86_INS_WRMSR)
 
     def set_irq_wait(self, on: bool) -> None:
         """While on, the slice ends (reason STOP_IRQ) before the first block that
@@ -326,8 +333,9 @@ class InstructionClock:
         instructions before it runs and stops in front of such a block)."""
         uc, c = self.uc, self.c
         for site in c.unhooked():
-            # the VMM's own hook (an smsw) is a code hook there too: the sync holds
-            if self.on_fix_site is None or not self.on_fix_site(site):
+            # the VMM's own hook (an smsw, a CPU-model site) is a code hook there
+            # too: the sync holds
+            if not any(handler(site) for handler in self.fix_handlers):
                 hook_add(uc, UC_HOOK_CODE, self._noop_cb, 0, site, site)   # for the engine's life
             c.mark_hooked(site)
             uc.ctl_remove_cache(site, site + 1)        # every cached block holding it

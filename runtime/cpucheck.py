@@ -8,34 +8,32 @@ effect (the next FS access uses the 64-bit base), any CR4 value is taken.  A
 same instructions fault and runtime/emulation.py applies the model; this module
 gives emulate the same answers.
 
-How, without a hook on every instruction: Unicorn reports each newly
-translated block to UC_HOOK_EDGE_GENERATED (its QEMU's
-`tb_find`; not the very first block of a run, which has no predecessor: the
-entry page is looked at in `boot`).  A block whose bytes hold 0F 30 / 0F 32 /
-0F 22 is decoded; each rdmsr, wrmsr and `mov cr4, r32` site found gets a
-single-address code hook, and the slice stops before the block runs, so the
-block is translated again with the hook in it (`before_slice`).  The hook
-decides from ECX or the source register whether the model faults; if so the
-VMM delivers #GP(0) at the site, as trap's exit does.  rdmsr/wrmsr of the
-APIC base MSR (0x1B) the hook performs itself: the local APIC holds it
-(docs/devices.md).  Measured on Debian's
-kernel under emulate (`--max-instructions 60000000`): 7,714 blocks reported,
-10 of them with a candidate byte pair, CPU time within the run-to-run noise.
+How, without a hook on every instruction: the instruction clock decodes every
+block before it first runs (runtime/_clock.c) and puts each rdmsr, wrmsr and
+`mov cr4, r32` on the block's fix list, as it does cmpxchg8b and smsw; the
+slice stops before such a block until the site has a hook, and `install`
+gives it a single-address code hook (runtime/clock.py `fix_model_sites`).
+The hook decides from ECX or the source register whether the model faults;
+if so the VMM delivers #GP(0) at the site, as trap's exit does.  rdmsr/wrmsr
+of the APIC base MSR (0x1B) the hook performs itself: the local APIC holds it
+(docs/devices.md).  This replaced a Python UC_HOOK_EDGE_GENERATED callback on
+every newly translated block: Debian's kernel to 150 M instructions
+(`--linux-unpack`) spent ~11% of its CPU time there (57,519 callbacks in the
+boot to the init marker).
 """
 from __future__ import annotations
 
 import capstone
-from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED
+from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
-from bt.x86 import GP, PAGE
+from bt.x86 import GP
 from runtime import cpuid as model
 from runtime.decode import decode
 from runtime.devices.regs import MSR_APIC_BASE
 from runtime.emulation import write_apic_base
 
 _LITE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-_CANDIDATES = (b"\x0f\x30", b"\x0f\x32", b"\x0f\x22")
 
 
 def sites_in(code: bytes, addr: int) -> list[int]:
@@ -50,9 +48,7 @@ class ModelCheck:
     def __init__(self, vm):
         self.vm = vm
         self.hooked: set[int] = set()
-        self.pending: set[int] = set()
         self._redirect: int | None = None       # where a site hook sent the guest (#GP handler, next insn)
-        vm.uc.hook_add(UC_HOOK_EDGE_GENERATED, vm.guarded(self._on_new_block))
         checked = vm.guarded(self._at_site)
 
         def site_hook(uc, address, size, user):
@@ -65,37 +61,22 @@ class ModelCheck:
                 # The flag is cleared before the next slice (before_slice).
                 uc.reg_write(X.UC_X86_REG_EIP, self._redirect)
         self._site_hook = site_hook
+        vm.clock.fix_model_sites(self.install)
 
-    def boot(self, entry: int) -> None:
-        """The run's first block is reported to no edge hook: hook the sites of
-        the entry's page (a superset of that block: an extra hook costs nothing)."""
-        code = self.vm.mem.try_read(entry, PAGE - (entry & (PAGE - 1)))
-        if code and any(c in code for c in _CANDIDATES):
-            self.pending.update(sites_in(code, entry))
-        self.before_slice()
-
-    def _on_new_block(self, cur, prev) -> None:
-        code = self.vm.mem.try_read(cur.pc, cur.size)
-        if not code or not any(c in code for c in _CANDIDATES):
-            return
-        new = set(sites_in(code, cur.pc)) - self.hooked
-        if new:
-            # The block was translated without the hook: stop before it runs
-            # (the exit request is checked at the block's start) and let it be
-            # translated again once the hook exists.
-            self.pending |= new
-            self.vm.halt_slice()
+    def install(self, site: int) -> bool:
+        """Hook `site` (linear) when it holds rdmsr, wrmsr or `mov cr4, r32`
+        (called by the clock before the block holding it first runs)."""
+        code = self.vm.mem.try_read(site, 15)
+        if not code or not sites_in(code[:15], site)[:1] == [site]:
+            return False
+        self.vm.uc.hook_add(UC_HOOK_CODE, self._site_hook, None, site, site)
+        self.hooked.add(site)
+        return True
 
     def before_slice(self) -> None:
-        uc = self.vm.uc
         if self._redirect is not None:
             self._redirect = None
             self.vm.quirks.resync_pc()
-        for site in sorted(self.pending):
-            uc.hook_add(UC_HOOK_CODE, self._site_hook, None, site, site)
-            uc.ctl_remove_cache(site, site + 1)
-            self.hooked.add(site)
-        self.pending.clear()
 
     def _at_site(self, address: int, size: int) -> None:
         vm = self.vm

@@ -38,8 +38,6 @@ class EmulateMode:
     # -- setup and hooks ------------------------------------------------------
     def boot(self) -> None:
         """Called once the image is loaded and the boot state written."""
-        if self.model_check is not None:
-            self.model_check.boot(self.uc.reg_read(X.UC_X86_REG_EIP))
 
     def pc_for(self, eip: int) -> int:
         return eip
