@@ -294,16 +294,20 @@ class InstructionClock:
             # goes first; at the end of the run Unicorn drops the block that
             # ends at the exit.  (A one-address code hook would work too, but
             # Unicorn frees a deleted hook only when the next run ends.)
+            # The block and the exit are linear (tb->pc); emu_start takes EIP,
+            # which differs by the CS base in real and virtual-8086 mode
+            # (tests/runtime/test_v86.py, ticks in V86 code).
+            base = self.code_base()
             uc.ctl_set_exits([addr])
             try:
                 uc.ctl_remove_cache(block, block + size)
                 c.resume()
-                err = self._emu(block)
+                err = self._emu((block - base) & 0xFFFFFFFF)
             finally:
                 uc.ctl_set_exits([])
             self.exact_stops += 1
             if err is None and c.reason == STOP_NONE and c.count == budget \
-                    and uc.reg_read(UC_X86_REG_EIP) == addr:
+                    and uc.reg_read(UC_X86_REG_EIP) == (addr - base) & 0xFFFFFFFF:
                 c.reached()
         return err
 
@@ -322,7 +326,7 @@ class InstructionClock:
             uc.ctl_remove_cache(site, site + 1)        # every cached block holding it
         block = c.stop_block
         c.resume()
-        return self._emu(block)
+        return self._emu((block - self.code_base()) & 0xFFFFFFFF)
 
     def _emu(self, pc: int) -> UcError | None:
         try:

@@ -19,11 +19,12 @@ tests/runtime/test_v86_facts.py).  What the VMM does:
   at CPL 1, where an iretd ignores EFLAGS.VM: the frame's CS (a paragraph
   number, RPL 0 for most) makes the native iretd fault, bt's iretd stub exits
   on VM, and the emulated iretd (runtime/emulation.py `_iret`) calls `enter`.
-  A task switch to a TSS whose EFLAGS has VM set calls `enter` as well
+  A task switch to a TSS whose EFLAGS has VM set calls `load_task`
   (runtime/taskswitch.py).
 
 Not modelled (docs/fidelity.md): the TSS I/O bitmap in V86 (Unicorn runs V86
-port I/O unchecked at every IOPL, so every mode does), CR4.VME/PVI, a native
+port I/O unchecked at every IOPL, so every mode does), CR4.VME/PVI (the
+interrupt redirection bitmap is ignored), a 16-bit `iret` into V86, a native
 iretd at CPL 1 whose V86 CS happens to name a valid shadow descriptor with
 RPL 1 or 2 (it runs as a protected-mode return under trap).
 """
