@@ -276,9 +276,9 @@ class BTMode(TrapMode):
             return self._stub_fault(vector, eip, error, soft)
         if in_v86(self.uc):
             # V86 code (runtime/v86.py): never scanned nor patched, its EIP an
-            # offset in a paragraph segment; everything it raises is the guest's.
-            vm.counters.add("faults_reflected", vector)
-            return False
+            # offset in a paragraph segment; everything it raises is the
+            # guest's, reflected by trap's rules for CPL 3 (a #PF's CR2 kept).
+            return super().on_fault(vector, eip, error, soft)
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
         # The int3 of a patch or guard is the VMM's, at whatever ring reaches it:
         # guest user code on a scanned page runs the same patched bytes (an

@@ -352,3 +352,65 @@ def test_timer_interrupts_taken_in_v86_code_at_the_same_instructions_in_every_mo
     assert seen[19] > 10                                # ticks were taken in V86 code
     assert seen[20] == V86_CODE >> 4 and seen[21] & 0x20200 == 0x20200
     assert seen[22] == V86_DS
+
+
+# -- a page fault in V86 code under paging ---------------------------------------------
+PT, PD = 0x30000, 0x31000
+PAGING_SETUP = f"""
+    mov ecx, 14
+    mov eax, h_pf
+    mov edx, 0x8e
+    call set_gate
+    mov edi, {PT:#x}
+    mov eax, 7
+fill_pt:
+    mov dword ptr [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp edi, {PT + 4096:#x}
+    jne fill_pt
+    mov dword ptr [{PT + 0x60 * 4:#x}], 0x60006
+    mov edi, {PD:#x}
+    xor eax, eax
+    mov ecx, 1024
+    .byte 0xf3, 0xab
+    mov dword ptr [{PD:#x}], {PT | 7:#x}
+    mov eax, {PD:#x}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+# #PF: CR2, the error code, the frame's EIP and CS; maps the page, returns.
+PF_EXTRA = "h_pf:\n    push eax\n    mov ax, KDATA\n    mov ds, ax\n" + \
+    _record(19, "cr2") + _record(20, "dword ptr [esp + 4]") + _record(21, "dword ptr [esp + 8]") + \
+    _record(22, "dword ptr [esp + 12]") + f"""
+    inc dword ptr [{RES + 23 * 4:#x}]
+    or dword ptr [{PT + 0x60 * 4:#x}], 1
+    invlpg [0x60000]
+    pop eax
+    add esp, 4
+    iretd
+"""
+PF_BODY = """
+    mov ax, 0x6000
+    mov es, ax
+    mov word ptr [0x18], 0x1111
+    mov bx, word ptr es:[0x10]
+    mov word ptr es:[0x12], 0x2222
+    hlt
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_page_fault_in_v86_code_is_a_user_fault_restarted_after_the_handler(mode):
+    image = _image(PF_BODY, _iret_into_v86(IOPL3), PF_EXTRA, PAGING_SETUP)
+    ref = _run(image, "emulate")
+    r = ref if mode == "emulate" else _run(image, mode)
+    assert (r.serial, r.retired, r.regs) == (ref.serial, ref.retired, ref.regs)
+    seen = _seen(r)
+    assert seen[23] == 1                                # one #PF, then the load ran again
+    assert seen[19] == 0x60010                          # CR2: ES * 16 + 0x10
+    assert seen[20] == 4                                # user, read, not present
+    assert seen[21:23] == [0xB, V86_CODE >> 4]          # at the load
+    assert seen[16] == 1 and seen[15] == 0x17           # then the hlt
