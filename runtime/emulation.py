@@ -282,10 +282,11 @@ def _iret(mode, insn, eip):
     esp = mode.vm.fast.reg_read(X.UC_X86_REG_ESP)
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
-    if flags & VM_BIT:
+    if flags & VM_BIT and mode.guest_cpl() == 0:
         # A return to virtual-8086 mode: at CPL 1 the CPU ignores VM, so the
         # VMM enters V86 itself (runtime/v86.py); the frame's other six dwords
-        # are ESP, SS, ES, DS, FS, GS.
+        # are ESP, SS, ES, DS, FS, GS.  (At the guest's CPL 3 -- bt's stub run
+        # by ring 3 -- VM is ignored, as by the CPU.)
         tail = v86.pop_iret_tail(mode.guest_read(mode.stack_base() + esp + 12, 24))
         v86.enter(mode, new_eip, flags, {"cs": cs, **tail}, tail["esp"])
         mode.after_if_change()
@@ -302,7 +303,7 @@ def _iret(mode, insn, eip):
         mode.load_far(X.UC_X86_REG_SS, ss)
         mode.load_far(X.UC_X86_REG_CS, cs)
         uc.reg_write(X.UC_X86_REG_ESP, user_esp)
-        mode.set_guest_eflags(flags)
+        mode.set_guest_eflags(flags & ~VM_BIT)      # VM set here: an iretd at CPL 3 ignores it
         _null_inner_data_segments(mode, 3)
         mode.after_if_change()
         return new_eip
