@@ -391,6 +391,13 @@ def _v86_line(rng) -> str:
     return f"mov es, {r}\nmov {s}, es\nmov ax, {V86_DS:#x}\nmov es, ax"
 
 
+# What may end a V86 excursion with a fault (guest.py: a fault from V86 code
+# resumes after the statement): #GP for hlt, for the IOPL-sensitive ones at
+# IOPL < 3 and for `int n` through a DPL-0 gate; #DE; #UD; int3 and into.
+V86_FAULTS = ("hlt", "cli", "sti", "pushf", "popf", "int 0x40", "xor cl, cl\ndiv cl", "ud2", "int3",
+              "mov al, 0x7f\nadd al, 1\ninto")
+
+
 def _asm16(lines: list[str]) -> list[str]:
     """16-bit code as bytes (the program is assembled as 32-bit code)."""
     from keystone import Ks, KS_ARCH_X86, KS_MODE_16
@@ -400,15 +407,20 @@ def _asm16(lines: list[str]) -> list[str]:
 
 @feature("v86")
 def _v86(rng, p):
-    """Virtual-8086 code (runtime/v86.py): an iretd with VM set (IOPL 3, IF
-    either way) into 16-bit code in the program image, ALU, loads and stores
-    through DS, pushf(d), segment reads and loads, cli/sti (ticks land there
-    with `timer`), then `int` through the DPL-3 ring-3 return gate: the
-    frame from V86 goes on the TSS's ring-0 stack, DS/ES/FS/GS are null in
-    the handler and reloaded here.  The V86 code never faults: the fault
-    handlers resume with an iretd that would go back into V86."""
-    code = [_v86_line(rng) for _ in range(rng.randrange(1, 6))] + [f"int {G.RING3_RETURN_VECTOR:#x}"]
-    flags = rng.choice((0x23002, 0x23202, 0x23082))
+    """Virtual-8086 code (runtime/v86.py): an iretd with VM set (IOPL 0, 1 or
+    3, IF either way) into 16-bit code in the program image, ALU, loads and
+    stores through DS, pushf(d), segment reads and loads, cli/sti (ticks land
+    there with `timer`; at IOPL < 3 the IOPL-sensitive ones fault), maybe a
+    faulting instruction (V86_FAULTS), then `int` through the DPL-3 ring-3
+    return gate (#GP at IOPL < 3).  Whatever leaves V86 pushes the V86 frame
+    on the TSS's ring-0 stack with DS/ES/FS/GS null in the handler; a fault
+    comes back here through guest.py's fz_exception, which folds its frame
+    into the digest."""
+    code = [_v86_line(rng) for _ in range(rng.randrange(1, 6))]
+    if rng.random() < 0.4:
+        code.append(rng.choice(V86_FAULTS))
+    code.append(f"int {G.RING3_RETURN_VECTOR:#x}")
+    flags = rng.choice((0x23002, 0x23202, 0x23082, 0x20002, 0x20202, 0x21282))
     return ([f"mov dword ptr [{G.SAVED_ESP:#x}], esp", _resume(p, "back"),
              "push 0", "push 0", f"push {V86_DS:#x}", f"push {V86_DS:#x}", f"push {V86_SS:#x}",
              f"push {V86_SP:#x}", f"push {flags:#x}", f"push {V86_CS:#x}",
