@@ -651,7 +651,8 @@ class TrapMode(EmulateMode):
     # IOPL 1: trap's one flag leak left, docs/fidelity.md "IF in the real EFLAGS").
     def guest_eflags(self) -> int:
         real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        if self._real_cpl() == 3 or self.native.active:
+        # (VM: V86 code at CPL 3, runtime/v86.py; tested here to spare _real_cpl's second read)
+        if real & VM_BIT or self.uc.reg_read(X.UC_X86_REG_CS) & 3 == 3 or self.native.active:
             return real
         return (real & ~VFLAGS_MASK) | self.vcpu.vflags
 
