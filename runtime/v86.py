@@ -23,8 +23,8 @@ tests/runtime/test_v86_facts.py).  What the VMM does:
   (runtime/taskswitch.py).
 
 Not modelled (docs/fidelity.md): the TSS I/O bitmap in V86 (Unicorn runs V86
-port I/O unchecked at every IOPL, so every mode does), CR4.VME/PVI (the
-interrupt redirection bitmap is ignored), a 16-bit `iret` into V86, a native
+port I/O unchecked at every IOPL, so every mode does), CR4.VME/PVI (not in
+CPUID; Unicorn has none: the interrupt redirection bitmap is ignored), a 16-bit `iret` into V86, a native
 iretd at CPL 1 whose V86 CS happens to name a valid shadow descriptor with
 RPL 1 or 2 (it runs as a protected-mode return under trap).
 """

@@ -155,3 +155,15 @@ def test_reg_write_of_eflags_with_vm_then_segments_enters_v86_from_the_vmm():
     assert q.cpl() == 3
     uc.emu_start(0x20, 0, count=2)
     assert uc.mem_read((V86_DS << 4) + 0x10, 2) == b"\x56\x04"
+
+
+@pytest.mark.parametrize("src", ["cli", "sti", "pushf", "int 0x21"])
+def test_cr4_vme_changes_nothing_unicorn_has_no_vme(src):
+    """With CR4.VME set, IOPL 0: still #GP(0) (a VME CPU would clear VIF, push
+    VIF as IF, or redirect the int through the TSS bitmap).  The CPU model does
+    not report VME in CPUID (runtime/cpuid.py), so a guest that follows CPUID
+    never sets it."""
+    uc, events = _enter_v86(f"nop; {src}; nop", iopl_bits=0)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | 1)
+    _run(uc, 4)
+    assert events == [(13, 1)]
