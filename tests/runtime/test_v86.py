@@ -414,3 +414,19 @@ def test_page_fault_in_v86_code_is_a_user_fault_restarted_after_the_handler(mode
     assert seen[20] == 4                                # user, read, not present
     assert seen[21:23] == [0xB, V86_CODE >> 4]          # at the load
     assert seen[16] == 1 and seen[15] == 0x17           # then the hlt
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_port_io_in_v86_runs_unchecked_in_every_mode(mode):
+    """Not the CPU's rule (the TSS I/O bitmap; the demos' TSS has none, so
+    every port is denied): Unicorn runs V86 `in`/`out` unchecked at any IOPL
+    (tests/runtime/test_v86_facts.py), and every mode does the same, the
+    VMM's port hooks answering (docs/fidelity.md, "Virtual-8086 mode")."""
+    body = "mov dx, 0x3f8\n mov al, 0x56\n out dx, al\n mov al, 0x0a\n out dx, al\n" \
+           "mov dx, 0x3fd\n in al, dx\n mov word ptr [0x40], ax\n hlt"
+    image = _image(body, _iret_into_v86(0))
+    ref = _run(image, "emulate")
+    r = ref if mode == "emulate" else _run(image, mode)
+    assert (r.serial, r.retired, r.regs) == (ref.serial, ref.retired, ref.regs)
+    assert r.serial.startswith(b"V\n")
+    assert _seen(r)[16] == 1                            # only the hlt faulted
