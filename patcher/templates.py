@@ -42,7 +42,7 @@ from typing import Callable
 
 from bt.catalog import check_registry, prefix_info
 from bt.hyper_layout import FIELDS, RPL1_BYTE, SELECTOR_VIEW, STATE
-from bt.x86 import NT_BIT
+from bt.x86 import NT_BIT, VM_BIT
 
 TEMPLATES: dict[str, Callable[["StubContext", "Insn"], str]] = {}
 
@@ -458,7 +458,9 @@ def _iretd(s: StubContext, i: Insn) -> str:
     any other kernel CS or IOPL exits so the VMM emulates the iretd (kind
     'emulate'), with nothing changed yet.  So does an iretd to ring 3: at CPL 3
     the real EFLAGS are the guest's, IOPL included, which a native iretd at
-    CPL 1 cannot load.  A frame with RPL 1 or 2 runs natively.  An interrupt
+    CPL 1 cannot load.  So does a frame with VM set: a return to
+    virtual-8086 mode, which an iretd at CPL 1 ignores (runtime/v86.py).
+    A frame with RPL 1 or 2 runs natively.  An interrupt
     the popfd enables is taken at the iretd's target: the `jmp` after it
     weighs no guest instruction, so the clock's window check waits for the
     target's block (runtime/_clock.c, "Interrupt window")."""
@@ -479,7 +481,7 @@ def _iretd(s: StubContext, i: Insn) -> str:
             f"test byte ptr [esp + 1], {NT_BIT >> 8:#x}; mov eax, {s.field('scratch2')}; mov dword ptr [esp], eax; "
             f"lea esp, [esp - 8]; jnz {out}; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; cmp eax, 3; je {out}; "
-            f"mov eax, dword ptr [esp + 8]; {_iopl_check(s, 'ah', out)}; "
+            f"mov eax, dword ptr [esp + 8]; test eax, {VM_BIT:#x}; jnz {out}; {_iopl_check(s, 'ah', out)}; "
             f"mov eax, dword ptr [esp + 4]; and eax, 3; jnz {outer}; "
             # eax = the real CS (zero-extended) xor the frame's CS: 1 when they
             # name the same kernel code segment

@@ -32,6 +32,7 @@ from runtime.delivery import GuestFault
 from runtime.emulation import NOT_MINE, emulate, has_routine, settle_irq_shadow
 from runtime import segments
 from runtime.memory import OutsideRam
+from runtime.v86 import in_v86
 from runtime.modes import StopSlice
 from runtime.ring3pass import Ring3Passage
 from runtime.trap import TrapMode
@@ -273,6 +274,11 @@ class BTMode(TrapMode):
         vm = self.vm
         if self.cache.contains(eip):
             return self._stub_fault(vector, eip, error, soft)
+        if in_v86(self.uc):
+            # V86 code (runtime/v86.py): never scanned nor patched, its EIP an
+            # offset in a paragraph segment; everything it raises is the
+            # guest's, reflected by trap's rules for CPL 3 (a #PF's CR2 kept).
+            return super().on_fault(vector, eip, error, soft)
         cpl = vm.fast.reg_read(X.UC_X86_REG_CS) & 3
         # The int3 of a patch or guard is the VMM's, at whatever ring reaches it:
         # guest user code on a scanned page runs the same patched bytes (an
@@ -361,7 +367,7 @@ class BTMode(TrapMode):
                 # the jump back's (a weightless block whose carried shadow would
                 # hold the whole next guest block: runtime/_clock.c).
                 new_eip = ins.addr + ins.size
-        elif not self.cache.contains(new_eip):
+        elif not self.cache.contains(new_eip) and not in_v86(self.uc):     # (an iretd into V86: an offset)
             self.on_vmm_branch(new_eip)
             new_eip = self.csam.stub_point(new_eip)
         self.vm.fast.reg_write(X.UC_X86_REG_EIP, new_eip)

@@ -310,6 +310,10 @@ class InstructionClock:
             # goes first; at the end of the run Unicorn drops the block that
             # ends at the exit.  (A one-address code hook would work too, but
             # Unicorn frees a deleted hook only when the next run ends.)
+            # The block and the exit are linear (tb->pc); emu_start takes EIP,
+            # which differs by the CS base in real and virtual-8086 mode
+            # (tests/runtime/test_v86.py, ticks in V86 code).
+            base = self.code_base()
             uc.ctl_set_exits([addr])
             try:
                 uc.ctl_remove_cache(block, block + size)
@@ -319,7 +323,7 @@ class InstructionClock:
                 uc.ctl_set_exits([])
             self.exact_stops += 1
             if err is None and c.reason == STOP_NONE and c.count == budget \
-                    and uc.reg_read(UC_X86_REG_EIP) == (addr - self.code_base()) & 0xFFFFFFFF:
+                    and uc.reg_read(UC_X86_REG_EIP) == (addr - base) & 0xFFFFFFFF:
                 c.reached()
         return err
 
@@ -346,7 +350,8 @@ class InstructionClock:
     def _emu_linear(self, block: int) -> UcError | None:
         """Resume at a block the clock stopped in front of: its address is
         linear, emu_start's is EIP (an offset within CS).  They differ in real
-        mode, where CS's base is selector * 16 (a BIOS handler at F000:E000)."""
+        and virtual-8086 mode, where CS's base is selector * 16 (a BIOS handler
+        at F000:E000)."""
         return self._emu((block - self.code_base()) & 0xFFFFFFFF)
 
     def _emu(self, pc: int) -> UcError | None:

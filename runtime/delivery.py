@@ -21,6 +21,7 @@ from bt.x86 import (CONTRIBUTORY_VECTORS, DESC_CODE, DESC_CONFORMING, DESC_DPL_S
                     VM_BIT)
 from runtime.memory import PageFault
 from runtime.realmode import deliver_real
+from runtime import v86
 
 GATE_PRESENT = DESC_PRESENT << 8     # the access byte's present bit in a gate's high dword
 
@@ -137,7 +138,8 @@ class Delivery:
             raise GuestFault(PF, pf.error_code, pf.linear) from None
         gate_type = (hi >> 8) & 0x1F
         gate_dpl = (hi >> 13) & 3
-        cpl = vm.guest_cpl()
+        from_v86 = v86.in_v86(uc)       # CPL 3, the frame holds the V86 segments (runtime/v86.py)
+        cpl = 3 if from_v86 else vm.guest_cpl()
         # The SDM's order (INT n pseudocode): gate type, then a software
         # interrupt's DPL check, then the gate's present bit, then its selector.
         if gate_type not in (SYS_INTERRUPT_GATE32, SYS_TRAP_GATE32, SYS_TASK_GATE):
@@ -166,6 +168,9 @@ class Delivery:
         if not target.present:
             raise GuestFault(NP, (selector & 0xFFFC) + ext)
         new_cpl = cpl if target.access & DESC_CONFORMING else target.dpl
+        if from_v86 and new_cpl != 0:
+            # Only a ring-0 handler may interrupt V86 code (SDM INT n: "IF VM = 1").
+            raise GuestFault(GP, (selector & 0xFFFC) + ext)
         vm.mode.on_vmm_branch(offset)
 
         eflags = vm.guest_eflags()
@@ -174,6 +179,8 @@ class Delivery:
         old_esp = uc.reg_read(X.UC_X86_REG_ESP)
         guest_old_cs = vm.guest_selector(old_cs)
         frame = [return_eip & 0xFFFFFFFF, guest_old_cs, eflags]
+        if from_v86:
+            frame = v86.v86_frame(uc, return_eip, eflags)
         if new_cpl < cpl:
             tss = vm.guest_tr_base()
             if tss is None:
@@ -183,7 +190,8 @@ class Delivery:
             except PageFault as pf:
                 raise GuestFault(PF, pf.error_code, pf.linear) from None
             ss0 &= 0xFFFF
-            frame += [old_esp, vm.guest_selector(old_ss)]
+            if not from_v86:
+                frame += [old_esp, vm.guest_selector(old_ss)]
             stack_sel, esp = ss0, esp0
         else:
             stack_sel, esp = vm.guest_selector(old_ss), old_esp
@@ -198,10 +206,14 @@ class Delivery:
             raise GuestFault(PF, pf.error_code | PF_ERR_WRITE, pf.linear) from None
 
         if new_cpl < cpl:
+            if from_v86:
+                v86.leave(uc)       # protected-mode loads from here
             vm.quirks.set_cpl(vm.ring_of(new_cpl))
             uc.reg_write(X.UC_X86_REG_SS, vm.real_selector(stack_sel, new_cpl))
         uc.reg_write(X.UC_X86_REG_ESP, esp)
         uc.reg_write(X.UC_X86_REG_CS, vm.real_selector(selector, new_cpl))
+        if from_v86:
+            v86.null_data_segments(uc)
         uc.reg_write(X.UC_X86_REG_EIP, offset)
         new_flags = eflags & ~(TF_BIT | NT_BIT | RF_BIT | VM_BIT)
         if gate_type == SYS_INTERRUPT_GATE32:

@@ -31,7 +31,7 @@ from bt.x86 import (NP, EFER, EFER_NXE, MSR_CSTAR, MSR_LSTAR, MSR_SFMASK, MSR_ST
                     SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY, VIF_BIT, VIP_BIT, VM_BIT, ZF_BIT)
 from runtime import cpuid as cpuid_model
 from runtime.devices.regs import MSR_APIC_BASE
-from runtime import segments
+from runtime import segments, v86
 from runtime.decode import effective_address
 from runtime.delivery import GuestFault
 from runtime.taskswitch import CALL as CALL_TASK, JMP as JMP_TASK
@@ -285,6 +285,15 @@ def _iret(mode, insn, eip):
     esp = mode.vm.fast.reg_read(X.UC_X86_REG_ESP)
     new_eip, cs, flags = struct.unpack("<III", mode.guest_read(mode.stack_base() + esp, 12))
     cs &= 0xFFFF
+    if flags & VM_BIT and mode.guest_cpl() == 0:
+        # A return to virtual-8086 mode: at CPL 1 the CPU ignores VM, so the
+        # VMM enters V86 itself (runtime/v86.py); the frame's other six dwords
+        # are ESP, SS, ES, DS, FS, GS.  (At the guest's CPL 3 -- bt's stub run
+        # by ring 3 -- VM is ignored, as by the CPU.)
+        tail = v86.pop_iret_tail(mode.guest_read(mode.stack_base() + esp + 12, 24))
+        v86.enter(mode, new_eip, flags, {"cs": cs, **tail}, tail["esp"])
+        mode.after_if_change()
+        return new_eip & 0xFFFF
     if cs & 3 == 3 and getattr(mode, "tracks_user_flags", False):
         # bt routes irets to ring 3 here too, so the user's IOPL comes from the
         # frame (a native iretd at CPL 1 cannot change the real IOPL).  The CPU's
@@ -297,7 +306,7 @@ def _iret(mode, insn, eip):
         mode.load_far(X.UC_X86_REG_SS, ss)
         mode.load_far(X.UC_X86_REG_CS, cs)
         uc.reg_write(X.UC_X86_REG_ESP, user_esp)
-        mode.set_guest_eflags(flags)
+        mode.set_guest_eflags(flags & ~VM_BIT)      # VM set here: an iretd at CPL 3 ignores it
         _null_inner_data_segments(mode, 3)
         mode.after_if_change()
         return new_eip

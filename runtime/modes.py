@@ -12,7 +12,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from bt.errors import VMMError
-from bt.x86 import CR0_PE
+from bt.x86 import CR0_PE, VM_BIT
 
 
 class StopSlice(Exception):
@@ -94,6 +94,8 @@ class EmulateMode:
 
     # -- the guest's view ------------------------------------------------------
     def guest_cpl(self) -> int:
+        if self.uc.reg_read(X.UC_X86_REG_EFLAGS) & VM_BIT:    # V86 code runs at CPL 3
+            return 3
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     def ring_of(self, guest_ring: int) -> int:

@@ -16,8 +16,10 @@ native far jmp/call/iret does: a busy TSS refused with #GP for jmp, call and
 interrupt, a free one with #TS for iret), and the SDM's where they differ: an
 error code carries EXT for an event that was not the program's own `int n`,
 and a conforming code segment needs DPL <= RPL rather than DPL == RPL.  Not
-modelled (the run ends with a VMM outcome naming it): a 16-bit TSS, a switch
-into virtual-8086 mode, an LDT (the VMM refuses LDT selectors everywhere).
+modelled (the run ends with a VMM outcome naming it): a 16-bit TSS, an LDT
+(the VMM refuses LDT selectors everywhere).  A switch into a task whose
+EFLAGS has VM set enters virtual-8086 mode (runtime/v86.py `load_task`), one
+out of it saves the V86 segments as they are.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from bt.x86 import (CR0_PG, CR0_TS, DESC_CODE, DESC_CONFORMING, DESC_RW, DESC_S,
                     TS, TSS32_SIZE, TSS_BUSY_BIT, VM_BIT)
 from runtime.delivery import Descriptor, GuestFault
 from runtime.memory import PageFault
+from runtime import v86
+from runtime.v86 import V86_LIMIT
 
 JMP, CALL, IRET = "jmp", "call", "iret"     # where the switch comes from (interrupts: CALL)
 
@@ -45,7 +49,7 @@ EFLAGS_LOADED = 0x003F7FD7
 
 
 class TaskSwitchUnsupported(VMMError):
-    """A task switch this VMM does not model (16-bit TSS, virtual-8086 task)."""
+    """A task switch this VMM does not model (16-bit TSS, an LDT)."""
 
 
 class TaskSwitch:
@@ -127,8 +131,6 @@ class TaskSwitch:
         new_gprs = struct.unpack_from("<8I", new, TSS_GPRS)
         new_segs = [struct.unpack_from("<H", new, TSS_SEGS + 4 * i)[0] for i in range(6)]
         new_ldt = struct.unpack_from("<H", new, TSS_LDT)[0]
-        if new_eflags & VM_BIT:
-            raise TaskSwitchUnsupported("a task switch into virtual-8086 mode")
 
         old_sel, old_base, old_limit, _ = mode.guest_tr()
         if old_limit < TSS32_SIZE - 1:
@@ -144,8 +146,9 @@ class TaskSwitch:
         regs = [uc.reg_read(_reg(r)) for r in GPR_ORDER]
         # CS and SS carry ring compression's RPL; data segments hold the guest's
         # own selector (an RPL-1 one is the guest's too: _load_segments)
-        segs = [vm.guest_selector(uc.reg_read(_reg(s))) if s in ("cs", "ss") else uc.reg_read(_reg(s))
-                for s in SEG_ORDER]
+        leaving_v86 = v86.in_v86(uc)       # the paragraph numbers as they are
+        segs = [vm.guest_selector(uc.reg_read(_reg(s))) if s in ("cs", "ss") and not leaving_v86
+                else uc.reg_read(_reg(s)) for s in SEG_ORDER]
         self._write(old_base + TSS_EIP, struct.pack("<II8I", next_eip & 0xFFFFFFFF, old_eflags, *regs))
         for i, sel in enumerate(segs):          # words: the reserved upper halves stay as they are
             self._write(old_base + TSS_SEGS + 4 * i, struct.pack("<H", sel))
@@ -167,13 +170,21 @@ class TaskSwitch:
             uc.reg_write(_reg(r), v)
         try:
             self._load_ldt(new_ldt)
-            self._load_segments(dict(zip(SEG_ORDER, new_segs)), new_eflags)
-            if new_eip > self.vm.delivery.descriptor(new_segs[1]).limit:
-                raise GuestFault(GP, 0)
+            if new_eflags & VM_BIT:
+                # A virtual-8086 task: its segments are paragraph numbers,
+                # no descriptor is read, the CPL is 3 (runtime/v86.py).
+                v86.load_task(mode, dict(zip(SEG_ORDER, new_segs)), new_eflags & EFLAGS_LOADED)
+                if new_eip > V86_LIMIT:
+                    raise GuestFault(GP, 0)
+            else:
+                self._load_segments(dict(zip(SEG_ORDER, new_segs)), new_eflags)
+                if new_eip > self.vm.delivery.descriptor(new_segs[1]).limit:
+                    raise GuestFault(GP, 0)
         except GuestFault as f:
             f.task_eip = new_eip
             raise
-        vm.mode.on_vmm_branch(new_eip)
+        if not new_eflags & VM_BIT:
+            vm.mode.on_vmm_branch(new_eip)
         uc.reg_write(_reg("eip"), new_eip)
 
     # -- parts ------------------------------------------------------------------------

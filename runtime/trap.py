@@ -38,7 +38,7 @@ from bt.hyper_layout import (HYPER_SIZE, REAL_IOPL_CPL1, SHADOW_GDT, SHADOW_GDT_
 from bt.x86 import (CR0_ET, CR0_PE, CR0_PG, DESC_ACCESSED, DESC_CODE, DESC_SIZE, DESC_DPL_SHIFT, DESC_PRESENT,
                     DESC_S, DESC_TYPE_MASK, GP, IF_BIT, NP, SS as SS_FAULT, TS, IOPL_MASK, PF, PF_ERR_WRITE,
                     SEL_INDEX_MASK, SEL_TI, SYS_CALL_GATE16, SYS_CALL_GATE32, SYS_TSS32_AVAILABLE,
-                    TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE)
+                    TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_SIZE, VM_BIT)
 from patcher.policy import patched_on_fault
 from runtime.areamove import AreaMover
 from runtime.breakpoints import InstructionBreakpoints
@@ -619,6 +619,8 @@ class TrapMode(EmulateMode):
     # While the guest runs natively (runtime/realswitch.py) every answer is
     # emulate's: the real state is the guest's.
     def _real_cpl(self) -> int:
+        if self.uc.reg_read(X.UC_X86_REG_EFLAGS) & VM_BIT:     # V86 code runs at CPL 3
+            return 3
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     def real_mode(self) -> bool:
@@ -653,7 +655,8 @@ class TrapMode(EmulateMode):
     # IOPL 1: trap's one flag leak left, docs/fidelity.md "IF in the real EFLAGS").
     def guest_eflags(self) -> int:
         real = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-        if self._real_cpl() == 3 or self.native.active:
+        # (VM: V86 code at CPL 3, runtime/v86.py; tested here to spare _real_cpl's second read)
+        if real & VM_BIT or self.uc.reg_read(X.UC_X86_REG_CS) & 3 == 3 or self.native.active:
             return real
         return (real & ~VFLAGS_MASK) | self.vcpu.vflags
 

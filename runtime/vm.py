@@ -41,6 +41,7 @@ from runtime import cpuid as cpuid_model
 from runtime.clock import STOP_NONE, InstructionClock
 from runtime.counters import Counters
 from runtime.delivery import Delivery, Descriptor, GuestFault, TripleFault
+from runtime.v86 import in_v86
 from runtime.nmi import NMIGate
 from runtime.taskswitch import TaskSwitch
 from runtime.isolation import unmapped_access
@@ -266,8 +267,13 @@ class VM:
         return self.mode.real_mode()
 
     def _real_code_base(self) -> int:
-        """The CS base where the clock must add it: real mode (selector * 16)."""
-        return self.uc.reg_read(X.UC_X86_REG_CS) << 4 if self.mode.real_mode() else 0
+        """The CS base where the clock must add it: real mode and V86
+        (selector * 16; runtime/v86.py)."""
+        return self.uc.reg_read(X.UC_X86_REG_CS) << 4 if self._paragraphs() else 0
+
+    def _paragraphs(self) -> bool:
+        """Segments are paragraph numbers: real mode or virtual-8086 mode."""
+        return self.mode.real_mode() or in_v86(self.uc)
 
     def guest_selector(self, real_sel: int) -> int:
         return self.mode.guest_selector(real_sel)
@@ -291,7 +297,7 @@ class VM:
         return self.mode.guest_tr_base()
 
     def stack_base(self) -> int:
-        if self.real_mode():        # selector * 16 (runtime/realmode.py)
+        if self._paragraphs():      # selector * 16 (runtime/realmode.py, runtime/v86.py)
             return self.uc.reg_read(X.UC_X86_REG_SS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_SS))
         try:
@@ -302,7 +308,7 @@ class VM:
     def code_base(self) -> int:
         """The guest's CS base, read as the VMM's own look (no accessed bits
         set: the CPU read nothing); 0 when the descriptor cannot be read."""
-        if self.real_mode():
+        if self._paragraphs():
             return self.uc.reg_read(X.UC_X86_REG_CS) << 4
         sel = self.guest_selector(self.uc.reg_read(X.UC_X86_REG_CS))
         base, limit = self.guest_gdtr()

@@ -360,6 +360,75 @@ def _ring3(rng, p):
             f"{p}back:", f"mov eax, {G.KDATA:#x}", "mov ds, ax", "mov es, ax", "mov fs, ax", "mov gs, ax"]
 
 
+# The `v86` feature's segments: code in the program image (LOAD + x is
+# 0xFFFF:x + 0x10 while the program stays under 64 KiB), data and stack in low
+# memory no other feature uses.
+V86_CS, V86_DS, V86_SS, V86_SP = 0xFFFF, 0x5000, 0x5000, 0x1000
+V86_DATA = 0x100                # DS offsets 0x100.. (linear 0x50100..)
+V86_GPRS = ("ax", "bx", "cx", "dx", "si", "di")
+
+
+def _v86_line(rng) -> str:
+    r, s = rng.choice(V86_GPRS), rng.choice(V86_GPRS)
+    off = V86_DATA + rng.randrange(0, 0x40, 2)
+    k = rng.randrange(9)
+    if k == 0:
+        return f"{rng.choice(('add', 'sub', 'and', 'or', 'xor', 'adc', 'sbb', 'cmp'))} {r}, {s}"
+    if k == 1:
+        return f"{rng.choice(('add', 'sub', 'xor', 'or'))} {r}, {rng.getrandbits(16):#x}"
+    if k == 2:
+        return f"{rng.choice(('shl', 'shr', 'sar', 'rol', 'rcr'))} {r}, {rng.randrange(1, 16)}"
+    if k == 3:
+        return f"mov word ptr [{off:#x}], {r}\n{rng.choice(('add', 'xor', 'mov'))} {s}, word ptr [{off:#x}]"
+    if k == 4:
+        return f"push {r}\npop {s}"
+    if k == 5:          # the V86 view of FLAGS/EFLAGS (IOPL 3: no fault)
+        return rng.choice((f"pushf\npop {r}", f"pushfd\npop {r}\npop {s}"))
+    if k == 6:
+        return f"mov {r}, {rng.choice(('cs', 'ds', 'es', 'ss'))}"
+    if k == 7:
+        return rng.choice(("cli", "sti", "cld", "std", "cmc"))
+    return f"mov es, {r}\nmov {s}, es\nmov ax, {V86_DS:#x}\nmov es, ax"
+
+
+# What may end a V86 excursion with a fault (guest.py: a fault from V86 code
+# resumes after the statement): #GP for hlt, for the IOPL-sensitive ones at
+# IOPL < 3 and for `int n` through a DPL-0 gate; #DE; #UD; int3 and into.
+V86_FAULTS = ("hlt", "cli", "sti", "pushf", "popf", "int 0x40", "xor cl, cl\ndiv cl", "ud2", "int3",
+              "mov al, 0x7f\nadd al, 1\ninto")
+
+
+def _asm16(lines: list[str]) -> list[str]:
+    """16-bit code as bytes (the program is assembled as 32-bit code)."""
+    from keystone import Ks, KS_ARCH_X86, KS_MODE_16
+    code, _ = Ks(KS_ARCH_X86, KS_MODE_16).asm("\n".join(lines), 0)
+    return [".byte " + ", ".join(f"{b:#x}" for b in code)]
+
+
+@feature("v86")
+def _v86(rng, p):
+    """Virtual-8086 code (runtime/v86.py): an iretd with VM set (IOPL 0, 1 or
+    3, IF either way) into 16-bit code in the program image, ALU, loads and
+    stores through DS, pushf(d), segment reads and loads, cli/sti (ticks land
+    there with `timer`; at IOPL < 3 the IOPL-sensitive ones fault), maybe a
+    faulting instruction (V86_FAULTS), then `int` through the DPL-3 ring-3
+    return gate (#GP at IOPL < 3).  Whatever leaves V86 pushes the V86 frame
+    on the TSS's ring-0 stack with DS/ES/FS/GS null in the handler; a fault
+    comes back here through guest.py's fz_exception, which folds its frame
+    into the digest."""
+    code = [_v86_line(rng) for _ in range(rng.randrange(1, 6))]
+    if rng.random() < 0.4:
+        code.append(rng.choice(V86_FAULTS))
+    code.append(f"int {G.RING3_RETURN_VECTOR:#x}")
+    flags = rng.choice((0x23002, 0x23202, 0x23082, 0x20002, 0x20202, 0x21282))
+    return ([f"mov dword ptr [{G.SAVED_ESP:#x}], esp", _resume(p, "back"),
+             "push 0", "push 0", f"push {V86_DS:#x}", f"push {V86_DS:#x}", f"push {V86_SS:#x}",
+             f"push {V86_SP:#x}", f"push {flags:#x}", f"push {V86_CS:#x}",
+             f"mov eax, {p}v", f"sub eax, {V86_CS << 4:#x}", "push eax", "iretd",
+             f"{p}back:", f"mov eax, {G.KDATA:#x}", "mov ds, ax", "mov es, ax", "mov fs, ax", "mov gs, ax"],
+            [f"{p}v:", *_asm16(code)])
+
+
 @feature("int")
 def _int(rng, p):
     v = rng.choice(G.INT_VECTORS + (G.TRAP_GATE_VECTOR,))

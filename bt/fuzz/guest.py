@@ -73,6 +73,7 @@ INT_VECTORS = (0x40, 0x41, 0x42, 0x43)   # interrupt gates
 TRAP_GATE_VECTOR = 0x44                  # a trap gate (IF stays as it was)
 RING3_RETURN_VECTOR = 0x80               # DPL-3 gate ring-3 code uses to come back
 TICK_VECTOR = 0x20                       # IRQ 0 once the `timer` feature programs the 8259
+VM_FLAG = 1 << 17                        # EFLAGS.VM in an exception frame
 MAX_EXCEPTIONS = 64                      # more than this: the program is looping on a fault
 
 # Printed in this order by the epilogue (one hex line each).
@@ -190,11 +191,15 @@ def handlers() -> str:
         push_err = "" if v in ERROR_CODE_VECTORS else "    push 0\n"
         out.append(f"fz_v{v}:\n{push_err}    push {v}\n    jmp fz_exception")
     # Stack at fz_exception after `push eax`: eax, vector, error, eip, cs, eflags.
+    # A fault in virtual-8086 code (the `v86` feature) leaves V86 for good:
+    # back on the saved kernel stack at RESUME, as the ring-3 return gate does.
     out.append(f"""fz_exception:
     push eax
     inc dword ptr ss:[{EXC_COUNT:#x}]{_fold(EXC_SUM, (4, 8, 12, 16, 20), 5, first="add")}
     cmp dword ptr ss:[{EXC_COUNT:#x}], {MAX_EXCEPTIONS}
     ja fz_too_many
+    test dword ptr [esp+20], {VM_FLAG:#x}
+    jnz fz_ring3_return
     mov eax, dword ptr ss:[{RESUME:#x}]
     mov dword ptr [esp+12], eax
     pop eax
