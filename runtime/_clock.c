@@ -95,13 +95,19 @@ typedef struct {
     uint64_t val[MEMO_READS];       /* ... and the value it read there */
 } WalkMemo;
 
+/* The fields every execution of a known-unchanged block reads come first and
+ * fit one cache line: entries are allocated 64-byte aligned (new_entry).  The
+ * xz decompressor streams through megabytes of data between two runs of its
+ * hot blocks, so each line the hook touches is a likely cache miss
+ * (docs/benchmarks.md, "The decompressor's block hook"). */
 typedef struct Entry {
-    struct Entry *next;
     uint64_t addr;
-    uint32_t size, ninsn;
-    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
     uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
+    uint32_t size, ninsn;
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
+    uint32_t fs_epoch;  /* FastStores.epoch when its one page was made a code page; 0: not */
+    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
+    struct Entry *next;
     WalkMemo memo;      /* next to the fields every execution reads (cache lines) */
     uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
@@ -119,13 +125,28 @@ typedef struct {
     uint64_t count, budget, cur_base, stop_block;
     Entry *cur, *stop_entry;
     int reason;
+    /* -- what the block hook reads on every block, together (cache lines:
+     * see Entry); the comments of the groups they came from still apply -- */
+    uint8_t *env;                       /* live CPU state; NULL = unknown */
+    Py_ssize_t cr0_off, cr3_off, cr4_off, efer_off;   /* efer_off -1: unknown */
+    bool check;                         /* CSAM's block check (bt) */
+    uint64_t allow_once;                /* a start the VMM let through once */
+    int32_t *recur_mem;                 /* the engine's size_recur_mem (runtime/quirks.py); NULL = unknown */
+    bool irq_wait;                      /* an interrupt waits for the window (emulate) */
+    bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
+    Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
+    uint64_t pa_first, pa_last;         /* the pages block_bytes last read (NO_ADDR: unknown) */
+    FastStores fs;                      /* see runtime/faststores.h */
+    const uint64_t *tb_invalidated;     /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
+    const uint32_t *tb_flushed;
+    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
+    uint64_t stub_lo, stub_size;        /* the stub cache (see "guest-instruction starts" below) */
+    uint8_t *stub_starts;
     /* statistics */
     uint64_t blocks, misses, changed, gaps, slow_reads;
     /* where a block's bytes are read from */
     Region regions[MAX_REGIONS];
     int nregions;
-    uint8_t *env;                       /* live CPU state; NULL = unknown */
-    Py_ssize_t cr0_off, cr3_off, cr4_off, efer_off;   /* efer_off -1: unknown */
     uc_emu_stop_t emu_stop;
     uc_vmem_read_t vmem_read;
     /* capstone */
@@ -138,7 +159,6 @@ typedef struct {
     unsigned int fix_id;                /* capstone id of cmpxchg8b */
     uint64_t *hooked;                   /* cmpxchg8b sites with a sync hook */
     /* CSAM's block check and write monitor (bt mode; see "Code check" below) */
-    bool check;
     uint64_t ram_pages;
     uint8_t **code;                     /* page -> scanned-instruction flags (scanner/pages.py) */
     PyObject **code_obj;                /* ... the bytearray owning them (a reference we hold) */
@@ -152,29 +172,22 @@ typedef struct {
     uint8_t swap_val[MAX_SWAP];         /* ... and the patch byte to put back after it */
     uint32_t nswap;
     uint64_t hidden_reads;
-    uint64_t allow_once;
     /* guest-instruction starts per stub-cache byte (see the top comment) */
-    uint64_t stub_lo, stub_size;
-    uint8_t *stub_starts;
-    PyObject *stub_starts_obj;                /* a start the VMM let through once (unscannable bytes) */
+    PyObject *stub_starts_obj;          /* the object owning stub_starts (a reference we hold) */
     Py_ssize_t hflags_off;              /* CPL = hflags & 3; -1 = unknown */
-    uint64_t wlog[MAX_WRITES][2];       /* (address, size) of guest stores into scanned bytes */
+    uint64_t (*wlog)[2];                /* MAX_WRITES (address, size) of guest stores into scanned bytes
+                                         * (on the heap: inline it put 1 MiB between the hook's fields) */
     uint32_t nwlog;
     bool wlog_lost;
     uint64_t code_checks, code_stops, code_writes, smc_restarts;
-    /* the engine's size_recur_mem (runtime/quirks.py _find_recur_mem); NULL = unknown */
-    int32_t *recur_mem;
-    uint64_t hooks_revived;
+    uint64_t hooks_revived;             /* stale recur_mem marks cleared (block_hook) */
     /* the lazy flags at sync-hook sites (see "Lazy flags at a sync-hook site") */
     Py_ssize_t cc_op_off, site_eip_off;     /* -1 = not configured */
     uint64_t flag_repairs;
     /* exact stops after in/out (emulate; see Clock_stop_after_io) */
     bool io_stops;
     unsigned int in_id, out_id;
-    /* The interrupt window (emulate; see "Interrupt window" below) */
-    bool irq_wait;
-    bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
-    Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
+    /* The interrupt window (emulate; see "Interrupt window" below; irq_wait is above) */
     uint64_t irq_stops;
     size_t nhooked, hooked_cap;
     /* the virtual TSC (runtime/tsc.py; see "Time-stamp counter" below) */
@@ -193,13 +206,6 @@ typedef struct {
     size_t tmp_len;
     uint16_t *otmp;
     size_t otmp_len;
-    /* the physical pages of the block block_bytes last read (NO_ADDR: unknown) */
-    uint64_t pa_first, pa_last;
-    FastStores fs;                      /* see runtime/faststores.h */
-    /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
-    const uint64_t *tb_invalidated;
-    const uint32_t *tb_flushed;
-    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
     /* the page walk block_bytes last made for a one-page block (see "Walks
      * remembered per block"); trace.n == 0: none to remember */
     WalkMemo trace;
@@ -586,8 +592,20 @@ static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t ge
 {
     e->gen = code && c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT
              ? gen : NO_GEN;
+    if (e->pa != c->pa_first)
+        e->fs_epoch = 0;        /* its code-page mark was for the old page (block_hook) */
     e->pa = c->pa_first;
     e->memo = c->trace;
+}
+
+/* A zeroed entry on its own cache line (see Entry). */
+static Entry *new_entry(void)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(Entry)))
+        return NULL;
+    memset(p, 0, sizeof(Entry));
+    return p;
 }
 
 static inline size_t front_slot(uint64_t addr)
@@ -670,7 +688,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     }
     if (!code)
         return NULL;
-    Entry *e = calloc(1, sizeof(Entry));
+    Entry *e = new_entry();
     if (!e)
         return NULL;
     e->addr = addr;
@@ -1108,8 +1126,20 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         return;
     }
     Entry *e = entry_for(c, uc, addr, size);
-    if (c->fs.fast)
-        fast_stores(c, uc);
+    if (c->fs.fast) {
+        /* A block whose one page this FastStores already made a code page
+         * needs only the sweep: pages stay code pages for good, so
+         * fs_code_page would find the mark and do nothing -- after a cache
+         * miss on the page table (~3% of the decompressor's CPU). */
+        bool one_page = c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT;
+        if (e && one_page && e->pa == c->pa_first && e->fs_epoch == c->fs.epoch) {
+            fs_sweep(&c->fs);
+        } else {
+            fast_stores(c, uc);
+            if (e && one_page && e->pa == c->pa_first)
+                e->fs_epoch = c->fs.epoch;
+        }
+    }
     uint64_t n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
@@ -1260,6 +1290,7 @@ static void Clock_dealloc(Clock *c)
         }
     }
     free(c->buckets);
+    free(c->wlog);
     for (uint64_t i = 0; i < c->ram_pages; i++) {
         Py_XDECREF(c->code_obj[i]);
         Py_XDECREF(c->interior_obj[i]);
@@ -1300,7 +1331,8 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     c->nbuckets = 4096;
     c->cache_limit = DEFAULT_CACHE_LIMIT;
     c->buckets = calloc(c->nbuckets, sizeof(Entry *));
-    if (!c->insn || !c->buckets) {
+    c->wlog = calloc(MAX_WRITES, sizeof *c->wlog);
+    if (!c->insn || !c->buckets || !c->wlog) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1576,6 +1608,7 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     }
     fs_free(&c->fs);
     FastStores *f = &c->fs;
+    f->epoch++;                 /* marks entries hold for an earlier table are void (block_hook) */
     f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
     f->code = calloc(f->pages ? f->pages : 1, 1);
     f->cleaned = calloc(f->pages ? f->pages : 1, 1);

@@ -116,6 +116,10 @@ def test_remapped_and_switched_pages_are_counted_from_their_own_bytes():
     assert st["changed_blocks"] >= 3
     # repeated executions of each mapping skipped the walk
     assert st["walks_remembered"] >= 4 * 30
+    # every physical page a block ran on became a fast-stores code page, the
+    # remapped ones too: an entry's code-page mark (Entry.fs_epoch) is for the
+    # page it was compared at, and a new page is marked again
+    assert st["store_code_pages"] == 4          # CODE, PAGE_A, PAGE_B, PAGE_C
 
 
 def test_a_walk_is_remembered_only_while_its_page_table_entries_hold():
