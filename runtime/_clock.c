@@ -114,6 +114,18 @@ typedef struct Entry {
     uint64_t *fix;
 } Entry;
 
+/* A slot of the direct-mapped front table: the last entry seen there, and a
+ * copy of what the block hook's quick path needs from it (see "The quick
+ * path"), so that path reads one line of this table and not the entry.  Two
+ * slots a cache line; `quick` is 0 whenever the copy may be out of date. */
+typedef struct {
+    uint32_t addr, pa;          /* the block's address and the physical one it was compared at */
+    uint64_t gen;               /* the generation it was compared at */
+    uint16_t size, ninsn;
+    uint8_t quick;              /* 1: the copy holds and the quick path may use it */
+    Entry *e;
+} Front;
+
 typedef struct {
     uint64_t base, size;
     uint8_t *host;
@@ -197,7 +209,7 @@ typedef struct {
     int reg_eax, reg_edx, reg_ecx;
     uint64_t tsc_reads;
     /* cache of decoded blocks */
-    Entry *front[FRONT];                /* the last entry seen per slot (see entry_for) */
+    Front front[FRONT];                 /* the last entry seen per slot (see lookup) */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -587,6 +599,11 @@ static inline bool paging_off(Clock *c)
     return c->env && !(env_u64(c, c->cr0_off) & 0x80000000u);
 }
 
+static inline size_t front_slot(uint64_t addr)
+{
+    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+}
+
 /* Remember the generation and address `e` was compared at (one page only). */
 static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t gen)
 {
@@ -595,6 +612,9 @@ static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t ge
     if (e->pa != c->pa_first)
         e->fs_epoch = 0;        /* its code-page mark was for the old page (block_hook) */
     e->pa = c->pa_first;
+    Front *fr = &c->front[front_slot(e->addr)];
+    if (fr->e == e)
+        fr->quick = 0;          /* the slot's copy is refilled by block_hook (front_fill) */
     e->memo = c->trace;
 }
 
@@ -608,9 +628,11 @@ static Entry *new_entry(void)
     return p;
 }
 
-static inline size_t front_slot(uint64_t addr)
+/* `e` becomes the slot's entry; its copy is filled only by front_fill. */
+static inline void front_set(Front *fr, Entry *e)
 {
-    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+    fr->quick = 0;
+    fr->e = e;
 }
 
 /* The cached entry of (addr, size), or NULL.  A small direct-mapped table of
@@ -619,15 +641,15 @@ static inline size_t front_slot(uint64_t addr)
  * misses (~25% of its samples on a Linux boot). */
 static Entry *lookup(Clock *c, uint64_t addr, uint32_t size)
 {
-    Entry **front = &c->front[front_slot(addr)];
-    Entry *f = *front;
+    Front *front = &c->front[front_slot(addr)];
+    Entry *f = front->e;
     if (f && f->addr == addr && f->size == size)
         return f;
     c->front_misses++;
     size_t s = slot(c, addr, size);
     for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
         if (e->addr == addr && e->size == size) {
-            *front = e;
+            front_set(front, e);
             if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
                 *link = e->next;
                 e->next = c->buckets[s];
@@ -707,7 +729,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     size_t s = slot(c, addr, size);
     e->next = c->buckets[s];
     c->buckets[s] = e;
-    c->front[front_slot(addr)] = e;
+    front_set(&c->front[front_slot(addr)], e);
     c->cache_bytes += entry_bytes(e);
     if (++c->nentries > c->nbuckets)       /* chains stay short: each link is a cache miss */
         grow(c);
@@ -1098,6 +1120,46 @@ static void fast_stores(Clock *c, void *uc)
     fs_sweep(f);
 }
 
+/* -- The quick path ----------------------------------------------------------------
+ * Under emulate with paging off (the bzImage's xz decompressor: ~296 M blocks)
+ * most blocks are known unchanged and need nothing but their weight.  Each
+ * cache line the hook touches is a likely miss there (the decompressor streams
+ * through its buffers between two runs of a block), so the front slot keeps a
+ * copy of the fields that decide it, and a hit reads neither the entry nor the
+ * fast-stores page table.  The copy is filled once the slow path accepted the
+ * block (front_fill) and voided by anything that changes what it copies:
+ * another entry in the slot (front_set), a new comparison (compared), a new
+ * fast-stores table (Clock_enable_fast_stores), a cache flush.  It holds only
+ * for what the rest of the slow path would let through unchanged: no CSAM
+ * check and no stub cache (emulate), no cmpxchg8b/in/out site to fix, the
+ * block's one page already a fast-stores code page, 32-bit addresses. */
+static inline void front_fill(Clock *c, Entry *e)
+{
+    Front *fr = &c->front[front_slot(e->addr)];
+    if (fr->e != e)
+        return;
+    bool page_marked = !c->fs.fast || (e->fs_epoch == c->fs.epoch && c->fs.epoch);
+    fr->quick = e->gen != NO_GEN && !e->nfix && page_marked && !(e->addr >> 32) && !(e->pa >> 32)
+                && e->size <= UINT16_MAX && e->ninsn <= UINT16_MAX && e->ninsn > 0;
+    fr->addr = (uint32_t)e->addr;
+    fr->pa = (uint32_t)e->pa;
+    fr->gen = e->gen;
+    fr->size = (uint16_t)e->size;
+    fr->ninsn = (uint16_t)e->ninsn;
+}
+
+/* The slot whose copy answers this block start, or NULL (take the slow path). */
+static inline Front *quick_hit(Clock *c, uint64_t addr, uint32_t size)
+{
+    Front *fr = &c->front[front_slot(addr)];
+    if (!fr->quick || fr->addr != addr || fr->size != size || fr->pa != addr || c->check || c->stub_starts)
+        return NULL;
+    uint64_t gen = generation(c);
+    if (gen == NO_GEN || fr->gen != gen || !paging_off(c))
+        return NULL;
+    return fr;
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
@@ -1125,7 +1187,22 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
-    Entry *e = entry_for(c, uc, addr, size);
+    Entry *e;
+    uint64_t n;
+    Front *fr = quick_hit(c, addr, size);
+    /* a one-instruction block after a longer one may be a restart (smc_restart):
+     * the slow path tells */
+    if (fr && (fr->ninsn != 1 || !c->cur || c->cur->ninsn < 2)) {
+        e = fr->e;
+        n = fr->ninsn;
+        c->pa_first = addr;
+        c->pa_last = addr + size - 1;
+        c->unchanged++;
+        if (c->fs.fast)
+            fs_sweep(&c->fs);
+        goto counted;
+    }
+    e = entry_for(c, uc, addr, size);
     if (c->fs.fast) {
         /* A block whose one page this FastStores already made a code page
          * needs only the sweep: pages stay code pages for good, so
@@ -1140,7 +1217,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
                 e->fs_epoch = c->fs.epoch;
         }
     }
-    uint64_t n = e ? weight(c, e, e->ninsn) : 1;
+    n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
     if (c->check && j < 0 && refuse_block(c, uc, addr)) {
@@ -1160,6 +1237,9 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
+    if (e)
+        front_fill(c, e);
+counted:
     /* A stub instruction standing for several guest instructions (empty
      * templates before it) cannot be split: when no boundary lands exactly on
      * the budget the block runs whole and the slice ends a little late. */
@@ -1609,6 +1689,8 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     fs_free(&c->fs);
     FastStores *f = &c->fs;
     f->epoch++;                 /* marks entries hold for an earlier table are void (block_hook) */
+    for (size_t i = 0; i < FRONT; i++)
+        c->front[i].quick = 0;  /* the quick path assumes its block's page is marked */
     f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
     f->code = calloc(f->pages ? f->pages : 1, 1);
     f->cleaned = calloc(f->pages ? f->pages : 1, 1);
