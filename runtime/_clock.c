@@ -106,6 +106,7 @@ typedef struct Entry {
     uint32_t size, ninsn;
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
     uint32_t fs_epoch;  /* FastStores.epoch when its one page was made a code page; 0: not */
+    bool in_quick;      /* a quick slot may copy it (quick_fill): compared() voids it */
     uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
     struct Entry *next;
     WalkMemo memo;      /* next to the fields every execution reads (cache lines) */
@@ -114,17 +115,17 @@ typedef struct Entry {
     uint64_t *fix;
 } Entry;
 
-/* A slot of the direct-mapped front table: the last entry seen there, and a
- * copy of what the block hook's quick path needs from it (see "The quick
- * path"), so that path reads one line of this table and not the entry.  Two
- * slots a cache line; `quick` is 0 whenever the copy may be out of date. */
+/* A slot of the quick table: a copy of what the block hook's quick path needs
+ * from an entry (see "The quick path"), so that path reads one line of this
+ * table and not the entry.  Two slots a cache line; `quick` is 0 whenever the
+ * copy may be out of date. */
 typedef struct {
     uint32_t addr, pa;          /* the block's address and the physical one it was compared at */
     uint64_t gen;               /* the generation it was compared at */
     uint16_t size, ninsn;
     uint8_t quick;              /* 1: the copy holds and the quick path may use it */
     Entry *e;
-} Front;
+} Quick;
 
 typedef struct {
     uint64_t base, size;
@@ -209,7 +210,8 @@ typedef struct {
     int reg_eax, reg_edx, reg_ecx;
     uint64_t tsc_reads;
     /* cache of decoded blocks */
-    Front front[FRONT];                 /* the last entry seen per slot (see lookup) */
+    Entry *front[FRONT];                /* the last entry seen per slot (see lookup) */
+    Quick quick[FRONT];                 /* the quick path's copies (paging off), slot as front's */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -542,6 +544,7 @@ static void flush_cache(Clock *c)
         c->buckets[i] = NULL;
     }
     memset(c->front, 0, sizeof c->front);
+    memset(c->quick, 0, sizeof c->quick);
     c->nentries = 0;
     c->cache_bytes = 0;
     for (int k = 0; k < 2; k++) {
@@ -612,9 +615,12 @@ static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t ge
     if (e->pa != c->pa_first)
         e->fs_epoch = 0;        /* its code-page mark was for the old page (block_hook) */
     e->pa = c->pa_first;
-    Front *fr = &c->front[front_slot(e->addr)];
-    if (fr->e == e)
-        fr->quick = 0;          /* the slot's copy is refilled by block_hook (front_fill) */
+    if (e->in_quick) {          /* the copy is out of date: block_hook fills it again (quick_fill) */
+        Quick *q = &c->quick[front_slot(e->addr)];
+        if (q->e == e)
+            q->quick = 0;
+        e->in_quick = false;
+    }
     e->memo = c->trace;
 }
 
@@ -628,28 +634,21 @@ static Entry *new_entry(void)
     return p;
 }
 
-/* `e` becomes the slot's entry; its copy is filled only by front_fill. */
-static inline void front_set(Front *fr, Entry *e)
-{
-    fr->quick = 0;
-    fr->e = e;
-}
-
 /* The cached entry of (addr, size), or NULL.  A small direct-mapped table of
  * the last entry per slot goes first: a guest's hot loops run the same few
  * blocks, and the hash table's buckets and chains were the hook's main cache
  * misses (~25% of its samples on a Linux boot). */
 static Entry *lookup(Clock *c, uint64_t addr, uint32_t size)
 {
-    Front *front = &c->front[front_slot(addr)];
-    Entry *f = front->e;
+    Entry **front = &c->front[front_slot(addr)];
+    Entry *f = *front;
     if (f && f->addr == addr && f->size == size)
         return f;
     c->front_misses++;
     size_t s = slot(c, addr, size);
     for (Entry **link = &c->buckets[s], *e; (e = *link) != NULL; link = &e->next) {
         if (e->addr == addr && e->size == size) {
-            front_set(front, e);
+            *front = e;
             if (link != &c->buckets[s]) {       /* to the front: the next lookup stops at once */
                 *link = e->next;
                 e->next = c->buckets[s];
@@ -729,7 +728,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     size_t s = slot(c, addr, size);
     e->next = c->buckets[s];
     c->buckets[s] = e;
-    front_set(&c->front[front_slot(addr)], e);
+    c->front[front_slot(addr)] = e;
     c->cache_bytes += entry_bytes(e);
     if (++c->nentries > c->nbuckets)       /* chains stay short: each link is a cache miss */
         grow(c);
@@ -1124,40 +1123,48 @@ static void fast_stores(Clock *c, void *uc)
  * Under emulate with paging off (the bzImage's xz decompressor: ~296 M blocks)
  * most blocks are known unchanged and need nothing but their weight.  Each
  * cache line the hook touches is a likely miss there (the decompressor streams
- * through its buffers between two runs of a block), so the front slot keeps a
- * copy of the fields that decide it, and a hit reads neither the entry nor the
- * fast-stores page table.  The copy is filled once the slow path accepted the
- * block (front_fill) and voided by anything that changes what it copies:
- * another entry in the slot (front_set), a new comparison (compared), a new
- * fast-stores table (Clock_enable_fast_stores), a cache flush.  It holds only
+ * through its buffers between two runs of a block), so a slot of the quick
+ * table keeps a copy of the fields that decide it, and a hit reads neither the
+ * entry nor the fast-stores page table.  The copy is filled once the slow path
+ * accepted the block under paging off (quick_fill) and voided by anything that
+ * changes what it copies: a new comparison of the entry (compared), a new
+ * fast-stores table (Clock_enable_fast_stores), a cache flush; a slot filled
+ * for another entry replaces it.  With paging on the table is never read or
+ * written: the kernel's blocks take the slow path as before (its front table
+ * of pointers stays 4 KiB; a first version kept the copies in the front table
+ * and made the kernel ~10% slower).  A copy holds only
  * for what the rest of the slow path would let through unchanged: no CSAM
  * check and no stub cache (emulate), no cmpxchg8b/in/out site to fix, the
  * block's one page already a fast-stores code page, 32-bit addresses. */
-static inline void front_fill(Clock *c, Entry *e)
+static inline void quick_fill(Clock *c, Entry *e)
 {
-    Front *fr = &c->front[front_slot(e->addr)];
-    if (fr->e != e)
-        return;
     bool page_marked = !c->fs.fast || (e->fs_epoch == c->fs.epoch && c->fs.epoch);
-    fr->quick = e->gen != NO_GEN && !e->nfix && page_marked && !(e->addr >> 32) && !(e->pa >> 32)
-                && e->size <= UINT16_MAX && e->ninsn <= UINT16_MAX && e->ninsn > 0;
-    fr->addr = (uint32_t)e->addr;
-    fr->pa = (uint32_t)e->pa;
-    fr->gen = e->gen;
-    fr->size = (uint16_t)e->size;
-    fr->ninsn = (uint16_t)e->ninsn;
+    if (e->gen == NO_GEN || e->nfix || !page_marked || e->addr >> 32 || e->pa != e->addr
+        || e->size > UINT16_MAX || e->ninsn > UINT16_MAX || !e->ninsn || c->check || c->stub_starts)
+        return;
+    Quick *q = &c->quick[front_slot(e->addr)];
+    q->quick = 1;
+    q->addr = (uint32_t)e->addr;
+    q->pa = (uint32_t)e->pa;
+    q->gen = e->gen;
+    q->size = (uint16_t)e->size;
+    q->ninsn = (uint16_t)e->ninsn;
+    q->e = e;
+    e->in_quick = true;
 }
 
 /* The slot whose copy answers this block start, or NULL (take the slow path). */
-static inline Front *quick_hit(Clock *c, uint64_t addr, uint32_t size)
+static inline Quick *quick_hit(Clock *c, uint64_t addr, uint32_t size)
 {
-    Front *fr = &c->front[front_slot(addr)];
-    if (!fr->quick || fr->addr != addr || fr->size != size || fr->pa != addr || c->check || c->stub_starts)
+    if (!paging_off(c) || c->check || c->stub_starts)
+        return NULL;
+    Quick *q = &c->quick[front_slot(addr)];
+    if (!q->quick || q->addr != addr || q->size != size || q->pa != addr)
         return NULL;
     uint64_t gen = generation(c);
-    if (gen == NO_GEN || fr->gen != gen || !paging_off(c))
+    if (gen == NO_GEN || q->gen != gen)
         return NULL;
-    return fr;
+    return q;
 }
 
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
@@ -1189,7 +1196,7 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
     }
     Entry *e;
     uint64_t n;
-    Front *fr = quick_hit(c, addr, size);
+    Quick *fr = quick_hit(c, addr, size);
     /* a one-instruction block after a longer one may be a restart (smc_restart):
      * the slow path tells */
     if (fr && (fr->ninsn != 1 || !c->cur || c->cur->ninsn < 2)) {
@@ -1237,8 +1244,8 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
-    if (e)
-        front_fill(c, e);
+    if (e && paging_off(c))
+        quick_fill(c, e);
 counted:
     /* A stub instruction standing for several guest instructions (empty
      * templates before it) cannot be split: when no boundary lands exactly on
@@ -1690,7 +1697,7 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     FastStores *f = &c->fs;
     f->epoch++;                 /* marks entries hold for an earlier table are void (block_hook) */
     for (size_t i = 0; i < FRONT; i++)
-        c->front[i].quick = 0;  /* the quick path assumes its block's page is marked */
+        c->quick[i].quick = 0;  /* the quick path assumes its block's page is marked */
     f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
     f->code = calloc(f->pages ? f->pages : 1, 1);
     f->cleaned = calloc(f->pages ? f->pages : 1, 1);
