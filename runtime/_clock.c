@@ -1132,7 +1132,8 @@ static void fast_stores(Clock *c, void *uc)
  * for another entry replaces it.  With paging on the table is never read or
  * written: the kernel's blocks take the slow path as before (its front table
  * of pointers stays 4 KiB; a first version kept the copies in the front table
- * and made the kernel ~10% slower).  A copy holds only
+ * and made the kernel slower: docs/benchmarks.md, "The decompressor's block
+ * hook").  A copy holds only
  * for what the rest of the slow path would let through unchanged: no CSAM
  * check and no stub cache (emulate), no cmpxchg8b/in/out site to fix, the
  * block's one page already a fast-stores code page, 32-bit addresses. */
