@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/linux_vs_qemu.py [--modes emulate,bt] [--rounds 3] [--mem 64]
                                        [--timeout 900] [--json FILE] [--linux-unpack]
+                                       [--before DIR]
 
 Both boot the same kernel (the cached Debian bzImage, `bt-images fetch linux`),
 the same command line (`default_linux_cmdline` + `reboot=k`) and the same
@@ -17,7 +18,12 @@ falls on all of them alike, and each is a separate process measured the same
 way: wall time from the start of the process to the marker on its serial
 output, and the CPU time the process had used by then (/proc/PID/stat: user +
 system, every thread).  Printed: per runner the median of each and the ratio
-to QEMU's median.
+to QEMU's median, and the same for the kernel's banner ("Linux version", its
+first message): with the boot protocol, the CPU up to it is the bootloader's
+or loader's part plus the xz decompressor's, the rest is the kernel's.
+`--before DIR` adds a runner `MODE@before` per mode: the same command with an
+older source tree (built C extensions included) first on PYTHONPATH, so that
+a change is measured against its parent in the same interleaved run.
 
 QEMU runs the guest against the host's real clock: a guest waiting for a timer
 waits in real time there, while bt skips idle virtual time; the CPU column is
@@ -61,14 +67,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK      # utime, stime
 
 
-def timed_run(cmd: list[str], timeout: float) -> dict:
-    """Run `cmd`; note wall and CPU time when MARKER appears on its stdout."""
+BANNER = b"Linux version"
+
+
+def timed_run(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run `cmd`; note wall and CPU time when BANNER and MARKER appear on its stdout."""
     t0 = time.perf_counter()
+    # `python -m` puts the working directory first on sys.path: run an older
+    # tree from inside it, or this checkout would be imported instead
+    cwd = env.get("PYTHONPATH") if env else None
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     sel = selectors.DefaultSelector()
     sel.register(p.stdout, selectors.EVENT_READ)
-    tail, at = b"", None
+    tail, at, banner = b"", None, None
     out_bytes = 0
     try:
         while True:
@@ -86,6 +98,8 @@ def timed_run(cmd: list[str], timeout: float) -> dict:
             out_bytes += len(chunk)
             if at is None:
                 tail = (tail + chunk)[-4096:]
+                if banner is None and BANNER in tail:
+                    banner = (time.perf_counter() - t0, cpu_seconds(p.pid))
                 if MARKER in tail:
                     at = (time.perf_counter() - t0, cpu_seconds(p.pid))
         status = p.wait()
@@ -94,6 +108,7 @@ def timed_run(cmd: list[str], timeout: float) -> dict:
         p.stdout.close()
     return {"wall_to_marker": round(at[0], 2) if at else None,
             "cpu_to_marker": round(at[1], 2) if at else None,
+            "cpu_to_banner": round(banner[1], 2) if banner else None,
             "wall_total": round(time.perf_counter() - t0, 2), "status": status,
             "serial_bytes": out_bytes}
 
@@ -113,12 +128,17 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for name, rs in runs.items():
         walls = [r["wall_to_marker"] for r in rs if r["wall_to_marker"] is not None]
         cpus = [r["cpu_to_marker"] for r in rs if r["cpu_to_marker"] is not None]
+        banners = [r["cpu_to_banner"] for r in rs if r.get("cpu_to_banner") is not None]
+        kernels = [r["cpu_to_marker"] - r["cpu_to_banner"] for r in rs
+                   if r["cpu_to_marker"] is not None and r.get("cpu_to_banner") is not None]
         out[name] = {"runs": len(rs), "reached": len(walls),
                      "wall_median": statistics.median(walls) if walls else None,
-                     "cpu_median": statistics.median(cpus) if cpus else None}
+                     "cpu_median": statistics.median(cpus) if cpus else None,
+                     "banner_median": statistics.median(banners) if banners else None,
+                     "kernel_median": round(statistics.median(kernels), 2) if kernels else None}
     q = out.get("qemu", {})
     for s in out.values():
-        for k in ("wall", "cpu"):
+        for k in ("wall", "cpu", "banner", "kernel"):
             base, v = q.get(f"{k}_median"), s[f"{k}_median"]
             s[f"{k}_ratio"] = round(v / base, 2) if base and v is not None else None
     return out
@@ -132,6 +152,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--linux-unpack", action="store_true", help="bt-run unpacks the kernel on the host")
+    ap.add_argument("--before", metavar="DIR", help="also run each mode from this older source tree")
     args = ap.parse_args()
     if shutil.which(QEMU) is None:
         print(INSTALL_HINT)
@@ -146,17 +167,26 @@ def main() -> int:
         Path(initrd).write_bytes(build_initramfs(paths["busybox"], INIT))
         cmds = {"qemu": qemu_cmd(kernel, initrd, cmdline, args.mem),
                 **{m: bt_cmd(m, kernel, initrd, cmdline, args.mem, args.linux_unpack) for m in modes}}
+        envs: dict[str, dict | None] = {name: None for name in cmds}
+        if args.before:
+            for m in modes:
+                runs[f"{m}@before"] = []
+                cmds[f"{m}@before"] = bt_cmd(m, kernel, initrd, cmdline, args.mem, args.linux_unpack)
+                envs[f"{m}@before"] = dict(os.environ, PYTHONPATH=os.path.abspath(args.before))
         for rnd in range(args.rounds):
             for name, cmd in cmds.items():
-                r = timed_run(cmd, args.timeout)
+                r = timed_run(cmd, args.timeout, envs[name])
                 runs[name].append(r)
                 print(f"round {rnd + 1} {name}: " + ", ".join(f"{k}={v}" for k, v in r.items()),
                       flush=True)
     summary = summarize(runs)
-    print(f"\n{'runner':<8} {'reached':>7} {'wall s':>8} {'x qemu':>7} {'cpu s':>8} {'x qemu':>7}")
+    print(f"\n{'runner':<15} {'reached':>7} {'wall s':>8} {'x qemu':>7} {'cpu s':>8} {'x qemu':>7}"
+          f" {'to banner':>9} {'x qemu':>7} {'kernel':>7} {'x qemu':>7}")
     for name, s in summary.items():
-        print(f"{name:<8} {s['reached']:>3}/{s['runs']:<3} {s['wall_median'] or '-':>8} "
-              f"{s['wall_ratio'] or '-':>7} {s['cpu_median'] or '-':>8} {s['cpu_ratio'] or '-':>7}")
+        print(f"{name:<15} {s['reached']:>3}/{s['runs']:<3} {s['wall_median'] or '-':>8} "
+              f"{s['wall_ratio'] or '-':>7} {s['cpu_median'] or '-':>8} {s['cpu_ratio'] or '-':>7}"
+              f" {s['banner_median'] or '-':>9} {s['banner_ratio'] or '-':>7}"
+              f" {s['kernel_median'] or '-':>7} {s['kernel_ratio'] or '-':>7}")
     print(f"qemu: {subprocess.run([QEMU, '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
     if args.json:
         with open(args.json, "w") as f:

@@ -95,18 +95,37 @@ typedef struct {
     uint64_t val[MEMO_READS];       /* ... and the value it read there */
 } WalkMemo;
 
+/* The fields every execution of a known-unchanged block reads come first and
+ * fit one cache line: entries are allocated 64-byte aligned (new_entry).  The
+ * xz decompressor streams through megabytes of data between two runs of its
+ * hot blocks, so each line the hook touches is a likely cache miss
+ * (docs/benchmarks.md, "The decompressor's block hook"). */
 typedef struct Entry {
-    struct Entry *next;
     uint64_t addr;
-    uint32_t size, ninsn;
-    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
     uint64_t gen, pa;   /* last compared with the guest's bytes at this generation and physical address */
+    uint32_t size, ninsn;
     uint32_t nfix;      /* cmpxchg8b sites in the block not known to be hooked */
+    uint32_t fs_epoch;  /* FastStores.epoch when its one page was made a code page; 0: not */
+    bool in_quick;      /* a quick slot may copy it (quick_fill): compared() voids it */
+    uint8_t *bytes;     /* the bytes the count was decoded from: `head` or a buffer */
+    struct Entry *next;
     WalkMemo memo;      /* next to the fields every execution reads (cache lines) */
     uint8_t head[HEAD];
     uint16_t *offs;     /* start offset of each instruction */
     uint64_t *fix;
 } Entry;
+
+/* A slot of the quick table: a copy of what the block hook's quick path needs
+ * from an entry (see "The quick path"), so that path reads one line of this
+ * table and not the entry.  Two slots a cache line; `quick` is 0 whenever the
+ * copy may be out of date. */
+typedef struct {
+    uint32_t addr, pa;          /* the block's address and the physical one it was compared at */
+    uint64_t gen;               /* the generation it was compared at */
+    uint16_t size, ninsn;
+    uint8_t quick;              /* 1: the copy holds and the quick path may use it */
+    Entry *e;
+} Quick;
 
 typedef struct {
     uint64_t base, size;
@@ -119,13 +138,28 @@ typedef struct {
     uint64_t count, budget, cur_base, stop_block;
     Entry *cur, *stop_entry;
     int reason;
+    /* -- what the block hook reads on every block, together (cache lines:
+     * see Entry); the comments of the groups they came from still apply -- */
+    uint8_t *env;                       /* live CPU state; NULL = unknown */
+    Py_ssize_t cr0_off, cr3_off, cr4_off, efer_off;   /* efer_off -1: unknown */
+    bool check;                         /* CSAM's block check (bt) */
+    uint64_t allow_once;                /* a start the VMM let through once */
+    int32_t *recur_mem;                 /* the engine's size_recur_mem (runtime/quirks.py); NULL = unknown */
+    bool irq_wait;                      /* an interrupt waits for the window (emulate) */
+    bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
+    Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
+    uint64_t pa_first, pa_last;         /* the pages block_bytes last read (NO_ADDR: unknown) */
+    FastStores fs;                      /* see runtime/faststores.h */
+    const uint64_t *tb_invalidated;     /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
+    const uint32_t *tb_flushed;
+    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
+    uint64_t stub_lo, stub_size;        /* the stub cache (see "guest-instruction starts" below) */
+    uint8_t *stub_starts;
     /* statistics */
     uint64_t blocks, misses, changed, gaps, slow_reads;
     /* where a block's bytes are read from */
     Region regions[MAX_REGIONS];
     int nregions;
-    uint8_t *env;                       /* live CPU state; NULL = unknown */
-    Py_ssize_t cr0_off, cr3_off, cr4_off, efer_off;   /* efer_off -1: unknown */
     uc_emu_stop_t emu_stop;
     uc_vmem_read_t vmem_read;
     /* capstone */
@@ -138,7 +172,6 @@ typedef struct {
     unsigned int fix_id;                /* capstone id of cmpxchg8b */
     uint64_t *hooked;                   /* cmpxchg8b sites with a sync hook */
     /* CSAM's block check and write monitor (bt mode; see "Code check" below) */
-    bool check;
     uint64_t ram_pages;
     uint8_t **code;                     /* page -> scanned-instruction flags (scanner/pages.py) */
     PyObject **code_obj;                /* ... the bytearray owning them (a reference we hold) */
@@ -152,19 +185,15 @@ typedef struct {
     uint8_t swap_val[MAX_SWAP];         /* ... and the patch byte to put back after it */
     uint32_t nswap;
     uint64_t hidden_reads;
-    uint64_t allow_once;
     /* guest-instruction starts per stub-cache byte (see the top comment) */
-    uint64_t stub_lo, stub_size;
-    uint8_t *stub_starts;
-    PyObject *stub_starts_obj;                /* a start the VMM let through once (unscannable bytes) */
+    PyObject *stub_starts_obj;          /* the object owning stub_starts (a reference we hold) */
     Py_ssize_t hflags_off;              /* CPL = hflags & 3; -1 = unknown */
-    uint64_t wlog[MAX_WRITES][2];       /* (address, size) of guest stores into scanned bytes */
+    uint64_t (*wlog)[2];                /* MAX_WRITES (address, size) of guest stores into scanned bytes
+                                         * (on the heap: inline it put 1 MiB between the hook's fields) */
     uint32_t nwlog;
     bool wlog_lost;
     uint64_t code_checks, code_stops, code_writes, smc_restarts;
-    /* the engine's size_recur_mem (runtime/quirks.py _find_recur_mem); NULL = unknown */
-    int32_t *recur_mem;
-    uint64_t hooks_revived;
+    uint64_t hooks_revived;             /* stale recur_mem marks cleared (block_hook) */
     /* the lazy flags at sync-hook sites (see "Lazy flags at a sync-hook site") */
     Py_ssize_t cc_op_off, site_eip_off;     /* -1 = not configured */
     uint64_t flag_repairs;
@@ -181,10 +210,7 @@ typedef struct {
      * clearing below), else NO_ADDR: RF suppresses an instruction breakpoint
      * on that first instruction (runtime/breakpoints.py) */
     uint64_t rf_at;
-    /* The interrupt window (emulate; see "Interrupt window" below) */
-    bool irq_wait;
-    bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
-    Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
+    /* The interrupt window (emulate; see "Interrupt window" below; irq_wait is above) */
     uint64_t irq_stops;
     size_t nhooked, hooked_cap;
     /* the virtual TSC (runtime/tsc.py; see "Time-stamp counter" below) */
@@ -194,7 +220,8 @@ typedef struct {
     int reg_eax, reg_edx, reg_ecx;
     uint64_t tsc_reads;
     /* cache of decoded blocks */
-    Entry *front[FRONT];                /* the last entry seen per slot (see entry_for) */
+    Entry *front[FRONT];                /* the last entry seen per slot (see lookup) */
+    Quick quick[FRONT];                 /* the quick path's copies (paging off), slot as front's */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -203,13 +230,6 @@ typedef struct {
     size_t tmp_len;
     uint16_t *otmp;
     size_t otmp_len;
-    /* the physical pages of the block block_bytes last read (NO_ADDR: unknown) */
-    uint64_t pa_first, pa_last;
-    FastStores fs;                      /* see runtime/faststores.h */
-    /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
-    const uint64_t *tb_invalidated;
-    const uint32_t *tb_flushed;
-    uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
     /* the page walk block_bytes last made for a one-page block (see "Walks
      * remembered per block"); trace.n == 0: none to remember */
     WalkMemo trace;
@@ -554,6 +574,7 @@ static void flush_cache(Clock *c)
         c->buckets[i] = NULL;
     }
     memset(c->front, 0, sizeof c->front);
+    memset(c->quick, 0, sizeof c->quick);
     c->nentries = 0;
     c->cache_bytes = 0;
     for (int k = 0; k < 2; k++) {
@@ -611,18 +632,36 @@ static inline bool paging_off(Clock *c)
     return c->env && !(env_u64(c, c->cr0_off) & 0x80000000u);
 }
 
+static inline size_t front_slot(uint64_t addr)
+{
+    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+}
+
 /* Remember the generation and address `e` was compared at (one page only). */
 static inline void compared(Clock *c, Entry *e, const uint8_t *code, uint64_t gen)
 {
     e->gen = code && c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT
              ? gen : NO_GEN;
+    if (e->pa != c->pa_first)
+        e->fs_epoch = 0;        /* its code-page mark was for the old page (block_hook) */
     e->pa = c->pa_first;
+    if (e->in_quick) {          /* the copy is out of date: block_hook fills it again (quick_fill) */
+        Quick *q = &c->quick[front_slot(e->addr)];
+        if (q->e == e)
+            q->quick = 0;
+        e->in_quick = false;
+    }
     e->memo = c->trace;
 }
 
-static inline size_t front_slot(uint64_t addr)
+/* A zeroed entry on its own cache line (see Entry). */
+static Entry *new_entry(void)
 {
-    return (size_t)(addr ^ (addr >> 9)) & (FRONT - 1);
+    void *p = NULL;
+    if (posix_memalign(&p, 64, sizeof(Entry)))
+        return NULL;
+    memset(p, 0, sizeof(Entry));
+    return p;
 }
 
 /* The cached entry of (addr, size), or NULL.  A small direct-mapped table of
@@ -700,7 +739,7 @@ static Entry *entry_for(Clock *c, void *uc, uint64_t addr, uint32_t size)
     }
     if (!code)
         return NULL;
-    Entry *e = calloc(1, sizeof(Entry));
+    Entry *e = new_entry();
     if (!e)
         return NULL;
     e->addr = addr;
@@ -1110,6 +1149,55 @@ static void fast_stores(Clock *c, void *uc)
     fs_sweep(f);
 }
 
+/* -- The quick path ----------------------------------------------------------------
+ * Under emulate with paging off (the bzImage's xz decompressor: ~296 M blocks)
+ * most blocks are known unchanged and need nothing but their weight.  Each
+ * cache line the hook touches is a likely miss there (the decompressor streams
+ * through its buffers between two runs of a block), so a slot of the quick
+ * table keeps a copy of the fields that decide it, and a hit reads neither the
+ * entry nor the fast-stores page table.  The copy is filled once the slow path
+ * accepted the block under paging off (quick_fill) and voided by anything that
+ * changes what it copies: a new comparison of the entry (compared), a new
+ * fast-stores table (Clock_enable_fast_stores), a cache flush; a slot filled
+ * for another entry replaces it.  With paging on the table is never read or
+ * written: the kernel's blocks take the slow path as before (its front table
+ * of pointers stays 4 KiB; a first version kept the copies in the front table
+ * and made the kernel slower: docs/benchmarks.md, "The decompressor's block
+ * hook").  A copy holds only
+ * for what the rest of the slow path would let through unchanged: no CSAM
+ * check and no stub cache (emulate), no cmpxchg8b/in/out site to fix, the
+ * block's one page already a fast-stores code page, 32-bit addresses. */
+static inline void quick_fill(Clock *c, Entry *e)
+{
+    bool page_marked = !c->fs.fast || (e->fs_epoch == c->fs.epoch && c->fs.epoch);
+    if (e->gen == NO_GEN || e->nfix || !page_marked || e->addr >> 32 || e->pa != e->addr
+        || e->size > UINT16_MAX || e->ninsn > UINT16_MAX || !e->ninsn || c->check || c->stub_starts)
+        return;
+    Quick *q = &c->quick[front_slot(e->addr)];
+    q->quick = 1;
+    q->addr = (uint32_t)e->addr;
+    q->pa = (uint32_t)e->pa;
+    q->gen = e->gen;
+    q->size = (uint16_t)e->size;
+    q->ninsn = (uint16_t)e->ninsn;
+    q->e = e;
+    e->in_quick = true;
+}
+
+/* The slot whose copy answers this block start, or NULL (take the slow path). */
+static inline Quick *quick_hit(Clock *c, uint64_t addr, uint32_t size)
+{
+    if (!paging_off(c) || c->check || c->stub_starts)
+        return NULL;
+    Quick *q = &c->quick[front_slot(addr)];
+    if (!q->quick || q->addr != addr || q->size != size || q->pa != addr)
+        return NULL;
+    uint64_t gen = generation(c);
+    if (gen == NO_GEN || q->gen != gen)
+        return NULL;
+    return q;
+}
+
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
 {
     Clock *c = ud;
@@ -1137,10 +1225,37 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
-    Entry *e = entry_for(c, uc, addr, size);
-    if (c->fs.fast)
-        fast_stores(c, uc);
-    uint64_t n = e ? weight(c, e, e->ninsn) : 1;
+    Entry *e;
+    uint64_t n;
+    Quick *fr = quick_hit(c, addr, size);
+    /* a one-instruction block after a longer one may be a restart (smc_restart):
+     * the slow path tells */
+    if (fr && (fr->ninsn != 1 || !c->cur || c->cur->ninsn < 2)) {
+        e = fr->e;
+        n = fr->ninsn;
+        c->pa_first = addr;
+        c->pa_last = addr + size - 1;
+        c->unchanged++;
+        if (c->fs.fast)
+            fs_sweep(&c->fs);
+        goto counted;
+    }
+    e = entry_for(c, uc, addr, size);
+    if (c->fs.fast) {
+        /* A block whose one page this FastStores already made a code page
+         * needs only the sweep: pages stay code pages for good, so
+         * fs_code_page would find the mark and do nothing -- after a cache
+         * miss on the page table (~3% of the decompressor's CPU). */
+        bool one_page = c->pa_first != NO_ADDR && c->pa_first >> PAGE_SHIFT == c->pa_last >> PAGE_SHIFT;
+        if (e && one_page && e->pa == c->pa_first && e->fs_epoch == c->fs.epoch) {
+            fs_sweep(&c->fs);
+        } else {
+            fast_stores(c, uc);
+            if (e && one_page && e->pa == c->pa_first)
+                e->fs_epoch = c->fs.epoch;
+        }
+    }
+    n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
     if (c->check && j < 0 && refuse_block(c, uc, addr)) {
@@ -1160,6 +1275,9 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
         c->emu_stop(uc);
         return;
     }
+    if (e && paging_off(c))
+        quick_fill(c, e);
+counted:
     /* A stub instruction standing for several guest instructions (empty
      * templates before it) cannot be split: when no boundary lands exactly on
      * the budget the block runs whole and the slice ends a little late. */
@@ -1292,6 +1410,7 @@ static void Clock_dealloc(Clock *c)
         }
     }
     free(c->buckets);
+    free(c->wlog);
     for (uint64_t i = 0; i < c->ram_pages; i++) {
         Py_XDECREF(c->code_obj[i]);
         Py_XDECREF(c->interior_obj[i]);
@@ -1332,7 +1451,8 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     c->nbuckets = 4096;
     c->cache_limit = DEFAULT_CACHE_LIMIT;
     c->buckets = calloc(c->nbuckets, sizeof(Entry *));
-    if (!c->insn || !c->buckets) {
+    c->wlog = calloc(MAX_WRITES, sizeof *c->wlog);
+    if (!c->insn || !c->buckets || !c->wlog) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1634,6 +1754,9 @@ static PyObject *Clock_enable_fast_stores(Clock *c, PyObject *args)
     }
     fs_free(&c->fs);
     FastStores *f = &c->fs;
+    f->epoch++;                 /* marks entries hold for an earlier table are void (block_hook) */
+    for (size_t i = 0; i < FRONT; i++)
+        c->quick[i].quick = 0;  /* the quick path assumes its block's page is marked */
     f->pages = (ram + PAGE_OFF) >> PAGE_SHIFT;
     f->code = calloc(f->pages ? f->pages : 1, 1);
     f->cleaned = calloc(f->pages ? f->pages : 1, 1);

@@ -58,6 +58,7 @@ typedef struct {
     int flush_req;
     uint64_t at;
     uint32_t tick;
+    uint32_t epoch;             /* moves at each enable: entries' code-page marks (Entry.fs_epoch) hold for one */
     /* statistics */
     uint64_t unmarked, flushes, code_pages;
 } FastStores;

@@ -85,6 +85,22 @@ def test_a_loop_is_compared_once_per_block():
     assert clock.stats()["unchanged_blocks"] >= 990
 
 
+def test_a_new_fast_stores_table_learns_the_pages_of_blocks_known_unchanged():
+    """A block known unchanged skips the code-page check when its page is
+    marked in the current fast-stores table (Entry.fs_epoch); a new table
+    starts empty, so the same blocks must mark their page in it again."""
+    uc, clock, _buf = clocked()
+    uc.mem_write(0x1000, asm("mov ecx, 1000; l: dec ecx; jnz l; hlt", 0x1000))
+    clock.run(0x1000, 10_000, lambda: False)
+    assert clock.stats()["store_code_pages"] == 1
+    q = Quirks(uc)
+    assert clock.enable_fast_stores(RAM, q.off.hflags) == ""
+    clock.run(0x1000, 10_000, lambda: False)
+    st = clock.stats()
+    assert st["unchanged_blocks"] >= 1990
+    assert st["store_code_pages"] == 2          # the counter goes on; the new table has the page
+
+
 def test_code_changed_after_a_flush_is_counted_from_its_new_bytes():
     """After a flush a guest store into code invalidates nothing (nothing is
     translated), so only the flush counter tells the clock to compare again."""

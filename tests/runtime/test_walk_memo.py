@@ -116,6 +116,10 @@ def test_remapped_and_switched_pages_are_counted_from_their_own_bytes():
     assert st["changed_blocks"] >= 3
     # repeated executions of each mapping skipped the walk
     assert st["walks_remembered"] >= 4 * 30
+    # every physical page a block ran on became a fast-stores code page, the
+    # remapped ones too: an entry's code-page mark (Entry.fs_epoch) is for the
+    # page it was compared at, and a new page is marked again
+    assert st["store_code_pages"] == 4          # CODE, PAGE_A, PAGE_B, PAGE_C
 
 
 def test_a_walk_is_remembered_only_while_its_page_table_entries_hold():
@@ -139,3 +143,68 @@ def test_a_walk_is_remembered_only_while_its_page_table_entries_hold():
     # three blocks run 100 times each (the call, the routine, dec/jnz); all
     # but the first few executions of each know their walk
     assert st["walks_remembered"] >= 3 * 95
+
+
+def test_a_quick_copy_is_void_once_its_entry_is_compared_under_paging():
+    """The clock's quick path (paging off) keeps a copy of an entry's fields.
+    Here the block at SUB runs with paging off (copied), then with paging on
+    through a mapping to other bytes of the same size (the same entry, decoded
+    again, at the same translation generation), then with paging off again
+    with the slice's budget inside it: the stop is at the instruction of SUB's
+    own bytes, and the entry is decoded from them again -- without the void
+    the quick copy answers and the entry the slice ends in keeps PAGE_B's
+    decode (seen here as one comparison too few)."""
+    guest = f"""
+        mov ecx, 3
+    a:  call {SUB:#x}
+        dec ecx
+        jnz a
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        call {SUB:#x}
+        mov eax, cr0
+        and eax, 0x7fffffff
+        mov cr0, eax
+        call {SUB:#x}
+        hlt
+    """
+
+    def engine():
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        ram = mmap.mmap(-1, RAM)
+        ptr = ctypes.addressof(ctypes.c_char.from_buffer(ram))
+        uc.mem_map_ptr(0, RAM, 7, ptr)
+        uc.mem_write(CODE, bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(guest, CODE)[0]))
+        uc.mem_write(SUB, ROUTINES[PAGE_A])             # 5 instructions, paging off
+        uc.mem_write(PAGE_B, ROUTINES[PAGE_B])          # 3 instructions, paging on
+        uc.mem_write(PD1, struct.pack("<I", PT1 | 3))
+        table = [(i << 12) | 3 for i in range(1024)]
+        table[SUB >> 12] = PAGE_B | 3
+        uc.mem_write(PT1, struct.pack("<1024I", *table))
+        uc.reg_write(X.UC_X86_REG_ESP, 0x9000)
+        uc.reg_write(X.UC_X86_REG_CR3, PD1)
+        return uc, ram, ptr
+
+    # the whole run by a Python code hook: instructions, and where SUB's last call starts
+    uc, ram, _ = engine()
+    trace = []
+    uc.hook_add(UC_HOOK_CODE, lambda u, addr, size, _: trace.append(addr))
+    uc.emu_start(CODE, 0)
+    last = max(i for i, a in enumerate(trace) if a == SUB)
+    assert trace[last:last + 5] == [SUB, SUB + 1, SUB + 2, SUB + 3, SUB + 4]
+    budget = last + 2                           # two of the last call's nops start
+
+    uc, ram, ptr = engine()
+    uc.ctl_exits_enabled(True)
+    uc.ctl_set_exits([])
+    clock = InstructionClock(uc)
+    clock.set_memory([(0, RAM, ptr)])
+    q = Quirks(uc)
+    clock.set_cpu_state(q.env, *q.off.cr, q.off.efer)
+    assert clock.enable_fast_stores(RAM, q.off.hflags) == ""
+    assert clock.generation_problem == ""
+    clock.run(CODE, budget, lambda: False)
+    assert clock.count == budget
+    assert uc.reg_read(X.UC_X86_REG_EIP) == trace[budget] == SUB + 2
+    assert clock.stats()["changed_blocks"] == 2          # SUB decoded again under paging, and back
