@@ -29,6 +29,7 @@ SIGNATURE = {
     "fptr": {"call"}, "code_read": {"add"}, "hyper": {"mov", "movsd"},
     "patch_interior": {"aam", "jmp"}, "gdt_store": {"mov"}, "paging": {"invlpg", "mov"},
     "io_flags": {"in", "out"}, "timer": {"out", "sti"}, "task": {"lcall", "ljmp", "call", "jmp"},
+    "breakpoints": {"mov"},
 }
 
 
