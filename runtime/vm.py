@@ -505,6 +505,8 @@ class VM:
         if intno == DB and not soft and self._breakpoint_after_ss_load(eip):
             self.clock.cut(eip, False)          # runs now, with RF: counted then
             return
+        if intno == DB and self.mode.rf_breakpoints is not None:
+            self.mode.rf_breakpoints.sync()     # emulate: hooks for the RF block to come
         # The block ends here: a fault at EIP (started, as on hardware it counts
         # as an attempt), or EIP already past an int n that ended its block.
         self.clock.cut(eip, not soft)

@@ -2,7 +2,7 @@
 VMM for trap and bt (runtime/breakpoints.py); an Intel CPU suppresses one on
 the instruction after MOV SS / POP SS (kvm-unit-tests emulator.flat)."""
 import pytest
-from unicorn import UC_HOOK_INTR
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from bt import api
@@ -129,3 +129,69 @@ def test_fact_reg_write_of_dr7_arms_nothing_mov_dr7_does():
     uc, hits = _engine_with_db_count(code)
     uc.emu_start(0x1000, 0x1000 + len(code))
     assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1012
+
+
+def test_fact_a_block_translated_with_rf_checks_no_breakpoint_and_qemus_db_comes_before_a_hook():
+    """QEMU checks instruction breakpoints as it translates a block; one
+    translated with EFLAGS.RF set checks none (the CPU: only its first
+    instruction's is suppressed), but a code hook there still runs.  In a block
+    without RF, QEMU's #DB comes before the hook at the address: why emulate's
+    hooks (runtime/breakpoints.py RFBlockBreakpoints) act only where QEMU did not."""
+    # DR0 = 0x1018, DR1 = 0x1019 (two nops), both enabled
+    code = bytes.fromhex("b818100000" "0f23c0" "b819100000" "0f23c8" "b80f040000" "0f23f8") + b"\x90" * 8
+    end = 0x1000 + len(code)
+    uc, hits = _engine_with_db_count(code)
+    hooked = []
+    uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: hooked.append(a), None, 0x1019, 0x1019)
+    uc.emu_start(0x1000, end)
+    assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1018
+    uc.reg_write(X.UC_X86_REG_EFLAGS, uc.reg_read(X.UC_X86_REG_EFLAGS) | 0x10000)
+    uc.emu_start(0x1018, end)           # one block from 0x1018, RF set: DR1 at 0x1019 not checked
+    assert hits == [1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == end
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 2)
+    uc.emu_start(0x1019, end)           # without RF: QEMU's #DB, the hook never ran
+    assert hits == [1, 1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1019
+
+
+# Two breakpoints on consecutive instructions of one block: the handler's RF
+# covers only the first, so the second raises #DB too (fuzzer program seed
+# 2121006366, shrunk; emulate took one #DB before RFBlockBreakpoints).
+TWO_IN_A_BLOCK = """
+main:
+    call lib_setup_gdt
+    call lib_setup_idt
+    mov eax, on_db
+    mov ecx, 1
+    mov edx, 0x8e
+    call set_gate
+    mov eax, first
+    mov dr0, eax
+    mov eax, second
+    mov dr2, eax
+    mov eax, 0x412
+    mov dr7, eax
+    xor esi, esi
+    push 7
+first:
+    pop ebx
+second:
+    add esi, 1
+    mov eax, 0x400
+    mov dr7, eax
+    mov eax, dword ptr [count]
+    ret
+on_db:
+    inc dword ptr [count]
+    or dword ptr [esp + 8], 0x10000
+    iretd
+count:
+    .long 0
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_handlers_rf_covers_one_instruction_not_its_block(mode):
+    vm = api.make_vm(program_image(TWO_IN_A_BLOCK, "breakpoint"), mode, mem_mib=8)
+    r = vm.run()
+    assert r.exit_status == 2, (r.reason, r.message)
+    assert r.regs["esi"] == 1 and r.regs["ebx"] == 7
