@@ -99,6 +99,12 @@ class InstructionBreakpoints:
                 self.hooks[at] = (uc.hook_add(UC_HOOK_CODE, self._hook, None, at, at), guest)
                 uc.ctl_remove_cache(at, at + 1)
 
+    def _weightless_site(self, address: int) -> bool:
+        """bt: is `address` a jump patch's site, whose `jmp` the clock weighs 0?"""
+        patcher = getattr(self.vm.mode, "patcher", None)
+        p = patcher.covering(address) if patcher is not None else None
+        return p is not None and p.kind == "jump" and p.site == address
+
     def read_drs(self) -> list[int]:
         """DR0-DR7 as the guest set them (trap and bt: the virtual CPU's)."""
         return list(self.vm.mode.vcpu.get("dr"))
@@ -126,7 +132,13 @@ class InstructionBreakpoints:
             self.suppressed += 1
             return
         self.taken += 1
-        vm.clock.cut(at, True, linear=True)         # started, as a fault's is
+        # Started, as a fault's instruction is (emulate counts it so).  A jump
+        # patch's site weighs 0 in the clock (its stub counts the instruction,
+        # and the stub never runs now): that one is counted here.
+        vm.clock.cut(at, True, linear=True)
+        if at == address and self._weightless_site(address):
+            vm.retired += 1                     # the slice adds the clock's count to both
+            vm.vtime += 1
         vm.exit_site(at)
         vm.halt_slice()
         vm.deliver_exception(DB, address)
