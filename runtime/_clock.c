@@ -1017,11 +1017,15 @@ static void read_after(void *uc, int type, uint64_t addr, int size, int64_t valu
  * one-instruction block starting at instruction j of the block it counted
  * whole.  A jump cannot produce that shape (a one-instruction block mid-block
  * would have ended the block there), so the count is set back to the j
- * instructions that ran: without this a rewriting loop is counted twice. */
+ * instructions that ran: without this a rewriting loop is counted twice.
+ * Except after a block that started with RF set: QEMU checks no instruction
+ * breakpoint in it (runtime/breakpoints.py RFBlockBreakpoints), so a branch
+ * back to a breakpoint inside it is followed by a one-instruction block --
+ * QEMU's #DB -- at an instruction of the block that did run whole. */
 static long smc_restart(Clock *c, uint64_t addr, Entry *e)
 {
     Entry *cur = c->cur;
-    if (!cur || !e || e->ninsn != 1 || cur->ninsn < 2)
+    if (!cur || !e || e->ninsn != 1 || cur->ninsn < 2 || c->rf_at == cur->addr)
         return -1;
     long j = index_of(cur, addr);
     if (j < 0 || (uint64_t)j > cur->ninsn - 2)
