@@ -24,9 +24,11 @@ effect.  Under bt an instruction a jump patch covers after its first runs as
 the stub's copy: that copy gets the hook too (`refresh`, again whenever
 patches change), and the #DB names the guest's address.
 
+A task switch clears DR7's local enables L0-L3 (`clear_local_enables`, as
+QEMU's switch_tss does for emulate's native far jmp/call/iret to a task).
+
 Not modelled under trap and bt: data breakpoints (R/W = 01, 11) and I/O
-breakpoints (10), general detect (DR7.GD), task-switch clearing of L0-L3;
-docs/fidelity.md "Debug registers".
+breakpoints (10), general detect (DR7.GD); docs/fidelity.md "Debug registers".
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from bt.x86 import DB
 from runtime.decode import decode
 
 DR6_HITS = 0xF
+DR7_LOCAL_ENABLES = 0x55        # L0-L3
 
 
 def exec_breakpoints(drs) -> set[int]:
@@ -53,6 +56,23 @@ def dr6_hits(drs, address: int) -> int:
     emulate runs)."""
     return sum(1 << n for n in range(4)
                if (drs[7] >> (16 + 4 * n)) & 3 == 0 and drs[n] & 0xFFFFFFFF == address)
+
+
+def clear_local_enables(mode) -> None:
+    """The end of a task switch (runtime/taskswitch.py): the CPU clears DR7's
+    L0-L3 (SDM vol. 3, 17.2.4; QEMU's switch_tss last of all, after the new
+    EIP's limit check), and their breakpoints are disarmed.  Trap and bt keep
+    DR7 in the virtual CPU; emulate's DR7 is Unicorn's, whose reg_write would
+    not disarm QEMU's breakpoints (tests/runtime/test_breakpoints.py): there
+    only the VMM's own switch (an IDT task gate) leaves L0-L3 set."""
+    breakpoints = getattr(mode, "breakpoints", None)
+    if breakpoints is None:
+        return
+    drs = list(mode.vcpu.get("dr"))
+    if drs[7] & DR7_LOCAL_ENABLES:
+        drs[7] &= ~DR7_LOCAL_ENABLES
+        mode.vcpu.set("dr", *drs)
+        breakpoints.update(drs)
 
 
 class InstructionBreakpoints:

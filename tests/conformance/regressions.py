@@ -283,4 +283,14 @@ FIXED = [
     dict(name="breakpoint-block-after-an-rf-block-is-no-smc-restart", cause="breakpoints-count", exact=True,
          body="mov eax, s11_b0\nmov dr3, eax\nmov dr7, eax\nmov ecx, 2\ns11_loop:\ns11_b0:\ndec ecx\njnz s11_loop",
          kinds=("retired",), ends=(OK, OK), detail="retired: 9384 vs 9386"),
+    # Campaign --seed 2124 --features breakpoints,task,ctrl_regs, program 11
+    # (shrunk, then cut by hand to the switch): a task switch clears DR7's L0-L3
+    # (QEMU's switch_tss, emulate's native far call); trap and bt's own switch
+    # kept them (runtime/breakpoints.py clear_local_enables).
+    dict(name="task-switch-clears-local-breakpoint-enables", cause="breakpoints-task-switch",
+         body=("mov eax, 0x704\nmov dr7, eax\nmov dword ptr [0x12120], s4_t\n"
+               "mov dword ptr [0x12138], 0x78000\nmov dword ptr [0x1214c], 0x8\n"
+               "mov dword ptr [0x12150], 0x10\n.byte 0x9a\n.long 0\n.word 0x50\nmov ebx, dr7\n"
+               "# out of line:\ns4_t:\niretd"),
+         kinds=("serial", "regs", "ram"), ends=(OK, OK), detail="ebx 0x700 vs 0x704"),
 ]

@@ -7,6 +7,8 @@ from unicorn import x86_const as X
 
 from bt import api
 from bt.demos import program_image
+from bt.fuzz.generator import from_body
+from bt.fuzz.guest import DIGEST_FIELDS
 from runtime.breakpoints import dr6_hits, exec_breakpoints
 from runtime.quirks import scratch_engine
 
@@ -195,3 +197,19 @@ def test_the_handlers_rf_covers_one_instruction_not_its_block(mode):
     r = vm.run()
     assert r.exit_status == 2, (r.reason, r.message)
     assert r.regs["esi"] == 1 and r.regs["ebx"] == 7
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_task_switch_clears_the_local_enables_and_disarms_them(mode):
+    """DR0 on the instruction after a far call to another task and back,
+    enabled by L0 and G1 (DR1 at the same address): the switch clears L0-L3,
+    so DR7 reads 0x408 and only DR1's breakpoint fires -- once."""
+    body = ("mov eax, s_bp\nmov dr0, eax\nmov dr1, eax\nmov eax, 0x40d\nmov dr7, eax\n"
+            "mov dword ptr [0x12120], s_t\nmov dword ptr [0x12138], 0x78000\n"
+            "mov dword ptr [0x1214c], 0x8\nmov dword ptr [0x12150], 0x10\n"
+            ".byte 0x9a\n.long 0\n.word 0x50\ns_bp:\nmov ebx, dr7\n# out of line:\ns_t:\niretd")
+    r = api.run(from_body(body).image(), mode, mem_mib=8, max_instructions=100_000)
+    assert (r.exit_status, r.reason) == (0, "debug-exit")
+    fields = dict(zip(DIGEST_FIELDS, r.serial.decode().split()))
+    assert int(fields["ebx"], 16) == 0x408
+    assert int(fields["db_count"], 16) == 1
