@@ -1436,6 +1436,19 @@ static PyObject *Clock_resume(Clock *c, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* run_whole(): the block stopped before runs whole, past the budget (the
+ * runner's exit at the budget's instruction did not shorten it: QEMU ends a
+ * block at an instruction breakpoint before Unicorn checks its exits there,
+ * runtime/clock.py `run`). */
+static PyObject *Clock_run_whole(Clock *c, PyObject *unused)
+{
+    unswap(c);
+    if (c->stop_entry)
+        c->budget = c->count + weight(c, c->stop_entry, c->stop_entry->ninsn);
+    c->reason = STOP_NONE;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Clock_unhooked(Clock *c, PyObject *unused)
 {
     PyObject *out = PyList_New(0);
@@ -1951,6 +1964,8 @@ static PyMethodDef Clock_methods[] = {
     {"begin", (PyCFunction)Clock_begin, METH_O, "begin(budget): a new slice"},
     {"reached", (PyCFunction)Clock_reached, METH_NOARGS, "the slice ended at the budget's exit"},
     {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
+    {"run_whole", (PyCFunction)Clock_run_whole, METH_NOARGS,
+     "resume, letting the block stopped before run whole past the budget"},
     {"decode_code16", (PyCFunction)Clock_decode_code16, METH_VARARGS,
      "decode_code16(CS_MODE_16 handle, hflags offset): 16-bit blocks decoded as such"},
     {"watch_irq_window", (PyCFunction)Clock_watch_irq_window, METH_VARARGS,

@@ -502,6 +502,13 @@ class VM:
         if not soft and self.mode.retries_fault(intno, error):
             self.clock.cut(eip, False)          # runs again: counted then
             return
+        if intno == DB and not soft and (eip + self.clock.code_base()) & 0xFFFFFFFF == self.clock.breakpoint_stop:
+            # The slice's budget ends before this instruction (runtime/clock.py
+            # `run`): it has not started; its #DB comes again after what is due.
+            self.clock.breakpoint_stop = None
+            self.clock.cut(eip, False)
+            self.halt_slice()
+            return
         if intno == DB and not soft and self._breakpoint_after_ss_load(eip):
             self.clock.cut(eip, False)          # runs now, with RF: counted then
             return

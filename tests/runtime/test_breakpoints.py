@@ -213,3 +213,22 @@ def test_a_task_switch_clears_the_local_enables_and_disarms_them(mode):
     fields = dict(zip(DIGEST_FIELDS, r.serial.decode().split()))
     assert int(fields["ebx"], 16) == 0x408
     assert int(fields["db_count"], 16) == 1
+
+
+def test_a_slice_ending_at_a_breakpoint_ends_there_in_every_mode():
+    """A budget that ends right before the breakpoint's instruction: the clock
+    re-runs the block with a Unicorn exit there, but QEMU ends a block at an
+    instruction breakpoint before it checks the exit, so under emulate the
+    re-run used to stop before the same block forever.  Every budget around
+    the breakpoint (and through its handler) ends the run there in every mode,
+    bt with emulate's registers (trap shows its CPL 1 in pushfd and ss)."""
+    from bt.fuzz.differential import observe_run
+    from bt.machine import MachineConfig
+    image = program_image(GUEST.replace("{PRE}", "pushfd\n    pop edx"), "breakpoint")
+    full = api.run(image, "emulate", mem_mib=8)
+    assert full.exit_status == 1
+    for budget in range(full.retired - 48, full.retired - 4):
+        ends = {m: observe_run(image, MachineConfig(mem_mib=8), m, budget, wall_limit=5.0) for m in MODES}
+        for m, o in ends.items():
+            assert (o.exit_status, o.retired) == (124, budget), (m, budget, o.reason)
+        assert ends["bt"].regs == ends["emulate"].regs, budget
