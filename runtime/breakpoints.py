@@ -146,10 +146,13 @@ class InstructionBreakpoints:
         drs = self.read_drs()
         if address not in exec_breakpoints(drs):
             return
+        if vm.clock.c.rf_at == at:
+            self.suppressed += 1                # RF: no breakpoint detected, DR6 untouched
+            return
         drs[6] = (drs[6] & ~DR6_HITS) | dr6_hits(drs, address)
         self.write_dr6(drs)
-        if vm.clock.c.rf_at == at or after_ss_load(vm, address):
-            self.suppressed += 1
+        if after_ss_load(vm, address):
+            self.suppressed += 1                # detected (QEMU's DR6 too), not raised
             return
         self.taken += 1
         # Started, as a fault's instruction is (emulate counts it so).  A jump

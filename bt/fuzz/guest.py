@@ -228,16 +228,19 @@ fz_too_many:
     pop eax
     iretd""")
     # #DB (the `breakpoints` feature's instruction breakpoints, a fault at the
-    # instruction): DR6's hit bits and the faulting EIP go into the record, and
-    # the handler returns with RF set in the frame so the instruction runs
-    # once without hitting the breakpoint again (as a kernel's handler does).
+    # instruction): DR6's hit bits and the faulting EIP go into the record;
+    # DR6 is cleared, as a kernel's handler does, so a later read shows what
+    # set it since; and the handler returns with RF set in the frame so the
+    # instruction runs once without hitting the breakpoint again.
     out.append(f"""fz_db:
     push eax
     inc dword ptr ss:[{DB_COUNT:#x}]
     mov eax, dr6
     and eax, {DR6_SEEN:#x}
     rol dword ptr ss:[{DB_SUM:#x}], 5
-    xor dword ptr ss:[{DB_SUM:#x}], eax{_fold(DB_SUM, (4,), 7, first="add")}
+    xor dword ptr ss:[{DB_SUM:#x}], eax
+    xor eax, eax
+    mov dr6, eax{_fold(DB_SUM, (4,), 7, first="add")}
     or dword ptr ss:[esp+12], 0x10000
     cmp dword ptr ss:[{DB_COUNT:#x}], {MAX_DEBUG}
     ja fz_db_too_many

@@ -147,9 +147,12 @@ def test_fact_a_block_translated_with_rf_checks_no_breakpoint_and_qemus_db_comes
     uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: hooked.append(a), None, 0x1019, 0x1019)
     uc.emu_start(0x1000, end)
     assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1018
+    assert uc.reg_read(X.UC_X86_REG_DR6) & 0xF == 0b0001
+    uc.reg_write(X.UC_X86_REG_DR6, 0xFFFF0FF0)
     uc.reg_write(X.UC_X86_REG_EFLAGS, uc.reg_read(X.UC_X86_REG_EFLAGS) | 0x10000)
     uc.emu_start(0x1018, end)           # one block from 0x1018, RF set: DR1 at 0x1019 not checked
     assert hits == [1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == end
+    assert uc.reg_read(X.UC_X86_REG_DR6) == 0xFFFF0FF0     # nor DR0's at 0x1018: DR6 untouched
     uc.reg_write(X.UC_X86_REG_EFLAGS, 2)
     uc.emu_start(0x1019, end)           # without RF: QEMU's #DB, the hook never ran
     assert hits == [1, 1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1019
@@ -232,3 +235,17 @@ def test_a_slice_ending_at_a_breakpoint_ends_there_in_every_mode():
         for m, o in ends.items():
             assert (o.exit_status, o.retired) == (124, budget), (m, budget, o.reason)
         assert ends["bt"].regs == ends["emulate"].regs, budget
+
+
+def test_the_rf_suppressed_breakpoint_leaves_dr6_as_the_handler_left_it():
+    """The fuzz frame's #DB handler clears DR6; the breakpoint's instruction
+    then runs with RF, which the CPU (and QEMU, fact above) treats as no
+    breakpoint at all: DR6 keeps no B bit, in every mode."""
+    body = "mov eax, s_bp\nmov dr0, eax\nmov eax, 0x401\nmov dr7, eax\ns_bp:\nnop\nmov esi, dr6"
+    seen = {}
+    for mode in MODES:
+        r = api.run(from_body(body).image(), mode, mem_mib=8, max_instructions=100_000)
+        fields = dict(zip(DIGEST_FIELDS, r.serial.decode().split()))
+        assert int(fields["db_count"], 16) == 1
+        seen[mode] = int(fields["esi"], 16)
+    assert seen["emulate"] & 0xF == 0 and set(seen.values()) == {seen["emulate"]}, seen
