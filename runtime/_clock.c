@@ -1077,11 +1077,15 @@ static void read_after(void *uc, int type, uint64_t addr, int size, int64_t valu
  * one-instruction block starting at instruction j of the block it counted
  * whole.  A jump cannot produce that shape (a one-instruction block mid-block
  * would have ended the block there), so the count is set back to the j
- * instructions that ran: without this a rewriting loop is counted twice. */
+ * instructions that ran: without this a rewriting loop is counted twice.
+ * Except after a block that started with RF set: QEMU checks no instruction
+ * breakpoint in it (runtime/breakpoints.py RFBlockBreakpoints), so a branch
+ * back to a breakpoint inside it is followed by a one-instruction block --
+ * QEMU's #DB -- at an instruction of the block that did run whole. */
 static long smc_restart(Clock *c, uint64_t addr, Entry *e)
 {
     Entry *cur = c->cur;
-    if (!cur || !e || e->ninsn != 1 || cur->ninsn < 2)
+    if (!cur || !e || e->ninsn != 1 || cur->ninsn < 2 || c->rf_at == cur->addr)
         return -1;
     long j = index_of(cur, addr);
     if (j < 0 || (uint64_t)j > cur->ninsn - 2)
@@ -1582,6 +1586,19 @@ static PyObject *Clock_shadow_carry(Clock *c, PyObject *unused)
 static PyObject *Clock_resume(Clock *c, PyObject *unused)
 {
     unswap(c);          /* as in begin: no block is translated from swapped bytes */
+    c->reason = STOP_NONE;
+    Py_RETURN_NONE;
+}
+
+/* run_whole(): the block stopped before runs whole, past the budget (the
+ * runner's exit at the budget's instruction did not shorten it: QEMU ends a
+ * block at an instruction breakpoint before Unicorn checks its exits there,
+ * runtime/clock.py `run`). */
+static PyObject *Clock_run_whole(Clock *c, PyObject *unused)
+{
+    unswap(c);
+    if (c->stop_entry)
+        c->budget = c->count + weight(c, c->stop_entry, c->stop_entry->ninsn);
     c->reason = STOP_NONE;
     Py_RETURN_NONE;
 }
@@ -2104,6 +2121,8 @@ static PyMethodDef Clock_methods[] = {
     {"begin", (PyCFunction)Clock_begin, METH_O, "begin(budget): a new slice"},
     {"reached", (PyCFunction)Clock_reached, METH_NOARGS, "the slice ended at the budget's exit"},
     {"resume", (PyCFunction)Clock_resume, METH_NOARGS, "forget the last stop before re-running"},
+    {"run_whole", (PyCFunction)Clock_run_whole, METH_NOARGS,
+     "resume, letting the block stopped before run whole past the budget"},
     {"decode_code16", (PyCFunction)Clock_decode_code16, METH_VARARGS,
      "decode_code16(CS_MODE_16 handle, hflags offset): 16-bit blocks decoded as such"},
     {"watch_irq_window", (PyCFunction)Clock_watch_irq_window, METH_VARARGS,

@@ -68,6 +68,7 @@ class InstructionClock:
         self.fix_handlers = []           # fix_smsw, fix_model_sites: the VMM's own hooks for a site
         self._user = id(self.c)          # the C object itself is the hooks' user data
         self.exact_stops = 0             # slices ended inside a block (re-runs to an exit)
+        self.breakpoint_stop = None      # the budget's instruction, where QEMU's #DB ends the slice
         hook_add(uc, UC_HOOK_BLOCK, self._block_cb, self._user, 1, 0)
 
     # -- configuration ----------------------------------------------------------
@@ -283,6 +284,7 @@ class InstructionClock:
         on its own, or `interrupted()` (a VMM stop) is true."""
         uc, c = self.uc, self.c
         c.begin(budget)
+        self.breakpoint_stop = None
         err = self._emu(pc)
         while err is None and not interrupted():
             if c.reason == STOP_FIX:
@@ -314,6 +316,7 @@ class InstructionClock:
             # which differs by the CS base in real and virtual-8086 mode
             # (tests/runtime/test_v86.py, ticks in V86 code).
             base = self.code_base()
+            count = c.count
             uc.ctl_set_exits([addr])
             try:
                 uc.ctl_remove_cache(block, block + size)
@@ -322,6 +325,17 @@ class InstructionClock:
             finally:
                 uc.ctl_set_exits([])
             self.exact_stops += 1
+            if err is None and c.reason == STOP_BEFORE and (c.stop_block, c.count) == (block, count):
+                # The exit did not shorten the block: QEMU ended it at an
+                # instruction breakpoint on the budget's instruction before
+                # Unicorn checks the exit there (emulate; trap and bt hook
+                # breakpoints instead).  It runs whole: its #DB at `addr` is
+                # the slice's end, the instruction not started
+                # (runtime/vm.py `_on_interrupt`), and an interrupt due at
+                # the boundary is taken before it, as the CPU's priorities say.
+                self.breakpoint_stop = addr
+                c.run_whole()
+                err = self._emu_linear(block)
             if err is None and c.reason == STOP_NONE and c.count == budget \
                     and uc.reg_read(UC_X86_REG_EIP) == (addr - base) & 0xFFFFFFFF:
                 c.reached()

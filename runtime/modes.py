@@ -31,9 +31,12 @@ class EmulateMode:
         self.vm = vm
         self.uc = vm.uc
         self.model_check = None
+        self.rf_breakpoints = None
         if self.runs_at_cpl0:
+            from runtime.breakpoints import RFBlockBreakpoints
             from runtime.cpucheck import ModelCheck
             self.model_check = ModelCheck(vm)
+            self.rf_breakpoints = RFBlockBreakpoints(vm)
 
     # -- setup and hooks ------------------------------------------------------
     def boot(self) -> None:
@@ -60,6 +63,8 @@ class EmulateMode:
         """Called before every emulation slice, outside any hook."""
         if self.model_check is not None:
             self.model_check.before_slice()
+        if self.rf_breakpoints is not None:
+            self.rf_breakpoints.before_slice()
 
     def host_regions(self) -> list[tuple[int, int, int]]:
         """(base, size, host address) of mode-owned memory that may hold code."""

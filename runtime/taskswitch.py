@@ -30,6 +30,7 @@ from bt.x86 import (CR0_PG, CR0_TS, DESC_CODE, DESC_CONFORMING, DESC_RW, DESC_S,
                     DESC_TYPE_MASK, GP, NP, NT_BIT, PF, PF_ERR_WRITE, SEL_INDEX_MASK, SEL_TI, SYS_LDT,
                     SYS_TASK_GATE, SYS_TSS16_AVAILABLE, SYS_TSS16_BUSY, SYS_TSS32_AVAILABLE, SYS_TSS32_BUSY,
                     TS, TSS32_SIZE, TSS_BUSY_BIT, VM_BIT)
+from runtime.breakpoints import clear_local_enables
 from runtime.delivery import Descriptor, GuestFault
 from runtime.memory import PageFault
 from runtime import v86
@@ -183,6 +184,7 @@ class TaskSwitch:
         except GuestFault as f:
             f.task_eip = new_eip
             raise
+        clear_local_enables(mode)
         if not new_eflags & VM_BIT:
             vm.mode.on_vmm_branch(new_eip)
         uc.reg_write(_reg("eip"), new_eip)

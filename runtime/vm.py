@@ -508,9 +508,18 @@ class VM:
         if not soft and self.mode.retries_fault(intno, error):
             self.clock.cut(eip, False)          # runs again: counted then
             return
+        if intno == DB and not soft and (eip + self.clock.code_base()) & 0xFFFFFFFF == self.clock.breakpoint_stop:
+            # The slice's budget ends before this instruction (runtime/clock.py
+            # `run`): it has not started; its #DB comes again after what is due.
+            self.clock.breakpoint_stop = None
+            self.clock.cut(eip, False)
+            self.halt_slice()
+            return
         if intno == DB and not soft and self._breakpoint_after_ss_load(eip):
             self.clock.cut(eip, False)          # runs now, with RF: counted then
             return
+        if intno == DB and self.mode.rf_breakpoints is not None:
+            self.mode.rf_breakpoints.sync()     # emulate: hooks for the RF block to come
         # The block ends here: a fault at EIP (started, as on hardware it counts
         # as an attempt), or EIP already past an int n that ended its block.
         self.clock.cut(eip, not soft)

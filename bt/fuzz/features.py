@@ -657,3 +657,81 @@ def _paging(rng, p):
             body += [f"mov {r}, cr3", "mov eax, cr0", f"xor {r}, eax"]
     body += ["mov eax, cr0", "and eax, 0x7ffeffff", "mov cr0, eax"]
     return body
+
+
+# Instruction breakpoints (DR0-DR3, DR7; runtime/breakpoints.py): a statement
+# arms 1-4 debug registers on its own labelled instructions -- an ALU line, the
+# instructions bt patches and the ones a jump patch covers, the instruction
+# after `mov ss`/`pop ss` (no #DB there), a jump target, a faulting ud2/int3 --
+# and runs them 1-3 times; the #DB handler (guest.py `fz_db`) folds DR6 and the
+# EIP and returns with RF set.  Some registers are left disabled (an execute one
+# still sets its DR6 bit when an enabled one at its address hits), some are
+# data breakpoints (R/W 01 or 11) always left disabled: trap and bt do not model
+# data breakpoints (docs/fidelity.md "Debug registers"), so an enabled one would
+# be a known gap, not a finding.  DR7 may be toggled between rounds and turned
+# off at the end.
+DR7_FIXED = 0x400           # DR7 bit 10 reads as 1
+DR7_ENABLES = (0b01, 0b10, 0b11)   # L, G, both
+
+
+def _bp_alu(rng) -> list[str]:
+    """An ALU line that leaves ecx (the round counter) and esp alone."""
+    while True:
+        line = _alu_line(rng)
+        if not any(r in line for r in ("ecx", " cl", "cx", "esp")):
+            return [line]
+
+
+def _bp_site(rng, p: str, k: int) -> list[str]:
+    """Instructions with the label `{p}b{k}` on one of them."""
+    lab = f"{p}b{k}:"
+    c = rng.randrange(9)
+    if c == 0:
+        return [lab, *_bp_alu(rng)]
+    if c == 1:                  # pushfd: a jump patch under bt; the pop is covered
+        return rng.choice(([lab, "pushfd", "pop ebx"], ["pushfd", lab, "pop ebx"]))
+    if c == 2:                  # more patch sites; the add after one is covered
+        site = rng.choice(("mov ebx, cs", "mov bx, ss", "smsw ebx"))
+        return rng.choice(([lab, site, "add ebx, 1"], [site, lab, "add ebx, 1"]))
+    if c == 3:                  # mov ss: the breakpoint after it never fires
+        return rng.choice((["mov eax, ss", "mov ss, eax", lab, "add ebx, 3"],
+                           ["mov eax, ss", lab, "mov ss, eax", "add ebx, 3"]))
+    if c == 4:                  # push ss; pop ss
+        return [".byte 0x16", ".byte 0x17", lab, "inc ebx"]
+    if c == 5:                  # a jump target
+        return [f"jmp {p}b{k}", "ud2", lab, "inc ebx"]
+    if c == 6:                  # #DB first, then (RF set) the instruction's own exception
+        return [_resume(p, f"b{k}r"), lab, rng.choice(("ud2", "int3")), f"{p}b{k}r:"]
+    if c == 7:
+        return [lab, rng.choice(("cli", "in al, 0x21", "nop", "xor eax, eax"))]
+    return [lab, rng.choice(("mov edx, dr6", "mov edx, dr7"))]
+
+
+@feature("breakpoints")
+def _breakpoints(rng, p):
+    n = rng.randrange(2, 6)
+    course = [line for k in range(n) for line in _bp_site(rng, p, k)]
+    labels = [f"{p}b{k}" for k in range(n)]
+    dr7 = DR7_FIXED | rng.choice((0, 0x100, 0x200, 0x300))     # LE/GE: no effect, kept
+    setup, armed, chosen = [], 0, []
+    for reg in rng.sample(range(4), rng.randrange(1, 5)):
+        if rng.random() < 0.15:                 # a data breakpoint, disabled
+            rw, ln = rng.choice((1, 3)), rng.choice((0, 1, 3))
+            addr = f"{G.SCRATCH + rng.randrange(0, 0x40, 4):#x}"
+            dr7 |= (rw | ln << 2) << (16 + 4 * reg)
+        else:
+            addr = rng.choice(chosen) if chosen and rng.random() < 0.3 else rng.choice(labels)
+            chosen.append(addr)
+            dr7 |= (0 if rng.random() < 0.2 else rng.choice(DR7_ENABLES)) << (2 * reg)
+            armed |= 3 << (2 * reg)
+        setup += [f"mov eax, {addr}", f"mov dr{reg}, eax"]
+    setup += [f"mov eax, {dr7:#x}", "mov dr7, eax"]
+    toggle = rng.getrandbits(8) & armed if rng.random() < 0.5 else 0     # never a data one
+    rounds = ["mov eax, dr7", f"xor eax, {toggle:#x}", "mov dr7, eax"] if toggle else []
+    body = ["push ecx", *setup, f"mov ecx, {rng.randrange(1, 4)}", f"{p}loop:", *course, *rounds,
+            "dec ecx", f"jnz {p}loop", "pop ecx"]
+    if rng.random() < 0.4:
+        body += [f"mov eax, {DR7_FIXED:#x}", "mov dr7, eax"]
+    if rng.random() < 0.3:
+        body += ["mov esi, dr6"]
+    return body

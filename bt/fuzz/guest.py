@@ -38,6 +38,8 @@ EXC_SUM = RECORDS + 4
 INT_SUM = RECORDS + 8
 TICK_COUNT = RECORDS + 12   # timer interrupts taken (the `timer` feature)
 TICK_SUM = RECORDS + 16     # their frames (eip, cs, eflags) folded together
+DB_COUNT = RECORDS + 20     # #DB exceptions taken (the `breakpoints` feature)
+DB_SUM = RECORDS + 24       # their DR6 (B0-B3, BS) and faulting EIP folded together
 SAVE = DATA + 0x80        # the epilogue's register dump
 SCRATCH = DATA + 0x200    # memory operands of generated statements (ebp points here)
 SCRATCH_SIZE = 0x100
@@ -79,8 +81,10 @@ MAX_EXCEPTIONS = 64                      # more than this: the program is loopin
 # Printed in this order by the epilogue (one hex line each).
 DIGEST_FIELDS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eflags",
                  "ds", "es", "fs", "gs", "ss", "cs", "exc_count", "exc_sum", "int_sum",
-                 "tick_count", "tick_sum")
-N_RECORDS = 5                            # exc_count .. tick_sum
+                 "tick_count", "tick_sum", "db_count", "db_sum")
+N_RECORDS = 7                            # exc_count .. db_sum
+DR6_SEEN = 0x400F                        # DR6 bits the #DB handler folds: B0-B3 and BS
+MAX_DEBUG = 200                          # more #DBs than this: the program loops on a breakpoint
 
 
 def _gate_setup(vector: int, handler: str, type_byte: int) -> list[str]:
@@ -91,8 +95,8 @@ def _gate_setup(vector: int, handler: str, type_byte: int) -> list[str]:
 def prelude(init_regs: dict[str, int]) -> str:
     gdt = "\n".join(f"    .long {lo:#010x}, {hi:#010x}" for lo, hi in GDT_DWORDS)
     gates = []
-    for v in range(32):
-        gates += _gate_setup(v, f"fz_v{v}", 0x8E)
+    for v in range(32):     # #DB (1) has its own handler (the `breakpoints` feature)
+        gates += _gate_setup(v, "fz_db" if v == 1 else f"fz_v{v}", 0x8E)
     for v in INT_VECTORS:
         gates += _gate_setup(v, f"fz_int{v:x}", 0x8E)
     gates += _gate_setup(TRAP_GATE_VECTOR, f"fz_int{TRAP_GATE_VECTOR:x}", 0x8F)
@@ -142,6 +146,8 @@ fz_idt_fill:
     mov dword ptr [{INT_SUM:#x}], 0
     mov dword ptr [{TICK_COUNT:#x}], 0
     mov dword ptr [{TICK_SUM:#x}], 0
+    mov dword ptr [{DB_COUNT:#x}], 0
+    mov dword ptr [{DB_SUM:#x}], 0
     mov dword ptr [{FPTR:#x}], fz_epilogue
     mov ebp, {SCRATCH:#x}
 {regs}
@@ -226,6 +232,28 @@ fz_too_many:
     out 0x20, al
     pop eax
     iretd""")
+    # #DB (the `breakpoints` feature's instruction breakpoints, a fault at the
+    # instruction): DR6's hit bits and the faulting EIP go into the record;
+    # DR6 is cleared, as a kernel's handler does, so a later read shows what
+    # set it since; and the handler returns with RF set in the frame so the
+    # instruction runs once without hitting the breakpoint again.
+    out.append(f"""fz_db:
+    push eax
+    inc dword ptr ss:[{DB_COUNT:#x}]
+    mov eax, dr6
+    and eax, {DR6_SEEN:#x}
+    rol dword ptr ss:[{DB_SUM:#x}], 5
+    xor dword ptr ss:[{DB_SUM:#x}], eax
+    xor eax, eax
+    mov dr6, eax{_fold(DB_SUM, (4,), 7, first="add")}
+    or dword ptr ss:[esp+12], 0x10000
+    cmp dword ptr ss:[{DB_COUNT:#x}], {MAX_DEBUG}
+    ja fz_db_too_many
+    pop eax
+    iretd
+fz_db_too_many:
+    mov dword ptr ss:[{STATUS:#x}], 5
+    jmp fz_epilogue""")
     out.append(f"""fz_ring3_return:
     mov esp, dword ptr ss:[{SAVED_ESP:#x}]
     jmp dword ptr ss:[{RESUME:#x}]

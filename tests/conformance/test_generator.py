@@ -30,6 +30,7 @@ SIGNATURE = {
     "patch_interior": {"aam", "jmp"}, "gdt_store": {"mov"}, "paging": {"invlpg", "mov"},
     "io_flags": {"in", "out"}, "timer": {"out", "sti"}, "task": {"lcall", "ljmp", "call", "jmp"},
     "v86": {"iretd"},
+    "breakpoints": {"mov"},
 }
 
 
@@ -85,3 +86,27 @@ def test_wild_program_ends_by_the_instruction_budget():
     from bt.api import run
     res = run(from_body("s_spin:\njmp s_spin").image(), "emulate", mem_mib=8, max_instructions=5_000)
     assert res.exit_status == 124
+
+
+def test_breakpoints_never_enable_a_data_breakpoint():
+    """trap and bt model execute breakpoints only (runtime/breakpoints.py), so
+    the `breakpoints` feature leaves every data breakpoint (R/W 01, 11)
+    disabled, through its DR7 toggles too; execute ones have LEN 00."""
+    import re
+    kinds = Counter()
+    for seed in range(200):
+        (stmt,) = generate(seed, 1, features=["breakpoints"]).stmts
+        text = "\n".join(stmt.body)
+        dr7 = int(re.search(r"mov eax, (0x[0-9a-f]+)\nmov dr7, eax", text).group(1), 16)
+        toggle = re.search(r"mov eax, dr7\nxor eax, (0x[0-9a-f]+)", text)
+        states = [dr7] + ([dr7 ^ int(toggle.group(1), 16)] if toggle else [])
+        for value in states:
+            for n in range(4):
+                rw_len = (value >> (16 + 4 * n)) & 0xF
+                if (value >> (2 * n)) & 3:
+                    assert rw_len == 0, (seed, hex(value), n)
+                    kinds["enabled"] += 1
+                elif rw_len:
+                    kinds["data, disabled"] += 1
+        kinds["toggled"] += bool(toggle)
+    assert min(kinds.values()) > 10, kinds

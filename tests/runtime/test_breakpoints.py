@@ -2,11 +2,13 @@
 VMM for trap and bt (runtime/breakpoints.py); an Intel CPU suppresses one on
 the instruction after MOV SS / POP SS (kvm-unit-tests emulator.flat)."""
 import pytest
-from unicorn import UC_HOOK_INTR
+from unicorn import UC_HOOK_CODE, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from bt import api
 from bt.demos import program_image
+from bt.fuzz.generator import from_body
+from bt.fuzz.guest import DIGEST_FIELDS
 from runtime.breakpoints import dr6_hits, exec_breakpoints
 from runtime.quirks import scratch_engine
 
@@ -129,3 +131,121 @@ def test_fact_reg_write_of_dr7_arms_nothing_mov_dr7_does():
     uc, hits = _engine_with_db_count(code)
     uc.emu_start(0x1000, 0x1000 + len(code))
     assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1012
+
+
+def test_fact_a_block_translated_with_rf_checks_no_breakpoint_and_qemus_db_comes_before_a_hook():
+    """QEMU checks instruction breakpoints as it translates a block; one
+    translated with EFLAGS.RF set checks none (the CPU: only its first
+    instruction's is suppressed), but a code hook there still runs.  In a block
+    without RF, QEMU's #DB comes before the hook at the address: why emulate's
+    hooks (runtime/breakpoints.py RFBlockBreakpoints) act only where QEMU did not."""
+    # DR0 = 0x1018, DR1 = 0x1019 (two nops), both enabled
+    code = bytes.fromhex("b818100000" "0f23c0" "b819100000" "0f23c8" "b80f040000" "0f23f8") + b"\x90" * 8
+    end = 0x1000 + len(code)
+    uc, hits = _engine_with_db_count(code)
+    hooked = []
+    uc.hook_add(UC_HOOK_CODE, lambda uc, a, s, _: hooked.append(a), None, 0x1019, 0x1019)
+    uc.emu_start(0x1000, end)
+    assert hits == [1] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1018
+    assert uc.reg_read(X.UC_X86_REG_DR6) & 0xF == 0b0001
+    uc.reg_write(X.UC_X86_REG_DR6, 0xFFFF0FF0)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, uc.reg_read(X.UC_X86_REG_EFLAGS) | 0x10000)
+    uc.emu_start(0x1018, end)           # one block from 0x1018, RF set: DR1 at 0x1019 not checked
+    assert hits == [1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == end
+    assert uc.reg_read(X.UC_X86_REG_DR6) == 0xFFFF0FF0     # nor DR0's at 0x1018: DR6 untouched
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 2)
+    uc.emu_start(0x1019, end)           # without RF: QEMU's #DB, the hook never ran
+    assert hits == [1, 1] and hooked == [0x1019] and uc.reg_read(X.UC_X86_REG_EIP) == 0x1019
+
+
+# Two breakpoints on consecutive instructions of one block: the handler's RF
+# covers only the first, so the second raises #DB too (fuzzer program seed
+# 2121006366, shrunk; emulate took one #DB before RFBlockBreakpoints).
+TWO_IN_A_BLOCK = """
+main:
+    call lib_setup_gdt
+    call lib_setup_idt
+    mov eax, on_db
+    mov ecx, 1
+    mov edx, 0x8e
+    call set_gate
+    mov eax, first
+    mov dr0, eax
+    mov eax, second
+    mov dr2, eax
+    mov eax, 0x412
+    mov dr7, eax
+    xor esi, esi
+    push 7
+first:
+    pop ebx
+second:
+    add esi, 1
+    mov eax, 0x400
+    mov dr7, eax
+    mov eax, dword ptr [count]
+    ret
+on_db:
+    inc dword ptr [count]
+    or dword ptr [esp + 8], 0x10000
+    iretd
+count:
+    .long 0
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_handlers_rf_covers_one_instruction_not_its_block(mode):
+    vm = api.make_vm(program_image(TWO_IN_A_BLOCK, "breakpoint"), mode, mem_mib=8)
+    r = vm.run()
+    assert r.exit_status == 2, (r.reason, r.message)
+    assert r.regs["esi"] == 1 and r.regs["ebx"] == 7
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_task_switch_clears_the_local_enables_and_disarms_them(mode):
+    """DR0 on the instruction after a far call to another task and back,
+    enabled by L0 and G1 (DR1 at the same address): the switch clears L0-L3,
+    so DR7 reads 0x408 and only DR1's breakpoint fires -- once."""
+    body = ("mov eax, s_bp\nmov dr0, eax\nmov dr1, eax\nmov eax, 0x40d\nmov dr7, eax\n"
+            "mov dword ptr [0x12120], s_t\nmov dword ptr [0x12138], 0x78000\n"
+            "mov dword ptr [0x1214c], 0x8\nmov dword ptr [0x12150], 0x10\n"
+            ".byte 0x9a\n.long 0\n.word 0x50\ns_bp:\nmov ebx, dr7\n# out of line:\ns_t:\niretd")
+    r = api.run(from_body(body).image(), mode, mem_mib=8, max_instructions=100_000)
+    assert (r.exit_status, r.reason) == (0, "debug-exit")
+    fields = dict(zip(DIGEST_FIELDS, r.serial.decode().split()))
+    assert int(fields["ebx"], 16) == 0x408
+    assert int(fields["db_count"], 16) == 1
+
+
+def test_a_slice_ending_at_a_breakpoint_ends_there_in_every_mode():
+    """A budget that ends right before the breakpoint's instruction: the clock
+    re-runs the block with a Unicorn exit there, but QEMU ends a block at an
+    instruction breakpoint before it checks the exit, so under emulate the
+    re-run used to stop before the same block forever.  Every budget around
+    the breakpoint (and through its handler) ends the run there in every mode,
+    bt with emulate's registers (trap shows its CPL 1 in pushfd and ss)."""
+    from bt.fuzz.differential import observe_run
+    from bt.machine import MachineConfig
+    image = program_image(GUEST.replace("{PRE}", "pushfd\n    pop edx"), "breakpoint")
+    full = api.run(image, "emulate", mem_mib=8)
+    assert full.exit_status == 1
+    for budget in range(full.retired - 48, full.retired - 4):
+        ends = {m: observe_run(image, MachineConfig(mem_mib=8), m, budget, wall_limit=5.0) for m in MODES}
+        for m, o in ends.items():
+            assert (o.exit_status, o.retired) == (124, budget), (m, budget, o.reason)
+        assert ends["bt"].regs == ends["emulate"].regs, budget
+
+
+def test_the_rf_suppressed_breakpoint_leaves_dr6_as_the_handler_left_it():
+    """The fuzz frame's #DB handler clears DR6; the breakpoint's instruction
+    then runs with RF, which the CPU (and QEMU, fact above) treats as no
+    breakpoint at all: DR6 keeps no B bit, in every mode."""
+    body = "mov eax, s_bp\nmov dr0, eax\nmov eax, 0x401\nmov dr7, eax\ns_bp:\nnop\nmov esi, dr6"
+    seen = {}
+    for mode in MODES:
+        r = api.run(from_body(body).image(), mode, mem_mib=8, max_instructions=100_000)
+        fields = dict(zip(DIGEST_FIELDS, r.serial.decode().split()))
+        assert int(fields["db_count"], 16) == 1
+        seen[mode] = int(fields["esi"], 16)
+    assert seen["emulate"] & 0xF == 0 and set(seen.values()) == {seen["emulate"]}, seen
