@@ -60,7 +60,29 @@ class NativeIO:
         self._clock = clock              # the C side keeps a bare pointer to it
         self.c.set_site_flags(_clock.site_flags_address(), id(clock.c))
 
+    def use_clock_time(self, clock, pit_port: int, cpu_hz: int) -> None:
+        """Let the C hook answer the PIT's published counter reads from the
+        clock's virtual time of the running instruction (runtime/_clock.c
+        vtime_now: VM.now(), natively; valid once the clock's TSC hooks are
+        enabled, runtime/tsc.py, before anything runs)."""
+        from bt.machine import PIT_HZ
+        from runtime import _clock
+        self._clock = clock              # the C side keeps a bare pointer to it
+        self.c.set_timer_clock(_clock.vtime_now_address(), id(clock.c), pit_port, cpu_hz, PIT_HZ)
+        self.timers = True
+
     # -- what devices call --------------------------------------------------------
+    # False: publish_timer is never answered (no clock time; the PIT keeps its reads)
+    timers = False
+
+    def publish_timer(self, index: int, state: tuple | None) -> None:
+        """A PIT channel's read state (runtime/devices/pit.py), or None."""
+        self.c.publish_timer(index, state)
+
+    def timer_flip(self, index: int) -> bool:
+        """The channel's lo/hi read flip-flop as the native reads left it."""
+        return self.c.timer_flip(index)
+
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)
 
