@@ -6,13 +6,16 @@
  * value).  Devices stay the one definition of what a port does: a device
  * *publishes* through runtime/iofast.py
  *   - the value a one-byte read of a port returns while reading it has no side
- *     effect (the UART's line-status register with no error pending), and
+ *     effect (the UART's line-status register with no error pending),
  *   - which ports take one-byte writes into a queue while a write's only effect
  *     is the device's own (the UART's transmit register when no interrupt,
  *     loopback or divisor latch is involved): the queue is replayed through the
  *     device's own `write` (the I/O bus) before the next I/O exit and at the end
  *     of every slice, so the device sees every byte in order, in the state it
- *     published them for.
+ *     published them for;
+ *   - a PIT channel's counting state, from which a one-byte read of its port
+ *     is computed at the running instruction's virtual time ("The PIT's
+ *     counter reads" below).
  * Everything else calls the VM's Python hook (the slow path), which first
  * drains the queue.  Counts of the accesses answered here are handed to the
  * bus's per-port figures at each drain, so `io_by_port` is unchanged.

@@ -13,12 +13,19 @@ so the device sees the same bytes in the same order and state; and a device
 that changes its state republishes (it does so only from Python: its own
 `read`/`write`, host input, its `tick`).
 
-Not published: anything whose answer depends on virtual time or changes the
-device (the PIT's counters, with their lo/hi flip-flop; the PIC's IRR/ISR
-reads after an OCW3; RBR, IIR, MSR).  Linux's hot ports during a boot are the
-UART's LSR and THR (two per console byte) and the PIT's channel 2 during
-calibration (runtime/devices/pit.py: the count is a function of `now`); the
-latter still exits.
+The PIT's counters are published differently (`publish_timer`): their
+value is a function of virtual time, so a channel publishes its counting
+state (runtime/devices/pit.py `Channel.native_state`) and the C hook computes
+the count at the running instruction's virtual time (the clock's
+`vtime_now`, set up by `use_clock_time`), toggling the lo/hi flip-flop
+itself; the PIT takes the flip-flops back (`timer_flip`) before any Python
+access and republishes after it.  Linux's quick_pit_calibrate reads channel
+2 ~21,000 times per boot; those reads no longer exit (docs/benchmarks.md,
+"The PIT's counter reads answered natively").
+
+Not published: anything else whose answer changes the device (the PIC's
+IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a latch
+pending, BCD, or in modes 1, 4, 5).
 """
 from __future__ import annotations
 
