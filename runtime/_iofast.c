@@ -43,6 +43,8 @@ typedef struct {
     uint8_t mode;               /* 0, 2 or 3 (the only ones published) */
     uint8_t access;             /* 1 lo, 2 hi, 3 lo/hi (runtime/devices/regs.py) */
     bool high_next;             /* the lo/hi read flip-flop, owned here while on */
+    uint8_t latch[2];           /* a count latch's bytes still to read, in order */
+    uint8_t nlatch;             /* how many (0-2), owned here while on */
     uint32_t n;                 /* reload, 1..0x10000 (binary only) */
     int64_t base;               /* elapsed_base */
     int64_t since;              /* run_since, or -1: stopped */
@@ -91,11 +93,19 @@ static inline void count(IoFast *f, uint32_t port)
  * vtime_now, the value VM.now() gives the slow path), elapsed = elapsed_base
  * + (ticks - run_since), then the mode's formula.  The Python model publishes
  * a channel only while a read has no effect other than the lo/hi flip-flop
- * (no count or status latch, binary, a count loaded, mode 0, 2 or 3); the
- * flip-flop lives here while published and Python takes it back
- * (timer_flip) before touching the channel, then republishes. */
+ * or popping a count latch's bytes (no status latch, binary, a count loaded,
+ * mode 0, 2 or 3); the flip-flop and the latch bytes left live here while
+ * published and Python takes them back (timer_take) before touching the
+ * channel, then republishes.  (Linux's i8253 reads channel 0 by a latch
+ * command, an exit, then two reads of the latch, answered here.) */
 static uint32_t timer_read(IoFast *f, Timer *t)
 {
+    if (t->nlatch) {                            /* a latched count reads first */
+        uint32_t v = t->latch[0];
+        t->latch[0] = t->latch[1];
+        t->nlatch--;
+        return v;
+    }
     uint64_t now = f->vtime(f->clock);
     int64_t ticks = (int64_t)((unsigned __int128)now * f->pit_hz / f->cpu_hz);
     uint64_t e = (uint64_t)(t->base + (t->since >= 0 ? ticks - t->since : 0));
@@ -226,7 +236,8 @@ static PyObject *IoFast_set_timer_clock(IoFast *f, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* publish_timer(index, None or (mode, access, n, elapsed_base, run_since or -1, high_next)) */
+/* publish_timer(index, None or (mode, access, n, elapsed_base, run_since or -1, high_next,
+ *                                latch bytes)) */
 static PyObject *IoFast_publish_timer(IoFast *f, PyObject *args)
 {
     unsigned int i;
@@ -245,10 +256,12 @@ static PyObject *IoFast_publish_timer(IoFast *f, PyObject *args)
     unsigned int mode, access, n;
     long long base, since;
     int high;
-    if (!PyArg_ParseTuple(v, "IIILLp", &mode, &access, &n, &base, &since, &high))
+    const char *latch;
+    Py_ssize_t nlatch;
+    if (!PyArg_ParseTuple(v, "IIILLpy#", &mode, &access, &n, &base, &since, &high, &latch, &nlatch))
         return NULL;
     if (!(mode == 0 || mode == 2 || mode == 3) || access < 1 || access > 3 || n < 1
-        || n > 0x10000 || base < 0 || since < -1) {
+        || n > 0x10000 || base < 0 || since < -1 || nlatch > 2) {
         PyErr_SetString(PyExc_ValueError, "a timer state the native read does not model");
         return NULL;
     }
@@ -258,12 +271,15 @@ static PyObject *IoFast_publish_timer(IoFast *f, PyObject *args)
     t->base = base;
     t->since = since;
     t->high_next = high;
+    memcpy(t->latch, latch, (size_t)nlatch);
+    t->nlatch = (uint8_t)nlatch;
     t->on = true;
     Py_RETURN_NONE;
 }
 
-/* timer_flip(index) -> the lo/hi read flip-flop (True: the next read is the high byte) */
-static PyObject *IoFast_timer_flip(IoFast *f, PyObject *arg)
+/* timer_take(index) -> (the lo/hi read flip-flop (True: the next read is the
+ * high byte), the latch bytes not yet read) */
+static PyObject *IoFast_timer_take(IoFast *f, PyObject *arg)
 {
     long i = PyLong_AsLong(arg);
     if (i == -1 && PyErr_Occurred())
@@ -272,7 +288,9 @@ static PyObject *IoFast_timer_flip(IoFast *f, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "timer index outside 0-2");
         return NULL;
     }
-    return PyBool_FromLong(f->timer[i].high_next);
+    Timer *t = &f->timer[i];
+    return Py_BuildValue("(Ny#)", PyBool_FromLong(t->high_next), (const char *)t->latch,
+                         (Py_ssize_t)t->nlatch);
 }
 
 /* publish_read(port, byte or None) */
@@ -373,9 +391,9 @@ static PyMethodDef IoFast_methods[] = {
     {"set_timer_clock", (PyCFunction)IoFast_set_timer_clock, METH_VARARGS,
      "set_timer_clock(vtime fn, clock, first port, cpu_hz, pit_hz): the PIT's reads may be answered"},
     {"publish_timer", (PyCFunction)IoFast_publish_timer, METH_VARARGS,
-     "publish_timer(i, None or (mode, access, n, elapsed_base, run_since or -1, high_next))"},
-    {"timer_flip", (PyCFunction)IoFast_timer_flip, METH_O,
-     "timer_flip(i) -> the channel's lo/hi read flip-flop as toggled here"},
+     "publish_timer(i, None or (mode, access, n, elapsed_base, run_since or -1, high_next, latch))"},
+    {"timer_take", (PyCFunction)IoFast_timer_take, METH_O,
+     "timer_take(i) -> (lo/hi read flip-flop, latch bytes left) as the reads here left them"},
     {"publish_read", (PyCFunction)IoFast_publish_read, METH_VARARGS,
      "publish_read(port, byte or None): what a one-byte read returns with no exit"},
     {"publish_sink", (PyCFunction)IoFast_publish_sink, METH_VARARGS,

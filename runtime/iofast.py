@@ -18,14 +18,16 @@ value is a function of virtual time, so a channel publishes its counting
 state (runtime/devices/pit.py `Channel.native_state`) and the C hook computes
 the count at the running instruction's virtual time (the clock's
 `vtime_now`, set up by `use_clock_time`), toggling the lo/hi flip-flop
-itself; the PIT takes the flip-flops back (`timer_flip`) before any Python
+itself and popping a pending count latch's bytes; the PIT takes both back
+(`timer_take`) before any Python
 access and republishes after it.  Linux's quick_pit_calibrate reads channel
-2 ~21,000 times per boot; those reads no longer exit (docs/benchmarks.md,
+2 ~21,000 times per boot, and its i8253 code reads channel 0's latch ~2,900
+times; those reads no longer exit (docs/benchmarks.md,
 "The PIT's counter reads answered natively").
 
 Not published: anything else whose answer changes the device (the PIC's
-IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a latch
-pending, BCD, or in modes 1, 4, 5).
+IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a status
+latch pending, BCD, or in modes 1, 4, 5).
 """
 from __future__ import annotations
 
@@ -86,9 +88,10 @@ class NativeIO:
         """A PIT channel's read state (runtime/devices/pit.py), or None."""
         self.c.publish_timer(index, state)
 
-    def timer_flip(self, index: int) -> bool:
-        """The channel's lo/hi read flip-flop as the native reads left it."""
-        return self.c.timer_flip(index)
+    def timer_take(self, index: int) -> tuple[bool, bytes]:
+        """The channel's lo/hi read flip-flop and the count latch's bytes not
+        yet read, as the native reads left them."""
+        return self.c.timer_take(index)
 
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)

@@ -123,13 +123,15 @@ class Channel:
     def native_state(self) -> tuple | None:
         """What a native one-byte read needs to answer as `read` would
         (runtime/_iofast.c "The PIT's counter reads"), or None while a read
-        does more than count and toggle the lo/hi flip-flop: a pending count
-        or status latch, BCD, no count loaded, or a mode other than 0, 2, 3."""
-        if (self._count_latch or self._status_latch is not None or self.bcd
+        does more than count, toggle the lo/hi flip-flop or pop a count
+        latch's bytes: a pending status latch, BCD, no count loaded, or a
+        mode other than 0, 2, 3."""
+        if (self._status_latch is not None or self.bcd
                 or self.reload is None or self.mode not in (0, 2, 3)):
             return None
         return (self.mode, self.access, self.reload, self.elapsed_base,
-                -1 if self.run_since is None else self.run_since, self._read_high_next)
+                -1 if self.run_since is None else self.run_since, self._read_high_next,
+                bytes(self._count_latch))
 
     # --- programming ------------------------------------------------------------
     def control(self, access: int, mode: int, bcd: bool) -> None:
@@ -230,11 +232,11 @@ class PIT(Device):
 
     # --- native counter reads (runtime/iofast.py) ---------------------------------
     # While a channel is published, one-byte reads of its port are answered by
-    # the C `in` hook from virtual time, which toggles the lo/hi flip-flop there.
-    # Every Python access to the PIT's ports or gate first takes the flip-flops
-    # back (`_take_back`) and ends by republishing (`publish`).  tick and
-    # next_event need nothing back: channel 0's IRQ edges never depend on the
-    # flip-flop, and a read changes nothing else.
+    # the C `in` hook from virtual time, which toggles the lo/hi flip-flop and
+    # pops a pending count latch there.  Every Python access to the PIT's ports
+    # or gate first takes both back (`_take_back`) and ends by republishing
+    # (`publish`).  tick and next_event need nothing back: channel 0's IRQ
+    # edges depend on neither, and a read changes nothing else.
     def publish(self) -> None:
         fast = self.fast
         if fast is None or not fast.timers:
@@ -247,8 +249,9 @@ class PIT(Device):
         if fast is None or not fast.timers:
             return
         for ch in self.channels:
-            if ch.native_state() is not None:        # published: the flip-flop is native
-                ch._read_high_next = fast.timer_flip(ch.index)
+            if ch.native_state() is not None:        # published: both are native
+                ch._read_high_next, latch = fast.timer_take(ch.index)
+                ch._count_latch = list(latch)
 
     def _t(self) -> int:
         return pit_ticks(self.link.now(), self.link.cpu_hz)
