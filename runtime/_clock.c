@@ -215,6 +215,7 @@ typedef struct {
     size_t nhooked, hooked_cap;
     /* the virtual TSC (runtime/tsc.py; see "Time-stamp counter" below) */
     uint64_t tsc_base;                  /* virtual time at the slice's start + the TSC offset */
+    uint64_t vtime_base;                /* virtual time at the slice's start (vtime_now) */
     Py_ssize_t eip_off;
     uc_reg_write_t reg_write;
     int reg_eax, reg_edx, reg_ecx;
@@ -1372,6 +1373,14 @@ static uint64_t tsc_now(Clock *c)
     return c->tsc_base + (started ? started - 1 : 0);
 }
 
+/* The running instruction's virtual time, VM.now() computed natively, for
+ * other native hooks (runtime/_iofast.c: the PIT's counter reads). */
+static uint64_t vtime_now(void *clock)
+{
+    Clock *c = clock;
+    return c->vtime_base + (tsc_now(c) - c->tsc_base);
+}
+
 static int rdtsc_hook(void *uc, void *ud)
 {
     Clock *c = ud;
@@ -2099,6 +2108,15 @@ static PyObject *Clock_set_tsc_base(Clock *c, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *Clock_set_vtime_base(Clock *c, PyObject *arg)
+{
+    unsigned long long b = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    c->vtime_base = b;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Clock_get_tsc_reads(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->tsc_reads); }
 
 static PyObject *Clock_get_count(Clock *c, void *u) { return PyLong_FromUnsignedLongLong(c->count); }
@@ -2181,6 +2199,8 @@ static PyMethodDef Clock_methods[] = {
      "enable_tsc(uc_reg_write, eax, edx, ecx register ids, eip offset): native rdtsc/rdtscp"},
     {"set_tsc_base", (PyCFunction)Clock_set_tsc_base, METH_O,
      "set_tsc_base(v): the TSC at the slice's first instruction"},
+    {"set_vtime_base", (PyCFunction)Clock_set_vtime_base, METH_O,
+     "set_vtime_base(v): the virtual time at the slice's first instruction (vtime_now)"},
     {"code_stats", (PyCFunction)Clock_code_stats, METH_NOARGS, "counters of the code check"},
     {NULL, NULL, 0, NULL}};
 
@@ -2216,6 +2236,11 @@ static PyObject *callbacks(PyObject *m, PyObject *unused)
                          (unsigned long long)(uintptr_t)&rdtscp_hook);
 }
 
+static PyObject *vtime_now_address(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromVoidPtr((void *)&vtime_now);
+}
+
 static PyObject *site_flags_address(PyObject *m, PyObject *unused)
 {
     return PyLong_FromVoidPtr((void *)&site_flags);
@@ -2227,6 +2252,8 @@ static PyObject *cut_address(PyObject *m, PyObject *unused)
 }
 
 static PyMethodDef module_methods[] = {
+    {"vtime_now_address", vtime_now_address, METH_NOARGS,
+     "address of uint64_t vtime_now(Clock *): the running instruction's virtual time (needs enable_tsc)"},
     {"site_flags_address", site_flags_address, METH_NOARGS,
      "address of void site_flags(Clock *) for native hooks called inside an instruction"},
     {"cut_address", cut_address, METH_NOARGS, "address of bool cut(Clock *, eip, started) for native hooks"},

@@ -6,13 +6,16 @@
  * value).  Devices stay the one definition of what a port does: a device
  * *publishes* through runtime/iofast.py
  *   - the value a one-byte read of a port returns while reading it has no side
- *     effect (the UART's line-status register with no error pending), and
+ *     effect (the UART's line-status register with no error pending),
  *   - which ports take one-byte writes into a queue while a write's only effect
  *     is the device's own (the UART's transmit register when no interrupt,
  *     loopback or divisor latch is involved): the queue is replayed through the
  *     device's own `write` (the I/O bus) before the next I/O exit and at the end
  *     of every slice, so the device sees every byte in order, in the state it
- *     published them for.
+ *     published them for;
+ *   - a PIT channel's counting state, from which a one-byte read of its port
+ *     is computed at the running instruction's virtual time ("The PIT's
+ *     counter reads" below).
  * Everything else calls the VM's Python hook (the slow path), which first
  * drains the queue.  Counts of the accesses answered here are handed to the
  * bus's per-port figures at each drain, so `io_by_port` is unchanged.
@@ -30,6 +33,22 @@
 typedef uint32_t (*in_cb_t)(void *uc, uint32_t port, int size, void *ud);
 typedef void (*out_cb_t)(void *uc, uint32_t port, int size, uint32_t value, void *ud);
 typedef void (*site_flags_t)(void *clock);
+typedef uint64_t (*vtime_t)(void *clock);
+
+/* A PIT channel as runtime/devices/pit.py publishes it ("The PIT's counter
+ * reads" below): enough to compute Channel.count at any virtual time. */
+#define TIMERS 3
+typedef struct {
+    bool on;                    /* published: one-byte reads are answered here */
+    uint8_t mode;               /* 0, 2 or 3 (the only ones published) */
+    uint8_t access;             /* 1 lo, 2 hi, 3 lo/hi (runtime/devices/regs.py) */
+    bool high_next;             /* the lo/hi read flip-flop, owned here while on */
+    uint8_t latch[2];           /* a count latch's bytes still to read, in order */
+    uint8_t nlatch;             /* how many (0-2), owned here while on */
+    uint32_t n;                 /* reload, 1..0x10000 (binary only) */
+    int64_t base;               /* elapsed_base */
+    int64_t since;              /* run_since, or -1: stopped */
+} Timer;
 
 typedef struct {
     PyObject_HEAD
@@ -48,6 +67,12 @@ typedef struct {
     uint64_t fast_reads, fast_writes;
     site_flags_t site_flags;    /* the clock's lazy-flags repair (runtime/_clock.c), or NULL */
     void *clock;
+    /* the PIT's channels (ports base..base+2) and the clock's virtual time */
+    Timer timer[TIMERS];
+    uint32_t timer_port;
+    vtime_t vtime;              /* NULL: no timer is answered here */
+    uint64_t cpu_hz, pit_hz;
+    uint64_t timer_reads;
 } IoFast;
 
 static inline void count(IoFast *f, uint32_t port)
@@ -60,6 +85,49 @@ static inline void count(IoFast *f, uint32_t port)
     }
 }
 
+/* -- The PIT's counter reads ---------------------------------------------------------
+ * Linux's quick_pit_calibrate reads channel 2's count ~21,000 times per boot
+ * (issue 19).  The count is a function of virtual time, so it is computed here
+ * as runtime/devices/pit.py's Channel.count computes it: ticks = now * PIT_HZ
+ * // cpu_hz with `now` the running instruction's virtual time (the clock's
+ * vtime_now, the value VM.now() gives the slow path), elapsed = elapsed_base
+ * + (ticks - run_since), then the mode's formula.  The Python model publishes
+ * a channel only while a read has no effect other than the lo/hi flip-flop
+ * or popping a count latch's bytes (no status latch, binary, a count loaded,
+ * mode 0, 2 or 3); the flip-flop and the latch bytes left live here while
+ * published and Python takes them back (timer_take) before touching the
+ * channel, then republishes.  (Linux's i8253 reads channel 0 by a latch
+ * command, an exit, then two reads of the latch, answered here.) */
+static uint32_t timer_read(IoFast *f, Timer *t)
+{
+    if (t->nlatch) {                            /* a latched count reads first */
+        uint32_t v = t->latch[0];
+        t->latch[0] = t->latch[1];
+        t->nlatch--;
+        return v;
+    }
+    uint64_t now = f->vtime(f->clock);
+    int64_t ticks = (int64_t)((unsigned __int128)now * f->pit_hz / f->cpu_hz);
+    uint64_t e = (uint64_t)(t->base + (t->since >= 0 ? ticks - t->since : 0));
+    uint64_t n = t->n, c;
+    if (t->mode == 2) {
+        c = n - e % n;
+    } else if (t->mode == 3) {
+        uint64_t phase = e % n, half = (n + 1) / 2;
+        c = n - 2 * (phase < half ? phase : phase - half);
+    } else {
+        c = n - e;                              /* counts on through zero */
+    }
+    c &= 0xFFFF;
+    if (t->access == 1)
+        return c & 0xFF;
+    if (t->access == 2)
+        return (c >> 8) & 0xFF;
+    bool high = t->high_next;
+    t->high_next = !high;
+    return high ? (c >> 8) & 0xFF : c & 0xFF;
+}
+
 static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
 {
     IoFast *f = ud;
@@ -70,6 +138,13 @@ static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
         f->fast_reads++;
         count(f, port);
         return (uint32_t)f->rd[port];
+    }
+    uint32_t ti = port - f->timer_port;
+    if (f->enabled && size == 1 && ti < TIMERS && f->timer[ti].on && f->vtime) {
+        f->fast_reads++;
+        f->timer_reads++;
+        count(f, port);
+        return timer_read(f, &f->timer[ti]);
     }
     return f->slow_in(uc, port, size, NULL);
 }
@@ -140,6 +215,82 @@ static PyObject *IoFast_set_site_flags(IoFast *f, PyObject *args)
     f->site_flags = (site_flags_t)(uintptr_t)fn;
     f->clock = (void *)(uintptr_t)clock;
     Py_RETURN_NONE;
+}
+
+/* set_timer_clock(vtime fn address, clock object address, first port, cpu_hz, pit_hz) */
+static PyObject *IoFast_set_timer_clock(IoFast *f, PyObject *args)
+{
+    unsigned long long fn, clock, cpu_hz, pit_hz;
+    unsigned int port;
+    if (!PyArg_ParseTuple(args, "KKIKK", &fn, &clock, &port, &cpu_hz, &pit_hz))
+        return NULL;
+    if (!cpu_hz || !pit_hz || port > PORTS - TIMERS) {
+        PyErr_SetString(PyExc_ValueError, "bad timer clock");
+        return NULL;
+    }
+    f->vtime = (vtime_t)(uintptr_t)fn;
+    f->clock = (void *)(uintptr_t)clock;
+    f->timer_port = port;
+    f->cpu_hz = cpu_hz;
+    f->pit_hz = pit_hz;
+    Py_RETURN_NONE;
+}
+
+/* publish_timer(index, None or (mode, access, n, elapsed_base, run_since or -1, high_next,
+ *                                latch bytes)) */
+static PyObject *IoFast_publish_timer(IoFast *f, PyObject *args)
+{
+    unsigned int i;
+    PyObject *v;
+    if (!PyArg_ParseTuple(args, "IO", &i, &v))
+        return NULL;
+    if (i >= TIMERS) {
+        PyErr_SetString(PyExc_ValueError, "timer index outside 0-2");
+        return NULL;
+    }
+    Timer *t = &f->timer[i];
+    if (v == Py_None) {
+        t->on = false;
+        Py_RETURN_NONE;
+    }
+    unsigned int mode, access, n;
+    long long base, since;
+    int high;
+    const char *latch;
+    Py_ssize_t nlatch;
+    if (!PyArg_ParseTuple(v, "IIILLpy#", &mode, &access, &n, &base, &since, &high, &latch, &nlatch))
+        return NULL;
+    if (!(mode == 0 || mode == 2 || mode == 3) || access < 1 || access > 3 || n < 1
+        || n > 0x10000 || base < 0 || since < -1 || nlatch > 2) {
+        PyErr_SetString(PyExc_ValueError, "a timer state the native read does not model");
+        return NULL;
+    }
+    t->mode = (uint8_t)mode;
+    t->access = (uint8_t)access;
+    t->n = n;
+    t->base = base;
+    t->since = since;
+    t->high_next = high;
+    memcpy(t->latch, latch, (size_t)nlatch);
+    t->nlatch = (uint8_t)nlatch;
+    t->on = true;
+    Py_RETURN_NONE;
+}
+
+/* timer_take(index) -> (the lo/hi read flip-flop (True: the next read is the
+ * high byte), the latch bytes not yet read) */
+static PyObject *IoFast_timer_take(IoFast *f, PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i < 0 || i >= TIMERS) {
+        PyErr_SetString(PyExc_ValueError, "timer index outside 0-2");
+        return NULL;
+    }
+    Timer *t = &f->timer[i];
+    return Py_BuildValue("(Ny#)", PyBool_FromLong(t->high_next), (const char *)t->latch,
+                         (Py_ssize_t)t->nlatch);
 }
 
 /* publish_read(port, byte or None) */
@@ -232,10 +383,17 @@ static int IoFast_set_enabled(IoFast *f, PyObject *v, void *u)
 }
 static PyObject *IoFast_get_reads(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_reads); }
 static PyObject *IoFast_get_writes(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_writes); }
+static PyObject *IoFast_get_timer_reads(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->timer_reads); }
 
 static PyMethodDef IoFast_methods[] = {
     {"set_site_flags", (PyCFunction)IoFast_set_site_flags, METH_VARARGS,
      "set_site_flags(fn, clock): the clock's lazy-flags repair, called first in every port access"},
+    {"set_timer_clock", (PyCFunction)IoFast_set_timer_clock, METH_VARARGS,
+     "set_timer_clock(vtime fn, clock, first port, cpu_hz, pit_hz): the PIT's reads may be answered"},
+    {"publish_timer", (PyCFunction)IoFast_publish_timer, METH_VARARGS,
+     "publish_timer(i, None or (mode, access, n, elapsed_base, run_since or -1, high_next, latch))"},
+    {"timer_take", (PyCFunction)IoFast_timer_take, METH_O,
+     "timer_take(i) -> (lo/hi read flip-flop, latch bytes left) as the reads here left them"},
     {"publish_read", (PyCFunction)IoFast_publish_read, METH_VARARGS,
      "publish_read(port, byte or None): what a one-byte read returns with no exit"},
     {"publish_sink", (PyCFunction)IoFast_publish_sink, METH_VARARGS,
@@ -250,6 +408,7 @@ static PyGetSetDef IoFast_getset[] = {
      "False: every access takes the slow path", NULL},
     {"fast_reads", (getter)IoFast_get_reads, NULL, "reads answered here", NULL},
     {"fast_writes", (getter)IoFast_get_writes, NULL, "writes queued here", NULL},
+    {"timer_reads", (getter)IoFast_get_timer_reads, NULL, "PIT counter reads answered here", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject IoFastType = {

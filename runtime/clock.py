@@ -157,6 +157,11 @@ class InstructionClock:
         """The TSC at the coming slice's first instruction."""
         self.c.set_tsc_base(value)
 
+    def set_vtime_base(self, value: int) -> None:
+        """The virtual time at the coming slice's first instruction (the C
+        side's vtime_now, which native hooks such as the PIT's reads use)."""
+        self.c.set_vtime_base(value)
+
     @property
     def tsc_reads(self) -> int:
         return self.c.tsc_reads

@@ -13,12 +13,21 @@ so the device sees the same bytes in the same order and state; and a device
 that changes its state republishes (it does so only from Python: its own
 `read`/`write`, host input, its `tick`).
 
-Not published: anything whose answer depends on virtual time or changes the
-device (the PIT's counters, with their lo/hi flip-flop; the PIC's IRR/ISR
-reads after an OCW3; RBR, IIR, MSR).  Linux's hot ports during a boot are the
-UART's LSR and THR (two per console byte) and the PIT's channel 2 during
-calibration (runtime/devices/pit.py: the count is a function of `now`); the
-latter still exits.
+The PIT's counters are published differently (`publish_timer`): their
+value is a function of virtual time, so a channel publishes its counting
+state (runtime/devices/pit.py `Channel.native_state`) and the C hook computes
+the count at the running instruction's virtual time (the clock's
+`vtime_now`, set up by `use_clock_time`), toggling the lo/hi flip-flop
+itself and popping a pending count latch's bytes; the PIT takes both back
+(`timer_take`) before any Python
+access and republishes after it.  Linux's quick_pit_calibrate reads channel
+2 ~21,000 times per boot, and its i8253 code reads channel 0's latch ~2,900
+times; those reads no longer exit (docs/benchmarks.md,
+"The PIT's counter reads answered natively").
+
+Not published: anything else whose answer changes the device (the PIC's
+IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a status
+latch pending, BCD, or in modes 1, 4, 5).
 """
 from __future__ import annotations
 
@@ -60,7 +69,30 @@ class NativeIO:
         self._clock = clock              # the C side keeps a bare pointer to it
         self.c.set_site_flags(_clock.site_flags_address(), id(clock.c))
 
+    def use_clock_time(self, clock, pit_port: int, cpu_hz: int) -> None:
+        """Let the C hook answer the PIT's published counter reads from the
+        clock's virtual time of the running instruction (runtime/_clock.c
+        vtime_now: VM.now(), natively; valid once the clock's TSC hooks are
+        enabled, runtime/tsc.py, before anything runs)."""
+        from bt.machine import PIT_HZ
+        from runtime import _clock
+        self._clock = clock              # the C side keeps a bare pointer to it
+        self.c.set_timer_clock(_clock.vtime_now_address(), id(clock.c), pit_port, cpu_hz, PIT_HZ)
+        self.timers = True
+
     # -- what devices call --------------------------------------------------------
+    # False: publish_timer is never answered (no clock time; the PIT keeps its reads)
+    timers = False
+
+    def publish_timer(self, index: int, state: tuple | None) -> None:
+        """A PIT channel's read state (runtime/devices/pit.py), or None."""
+        self.c.publish_timer(index, state)
+
+    def timer_take(self, index: int) -> tuple[bool, bytes]:
+        """The channel's lo/hi read flip-flop and the count latch's bytes not
+        yet read, as the native reads left them."""
+        return self.c.timer_take(index)
+
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)
 

@@ -81,6 +81,7 @@ class VirtualTSC:
     def before_slice(self, vtime: int) -> None:
         if self.native:
             self._clock.set_tsc_base((vtime + self.offset) & 0xFFFFFFFFFFFFFFFF)
+            self._clock.set_vtime_base(vtime)   # the clock's vtime_now (runtime/_iofast.c's PIT reads)
 
     @property
     def reads(self) -> int:

@@ -47,6 +47,7 @@ from runtime.taskswitch import TaskSwitch
 from runtime.isolation import unmapped_access
 from runtime.devices import InterruptRouter, attach_standard_devices
 from runtime.devices.bus import IOBus
+from runtime.devices.regs import PIT_CH0
 from runtime.iofast import NativeIO
 from runtime.mmio import MMIOMap
 from runtime.memory import GuestMemory, OutsideRam
@@ -373,6 +374,10 @@ class VM:
         slow_in, slow_out = self.guarded(self._on_in), self.guarded(self._on_out)
         self.io = NativeIO(uc, self.bus, lambda port, size: slow_in(uc, port, size, None),
                            lambda port, size, value: slow_out(uc, port, size, value, None))
+        if self.quirks.env is not None:
+            # The PIT's counter reads from the running instruction's virtual time
+            # (runtime/iofast.py; the clock's TSC hooks configure it: runtime/tsc.py).
+            self.io.use_clock_time(self.clock, PIT_CH0, self.cpu_hz)
         for dev in self.bus.devices:
             dev.set_fast(self.io)
         if self.quirks.env is not None:

@@ -120,6 +120,19 @@ class Channel:
     def running(self) -> bool:
         return self.run_since is not None
 
+    def native_state(self) -> tuple | None:
+        """What a native one-byte read needs to answer as `read` would
+        (runtime/_iofast.c "The PIT's counter reads"), or None while a read
+        does more than count, toggle the lo/hi flip-flop or pop a count
+        latch's bytes: a pending status latch, BCD, no count loaded, or a
+        mode other than 0, 2, 3."""
+        if (self._status_latch is not None or self.bcd
+                or self.reload is None or self.mode not in (0, 2, 3)):
+            return None
+        return (self.mode, self.access, self.reload, self.elapsed_base,
+                -1 if self.run_since is None else self.run_since, self._read_high_next,
+                bytes(self._count_latch))
+
     # --- programming ------------------------------------------------------------
     def control(self, access: int, mode: int, bcd: bool) -> None:
         self.access = access
@@ -217,6 +230,29 @@ class PIT(Device):
         self.irq_raised = 0
         self.irq_coalesced = 0
 
+    # --- native counter reads (runtime/iofast.py) ---------------------------------
+    # While a channel is published, one-byte reads of its port are answered by
+    # the C `in` hook from virtual time, which toggles the lo/hi flip-flop and
+    # pops a pending count latch there.  Every Python access to the PIT's ports
+    # or gate first takes both back (`_take_back`) and ends by republishing
+    # (`publish`).  tick and next_event need nothing back: channel 0's IRQ
+    # edges depend on neither, and a read changes nothing else.
+    def publish(self) -> None:
+        fast = self.fast
+        if fast is None or not fast.timers:
+            return
+        for ch in self.channels:
+            fast.publish_timer(ch.index, ch.native_state())
+
+    def _take_back(self) -> None:
+        fast = self.fast
+        if fast is None or not fast.timers:
+            return
+        for ch in self.channels:
+            if ch.native_state() is not None:        # published: both are native
+                ch._read_high_next, latch = fast.timer_take(ch.index)
+                ch._count_latch = list(latch)
+
     def _t(self) -> int:
         return pit_ticks(self.link.now(), self.link.cpu_hz)
 
@@ -227,9 +263,17 @@ class PIT(Device):
     def read(self, port: int, size: int) -> int:
         if port == regs.PIT_CONTROL:
             return 0xFF                                  # the control register is write-only
-        return self.channels[port - regs.PIT_CH0].read(self._t())
+        self._take_back()
+        value = self.channels[port - regs.PIT_CH0].read(self._t())
+        self.publish()
+        return value
 
     def write(self, port: int, size: int, value: int) -> None:
+        self._take_back()
+        self._write(port, value)
+        self.publish()
+
+    def _write(self, port: int, value: int) -> None:
         t = self._t()
         if port != regs.PIT_CONTROL:
             ch = self.channels[port - regs.PIT_CH0]
@@ -257,7 +301,9 @@ class PIT(Device):
 
     # --- channel 2, for port 0x61 -----------------------------------------------
     def set_gate2(self, gate: bool) -> None:
+        self._take_back()
         self.channels[2].set_gate(gate, self._t())
+        self.publish()
 
     def out2(self) -> bool:
         return self.channels[2].out(self._t())
