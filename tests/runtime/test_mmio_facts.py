@@ -128,10 +128,17 @@ def test_an_mmio_region_leaves_ram_accesses_fast_where_a_ranged_memory_hook_does
     Measured 2026-11-30 on this machine under load (3 rounds of 1 M iterations):
     region 0.98-1.01x the bare engine's CPU time, a write hook ranged on the
     region 1.32-1.52x.  The bounds below are loose on purpose."""
-    bare = min(_loop_seconds(lambda uc: None) for _ in range(2))
-    region = min(_loop_seconds(lambda uc: uc.mmio_map(MMIO, 0x1000, lambda *a: 0, None,
-                                                       lambda *a: None, None)) for _ in range(2))
-    hooked = min(_loop_seconds(lambda uc: uc.hook_add(UC_HOOK_MEM_WRITE, lambda *a: None, None,
-                                                      MMIO, MMIO + 0xFFF)) for _ in range(2))
-    assert region < hooked
-    assert hooked > 1.15 * bare
+    setups = {
+        "bare": lambda uc: None,
+        "region": lambda uc: uc.mmio_map(MMIO, 0x1000, lambda *a: 0, None, lambda *a: None, None),
+        "hooked": lambda uc: uc.hook_add(UC_HOOK_MEM_WRITE, lambda *a: None, None, MMIO, MMIO + 0xFFF),
+    }
+    # Rounds interleaved and the best of each kept: load from other jobs falls
+    # on all three alike (two rounds each once gave a hooked run faster than
+    # the bare one on a loaded machine).
+    best = {name: float("inf") for name in setups}
+    for _ in range(5):
+        for name, setup in setups.items():
+            best[name] = min(best[name], _loop_seconds(setup))
+    assert best["region"] < best["hooked"]
+    assert best["hooked"] > 1.15 * best["bare"]
