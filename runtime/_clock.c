@@ -1549,7 +1549,7 @@ static PyObject *Clock_stop_after_io(Clock *c, PyObject *args)
 
 /* fix_smsw(capstone id of smsw): every smsw becomes a site of the block's
  * fix list, so the clock stops before its block until the VMM hooked it
- * (runtime/clock.py `on_fix_site`, runtime/smswfix.py). */
+ * (runtime/clock.py `fix_handlers`, runtime/smswfix.py). */
 static PyObject *Clock_fix_smsw(Clock *c, PyObject *args)
 {
     unsigned int id;

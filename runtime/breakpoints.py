@@ -35,12 +35,21 @@ from __future__ import annotations
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as X
 
-from bt.catalog import SHADOW_OPENERS, classify_bytes
+from bt.catalog import SHADOW_OPENERS
 from bt.x86 import DB
 from runtime.decode import decode
+from runtime.sitehook import RedirectingHook
 
 DR6_HITS = 0xF
 DR7_LOCAL_ENABLES = 0x55        # L0-L3
+
+
+_ENGINE_DRS = tuple(getattr(X, f"UC_X86_REG_DR{n}") for n in range(8))
+
+
+def engine_drs(uc) -> list[int]:
+    """DR0-DR7 as Unicorn holds them (emulate: the guest's own)."""
+    return [uc.reg_read(r) for r in _ENGINE_DRS]
 
 
 def exec_breakpoints(drs) -> set[int]:
@@ -84,16 +93,7 @@ class InstructionBreakpoints:
         self.enabled: set[int] = set()
         self.taken = 0
         self.suppressed = 0
-        self._redirect: int | None = None
-        checked = vm.guarded(self._at)
-
-        def hook(uc, address, size, user):
-            self._redirect = None
-            checked(uc, address, size, user)
-            if self._redirect is not None:
-                # as runtime/cpucheck.py: keep the handler's EIP over `guarded`'s resync
-                uc.reg_write(X.UC_X86_REG_EIP, self._redirect)
-        self._hook = hook
+        self._hook = RedirectingHook(vm, self._at)     # to the #DB handler (runtime/sitehook.py)
 
     def update(self, drs) -> None:
         """The guest wrote a debug register: place and remove hooks to match."""
@@ -133,27 +133,26 @@ class InstructionBreakpoints:
         self.vm.mode.vcpu.set("dr", *drs)
 
     def before_slice(self) -> None:
-        if self._redirect is not None:
-            self._redirect = None
-            self.vm.quirks.resync_pc()
+        self._hook.before_slice()
 
-    def _at(self, at: int, size: int) -> None:
+    def _at(self, at: int, size: int) -> int | None:
+        """The #DB handler's EIP when the breakpoint raises, else None."""
         vm = self.vm
         hooked = self.hooks.get(at)
         if hooked is None or hooked[1] not in self.enabled:
-            return
+            return None
         address = hooked[1]                     # the guest's (at: maybe a stub's copy)
         drs = self.read_drs()
         if address not in exec_breakpoints(drs):
-            return
+            return None
         if vm.clock.c.rf_at == at:
             self.suppressed += 1                # RF: no breakpoint detected, DR6 untouched
-            return
+            return None
         drs[6] = (drs[6] & ~DR6_HITS) | dr6_hits(drs, address)
         self.write_dr6(drs)
         if after_ss_load(vm, address):
             self.suppressed += 1                # detected (QEMU's DR6 too), not raised
-            return
+            return None
         self.taken += 1
         # Started, as a fault's instruction is (emulate counts it so).  A jump
         # patch's site weighs 0 in the clock (its stub counts the instruction,
@@ -165,7 +164,7 @@ class InstructionBreakpoints:
         vm.exit_site(at)
         vm.halt_slice()
         vm.deliver_exception(DB, address)
-        self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
+        return vm.uc.reg_read(X.UC_X86_REG_EIP)
 
 
 def after_ss_load(vm, address: int) -> bool:
@@ -186,8 +185,8 @@ def after_ss_load(vm, address: int) -> bool:
     for size in range(1, 16):
         code = before[-size:]
         insn = decode(code)
-        row = classify_bytes(code)
-        if insn is not None and insn.size == size and row is not None and row.name in SHADOW_OPENERS:
+        if insn is not None and insn.size == size and insn.row is not None \
+                and insn.row.name in SHADOW_OPENERS:
             return True
     return False
 
@@ -210,11 +209,8 @@ class RFBlockBreakpoints(InstructionBreakpoints):
     Missed: a breakpoint first enabled inside the #DB handler and reached in
     the RF block in the same slice."""
 
-    _DRS = tuple(getattr(X, f"UC_X86_REG_DR{n}") for n in range(8))
-
     def read_drs(self) -> list[int]:
-        uc = self.vm.uc
-        return [uc.reg_read(r) for r in self._DRS]
+        return engine_drs(self.vm.uc)
 
     def write_dr6(self, drs) -> None:
         self.vm.uc.reg_write(X.UC_X86_REG_DR6, drs[6])

@@ -293,7 +293,7 @@ class InstructionClock:
         err = self._emu(pc)
         while err is None and not interrupted():
             if c.reason == STOP_FIX:
-                err = self._sync_cmpxchg8b()
+                err = self._hook_fix_sites()
                 continue
             if c.reason == STOP_SCAN:
                 block = self.on_unscanned(c.stop_block)
@@ -346,8 +346,12 @@ class InstructionClock:
                 c.reached()
         return err
 
-    def _sync_cmpxchg8b(self) -> UcError | None:
-        """Unicorn 2.1.4 translates cmpxchg8b without writing the lazy flags state
+    def _hook_fix_sites(self) -> UcError | None:
+        """Hook the sites of the block stopped before (its fix list,
+        runtime/_clock.c): the VMM's own hook where a handler claims the site
+        (`fix_smsw`, `fix_model_sites`), else a no-op sync hook.
+
+        The no-op's reason: Unicorn 2.1.4 translates cmpxchg8b without writing the lazy flags state
         back first, so its helper computes the other flags from a stale state:
         after `add edi, edi; cmpxchg8b [esi]`, pushfd shows a garbage EFLAGS
         (high bits, even TF; tests/runtime/test_clock.py).  Unicorn does write the

@@ -32,6 +32,7 @@ from runtime import cpuid as model
 from runtime.decode import decode
 from runtime.devices.regs import MSR_APIC_BASE
 from runtime.emulation import write_apic_base
+from runtime.sitehook import RedirectingHook
 
 _LITE = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
@@ -48,19 +49,8 @@ class ModelCheck:
     def __init__(self, vm):
         self.vm = vm
         self.hooked: set[int] = set()
-        self._redirect: int | None = None       # where a site hook sent the guest (#GP handler, next insn)
-        checked = vm.guarded(self._at_site)
-
-        def site_hook(uc, address, size, user):
-            self._redirect = None
-            checked(uc, address, size, user)
-            if self._redirect is not None:
-                # `guarded` re-syncs the PC after every hook, which would put the
-                # site back as this exit's EIP; writing EIP once more
-                # keeps the handler's (runtime/quirks.py _find_pc_sync_flag).
-                # The flag is cleared before the next slice (before_slice).
-                uc.reg_write(X.UC_X86_REG_EIP, self._redirect)
-        self._site_hook = site_hook
+        # sends the guest to the #GP handler or past the instruction (runtime/sitehook.py)
+        self._site_hook = RedirectingHook(vm, self._at_site)
         vm.clock.fix_model_sites(self.install)
 
     def install(self, site: int) -> bool:
@@ -74,26 +64,24 @@ class ModelCheck:
         return True
 
     def before_slice(self) -> None:
-        if self._redirect is not None:
-            self._redirect = None
-            self.vm.quirks.resync_pc()
+        self._site_hook.before_slice()
 
-    def _at_site(self, address: int, size: int) -> None:
+    def _at_site(self, address: int, size: int) -> int | None:
+        """The EIP the guest goes on at, or None: Unicorn runs the instruction."""
         vm = self.vm
         insn = decode(vm.mem.try_read(address, 15) or b"")
         if insn is None:
-            return
+            return None
         action = self._action(insn)
         if action is None:
-            return                          # Unicorn runs it
+            return None                     # Unicorn runs it
         vm.clock.cut(address, True, linear=True)   # started, as a fault's is
         vm.exit_site(address)
         vm.halt_slice()
         if action == "apic" and self._apic_base(insn):
-            self._redirect = address + insn.size
-            return
+            return address + insn.size
         vm.deliver_exception(GP, address, 0)    # a triple fault ends the run here (StopSlice)
-        self._redirect = vm.uc.reg_read(X.UC_X86_REG_EIP)
+        return vm.uc.reg_read(X.UC_X86_REG_EIP)
 
     def _action(self, insn) -> str | None:
         """None: the model agrees with Unicorn; "gp": #GP(0); "apic": the APIC

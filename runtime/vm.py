@@ -541,10 +541,8 @@ class VM:
         breakpoint's #DB on the instruction after a MOV SS / POP SS, which an
         Intel CPU (the model's) suppresses: run it with RF set instead
         (runtime/breakpoints.py does the same under trap and bt)."""
-        from runtime.breakpoints import after_ss_load, dr6_hits
-        drs = [self.uc.reg_read(getattr(X, f"UC_X86_REG_DR{n}")) for n in range(8)]
-        enabled = [n for n in range(4) if (drs[7] >> (2 * n)) & 3]
-        if not dr6_hits(drs, eip) & sum(1 << n for n in enabled) or not after_ss_load(self, eip):
+        from runtime.breakpoints import after_ss_load, engine_drs, exec_breakpoints
+        if eip not in exec_breakpoints(engine_drs(self.uc)) or not after_ss_load(self, eip):
             return False
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, self.uc.reg_read(X.UC_X86_REG_EFLAGS) | RF_BIT)
         return True

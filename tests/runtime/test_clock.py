@@ -269,7 +269,7 @@ def _cmpxchg8b_flags(count: int | None) -> int:
 
 
 def test_unicorn_cmpxchg8b_computes_flags_from_a_stale_state_without_a_code_hook():
-    """The fact behind InstructionClock._sync_cmpxchg8b (Unicorn 2.1.4): with no
+    """The fact behind InstructionClock._hook_fix_sites (Unicorn 2.1.4): with no
     code hook, pushfd after `add; cmpxchg8b` shows garbage; count= (a code hook on
     every instruction) shows the right flags (ZF set, nothing above bit 21)."""
     good = _cmpxchg8b_flags(count=8)
