@@ -208,3 +208,63 @@ def test_a_quick_copy_is_void_once_its_entry_is_compared_under_paging():
     assert clock.count == budget
     assert uc.reg_read(X.UC_X86_REG_EIP) == trace[budget] == SUB + 2
     assert clock.stats()["changed_blocks"] == 2          # SUB decoded again under paging, and back
+
+
+
+def test_a_cr4_change_is_counted_from_the_new_mapping():
+    """CR4.PSE turned on makes the same page-directory entry (PS set) map a
+    4 MiB page: SUB then runs its identity-mapped bytes (3 instructions, not
+    PAGE_A's 5) though no page-table entry changed.  A remembered walk holds
+    only under the CR4 it was made with (memo_holds); the count must follow
+    the new mapping.  (Removing that one comparison does not fail this test:
+    the first call after the switch is not answered from the memo for
+    another reason, so this pins the outcome, not that line.)"""
+    guest = f"""
+        mov ecx, 40
+    a:  call {SUB:#x}
+        dec ecx
+        jnz a
+        mov eax, cr4
+        or eax, 0x10
+        mov cr4, eax
+        xor eax, eax
+        mov ecx, 40
+    b:  call {SUB:#x}
+        dec ecx
+        jnz b
+        hlt
+    """
+
+    def engine():
+        uc, ram, ptr = machine()
+        uc.mem_write(CODE, bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(guest, CODE)[0]))
+        # the page table at physical 0: a 4 MiB PDE's bits 13-20 are PSE-36's
+        # address bits 32-39 (PT1's bit 16 would map the page above 4 GiB)
+        table = [(i << 12) | 3 for i in range(1024)]
+        table[SUB >> 12] = PAGE_A | 3
+        uc.mem_write(0, struct.pack("<1024I", *table))
+        uc.mem_write(PD1, struct.pack("<I", 0x83))             # PS: ignored while CR4.PSE is 0
+        uc.mem_write(SUB, ROUTINES[PAGE_B])                    # what SUB maps to under PSE
+        return uc, ram, ptr
+
+    uc, ram, _ = engine()
+    n = [0]
+    uc.hook_add(UC_HOOK_CODE, lambda *a: n.__setitem__(0, n[0] + 1))
+    uc.emu_start(CODE, 0)
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 40                 # PAGE_B's routine ran after the switch
+    assert n[0] == 1 + 40 * (5 + 3) + 5 + 40 * (3 + 3) + 1
+
+    uc, ram, ptr = engine()
+    uc.ctl_exits_enabled(True)
+    uc.ctl_set_exits([])
+    clock = InstructionClock(uc)
+    clock.set_memory([(0, RAM, ptr)])
+    q = Quirks(uc)
+    clock.set_cpu_state(q.env, *q.off.cr, q.off.efer)
+    assert clock.enable_fast_stores(RAM, q.off.hflags) == ""
+    clock.run(CODE, 10**6, lambda: False)
+    assert clock.count == n[0]
+    st = clock.stats()
+    assert st["changed_blocks"] >= 1                            # SUB's entry decoded again
+    assert st["walks_remembered"] >= 2 * 30
+    assert uc.reg_read(X.UC_X86_REG_EAX) == 40
