@@ -41,7 +41,7 @@ NOOP = _isolation.keeper()                # an empty native memory-hook callback
 PROT = UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT
 # The run ends at the `hlt` behind a `jmp` and a never-run `nop`: Unicorn
 # invalidates the block holding `until - 1` at the end of every emu_start
-# (unicorn-x86-facts.md, "The `until` probe"), which must not be the loop's.
+# (the `until` probe of the Unicorn notes), which must not be the loop's.
 TAIL = "jmp done\nnop\ndone: hlt"
 LOADS = assemble(f"mov ecx, 2000000\nl: mov eax, [{A:#x}]\nadd ebx, [{A + 4:#x}]\nadd edx, [{A + 8:#x}]\n"
                  "dec ecx\njnz l\n" + TAIL, CODE)
@@ -55,7 +55,8 @@ def _on(kind, page):
 
 def _one_round(uc, code: bytes) -> None:
     """Translate and run the loop's block once (ECX = 1), without `count`: switching
-    between counted and uncounted runs flushes the translation cache (uc.c)."""
+    between counted and uncounted runs flushes the translation cache (Unicorn's
+    uc_emu_start, the count hook)."""
     from unicorn import x86_const as X
     uc.reg_write(X.UC_X86_REG_ECX, 1)
     uc.emu_start(CODE + 5, CODE + len(code) - 1)        # from the loop (after `mov ecx, n`) to the hlt
