@@ -138,3 +138,48 @@ def test_fact_the_slow_path_is_in_the_translated_code_not_in_the_tlb():
     r = _ratios(LOADS, {"kept_code": (add, drop_hooks(False)), "retranslated": (add, drop_hooks(True))})
     assert r["kept_code"] > 2, r
     assert r["retranslated"] < 1.6 and r["kept_code"] > 2 * r["retranslated"], r
+
+
+def test_fact_a_poisoned_tlb_entry_makes_every_protected_read_raise_its_event_again():
+    """The first step of the design in docs/benchmarks.md ("A design for each
+    hook"): without any write hook, a protected read the READ_PROT hook allowed
+    is cached (tests/runtime/test_isolation_facts.py) -- unless the hook makes
+    the page's TLB read entry invalid (`addr_read`, the entry's first field,
+    through runtime/softtlb.py's layout): the allowed read still completes
+    (Unicorn reads through the entry it already holds), and the next read of
+    the page misses, is refilled in load_helper and raises the event again.
+    So the isolation keeper's write hook could go without a cached read ever
+    passing unseen."""
+    import ctypes
+    from unicorn import UC_PROT_NONE
+    from unicorn import x86_const as X
+    from runtime import softtlb
+    from runtime.quirks import Quirks
+    lay = softtlb.layout()
+    assert lay.write == 8                   # addr_read comes first (QEMU's CPUTLBEntry)
+    area = 0x200000
+    code = assemble(f"mov eax, [{area:#x}]\nmov ebx, [{area + 4:#x}]\nmov ecx, [{area + 8:#x}]\n" + TAIL, CODE)
+
+    def events(poison: bool):
+        uc = scratch_engine(0x100000, host_backed=True)
+        env = Quirks(uc).env
+        assert env is not None
+        uc.mem_map(area, 0x1000, UC_PROT_NONE)
+        uc.mem_write(area, bytes(range(12)))
+        uc.mem_write(CODE, code)
+        seen = []
+
+        def allow(u, access, addr, size, value, data):
+            seen.append(addr)
+            if poison:
+                for *_, p, _a, at in softtlb.entries(env, lay):
+                    if p & ~0xFFF == area:
+                        ctypes.c_uint64.from_address(at - lay.write).value = 2 ** 64 - 1
+            return True
+        uc.hook_add(UC_HOOK_MEM_READ_PROT, allow, None, area, area + 0xFFF)
+        uc.emu_start(CODE, CODE + len(code) - 1)
+        assert uc.reg_read(X.UC_X86_REG_ECX) == int.from_bytes(bytes(range(8, 12)), "little")
+        return seen
+
+    assert events(False) == [area]
+    assert events(True) == [area, area + 4, area + 8]
