@@ -1155,7 +1155,7 @@ static void fast_stores(Clock *c, void *uc)
 }
 
 /* -- The quick path ----------------------------------------------------------------
- * Under emulate with paging off (the bzImage's xz decompressor: ~296 M blocks)
+ * Under emulate (and trap) with paging off (the bzImage's xz decompressor: ~296 M blocks)
  * most blocks are known unchanged and need nothing but their weight.  Each
  * cache line the hook touches is a likely miss there (the decompressor streams
  * through its buffers between two runs of a block), so a slot of the quick
@@ -1170,8 +1170,10 @@ static void fast_stores(Clock *c, void *uc)
  * and made the kernel slower: docs/benchmarks.md, "The decompressor's block
  * hook").  A copy holds only
  * for what the rest of the slow path would let through unchanged: no CSAM
- * check and no stub cache (emulate), no cmpxchg8b/in/out site to fix, the
- * block's one page already a fast-stores code page, 32-bit addresses. */
+ * check and no stub cache (emulate and trap, which watch the translation
+ * generation too: runtime/clock.py watch_generation), no cmpxchg8b/in/out
+ * site to fix, the block's one page already a fast-stores code page (or no
+ * fast stores), 32-bit addresses. */
 static inline void quick_fill(Clock *c, Entry *e)
 {
     bool page_marked = !c->fs.fast || (e->fs_epoch == c->fs.epoch && c->fs.epoch);

@@ -128,14 +128,19 @@ class InstructionClock:
             return str(e)
         self.c.enable_fast_stores(_fn(uclib.uc_ctl), TLB_FLUSH, lay.fast, lay.modes, lay.entry_bits,
                                   lay.write, lay.paddr, hflags_off, ram_bytes)
-        self._watch_generation()
+        self.watch_generation()
         return ""
 
-    def _watch_generation(self) -> None:
-        """With every code page keeping TLB_NOTDIRTY (fast stores), a block
-        compared at the current translation generation needs no second
-        comparison (runtime/tbgen.py; runtime/_clock.c, "Blocks known
-        unchanged").  Without the counters every block is compared, as before."""
+    def watch_generation(self) -> None:
+        """A block compared at the current translation generation needs no
+        second comparison (runtime/tbgen.py; runtime/_clock.c, "Blocks known
+        unchanged") as long as every page that holds translated code keeps
+        TLB_NOTDIRTY, so that a guest store into it invalidates the block.
+        That holds in every mode: fast stores unmark only pages that never ran
+        code, and trap and bt unmark nothing (their memory hooks send every
+        store through Unicorn's store_helper anyway; docs/benchmarks.md,
+        "Memory hooks and Unicorn's slow path").  Without the counters every
+        block is compared, as before."""
         from runtime import tbgen
         try:
             self.c.watch_generation(*tbgen.addresses(self.uc))

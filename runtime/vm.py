@@ -179,6 +179,9 @@ class VM:
         if self.config.mode is Mode.EMULATE:
             self.fast_stores_problem = self.clock.enable_fast_stores(
                 ram, self.quirks.env is not None and self.quirks.off.hflags)
+        # Blocks known unchanged skip the clock's byte comparison in every mode
+        # (it needs only code pages that keep TLB_NOTDIRTY: runtime/clock.py).
+        self.clock.watch_generation()
         # A waiting interrupt is taken at the first block where IF is set
         # (runtime/_clock.c, "Interrupt window"); needs the live CPU state.
         self._watch_window = self.mode.watches_irq_window and self.quirks.env is not None
