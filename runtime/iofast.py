@@ -93,6 +93,16 @@ class NativeIO:
         yet read, as the native reads left them."""
         return self.c.timer_take(index)
 
+    def publish_pic(self, registers: bytearray | None) -> None:
+        """The 8259 pair's registers (runtime/devices/pic.py `PICPair.registers`),
+        shared: the C hooks read and change them in place."""
+        self.c.publish_pic(registers)
+
+    def publish_floating(self, flags: bytes) -> None:
+        """One flag per port: 1 where no device claims the port (reads float
+        to 0xFF, writes are queued for the bus to count)."""
+        self.c.publish_floating(flags)
+
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)
 
@@ -106,9 +116,12 @@ class NativeIO:
         if not self.c.pending():
             return
         queued, reads = self.c.take()
-        counts = self.bus.io_counts
+        bus = self.bus
+        counts, floating = bus.io_counts, bus.unhandled_reads
         for port, n in reads:
             counts[port] = counts.get(port, 0) + n
+            if bus.owner(port) is None:     # a floating read (writes are replayed)
+                floating[port] = floating.get(port, 0) + n
         write = self.bus.write
         for i in range(0, len(queued), 3):
             write(queued[i] | queued[i + 1] << 8, 1, queued[i + 2])

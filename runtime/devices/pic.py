@@ -6,6 +6,13 @@ the machine link.  Requests are edge-latched in IRR; `lower_irq` withdraws a
 request that was not acknowledged yet (what a level device dropping its line
 does to a real 8259: the INTA then finds nothing and answers spurious 7/15).
 The slave's INT output is computed on demand and feeds master IR2.
+
+Each chip's IRR, IMR, ISR, lowest priority and initialisation step live in
+one bytearray of the pair (`PICPair.registers`), which the native I/O hooks
+share (runtime/_iofast.c, "The 8259's mask and EOI"): they read IMR and do
+mask writes and EOIs in place, only where that cannot change the CPU's
+interrupt line, so this model stays the one definition with no state to take
+back.
 """
 from __future__ import annotations
 
@@ -15,12 +22,33 @@ from . import regs
 from .base import Device
 
 
+# Offsets in a chip's bytes of PICPair.registers (runtime/_iofast.c PIC_*).
+_IRR, _IMR, _ISR, _LOWEST, _INIT, CHIP_BYTES = range(6)
+
+
+def _register(offset: int, doc: str) -> property:
+    def get(self):
+        return self._regs[self._at + offset]
+
+    def set(self, value):
+        self._regs[self._at + offset] = value & 0xFF
+    return property(get, set, doc=doc)
+
+
 class I8259:
     """One 8259A chip."""
 
-    def __init__(self, name: str, is_master: bool):
+    irr = _register(_IRR, "requests latched")
+    imr = _register(_IMR, "the mask (OCW1)")
+    isr = _register(_ISR, "levels in service")
+    lowest = _register(_LOWEST, "lowest-priority level; IR(lowest+1) is highest")
+    _init_step = _register(_INIT, "0: operational; 2/3/4: next data write is ICWn")
+
+    def __init__(self, name: str, is_master: bool, regs: bytearray | None = None, at: int = 0):
         self.name = name
         self.is_master = is_master
+        self._regs = regs if regs is not None else bytearray(CHIP_BYTES)
+        self._at = at
         self.irr = 0
         self.isr = 0
         self.imr = 0xFF            # masked until the guest initialises it
@@ -30,12 +58,12 @@ class I8259:
         self.special_mask = False
         self.read_isr = False
         self.poll = False
-        self.lowest = 7            # lowest-priority level; IR(lowest+1) is highest
+        self.lowest = 7
         self.single = False
         self.level_mode = False
         self.icw3 = 0
         self.sfnm = False
-        self._init_step = 0        # 0: operational; 2/3/4: next data write is ICWn
+        self._init_step = 0
         self._expect_icw4 = False
         self.cascade_in = None     # master only: callable -> slave INT output
 
@@ -176,11 +204,17 @@ class PICPair(Device):
              range(regs.PIC_SLAVE_CMD, regs.PIC_SLAVE_DATA + 1))
 
     def __init__(self):
-        self.master = I8259("master", True)
-        self.slave = I8259("slave", False)
+        # both chips' registers, shared with the native I/O hooks (see the module doc)
+        self.registers = bytearray(2 * CHIP_BYTES)
+        self.master = I8259("master", True, self.registers, 0)
+        self.slave = I8259("slave", False, self.registers, CHIP_BYTES)
         self.master.cascade_in = lambda: self.slave.pending() is not None
         self.spurious = 0
         self.acknowledged = 0
+
+    def publish(self) -> None:
+        if self.fast is not None:
+            self.fast.publish_pic(self.registers)
 
     # --- device lines -------------------------------------------------------
     def raise_irq(self, line: int) -> None:
