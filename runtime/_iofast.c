@@ -15,7 +15,9 @@
  *     published them for;
  *   - a PIT channel's counting state, from which a one-byte read of its port
  *     is computed at the running instruction's virtual time ("The PIT's
- *     counter reads" below).
+ *     counter reads" below), and a counter-latch command done (timer_latch);
+ *   - the 8259 pair's registers, shared in place ("The 8259's mask and EOI");
+ *   - the ports no device claims (publish_floating: reads 0xFF, writes queued).
  * Everything else calls the VM's Python hook (the slow path), which first
  * drains the queue.  Counts of the accesses answered here are handed to the
  * bus's per-port figures at each drain, so `io_by_port` is unchanged.

@@ -25,9 +25,29 @@ access and republishes after it.  Linux's quick_pit_calibrate reads channel
 times; those reads no longer exit (docs/benchmarks.md,
 "The PIT's counter reads answered natively").
 
+The counter-latch command (`out 0x43` naming a published channel) is done
+here too: the count at that instruction's virtual time goes into the latch
+bytes C owns.  Linux's i8253 read of channel 0 (latch, two reads) never
+exits.
+
+The 8259 pair (runtime/devices/pic.py) shares its registers instead
+(`publish_pic`): IRR, IMR, ISR, lowest priority and the ICW step of both
+chips live in one bytearray the C hooks read and write in place, so nothing
+is queued or taken back.  The hooks answer IMR reads, and do mask writes and
+EOIs only while no chip has an unmasked request before or after: then the
+CPU's interrupt line is low throughout, as the Python model would leave it
+(runtime/_iofast.c "The 8259's mask and EOI").  Linux's per-tick
+mask_and_ack_8259A and unmask never exit.
+
+Ports no device claims (`publish_floating`, from the bus) read 0xFF and
+queue their writes; `drain` hands the reads' counts to the bus's unhandled
+figures and the replayed writes count themselves (ISA PnP's probe of 0x279).
+
 Not published: anything else whose answer changes the device (the PIC's
-IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a status
-latch pending, BCD, or in modes 1, 4, 5).
+IRR/ISR reads after an OCW3, its ICWs, a mask write or EOI that could move
+the interrupt line; RBR, IIR, MSR, IER; a PIT channel with a status latch
+pending, BCD, or in modes 1, 4, 5, and the PIT's other control words).
+See docs/benchmarks.md, "The boot's timer traffic answered natively".
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Every I/O instruction the guest executes passes through `read`/`write`, so the
 dispatch is a 64 Ki-entry list indexed by port.  Ports nobody owns behave like
 an empty ISA bus: reads float to all ones, writes vanish; both are counted per
-port so the report shows what the guest probed.
+port so the report shows what the guest probed (also when the native I/O
+hooks answer them: `publish_floating`, runtime/iofast.py).
 """
 from __future__ import annotations
 

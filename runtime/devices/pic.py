@@ -22,7 +22,8 @@ from . import regs
 from .base import Device
 
 
-# Offsets in a chip's bytes of PICPair.registers (runtime/_iofast.c PIC_*).
+# Offsets in a chip's bytes of PICPair.registers (runtime/_iofast.c PIC_*;
+# PICPair.has_interrupt spells them as numbers for speed).
 _IRR, _IMR, _ISR, _LOWEST, _INIT, CHIP_BYTES = range(6)
 
 
@@ -69,10 +70,11 @@ class I8259:
 
     # --- priority -------------------------------------------------------------
     def _requests(self) -> int:
-        irr = self.irr
+        r, at = self._regs, self._at
+        irr = r[at + _IRR]
         if self.cascade_in is not None and self.cascade_in():
             irr |= 1 << regs.PIC_CASCADE_LINE
-        return irr & ~self.imr & 0xFF
+        return irr & ~r[at + _IMR] & 0xFF
 
     def pending(self) -> int | None:
         """The level the chip would signal now: the highest-priority unmasked
@@ -80,11 +82,13 @@ class I8259:
         req = self._requests()
         if not req:
             return None
-        isr = self.isr
+        r, at = self._regs, self._at
+        isr = r[at + _ISR]
         if self.special_mask:
-            isr &= ~self.imr     # special mask mode: masked in-service levels don't block
+            isr &= ~r[at + _IMR]  # special mask mode: masked in-service levels don't block
+        lowest = r[at + _LOWEST]
         for i in range(8):
-            line = (self.lowest + 1 + i) & 7
+            line = (lowest + 1 + i) & 7
             bit = 1 << line
             if isr & bit and not (self.sfnm and line == regs.PIC_CASCADE_LINE
                                   and self.is_master and req & bit):
@@ -234,6 +238,12 @@ class PICPair(Device):
 
     # --- CPU side -----------------------------------------------------------
     def has_interrupt(self) -> bool:
+        # The run loop asks this every slice: with no request that its IMR lets
+        # through on either chip (the usual state) nothing is pending, whatever
+        # ISR holds, and the slave drives no cascade request either.
+        r = self.registers              # offsets: _IRR, _IMR; the slave's CHIP_BYTES on
+        if not (r[0] & ~r[1] or r[5] & ~r[6]):
+            return False
         return self.master.pending() is not None
 
     def acknowledge(self) -> int:
