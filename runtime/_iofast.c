@@ -15,7 +15,9 @@
  *     published them for;
  *   - a PIT channel's counting state, from which a one-byte read of its port
  *     is computed at the running instruction's virtual time ("The PIT's
- *     counter reads" below).
+ *     counter reads" below), and a counter-latch command done (timer_latch);
+ *   - the 8259 pair's registers, shared in place ("The 8259's mask and EOI");
+ *   - the ports no device claims (publish_floating: reads 0xFF, writes queued).
  * Everything else calls the VM's Python hook (the slow path), which first
  * drains the queue.  Counts of the accesses answered here are handed to the
  * bus's per-port figures at each drain, so `io_by_port` is unchanged.
@@ -72,7 +74,12 @@ typedef struct {
     uint32_t timer_port;
     vtime_t vtime;              /* NULL: no timer is answered here */
     uint64_t cpu_hz, pit_hz;
-    uint64_t timer_reads;
+    uint64_t timer_reads, timer_latches;
+    /* the 8259 pair's registers, shared with runtime/devices/pic.py ("The 8259's
+     * mask and EOI" below); NULL: not published */
+    Py_buffer pic_buf;
+    uint8_t *pic;
+    uint64_t pic_native;
 } IoFast;
 
 static inline void count(IoFast *f, uint32_t port)
@@ -98,14 +105,8 @@ static inline void count(IoFast *f, uint32_t port)
  * published and Python takes them back (timer_take) before touching the
  * channel, then republishes.  (Linux's i8253 reads channel 0 by a latch
  * command, an exit, then two reads of the latch, answered here.) */
-static uint32_t timer_read(IoFast *f, Timer *t)
+static uint32_t timer_count(IoFast *f, Timer *t)
 {
-    if (t->nlatch) {                            /* a latched count reads first */
-        uint32_t v = t->latch[0];
-        t->latch[0] = t->latch[1];
-        t->nlatch--;
-        return v;
-    }
     uint64_t now = f->vtime(f->clock);
     int64_t ticks = (int64_t)((unsigned __int128)now * f->pit_hz / f->cpu_hz);
     uint64_t e = (uint64_t)(t->base + (t->since >= 0 ? ticks - t->since : 0));
@@ -118,7 +119,18 @@ static uint32_t timer_read(IoFast *f, Timer *t)
     } else {
         c = n - e;                              /* counts on through zero */
     }
-    c &= 0xFFFF;
+    return (uint32_t)(c & 0xFFFF);
+}
+
+static uint32_t timer_read(IoFast *f, Timer *t)
+{
+    if (t->nlatch) {                            /* a latched count reads first */
+        uint32_t v = t->latch[0];
+        t->latch[0] = t->latch[1];
+        t->nlatch--;
+        return v;
+    }
+    uint32_t c = timer_count(f, t);
     if (t->access == 1)
         return c & 0xFF;
     if (t->access == 2)
@@ -126,6 +138,119 @@ static uint32_t timer_read(IoFast *f, Timer *t)
     bool high = t->high_next;
     t->high_next = !high;
     return high ? (c >> 8) & 0xFF : c & 0xFF;
+}
+
+/* The counter-latch command (`out 0x43` with access bits 00) for a published
+ * channel, as runtime/devices/pit.py Channel.latch_count does it: the count at
+ * the running instruction's virtual time goes into the latch bytes this module
+ * owns while the channel is published (low byte only, high only, or low then
+ * high, by the access mode); a latch still unread holds (the command does
+ * nothing).  Linux's i8253 read of channel 0 is this command then two reads.
+ * Any other control word (a mode, the read-back command, an unpublished
+ * channel) exits. */
+static bool timer_latch(IoFast *f, uint32_t value)
+{
+    uint32_t sel = (value >> 6) & 3;
+    if (sel == 3 || ((value >> 4) & 3) != 0 || !f->timer[sel].on)
+        return false;
+    Timer *t = &f->timer[sel];
+    if (t->nlatch == 0) {
+        uint32_t c = timer_count(f, t);
+        uint8_t lo = c & 0xFF, hi = (c >> 8) & 0xFF;
+        if (t->access == 1) {
+            t->latch[0] = lo;
+            t->nlatch = 1;
+        } else if (t->access == 2) {
+            t->latch[0] = hi;
+            t->nlatch = 1;
+        } else {
+            t->latch[0] = lo;
+            t->latch[1] = hi;
+            t->nlatch = 2;
+        }
+    }
+    f->timer_latches++;
+    return true;
+}
+
+/* -- The 8259's mask and EOI ---------------------------------------------------------
+ * Linux's timer tick masks, acknowledges (specific EOI) and unmasks IRQ 0 on
+ * the master (mask_and_ack_8259A: `in 0x21`, `out 0x21`, `out 0x20`; then
+ * `out 0x21`).  runtime/devices/pic.py keeps each chip's IRR, IMR, ISR, lowest
+ * priority and initialisation step in one bytearray whose memory this module
+ * shares (PIC_* offsets below), so a change made here is the Python model's
+ * own state at once: nothing is queued or taken back.  A one-byte access is
+ * answered here only while both chips are operational (no ICW sequence under
+ * way) and only in forms that cannot change the CPU's interrupt line: the
+ * line is the master's pending() (pic.py), which is None whenever neither
+ * chip has a request in IRR that its IMR lets through, whatever ISR and the
+ * priorities hold.  So
+ *   - a read of the data port returns IMR (it changes nothing);
+ *   - a mask write (OCW1) or a non-specific (0x20) or specific (0x60-0x67)
+ *     EOI is done here when no unmasked request exists before it and none
+ *     after it (for a mask write: IRR & ~new IMR is 0 on that chip): the line
+ *     is low before and after, as the Python model would leave it, and the
+ *     VM's after-access work (runtime/vm.py _after_device_access: halt the
+ *     slice for an interrupt to deliver, set the clock's interrupt window)
+ *     has nothing to do.
+ * Everything else (ICWs, OCW3, rotations, the command port's reads, a write
+ * that could raise or drop the line) exits to the Python model. */
+enum { PIC_IRR, PIC_IMR, PIC_ISR, PIC_LOWEST, PIC_INIT, PIC_CHIP };
+
+static bool pic_quiet(const uint8_t *p)
+{
+    return ((p[PIC_IRR] & ~p[PIC_IMR]) | (p[PIC_CHIP + PIC_IRR] & ~p[PIC_CHIP + PIC_IMR])) == 0;
+}
+
+/* the chip (0 master, 1 slave) and register (0 command, 1 data) of a port, or -1 */
+static int pic_chip(uint32_t port)
+{
+    if ((port & ~1u) == 0x20)
+        return 0;
+    if ((port & ~1u) == 0xA0)
+        return 1;
+    return -1;
+}
+
+static bool pic_read(IoFast *f, uint32_t port, uint32_t *value)
+{
+    uint8_t *p = f->pic;
+    int chip = pic_chip(port);
+    if (!p || chip < 0 || !(port & 1) || p[PIC_INIT] || p[PIC_CHIP + PIC_INIT])
+        return false;
+    *value = p[chip * PIC_CHIP + PIC_IMR];
+    return true;
+}
+
+static bool pic_write(IoFast *f, uint32_t port, uint32_t value)
+{
+    uint8_t *p = f->pic;
+    int chip = pic_chip(port);
+    if (!p || chip < 0 || p[PIC_INIT] || p[PIC_CHIP + PIC_INIT] || !pic_quiet(p))
+        return false;
+    uint8_t *c = p + chip * PIC_CHIP;
+    value &= 0xFF;
+    if (port & 1) {                                     /* OCW1: the mask */
+        if (c[PIC_IRR] & ~value)
+            return false;                               /* would unmask a request */
+        c[PIC_IMR] = (uint8_t)value;
+        return true;
+    }
+    if ((value & 0xF8) == 0x60) {                       /* specific EOI */
+        c[PIC_ISR] &= (uint8_t)~(1u << (value & 7));
+        return true;
+    }
+    if (value == 0x20) {                                /* non-specific EOI */
+        for (int i = 0; i < 8; i++) {                   /* the highest priority in service */
+            int line = (c[PIC_LOWEST] + 1 + i) & 7;
+            if (c[PIC_ISR] & (1u << line)) {
+                c[PIC_ISR] &= (uint8_t)~(1u << line);
+                break;
+            }
+        }
+        return true;
+    }
+    return false;
 }
 
 static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
@@ -138,6 +263,13 @@ static uint32_t in_hook(void *uc, uint32_t port, int size, void *ud)
         f->fast_reads++;
         count(f, port);
         return (uint32_t)f->rd[port];
+    }
+    uint32_t value;
+    if (f->enabled && size == 1 && pic_read(f, port, &value)) {
+        f->fast_reads++;
+        f->pic_native++;
+        count(f, port);
+        return value;
     }
     uint32_t ti = port - f->timer_port;
     if (f->enabled && size == 1 && ti < TIMERS && f->timer[ti].on && f->vtime) {
@@ -155,6 +287,20 @@ static void out_hook(void *uc, uint32_t port, int size, uint32_t value, void *ud
     if (f->site_flags)
         f->site_flags(f->clock);
     port &= 0xFFFF;
+    if (f->enabled && size == 1) {
+        bool done = false;
+        if (f->vtime && port == f->timer_port + TIMERS)
+            done = timer_latch(f, value);
+        else if (pic_write(f, port, value)) {
+            f->pic_native++;
+            done = true;
+        }
+        if (done) {
+            f->fast_writes++;
+            count(f, port);
+            return;
+        }
+    }
     if (f->enabled && size == 1 && f->sink[port] && f->nq < QUEUE) {
         f->qport[f->nq] = (uint16_t)port;
         f->qval[f->nq] = (uint8_t)value;
@@ -170,6 +316,8 @@ static void IoFast_dealloc(IoFast *f)
     free(f->rd);
     free(f->sink);
     free(f->counts);
+    if (f->pic)
+        PyBuffer_Release(&f->pic_buf);
     Py_TYPE(f)->tp_free((PyObject *)f);
 }
 
@@ -293,6 +441,54 @@ static PyObject *IoFast_timer_take(IoFast *f, PyObject *arg)
                          (Py_ssize_t)t->nlatch);
 }
 
+/* publish_pic(bytearray or None): the 8259 pair's shared registers (PIC_*
+ * offsets, two chips of PIC_CHIP bytes) */
+static PyObject *IoFast_publish_pic(IoFast *f, PyObject *arg)
+{
+    if (f->pic) {
+        PyBuffer_Release(&f->pic_buf);
+        f->pic = NULL;
+    }
+    if (arg == Py_None)
+        Py_RETURN_NONE;
+    if (!PyByteArray_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "the 8259 registers are a bytearray");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &f->pic_buf, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (f->pic_buf.len != 2 * PIC_CHIP) {
+        PyBuffer_Release(&f->pic_buf);
+        PyErr_SetString(PyExc_ValueError, "the 8259 registers are two chips' bytes");
+        return NULL;
+    }
+    f->pic = f->pic_buf.buf;
+    Py_RETURN_NONE;
+}
+
+/* publish_floating(bytes of 0x10000 flags): the ports no device claims: a
+ * one-byte read floats to 0xFF and a write is queued (the bus's replay counts
+ * it as the unhandled write it is; runtime/iofast.py hands the reads' counts
+ * to the bus's unhandled figures) */
+static PyObject *IoFast_publish_floating(IoFast *f, PyObject *arg)
+{
+    char *b;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &b, &n) < 0)
+        return NULL;
+    if (n != PORTS) {
+        PyErr_SetString(PyExc_ValueError, "one flag per port");
+        return NULL;
+    }
+    for (int i = 0; i < PORTS; i++) {
+        if (b[i]) {
+            f->rd[i] = 0xFF;
+            f->sink[i] = 1;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* publish_read(port, byte or None) */
 static PyObject *IoFast_publish_read(IoFast *f, PyObject *args)
 {
@@ -384,6 +580,8 @@ static int IoFast_set_enabled(IoFast *f, PyObject *v, void *u)
 static PyObject *IoFast_get_reads(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_reads); }
 static PyObject *IoFast_get_writes(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->fast_writes); }
 static PyObject *IoFast_get_timer_reads(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->timer_reads); }
+static PyObject *IoFast_get_timer_latches(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->timer_latches); }
+static PyObject *IoFast_get_pic_native(IoFast *f, void *u) { return PyLong_FromUnsignedLongLong(f->pic_native); }
 
 static PyMethodDef IoFast_methods[] = {
     {"set_site_flags", (PyCFunction)IoFast_set_site_flags, METH_VARARGS,
@@ -394,6 +592,10 @@ static PyMethodDef IoFast_methods[] = {
      "publish_timer(i, None or (mode, access, n, elapsed_base, run_since or -1, high_next, latch))"},
     {"timer_take", (PyCFunction)IoFast_timer_take, METH_O,
      "timer_take(i) -> (lo/hi read flip-flop, latch bytes left) as the reads here left them"},
+    {"publish_pic", (PyCFunction)IoFast_publish_pic, METH_O,
+     "publish_pic(bytearray or None): the 8259 pair's registers, shared (runtime/devices/pic.py)"},
+    {"publish_floating", (PyCFunction)IoFast_publish_floating, METH_O,
+     "publish_floating(0x10000 flag bytes): ports no device claims float natively"},
     {"publish_read", (PyCFunction)IoFast_publish_read, METH_VARARGS,
      "publish_read(port, byte or None): what a one-byte read returns with no exit"},
     {"publish_sink", (PyCFunction)IoFast_publish_sink, METH_VARARGS,
@@ -409,6 +611,8 @@ static PyGetSetDef IoFast_getset[] = {
     {"fast_reads", (getter)IoFast_get_reads, NULL, "reads answered here", NULL},
     {"fast_writes", (getter)IoFast_get_writes, NULL, "writes queued here", NULL},
     {"timer_reads", (getter)IoFast_get_timer_reads, NULL, "PIT counter reads answered here", NULL},
+    {"timer_latches", (getter)IoFast_get_timer_latches, NULL, "PIT counter-latch commands done here", NULL},
+    {"pic_native", (getter)IoFast_get_pic_native, NULL, "8259 accesses answered here", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject IoFastType = {

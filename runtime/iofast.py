@@ -25,9 +25,29 @@ access and republishes after it.  Linux's quick_pit_calibrate reads channel
 times; those reads no longer exit (docs/benchmarks.md,
 "The PIT's counter reads answered natively").
 
+The counter-latch command (`out 0x43` naming a published channel) is done
+here too: the count at that instruction's virtual time goes into the latch
+bytes C owns.  Linux's i8253 read of channel 0 (latch, two reads) never
+exits.
+
+The 8259 pair (runtime/devices/pic.py) shares its registers instead
+(`publish_pic`): IRR, IMR, ISR, lowest priority and the ICW step of both
+chips live in one bytearray the C hooks read and write in place, so nothing
+is queued or taken back.  The hooks answer IMR reads, and do mask writes and
+EOIs only while no chip has an unmasked request before or after: then the
+CPU's interrupt line is low throughout, as the Python model would leave it
+(runtime/_iofast.c "The 8259's mask and EOI").  Linux's per-tick
+mask_and_ack_8259A and unmask never exit.
+
+Ports no device claims (`publish_floating`, from the bus) read 0xFF and
+queue their writes; `drain` hands the reads' counts to the bus's unhandled
+figures and the replayed writes count themselves (ISA PnP's probe of 0x279).
+
 Not published: anything else whose answer changes the device (the PIC's
-IRR/ISR reads after an OCW3; RBR, IIR, MSR; a PIT channel with a status
-latch pending, BCD, or in modes 1, 4, 5).
+IRR/ISR reads after an OCW3, its ICWs, a mask write or EOI that could move
+the interrupt line; RBR, IIR, MSR, IER; a PIT channel with a status latch
+pending, BCD, or in modes 1, 4, 5, and the PIT's other control words).
+See docs/benchmarks.md, "The boot's timer traffic answered natively".
 """
 from __future__ import annotations
 
@@ -93,6 +113,16 @@ class NativeIO:
         yet read, as the native reads left them."""
         return self.c.timer_take(index)
 
+    def publish_pic(self, registers: bytearray | None) -> None:
+        """The 8259 pair's registers (runtime/devices/pic.py `PICPair.registers`),
+        shared: the C hooks read and change them in place."""
+        self.c.publish_pic(registers)
+
+    def publish_floating(self, flags: bytes) -> None:
+        """One flag per port: 1 where no device claims the port (reads float
+        to 0xFF, writes are queued for the bus to count)."""
+        self.c.publish_floating(flags)
+
     def publish_read(self, port: int, value: int | None) -> None:
         self.c.publish_read(port, value)
 
@@ -106,9 +136,12 @@ class NativeIO:
         if not self.c.pending():
             return
         queued, reads = self.c.take()
-        counts = self.bus.io_counts
+        bus = self.bus
+        counts, floating = bus.io_counts, bus.unhandled_reads
         for port, n in reads:
             counts[port] = counts.get(port, 0) + n
+            if bus.owner(port) is None:     # a floating read (writes are replayed)
+                floating[port] = floating.get(port, 0) + n
         write = self.bus.write
         for i in range(0, len(queued), 3):
             write(queued[i] | queued[i + 1] << 8, 1, queued[i + 2])

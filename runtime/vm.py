@@ -383,6 +383,7 @@ class VM:
             self.io.use_clock_time(self.clock, PIT_CH0, self.cpu_hz)
         for dev in self.bus.devices:
             dev.set_fast(self.io)
+        self.bus.publish_floating(self.io)
         if self.quirks.env is not None:
             # Hooks inside an instruction at one of the clock's sync sites put the
             # lazy flags back first (runtime/_clock.c, "Lazy flags at a sync-hook site").

@@ -3,7 +3,8 @@
 Every I/O instruction the guest executes passes through `read`/`write`, so the
 dispatch is a 64 Ki-entry list indexed by port.  Ports nobody owns behave like
 an empty ISA bus: reads float to all ones, writes vanish; both are counted per
-port so the report shows what the guest probed.
+port so the report shows what the guest probed (also when the native I/O
+hooks answer them: `publish_floating`, runtime/iofast.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class IOBus:
         self.io_counts: dict[int, int] = {}
         self.unhandled_reads: dict[int, int] = {}
         self.unhandled_writes: dict[int, int] = {}
+        self._fast = None                  # runtime/iofast.py, once floating ports are published
 
     # --- wiring -------------------------------------------------------------
     def attach(self, device: Device, link: MachineLink | None = None) -> Device:
@@ -43,12 +45,24 @@ class IOBus:
                 raise VMMError(f"port {port:#x} claimed by both {other.name} and {device.name}")
         if link is not None:
             device.attach(link)
+        if self._fast is not None:         # no longer floating: the device answers
+            for port in claimed:
+                self._fast.publish_read(port, None)
+                self._fast.publish_sink(port, False)
         for port in claimed:
             self._owner[port] = device
         self.devices.append(device)
         if _overrides(device, "next_event") or _overrides(device, "tick"):
             self._timed.append(device)
         return device
+
+    def publish_floating(self, fast) -> None:
+        """Let `fast` (runtime/iofast.py) answer one-byte accesses of the ports
+        nobody owns as `read`/`write` do (reads 0xFF, writes vanish), without an
+        exit; the counts reach `io_counts` and the unhandled tables at its drain.
+        A device attached later takes its ports back."""
+        self._fast = fast
+        fast.publish_floating(bytes(dev is None for dev in self._owner))
 
     def owner(self, port: int) -> Device | None:
         return self._owner[port & 0xFFFF]

@@ -6,6 +6,13 @@ the machine link.  Requests are edge-latched in IRR; `lower_irq` withdraws a
 request that was not acknowledged yet (what a level device dropping its line
 does to a real 8259: the INTA then finds nothing and answers spurious 7/15).
 The slave's INT output is computed on demand and feeds master IR2.
+
+Each chip's IRR, IMR, ISR, lowest priority and initialisation step live in
+one bytearray of the pair (`PICPair.registers`), which the native I/O hooks
+share (runtime/_iofast.c, "The 8259's mask and EOI"): they read IMR and do
+mask writes and EOIs in place, only where that cannot change the CPU's
+interrupt line, so this model stays the one definition with no state to take
+back.
 """
 from __future__ import annotations
 
@@ -15,12 +22,34 @@ from . import regs
 from .base import Device
 
 
+# Offsets in a chip's bytes of PICPair.registers (runtime/_iofast.c PIC_*;
+# PICPair.has_interrupt spells them as numbers for speed).
+_IRR, _IMR, _ISR, _LOWEST, _INIT, CHIP_BYTES = range(6)
+
+
+def _register(offset: int, doc: str) -> property:
+    def get(self):
+        return self._regs[self._at + offset]
+
+    def set(self, value):
+        self._regs[self._at + offset] = value & 0xFF
+    return property(get, set, doc=doc)
+
+
 class I8259:
     """One 8259A chip."""
 
-    def __init__(self, name: str, is_master: bool):
+    irr = _register(_IRR, "requests latched")
+    imr = _register(_IMR, "the mask (OCW1)")
+    isr = _register(_ISR, "levels in service")
+    lowest = _register(_LOWEST, "lowest-priority level; IR(lowest+1) is highest")
+    _init_step = _register(_INIT, "0: operational; 2/3/4: next data write is ICWn")
+
+    def __init__(self, name: str, is_master: bool, regs: bytearray | None = None, at: int = 0):
         self.name = name
         self.is_master = is_master
+        self._regs = regs if regs is not None else bytearray(CHIP_BYTES)
+        self._at = at
         self.irr = 0
         self.isr = 0
         self.imr = 0xFF            # masked until the guest initialises it
@@ -30,21 +59,22 @@ class I8259:
         self.special_mask = False
         self.read_isr = False
         self.poll = False
-        self.lowest = 7            # lowest-priority level; IR(lowest+1) is highest
+        self.lowest = 7
         self.single = False
         self.level_mode = False
         self.icw3 = 0
         self.sfnm = False
-        self._init_step = 0        # 0: operational; 2/3/4: next data write is ICWn
+        self._init_step = 0
         self._expect_icw4 = False
         self.cascade_in = None     # master only: callable -> slave INT output
 
     # --- priority -------------------------------------------------------------
     def _requests(self) -> int:
-        irr = self.irr
+        r, at = self._regs, self._at
+        irr = r[at + _IRR]
         if self.cascade_in is not None and self.cascade_in():
             irr |= 1 << regs.PIC_CASCADE_LINE
-        return irr & ~self.imr & 0xFF
+        return irr & ~r[at + _IMR] & 0xFF
 
     def pending(self) -> int | None:
         """The level the chip would signal now: the highest-priority unmasked
@@ -52,11 +82,13 @@ class I8259:
         req = self._requests()
         if not req:
             return None
-        isr = self.isr
+        r, at = self._regs, self._at
+        isr = r[at + _ISR]
         if self.special_mask:
-            isr &= ~self.imr     # special mask mode: masked in-service levels don't block
+            isr &= ~r[at + _IMR]  # special mask mode: masked in-service levels don't block
+        lowest = r[at + _LOWEST]
         for i in range(8):
-            line = (self.lowest + 1 + i) & 7
+            line = (lowest + 1 + i) & 7
             bit = 1 << line
             if isr & bit and not (self.sfnm and line == regs.PIC_CASCADE_LINE
                                   and self.is_master and req & bit):
@@ -176,11 +208,17 @@ class PICPair(Device):
              range(regs.PIC_SLAVE_CMD, regs.PIC_SLAVE_DATA + 1))
 
     def __init__(self):
-        self.master = I8259("master", True)
-        self.slave = I8259("slave", False)
+        # both chips' registers, shared with the native I/O hooks (see the module doc)
+        self.registers = bytearray(2 * CHIP_BYTES)
+        self.master = I8259("master", True, self.registers, 0)
+        self.slave = I8259("slave", False, self.registers, CHIP_BYTES)
         self.master.cascade_in = lambda: self.slave.pending() is not None
         self.spurious = 0
         self.acknowledged = 0
+
+    def publish(self) -> None:
+        if self.fast is not None:
+            self.fast.publish_pic(self.registers)
 
     # --- device lines -------------------------------------------------------
     def raise_irq(self, line: int) -> None:
@@ -200,6 +238,12 @@ class PICPair(Device):
 
     # --- CPU side -----------------------------------------------------------
     def has_interrupt(self) -> bool:
+        # The run loop asks this every slice: with no request that its IMR lets
+        # through on either chip (the usual state) nothing is pending, whatever
+        # ISR holds, and the slave drives no cascade request either.
+        r = self.registers              # offsets: _IRR, _IMR; the slave's CHIP_BYTES on
+        if not (r[0] & ~r[1] or r[5] & ~r[6]):
+            return False
         return self.master.pending() is not None
 
     def acknowledge(self) -> int:

@@ -104,3 +104,44 @@ def test_post_code_writes_queue_past_the_queue_size_in_order():
     assert r.regs["ebx"] & 0xFF == 0xFF
     # exits: the one write past the full queue, and the debug exit; the read is native
     assert r.counters["io_exits"] == 2 and r.counters["io_native"] == 4999 + 1
+
+
+# ISA PnP's probe as Linux makes it: writes to the address port 0x279 and the
+# write-data port 0xA79, reads of a read-data port (0x213); nobody claims them.
+_PROBE = ("mov ecx, 300; l: mov dx, 0x279; mov al, cl; out dx, al; mov dx, 0xa79; out dx, al; "
+          "mov dx, 0x213; in al, dx; add ebx, eax; dec ecx; jnz l; mov al, 0; out 0xf4, al")
+
+
+@pytest.mark.parametrize("mode", ["emulate", "trap", "bt"])
+def test_unclaimed_ports_float_without_an_exit_and_count_as_before(mode):
+    vm, r = _run("xor ebx, ebx; " + _PROBE, mode)
+    assert r.regs["ebx"] == 300 * 0xFF                  # every read floated to 0xFF
+    assert r.counters["io_by_port"] == {"0x213": 300, "0x279": 300, "0xa79": 300, "0xf4": 1}
+    assert r.counters["unhandled_port_reads"] == {"0x213": 300}
+    assert r.counters["unhandled_port_writes"] == {"0x279": 300, "0xa79": 300}
+    assert r.counters["io_exits"] == 1 and r.counters["io_native"] == 900
+
+
+def test_a_device_attached_later_takes_its_port_back():
+    from runtime.devices.base import Device
+
+    class Probe(Device):
+        name = "probe"
+        ports = (range(0x213, 0x214),)
+        written: list[int] = []
+
+        def read(self, port, size):
+            return 0x42
+
+        def write(self, port, size, value):
+            self.written.append(value)
+
+    img = GuestImage(path="test", format="raw", entry=0x1000,
+                     segments=[Segment(0x1000, _asm("xor ebx, ebx; mov dx, 0x213; mov al, 7; out dx, al; "
+                                                    "in al, dx; mov ebx, eax; mov al, 0; out 0xf4, al"))],
+                     regs={"esp": 0x8000})
+    vm = VM(img, MachineConfig(mem_mib=4), stdout=None)
+    probe = vm.bus.attach(Probe(), vm)
+    r = vm.run()
+    assert r.regs["ebx"] & 0xFF == 0x42 and probe.written == [7]
+    assert r.counters["unhandled_port_reads"] == {} and r.counters["io_exits"] == 3
