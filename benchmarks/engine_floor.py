@@ -82,7 +82,7 @@ class BootFacts(NamedTuple):
 
 def kernel_entry(f: BootFacts) -> int:
     """The address the decompressor jumps to (arch/x86/boot/compressed/head_32.S
-    and misc.c, Linux 5.x-6.x): the output buffer is the load address rounded up
+    and its extract_kernel, Linux 5.x-6.x): the output buffer is the load address rounded up
     to kernel_alignment, but never below LOAD_PHYSICAL_ADDR (pref_address), for a
     relocatable kernel, else LOAD_PHYSICAL_ADDR; `extract_kernel` returns the
     buffer plus the ELF entry's offset from LOAD_PHYSICAL_ADDR."""
