@@ -76,3 +76,32 @@ def test_debian_image_kernel_entry_is_startup_32():
     f = ef.boot_facts(img.path, data, img.entry)
     assert f.relocatable and f.load == img.entry
     assert ef.kernel_entry(f) == 16 * MIB
+
+
+def test_libc_abs_as_a_native_block_hook_changes_nothing():
+    """The `hooked` configuration's callback: libc's abs() registered with
+    uc_hook_add as a UC_HOOK_BLOCK callback on all code.  Fact: the guest's
+    result is the bare engine's (and a Python block hook on the same blocks,
+    registered after it, is still called at every block)."""
+    import ctypes
+    from keystone import KS_ARCH_X86, KS_MODE_32, Ks
+    from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_MODE_32, Uc
+    from unicorn import x86_const as X
+    from runtime.fastuc import hook_add
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(
+        "mov ecx, 1000; xor eax, eax; top: add eax, ecx; mov [0x2000], eax; dec ecx; jnz top; nop", 0x1000)[0])
+
+    def run(hooked: bool):
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 0x10000)
+        uc.mem_write(0x1000, code)
+        blocks = []
+        if hooked:
+            hook_add(uc, UC_HOOK_BLOCK, ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value, None, 1, 0)
+            uc.hook_add(UC_HOOK_BLOCK, lambda uc, a, s, u: blocks.append(a))
+        uc.emu_start(0x1000, 0x1000 + len(code) - 1)
+        return uc.reg_read(X.UC_X86_REG_EAX), bytes(uc.mem_read(0x2000, 4)), len(blocks)
+
+    bare, hooked = run(False), run(True)
+    assert bare[:2] == hooked[:2] == (500500, (500500).to_bytes(4, "little"))
+    assert hooked[2] >= 1000            # the loop's body is a block of its own, run 1000 times
