@@ -891,7 +891,8 @@ static long index_of(Entry *e, uint64_t addr)
  * The tables are kept per *physical* page (the write and read hooks see
  * physical addresses), and each physical page holds the scan of one linear
  * page at a time, its view (runtime/csam.py, "Paging").  The block's linear
- * address is translated here (the same walk block_bytes uses) and the start is
+ * address is translated here (the translation block_bytes just made for the
+ * block: block_frame; a walk elsewhere) and the start is
  * known only when the physical page's view is that linear page: after a CR3
  * switch that puts other code there, or when the page is entered through
  * another alias, the block is refused and the VMM moves the view. */
