@@ -80,7 +80,7 @@ def test_new_stubs_under_paging_flush_nothing_and_reused_space_runs_the_new_stub
     assert len(flushes) <= 2, len(flushes)
 
 
-def test_the_targeted_removal_only_where_the_walk_meets_the_vmms_own_entry():
+def test_the_targeted_removal_only_where_the_walk_meets_the_vmms_own_entry(monkeypatch):
     """The targeted removal needs a supervisor walk through the VMM's own
     entry (ring 3 and virtual-8086 mode are refused too); otherwise `_flush`
     keeps the whole-cache flush."""
@@ -93,6 +93,14 @@ def test_the_targeted_removal_only_where_the_walk_meets_the_vmms_own_entry():
     cr3 = fast.reg_read(X.UC_X86_REG_CR3)
     slot = (cr3 & ~0xFFF) + (mode.hyper.base >> 22) * 4
     entry = vm.uc.mem_read(slot, 4)
+    # the removal's walk meets only the VMM's entries, A preset: it stores nothing
+    table = mode.hyper_mapping.our_entry() & ~0xFFF
+    pte = vm.uc.mem_read(table + ((lo >> 12) & 0x3FF) * 4, 4)
+    flushes = _count_flushes(monkeypatch)
+    mode._flush(lo, lo + 16)
+    assert not flushes
+    assert vm.uc.mem_read(slot, 4) == entry
+    assert vm.uc.mem_read(table + ((lo >> 12) & 0x3FF) * 4, 4) == pte
     vm.uc.mem_write(slot, b"\0\0\0\0")
     try:
         assert not mode._area_mapped(lo, lo + 16)   # not the VMM's entry: no walk there
