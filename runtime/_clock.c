@@ -149,6 +149,9 @@ typedef struct {
     bool shadow_carry;      /* the last block weighed nothing and ran in an sti shadow */
     Py_ssize_t eflags_off, if_hflags_off;   /* -1 = not configured */
     uint64_t pa_first, pa_last;         /* the pages block_bytes last read (NO_ADDR: unknown) */
+    uint64_t walked;                    /* the block whose first byte pa_first translates, while
+                                           block_hook checks it (NO_ADDR otherwise): block_frame */
+    uint64_t frames_reused;             /* code checks answered from that translation */
     FastStores fs;                      /* see runtime/faststores.h */
     const uint64_t *tb_invalidated;     /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
     const uint32_t *tb_flushed;
@@ -802,6 +805,7 @@ static bool fixed(Clock *c, Entry *e)
 #define CF_PASS 1       /* outside RAM (stubs, the hypervisor area): not checked */
 #define CF_REFUSE 2     /* another view, or no translation here (not present) */
 static int code_frame(Clock *c, uint64_t addr, uint64_t *pa);   /* see "Code check" */
+static int block_frame(Clock *c, uint64_t addr, uint64_t *pa);
 
 /* Guest instructions in the first k instructions of e: k outside the stub
  * cache, else the sum of the published stub-byte weights. */
@@ -810,7 +814,7 @@ static inline bool ends_in_patch_jump(Clock *c, Entry *e)
     if (e->offs[e->ninsn - 1] + 5u != e->size || e->bytes[e->offs[e->ninsn - 1]] != 0xE9)
         return false;
     uint64_t pa;
-    if (code_frame(c, e->addr + e->offs[e->ninsn - 1], &pa) != CF_OK)
+    if (block_frame(c, e->addr + e->offs[e->ninsn - 1], &pa) != CF_OK)
         return false;
     uint64_t pg = pa >> PAGE_SHIFT;
     return c->interior[pg] && c->interior[pg][pa & PAGE_OFF] == PATCH_SITE;
@@ -887,7 +891,8 @@ static long index_of(Entry *e, uint64_t addr)
  * The tables are kept per *physical* page (the write and read hooks see
  * physical addresses), and each physical page holds the scan of one linear
  * page at a time, its view (runtime/csam.py, "Paging").  The block's linear
- * address is translated here (the same walk block_bytes uses) and the start is
+ * address is translated here (the translation block_bytes just made for the
+ * block: block_frame; a walk elsewhere) and the start is
  * known only when the physical page's view is that linear page: after a CR3
  * switch that puts other code there, or when the page is entered through
  * another alias, the block is refused and the VMM moves the view. */
@@ -900,6 +905,25 @@ static int code_frame(Clock *c, uint64_t addr, uint64_t *pa)
     } else {
         *pa = addr;
     }
+    uint64_t pg = *pa >> PAGE_SHIFT;
+    if (pg >= c->ram_pages)
+        return CF_PASS;
+    return c->view[pg] == (uint32_t)(addr >> PAGE_SHIFT) ? CF_OK : CF_REFUSE;
+}
+
+/* code_frame for an address on the first page of the block block_hook is
+ * checking.  entry_for has just translated the block's first byte (a walk, or
+ * a remembered walk whose page-table entries still hold: "Walks remembered per
+ * block"), and nothing ran since, so an address on the same linear page
+ * translates to the same physical page: the check's own walk of the guest's
+ * tables (43 M per 150 M instructions of Linux under bt, ~5% of bt's CPU:
+ * docs/benchmarks.md, "bt's kernel phase") is not made again. */
+static int block_frame(Clock *c, uint64_t addr, uint64_t *pa)
+{
+    if (c->walked == NO_ADDR || c->pa_first == NO_ADDR || (addr >> PAGE_SHIFT) != (c->walked >> PAGE_SHIFT))
+        return code_frame(c, addr, pa);
+    c->frames_reused++;
+    *pa = (c->pa_first & ~(uint64_t)PAGE_OFF) | (addr & PAGE_OFF);
     uint64_t pg = *pa >> PAGE_SHIFT;
     if (pg >= c->ram_pages)
         return CF_PASS;
@@ -937,7 +961,7 @@ static bool refuse_block(Clock *c, void *uc, uint64_t addr)
             return false;
     }
     uint64_t pa;
-    int k = code_frame(c, addr, &pa);
+    int k = block_frame(c, addr, &pa);
     if (k == CF_PASS)
         return false;
     c->code_checks++;
@@ -1262,10 +1286,14 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
                 e->fs_epoch = c->fs.epoch;
         }
     }
+    /* pa_first translates addr now, until the checks below are done (block_frame) */
+    c->walked = e && e->addr == addr ? addr : NO_ADDR;
     n = e ? weight(c, e, e->ninsn) : 1;
     long j = smc_restart(c, addr, e);
     /* the writer of a restart was checked as part of the block it left */
-    if (c->check && j < 0 && refuse_block(c, uc, addr)) {
+    bool refused = c->check && j < 0 && refuse_block(c, uc, addr);
+    c->walked = NO_ADDR;
+    if (refused) {
         c->cur = NULL;
         return;
     }
@@ -1473,6 +1501,7 @@ static int Clock_init(Clock *c, PyObject *args, PyObject *kw)
     }
     c->budget = UINT64_MAX;
     c->allow_once = NO_ADDR;
+    c->walked = NO_ADDR;
     c->rf_at = NO_ADDR;
     c->hflags_off = -1;
     c->cs16_hflags_off = -1;
@@ -2061,7 +2090,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -2077,7 +2106,8 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "store_code_pages", (unsigned long long)c->fs.code_pages,
                          "unchanged_blocks", (unsigned long long)c->unchanged,
                          "walks_remembered", (unsigned long long)c->walks_remembered,
-                         "front_misses", (unsigned long long)c->front_misses);
+                         "front_misses", (unsigned long long)c->front_misses,
+                         "code_frames_reused", (unsigned long long)c->frames_reused);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the

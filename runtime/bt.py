@@ -19,7 +19,7 @@ from unicorn import x86_const as X
 from bt.errors import VMMError
 from bt.hyper_layout import FLAG_TABLES, REAL_IOPL_CPL1, SELECTOR_VIEW, flag_tables, selector_view_table
 from bt.x86 import (BP, CR4_PAE, CR4_PSE, DESC_CODE, DESC_FLAG_D, GP, IF_BIT, IOPL_MASK, IOPL_SHIFT, PAGE, PF,
-                    PTE_P, PTE_PS, UD)
+                    PTE_P, PTE_PS, UD, VM_BIT)
 from patcher import policy
 from patcher.patches import Patcher
 from patcher.policy import Action, Neighbourhood
@@ -107,12 +107,40 @@ class BTMode(TrapMode):
         if not self.csam.paging():
             self.uc.ctl_remove_cache(lo, hi)
             return
+        if self._area_mapped(lo, hi):
+            self.uc.ctl_remove_cache(lo, hi)
+            return
         for a, k in self._pieces(lo, hi - lo):
             if self.csam.live_phys(a) == self.csam.phys(a) and not self.uc.reg_read(X.UC_X86_REG_CR4) & CR4_PAE:
                 self._remove_cache_unseen(a, k)
             else:
                 self.uc.ctl_flush_tb()
                 return
+
+    def _area_mapped(self, lo: int, hi: int) -> bool:
+        """Whether [lo, hi) lies in the hypervisor area (the stub cache) and the
+        current two-level directory maps the area through the VMM's own entry.
+        Then Unicorn's removal walks only the VMM's entries (the slot and the
+        area's table, A and D preset: runtime/paging.py `build_table`), which it
+        leaves unchanged, to linear = physical: a targeted removal is exact.
+        Before, the walk-based check below never held there (the area's table
+        is outside guest RAM, so `live_phys` has no answer) and every new stub
+        under paging flushed every translated block -- 193 times per 150 M
+        instructions of Linux (docs/benchmarks.md, "bt's kernel phase")."""
+        if not (self.hyper.contains(lo) and self.hyper.contains(hi - 1)):
+            return False
+        fast = self.vm.fast
+        # The removal's walk is a code fetch at the current CPL: at ring 3 (and
+        # in virtual-8086 mode) it would fault on the area's supervisor pages
+        # inside Unicorn, where no hook sees the fault: those keep the flush.
+        if fast.reg_read(X.UC_X86_REG_CS) & 3 == 3 or fast.reg_read(X.UC_X86_REG_EFLAGS) & VM_BIT:
+            return False
+        if fast.reg_read(X.UC_X86_REG_CR4) & CR4_PAE:
+            return False
+        slot = (fast.reg_read(X.UC_X86_REG_CR3) & ~(PAGE - 1) & 0xFFFFFFFF) + (self.hyper.base >> 22) * 4
+        if slot + 4 > self.vm.config.mem_bytes:
+            return False
+        return int.from_bytes(fast.mem_read(slot, 4), "little") == self.hyper_mapping.our_entry()
 
     def _remove_cache_unseen(self, a: int, k: int) -> None:
         """`ctl_remove_cache` under two-level paging without a trace in guest RAM:
