@@ -1157,7 +1157,7 @@ static void fast_stores(Clock *c, void *uc)
 }
 
 /* -- The quick path ----------------------------------------------------------------
- * Under emulate (and trap) with paging off (the bzImage's xz decompressor: ~296 M blocks)
+ * In every mode with paging off (the bzImage's xz decompressor: ~296 M blocks)
  * most blocks are known unchanged and need nothing but their weight.  Each
  * cache line the hook touches is a likely miss there (the decompressor streams
  * through its buffers between two runs of a block), so a slot of the quick
