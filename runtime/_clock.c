@@ -156,6 +156,7 @@ typedef struct {
     const uint64_t *tb_invalidated;     /* Unicorn's translation generation (runtime/tbgen.py); NULL = unknown */
     const uint32_t *tb_flushed;
     uint64_t unchanged;                 /* blocks known unchanged: no read, no comparison */
+    uint64_t quick_hits;                /* ... of them answered by the quick path (no entry read) */
     uint64_t stub_lo, stub_size;        /* the stub cache (see "guest-instruction starts" below) */
     uint8_t *stub_starts;
     /* statistics */
@@ -226,6 +227,7 @@ typedef struct {
     /* cache of decoded blocks */
     Entry *front[FRONT];                /* the last entry seen per slot (see lookup) */
     Quick quick[FRONT];                 /* the quick path's copies (paging off), slot as front's */
+    bool quick_off;                     /* set_quick(False): every block takes the slow path (tests, A/B) */
     Entry **buckets;
     size_t nbuckets, nentries;
     size_t cache_bytes, cache_limit;    /* bytes the entries hold, and the bound */
@@ -1179,7 +1181,7 @@ static void fast_stores(Clock *c, void *uc)
 }
 
 /* -- The quick path ----------------------------------------------------------------
- * Under emulate (and trap) with paging off (the bzImage's xz decompressor: ~296 M blocks)
+ * In every mode with paging off (the bzImage's xz decompressor: ~296 M blocks)
  * most blocks are known unchanged and need nothing but their weight.  Each
  * cache line the hook touches is a likely miss there (the decompressor streams
  * through its buffers between two runs of a block), so a slot of the quick
@@ -1193,17 +1195,26 @@ static void fast_stores(Clock *c, void *uc)
  * of pointers stays 4 KiB; a first version kept the copies in the front table
  * and made the kernel slower: docs/benchmarks.md, "The decompressor's block
  * hook").  A copy holds only
- * for what the rest of the slow path would let through unchanged: no CSAM
- * check and no stub cache (emulate and trap, which watch the translation
- * generation too: runtime/clock.py watch_generation), no cmpxchg8b/in/out
- * site to fix, the block's one page already a fast-stores code page (or no
- * fast stores), 32-bit addresses. */
+ * for what the rest of the slow path would let through unchanged: no
+ * cmpxchg8b/in/out site to fix, the block's one page already a fast-stores
+ * code page (or no fast stores), 32-bit addresses.  Under bt (CSAM's code
+ * check, a stub cache) also: a block of guest RAM (not a stub: a stub's weight
+ * is the stub cache's), not ending in a 5-byte `jmp rel32` (which may be a
+ * patch's jump, no guest instruction: weight()), and the code check itself is
+ * asked again at every hit (quick_checked): CSAM's tables change while the
+ * copy holds. */
 static inline void quick_fill(Clock *c, Entry *e)
 {
     bool page_marked = !c->fs.fast || (e->fs_epoch == c->fs.epoch && c->fs.epoch);
     if (e->gen == NO_GEN || e->nfix || !page_marked || e->addr >> 32 || e->pa != e->addr
-        || e->size > UINT16_MAX || e->ninsn > UINT16_MAX || !e->ninsn || c->check || c->stub_starts)
+        || e->size > UINT16_MAX || e->ninsn > UINT16_MAX || !e->ninsn)
         return;
+    if (c->check || c->stub_starts) {
+        uint32_t last = e->offs[e->ninsn - 1];
+        if (!c->check || e->pa >> PAGE_SHIFT >= c->ram_pages
+            || (last + 5u == e->size && e->bytes[last] == 0xE9))
+            return;
+    }
     Quick *q = &c->quick[front_slot(e->addr)];
     q->quick = 1;
     q->addr = (uint32_t)e->addr;
@@ -1218,7 +1229,7 @@ static inline void quick_fill(Clock *c, Entry *e)
 /* The slot whose copy answers this block start, or NULL (take the slow path). */
 static inline Quick *quick_hit(Clock *c, uint64_t addr, uint32_t size)
 {
-    if (!paging_off(c) || c->check || c->stub_starts)
+    if (!paging_off(c) || c->quick_off)
         return NULL;
     Quick *q = &c->quick[front_slot(addr)];
     if (!q->quick || q->addr != addr || q->size != size || q->pa != addr)
@@ -1227,6 +1238,30 @@ static inline Quick *quick_hit(Clock *c, uint64_t addr, uint32_t size)
     if (gen == NO_GEN || q->gen != gen)
         return NULL;
     return q;
+}
+
+/* refuse_block for a quick hit under bt (paging off, a block of guest RAM):
+ * true when it would let the block start, with the same count; false leaves
+ * the decision, its count and any refusal to the slow path.  The guest's
+ * privilege and code size come first as in refuse_block (ring 3, 16-bit code
+ * and real mode pass uncounted), then the page's view and scanned start,
+ * read afresh: a scan, an invalidation or a guest store into scanned code
+ * since the fill changes them (tests/runtime/test_bt_quick_path.py). */
+static inline bool quick_checked(Clock *c, uint64_t addr)
+{
+    if (c->hflags_off >= 0 && c->env) {
+        uint32_t hflags;
+        memcpy(&hflags, c->env + c->hflags_off, 4);
+        if ((hflags & 3) == 3 || !(hflags & HF_CS32))
+            return true;
+        if ((hflags & 3) == 0 && !(env_u64(c, c->cr0_off) & 1u))
+            return true;
+    }
+    uint64_t pg = addr >> PAGE_SHIFT;       /* paging off: linear = physical */
+    if (pg >= c->ram_pages || c->view[pg] != (uint32_t)pg || !known_start(c, addr))
+        return false;
+    c->code_checks++;
+    return true;
 }
 
 static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
@@ -1261,9 +1296,10 @@ static void block_hook(void *uc, uint64_t addr, uint32_t size, void *ud)
     Quick *fr = quick_hit(c, addr, size);
     /* a one-instruction block after a longer one may be a restart (smc_restart):
      * the slow path tells */
-    if (fr && (fr->ninsn != 1 || !c->cur || c->cur->ninsn < 2)) {
+    if (fr && (fr->ninsn != 1 || !c->cur || c->cur->ninsn < 2) && (!c->check || quick_checked(c, addr))) {
         e = fr->e;
         n = fr->ninsn;
+        c->quick_hits++;
         c->pa_first = addr;
         c->pa_last = addr + size - 1;
         c->unchanged++;
@@ -2038,6 +2074,18 @@ static PyObject *Clock_has_writes(Clock *c, PyObject *unused)
     Py_RETURN_FALSE;
 }
 
+/* set_quick(bool): the quick path on (the default) or off.  Off, every block
+ * takes the slow path: the reference the quick path must agree with
+ * (tests/runtime/test_bt_quick_path.py) and a measurement's A/B switch. */
+static PyObject *Clock_set_quick(Clock *c, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    c->quick_off = !on;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Clock_allow_once(Clock *c, PyObject *arg)
 {
     unsigned long long a = PyLong_AsUnsignedLongLong(arg);
@@ -2090,7 +2138,7 @@ static PyObject *Clock_set_cache_limit(Clock *c, PyObject *arg)
 
 static PyObject *Clock_stats(Clock *c, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
+    return Py_BuildValue("{sKsKsKsKsKsnsnsKsKsKsKsKsKsKsKsKsKsKsK}", "blocks", (unsigned long long)c->blocks,
                          "decoded_blocks", (unsigned long long)c->misses,
                          "changed_blocks", (unsigned long long)c->changed,
                          "undecodable_tails", (unsigned long long)c->gaps,
@@ -2107,7 +2155,8 @@ static PyObject *Clock_stats(Clock *c, PyObject *unused)
                          "unchanged_blocks", (unsigned long long)c->unchanged,
                          "walks_remembered", (unsigned long long)c->walks_remembered,
                          "front_misses", (unsigned long long)c->front_misses,
-                         "code_frames_reused", (unsigned long long)c->frames_reused);
+                         "code_frames_reused", (unsigned long long)c->frames_reused,
+                         "quick_hits", (unsigned long long)c->quick_hits);
 }
 
 /* enable_tsc(uc_reg_write address, eax id, edx id, ecx id, eip offset): the
@@ -2213,6 +2262,7 @@ static PyMethodDef Clock_methods[] = {
      "from a hook inside an instruction: put cc_op back to CC_OP_EFLAGS if it is a sync site"},
     {"set_recur_mem", (PyCFunction)Clock_set_recur_mem, METH_O,
      "set_recur_mem(address): the engine's size_recur_mem, cleared at every block start"},
+    {"set_quick", (PyCFunction)Clock_set_quick, METH_O, "the block hook's quick path on (True, the default) or off"},
     {"cache_info", (PyCFunction)Clock_cache_info, METH_NOARGS, "the decoded-block cache: entries, bytes, limit, flushes"},
     {"set_cache_limit", (PyCFunction)Clock_set_cache_limit, METH_O, "set_cache_limit(bytes): empty the cache past this size"},
     {"set_stub_starts", (PyCFunction)Clock_set_stub_starts, METH_VARARGS,

@@ -115,9 +115,10 @@ class InstructionClock:
         `hflags_off`: the calibrated offset of hflags (which MMU mode is in
         use), False without the live CPU state (set_cpu_state).  Returns "" when
         enabled, else why not (the engine's TLB not found: the run is only
-        slower; tests/runtime/test_store_facts.py fails loudly).  Only where no
-        memory hook watches guest stores: with one, Unicorn sends every store
-        through its helpers anyway."""
+        slower; tests/runtime/test_store_facts.py fails loudly).  In every
+        mode: with trap's and bt's memory hooks every store reaches Unicorn's
+        helper anyway, which calls the write hooks before it looks at the
+        mark, so unmarking only skips the per-store code check there."""
         from runtime import softtlb
         from runtime.fastuc import TLB_FLUSH
         if hflags_off is False:
@@ -137,9 +138,7 @@ class InstructionClock:
         unchanged") as long as every page that holds translated code keeps
         TLB_NOTDIRTY, so that a guest store into it invalidates the block.
         That holds in every mode: fast stores unmark only pages that never ran
-        code, and trap and bt unmark nothing (their memory hooks send every
-        store through Unicorn's store_helper anyway; docs/benchmarks.md,
-        "Memory hooks and Unicorn's slow path").  Without the counters every
+        code (docs/benchmarks.md, "bt through the decompressor").  Without the counters every
         block is compared, as before."""
         from runtime import tbgen
         try:

@@ -170,15 +170,18 @@ class VM:
         self.tsc = VirtualTSC(self, on_error=self._record_hook_error)
         self.mode = self._make_mode()
         self.clock.code_base = self._real_code_base     # real mode: CS * 16 (runtime/clock.py)
-        # Stores to RAM without translated code on Unicorn's inline path, as in
-        # QEMU (runtime/faststores.h): under emulate, where no memory hook
-        # watches stores (trap and bt have some, so Unicorn's helpers run anyway).
-        # Only an optimization: without it (Unicorn's TLB not found) the run
-        # goes on, and `fast_stores_problem` says why.
-        self.fast_stores_problem = "not under emulate"
-        if self.config.mode is Mode.EMULATE:
-            self.fast_stores_problem = self.clock.enable_fast_stores(
-                ram, self.quirks.env is not None and self.quirks.off.hflags)
+        # Stores to RAM without translated code skip Unicorn's code check, as in
+        # QEMU (runtime/faststores.h), in every mode.  Under emulate that puts
+        # them on the inline path.  Under trap and bt their memory hooks send
+        # every store through store_helper anyway, which calls the write and
+        # write-protection hooks *before* it looks at TLB_NOTDIRTY, so every
+        # hook still sees every store; what goes is notdirty_write and QEMU's
+        # SMC check of each store (tests/runtime/test_store_facts.py,
+        # "...hooks fire on an unmarked entry"; docs/benchmarks.md, "bt through
+        # the decompressor").  Only an optimization: without it (Unicorn's TLB
+        # not found) the run goes on, and `fast_stores_problem` says why.
+        self.fast_stores_problem = self.clock.enable_fast_stores(
+            ram, self.quirks.env is not None and self.quirks.off.hflags)
         # Blocks known unchanged skip the clock's byte comparison in every mode
         # (it needs only code pages that keep TLB_NOTDIRTY: runtime/clock.py).
         self.clock.watch_generation()

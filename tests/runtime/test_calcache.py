@@ -147,9 +147,9 @@ def test_a_run_is_identical_with_and_without_the_cache(tmp_path, mode):
     off = _report(tmp_path, "off", dict(env, BT_CALIBRATION_CACHE="off"), mode)
     filled = _report(tmp_path, "fill", env, mode)           # calibrates and writes
     path, = (tmp_path / "cache" / "bt").glob("calibration-*.json")
-    # emulate's clock uses all three parts (fast stores, block generations);
-    # bt's the block generations (blocks known unchanged in every mode)
-    assert sorted(_entries(path)) == (["quirks", "softtlb", "tbgen"] if mode == "emulate" else ["quirks", "tbgen"])
+    # every mode's clock uses all three parts (fast stores and blocks known
+    # unchanged in every mode)
+    assert sorted(_entries(path)) == ["quirks", "softtlb", "tbgen"]
     written = path.stat().st_mtime_ns
     cached = _report(tmp_path, "cached", env, mode)         # reads every part ...
     assert path.stat().st_mtime_ns == written               # ... and calibrates none

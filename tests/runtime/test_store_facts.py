@@ -5,7 +5,9 @@ RAM page without NX takes the slow path whatever hooks exist, that clearing
 TLB_NOTDIRTY puts a page's stores on the inline path, that an unmarked entry
 of a page with translated code lets a store change that code unseen (why code
 pages must keep the mark), and that a TLB flush from inside a block hook
-marks the entries again before the block's own stores run.
+marks the entries again before the block's own stores run; and that write and
+write-protection hooks fire through an unmarked entry (fast stores under trap
+and bt).
 """
 from __future__ import annotations
 
@@ -141,3 +143,49 @@ def test_a_tlb_flush_inside_a_block_hook_marks_the_entries_before_the_blocks_sto
     assert flushed == [0x1000]
     assert b.uc.reg_read(X.UC_X86_REG_EAX) == 2
     assert b.write_entries(0x2000)[0][2] & softtlb.TLB_NOTDIRTY
+
+
+def test_write_hooks_fire_on_an_unmarked_entry_and_it_stays_unmarked():
+    """Why trap and bt can have fast stores too: any write hook sends a
+    block's stores to store_helper (runtime/faststores.h), which calls the
+    UC_HOOK_MEM_WRITE hooks before it looks at TLB_NOTDIRTY.  So through an
+    unmarked entry every hook still sees every store, and only notdirty_write
+    (QEMU's SMC check of each store) is skipped: the entry stays unmarked."""
+    from unicorn import UC_HOOK_MEM_WRITE
+    loop = "mov ecx, 20000\nl: mov [0x45000], ecx\nmov [0x45004], ecx\ndec ecx\njnz l"
+    for unmark in (False, True):
+        b = Bare()
+        seen = []
+        b.uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, acc, addr, size, value, _: seen.append(addr),
+                      begin=DATA + 4, end=DATA + 7)
+        b.run(0x2000, "mov dword ptr [0x45000], 7")      # the entry exists
+        if unmark:
+            assert b.unmark(DATA) == 1
+        b.run(0x1000, loop)
+        assert seen == [DATA + 4] * 20000, unmark         # every store in the hook's range
+        assert bytes(b.uc.mem_read(DATA, 8)) == (1).to_bytes(4, "little") * 2
+        assert b.write_entries(DATA)[0][2] == DATA | (0 if unmark else softtlb.TLB_NOTDIRTY)
+
+
+def test_a_write_protection_hook_fires_on_an_unmarked_entry():
+    """The isolation guard's kind of hook: a store into a region without
+    write permission raises UC_HOOK_MEM_WRITE_PROT through an unmarked entry
+    as through a marked one (region permissions are not in the TLB; a write
+    hook elsewhere keeps the stores on store_helper, as trap and bt always
+    have one)."""
+    from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_PROT_READ, UC_PROT_EXEC
+    for unmark in (False, True):
+        b = Bare()
+        b.uc.hook_add(UC_HOOK_MEM_WRITE, lambda *a: None, begin=NEVER - 0xFFF, end=NEVER)
+        b.uc.mem_protect(DATA, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        b.run(0x2000, "mov eax, dword ptr [0x45000]")    # fills the page's entry, write part too
+        if unmark:
+            assert b.unmark(DATA) == 1
+        events = []
+
+        def prot(uc, acc, addr, size, value, _):
+            events.append((addr, value))
+            return True
+        b.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, prot)
+        b.run(0x1000, "mov dword ptr [0x45000], 9")
+        assert events == [(DATA, 9)], unmark
