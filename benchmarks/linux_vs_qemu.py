@@ -132,9 +132,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         kernels = [r["cpu_to_marker"] - r["cpu_to_banner"] for r in rs
                    if r["cpu_to_marker"] is not None and r.get("cpu_to_banner") is not None]
         out[name] = {"runs": len(rs), "reached": len(walls),
-                     "wall_median": statistics.median(walls) if walls else None,
-                     "cpu_median": statistics.median(cpus) if cpus else None,
-                     "banner_median": statistics.median(banners) if banners else None,
+                     # an even number of rounds averages two: round for the table
+                     "wall_median": round(statistics.median(walls), 2) if walls else None,
+                     "cpu_median": round(statistics.median(cpus), 2) if cpus else None,
+                     "banner_median": round(statistics.median(banners), 2) if banners else None,
                      "kernel_median": round(statistics.median(kernels), 2) if kernels else None}
     q = out.get("qemu", {})
     for s in out.values():
