@@ -735,3 +735,92 @@ def _breakpoints(rng, p):
     if rng.random() < 0.3:
         body += ["mov esi, dr6"]
     return body
+
+
+# Atomics (fidelity of the clock's cmpxchg8b sync sites): Unicorn 2.1.4
+# translates cmpxchg8b without writing the lazy flags back first, so the
+# instruction clock hooks every cmpxchg8b site (runtime/clock.py
+# `_hook_fix_sites`).  Each statement sets flags with an ALU line right before
+# the read-modify-write, so lazy flags are live across it, and reads EFLAGS
+# right after (pushfd), so a flags bug at that site reaches the state compared.
+def _flag_line(rng) -> str:
+    """A flag-setting ALU line that leaves eax, ebx, ecx and edx alone (the
+    compare operands of the instruction after it)."""
+    op = rng.choice(("add", "sub", "and", "or", "xor", "adc", "sbb", "cmp", "test", "imul", "shl", "sar"))
+    if op in ("shl", "sar"):
+        return f"{op} esi, {rng.randrange(1, 32)}"
+    return f"{op} {rng.choice(('esi', 'edi'))}, {rng.choice(('esi', 'edi'))}"
+
+
+def _cx8(rng, mem: str, off: str) -> list[str]:
+    """cmpxchg8b on `mem` (a qword at address expression `off`): equal (the
+    qword first set to edx:eax) or not equal (left as it is, or one half changed)."""
+    lines = [f"mov eax, {rng.getrandbits(32):#x}", f"mov edx, {rng.getrandbits(32):#x}",
+             f"mov ebx, {rng.getrandbits(32):#x}", f"mov ecx, {rng.getrandbits(32):#x}"]
+    how = rng.randrange(3)
+    if how < 2:                  # equal: store edx:eax first (how 1: then spoil one half)
+        lines += [f"mov dword ptr [{off}], eax", f"mov dword ptr [{off} + 4], edx"]
+        if how == 1:
+            lines += [f"xor dword ptr [{off} + {rng.choice((0, 4))}], {1 << rng.randrange(32):#x}"]
+    return lines + [_flag_line(rng), f"{'lock ' if rng.random() < 0.3 else ''}cmpxchg8b {mem}"]
+
+
+def _atomic_line(rng, base: str) -> list[str]:
+    """One read-modify-write on a dword at [base + offset] (or pause)."""
+    off = f"{base} + {rng.randrange(0, 0x40, 8):#x}"
+    mem = f"dword ptr [{off}]"
+    r, s = rng.choice(("esi", "edi", "edx")), rng.choice(("esi", "edi", "ecx"))
+    lock = "lock " if rng.random() < 0.5 else ""
+    k = rng.randrange(6)
+    if k == 0:
+        return _cx8(rng, f"qword ptr [{off}]", off)
+    if k == 1:                   # cmpxchg: eax equal to the dword (half the time) or not
+        pre = [f"mov eax, {mem}"] if rng.random() < 0.5 else [f"mov eax, {rng.getrandbits(32):#x}"]
+        return pre + [_flag_line(rng), f"{lock}cmpxchg {mem}, {s}"]
+    if k == 2:
+        return [f"mov {r}, {_imm(rng):#x}", _alu_line(rng), f"{lock}xadd {mem}, {r}"]
+    if k == 3:
+        op = rng.choice(("add", "or", "and", "xor", "sub", "adc", "sbb", "inc", "dec", "not", "neg"))
+        operand = "" if op in ("inc", "dec", "not", "neg") else f", {rng.choice((s, hex(_imm(rng))))}"
+        return [_alu_line(rng), f"lock {op} {mem}{operand}"]
+    if k == 4:
+        return [_alu_line(rng), f"xchg {mem}, {r}"]
+    return [_alu_line(rng), "pause"]
+
+
+def _atomic_course(rng, base: str) -> list[str]:
+    lines = []
+    for _ in range(rng.randrange(1, 4)):
+        lines += _atomic_line(rng, base)
+        lines += ["pushfd", f"pop {rng.choice(('esi', 'edi'))}"] if rng.random() < 0.7 else \
+                 ["pushfd", f"xor {rng.choice(('esi', 'edi'))}, dword ptr [esp]", "popfd"]
+    return lines
+
+
+@feature("atomics")
+def _atomics(rng, p):
+    """cmpxchg8b (equal and not equal), cmpxchg, xadd, lock-prefixed
+    read-modify-writes, xchg with memory and pause, with live lazy flags
+    before and a flag read after; at ring 0, at ring 3, or through a paging
+    alias (the `paging` feature's tables)."""
+    where = rng.randrange(3)
+    if where == 0:
+        return _atomic_course(rng, "ebp")
+    if where == 1:               # ring 3 (flat ring-3 data: the scratch area is reachable)
+        user = _atomic_course(rng, f"{G.SCRATCH + 0x40:#x}")
+        return [f"mov dword ptr [{G.SAVED_ESP:#x}], esp", _resume(p, "back"),
+                f"push {G.UDATA:#x}", f"push {G.USER_STACK_TOP:#x}", f"push {rng.choice((0x2, 0x202, 0x3002)):#x}",
+                f"push {G.UCODE:#x}", f"mov eax, {p}user", "push eax",
+                f"mov eax, {G.UDATA:#x}", "mov ds, ax", "mov es, ax", "iretd",
+                f"{p}user:", *user, f"int {G.RING3_RETURN_VECTOR:#x}",
+                f"{p}back:", f"mov eax, {G.KDATA:#x}", "mov ds, ax", "mov es, ax", "mov fs, ax", "mov gs, ax"]
+    # paging on: the writable alias page 0 of PAGE_TABLE maps a data page
+    body = ["mov eax, cr4", "or eax, 0x10", "mov cr4, eax",
+            f"mov dword ptr [{PAGE_DIR:#x}], 0x83",
+            f"mov dword ptr [{PAGE_DIR + (ALIAS >> 22) * 4:#x}], {PAGE_TABLE | 7:#x}",
+            f"mov dword ptr [{PAGE_TABLE:#x}], {rng.choice(ALIAS_TARGETS) | 3:#x}",
+            f"mov eax, {PAGE_DIR:#x}", "mov cr3, eax",
+            "mov eax, cr0", "or eax, 0x80010000", "mov cr0, eax",
+            *_atomic_course(rng, f"{ALIAS + rng.randrange(0, 0x400, 0x40):#x}"),
+            "mov eax, cr0", "and eax, 0x7ffeffff", "mov cr0, eax"]
+    return body
