@@ -17,7 +17,7 @@ AGREEING = ("alu", "eflags", "eflags16", "cli_sti", "tables", "smsw", "selectors
             "seg_load", "seg_load_rpl", "ss_load", "lss", "far", "far_rpl", "iret", "int", "exceptions", "ports",
             "cpuid", "rdtsc", "ctrl_regs", "invlpg", "smc", "smc_loop", "hyper", "sreg_read", "code_read",
             "patch_interior", "ring3", "paging", "gdt_store", "io_flags", "iret_self", "timer", "task", "v86",
-            "breakpoints")
+            "breakpoints", "atomics")
 CI_PROGRAMS = 40
 CI_SEED = 20261129
 

@@ -31,6 +31,7 @@ SIGNATURE = {
     "io_flags": {"in", "out"}, "timer": {"out", "sti"}, "task": {"lcall", "ljmp", "call", "jmp"},
     "v86": {"iretd"},
     "breakpoints": {"mov"},
+    "atomics": {"cmpxchg8b", "cmpxchg", "xadd", "xchg", "pause"},
 }
 
 
@@ -57,6 +58,19 @@ def test_feature_switch_emits_its_instructions_and_assembles(feature):
     # What the statements add to the fixed frame (prelude, handlers, epilogue).
     emitted = set(_mnemonics(body_only) - _mnemonics(from_body("nop", prog.init_regs)))
     assert emitted & SIGNATURE[feature], f"{feature}: {sorted(emitted)}"
+
+
+def test_atomics_emits_every_instruction_it_names_at_every_place():
+    """Over a few seeds: each read-modify-write, a lock prefix, both places
+    (ring 3 through iretd, paging through the alias) and a flag read after."""
+    prog = generate(11, 60, features=["atomics"])
+    code = bytes(prog.image().segments[0].data)
+    insns = [i for i in _CS.disasm(code, G.LOAD)]
+    names = {i.mnemonic.split()[-1] for i in insns}
+    assert {"cmpxchg8b", "cmpxchg", "xadd", "xchg", "pause", "pushfd", "iretd"} <= names
+    assert any(i.mnemonic.startswith("lock") for i in insns)
+    text = prog.text()
+    assert "cmpxchg8b qword ptr [0x40000" in text and "mov cr0, eax" in text
 
 
 def test_exclude_removes_a_feature():
