@@ -821,6 +821,8 @@ def _atomics(rng, p):
             f"mov dword ptr [{PAGE_TABLE:#x}], {rng.choice(ALIAS_TARGETS) | 3:#x}",
             f"mov eax, {PAGE_DIR:#x}", "mov cr3, eax",
             "mov eax, cr0", "or eax, 0x80010000", "mov cr0, eax",
-            *_atomic_course(rng, f"{ALIAS + rng.randrange(0, 0x400, 0x40):#x}"),
+            # offsets 0x200-0x3ff: when the alias maps DATA itself, that is the
+            # scratch area, not RESUME, STATUS or the exception records
+            *_atomic_course(rng, f"{ALIAS + rng.randrange(0x200, 0x400, 0x40):#x}"),
             "mov eax, cr0", "and eax, 0x7ffeffff", "mov cr0, eax"]
     return body
