@@ -942,26 +942,31 @@ static inline bool known_start(Clock *c, uint64_t addr)
     return !(in && in[addr & PAGE_OFF] == INTERIOR_BYTE);
 }
 
+/* Code CSAM's check lets through without looking: ring 3, and code CSAM never
+ * scans. */
+static inline bool unchecked_code(Clock *c)
+{
+    if (c->hflags_off < 0 || !c->env)
+        return false;
+    uint32_t hflags;
+    memcpy(&hflags, c->env + c->hflags_off, 4);
+    if ((hflags & 3) == 3)
+        return true;
+    /* 16-bit code (real mode, a 16-bit code segment) is never scanned: CSAM
+     * decodes 32-bit code.  At real CPL 0 it is bt's native stretch
+     * (runtime/realswitch.py), at CPL 1 a 16-bit segment in protected mode
+     * that runs under trap's rules (runtime/bt.py, "16-bit code"). */
+    if (!(hflags & HF_CS32))
+        return true;
+    /* real mode with a 32-bit code segment still cached (the code between
+     * the `mov cr0` clearing PE and the guest's far jump) */
+    return (hflags & 3) == 0 && !(env_u64(c, c->cr0_off) & 1u);
+}
+
 static bool refuse_block(Clock *c, void *uc, uint64_t addr)
 {
-    if (!c->check)
+    if (!c->check || unchecked_code(c))
         return false;
-    if (c->hflags_off >= 0 && c->env) {
-        uint32_t hflags;
-        memcpy(&hflags, c->env + c->hflags_off, 4);
-        if ((hflags & 3) == 3)
-            return false;
-        /* 16-bit code (real mode, a 16-bit code segment) is never scanned: CSAM
-         * decodes 32-bit code.  At real CPL 0 it is bt's native stretch
-         * (runtime/realswitch.py), at CPL 1 a 16-bit segment in protected mode
-         * that runs under trap's rules (runtime/bt.py, "16-bit code"). */
-        if (!(hflags & HF_CS32))
-            return false;
-        /* real mode with a 32-bit code segment still cached (the code between
-         * the `mov cr0` clearing PE and the guest's far jump) */
-        if ((hflags & 3) == 0 && !(env_u64(c, c->cr0_off) & 1u))
-            return false;
-    }
     uint64_t pa;
     int k = block_frame(c, addr, &pa);
     if (k == CF_PASS)
@@ -1249,14 +1254,8 @@ static inline Quick *quick_hit(Clock *c, uint64_t addr, uint32_t size)
  * since the fill changes them (tests/runtime/test_bt_quick_path.py). */
 static inline bool quick_checked(Clock *c, uint64_t addr)
 {
-    if (c->hflags_off >= 0 && c->env) {
-        uint32_t hflags;
-        memcpy(&hflags, c->env + c->hflags_off, 4);
-        if ((hflags & 3) == 3 || !(hflags & HF_CS32))
-            return true;
-        if ((hflags & 3) == 0 && !(env_u64(c, c->cr0_off) & 1u))
-            return true;
-    }
+    if (unchecked_code(c))
+        return true;
     uint64_t pg = addr >> PAGE_SHIFT;       /* paging off: linear = physical */
     if (pg >= c->ram_pages || c->view[pg] != (uint32_t)pg || !known_start(c, addr))
         return false;
